@@ -1,0 +1,26 @@
+/* kernels/base/cuda_stub.c — CPU-only builds: the CUDA bridge answers "not built". */
+#include "cuda_bridge.h"
+
+#ifndef MS_HAVE_CUDA
+#include <stdlib.h>
+
+#define NO_CUDA() ms_error(MS_EDEVICE, "this build of mrisam has no CUDA backend (rebuild with -DMS_CUDA=ON)")
+
+int ms_cuda_probe(void) { return 0; }
+ms_status ms_cuda_ctx_init(ms_device *dev) { (void)dev; return NO_CUDA(); }
+void ms_cuda_ctx_free(ms_device *dev) { (void)dev; }
+ms_status ms_cuda_alloc(ms_device *dev, size_t bytes, void **out) { (void)dev; (void)bytes; *out = NULL; return NO_CUDA(); }
+void ms_cuda_free(ms_device *dev, void *p) { (void)dev; (void)p; }
+ms_status ms_cuda_memset0(ms_device *dev, void *p, size_t b) { (void)dev; (void)p; (void)b; return NO_CUDA(); }
+ms_status ms_cuda_copy(ms_device *dev, void *d, const void *s, size_t b, int dir) { (void)dev; (void)d; (void)s; (void)b; (void)dir; return NO_CUDA(); }
+ms_status ms_cuda_sync(ms_device *dev) { (void)dev; return NO_CUDA(); }
+ms_status ms_host_alloc_pinned(size_t bytes, void **out)
+{
+    *out = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    MS_FAIL_IF(!*out, MS_ENOMEM, "out of memory allocating %zu bytes", bytes);
+    return MS_OK;
+}
+void ms_host_free_pinned(void *p) { free(p); }
+#else
+typedef int ms_cuda_stub_unused;
+#endif

@@ -1,0 +1,41 @@
+/* kernels/base/device.h — the compute device handle passed as the first argument of every op.
+ *
+ * MS_DEV_CPU: host memory, OpenMP threads (n_threads) and OpenBLAS. MS_DEV_CUDA: device memory, one stream,
+ * cuBLAS/cuBLASLt handles and a workspace, all inside `cuda` (kernels/cuda/cuda_ctx.h). Results on the CPU are
+ * deterministic for a given n_threads. There is no global device: code that computes takes an ms_device *.
+ */
+#ifndef MS_DEVICE_H
+#define MS_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef enum { MS_DEV_CPU = 0, MS_DEV_CUDA = 1 } ms_device_kind;
+
+typedef struct ms_device {
+    ms_device_kind kind;
+    int n_threads;  /* CPU threads for OpenMP regions and OpenBLAS */
+    int cuda_index; /* CUDA device ordinal */
+    void *cuda;     /* ms_cuda_ctx * when kind == MS_DEV_CUDA */
+} ms_device;
+
+/* n_threads <= 0 means all cores. Fails with MS_EDEVICE for CUDA when the build or the machine has none. */
+ms_status ms_device_init(ms_device *dev, ms_device_kind kind, int n_threads);
+void ms_device_free(ms_device *dev);
+/* Parse "cpu" / "cuda" / "cuda:N". */
+ms_status ms_device_parse(const char *s, ms_device_kind *kind, int *index);
+/* 1 when this build has the CUDA backend and a GPU is visible. */
+int ms_cuda_available(void);
+
+/* Memory on the device (host malloc for CPU, cudaMalloc for CUDA); 64-byte aligned. */
+ms_status ms_dev_alloc(ms_device *dev, size_t bytes, void **out);
+void ms_dev_free(ms_device *dev, void *p);
+ms_status ms_dev_zero(ms_device *dev, void *p, size_t bytes);
+ms_status ms_dev_to_host(ms_device *dev, void *host_dst, const void *dev_src, size_t bytes);
+ms_status ms_dev_from_host(ms_device *dev, void *dev_dst, const void *host_src, size_t bytes);
+ms_status ms_dev_copy(ms_device *dev, void *dst, const void *src, size_t bytes); /* both on dev */
+ms_status ms_dev_sync(ms_device *dev);
+
+#endif

@@ -1,0 +1,38 @@
+/* kernels/layernorm.h — LayerNorm over the last dim, and LayerNorm2d over the channels of NCHW (SAM's neck,
+ * mask downscaling and output upscaling). Biased variance; eps is a parameter (SAM: 1e-6 in the encoder and
+ * LN2d, 1e-5 in the mask decoder's transformer).
+ *   layernorm:   x,y (N,D); w,b (D); mean,rstd (N) saved for backward.
+ *   layernorm2d: x,y (B,C,HW); w,b (C); mean,rstd (B,HW).
+ * Backward accumulates dx, dw, db (NULL = skip). ref: torch.nn.LayerNorm, segment_anything/modeling/common.py
+ */
+#ifndef MS_LAYERNORM_H
+#define MS_LAYERNORM_H
+
+#include "base/dispatch.h"
+
+MS_DECLARE_OP(ms_layernorm_forward, float *y, float *mean, float *rstd, const float *x, const float *w,
+              const float *b, int64_t N, int64_t D, float eps)
+MS_DECLARE_OP(ms_layernorm_backward, float *dx, float *dw, float *db, const float *dy, const float *x,
+              const float *w, const float *mean, const float *rstd, int64_t N, int64_t D)
+MS_DECLARE_OP(ms_layernorm2d_forward, float *y, float *mean, float *rstd, const float *x, const float *w,
+              const float *b, int64_t B, int64_t C, int64_t HW, float eps)
+MS_DECLARE_OP(ms_layernorm2d_backward, float *dx, float *dw, float *db, const float *dy, const float *x,
+              const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t HW)
+
+static inline ms_status ms_layernorm_forward(ms_device *dev, float *y, float *mean, float *rstd, const float *x,
+                                             const float *w, const float *b, int64_t N, int64_t D, float eps)
+{ return MS_DISPATCH(dev, ms_layernorm_forward, y, mean, rstd, x, w, b, N, D, eps); }
+static inline ms_status ms_layernorm_backward(ms_device *dev, float *dx, float *dw, float *db, const float *dy,
+                                              const float *x, const float *w, const float *mean,
+                                              const float *rstd, int64_t N, int64_t D)
+{ return MS_DISPATCH(dev, ms_layernorm_backward, dx, dw, db, dy, x, w, mean, rstd, N, D); }
+static inline ms_status ms_layernorm2d_forward(ms_device *dev, float *y, float *mean, float *rstd, const float *x,
+                                               const float *w, const float *b, int64_t B, int64_t C, int64_t HW,
+                                               float eps)
+{ return MS_DISPATCH(dev, ms_layernorm2d_forward, y, mean, rstd, x, w, b, B, C, HW, eps); }
+static inline ms_status ms_layernorm2d_backward(ms_device *dev, float *dx, float *dw, float *db, const float *dy,
+                                                const float *x, const float *w, const float *mean,
+                                                const float *rstd, int64_t B, int64_t C, int64_t HW)
+{ return MS_DISPATCH(dev, ms_layernorm2d_backward, dx, dw, db, dy, x, w, mean, rstd, B, C, HW); }
+
+#endif

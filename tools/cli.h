@@ -1,0 +1,55 @@
+/* tools/cli.h — long-option parsing and --help for the mrisam subcommands.
+ *
+ * A command describes its options in a table of ms_opt (name without "--", type, destination, help). Both
+ * "--name value" and "--name=value" work; MS_OPT_LIST options may repeat and collect every value. Positional
+ * arguments are collected in order. ms_cli_parse prints --help itself and reports usage errors in one line.
+ */
+#ifndef MS_CLI_H
+#define MS_CLI_H
+
+#include <stdint.h>
+
+typedef enum { MS_OPT_FLAG, MS_OPT_INT, MS_OPT_I64, MS_OPT_FLOAT, MS_OPT_STR, MS_OPT_LIST } ms_opt_type;
+
+typedef struct ms_strlist {
+    int n, cap;
+    char **v;
+} ms_strlist;
+
+typedef struct ms_opt {
+    const char *name;  /* "threads" for --threads */
+    ms_opt_type type;
+    void *dst;         /* int*, int64_t*, double*, const char**, ms_strlist* */
+    const char *meta;  /* "N", "FILE", ... (NULL for flags) */
+    const char *help;
+} ms_opt;
+
+typedef struct ms_cmd_help {
+    const char *usage;    /* "mrisam ingest [options] SRC... -o STORE" */
+    const char *summary;  /* one paragraph */
+    const char *examples; /* may be NULL */
+} ms_cmd_help;
+
+enum { MS_CLI_OK = 0, MS_CLI_EXIT_OK = 1, MS_CLI_USAGE = 2 };
+
+/* Parses argv[1..] (argv[0] is the command name). Returns MS_CLI_OK, MS_CLI_EXIT_OK (after --help) or
+ * MS_CLI_USAGE (message printed). positional may be NULL when the command takes none. */
+int ms_cli_parse(const ms_cmd_help *h, const ms_opt *opts, int argc, char **argv, ms_strlist *positional);
+void ms_cli_print_help(const ms_cmd_help *h, const ms_opt *opts);
+void ms_strlist_push(ms_strlist *l, const char *s);
+void ms_strlist_free(ms_strlist *l);
+
+/* The exit codes of cli.md: 0 ok, 1 failure, 2 usage, 75 interrupted but resumable. */
+enum { MS_EXIT_OK = 0, MS_EXIT_FAIL = 1, MS_EXIT_USAGE = 2, MS_EXIT_RESUMABLE = 75 };
+/* Prints "mrisam <cmd>: <message>" for a failed status and returns the matching exit code. */
+int ms_cli_report(const char *cmd, int status);
+
+/* A command: `mrisam NAME ...` runs fn(argc, argv) with argv[0] = NAME. Defined in tools/cmd_<name>.c as
+ * const ms_command ms_cmd_<name> = { "name", "one-line summary", fn }; (name uses '-' where the file has '_'). */
+typedef struct ms_command {
+    const char *name;
+    const char *summary;
+    int (*fn)(int argc, char **argv);
+} ms_command;
+
+#endif
