@@ -1,0 +1,25 @@
+/* tests/kernels/ref.c — see ref.h. */
+#include "ref.h"
+
+#include <math.h>
+
+double ms_fd_check(ms_loss_fn f, void *ctx, double *x, int64_t n, const float *grad, int max_probe, double h,
+                   ms_rng *r, int64_t *worst_index)
+{
+    double worst = 0, gmax = 0;
+    for (int64_t i = 0; i < n; i++) if (fabs(grad[i]) > gmax) gmax = fabs(grad[i]);
+    int probes = n < max_probe ? (int)n : max_probe;
+    for (int p = 0; p < probes; p++) {
+        int64_t i = n <= max_probe ? p : (int64_t)ms_rng_below(r, (uint64_t)n);
+        double x0 = x[i];
+        x[i] = x0 + h;
+        double lp = f(ctx, x);
+        x[i] = x0 - h;
+        double lm = f(ctx, x);
+        x[i] = x0;
+        double fd = (lp - lm) / (2 * h);
+        double err = fabs(fd - grad[i]) / (fabs(fd) + 1e-3 * gmax + 1e-12);
+        if (!(err <= worst)) { worst = err; if (worst_index) *worst_index = i; }
+    }
+    return worst;
+}
