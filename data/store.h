@@ -1,0 +1,82 @@
+/* data/store.h — the slice store: one LMDB environment written by `mrisam ingest`, read by the loader.
+ *
+ * Layout (documented in full in docs/FORMATS.md): named databases meta, volumes, slices, labels. Slice keys are
+ * sequential 64-bit integers from 0 in ingest order; a slice record is a small header (shape, dtype, spacing, volume
+ * id, slice index, checksum of the raw pixels) followed by a zstd frame. Pixels are uint16: the volume's normalised
+ * intensity in [0,1] scaled by 65535 (the scale is recorded per volume so the original range can be recovered).
+ * Labels (same key, separate database) are uint8 or uint16 in the file and always uint16 through this API.
+ *
+ * Reading is thread-safe through one ms_store_reader per thread (its own zstd context and buffers; short read
+ * transactions, MDB_NOTLS), which is how loader workers use it.
+ */
+#ifndef MS_STORE_H
+#define MS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+typedef struct ms_store ms_store;
+typedef struct ms_store_reader ms_store_reader;
+
+typedef struct ms_volume_info {
+    uint32_t id;
+    uint64_t first_key;     /* slices of this volume are keys [first_key, first_key + n_slices) */
+    uint32_t n_slices;
+    int32_t height, width;  /* in-plane size of every slice of the volume */
+    float spacing[3];       /* in-plane row spacing, column spacing, slice spacing (mm) */
+    int has_labels;
+    int n_label_values;
+    uint16_t label_values[256]; /* the distinct label values present (sorted), first n_label_values */
+    double intensity_offset, intensity_scale; /* original = offset + scale · (stored / 65535) */
+    char source_hash[65];   /* hex content hash of the source file(s) */
+} ms_volume_info;
+
+typedef struct ms_slice {
+    uint64_t key;
+    uint32_t volume_id;
+    uint32_t slice_index;   /* index along the slicing axis in the canonical (RAS+) volume */
+    int32_t height, width;
+    float spacing[2];
+    const uint16_t *pixels; /* height·width, row-major; valid until the next read on the same reader */
+    const uint16_t *label;  /* height·width, or NULL when the slice has no label */
+} ms_slice;
+
+/* Open read-only. max_readers sizes LMDB's reader table (one per loader worker plus a few). */
+ms_status ms_store_open(const char *path, int max_readers, ms_store **out);
+void ms_store_close(ms_store *s);
+uint64_t ms_store_n_slices(const ms_store *s);
+uint32_t ms_store_n_volumes(const ms_store *s);
+ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out);
+/* The store's label names ("class name" lines from --label-names), or NULL. */
+const char *ms_store_label_names(const ms_store *s);
+
+ms_status ms_store_reader_new(ms_store *s, ms_store_reader **out);
+void ms_store_reader_free(ms_store_reader *r);
+/* Reads and decompresses slice `key` (and its label). A checksum failure returns MS_ECORRUPT with a message naming
+ * the store and the key; the reader stays usable. */
+ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out);
+
+/* ---- additions by ingest (verify, inspect, export) ---- */
+
+/* The JSON text of a meta entry ("format", "params", "counts") or of volume `id`; NULL / MS_ENOTFOUND when absent.
+ * The returned string is malloc'ed; free it. */
+ms_status ms_store_meta_json(ms_store *s, const char *name, char **out);
+ms_status ms_store_volume_json(ms_store *s, uint32_t volume_id, char **out);
+
+/* Every slice and label record: decompressed and checked (header crc, pixel crc, zstd checksum, sizes, volume
+ * ranges). Calls on_bad(ctx, db, key, reason) for each bad record; *n_bad counts them, *n_checked counts records
+ * read. Returns MS_OK even when records are bad (the count says so); an error only when the store cannot be read. */
+typedef void (*ms_store_bad_fn)(void *ctx, const char *db, uint64_t key, const char *reason);
+ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64_t *n_checked, uint64_t *n_bad);
+
+/* Sizes for inspect: compressed bytes of slice and label records and their decompressed sizes. */
+typedef struct ms_store_sizes {
+    uint64_t slice_records, slice_bytes, slice_raw_bytes;
+    uint64_t label_records, label_bytes, label_raw_bytes;
+    uint64_t file_bytes;
+} ms_store_sizes;
+ms_status ms_store_sizes_get(ms_store *s, ms_store_sizes *out);
+
+#endif
