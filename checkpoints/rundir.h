@@ -1,0 +1,35 @@
+/* checkpoints/rundir.h — the RUN/ directory of pretrain and finetune (cli.md "RUN/ layout"): crash-safe files and
+ * checkpoint step directories.
+ *
+ * A checkpoint is RUN/ckpt/step_%08d/: its files are written and fsynced, then DONE is written last and the
+ * directory and its parent are fsynced; a directory without DONE is incomplete and ignored (and removed by the next
+ * prune). Resume takes the newest directory with DONE. Single files (config.json, exports) are written to a
+ * temporary name, fsynced and renamed, so a crash leaves either the old or the new file, never half of one.
+ */
+#ifndef MS_RUNDIR_H
+#define MS_RUNDIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+/* mkdir -p */
+ms_status ms_mkdirs(const char *path);
+/* Writes `len` bytes to path atomically (tmp + fsync + rename + fsync of the directory). */
+ms_status ms_write_file_atomic(const char *path, const void *data, size_t len);
+/* Reads a whole file (malloc'd, NUL-terminated for convenience); *len gets the size. max_len bounds it. */
+ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *len);
+ms_status ms_fsync_dir(const char *dir);
+
+/* RUN/ckpt/step_%08d into out (creating RUN/ckpt/ and the step directory). */
+ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n);
+/* Writes DONE into a finished step directory and fsyncs it and its parent. */
+ms_status ms_ckpt_dir_commit(const char *step_dir);
+/* The newest complete checkpoint: its step and directory. MS_ENOTFOUND when there is none. */
+ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out, size_t n);
+/* Keeps the newest keep_last complete checkpoints (and `protect`, if >= 0), removes older ones and every incomplete
+ * directory. */
+ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect);
+
+#endif
