@@ -5,7 +5,8 @@
  *   dice:  soft Dice of finetune-SAM / MONAI (sam.md §6.4): p = σ(logit) per channel, y = one_hot(target, C);
  *          per (b,c): 1 − (2Σ p·y + s)/(Σ p² + Σ y² + s); mean over b and c. logits (B,C,P), target (B,P) int32.
  *   cross_entropy: mean over pixels with target >= 0 of −log softmax_c(logits)[target]; logits (B,C,P),
- *          target (B,P); target < 0 is ignored. */
+ *          target (B,P); target < 0 is ignored; when every pixel is ignored the loss is 0 and no gradient flows
+ *          (torch would give NaN). In dice, a target below 0 belongs to no class. */
 #ifndef MS_LOSS_H
 #define MS_LOSS_H
 

@@ -4,7 +4,8 @@
  *     no-decay tensors (norms, biases, position tables): that is the per-tensor mask.
  *   sumsq: *out (host double) += Σ x² over n elements, summed in double in a fixed order (deterministic).
  *   ms_clip_grad_norm: total norm over n tensors; when max_norm > 0 and the norm exceeds it, every gradient is
- *     scaled by max_norm/(norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping.
+ *     scaled by max_norm/(norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping;
+ *     a non-finite norm is returned without scaling anything, so the caller can skip the step.
  */
 #ifndef MS_OPTIM_H
 #define MS_OPTIM_H
