@@ -1,0 +1,267 @@
+/* checkpoints/safetensors.c — see safetensors.h. Rules follow huggingface/safetensors' Rust validator. */
+#include "checkpoints/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoints/internal.h"
+
+typedef struct span { uint64_t b, e; int idx; } span;
+
+static int cmp_span(const void *a, const void *b)
+{
+    const span *x = a, *y = b;
+    return x->b < y->b ? -1 : x->b > y->b ? 1 : (x->e > y->e) - (x->e < y->e);
+}
+
+/* A JSON number that is an exact non-negative integer (JSON numbers are doubles in cJSON: at most 2^53). */
+static int json_u64(const cJSON *j, uint64_t *v)
+{
+    if (!cJSON_IsNumber(j)) return 0;
+    double d = j->valuedouble;
+    if (!(d >= 0 && d <= 9007199254740992.0) || floor(d) != d) return 0;
+    *v = (uint64_t)d;
+    return 1;
+}
+
+static int dtype_from_name(const char *s, ms_dtype *dt)
+{
+    for (int d = 0; d < MS_DTYPE_COUNT; d++)
+        if (strcmp(s, ms_dtype_name((ms_dtype)d)) == 0) {
+            *dt = (ms_dtype)d;
+            return 1;
+        }
+    return 0;
+}
+
+ms_status ms_safetensors_read(const char *path, const ms_map *m, ms_state_dict *out)
+{
+    MS_FAIL_IF(m->size < 8, MS_EFORMAT, "%s: truncated safetensors file", path);
+    uint64_t hn = ms_le64(m->p);
+    MS_FAIL_IF(hn > MS_SAFETENSORS_MAX_HEADER, MS_EFORMAT, "%s: safetensors header of %llu bytes (limit %u)", path,
+               (unsigned long long)hn, MS_SAFETENSORS_MAX_HEADER);
+    MS_FAIL_IF(hn > m->size - 8, MS_EFORMAT, "%s: safetensors header of %llu bytes runs past the end of the file", path,
+               (unsigned long long)hn);
+    const uint8_t *data = m->p + 8 + hn;
+    uint64_t dsize = m->size - 8 - hn;
+    ms_status rc = MS_OK;
+    span *sp = NULL;
+    const char **names = NULL;
+    cJSON *root = cJSON_ParseWithLength((const char *)m->p + 8, (size_t)hn);
+    if (!cJSON_IsObject(root)) {
+        rc = ms_error(MS_EFORMAT, "%s: safetensors header is not a JSON object", path);
+        goto leave;
+    }
+    int n = cJSON_GetArraySize(root), nt = 0;
+    sp = calloc((size_t)n + 1, sizeof *sp);
+    names = calloc((size_t)n + 1, sizeof *names);
+    if (!sp || !names) {
+        rc = ms_error(MS_ENOMEM, "%s: out of memory", path);
+        goto leave;
+    }
+    /* Pass 1: validate every entry and its byte range. */
+    int i = 0;
+    for (cJSON *it = root->child; it; it = it->next, i++) {
+        const char *name = it->string;
+        if (!name || !name[0]) {
+            rc = ms_error(MS_EFORMAT, "%s: empty tensor name in the header", path);
+            goto leave;
+        }
+        if (strcmp(name, "__metadata__") == 0) {
+            if (!cJSON_IsObject(it) || out->meta_json) {
+                rc = ms_error(MS_EFORMAT, "%s: __metadata__ is not a single object", path);
+                goto leave;
+            }
+            for (cJSON *kv = it->child; kv; kv = kv->next)
+                if (!cJSON_IsString(kv)) {
+                    rc = ms_error(MS_EFORMAT, "%s: __metadata__ value %.100s is not a string", path, kv->string);
+                    goto leave;
+                }
+            char *txt = cJSON_PrintUnformatted(it);
+            if (txt) out->meta_json = strdup(txt);
+            cJSON_free(txt);
+            if (!out->meta_json) {
+                rc = ms_error(MS_ENOMEM, "%s: out of memory", path);
+                goto leave;
+            }
+            continue;
+        }
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+        const cJSON *of = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+        ms_dtype dtype;
+        if (!cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2) {
+            rc = ms_error(MS_EFORMAT, "%s: tensor %.200s: needs dtype, shape and data_offsets [begin, end]", path,
+                          name);
+            goto leave;
+        }
+        if (!dtype_from_name(dt->valuestring, &dtype)) {
+            rc = ms_error(MS_EUNSUPPORTED, "%s: tensor %.200s: dtype %.20s is not supported", path, name,
+                          dt->valuestring);
+            goto leave;
+        }
+        int nd = cJSON_GetArraySize(sh);
+        if (nd > MS_MAX_DIMS) {
+            rc = ms_error(MS_EFORMAT, "%s: tensor %.200s has %d dims (at most %d)", path, name, nd, MS_MAX_DIMS);
+            goto leave;
+        }
+        uint64_t numel = 1, b, e, d;
+        int k = 0;
+        for (const cJSON *x = sh->child; x; x = x->next, k++)
+            if (!json_u64(x, &d) || (d && numel > UINT64_MAX / d)) {
+                rc = ms_error(MS_EFORMAT, "%s: tensor %.200s: bad shape", path, name);
+                goto leave;
+            } else numel *= d;
+        if (!json_u64(of->child, &b) || !json_u64(of->child->next, &e) || b > e || e > dsize) {
+            rc = ms_error(MS_EFORMAT, "%s: tensor %.200s: data_offsets outside the %llu-byte data area", path, name,
+                          (unsigned long long)dsize);
+            goto leave;
+        }
+        if (numel > UINT64_MAX / ms_dtype_size(dtype) || numel * ms_dtype_size(dtype) != e - b) {
+            rc = ms_error(MS_EFORMAT, "%s: tensor %.200s: %llu bytes for %llu elements of %s", path, name,
+                          (unsigned long long)(e - b), (unsigned long long)numel, ms_dtype_name(dtype));
+            goto leave;
+        }
+        sp[nt] = (span){b, e, i};
+        names[nt++] = name;
+    }
+    if ((rc = ms_names_unique(path, names, nt))) goto leave;
+    /* The buffers must tile the data area exactly: no overlap, no gap, nothing left over. */
+    qsort(sp, (size_t)nt, sizeof *sp, cmp_span);
+    uint64_t at = 0;
+    for (int j = 0; j < nt; j++) {
+        if (sp[j].b != at) {
+            rc = ms_error(MS_EFORMAT, "%s: tensor buffers %s at byte %llu", path,
+                          sp[j].b < at ? "overlap" : "leave a gap", (unsigned long long)sp[j].b);
+            goto leave;
+        }
+        at = sp[j].e;
+    }
+    if (at != dsize) {
+        rc = ms_error(MS_EFORMAT, "%s: the tensors cover %llu of %llu data bytes", path, (unsigned long long)at,
+                      (unsigned long long)dsize);
+        goto leave;
+    }
+    /* Pass 2: copy out, in header order. */
+    i = 0;
+    for (cJSON *it = root->child; it; it = it->next, i++) {
+        if (strcmp(it->string, "__metadata__") == 0) continue;
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+        const cJSON *of = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+        ms_dtype dtype = MS_DTYPE_F32;
+        dtype_from_name(cJSON_GetObjectItemCaseSensitive(it, "dtype")->valuestring, &dtype);
+        int64_t shape[MS_MAX_DIMS];
+        int nd = 0;
+        uint64_t b = 0, e = 0, d = 0;
+        for (const cJSON *x = sh->child; x; x = x->next) {
+            json_u64(x, &d);
+            shape[nd++] = (int64_t)d;
+        }
+        json_u64(of->child, &b);
+        json_u64(of->child->next, &e);
+        void *buf = NULL;
+        if (e > b) {
+            if (!(buf = malloc((size_t)(e - b)))) {
+                rc = ms_error(MS_ENOMEM, "%s: tensor %.200s: out of memory", path, it->string);
+                goto leave;
+            }
+            memcpy(buf, data + b, (size_t)(e - b));
+        }
+        if ((rc = ms_sd_push(out, it->string, dtype, shape, nd, buf))) goto leave;
+    }
+leave:
+    cJSON_Delete(root);
+    free(sp);
+    free(names);
+    return rc;
+}
+
+/* ---- writer ------------------------------------------------------------------------------------------------ */
+
+typedef struct sbuf { char *p; size_t n, cap; int oom; } sbuf;
+
+static void sput(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t c = b->cap ? b->cap : 4096;
+        while (c < b->n + n + 1) c *= 2;
+        char *q = realloc(b->p, c);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = c;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+static void sputs(sbuf *b, const char *s) { sput(b, s, strlen(s)); }
+static void sput_json_str(sbuf *b, const char *s)
+{
+    sputs(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char t[8];
+        if (c == '"' || c == '\\') { t[0] = '\\'; t[1] = (char)c; sput(b, t, 2); }
+        else if (c < 0x20) { snprintf(t, sizeof t, "\\u%04x", c); sputs(b, t); }
+        else sput(b, (const char *)&c, 1);
+    }
+    sputs(b, "\"");
+}
+
+ms_status ms_safetensors_write(const char *path, const ms_state_dict *sd)
+{
+    sbuf h = {0};
+    char num[64];
+    if (sd->meta_json) {
+        cJSON *mj = cJSON_Parse(sd->meta_json);
+        int ok = cJSON_IsObject(mj);
+        for (cJSON *kv = ok ? mj->child : NULL; kv; kv = kv->next) ok &= cJSON_IsString(kv);
+        cJSON_Delete(mj);
+        MS_FAIL_IF(!ok, MS_EINVAL, "%s: metadata must be a JSON object of strings", path);
+    }
+    sputs(&h, "{");
+    if (sd->meta_json) {
+        sputs(&h, "\"__metadata__\":");
+        sputs(&h, sd->meta_json);
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < sd->n; i++) {
+        const ms_tensor *t = &sd->e[i].t;
+        if (i || sd->meta_json) sputs(&h, ",");
+        sput_json_str(&h, sd->e[i].name);
+        sputs(&h, ":{\"dtype\":\"");
+        sputs(&h, ms_dtype_name(t->dtype));
+        sputs(&h, "\",\"shape\":[");
+        for (int k = 0; k < t->ndim; k++) {
+            snprintf(num, sizeof num, k ? ",%lld" : "%lld", (long long)t->shape[k]);
+            sputs(&h, num);
+        }
+        uint64_t bytes = ms_tensor_bytes(t);
+        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                 (unsigned long long)(off + bytes));
+        sputs(&h, num);
+        off += bytes;
+    }
+    sputs(&h, "}");
+    while ((8 + h.n) % 8) sputs(&h, " "); /* the data area starts 8-byte aligned */
+    ms_afile f = {0};
+    ms_status rc = h.oom ? ms_error(MS_ENOMEM, "%s: out of memory", path) : ms_afile_open(&f, path);
+    if (rc) goto leave;
+    uint8_t len[8];
+    ms_put64(len, h.n);
+    if ((rc = ms_afile_write(&f, len, 8)) || (rc = ms_afile_write(&f, h.p, h.n))) goto leave;
+    for (int i = 0; i < sd->n; i++)
+        if ((rc = ms_afile_write(&f, sd->e[i].t.data, ms_tensor_bytes(&sd->e[i].t)))) goto leave;
+    rc = ms_afile_commit(&f);
+leave:
+    ms_afile_abort(&f);
+    free(h.p);
+    return rc;
+}

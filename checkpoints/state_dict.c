@@ -1,0 +1,210 @@
+/* checkpoints/state_dict.c — the state-dict container, format detection, and dtype conversion to f32.
+ * Invariants: names are unique and non-empty; every entry's data holds numel·dtype-size bytes (NULL when 0). */
+#include "checkpoints/state_dict.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoints/fileio.h"
+#include "checkpoints/internal.h"
+#include "checkpoints/pth.h"
+#include "checkpoints/safetensors.h"
+
+void ms_sd_init(ms_state_dict *sd) { memset(sd, 0, sizeof *sd); }
+
+void ms_sd_free(ms_state_dict *sd)
+{
+    for (int i = 0; i < sd->n; i++) {
+        free(sd->e[i].name);
+        free(sd->e[i].t.data);
+    }
+    free(sd->e);
+    free(sd->meta_json);
+    memset(sd, 0, sizeof *sd);
+}
+
+ms_status ms_sd_push(ms_state_dict *sd, const char *name, ms_dtype dtype, const int64_t *shape, int ndim, void *data)
+{
+    ms_status rc = MS_OK;
+    if (!name || !name[0] || (unsigned)dtype >= MS_DTYPE_COUNT || ndim < 0 || ndim > MS_MAX_DIMS) {
+        rc = ms_error(MS_EINVAL, "%s: bad tensor name, dtype or rank", name ? name : "(null)");
+        goto fail;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            rc = ms_error(MS_EINVAL, "%s: negative dimension", name);
+            goto fail;
+        }
+    if (sd->n == sd->cap) {
+        int cap = sd->cap ? 2 * sd->cap : 64;
+        ms_sd_entry *e = realloc(sd->e, (size_t)cap * sizeof *e);
+        if (!e) {
+            rc = ms_error(MS_ENOMEM, "%s: out of memory", name);
+            goto fail;
+        }
+        sd->e = e;
+        sd->cap = cap;
+    }
+    ms_sd_entry *e = &sd->e[sd->n];
+    memset(e, 0, sizeof *e);
+    if (!(e->name = strdup(name))) {
+        rc = ms_error(MS_ENOMEM, "%s: out of memory", name);
+        goto fail;
+    }
+    e->t.data = data;
+    e->t.dtype = dtype;
+    e->t.ndim = ndim;
+    e->t.device = MS_DEV_CPU;
+    for (int i = 0; i < ndim; i++) e->t.shape[i] = shape[i];
+    sd->n++;
+    return MS_OK;
+fail:
+    free(data);
+    return rc;
+}
+
+ms_status ms_sd_add_take(ms_state_dict *sd, const char *name, ms_dtype dtype, const int64_t *shape, int ndim,
+                         void *data)
+{
+    if (name && ms_sd_find(sd, name)) {
+        free(data);
+        return ms_error(MS_EINVAL, "%s: duplicate tensor name", name);
+    }
+    return ms_sd_push(sd, name, dtype, shape, ndim, data);
+}
+
+ms_status ms_sd_add(ms_state_dict *sd, const char *name, ms_dtype dtype, const int64_t *shape, int ndim,
+                    const void *data)
+{
+    MS_FAIL_IF((unsigned)dtype >= MS_DTYPE_COUNT || ndim < 0 || ndim > MS_MAX_DIMS, MS_EINVAL,
+               "%s: bad dtype or rank", name ? name : "(null)");
+    size_t bytes = ms_dtype_size(dtype);
+    for (int i = 0; i < ndim; i++) {
+        MS_FAIL_IF(shape[i] < 0 || (shape[i] && bytes > SIZE_MAX / (size_t)shape[i]), MS_EINVAL,
+                   "%s: bad shape", name ? name : "(null)");
+        bytes *= (size_t)shape[i];
+    }
+    void *copy = NULL;
+    if (bytes) {
+        copy = malloc(bytes);
+        MS_FAIL_IF(!copy, MS_ENOMEM, "%s: out of memory", name ? name : "(null)");
+        memcpy(copy, data, bytes);
+    }
+    return ms_sd_add_take(sd, name, dtype, shape, ndim, copy);
+}
+
+const ms_sd_entry *ms_sd_find(const ms_state_dict *sd, const char *name)
+{
+    for (int i = 0; i < sd->n; i++)
+        if (strcmp(sd->e[i].name, name) == 0) return &sd->e[i];
+    return NULL;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+ms_status ms_names_unique(const char *path, const char *const *names, int n)
+{
+    const char **s = malloc((size_t)(n + 1) * sizeof *s);
+    MS_FAIL_IF(!s, MS_ENOMEM, "%s: out of memory", path);
+    memcpy(s, names, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_str);
+    ms_status rc = MS_OK;
+    for (int i = 1; i < n; i++)
+        if (strcmp(s[i - 1], s[i]) == 0) {
+            rc = ms_error(MS_EFORMAT, "%s: duplicate tensor name %.200s", path, s[i]);
+            break;
+        }
+    free(s);
+    return rc;
+}
+
+ms_status ms_sd_get_f32(const ms_state_dict *sd, const char *name, const int64_t *shape, int ndim, float *dst)
+{
+    const ms_sd_entry *e = ms_sd_find(sd, name);
+    MS_FAIL_IF(!e, MS_ENOTFOUND, "%s: missing", name);
+    int same = e->t.ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = e->t.shape[i] == shape[i];
+    if (!same) {
+        char a[160], b[160];
+        return ms_error(MS_ESHAPE, "%s: shape %s in file, expected %s", name,
+                        ms_shape_str(e->t.shape, e->t.ndim, a, sizeof a), ms_shape_str(shape, ndim, b, sizeof b));
+    }
+    int64_t n = ms_tensor_numel(&e->t);
+    const void *p = e->t.data;
+    switch (e->t.dtype) {
+    case MS_DTYPE_F32: if (n) memcpy(dst, p, (size_t)n * 4); break;
+    case MS_DTYPE_F16: for (int64_t i = 0; i < n; i++) dst[i] = ms_f16_to_f32(((const uint16_t *)p)[i]); break;
+    case MS_DTYPE_BF16: for (int64_t i = 0; i < n; i++) dst[i] = ms_bf16_to_f32(((const uint16_t *)p)[i]); break;
+    case MS_DTYPE_F64: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const double *)p)[i]; break;
+    case MS_DTYPE_I64: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int64_t *)p)[i]; break;
+    case MS_DTYPE_I32: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int32_t *)p)[i]; break;
+    case MS_DTYPE_I16: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int16_t *)p)[i]; break;
+    case MS_DTYPE_I8: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int8_t *)p)[i]; break;
+    case MS_DTYPE_U8:
+    case MS_DTYPE_BOOL: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const uint8_t *)p)[i]; break;
+    case MS_DTYPE_U16: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const uint16_t *)p)[i]; break;
+    case MS_DTYPE_U32: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const uint32_t *)p)[i]; break;
+    case MS_DTYPE_U64: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const uint64_t *)p)[i]; break;
+    default: return ms_error(MS_EUNSUPPORTED, "%s: unknown dtype", name);
+    }
+    return MS_OK;
+}
+
+/* Names and keys inside a hostile file may hold control characters: keep the message on one line. */
+static ms_status one_line(ms_status rc)
+{
+    char buf[1024];
+    int changed = 0;
+    snprintf(buf, sizeof buf, "%s", ms_errmsg());
+    for (char *c = buf; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            *c = '?';
+            changed = 1;
+        }
+    if (changed) ms_error(rc, "%s", buf);
+    return rc;
+}
+
+static ms_status load_map(const char *path, const ms_map *m, ms_state_dict *out)
+{
+    ms_status rc;
+    ms_sd_init(out);
+    /* safetensors first: its header length may start with "PK" or 0x80, but byte 8 of a zip (compression method)
+     * or of the legacy magic is never '{'. */
+    if (m->size >= 9 && m->p[8] == '{') rc = ms_safetensors_read(path, m, out);
+    else if (m->size >= 2 && (memcmp(m->p, "PK", 2) == 0 || m->p[0] == 0x80)) rc = ms_pth_read(path, m, out);
+    else rc = ms_error(MS_EFORMAT, "%s: not a PyTorch (.pth) or safetensors weight file", path);
+    if (rc) ms_sd_free(out);
+    return rc ? one_line(rc) : rc;
+}
+
+ms_status ms_sd_load(const char *path, ms_state_dict *out)
+{
+    ms_map m;
+    ms_sd_init(out);
+    MS_TRY(ms_map_open(path, &m));
+    ms_status rc = load_map(path, &m, out);
+    ms_map_close(&m);
+    return rc;
+}
+
+ms_status ms_sd_load_mem(const char *name, const void *data, size_t size, ms_state_dict *out)
+{
+    ms_map m = {data, size};
+    return load_map(name, &m, out);
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+ms_status ms_sd_save(const char *path, const ms_state_dict *sd)
+{
+    if (ends_with(path, ".safetensors")) return ms_safetensors_write(path, sd);
+    if (ends_with(path, ".pth") || ends_with(path, ".pt") || ends_with(path, ".bin") || ends_with(path, ".ckpt"))
+        return ms_pth_write(path, sd, NULL);
+    return ms_error(MS_EINVAL, "%s: unknown extension (use .pth, .pt, .bin or .safetensors)", path);
+}
