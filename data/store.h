@@ -22,25 +22,25 @@ typedef struct ms_store_reader ms_store_reader;
 
 typedef struct ms_volume_info {
     uint32_t id;
-    uint64_t first_key;     /* slices of this volume are keys [first_key, first_key + n_slices) */
+    uint64_t first_key; /* slices of this volume are keys [first_key, first_key + n_slices) */
     uint32_t n_slices;
-    int32_t height, width;  /* in-plane size of every slice of the volume */
-    float spacing[3];       /* in-plane row spacing, column spacing, slice spacing (mm) */
+    int32_t height, width; /* in-plane size of every slice of the volume */
+    float spacing[3]; /* in-plane row spacing, column spacing, slice spacing (mm) */
     int has_labels;
     int n_label_values;
     uint16_t label_values[256]; /* the distinct label values present (sorted), first n_label_values */
     double intensity_offset, intensity_scale; /* original = offset + scale · (stored / 65535) */
-    char source_hash[65];   /* hex content hash of the source file(s) */
+    char source_hash[65]; /* hex content hash of the source file(s) */
 } ms_volume_info;
 
 typedef struct ms_slice {
     uint64_t key;
     uint32_t volume_id;
-    uint32_t slice_index;   /* index along the slicing axis in the canonical (RAS+) volume */
+    uint32_t slice_index; /* index along the slicing axis in the canonical (RAS+) volume */
     int32_t height, width;
     float spacing[2];
     const uint16_t *pixels; /* height·width, row-major; valid until the next read on the same reader */
-    const uint16_t *label;  /* height·width, or NULL when the slice has no label */
+    const uint16_t *label; /* height·width, or NULL when the slice has no label */
 } ms_slice;
 
 /* Open read-only. max_readers sizes LMDB's reader table (one per loader worker plus a few). */
