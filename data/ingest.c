@@ -1,0 +1,1002 @@
+/* data/ingest.c — see ingest.h. Workers produce one `result` per source (every volume of it, already
+ * compressed); the writer (the calling thread) consumes results strictly in source order, so keys follow the
+ * order of the source list whatever the thread timing, and at most `window` results wait in memory.
+ */
+#include "data/ingest.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <png.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <nifti2_io.h>
+#include <zstd.h>
+
+#include "data/hash.h"
+#include "data/nifti.h"
+#include "data/store_fmt.h"
+#include "data/store_write.h"
+
+/* ---- source list ---------------------------------------------------------------------------------------- */
+
+typedef struct job {
+    char *image, *label;
+    int png;
+} job;
+
+typedef struct joblist {
+    job *v;
+    int n, cap;
+} joblist;
+
+static ms_status push_job(joblist *l, const char *image, const char *label, int png)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        job *v = realloc(l->v, (size_t)cap * sizeof *v);
+        if (!v) return ms_error(MS_ENOMEM, "out of memory");
+        l->v = v;
+        l->cap = cap;
+    }
+    job *j = &l->v[l->n++];
+    j->image = strdup(image);
+    j->label = label ? strdup(label) : NULL;
+    j->png = png;
+    return MS_OK;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcasecmp(s + a - b, suf) == 0;
+}
+
+static int is_nifti_name(const char *s)
+{
+    return ends_with(s, ".nii") || ends_with(s, ".nii.gz") || ends_with(s, ".hdr") || ends_with(s, ".hdr.gz");
+}
+
+static char *join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+/* Recursive walk in sorted order; only NIfTI names are taken from directories. */
+static ms_status walk(const char *path, joblist *l, int top)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        if (top) return push_job(l, path, NULL, 0); /* reported as that source's failure */
+        return MS_OK;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        if (top || is_nifti_name(path)) return push_job(l, path, NULL, 0);
+        return MS_OK;
+    }
+    struct dirent **names = NULL;
+    int n = scandir(path, &names, NULL, alphasort);
+    if (n < 0) return ms_error(errno, "%s: %s", path, strerror(errno));
+    ms_status st = MS_OK;
+    for (int i = 0; i < n; i++) {
+        const char *nm = names[i]->d_name;
+        if (!st && nm[0] != '.') {
+            char *p = join(path, nm);
+            if (!p)
+                st = ms_error(MS_ENOMEM, "out of memory");
+            else
+                st = walk(p, l, 0);
+            free(p);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return st;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == '\r' || s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = 0;
+    return s;
+}
+
+static char *resolve(const char *base_dir, const char *p) { return p[0] == '/' ? strdup(p) : join(base_dir, p); }
+
+/* CSV of image,label rows (optional header line, CRLF accepted, paths relative to the CSV's folder). */
+static ms_status read_csv(const char *csv, joblist *l)
+{
+    FILE *f = fopen(csv, "r");
+    if (!f) return ms_error(errno, "%s: %s", csv, strerror(errno));
+    char *dir = strdup(csv), *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = 0;
+    else
+        strcpy(dir, ".");
+    char line[8192];
+    int lineno = 0;
+    ms_status st = MS_OK;
+    while (!st && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = trim(line);
+        if (!*s || *s == '#') continue;
+        char *comma = strchr(s, ',');
+        if (!comma) {
+            st = ms_error(MS_EFORMAT, "%s:%d: expected image,label", csv, lineno);
+            break;
+        }
+        *comma = 0;
+        char *img = trim(s), *lab = trim(comma + 1);
+        if (lineno == 1 && !strcmp(img, "image") && !strcmp(lab, "label")) continue;
+        char *pi = resolve(dir, img), *pl = *lab ? resolve(dir, lab) : NULL;
+        st = push_job(l, pi, pl, ends_with(img, ".png"));
+        free(pi);
+        free(pl);
+    }
+    fclose(f);
+    free(dir);
+    return st;
+}
+
+/* nnU-Net raw layout: imagesTr/CASE_0000.nii.gz paired with labelsTr/CASE.nii.gz (first channel only). */
+static ms_status read_nnunet(const char *root, joblist *l)
+{
+    char *imdir = join(root, "imagesTr"), *labdir = join(root, "labelsTr");
+    struct dirent **names = NULL;
+    ms_status st = MS_OK;
+    int n = scandir(imdir, &names, NULL, alphasort);
+    if (n < 0) {
+        st = ms_error(errno, "%s: %s", imdir, strerror(errno));
+        goto leave;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *nm = names[i]->d_name;
+        const char *ext = ends_with(nm, ".nii.gz") ? ".nii.gz" : ends_with(nm, ".nii") ? ".nii" : NULL;
+        size_t len = strlen(nm);
+        if (!st && ext && len > strlen(ext) + 5 && !strncmp(nm + len - strlen(ext) - 5, "_0000", 5)) {
+            char lname[1024];
+            snprintf(lname, sizeof lname, "%.*s%s", (int)(len - strlen(ext) - 5), nm, ext);
+            char *pi = join(imdir, nm), *pl = join(labdir, lname);
+            st = push_job(l, pi, pl, 0);
+            free(pi);
+            free(pl);
+        }
+        free(names[i]);
+    }
+    free(names);
+leave:
+    free(imdir);
+    free(labdir);
+    return st;
+}
+
+/* ---- label map ---------------------------------------------------------------------------------------- */
+
+typedef struct lmap {
+    int64_t *from;
+    int *to;
+    int n;
+} lmap;
+
+static ms_status read_label_map(const char *path, lmap *m, ms_sha256 *h)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
+    char line[512];
+    int lineno = 0, cap = 0;
+    ms_status st = MS_OK;
+    while (!st && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = trim(line);
+        if (!*s || *s == '#') continue;
+        ms_sha256_update(h, s, strlen(s) + 1);
+        char *end;
+        long long a = strtoll(s, &end, 10);
+        while (*end == ' ' || *end == '\t') end++;
+        if (*end != ',') {
+            if (lineno == 1) continue;
+            st = ms_error(MS_EFORMAT, "%s:%d: expected value,class", path, lineno);
+            break;
+        }
+        char *e2;
+        long b = strtol(end + 1, &e2, 10);
+        if (e2 == end + 1 || b < 0 || b > 65535) {
+            st = ms_error(MS_EFORMAT, "%s:%d: class must be 0..65535", path, lineno);
+            break;
+        }
+        if (m->n == cap) {
+            cap = cap ? 2 * cap : 64;
+            m->from = realloc(m->from, (size_t)cap * sizeof *m->from);
+            m->to = realloc(m->to, (size_t)cap * sizeof *m->to);
+            if (!m->from || !m->to) {
+                st = ms_error(MS_ENOMEM, "out of memory");
+                break;
+            }
+        }
+        m->from[m->n] = a;
+        m->to[m->n++] = (int)b;
+    }
+    fclose(f);
+    return st;
+}
+
+static int lmap_get(const lmap *m, int64_t v)
+{
+    for (int i = 0; i < m->n; i++)
+        if (m->from[i] == v) return m->to[i];
+    return 0;
+}
+
+/* ---- per-source work ---------------------------------------------------------------------------------- */
+
+typedef struct outvol {
+    cJSON *json;
+    ms_store_rec *slices, *labels;
+    uint32_t n;
+    char key[96];
+    uint64_t skipped_empty, nan_inf;
+} outvol;
+
+typedef struct result {
+    int ready, status; /* 0 ingested, 1 skipped (already stored), 2 failed */
+    char msg[512];
+    char warn[512];
+    char hash[65];
+    outvol *vols;
+    int n_vols;
+    double voxel_mb;
+} result;
+
+typedef struct ctx {
+    const ms_ingest_opts *o;
+    ms_store_writer *w;
+    lmap map;
+    joblist jobs;
+    result *res;
+    int next, written, window;
+    char **done; /* sorted progress keys present when the run started */
+    size_t n_done;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} ctx;
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int already_done(const ctx *cx, const char *key)
+{
+    return cx->n_done && bsearch(&key, cx->done, cx->n_done, sizeof *cx->done, cmp_str) != NULL;
+}
+
+/* Waits at most 200 ms, so a stop request set by a signal handler is seen without anyone signalling the cv. */
+static void wait_cv(ctx *cx)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_nsec += 200000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&cx->cv, &cx->mu, &t);
+}
+
+static void free_outvol(outvol *v)
+{
+    cJSON_Delete(v->json);
+    for (uint32_t i = 0; i < v->n; i++) {
+        if (v->slices) free(v->slices[i].data);
+        if (v->labels) free(v->labels[i].data);
+    }
+    free(v->slices);
+    free(v->labels);
+}
+
+static void free_result(result *r)
+{
+    for (int i = 0; i < r->n_vols; i++) free_outvol(&r->vols[i]);
+    free(r->vols);
+    r->vols = NULL;
+    r->n_vols = 0;
+}
+
+static const char *axis_name(int a)
+{
+    return a == MS_AXIS_AXIAL   ? "axial"
+        : a == MS_AXIS_CORONAL  ? "coronal"
+        : a == MS_AXIS_SAGITTAL ? "sagittal"
+                                : "auto";
+}
+
+static int pick_axis(int axis, const double sp[3], const int64_t dim[3])
+{
+    if (axis != MS_AXIS_AUTO) return axis;
+    /* a 2D image (one voxel thick along some axis) is one slice along that axis, whatever the spacings say */
+    for (int a = 2; a >= 0; a--)
+        if (dim[a] == 1 && dim[(a + 1) % 3] > 1 && dim[(a + 2) % 3] > 1) return a;
+    double mx = fmax(sp[0], fmax(sp[1], sp[2]));
+    if (sp[2] >= mx * (1 - 1e-3)) return MS_AXIS_AXIAL;
+    if (sp[1] >= mx * (1 - 1e-3)) return MS_AXIS_CORONAL;
+    return MS_AXIS_SAGITTAL;
+}
+
+/* A canonical image ready to slice: uint16 pixels, optional uint16 label, geometry. */
+typedef struct canon {
+    int64_t dim[3];
+    double spacing[3];
+    double affine[4][4];
+    uint16_t *pix, *lab;
+    int lab_u16;
+} canon;
+
+/* Cuts slices along `axis`, drops near-empty ones (unless they carry a label), compresses. rows = the lower remaining
+ * canonical axis, columns = the higher one (numpy's vol[:, :, k] for axial). */
+static ms_status cut(const ms_ingest_opts *o, ZSTD_CCtx *cctx, const canon *c, int axis, outvol *ov)
+{
+    int ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
+    int64_t H = c->dim[ra], W = c->dim[ca], K = c->dim[axis];
+    int64_t st3[3] = {1, c->dim[0], c->dim[0] * c->dim[1]};
+    int64_t rs = st3[ra], cs = st3[ca], ks = st3[axis];
+    size_t npx = (size_t)(H * W);
+    uint16_t *sl = malloc(npx * 2), *lb = c->lab ? malloc(npx * 2) : NULL;
+    uint8_t *lb8 = c->lab ? malloc(npx) : NULL;
+    ms_status st = MS_OK;
+    ov->slices = calloc((size_t)K, sizeof *ov->slices);
+    ov->labels = c->lab ? calloc((size_t)K, sizeof *ov->labels) : NULL;
+    if (!sl || !ov->slices || (c->lab && (!lb || !lb8 || !ov->labels))) {
+        st = ms_error(MS_ENOMEM, "out of memory");
+        goto leave;
+    }
+    float sp[2] = {(float)c->spacing[ra], (float)c->spacing[ca]};
+    for (int64_t k = 0; k < K; k++) {
+        size_t fg = 0, lfg = 0;
+        for (int64_t r = 0; r < H; r++) {
+            const uint16_t *src = c->pix + k * ks + r * rs;
+            uint16_t *d = sl + r * W;
+            for (int64_t x = 0; x < W; x++) {
+                d[x] = src[x * cs];
+                fg += d[x] > 0;
+            }
+            if (c->lab) {
+                const uint16_t *ls = c->lab + k * ks + r * rs;
+                uint16_t *ld = lb + r * W;
+                for (int64_t x = 0; x < W; x++) {
+                    ld[x] = ls[x * cs];
+                    lfg += ld[x] > 0;
+                }
+            }
+        }
+        if (!o->keep_empty && lfg == 0 && (double)fg < o->min_foreground * (double)npx) {
+            ov->skipped_empty++;
+            continue;
+        }
+        uint32_t i = ov->n;
+        st = ms_store_encode(cctx, o->zstd_level, o->shuffle, MS_REC_U16, sl, (uint32_t)H, (uint32_t)W, sp, (uint32_t)k,
+                             &ov->slices[i]);
+        if (st) goto leave;
+        ov->n++; /* counted before the label so free_outvol frees this slice if the label fails */
+        if (c->lab) {
+            const void *lp = lb;
+            if (!c->lab_u16) {
+                for (size_t p = 0; p < npx; p++) lb8[p] = (uint8_t)lb[p];
+                lp = lb8;
+            }
+            st = ms_store_encode(cctx, o->zstd_level, 0, c->lab_u16 ? MS_REC_U16 : MS_REC_U8, lp, (uint32_t)H,
+                                 (uint32_t)W, sp, (uint32_t)k, &ov->labels[i]);
+            if (st) goto leave;
+        }
+    }
+leave:
+    free(sl);
+    free(lb);
+    free(lb8);
+    return st;
+}
+
+static cJSON *num_array(const double *v, int n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
+    return a;
+}
+
+/* Label volume (canonical float) → uint16 classes (map / threshold / as is) and its sorted distinct values. */
+static ms_status make_label(const ctx *cx, const char *path, const float *lf, size_t n, uint16_t *out, cJSON **values,
+                            int *u16)
+{
+    const ms_ingest_opts *o = cx->o;
+    static const int MAXV = 65536;
+    uint8_t *seen = calloc(MAXV, 1);
+    if (!seen) return ms_error(MS_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        double v = lf[i];
+        int c;
+        if (o->has_threshold)
+            c = v > o->label_threshold;
+        else {
+            double r = nearbyint(v);
+            if (fabs(v - r) > 1e-3) {
+                free(seen);
+                return ms_error(MS_EFORMAT, "%s: label value %g is not an integer", path, v);
+            }
+            if (cx->map.n)
+                c = lmap_get(&cx->map, (int64_t)r);
+            else if (r < 0 || r > 65535) {
+                free(seen);
+                return ms_error(MS_EFORMAT, "%s: label value %g is not in 0..65535", path, v);
+            } else
+                c = (int)r;
+        }
+        out[i] = (uint16_t)c;
+        seen[c] = 1;
+    }
+    *values = cJSON_CreateArray();
+    int nv = 0, mx = 0;
+    for (int v = 0; v < MAXV; v++)
+        if (seen[v]) {
+            cJSON_AddItemToArray(*values, cJSON_CreateNumber(v));
+            nv++;
+            mx = v;
+        }
+    free(seen);
+    if (nv > 256) return ms_error(MS_EUNSUPPORTED, "%s: %d distinct label values (at most 256)", path, nv);
+    *u16 = mx > 255;
+    return MS_OK;
+}
+
+static ms_status hash_source(const job *j, char out[65])
+{
+    ms_sha256 h;
+    ms_sha256_init(&h);
+    MS_TRY(ms_sha256_file(&h, j->image));
+    if (!j->png && (ends_with(j->image, ".hdr") || ends_with(j->image, ".hdr.gz"))) {
+        char *img = strdup(j->image);
+        size_t n = strlen(img);
+        char *dot = ends_with(img, ".gz") ? img + n - 7 : img + n - 4;
+        memcpy(dot + 1, dot[1] == 'H' ? "IMG" : "img", 3);
+        ms_status st = ms_sha256_file(&h, img);
+        free(img);
+        MS_TRY(st);
+    }
+    uint8_t sep = 0;
+    ms_sha256_update(&h, &sep, 1);
+    if (j->label) MS_TRY(ms_sha256_file(&h, j->label));
+    uint8_t d[32];
+    ms_sha256_final(&h, d);
+    ms_hex(d, 32, out);
+    return MS_OK;
+}
+
+/* ---- PNG (finetune-SAM 2D pairs) ---- */
+
+static void png_err(png_structp p, png_const_charp msg)
+{
+    snprintf((char *)png_get_error_ptr(p), 160, "%s", msg);
+    png_longjmp(p, 1);
+}
+static void png_warn(png_structp p, png_const_charp msg)
+{
+    (void)p;
+    (void)msg;
+}
+
+/* Reads an 8- or 16-bit PNG as gray floats (colour converted to gray, alpha dropped). */
+static ms_status read_png(const char *path, float **out, int *h, int *w)
+{
+    char emsg[160] = "";
+    FILE *f = fopen(path, "rb");
+    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
+    png_structp p = png_create_read_struct(PNG_LIBPNG_VER_STRING, emsg, png_err, png_warn);
+    png_infop info = p ? png_create_info_struct(p) : NULL;
+    uint8_t *volatile buf = NULL;
+    float *volatile img = NULL;
+    ms_status st = MS_OK;
+    if (!info) {
+        st = ms_error(MS_ENOMEM, "%s: out of memory", path);
+        goto leave;
+    }
+    if (setjmp(png_jmpbuf(p))) {
+        st = ms_error(MS_EFORMAT, "%s: bad PNG (%s)", path, emsg);
+        goto leave;
+    }
+    png_init_io(p, f);
+    png_read_info(p, info);
+    int ct = png_get_color_type(p, info), bd = png_get_bit_depth(p, info);
+    if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(p);
+    if (ct == PNG_COLOR_TYPE_GRAY && bd < 8) png_set_expand_gray_1_2_4_to_8(p);
+    if (ct & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(p);
+    if (ct & PNG_COLOR_MASK_COLOR || ct == PNG_COLOR_TYPE_PALETTE) png_set_rgb_to_gray(p, 1, -1, -1);
+    if (bd == 16) png_set_swap(p);
+    png_read_update_info(p, info);
+    uint32_t W = png_get_image_width(p, info), H = png_get_image_height(p, info);
+    size_t rb = png_get_rowbytes(p, info);
+    if (W == 0 || H == 0 || W > 65536 || H > 65536) {
+        st = ms_error(MS_EFORMAT, "%s: bad PNG size", path);
+        goto leave;
+    }
+    buf = malloc(rb * H);
+    img = malloc((size_t)W * H * sizeof(float));
+    if (!buf || !img) {
+        st = ms_error(MS_ENOMEM, "%s: out of memory", path);
+        goto leave;
+    }
+    for (uint32_t r = 0; r < H; r++) png_read_row(p, buf + r * rb, NULL);
+    for (uint32_t r = 0; r < H; r++)
+        for (uint32_t c = 0; c < W; c++)
+            img[(size_t)r * W + c] =
+                bd == 16 ? (float)(buf[r * rb + 2 * c] | buf[r * rb + 2 * c + 1] << 8) : (float)buf[r * rb + c];
+    *h = (int)H;
+    *w = (int)W;
+leave:
+    png_destroy_read_struct(&p, info ? &info : NULL, NULL);
+    fclose(f);
+    free(buf);
+    if (st)
+        free(img);
+    else
+        *out = img;
+    return st;
+}
+
+/* Per-worker buffers kept across sources: volumes of one archive have similar sizes, and fresh multi-megabyte
+ * mallocs cost a page fault per 4 KiB every time. */
+typedef struct scratch {
+    float *vf;
+    uint16_t *pix;
+    size_t vf_cap, pix_cap;
+} scratch;
+
+static void *reserve(void **p, size_t *cap, size_t need)
+{
+    if (need > *cap) {
+        free(*p);
+        *p = malloc(need);
+        *cap = *p ? need : 0;
+    }
+    return *p;
+}
+
+/* One source → result. Every failure lands in r->msg as "path: reason". */
+static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
+{
+    const ms_ingest_opts *o = cx->o;
+    ms_nifti im = {0}, lab = {0};
+    float *vf = NULL, *lf = NULL;
+    int vf_own = 1;
+    canon c = {0};
+    ms_status st = hash_source(j, r->hash);
+    if (st) goto leave;
+    if (already_done(cx, r->hash)) {
+        r->status = 1;
+        return;
+    }
+    if (j->png) {
+        int h, w, lh = 0, lw = 0;
+        if ((st = read_png(j->image, &vf, &h, &w))) goto leave;
+        if (j->label) {
+            if ((st = read_png(j->label, &lf, &lh, &lw))) goto leave;
+            if (lh != h || lw != w) {
+                st = ms_error(MS_ESHAPE, "%s: mask is %dx%d but %s is %dx%d", j->label, lh, lw, j->image, h, w);
+                goto leave;
+            }
+            int only = 1;
+            for (size_t i = 0; i < (size_t)h * w; i++)
+                if (lf[i] != 0 && lf[i] != 255) {
+                    only = 0;
+                    break;
+                }
+            if (only)
+                for (size_t i = 0; i < (size_t)h * w; i++) lf[i] = lf[i] ? 1.f : 0.f; /* 0/255 masks → 0/1 */
+        }
+        /* one slice: canonical axes (rows, cols, 1) so that axial slicing returns the PNG as it is */
+        c.dim[0] = h;
+        c.dim[1] = w;
+        c.dim[2] = 1;
+        c.spacing[0] = c.spacing[1] = c.spacing[2] = 1;
+        /* a PNG is row-major: pixel (r, x) at r*w + x; the slicer reads canonical x fastest, so transpose */
+        float *t = malloc((size_t)h * w * sizeof *t);
+        if (!t) {
+            st = ms_error(MS_ENOMEM, "out of memory");
+            goto leave;
+        }
+        for (int rr = 0; rr < h; rr++)
+            for (int x = 0; x < w; x++) t[(size_t)x * h + rr] = vf[(size_t)rr * w + x];
+        free(vf);
+        vf = t;
+        if (lf) {
+            t = malloc((size_t)h * w * sizeof *t);
+            if (!t) {
+                st = ms_error(MS_ENOMEM, "out of memory");
+                goto leave;
+            }
+            for (int rr = 0; rr < h; rr++)
+                for (int x = 0; x < w; x++) t[(size_t)x * h + rr] = lf[(size_t)rr * w + x];
+            free(lf);
+            lf = t;
+        }
+    } else {
+        if ((st = ms_nifti_open(j->image, &im))) goto leave;
+        if (im.warn[0]) snprintf(r->warn, sizeof r->warn, "%s: warning: %s", j->image, im.warn);
+        if (im.hdr.version == 0)
+            snprintf(r->warn, sizeof r->warn, "%s: warning: ANALYZE 7.5 header, orientation unreliable", j->image);
+        if (j->label) {
+            if ((st = ms_nifti_open(j->label, &lab))) goto leave;
+            if (lab.sdim[0] != im.sdim[0] || lab.sdim[1] != im.sdim[1] || lab.sdim[2] != im.sdim[2] ||
+                lab.n_frames != 1) {
+                st = ms_error(MS_ESHAPE, "%s: label grid %lldx%lldx%lld(x%lld) does not match %s (%lldx%lldx%lld)",
+                              j->label, (long long)lab.sdim[0], (long long)lab.sdim[1], (long long)lab.sdim[2],
+                              (long long)lab.n_frames, j->image, (long long)im.sdim[0], (long long)im.sdim[1],
+                              (long long)im.sdim[2]);
+                goto leave;
+            }
+            if (!ms_affine_close(lab.affine, im.affine, 1e-3 * fmax(1.0, fmax(im.cspacing[0], im.cspacing[2])))) {
+                st = ms_error(MS_ESHAPE, "%s: label affine does not match %s", j->label, j->image);
+                goto leave;
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            c.dim[i] = im.cdim[i];
+            c.spacing[i] = im.cspacing[i];
+        }
+        memcpy(c.affine, im.caffine, sizeof c.affine);
+    }
+    size_t nv = (size_t)(c.dim[0] * c.dim[1] * c.dim[2]);
+    if (!vf) {
+        vf = reserve((void **)&sc->vf, &sc->vf_cap, nv * sizeof *vf);
+        vf_own = 0;
+    }
+    c.pix = reserve((void **)&sc->pix, &sc->pix_cap, nv * 2);
+    if (!vf || !c.pix) {
+        st = ms_error(MS_ENOMEM, "%s: out of memory", j->image);
+        goto leave;
+    }
+    cJSON *lvalues = NULL;
+    if (j->label) {
+        uint64_t bad = 0;
+        if (!lf && !(lf = malloc(nv * sizeof *lf))) {
+            st = ms_error(MS_ENOMEM, "out of memory");
+            goto leave;
+        }
+        if (!j->png && (st = ms_nifti_frame(&lab, 0, lf, &bad))) goto leave;
+        if (!(c.lab = malloc(nv * 2))) {
+            st = ms_error(MS_ENOMEM, "out of memory");
+            goto leave;
+        }
+        if ((st = make_label(cx, j->label, lf, nv, c.lab, &lvalues, &c.lab_u16))) {
+            cJSON_Delete(lvalues);
+            goto leave;
+        }
+    }
+    int axis = pick_axis(o->axis, c.spacing, c.dim);
+    int64_t nf = j->png ? 1 : im.n_frames, f0 = 0, f1 = nf;
+    if (o->frame >= 0) {
+        if (o->frame >= nf) {
+            cJSON_Delete(lvalues);
+            st = ms_error(MS_EINVAL, "%s: --frame %d but the image has %lld frames", j->image, o->frame, (long long)nf);
+            goto leave;
+        }
+        f0 = o->frame, f1 = o->frame + 1;
+    }
+    r->vols = calloc((size_t)(f1 - f0), sizeof *r->vols);
+    if (!r->vols) {
+        cJSON_Delete(lvalues);
+        st = ms_error(MS_ENOMEM, "out of memory");
+        goto leave;
+    }
+    for (int64_t f = f0; f < f1; f++) {
+        outvol *ov = &r->vols[r->n_vols++];
+        uint64_t bad = 0;
+        if (!j->png && (st = ms_nifti_frame(&im, f, vf, &bad))) break;
+        if (bad && o->strict) {
+            st = ms_error(MS_EFORMAT, "%s: %llu NaN/Inf voxels (--strict)", j->image, (unsigned long long)bad);
+            break;
+        }
+        ov->nan_inf = bad;
+        ms_intensity it;
+        if ((st = ms_intensity_fit(vf, nv, o->norm, o->p_lo, o->p_hi, &it))) break;
+        ms_intensity_apply(vf, nv, &it, c.pix);
+        if ((st = cut(o, cctx, &c, axis, ov))) break;
+        int ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
+        cJSON *v = cJSON_CreateObject();
+        ov->json = v;
+        cJSON_AddNumberToObject(v, "height", (double)c.dim[ra]);
+        cJSON_AddNumberToObject(v, "width", (double)c.dim[ca]);
+        double sp[3] = {c.spacing[ra], c.spacing[ca], c.spacing[axis]};
+        cJSON_AddItemToObject(v, "spacing", num_array(sp, 3));
+        cJSON_AddStringToObject(v, "axis", axis_name(axis));
+        cJSON_AddStringToObject(v, "kind", j->png ? "png" : "nifti");
+        cJSON_AddItemToObject(v, "shape",
+                              num_array((double[3]){(double)c.dim[0], (double)c.dim[1], (double)c.dim[2]}, 3));
+        cJSON_AddItemToObject(v, "affine", num_array(&c.affine[0][0], 16));
+        if (!j->png) {
+            cJSON_AddStringToObject(v, "geometry",
+                                    im.geom == MS_GEOM_SFORM       ? "sform"
+                                        : im.geom == MS_GEOM_QFORM ? "qform"
+                                                                   : "pixdim");
+            cJSON_AddNumberToObject(v, "nifti_version", im.hdr.version);
+            cJSON_AddStringToObject(v, "source_dtype", ms_nifti_type_name(im.hdr.datatype));
+        }
+        cJSON_AddNumberToObject(v, "frame", (double)f);
+        cJSON_AddNumberToObject(v, "n_frames", (double)nf);
+        cJSON *in = cJSON_AddObjectToObject(v, "intensity");
+        cJSON_AddStringToObject(in, "norm", ms_norm_name(o->norm));
+        cJSON_AddNumberToObject(in, "offset", it.offset);
+        cJSON_AddNumberToObject(in, "scale", it.scale);
+        cJSON_AddNumberToObject(in, "mean", it.mean);
+        cJSON_AddNumberToObject(in, "std", it.std);
+        cJSON_AddNumberToObject(v, "nan_inf", (double)bad);
+        cJSON_AddNumberToObject(v, "skipped_empty", (double)ov->skipped_empty);
+        if (c.lab) {
+            cJSON *lo = cJSON_AddObjectToObject(v, "labels");
+            cJSON_AddStringToObject(lo, "dtype", c.lab_u16 ? "uint16" : "uint8");
+            cJSON_AddItemToObject(lo, "values", f + 1 < f1 ? cJSON_Duplicate(lvalues, 1) : lvalues);
+            if (f + 1 == f1) lvalues = NULL;
+        }
+        cJSON_AddStringToObject(v, "source_hash", r->hash);
+        if (o->keep_paths) {
+            cJSON_AddStringToObject(v, "path", j->image);
+            if (j->label) cJSON_AddStringToObject(v, "label_path", j->label);
+        }
+        snprintf(ov->key, sizeof ov->key, "%s#%lld", r->hash, (long long)f);
+        r->voxel_mb += (double)nv * (j->png ? 1 : im.hdr.nbyper) / 1e6;
+    }
+    cJSON_Delete(lvalues);
+leave:
+    if (st) {
+        r->status = 2;
+        const char *m = ms_errmsg();
+        /* messages from the header checks carry the path already; the others get it here */
+        if (strncmp(m, j->image, strlen(j->image)) && (!j->label || strncmp(m, j->label, strlen(j->label))))
+            snprintf(r->msg, sizeof r->msg, "%s: %s", j->image, m);
+        else
+            snprintf(r->msg, sizeof r->msg, "%s", m);
+        free_result(r);
+    }
+    ms_nifti_close(&im);
+    ms_nifti_close(&lab);
+    if (vf_own) free(vf);
+    free(lf);
+    free(c.lab);
+}
+
+static void *worker(void *arg)
+{
+    ctx *cx = arg;
+    ZSTD_CCtx *cctx = ZSTD_createCCtx();
+    scratch sc = {0};
+    for (;;) {
+        pthread_mutex_lock(&cx->mu);
+        while (cx->next < cx->jobs.n && cx->next >= cx->written + cx->window && !(cx->o->stop && *cx->o->stop))
+            wait_cv(cx);
+        if (cx->next >= cx->jobs.n || (cx->o->stop && *cx->o->stop)) {
+            pthread_mutex_unlock(&cx->mu);
+            break;
+        }
+        int i = cx->next++;
+        pthread_mutex_unlock(&cx->mu);
+        result r = {0};
+        if (!cctx) {
+            r.status = 2;
+            snprintf(r.msg, sizeof r.msg, "%s: out of memory", cx->jobs.v[i].image);
+        } else
+            work(cx, cctx, &sc, &cx->jobs.v[i], &r);
+        pthread_mutex_lock(&cx->mu);
+        r.ready = 1;
+        cx->res[i] = r;
+        pthread_cond_broadcast(&cx->cv);
+        pthread_mutex_unlock(&cx->mu);
+    }
+    ZSTD_freeCCtx(cctx);
+    free(sc.vf);
+    free(sc.pix);
+    return NULL;
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static char *params_json(const ms_ingest_opts *o, const char *map_hash)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "axis", axis_name(o->axis));
+    cJSON_AddStringToObject(p, "norm", ms_norm_name(o->norm));
+    if (o->norm == MS_NORM_PERCENTILE)
+        cJSON_AddItemToObject(p, "percentiles", num_array((double[2]){o->p_lo, o->p_hi}, 2));
+    cJSON_AddNumberToObject(p, "min_foreground", o->keep_empty ? 0 : o->min_foreground);
+    cJSON_AddNumberToObject(p, "frame", o->frame);
+    if (map_hash) cJSON_AddStringToObject(p, "label_map_sha256", map_hash);
+    if (o->has_threshold) cJSON_AddNumberToObject(p, "label_threshold", o->label_threshold);
+    cJSON_AddStringToObject(p, "pixels", "uint16 = round(65535 * clip((v - offset) / scale, 0, 1))");
+    cJSON_AddStringToObject(p, "orientation", "RAS+ by permutation/flip; slice rows = lower remaining axis");
+    char *s = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    return s;
+}
+
+ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
+{
+    ctx cx = {0};
+    ms_status st = MS_OK;
+    pthread_t *th = NULL;
+    int n_th = 0;
+    char *params = NULL, *labnames = NULL;
+    char map_hash[65] = "";
+    memset(sum, 0, sizeof *sum);
+    cx.o = o;
+    pthread_mutex_init(&cx.mu, NULL);
+    pthread_cond_init(&cx.cv, NULL);
+    double t0 = now();
+    nifti_set_allow_upper_fext(1); /* archives hold .NII.GZ too; a process-wide libnifti option, set before threads */
+    nifti_set_debug_level(0);      /* our own messages name the file; libnifti's would be unattributed noise */
+    if (o->label_map) {
+        ms_sha256 h;
+        uint8_t d[32];
+        ms_sha256_init(&h);
+        if ((st = read_label_map(o->label_map, &cx.map, &h))) goto leave;
+        ms_sha256_final(&h, d);
+        ms_hex(d, 32, map_hash);
+    }
+    if (o->labels && !strcmp(o->labels, "nnunet")) {
+        for (int i = 0; i < o->n_srcs && !st; i++) st = read_nnunet(o->srcs[i], &cx.jobs);
+    } else {
+        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(o->srcs[i], &cx.jobs, 1);
+        if (!st && o->labels) st = read_csv(o->labels, &cx.jobs);
+    }
+    if (st) goto leave;
+    if (cx.jobs.n == 0) fprintf(stderr, "ingest: warning: no NIfTI files found in the sources given\n");
+    if (o->label_names) {
+        FILE *f = fopen(o->label_names, "rb");
+        if (!f) {
+            st = ms_error(errno, "%s: %s", o->label_names, strerror(errno));
+            goto leave;
+        }
+        labnames = calloc(1, 1 << 20);
+        size_t k = labnames ? fread(labnames, 1, (1 << 20) - 1, f) : 0;
+        fclose(f);
+        if (!labnames) {
+            st = ms_error(MS_ENOMEM, "out of memory");
+            goto leave;
+        }
+        if (k == (1 << 20) - 1) {
+            st = ms_error(MS_EFORMAT, "%s: larger than 1 MB", o->label_names);
+            goto leave;
+        }
+    }
+    params = params_json(o, map_hash[0] ? map_hash : NULL);
+    char created[256];
+    snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
+             MS_VERSION, o->zstd_level, o->shuffle, (long long)time(NULL));
+    if ((st = ms_store_writer_open(o->out, params, created, &cx.w))) goto leave;
+    if (labnames && (st = ms_store_writer_set_label_names(cx.w, labnames))) goto leave;
+    if ((st = ms_store_writer_source_keys(cx.w, &cx.done, &cx.n_done))) goto leave;
+    cx.res = calloc((size_t)cx.jobs.n + 1, sizeof *cx.res);
+    n_th = o->threads > 0 ? o->threads : 1;
+    if (n_th > cx.jobs.n) n_th = cx.jobs.n > 0 ? cx.jobs.n : 1;
+    th = calloc((size_t)n_th, sizeof *th);
+    if (!cx.res || !th) {
+        st = ms_error(MS_ENOMEM, "out of memory");
+        goto leave;
+    }
+    cx.window = 2 * n_th;
+    for (int i = 0; i < n_th; i++)
+        if (pthread_create(&th[i], NULL, worker, &cx)) {
+            n_th = i;
+            st = ms_error(MS_EIO, "cannot start threads");
+            break;
+        }
+    double last = 0;
+    for (int i = 0; i < cx.jobs.n && !st; i++) {
+        pthread_mutex_lock(&cx.mu);
+        while (!cx.res[i].ready && !(o->stop && *o->stop && cx.next <= i)) wait_cv(&cx);
+        pthread_mutex_unlock(&cx.mu);
+        if (!cx.res[i].ready) break; /* stopped before this source started */
+        result *r = &cx.res[i];
+        if (r->warn[0]) fprintf(stderr, "%s\n", r->warn);
+        if (r->status == 1)
+            sum->skipped++;
+        else if (r->status == 2) {
+            sum->failed++;
+            fprintf(stderr, "%s\n", r->msg);
+        } else {
+            int dup_all = 1;
+            for (int v = 0; v < r->n_vols && !st; v++) {
+                outvol *ov = &r->vols[v];
+                uint32_t id;
+                int dup;
+                st =
+                    ms_store_writer_add(cx.w, ov->json, ov->slices, ov->labels, ov->n, ov->key,
+                                        v + 1 == r->n_vols ? r->hash : NULL, ov->skipped_empty, ov->nan_inf, &id, &dup);
+                if (st) break;
+                if (!dup) {
+                    dup_all = 0;
+                    sum->volumes++;
+                    sum->slices += ov->n;
+                    sum->empty_skipped += ov->skipped_empty;
+                    sum->nan_inf += ov->nan_inf;
+                }
+                if (!dup && ov->nan_inf)
+                    fprintf(stderr, "%s: warning: %llu NaN/Inf voxels set to 0\n", cx.jobs.v[i].image,
+                            (unsigned long long)ov->nan_inf);
+                free_outvol(ov);
+                memset(ov, 0, sizeof *ov);
+                if (o->stop && *o->stop && v + 1 < r->n_vols) break; /* frames so far are committed; the rest resumes */
+            }
+            if (r->n_vols == 0 && !st) st = ms_store_writer_mark(cx.w, r->hash);
+            if (!st) {
+                if (dup_all && r->n_vols)
+                    sum->skipped++;
+                else
+                    sum->ingested++;
+            }
+            sum->voxel_mb += r->voxel_mb;
+        }
+        free_result(r);
+        pthread_mutex_lock(&cx.mu);
+        cx.written = i + 1;
+        pthread_cond_broadcast(&cx.cv);
+        pthread_mutex_unlock(&cx.mu);
+        double t = now();
+        if (o->progress && (t - last > 0.2 || i + 1 == cx.jobs.n)) {
+            last = t;
+            double el = t - t0, done = i + 1;
+            double eta = el / done * (cx.jobs.n - done);
+            fprintf(stderr, "\r[%d/%d sources] %llu volumes, %.0f slices/s, %.1f MB/s, ETA %d:%02d   ", i + 1,
+                    cx.jobs.n, (unsigned long long)sum->volumes, sum->slices / el, sum->voxel_mb / el, (int)eta / 60,
+                    (int)eta % 60);
+            if (i + 1 == cx.jobs.n) fprintf(stderr, "\n");
+        }
+        if (o->stop && *o->stop) {
+            st = ms_error(MS_EINTERRUPTED, "%s: interrupted; rerun the same command to resume", o->out);
+            break;
+        }
+    }
+    if (st) {
+        pthread_mutex_lock(&cx.mu);
+        cx.next = cx.jobs.n; /* workers take nothing more */
+        pthread_cond_broadcast(&cx.cv);
+        pthread_mutex_unlock(&cx.mu);
+    }
+leave:
+    for (int i = 0; i < n_th; i++) pthread_join(th[i], NULL);
+    if (cx.res)
+        for (int i = 0; i < cx.jobs.n; i++) free_result(&cx.res[i]);
+    if (cx.w) {
+        ms_status cs = ms_store_writer_close(cx.w);
+        if (!st) st = cs;
+    }
+    for (int i = 0; i < cx.jobs.n; i++) {
+        free(cx.jobs.v[i].image);
+        free(cx.jobs.v[i].label);
+    }
+    free(cx.jobs.v);
+    for (size_t i = 0; i < cx.n_done; i++) free(cx.done[i]);
+    free(cx.done);
+    free(cx.res);
+    free(th);
+    free(params);
+    free(labnames);
+    free(cx.map.from);
+    free(cx.map.to);
+    pthread_mutex_destroy(&cx.mu);
+    pthread_cond_destroy(&cx.cv);
+    sum->seconds = now() - t0;
+    return st;
+}

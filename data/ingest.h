@@ -1,0 +1,53 @@
+/* data/ingest.h — `mrisam ingest`: NIfTI volumes (and finetune-SAM PNG pairs) into the slice store.
+ *
+ * Pipeline: the sources are listed first (directories walked in sorted order), then worker threads hash, decode,
+ * reorient, normalise, slice and compress each source while the calling thread is the only writer and commits the
+ * results in source order, one LMDB transaction per volume. Sources are identified by the SHA-256 of their bytes
+ * (image, .img, label) so a rerun skips what is stored and the store holds no file names unless keep_paths.
+ * A bad source costs one line "path: reason" and never the volumes stored before it.
+ */
+#ifndef MS_INGEST_H
+#define MS_INGEST_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "base/status.h"
+#include "data/intensity.h"
+
+enum { MS_AXIS_AUTO = -1, MS_AXIS_SAGITTAL = 0, MS_AXIS_CORONAL = 1, MS_AXIS_AXIAL = 2 };
+
+typedef struct ms_ingest_opts {
+    const char *const *srcs;
+    int n_srcs;
+    const char *out;
+    const char *labels;      /* NULL, "nnunet" or a CSV path */
+    const char *label_map;   /* file of "value,class" lines, or NULL */
+    const char *label_names; /* file kept verbatim in the store, or NULL */
+    double label_threshold;  /* used when has_threshold */
+    int has_threshold;
+    int axis; /* MS_AXIS_* */
+    ms_norm norm;
+    double p_lo, p_hi;     /* percentiles of --norm percentile (0.5, 99.5) */
+    double min_foreground; /* slices with a smaller fraction of pixels above background are skipped (0.01) */
+    int keep_empty;        /* store near-empty slices too */
+    int frame;             /* -1: every frame of a 4D image is its own volume; else only this frame */
+    int zstd_level, shuffle;
+    int keep_paths, strict;
+    int threads;                 /* workers (>= 1) */
+    int progress;                /* print a progress line on stderr (a TTY) */
+    int quiet;                   /* no summary line */
+    volatile sig_atomic_t *stop; /* set by a signal handler: finish the volume being written, then stop */
+} ms_ingest_opts;
+
+typedef struct ms_ingest_summary {
+    uint64_t ingested, skipped, failed; /* sources */
+    uint64_t volumes, slices, empty_skipped, nan_inf;
+    double seconds, voxel_mb; /* decoded voxel data, MB (1e6 bytes) */
+} ms_ingest_summary;
+
+/* Runs the ingest. Per-source failures are reported on stderr and counted (sum->failed), not returned; the return
+ * value is an error of the run itself (store cannot be opened, usage) or MS_EINTERRUPTED. */
+ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum);
+
+#endif

@@ -1,0 +1,66 @@
+/* data/nifti.h — NIfTI reading for ingest: our own header validation in front of libnifti, datatype conversion,
+ * scl_slope/scl_inter, NaN/Inf handling, the choice of affine, and reorientation to RAS+ by permutation and flip.
+ *
+ * Invariants: libnifti never sees a file whose header failed ms_nifti_check_header and whose data length
+ * disagrees with the header (libnifti 3.0.1 crashes or allocates gigabytes on hostile headers). Free-text header
+ * fields (descrip, aux_file, intent_name, extensions) are never read. Canonical volumes are float32, x fastest,
+ * axes (x, y, z) = (Right, Anterior, Superior) increasing; no interpolation ever happens.
+ */
+#ifndef MS_NIFTI_H
+#define MS_NIFTI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+enum { MS_GEOM_SFORM = 1, MS_GEOM_QFORM = 2, MS_GEOM_PIXDIM = 3 };
+
+typedef struct ms_nifti_hdr {
+    int version; /* 1 or 2; 0 = ANALYZE 7.5 (no magic) */
+    int pair;    /* 1 when the data lives in a separate .img */
+    int swapped; /* header is in the other byte order */
+    int datatype, nbyper;
+    int64_t dim[8];
+    double pixdim[8];
+    int64_t vox_offset;
+    double scl_slope, scl_inter;
+    int qform_code, sform_code;
+    int64_t nvox;   /* product of dim[1..dim[0]] */
+    int64_t nbytes; /* nvox · nbyper */
+} ms_nifti_hdr;
+
+/* Largest volume accepted (bytes of voxel data). */
+#define MS_NIFTI_MAX_BYTES ((int64_t)16 << 30)
+
+/* Validates a raw header of n bytes (348 or more for NIfTI-1/ANALYZE, 540 or more for NIfTI-2) without touching
+ * anything else: sizes, dims, datatype, offsets, pixdim. Pure and allocation-free (the fuzz target). */
+ms_status ms_nifti_check_header(const uint8_t *buf, size_t n, ms_nifti_hdr *out);
+
+typedef struct ms_nifti {
+    void *nim;  /* nifti_image * (header and geometry only; data is read by us, see nifti.c) */
+    void *data; /* the voxel data, native byte order */
+    ms_nifti_hdr hdr;
+    int geom;             /* MS_GEOM_* : which affine was used */
+    double affine[4][4];  /* voxel → world (RAS mm) of the stored grid */
+    int perm[3], flip[3]; /* canonical axis i = stored axis perm[i], reversed when flip[i] */
+    int64_t sdim[3];      /* stored grid size (1 for missing axes) */
+    int64_t cdim[3];      /* canonical grid size */
+    double cspacing[3];   /* canonical voxel size (mm) */
+    double caffine[4][4]; /* canonical voxel → world */
+    int64_t n_frames;
+    char warn[256]; /* non-fatal notes ("no sform or qform: using pixdim"), "" when none */
+} ms_nifti;
+
+/* Validates the header and the file length, then reads the image with libnifti. */
+ms_status ms_nifti_open(const char *path, ms_nifti *out);
+/* Frame f as a canonical float32 volume of cdim[0]·cdim[1]·cdim[2] voxels, scaling applied, NaN/Inf set to 0 and
+ * counted in *n_nonfinite. */
+ms_status ms_nifti_frame(const ms_nifti *n, int64_t frame, float *dst, uint64_t *n_nonfinite);
+void ms_nifti_close(ms_nifti *n);
+/* The datatype's name ("int16"), or "unknown". */
+const char *ms_nifti_type_name(int datatype);
+/* 1 when two affines agree within tol mm in every entry. */
+int ms_affine_close(const double a[4][4], const double b[4][4], double tol);
+
+#endif

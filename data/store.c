@@ -1,0 +1,527 @@
+/* data/store.c — the read side of the slice store (data/store.h); record layout in data/store_fmt.h.
+ *
+ * Invariants: the environment is opened read-only with MDB_NOTLS, so any thread may use any reader as long as one
+ * reader is used by one thread at a time; a reader keeps one read transaction that is reset after every read (a
+ * long-lived snapshot would pin pages and grow the file under a concurrent ingest). Nothing read from the file is
+ * trusted: sizes are checked against the header before decompression and the pixel crc after.
+ */
+#include "data/store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zstd.h>
+
+#include <cjson/cJSON.h>
+
+#include "data/hash.h"
+#include "data/store_fmt.h"
+
+struct ms_store {
+    MDB_env *env;
+    MDB_dbi meta, volumes, slices, labels;
+    char *path;
+    uint64_t n_slices;
+    uint32_t n_volumes;
+    char *label_names;
+};
+
+struct ms_store_reader {
+    ms_store *s;
+    MDB_txn *txn;
+    ZSTD_DCtx *dctx;
+    uint16_t *pix, *lab;
+    size_t pix_cap, lab_cap;
+    uint8_t *tmp;
+    size_t tmp_cap;
+};
+
+static ms_status grow(void **p, size_t *cap, size_t need)
+{
+    if (need <= *cap) return MS_OK;
+    void *q = realloc(*p, need);
+    if (!q) return ms_error(MS_ENOMEM, "store: out of memory (%zu bytes)", need);
+    *p = q;
+    *cap = need;
+    return MS_OK;
+}
+
+static ms_status get_text(ms_store *s, MDB_txn *txn, MDB_dbi dbi, const void *key, size_t klen, char **out)
+{
+    MDB_val k = {klen, (void *)key}, v;
+    *out = NULL;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return MS_ENOTFOUND;
+    if (rc) return ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+    char *t = malloc(v.mv_size + 1);
+    if (!t) return ms_error(MS_ENOMEM, "%s: out of memory", s->path);
+    memcpy(t, v.mv_data, v.mv_size);
+    t[v.mv_size] = 0;
+    *out = t;
+    return MS_OK;
+}
+
+ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
+{
+    ms_status st = MS_OK;
+    MDB_txn *txn = NULL;
+    char *fmt = NULL, *counts = NULL;
+    cJSON *j = NULL;
+    *out = NULL;
+    ms_store *s = calloc(1, sizeof *s);
+    if (!s) return ms_error(MS_ENOMEM, "%s: out of memory", path);
+    s->path = strdup(path);
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        st = ms_error(MS_ENOTFOUND, "%s: %s", path, strerror(errno));
+        goto leave;
+    }
+    unsigned flags = MDB_RDONLY | MDB_NOTLS | (S_ISDIR(sb.st_mode) ? 0 : MDB_NOSUBDIR);
+    int rc = mdb_env_create(&s->env);
+    if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
+    if (!rc) rc = mdb_env_set_maxreaders(s->env, (unsigned)(max_readers > 0 ? max_readers : 1) + 8);
+    if (!rc) rc = mdb_env_open(s->env, path, flags, 0644);
+    if (rc) {
+        st = ms_error(MS_EIO, "%s: not a store (%s)", path, mdb_strerror(rc));
+        goto leave;
+    }
+    rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (!rc) rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
+    if (!rc) rc = mdb_dbi_open(txn, "volumes", 0, &s->volumes);
+    if (!rc) rc = mdb_dbi_open(txn, "slices", 0, &s->slices);
+    if (!rc) rc = mdb_dbi_open(txn, "labels", 0, &s->labels);
+    if (rc) {
+        st = ms_error(MS_EFORMAT, "%s: not a store (%s)", path, mdb_strerror(rc));
+        goto leave;
+    }
+    st = get_text(s, txn, s->meta, "format", 6, &fmt);
+    if (st) {
+        st = ms_error(MS_EFORMAT, "%s: not a store (no format record)", path);
+        goto leave;
+    }
+    j = cJSON_Parse(fmt);
+    cJSON *ver = cJSON_GetObjectItem(j, "version");
+    if (!cJSON_IsNumber(ver) || ver->valueint != MS_STORE_VERSION) {
+        st = ms_error(MS_EUNSUPPORTED, "%s: unsupported store format version", path);
+        goto leave;
+    }
+    cJSON_Delete(j);
+    j = NULL;
+    st = get_text(s, txn, s->meta, "counts", 6, &counts);
+    if (st == MS_OK) {
+        j = cJSON_Parse(counts);
+        cJSON *v = cJSON_GetObjectItem(j, "volumes"), *n = cJSON_GetObjectItem(j, "slices");
+        if (!cJSON_IsNumber(v) || !cJSON_IsNumber(n) || v->valuedouble < 0 || n->valuedouble < 0) {
+            st = ms_error(MS_EFORMAT, "%s: bad counts record", path);
+            goto leave;
+        }
+        s->n_volumes = (uint32_t)v->valuedouble;
+        s->n_slices = (uint64_t)n->valuedouble;
+    } else if (st == MS_ENOTFOUND)
+        st = MS_OK; /* created, nothing committed yet */
+    else
+        goto leave;
+    st = get_text(s, txn, s->meta, "label_names", 11, &s->label_names);
+    if (st == MS_ENOTFOUND) st = MS_OK;
+leave:
+    /* commit, not abort: handles opened by mdb_dbi_open in an aborted transaction are closed again */
+    if (txn && st == MS_OK)
+        mdb_txn_commit(txn);
+    else if (txn)
+        mdb_txn_abort(txn);
+    cJSON_Delete(j);
+    free(fmt);
+    free(counts);
+    if (st)
+        ms_store_close(s);
+    else
+        *out = s;
+    return st;
+}
+
+void ms_store_close(ms_store *s)
+{
+    if (!s) return;
+    if (s->env) mdb_env_close(s->env);
+    free(s->label_names);
+    free(s->path);
+    free(s);
+}
+
+uint64_t ms_store_n_slices(const ms_store *s) { return s->n_slices; }
+uint32_t ms_store_n_volumes(const ms_store *s) { return s->n_volumes; }
+const char *ms_store_label_names(const ms_store *s) { return s->label_names; }
+
+static ms_status txn_text(ms_store *s, MDB_dbi dbi, const void *key, size_t klen, char **out)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+    ms_status st = get_text(s, txn, dbi, key, klen, out);
+    mdb_txn_abort(txn);
+    return st;
+}
+
+ms_status ms_store_meta_json(ms_store *s, const char *name, char **out)
+{
+    ms_status st = txn_text(s, s->meta, name, strlen(name), out);
+    if (st == MS_ENOTFOUND) return ms_error(st, "%s: no meta record %s", s->path, name);
+    return st;
+}
+
+ms_status ms_store_volume_json(ms_store *s, uint32_t volume_id, char **out)
+{
+    uint8_t k[4];
+    ms_key32(k, volume_id);
+    ms_status st = txn_text(s, s->volumes, k, 4, out);
+    if (st == MS_ENOTFOUND) return ms_error(st, "%s: no volume %u", s->path, volume_id);
+    return st;
+}
+
+static double jnum(const cJSON *o, const char *name, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItem(o, name);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
+{
+    char *txt = NULL;
+    ms_status st = ms_store_volume_json(s, volume_id, &txt);
+    if (st) return st;
+    memset(out, 0, sizeof *out);
+    cJSON *j = cJSON_Parse(txt);
+    if (!j) {
+        st = ms_error(MS_EFORMAT, "%s: volume %u: bad record", s->path, volume_id);
+        goto leave;
+    }
+    out->id = (uint32_t)jnum(j, "id", -1);
+    out->first_key = (uint64_t)jnum(j, "first_key", 0);
+    out->n_slices = (uint32_t)jnum(j, "n_slices", 0);
+    out->height = (int32_t)jnum(j, "height", 0);
+    out->width = (int32_t)jnum(j, "width", 0);
+    const cJSON *sp = cJSON_GetObjectItem(j, "spacing");
+    for (int i = 0; i < 3 && cJSON_IsArray(sp); i++) {
+        const cJSON *e = cJSON_GetArrayItem(sp, i);
+        out->spacing[i] = cJSON_IsNumber(e) ? (float)e->valuedouble : 0.f;
+    }
+    const cJSON *in = cJSON_GetObjectItem(j, "intensity");
+    out->intensity_offset = jnum(in, "offset", 0);
+    out->intensity_scale = jnum(in, "scale", 1);
+    const cJSON *lab = cJSON_GetObjectItem(j, "labels");
+    if (cJSON_IsObject(lab)) {
+        out->has_labels = 1;
+        const cJSON *vals = cJSON_GetObjectItem(lab, "values");
+        int n = cJSON_GetArraySize(vals);
+        if (n > 256) n = 256;
+        for (int i = 0; i < n; i++) {
+            const cJSON *e = cJSON_GetArrayItem(vals, i);
+            out->label_values[i] = (uint16_t)(cJSON_IsNumber(e) ? e->valueint : 0);
+        }
+        out->n_label_values = n;
+    }
+    const cJSON *h = cJSON_GetObjectItem(j, "source_hash");
+    if (cJSON_IsString(h)) snprintf(out->source_hash, sizeof out->source_hash, "%s", h->valuestring);
+    if (out->id != volume_id || out->height <= 0 || out->width <= 0)
+        st = ms_error(MS_EFORMAT, "%s: volume %u: bad record", s->path, volume_id);
+leave:
+    cJSON_Delete(j);
+    free(txt);
+    return st;
+}
+
+ms_status ms_store_reader_new(ms_store *s, ms_store_reader **out)
+{
+    ms_store_reader *r = calloc(1, sizeof *r);
+    if (!r) return ms_error(MS_ENOMEM, "%s: out of memory", s->path);
+    r->s = s;
+    r->dctx = ZSTD_createDCtx();
+    if (!r->dctx) {
+        free(r);
+        return ms_error(MS_ENOMEM, "%s: out of memory", s->path);
+    }
+    *out = r;
+    return MS_OK;
+}
+
+void ms_store_reader_free(ms_store_reader *r)
+{
+    if (!r) return;
+    if (r->txn) mdb_txn_abort(r->txn);
+    ZSTD_freeDCtx(r->dctx);
+    free(r->pix);
+    free(r->lab);
+    free(r->tmp);
+    free(r);
+}
+
+/* Parses and checks the header of a record of `len` bytes. why gets the reason on failure. */
+static int parse_hdr(const uint8_t *p, size_t len, ms_rec_hdr *h, const char **why)
+{
+    if (len < MS_REC_HDR || memcmp(p, MS_REC_MAGIC, 4) != 0) {
+        *why = "bad record magic or size";
+        return 0;
+    }
+    h->hcrc = ms_get_u32le(p + 40);
+    if (ms_data_crc32c(0, p, 40) != h->hcrc) {
+        *why = "record header checksum mismatch";
+        return 0;
+    }
+    h->dtype = p[4];
+    h->flags = p[5];
+    h->height = ms_get_u32le(p + 8);
+    h->width = ms_get_u32le(p + 12);
+    uint32_t a = ms_get_u32le(p + 16), b = ms_get_u32le(p + 20);
+    memcpy(&h->spacing[0], &a, 4);
+    memcpy(&h->spacing[1], &b, 4);
+    h->volume_id = ms_get_u32le(p + 24);
+    h->slice_index = ms_get_u32le(p + 28);
+    h->crc = ms_get_u32le(p + 32);
+    h->zlen = ms_get_u32le(p + 36);
+    if ((h->dtype != MS_REC_U16 && h->dtype != MS_REC_U8) || h->height == 0 || h->width == 0 || h->height > 65536 ||
+        h->width > 65536 || (uint64_t)h->zlen != len - MS_REC_HDR) {
+        *why = "bad record header fields";
+        return 0;
+    }
+    return 1;
+}
+
+/* Decodes one record into a uint16 buffer (grown as needed). Returns 0 and sets *why on any inconsistency. */
+static int decode_rec(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, uint16_t **dst, size_t *dst_cap,
+                      uint8_t **tmp, size_t *tmp_cap, const char **why)
+{
+    if (!parse_hdr(p, len, h, why)) return 0;
+    size_t npx = (size_t)h->height * h->width, esz = h->dtype == MS_REC_U16 ? 2 : 1, raw = npx * esz;
+    unsigned long long fcs = ZSTD_getFrameContentSize(p + MS_REC_HDR, h->zlen);
+    if (fcs != raw) {
+        *why = "zstd frame size disagrees with the header";
+        return 0;
+    }
+    if (grow((void **)tmp, tmp_cap, raw) || grow((void **)dst, dst_cap, npx * 2)) {
+        *why = "out of memory";
+        return 0;
+    }
+    size_t got = ZSTD_decompressDCtx(dctx, *tmp, raw, p + MS_REC_HDR, h->zlen);
+    if (ZSTD_isError(got) || got != raw) {
+        *why = ZSTD_isError(got) ? ZSTD_getErrorName(got) : "short zstd frame";
+        return 0;
+    }
+    uint16_t *o = *dst;
+    const uint8_t *t = *tmp;
+    if (esz == 1) {
+        if (ms_data_crc32c(0, t, raw) != h->crc) {
+            *why = "pixel checksum mismatch";
+            return 0;
+        }
+        for (size_t i = 0; i < npx; i++) o[i] = t[i];
+        return 1;
+    }
+    if (h->flags & MS_REC_SHUFFLED)
+        for (size_t i = 0; i < npx; i++) o[i] = (uint16_t)(t[i] | t[npx + i] << 8);
+    else
+        for (size_t i = 0; i < npx; i++) o[i] = (uint16_t)(t[2 * i] | t[2 * i + 1] << 8);
+    /* crc of the little-endian pixels; on a big-endian host this would need a byte swap first */
+    if (ms_data_crc32c(0, o, raw) != h->crc) {
+        *why = "pixel checksum mismatch";
+        return 0;
+    }
+    return 1;
+}
+
+ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out)
+{
+    ms_store *s = r->s;
+    ms_status st = MS_OK;
+    int rc = r->txn ? mdb_txn_renew(r->txn) : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn);
+    if (rc) {
+        if (r->txn) {
+            mdb_txn_abort(r->txn);
+            r->txn = NULL;
+        }
+        return ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+    }
+    uint8_t kb[8];
+    ms_key64(kb, key);
+    MDB_val k = {8, kb}, v;
+    ms_rec_hdr h, hl;
+    const char *why = NULL;
+    rc = mdb_get(r->txn, s->slices, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        st = ms_error(MS_ENOTFOUND, "%s: no slice %llu", s->path, (unsigned long long)key);
+        goto leave;
+    }
+    if (rc) {
+        st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+        goto leave;
+    }
+    if (!decode_rec(r->dctx, v.mv_data, v.mv_size, &h, &r->pix, &r->pix_cap, &r->tmp, &r->tmp_cap, &why)) {
+        st = ms_error(MS_ECORRUPT, "%s: slice %llu: %s", s->path, (unsigned long long)key, why);
+        goto leave;
+    }
+    memset(out, 0, sizeof *out);
+    out->key = key;
+    out->volume_id = h.volume_id;
+    out->slice_index = h.slice_index;
+    out->height = (int32_t)h.height;
+    out->width = (int32_t)h.width;
+    out->spacing[0] = h.spacing[0];
+    out->spacing[1] = h.spacing[1];
+    out->pixels = r->pix;
+    rc = mdb_get(r->txn, s->labels, &k, &v);
+    if (rc == MDB_NOTFOUND) goto leave;
+    if (rc) {
+        st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+        goto leave;
+    }
+    if (!decode_rec(r->dctx, v.mv_data, v.mv_size, &hl, &r->lab, &r->lab_cap, &r->tmp, &r->tmp_cap, &why)) {
+        st = ms_error(MS_ECORRUPT, "%s: label %llu: %s", s->path, (unsigned long long)key, why);
+        goto leave;
+    }
+    if (hl.height != h.height || hl.width != h.width) {
+        st = ms_error(MS_ECORRUPT, "%s: label %llu: shape differs from its slice", s->path, (unsigned long long)key);
+        goto leave;
+    }
+    out->label = r->lab;
+leave:
+    mdb_txn_reset(r->txn);
+    return st;
+}
+
+/* ---- verify and sizes ---- */
+
+typedef struct vrange {
+    uint64_t first;
+    uint32_t n;
+    int has_labels;
+} vrange;
+
+ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64_t *n_checked, uint64_t *n_bad)
+{
+    ms_status st = MS_OK;
+    MDB_txn *txn = NULL;
+    MDB_cursor *cur = NULL;
+    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    uint16_t *buf = NULL;
+    uint8_t *tmp = NULL;
+    size_t cap = 0, tcap = 0;
+    vrange *vr = calloc((size_t)s->n_volumes + 1, sizeof *vr);
+    *n_checked = *n_bad = 0;
+    if (!dctx || !vr) {
+        st = ms_error(MS_ENOMEM, "%s: out of memory", s->path);
+        goto leave;
+    }
+    char why_buf[160];
+#define BAD(db, key, ...)                                                                                              \
+    do {                                                                                                               \
+        snprintf(why_buf, sizeof why_buf, __VA_ARGS__);                                                                \
+        (*n_bad)++;                                                                                                    \
+        if (on_bad) on_bad(ctx, db, key, why_buf);                                                                     \
+    } while (0)
+    for (uint32_t i = 0; i < s->n_volumes; i++) {
+        ms_volume_info vi;
+        (*n_checked)++;
+        if (ms_store_volume(s, i, &vi) != MS_OK) {
+            BAD("volumes", i, "%s", ms_errmsg());
+            continue;
+        }
+        vr[i].first = vi.first_key;
+        vr[i].n = vi.n_slices;
+        vr[i].has_labels = vi.has_labels;
+    }
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) {
+        st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+        goto leave;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        const char *db = pass ? "labels" : "slices";
+        rc = mdb_cursor_open(txn, pass ? s->labels : s->slices, &cur);
+        if (rc) {
+            st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+            goto leave;
+        }
+        MDB_val k, v;
+        uint64_t count = 0;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            (*n_checked)++;
+            count++;
+            if (k.mv_size != 8) {
+                BAD(db, 0, "key of %zu bytes", k.mv_size);
+                continue;
+            }
+            uint64_t key = ms_unkey64(k.mv_data);
+            ms_rec_hdr h;
+            const char *why = NULL;
+            if (!decode_rec(dctx, v.mv_data, v.mv_size, &h, &buf, &cap, &tmp, &tcap, &why)) {
+                BAD(db, key, "%s", why);
+                continue;
+            }
+            if (h.volume_id >= s->n_volumes || key < vr[h.volume_id].first ||
+                key >= vr[h.volume_id].first + vr[h.volume_id].n)
+                BAD(db, key, "volume id %u does not own this key", h.volume_id);
+            else if (pass && !vr[h.volume_id].has_labels)
+                BAD(db, key, "label record for a volume without labels");
+            if (key >= s->n_slices) BAD(db, key, "key beyond the slice count %llu", (unsigned long long)s->n_slices);
+        }
+        if (rc != MDB_NOTFOUND) {
+            st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+            goto leave;
+        }
+        if (!pass && count != s->n_slices)
+            BAD(db, count, "%llu slice records, counts say %llu", (unsigned long long)count,
+                (unsigned long long)s->n_slices);
+        mdb_cursor_close(cur);
+        cur = NULL;
+    }
+#undef BAD
+leave:
+    if (cur) mdb_cursor_close(cur);
+    if (txn) mdb_txn_abort(txn);
+    ZSTD_freeDCtx(dctx);
+    free(buf);
+    free(tmp);
+    free(vr);
+    return st;
+}
+
+ms_status ms_store_sizes_get(ms_store *s, ms_store_sizes *out)
+{
+    memset(out, 0, sizeof *out);
+    MDB_txn *txn = NULL;
+    MDB_cursor *cur = NULL;
+    ms_status st = MS_OK;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+    for (int pass = 0; pass < 2; pass++) {
+        rc = mdb_cursor_open(txn, pass ? s->labels : s->slices, &cur);
+        if (rc) {
+            st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+            goto leave;
+        }
+        MDB_val k, v;
+        uint64_t *n = pass ? &out->label_records : &out->slice_records;
+        uint64_t *b = pass ? &out->label_bytes : &out->slice_bytes;
+        uint64_t *raw = pass ? &out->label_raw_bytes : &out->slice_raw_bytes;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            ms_rec_hdr h;
+            const char *why;
+            (*n)++;
+            *b += v.mv_size;
+            if (parse_hdr(v.mv_data, v.mv_size, &h, &why))
+                *raw += (uint64_t)h.height * h.width * (h.dtype == MS_REC_U16 ? 2 : 1);
+        }
+        mdb_cursor_close(cur);
+        cur = NULL;
+    }
+    MDB_envinfo ei;
+    MDB_stat ms;
+    if (!mdb_env_info(s->env, &ei) && !mdb_env_stat(s->env, &ms))
+        out->file_bytes = (uint64_t)(ei.me_last_pgno + 1) * ms.ms_psize;
+leave:
+    if (cur) mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return st;
+}

@@ -1,0 +1,57 @@
+/* data/store_fmt.h — byte layout of the store's records, shared by the reader (store.c), the writer
+ * (store_write.c) and verify. Internal to data/; docs/FORMATS.md is the user-facing description.
+ *
+ * Slice/label record = 44-byte header (little-endian) + one zstd frame (content size and checksum flag set):
+ *   0 magic "MSR1" | 4 u8 dtype (1 = uint16, 2 = uint8) | 5 u8 flags (bit 0: byte planes shuffled, low bytes
+ *   first) | 6 u16 reserved 0 | 8 u32 height | 12 u32 width | 16 f32 row spacing | 20 f32 column spacing |
+ *   24 u32 volume id | 28 u32 slice index | 32 u32 crc32c of the raw pixels (little-endian, unshuffled) |
+ *   36 u32 length of the zstd frame | 40 u32 crc32c of bytes 0..39.
+ * Keys of slices/labels are 8-byte big-endian integers, volume keys 4-byte big-endian, so cursor order = key order.
+ */
+#ifndef MS_STORE_FMT_H
+#define MS_STORE_FMT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define MS_REC_MAGIC "MSR1"
+#define MS_REC_HDR 44
+#define MS_REC_U16 1
+#define MS_REC_U8 2
+#define MS_REC_SHUFFLED 1
+#define MS_STORE_VERSION 1
+
+typedef struct ms_rec_hdr {
+    uint8_t dtype, flags;
+    uint32_t height, width;
+    float spacing[2];
+    uint32_t volume_id, slice_index, crc, zlen, hcrc;
+} ms_rec_hdr;
+
+static inline void ms_put_u32le(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+static inline uint32_t ms_get_u32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline void ms_key64(uint8_t k[8], uint64_t v)
+{
+    for (int i = 0; i < 8; i++) k[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+static inline uint64_t ms_unkey64(const uint8_t k[8])
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | k[i];
+    return v;
+}
+static inline void ms_key32(uint8_t k[4], uint32_t v)
+{
+    for (int i = 0; i < 4; i++) k[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+#endif

@@ -1,0 +1,178 @@
+/* kernels/cuda/cuda_ctx.cu — the CUDA bridge (kernels/base/cuda_bridge.h): probe, context (stream, cuBLAS and
+ * cuBLASLt handles, their workspace, the ops' scratch), device memory, copies and pinned host memory.
+ *
+ * Invariants: all work of one ms_device is ordered on its one stream; copies to or from the host return only
+ * when the host buffer may be reused (they synchronise the stream). TF32 GEMMs are off unless the environment
+ * asks for them at init (MS_CUDA_TF32=1): fp32 results then match the CPU to float rounding.
+ * Tested by tests/kernels/test_ops_cuda.c (every op, CUDA vs CPU).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.h"
+
+#define WORKSPACE_BYTES ((size_t)32 << 20)
+
+extern "C" int ms_cuda_probe(void)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear: no driver / no device is an answer, not an error */
+        return 0;
+    }
+    return n > 0;
+}
+
+extern "C" void ms_cuda_ctx_free(ms_device *dev)
+{
+    if (!dev || !dev->cuda) return;
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    cudaSetDevice(cx->device);
+    if (cx->stream) cudaStreamSynchronize(cx->stream);
+    if (cx->lt) cublasLtDestroy(cx->lt);
+    if (cx->blas) cublasDestroy(cx->blas);
+    if (cx->workspace) cudaFree(cx->workspace);
+    if (cx->scratch) cudaFree(cx->scratch);
+    if (cx->stream) cudaStreamDestroy(cx->stream);
+    free(cx);
+    dev->cuda = NULL;
+}
+
+extern "C" ms_status ms_cuda_ctx_init(ms_device *dev)
+{
+    ms_status rc = MS_OK;
+    int n = 0, smem = 0;
+    const char *tf;
+    ms_cuda_ctx *cx = (ms_cuda_ctx *)calloc(1, sizeof *cx);
+    if (!cx) return ms_error(MS_ENOMEM, "cuda context: out of memory");
+    dev->cuda = cx;
+    cx->device = dev->cuda_index;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        rc = ms_error(MS_EDEVICE, "cuda:%d: no CUDA device is visible (driver missing or no GPU)", dev->cuda_index);
+        goto leave;
+    }
+    if (cx->device < 0 || cx->device >= n) {
+        rc = ms_error(MS_EDEVICE, "cuda:%d: only %d CUDA device(s) visible", dev->cuda_index, n);
+        goto leave;
+    }
+    MS_CU_GOTO(cudaSetDevice(cx->device), rc, leave);
+    MS_CU_GOTO(cudaDeviceGetAttribute(&cx->sm_count, cudaDevAttrMultiProcessorCount, cx->device), rc, leave);
+    MS_CU_GOTO(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, cx->device), rc, leave);
+    cx->smem_optin = (size_t)smem;
+    MS_CU_GOTO(cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking), rc, leave);
+    MS_CU_GOTO(cudaMalloc(&cx->workspace, WORKSPACE_BYTES), rc, leave);
+    cx->workspace_bytes = WORKSPACE_BYTES;
+    MS_CU_GOTO(cublasCreate(&cx->blas), rc, leave);
+    MS_CU_GOTO(cublasSetStream(cx->blas, cx->stream), rc, leave);
+    MS_CU_GOTO(cublasSetWorkspace(cx->blas, cx->workspace, cx->workspace_bytes), rc, leave);
+    tf = getenv("MS_KERNEL_ATTENTION");
+    cx->attn_variant = tf && !strcmp(tf, "1") ? 1 : 2;
+    tf = getenv("MS_CUDA_TF32");
+    cx->tf32 = tf && !strcmp(tf, "1");
+    /* Default math is exact fp32; TF32 tensor cores only on explicit request. */
+    MS_CU_GOTO(cublasSetMathMode(cx->blas, cx->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH), rc, leave);
+    MS_CU_GOTO(cublasLtCreate(&cx->lt), rc, leave);
+leave:
+    if (rc) ms_cuda_ctx_free(dev);
+    return rc;
+}
+
+ms_status ms_cuda_scratch(ms_device *dev, size_t bytes, void **out)
+{
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    *out = NULL;
+    if (bytes == 0) bytes = 256;
+    if (bytes > cx->scratch_bytes) {
+        size_t want = bytes + bytes / 2;
+        /* Kernels queued earlier may still read the old buffer: let them finish before freeing it. */
+        MS_CU(cudaStreamSynchronize(cx->stream));
+        if (cx->scratch) cudaFree(cx->scratch);
+        cx->scratch = NULL;
+        cx->scratch_bytes = 0;
+        if (cudaMalloc(&cx->scratch, want) != cudaSuccess) {
+            (void)cudaGetLastError();
+            want = bytes;
+            MS_CU(cudaMalloc(&cx->scratch, want));
+        }
+        cx->scratch_bytes = want;
+    }
+    *out = cx->scratch;
+    return MS_OK;
+}
+
+extern "C" ms_status ms_cuda_alloc(ms_device *dev, size_t bytes, void **out)
+{
+    *out = NULL;
+    MS_CU_CTX(dev);
+    cudaError_t e = cudaMalloc(out, bytes ? bytes : 256);
+    if (e != cudaSuccess) {
+        *out = NULL;
+        (void)cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return ms_error(e == cudaErrorMemoryAllocation ? MS_ENOMEM : MS_EDEVICE,
+                        "cuda:%d: cudaMalloc of %zu bytes failed: %s (%zu of %zu bytes free)", dev->cuda_index,
+                        bytes, cudaGetErrorString(e), fr, tot);
+    }
+    return MS_OK;
+}
+
+extern "C" void ms_cuda_free(ms_device *dev, void *p)
+{
+    (void)dev;
+    if (p) cudaFree(p);
+}
+
+extern "C" ms_status ms_cuda_memset0(ms_device *dev, void *p, size_t bytes)
+{
+    MS_CU_CTX(dev);
+    if (!bytes) return MS_OK;
+    MS_CU(cudaMemsetAsync(p, 0, bytes, ms_cuda_ctx_of(dev)->stream));
+    return MS_OK;
+}
+
+extern "C" ms_status ms_cuda_copy(ms_device *dev, void *dst, const void *src, size_t bytes, int dir)
+{
+    MS_CU_CTX(dev);
+    cudaStream_t s = ms_cuda_ctx_of(dev)->stream;
+    cudaMemcpyKind kind = dir == 1 ? cudaMemcpyHostToDevice : dir == 2 ? cudaMemcpyDeviceToHost
+                        : dir == 3 ? cudaMemcpyDeviceToDevice : cudaMemcpyDefault;
+    if (dir < 1 || dir > 3) return ms_error(MS_EINVAL, "ms_cuda_copy: direction %d is not 1, 2 or 3", dir);
+    if (!bytes) return MS_OK;
+    MS_CU(cudaMemcpyAsync(dst, src, bytes, kind, s));
+    /* Host buffers may be reused (or read) as soon as we return. */
+    if (dir != 3) MS_CU(cudaStreamSynchronize(s));
+    return MS_OK;
+}
+
+extern "C" ms_status ms_cuda_sync(ms_device *dev)
+{
+    MS_CU_CTX(dev);
+    MS_CU(cudaStreamSynchronize(ms_cuda_ctx_of(dev)->stream));
+    return MS_OK;
+}
+
+extern "C" ms_status ms_host_alloc_pinned(size_t bytes, void **out)
+{
+    size_t n = (bytes + 63) & ~(size_t)63;
+    *out = NULL;
+    if (ms_cuda_probe() && cudaMallocHost(out, n ? n : 64) == cudaSuccess) return MS_OK;
+    (void)cudaGetLastError();
+    *out = aligned_alloc(64, n ? n : 64); /* no GPU: ordinary memory works, only without DMA */
+    MS_FAIL_IF(!*out, MS_ENOMEM, "out of memory allocating %zu bytes", bytes);
+    return MS_OK;
+}
+
+extern "C" void ms_host_free_pinned(void *p)
+{
+    unsigned flags = 0;
+    if (!p) return;
+    if (cudaHostGetFlags(&flags, p) == cudaSuccess) {
+        cudaFreeHost(p);
+        return;
+    }
+    (void)cudaGetLastError();
+    free(p);
+}

@@ -1,0 +1,161 @@
+"""tests/data/check_store.py STORE [--keep-empty] [--min-fg F] [--norm N] [--axis A] — compares every volume of a
+store made with --keep-paths against nibabel: closest-canonical reorientation, scaling, NaN/Inf -> 0, the documented
+normalisation, the slicing plane and in-plane layout, the near-empty rule, labels and their values.
+Exit 1 on any mismatch. Pixel tolerance: 1 LSB of uint16 (float32 vs float64 rounding at .5)."""
+import argparse
+import sys
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from storelib import AXES, Store, canonical, cut, normalise  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("store")
+ap.add_argument("--keep-empty", action="store_true")
+ap.add_argument("--min-fg", type=float, default=0.01)
+ap.add_argument("--norm", default="percentile")
+ap.add_argument("--axis", default="auto")
+ap.add_argument("--expect-volumes", type=int, default=-1)
+ap.add_argument("--label-threshold", type=float, default=None)
+ap.add_argument("--label-map", default=None)
+ap.add_argument("--crc-max-bytes", type=int, default=1 << 15, help="check crcs in Python only for smaller slices")
+a = ap.parse_args()
+
+st = Store(a.store)
+vols = st.volumes()
+fails, checked = 0, 0
+
+
+def fail(msg):
+    global fails
+    fails += 1
+    print("FAIL", msg)
+
+
+if a.expect_volumes >= 0 and len(vols) != a.expect_volumes:
+    fail(f"{len(vols)} volumes, expected {a.expect_volumes}")
+counts = st.meta_json("counts")
+if counts["volumes"] != len(vols):
+    fail("counts.volumes")
+keys = st.keys(st.slices)
+if keys != list(range(counts["slices"])):
+    fail("slice keys are not 0..n-1")
+
+lmap = None
+if a.label_map:
+    lmap = {}
+    for line in open(a.label_map):
+        if "," in line:
+            x, y = line.strip().split(",")
+            lmap[int(x)] = int(y)
+
+
+def read_png(path):
+    """Decoder for the filter-0 gray PNGs gen_synth.py writes."""
+    import struct
+    import zlib
+    b = open(path, "rb").read()
+    pos, idat, w = 8, b"", 0
+    while pos < len(b):
+        n = struct.unpack(">I", b[pos:pos + 4])[0]
+        t, d = b[pos + 4:pos + 8], b[pos + 8:pos + 8 + n]
+        if t == b"IHDR":
+            w, h, bd = struct.unpack(">IIB", d[:9])
+        elif t == b"IDAT":
+            idat += d
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    bpp = 2 if bd == 16 else 1
+    rows = [raw[r * (1 + w * bpp) + 1:(r + 1) * (1 + w * bpp)] for r in range(h)]
+    return np.array([np.frombuffer(r, ">u2" if bpp == 2 else np.uint8) for r in rows]).astype(np.float32)
+
+
+def relabel(lraw):
+    if a.label_threshold is not None:
+        return (lraw > a.label_threshold).astype(np.int64)
+    if lmap is not None:
+        return np.vectorize(lambda x: lmap.get(int(x), 0))(np.rint(lraw)).astype(np.int64)
+    return np.rint(lraw).astype(np.int64)
+
+
+cache = {}
+for v in vols:
+    path = v["path"]
+    if v["kind"] == "png":
+        img = read_png(path)
+        exp, lo, sc = normalise(img, a.norm)
+        d = st.decode(st.raw(v["first_key"]))
+        checked += 1
+        if v["n_slices"] != 1 or not np.abs(d["pixels"].astype(int) - exp.astype(int)).max() <= 1:
+            fail(f"{path}: png slice differs")
+        if "label_path" in v:
+            m = read_png(v["label_path"])
+            if set(np.unique(m)) <= {0, 255}:
+                m = (m > 0).astype(np.float32)
+            m = relabel(m)
+            dl = st.decode(st.raw(v["first_key"], label=True))
+            if not np.array_equal(dl["pixels"], m.astype(np.uint16)):
+                fail(f"{path}: png mask differs")
+        continue
+    if path not in cache:
+        img = nib.load(path)
+        cache[path] = (canonical(img), np.array(img.header.get_zooms()[:3]))
+    data, _ = cache[path]
+    if data.ndim == 4:
+        data = data[..., v["frame"]]
+    elif data.ndim == 2:
+        data = data[..., None]
+    cimg = nib.as_closest_canonical(nib.load(path))
+    zooms = np.sqrt((cimg.affine[:3, :3] ** 2).sum(0)) if v["geometry"] != "pixdim" else np.array(nib.load(path).header.get_zooms()[:3])
+    if a.axis == "auto":
+        mx = zooms.max()
+        axis = 2 if zooms[2] >= mx * (1 - 1e-3) else 1 if zooms[1] >= mx * (1 - 1e-3) else 0
+    else:
+        axis = AXES[a.axis]
+    if AXES[v["axis"]] != axis:
+        fail(f"{path}: axis {v['axis']} expected {axis}")
+        continue
+    exp, lo, sc = normalise(data, a.norm)
+    if abs(v["intensity"]["offset"] - lo) > 1e-4 * max(1, abs(lo)) or abs(v["intensity"]["scale"] - sc) > 1e-4 * max(1, abs(sc)):
+        fail(f"{path}: window {v['intensity']['offset']}+{v['intensity']['scale']} expected {lo}+{sc}")
+    lab = None
+    if "label_path" in v:
+        lab = relabel(canonical(nib.load(v["label_path"])))
+        vals = sorted(int(x) for x in np.unique(lab))
+        if vals != v["labels"]["values"]:
+            fail(f"{path}: label values {v['labels']['values']} expected {vals}")
+    K = data.shape[axis]
+    kept = []
+    for k in range(K):
+        s = cut(exp, axis, k)
+        lk = cut(lab, axis, k) if lab is not None else None
+        if a.keep_empty or (lk is not None and (lk > 0).any()) or (s > 0).sum() >= a.min_fg * s.size:
+            kept.append(k)
+    if v["n_slices"] != len(kept):
+        fail(f"{path} frame {v['frame']}: {v['n_slices']} slices stored, expected {len(kept)}")
+        continue
+    rs = [i for i in range(3) if i != axis]
+    for i, k in enumerate(kept):
+        key = v["first_key"] + i
+        d = st.decode(st.raw(key), check_crc=data.shape[(axis + 1) % 3] * data.shape[(axis + 2) % 3] * 2 <= a.crc_max_bytes)
+        checked += 1
+        e = cut(exp, axis, k)
+        if d["index"] != k or d["volume"] != v["id"] or d["pixels"].shape != e.shape:
+            fail(f"{path} key {key}: index {d['index']} vol {d['volume']} shape {d['pixels'].shape}, expected {k} {v['id']} {e.shape}")
+            break
+        diff = np.abs(d["pixels"].astype(np.int64) - e.astype(np.int64))
+        if diff.max() > 1 or (diff > 0).mean() > 0.01:
+            fail(f"{path} key {key}: max diff {diff.max()} ({(diff > 0).sum()} pixels differ)")
+            break
+        if abs(d["spacing"][0] - zooms[rs[0]]) > 1e-4 or abs(d["spacing"][1] - zooms[rs[1]]) > 1e-4:
+            fail(f"{path} key {key}: spacing {d['spacing']} expected {zooms[rs]}")
+        if lab is not None:
+            dl = st.decode(st.raw(key, label=True), check_crc=False)
+            if not np.array_equal(dl["pixels"].astype(np.int64), cut(lab, axis, k)):
+                fail(f"{path} key {key}: label differs")
+        elif st.raw(key, label=True) is not None:
+            fail(f"{path} key {key}: unexpected label record")
+print(f"{len(vols)} volumes, {checked} slices compared, {fails} failures")
+sys.exit(1 if fails else 0)

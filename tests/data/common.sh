@@ -1,0 +1,17 @@
+# tests/data/common.sh — sourced by the data script tests: paths, a fresh seed, a scratch folder, check helpers.
+set -u
+M=${MS_MRISAM:?run through ctest}
+SRC=${MS_SOURCE_DIR:?run through ctest}
+PY=/usr/bin/python3
+HERE=$SRC/tests/data
+T=${MS_BINARY_DIR:?}/tests/tmp_$(basename "$0" .sh)
+rm -rf "$T" && mkdir -p "$T"
+SEED=${MS_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+echo "seed: $SEED (replay with MS_TEST_SEED=$SEED)"
+$PY -c 'import nibabel, lmdb, zstandard, numpy' 2>/dev/null || { echo "skip: python3-nibabel/lmdb/zstandard missing"; exit 77; }
+PASS=0
+FAIL=0
+ok() { PASS=$((PASS + 1)); }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+check() { if "$@"; then ok; else bad "$*"; fi; }
+done_() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; exit $?; }

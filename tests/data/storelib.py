@@ -1,0 +1,130 @@
+"""tests/data/storelib.py — an independent reader of the mrisam slice store (python-lmdb + zstandard + numpy),
+written from docs/FORMATS.md, and the reference normalisation/reorientation (nibabel) the tests compare against."""
+import json
+import struct
+import zlib
+
+import lmdb
+import numpy as np
+import zstandard
+
+HDR = 44
+
+
+def crc32c(data):
+    # bitwise CRC-32C: slow but independent of the C implementation (used on small slices only)
+    crc = 0xFFFFFFFF
+    tbl = crc32c.tbl
+    for b in data:
+        crc = (crc >> 8) ^ tbl[(crc ^ b) & 0xFF]
+    return crc ^ 0xFFFFFFFF
+
+
+def _tbl():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        t.append(c)
+    return t
+
+
+crc32c.tbl = _tbl()
+
+
+class Store:
+    def __init__(self, path):
+        self.env = lmdb.open(path, readonly=True, lock=False, max_dbs=8, subdir=True)
+        self.meta = self.env.open_db(b"meta", create=False)
+        self.vols = self.env.open_db(b"volumes", create=False)
+        self.slices = self.env.open_db(b"slices", create=False)
+        self.labels = self.env.open_db(b"labels", create=False)
+        self.sources = self.env.open_db(b"sources", create=False)
+        self.dctx = zstandard.ZstdDecompressor()
+
+    def meta_json(self, name):
+        with self.env.begin() as t:
+            v = t.get(name.encode(), db=self.meta)
+            return json.loads(bytes(v)) if v is not None else None
+
+    def volumes(self):
+        out = []
+        with self.env.begin() as t:
+            for k, v in t.cursor(db=self.vols):
+                out.append(json.loads(bytes(v)))
+        return out
+
+    def keys(self, db):
+        with self.env.begin() as t:
+            return [struct.unpack(">Q", bytes(k))[0] for k, _ in t.cursor(db=db)]
+
+    def raw(self, key, label=False):
+        with self.env.begin() as t:
+            v = t.get(struct.pack(">Q", key), db=self.labels if label else self.slices)
+            return None if v is None else bytes(v)
+
+    def decode(self, rec, check_crc=True):
+        assert rec[:4] == b"MSR1", "magic"
+        dtype, flags = rec[4], rec[5]
+        h, w = struct.unpack("<II", rec[8:16])
+        sr, sc = struct.unpack("<ff", rec[16:24])
+        vid, sidx, crc, zlen, hcrc = struct.unpack("<IIIII", rec[24:44])
+        assert zlen == len(rec) - HDR, "zlen"
+        if check_crc:
+            assert crc32c(rec[:40]) == hcrc, "header crc"
+        raw = self.dctx.decompress(rec[HDR:], max_output_size=h * w * 2)
+        if dtype == 1:
+            if flags & 1:
+                b = np.frombuffer(raw, np.uint8)
+                px = (b[: h * w].astype(np.uint16) | (b[h * w:].astype(np.uint16) << 8))
+            else:
+                px = np.frombuffer(raw, "<u2").astype(np.uint16)
+        else:
+            px = np.frombuffer(raw, np.uint8).astype(np.uint16)
+        if check_crc:
+            payload = px.astype("<u2").tobytes() if dtype == 1 else px.astype(np.uint8).tobytes()
+            assert zlib.crc32(b"") == 0
+            assert crc32c(payload) == crc, "pixel crc"
+        return dict(h=h, w=w, spacing=(sr, sc), volume=vid, index=sidx, dtype=dtype,
+                    pixels=px.reshape(h, w))
+
+
+def canonical(img):
+    """nibabel's closest-canonical (RAS+) data as float32 after scaling, NaN/Inf -> 0, like the documented ingest."""
+    import nibabel as nib
+    hdr = img.header
+    sc, qc = int(hdr["sform_code"]), int(hdr["qform_code"])
+    if sc == 0 and qc == 0:
+        data = np.asanyarray(img.dataobj)  # documented rule: no usable affine -> stored axes taken as RAS
+    else:
+        img = nib.as_closest_canonical(img)
+        data = np.asanyarray(img.dataobj)
+    data = data.astype(np.float64)
+    data = data.astype(np.float32)
+    data[~np.isfinite(data)] = 0
+    return data
+
+
+def normalise(v, norm="percentile", p=(0.5, 99.5)):
+    v64 = v.astype(np.float64)
+    nz = v64[v64 != 0]
+    if norm == "percentile":
+        if nz.size == 0:
+            lo, sc = 0.0, 1.0
+        else:
+            lo, hi = np.percentile(nz, p)
+            sc = hi - lo
+    else:
+        lo, sc = v64.min(), v64.max() - v64.min()
+    if not sc > 0:
+        sc = 1.0
+    t = np.clip((v64 - lo) / sc, 0, 1)
+    return np.floor(t * 65535 + 0.5).astype(np.uint16), lo, sc
+
+
+def cut(vol, axis, k):
+    return vol[k, :, :] if axis == 0 else vol[:, k, :] if axis == 1 else vol[:, :, k]
+
+
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}

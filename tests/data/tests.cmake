@@ -1,0 +1,16 @@
+# tests/data — ingest, the slice store, inspect/verify/export. Script tests generate their inputs at run time
+# (python3-nibabel at /usr/bin/python3) into the build tree; the mricron templates come from Debian's mricron-data.
+set(MS_DATA_TESTS ${CMAKE_CURRENT_LIST_DIR})
+ms_test(test_store SOURCES ${MS_DATA_TESTS}/test_store.c LABELS cpu)
+ms_script_test(test_ingest_synthetic ${MS_DATA_TESTS}/test_ingest_synthetic.sh LABELS cpu)
+ms_script_test(test_ingest_bad ${MS_DATA_TESTS}/test_ingest_bad.sh LABELS cpu)
+ms_script_test(test_ingest_mricron ${MS_DATA_TESTS}/test_ingest_mricron.sh LABELS "cpu;slow")
+ms_script_test(test_ingest_kill ${MS_DATA_TESTS}/test_ingest_kill.sh LABELS "cpu;slow")
+ms_script_test(test_fuzz_nifti_header ${MS_DATA_TESTS}/test_fuzz_nifti_header.sh LABELS "cpu;slow")
+# With CC=clang -DMS_FUZZ=ON the same target is also built against the instrumented library: ./fuzz_nifti_header CORPUS
+if(MS_FUZZ)
+  add_executable(fuzz_nifti_header ${MS_DATA_TESTS}/fuzz_nifti_header.c)
+  target_compile_options(fuzz_nifti_header PRIVATE -fsanitize=fuzzer)
+  target_link_options(fuzz_nifti_header PRIVATE -fsanitize=fuzzer)
+  target_link_libraries(fuzz_nifti_header PRIVATE mrisam_lib)
+endif()

@@ -1,0 +1,96 @@
+/* tools/cmd_export.c — `mrisam export STORE --key K -o FILE.png|FILE.npy [--label]`: one slice to look at.
+ * PNG: 8-bit, round(stored · 255 / 65535); labels as their values (clipped to 255). NPY: the stored uint16 array
+ * (H, W), '<u2', C order. --label writes the label slice beside it as FILE_label.png/.npy. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "data/store.h"
+#include "image_io.h"
+
+static ms_status write_npy_u16(const char *path, const uint16_t *v, int h, int w)
+{
+    char hdr[128];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<u2', 'fortran_order': False, 'shape': (%d, %d), }", h, w);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
+    FILE *f = fopen(path, "wb");
+    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
+    unsigned hl = (unsigned)(n + pad + 1);
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 255), (unsigned char)(hl >> 8)};
+    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
+    for (int i = 0; i < pad && ok; i++) ok = fputc(' ', f) != EOF;
+    ok = ok && fputc('\n', f) != EOF;
+    for (size_t i = 0; i < (size_t)h * w && ok; i++) { /* little-endian whatever the host */
+        unsigned char b[2] = {(unsigned char)(v[i] & 255), (unsigned char)(v[i] >> 8)};
+        ok = fwrite(b, 1, 2, f) == 2;
+    }
+    if (fclose(f) != 0) ok = 0;
+    return ok ? MS_OK : ms_error(MS_EIO, "%s: write failed", path);
+}
+
+static ms_status write_one(const char *path, const uint16_t *v, int h, int w, int is_label)
+{
+    size_t n = strlen(path);
+    if (n > 4 && !strcmp(path + n - 4, ".npy")) return write_npy_u16(path, v, h, w);
+    uint8_t *p = malloc((size_t)h * w);
+    if (!p) return ms_error(MS_ENOMEM, "out of memory");
+    for (size_t i = 0; i < (size_t)h * w; i++)
+        p[i] = is_label ? (uint8_t)(v[i] > 255 ? 255 : v[i]) : (uint8_t)((v[i] * 255u + 32767u) / 65535u);
+    ms_status st = ms_png_write_u8(path, p, w, h, 1);
+    free(p);
+    return st;
+}
+
+static int run(int argc, char **argv)
+{
+    static const ms_cmd_help h = {"mrisam export STORE --key K -o FILE.png|FILE.npy [--label]",
+                                  "Writes slice K (decimal key, from 0 in ingest order) as an 8-bit PNG (stored value "
+                                  "x 255 / 65535) or as the stored uint16 array in .npy; --label adds FILE_label.*.",
+                                  NULL};
+    int64_t key = -1;
+    const char *out = NULL;
+    int label = 0;
+    const ms_opt opts[] = {{"key", MS_OPT_I64, &key, "K", "slice key"},
+                           {"o", MS_OPT_STR, &out, "FILE", ".png or .npy"},
+                           {"label", MS_OPT_FLAG, &label, NULL, "also write the label slice as FILE_label.png/.npy"},
+                           {0}};
+    ms_strlist pos = {0};
+    int rc = ms_cli_parse(&h, opts, argc, argv, &pos);
+    if (rc) {
+        ms_strlist_free(&pos);
+        return rc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
+    }
+    size_t ol = out ? strlen(out) : 0;
+    if (pos.n != 1 || key < 0 || !out || ol < 5 || (strcmp(out + ol - 4, ".png") && strcmp(out + ol - 4, ".npy"))) {
+        fprintf(stderr, "mrisam export: usage: %s\n", h.usage);
+        ms_strlist_free(&pos);
+        return MS_EXIT_USAGE;
+    }
+    ms_store *s = NULL;
+    ms_store_reader *r = NULL;
+    ms_slice sl;
+    char *lpath = NULL;
+    ms_status st = ms_store_open(pos.v[0], 1, &s);
+    if (!st) st = ms_store_reader_new(s, &r);
+    if (!st) st = ms_store_read(r, (uint64_t)key, &sl);
+    if (!st) st = write_one(out, sl.pixels, sl.height, sl.width, 0);
+    if (!st && label) {
+        if (!sl.label)
+            st = ms_error(MS_ENOTFOUND, "%s: slice %" PRId64 " has no label", pos.v[0], key);
+        else {
+            lpath = malloc(ol + 8);
+            snprintf(lpath, ol + 8, "%.*s_label%s", (int)(ol - 4), out, out + ol - 4);
+            st = write_one(lpath, sl.label, sl.height, sl.width, 1);
+        }
+    }
+    free(lpath);
+    ms_store_reader_free(r);
+    ms_store_close(s);
+    ms_strlist_free(&pos);
+    return ms_cli_report("export", st);
+}
+
+const ms_command ms_cmd_export = {"export", "write one slice (and its label) of a store as PNG or NPY", run};
