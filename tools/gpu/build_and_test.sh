@@ -29,7 +29,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 /usr/local/cuda/bin/nvcc --version | tail -1 || true
 
 cmake -S . -B "$B" -DMS_CUDA=ON -DMS_CUDA_ARCH=90 -DBUILD_TESTING=ON \
-  -DCMAKE_CUDA_COMPILER="$ROOT/tools/gpu/nvcc-wrap.sh" \
   -DPKG_CONFIG_EXECUTABLE="$PKGCONF" \
   -DCMAKE_PREFIX_PATH="$P/usr;$L/cmake" \
   -DNIFTI_INCLUDE=$P/usr/include/nifti -DNIFTI2_LIB=$L/libnifti2.so -DZNZ_LIB=$L/libznz.so \
@@ -52,7 +51,7 @@ if [ $cfg != 0 ] || ! cmake --build "$B" -j"$J" --target test_ops_cuda > "$LOG/b
   mkdir -p "$K"
   CF="-O2 -std=c11 -Wall -Wextra -D_GNU_SOURCE -DMS_HAVE_CUDA=1 -fopenmp -I. -Ikernels -Itests -I$P/usr/include/x86_64-linux-gnu/openblas-openmp"
   ls kernels/base/*.c kernels/cpu/*.c tests/kernels/test_ops_cuda.c | xargs -P "$J" -I{} sh -c 'gcc '"$CF"' -c {} -o '"$K"'/$(echo {} | tr / _).o' || exit 1
-  ls kernels/cuda/*.cu | xargs -P "$J" -I{} sh -c '"'"$ROOT"'/tools/gpu/nvcc-wrap.sh" -O3 -arch=sm_90 --use_fast_math -Xcompiler=-Wall,-Wextra -DMS_HAVE_CUDA=1 -I. -Ikernels -c {} -o '"$K"'/$(echo {} | tr / _).o' || exit 1
+  ls kernels/cuda/*.cu | xargs -P "$J" -I{} sh -c '/usr/local/cuda/bin/nvcc -O3 -arch=sm_90 -Xcompiler=-Wall,-Wextra -DMS_HAVE_CUDA=1 -I. -Ikernels -c {} -o '"$K"'/$(echo {} | tr / _).o' || exit 1
   /usr/local/cuda/bin/nvcc -o "$K/test_ops_cuda" "$K"/*.o -L"$L/openblas-openmp" -lopenblas -lcublas -lcublasLt -lgomp -lm \
     -Xlinker -rpath-link="$L" || exit 1
   TEST="$K/test_ops_cuda"
