@@ -1,0 +1,244 @@
+/* finetune/eval.c — Dice / IoU counting (see eval.h for the definitions and the empty-class rule).
+ *
+ * One pass over the voxels with per-thread histograms (a label volume is a few million voxels; the counts are
+ * exact integers, so the thread count never changes a result).
+ */
+#include "finetune/eval.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ms_overlap_free(ms_overlap *o)
+{
+    free(o->inter);
+    free(o->pred);
+    free(o->gt);
+    memset(o, 0, sizeof *o);
+}
+
+ms_status ms_overlap_count(const uint16_t *pred, const uint16_t *gt, int64_t n, int n_threads, ms_overlap *o)
+{
+    memset(o, 0, sizeof *o);
+    uint16_t mx = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (pred[i] > mx) mx = pred[i];
+        if (gt[i] > mx) mx = gt[i];
+    }
+    int L = (int)mx + 1;
+    int T = n_threads > 0 ? n_threads : omp_get_max_threads();
+    if (T > 64) T = 64;
+    while (T > 1 && (int64_t)T * L > ((int64_t)1 << 20)) T /= 2; /* many labels: fewer private histograms */
+    ms_status st = MS_OK;
+    /* per thread: inter, pred, gt histograms side by side */
+    int64_t *h = calloc((size_t)T * 3 * (size_t)L, sizeof *h);
+    o->inter = calloc((size_t)L, sizeof(int64_t));
+    o->pred = calloc((size_t)L, sizeof(int64_t));
+    o->gt = calloc((size_t)L, sizeof(int64_t));
+    if (!h || !o->inter || !o->pred || !o->gt) {
+        st = ms_error(MS_ENOMEM, "eval: out of memory for %d labels", L);
+        ms_overlap_free(o);
+        goto leave;
+    }
+    o->n_labels = L;
+#pragma omp parallel num_threads(T)
+    {
+        int t = omp_get_thread_num();
+        int64_t *hi = h + (size_t)t * 3 * (size_t)L, *hp = hi + L, *hg = hp + L;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t p = pred[i], g = gt[i];
+            hp[p]++;
+            hg[g]++;
+            hi[p] += p == g;
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < L; c++) {
+            const int64_t *hi = h + (size_t)t * 3 * (size_t)L;
+            o->inter[c] += hi[c];
+            o->pred[c] += hi[L + c];
+            o->gt[c] += hi[2 * L + c];
+        }
+leave:
+    free(h);
+    return st;
+}
+
+double ms_dice(int64_t inter, int64_t np, int64_t ng)
+{
+    return np + ng == 0 ? NAN : 2.0 * (double)inter / (double)(np + ng);
+}
+
+double ms_iou(int64_t inter, int64_t np, int64_t ng)
+{
+    return np + ng == 0 ? NAN : (double)inter / (double)(np + ng - inter);
+}
+
+void ms_mean_sd(const double *v, int n, double *mean, double *sd, int *n_used)
+{
+    double s = 0;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (isfinite(v[i])) s += v[i], k++;
+    *n_used = k;
+    if (k == 0) {
+        *mean = *sd = NAN;
+        return;
+    }
+    double m = s / k, q = 0;
+    for (int i = 0; i < n; i++)
+        if (isfinite(v[i])) q += (v[i] - m) * (v[i] - m);
+    *mean = m;
+    *sd = k > 1 ? sqrt(q / (k - 1)) : 0.0;
+}
+
+/* 1-D squared distance transform (Felzenszwalb & Huttenlocher) of f (INFINITY = no feature) with squared spacing w:
+ * d[q] = min_p f[p] + w (q - p)^2. v, z: scratch of n and n + 1. */
+static void edt1d(const double *f, double *d, int64_t n, double w, int64_t *v, double *z)
+{
+    int64_t k = -1;
+    for (int64_t q = 0; q < n; q++) {
+        if (f[q] == INFINITY) continue;
+        double s = -INFINITY;
+        while (k >= 0) {
+            int64_t p = v[k];
+            s = ((f[q] + w * (double)q * q) - (f[p] + w * (double)p * p)) / (2 * w * (double)(q - p));
+            if (s > z[k]) break;
+            k--;
+        }
+        k++;
+        v[k] = q;
+        z[k] = k == 0 ? -INFINITY : s;
+        z[k + 1] = INFINITY;
+    }
+    if (k < 0) {
+        for (int64_t q = 0; q < n; q++) d[q] = INFINITY;
+        return;
+    }
+    int64_t j = 0;
+    for (int64_t q = 0; q < n; q++) {
+        while (z[j + 1] < (double)q) j++;
+        double t = (double)(q - v[j]);
+        d[q] = w * t * t + f[v[j]];
+    }
+}
+
+/* In-place squared EDT of g (0 at features, INFINITY elsewhere) on a box b[0]·b[1]·b[2], spacing sp. */
+static ms_status edt3d(double *g, const int64_t b[3], const double sp[3], int T)
+{
+    int64_t mx = b[0] > b[1] ? b[0] : b[1];
+    mx = mx > b[2] ? mx : b[2];
+    int64_t stride[3] = {1, b[0], b[0] * b[1]};
+    ms_status st = MS_OK;
+    size_t per = (size_t)(4 * mx + 1);
+    double *buf = malloc((size_t)T * per * sizeof(double));
+    int64_t *vb = malloc((size_t)T * (size_t)mx * sizeof(int64_t));
+    if (!buf || !vb) {
+        st = ms_error(MS_ENOMEM, "hd95: out of memory for the distance transform");
+        goto leave;
+    }
+    for (int ax = 0; ax < 3; ax++) {
+        int a1 = ax == 0 ? 1 : 0, a2 = ax == 2 ? 1 : 2; /* the two other axes */
+        int64_t n = b[ax], lines = b[a1] * b[a2];
+        double w = sp[ax] * sp[ax];
+#pragma omp parallel for num_threads(T) schedule(static)
+        for (int64_t l = 0; l < lines; l++) {
+            int t = omp_get_thread_num();
+            double *f = buf + (size_t)t * per, *d = f + mx, *z = d + mx;
+            int64_t *v = vb + (size_t)t * (size_t)mx;
+            int64_t o = (l % b[a1]) * stride[a1] + (l / b[a1]) * stride[a2];
+            for (int64_t q = 0; q < n; q++) f[q] = g[o + q * stride[ax]];
+            edt1d(f, d, n, w, v, z);
+            for (int64_t q = 0; q < n; q++) g[o + q * stride[ax]] = d[q];
+        }
+    }
+leave:
+    free(buf);
+    free(vb);
+    return st;
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* numpy.percentile(v, 95) with linear interpolation; sorts v. */
+static double p95(double *v, int64_t n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
+    double pos = 0.95 * (double)(n - 1);
+    int64_t i = (int64_t)floor(pos);
+    if (i >= n - 1) return v[n - 1];
+    return v[i] + (pos - (double)i) * (v[i + 1] - v[i]);
+}
+
+ms_status ms_hd95(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3], const double spacing[3], int c,
+                  int n_threads, double *out)
+{
+    int T = n_threads > 0 ? n_threads : omp_get_max_threads();
+    int64_t nx = dim[0], ny = dim[1], nz = dim[2];
+    int64_t lo[3] = {nx, ny, nz}, hi[3] = {-1, -1, -1};
+    int64_t np = 0, ng = 0;
+    for (int64_t z = 0, i = 0; z < nz; z++)
+        for (int64_t y = 0; y < ny; y++)
+            for (int64_t x = 0; x < nx; x++, i++) {
+                int a = pred[i] == c, b = gt[i] == c;
+                np += a, ng += b;
+                if (a || b) {
+                    int64_t p[3] = {x, y, z};
+                    for (int k = 0; k < 3; k++) {
+                        if (p[k] < lo[k]) lo[k] = p[k];
+                        if (p[k] > hi[k]) hi[k] = p[k];
+                    }
+                }
+            }
+    if (np == 0 || ng == 0) {
+        *out = np + ng == 0 ? NAN : INFINITY;
+        return MS_OK;
+    }
+    int64_t b[3] = {hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1}, nb = b[0] * b[1] * b[2];
+    ms_status st = MS_OK;
+    uint8_t *sp = calloc((size_t)nb, 1), *sg = calloc((size_t)nb, 1); /* surface masks on the box */
+    double *g = malloc((size_t)nb * sizeof *g), *dist = malloc((size_t)(np + ng) * sizeof *dist), worst = 0;
+    if (!sp || !sg || !g || !dist) {
+        st = ms_error(MS_ENOMEM, "hd95: out of memory");
+        goto leave;
+    }
+    for (int which = 0; which < 2; which++) {
+        const uint16_t *m = which ? gt : pred;
+        uint8_t *s = which ? sg : sp;
+        for (int64_t z = 0; z < b[2]; z++)
+            for (int64_t y = 0; y < b[1]; y++)
+                for (int64_t x = 0; x < b[0]; x++) {
+                    int64_t X = x + lo[0], Y = y + lo[1], Z = z + lo[2], i = X + nx * (Y + ny * Z);
+                    if (m[i] != c) continue;
+                    /* outside the volume counts as background (scipy's binary_erosion border_value = 0) */
+                    int edge = X == 0 || Y == 0 || Z == 0 || X == nx - 1 || Y == ny - 1 || Z == nz - 1 ||
+                               m[i - 1] != c || m[i + 1] != c || m[i - nx] != c || m[i + nx] != c ||
+                               m[i - nx * ny] != c || m[i + nx * ny] != c;
+                    s[x + b[0] * (y + b[1] * z)] = (uint8_t)edge;
+                }
+    }
+    /* directed distances: to each mask's surface from the other's surface voxels */
+    for (int dir = 0; dir < 2; dir++) {
+        const uint8_t *to = dir ? sp : sg, *from = dir ? sg : sp;
+        for (int64_t i = 0; i < nb; i++) g[i] = to[i] ? 0.0 : INFINITY;
+        if ((st = edt3d(g, b, spacing, T))) goto leave;
+        int64_t k = 0;
+        for (int64_t i = 0; i < nb; i++)
+            if (from[i]) dist[k++] = sqrt(g[i]);
+        double p = p95(dist, k);
+        worst = p > worst ? p : worst;
+    }
+    *out = worst;
+leave:
+    free(sp);
+    free(sg);
+    free(g);
+    free(dist);
+    return st;
+}
