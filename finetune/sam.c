@@ -1,0 +1,145 @@
+/* finetune/sam.c — see sam.h. */
+#include "sam.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+
+ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    MS_TRY(ms_sam_enc_config_from_sd(sd, "image_encoder.", &cfg->enc));
+    const ms_sd_entry *mt = ms_sd_find(sd, "mask_decoder.mask_tokens.weight");
+    MS_FAIL_IF(!mt, MS_ENOTFOUND, "mask_decoder.mask_tokens.weight: missing (not a SAM checkpoint?)");
+    MS_FAIL_IF(mt->t.ndim != 2 || mt->t.shape[1] != 256 || mt->t.shape[0] < 1 ||
+                   mt->t.shape[0] > MS_SAM_MAX_MASK_TOKENS,
+               MS_ESHAPE, "mask_decoder.mask_tokens.weight: shape (%lld, %lld), expected (num_cls+1 <= %d, 256)",
+               (long long)mt->t.shape[0], (long long)(mt->t.ndim > 1 ? mt->t.shape[1] : 0), MS_SAM_MAX_MASK_TOKENS);
+    cfg->n_mask_tokens = (int)mt->t.shape[0];
+    char k[128];
+    for (cfg->dec_depth = 0; cfg->dec_depth <= MS_SAM_DEC_MAX_DEPTH; cfg->dec_depth++) {
+        snprintf(k, sizeof k, "mask_decoder.transformer.layers.%d.norm1.weight", cfg->dec_depth);
+        if (!ms_sd_find(sd, k)) break;
+    }
+    MS_FAIL_IF(cfg->dec_depth < 1 || cfg->dec_depth > MS_SAM_DEC_MAX_DEPTH, MS_EUNSUPPORTED,
+               "mask_decoder.transformer: %d layers (1..%d supported)", cfg->dec_depth, MS_SAM_DEC_MAX_DEPTH);
+    return MS_OK;
+}
+
+ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    MS_TRY(ms_sam_enc_config_named(name, &cfg->enc));
+    cfg->n_mask_tokens = n_mask_tokens;
+    cfg->dec_depth = 2;
+    return MS_OK;
+}
+
+ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
+{
+    memset(m, 0, sizeof *m);
+    ms_params_init(&m->ps);
+    m->cfg = *cfg;
+    m->dev = dev;
+    ms_status rc = MS_OK;
+    if (cfg->enc.out_chans != 256) {
+        rc = ms_error(MS_EUNSUPPORTED, "image encoder: %d output channels; the mask decoder needs 256",
+                      cfg->enc.out_chans);
+        goto leave;
+    }
+    m->img_size = cfg->enc.img_size;
+    m->emb_h = m->emb_w = ms_sam_enc_grid(&cfg->enc);
+    /* SAM's key order: image_encoder, prompt_encoder, mask_decoder. */
+    if ((rc = ms_sam_encoder_init(&m->enc, &cfg->enc, &m->ps, "image_encoder."))) goto leave;
+    if ((rc = ms_sam_prompt_init(&m->pe, &m->ps, "prompt_encoder.", m->emb_h, m->emb_w, m->img_size))) goto leave;
+    if ((rc = ms_sam_decoder_init(&m->dec, &m->ps, "mask_decoder.", cfg->n_mask_tokens, cfg->dec_depth, m->emb_h,
+                                  m->emb_w)))
+        goto leave;
+    if ((rc = ms_params_alloc(&m->ps, dev))) goto leave;
+    ms_sam_prompt_freeze_buffers(&m->pe);
+leave:
+    if (rc) ms_sam_free(m);
+    return rc;
+}
+
+ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev)
+{
+    ms_sam_config cfg;
+    memset(m, 0, sizeof *m);
+    MS_TRY(ms_sam_config_from_sd(sd, &cfg));
+    MS_TRY(ms_sam_init(m, &cfg, dev));
+    ms_status rc = ms_params_load(&m->ps, sd, ""); /* "": every key of the file must belong to the model */
+    if (rc) ms_sam_free(m);
+    return rc;
+}
+
+ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev)
+{
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    memset(m, 0, sizeof *m);
+    ms_status rc = ms_sd_load(path, &sd); /* its messages already name the file */
+    if (!rc) {
+        rc = ms_sam_load_sd(m, &sd, dev);
+        if (rc) ms_error_prefix("%s", path);
+    }
+    ms_sd_free(&sd);
+    return rc;
+}
+
+ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd) { return ms_params_to_sd(&m->ps, sd); }
+
+void ms_sam_free(ms_sam *m)
+{
+    ms_sam_encoder_free(&m->enc);
+    ms_sam_decoder_free(&m->dec);
+    ms_params_free(&m->ps);
+}
+
+/* ---- predictor geometry ----------------------------------------------------------------------------------- */
+
+void ms_sam_resize_shape(int h, int w, int S, int *newh, int *neww)
+{
+    double scale = (double)S / (double)(h > w ? h : w);
+    *newh = (int)((double)h * scale + 0.5);
+    *neww = (int)((double)w * scale + 0.5);
+}
+
+void ms_sam_apply_coords(float *xy, int n, int h, int w, int S)
+{
+    int nh, nw;
+    ms_sam_resize_shape(h, w, S, &nh, &nw);
+    for (int i = 0; i < n; i++) {
+        xy[2 * i] = (float)((double)xy[2 * i] * ((double)nw / w));
+        xy[2 * i + 1] = (float)((double)xy[2 * i + 1] * ((double)nh / h));
+    }
+}
+
+ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int orig_h, int orig_w,
+                                   float *out)
+{
+    int nh, nw;
+    ms_sam_resize_shape(orig_h, orig_w, S, &nh, &nw);
+    MS_FAIL_IF(C < 1 || lh < 1 || lw < 1 || S < 1 || orig_h < 1 || orig_w < 1, MS_EINVAL,
+               "postprocess: bad sizes");
+    ms_device cpu;
+    memset(&cpu, 0, sizeof cpu);
+    cpu.kind = MS_DEV_CPU;
+    cpu.n_threads = 1;
+    float *full = malloc((size_t)C * S * S * sizeof(float));
+    float *crop = malloc((size_t)C * nh * nw * sizeof(float));
+    ms_status rc = MS_OK;
+    if (!full || !crop) { rc = ms_error(MS_ENOMEM, "postprocess: out of memory"); goto leave; }
+    rc = ms_resize_bilinear_forward_cpu(&cpu, full, low, C, lh, lw, S, S);
+    if (rc) goto leave;
+    for (int c = 0; c < C; c++)
+        for (int y = 0; y < nh; y++)
+            memcpy(crop + ((size_t)c * nh + y) * nw, full + ((size_t)c * S + y) * S, (size_t)nw * sizeof(float));
+    rc = ms_resize_bilinear_forward_cpu(&cpu, out, crop, C, nh, nw, orig_h, orig_w);
+leave:
+    free(full);
+    free(crop);
+    return rc;
+}

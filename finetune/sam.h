@@ -1,0 +1,61 @@
+/* finetune/sam.h — the whole SAM model: image encoder (pretrain/sam_encoder.h), prompt encoder
+ * (finetune/sam_prompt.h) and mask decoder (finetune/sam_decoder.h) in ONE parameter table under SAM's state-dict
+ * keys, plus the official predictor's coordinate transform and mask post-processing (sam.md §3.4, §4).
+ *
+ * Loading reads the variant from the file's shapes: the encoder from ms_sam_enc_config_from_sd (vit_b/l/h,
+ * vit_test, other SAM-shaped encoders), num_cls from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM),
+ * the decoder depth from its layers. Loading is strict across all three parts: every missing, mis-shaped or unknown
+ * key is reported on its own line (stderr) and nothing is loaded when any is wrong (no partial model).
+ * ms_sam_to_sd writes the same keys back in SAM's order (gaussian buffer included), so an export loads strictly
+ * into segment_anything's own builder.
+ */
+#ifndef MS_SAM_H
+#define MS_SAM_H
+
+#include "checkpoints/state_dict.h"
+#include "finetune/sam_decoder.h"
+#include "finetune/sam_prompt.h"
+#include "pretrain/params.h"
+#include "pretrain/sam_encoder.h"
+
+typedef struct ms_sam_config {
+    ms_sam_enc_config enc;
+    int n_mask_tokens;  /* num_cls + 1 (4 for SAM) */
+    int dec_depth;      /* 2 */
+} ms_sam_config;
+
+typedef struct ms_sam {
+    ms_sam_config cfg;
+    int img_size, emb_h, emb_w;
+    ms_params ps;            /* every tensor of the model, SAM's key order */
+    ms_sam_encoder enc;
+    ms_sam_prompt pe;
+    ms_sam_decoder dec;
+    ms_device *dev;
+} ms_sam;
+
+/* The configuration of a SAM state dict (keys image_encoder.*, prompt_encoder.*, mask_decoder.*). */
+ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg);
+/* A named variant (vit_b, vit_l, vit_h, vit_test) with num_cls + 1 mask tokens. */
+ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config *cfg);
+/* Registers and allocates every tensor (zeros); gradients are not allocated (ms_params_alloc_grads when training). */
+ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
+/* Detect + init + strict load. On failure m is left freed. */
+ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev);
+ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev);
+/* Appends every tensor (host f32 copies) to sd in SAM's key order. */
+ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd);
+void ms_sam_free(ms_sam *m);
+
+/* ---- the official predictor's geometry (ResizeLongestSide) --------------------------------------------------- */
+
+/* newh = int(h·S/max(h,w) + 0.5), likewise neww. */
+void ms_sam_resize_shape(int h, int w, int S, int *newh, int *neww);
+/* n points (x, y) in an h×w image → the resized frame: x·(neww/w), y·(newh/h) (boxes: two corners). */
+void ms_sam_apply_coords(float *xy, int n, int h, int w, int S);
+/* Low-res logits (C, lh, lw) host → (C, orig_h, orig_w) logits host: bilinear to S×S, crop to the resized frame
+ * (newh × neww), bilinear to the original size (align_corners=False, no antialias). The binary mask is logit > 0. */
+ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int orig_h, int orig_w,
+                                   float *out);
+
+#endif

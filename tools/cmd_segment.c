@@ -1,0 +1,236 @@
+/* tools/cmd_segment.c — `mrisam segment`: zero-shot SAM on one PNG with point/box prompts (the official
+ * predictor: sam.md §3.4, §4).
+ *
+ * Image → SAM preprocessing (resize the longest side to the model's input size, pixel mean/std, zero pad;
+ * data/preprocess.h, the same as `mrisam embed`) → image encoder → prompts (points and box in the image's pixels,
+ * mapped by ResizeLongestSide's apply_coords) → prompt encoder + mask decoder → multimask selection (tokens 1..M−1
+ * with --multimask, else token 0) → the chosen mask (highest predicted IoU) upsampled: bilinear to S×S, crop to the
+ * resized frame, bilinear to the original size, > 0 → MASK.png (0/255). The IoU predictions are printed; --logits
+ * writes the selected low-resolution logits as float32 (1, M, 4·S/16, 4·S/16).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/device.h"
+#include "cli.h"
+#include "data/preprocess.h"
+#include "finetune/sam.h"
+#include "image_io.h"
+
+/* Gray or RGB pixels on the 0..1 scale (HWC) → 3×S×S model input (zeros outside the frame). */
+static ms_status preprocess(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out)
+{
+    ms_prep_scratch scr = {0};
+    ms_status rc = MS_OK;
+    size_t plane = (size_t)pc->size * pc->size;
+    float *ch = NULL;
+    memset(out, 0, 3 * plane * sizeof(float));
+    if (c == 1) {
+        rc = ms_prep_image(pc, img01, h, w, NULL, out, &scr);
+        goto leave;
+    }
+    ch = malloc((size_t)h * w * sizeof(float));
+    if (!ch) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
+    ms_box full = {0, 0, (float)h, (float)w};
+    int oh, ow;
+    ms_prep_frame(pc, (float)h, (float)w, &oh, &ow);
+    for (int k = 0; k < 3 && !rc; k++) {
+        for (size_t i = 0; i < (size_t)h * w; i++) ch[i] = img01[i * 3 + k];
+        float *o = out + k * plane;
+        rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
+        /* the affine map ms_prep_image applies to gray: v·255/std − mean/std (or v for [0,1] inputs) */
+        float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
+        float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
+        for (int y = 0; y < oh && !rc; y++)
+            for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
+    }
+leave:
+    free(ch);
+    ms_prep_scratch_free(&scr);
+    return rc;
+}
+
+/* "X,Y" or "X,Y,LABEL" / "X0,Y0,X1,Y1": exactly n_min..n_max comma-separated numbers. */
+static int parse_nums(const char *s, float *v, int n_min, int n_max)
+{
+    int n = 0;
+    const char *p = s;
+    while (*p && n < n_max) {
+        char *e;
+        v[n] = strtof(p, &e);
+        if (e == p) return -1;
+        n++;
+        if (*e == ',') p = e + 1;
+        else if (*e == 0) { p = e; break; }
+        else return -1;
+    }
+    return (*p || n < n_min) ? -1 : n;
+}
+
+/* --point / --box strings → points (n, 2), labels (n), box. Returns 0, or an exit code after printing why (then
+ * nothing is left allocated). */
+static int parse_prompts(const ms_strlist *point_s, const char *box_s, float **pts, int32_t **labels, float *box)
+{
+    const int np_ = point_s->n;
+    int rc = 0;
+    *pts = calloc((size_t)(np_ ? np_ : 1) * 2, sizeof(float));
+    *labels = calloc((size_t)(np_ ? np_ : 1), sizeof(int32_t));
+    if (!*pts || !*labels) { fprintf(stderr, "mrisam segment: out of memory\n"); rc = MS_EXIT_FAIL; goto leave; }
+    for (int i = 0; i < np_; i++) {
+        float v[3] = {0, 0, 1};
+        int n = parse_nums(point_s->v[i], v, 2, 3);
+        if (n < 0 || (n == 3 && v[2] != 0 && v[2] != 1)) {
+            fprintf(stderr, "mrisam segment: bad --point '%s' (expected X,Y or X,Y,LABEL with LABEL 0 or 1)\n",
+                    point_s->v[i]);
+            rc = MS_EXIT_USAGE;
+            goto leave;
+        }
+        (*pts)[2 * i] = v[0];
+        (*pts)[2 * i + 1] = v[1];
+        (*labels)[i] = (int32_t)v[2];
+    }
+    if (box_s && parse_nums(box_s, box, 4, 4) != 4) {
+        fprintf(stderr, "mrisam segment: bad --box '%s' (expected X0,Y0,X1,Y1)\n", box_s);
+        rc = MS_EXIT_USAGE;
+    }
+leave:
+    if (rc) {
+        free(*pts);
+        free(*labels);
+        *pts = NULL;
+        *labels = NULL;
+    }
+    return rc;
+}
+
+static int run(int argc, char **argv)
+{
+    static const ms_cmd_help help = {
+        "mrisam segment --ckpt F --image IMG.png [--point X,Y[,LABEL]]... [--box X0,Y0,X1,Y1] [--multimask] "
+        "-o MASK.png [--logits LOW.npy]",
+        "Zero-shot SAM with the official predictor's pre- and post-processing. Coordinates are in the image's pixels "
+        "(x = column, y = row); LABEL is 1 (foreground, default) or 0 (background). Without --multimask the "
+        "single-mask token is used; with it, the mask with the highest predicted IoU of the three. Prints the IoU "
+        "predictions; --logits writes the selected low-resolution logits, float32 (1, M, 4·S/16, 4·S/16).",
+        "mrisam segment --ckpt sam_vit_b_01ec64.pth --image slice.png --point 120,88 --multimask -o mask.png"};
+    const char *ckpt = NULL, *image = NULL, *box_s = NULL, *out = NULL, *logits = NULL, *device = "cpu",
+               *norm = NULL;
+    int multimask = 0, threads = 0;
+    ms_strlist point_s = {0};
+    const ms_opt opts[] = {
+        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors)"},
+        {"image", MS_OPT_STR, &image, "IMG.png", "input image (8/16-bit gray or RGB PNG)"},
+        {"point", MS_OPT_LIST, &point_s, "X,Y[,LABEL]", "a point prompt (repeatable)"},
+        {"box", MS_OPT_STR, &box_s, "X0,Y0,X1,Y1", "a box prompt"},
+        {"multimask", MS_OPT_FLAG, &multimask, NULL, "three candidate masks; keep the best by predicted IoU"},
+        {"o", MS_OPT_STR, &out, "MASK.png", "output mask (0/255, the image's size)"},
+        {"logits", MS_OPT_STR, &logits, "LOW.npy", "also write the low-resolution logits"},
+        {"norm", MS_OPT_STR, &norm, "sam|medsam", "input normalisation (default sam)"},
+        {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
+        {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
+        {0}};
+    int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
+    if (prc) { ms_strlist_free(&point_s); return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE; }
+    if (!ckpt || !image || !out) {
+        fprintf(stderr, "mrisam segment: needs --ckpt, --image and -o (see --help)\n");
+        ms_strlist_free(&point_s);
+        return MS_EXIT_USAGE;
+    }
+    const int np_ = point_s.n;
+    float *pts = NULL, box[4];
+    int32_t *labels = NULL;
+    int bad = parse_prompts(&point_s, box_s, &pts, &labels, box);
+    ms_strlist_free(&point_s);
+    if (bad) return bad;
+
+    ms_device dev;
+    ms_sam m;
+    ms_image img = {0};
+    ms_sam_prompt_state pst;
+    int dev_ok = 0, model_ok = 0;
+    float *hx = NULL, *x = NULL, *emb = NULL, *low = NULL, *iou = NULL, *full = NULL;
+    uint8_t *pix = NULL;
+    memset(&m, 0, sizeof m);
+    memset(&pst, 0, sizeof pst);
+    ms_device_kind kind;
+    int index;
+    ms_status rc;
+    if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
+    dev.cuda_index = index;
+    if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
+    dev_ok = 1;
+    if ((rc = ms_sam_load(&m, ckpt, &dev))) goto leave;
+    model_ok = 1;
+    if ((rc = ms_png_read(image, &img))) goto leave;
+    const int h = img.h, w = img.w, S = m.img_size, g = m.emb_h;
+    for (size_t i = 0; i < (size_t)h * w * img.c; i++) img.data[i] *= 1.0f / 255.0f;
+
+    /* image embedding */
+    ms_prep_config pc;
+    ms_prep_config_default(&pc, S);
+    pc.channels = 3;
+    if ((rc = ms_prep_parse(&pc, NULL, norm))) goto leave;
+    size_t nx = (size_t)3 * S * S, ne = (size_t)256 * g * g;
+    hx = malloc(nx * sizeof(float));
+    if (!hx) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
+    if ((rc = preprocess(&pc, img.data, h, w, img.c, hx))) goto leave;
+    if ((rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x))) goto leave;
+    if ((rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb))) goto leave;
+    if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
+    if ((rc = ms_sam_encoder_reserve(&m.enc, &dev, 1, 0))) goto leave;
+    if ((rc = ms_sam_encoder_forward(&m.enc, x, 1, emb))) goto leave;
+
+    /* prompts in the resized frame */
+    ms_sam_apply_coords(pts, np_, h, w, S);
+    if (box_s) ms_sam_apply_coords(box, 2, h, w, S);
+    ms_sam_prompts pr = {.bp = 1, .n_points = np_, .points = pts, .labels = labels, .boxes = box_s ? box : NULL};
+    if ((rc = ms_sam_prompt_forward(&dev, &m.pe, &pr, &pst))) goto leave;
+    if ((rc = ms_sam_decoder_forward(&dev, &m.dec, emb, 1, &pst))) goto leave;
+
+    const int M = m.dec.M, lo = 4 * g;
+    const int first = multimask && M > 1 ? 1 : 0, nsel = multimask && M > 1 ? M - 1 : 1;
+    const size_t plane = (size_t)lo * lo;
+    low = malloc((size_t)M * plane * sizeof(float));
+    iou = malloc((size_t)M * sizeof(float));
+    full = malloc((size_t)h * w * sizeof(float));
+    pix = malloc((size_t)h * w);
+    if (!low || !iou || !full || !pix) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
+    if ((rc = ms_dev_to_host(&dev, low, m.dec.masks, (size_t)M * plane * sizeof(float)))) goto leave;
+    if ((rc = ms_dev_to_host(&dev, iou, m.dec.iou, (size_t)M * sizeof(float)))) goto leave;
+    int best = first;
+    printf("iou:");
+    for (int i = first; i < first + nsel; i++) {
+        printf(" %.6f", iou[i]);
+        if (iou[i] > iou[best]) best = i;
+    }
+    printf("\n");
+    if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, h, w, full))) goto leave;
+    size_t on = 0;
+    for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
+    if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
+    printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
+    if (logits) {
+        int64_t shape[4] = {1, nsel, lo, lo};
+        if ((rc = ms_npy_write_f32(logits, low + (size_t)first * plane, shape, 4))) goto leave;
+    }
+leave:
+    free(pts);
+    free(labels);
+    free(hx);
+    free(low);
+    free(iou);
+    free(full);
+    free(pix);
+    ms_image_free(&img);
+    if (dev_ok) {
+        if (x) ms_dev_free(&dev, x);
+        if (emb) ms_dev_free(&dev, emb);
+        ms_sam_prompt_state_free(&dev, &pst);
+    }
+    if (model_ok) ms_sam_free(&m);
+    if (dev_ok) ms_device_free(&dev);
+    return ms_cli_report("segment", rc);
+}
+
+const ms_command ms_cmd_segment = {"segment", "zero-shot SAM on a PNG with point/box prompts (mask PNG)", run};
