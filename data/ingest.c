@@ -322,7 +322,7 @@ static const char *axis_name(int a)
                                 : "auto";
 }
 
-static int pick_axis(int axis, const double sp[3], const int64_t dim[3])
+int ms_ingest_pick_axis(int axis, const double sp[3], const int64_t dim[3])
 {
     if (axis != MS_AXIS_AUTO) return axis;
     /* a 2D image (one voxel thick along some axis) is one slice along that axis, whatever the spacings say */
@@ -681,7 +681,7 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
             goto leave;
         }
     }
-    int axis = pick_axis(o->axis, c.spacing, c.dim);
+    int axis = ms_ingest_pick_axis(o->axis, c.spacing, c.dim);
     int64_t nf = j->png ? 1 : im.n_frames, f0 = 0, f1 = nf;
     if (o->frame >= 0) {
         if (o->frame >= nf) {

@@ -50,4 +50,9 @@ typedef struct ms_ingest_summary {
  * value is an error of the run itself (store cannot be opened, usage) or MS_EINTERRUPTED. */
 ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum);
 
+/* The slicing axis for a canonical (RAS+) volume: `axis` itself unless MS_AXIS_AUTO, which picks the
+ * lowest-resolution axis (spacing ties within 1e-3 relative: axial, then coronal), and the thin axis of a 2D image.
+ * predict slices with the same rule. */
+int ms_ingest_pick_axis(int axis, const double sp[3], const int64_t dim[3]);
+
 #endif

@@ -1,0 +1,302 @@
+/* tools/cmd_predict.c — `mrisam predict`: automatic multi-class segmentation of NIfTI volumes with a SAM-layout
+ * model (cli.md "predict"; the pipeline is finetune/predict.h).
+ *
+ * --in FILE: -o is the output file (or an existing directory: DIR/<input file name>). --in DIR: every .nii/.nii.gz
+ * directly inside, in sorted order, to -o DIR/<same file name>. A volume that fails costs one line "path: reason"
+ * on stderr; the others are still written and the exit status is 1. On a terminal a progress line shows volumes,
+ * slices/s and an ETA. --png DIR writes three overlay PNGs per volume (slices at 1/4, 1/2 and 3/4 along the axis,
+ * gray with label colours blended at 50%) as DIR/<stem>_s<k>.png.
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/device.h"
+#include "cli.h"
+#include "data/ingest.h"
+#include "finetune/predict.h"
+#include "image_io.h"
+
+typedef struct progress {
+    int on;
+    int vol, n_vols;
+    int64_t slices_done, slices_before; /* over the whole run; slices_before = done in finished volumes */
+    double t0;
+} progress;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void on_progress(void *ctx, int64_t done, int64_t total)
+{
+    progress *pg = ctx;
+    pg->slices_done = pg->slices_before + done;
+    if (!pg->on) return;
+    double dt = now_s() - pg->t0, rate = dt > 0 ? (double)pg->slices_done / dt : 0;
+    /* ETA: the rest of this volume plus the remaining volumes at this volume's size */
+    double left = (double)(total - done) + (double)(pg->n_vols - pg->vol - 1) * (double)total;
+    fprintf(stderr, "\rpredict: volume %d/%d, slice %lld/%lld, %.2f slices/s, ETA %.0f s   ", pg->vol + 1,
+            pg->n_vols, (long long)done, (long long)total, rate, rate > 0 ? left / rate : 0.0);
+    fflush(stderr);
+}
+
+static int has_nifti_ext(const char *name)
+{
+    size_t n = strlen(name);
+    return (n > 4 && !strcmp(name + n - 4, ".nii")) || (n > 7 && !strcmp(name + n - 7, ".nii.gz"));
+}
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static const char *base_name(const char *p)
+{
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+static char *join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s/%s", dir, name);
+    return s;
+}
+
+/* Overlay colours for classes 1.. (class 0 is left gray). */
+static const uint8_t palette[8][3] = {{230, 25, 75},  {60, 180, 75}, {0, 130, 200}, {255, 225, 25},
+                                      {245, 130, 48}, {145, 30, 180}, {70, 240, 240}, {240, 50, 230}};
+
+static ms_status write_overlays(const char *dir, const char *in_path, const ms_predict_result *r)
+{
+    ms_status rc = MS_OK;
+    const int64_t H = r->H, W = r->W, K = r->n_slices;
+    const int axis = r->axis, ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
+    const int64_t st3[3] = {1, r->dim[0], r->dim[0] * r->dim[1]};
+    uint8_t *pix = malloc((size_t)(H * W) * 3);
+    char stem[256], *path = NULL;
+    if (!pix) return ms_error(MS_ENOMEM, "%s: out of memory", dir);
+    snprintf(stem, sizeof stem, "%s", base_name(in_path));
+    size_t sl = strlen(stem);
+    if (sl > 7 && !strcmp(stem + sl - 7, ".nii.gz")) stem[sl - 7] = 0;
+    else if (sl > 4 && !strcmp(stem + sl - 4, ".nii")) stem[sl - 4] = 0;
+    int64_t last = -1;
+    for (int j = 1; j <= 3; j++) {
+        int64_t k = K * j / 4;
+        if (k >= K) k = K - 1;
+        if (k == last) continue;
+        last = k;
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t x = 0; x < W; x++) {
+                size_t v = (size_t)(k * st3[axis] + y * st3[ra] + x * st3[ca]);
+                float g = r->image01[v] * 255.0f;
+                uint8_t *o = pix + ((size_t)y * W + x) * 3;
+                uint16_t l = r->labels[v];
+                for (int c = 0; c < 3; c++) {
+                    float val = l ? 0.5f * g + 0.5f * palette[(l - 1) % 8][c] : g;
+                    o[c] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val + 0.5f);
+                }
+            }
+        char name[300];
+        snprintf(name, sizeof name, "%s_s%03lld.png", stem, (long long)k);
+        free(path);
+        if (!(path = join(dir, name))) { rc = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
+        if ((rc = ms_png_write_u8(path, pix, (int)W, (int)H, 3))) break;
+    }
+    free(path);
+    free(pix);
+    return rc;
+}
+
+/* The input list: one file, or every NIfTI file in a directory (sorted). Output paths beside them. */
+static int list_inputs(const char *in, const char *out, char ***ins, char ***outs, int *n)
+{
+    *ins = *outs = NULL;
+    *n = 0;
+    if (!is_dir(in)) {
+        *ins = calloc(1, sizeof(char *));
+        *outs = calloc(1, sizeof(char *));
+        if (!*ins || !*outs) return -1;
+        (*ins)[0] = strdup(in);
+        (*outs)[0] = is_dir(out) ? join(out, base_name(in)) : strdup(out);
+        *n = 1;
+        return (*ins)[0] && (*outs)[0] ? 0 : -1;
+    }
+    DIR *d = opendir(in);
+    if (!d) return -2;
+    int cap = 16;
+    *ins = malloc(cap * sizeof(char *));
+    struct dirent *e;
+    while (*ins && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !has_nifti_ext(e->d_name)) continue;
+        if (*n == cap) {
+            char **t = realloc(*ins, (size_t)(cap *= 2) * sizeof(char *));
+            if (!t) break;
+            *ins = t;
+        }
+        (*ins)[(*n)++] = strdup(e->d_name);
+    }
+    closedir(d);
+    if (!*ins) return -1;
+    qsort(*ins, (size_t)*n, sizeof(char *), cmp_str);
+    *outs = calloc((size_t)(*n ? *n : 1), sizeof(char *));
+    if (!*outs) return -1;
+    for (int i = 0; i < *n; i++) {
+        char *name = (*ins)[i];
+        (*outs)[i] = join(out, name);
+        (*ins)[i] = join(in, name);
+        free(name);
+        if (!(*ins)[i] || !(*outs)[i]) return -1;
+    }
+    return 0;
+}
+
+static int run(int argc, char **argv)
+{
+    static const ms_cmd_help help = {
+        "mrisam predict --ckpt F --in VOL.nii[.gz]|DIR -o SEG.nii.gz|DIR [--axis auto|axial|coronal|sagittal] "
+        "[--norm percentile|zscore|none] [--percentile-low P] [--percentile-high P] [--png DIR] [--threads N] "
+        "[--device cpu|cuda] [--batch-size B]",
+        "Automatic multi-class segmentation (no prompts; mask tokens 1..num_cls, per-pixel argmax, class 0 = "
+        "background) of every slice of each volume, cut and normalised exactly as ingest does, restacked and written "
+        "as a NIfTI label volume on the input's exact grid (dims, affine, qform/sform codes; no free-text fields), "
+        "verified by reading it back. Class c is written as the value c. With a directory, every .nii/.nii.gz inside "
+        "goes to DIR/<same name>; a bad volume costs one line and exit status 1, the others are still written.",
+        "mrisam predict --ckpt sam_mri.pth --in scans/ -o seg/ --png seg/png"};
+    const char *ckpt = NULL, *in = NULL, *out = NULL, *axis_s = "auto", *norm_s = "percentile", *png = NULL,
+               *device = "cpu";
+    int threads = 0, batch = 1;
+    double p_lo = 0.5, p_hi = 99.5;
+    const ms_opt opts[] = {
+        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors)"},
+        {"in", MS_OPT_STR, &in, "VOL|DIR", "a NIfTI volume or a directory of them"},
+        {"o", MS_OPT_STR, &out, "SEG|DIR", "output label volume, or directory"},
+        {"axis", MS_OPT_STR, &axis_s, "A", "auto|axial|coronal|sagittal (auto: lowest-resolution axis, ties axial)"},
+        {"norm", MS_OPT_STR, &norm_s, "N", "percentile|zscore|none intensity normalisation (as ingest; default "
+                                           "percentile 0.5/99.5)"},
+        {"percentile-low", MS_OPT_FLOAT, &p_lo, "P", "lower percentile of --norm percentile (0.5, as ingest)"},
+        {"percentile-high", MS_OPT_FLOAT, &p_hi, "P", "upper percentile of --norm percentile (99.5, as ingest)"},
+        {"png", MS_OPT_STR, &png, "DIR", "overlay PNGs of three slices per volume"},
+        {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
+        {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
+        {"batch-size", MS_OPT_INT, &batch, "B", "slices per encoder batch (default 1)"},
+        {0}};
+    int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
+    if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
+    if (!ckpt || !in || !out) {
+        fprintf(stderr, "mrisam predict: needs --ckpt, --in and -o (see --help)\n");
+        return MS_EXIT_USAGE;
+    }
+    ms_predict_opts po;
+    ms_predict_opts_default(&po);
+    if (!strcmp(axis_s, "auto")) po.axis = MS_AXIS_AUTO;
+    else if (!strcmp(axis_s, "axial")) po.axis = MS_AXIS_AXIAL;
+    else if (!strcmp(axis_s, "coronal")) po.axis = MS_AXIS_CORONAL;
+    else if (!strcmp(axis_s, "sagittal")) po.axis = MS_AXIS_SAGITTAL;
+    else {
+        fprintf(stderr, "mrisam predict: --axis must be auto, axial, coronal or sagittal\n");
+        return MS_EXIT_USAGE;
+    }
+    if (ms_norm_parse(norm_s, &po.norm)) {
+        fprintf(stderr, "mrisam predict: --norm must be percentile, zscore or none\n");
+        return MS_EXIT_USAGE;
+    }
+    if (batch < 1 || batch > 1024) {
+        fprintf(stderr, "mrisam predict: --batch-size must be 1..1024\n");
+        return MS_EXIT_USAGE;
+    }
+    if (!(p_lo >= 0 && p_lo < p_hi && p_hi <= 100)) {
+        fprintf(stderr, "mrisam predict: need 0 <= --percentile-low < --percentile-high <= 100\n");
+        return MS_EXIT_USAGE;
+    }
+    po.batch = batch;
+    po.p_lo = p_lo;
+    po.p_hi = p_hi;
+
+    char **ins = NULL, **outs = NULL;
+    int n = 0, failed = 0, dev_ok = 0, model_ok = 0, pred_ok = 0;
+    ms_status rc = MS_OK;
+    ms_device dev;
+    ms_sam m;
+    ms_predictor pr;
+    memset(&m, 0, sizeof m);
+    int lr = list_inputs(in, out, &ins, &outs, &n);
+    if (lr) {
+        rc = lr == -2 ? ms_error(MS_EIO, "%s: cannot read the directory", in) : ms_error(MS_ENOMEM, "out of memory");
+        goto leave;
+    }
+    if (is_dir(in)) {
+        if (n == 0) { rc = ms_error(MS_EINVAL, "%s: no .nii or .nii.gz files", in); goto leave; }
+        if (mkdir(out, 0777) && !is_dir(out)) {
+            rc = ms_error(MS_EIO, "%s: cannot create the directory", out);
+            goto leave;
+        }
+    }
+    if (png && mkdir(png, 0777) && !is_dir(png)) {
+        rc = ms_error(MS_EIO, "%s: cannot create the directory", png);
+        goto leave;
+    }
+    ms_device_kind kind;
+    int index;
+    if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
+    dev.cuda_index = index;
+    if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
+    dev_ok = 1;
+    if ((rc = ms_sam_load(&m, ckpt, &dev))) goto leave;
+    model_ok = 1;
+    if ((rc = ms_predictor_init(&pr, &m, &dev, batch))) goto leave;
+    pred_ok = 1;
+
+    progress pg = {.on = isatty(2), .n_vols = n, .t0 = now_s()};
+    po.progress = on_progress;
+    po.progress_ctx = &pg;
+    int written = 0;
+    for (int i = 0; i < n; i++) {
+        pg.vol = i;
+        ms_predict_result r;
+        ms_status st = ms_predict_file(&pr, &po, ins[i], outs[i], &r);
+        if (pg.on) fprintf(stderr, "\r\033[K");
+        if (!st && png) st = write_overlays(png, ins[i], &r);
+        if (st) {
+            fprintf(stderr, "%s\n", ms_errmsg());
+            failed++;
+        } else {
+            written++;
+            pg.slices_before += r.n_slices;
+            if (r.n_nonfinite)
+                fprintf(stderr, "%s: warning: %llu NaN/Inf voxels set to 0\n", ins[i],
+                        (unsigned long long)r.n_nonfinite);
+        }
+        ms_predict_result_free(&r);
+    }
+    double dt = now_s() - pg.t0;
+    printf("predict: %d of %d volumes written, %lld slices in %.1f s (%.2f slices/s), %d classes\n", written, n,
+           (long long)pg.slices_before, dt, dt > 0 ? (double)pg.slices_before / dt : 0.0, pr.num_cls);
+leave:
+    for (int i = 0; i < n; i++) {
+        if (ins) free(ins[i]);
+        if (outs) free(outs[i]);
+    }
+    free(ins);
+    free(outs);
+    if (pred_ok) ms_predictor_free(&pr);
+    if (model_ok) ms_sam_free(&m);
+    if (dev_ok) ms_device_free(&dev);
+    if (rc) return ms_cli_report("predict", rc);
+    return failed ? MS_EXIT_FAIL : MS_EXIT_OK;
+}
+
+const ms_command ms_cmd_predict = {"predict", "automatic multi-class segmentation of NIfTI volumes (label NIfTI)", run};
