@@ -33,7 +33,7 @@ void ms_cli_print_help(const ms_cmd_help *h, const ms_opt *opts)
     printf("usage: %s\n\n%s\n\noptions:\n", h->usage, h->summary);
     for (const ms_opt *o = opts; o && o->name; o++) {
         char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", o->name, o->meta ? " " : "", o->meta ? o->meta : "");
+        snprintf(left, sizeof left, "%s%s%s%s", o->name[1] ? "--" : "-", o->name, o->meta ? " " : "", o->meta ? o->meta : "");
         printf("  %-26s %s\n", left, o->help);
     }
     printf("  %-26s %s\n", "--help", "show this help and exit");

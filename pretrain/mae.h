@@ -1,0 +1,57 @@
+/* pretrain/mae.h — one MAE step on SAM's image encoder (mae.md §4): mask → encoder on the visible tokens →
+ * decoder → MSE on the hidden patches (norm-pix), and its backward. The encoder's parameters are SAM's own; the
+ * decoder's live in a separate parameter set (never exported).
+ *
+ * Target: the gray input in [0,1] (pre-normalisation intensity), patchified 16×16 (T = 1). Foreground patches are
+ * those whose brightest pixel exceeds fg_threshold; the loss over hidden foreground and background patches is
+ * reported apart (MRI's air background is irreducible noise under norm-pix, mae.md §4.6).
+ */
+#ifndef MS_MAE_H
+#define MS_MAE_H
+
+#include "pretrain/mae_decoder.h"
+#include "pretrain/mae_mask.h"
+#include "pretrain/sam_encoder.h"
+
+typedef struct ms_mae_config {
+    float mask_ratio;          /* 0.75 */
+    ms_mask_sampling sampling; /* stratified */
+    int norm_pix;              /* 1 */
+    float fg_threshold;        /* 0.05 */
+    ms_mae_dec_config dec;     /* enc_dim, grid, patch filled from the encoder */
+} ms_mae_config;
+
+typedef struct ms_mae_loss {
+    double loss, loss_fg, loss_bg; /* mean over hidden patches (all / foreground / background) */
+    int n_fg, n_bg;
+} ms_mae_loss;
+
+typedef struct ms_mae {
+    ms_mae_config cfg;
+    ms_sam_encoder *enc;       /* not owned */
+    ms_mae_decoder dec;
+    ms_mae_mask mask;
+    ms_device *dev;
+    int max_batch, batch, n_vis;
+    int64_t rows, P;           /* B·L, patch pixels */
+    float *target, *w_all, *w_fg, *w_bg, *dpred, *dtok, *loss_dev; /* device */
+    float *h_target, *h_w_all, *h_w_fg, *h_w_bg;                  /* host */
+    int32_t *vis;              /* host (B·n_vis) grid indices */
+} ms_mae;
+
+/* Registers the decoder's parameters in dec_ps (prefix "mae_decoder."). */
+ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, ms_params *dec_ps);
+/* After both parameter sets are allocated and the encoder reserved with backward for max_batch. */
+ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch);
+void ms_mae_free(ms_mae *m);
+
+/* x (B,3,S,S) device, gray (B,S,S) host in [0,1]; keys[b] keys sample b's mask (e.g. epoch·N + position). */
+ms_status ms_mae_forward(ms_mae *m, const float *x, const float *gray, int B, uint64_t seed, const uint64_t *keys,
+                         ms_mae_loss *out);
+/* Gradients of loss·scale: decoder always; encoder too unless encoder_frozen. */
+ms_status ms_mae_backward(ms_mae *m, float scale, int encoder_frozen);
+/* The last forward's prediction with norm-pix undone per patch (using the true patch statistics), as a (B,S,S)
+ * gray image, and the mask as hidden-patch flags — for the validation panels. */
+ms_status ms_mae_reconstruction(ms_mae *m, const float *gray, float *recon);
+
+#endif

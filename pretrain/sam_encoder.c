@@ -1,0 +1,900 @@
+/* pretrain/sam_encoder.c — SAM's image encoder: config, variant detection, parameters, forward, backward.
+ * See sam_encoder.h for the data layout and the windowed-attention scheme (index lists + ws·ws pad rows).
+ *
+ * Per block (M = B·g·g token rows, ref: segment_anything/modeling/image_encoder.py Block.forward):
+ *   ln1 = LN(x_in); qkv = ln1·Wqkvᵀ + b (plus the pad rows); ao = attn(qkv); xmid = x_in + ao·Wpᵀ + bp;
+ *   ln2 = LN(xmid); h = ln2·W1ᵀ + b1; gl = GELU(h); out = xmid + gl·W2ᵀ + b2.
+ * With backward enabled every block keeps ln1, mean/rstd, qkv, ao, lse, xmid, ln2, h, gl and out (≈16·M·D floats);
+ * the backward walks the same list in reverse, each op accumulating into zeroed scratch or into the gradients.
+ * Tested by tests/sam/test_sam_encoder.c (PyTorch golden outputs and gradients, CPU and CUDA) and
+ * tests/sam/test_sam_encoder_vitb_slow.c (vit_b at 1024); the reference is tests/reference/sam_ref_encoder.py.
+ */
+#include "sam_encoder.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/rng.h"
+#include "ops.h"
+
+typedef struct blk_act {
+    float *x_in, *ln1, *mean1, *rstd1, *qkv, *ao, *lse, *xmid, *ln2, *mean2, *rstd2, *h, *gl, *out;
+} blk_act;
+
+struct enc_priv {
+    float *x_copy, *tok0;
+    blk_act blk[MS_SAM_MAX_DEPTH];
+    float *neck0, *neck0t, *n1, *n1_mean, *n1_rstd, *n2, *n3_mean, *n3_rstd;
+    float *zeros;        /* (ws², D), never written: the pad tokens' input in official SAM */
+    float *padx;         /* (ws², D) norm1.bias rows (finetune-SAM block) */
+    float *rel_a, *rel_b; /* resized rel-pos tables (when a table length differs from 2·S−1) */
+    /* backward scratch */
+    float *d_a, *d_b, *dln, *dao, *dqkv, *dg, *dh, *dpadx, *drel_a, *drel_b;
+    float *dn0, *dn0t, *dn1, *dn2;
+    /* index lists (device memory) */
+    int32_t *w_qoff, *w_qidx, *w_koff, *w_kidx, *w_row, *w_col, *g_row, *g_col;
+    int64_t n_win;       /* windows per image */
+    int64_t pad_base;    /* first pad row in qkv = max_batch·T */
+    /* token-subset mode (MAE: visible tokens only), built per call by ms_sam_encoder_forward_subset */
+    int sub_active;      /* 1 while the activations hold a subset forward */
+    int64_t sub_rows;    /* B·n_keep token rows */
+    int64_t sub_keep;    /* n_keep */
+    ms_arena sub_arena;
+    float *tok_sub, *dtok_full;
+    int32_t *s_gather, *s_qoff, *s_koff, *s_kidx, *s_wrow, *s_wcol, *s_grow, *s_gcol; /* device */
+    int32_t *h_idx;      /* host staging for the lists above */
+};
+
+/* ------------------------------------------------------------------------------------------------ config */
+
+ms_status ms_sam_enc_config_check(ms_sam_enc_config *c)
+{
+    MS_FAIL_IF(c->patch <= 0 || c->img_size <= 0 || c->img_size % c->patch, MS_EINVAL,
+               "sam encoder: image size %d is not a multiple of the patch size %d", c->img_size, c->patch);
+    MS_FAIL_IF(c->embed_dim <= 0 || c->n_heads <= 0 || c->embed_dim % c->n_heads, MS_EINVAL,
+               "sam encoder: embedding dim %d is not a multiple of %d heads", c->embed_dim, c->n_heads);
+    MS_FAIL_IF(c->depth <= 0 || c->depth > MS_SAM_MAX_DEPTH, MS_EINVAL, "sam encoder: depth %d out of range 1..%d",
+               c->depth, MS_SAM_MAX_DEPTH);
+    MS_FAIL_IF(c->n_global < 0 || c->n_global > c->depth, MS_EINVAL, "sam encoder: %d global blocks", c->n_global);
+    for (int i = 0; i < c->n_global; i++)
+        MS_FAIL_IF(c->global_idx[i] < 0 || c->global_idx[i] >= c->depth, MS_EINVAL,
+                   "sam encoder: global block index %d out of range", c->global_idx[i]);
+    MS_FAIL_IF(c->window < 0, MS_EINVAL, "sam encoder: window %d", c->window);
+    MS_FAIL_IF(c->window == 0 && c->n_global != c->depth, MS_EINVAL,
+               "sam encoder: window 0 needs every block global");
+    if (!c->in_chans) c->in_chans = 3;
+    if (!c->head_dim) c->head_dim = c->embed_dim / c->n_heads;
+    MS_FAIL_IF(c->head_dim * c->n_heads != c->embed_dim, MS_EINVAL, "sam encoder: head dim %d × %d heads != %d",
+               c->head_dim, c->n_heads, c->embed_dim);
+    if (!c->mlp_dim) c->mlp_dim = 4 * c->embed_dim;
+    if (!c->out_chans) c->out_chans = 256;
+    if (!(c->eps > 0)) c->eps = 1e-6f;
+    int g = c->img_size / c->patch;
+    if (!c->rel_len_global) c->rel_len_global = 2 * g - 1;
+    if (!c->rel_len_window && c->window) c->rel_len_window = 2 * c->window - 1;
+    MS_FAIL_IF(c->rel_len_global <= 0 || (c->window && c->rel_len_window <= 0), MS_EINVAL,
+               "sam encoder: bad rel-pos table length");
+    return MS_OK;
+}
+
+int ms_sam_enc_block_is_global(const ms_sam_enc_config *c, int i)
+{
+    for (int k = 0; k < c->n_global; k++)
+        if (c->global_idx[k] == i) return 1;
+    return 0;
+}
+
+ms_status ms_sam_enc_config_named(const char *name, ms_sam_enc_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->img_size = 1024;
+    c->patch = 16;
+    c->window = 14;
+    c->out_chans = 256;
+    c->n_global = 4;
+    int d, depth, heads, gi[4];
+    if (!strcmp(name, "vit_b")) { d = 768; depth = 12; heads = 12; gi[0] = 2; gi[1] = 5; gi[2] = 8; gi[3] = 11; }
+    else if (!strcmp(name, "vit_l")) { d = 1024; depth = 24; heads = 16; gi[0] = 5; gi[1] = 11; gi[2] = 17; gi[3] = 23; }
+    else if (!strcmp(name, "vit_h")) { d = 1280; depth = 32; heads = 16; gi[0] = 7; gi[1] = 15; gi[2] = 23; gi[3] = 31; }
+    else if (!strcmp(name, "vit_test")) {
+        d = 192; depth = 4; heads = 3; c->img_size = 256; c->n_global = 2; gi[0] = 1; gi[1] = 3;
+    } else
+        MS_FAIL(MS_EINVAL, "%s: unknown model (vit_b, vit_l, vit_h, vit_test)", name);
+    c->embed_dim = d;
+    c->depth = depth;
+    c->n_heads = heads;
+    for (int i = 0; i < c->n_global; i++) c->global_idx[i] = gi[i];
+    return ms_sam_enc_config_check(c);
+}
+
+static ms_status sd_get(const ms_state_dict *sd, const char *prefix, const char *key, int ndim,
+                        const ms_sd_entry **out)
+{
+    char name[MS_PARAM_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%s%s", prefix, key);
+    *out = ms_sd_find(sd, name);
+    MS_FAIL_IF(!*out, MS_ENOTFOUND, "%s: missing (needed to detect the encoder variant)", name);
+    MS_FAIL_IF((*out)->t.ndim != ndim, MS_ESHAPE, "%s: %d dims, expected %d", name, (*out)->t.ndim, ndim);
+    return MS_OK;
+}
+
+ms_status ms_sam_enc_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_sam_enc_config *c)
+{
+    memset(c, 0, sizeof *c);
+    const ms_sd_entry *pw, *pos, *n0, *r, *l1;
+    MS_TRY(sd_get(sd, prefix, "patch_embed.proj.weight", 4, &pw));
+    MS_TRY(sd_get(sd, prefix, "pos_embed", 4, &pos));
+    MS_TRY(sd_get(sd, prefix, "neck.0.weight", 4, &n0));
+    MS_TRY(sd_get(sd, prefix, "blocks.0.mlp.lin1.weight", 2, &l1));
+    c->mlp_dim = (int)l1->t.shape[0];
+    c->embed_dim = (int)pw->t.shape[0];
+    c->in_chans = (int)pw->t.shape[1];
+    c->patch = (int)pw->t.shape[2];
+    MS_FAIL_IF(pw->t.shape[3] != pw->t.shape[2], MS_EUNSUPPORTED, "%spatch_embed.proj.weight: non-square patch",
+               prefix);
+    MS_FAIL_IF(pos->t.shape[1] != pos->t.shape[2] || pos->t.shape[3] != c->embed_dim, MS_EUNSUPPORTED,
+               "%spos_embed: shape not (1, g, g, %d)", prefix, c->embed_dim);
+    int g = (int)pos->t.shape[1];
+    c->img_size = g * c->patch;
+    c->out_chans = (int)n0->t.shape[0];
+    /* depth = number of consecutive blocks.i.norm1.weight keys */
+    int depth = 0;
+    for (;; depth++) {
+        char key[64], name[MS_PARAM_NAME_MAX + 64];
+        snprintf(key, sizeof key, "blocks.%d.norm1.weight", depth);
+        snprintf(name, sizeof name, "%s%s", prefix, key);
+        if (!ms_sd_find(sd, name)) break;
+        MS_FAIL_IF(depth >= MS_SAM_MAX_DEPTH, MS_EUNSUPPORTED, "%sblocks: more than %d blocks", prefix,
+                   MS_SAM_MAX_DEPTH);
+    }
+    MS_FAIL_IF(!depth, MS_EFORMAT, "%sblocks.0.norm1.weight: missing (no encoder blocks)", prefix);
+    c->depth = depth;
+    int len[MS_SAM_MAX_DEPTH];
+    for (int i = 0; i < depth; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "blocks.%d.attn.rel_pos_h", i);
+        MS_TRY(sd_get(sd, prefix, key, 2, &r));
+        if (i == 0) c->head_dim = (int)r->t.shape[1];
+        MS_FAIL_IF(r->t.shape[1] != c->head_dim, MS_EFORMAT, "%s%s: head dim %lld, block 0 has %d", prefix, key,
+                   (long long)r->t.shape[1], c->head_dim);
+        len[i] = (int)r->t.shape[0];
+    }
+    MS_FAIL_IF(c->head_dim <= 0 || c->embed_dim % c->head_dim, MS_EFORMAT,
+               "%sblocks.0.attn.rel_pos_h: head dim %d does not divide %d", prefix, c->head_dim, c->embed_dim);
+    c->n_heads = c->embed_dim / c->head_dim;
+    /* Global blocks have the table length that differs from the windowed ones: 2g−1 if present, else the larger. */
+    int la = len[0], lb = -1;
+    for (int i = 1; i < depth; i++)
+        if (len[i] != la) {
+            if (lb < 0) lb = len[i];
+            else MS_FAIL_IF(len[i] != lb, MS_EFORMAT, "%sblocks.%d.attn.rel_pos_h: a third table length %d", prefix,
+                            i, len[i]);
+        }
+    int lglob, lwin;
+    if (lb < 0) {
+        if (la == 2 * g - 1) { lglob = la; lwin = -1; }
+        else { lglob = -1; lwin = la; }
+    } else if (la == 2 * g - 1 || (lb != 2 * g - 1 && la > lb)) { lglob = la; lwin = lb; }
+    else { lglob = lb; lwin = la; }
+    c->n_global = 0;
+    for (int i = 0; i < depth; i++)
+        if (len[i] == lglob) c->global_idx[c->n_global++] = i;
+    c->rel_len_global = lglob > 0 ? lglob : 2 * g - 1;
+    if (lwin > 0) {
+        MS_FAIL_IF(!(lwin & 1), MS_EFORMAT, "%s: windowed rel-pos table length %d is even", prefix, lwin);
+        c->window = (lwin + 1) / 2;
+        c->rel_len_window = lwin;
+    }
+    c->eps = 1e-6f;
+    return ms_sam_enc_config_check(c);
+}
+
+int64_t ms_sam_enc_numel(const ms_sam_enc_config *c)
+{
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, M = c->mlp_dim, C = c->out_chans;
+    int64_t n = g * g * D + D * c->in_chans * c->patch * c->patch + D;
+    for (int i = 0; i < c->depth; i++) {
+        int64_t L = ms_sam_enc_block_is_global(c, i) ? c->rel_len_global : c->rel_len_window;
+        n += 4 * D + 2 * L * c->head_dim + 3 * D * D + 3 * D + D * D + D + M * D + M + D * M + D;
+    }
+    return n + C * D + 2 * C + C * C * 9 + 2 * C;
+}
+
+/* ------------------------------------------------------------------------------------------------ params */
+
+static int add(ms_params *ps, const char *prefix, const char *key, int64_t a, int64_t b, int64_t c, int64_t d,
+               int ndim, int no_decay)
+{
+    char name[MS_PARAM_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%s%s", prefix, key);
+    int64_t shape[4] = {a, b, c, d};
+    return ms_params_add(ps, name, shape, ndim, no_decay);
+}
+
+ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg, ms_params *ps, const char *prefix)
+{
+    memset(enc, 0, sizeof *enc);
+    enc->cfg = *cfg;
+    MS_TRY(ms_sam_enc_config_check(&enc->cfg));
+    const ms_sam_enc_config *c = &enc->cfg;
+    enc->ps = ps;
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, M = c->mlp_dim, C = c->out_chans, hd = c->head_dim;
+    int bad = 0;
+#define ADD(dst, ...) do { dst = add(ps, prefix, __VA_ARGS__); bad |= dst < 0; } while (0)
+    /* SAM's registration order (sam.md §5), so a saved state dict lists keys as the official files do. */
+    ADD(enc->pos_embed, "pos_embed", 1, g, g, D, 4, 1);
+    ADD(enc->patch_w, "patch_embed.proj.weight", D, c->in_chans, c->patch, c->patch, 4, 0);
+    ADD(enc->patch_b, "patch_embed.proj.bias", D, 0, 0, 0, 1, 1);
+    for (int i = 0; i < c->depth && !bad; i++) {
+        ms_sam_enc_block_params *b = &enc->blk[i];
+        int64_t L = ms_sam_enc_block_is_global(c, i) ? c->rel_len_global : c->rel_len_window;
+        char k[96];
+#define K(s) (snprintf(k, sizeof k, "blocks.%d.%s", i, s), k)
+        ADD(b->norm1_w, K("norm1.weight"), D, 0, 0, 0, 1, 1);
+        ADD(b->norm1_b, K("norm1.bias"), D, 0, 0, 0, 1, 1);
+        ADD(b->rel_h, K("attn.rel_pos_h"), L, hd, 0, 0, 2, 1);
+        ADD(b->rel_w, K("attn.rel_pos_w"), L, hd, 0, 0, 2, 1);
+        ADD(b->qkv_w, K("attn.qkv.weight"), 3 * D, D, 0, 0, 2, 0);
+        ADD(b->qkv_b, K("attn.qkv.bias"), 3 * D, 0, 0, 0, 1, 1);
+        ADD(b->proj_w, K("attn.proj.weight"), D, D, 0, 0, 2, 0);
+        ADD(b->proj_b, K("attn.proj.bias"), D, 0, 0, 0, 1, 1);
+        ADD(b->norm2_w, K("norm2.weight"), D, 0, 0, 0, 1, 1);
+        ADD(b->norm2_b, K("norm2.bias"), D, 0, 0, 0, 1, 1);
+        ADD(b->lin1_w, K("mlp.lin1.weight"), M, D, 0, 0, 2, 0);
+        ADD(b->lin1_b, K("mlp.lin1.bias"), M, 0, 0, 0, 1, 1);
+        ADD(b->lin2_w, K("mlp.lin2.weight"), D, M, 0, 0, 2, 0);
+        ADD(b->lin2_b, K("mlp.lin2.bias"), D, 0, 0, 0, 1, 1);
+#undef K
+    }
+    if (!bad) {
+        ADD(enc->neck0_w, "neck.0.weight", C, D, 1, 1, 4, 0);
+        ADD(enc->neck1_w, "neck.1.weight", C, 0, 0, 0, 1, 1);
+        ADD(enc->neck1_b, "neck.1.bias", C, 0, 0, 0, 1, 1);
+        ADD(enc->neck2_w, "neck.2.weight", C, C, 3, 3, 4, 0);
+        ADD(enc->neck3_w, "neck.3.weight", C, 0, 0, 0, 1, 1);
+        ADD(enc->neck3_b, "neck.3.bias", C, 0, 0, 0, 1, 1);
+    }
+#undef ADD
+    return bad ? MS_EINVAL : MS_OK;
+}
+
+ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed)
+{
+    ms_params *ps = enc->ps;
+    MS_FAIL_IF(!ps || !ps->data, MS_EBADSTATE, "sam encoder: parameters not allocated");
+    int first = enc->pos_embed, last = enc->neck3_b;
+    int64_t maxn = 0;
+    for (int i = first; i <= last; i++) if (ps->p[i].numel > maxn) maxn = ps->p[i].numel;
+    float *h = malloc((size_t)maxn * sizeof(float));
+    MS_FAIL_IF(!h, MS_ENOMEM, "sam encoder: out of memory");
+    ms_status rc = MS_OK;
+    for (int i = first; i <= last && !rc; i++) {
+        const ms_param *p = &ps->p[i];
+        const char *nm = p->name;
+        size_t ln = strlen(nm);
+        int is_norm = strstr(nm, ".norm") != NULL || strstr(nm, "neck.1.") != NULL || strstr(nm, "neck.3.") != NULL;
+        int is_w = ln > 7 && !strcmp(nm + ln - 7, ".weight");
+        if (strstr(nm, "pos_embed") || strstr(nm, "rel_pos")) {
+            memset(h, 0, (size_t)p->numel * sizeof(float));
+        } else if (is_norm) {
+            for (int64_t j = 0; j < p->numel; j++) h[j] = is_w ? 1.0f : 0.0f;
+        } else {
+            /* kaiming_uniform(a=√5) = U(±1/√fan_in) for weights; the bias uses the weight's fan_in. */
+            int64_t fan_in;
+            if (is_w) { fan_in = 1; for (int d = 1; d < p->ndim; d++) fan_in *= p->shape[d]; }
+            else fan_in = ps->p[i - 1].numel / p->shape[0];
+            ms_rng r;
+            ms_rng_init(&r, seed, ms_rng_stream(0, (uint64_t)i, 0x5a4d));
+            float bound = 1.0f / sqrtf((float)fan_in);
+            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_range(&r, -bound, bound);
+        }
+        rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
+    }
+    free(h);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------------ arena */
+
+#define MS_ENC_PLAN_MAX (13 * MS_SAM_MAX_DEPTH + 64) /* 13 buffers per block + the rest */
+
+typedef struct plan {
+    int n;
+    void **dst[MS_ENC_PLAN_MAX];
+    size_t off[MS_ENC_PLAN_MAX];
+} plan;
+
+static void want(plan *pl, ms_arena *a, void *dst, size_t bytes)
+{
+    if (pl->n == MS_ENC_PLAN_MAX) { pl->n++; return; } /* reported by the caller */
+    pl->dst[pl->n] = (void **)dst;
+    pl->off[pl->n] = ms_arena_reserve(a, bytes ? bytes : 4);
+    pl->n++;
+}
+
+#define F(n) ((size_t)(n) * sizeof(float))
+#define I(n) ((size_t)(n) * sizeof(int32_t))
+
+ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_batch, int with_backward)
+{
+    ms_sam_encoder_free(enc);
+    MS_FAIL_IF(max_batch <= 0, MS_EINVAL, "sam encoder: batch %d", max_batch);
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = calloc(1, sizeof *p);
+    MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
+    int32_t *hbuf = NULL;
+    ms_status rc = MS_OK;
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, T = g * g, B = max_batch, Mt = B * T;
+    int64_t Mlp = c->mlp_dim, C = c->out_chans, S = c->img_size, H = c->n_heads;
+    int64_t ws = c->window, ws2 = ws * ws, nh = ws ? (g + ws - 1) / ws : 0;
+    p->n_win = nh * nh;
+    p->pad_base = Mt;
+    /* Largest rel-pos table after resize: 2·max(ws, g) − 1 rows. */
+    int64_t Lmax = 2 * (g > ws ? g : ws) - 1;
+    int64_t Lraw = c->rel_len_global > c->rel_len_window ? c->rel_len_global : c->rel_len_window;
+    if (Lraw > Lmax) Lmax = Lraw;
+    plan *plp = calloc(1, sizeof *plp);
+    if (!plp) { free(p); return ms_error(MS_ENOMEM, "sam encoder: out of memory"); }
+    ms_arena *a = &enc->arena;
+    memset(a, 0, sizeof *a);
+    want(plp, a, &p->x_copy, F(B * c->in_chans * S * S));
+    want(plp, a, &p->tok0, F(Mt * D));
+    int nsets = with_backward ? c->depth : 1;
+    for (int i = 0; i < nsets; i++) {
+        blk_act *b = &p->blk[i];
+        want(plp, a, &b->ln1, F(Mt * D));
+        want(plp, a, &b->mean1, F(Mt));
+        want(plp, a, &b->rstd1, F(Mt));
+        want(plp, a, &b->qkv, F((Mt + ws2) * 3 * D));
+        want(plp, a, &b->ao, F(Mt * D));
+        want(plp, a, &b->lse, F(Mt * H));
+        want(plp, a, &b->xmid, F(Mt * D));
+        want(plp, a, &b->ln2, F(Mt * D));
+        want(plp, a, &b->mean2, F(Mt));
+        want(plp, a, &b->rstd2, F(Mt));
+        want(plp, a, &b->h, F(Mt * Mlp));
+        want(plp, a, &b->gl, F(Mt * Mlp));
+        want(plp, a, &b->out, F(Mt * D));
+    }
+    float *spare_out = NULL;
+    if (!with_backward) want(plp, a, &spare_out, F(Mt * D));
+    want(plp, a, &p->neck0, F(Mt * C));
+    want(plp, a, &p->neck0t, F(Mt * C));
+    want(plp, a, &p->n1, F(Mt * C));
+    want(plp, a, &p->n1_mean, F(Mt));
+    want(plp, a, &p->n1_rstd, F(Mt));
+    want(plp, a, &p->n2, F(Mt * C));
+    want(plp, a, &p->n3_mean, F(Mt));
+    want(plp, a, &p->n3_rstd, F(Mt));
+    want(plp, a, &p->zeros, F(ws2 * D));
+    want(plp, a, &p->padx, F(ws2 * D));
+    want(plp, a, &p->rel_a, F(Lmax * c->head_dim));
+    want(plp, a, &p->rel_b, F(Lmax * c->head_dim));
+    if (with_backward) {
+        want(plp, a, &p->d_a, F(Mt * D));
+        want(plp, a, &p->d_b, F(Mt * D));
+        want(plp, a, &p->dln, F(Mt * D));
+        want(plp, a, &p->dao, F(Mt * D));
+        want(plp, a, &p->dqkv, F((Mt + ws2) * 3 * D));
+        want(plp, a, &p->dg, F(Mt * Mlp));
+        want(plp, a, &p->dh, F(Mt * Mlp));
+        want(plp, a, &p->dpadx, F(ws2 * D));
+        want(plp, a, &p->drel_a, F(Lmax * c->head_dim));
+        want(plp, a, &p->drel_b, F(Lmax * c->head_dim));
+        want(plp, a, &p->dn0, F(Mt * C));
+        want(plp, a, &p->dn0t, F(Mt * C));
+        want(plp, a, &p->dn1, F(Mt * C));
+        want(plp, a, &p->dn2, F(Mt * C));
+    }
+    int64_t nwg = B * p->n_win;
+    const size_t o_qoff = 0;
+    size_t o_qidx = 0, o_koff = 0, o_kidx = 0, o_wrow = 0, o_wcol = 0, o_grow, o_gcol;
+    if (ws) {
+        want(plp, a, &p->w_qoff, I(nwg + 1));
+        want(plp, a, &p->w_qidx, I(Mt)); o_qidx = nwg + 1;
+        want(plp, a, &p->w_koff, I(nwg + 1)); o_koff = o_qidx + Mt;
+        want(plp, a, &p->w_kidx, I(nwg * ws2)); o_kidx = o_koff + nwg + 1;
+        want(plp, a, &p->w_row, I(Mt + ws2)); o_wrow = o_kidx + nwg * ws2;
+        want(plp, a, &p->w_col, I(Mt + ws2)); o_wcol = o_wrow + Mt + ws2;
+        o_grow = o_wcol + Mt + ws2;
+    } else
+        o_grow = 0;
+    want(plp, a, &p->g_row, I(Mt));
+    want(plp, a, &p->g_col, I(Mt));
+    o_gcol = o_grow + Mt;
+    size_t n_host = o_gcol + Mt;
+
+    if (plp->n > MS_ENC_PLAN_MAX) { rc = ms_error(MS_EINVAL, "sam encoder: too many activation buffers"); goto leave; }
+    rc = ms_arena_alloc(a, dev, 1);
+    if (rc) goto leave;
+    for (int i = 0; i < plp->n; i++) *plp->dst[i] = ms_arena_ptr(a, plp->off[i]);
+    if (!with_backward) {
+        /* one activation set; tokens alternate between blk[0].out and spare_out */
+        for (int i = 1; i < c->depth; i++) p->blk[i] = p->blk[0];
+        for (int i = 0; i < c->depth; i++) {
+            p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+            p->blk[i].out = (i & 1) ? spare_out : p->blk[0].out;
+        }
+    } else {
+        for (int i = 0; i < c->depth; i++) p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+    }
+
+    /* Index lists on the host, then one copy per list (they sit back to back in the host buffer). */
+    hbuf = malloc(I(n_host));
+    if (!hbuf) { rc = ms_error(MS_ENOMEM, "sam encoder: out of memory"); goto leave; }
+    if (ws) {
+        int32_t *qoff = hbuf + o_qoff, *qidx = hbuf + o_qidx, *koff = hbuf + o_koff, *kidx = hbuf + o_kidx;
+        int32_t *wrow = hbuf + o_wrow, *wcol = hbuf + o_wcol;
+        int64_t nq = 0, gi = 0;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t wy = 0; wy < nh; wy++)
+                for (int64_t wx = 0; wx < nh; wx++, gi++) {
+                    qoff[gi] = (int32_t)nq;
+                    koff[gi] = (int32_t)(gi * ws2);
+                    for (int64_t r = 0; r < ws; r++)
+                        for (int64_t cc = 0; cc < ws; cc++) {
+                            int64_t y = wy * ws + r, x = wx * ws + cc;
+                            int64_t row = (y < g && x < g) ? b * T + y * g + x : Mt + r * ws + cc;
+                            kidx[gi * ws2 + r * ws + cc] = (int32_t)row;
+                            if (y < g && x < g) qidx[nq++] = (int32_t)row;
+                        }
+                }
+        qoff[gi] = (int32_t)nq;
+        koff[gi] = (int32_t)(gi * ws2);
+        for (int64_t i = 0; i < Mt; i++) {
+            int64_t t = i % T;
+            wrow[i] = (int32_t)((t / g) % ws);
+            wcol[i] = (int32_t)((t % g) % ws);
+        }
+        for (int64_t i = 0; i < ws2; i++) { wrow[Mt + i] = (int32_t)(i / ws); wcol[Mt + i] = (int32_t)(i % ws); }
+    }
+    for (int64_t i = 0; i < Mt; i++) {
+        int64_t t = i % T;
+        hbuf[o_grow + i] = (int32_t)(t / g);
+        hbuf[o_gcol + i] = (int32_t)(t % g);
+    }
+    if (ws) {
+        if ((rc = ms_dev_from_host(dev, p->w_qoff, hbuf + o_qoff, I(nwg + 1)))) goto leave;
+        if ((rc = ms_dev_from_host(dev, p->w_qidx, hbuf + o_qidx, I(Mt)))) goto leave;
+        if ((rc = ms_dev_from_host(dev, p->w_koff, hbuf + o_koff, I(nwg + 1)))) goto leave;
+        if ((rc = ms_dev_from_host(dev, p->w_kidx, hbuf + o_kidx, I(nwg * ws2)))) goto leave;
+        if ((rc = ms_dev_from_host(dev, p->w_row, hbuf + o_wrow, I(Mt + ws2)))) goto leave;
+        if ((rc = ms_dev_from_host(dev, p->w_col, hbuf + o_wcol, I(Mt + ws2)))) goto leave;
+    }
+    if ((rc = ms_dev_from_host(dev, p->g_row, hbuf + o_grow, I(Mt)))) goto leave;
+    if ((rc = ms_dev_from_host(dev, p->g_col, hbuf + o_gcol, I(Mt)))) goto leave;
+    enc->dev = dev;
+    enc->max_batch = max_batch;
+    enc->with_backward = with_backward;
+    enc->priv = p;
+    p = NULL;
+leave:
+    free(plp);
+    free(hbuf);
+    if (p) {
+        ms_arena_free(a);
+        free(p);
+    }
+    return rc;
+}
+
+void ms_sam_encoder_free(ms_sam_encoder *enc)
+{
+    if (enc->priv) {
+        struct enc_priv *p = enc->priv;
+        ms_arena_free(&enc->arena);
+        ms_arena_free(&p->sub_arena);
+        free(p->h_idx);
+    }
+    free(enc->priv);
+    enc->priv = NULL;
+    enc->max_batch = enc->batch = 0;
+}
+
+const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage)
+{
+    const struct enc_priv *p = enc->priv;
+    if (!p || stage < -1 || stage >= enc->cfg.depth) return NULL;
+    if (stage == -1) return enc->with_backward ? p->tok0 : NULL;
+    if (!enc->with_backward && stage != enc->cfg.depth - 1) return NULL;
+    return p->blk[stage].out;
+}
+
+/* ------------------------------------------------------------------------------------------------ forward */
+
+/* The attention descriptor of block i for batch B, and the (possibly resized) rel-pos tables it reads. */
+static ms_status block_desc(ms_sam_encoder *enc, int i, int B, ms_attention_desc *d, int *resized)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    int glob = ms_sam_enc_block_is_global(c, i);
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, S = glob ? g : c->window;
+    int64_t L = glob ? c->rel_len_global : c->rel_len_window, Lt = 2 * S - 1;
+    memset(d, 0, sizeof *d);
+    d->n_heads = c->n_heads;
+    d->head_dim = c->head_dim;
+    d->scale = 1.0f / sqrtf((float)c->head_dim);
+    d->ldq = d->ldk = d->ldv = 3 * D;
+    d->ldo = D;
+    d->len_h = d->len_w = Lt;
+    if (p->sub_active && glob) {
+        d->n_groups = B;
+        d->nq = d->nk = p->sub_keep;
+        d->q_row = d->k_row = p->s_grow;
+        d->q_col = d->k_col = p->s_gcol;
+    } else if (p->sub_active) {
+        d->n_groups = B * p->n_win;
+        d->q_off = p->s_qoff;
+        d->k_off = p->s_koff;
+        d->k_idx = p->s_kidx;
+        d->q_row = d->k_row = p->s_wrow;
+        d->q_col = d->k_col = p->s_wcol;
+    } else if (glob) {
+        d->n_groups = B;
+        d->nq = d->nk = g * g;
+        d->q_row = d->k_row = p->g_row;
+        d->q_col = d->k_col = p->g_col;
+    } else {
+        d->n_groups = B * p->n_win;
+        d->q_off = p->w_qoff;
+        d->q_idx = p->w_qidx;
+        d->k_off = p->w_koff;
+        d->k_idx = p->w_kidx;
+        d->q_row = d->k_row = p->w_row;
+        d->q_col = d->k_col = p->w_col;
+    }
+    const float *rh = ms_params_data(ps, enc->blk[i].rel_h), *rw = ms_params_data(ps, enc->blk[i].rel_w);
+    *resized = L != Lt;
+    if (*resized) {
+        /* get_rel_pos: linear interpolation of the table to 2·S−1 rows */
+        MS_TRY(ms_rel_pos_resize_forward(enc->dev, p->rel_a, rh, L, Lt, c->head_dim));
+        MS_TRY(ms_rel_pos_resize_forward(enc->dev, p->rel_b, rw, L, Lt, c->head_dim));
+        rh = p->rel_a;
+        rw = p->rel_b;
+    }
+    d->rel_h = rh;
+    d->rel_w = rw;
+    return MS_OK;
+}
+
+/* qkv rows of the ws² pad slots: official SAM pads with zero vectors after norm1; finetune-SAM pads before norm1,
+ * so its pad tokens are norm1(0) = norm1.bias. */
+static ms_status pad_rows_forward(ms_sam_encoder *enc, int i, blk_act *b)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    int64_t D = c->embed_dim, ws2 = (int64_t)c->window * c->window;
+    const float *x = p->zeros;
+    if (c->finetune_sam_block) {
+        MS_TRY(ms_add_bcast_forward(enc->dev, p->padx, p->zeros, ms_params_data(ps, enc->blk[i].norm1_b), ws2, D));
+        x = p->padx;
+    }
+    return ms_linear_forward(enc->dev, b->qkv + p->pad_base * 3 * D, x, ms_params_data(ps, enc->blk[i].qkv_w),
+                             ms_params_data(ps, enc->blk[i].qkv_b), ws2, D, 3 * D);
+}
+
+static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    const ms_sam_enc_block_params *w = &enc->blk[i];
+    blk_act *b = &p->blk[i];
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, Mlp = c->mlp_dim;
+    int64_t M = p->sub_active ? p->sub_rows : (int64_t)B * g * g; /* token rows: every token, or the subset */
+    int glob = ms_sam_enc_block_is_global(c, i), resized;
+#define P(x) ms_params_data(ps, w->x)
+    MS_TRY(ms_layernorm_forward(dev, b->ln1, b->mean1, b->rstd1, b->x_in, P(norm1_w), P(norm1_b), M, D, c->eps));
+    MS_TRY(ms_linear_forward(dev, b->qkv, b->ln1, P(qkv_w), P(qkv_b), M, D, 3 * D));
+    if (!glob) MS_TRY(pad_rows_forward(enc, i, b));
+    ms_attention_desc d;
+    MS_TRY(block_desc(enc, i, B, &d, &resized));
+    MS_TRY(ms_attention_forward(dev, b->ao, b->lse, b->qkv, b->qkv + D, b->qkv + 2 * D, &d));
+    MS_TRY(ms_linear_forward(dev, b->xmid, b->ao, P(proj_w), P(proj_b), M, D, D));
+    MS_TRY(ms_add_forward(dev, b->xmid, b->xmid, b->x_in, M * D));
+    MS_TRY(ms_layernorm_forward(dev, b->ln2, b->mean2, b->rstd2, b->xmid, P(norm2_w), P(norm2_b), M, D, c->eps));
+    MS_TRY(ms_linear_forward(dev, b->h, b->ln2, P(lin1_w), P(lin1_b), M, D, Mlp));
+    MS_TRY(ms_gelu_forward(dev, b->gl, b->h, M * Mlp));
+    MS_TRY(ms_linear_forward(dev, b->out, b->gl, P(lin2_w), P(lin2_b), M, Mlp, D));
+    MS_TRY(ms_add_forward(dev, b->out, b->out, b->xmid, M * D));
+#undef P
+    return MS_OK;
+}
+
+ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, float *emb)
+{
+    struct enc_priv *p = enc->priv;
+    MS_FAIL_IF(!p, MS_EBADSTATE, "sam encoder: ms_sam_encoder_reserve was not called");
+    MS_FAIL_IF(B <= 0 || B > enc->max_batch, MS_EINVAL, "sam encoder: batch %d, reserved for %d", B,
+               enc->max_batch);
+    const ms_sam_enc_config *c = &enc->cfg;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g, M = (int64_t)B * T, C = c->out_chans;
+    enc->batch = B;
+    p->sub_active = 0;
+    p->blk[0].x_in = p->tok0;
+    MS_TRY(ms_dev_copy(dev, p->x_copy, x, F((int64_t)B * c->in_chans * S * S)));
+    MS_TRY(ms_conv_patch_forward(dev, p->tok0, p->x_copy, ms_params_data(ps, enc->patch_w),
+                                 ms_params_data(ps, enc->patch_b), B, c->in_chans, S, S, D, c->patch, 1));
+    MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, ms_params_data(ps, enc->pos_embed), B, T * D));
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B));
+    const float *last = p->blk[c->depth - 1].out;
+    /* neck: 1x1 conv = a linear layer on tokens, then NHWC → NCHW for the 2D LayerNorms and the 3x3 conv */
+    MS_TRY(ms_linear_forward(dev, p->neck0, last, ms_params_data(ps, enc->neck0_w), NULL, M, D, C));
+    MS_TRY(ms_transpose_forward(dev, p->neck0t, p->neck0, B, T, C));
+    MS_TRY(ms_layernorm2d_forward(dev, p->n1, p->n1_mean, p->n1_rstd, p->neck0t, ms_params_data(ps, enc->neck1_w),
+                                  ms_params_data(ps, enc->neck1_b), B, C, T, c->eps));
+    MS_TRY(ms_conv2d_forward(dev, p->n2, p->n1, ms_params_data(ps, enc->neck2_w), NULL, B, C, g, g, C, 3, 1));
+    MS_TRY(ms_layernorm2d_forward(dev, emb, p->n3_mean, p->n3_rstd, p->n2, ms_params_data(ps, enc->neck3_w),
+                                  ms_params_data(ps, enc->neck3_b), B, C, T, c->eps));
+    return MS_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ backward */
+
+/* dcur (M, D) = d(block output) on entry; on return dnext = d(block input). dcur is not modified. */
+static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *dcur, float *dnext)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    const ms_sam_enc_block_params *w = &enc->blk[i];
+    blk_act *b = &p->blk[i];
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, Mlp = c->mlp_dim;
+    int64_t M = p->sub_active ? p->sub_rows : (int64_t)B * g * g; /* token rows: every token, or the subset */
+    int64_t ws2 = (int64_t)c->window * c->window;
+    int glob = ms_sam_enc_block_is_global(c, i), resized;
+#define P(x) ms_params_data(ps, w->x)
+#define G(x) ms_params_grad(ps, w->x)
+    /* MLP branch: out = xmid + lin2(gelu(lin1(ln2))) */
+    float *dx = dnext; /* d(xmid) accumulates here first, then becomes d(x_in) */
+    MS_TRY(ms_dev_copy(dev, dx, dcur, F(M * D)));
+    MS_TRY(ms_dev_zero(dev, p->dg, F(M * Mlp)));
+    MS_TRY(ms_linear_backward(dev, p->dg, G(lin2_w), G(lin2_b), dcur, b->gl, P(lin2_w), M, Mlp, D));
+    MS_TRY(ms_dev_zero(dev, p->dh, F(M * Mlp)));
+    MS_TRY(ms_gelu_backward(dev, p->dh, p->dg, b->h, M * Mlp));
+    MS_TRY(ms_dev_zero(dev, p->dln, F(M * D)));
+    MS_TRY(ms_linear_backward(dev, p->dln, G(lin1_w), G(lin1_b), p->dh, b->ln2, P(lin1_w), M, D, Mlp));
+    MS_TRY(ms_layernorm_backward(dev, dx, G(norm2_w), G(norm2_b), p->dln, b->xmid, P(norm2_w), b->mean2, b->rstd2,
+                                 M, D));
+    /* attention branch: xmid = x_in + proj(attn(qkv(ln1))); dx holds d(xmid) = the residual part of d(x_in) */
+    MS_TRY(ms_dev_zero(dev, p->dao, F(M * D)));
+    MS_TRY(ms_linear_backward(dev, p->dao, G(proj_w), G(proj_b), dx, b->ao, P(proj_w), M, D, D));
+    int64_t qrows = glob ? M : p->pad_base + ws2;
+    MS_TRY(ms_dev_zero(dev, p->dqkv, F(qrows * 3 * D)));
+    ms_attention_desc d;
+    MS_TRY(block_desc(enc, i, B, &d, &resized));
+    float *drh = G(rel_h), *drw = G(rel_w);
+    int64_t L = glob ? c->rel_len_global : c->rel_len_window;
+    if (resized && (drh || drw)) {
+        MS_TRY(ms_dev_zero(dev, p->drel_a, F(d.len_h * c->head_dim)));
+        MS_TRY(ms_dev_zero(dev, p->drel_b, F(d.len_w * c->head_dim)));
+    }
+    MS_TRY(ms_attention_backward(dev, p->dqkv, p->dqkv + D, p->dqkv + 2 * D, resized ? (drh ? p->drel_a : NULL) : drh,
+                                 resized ? (drw ? p->drel_b : NULL) : drw, p->dao, b->ao, b->lse, b->qkv,
+                                 b->qkv + D, b->qkv + 2 * D, &d));
+    if (resized && drh) MS_TRY(ms_rel_pos_resize_backward(dev, drh, p->drel_a, L, d.len_h, c->head_dim));
+    if (resized && drw) MS_TRY(ms_rel_pos_resize_backward(dev, drw, p->drel_b, L, d.len_w, c->head_dim));
+    if (!glob) {
+        /* pad rows: their k/v gradients flow into qkv.bias (and, finetune-SAM, through W into norm1.bias) */
+        const float *dpad = p->dqkv + p->pad_base * 3 * D;
+        if (c->finetune_sam_block) {
+            float *gb1 = G(norm1_b);
+            /* padx is shared scratch: rebuild this block's norm1.bias rows */
+            MS_TRY(ms_add_bcast_forward(dev, p->padx, p->zeros, P(norm1_b), ws2, D));
+            if (gb1) MS_TRY(ms_dev_zero(dev, p->dpadx, F(ws2 * D)));
+            MS_TRY(ms_linear_backward(dev, gb1 ? p->dpadx : NULL, G(qkv_w), G(qkv_b), dpad, p->padx, P(qkv_w), ws2,
+                                      D, 3 * D));
+            if (gb1) MS_TRY(ms_add_bcast_backward(dev, NULL, gb1, p->dpadx, ws2, D));
+        } else {
+            MS_TRY(ms_linear_backward(dev, NULL, NULL, G(qkv_b), dpad, p->zeros, P(qkv_w), ws2, D, 3 * D));
+        }
+    }
+    MS_TRY(ms_dev_zero(dev, p->dln, F(M * D)));
+    MS_TRY(ms_linear_backward(dev, p->dln, G(qkv_w), G(qkv_b), p->dqkv, b->ln1, P(qkv_w), M, D, 3 * D));
+    MS_TRY(ms_layernorm_backward(dev, dx, G(norm1_w), G(norm1_b), p->dln, b->x_in, P(norm1_w), b->mean1, b->rstd1,
+                                 M, D));
+#undef P
+#undef G
+    return MS_OK;
+}
+
+ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float *dx)
+{
+    struct enc_priv *p = enc->priv;
+    MS_FAIL_IF(!p || !enc->with_backward, MS_EBADSTATE,
+               "sam encoder: backward needs ms_sam_encoder_reserve(..., with_backward=1)");
+    MS_FAIL_IF(!enc->batch, MS_EBADSTATE, "sam encoder: backward before forward");
+    MS_FAIL_IF(p->sub_active, MS_EBADSTATE, "sam encoder: the last forward ran on a token subset");
+    const ms_sam_enc_config *c = &enc->cfg;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    int B = enc->batch;
+    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g, M = (int64_t)B * T, C = c->out_chans;
+#define P(x) ms_params_data(ps, enc->x)
+#define G(x) ms_params_grad(ps, enc->x)
+    MS_TRY(ms_dev_zero(dev, p->dn2, F(M * C)));
+    MS_TRY(ms_layernorm2d_backward(dev, p->dn2, G(neck3_w), G(neck3_b), demb, p->n2, P(neck3_w), p->n3_mean,
+                                   p->n3_rstd, B, C, T));
+    MS_TRY(ms_dev_zero(dev, p->dn1, F(M * C)));
+    MS_TRY(ms_conv2d_backward(dev, p->dn1, G(neck2_w), NULL, p->dn2, p->n1, P(neck2_w), B, C, g, g, C, 3, 1));
+    MS_TRY(ms_dev_zero(dev, p->dn0t, F(M * C)));
+    MS_TRY(ms_layernorm2d_backward(dev, p->dn0t, G(neck1_w), G(neck1_b), p->dn1, p->neck0t, P(neck1_w), p->n1_mean,
+                                   p->n1_rstd, B, C, T));
+    MS_TRY(ms_dev_zero(dev, p->dn0, F(M * C)));
+    MS_TRY(ms_transpose_backward(dev, p->dn0, p->dn0t, B, T, C));
+    float *dcur = p->d_a, *dnext = p->d_b;
+    MS_TRY(ms_dev_zero(dev, dcur, F(M * D)));
+    MS_TRY(ms_linear_backward(dev, dcur, G(neck0_w), NULL, p->dn0, p->blk[c->depth - 1].out, P(neck0_w), M, D, C));
+    for (int i = c->depth - 1; i >= 0; i--) {
+        MS_TRY(block_backward(enc, i, B, dcur, dnext));
+        float *t = dcur; dcur = dnext; dnext = t;
+    }
+    float *gpos = G(pos_embed);
+    if (gpos) MS_TRY(ms_add_bcast_backward(dev, NULL, gpos, dcur, B, T * D));
+    if (dx || G(patch_w) || G(patch_b))
+        MS_TRY(ms_conv_patch_backward(dev, dx, G(patch_w), G(patch_b), dcur, p->x_copy, P(patch_w), B, c->in_chans,
+                                      S, S, D, c->patch, 1));
+#undef P
+#undef G
+    return MS_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ token subsets */
+
+/* Index lists of a subset, on the device. Rows of the subset: image b's visible tokens are rows
+ * b·n_keep .. (b+1)·n_keep − 1, in the caller's order (grouped by window, window order). Windowed blocks: one group
+ * per (image, window); queries are the window's visible rows (contiguous), keys those rows plus the pad rows of
+ * the window's kept pad slots (the shared ws² rows at pad_base: qkv of a zero — or norm1.bias — token), every row
+ * with window-local coordinates. Global blocks: one group per image over its visible rows, grid coordinates. */
+static ms_status subset_lists(ms_sam_encoder *enc, int B, const ms_sam_enc_subset *s)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_device *dev = enc->dev;
+    int64_t D = c->embed_dim, g = c->img_size / c->patch, T = g * g, Mt = (int64_t)enc->max_batch * T;
+    int64_t ws = c->window ? c->window : g, ws2 = ws * ws, nh = (g + ws - 1) / ws, gp = nh * ws, nwin = nh * nh;
+    int64_t nk = s->n_keep, R = (int64_t)B * nk, ngw = (int64_t)enc->max_batch * nwin;
+    MS_FAIL_IF(nk < 1 || nk > T, MS_EINVAL, "sam encoder: subset of %lld tokens out of %lld", (long long)nk,
+               (long long)T);
+    if (!p->sub_arena.base) { /* sized once for the largest subset: every token and every pad slot */
+        ms_arena *a = &p->sub_arena;
+        memset(a, 0, sizeof *a);
+        size_t o_tok = ms_arena_reserve(a, F(Mt * D)), o_dtok = ms_arena_reserve(a, F(Mt * D)),
+               o_gather = ms_arena_reserve(a, I(Mt)), o_qoff = ms_arena_reserve(a, I(ngw + 1)),
+               o_koff = ms_arena_reserve(a, I(ngw + 1)), o_kidx = ms_arena_reserve(a, I(Mt + ngw * ws2)),
+               o_wrow = ms_arena_reserve(a, I(Mt + ws2)), o_wcol = ms_arena_reserve(a, I(Mt + ws2)),
+               o_grow = ms_arena_reserve(a, I(Mt)), o_gcol = ms_arena_reserve(a, I(Mt));
+        MS_TRY(ms_arena_alloc(a, dev, 1));
+        p->tok_sub = ms_arena_ptr(a, o_tok);
+        p->dtok_full = ms_arena_ptr(a, o_dtok);
+        p->s_gather = ms_arena_ptr(a, o_gather);
+        p->s_qoff = ms_arena_ptr(a, o_qoff);
+        p->s_koff = ms_arena_ptr(a, o_koff);
+        p->s_kidx = ms_arena_ptr(a, o_kidx);
+        p->s_wrow = ms_arena_ptr(a, o_wrow);
+        p->s_wcol = ms_arena_ptr(a, o_wcol);
+        p->s_grow = ms_arena_ptr(a, o_grow);
+        p->s_gcol = ms_arena_ptr(a, o_gcol);
+        p->h_idx = malloc(I(Mt + ngw * ws2 + 2 * (ngw + 1)));
+        MS_FAIL_IF(!p->h_idx, MS_ENOMEM, "sam encoder: out of memory");
+    }
+    int32_t *h = p->h_idx;
+    /* gather rows and coordinates */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < nk; i++) {
+            int32_t t = s->keep[b * s->keep_stride + i];
+            MS_FAIL_IF(t < 0 || t >= T, MS_EINVAL, "sam encoder: subset token %d outside the %lld-token grid", t,
+                       (long long)T);
+            h[b * nk + i] = (int32_t)(b * T + t);
+        }
+    MS_TRY(ms_dev_from_host(dev, p->s_gather, h, I(R)));
+    for (int64_t r = 0; r < R; r++) h[r] = (h[r] % T) / (int32_t)g;
+    MS_TRY(ms_dev_from_host(dev, p->s_grow, h, I(R)));
+    for (int64_t r = 0; r < R; r++) { int32_t t = s->keep[(r / nk) * s->keep_stride + r % nk]; h[r] = t % (int32_t)g; }
+    MS_TRY(ms_dev_from_host(dev, p->s_gcol, h, I(R)));
+    if (c->window) {
+        int32_t *qoff = h, *koff = h + ngw + 1, *kidx = h + 2 * (ngw + 1);
+        int64_t kn = 0, gi = 0;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t w = 0; w < nwin; w++, gi++) {
+                const int32_t *ko = s->win_keep_off + b * (nwin + 1), *po = s->win_pad_off + b * (nwin + 1);
+                MS_FAIL_IF(ko[w] > ko[w + 1] || ko[w + 1] > nk, MS_EINVAL, "sam encoder: bad subset window offsets");
+                qoff[gi] = (int32_t)(b * nk + ko[w]);
+                koff[gi] = (int32_t)kn;
+                for (int32_t i = ko[w]; i < ko[w + 1]; i++) kidx[kn++] = (int32_t)(b * nk + i);
+                for (int32_t i = po[w]; i < po[w + 1]; i++) {
+                    int32_t q = s->pad[b * s->pad_stride + i], y = q / (int32_t)gp, x = q % (int32_t)gp;
+                    MS_FAIL_IF(q < 0 || y >= gp || (y < g && x < g) || (y / ws) * nh + x / ws != w, MS_EINVAL,
+                               "sam encoder: subset pad slot %d is not a pad slot of window %lld", q, (long long)w);
+                    kidx[kn++] = (int32_t)(p->pad_base + (y % ws) * ws + x % ws);
+                }
+            }
+        qoff[gi] = (int32_t)R;
+        koff[gi] = (int32_t)kn;
+        MS_TRY(ms_dev_from_host(dev, p->s_qoff, qoff, I(gi + 1)));
+        MS_TRY(ms_dev_from_host(dev, p->s_koff, koff, I(gi + 1)));
+        MS_TRY(ms_dev_from_host(dev, p->s_kidx, kidx, I(kn)));
+        /* window-local coordinates of the subset rows, then of the ws² pad rows */
+        for (int64_t r = 0; r < R; r++) {
+            int32_t t = s->keep[(r / nk) * s->keep_stride + r % nk];
+            h[r] = (int32_t)((t / g) % ws);
+        }
+        MS_TRY(ms_dev_from_host(dev, p->s_wrow, h, I(R)));
+        for (int64_t r = 0; r < R; r++) {
+            int32_t t = s->keep[(r / nk) * s->keep_stride + r % nk];
+            h[r] = (int32_t)((t % g) % ws);
+        }
+        MS_TRY(ms_dev_from_host(dev, p->s_wcol, h, I(R)));
+        for (int64_t i = 0; i < ws2; i++) h[i] = (int32_t)(i / ws);
+        MS_TRY(ms_dev_from_host(dev, p->s_wrow + p->pad_base, h, I(ws2)));
+        for (int64_t i = 0; i < ws2; i++) h[i] = (int32_t)(i % ws);
+        MS_TRY(ms_dev_from_host(dev, p->s_wcol + p->pad_base, h, I(ws2)));
+    }
+    p->sub_rows = R;
+    p->sub_keep = nk;
+    return MS_OK;
+}
+
+ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int B, const ms_sam_enc_subset *s,
+                                        const float **tokens)
+{
+    struct enc_priv *p = enc->priv;
+    MS_FAIL_IF(!p, MS_EBADSTATE, "sam encoder: ms_sam_encoder_reserve was not called");
+    MS_FAIL_IF(B <= 0 || B > enc->max_batch, MS_EINVAL, "sam encoder: batch %d, reserved for %d", B,
+               enc->max_batch);
+    const ms_sam_enc_config *c = &enc->cfg;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g;
+    p->sub_active = 0;
+    MS_TRY(subset_lists(enc, B, s));
+    enc->batch = B;
+    /* patch embedding and position on the full grid (≈0.5% of the encoder's work), then the visible rows */
+    MS_TRY(ms_dev_copy(dev, p->x_copy, x, F((int64_t)B * c->in_chans * S * S)));
+    MS_TRY(ms_conv_patch_forward(dev, p->tok0, p->x_copy, ms_params_data(ps, enc->patch_w),
+                                 ms_params_data(ps, enc->patch_b), B, c->in_chans, S, S, D, c->patch, 1));
+    MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, ms_params_data(ps, enc->pos_embed), B, T * D));
+    MS_TRY(ms_gather_rows_forward(dev, p->tok_sub, p->tok0, p->s_gather, p->sub_rows, D));
+    p->sub_active = 1;
+    p->blk[0].x_in = p->tok_sub;
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B));
+    *tokens = p->blk[c->depth - 1].out;
+    return MS_OK;
+}
+
+ms_status ms_sam_encoder_backward_subset(ms_sam_encoder *enc, const float *dtokens, float *dx)
+{
+    struct enc_priv *p = enc->priv;
+    MS_FAIL_IF(!p || !enc->with_backward, MS_EBADSTATE,
+               "sam encoder: backward needs ms_sam_encoder_reserve(..., with_backward=1)");
+    MS_FAIL_IF(!p->sub_active, MS_EBADSTATE, "sam encoder: backward_subset without a subset forward");
+    const ms_sam_enc_config *c = &enc->cfg;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    int B = enc->batch;
+    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g, R = p->sub_rows;
+    float *dcur = p->d_a, *dnext = p->d_b;
+    MS_TRY(ms_dev_copy(dev, dcur, dtokens, F(R * D)));
+    for (int i = c->depth - 1; i >= 0; i--) {
+        MS_TRY(block_backward(enc, i, B, dcur, dnext));
+        float *t = dcur; dcur = dnext; dnext = t;
+    }
+    /* back onto the full grid: hidden tokens get no gradient */
+    MS_TRY(ms_dev_zero(dev, p->dtok_full, F((int64_t)B * T * D)));
+    MS_TRY(ms_gather_rows_backward(dev, p->dtok_full, dcur, p->s_gather, R, D, (int64_t)B * T));
+    float *gpos = ms_params_grad(ps, enc->pos_embed);
+    if (gpos) MS_TRY(ms_add_bcast_backward(dev, NULL, gpos, p->dtok_full, B, T * D));
+    float *gw = ms_params_grad(ps, enc->patch_w), *gb = ms_params_grad(ps, enc->patch_b);
+    if (dx || gw || gb)
+        MS_TRY(ms_conv_patch_backward(dev, dx, gw, gb, p->dtok_full, p->x_copy, ms_params_data(ps, enc->patch_w), B,
+                                      c->in_chans, S, S, D, c->patch, 1));
+    return MS_OK;
+}

@@ -1,0 +1,140 @@
+/* pretrain/sam_encoder.h — SAM's image encoder (ImageEncoderViT, sam.md §1), forward and backward, CPU or CUDA
+ * through the op table (kernels/ops.h).
+ *
+ *   x (B,3,S,S) → patch_embed (conv 16/16) → tokens (B,g,g,D), g = S/16 → + pos_embed → depth × Block → neck
+ *   (1x1 conv, LN2d, 3x3 conv, LN2d) → embeddings (B,out_chans,g,g).
+ *
+ * Parameters are registered in a caller's ms_params under SAM's state-dict keys with a prefix ("image_encoder."
+ * for a full SAM), so the image encoder, prompt encoder and mask decoder can share one parameter block and one
+ * ms_params_load() call. Activations live in one arena sized once for (config, max batch, backward or not).
+ *
+ * Token layout: row b·g·g + y·g + x of a (B·g·g, D) matrix — the BHWC tensor of SAM, flattened.
+ * Windowed blocks: SAM pads the normalised tokens to a multiple of the window with zero vectors (no attention
+ * mask), so pad keys/values equal the qkv bias. Here the ws·ws possible pad slots of a window get one extra qkv row
+ * each (qkv of a zero row = bias; finetune-SAM variant: qkv of norm1.bias), and attention runs on index lists:
+ * group = one window, queries = its real tokens, keys = its real tokens + the pad rows of its missing slots, with
+ * window-local (row, col) coordinates for the relative positions. Pad queries are never computed (SAM crops them).
+ * Global blocks: one group per image, global coordinates. The attention op recomputes P from lse in backward.
+ * (The pad rows are shared by all windows, so the CPU attention backward parallelises over heads, not windows;
+ * per-window pad copies would lift that if many-core CPU training of small-head models ever matters.)
+ *
+ * MAE (a later issue) runs the same blocks on a SUBSET of tokens: the token matrix then holds only the visible
+ * tokens (n_vis rows per image), and the index lists are built from their true (y, x): global blocks group an
+ * image's visible rows with their true coordinates; windowed blocks group by the window of the true coordinate.
+ * The block code below only depends on (rows, groups, coordinates), so that is a new index builder, not a new
+ * block.
+ *
+ * Invariants: cfg.embed_dim == n_heads·head_dim; global blocks have rel-pos tables of length rel_len_global,
+ * windowed ones rel_len_window (resized to 2·S−1 at run time when they differ, as SAM's get_rel_pos does).
+ * Backward accumulates (+=) into the gradients of trainable parameters only (frozen ones: NULL, no work) and,
+ * when asked, into the input gradient; it uses the activations of the last forward (which must have been run
+ * with backward enabled in ms_sam_encoder_reserve).
+ */
+#ifndef MS_SAM_ENCODER_H
+#define MS_SAM_ENCODER_H
+
+#include <stdint.h>
+
+#include "base/device.h"
+#include "base/status.h"
+#include "base/tensor.h"
+#include "checkpoints/state_dict.h"
+#include "pretrain/params.h"
+
+#define MS_SAM_MAX_DEPTH 64
+
+typedef struct ms_sam_enc_config {
+    int img_size;          /* input side S (square), multiple of patch: 1024 for vit_b/l/h, 256 for vit_test */
+    int patch;             /* 16 */
+    int in_chans;          /* 3 */
+    int embed_dim;         /* D */
+    int depth;
+    int n_heads;
+    int head_dim;          /* D / n_heads */
+    int mlp_dim;           /* 4·D */
+    int window;            /* 14; 0 = every block global */
+    int n_global;
+    int global_idx[MS_SAM_MAX_DEPTH];
+    int rel_len_window;    /* rel-pos table length of windowed blocks (2·window−1 in SAM) */
+    int rel_len_global;    /* ... of global blocks (2·g−1 in SAM) */
+    int out_chans;         /* 256 */
+    float eps;             /* 1e-6 (encoder LayerNorms and neck LayerNorm2d) */
+    int finetune_sam_block;/* 1: finetune-SAM's block (window partition before norm1: pad tokens = norm1.bias) */
+} ms_sam_enc_config;
+
+/* vit_b, vit_l, vit_h (1024 input) and vit_test (D 192, depth 4, 3 heads, window 14, global [1,3], input 256). */
+ms_status ms_sam_enc_config_named(const char *name, ms_sam_enc_config *cfg);
+/* Reads the variant from a state dict's shapes under `prefix` ("image_encoder." for SAM files): D from
+ * patch_embed, depth from the block count, head_dim from the rel-pos tables (→ heads), window and global blocks
+ * from the tables' lengths, image size from pos_embed, mlp dim from lin1, out_chans from neck.0. */
+ms_status ms_sam_enc_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_sam_enc_config *cfg);
+/* Fills the derived fields (mlp_dim, head_dim, rel lengths) of a hand-written config and validates it. */
+ms_status ms_sam_enc_config_check(ms_sam_enc_config *cfg);
+int ms_sam_enc_block_is_global(const ms_sam_enc_config *cfg, int i);
+/* Grid side g = img_size / patch. */
+static inline int ms_sam_enc_grid(const ms_sam_enc_config *cfg) { return cfg->img_size / cfg->patch; }
+/* Number of encoder parameters (floats). */
+int64_t ms_sam_enc_numel(const ms_sam_enc_config *cfg);
+
+typedef struct ms_sam_enc_block_params {
+    int norm1_w, norm1_b, rel_h, rel_w, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b, lin1_w, lin1_b, lin2_w,
+        lin2_b;
+} ms_sam_enc_block_params;
+
+typedef struct ms_sam_enc_block_act ms_sam_enc_block_act; /* private (sam_encoder.c) */
+
+typedef struct ms_sam_encoder {
+    ms_sam_enc_config cfg;
+    ms_params *ps;         /* not owned */
+    int pos_embed, patch_w, patch_b;               /* parameter indices in ps */
+    ms_sam_enc_block_params blk[MS_SAM_MAX_DEPTH];
+    int neck0_w, neck1_w, neck1_b, neck2_w, neck3_w, neck3_b;
+
+    /* activations (ms_sam_encoder_reserve) */
+    ms_device *dev;
+    int max_batch, with_backward, batch; /* batch = B of the last forward */
+    ms_arena arena;
+    void *priv;            /* buffer pointers and index lists */
+} ms_sam_encoder;
+
+/* Registers the encoder's tensors in ps with names prefix + SAM key ("image_encoder.blocks.0.attn.qkv.weight").
+ * ps must not be allocated yet. */
+ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg, ms_params *ps, const char *prefix);
+/* Sizes the activation arena for batches up to max_batch; with_backward keeps every block's activations (else two
+ * token buffers are reused and only the embeddings survive). Call after ms_params_alloc (uses ps->dev's device). */
+ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_batch, int with_backward);
+void ms_sam_encoder_free(ms_sam_encoder *enc);
+
+/* x (B,3,S,S) and emb (B,out_chans,g,g) in device memory; B <= max_batch. x is copied (backward needs it). */
+ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, float *emb);
+/* demb (B,out_chans,g,g) → parameter gradients (trainable only, +=) and dx (B,3,S,S) += when dx != NULL. */
+ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float *dx);
+
+/* Activations of the last forward, for tests and debugging (device memory, token layout (B·g·g, D)):
+ * stage −1 = patch embedding + pos_embed, stage i = output of block i. NULL when not kept (inference mode keeps
+ * only the last block). */
+const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage);
+
+/* Sets every encoder parameter to PyTorch's default init (LN γ=1 β=0, pos_embed and rel-pos 0, linear/conv weights
+ * and biases U(±1/√fan_in)) from seed, for `--init random`. The parameters must be allocated. */
+ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed);
+
+/* ---- token subsets (MAE pretraining: the encoder on visible tokens only, mae.md §4.4) -------------------------
+ * Every image keeps the same number of tokens. keep (host, B rows of keep_stride) lists image b's visible grid
+ * indices y·g + x grouped by window in window order (win_keep_off (B, n_win+1) delimits them); pad (host, B rows
+ * of pad_stride) lists the kept pad slots of the padded grid (index y·gp + x, gp = windows·ws), delimited by
+ * win_pad_off. Windowed blocks attend within a window over its visible tokens plus its kept pad slots; global
+ * blocks over all visible tokens of the image; relative positions use each token's true coordinates. With every
+ * token and pad slot kept this is exactly the dense forward (tested). Only the blocks run: no neck. */
+typedef struct ms_sam_enc_subset {
+    int n_keep, keep_stride, pad_stride;
+    const int32_t *keep, *win_keep_off, *pad, *win_pad_off;
+} ms_sam_enc_subset;
+
+/* tokens → the last block's output for the subset, (B·n_keep, D) device memory owned by the encoder. */
+ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int B, const ms_sam_enc_subset *s,
+                                        const float **tokens);
+/* dtokens (B·n_keep, D) → parameter gradients (+=), and dx += when dx != NULL. */
+ms_status ms_sam_encoder_backward_subset(ms_sam_encoder *enc, const float *dtokens, float *dx);
+
+#endif

@@ -1,0 +1,196 @@
+/* tools/cmd_embed.c — `mrisam embed`: SAM's image embedding of one PNG or one store slice, as a float32 .npy of
+ * shape (1, out_chans, S/16, S/16).
+ *
+ * Preprocessing (sam.md §4, cli.md): resize the longest side to the model's input size S with data/preprocess.c's
+ * bilinear resampler (PIL's triangle filter, antialiased when shrinking — close to, but not bit-exact with, PIL's
+ * uint8 output that SAM's predictor feeds the model), SAM's pixel mean/std on 0..255 RGB (gray replicated), zero
+ * padding bottom/right after normalisation. --resize stretch / --norm medsam select finetune-SAM's square stretch
+ * and [0,1] inputs. The variant (vit_b/l/h, vit_test, anything SAM-shaped) comes from the checkpoint's shapes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/device.h"
+#include "checkpoints/state_dict.h"
+#include "cli.h"
+#include "data/preprocess.h"
+#include "data/store.h"
+#include "image_io.h"
+#include "pretrain/params.h"
+#include "pretrain/sam_encoder.h"
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Gray or RGB pixels on the 0..1 scale (HWC) → 3×S×S model input (zeros outside the frame). */
+static ms_status preprocess(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out)
+{
+    ms_prep_scratch scr = {0};
+    ms_status rc = MS_OK;
+    size_t plane = (size_t)pc->size * pc->size;
+    memset(out, 0, 3 * plane * sizeof(float));
+    if (c == 1) {
+        rc = ms_prep_image(pc, img01, h, w, NULL, out, &scr);
+    } else {
+        float *ch = malloc((size_t)h * w * sizeof(float));
+        if (!ch) { ms_prep_scratch_free(&scr); return ms_error(MS_ENOMEM, "embed: out of memory"); }
+        ms_box full = {0, 0, (float)h, (float)w};
+        int oh, ow;
+        ms_prep_frame(pc, (float)h, (float)w, &oh, &ow);
+        for (int k = 0; k < 3 && !rc; k++) {
+            for (size_t i = 0; i < (size_t)h * w; i++) ch[i] = img01[i * 3 + k];
+            float *o = out + k * plane;
+            rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
+            /* the same affine map ms_prep_image applies to gray: v·255/std − mean/std */
+            float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
+            float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
+            for (int y = 0; y < oh && !rc; y++)
+                for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
+        }
+        free(ch);
+    }
+    ms_prep_scratch_free(&scr);
+    return rc;
+}
+
+/* The slice `key` of a store as 0..1 floats. */
+static ms_status read_store_slice(const char *path, int64_t key, float **img, int *h, int *w)
+{
+    ms_store *s = NULL;
+    ms_store_reader *r = NULL;
+    ms_slice sl;
+    *img = NULL;
+    ms_status rc = ms_store_open(path, 4, &s);
+    if (rc) goto leave;
+    if (key < 0 || (uint64_t)key >= ms_store_n_slices(s)) {
+        rc = ms_error(MS_ENOTFOUND, "%s: no slice %lld (the store has %llu)", path, (long long)key,
+                      (unsigned long long)ms_store_n_slices(s));
+        goto leave;
+    }
+    if ((rc = ms_store_reader_new(s, &r))) goto leave;
+    if ((rc = ms_store_read(r, (uint64_t)key, &sl))) goto leave;
+    *img = malloc((size_t)sl.height * sl.width * sizeof(float));
+    if (!*img) { rc = ms_error(MS_ENOMEM, "embed: out of memory"); goto leave; }
+    for (size_t i = 0; i < (size_t)sl.height * sl.width; i++) (*img)[i] = sl.pixels[i] * (1.0f / 65535.0f);
+    *h = sl.height;
+    *w = sl.width;
+leave:
+    if (r) ms_store_reader_free(r);
+    if (s) ms_store_close(s);
+    return rc;
+}
+
+static int run(int argc, char **argv)
+{
+    static const ms_cmd_help help = {
+        "mrisam embed --ckpt F (--image IMG.png | --store S --key K) -o EMB.npy [options]",
+        "Computes SAM's image embedding: resize the longest side to the model's input size, SAM's pixel mean/std "
+        "(gray replicated to RGB), zero pad bottom/right, image encoder. Writes float32 (1, 256, S/16, S/16). The "
+        "model variant is read from the checkpoint's shapes. The bilinear resize is PIL-style (antialiased when "
+        "shrinking) but not bit-exact with PIL's uint8 output.",
+        "mrisam embed --ckpt sam_vit_b_01ec64.pth --image slice.png -o emb.npy --threads 8"};
+    const char *ckpt = NULL, *image = NULL, *store = NULL, *out = NULL, *device = "cpu", *resize = NULL,
+               *norm = NULL;
+    int64_t key = -1;
+    int threads = 0;
+    const ms_opt opts[] = {
+        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors)"},
+        {"image", MS_OPT_STR, &image, "IMG.png", "input image (8/16-bit gray or RGB PNG)"},
+        {"store", MS_OPT_STR, &store, "S", "slice store (with --key)"},
+        {"key", MS_OPT_I64, &key, "K", "slice key in the store"},
+        {"o", MS_OPT_STR, &out, "EMB.npy", "output embedding"},
+        {"resize", MS_OPT_STR, &resize, "longest|stretch", "resize mode (default longest, SAM's)"},
+        {"norm", MS_OPT_STR, &norm, "sam|medsam", "input normalisation (default sam)"},
+        {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
+        {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
+        {0}};
+    int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
+    if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
+    if (!ckpt || !out || (!image == !store) || (store && key < 0)) {
+        fprintf(stderr, "mrisam embed: needs --ckpt, -o and one of --image or --store with --key (see --help)\n");
+        return MS_EXIT_USAGE;
+    }
+
+    ms_state_dict sd;
+    ms_params ps;
+    ms_sam_encoder enc;
+    ms_device dev;
+    ms_image img = {0};
+    float *img01 = NULL, *x = NULL, *emb = NULL;
+    int dev_ok = 0;
+    ms_sd_init(&sd);
+    ms_params_init(&ps);
+    memset(&enc, 0, sizeof enc);
+    ms_status rc;
+    ms_device_kind kind;
+    int index;
+    double t0 = now_s();
+    if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
+    if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
+    dev_ok = 1;
+    if ((rc = ms_sd_load(ckpt, &sd))) goto leave;
+    /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
+    const char *prefix = ms_sd_find(&sd, "image_encoder.pos_embed") ? "image_encoder." : "";
+    ms_sam_enc_config cfg;
+    if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) goto leave;
+    if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) goto leave;
+    if ((rc = ms_params_alloc(&ps, &dev))) goto leave;
+    /* unknown keys under the encoder prefix (adapters, LoRA) would be silently ignored otherwise: refuse them */
+    if ((rc = ms_params_load(&ps, &sd, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
+    ms_sd_free(&sd);
+    if ((rc = ms_sam_encoder_reserve(&enc, &dev, 1, 0))) goto leave;
+
+    int h, w, c;
+    if (image) {
+        if ((rc = ms_png_read(image, &img))) goto leave;
+        h = img.h; w = img.w; c = img.c;
+        img01 = img.data;
+        for (size_t i = 0; i < (size_t)h * w * c; i++) img01[i] *= 1.0f / 255.0f;
+    } else {
+        if ((rc = read_store_slice(store, key, &img01, &h, &w))) goto leave;
+        c = 1;
+    }
+    ms_prep_config pc;
+    ms_prep_config_default(&pc, cfg.img_size);
+    pc.channels = 3;
+    if ((rc = ms_prep_parse(&pc, resize, norm))) goto leave;
+    int S = cfg.img_size, g = ms_sam_enc_grid(&cfg);
+    size_t nx = (size_t)3 * S * S, ne = (size_t)cfg.out_chans * g * g;
+    float *hx = malloc(nx * sizeof(float)), *he = malloc(ne * sizeof(float));
+    if (!hx || !he) { free(hx); free(he); rc = ms_error(MS_ENOMEM, "embed: out of memory"); goto leave; }
+    rc = preprocess(&pc, img01, h, w, c, hx);
+    if (!rc) rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x);
+    if (!rc) rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb);
+    if (!rc) rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float));
+    double t1 = now_s();
+    if (!rc) rc = ms_sam_encoder_forward(&enc, x, 1, emb);
+    if (!rc) rc = ms_dev_to_host(&dev, he, emb, ne * sizeof(float));
+    double t2 = now_s();
+    int64_t shape[4] = {1, cfg.out_chans, g, g};
+    if (!rc) rc = ms_npy_write_f32(out, he, shape, 4);
+    if (!rc)
+        fprintf(stderr, "embed: %s → %s (1, %d, %d, %d); encoder D %d depth %d at %d: %.2f s (total %.2f s)\n",
+                image ? image : store, out, cfg.out_chans, g, g, cfg.embed_dim, cfg.depth, S, t2 - t1, t2 - t0);
+    free(hx);
+    free(he);
+leave:
+    if (image) ms_image_free(&img);
+    else free(img01);
+    if (dev_ok) {
+        if (x) ms_dev_free(&dev, x);
+        if (emb) ms_dev_free(&dev, emb);
+    }
+    ms_sam_encoder_free(&enc);
+    ms_params_free(&ps);
+    ms_sd_free(&sd);
+    if (dev_ok) ms_device_free(&dev);
+    return ms_cli_report("embed", rc);
+}
+
+const ms_command ms_cmd_embed = {"embed", "SAM image embedding of a PNG or a store slice (.npy)", run};
