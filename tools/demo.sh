@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
-# tools/demo.sh MRISAM [OUTDIR] — the main job on the embedded default data (Debian's mricron-data brain templates):
-# ingest the ch2 T1 template with its brain mask (ch2bet > 0) as labels, verify and inspect the store, export a slice to look at,
-# and run the op self-check. Later issues extend it to pretrain → finetune → predict → eval.
+# tools/demo.sh MRISAM [OUTDIR] — the main job on the embedded default data (Debian's mricron-data brain templates),
+# small enough for a laptop CPU (about a minute on 2 cores):
+#   1. ingest the ch2better and ch2 T1 templates (ch2 with its brain mask, ch2bet > 0, as labels; its slices are keys
+#      286.. of the store), verify, inspect,
+#      export a slice to look at;
+#   2. MAE-pretrain SAM's image encoder (the vit_test variant, from PyTorch's default initialisation) on them, with
+#      held-out validation and reconstruction panels;
+#   3. export MRI-specific SAM weights (RUN/sam_mri_vit_test.pth, loadable by SAM's own code) and embed a slice with them.
+# Environment: MS_DEMO_STEPS (default 200), MS_THREADS (default: all cores).
 set -euo pipefail
 MRISAM=${1:?usage: demo.sh path/to/mrisam [outdir]}
 OUT=${2:-demo-out}
+STEPS=${MS_DEMO_STEPS:-200}
+THREADS=${MS_THREADS:-0}
 TPL=/usr/share/mricron/templates
-[ -f "$TPL/ch2.nii.gz" ] || { echo "demo: $TPL/ch2.nii.gz missing (apt-get install mricron-data)" >&2; exit 1; }
+for f in ch2 ch2bet ch2better; do
+    [ -f "$TPL/$f.nii.gz" ] || { echo "demo: $TPL/$f.nii.gz missing (apt-get install mricron-data)" >&2; exit 1; }
+done
 mkdir -p "$OUT"
 printf 'image,label\n%s,%s\n' "$TPL/ch2.nii.gz" "$TPL/ch2bet.nii.gz" > "$OUT/pairs.csv"
-echo "== ingest: ch2 (T1) with the ch2bet brain (> 0) as a binary label"
+
+echo "== 1. ingest: ch2 (T1, with the ch2bet brain > 0 as its label) and ch2better"
 rm -rf "$OUT/store"
-"$MRISAM" ingest --labels "$OUT/pairs.csv" --label-threshold 0 --axis axial -o "$OUT/store"
-echo "== verify"
+"$MRISAM" ingest "$TPL/ch2better.nii.gz" --labels "$OUT/pairs.csv" --label-threshold 0 --axis axial -o "$OUT/store"
 "$MRISAM" verify "$OUT/store"
-echo "== inspect"
-"$MRISAM" inspect "$OUT/store" | head -40
-key=$(( $("$MRISAM" inspect "$OUT/store" --json 2>/dev/null | sed -n 's/.*"slices": *\([0-9]*\).*/\1/p' | head -1 || echo 0) / 2 ))
-echo "== export slice $key (and its label) to $OUT/slice.png"
-"$MRISAM" export "$OUT/store" --key "$key" --label -o "$OUT/slice.png"
+"$MRISAM" inspect "$OUT/store" | tail -4
+"$MRISAM" export "$OUT/store" --key 376 --label -o "$OUT/slice.png"
+echo "   a slice and its label: $OUT/slice.png, $OUT/slice_label.png"
+
+echo "== 2. pretrain: MAE on SAM's encoder (vit_test, $STEPS steps on the CPU)"
+rm -rf "$OUT/run"
+"$MRISAM" pretrain --store "$OUT/store" --init random --model vit_test --max-steps "$STEPS" --batch-size 8 \
+    --decoder-dim 128 --decoder-depth 2 --decoder-heads 4 --lr 1e-3 --val-every 50 --val-slices 16 \
+    --save-every 100 --threads "$THREADS" -o "$OUT/run"
+echo "   held-out reconstruction loss (step: loss):"
+grep '"split": "val"' "$OUT/run/log.jsonl" | sed 's/.*"step": \([0-9]*\).*"loss": \([0-9.e-]*\).*/     \1: \2/'
+echo "   panels (input | masked | reconstruction | reconstruction + visible): $OUT/run/val/"
+
+echo "== 3. the exported weights in use: embed slice 376 with $OUT/run/sam_mri_vit_test.pth"
+"$MRISAM" embed --ckpt "$OUT/run/sam_mri_vit_test.pth" --store "$OUT/store" --key 376 -o "$OUT/slice_embedding.npy" \
+    --threads "$THREADS"
 echo "demo finished: outputs in $OUT/"
