@@ -341,3 +341,36 @@ void ms_prep_label(const ms_prep_config *c, const uint16_t *label, int h, int w,
         }
     }
 }
+
+/* Gray or RGB pixels on the 0..1 scale (HWC) → 3×S×S model input (zeros outside the frame). */
+ms_status ms_prep_image_hwc(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out)
+{
+    ms_prep_scratch scr = {0};
+    ms_status rc = MS_OK;
+    size_t plane = (size_t)pc->size * pc->size;
+    memset(out, 0, 3 * plane * sizeof(float));
+    if (c == 1) {
+        rc = ms_prep_image(pc, img01, h, w, NULL, out, &scr);
+    } else {
+        float *ch = malloc((size_t)h * w * sizeof(float));
+        if (!ch) { ms_prep_scratch_free(&scr); return ms_error(MS_ENOMEM, "preprocess: out of memory"); }
+        ms_box full = {0, 0, (float)h, (float)w};
+        int oh, ow;
+        ms_prep_frame(pc, (float)h, (float)w, &oh, &ow);
+        for (int k = 0; k < 3 && !rc; k++) {
+            for (size_t i = 0; i < (size_t)h * w; i++) ch[i] = img01[i * 3 + k];
+            float *o = out + k * plane;
+            rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
+            /* the same affine map ms_prep_image applies to gray: v·255/std − mean/std */
+            float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
+            float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
+            for (int y = 0; y < oh && !rc; y++)
+                for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
+        }
+        free(ch);
+    }
+    ms_prep_scratch_free(&scr);
+    return rc;
+}
+
+/* The slice `key` of a store as 0..1 floats. */

@@ -57,4 +57,8 @@ ms_status ms_prep_image(const ms_prep_config *c, const float *img, int h, int w,
 /* Label (h×w) → label_size × label_size by nearest neighbour in the same frame; padding is 0. */
 void ms_prep_label(const ms_prep_config *c, const uint16_t *label, int h, int w, const ms_box *box, uint16_t *out);
 
+/* Gray (c = 1) or RGB (c = 3) pixels on the 0..1 scale, HWC → 3 × size × size model input (zeros outside the
+ * frame), each channel with its own SAM mean/std — what embed and segment feed SAM from a PNG. */
+ms_status ms_prep_image_hwc(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out);
+
 #endif

@@ -706,6 +706,34 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
     return MS_OK;
 }
 
+/* From d(last block output) in dcur to every block, the patch embedding and the position table (and dx); in
+ * subset mode the visible rows are scattered back onto the full grid first (hidden tokens get no gradient). */
+static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *dnext, float *dx)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    int B = enc->batch;
+    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g;
+    for (int i = c->depth - 1; i >= 0; i--) {
+        MS_TRY(block_backward(enc, i, B, dcur, dnext));
+        float *t = dcur; dcur = dnext; dnext = t;
+    }
+    if (p->sub_active) {
+        MS_TRY(ms_dev_zero(dev, p->dtok_full, F((int64_t)B * T * D)));
+        MS_TRY(ms_gather_rows_backward(dev, p->dtok_full, dcur, p->s_gather, p->sub_rows, D, (int64_t)B * T));
+        dcur = p->dtok_full;
+    }
+    float *gpos = ms_params_grad(ps, enc->pos_embed);
+    if (gpos) MS_TRY(ms_add_bcast_backward(dev, NULL, gpos, dcur, B, T * D));
+    float *gw = ms_params_grad(ps, enc->patch_w), *gb = ms_params_grad(ps, enc->patch_b);
+    if (dx || gw || gb)
+        MS_TRY(ms_conv_patch_backward(dev, dx, gw, gb, dcur, p->x_copy, ms_params_data(ps, enc->patch_w), B,
+                                      c->in_chans, S, S, D, c->patch, 1));
+    return MS_OK;
+}
+
 ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float *dx)
 {
     struct enc_priv *p = enc->priv;
@@ -733,18 +761,9 @@ ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float 
     float *dcur = p->d_a, *dnext = p->d_b;
     MS_TRY(ms_dev_zero(dev, dcur, F(M * D)));
     MS_TRY(ms_linear_backward(dev, dcur, G(neck0_w), NULL, p->dn0, p->blk[c->depth - 1].out, P(neck0_w), M, D, C));
-    for (int i = c->depth - 1; i >= 0; i--) {
-        MS_TRY(block_backward(enc, i, B, dcur, dnext));
-        float *t = dcur; dcur = dnext; dnext = t;
-    }
-    float *gpos = G(pos_embed);
-    if (gpos) MS_TRY(ms_add_bcast_backward(dev, NULL, gpos, dcur, B, T * D));
-    if (dx || G(patch_w) || G(patch_b))
-        MS_TRY(ms_conv_patch_backward(dev, dx, G(patch_w), G(patch_b), dcur, p->x_copy, P(patch_w), B, c->in_chans,
-                                      S, S, D, c->patch, 1));
 #undef P
 #undef G
-    return MS_OK;
+    return blocks_embed_backward(enc, dcur, dnext, dx);
 }
 
 /* ------------------------------------------------------------------------------------------------ token subsets */
@@ -876,25 +895,7 @@ ms_status ms_sam_encoder_backward_subset(ms_sam_encoder *enc, const float *dtoke
     MS_FAIL_IF(!p || !enc->with_backward, MS_EBADSTATE,
                "sam encoder: backward needs ms_sam_encoder_reserve(..., with_backward=1)");
     MS_FAIL_IF(!p->sub_active, MS_EBADSTATE, "sam encoder: backward_subset without a subset forward");
-    const ms_sam_enc_config *c = &enc->cfg;
-    ms_params *ps = enc->ps;
-    ms_device *dev = enc->dev;
-    int B = enc->batch;
-    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g, R = p->sub_rows;
     float *dcur = p->d_a, *dnext = p->d_b;
-    MS_TRY(ms_dev_copy(dev, dcur, dtokens, F(R * D)));
-    for (int i = c->depth - 1; i >= 0; i--) {
-        MS_TRY(block_backward(enc, i, B, dcur, dnext));
-        float *t = dcur; dcur = dnext; dnext = t;
-    }
-    /* back onto the full grid: hidden tokens get no gradient */
-    MS_TRY(ms_dev_zero(dev, p->dtok_full, F((int64_t)B * T * D)));
-    MS_TRY(ms_gather_rows_backward(dev, p->dtok_full, dcur, p->s_gather, R, D, (int64_t)B * T));
-    float *gpos = ms_params_grad(ps, enc->pos_embed);
-    if (gpos) MS_TRY(ms_add_bcast_backward(dev, NULL, gpos, p->dtok_full, B, T * D));
-    float *gw = ms_params_grad(ps, enc->patch_w), *gb = ms_params_grad(ps, enc->patch_b);
-    if (dx || gw || gb)
-        MS_TRY(ms_conv_patch_backward(dev, dx, gw, gb, p->dtok_full, p->x_copy, ms_params_data(ps, enc->patch_w), B,
-                                      c->in_chans, S, S, D, c->patch, 1));
-    return MS_OK;
+    MS_TRY(ms_dev_copy(enc->dev, dcur, dtokens, F(p->sub_rows * (int64_t)enc->cfg.embed_dim)));
+    return blocks_embed_backward(enc, dcur, dnext, dx);
 }

@@ -28,38 +28,6 @@ static double now_s(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* Gray or RGB pixels on the 0..1 scale (HWC) → 3×S×S model input (zeros outside the frame). */
-static ms_status preprocess(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out)
-{
-    ms_prep_scratch scr = {0};
-    ms_status rc = MS_OK;
-    size_t plane = (size_t)pc->size * pc->size;
-    memset(out, 0, 3 * plane * sizeof(float));
-    if (c == 1) {
-        rc = ms_prep_image(pc, img01, h, w, NULL, out, &scr);
-    } else {
-        float *ch = malloc((size_t)h * w * sizeof(float));
-        if (!ch) { ms_prep_scratch_free(&scr); return ms_error(MS_ENOMEM, "embed: out of memory"); }
-        ms_box full = {0, 0, (float)h, (float)w};
-        int oh, ow;
-        ms_prep_frame(pc, (float)h, (float)w, &oh, &ow);
-        for (int k = 0; k < 3 && !rc; k++) {
-            for (size_t i = 0; i < (size_t)h * w; i++) ch[i] = img01[i * 3 + k];
-            float *o = out + k * plane;
-            rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
-            /* the same affine map ms_prep_image applies to gray: v·255/std − mean/std */
-            float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
-            float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
-            for (int y = 0; y < oh && !rc; y++)
-                for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
-        }
-        free(ch);
-    }
-    ms_prep_scratch_free(&scr);
-    return rc;
-}
-
-/* The slice `key` of a store as 0..1 floats. */
 static ms_status read_store_slice(const char *path, int64_t key, float **img, int *h, int *w)
 {
     ms_store *s = NULL;
@@ -146,7 +114,7 @@ static int run(int argc, char **argv)
     ms_sd_free(&sd);
     if ((rc = ms_sam_encoder_reserve(&enc, &dev, 1, 0))) goto leave;
 
-    int h, w, c;
+    int h = 0, w = 0, c = 0;
     if (image) {
         if ((rc = ms_png_read(image, &img))) goto leave;
         h = img.h; w = img.w; c = img.c;
@@ -164,7 +132,7 @@ static int run(int argc, char **argv)
     size_t nx = (size_t)3 * S * S, ne = (size_t)cfg.out_chans * g * g;
     float *hx = malloc(nx * sizeof(float)), *he = malloc(ne * sizeof(float));
     if (!hx || !he) { free(hx); free(he); rc = ms_error(MS_ENOMEM, "embed: out of memory"); goto leave; }
-    rc = preprocess(&pc, img01, h, w, c, hx);
+    rc = ms_prep_image_hwc(&pc, img01, h, w, c, hx);
     if (!rc) rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x);
     if (!rc) rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb);
     if (!rc) rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float));

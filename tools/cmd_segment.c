@@ -18,40 +18,6 @@
 #include "finetune/sam.h"
 #include "image_io.h"
 
-/* Gray or RGB pixels on the 0..1 scale (HWC) → 3×S×S model input (zeros outside the frame). */
-static ms_status preprocess(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out)
-{
-    ms_prep_scratch scr = {0};
-    ms_status rc = MS_OK;
-    size_t plane = (size_t)pc->size * pc->size;
-    float *ch = NULL;
-    memset(out, 0, 3 * plane * sizeof(float));
-    if (c == 1) {
-        rc = ms_prep_image(pc, img01, h, w, NULL, out, &scr);
-        goto leave;
-    }
-    ch = malloc((size_t)h * w * sizeof(float));
-    if (!ch) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
-    ms_box full = {0, 0, (float)h, (float)w};
-    int oh, ow;
-    ms_prep_frame(pc, (float)h, (float)w, &oh, &ow);
-    for (int k = 0; k < 3 && !rc; k++) {
-        for (size_t i = 0; i < (size_t)h * w; i++) ch[i] = img01[i * 3 + k];
-        float *o = out + k * plane;
-        rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
-        /* the affine map ms_prep_image applies to gray: v·255/std − mean/std (or v for [0,1] inputs) */
-        float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
-        float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
-        for (int y = 0; y < oh && !rc; y++)
-            for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
-    }
-leave:
-    free(ch);
-    ms_prep_scratch_free(&scr);
-    return rc;
-}
-
-/* "X,Y" or "X,Y,LABEL" / "X0,Y0,X1,Y1": exactly n_min..n_max comma-separated numbers. */
 static int parse_nums(const char *s, float *v, int n_min, int n_max)
 {
     int n = 0;
@@ -174,7 +140,7 @@ static int run(int argc, char **argv)
     size_t nx = (size_t)3 * S * S, ne = (size_t)256 * g * g;
     hx = malloc(nx * sizeof(float));
     if (!hx) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
-    if ((rc = preprocess(&pc, img.data, h, w, img.c, hx))) goto leave;
+    if ((rc = ms_prep_image_hwc(&pc, img.data, h, w, img.c, hx))) goto leave;
     if ((rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x))) goto leave;
     if ((rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb))) goto leave;
     if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
