@@ -18,7 +18,9 @@ static int run(int argc, char **argv)
         "  mrisam convert sam_vit_b_01ec64.pth sam_vit_b.safetensors\n"
         "  mrisam convert --list model.safetensors"};
     int list = 0;
+    int threads = 0;
     const ms_opt opts[] = {{"list", MS_OPT_FLAG, &list, NULL, "print name, dtype and shape of every tensor in IN"},
+                           {"threads", MS_OPT_INT, &threads, "N", "accepted for uniformity (this command is I/O-bound and single-threaded)"},
                            {0}};
     ms_strlist pos = {0};
     int rc = ms_cli_parse(&h, opts, argc, argv, &pos);

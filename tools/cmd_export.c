@@ -53,9 +53,11 @@ static int run(int argc, char **argv)
     int64_t key = -1;
     const char *out = NULL;
     int label = 0;
+    int threads = 0;
     const ms_opt opts[] = {{"key", MS_OPT_I64, &key, "K", "slice key"},
                            {"o", MS_OPT_STR, &out, "FILE", ".png or .npy"},
                            {"label", MS_OPT_FLAG, &label, NULL, "also write the label slice as FILE_label.png/.npy"},
+                           {"threads", MS_OPT_INT, &threads, "N", "accepted for uniformity (this command is I/O-bound and single-threaded)"},
                            {0}};
     ms_strlist pos = {0};
     int rc = ms_cli_parse(&h, opts, argc, argv, &pos);

@@ -24,8 +24,10 @@ static int run(int argc, char **argv)
                                   "names and one line per volume.",
                                   NULL};
     int no_volumes = 0, json = 0;
+    int threads = 0;
     const ms_opt opts[] = {{"no-volumes", MS_OPT_FLAG, &no_volumes, NULL, "leave out the per-volume table"},
                            {"json", MS_OPT_FLAG, &json, NULL, "per-volume records as raw JSON lines"},
+                           {"threads", MS_OPT_INT, &threads, "N", "accepted for uniformity (this command is I/O-bound and single-threaded)"},
                            {0}};
     ms_strlist pos = {0};
     int rc = ms_cli_parse(&h, opts, argc, argv, &pos);

@@ -17,7 +17,9 @@ static int run(int argc, char **argv)
                                   "Reads and checks every record of the store; prints one line per corrupt record and "
                                   "exits 1 when there is any.",
                                   NULL};
-    const ms_opt opts[] = {{0}};
+    int threads = 0;
+    const ms_opt opts[] = {{"threads", MS_OPT_INT, &threads, "N", "accepted for uniformity (this command is I/O-bound and single-threaded)"},
+                           {0}};
     ms_strlist pos = {0};
     int rc = ms_cli_parse(&h, opts, argc, argv, &pos);
     if (rc) {
