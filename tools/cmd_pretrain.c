@@ -30,6 +30,7 @@
 #include "ops.h"
 #include "pretrain/mae.h"
 #include "pretrain/optimizer.h"
+#include "pretrain_model.h"
 
 static volatile sig_atomic_t g_stop; /* the CLI's one piece of process state: a signal asked us to stop */
 
@@ -53,45 +54,6 @@ static double now(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-/* PyTorch's default initialisation for the prompt encoder and mask decoder tensors (sam.md §5, "Default inits"). */
-static ms_status init_default(ms_params *ps, const char *prefix, uint64_t seed)
-{
-    size_t np = strlen(prefix);
-    int64_t maxn = 1;
-    for (int i = 0; i < ps->n; i++) if (ps->p[i].numel > maxn) maxn = ps->p[i].numel;
-    float *h = malloc((size_t)maxn * sizeof(float));
-    MS_FAIL_IF(!h, MS_ENOMEM, "out of memory");
-    ms_status rc = MS_OK;
-    for (int i = 0; i < ps->n && !rc; i++) {
-        const ms_param *p = &ps->p[i];
-        if (strncmp(p->name, prefix, np)) continue;
-        ms_rng r;
-        ms_rng_init(&r, seed, ms_rng_stream(0x696e6974ull, (uint64_t)i, 0));
-        const char *nm = p->name;
-        size_t ln = strlen(nm);
-        int is_w = ln > 7 && !strcmp(nm + ln - 7, ".weight");
-        int is_norm = strstr(nm, "norm") || (strstr(nm, "mask_downscaling.") && (strstr(nm, ".1.") || strstr(nm, ".4."))) ||
-                      (strstr(nm, "output_upscaling.1."));
-        if (strstr(nm, "gaussian")) {
-            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_normal(&r);
-        } else if (strstr(nm, "embed") || strstr(nm, "token")) { /* nn.Embedding: N(0, 1) */
-            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_normal(&r);
-        } else if (is_norm) {
-            for (int64_t j = 0; j < p->numel; j++) h[j] = is_w ? 1.f : 0.f;
-        } else {
-            const ms_param *w = is_w ? p : &ps->p[i - 1]; /* a bias follows its weight */
-            int64_t fan_in = 1;
-            if (strstr(w->name, "output_upscaling") && w->ndim == 4) fan_in = w->shape[1] * w->shape[2] * w->shape[3];
-            else for (int d = 1; d < w->ndim; d++) fan_in *= w->shape[d];
-            float bound = 1.f / sqrtf((float)fan_in);
-            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_range(&r, -bound, bound);
-        }
-        rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
-    }
-    free(h);
-    return rc;
 }
 
 /* AdamW moments of one parameter set → state dict tensors "m.<name>" / "v.<name>" and back. */
@@ -445,20 +407,8 @@ static int run(int argc, char **argv)
 
     /* ---- the model: SAM (encoder trains; prompt encoder and mask decoder ride along for the export) ---- */
     char model_name[32];
-    if (o.ckpt) {
-        if ((rc = ms_sam_load(&sam, o.ckpt, &dev))) goto leave;
-        snprintf(model_name, sizeof model_name, "%s",
-                 sam.cfg.enc.embed_dim == 768 ? "vit_b" : sam.cfg.enc.embed_dim == 1024 ? "vit_l"
-                 : sam.cfg.enc.embed_dim == 1280 ? "vit_h" : sam.cfg.enc.embed_dim == 192 ? "vit_test" : "custom");
-    } else {
-        ms_sam_config sc;
-        if ((rc = ms_sam_config_named(o.model, 4, &sc))) goto leave;
-        if ((rc = ms_sam_init(&sam, &sc, &dev))) goto leave;
-        if ((rc = ms_sam_encoder_init_random(&sam.enc, (uint64_t)o.seed))) goto leave;
-        if ((rc = init_default(&sam.ps, "prompt_encoder.", (uint64_t)o.seed))) goto leave;
-        if ((rc = init_default(&sam.ps, "mask_decoder.", (uint64_t)o.seed + 1))) goto leave;
-        snprintf(model_name, sizeof model_name, "%s", o.model);
-    }
+    if ((rc = ms_pt_build_sam(&sam, o.ckpt, o.model, (uint64_t)o.seed, &dev, model_name, sizeof model_name)))
+        goto leave;
     const ms_sam_enc_config *ec = &sam.enc.cfg;
     int S = ec->img_size, g = S / ec->patch;
     if (o.input_size && o.input_size != S) {

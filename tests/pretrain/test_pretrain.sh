@@ -6,7 +6,7 @@
 #     the export (.pth and .safetensors);
 #  3. a run killed with SIGKILL and resumed gives the same loss sequence and the same export, bit for bit;
 #  4. SIGINT: the step finishes, a checkpoint is written, exit 75; --resume completes the run identically;
-#  5. the export loads with strict loading in the PyTorch reference (tests/reference/sam_ref.py), and its encoder
+#  5. export-weights of the last checkpoint equals the run's own export; the export loads with strict loading in the PyTorch reference (tests/reference/sam_ref.py), and its encoder
 #     output on an image equals `mrisam embed`'s (max|c - r| <= 1e-4 max|r|).
 set -u
 MRISAM=${MS_MRISAM:-mrisam}
@@ -82,6 +82,12 @@ PYEND
 check $? "bit-exact resume"
 cmp -s "$T/a/sam_mri_vit_test.safetensors" "$T/b/sam_mri_vit_test.safetensors"
 check $? "identical export after SIGKILL + resume"
+
+# export-weights of the final checkpoint == the run's own export
+"$MRISAM" export-weights "$T/a" -o "$T/a_export.safetensors" >/dev/null
+check $? "export-weights"
+cmp -s "$T/a/sam_mri_vit_test.safetensors" "$T/a_export.safetensors"
+check $? "export-weights equals the run's export"
 
 # 4: SIGINT -> checkpoint, exit 75, resumable
 "$MRISAM" pretrain $B -o "$T/c" >"$T/c.log" 2>&1 &
