@@ -82,7 +82,9 @@ ms_status ms_mae_forward(ms_mae *m, const float *x, const float *gray, int B, ui
     const ms_sam_enc_config *ec = &m->enc->cfg;
     int S = ec->img_size, p = ec->patch, g = S / p, L = g * g;
     int64_t R = (int64_t)B * L, P = m->P;
-    for (int b = 0; b < B; b++) MS_TRY(ms_mae_mask_sample(&m->mask, b, m->cfg.mask_ratio, m->cfg.sampling, seed, keys[b]));
+    if (keys)
+        for (int b = 0; b < B; b++)
+            MS_TRY(ms_mae_mask_sample(&m->mask, b, m->cfg.mask_ratio, m->cfg.sampling, seed, keys[b]));
     int nv = m->mask.n_keep[0];
     for (int b = 1; b < B; b++)
         MS_FAIL_IF(m->mask.n_keep[b] != nv, MS_EINVAL, "mae: samples keep different token counts");

@@ -45,7 +45,8 @@ ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, 
 ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch);
 void ms_mae_free(ms_mae *m);
 
-/* x (B,3,S,S) device, gray (B,S,S) host in [0,1]; keys[b] keys sample b's mask (e.g. epoch·N + position). */
+/* x (B,3,S,S) device, gray (B,S,S) host in [0,1]; keys[b] keys sample b's mask (e.g. epoch·N + position).
+ * keys == NULL: use the masks already in m->mask (ms_mae_mask_set; tests and golden files). */
 ms_status ms_mae_forward(ms_mae *m, const float *x, const float *gray, int B, uint64_t seed, const uint64_t *keys,
                          ms_mae_loss *out);
 /* Gradients of loss·scale: decoder always; encoder too unless encoder_frozen. */

@@ -166,3 +166,39 @@ leave:
     free(keepflag);
     return rc;
 }
+
+ms_status ms_mae_mask_set(ms_mae_mask *m, int b, const int32_t *keep, int n_keep, const int32_t *pad, int n_pad)
+{
+    int g = m->grid, ws = m->window, gp = m->padded, nw = gp / ws, W = m->n_windows;
+    MS_FAIL_IF(b < 0 || b >= m->batch || n_keep < 0 || n_keep > m->n_keep_max || n_pad < 0 || n_pad > m->n_pad_max,
+               MS_EINVAL, "mae mask: bad sizes for sample %d", b);
+    int32_t *k = m->keep + (size_t)b * m->n_keep_max, *p = m->pad + (size_t)b * m->n_pad_max;
+    int32_t *koff = m->win_keep_off + (size_t)b * (W + 1), *poff = m->win_pad_off + (size_t)b * (W + 1);
+    uint8_t *masked = m->masked + (size_t)b * g * g;
+    memset(masked, 1, (size_t)g * g);
+    int wk = 0, wp = 0;
+    for (int w = 0; w <= W; w++) koff[w] = poff[w] = 0;
+    for (int i = 0; i < n_keep; i++) {
+        int t = keep[i];
+        MS_FAIL_IF(t < 0 || t >= g * g || !masked[t], MS_EINVAL, "mae mask: token %d out of range or repeated", t);
+        int w = (t / g / ws) * nw + (t % g) / ws;
+        MS_FAIL_IF(w < wk, MS_EINVAL, "mae mask: visible tokens not in window order");
+        wk = w;
+        k[i] = t;
+        masked[t] = 0;
+        koff[w + 1]++;
+    }
+    for (int i = 0; i < n_pad; i++) {
+        int q = pad[i], y = q / gp, x = q % gp;
+        MS_FAIL_IF(q < 0 || y >= gp || (y < g && x < g), MS_EINVAL, "mae mask: %d is not a pad slot", q);
+        int w = (y / ws) * nw + x / ws;
+        MS_FAIL_IF(w < wp, MS_EINVAL, "mae mask: pad slots not in window order");
+        wp = w;
+        p[i] = q;
+        poff[w + 1]++;
+    }
+    for (int w = 0; w < W; w++) { koff[w + 1] += koff[w]; poff[w + 1] += poff[w]; }
+    m->n_keep[b] = n_keep;
+    m->n_pad[b] = n_pad;
+    return MS_OK;
+}

@@ -37,6 +37,9 @@ void ms_mae_mask_free(ms_mae_mask *m);
 /* Draw sample b's mask. ratio in [0, 1). */
 ms_status ms_mae_mask_sample(ms_mae_mask *m, int b, float ratio, ms_mask_sampling how, uint64_t seed,
                              uint64_t sample_key);
+/* Sets sample b's mask from given lists (tests, golden files): keep = visible grid indices y·g + x, pad = kept
+ * padded-grid indices y·gp + x; both must be in window order (any order within a window is kept as given). */
+ms_status ms_mae_mask_set(ms_mae_mask *m, int b, const int32_t *keep, int n_keep, const int32_t *pad, int n_pad);
 /* Real tokens kept per window under stratified sampling (nw² ints), for tests and docs. */
 void ms_mae_mask_stratified_counts(int grid, int window, float ratio, int *real_keep, int *pad_keep);
 

@@ -560,6 +560,14 @@ static int run(int argc, char **argv)
 
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
+    /* Fault injection for tests (documented in docs/CLI.md): MRISAM_TEST_NAN="STEP,COUNT" makes the first COUNT
+     * losses from optimizer step STEP on non-finite, to exercise the skip-and-rollback path. */
+    int64_t nan_at = 0, nan_left = 0;
+    const char *nan_env = getenv("MRISAM_TEST_NAN");
+    if (nan_env) {
+        long long a = 0, b = 0;
+        if (sscanf(nan_env, "%lld,%lld", &a, &b) == 2) { nan_at = a; nan_left = b; }
+    }
     double t0 = now(), t_last = t0;
     val_ctx v = {&mae, &dev, &lg, o.out, xdev, vimg, vgray, recon, vmask, keys, n_val, o.batch, S, ec->patch,
                  (uint64_t)o.seed, steps_per_epoch};
@@ -581,6 +589,7 @@ static int run(int argc, char **argv)
             for (int b = 0; b < bt->n; b++) keys[b] = bt->epoch * 0x9e3779b97f4a7c15ull + bt->position[b];
             ms_mae_loss l;
             if ((rc = ms_mae_forward(&mae, xdev, gray, bt->n, (uint64_t)o.seed, keys, &l))) goto leave;
+            if (nan_left > 0 && ts.step + 1 >= nan_at) { l.loss = NAN; nan_left--; } /* test hook, see below */
             if (!isfinite(l.loss)) { finite = 0; continue; }
             acc.loss += l.loss / o.accum;
             if (l.n_fg) { fgsum += l.loss_fg * l.n_fg; fgn += l.n_fg; }

@@ -6,6 +6,7 @@
 #     the export (.pth and .safetensors);
 #  3. a run killed with SIGKILL and resumed gives the same loss sequence and the same export, bit for bit;
 #  4. SIGINT: the step finishes, a checkpoint is written, exit 75; --resume completes the run identically;
+#  6. injected non-finite losses are skipped, counted and rolled back; 7. --freeze-encoder-epochs keeps the encoder;
 #  5. export-weights of the last checkpoint equals the run's own export; the export loads with strict loading in the PyTorch reference (tests/reference/sam_ref.py), and its encoder
 #     output on an image equals `mrisam embed`'s (max|c - r| <= 1e-4 max|r|).
 set -u
@@ -104,6 +105,27 @@ check $? "checkpoint written on SIGINT"
 check $? "resume after SIGINT"
 cmp -s "$T/a/sam_mri_vit_test.safetensors" "$T/c/sam_mri_vit_test.safetensors"
 check $? "identical export after SIGINT + resume"
+
+# 6: non-finite losses are skipped and counted; K in a row roll back to the last checkpoint at half the lr
+MRISAM_TEST_NAN=6,3 "$MRISAM" pretrain $A --max-steps 10 --val-every 100 --save-every 4 --max-bad-steps 2 \
+    -o "$T/nan" >"$T/nan.log" 2>&1
+check $? "run with injected non-finite losses completes"
+grep -q "rolled back to .*step_00000004, lr scale now 0.5" "$T/nan.log"
+check $? "two non-finite steps in a row roll back to step 4 at half the lr"
+grep '"split": "train"' "$T/nan/log.jsonl" | tail -1 | grep -q '"skipped": 3'
+check $? "skipped steps are counted in log.jsonl"
+
+# 7: --freeze-encoder-epochs: the encoder does not move during the decoder-only warm-up (and does otherwise)
+"$MRISAM" pretrain $A --max-steps 6 --val-every 100 --save-every 2 --keep-last 10 --freeze-encoder-epochs 1 \
+    -o "$T/frz" >/dev/null 2>&1
+check $? "decoder-only warm-up run"
+"$MRISAM" export-weights "$T/frz/ckpt/step_00000002" -o "$T/f2.safetensors" >/dev/null &&
+    "$MRISAM" export-weights "$T/frz/ckpt/step_00000006" -o "$T/f6.safetensors" >/dev/null &&
+    cmp -s "$T/f2.safetensors" "$T/f6.safetensors"
+check $? "encoder unchanged between steps 2 and 6 of the warm-up"
+"$MRISAM" export-weights "$T/a/ckpt/step_00000012" -o "$T/a12.safetensors" >/dev/null &&
+    ! cmp -s "$T/a12.safetensors" "$T/a/sam_mri_vit_test.safetensors"
+check $? "without the warm-up the encoder moves (steps 12 and 16 differ)"
 
 # 5: strict load in PyTorch, encoder output == mrisam embed
 $PY - "$T" "$SRC" <<'PYEND'
