@@ -14,7 +14,7 @@ ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, 
     m->enc = enc;
     const ms_sam_enc_config *ec = &enc->cfg;
     m->cfg.dec.enc_dim = ec->embed_dim;
-    m->cfg.dec.grid = ec->img_size / ec->patch;
+    m->cfg.dec.grid = ms_sam_enc_run_size(enc) / ec->patch;
     m->cfg.dec.patch = ec->patch;
     if (!m->cfg.dec.target_ch) m->cfg.dec.target_ch = 1;
     MS_FAIL_IF(!(cfg->mask_ratio >= 0 && cfg->mask_ratio < 1), MS_EINVAL, "--mask-ratio must be in [0, 1)");
@@ -24,7 +24,7 @@ ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, 
 ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
 {
     const ms_sam_enc_config *ec = &m->enc->cfg;
-    int g = ec->img_size / ec->patch, L = g * g;
+    int g = ms_sam_enc_run_size(m->enc) / ec->patch, L = g * g;
     m->dev = dev;
     m->max_batch = max_batch;
     m->P = (int64_t)ec->patch * ec->patch * m->cfg.dec.target_ch;
@@ -80,7 +80,7 @@ ms_status ms_mae_forward(ms_mae *m, const float *x, const float *gray, int B, ui
 {
     MS_FAIL_IF(B < 1 || B > m->max_batch, MS_EINVAL, "mae: batch %d exceeds the reserved %d", B, m->max_batch);
     const ms_sam_enc_config *ec = &m->enc->cfg;
-    int S = ec->img_size, p = ec->patch, g = S / p, L = g * g;
+    int S = ms_sam_enc_run_size(m->enc), p = ec->patch, g = S / p, L = g * g;
     int64_t R = (int64_t)B * L, P = m->P;
     if (keys)
         for (int b = 0; b < B; b++)
@@ -148,7 +148,7 @@ ms_status ms_mae_backward(ms_mae *m, float scale, int encoder_frozen)
 ms_status ms_mae_reconstruction(ms_mae *m, const float *gray, float *recon)
 {
     const ms_sam_enc_config *ec = &m->enc->cfg;
-    int S = ec->img_size, p = ec->patch, g = S / p, B = m->batch;
+    int S = ms_sam_enc_run_size(m->enc), p = ec->patch, g = S / p, B = m->batch;
     int64_t R = m->rows, P = m->P;
     float *pred = malloc((size_t)R * P * sizeof(float)), *raw = malloc((size_t)R * P * sizeof(float));
     ms_status rc = MS_OK;

@@ -30,6 +30,7 @@ struct enc_priv {
     float *zeros;        /* (ws², D), never written: the pad tokens' input in official SAM */
     float *padx;         /* (ws², D) norm1.bias rows (finetune-SAM block) */
     float *rel_a, *rel_b; /* resized rel-pos tables (when a table length differs from 2·S−1) */
+    float *pos_run, *pos_t, *pos_z; /* position embedding at the run grid, and its two transposed stages (run ≠ native) */
     /* backward scratch */
     float *d_a, *d_b, *dln, *dao, *dqkv, *dg, *dh, *dpadx, *drel_a, *drel_b;
     float *dn0, *dn0t, *dn1, *dn2;
@@ -326,8 +327,8 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
     MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
     int32_t *hbuf = NULL;
     ms_status rc = MS_OK;
-    int64_t D = c->embed_dim, g = c->img_size / c->patch, T = g * g, B = max_batch, Mt = B * T;
-    int64_t Mlp = c->mlp_dim, C = c->out_chans, S = c->img_size, H = c->n_heads;
+    int64_t S = ms_sam_enc_run_size(enc), D = c->embed_dim, g = S / c->patch, T = g * g, B = max_batch, Mt = B * T;
+    int64_t Mlp = c->mlp_dim, C = c->out_chans, H = c->n_heads, gm = c->img_size / c->patch;
     int64_t ws = c->window, ws2 = ws * ws, nh = ws ? (g + ws - 1) / ws : 0;
     p->n_win = nh * nh;
     p->pad_base = Mt;
@@ -372,6 +373,11 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
     want(plp, a, &p->padx, F(ws2 * D));
     want(plp, a, &p->rel_a, F(Lmax * c->head_dim));
     want(plp, a, &p->rel_b, F(Lmax * c->head_dim));
+    if (g != gm) { /* resized position embedding (forward) and the same buffers reused for its gradient */
+        want(plp, a, &p->pos_run, F(T * D));
+        want(plp, a, &p->pos_t, F(gm * gm * D));
+        want(plp, a, &p->pos_z, F(T * D));
+    }
     if (with_backward) {
         want(plp, a, &p->d_a, F(Mt * D));
         want(plp, a, &p->d_b, F(Mt * D));
@@ -504,6 +510,52 @@ const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage)
 
 /* ------------------------------------------------------------------------------------------------ forward */
 
+/* The position embedding at the run grid: the master (1, gm, gm, D) itself, or resized bicubically
+ * (channels-last → (D, gm, gm) → (D, g, g) → (g·g, D)). */
+static ms_status pos_forward(ms_sam_encoder *enc, const float **pos)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    const float *master = ms_params_data(enc->ps, enc->pos_embed);
+    int64_t D = c->embed_dim, gm = c->img_size / c->patch, g = ms_sam_enc_run_size(enc) / c->patch;
+    if (g == gm) { *pos = master; return MS_OK; }
+    MS_TRY(ms_transpose_forward(enc->dev, p->pos_t, master, 1, gm * gm, D));
+    MS_TRY(ms_resize_bicubic_forward(enc->dev, p->pos_z, p->pos_t, D, gm, gm, g, g));
+    MS_TRY(ms_transpose_forward(enc->dev, p->pos_run, p->pos_z, 1, D, g * g));
+    *pos = p->pos_run;
+    return MS_OK;
+}
+
+/* d(tokens after the position add) (B, g·g, D) → the master position embedding's gradient (+=). */
+static ms_status pos_backward(ms_sam_encoder *enc, const float *dtok, int B)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = enc->priv;
+    ms_device *dev = enc->dev;
+    float *gpos = ms_params_grad(enc->ps, enc->pos_embed);
+    if (!gpos) return MS_OK;
+    int64_t D = c->embed_dim, gm = c->img_size / c->patch, g = ms_sam_enc_run_size(enc) / c->patch;
+    if (g == gm) return ms_add_bcast_backward(dev, NULL, gpos, dtok, B, g * g * D);
+    /* the forward buffers are free again: reuse them for the gradient, in reverse */
+    MS_TRY(ms_dev_zero(dev, p->pos_run, F(g * g * D)));
+    MS_TRY(ms_add_bcast_backward(dev, NULL, p->pos_run, dtok, B, g * g * D));
+    MS_TRY(ms_dev_zero(dev, p->pos_z, F(g * g * D)));
+    MS_TRY(ms_transpose_backward(dev, p->pos_z, p->pos_run, 1, D, g * g));
+    MS_TRY(ms_dev_zero(dev, p->pos_t, F(gm * gm * D)));
+    MS_TRY(ms_resize_bicubic_backward(dev, p->pos_t, p->pos_z, D, gm, gm, g, g));
+    return ms_transpose_backward(dev, gpos, p->pos_t, 1, gm * gm, D);
+}
+
+ms_status ms_sam_encoder_set_input_size(ms_sam_encoder *enc, int S)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    MS_FAIL_IF(enc->priv, MS_EBADSTATE, "sam encoder: set the input size before ms_sam_encoder_reserve");
+    MS_FAIL_IF(S <= 0 || S % c->patch, MS_EINVAL, "--input-size %d is not a positive multiple of the patch size %d", S,
+               c->patch);
+    enc->run_size = S == c->img_size ? 0 : S;
+    return MS_OK;
+}
+
 /* The attention descriptor of block i for batch B, and the (possibly resized) rel-pos tables it reads. */
 static ms_status block_desc(ms_sam_encoder *enc, int i, int B, ms_attention_desc *d, int *resized)
 {
@@ -511,7 +563,7 @@ static ms_status block_desc(ms_sam_encoder *enc, int i, int B, ms_attention_desc
     struct enc_priv *p = enc->priv;
     ms_params *ps = enc->ps;
     int glob = ms_sam_enc_block_is_global(c, i);
-    int64_t D = c->embed_dim, g = c->img_size / c->patch, S = glob ? g : c->window;
+    int64_t D = c->embed_dim, g = ms_sam_enc_run_size(enc) / c->patch, S = glob ? g : c->window;
     int64_t L = glob ? c->rel_len_global : c->rel_len_window, Lt = 2 * S - 1;
     memset(d, 0, sizeof *d);
     d->n_heads = c->n_heads;
@@ -585,7 +637,7 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
     ms_device *dev = enc->dev;
     const ms_sam_enc_block_params *w = &enc->blk[i];
     blk_act *b = &p->blk[i];
-    int64_t D = c->embed_dim, g = c->img_size / c->patch, Mlp = c->mlp_dim;
+    int64_t D = c->embed_dim, g = ms_sam_enc_run_size(enc) / c->patch, Mlp = c->mlp_dim;
     int64_t M = p->sub_active ? p->sub_rows : (int64_t)B * g * g; /* token rows: every token, or the subset */
     int glob = ms_sam_enc_block_is_global(c, i), resized;
 #define P(x) ms_params_data(ps, w->x)
@@ -615,14 +667,17 @@ ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, flo
     const ms_sam_enc_config *c = &enc->cfg;
     ms_params *ps = enc->ps;
     ms_device *dev = enc->dev;
-    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g, M = (int64_t)B * T, C = c->out_chans;
+    int64_t D = c->embed_dim, S = ms_sam_enc_run_size(enc), g = S / c->patch, T = g * g, M = (int64_t)B * T,
+            C = c->out_chans;
     enc->batch = B;
     p->sub_active = 0;
     p->blk[0].x_in = p->tok0;
     MS_TRY(ms_dev_copy(dev, p->x_copy, x, F((int64_t)B * c->in_chans * S * S)));
     MS_TRY(ms_conv_patch_forward(dev, p->tok0, p->x_copy, ms_params_data(ps, enc->patch_w),
                                  ms_params_data(ps, enc->patch_b), B, c->in_chans, S, S, D, c->patch, 1));
-    MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, ms_params_data(ps, enc->pos_embed), B, T * D));
+    const float *pos;
+    MS_TRY(pos_forward(enc, &pos));
+    MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, pos, B, T * D));
     for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B));
     const float *last = p->blk[c->depth - 1].out;
     /* neck: 1x1 conv = a linear layer on tokens, then NHWC → NCHW for the 2D LayerNorms and the 3x3 conv */
@@ -647,7 +702,7 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
     ms_device *dev = enc->dev;
     const ms_sam_enc_block_params *w = &enc->blk[i];
     blk_act *b = &p->blk[i];
-    int64_t D = c->embed_dim, g = c->img_size / c->patch, Mlp = c->mlp_dim;
+    int64_t D = c->embed_dim, g = ms_sam_enc_run_size(enc) / c->patch, Mlp = c->mlp_dim;
     int64_t M = p->sub_active ? p->sub_rows : (int64_t)B * g * g; /* token rows: every token, or the subset */
     int64_t ws2 = (int64_t)c->window * c->window;
     int glob = ms_sam_enc_block_is_global(c, i), resized;
@@ -715,7 +770,7 @@ static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *
     ms_params *ps = enc->ps;
     ms_device *dev = enc->dev;
     int B = enc->batch;
-    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g;
+    int64_t D = c->embed_dim, S = ms_sam_enc_run_size(enc), g = S / c->patch, T = g * g;
     for (int i = c->depth - 1; i >= 0; i--) {
         MS_TRY(block_backward(enc, i, B, dcur, dnext));
         float *t = dcur; dcur = dnext; dnext = t;
@@ -725,8 +780,7 @@ static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *
         MS_TRY(ms_gather_rows_backward(dev, p->dtok_full, dcur, p->s_gather, p->sub_rows, D, (int64_t)B * T));
         dcur = p->dtok_full;
     }
-    float *gpos = ms_params_grad(ps, enc->pos_embed);
-    if (gpos) MS_TRY(ms_add_bcast_backward(dev, NULL, gpos, dcur, B, T * D));
+    MS_TRY(pos_backward(enc, dcur, B));
     float *gw = ms_params_grad(ps, enc->patch_w), *gb = ms_params_grad(ps, enc->patch_b);
     if (dx || gw || gb)
         MS_TRY(ms_conv_patch_backward(dev, dx, gw, gb, dcur, p->x_copy, ms_params_data(ps, enc->patch_w), B,
@@ -745,7 +799,8 @@ ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float 
     ms_params *ps = enc->ps;
     ms_device *dev = enc->dev;
     int B = enc->batch;
-    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g, M = (int64_t)B * T, C = c->out_chans;
+    int64_t D = c->embed_dim, S = ms_sam_enc_run_size(enc), g = S / c->patch, T = g * g, M = (int64_t)B * T,
+            C = c->out_chans;
 #define P(x) ms_params_data(ps, enc->x)
 #define G(x) ms_params_grad(ps, enc->x)
     MS_TRY(ms_dev_zero(dev, p->dn2, F(M * C)));
@@ -778,7 +833,7 @@ static ms_status subset_lists(ms_sam_encoder *enc, int B, const ms_sam_enc_subse
     const ms_sam_enc_config *c = &enc->cfg;
     struct enc_priv *p = enc->priv;
     ms_device *dev = enc->dev;
-    int64_t D = c->embed_dim, g = c->img_size / c->patch, T = g * g, Mt = (int64_t)enc->max_batch * T;
+    int64_t D = c->embed_dim, g = ms_sam_enc_run_size(enc) / c->patch, T = g * g, Mt = (int64_t)enc->max_batch * T;
     int64_t ws = c->window ? c->window : g, ws2 = ws * ws, nh = (g + ws - 1) / ws, gp = nh * ws, nwin = nh * nh;
     int64_t nk = s->n_keep, R = (int64_t)B * nk, ngw = (int64_t)enc->max_batch * nwin;
     MS_FAIL_IF(nk < 1 || nk > T, MS_EINVAL, "sam encoder: subset of %lld tokens out of %lld", (long long)nk,
@@ -872,7 +927,7 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     const ms_sam_enc_config *c = &enc->cfg;
     ms_params *ps = enc->ps;
     ms_device *dev = enc->dev;
-    int64_t D = c->embed_dim, S = c->img_size, g = S / c->patch, T = g * g;
+    int64_t D = c->embed_dim, S = ms_sam_enc_run_size(enc), g = S / c->patch, T = g * g;
     p->sub_active = 0;
     MS_TRY(subset_lists(enc, B, s));
     enc->batch = B;
@@ -880,7 +935,9 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     MS_TRY(ms_dev_copy(dev, p->x_copy, x, F((int64_t)B * c->in_chans * S * S)));
     MS_TRY(ms_conv_patch_forward(dev, p->tok0, p->x_copy, ms_params_data(ps, enc->patch_w),
                                  ms_params_data(ps, enc->patch_b), B, c->in_chans, S, S, D, c->patch, 1));
-    MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, ms_params_data(ps, enc->pos_embed), B, T * D));
+    const float *pos;
+    MS_TRY(pos_forward(enc, &pos));
+    MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, pos, B, T * D));
     MS_TRY(ms_gather_rows_forward(dev, p->tok_sub, p->tok0, p->s_gather, p->sub_rows, D));
     p->sub_active = 1;
     p->blk[0].x_in = p->tok_sub;

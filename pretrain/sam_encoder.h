@@ -93,6 +93,7 @@ typedef struct ms_sam_encoder {
     /* activations (ms_sam_encoder_reserve) */
     ms_device *dev;
     int max_batch, with_backward, batch; /* batch = B of the last forward */
+    int run_size;          /* input side the activations are sized for (0 = cfg.img_size); see ms_sam_encoder_set_input_size */
     ms_arena arena;
     void *priv;            /* buffer pointers and index lists */
 } ms_sam_encoder;
@@ -100,6 +101,14 @@ typedef struct ms_sam_encoder {
 /* Registers the encoder's tensors in ps with names prefix + SAM key ("image_encoder.blocks.0.attn.qkv.weight").
  * ps must not be allocated yet. */
 ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg, ms_params *ps, const char *prefix);
+/* Runs the encoder at input side S (a multiple of the patch) instead of the checkpoint's native cfg.img_size: the
+ * master position embedding is resized bicubically to the run grid and the global blocks' relative-position tables
+ * linearly to 2·g−1 inside every forward (sam.md §1.3, §6.5), with gradients flowing back to the masters, so the
+ * parameters — and an export — keep their native shapes. Call before ms_sam_encoder_reserve. */
+ms_status ms_sam_encoder_set_input_size(ms_sam_encoder *enc, int S);
+/* The input side the encoder runs at. */
+static inline int ms_sam_enc_run_size(const ms_sam_encoder *enc) { return enc->run_size ? enc->run_size : enc->cfg.img_size; }
+
 /* Sizes the activation arena for batches up to max_batch; with_backward keeps every block's activations (else two
  * token buffers are reused and only the embeddings survive). Call after ms_params_alloc (uses ps->dev's device). */
 ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_batch, int with_backward);

@@ -332,7 +332,8 @@ static int run(int argc, char **argv)
         {"model", MS_OPT_STR, &o.model, "NAME", "vit_b, vit_l, vit_h or vit_test (with --init random)"},
         {"o", MS_OPT_STR, &o.out, "RUN", "run directory"},
         {"resume", MS_OPT_STR, &o.resume, "RUN", "continue the run in RUN from its newest checkpoint"},
-        {"input-size", MS_OPT_INT, &o.input_size, "N", "input size (default: the checkpoint's native size)"},
+        {"input-size", MS_OPT_INT, &o.input_size, "N",
+         "input size (default: the checkpoint's; others interpolate the position tables, the export stays exact)"},
         {"batch-size", MS_OPT_INT, &o.batch, "B", "images per step per rank (default 8)"},
         {"accum-iter", MS_OPT_INT, &o.accum, "N", "gradient accumulation steps (default 1)"},
         {"epochs", MS_OPT_INT, &o.epochs, "E", "epochs (default 100; --max-steps wins)"},
@@ -410,12 +411,9 @@ static int run(int argc, char **argv)
     if ((rc = ms_pt_build_sam(&sam, o.ckpt, o.model, (uint64_t)o.seed, &dev, model_name, sizeof model_name)))
         goto leave;
     const ms_sam_enc_config *ec = &sam.enc.cfg;
-    int S = ec->img_size, g = S / ec->patch;
-    if (o.input_size && o.input_size != S) {
-        rc = ms_error(MS_EUNSUPPORTED, "--input-size %d: this version pretrains at the checkpoint's native size %d",
-                      o.input_size, S);
-        goto leave;
-    }
+    /* another input size than the checkpoint's: position tables interpolated from the masters in every forward */
+    if (o.input_size && (rc = ms_sam_encoder_set_input_size(&sam.enc, o.input_size))) goto leave;
+    int S = ms_sam_enc_run_size(&sam.enc), g = S / ec->patch;
     ms_params_set_trainable(&sam.ps, "", 0);
     ms_params_set_trainable(&sam.ps, "image_encoder.", 1);
     if ((rc = ms_params_alloc_grads(&sam.ps))) goto leave;

@@ -6,6 +6,7 @@
 #     the export (.pth and .safetensors);
 #  3. a run killed with SIGKILL and resumed gives the same loss sequence and the same export, bit for bit;
 #  4. SIGINT: the step finishes, a checkpoint is written, exit 75; --resume completes the run identically;
+#  8. --input-size 128 from a 256 model trains and its export strict-loads;
 #  6. injected non-finite losses are skipped, counted and rolled back; 7. --freeze-encoder-epochs keeps the encoder;
 #  5. export-weights of the last checkpoint equals the run's own export; the export loads with strict loading in the PyTorch reference (tests/reference/sam_ref.py), and its encoder
 #     output on an image equals `mrisam embed`'s (max|c - r| <= 1e-4 max|r|).
@@ -127,6 +128,13 @@ check $? "encoder unchanged between steps 2 and 6 of the warm-up"
     ! cmp -s "$T/a12.safetensors" "$T/a/sam_mri_vit_test.safetensors"
 check $? "without the warm-up the encoder moves (steps 12 and 16 differ)"
 
+# 8: --input-size other than native (vit_test is 256): trains at 128 with interpolated position tables; the export
+#    keeps the native shapes and strict-loads (checked in step 5's Python below)
+"$MRISAM" pretrain $A --input-size 128 --max-steps 4 --val-every 100 --save-every 100 -o "$T/rs" >"$T/rs.log" 2>&1
+check $? "pretrain at --input-size 128"
+grep -q "input 128" "$T/rs.log"
+check $? "runs at 128"
+
 # 5: strict load in PyTorch, encoder output == mrisam embed
 $PY - "$T" "$SRC" <<'PYEND'
 import os, sys
@@ -138,6 +146,8 @@ import sam_ref
 m = sam_ref.Sam("vit_test")
 sd = torch.load(os.path.join(T, "run", "sam_mri_vit_test.pth"))
 m.load_state_dict(sd, strict=True)
+m2 = sam_ref.Sam("vit_test")
+m2.load_state_dict(torch.load(os.path.join(T, "rs", "sam_mri_vit_test.pth")), strict=True)  # the 128-px run's export
 rng = np.random.default_rng(5)
 yy, xx = np.mgrid[0:200, 0:256]
 img = (120 + 90 * np.sin(xx / 9.0) * np.cos(yy / 6.0) + rng.integers(-15, 15, (200, 256))).clip(0, 255).astype(np.uint8)
