@@ -18,6 +18,7 @@ static const bench_entry benches[] = {
     {"ops", "GEMM and attention (SAM ViT-B shapes) GFLOP/s vs PyTorch, 1 and 2 threads", ms_bench_ops},
     {"loader", "streaming loader slices/s (decode, MAE aug to 256/1024) vs PyTorch DataLoader, 1 and 2 threads", ms_bench_loader},
     /* {"ingest", "...", ms_bench_ingest}, */
+    {"mae", "one MAE training step (vit_test, vit_b at 256) img/s vs the PyTorch reference step", ms_bench_mae},
     {"sam", "SAM image encoder CPU s/image, forward and forward+backward (vit_b 1024, vit_test) vs PyTorch", ms_bench_sam},
 };
 static const int n_benches = (int)(sizeof benches / sizeof benches[0]);

@@ -1,0 +1,158 @@
+/* tools/bench_mae.c — `mrisam bench mae`: images/s of one MAE training step (mask, encoder on the visible tokens,
+ * decoder, norm-pix loss, backward, AdamW on encoder and decoder) for vit_test and vit_b at a given input size,
+ * beside the PyTorch reference step (tools/bench/bench_mae_torch.py: tests/reference/mae_ref.py, SAM's dense encoder
+ * with attention masks + MAE's decoder) on the same shapes and thread counts, in the same run. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/rng.h"
+#include "bench.h"
+#include "cli.h"
+#include "pretrain/mae.h"
+#include "pretrain/optimizer.h"
+#include "pretrain_model.h"
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+typedef struct bcfg {
+    int input, batch, steps, dec_dim, dec_depth, dec_heads;
+    double ratio;
+} bcfg;
+
+/* Seconds per step of ours for one model and thread count. */
+static ms_status time_ours(const char *model, int threads, const bcfg *b, double *sec)
+{
+    ms_device dev = {0};
+    ms_sam sam;
+    memset(&sam, 0, sizeof sam);
+    ms_params dps;
+    ms_params_init(&dps);
+    ms_mae mae;
+    memset(&mae, 0, sizeof mae);
+    ms_optimizer oe = {0}, od = {0};
+    float *x = NULL, *gray = NULL;
+    uint64_t keys[256];
+    char name[32];
+    ms_status rc = ms_device_init(&dev, MS_DEV_CPU, threads);
+    if (!rc) rc = ms_pt_build_sam(&sam, NULL, model, 1, &dev, name, sizeof name);
+    if (!rc) rc = ms_sam_encoder_set_input_size(&sam.enc, b->input);
+    if (rc) goto leave;
+    ms_params_set_trainable(&sam.ps, "", 0);
+    ms_params_set_trainable(&sam.ps, "image_encoder.", 1);
+    ms_mae_config mc = {.mask_ratio = (float)b->ratio, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1,
+                        .fg_threshold = 0.05f,
+                        .dec = {.dim = b->dec_dim, .depth = b->dec_depth, .n_heads = b->dec_heads, .target_ch = 1}};
+    if ((rc = ms_params_alloc_grads(&sam.ps)) || (rc = ms_sam_encoder_reserve(&sam.enc, &dev, b->batch, 1)) ||
+        (rc = ms_mae_init(&mae, &sam.enc, &mc, &dps)) || (rc = ms_params_alloc(&dps, &dev)) ||
+        (rc = ms_params_alloc_grads(&dps)) || (rc = ms_mae_decoder_init_weights(&mae.dec, 1)) ||
+        (rc = ms_mae_reserve(&mae, &dev, b->batch)) ||
+        (rc = ms_optimizer_init(&oe, &sam.ps, 0.9f, 0.95f, 1e-8f, 0.05f)) ||
+        (rc = ms_optimizer_init(&od, &dps, 0.9f, 0.95f, 1e-8f, 0.05f)))
+        goto leave;
+    size_t S = (size_t)b->input;
+    x = malloc((size_t)b->batch * 3 * S * S * sizeof(float));
+    gray = malloc((size_t)b->batch * S * S * sizeof(float));
+    if (!x || !gray) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
+    ms_rng r;
+    ms_rng_init(&r, 7, 1);
+    for (size_t i = 0; i < (size_t)b->batch * 3 * S * S; i++) x[i] = ms_rng_normal(&r);
+    for (size_t i = 0; i < (size_t)b->batch * S * S; i++) gray[i] = ms_rng_uniform(&r);
+    double t0 = 0;
+    for (int s = 0; s <= b->steps && !rc; s++) { /* step 0 is the warm-up */
+        if (s == 1) t0 = now_s();
+        for (int i = 0; i < b->batch; i++) keys[i] = (uint64_t)s * 1000 + i;
+        ms_mae_loss l;
+        rc = ms_mae_forward(&mae, x, gray, b->batch, 1, keys, &l);
+        if (!rc) rc = ms_mae_backward(&mae, 1.f, 0);
+        if (!rc) rc = ms_optimizer_step(&oe, 1e-4f, NULL);
+        if (!rc) rc = ms_optimizer_step(&od, 1e-4f, NULL);
+        if (!rc) rc = ms_params_zero_grads(&sam.ps);
+        if (!rc) rc = ms_params_zero_grads(&dps);
+    }
+    *sec = (now_s() - t0) / b->steps;
+leave:
+    free(x);
+    free(gray);
+    ms_optimizer_free(&oe);
+    ms_optimizer_free(&od);
+    ms_mae_free(&mae);
+    ms_params_free(&dps);
+    ms_sam_free(&sam);
+    ms_device_free(&dev);
+    return rc;
+}
+
+int ms_bench_mae(int argc, char **argv)
+{
+    static const ms_cmd_help help = {
+        "mrisam bench mae [--models vit_test,vit_b] [--input-size 256] [--threads 1,2] [options]",
+        "Images/s of one MAE training step (window-stratified mask 0.75, SAM's encoder on the visible tokens, MAE\n"
+        "decoder 512x8x16, norm-pix loss, backward, AdamW), ours vs the PyTorch reference step\n"
+        "(tools/bench/bench_mae_torch.py) on the same shapes and threads, in the same run. vit_b runs at the input\n"
+        "size from its 1024 masters (interpolated position tables); the PyTorch side builds vit_b natively at that size.",
+        "  mrisam bench mae --models vit_test,vit_b --input-size 256 --threads 1,2"};
+    const char *models = "vit_test,vit_b", *threads_s = "1,2", *python = "/usr/bin/python3";
+    bcfg b = {.input = 256, .batch = 4, .steps = 3, .dec_dim = 512, .dec_depth = 8, .dec_heads = 16, .ratio = 0.75};
+    int no_torch = 0;
+    const ms_opt opts[] = {{"models", MS_OPT_STR, &models, "LIST", "models, comma-separated (vit_test,vit_b)"},
+                           {"input-size", MS_OPT_INT, &b.input, "N", "input size (256)"},
+                           {"threads", MS_OPT_STR, &threads_s, "LIST", "thread counts (1,2)"},
+                           {"batch", MS_OPT_INT, &b.batch, "B", "images per step (4)"},
+                           {"steps", MS_OPT_INT, &b.steps, "N", "timed steps after one warm-up (3)"},
+                           {"decoder-dim", MS_OPT_INT, &b.dec_dim, "N", "MAE decoder width (512)"},
+                           {"decoder-depth", MS_OPT_INT, &b.dec_depth, "N", "MAE decoder blocks (8)"},
+                           {"decoder-heads", MS_OPT_INT, &b.dec_heads, "N", "MAE decoder heads (16)"},
+                           {"no-torch", MS_OPT_FLAG, &no_torch, NULL, "skip the PyTorch side"},
+                           {"python", MS_OPT_STR, &python, "PY", "interpreter with torch (/usr/bin/python3)"},
+                           {0}};
+    int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
+    if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
+    if (b.batch < 1 || b.batch > 256 || b.steps < 1) { fprintf(stderr, "mrisam bench mae: bad --batch/--steps\n"); return 2; }
+    const char *src = getenv("MS_SOURCE_DIR");
+    char script[4096];
+    snprintf(script, sizeof script, "%s/tools/bench/bench_mae_torch.py", src ? src : ".");
+    printf("mrisam bench mae: one MAE step (fwd+bwd+AdamW), input %d, batch %d, mask %.2f, decoder %dx%dx%d, "
+           "mean of %d steps after a warm-up\n", b.input, b.batch, b.ratio, b.dec_dim, b.dec_depth, b.dec_heads,
+           b.steps);
+    printf("| model | input | threads | mrisam img/s | PyTorch img/s | speed-up |\n|---|---|---|---|---|---|\n");
+    char mlist[256];
+    snprintf(mlist, sizeof mlist, "%s", models);
+    int fail = 0;
+    for (char *m = strtok(mlist, ","); m; m = strtok(NULL, ",")) {
+        char tl[128];
+        snprintf(tl, sizeof tl, "%s", threads_s);
+        char *save = NULL;
+        for (char *t = strtok_r(tl, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            int th = atoi(t);
+            double ours = 0, theirs = NAN;
+            ms_status rc = time_ours(m, th, &b, &ours);
+            if (rc) { fprintf(stderr, "mrisam bench mae: %s: %s\n", m, ms_errmsg()); fail = 1; continue; }
+            if (!no_torch) {
+                char cmd[8192];
+                snprintf(cmd, sizeof cmd,
+                         "'%s' '%s' --model %s --input-size %d --batch %d --steps %d --threads %d --decoder-dim %d "
+                         "--decoder-depth %d --decoder-heads %d --mask-ratio %g",
+                         python, script, m, b.input, b.batch, b.steps, th, b.dec_dim, b.dec_depth, b.dec_heads, b.ratio);
+                FILE *f = popen(cmd, "r");
+                char line[1024];
+                while (f && fgets(line, sizeof line, f)) {
+                    char *k = strstr(line, "\"s_per_step\":");
+                    if (k) theirs = atof(k + 13);
+                }
+                if (f) pclose(f);
+            }
+            printf("| %s | %d | %d | %.2f | %.2f | %.2fx |\n", m, b.input, th, b.batch / ours, b.batch / theirs,
+                   theirs / ours);
+            fflush(stdout);
+        }
+    }
+    return fail;
+}
