@@ -101,6 +101,19 @@ const ms_sd_entry *ms_sd_find(const ms_state_dict *sd, const char *name)
     return NULL;
 }
 
+int ms_sd_remove(ms_state_dict *sd, const char *name)
+{
+    for (int i = 0; i < sd->n; i++)
+        if (strcmp(sd->e[i].name, name) == 0) {
+            free(sd->e[i].name);
+            free(sd->e[i].t.data);
+            memmove(&sd->e[i], &sd->e[i + 1], (size_t)(sd->n - i - 1) * sizeof *sd->e);
+            sd->n--;
+            return 1;
+        }
+    return 0;
+}
+
 static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
 ms_status ms_names_unique(const char *path, const char *const *names, int n)

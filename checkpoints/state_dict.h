@@ -36,6 +36,8 @@ ms_status ms_sd_add_take(ms_state_dict *sd, const char *name, ms_dtype dtype, co
                          void *data);
 /* Entry by name, or NULL. */
 const ms_sd_entry *ms_sd_find(const ms_state_dict *sd, const char *name);
+/* Removes (and frees) entry `name`, keeping the order of the rest; returns 1 when it was there, else 0. */
+int ms_sd_remove(ms_state_dict *sd, const char *name);
 /* Copies entry `name` into dst as float32, checking that its shape equals `shape` (ndim dims); clear one-line errors
  * "<name>: missing" / "<name>: shape (a, b) in file, expected (c, d)". */
 ms_status ms_sd_get_f32(const ms_state_dict *sd, const char *name, const int64_t *shape, int ndim, float *dst);

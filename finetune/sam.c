@@ -1,10 +1,12 @@
 /* finetune/sam.c — see sam.h. */
 #include "sam.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/rng.h"
 #include "ops.h"
 
 ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg)
@@ -37,7 +39,7 @@ ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config
     return MS_OK;
 }
 
-ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
+ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
 {
     memset(m, 0, sizeof *m);
     ms_params_init(&m->ps);
@@ -57,10 +59,62 @@ ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
     if ((rc = ms_sam_decoder_init(&m->dec, &m->ps, "mask_decoder.", cfg->n_mask_tokens, cfg->dec_depth, m->emb_h,
                                   m->emb_w)))
         goto leave;
-    if ((rc = ms_params_alloc(&m->ps, dev))) goto leave;
-    ms_sam_prompt_freeze_buffers(&m->pe);
 leave:
     if (rc) ms_sam_free(m);
+    return rc;
+}
+
+ms_status ms_sam_alloc(ms_sam *m)
+{
+    ms_status rc = ms_params_alloc(&m->ps, m->dev);
+    if (!rc) ms_sam_prompt_freeze_buffers(&m->pe);
+    return rc;
+}
+
+ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
+{
+    MS_TRY(ms_sam_register(m, cfg, dev));
+    ms_status rc = ms_sam_alloc(m);
+    if (rc) ms_sam_free(m);
+    return rc;
+}
+
+/* PyTorch's default initialisation for the prompt encoder and mask decoder tensors (sam.md §5, "Default inits"). */
+ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed)
+{
+    size_t np = strlen(prefix);
+    int64_t maxn = 1;
+    for (int i = 0; i < ps->n; i++) if (ps->p[i].numel > maxn) maxn = ps->p[i].numel;
+    float *h = malloc((size_t)maxn * sizeof(float));
+    MS_FAIL_IF(!h, MS_ENOMEM, "out of memory");
+    ms_status rc = MS_OK;
+    for (int i = 0; i < ps->n && !rc; i++) {
+        const ms_param *p = &ps->p[i];
+        if (strncmp(p->name, prefix, np)) continue;
+        ms_rng r;
+        ms_rng_init(&r, seed, ms_rng_stream(0x696e6974ull, (uint64_t)i, 0));
+        const char *nm = p->name;
+        size_t ln = strlen(nm);
+        int is_w = ln > 7 && !strcmp(nm + ln - 7, ".weight");
+        int is_norm = strstr(nm, "norm") || (strstr(nm, "mask_downscaling.") && (strstr(nm, ".1.") || strstr(nm, ".4."))) ||
+                      (strstr(nm, "output_upscaling.1."));
+        if (strstr(nm, "gaussian")) {
+            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_normal(&r);
+        } else if (strstr(nm, "embed") || strstr(nm, "token")) { /* nn.Embedding: N(0, 1) */
+            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_normal(&r);
+        } else if (is_norm) {
+            for (int64_t j = 0; j < p->numel; j++) h[j] = is_w ? 1.f : 0.f;
+        } else {
+            const ms_param *w = is_w ? p : &ps->p[i - 1]; /* a bias follows its weight */
+            int64_t fan_in = 1;
+            if (strstr(w->name, "output_upscaling") && w->ndim == 4) fan_in = w->shape[1] * w->shape[2] * w->shape[3];
+            else for (int d = 1; d < w->ndim; d++) fan_in *= w->shape[d];
+            float bound = 1.f / sqrtf((float)fan_in);
+            for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_range(&r, -bound, bound);
+        }
+        rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
+    }
+    free(h);
     return rc;
 }
 

@@ -40,6 +40,13 @@ ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg);
 ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config *cfg);
 /* Registers and allocates every tensor (zeros); gradients are not allocated (ms_params_alloc_grads when training). */
 ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
+/* The same in two steps, so that PEFT tensors and extra heads can be registered in between: register every SAM
+ * tensor (nothing allocated; on failure m is freed), then allocate (zeros) and freeze the prompt encoder's buffers. */
+ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
+ms_status ms_sam_alloc(ms_sam *m);
+/* PyTorch's default initialisation (Embedding N(0,1), Linear/ConvT U(±1/√fan_in), norms 1/0, the gaussian PE matrix
+ * N(0,1)) of every allocated tensor whose name starts with prefix, from seed. */
+ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed);
 /* Detect + init + strict load. On failure m is left freed. */
 ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev);
 ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev);

@@ -28,16 +28,44 @@
 #define MS_SAM_MAX_MASK_TOKENS 32
 #define MS_SAM_DEC_MAX_DEPTH 4
 
+#define MS_SAM_MAX_HEADS 16
+
 typedef struct ms_sam_attn_params {
     int q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
     int ci; /* internal channels: 256 (self) or 128 (cross, downsample 2) */
+    int lq_a, lq_b, lv_a, lv_b; /* LoRA on q_proj / v_proj: w_a (r, 256), w_b (ci, r); -1 = none */
 } ms_sam_attn_params;
 
 typedef struct ms_sam_dec_layer_params {
     ms_sam_attn_params self, t2i, i2t;
     int norm_w[4], norm_b[4]; /* norm1..norm4 */
     int lin1_w, lin1_b, lin2_w, lin2_b;
+    int ad_w1, ad_b1, ad_w2, ad_b2; /* Adapter (shared by queries and keys) D_fc1 (64, 256), D_fc2 (256, 64); -1 = none */
+    int ma_w1, ma_b1, ma_w2, ma_b2; /* MLP_Adapter, same shapes */
 } ms_sam_dec_layer_params;
+
+/* The per-task output head: mask tokens, hypernetwork MLPs and IoU head (the IoU token, transformer and output
+ * upscaling are shared). Head 0 is the one ms_sam_decoder_init registers under SAM's own keys. */
+typedef struct ms_sam_dec_head {
+    int n_mask_tokens;
+    int mask_tokens;
+    int hyp_w[MS_SAM_MAX_MASK_TOKENS][3], hyp_b[MS_SAM_MAX_MASK_TOKENS][3];
+    int iou_w[3], iou_b[3];
+} ms_sam_dec_head;
+
+/* Decoder PEFT (finetune-SAM, sam.md §6.1–6.2). LoRA: every q_proj and v_proj of the transformer (self, token→image,
+ * image→token attention of each layer, and the final token→image attention) becomes proj(x) + w_b(w_a(x)), scale 1;
+ * names <attn>.{q,v}_proj.w_{a,b}.weight (finetune-SAM renames the base to <attn>.{q,v}_proj.proj.* — ours keeps
+ * SAM's keys, export-weights renames). Adapters, in every layer: after the token→image residual,
+ * queries = Adapter(queries) (with skip) before norm2; the MLP step becomes queries + mlp(q) + scale·MLP_Adapter(q)
+ * (no skip) before norm3; after the image→token residual keys = Adapter(keys) (the SAME Adapter weights) before
+ * norm4. Hidden width 64 (= 256/4), GELU; names transformer.layers.l.{Adapter,MLP_Adapter}.D_fc{1,2}.{weight,bias}.
+ * PEFT tensors are optional for ms_params_load. */
+typedef struct ms_sam_dec_peft {
+    int lora_rank;       /* 0 = none */
+    int adapters;        /* 1 = adapters in every layer */
+    float adapter_scale; /* 0.5 */
+} ms_sam_dec_peft;
 
 typedef struct ms_sam_decoder {
     int dim, heads, mlp_dim, depth, n_mask_tokens, emb_h, emb_w;
@@ -49,6 +77,10 @@ typedef struct ms_sam_decoder {
     int up0_w, up0_b, up1_w, up1_b, up3_w, up3_b;
     int hyp_w[MS_SAM_MAX_MASK_TOKENS][3], hyp_b[MS_SAM_MAX_MASK_TOKENS][3];
     int iou_w[3], iou_b[3];
+    /* mask_tokens, hyp_*, iou_* and n_mask_tokens above are those of the ACTIVE head (ms_sam_decoder_use_head; out_heads[0] is SAM's own) */
+    int n_out_heads, active_out_head;
+    ms_sam_dec_head out_heads[MS_SAM_MAX_HEADS];
+    ms_sam_dec_peft peft;
 
     /* activations of the last forward */
     ms_device *dev;
@@ -69,6 +101,18 @@ typedef struct ms_sam_decoder {
 ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *prefix, int n_mask_tokens, int depth,
                               int emb_h, int emb_w);
 void ms_sam_decoder_free(ms_sam_decoder *d);
+/* Adds LoRA / adapter tensors (after init, before ms_params_alloc). */
+ms_status ms_sam_decoder_add_peft(ms_sam_decoder *d, const ms_sam_dec_peft *pf);
+/* PEFT tensors only (allocated parameters): LoRA w_a = U(±1/√fan_in), w_b = 0; adapters PyTorch Linear default. */
+ms_status ms_sam_decoder_peft_init_random(ms_sam_decoder *d, uint64_t seed);
+/* Registers another output head (multi-task) with n_mask_tokens tokens under `prefix` + SAM's head keys
+ * ("tasks.liver.mask_decoder." + "mask_tokens.weight", "output_hypernetworks_mlps.i.layers.j.*",
+ * "iou_prediction_head.layers.j.*"); before ms_params_alloc. Returns the head id (>= 1) or -1 (ms_errmsg set). */
+int ms_sam_decoder_add_head(ms_sam_decoder *d, const char *prefix, int n_mask_tokens);
+/* Selects the head the next forward/backward use (0 = SAM's own). */
+ms_status ms_sam_decoder_use_head(ms_sam_decoder *d, int head);
+/* PyTorch's default init of one head (mask tokens N(0,1), Linear U(±1/√fan_in)) from seed. */
+ms_status ms_sam_decoder_head_init_random(ms_sam_decoder *d, int head, uint64_t seed);
 
 /* emb: device (b_img, 256, h, w); pst: the prompt encoder's output for a batch of bp prompts. Results in d->masks,
  * d->iou (valid until the next forward). */

@@ -74,6 +74,15 @@ int ms_params_set_trainable(ms_params *ps, const char *prefix, int trainable)
     return k;
 }
 
+int ms_params_set_optional(ms_params *ps, const char *prefix, int optional)
+{
+    int k = 0;
+    size_t n = strlen(prefix);
+    for (int i = 0; i < ps->n; i++)
+        if (!strncmp(ps->p[i].name, prefix, n)) { ps->p[i].optional = optional; k++; }
+    return k;
+}
+
 ms_status ms_params_alloc_grads(ms_params *ps)
 {
     MS_FAIL_IF(!ps->dev, MS_EBADSTATE, "parameters not allocated");
@@ -113,6 +122,7 @@ ms_status ms_params_load(ms_params *ps, const ms_state_dict *sd, const char *unk
         const ms_sd_entry *e = ms_sd_find(sd, p->name);
         char msg[600];
         msg[0] = 0;
+        if (!e && p->optional) continue;
         if (!e) snprintf(msg, sizeof msg, "%s: missing", p->name);
         else {
             int ok = e->t.ndim == p->ndim;
@@ -145,6 +155,7 @@ ms_status ms_params_load(ms_params *ps, const ms_state_dict *sd, const char *unk
     ms_status rc = MS_OK;
     for (int i = 0; i < ps->n && !rc; i++) {
         const ms_param *p = &ps->p[i];
+        if (p->optional && !ms_sd_find(sd, p->name)) continue;
         rc = ms_sd_get_f32(sd, p->name, p->shape, p->ndim, tmp);
         if (!rc) rc = ms_dev_from_host(ps->dev, ps->data + p->off, tmp, (size_t)p->numel * sizeof(float));
     }

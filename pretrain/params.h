@@ -26,6 +26,7 @@ typedef struct ms_param {
     size_t goff;
     int trainable;
     int no_decay;     /* norms, biases, position embeddings, rel-pos tables: no weight decay */
+    int optional;     /* ms_params_load: absent from the file is fine (PEFT tensors, extra task heads) */
 } ms_param;
 
 typedef struct ms_params {
@@ -51,8 +52,12 @@ ms_status ms_params_zero_grads(ms_params *ps);
 float *ms_params_data(const ms_params *ps, int idx);
 float *ms_params_grad(const ms_params *ps, int idx); /* NULL when the tensor is frozen */
 
-/* Loads every registered tensor from the state dict (name = prefix + param name after stripping `strip` from it,
- * both may be ""). Reports ONE line per missing, mis-shaped or (when `unknown_prefix` is non-NULL) unknown key
+/* Marks every tensor whose name starts with `prefix` as optional for ms_params_load (absent = keep its current
+ * values); returns how many matched. A tensor that IS in the file must still have the right shape. */
+int ms_params_set_optional(ms_params *ps, const char *prefix, int optional);
+
+/* Loads every registered tensor from the state dict under its own name. Optional tensors absent from the file
+ * keep their values. Reports ONE line per missing, mis-shaped or (when `unknown_prefix` is non-NULL) unknown key
  * under that prefix, all of them, and loads nothing on any error (no partial model). */
 ms_status ms_params_load(ms_params *ps, const ms_state_dict *sd, const char *unknown_prefix);
 /* Appends every tensor (f32, device → host copy) to sd. */

@@ -79,7 +79,28 @@ int64_t ms_sam_enc_numel(const ms_sam_enc_config *cfg);
 typedef struct ms_sam_enc_block_params {
     int norm1_w, norm1_b, rel_h, rel_w, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b, lin1_w, lin1_b, lin2_w,
         lin2_b;
+    /* PEFT (ms_sam_encoder_add_peft); -1 when the block has none */
+    int lora_aq, lora_bq, lora_av, lora_bv;       /* A (r, D), B (D, r) for q and v */
+    int sa_w1, sa_b1, sa_w2, sa_b2;               /* Space_Adapter D_fc1 (D/4, D), D_fc2 (D, D/4) */
+    int ma_w1, ma_b1, ma_w2, ma_b2;               /* MLP_Adapter, same shapes */
 } ms_sam_enc_block_params;
+
+/* Parameter-efficient fine-tuning of the encoder (finetune-SAM, sam.md §6.1–6.2, paper.md §2.4–2.5).
+ * LoRA on block i (bit i of lora_blocks): qkv[:, 0:D] += (ln1·A_qᵀ)·B_qᵀ, qkv[:, 2D:3D] += (ln1·A_vᵀ)·B_vᵀ — q and v
+ * only, scale 1, no dropout; names <prefix>blocks.i.attn.qkv.linear_{a,b}_{q,v}.weight (finetune-SAM's; its base
+ * qkv is renamed attn.qkv.qkv.* — ours keeps SAM's attn.qkv.*, export-weights renames). The pad rows of windowed
+ * blocks get the LoRA delta too (their input is a zero or norm1.bias row, like any other token).
+ * Adapter on block i (bit i of adapter_blocks): a = proj(attn); xmid = x_in + a + fc2(GELU(fc1(a)))  (Space_Adapter,
+ * with its skip); out = xmid + mlp(ln2) + adapter_scale·fc2(GELU(fc1(ln2)))  (MLP_Adapter, parallel, no skip);
+ * hidden width D/4; names <prefix>blocks.i.{Space_Adapter,MLP_Adapter}.D_fc{1,2}.{weight,bias}.
+ * PEFT tensors are registered as optional (ms_params_set_optional), so a plain SAM file loads and leaves them at
+ * their initialisation. Dense forward/backward only: the token-subset (MAE) path refuses an encoder with PEFT. */
+typedef struct ms_sam_enc_peft {
+    int lora_rank;            /* 0 = no LoRA */
+    uint64_t lora_blocks;     /* bit i = block i */
+    uint64_t adapter_blocks;  /* 0 = no adapters */
+    float adapter_scale;      /* 0.5 */
+} ms_sam_enc_peft;
 
 typedef struct ms_sam_enc_block_act ms_sam_enc_block_act; /* private (sam_encoder.c) */
 
@@ -88,6 +109,7 @@ typedef struct ms_sam_encoder {
     ms_params *ps;         /* not owned */
     int pos_embed, patch_w, patch_b;               /* parameter indices in ps */
     ms_sam_enc_block_params blk[MS_SAM_MAX_DEPTH];
+    ms_sam_enc_peft peft;  /* what ms_sam_encoder_add_peft added (zeros: none) */
     int neck0_w, neck1_w, neck1_b, neck2_w, neck3_w, neck3_b;
 
     /* activations (ms_sam_encoder_reserve) */
@@ -101,6 +123,13 @@ typedef struct ms_sam_encoder {
 /* Registers the encoder's tensors in ps with names prefix + SAM key ("image_encoder.blocks.0.attn.qkv.weight").
  * ps must not be allocated yet. */
 ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg, ms_params *ps, const char *prefix);
+/* Adds LoRA and/or adapter tensors (after ms_sam_encoder_init, before ms_params_alloc). */
+ms_status ms_sam_encoder_add_peft(ms_sam_encoder *enc, const ms_sam_enc_peft *pf);
+/* Initialises the PEFT tensors only (parameters allocated): LoRA A = U(±1/√fan_in) (kaiming_uniform a=√5), B = 0 —
+ * so the model starts equal to the base — and adapters with PyTorch's Linear default (weights and biases
+ * U(±1/√fan_in)), from seed. */
+ms_status ms_sam_encoder_peft_init_random(ms_sam_encoder *enc, uint64_t seed);
+
 /* Runs the encoder at input side S (a multiple of the patch) instead of the checkpoint's native cfg.img_size: the
  * master position embedding is resized bicubically to the run grid and the global blocks' relative-position tables
  * linearly to 2·g−1 inside every forward (sam.md §1.3, §6.5), with gradients flowing back to the masters, so the
