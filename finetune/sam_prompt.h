@@ -55,7 +55,7 @@ typedef struct ms_sam_prompts {
     int bp;                /* prompt batch (>= 1) */
     int n_points;          /* points per prompt; 0 = none */
     const float *points;   /* host (bp, n_points, 2) as (x, y) */
-    const int32_t *labels; /* host (bp, n_points): 1 positive, 0 negative, −1 padding, other = bare PE */
+    const int32_t *labels; /* host (bp, n_points): 1 positive, 0 negative, −1 padding, 2/3 box top-left/bottom-right corner (extra boxes), other = bare PE */
     const float *boxes;    /* host (bp, 4) as x0,y0,x1,y1, or NULL */
     const float *masks;    /* device (bp, 1, 4h, 4w) low-res logits, or NULL */
 } ms_sam_prompts;

@@ -12,7 +12,7 @@ JOBS=${MS_JOBS:-$(nproc)}
 mode=${1:-}
 
 BUILD_PKGS="build-essential cmake pkg-config libnifti2-dev liblmdb-dev libzstd-dev libopenblas-openmp-dev libpng-dev
-  libcjson-dev zlib1g-dev"
+  libcjson-dev zlib1g-dev libdeflate-dev"
 TEST_PKGS="python3-torch python3-numpy python3-nibabel python3-lmdb python3-zstandard mricron-data clang
   libclang-rt-14-dev"
 
