@@ -5,6 +5,9 @@
  *   layer: qs = Xq+qpe (layers > 0), q1 → LN1 → Q1; qs2 = Q1+qpe, ks2 = Xk+kpe; q2 → LN2 → Q2; h = lin1(Q2),
  *          hr = ReLU(h), q3 = Q2 + lin2(hr) → LN3 → Q3; qs4 = Q3+qpe; k4 = Xk + i2t(q=ks2, k=qs4, v=Q3) → LN4 → K4.
  * ks2 serves steps (2) and (4): the keys do not change between them.
+ * PEFT (sam.md §6.1-6.2): LoRA adds (x·w_aᵀ)·w_bᵀ onto Q and V inside attn_fwd (lq, lv keep x·w_aᵀ); adapters turn
+ * q2p = Q1 + t2i into q2 = Adapter(q2p), add scale·MLP_Adapter(Q2) to q3, and turn k4p = Xk + i2t into
+ * k4 = Adapter(k4p) (the same Adapter weights as for the queries, so their gradients add up).
  */
 #include "sam_decoder.h"
 
@@ -13,20 +16,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/rng.h"
 #include "ops.h"
 
 typedef struct attn_act {
     float *Q, *K, *V, *O, *lse, *out;
+    float *lq, *lv; /* LoRA: q·w_aᵀ, v·w_aᵀ (rows, r) */
 } attn_act;
 
 typedef struct layer_act {
     attn_act sa, t2i, i2t;
     float *qs, *q1, *Q1, *mu1, *rs1, *qs2, *ks2, *q2, *Q2, *mu2, *rs2, *h, *hr, *q3, *Q3, *mu3, *rs3, *qs4, *k4,
         *K4, *mu4, *rs4;
+    float *q2p, *aq_h, *aq_g, *k4p, *ak_h, *ak_g; /* Adapter on queries and keys: input, fc1 out, GELU out */
+    float *m_h, *m_g, *m_o;                       /* MLP_Adapter */
     const float *Xq, *Xk;
 } layer_act;
 
 typedef struct dec_act {
+    ms_sam_dec_head head; /* the output head of the last forward: backward uses it, whatever is active by then */
     float G[256];  /* the gaussian matrix kpe was computed from (kpe is reused while it and the arena stay) */
     int kpe_valid;
     float *tok, *kpe, *keys0, *dense_t;
@@ -43,6 +51,7 @@ typedef struct dec_act {
     float *dQ, *dK, *dV, *dO, *dh1, *dh2;
     float *dup, *du2, *du1a, *du1b, *dsrc;
     float *dH, *dHs, *dX, *dm1, *dm2, *dkeys_img, *ddense_t;
+    float *dlr, *da1, *da2, *dad; /* PEFT: LoRA (rows, r), adapter hidden (rows, 64), scaled MLP_Adapter grad */
 } dec_act;
 
 /* ---- registration ----------------------------------------------------------------------------------------- */
@@ -50,7 +59,7 @@ typedef struct dec_act {
 static int reg(ms_params *ps, const char *prefix, const char *name, int ndim, int64_t a, int64_t b, int64_t c,
                int64_t d, int no_decay)
 {
-    char full[MS_PARAM_NAME_MAX];
+    char full[2 * MS_PARAM_NAME_MAX]; /* longer than any valid name: ms_params_add rejects, never truncates */
     int64_t shape[4] = {a, b, c, d};
     snprintf(full, sizeof full, "%s%s", prefix, name);
     return ms_params_add(ps, full, shape, ndim, no_decay);
@@ -112,6 +121,14 @@ ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *pref
     const int D = d->dim, M = n_mask_tokens;
     char n[160];
     int bad = 0;
+    for (int l = 0; l < MS_SAM_DEC_MAX_DEPTH; l++) { /* no PEFT until ms_sam_decoder_add_peft */
+        ms_sam_dec_layer_params *L = &d->layer[l];
+        ms_sam_attn_params *at[3] = {&L->self, &L->t2i, &L->i2t};
+        for (int k = 0; k < 3; k++) at[k]->lq_a = at[k]->lq_b = at[k]->lv_a = at[k]->lv_b = -1;
+        L->ad_w1 = L->ad_b1 = L->ad_w2 = L->ad_b2 = -1;
+        L->ma_w1 = L->ma_b1 = L->ma_w2 = L->ma_b2 = -1;
+    }
+    d->fin.lq_a = d->fin.lq_b = d->fin.lv_a = d->fin.lv_b = -1;
     /* SAM's state_dict order (sam.md §5): transformer, tokens, upscaling, hypernets, IoU head. */
     for (int l = 0; l < depth; l++) {
         ms_sam_dec_layer_params *L = &d->layer[l];
@@ -153,7 +170,218 @@ ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *pref
         snprintf(n, sizeof n, "iou_prediction_head.layers.%d", k);
         bad |= reg_linear(ps, prefix, n, k == 2 ? M : 256, k == 0 ? D : 256, &d->iou_w[k], &d->iou_b[k]);
     }
+    ms_sam_dec_head *h0 = &d->out_heads[0];
+    h0->n_mask_tokens = M;
+    h0->mask_tokens = d->mask_tokens;
+    memcpy(h0->hyp_w, d->hyp_w, sizeof h0->hyp_w);
+    memcpy(h0->hyp_b, d->hyp_b, sizeof h0->hyp_b);
+    memcpy(h0->iou_w, d->iou_w, sizeof h0->iou_w);
+    memcpy(h0->iou_b, d->iou_b, sizeof h0->iou_b);
+    d->n_out_heads = 1;
+    d->active_out_head = 0;
     return bad ? ms_error(MS_EINVAL, "mask decoder: %s", ms_errmsg()) : MS_OK;
+}
+
+/* ---- output heads and PEFT -------------------------------------------------------------------------------- */
+
+static int reg_opt(ms_params *ps, const char *prefix, const char *name, int ndim, int64_t a, int64_t b, int no_decay)
+{
+    int i = reg(ps, prefix, name, ndim, a, b, 0, 0, no_decay);
+    if (i >= 0) ps->p[i].optional = 1;
+    return i;
+}
+
+static int reg_linear_opt(ms_params *ps, const char *prefix, const char *base, int64_t out, int64_t in, int *w, int *b)
+{
+    char n[160];
+    snprintf(n, sizeof n, "%s.weight", base);
+    *w = reg_opt(ps, prefix, n, 2, out, in, 0);
+    snprintf(n, sizeof n, "%s.bias", base);
+    *b = reg_opt(ps, prefix, n, 1, out, 0, 1);
+    return *w < 0 || *b < 0;
+}
+
+int ms_sam_decoder_add_head(ms_sam_decoder *d, const char *prefix, int n_mask_tokens)
+{
+    if (d->n_out_heads >= MS_SAM_MAX_HEADS) {
+        ms_error(MS_EINVAL, "mask decoder: more than %d output heads", MS_SAM_MAX_HEADS);
+        return -1;
+    }
+    if (n_mask_tokens < 1 || n_mask_tokens > MS_SAM_MAX_MASK_TOKENS) {
+        ms_error(MS_EINVAL, "mask decoder: head %s: %d mask tokens (1..%d supported)", prefix, n_mask_tokens,
+                 MS_SAM_MAX_MASK_TOKENS);
+        return -1;
+    }
+    ms_params *ps = d->ps;
+    const int D = d->dim, M = n_mask_tokens;
+    ms_sam_dec_head h;
+    memset(&h, 0, sizeof h);
+    h.n_mask_tokens = M;
+    char n[160];
+    h.mask_tokens = reg_opt(ps, prefix, "mask_tokens.weight", 2, M, D, 1);
+    int bad = h.mask_tokens < 0;
+    for (int i = 0; i < M && !bad; i++)
+        for (int k = 0; k < 3 && !bad; k++) {
+            snprintf(n, sizeof n, "output_hypernetworks_mlps.%d.layers.%d", i, k);
+            bad |= reg_linear_opt(ps, prefix, n, k == 2 ? D / 8 : D, D, &h.hyp_w[i][k], &h.hyp_b[i][k]);
+        }
+    for (int k = 0; k < 3 && !bad; k++) {
+        snprintf(n, sizeof n, "iou_prediction_head.layers.%d", k);
+        bad |= reg_linear_opt(ps, prefix, n, k == 2 ? M : 256, k == 0 ? D : 256, &h.iou_w[k], &h.iou_b[k]);
+    }
+    if (bad) {
+        ms_error(MS_EINVAL, "mask decoder: head %s: %s", prefix, ms_errmsg());
+        return -1;
+    }
+    d->out_heads[d->n_out_heads] = h;
+    return d->n_out_heads++;
+}
+
+ms_status ms_sam_decoder_use_head(ms_sam_decoder *d, int head)
+{
+    MS_FAIL_IF(head < 0 || head >= d->n_out_heads, MS_EINVAL, "mask decoder: no output head %d (%d registered)", head,
+               d->n_out_heads);
+    const ms_sam_dec_head *h = &d->out_heads[head];
+    d->n_mask_tokens = h->n_mask_tokens;
+    d->mask_tokens = h->mask_tokens;
+    memcpy(d->hyp_w, h->hyp_w, sizeof d->hyp_w);
+    memcpy(d->hyp_b, h->hyp_b, sizeof d->hyp_b);
+    memcpy(d->iou_w, h->iou_w, sizeof d->iou_w);
+    memcpy(d->iou_b, h->iou_b, sizeof d->iou_b);
+    d->active_out_head = head;
+    return MS_OK; /* the next forward re-plans the activation arena for the new M */
+}
+
+static int reg_lora(ms_params *ps, const char *prefix, const char *attn, int r, ms_sam_attn_params *a)
+{
+    char n[MS_PARAM_NAME_MAX];
+    snprintf(n, sizeof n, "%s.q_proj.w_a.weight", attn);
+    a->lq_a = reg_opt(ps, prefix, n, 2, r, 256, 0);
+    snprintf(n, sizeof n, "%s.q_proj.w_b.weight", attn);
+    a->lq_b = reg_opt(ps, prefix, n, 2, a->ci, r, 0);
+    snprintf(n, sizeof n, "%s.v_proj.w_a.weight", attn);
+    a->lv_a = reg_opt(ps, prefix, n, 2, r, 256, 0);
+    snprintf(n, sizeof n, "%s.v_proj.w_b.weight", attn);
+    a->lv_b = reg_opt(ps, prefix, n, 2, a->ci, r, 0);
+    return a->lq_a < 0 || a->lq_b < 0 || a->lv_a < 0 || a->lv_b < 0;
+}
+
+static int reg_adapter(ms_params *ps, const char *prefix, const char *base, int D, int *w1, int *b1, int *w2, int *b2)
+{
+    char n[MS_PARAM_NAME_MAX];
+    snprintf(n, sizeof n, "%s.D_fc1", base);
+    int bad = reg_linear_opt(ps, prefix, n, D / 4, D, w1, b1);
+    snprintf(n, sizeof n, "%s.D_fc2", base);
+    return bad | reg_linear_opt(ps, prefix, n, D, D / 4, w2, b2);
+}
+
+ms_status ms_sam_decoder_add_peft(ms_sam_decoder *d, const ms_sam_dec_peft *pf)
+{
+    MS_FAIL_IF(d->peft.lora_rank || d->peft.adapters, MS_EBADSTATE, "mask decoder: PEFT tensors already added");
+    MS_FAIL_IF(pf->lora_rank < 0 || pf->lora_rank > d->dim, MS_EINVAL, "mask decoder: LoRA rank %d (0..%d)",
+               pf->lora_rank, d->dim);
+    ms_params *ps = d->ps;
+    /* The decoder's key prefix, recovered from a tensor that init registered ("mask_decoder.iou_token.weight"). */
+    char prefix[MS_PARAM_NAME_MAX];
+    snprintf(prefix, sizeof prefix, "%s", ps->p[d->iou_token].name);
+    prefix[strlen(prefix) - strlen("iou_token.weight")] = 0;
+    char n[160];
+    int bad = 0;
+    for (int l = 0; l < d->depth; l++) {
+        ms_sam_dec_layer_params *L = &d->layer[l];
+        if (pf->lora_rank) {
+            snprintf(n, sizeof n, "transformer.layers.%d.self_attn", l);
+            bad |= reg_lora(ps, prefix, n, pf->lora_rank, &L->self);
+            snprintf(n, sizeof n, "transformer.layers.%d.cross_attn_token_to_image", l);
+            bad |= reg_lora(ps, prefix, n, pf->lora_rank, &L->t2i);
+            snprintf(n, sizeof n, "transformer.layers.%d.cross_attn_image_to_token", l);
+            bad |= reg_lora(ps, prefix, n, pf->lora_rank, &L->i2t);
+        }
+        if (pf->adapters) {
+            snprintf(n, sizeof n, "transformer.layers.%d.MLP_Adapter", l);
+            bad |= reg_adapter(ps, prefix, n, d->dim, &L->ma_w1, &L->ma_b1, &L->ma_w2, &L->ma_b2);
+            snprintf(n, sizeof n, "transformer.layers.%d.Adapter", l);
+            bad |= reg_adapter(ps, prefix, n, d->dim, &L->ad_w1, &L->ad_b1, &L->ad_w2, &L->ad_b2);
+        }
+    }
+    if (pf->lora_rank) bad |= reg_lora(ps, prefix, "transformer.final_attn_token_to_image", pf->lora_rank, &d->fin);
+    MS_FAIL_IF(bad, MS_EINVAL, "mask decoder PEFT: %s", ms_errmsg());
+    d->peft = *pf;
+    return MS_OK;
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* Fills tensor idx: kind 0 zeros, 1 U(±bound), 2 N(0,1). Each tensor draws from its own stream keyed by its name,
+ * so the values do not depend on what else is registered. */
+static ms_status init_tensor(ms_sam_decoder *d, int idx, int kind, float bound, uint64_t seed)
+{
+    const ms_param *p = &d->ps->p[idx];
+    float *h = malloc((size_t)p->numel * sizeof(float));
+    MS_FAIL_IF(!h, MS_ENOMEM, "out of memory");
+    ms_rng r;
+    ms_rng_init(&r, seed, ms_rng_stream(0x6465632d696e6974ull /* "dec-init" */, name_hash(p->name), 0));
+    for (int64_t j = 0; j < p->numel; j++)
+        h[j] = kind == 0 ? 0.f : kind == 1 ? ms_rng_range(&r, -bound, bound) : ms_rng_normal(&r);
+    ms_status rc = ms_dev_from_host(d->ps->dev, ms_params_data(d->ps, idx), h, (size_t)p->numel * sizeof(float));
+    free(h);
+    return rc;
+}
+
+/* nn.Linear's default (kaiming_uniform(a=√5) for the weight, U(±1/√fan_in) for the bias): both U(±1/√fan_in). */
+static ms_status init_linear(ms_sam_decoder *d, int w, int b, uint64_t seed)
+{
+    float bound = 1.f / sqrtf((float)d->ps->p[w].shape[1]);
+    MS_TRY(init_tensor(d, w, 1, bound, seed));
+    return init_tensor(d, b, 1, bound, seed);
+}
+
+static ms_status init_lora(ms_sam_decoder *d, const ms_sam_attn_params *a, uint64_t seed)
+{
+    if (a->lq_a < 0) return MS_OK;
+    const float bound = 1.f / sqrtf((float)d->ps->p[a->lq_a].shape[1]);
+    MS_TRY(init_tensor(d, a->lq_a, 1, bound, seed));
+    MS_TRY(init_tensor(d, a->lv_a, 1, bound, seed));
+    MS_TRY(init_tensor(d, a->lq_b, 0, 0.f, seed)); /* w_b = 0: the model starts equal to the base one */
+    return init_tensor(d, a->lv_b, 0, 0.f, seed);
+}
+
+ms_status ms_sam_decoder_peft_init_random(ms_sam_decoder *d, uint64_t seed)
+{
+    MS_FAIL_IF(!d->ps->data, MS_EBADSTATE, "mask decoder: PEFT init before ms_params_alloc");
+    for (int l = 0; l < d->depth; l++) {
+        const ms_sam_dec_layer_params *L = &d->layer[l];
+        MS_TRY(init_lora(d, &L->self, seed));
+        MS_TRY(init_lora(d, &L->t2i, seed));
+        MS_TRY(init_lora(d, &L->i2t, seed));
+        if (L->ad_w1 >= 0) {
+            MS_TRY(init_linear(d, L->ad_w1, L->ad_b1, seed));
+            MS_TRY(init_linear(d, L->ad_w2, L->ad_b2, seed));
+        }
+        if (L->ma_w1 >= 0) {
+            MS_TRY(init_linear(d, L->ma_w1, L->ma_b1, seed));
+            MS_TRY(init_linear(d, L->ma_w2, L->ma_b2, seed));
+        }
+    }
+    return init_lora(d, &d->fin, seed);
+}
+
+ms_status ms_sam_decoder_head_init_random(ms_sam_decoder *d, int head, uint64_t seed)
+{
+    MS_FAIL_IF(head < 0 || head >= d->n_out_heads, MS_EINVAL, "mask decoder: no output head %d (%d registered)", head,
+               d->n_out_heads);
+    MS_FAIL_IF(!d->ps->data, MS_EBADSTATE, "mask decoder: head init before ms_params_alloc");
+    const ms_sam_dec_head *h = &d->out_heads[head];
+    MS_TRY(init_tensor(d, h->mask_tokens, 2, 0.f, seed)); /* nn.Embedding: N(0, 1) */
+    for (int i = 0; i < h->n_mask_tokens; i++)
+        for (int k = 0; k < 3; k++) MS_TRY(init_linear(d, h->hyp_w[i][k], h->hyp_b[i][k], seed));
+    for (int k = 0; k < 3; k++) MS_TRY(init_linear(d, h->iou_w[k], h->iou_b[k], seed));
+    return MS_OK;
 }
 
 void ms_sam_decoder_free(ms_sam_decoder *d)
@@ -166,8 +394,11 @@ void ms_sam_decoder_free(ms_sam_decoder *d)
 
 /* ---- activation arena ------------------------------------------------------------------------------------- */
 
-static void plan_attn(ms_sam_plan *p, attn_act *a, int64_t B, int64_t nq, int64_t nk, int ci, int heads, int D)
+static void plan_attn(ms_sam_plan *p, attn_act *a, const ms_sam_attn_params *w, int64_t r, int64_t B, int64_t nq,
+                      int64_t nk, int ci, int heads, int D)
 {
+    ms_sam_plan_add(p, &a->lq, w->lq_a >= 0 ? B * nq * r : 1);
+    ms_sam_plan_add(p, &a->lv, w->lv_a >= 0 ? B * nk * r : 1);
     ms_sam_plan_add(p, &a->Q, B * nq * ci);
     ms_sam_plan_add(p, &a->K, B * nk * ci);
     ms_sam_plan_add(p, &a->V, B * nk * ci);
@@ -187,11 +418,23 @@ static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int wit
     ms_sam_plan_add(p, &a->kpe, N * D);
     ms_sam_plan_add(p, &a->keys0, BND);
     ms_sam_plan_add(p, &a->dense_t, with_dense ? d->bp * N * D : 1);
+    const int64_t r = d->peft.lora_rank, Ha = D / 4; /* LoRA rank, adapter hidden width */
     for (int l = 0; l < d->depth; l++) {
         layer_act *L = &a->L[l];
-        plan_attn(p, &L->sa, B, T, T, D, (int)H, (int)D);
-        plan_attn(p, &L->t2i, B, T, N, (int)D / 2, (int)H, (int)D);
-        plan_attn(p, &L->i2t, B, N, T, (int)D / 2, (int)H, (int)D);
+        const ms_sam_dec_layer_params *w = &d->layer[l];
+        plan_attn(p, &L->sa, &w->self, r, B, T, T, D, (int)H, (int)D);
+        plan_attn(p, &L->t2i, &w->t2i, r, B, T, N, (int)D / 2, (int)H, (int)D);
+        plan_attn(p, &L->i2t, &w->i2t, r, B, N, T, (int)D / 2, (int)H, (int)D);
+        const int ad = w->ad_w1 >= 0, ma = w->ma_w1 >= 0;
+        ms_sam_plan_add(p, &L->q2p, ad ? BTD : 1);
+        ms_sam_plan_add(p, &L->aq_h, ad ? B * T * Ha : 1);
+        ms_sam_plan_add(p, &L->aq_g, ad ? B * T * Ha : 1);
+        ms_sam_plan_add(p, &L->k4p, ad ? BND : 1);
+        ms_sam_plan_add(p, &L->ak_h, ad ? B * N * Ha : 1);
+        ms_sam_plan_add(p, &L->ak_g, ad ? B * N * Ha : 1);
+        ms_sam_plan_add(p, &L->m_h, ma ? B * T * Ha : 1);
+        ms_sam_plan_add(p, &L->m_g, ma ? B * T * Ha : 1);
+        ms_sam_plan_add(p, &L->m_o, ma ? BTD : 1);
         float **bt[] = {&L->qs, &L->q1, &L->Q1, &L->qs2, &L->q2, &L->Q2, &L->q3, &L->Q3, &L->qs4};
         for (size_t i = 0; i < sizeof bt / sizeof bt[0]; i++) ms_sam_plan_add(p, bt[i], BTD);
         float **st[] = {&L->mu1, &L->rs1, &L->mu2, &L->rs2, &L->mu3, &L->rs3};
@@ -204,7 +447,7 @@ static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int wit
         ms_sam_plan_add(p, &L->mu4, B * N);
         ms_sam_plan_add(p, &L->rs4, B * N);
     }
-    plan_attn(p, &a->fa, B, T, N, (int)D / 2, (int)H, (int)D);
+    plan_attn(p, &a->fa, &d->fin, r, B, T, N, (int)D / 2, (int)H, (int)D);
     ms_sam_plan_add(p, &a->qf, BTD);
     ms_sam_plan_add(p, &a->kf, BND);
     ms_sam_plan_add(p, &a->qfin, BTD);
@@ -258,7 +501,14 @@ static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int wit
     ms_sam_plan_add(p, &a->dm2, B * 256);
     ms_sam_plan_add(p, &a->dkeys_img, N * D);
     ms_sam_plan_add(p, &a->ddense_t, with_dense ? d->bp * N * D : 1);
+    const int64_t rows = B * (N > T ? N : T);
+    ms_sam_plan_add(p, &a->dlr, rows * (r ? r : 1));
+    ms_sam_plan_add(p, &a->da1, rows * Ha);
+    ms_sam_plan_add(p, &a->da2, rows * Ha);
+    ms_sam_plan_add(p, &a->dad, BTD);
 
+    /* kpe survives a re-plan only where it stays in place (its region belonged to it alone in the last layout). */
+    const float *kpe_before = a->kpe;
     ms_status rc = MS_OK;
     if ((int64_t)p->a.used != d->cap_bytes) {
         ms_arena_free(&d->arena);
@@ -268,6 +518,7 @@ static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int wit
         if (!rc) { d->arena = p->a; d->cap_bytes = (int64_t)p->a.used; }
     } else {
         for (int i = 0; i < p->n; i++) *p->slot[i] = (float *)ms_arena_ptr(&d->arena, p->off[i]);
+        if (a->kpe != kpe_before) a->kpe_valid = 0;
     }
     free(p);
     return rc;
@@ -277,6 +528,65 @@ static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int wit
 
 #define PD(i) ms_params_data(d->ps, (i))
 #define PG(i) ms_params_grad(d->ps, (i))
+
+static ms_status zero(ms_device *dev, float *p, int64_t n) { return ms_dev_zero(dev, p, (size_t)n * sizeof(float)); }
+static ms_status copy(ms_device *dev, float *dst, const float *src, int64_t n)
+{
+    return ms_dev_copy(dev, dst, src, (size_t)n * sizeof(float));
+}
+static ms_status acc(ms_device *dev, float *dst, const float *src, int64_t n)
+{
+    return ms_add_forward(dev, dst, dst, src, n);
+}
+
+/* LoRA: y (rows, ci) += (x·w_aᵀ)·w_bᵀ, keeping t = x·w_aᵀ (rows, r) for backward. No-op without LoRA. */
+static ms_status lora_fwd(ms_device *dev, const ms_sam_decoder *d, float *y, float *t, const float *x, int ia, int ib,
+                          int64_t rows, int ci)
+{
+    if (ia < 0) return MS_OK;
+    const int64_t r = d->ps->p[ia].shape[0];
+    MS_TRY(ms_linear_forward(dev, t, x, PD(ia), NULL, rows, d->dim, r));
+    ms_matmul_desc md = ms_matmul_plain(rows, ci, r);
+    md.trans_b = 1; /* w_b is stored (ci, r) */
+    md.ldb = r;
+    md.beta = 1.f;
+    return ms_matmul_forward(dev, y, t, PD(ib), &md);
+}
+
+/* dx += the LoRA branch's input gradient for dy; w_a / w_b gradients += where trainable. */
+static ms_status lora_bwd(ms_device *dev, const ms_sam_decoder *d, dec_act *s, const float *dy, const float *t,
+                          const float *x, float *dx, int ia, int ib, int64_t rows, int ci)
+{
+    if (ia < 0) return MS_OK;
+    const int64_t r = d->ps->p[ia].shape[0];
+    MS_TRY(zero(dev, s->dlr, rows * r));
+    MS_TRY(ms_linear_backward(dev, s->dlr, PG(ib), NULL, dy, t, PD(ib), rows, r, ci));
+    return ms_linear_backward(dev, dx, PG(ia), NULL, s->dlr, x, PD(ia), rows, d->dim, r);
+}
+
+/* Adapter (sam.md §6.1): y = [x +] fc2(GELU(fc1(x))), hidden D/4; h, g keep fc1's and GELU's outputs. y ≠ x. */
+static ms_status adapter_fwd(ms_device *dev, const ms_sam_decoder *d, int w1, int b1, int w2, int b2, float *y,
+                             float *h, float *g, const float *x, int64_t rows, int skip)
+{
+    const int64_t D = d->dim, Ha = D / 4;
+    MS_TRY(ms_linear_forward(dev, h, x, PD(w1), PD(b1), rows, D, Ha));
+    MS_TRY(ms_gelu_forward(dev, g, h, rows * Ha));
+    MS_TRY(ms_linear_forward(dev, y, g, PD(w2), PD(b2), rows, Ha, D));
+    return skip ? acc(dev, y, x, rows * D) : MS_OK;
+}
+
+/* The branch fc2(GELU(fc1(x))) only: dx += its input gradient for dy (the skip's dy is the caller's). dx may be
+ * dy itself: dy is read (fc2's backward) before dx is written (fc1's). */
+static ms_status adapter_bwd(ms_device *dev, const ms_sam_decoder *d, dec_act *s, int w1, int b1, int w2, int b2,
+                             const float *dy, const float *h, const float *g, const float *x, float *dx, int64_t rows)
+{
+    const int64_t D = d->dim, Ha = D / 4;
+    MS_TRY(zero(dev, s->da1, rows * Ha));
+    MS_TRY(ms_linear_backward(dev, s->da1, PG(w2), PG(b2), dy, g, PD(w2), rows, Ha, D));
+    MS_TRY(zero(dev, s->da2, rows * Ha));
+    MS_TRY(ms_gelu_backward(dev, s->da2, s->da1, h, rows * Ha));
+    return ms_linear_backward(dev, dx, PG(w1), PG(b1), s->da2, x, PD(w1), rows, D, Ha);
+}
 
 static ms_attention_desc attn_desc(const ms_sam_decoder *d, int ci, int64_t B, int64_t nq, int64_t nk)
 {
@@ -297,8 +607,10 @@ static ms_status attn_fwd(ms_device *dev, const ms_sam_decoder *d, const ms_sam_
 {
     const int D = d->dim, ci = w->ci;
     MS_TRY(ms_linear_forward(dev, a->Q, qin, PD(w->q_w), PD(w->q_b), B * nq, D, ci));
+    MS_TRY(lora_fwd(dev, d, a->Q, a->lq, qin, w->lq_a, w->lq_b, B * nq, ci));
     MS_TRY(ms_linear_forward(dev, a->K, kin, PD(w->k_w), PD(w->k_b), B * nk, D, ci));
     MS_TRY(ms_linear_forward(dev, a->V, vin, PD(w->v_w), PD(w->v_b), B * nk, D, ci));
+    MS_TRY(lora_fwd(dev, d, a->V, a->lv, vin, w->lv_a, w->lv_b, B * nk, ci));
     ms_attention_desc ad = attn_desc(d, ci, B, nq, nk);
     MS_TRY(ms_attention_forward(dev, a->O, a->lse, a->Q, a->K, a->V, &ad));
     return ms_linear_forward(dev, a->out, a->O, PD(w->o_w), PD(w->o_b), B * nq, ci, D);
@@ -318,8 +630,10 @@ static ms_status attn_bwd(ms_device *dev, const ms_sam_decoder *d, dec_act *s, c
     ms_attention_desc ad = attn_desc(d, ci, B, nq, nk);
     MS_TRY(ms_attention_backward(dev, s->dQ, s->dK, s->dV, NULL, NULL, s->dO, a->O, a->lse, a->Q, a->K, a->V, &ad));
     MS_TRY(ms_linear_backward(dev, dqin, PG(w->q_w), PG(w->q_b), s->dQ, qin, PD(w->q_w), B * nq, D, ci));
+    MS_TRY(lora_bwd(dev, d, s, s->dQ, a->lq, qin, dqin, w->lq_a, w->lq_b, B * nq, ci));
     MS_TRY(ms_linear_backward(dev, dkin, PG(w->k_w), PG(w->k_b), s->dK, kin, PD(w->k_w), B * nk, D, ci));
-    return ms_linear_backward(dev, dvin, PG(w->v_w), PG(w->v_b), s->dV, vin, PD(w->v_w), B * nk, D, ci);
+    MS_TRY(ms_linear_backward(dev, dvin, PG(w->v_w), PG(w->v_b), s->dV, vin, PD(w->v_w), B * nk, D, ci));
+    return lora_bwd(dev, d, s, s->dV, a->lv, vin, dvin, w->lv_a, w->lv_b, B * nk, ci);
 }
 
 /* A 3-layer MLP with ReLU between layers (hypernetworks, IoU head): x (B, in) → out (B, n_out). */
@@ -351,15 +665,6 @@ static ms_status mlp3_bwd(ms_device *dev, const ms_sam_decoder *d, dec_act *s, c
     return ms_linear_backward(dev, dx, PG(w[0]), PG(b[0]), s->dm2, x, PD(w[0]), B, D, 256);
 }
 
-static ms_status zero(ms_device *dev, float *p, int64_t n) { return ms_dev_zero(dev, p, (size_t)n * sizeof(float)); }
-static ms_status copy(ms_device *dev, float *dst, const float *src, int64_t n)
-{
-    return ms_dev_copy(dev, dst, src, (size_t)n * sizeof(float));
-}
-static ms_status acc(ms_device *dev, float *dst, const float *src, int64_t n)
-{
-    return ms_add_forward(dev, dst, dst, src, n);
-}
 
 /* ---- forward ---------------------------------------------------------------------------------------------- */
 
@@ -374,7 +679,7 @@ static ms_status build_tokens(ms_device *dev, ms_sam_decoder *d, dec_act *a, con
     for (int64_t b = 0; b < bp; b++) {
         float *t = host + b * T * D;
         rc = ms_dev_to_host(dev, t, PD(d->iou_token), (size_t)D * sizeof(float));
-        if (!rc) rc = ms_dev_to_host(dev, t + D, PD(d->mask_tokens), (size_t)(M * D) * sizeof(float));
+        if (!rc) rc = ms_dev_to_host(dev, t + D, PD(a->head.mask_tokens), (size_t)(M * D) * sizeof(float));
         if (rc) goto leave;
         if (ns) memcpy(t + (1 + M) * D, pst->sparse + b * ns * D, (size_t)(ns * D) * sizeof(float));
     }
@@ -436,7 +741,9 @@ static ms_status layer_fwd(ms_device *dev, ms_sam_decoder *d, dec_act *a, int l,
     MS_TRY(ms_add_forward(dev, L->qs2, L->Q1, a->tok, BTD));
     MS_TRY(ms_add_bcast_forward(dev, L->ks2, Xk, a->kpe, B, N * D));
     MS_TRY(attn_fwd(dev, d, &w->t2i, &L->t2i, L->qs2, L->ks2, Xk, B, T, N));
-    MS_TRY(ms_add_forward(dev, L->q2, L->Q1, L->t2i.out, BTD));
+    const int ad = w->ad_w1 >= 0;
+    MS_TRY(ms_add_forward(dev, ad ? L->q2p : L->q2, L->Q1, L->t2i.out, BTD));
+    if (ad) MS_TRY(adapter_fwd(dev, d, w->ad_w1, w->ad_b1, w->ad_w2, w->ad_b2, L->q2, L->aq_h, L->aq_g, L->q2p, B * T, 1));
     MS_TRY(ms_layernorm_forward(dev, L->Q2, L->mu2, L->rs2, L->q2, PD(w->norm_w[1]), PD(w->norm_b[1]), B * T, D,
                                 1e-5f));
     /* (3) MLP */
@@ -444,12 +751,18 @@ static ms_status layer_fwd(ms_device *dev, ms_sam_decoder *d, dec_act *a, int l,
     MS_TRY(ms_relu_forward(dev, L->hr, L->h, B * T * F));
     MS_TRY(ms_linear_forward(dev, L->q3, L->hr, PD(w->lin2_w), PD(w->lin2_b), B * T, F, D));
     MS_TRY(ms_add_forward(dev, L->q3, L->q3, L->Q2, BTD));
+    if (w->ma_w1 >= 0) { /* + scale·MLP_Adapter(Q2), no skip */
+        MS_TRY(adapter_fwd(dev, d, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, L->m_o, L->m_h, L->m_g, L->Q2, B * T, 0));
+        MS_TRY(ms_scale_forward(dev, L->m_o, L->m_o, d->peft.adapter_scale, BTD));
+        MS_TRY(acc(dev, L->q3, L->m_o, BTD));
+    }
     MS_TRY(ms_layernorm_forward(dev, L->Q3, L->mu3, L->rs3, L->q3, PD(w->norm_w[2]), PD(w->norm_b[2]), B * T, D,
                                 1e-5f));
     /* (4) image → tokens (queries are the image tokens) */
     MS_TRY(ms_add_forward(dev, L->qs4, L->Q3, a->tok, BTD));
     MS_TRY(attn_fwd(dev, d, &w->i2t, &L->i2t, L->ks2, L->qs4, L->Q3, B, N, T));
-    MS_TRY(ms_add_forward(dev, L->k4, Xk, L->i2t.out, BND));
+    MS_TRY(ms_add_forward(dev, ad ? L->k4p : L->k4, Xk, L->i2t.out, BND));
+    if (ad) MS_TRY(adapter_fwd(dev, d, w->ad_w1, w->ad_b1, w->ad_w2, w->ad_b2, L->k4, L->ak_h, L->ak_g, L->k4p, B * N, 1));
     return ms_layernorm_forward(dev, L->K4, L->mu4, L->rs4, L->k4, PD(w->norm_w[3]), PD(w->norm_b[3]), B * N, D,
                                 1e-5f);
 }
@@ -465,6 +778,13 @@ ms_status ms_sam_decoder_forward(ms_device *dev, ms_sam_decoder *d, const float 
         MS_FAIL_IF(!d->priv, MS_ENOMEM, "out of memory");
     }
     dec_act *a = d->priv;
+    ms_sam_dec_head *hd = &a->head;
+    hd->n_mask_tokens = d->n_mask_tokens;
+    hd->mask_tokens = d->mask_tokens;
+    memcpy(hd->hyp_w, d->hyp_w, sizeof hd->hyp_w);
+    memcpy(hd->hyp_b, d->hyp_b, sizeof hd->hyp_b);
+    memcpy(hd->iou_w, d->iou_w, sizeof hd->iou_w);
+    memcpy(hd->iou_b, d->iou_b, sizeof hd->iou_b);
     d->dev = dev;
     d->b_img = b_img;
     d->bp = bp;
@@ -521,7 +841,7 @@ ms_status ms_sam_decoder_forward(ms_device *dev, ms_sam_decoder *d, const float 
     /* hypernetworks and IoU head on the output tokens */
     MS_TRY(ms_gather_rows_forward(dev, a->X, a->hs, (const int32_t *)a->idx_tok, (M + 1) * B, D));
     for (int64_t i = 0; i < M; i++)
-        MS_TRY(mlp3_fwd(dev, d, d->hyp_w[i], d->hyp_b[i], a->X + (1 + i) * B * D, a->hh1 + i * B * D,
+        MS_TRY(mlp3_fwd(dev, d, hd->hyp_w[i], hd->hyp_b[i], a->X + (1 + i) * B * D, a->hh1 + i * B * D,
                         a->hh1r + i * B * D, a->hh2 + i * B * D, a->hh2r + i * B * D, a->hout + i * B * c2, B, c2));
     MS_TRY(ms_gather_rows_forward(dev, a->H, a->hout, (const int32_t *)a->idx_stack, M * B, c2));
     ms_matmul_desc md = ms_matmul_plain(M, P, c2);
@@ -530,7 +850,7 @@ ms_status ms_sam_decoder_forward(ms_device *dev, ms_sam_decoder *d, const float 
     md.stride_b = c2 * P;
     md.stride_c = M * P;
     MS_TRY(ms_matmul_forward(dev, a->masks, a->H, a->up, &md));
-    MS_TRY(mlp3_fwd(dev, d, d->iou_w, d->iou_b, a->X, a->ih1, a->ih1r, a->ih2, a->ih2r, a->iou, B, M));
+    MS_TRY(mlp3_fwd(dev, d, hd->iou_w, hd->iou_b, a->X, a->ih1, a->ih1r, a->ih2, a->ih2r, a->iou, B, M));
     d->masks = a->masks;
     d->iou = a->iou;
     return MS_OK;
@@ -551,6 +871,10 @@ static ms_status layer_bwd(ms_device *dev, ms_sam_decoder *d, dec_act *a, int l)
     MS_TRY(zero(dev, a->tk1, BND));
     MS_TRY(ms_layernorm_backward(dev, a->tk1, PG(w->norm_w[3]), PG(w->norm_b[3]), gK, L->k4, PD(w->norm_w[3]),
                                  L->mu4, L->rs4, B * N, D));
+    const int ad = w->ad_w1 >= 0;
+    if (ad) /* k4 = k4p + Adapter branch: tk1 becomes d k4p */
+        MS_TRY(adapter_bwd(dev, d, a, w->ad_w1, w->ad_b1, w->ad_w2, w->ad_b2, a->tk1, L->ak_h, L->ak_g, L->k4p,
+                           a->tk1, B * N));
     MS_TRY(copy(dev, a->gXk, a->tk1, BND));
     MS_TRY(zero(dev, a->tk2, BND)); /* d ks2 */
     MS_TRY(zero(dev, a->tq1, BTD)); /* d qs4 */
@@ -567,10 +891,18 @@ static ms_status layer_bwd(ms_device *dev, ms_sam_decoder *d, dec_act *a, int l)
     MS_TRY(zero(dev, a->dh2, B * T * F));
     MS_TRY(ms_relu_backward(dev, a->dh2, a->dh1, L->h, B * T * F));
     MS_TRY(ms_linear_backward(dev, gQ, PG(w->lin1_w), PG(w->lin1_b), a->dh2, L->Q2, PD(w->lin1_w), B * T, D, F));
+    if (w->ma_w1 >= 0) {
+        MS_TRY(ms_scale_forward(dev, a->dad, a->tq1, d->peft.adapter_scale, BTD));
+        MS_TRY(adapter_bwd(dev, d, a, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, a->dad, L->m_h, L->m_g, L->Q2, gQ,
+                           B * T));
+    }
     /* (2) Q2 = LN2(Q1 + t2i(q=qs2, k=ks2, v=Xk)) */
     MS_TRY(zero(dev, a->tq1, BTD));
     MS_TRY(ms_layernorm_backward(dev, a->tq1, PG(w->norm_w[1]), PG(w->norm_b[1]), gQ, L->q2, PD(w->norm_w[1]),
                                  L->mu2, L->rs2, B * T, D));
+    if (ad) /* q2 = q2p + Adapter branch (the same weights as the keys': their gradients add up) */
+        MS_TRY(adapter_bwd(dev, d, a, w->ad_w1, w->ad_b1, w->ad_w2, w->ad_b2, a->tq1, L->aq_h, L->aq_g, L->q2p,
+                           a->tq1, B * T));
     MS_TRY(copy(dev, gQ, a->tq1, BTD));
     MS_TRY(zero(dev, a->tq2, BTD)); /* d qs2 */
     MS_TRY(attn_bwd(dev, d, a, &w->t2i, &L->t2i, a->tq1, L->qs2, L->ks2, L->Xk, a->tq2, a->tk2, a->gXk, B, T, N));
@@ -616,7 +948,7 @@ static ms_status tokens_bwd(ms_device *dev, ms_sam_decoder *d, dec_act *a, float
         }
     }
     rc = ms_sam_acc_from_host(dev, PG(d->iou_token), ot, D);
-    if (!rc) rc = ms_sam_acc_from_host(dev, PG(d->mask_tokens), ot + D, M * D);
+    if (!rc) rc = ms_sam_acc_from_host(dev, PG(a->head.mask_tokens), ot + D, M * D);
 leave:
     free(g);
     free(ot);
@@ -647,7 +979,7 @@ ms_status ms_sam_decoder_backward(ms_device *dev, ms_sam_decoder *d, const float
         MS_TRY(zero(dev, a->dHs, M * B * c2));
         MS_TRY(ms_gather_rows_backward(dev, a->dHs, a->dH, (const int32_t *)a->idx_stack, M * B, c2, M * B));
         for (int64_t i = 0; i < M; i++)
-            MS_TRY(mlp3_bwd(dev, d, a, d->hyp_w[i], d->hyp_b[i], a->X + (1 + i) * B * D, a->hh1 + i * B * D,
+            MS_TRY(mlp3_bwd(dev, d, a, a->head.hyp_w[i], a->head.hyp_b[i], a->X + (1 + i) * B * D, a->hh1 + i * B * D,
                             a->hh1r + i * B * D, a->hh2 + i * B * D, a->hh2r + i * B * D, a->dHs + i * B * c2,
                             a->dX + (1 + i) * B * D, B, c2));
         /* output upscaling */
@@ -667,7 +999,7 @@ ms_status ms_sam_decoder_backward(ms_device *dev, ms_sam_decoder *d, const float
         MS_TRY(ms_transpose_backward(dev, a->gK, a->dsrc, B, N, D));
     }
     if (diou)
-        MS_TRY(mlp3_bwd(dev, d, a, d->iou_w, d->iou_b, a->X, a->ih1, a->ih1r, a->ih2, a->ih2r, diou, a->dX, B, M));
+        MS_TRY(mlp3_bwd(dev, d, a, a->head.iou_w, a->head.iou_b, a->X, a->ih1, a->ih1r, a->ih2, a->ih2r, diou, a->dX, B, M));
     /* hs → final attention → LN */
     MS_TRY(zero(dev, a->tq1, BTD));
     MS_TRY(ms_gather_rows_backward(dev, a->tq1, a->dX, (const int32_t *)a->idx_tok, (M + 1) * B, D, B * T));

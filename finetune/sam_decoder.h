@@ -101,17 +101,23 @@ typedef struct ms_sam_decoder {
 ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *prefix, int n_mask_tokens, int depth,
                               int emb_h, int emb_w);
 void ms_sam_decoder_free(ms_sam_decoder *d);
-/* Adds LoRA / adapter tensors (after init, before ms_params_alloc). */
+/* Adds LoRA / adapter tensors (after init, before ms_params_alloc; once) under the decoder's own prefix. Tensors
+ * are optional for ms_params_load; adapter biases are no_decay. */
 ms_status ms_sam_decoder_add_peft(ms_sam_decoder *d, const ms_sam_dec_peft *pf);
-/* PEFT tensors only (allocated parameters): LoRA w_a = U(±1/√fan_in), w_b = 0; adapters PyTorch Linear default. */
+/* PEFT tensors only (allocated parameters): LoRA w_a = U(±1/√fan_in), w_b = 0; adapters PyTorch Linear default.
+ * Each tensor draws from its own stream of `seed` keyed by its name (independent of registration order). */
 ms_status ms_sam_decoder_peft_init_random(ms_sam_decoder *d, uint64_t seed);
 /* Registers another output head (multi-task) with n_mask_tokens tokens under `prefix` + SAM's head keys
  * ("tasks.liver.mask_decoder." + "mask_tokens.weight", "output_hypernetworks_mlps.i.layers.j.*",
- * "iou_prediction_head.layers.j.*"); before ms_params_alloc. Returns the head id (>= 1) or -1 (ms_errmsg set). */
+ * "iou_prediction_head.layers.j.*"), shapes as head 0's with M = n_mask_tokens, all optional for ms_params_load;
+ * before ms_params_alloc. Returns the head id (>= 1) or -1 (ms_errmsg set). */
 int ms_sam_decoder_add_head(ms_sam_decoder *d, const char *prefix, int n_mask_tokens);
-/* Selects the head the next forward/backward use (0 = SAM's own). */
+/* Selects the head the next forward uses (0 = SAM's own): copies it into the top-level mask_tokens, hyp_*, iou_*,
+ * n_mask_tokens. The next forward re-plans the activations for its M. A backward always goes with the head of the
+ * forward before it, even when the active head was switched in between. */
 ms_status ms_sam_decoder_use_head(ms_sam_decoder *d, int head);
-/* PyTorch's default init of one head (mask tokens N(0,1), Linear U(±1/√fan_in)) from seed. */
+/* PyTorch's default init of one head (mask tokens N(0,1), Linear U(±1/√fan_in) for weights and biases) from seed,
+ * one stream per tensor name as above. */
 ms_status ms_sam_decoder_head_init_random(ms_sam_decoder *d, int head, uint64_t seed);
 
 /* emb: device (b_img, 256, h, w); pst: the prompt encoder's output for a batch of bp prompts. Results in d->masks,

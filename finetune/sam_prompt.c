@@ -176,7 +176,8 @@ static ms_status sparse_forward(ms_device *dev, const ms_sam_prompt *pe, const m
                 py = pr->points[((int64_t)b * np + t) * 2 + 1] + 0.5f;
                 int lab = pr->labels[(int64_t)b * np + t];
                 if (lab == -1) { kind = 4; zero = 1; }
-                else if (lab >= 0 && lab <= 3) kind = lab; /* 2, 3: box corners given as points (several boxes) */
+                else if (lab == 0 || lab == 1) kind = lab;
+                else if (lab == MS_SAM_LABEL_BOX_TL || lab == MS_SAM_LABEL_BOX_BR) kind = 2 + (lab - MS_SAM_LABEL_BOX_TL);
             } else if (t < np + pad) {
                 kind = 4;
                 zero = 1;

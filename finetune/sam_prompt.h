@@ -51,11 +51,17 @@ typedef struct ms_sam_prompt {
 } ms_sam_prompt;
 
 /* One batch of prompts. Coordinates are in the model's input frame (after ResizeLongestSide, before padding). */
+/* Point labels that make a point a box corner (point_embeddings[2] / [3]): several boxes per image are box 0 in
+ * `boxes` and the others as corner pairs, the token set of finetune-SAM's multi-box prompt encoder. (SAM v1 itself
+ * gives labels 2 and 3 no embedding, so those keep their meaning.) */
+#define MS_SAM_LABEL_BOX_TL 1002
+#define MS_SAM_LABEL_BOX_BR 1003
+
 typedef struct ms_sam_prompts {
     int bp;                /* prompt batch (>= 1) */
     int n_points;          /* points per prompt; 0 = none */
     const float *points;   /* host (bp, n_points, 2) as (x, y) */
-    const int32_t *labels; /* host (bp, n_points): 1 positive, 0 negative, −1 padding, 2/3 box top-left/bottom-right corner (extra boxes), other = bare PE */
+    const int32_t *labels; /* host (bp, n_points): 1 positive, 0 negative, −1 padding, MS_SAM_LABEL_BOX_TL/_BR a box corner (extra boxes), other = bare PE (SAM v1) */
     const float *boxes;    /* host (bp, 4) as x0,y0,x1,y1, or NULL */
     const float *masks;    /* device (bp, 1, 4h, 4w) low-res logits, or NULL */
 } ms_sam_prompts;

@@ -6,8 +6,13 @@
  *   ln2 = LN(xmid); h = ln2·W1ᵀ + b1; gl = GELU(h); out = xmid + gl·W2ᵀ + b2.
  * With backward enabled every block keeps ln1, mean/rstd, qkv, ao, lse, xmid, ln2, h, gl and out (≈16·M·D floats);
  * the backward walks the same list in reverse, each op accumulating into zeroed scratch or into the gradients.
+ * PEFT (finetune-SAM, sam.md §6.1–6.2), per block that has it:
+ *   LoRA:    tq = ln1·A_qᵀ, tv = ln1·A_vᵀ (kept); qkv[:, 0:D] += tq·B_qᵀ, qkv[:, 2D:3D] += tv·B_vᵀ — pad rows too.
+ *   Adapter: a = ao·Wpᵀ + bp (kept); xmid = x_in + a + fc2(GELU(fc1(a)));
+ *            out = xmid + mlp(ln2) + scale·fc2'(GELU(fc1'(ln2))); both adapters keep their hidden pre/post GELU.
  * Tested by tests/sam/test_sam_encoder.c (PyTorch golden outputs and gradients, CPU and CUDA) and
  * tests/sam/test_sam_encoder_vitb_slow.c (vit_b at 1024); the reference is tests/reference/sam_ref_encoder.py.
+ * PEFT: tests/finetune/test_peft_encoder.c against tests/reference/peft_ref_encoder.py.
  */
 #include "sam_encoder.h"
 
@@ -21,6 +26,9 @@
 
 typedef struct blk_act {
     float *x_in, *ln1, *mean1, *rstd1, *qkv, *ao, *lse, *xmid, *ln2, *mean2, *rstd2, *h, *gl, *out;
+    /* PEFT (NULL when the block has none): LoRA t = ln1·Aᵀ for q and v ((rows + ws²) × r, pad rows at pad_base
+     * like qkv); adapters: a = proj(ao), Space_Adapter and MLP_Adapter hidden pre/post GELU (M × D/4) */
+    float *tq, *tv, *a, *sa_h, *sa_g, *ma_h, *ma_g;
 } blk_act;
 
 struct enc_priv {
@@ -34,6 +42,8 @@ struct enc_priv {
     /* backward scratch */
     float *d_a, *d_b, *dln, *dao, *dqkv, *dg, *dh, *dpadx, *drel_a, *drel_b;
     float *dn0, *dn0t, *dn1, *dn2;
+    float *pf_tmp;       /* (M, D) adapter fc2 output (forward) and its gradient (backward) */
+    float *dtq;          /* ((M + ws²), r) LoRA: d(ln1·Aᵀ) */
     /* index lists (device memory) */
     int32_t *w_qoff, *w_qidx, *w_koff, *w_kidx, *w_row, *w_col, *g_row, *g_col;
     int64_t n_win;       /* windows per image */
@@ -208,7 +218,7 @@ int64_t ms_sam_enc_numel(const ms_sam_enc_config *c)
 static int add(ms_params *ps, const char *prefix, const char *key, int64_t a, int64_t b, int64_t c, int64_t d,
                int ndim, int no_decay)
 {
-    char name[MS_PARAM_NAME_MAX + 64];
+    char name[MS_PARAM_NAME_MAX + 128]; /* too long for ms_params_add is reported there, not truncated here */
     snprintf(name, sizeof name, "%s%s", prefix, key);
     int64_t shape[4] = {a, b, c, d};
     return ms_params_add(ps, name, shape, ndim, no_decay);
@@ -217,6 +227,11 @@ static int add(ms_params *ps, const char *prefix, const char *key, int64_t a, in
 ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg, ms_params *ps, const char *prefix)
 {
     memset(enc, 0, sizeof *enc);
+    for (int i = 0; i < MS_SAM_MAX_DEPTH; i++) {
+        ms_sam_enc_block_params *b = &enc->blk[i];
+        b->lora_aq = b->lora_bq = b->lora_av = b->lora_bv = -1;
+        b->sa_w1 = b->sa_b1 = b->sa_w2 = b->sa_b2 = b->ma_w1 = b->ma_b1 = b->ma_w2 = b->ma_b2 = -1;
+    }
     enc->cfg = *cfg;
     MS_TRY(ms_sam_enc_config_check(&enc->cfg));
     const ms_sam_enc_config *c = &enc->cfg;
@@ -294,12 +309,111 @@ ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed)
         rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
     }
     free(h);
+    /* PEFT tensors sit after the neck (registered later): LoRA B = 0, so the model starts as the base */
+    if (!rc) rc = ms_sam_encoder_peft_init_random(enc, seed);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------------ PEFT */
+
+static int has_lora(const ms_sam_encoder *enc, int i) { return enc->blk[i].lora_aq >= 0; }
+static int has_adapter(const ms_sam_encoder *enc, int i) { return enc->blk[i].sa_w1 >= 0; }
+static int has_peft(const ms_sam_encoder *enc) { return enc->peft.lora_blocks || enc->peft.adapter_blocks; }
+
+ms_status ms_sam_encoder_add_peft(ms_sam_encoder *enc, const ms_sam_enc_peft *pf)
+{
+    ms_params *ps = enc->ps;
+    const ms_sam_enc_config *c = &enc->cfg;
+    MS_FAIL_IF(!ps, MS_EBADSTATE, "sam encoder: add_peft before ms_sam_encoder_init");
+    MS_FAIL_IF(ps->data, MS_EBADSTATE, "sam encoder: add_peft after ms_params_alloc");
+    MS_FAIL_IF(has_peft(enc), MS_EBADSTATE, "sam encoder: PEFT tensors already added");
+    MS_FAIL_IF(enc->priv, MS_EBADSTATE, "sam encoder: add_peft after ms_sam_encoder_reserve");
+    MS_FAIL_IF(pf->lora_rank < 0 || pf->lora_rank > c->embed_dim, MS_EINVAL, "sam encoder: LoRA rank %d",
+               pf->lora_rank);
+    MS_FAIL_IF(pf->adapter_blocks && c->embed_dim < 4, MS_EINVAL, "sam encoder: adapters need D >= 4");
+    uint64_t all = c->depth >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << c->depth) - 1);
+    ms_sam_enc_peft f = *pf;
+    f.lora_blocks = f.lora_rank ? f.lora_blocks & all : 0;
+    f.adapter_blocks &= all;
+    if (!f.lora_blocks) f.lora_rank = 0;
+    if (f.adapter_blocks && f.adapter_scale == 0.0f) f.adapter_scale = 0.5f; /* finetune-SAM's Block default */
+    /* the encoder keeps no prefix: recover it from the first tensor's name */
+    char prefix[MS_PARAM_NAME_MAX];
+    const char *pe = ps->p[enc->pos_embed].name;
+    size_t lp = strlen(pe) - strlen("pos_embed");
+    snprintf(prefix, sizeof prefix, "%.*s", (int)lp, pe);
+    int64_t D = c->embed_dim, r = f.lora_rank, Da = D / 4;
+    int first = ps->n, bad = 0;
+#define ADD(dst, key, a, b, ndim, nd) \
+    do { snprintf(k, sizeof k, "blocks.%d.%s", i, key); dst = add(ps, prefix, k, a, b, 0, 0, ndim, nd); \
+         bad |= dst < 0; } while (0)
+    for (int i = 0; i < c->depth && !bad; i++) {
+        ms_sam_enc_block_params *b = &enc->blk[i];
+        char k[96];
+        if (f.lora_blocks >> i & 1) {
+            ADD(b->lora_aq, "attn.qkv.linear_a_q.weight", r, D, 2, 0);
+            ADD(b->lora_bq, "attn.qkv.linear_b_q.weight", D, r, 2, 0);
+            ADD(b->lora_av, "attn.qkv.linear_a_v.weight", r, D, 2, 0);
+            ADD(b->lora_bv, "attn.qkv.linear_b_v.weight", D, r, 2, 0);
+        }
+        if (f.adapter_blocks >> i & 1) {
+            ADD(b->sa_w1, "Space_Adapter.D_fc1.weight", Da, D, 2, 0);
+            ADD(b->sa_b1, "Space_Adapter.D_fc1.bias", Da, 0, 1, 1);
+            ADD(b->sa_w2, "Space_Adapter.D_fc2.weight", D, Da, 2, 0);
+            ADD(b->sa_b2, "Space_Adapter.D_fc2.bias", D, 0, 1, 1);
+            ADD(b->ma_w1, "MLP_Adapter.D_fc1.weight", Da, D, 2, 0);
+            ADD(b->ma_b1, "MLP_Adapter.D_fc1.bias", Da, 0, 1, 1);
+            ADD(b->ma_w2, "MLP_Adapter.D_fc2.weight", D, Da, 2, 0);
+            ADD(b->ma_b2, "MLP_Adapter.D_fc2.bias", D, 0, 1, 1);
+        }
+    }
+#undef ADD
+    if (bad) return MS_EINVAL;
+    for (int j = first; j < ps->n; j++) ps->p[j].optional = 1; /* a plain SAM file loads; these keep their init */
+    enc->peft = f;
+    return MS_OK;
+}
+
+/* One tensor ~ U(±bound) from (seed, its index), or zeros when bound is 0. */
+static ms_status peft_fill(ms_params *ps, int idx, uint64_t seed, float bound, float *h)
+{
+    const ms_param *p = &ps->p[idx];
+    ms_rng r;
+    ms_rng_init(&r, seed, ms_rng_stream(0, (uint64_t)idx, 0x7065));
+    for (int64_t j = 0; j < p->numel; j++) h[j] = bound > 0 ? ms_rng_range(&r, -bound, bound) : 0.0f;
+    return ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
+}
+
+ms_status ms_sam_encoder_peft_init_random(ms_sam_encoder *enc, uint64_t seed)
+{
+    ms_params *ps = enc->ps;
+    MS_FAIL_IF(!ps || !ps->data, MS_EBADSTATE, "sam encoder: parameters not allocated");
+    if (!has_peft(enc)) return MS_OK;
+    int64_t D = enc->cfg.embed_dim, Da = D / 4;
+    float *h = malloc((size_t)(D * D) * sizeof(float)); /* the largest PEFT tensor: r·D or (D/4)·D, r <= D */
+    MS_FAIL_IF(!h, MS_ENOMEM, "sam encoder: out of memory");
+    ms_status rc = MS_OK;
+    float bD = 1.0f / sqrtf((float)D), bA = 1.0f / sqrtf((float)Da);
+    for (int i = 0; i < enc->cfg.depth && !rc; i++) {
+        const ms_sam_enc_block_params *b = &enc->blk[i];
+        if (has_lora(enc, i)) { /* kaiming_uniform(a=√5) on A (fan_in D), B = 0 (SAMed / finetune-SAM) */
+            if (!rc) rc = peft_fill(ps, b->lora_aq, seed, bD, h);
+            if (!rc) rc = peft_fill(ps, b->lora_bq, seed, 0, h);
+            if (!rc) rc = peft_fill(ps, b->lora_av, seed, bD, h);
+            if (!rc) rc = peft_fill(ps, b->lora_bv, seed, 0, h);
+        }
+        if (has_adapter(enc, i)) { /* nn.Linear's default: weight and bias U(±1/√in_features) */
+            const int idx[8] = {b->sa_w1, b->sa_b1, b->sa_w2, b->sa_b2, b->ma_w1, b->ma_b1, b->ma_w2, b->ma_b2};
+            for (int j = 0; j < 8 && !rc; j++) rc = peft_fill(ps, idx[j], seed, (j & 2) ? bA : bD, h);
+        }
+    }
+    free(h);
     return rc;
 }
 
 /* ------------------------------------------------------------------------------------------------ arena */
 
-#define MS_ENC_PLAN_MAX (13 * MS_SAM_MAX_DEPTH + 64) /* 13 buffers per block + the rest */
+#define MS_ENC_PLAN_MAX (20 * MS_SAM_MAX_DEPTH + 64) /* 13 buffers per block, 7 more with PEFT, + the rest */
 
 typedef struct plan {
     int n;
@@ -343,8 +457,23 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
     want(plp, a, &p->x_copy, F(B * c->in_chans * S * S));
     want(plp, a, &p->tok0, F(Mt * D));
     int nsets = with_backward ? c->depth : 1;
+    int64_t r = enc->peft.lora_rank, Da = D / 4;
     for (int i = 0; i < nsets; i++) {
         blk_act *b = &p->blk[i];
+        /* inference mode shares one activation set: it needs the PEFT buffers when any block has PEFT */
+        int lora = with_backward ? has_lora(enc, i) : enc->peft.lora_blocks != 0;
+        int adap = with_backward ? has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
+        if (lora) {
+            want(plp, a, &b->tq, F((Mt + ws2) * r));
+            want(plp, a, &b->tv, F((Mt + ws2) * r));
+        }
+        if (adap) {
+            want(plp, a, &b->a, F(Mt * D));
+            want(plp, a, &b->sa_h, F(Mt * Da));
+            want(plp, a, &b->sa_g, F(Mt * Da));
+            want(plp, a, &b->ma_h, F(Mt * Da));
+            want(plp, a, &b->ma_g, F(Mt * Da));
+        }
         want(plp, a, &b->ln1, F(Mt * D));
         want(plp, a, &b->mean1, F(Mt));
         want(plp, a, &b->rstd1, F(Mt));
@@ -369,6 +498,8 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
     want(plp, a, &p->n2, F(Mt * C));
     want(plp, a, &p->n3_mean, F(Mt));
     want(plp, a, &p->n3_rstd, F(Mt));
+    if (enc->peft.adapter_blocks) want(plp, a, &p->pf_tmp, F(Mt * D));
+    if (enc->peft.lora_blocks && with_backward) want(plp, a, &p->dtq, F((Mt + ws2) * r));
     want(plp, a, &p->zeros, F(ws2 * D));
     want(plp, a, &p->padx, F(ws2 * D));
     want(plp, a, &p->rel_a, F(Lmax * c->head_dim));
@@ -612,6 +743,54 @@ static ms_status block_desc(ms_sam_encoder *enc, int i, int B, ms_attention_desc
     return MS_OK;
 }
 
+/* LoRA (_LoRA_qkv): for n rows whose qkv input is x (n, D), t_q = x·A_qᵀ and t_v = x·A_vᵀ (n, r), kept for backward,
+ * then qkv[:, 0:D] += t_q·B_qᵀ and qkv[:, 2D:3D] += t_v·B_vᵀ (scale 1). The descriptor adds t·Bᵀ into a column
+ * slice of the 3D-wide qkv rows. */
+static ms_matmul_desc lora_desc(int64_t n, int64_t D, int64_t r)
+{
+    ms_matmul_desc d = ms_matmul_plain(n, D, r);
+    d.trans_b = 1;
+    d.ldb = r;
+    d.ldc = 3 * D;
+    d.beta = 1.0f;
+    return d;
+}
+
+static ms_status lora_forward(ms_sam_encoder *enc, int i, float *qkv, float *tq, float *tv, const float *x, int64_t n)
+{
+    ms_params *ps = enc->ps;
+    const ms_sam_enc_block_params *w = &enc->blk[i];
+    int64_t D = enc->cfg.embed_dim, r = enc->peft.lora_rank;
+    ms_matmul_desc d = lora_desc(n, D, r);
+    MS_TRY(ms_linear_forward(enc->dev, tq, x, ms_params_data(ps, w->lora_aq), NULL, n, D, r));
+    MS_TRY(ms_matmul_forward(enc->dev, qkv, tq, ms_params_data(ps, w->lora_bq), &d));
+    MS_TRY(ms_linear_forward(enc->dev, tv, x, ms_params_data(ps, w->lora_av), NULL, n, D, r));
+    return ms_matmul_forward(enc->dev, qkv + 2 * D, tv, ms_params_data(ps, w->lora_bv), &d);
+}
+
+/* dqkv (n rows of 3D) → dB (+=), dA (+=) and dx (+=, when non-NULL) through both LoRA branches; dtq is scratch. */
+static ms_status lora_backward(ms_sam_encoder *enc, int i, const float *dqkv, const float *tq, const float *tv,
+                               const float *x, float *dx, int64_t n)
+{
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    const ms_sam_enc_block_params *w = &enc->blk[i];
+    int64_t D = enc->cfg.embed_dim, r = enc->peft.lora_rank;
+    ms_matmul_desc d = lora_desc(n, D, r);
+    const int s_off[2] = {0, 2};
+    const int a_idx[2] = {w->lora_aq, w->lora_av}, b_idx[2] = {w->lora_bq, w->lora_bv};
+    const float *t[2] = {tq, tv};
+    for (int k = 0; k < 2; k++) {
+        float *gA = ms_params_grad(ps, a_idx[k]);
+        MS_TRY(ms_dev_zero(dev, p->dtq, F(n * r)));
+        MS_TRY(ms_matmul_backward(dev, p->dtq, ms_params_grad(ps, b_idx[k]), dqkv + s_off[k] * D, t[k],
+                                  ms_params_data(ps, b_idx[k]), &d));
+        if (dx || gA) MS_TRY(ms_linear_backward(dev, dx, gA, NULL, p->dtq, x, ms_params_data(ps, a_idx[k]), n, D, r));
+    }
+    return MS_OK;
+}
+
 /* qkv rows of the ws² pad slots: official SAM pads with zero vectors after norm1; finetune-SAM pads before norm1,
  * so its pad tokens are norm1(0) = norm1.bias. */
 static ms_status pad_rows_forward(ms_sam_encoder *enc, int i, blk_act *b)
@@ -625,8 +804,43 @@ static ms_status pad_rows_forward(ms_sam_encoder *enc, int i, blk_act *b)
         MS_TRY(ms_add_bcast_forward(enc->dev, p->padx, p->zeros, ms_params_data(ps, enc->blk[i].norm1_b), ws2, D));
         x = p->padx;
     }
-    return ms_linear_forward(enc->dev, b->qkv + p->pad_base * 3 * D, x, ms_params_data(ps, enc->blk[i].qkv_w),
-                             ms_params_data(ps, enc->blk[i].qkv_b), ws2, D, 3 * D);
+    MS_TRY(ms_linear_forward(enc->dev, b->qkv + p->pad_base * 3 * D, x, ms_params_data(ps, enc->blk[i].qkv_w),
+                             ms_params_data(ps, enc->blk[i].qkv_b), ws2, D, 3 * D));
+    /* the LoRA delta of a zero row is 0, but finetune-SAM's norm1.bias rows get a real one */
+    if (has_lora(enc, i)) {
+        int64_t r = enc->peft.lora_rank;
+        MS_TRY(lora_forward(enc, i, b->qkv + p->pad_base * 3 * D, b->tq + p->pad_base * r, b->tv + p->pad_base * r, x,
+                            ws2));
+    }
+    return MS_OK;
+}
+
+/* Adapter (finetune-SAM common.py): y = fc2(GELU(fc1(x))) for M rows, hidden h/g (M, D/4) kept for backward. */
+static ms_status adapter_forward(ms_sam_encoder *enc, int w1, int b1, int w2, int b2, float *y, float *h, float *g,
+                                 const float *x, int64_t M)
+{
+    ms_params *ps = enc->ps;
+    int64_t D = enc->cfg.embed_dim, Da = D / 4;
+    MS_TRY(ms_linear_forward(enc->dev, h, x, ms_params_data(ps, w1), ms_params_data(ps, b1), M, D, Da));
+    MS_TRY(ms_gelu_forward(enc->dev, g, h, M * Da));
+    return ms_linear_forward(enc->dev, y, g, ms_params_data(ps, w2), ms_params_data(ps, b2), M, Da, D);
+}
+
+/* dy (M, D) → adapter parameter gradients (+=) and dx (+=); dg/dh are (M, D/4) scratch. */
+static ms_status adapter_backward(ms_sam_encoder *enc, int w1, int b1, int w2, int b2, float *dx, const float *dy,
+                                  const float *h, const float *g, const float *x, int64_t M)
+{
+    struct enc_priv *p = enc->priv;
+    ms_params *ps = enc->ps;
+    ms_device *dev = enc->dev;
+    int64_t D = enc->cfg.embed_dim, Da = D / 4;
+    MS_TRY(ms_dev_zero(dev, p->dg, F(M * Da)));
+    MS_TRY(ms_linear_backward(dev, p->dg, ms_params_grad(ps, w2), ms_params_grad(ps, b2), dy, g,
+                              ms_params_data(ps, w2), M, Da, D));
+    MS_TRY(ms_dev_zero(dev, p->dh, F(M * Da)));
+    MS_TRY(ms_gelu_backward(dev, p->dh, p->dg, h, M * Da));
+    return ms_linear_backward(dev, dx, ms_params_grad(ps, w1), ms_params_grad(ps, b1), p->dh, x,
+                              ms_params_data(ps, w1), M, D, Da);
 }
 
 static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
@@ -643,17 +857,29 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
 #define P(x) ms_params_data(ps, w->x)
     MS_TRY(ms_layernorm_forward(dev, b->ln1, b->mean1, b->rstd1, b->x_in, P(norm1_w), P(norm1_b), M, D, c->eps));
     MS_TRY(ms_linear_forward(dev, b->qkv, b->ln1, P(qkv_w), P(qkv_b), M, D, 3 * D));
+    if (has_lora(enc, i)) MS_TRY(lora_forward(enc, i, b->qkv, b->tq, b->tv, b->ln1, M));
     if (!glob) MS_TRY(pad_rows_forward(enc, i, b));
     ms_attention_desc d;
     MS_TRY(block_desc(enc, i, B, &d, &resized));
     MS_TRY(ms_attention_forward(dev, b->ao, b->lse, b->qkv, b->qkv + D, b->qkv + 2 * D, &d));
-    MS_TRY(ms_linear_forward(dev, b->xmid, b->ao, P(proj_w), P(proj_b), M, D, D));
+    int adap = has_adapter(enc, i);
+    if (adap) { /* xmid = x_in + (a + Space_Adapter(a)), a = proj(ao) */
+        MS_TRY(ms_linear_forward(dev, b->a, b->ao, P(proj_w), P(proj_b), M, D, D));
+        MS_TRY(adapter_forward(enc, w->sa_w1, w->sa_b1, w->sa_w2, w->sa_b2, p->pf_tmp, b->sa_h, b->sa_g, b->a, M));
+        MS_TRY(ms_add_forward(dev, b->xmid, b->a, p->pf_tmp, M * D));
+    } else
+        MS_TRY(ms_linear_forward(dev, b->xmid, b->ao, P(proj_w), P(proj_b), M, D, D));
     MS_TRY(ms_add_forward(dev, b->xmid, b->xmid, b->x_in, M * D));
     MS_TRY(ms_layernorm_forward(dev, b->ln2, b->mean2, b->rstd2, b->xmid, P(norm2_w), P(norm2_b), M, D, c->eps));
     MS_TRY(ms_linear_forward(dev, b->h, b->ln2, P(lin1_w), P(lin1_b), M, D, Mlp));
     MS_TRY(ms_gelu_forward(dev, b->gl, b->h, M * Mlp));
     MS_TRY(ms_linear_forward(dev, b->out, b->gl, P(lin2_w), P(lin2_b), M, Mlp, D));
     MS_TRY(ms_add_forward(dev, b->out, b->out, b->xmid, M * D));
+    if (adap) { /* out += scale·MLP_Adapter(ln2), parallel to the MLP */
+        MS_TRY(adapter_forward(enc, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, p->pf_tmp, b->ma_h, b->ma_g, b->ln2, M));
+        MS_TRY(ms_scale_forward(dev, p->pf_tmp, p->pf_tmp, enc->peft.adapter_scale, M * D));
+        MS_TRY(ms_add_forward(dev, b->out, b->out, p->pf_tmp, M * D));
+    }
 #undef P
     return MS_OK;
 }
@@ -717,11 +943,24 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
     MS_TRY(ms_gelu_backward(dev, p->dh, p->dg, b->h, M * Mlp));
     MS_TRY(ms_dev_zero(dev, p->dln, F(M * D)));
     MS_TRY(ms_linear_backward(dev, p->dln, G(lin1_w), G(lin1_b), p->dh, b->ln2, P(lin1_w), M, D, Mlp));
+    int adap = has_adapter(enc, i);
+    if (adap) { /* out += scale·MLP_Adapter(ln2): its input gradient joins d(ln2) */
+        MS_TRY(ms_dev_zero(dev, p->pf_tmp, F(M * D)));
+        MS_TRY(ms_scale_backward(dev, p->pf_tmp, dcur, enc->peft.adapter_scale, M * D));
+        MS_TRY(adapter_backward(enc, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, p->dln, p->pf_tmp, b->ma_h, b->ma_g,
+                                b->ln2, M));
+    }
     MS_TRY(ms_layernorm_backward(dev, dx, G(norm2_w), G(norm2_b), p->dln, b->xmid, P(norm2_w), b->mean2, b->rstd2,
                                  M, D));
     /* attention branch: xmid = x_in + proj(attn(qkv(ln1))); dx holds d(xmid) = the residual part of d(x_in) */
+    const float *dproj = dx;
+    if (adap) { /* xmid = x_in + a + Space_Adapter(a): d(a) = d(xmid) + the adapter's input gradient (dln is free) */
+        MS_TRY(ms_dev_copy(dev, p->dln, dx, F(M * D)));
+        MS_TRY(adapter_backward(enc, w->sa_w1, w->sa_b1, w->sa_w2, w->sa_b2, p->dln, dx, b->sa_h, b->sa_g, b->a, M));
+        dproj = p->dln;
+    }
     MS_TRY(ms_dev_zero(dev, p->dao, F(M * D)));
-    MS_TRY(ms_linear_backward(dev, p->dao, G(proj_w), G(proj_b), dx, b->ao, P(proj_w), M, D, D));
+    MS_TRY(ms_linear_backward(dev, p->dao, G(proj_w), G(proj_b), dproj, b->ao, P(proj_w), M, D, D));
     int64_t qrows = glob ? M : p->pad_base + ws2;
     MS_TRY(ms_dev_zero(dev, p->dqkv, F(qrows * 3 * D)));
     ms_attention_desc d;
@@ -737,8 +976,11 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
                                  b->qkv + D, b->qkv + 2 * D, &d));
     if (resized && drh) MS_TRY(ms_rel_pos_resize_backward(dev, drh, p->drel_a, L, d.len_h, c->head_dim));
     if (resized && drw) MS_TRY(ms_rel_pos_resize_backward(dev, drw, p->drel_b, L, d.len_w, c->head_dim));
+    int lora = has_lora(enc, i);
+    int64_t r = enc->peft.lora_rank;
     if (!glob) {
-        /* pad rows: their k/v gradients flow into qkv.bias (and, finetune-SAM, through W into norm1.bias) */
+        /* pad rows: their k/v gradients flow into qkv.bias (and, finetune-SAM, through W into norm1.bias); with
+         * LoRA and finetune-SAM's norm1.bias pads, their q/v gradients also reach A, B and norm1.bias */
         const float *dpad = p->dqkv + p->pad_base * 3 * D;
         if (c->finetune_sam_block) {
             float *gb1 = G(norm1_b);
@@ -747,12 +989,17 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
             if (gb1) MS_TRY(ms_dev_zero(dev, p->dpadx, F(ws2 * D)));
             MS_TRY(ms_linear_backward(dev, gb1 ? p->dpadx : NULL, G(qkv_w), G(qkv_b), dpad, p->padx, P(qkv_w), ws2,
                                       D, 3 * D));
+            if (lora)
+                MS_TRY(lora_backward(enc, i, dpad, b->tq + p->pad_base * r, b->tv + p->pad_base * r, p->padx,
+                                     gb1 ? p->dpadx : NULL, ws2));
             if (gb1) MS_TRY(ms_add_bcast_backward(dev, NULL, gb1, p->dpadx, ws2, D));
         } else {
+            /* zero pad rows: their LoRA t = 0·Aᵀ = 0, so they give A and B no gradient */
             MS_TRY(ms_linear_backward(dev, NULL, NULL, G(qkv_b), dpad, p->zeros, P(qkv_w), ws2, D, 3 * D));
         }
     }
     MS_TRY(ms_dev_zero(dev, p->dln, F(M * D)));
+    if (lora) MS_TRY(lora_backward(enc, i, p->dqkv, b->tq, b->tv, b->ln1, p->dln, M));
     MS_TRY(ms_linear_backward(dev, p->dln, G(qkv_w), G(qkv_b), p->dqkv, b->ln1, P(qkv_w), M, D, 3 * D));
     MS_TRY(ms_layernorm_backward(dev, dx, G(norm1_w), G(norm1_b), p->dln, b->x_in, P(norm1_w), b->mean1, b->rstd1,
                                  M, D));
@@ -924,6 +1171,9 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     MS_FAIL_IF(!p, MS_EBADSTATE, "sam encoder: ms_sam_encoder_reserve was not called");
     MS_FAIL_IF(B <= 0 || B > enc->max_batch, MS_EINVAL, "sam encoder: batch %d, reserved for %d", B,
                enc->max_batch);
+    /* PEFT is a fine-tuning feature; MAE pretraining has no use for it, so the subset path stays PEFT-free */
+    MS_FAIL_IF(has_peft(enc), MS_EUNSUPPORTED,
+               "sam encoder: the token-subset (MAE) path does not support LoRA/adapters; use the dense forward");
     const ms_sam_enc_config *c = &enc->cfg;
     ms_params *ps = enc->ps;
     ms_device *dev = enc->dev;

@@ -94,7 +94,12 @@ typedef struct ms_sam_enc_block_params {
  * with its skip); out = xmid + mlp(ln2) + adapter_scale·fc2(GELU(fc1(ln2)))  (MLP_Adapter, parallel, no skip);
  * hidden width D/4; names <prefix>blocks.i.{Space_Adapter,MLP_Adapter}.D_fc{1,2}.{weight,bias}.
  * PEFT tensors are registered as optional (ms_params_set_optional), so a plain SAM file loads and leaves them at
- * their initialisation. Dense forward/backward only: the token-subset (MAE) path refuses an encoder with PEFT. */
+ * their initialisation; biases are no_decay. They are appended after the encoder's tensors (ms_params keeps insertion
+ * order), block by block: LoRA a_q, b_q, a_v, b_v, then Space_Adapter fc1 w/b, fc2 w/b, then MLP_Adapter.
+ * Bits of lora_blocks / adapter_blocks at or above depth are ignored; lora_rank 0 means no LoRA; adapter_scale 0
+ * means 0.5. Frozen PEFT or base tensors get no gradient, but activation gradients still flow through every branch.
+ * Dense forward/backward only: ms_sam_encoder_forward_subset (MAE) returns MS_EUNSUPPORTED for an encoder with PEFT.
+ * Tested by tests/finetune/test_peft_encoder.c (reference: tests/reference/peft_ref_encoder.py). */
 typedef struct ms_sam_enc_peft {
     int lora_rank;            /* 0 = no LoRA */
     uint64_t lora_blocks;     /* bit i = block i */
@@ -123,7 +128,8 @@ typedef struct ms_sam_encoder {
 /* Registers the encoder's tensors in ps with names prefix + SAM key ("image_encoder.blocks.0.attn.qkv.weight").
  * ps must not be allocated yet. */
 ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg, ms_params *ps, const char *prefix);
-/* Adds LoRA and/or adapter tensors (after ms_sam_encoder_init, before ms_params_alloc). */
+/* Adds LoRA and/or adapter tensors (after ms_sam_encoder_init, before ms_params_alloc and ms_sam_encoder_reserve;
+ * once). enc->peft then holds the effective settings (masked to depth). */
 ms_status ms_sam_encoder_add_peft(ms_sam_encoder *enc, const ms_sam_enc_peft *pf);
 /* Initialises the PEFT tensors only (parameters allocated): LoRA A = U(±1/√fan_in) (kaiming_uniform a=√5), B = 0 —
  * so the model starts equal to the base — and adapters with PyTorch's Linear default (weights and biases
@@ -154,7 +160,8 @@ ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float 
 const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage);
 
 /* Sets every encoder parameter to PyTorch's default init (LN γ=1 β=0, pos_embed and rel-pos 0, linear/conv weights
- * and biases U(±1/√fan_in)) from seed, for `--init random`. The parameters must be allocated. */
+ * and biases U(±1/√fan_in)) from seed, for `--init random`, PEFT tensors included (ms_sam_encoder_peft_init_random:
+ * LoRA B = 0). The parameters must be allocated. */
 ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed);
 
 /* ---- token subsets (MAE pretraining: the encoder on visible tokens only, mae.md §4.4) -------------------------

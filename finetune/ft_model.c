@@ -1,0 +1,613 @@
+/* finetune/ft_model.c — see ft_model.h. The trainable table of docs/FINETUNE.md lives in set_trainable(). */
+#include "ft_model.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoints/rundir.h"
+#include "data/ingest.h"
+#include "ops.h"
+
+/* ---- configuration ------------------------------------------------------------------------------------------ */
+
+void ms_ft_config_default(ms_ft_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->model, sizeof c->model, "vit_b");
+    c->method = MS_FT_FULL;
+    c->scope = MS_FT_SCOPE_DECODER;
+    c->prompt = MS_PROMPT_NONE;
+    c->lora_rank = 4;
+    c->adapter_scale = 0.5f;
+    c->n_tasks = 1;
+    snprintf(c->task[0].name, MS_FT_NAME_MAX, "task");
+    c->task[0].num_cls = 2;
+    c->task[0].values[1] = 1;
+    ms_prep_config_default(&c->prep, 1024);
+    c->prep.channels = 3;
+    c->axis = MS_AXIS_AXIAL;
+    c->intensity = MS_NORM_PERCENTILE;
+    c->p_lo = 0.5;
+    c->p_hi = 99.5;
+}
+
+static const char *method_names[] = {"full", "lora", "adapter"};
+static const char *scope_names[] = {"decoder", "encoder+decoder"};
+static const char *prompt_names[] = {"none", "box", "point", "hybrid"};
+
+const char *ms_ft_method_name(ms_ft_method m) { return (unsigned)m < 3 ? method_names[m] : "?"; }
+const char *ms_ft_scope_name(ms_ft_scope s) { return (unsigned)s < 2 ? scope_names[s] : "?"; }
+const char *ms_prompt_mode_name(ms_prompt_mode p) { return (unsigned)p < 4 ? prompt_names[p] : "?"; }
+
+ms_status ms_ft_method_parse(const char *s, ms_ft_method *m)
+{
+    for (int i = 0; i < 3; i++) if (!strcmp(s, method_names[i])) { *m = (ms_ft_method)i; return MS_OK; }
+    return ms_error(MS_EINVAL, "--method %s: expected full, lora or adapter", s);
+}
+
+ms_status ms_ft_scope_parse(const char *s, ms_ft_scope *sc)
+{
+    for (int i = 0; i < 2; i++) if (!strcmp(s, scope_names[i])) { *sc = (ms_ft_scope)i; return MS_OK; }
+    return ms_error(MS_EINVAL, "--scope %s: expected decoder or encoder+decoder", s);
+}
+
+ms_status ms_prompt_mode_parse(const char *s, ms_prompt_mode *p)
+{
+    for (int i = 0; i < 4; i++) if (!strcmp(s, prompt_names[i])) { *p = (ms_prompt_mode)i; return MS_OK; }
+    return ms_error(MS_EINVAL, "--prompt %s: expected none, box, point or hybrid", s);
+}
+
+int ms_ft_out_channels(const ms_ft_config *c, int t) { return c->prompt == MS_PROMPT_NONE ? c->task[t].num_cls : 2; }
+
+int ms_ft_task_find(const ms_ft_config *c, const char *name)
+{
+    for (int t = 0; t < c->n_tasks; t++) if (!strcmp(c->task[t].name, name)) return t;
+    return -1;
+}
+
+static ms_status config_check(const ms_ft_config *c)
+{
+    MS_FAIL_IF(c->n_tasks < 1 || c->n_tasks > MS_FT_MAX_TASKS, MS_EINVAL, "finetune: %d tasks (1..%d)", c->n_tasks,
+               MS_FT_MAX_TASKS);
+    for (int t = 0; t < c->n_tasks; t++) {
+        const ms_ft_task *k = &c->task[t];
+        MS_FAIL_IF(!k->name[0] || strchr(k->name, '.') || strchr(k->name, '/'), MS_EINVAL,
+                   "finetune: task name \"%s\" must be non-empty, without '.' or '/'", k->name);
+        MS_FAIL_IF(k->num_cls < 2 || k->num_cls > MS_FT_MAX_CLASSES, MS_EINVAL,
+                   "task %s: %d classes (2..%d, background included)", k->name, k->num_cls, MS_FT_MAX_CLASSES);
+        for (int u = 0; u < t; u++)
+            MS_FAIL_IF(!strcmp(c->task[u].name, k->name), MS_EINVAL, "finetune: task name %s given twice", k->name);
+    }
+    MS_FAIL_IF(c->method != MS_FT_FULL && c->method != MS_FT_LORA && c->method != MS_FT_ADAPTER, MS_EINVAL,
+               "finetune: bad method");
+    MS_FAIL_IF(c->method == MS_FT_LORA && (c->lora_rank < 1 || c->lora_rank > 256), MS_EINVAL,
+               "finetune: LoRA rank %d (1..256)", c->lora_rank);
+    return MS_OK;
+}
+
+/* ---- the trainable table (docs/FINETUNE.md) ----------------------------------------------------------------- */
+
+static int is_lora(const char *n)
+{
+    return strstr(n, ".linear_a_") || strstr(n, ".linear_b_") || strstr(n, "_proj.w_a.") || strstr(n, "_proj.w_b.");
+}
+static int is_adapter(const char *n) { return strstr(n, "Adapter.") != NULL; }
+/* The output heads that a fresh num_cls needs trained: tokens, upscaling, hypernetworks, IoU head (any task). */
+static int is_head(const char *n)
+{
+    static const char *h[] = {"mask_decoder.iou_token.", "mask_decoder.mask_tokens.", "mask_decoder.output_upscaling.",
+                              "mask_decoder.output_hypernetworks_mlps.", "mask_decoder.iou_prediction_head."};
+    for (size_t i = 0; i < sizeof h / sizeof *h; i++) if (strstr(n, h[i])) return 1;
+    return 0;
+}
+
+static void set_trainable(ms_ft_model *m)
+{
+    const ms_ft_config *c = &m->cfg;
+    ms_params *ps = &m->sam.ps;
+    for (int i = 0; i < ps->n; i++) {
+        const char *n = ps->p[i].name;
+        int enc = !strncmp(n, "image_encoder.", 14), pe = !strncmp(n, "prompt_encoder.", 15);
+        int tr = 0;
+        switch (c->method) {
+        case MS_FT_FULL:
+            tr = c->scope == MS_FT_SCOPE_ENC_DEC ? 1 : !enc;
+            break;
+        case MS_FT_LORA:
+            /* finetune-SAM's LoRA_Sam freezes only the encoder and the decoder's transformer */
+            tr = is_lora(n) || is_head(n) || (c->compat_finetune_sam && pe);
+            break;
+        case MS_FT_ADAPTER:
+            /* finetune-SAM freezes every name without "Adapter", its re-initialised heads included */
+            tr = is_adapter(n) || (!c->compat_finetune_sam && is_head(n));
+            break;
+        }
+        ps->p[i].trainable = tr;
+    }
+    ms_sam_prompt_freeze_buffers(&m->sam.pe);
+}
+
+/* ---- build ---------------------------------------------------------------------------------------------------- */
+
+static const char *head_keys[] = {"mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
+                                  "mask_decoder.iou_prediction_head."};
+
+static int is_head0_key(const char *n)
+{
+    for (int i = 0; i < 3; i++) if (!strncmp(n, head_keys[i], strlen(head_keys[i]))) return 1;
+    return 0;
+}
+
+static uint64_t all_blocks(int depth) { return depth >= 64 ? ~0ull : ((1ull << depth) - 1); }
+
+/* mode 0: start from SAM weights (init may be NULL = random); mode 1: an exact run checkpoint, inference only. */
+static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_dict *init, uint64_t seed,
+                       ms_device *dev, int exact)
+{
+    memset(m, 0, sizeof *m);
+    m->dev = dev;
+    m->cfg = *cfg;
+    MS_TRY(config_check(cfg));
+    ms_ft_config *c = &m->cfg;
+    ms_sam_config sc;
+    int M0 = ms_ft_out_channels(c, 0) + 1, file_M = 0;
+    if (init) {
+        MS_TRY(ms_sam_config_from_sd(init, &sc));
+        file_M = sc.n_mask_tokens;
+        sc.n_mask_tokens = M0;
+        int d = sc.enc.embed_dim;
+        snprintf(c->model, sizeof c->model, "%s", d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h"
+                                                    : d == 192 ? "vit_test" : "custom");
+    } else {
+        MS_TRY(ms_sam_config_named(c->model, M0, &sc));
+    }
+    sc.enc.finetune_sam_block = c->compat_finetune_sam;
+    MS_FAIL_IF(c->prep.size != sc.enc.img_size, MS_EUNSUPPORTED,
+               "finetune: input size %d differs from the model's %d (only the native size is supported)", c->prep.size,
+               sc.enc.img_size);
+    c->prep.label_size = 4 * ms_sam_enc_grid(&sc.enc);
+    c->prep.channels = 3;
+    MS_TRY(ms_sam_register(&m->sam, &sc, dev));
+    ms_sam *s = &m->sam;
+    ms_status rc = MS_OK;
+    m->head[0] = 0;
+    for (int t = 1; t < c->n_tasks && !rc; t++) {
+        char prefix[160];
+        snprintf(prefix, sizeof prefix, "tasks.%s.mask_decoder.", c->task[t].name);
+        m->head[t] = ms_sam_decoder_add_head(&s->dec, prefix, ms_ft_out_channels(c, t) + 1);
+        if (m->head[t] < 0) rc = ms_error(MS_EINVAL, "%s", ms_errmsg());
+    }
+    /* PEFT tensors: decoder always (for lora / adapter), encoder only when it trains */
+    m->encoder_trains = c->scope == MS_FT_SCOPE_ENC_DEC;
+    if (!rc && c->method != MS_FT_FULL) {
+        ms_sam_dec_peft dp = {0};
+        dp.adapter_scale = c->adapter_scale;
+        if (c->method == MS_FT_LORA) dp.lora_rank = c->lora_rank;
+        else dp.adapters = 1;
+        rc = ms_sam_decoder_add_peft(&s->dec, &dp);
+        if (!rc && m->encoder_trains) {
+            ms_sam_enc_peft ep = {0};
+            ep.adapter_scale = c->adapter_scale;
+            uint64_t all = all_blocks(sc.enc.depth);
+            if (c->method == MS_FT_LORA) {
+                ep.lora_rank = c->lora_rank;
+                ep.lora_blocks = c->lora_blocks ? (c->lora_blocks & all) : all;
+            } else {
+                ep.adapter_blocks = c->adapter_blocks ? (c->adapter_blocks & all) : all;
+            }
+            rc = ms_sam_encoder_add_peft(&s->enc, &ep);
+        }
+    }
+    if (!rc) rc = ms_sam_alloc(s);
+    if (rc) goto fail;
+
+    /* initial values */
+    if (!init) {
+        rc = ms_sam_encoder_init_random(&s->enc, seed);
+        if (!rc) rc = ms_sam_init_default(&s->ps, "prompt_encoder.", seed);
+        if (!rc) rc = ms_sam_init_default(&s->ps, "mask_decoder.", seed + 1);
+    } else if (exact) {
+        rc = ms_params_load(&s->ps, init, "");
+    } else {
+        /* finetune-SAM's load_from: a different mask-token count drops the head keys (they are re-initialised).
+         * The view shares the entries' memory; only its index array is ours. */
+        ms_state_dict view = *init;
+        int reinit = file_M != M0;
+        view.e = malloc((size_t)(init->n ? init->n : 1) * sizeof *view.e);
+        if (!view.e) { rc = ms_error(MS_ENOMEM, "out of memory"); goto fail; }
+        view.n = 0;
+        for (int i = 0; i < init->n; i++)
+            if (!(reinit && is_head0_key(init->e[i].name))) view.e[view.n++] = init->e[i];
+        view.cap = view.n;
+        for (int i = 0; reinit && i < 3; i++) ms_params_set_optional(&s->ps, head_keys[i], 1);
+        rc = ms_params_load(&s->ps, &view, "");
+        for (int i = 0; reinit && i < 3; i++) ms_params_set_optional(&s->ps, head_keys[i], 0);
+        free(view.e);
+        if (!rc && reinit) {
+            fprintf(stderr, "note: the weights have %d mask tokens, task %s needs %d: mask tokens, hypernetwork MLPs "
+                            "and IoU head re-initialised (as finetune-SAM does)\n", file_M, c->task[0].name, M0);
+            rc = ms_sam_decoder_head_init_random(&s->dec, 0, seed + 5);
+        }
+    }
+    if (!exact) {
+        for (int t = 1; t < c->n_tasks && !rc; t++)
+            rc = ms_sam_decoder_head_init_random(&s->dec, m->head[t], seed + 5 + (uint64_t)t);
+        if (!rc && c->method != MS_FT_FULL) {
+            rc = ms_sam_decoder_peft_init_random(&s->dec, seed + 3);
+            if (!rc && m->encoder_trains) rc = ms_sam_encoder_peft_init_random(&s->enc, seed + 4);
+        }
+    }
+    if (rc) goto fail;
+    if (exact) {
+        for (int i = 0; i < s->ps.n; i++) s->ps.p[i].trainable = 0;
+        m->encoder_trains = 0;
+    } else {
+        set_trainable(m);
+        rc = ms_params_alloc_grads(&s->ps);
+        if (rc) goto fail;
+    }
+    m->last_task = -1;
+    return MS_OK;
+fail:
+    ms_ft_model_free(m);
+    return rc;
+}
+
+ms_status ms_ft_model_build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_dict *init, uint64_t seed,
+                            ms_device *dev)
+{
+    return build(m, cfg, init, seed, dev, 0);
+}
+
+static int c_max(const ms_ft_config *c)
+{
+    int cm = 0;
+    for (int t = 0; t < c->n_tasks; t++) if (ms_ft_out_channels(c, t) > cm) cm = ms_ft_out_channels(c, t);
+    return cm;
+}
+
+static void free_buffers(ms_ft_model *m)
+{
+    ms_device *dev = m->dev;
+    if (!dev) return;
+    ms_dev_free(dev, m->x);
+    ms_dev_free(dev, m->emb);
+    ms_dev_free(dev, m->demb);
+    ms_dev_free(dev, m->logits);
+    ms_dev_free(dev, m->dlogits);
+    ms_dev_free(dev, m->dmasks);
+    ms_sam_prompt_state_free(dev, &m->pst);
+    free(m->d_sparse);
+    m->x = m->emb = m->demb = m->logits = m->dlogits = m->dmasks = m->d_sparse = NULL;
+    memset(&m->pst, 0, sizeof m->pst);
+    m->max_batch = 0;
+}
+
+ms_status ms_ft_model_reserve(ms_ft_model *m, int max_batch, int train)
+{
+    free_buffers(m);
+    MS_FAIL_IF(max_batch < 1, MS_EINVAL, "finetune: batch %d", max_batch);
+    ms_sam *s = &m->sam;
+    ms_device *dev = m->dev;
+    const int64_t S = s->img_size, g = s->emb_h, lo = 4 * g, B = max_batch, C = c_max(&m->cfg);
+    m->max_batch = max_batch;
+    m->with_backward = train;
+    MS_TRY(ms_sam_encoder_reserve(&s->enc, dev, max_batch, train && m->encoder_trains));
+#define A(p, n) MS_TRY(ms_dev_alloc(dev, (size_t)(n) * sizeof(float), (void **)&(p)))
+    A(m->x, B * 3 * S * S);
+    A(m->emb, B * 256 * g * g);
+    A(m->logits, B * C * lo * lo);
+    if (train) {
+        A(m->dlogits, B * C * lo * lo);
+        A(m->dmasks, B * (C + 1) * lo * lo);
+        if (m->encoder_trains) A(m->demb, B * 256 * g * g);
+    }
+#undef A
+    return MS_OK;
+}
+
+void ms_ft_model_free(ms_ft_model *m)
+{
+    free_buffers(m);
+    ms_sam_free(&m->sam);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---- forward / backward ---------------------------------------------------------------------------------------- */
+
+ms_status ms_ft_model_encode(ms_ft_model *m, const float *x, int B)
+{
+    MS_FAIL_IF(!m->max_batch, MS_EBADSTATE, "finetune model: ms_ft_model_reserve was not called");
+    MS_FAIL_IF(B < 1 || B > m->max_batch, MS_EINVAL, "finetune model: batch %d, reserved %d", B, m->max_batch);
+    return ms_sam_encoder_forward(&m->sam.enc, x, B, m->emb);
+}
+
+ms_status ms_ft_model_decode(ms_ft_model *m, int t, const float *emb, int B, const ms_sam_prompts *pr)
+{
+    MS_FAIL_IF(!m->max_batch, MS_EBADSTATE, "finetune model: ms_ft_model_reserve was not called");
+    MS_FAIL_IF(t < 0 || t >= m->cfg.n_tasks, MS_EINVAL, "finetune model: task %d of %d", t, m->cfg.n_tasks);
+    MS_FAIL_IF(B < 1 || B > m->max_batch, MS_EINVAL, "finetune model: batch %d, reserved %d", B, m->max_batch);
+    MS_FAIL_IF(pr && pr->bp != B, MS_EINVAL, "finetune model: %d prompts for %d images", pr->bp, B);
+    MS_FAIL_IF(!pr && m->cfg.prompt != MS_PROMPT_NONE, MS_EINVAL, "finetune model: the model was trained with %s "
+               "prompts; give prompts", ms_prompt_mode_name(m->cfg.prompt));
+    ms_sam *s = &m->sam;
+    ms_device *dev = m->dev;
+    MS_TRY(ms_sam_decoder_use_head(&s->dec, m->head[t]));
+    ms_sam_prompts none = {.bp = 1, .n_points = 0, .points = NULL, .labels = NULL, .boxes = NULL, .masks = NULL};
+    MS_TRY(ms_sam_prompt_forward(dev, &s->pe, pr ? pr : &none, &m->pst));
+    MS_TRY(ms_sam_decoder_forward(dev, &s->dec, emb, B, &m->pst));
+    const int64_t M = s->dec.M, C = M - 1, P = 16 * (int64_t)s->emb_h * s->emb_w;
+    MS_FAIL_IF(C != ms_ft_out_channels(&m->cfg, t), MS_EBADSTATE, "finetune model: head of task %d has %d channels",
+               t, (int)C);
+    /* channels = mask tokens 1..M−1 (token 0 is SAM's single-mask output, unused: sam.md §6.4) */
+    for (int b = 0; b < B; b++)
+        MS_TRY(ms_dev_copy(dev, m->logits + (int64_t)b * C * P, s->dec.masks + ((int64_t)b * M + 1) * P,
+                           (size_t)(C * P) * sizeof(float)));
+    m->last_task = t;
+    m->last_B = B;
+    m->last_C = (int)C;
+    m->last_emb = emb;
+    return MS_OK;
+}
+
+ms_status ms_ft_model_backward(ms_ft_model *m, const float *dlogits)
+{
+    MS_FAIL_IF(!m->with_backward, MS_EBADSTATE, "finetune model: reserved without backward");
+    MS_FAIL_IF(m->last_task < 0, MS_EBADSTATE, "finetune model: backward before decode");
+    ms_sam *s = &m->sam;
+    ms_device *dev = m->dev;
+    const int B = m->last_B;
+    const int64_t C = m->last_C, M = C + 1, P = 16 * (int64_t)s->emb_h * s->emb_w;
+    MS_FAIL_IF(s->dec.M != M, MS_EBADSTATE, "finetune model: the decoder ran another head since the decode");
+    MS_TRY(ms_dev_zero(dev, m->dmasks, (size_t)(B * M * P) * sizeof(float)));
+    for (int b = 0; b < B; b++)
+        MS_TRY(ms_dev_copy(dev, m->dmasks + ((int64_t)b * M + 1) * P, dlogits + (int64_t)b * C * P,
+                           (size_t)(C * P) * sizeof(float)));
+    int enc = m->encoder_trains && m->last_emb == m->emb;
+    if (enc) MS_TRY(ms_dev_zero(dev, m->demb, (size_t)B * 256 * s->emb_h * s->emb_w * sizeof(float)));
+    /* sparse prompt gradients only matter when the prompt encoder trains and there were prompt tokens */
+    float *dsp = NULL;
+    int64_t nsp = (int64_t)m->pst.bp * m->pst.ns * 256;
+    int pe_trains = ms_params_grad(&s->ps, s->pe.pt[0]) != NULL;
+    if (pe_trains && nsp > 0) {
+        free(m->d_sparse);
+        m->d_sparse = calloc((size_t)nsp, sizeof(float));
+        MS_FAIL_IF(!m->d_sparse, MS_ENOMEM, "out of memory");
+        dsp = m->d_sparse;
+    }
+    MS_TRY(ms_sam_decoder_backward(dev, &s->dec, m->dmasks, NULL, enc ? m->demb : NULL, dsp, NULL));
+    if (dsp) MS_TRY(ms_sam_prompt_backward(dev, &s->pe, &m->pst, dsp, NULL));
+    if (enc) MS_TRY(ms_sam_encoder_backward(&s->enc, m->demb, NULL));
+    return MS_OK;
+}
+
+int64_t ms_ft_model_trainable_numel(const ms_ft_model *m, int *n_tensors)
+{
+    int64_t n = 0;
+    int k = 0;
+    for (int i = 0; i < m->sam.ps.n; i++)
+        if (m->sam.ps.p[i].trainable) { n += m->sam.ps.p[i].numel; k++; }
+    if (n_tensors) *n_tensors = k;
+    return n;
+}
+
+/* ---- meta.json ------------------------------------------------------------------------------------------------- */
+
+static cJSON *blocks_json(uint64_t bits)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < 64; i++) if (bits >> i & 1) cJSON_AddItemToArray(a, cJSON_CreateNumber(i));
+    return a;
+}
+
+static const char *axis_name(int a)
+{
+    return a == MS_AXIS_SAGITTAL ? "sagittal" : a == MS_AXIS_CORONAL ? "coronal" : a == MS_AXIS_AXIAL ? "axial" : "auto";
+}
+
+ms_status ms_ft_meta_write(const char *path, const ms_ft_config *c, const char *extra_json)
+{
+    cJSON *o = cJSON_CreateObject(), *extra = NULL;
+    MS_FAIL_IF(!o, MS_ENOMEM, "out of memory");
+    cJSON_AddStringToObject(o, "format", "mrisam-finetune");
+    cJSON_AddNumberToObject(o, "version", 1);
+    cJSON_AddStringToObject(o, "model", c->model);
+    cJSON_AddStringToObject(o, "method", ms_ft_method_name(c->method));
+    cJSON_AddStringToObject(o, "scope", ms_ft_scope_name(c->scope));
+    cJSON_AddStringToObject(o, "prompt", ms_prompt_mode_name(c->prompt));
+    cJSON_AddNumberToObject(o, "lora_rank", c->lora_rank);
+    cJSON_AddItemToObject(o, "lora_blocks", blocks_json(c->lora_blocks));
+    cJSON_AddItemToObject(o, "adapter_blocks", blocks_json(c->adapter_blocks));
+    cJSON_AddNumberToObject(o, "adapter_scale", c->adapter_scale);
+    cJSON_AddNumberToObject(o, "compat_finetune_sam", c->compat_finetune_sam);
+    cJSON *tasks = cJSON_AddArrayToObject(o, "tasks");
+    for (int t = 0; t < c->n_tasks; t++) {
+        const ms_ft_task *k = &c->task[t];
+        cJSON *to = cJSON_CreateObject(), *v = cJSON_CreateArray(), *nm = cJSON_CreateArray();
+        cJSON_AddStringToObject(to, "name", k->name);
+        cJSON_AddNumberToObject(to, "num_cls", k->num_cls);
+        for (int i = 0; i < k->num_cls; i++) {
+            cJSON_AddItemToArray(v, cJSON_CreateNumber(k->values[i]));
+            cJSON_AddItemToArray(nm, cJSON_CreateString(k->class_names[i]));
+        }
+        cJSON_AddItemToObject(to, "values", v);
+        cJSON_AddItemToObject(to, "class_names", nm);
+        cJSON_AddItemToArray(tasks, to);
+    }
+    cJSON *pp = cJSON_AddObjectToObject(o, "preprocess");
+    cJSON_AddNumberToObject(pp, "input_size", c->prep.size);
+    cJSON_AddStringToObject(pp, "resize", c->prep.resize == MS_RESIZE_STRETCH ? "stretch" : "longest");
+    cJSON_AddStringToObject(pp, "norm", c->prep.norm == MS_NORM_UNIT ? "medsam" : "sam");
+    cJSON_AddNumberToObject(pp, "label_size", c->prep.label_size);
+    cJSON_AddStringToObject(pp, "axis", axis_name(c->axis));
+    cJSON_AddStringToObject(pp, "intensity", ms_norm_name(c->intensity));
+    cJSON_AddNumberToObject(pp, "p_lo", c->p_lo);
+    cJSON_AddNumberToObject(pp, "p_hi", c->p_hi);
+    ms_status rc = MS_OK;
+    if (extra_json) {
+        extra = cJSON_Parse(extra_json);
+        if (!extra || !cJSON_IsObject(extra)) rc = ms_error(MS_EINVAL, "meta.json: extra members are not an object");
+        else
+            for (cJSON *it = extra->child; it; it = it->next)
+                cJSON_AddItemToObject(o, it->string, cJSON_Duplicate(it, 1));
+    }
+    char *txt = rc ? NULL : cJSON_Print(o);
+    if (!rc && !txt) rc = ms_error(MS_ENOMEM, "out of memory");
+    if (!rc) rc = ms_write_file_atomic(path, txt, strlen(txt));
+    free(txt);
+    cJSON_Delete(extra);
+    cJSON_Delete(o);
+    return rc;
+}
+
+static uint64_t blocks_from_json(const cJSON *a)
+{
+    uint64_t b = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a) if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble < 64)
+        b |= 1ull << (int)it->valuedouble;
+    return b;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int jnum(const cJSON *o, const char *k, double *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsNumber(v)) return 0;
+    *out = v->valuedouble;
+    return 1;
+}
+
+ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
+{
+    char *txt = NULL;
+    size_t len = 0;
+    MS_TRY(ms_read_file(path, 1 << 20, &txt, &len));
+    cJSON *o = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    MS_FAIL_IF(!o, MS_EFORMAT, "%s: not valid JSON", path);
+    ms_status rc = MS_OK;
+    ms_ft_config_default(c);
+    const char *s;
+    double v;
+#define BAD(...) do { rc = ms_error(MS_EFORMAT, __VA_ARGS__); goto leave; } while (0)
+    s = jstr(o, "format");
+    if (!s || strcmp(s, "mrisam-finetune")) BAD("%s: not a mrisam finetune meta.json", path);
+    if (!jnum(o, "version", &v) || v != 1) BAD("%s: unsupported version", path);
+    if (!(s = jstr(o, "model"))) BAD("%s: no model", path);
+    snprintf(c->model, sizeof c->model, "%s", s);
+    if (!(s = jstr(o, "method")) || ms_ft_method_parse(s, &c->method)) BAD("%s: bad method", path);
+    if (!(s = jstr(o, "scope")) || ms_ft_scope_parse(s, &c->scope)) BAD("%s: bad scope", path);
+    if (!(s = jstr(o, "prompt")) || ms_prompt_mode_parse(s, &c->prompt)) BAD("%s: bad prompt", path);
+    if (jnum(o, "lora_rank", &v)) c->lora_rank = (int)v;
+    c->lora_blocks = blocks_from_json(cJSON_GetObjectItemCaseSensitive(o, "lora_blocks"));
+    c->adapter_blocks = blocks_from_json(cJSON_GetObjectItemCaseSensitive(o, "adapter_blocks"));
+    if (jnum(o, "adapter_scale", &v)) c->adapter_scale = (float)v;
+    if (jnum(o, "compat_finetune_sam", &v)) c->compat_finetune_sam = v != 0;
+    const cJSON *tasks = cJSON_GetObjectItemCaseSensitive(o, "tasks"), *t;
+    if (!cJSON_IsArray(tasks) || cJSON_GetArraySize(tasks) < 1 || cJSON_GetArraySize(tasks) > MS_FT_MAX_TASKS)
+        BAD("%s: tasks must be an array of 1..%d", path, MS_FT_MAX_TASKS);
+    c->n_tasks = 0;
+    cJSON_ArrayForEach(t, tasks) {
+        ms_ft_task *k = &c->task[c->n_tasks++];
+        memset(k, 0, sizeof *k);
+        if (!(s = jstr(t, "name")) || strlen(s) >= MS_FT_NAME_MAX) BAD("%s: task without a name", path);
+        snprintf(k->name, sizeof k->name, "%s", s);
+        if (!jnum(t, "num_cls", &v) || v < 2 || v > MS_FT_MAX_CLASSES) BAD("%s: task %s: bad num_cls", path, k->name);
+        k->num_cls = (int)v;
+        const cJSON *vals = cJSON_GetObjectItemCaseSensitive(t, "values"), *names = cJSON_GetObjectItemCaseSensitive(t, "class_names");
+        if (!cJSON_IsArray(vals) || cJSON_GetArraySize(vals) != k->num_cls) BAD("%s: task %s: values", path, k->name);
+        for (int i = 0; i < k->num_cls; i++) {
+            const cJSON *x = cJSON_GetArrayItem(vals, i);
+            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 65535)
+                BAD("%s: task %s: bad class value", path, k->name);
+            k->values[i] = (uint16_t)x->valuedouble;
+            const cJSON *n = cJSON_IsArray(names) ? cJSON_GetArrayItem(names, i) : NULL;
+            if (cJSON_IsString(n)) snprintf(k->class_names[i], MS_FT_NAME_MAX, "%s", n->valuestring);
+        }
+    }
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(o, "preprocess");
+    if (!cJSON_IsObject(pp) || !jnum(pp, "input_size", &v) || v < 16 || v > 8192) BAD("%s: preprocess.input_size", path);
+    ms_prep_config_default(&c->prep, (int)v);
+    c->prep.channels = 3;
+    if (ms_prep_parse(&c->prep, jstr(pp, "resize"), jstr(pp, "norm"))) BAD("%s: preprocess resize/norm", path);
+    if (jnum(pp, "label_size", &v)) c->prep.label_size = (int)v;
+    s = jstr(pp, "axis");
+    c->axis = !s ? MS_AXIS_AXIAL : !strcmp(s, "sagittal") ? MS_AXIS_SAGITTAL : !strcmp(s, "coronal") ? MS_AXIS_CORONAL
+              : !strcmp(s, "axial") ? MS_AXIS_AXIAL : MS_AXIS_AUTO;
+    if ((s = jstr(pp, "intensity")) && ms_norm_parse(s, &c->intensity)) BAD("%s: preprocess.intensity", path);
+    if (jnum(pp, "p_lo", &v)) c->p_lo = v;
+    if (jnum(pp, "p_hi", &v)) c->p_hi = v;
+#undef BAD
+leave:
+    cJSON_Delete(o);
+    return rc;
+}
+
+/* ---- save / load --------------------------------------------------------------------------------------------- */
+
+ms_status ms_ft_model_save(const ms_ft_model *m, const char *dir, const char *extra_json)
+{
+    char path[4096];
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    ms_status rc = ms_params_to_sd(&m->sam.ps, &sd);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!rc) rc = ms_sd_save(path, &sd);
+    ms_sd_free(&sd);
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    if (!rc) rc = ms_ft_meta_write(path, &m->cfg, extra_json);
+    return rc;
+}
+
+static int file_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* dir itself when it holds meta.json, else dir/best when that does; 0 = neither. */
+static int resolve(const char *path, char *dir, size_t n)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/meta.json", path);
+    if (file_exists(p)) { snprintf(dir, n, "%s", path); return 1; }
+    snprintf(p, sizeof p, "%s/best/meta.json", path);
+    if (file_exists(p)) { snprintf(dir, n, "%s/best", path); return 1; }
+    return 0;
+}
+
+int ms_ft_is_checkpoint(const char *path)
+{
+    char d[4096];
+    return resolve(path, d, sizeof d);
+}
+
+ms_status ms_ft_model_load(ms_ft_model *m, const char *path, ms_device *dev)
+{
+    char dir[4096], p[4200];
+    memset(m, 0, sizeof *m);
+    MS_FAIL_IF(!resolve(path, dir, sizeof dir), MS_ENOTFOUND,
+               "%s: not a finetune checkpoint (no meta.json here or in best/)", path);
+    ms_ft_config cfg;
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    MS_TRY(ms_ft_meta_read(p, &cfg));
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    ms_status rc = ms_sd_load(p, &sd);
+    if (!rc) {
+        rc = build(m, &cfg, &sd, 0, dev, 1);
+        if (rc) ms_error_prefix("%s", dir);
+    }
+    ms_sd_free(&sd);
+    return rc;
+}
