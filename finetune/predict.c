@@ -1,9 +1,10 @@
-/* finetune/predict.c — prompt-free multi-class SAM segmentation of NIfTI volumes (see predict.h).
+/* finetune/predict.c — automatic (and prompted) SAM segmentation of NIfTI volumes (see predict.h).
  *
  * Invariants: the slice cut is ingest's (data/ingest.c cut(): rows = lower remaining canonical axis, columns = the
  * higher one), the pixel values are the store's (uint16 of ms_intensity_apply, /65535 as data/loader.c does), so a
- * model sees at prediction exactly what it saw in training. The prompt state is built once (no prompts do not
- * depend on the image) and tiled over the image batch by the decoder.
+ * model sees at prediction exactly what it saw in training. Without prompts the prompt state is built once (it does
+ * not depend on the image) and tiled over the image batch by the decoder; with prompts each slice's image embedding
+ * is repeated over that slice's prompts (one per present class).
  */
 #include "finetune/predict.h"
 
@@ -14,6 +15,8 @@
 
 #include "data/ingest.h"
 #include "data/nifti_write.h"
+#include "finetune/prompt_gen.h"
+#include "ops.h"
 
 void ms_predict_opts_default(ms_predict_opts *o)
 {
@@ -34,39 +37,65 @@ void ms_predictor_free(ms_predictor *p)
     }
     free(p->hx);
     free(p->low);
+    free(p->full);
     ms_prep_scratch_free(&p->scr);
     memset(p, 0, sizeof *p);
 }
 
-ms_status ms_predictor_init(ms_predictor *p, ms_sam *m, ms_device *dev, int batch)
+ms_status ms_predictor_init_ex(ms_predictor *p, ms_sam *m, ms_device *dev, int batch, const ms_prep_config *pc,
+                               int prompt)
 {
     ms_status rc = MS_OK;
     memset(p, 0, sizeof *p);
     p->m = m;
     p->dev = dev;
     p->batch = batch < 1 ? 1 : batch;
-    const int S = m->img_size, g = m->emb_h, M = m->cfg.n_mask_tokens, lo = 4 * g;
-    if (M < 2) {
+    p->prompt = prompt;
+    const int M = m->dec.n_mask_tokens, g = m->emb_h, lo = 4 * g;
+    p->pc = *pc;
+    p->pc.channels = 3;
+    const int S = p->pc.size;
+    p->M = M;
+    if (S != ms_sam_enc_run_size(&m->enc) || S != g * m->cfg.enc.patch) {
+        rc = ms_error(MS_EUNSUPPORTED, "predict: preprocessing input size %d, but the encoder runs at %d (grid %d)", S,
+                      ms_sam_enc_run_size(&m->enc), g);
+        goto leave;
+    }
+    if (prompt == MS_PROMPT_NONE && M < 2) {
         rc = ms_error(MS_EINVAL, "predict: the model has %d mask token(s); automatic segmentation needs num_cls + 1 "
                                  ">= 2", M);
         goto leave;
     }
+    if (prompt != MS_PROMPT_NONE && M != 3) {
+        rc = ms_error(MS_EINVAL, "predict: a prompt-trained head has 3 mask tokens (binary), this one %d", M);
+        goto leave;
+    }
     p->num_cls = M - 1;
-    ms_prep_config_default(&p->pc, S);
-    p->pc.channels = 3;
+    /* with prompts a slice's present classes are decoded together: up to num_cls-1 prompts per slice, so the low-res
+     * buffer holds one slice's prompts or a batch of slices, whichever is larger */
+    size_t nlow = (size_t)p->batch > MS_FT_MAX_CLASSES ? (size_t)p->batch : MS_FT_MAX_CLASSES;
     size_t nx = (size_t)p->batch * 3 * S * S, ne = (size_t)p->batch * 256 * g * g;
     p->hx = malloc(nx * sizeof(float));
-    p->low = malloc((size_t)p->batch * M * lo * lo * sizeof(float));
+    p->low = malloc(nlow * M * lo * lo * sizeof(float));
     if (!p->hx || !p->low) { rc = ms_error(MS_ENOMEM, "predict: out of memory"); goto leave; }
     if ((rc = ms_dev_alloc(dev, nx * sizeof(float), (void **)&p->x))) goto leave;
     if ((rc = ms_dev_alloc(dev, ne * sizeof(float), (void **)&p->emb))) goto leave;
     if ((rc = ms_sam_encoder_reserve(&m->enc, dev, p->batch, 0))) goto leave;
-    /* no prompts: sparse (1, 0, 256), dense = no_mask_embed (sam.md §6.4) */
-    ms_sam_prompts pr = {.bp = 1, .n_points = 0, .points = NULL, .labels = NULL, .boxes = NULL, .masks = NULL};
-    if ((rc = ms_sam_prompt_forward(dev, &m->pe, &pr, &p->pst))) goto leave;
+    if (prompt == MS_PROMPT_NONE) {
+        /* no prompts: sparse (1, 0, 256), dense = no_mask_embed (sam.md §6.4) */
+        ms_sam_prompts pr = {.bp = 1, .n_points = 0, .points = NULL, .labels = NULL, .boxes = NULL, .masks = NULL};
+        if ((rc = ms_sam_prompt_forward(dev, &m->pe, &pr, &p->pst))) goto leave;
+    }
 leave:
     if (rc) ms_predictor_free(p);
     return rc;
+}
+
+ms_status ms_predictor_init(ms_predictor *p, ms_sam *m, ms_device *dev, int batch)
+{
+    ms_prep_config pc;
+    ms_prep_config_default(&pc, m->img_size);
+    return ms_predictor_init_ex(p, m, dev, batch, &pc, MS_PROMPT_NONE);
 }
 
 void ms_predict_result_free(ms_predict_result *r)
@@ -76,22 +105,132 @@ void ms_predict_result_free(ms_predict_result *r)
     memset(r, 0, sizeof *r);
 }
 
-/* Segments nb slices already preprocessed in p->hx; writes their labels (H×W each, class map applied) to lab. */
-static ms_status run_batch(ms_predictor *p, const ms_predict_opts *o, int nb, int H, int W, float *full,
-                           uint16_t *lab)
+static ms_status grow_full(ms_predictor *p, size_t n)
+{
+    if (n <= p->full_cap) return MS_OK;
+    float *f = realloc(p->full, n * sizeof(float));
+    MS_FAIL_IF(!f, MS_ENOMEM, "predict: out of memory");
+    p->full = f;
+    p->full_cap = n;
+    return MS_OK;
+}
+
+/* Low-res logits (C, lo, lo) → (C, H, W): SAM's post-processing (S×S, crop to the resized frame, slice size); with
+ * a stretched input the frame is all of S×S. */
+static ms_status postprocess(const ms_predictor *p, const float *low, int C, int H, int W, float *out)
+{
+    const int S = p->pc.size, lo = 4 * p->m->emb_h;
+    if (p->pc.resize != MS_RESIZE_STRETCH) return ms_sam_postprocess_masks(low, C, lo, lo, S, H, W, out);
+    ms_device cpu;
+    memset(&cpu, 0, sizeof cpu);
+    cpu.kind = MS_DEV_CPU;
+    cpu.n_threads = 1;
+    float *full = malloc((size_t)C * S * S * sizeof(float));
+    MS_FAIL_IF(!full, MS_ENOMEM, "predict: out of memory");
+    ms_status rc = ms_resize_bilinear_forward_cpu(&cpu, full, low, C, lo, lo, S, S);
+    if (!rc) rc = ms_resize_bilinear_forward_cpu(&cpu, out, full, C, S, S, H, W);
+    free(full);
+    return rc;
+}
+
+/* ---- prompts from a label slice ---------------------------------------------------------------------------------- */
+
+/* One slice with prompts: emb (device, 1 image), plab its prompt label (H×W values). The label goes to the model's
+ * label grid exactly as training's targets do (ms_prep_label), and each present class gets finetune/prompt_gen.h's
+ * deterministic prompts there. Writes label values (class map applied). */
+static ms_status run_prompted(ms_predictor *p, const ms_predict_opts *o, const float *emb, const uint16_t *plab,
+                              int H, int W, uint16_t *lab)
 {
     ms_sam *m = p->m;
-    const int S = m->img_size, g = m->emb_h, M = m->cfg.n_mask_tokens, lo = 4 * g, C = p->num_cls;
-    const size_t plane = (size_t)lo * lo, npx = (size_t)H * W;
-    MS_TRY(ms_dev_from_host(p->dev, p->x, p->hx, (size_t)nb * 3 * S * S * sizeof(float)));
+    const int M = p->M, lo = 4 * m->emb_h, C = o->class_map ? o->n_class_map : 0, L = p->pc.label_size;
+    const size_t npx = (size_t)H * W, plane = (size_t)lo * lo, nl = (size_t)L * L;
+    MS_FAIL_IF(!o->class_map || C < 2, MS_EINVAL, "predict: prompts need the task's class values");
+    MS_FAIL_IF(L < 1, MS_EINVAL, "predict: label size %d", L);
+    for (size_t i = 0; i < npx; i++) lab[i] = o->class_map[0];
+    uint16_t *small = malloc(nl * sizeof *small);
+    uint8_t *masks = malloc((size_t)C * nl);
+    if (!small || !masks) {
+        free(small);
+        free(masks);
+        return ms_error(MS_ENOMEM, "predict: out of memory");
+    }
+    ms_prep_label(&p->pc, plab, H, W, NULL, small);
+    int cls[MS_FT_MAX_CLASSES], n = 0;
+    for (int c = 1; c < C; c++) {
+        uint8_t *mk = masks + (size_t)n * nl;
+        int any = 0;
+        for (size_t i = 0; i < nl; i++) any |= (mk[i] = small[i] == o->class_map[c]);
+        if (any) cls[n++] = c;
+    }
+    free(small);
+    ms_status rc = MS_OK;
+    ms_promptgen_batch pb;
+    ms_promptgen_batch_init(&pb);
+    if (!n) goto leave;
+    ms_promptgen_opts po;
+    ms_promptgen_opts_default(&po);
+    po.deterministic = 1;
+    po.scale = (float)p->pc.size / (float)L;
+    if ((rc = ms_promptgen_batch_fill(&pb, &po, (ms_prompt_mode)p->prompt, masks, n, L, L, 0, NULL))) goto leave;
+    if ((rc = ms_sam_prompt_forward(p->dev, &m->pe, &pb.pr, &p->pst))) goto leave;
+    if ((rc = ms_sam_decoder_forward(p->dev, &m->dec, emb, 1, &p->pst))) goto leave;
+    if (m->dec.B != n || m->dec.M != M) {
+        rc = ms_error(MS_EINVAL, "predict: decoder batch %d x %d, expected %d x %d", m->dec.B, m->dec.M, n, M);
+        goto leave;
+    }
+    if ((rc = ms_dev_to_host(p->dev, p->low, m->dec.masks, (size_t)n * M * plane * sizeof(float)))) goto leave;
+    if ((rc = grow_full(p, 3 * npx))) goto leave;
+    float *two = p->full, *best = p->full + 2 * npx;
+    for (size_t i = 0; i < npx; i++) best[i] = 0.0f;
+    for (int k = 0; k < n && !rc; k++) {
+        /* tokens 1..2 = (background, foreground), as the head was trained */
+        if ((rc = postprocess(p, p->low + ((size_t)k * M + 1) * plane, 2, H, W, two))) break;
+        for (size_t i = 0; i < npx; i++) {
+            float dlt = two[npx + i] - two[i]; /* σ(dlt) is monotone: the largest margin is the largest probability */
+            if (dlt > best[i]) best[i] = dlt, lab[i] = o->class_map[cls[k]];
+        }
+    }
+leave:
+    ms_promptgen_batch_free(&pb);
+    free(masks);
+    return rc;
+}
+
+ms_status ms_predict_slices(ms_predictor *p, const ms_predict_opts *o, const float *img01, const uint16_t *prompt_lab,
+                            int nb, int H, int W, uint16_t *lab)
+{
+    ms_sam *m = p->m;
+    const int S = p->pc.size, g = m->emb_h, M = p->M, lo = 4 * g, C = p->num_cls;
+    const size_t plane = (size_t)lo * lo, npx = (size_t)H * W, xs = (size_t)3 * S * S;
+    MS_FAIL_IF(nb < 1 || nb > p->batch, MS_EINVAL, "predict: batch of %d slices (1..%d)", nb, p->batch);
+    MS_FAIL_IF(p->prompt != MS_PROMPT_NONE && !prompt_lab, MS_EINVAL,
+               "the checkpoint was trained with %s prompts: give a label volume to take them from (--prompts-from)",
+               ms_prompt_mode_name(p->prompt));
+    if (o->class_map && p->prompt == MS_PROMPT_NONE)
+        MS_FAIL_IF(o->n_class_map < C, MS_EINVAL, "predict: the class map has %d entries, the model %d classes",
+                   o->n_class_map, C);
+    for (int b = 0; b < nb; b++) {
+        float *dst = p->hx + (size_t)b * xs;
+        memset(dst, 0, xs * sizeof(float)); /* SAM pads with 0 after normalising */
+        MS_TRY(ms_prep_image(&p->pc, img01 + (size_t)b * npx, H, W, NULL, dst, &p->scr));
+    }
+    MS_TRY(ms_dev_from_host(p->dev, p->x, p->hx, (size_t)nb * xs * sizeof(float)));
     MS_TRY(ms_sam_encoder_forward(&m->enc, p->x, nb, p->emb));
+    if (p->prompt != MS_PROMPT_NONE) {
+        for (int b = 0; b < nb; b++)
+            MS_TRY(run_prompted(p, o, p->emb + (size_t)b * 256 * g * g, prompt_lab + (size_t)b * npx, H, W,
+                                lab + (size_t)b * npx));
+        return MS_OK;
+    }
     MS_TRY(ms_sam_decoder_forward(p->dev, &m->dec, p->emb, nb, &p->pst));
     MS_FAIL_IF(m->dec.B != nb || m->dec.M != M, MS_EINVAL, "predict: decoder batch %d x %d, expected %d x %d",
                m->dec.B, m->dec.M, nb, M);
     MS_TRY(ms_dev_to_host(p->dev, p->low, m->dec.masks, (size_t)nb * M * plane * sizeof(float)));
+    MS_TRY(grow_full(p, (size_t)C * npx));
+    float *full = p->full;
     for (int b = 0; b < nb; b++) {
         /* multimask output: tokens 1..num_cls are the classes (token 0 is discarded, as finetune-SAM does) */
-        MS_TRY(ms_sam_postprocess_masks(p->low + ((size_t)b * M + 1) * plane, C, lo, lo, S, H, W, full));
+        MS_TRY(postprocess(p, p->low + ((size_t)b * M + 1) * plane, C, H, W, full));
         uint16_t *l = lab + (size_t)b * npx;
         for (size_t i = 0; i < npx; i++) {
             int best = 0;
@@ -104,18 +243,30 @@ static ms_status run_batch(ms_predictor *p, const ms_predict_opts *o, int nb, in
     return MS_OK;
 }
 
-ms_status ms_predict_volume(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n, ms_predict_result *r)
+/* Frame 0 of a label volume on the canonical grid as uint16 values. */
+static ms_status read_label_volume(const ms_nifti *n, size_t nv, uint16_t *dst)
+{
+    float *tmp = malloc(nv * sizeof *tmp);
+    MS_FAIL_IF(!tmp, MS_ENOMEM, "out of memory");
+    uint64_t bad = 0;
+    ms_status rc = ms_nifti_frame(n, 0, tmp, &bad);
+    for (size_t i = 0; i < nv && !rc; i++) {
+        float v = tmp[i], r = rintf(v);
+        if (!(r >= 0 && r <= 65535) || fabsf(v - r) > 1e-3f)
+            rc = ms_error(MS_EFORMAT, "prompt label: voxel value %g is not a label (an integer 0..65535)", (double)v);
+        else dst[i] = (uint16_t)r;
+    }
+    free(tmp);
+    return rc;
+}
+
+ms_status ms_predict_volume_prompted(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n,
+                                     const ms_nifti *pl, ms_predict_result *r)
 {
     ms_status rc = MS_OK;
-    float *vol = NULL, *full = NULL, *sl = NULL;
-    uint16_t *q = NULL, *lab = NULL;
+    float *vol = NULL, *sl = NULL;
+    uint16_t *q = NULL, *lab = NULL, *pvol = NULL, *psl = NULL;
     memset(r, 0, sizeof *r);
-    const int S = p->m->img_size;
-    if (o->class_map && o->n_class_map < p->num_cls) {
-        rc = ms_error(MS_EINVAL, "predict: the class map has %d entries, the model %d classes", o->n_class_map,
-                      p->num_cls);
-        goto leave;
-    }
     for (int i = 0; i < 3; i++) r->dim[i] = n->cdim[i];
     const size_t nv = (size_t)(r->dim[0] * r->dim[1] * r->dim[2]);
     int axis = ms_ingest_pick_axis(o->axis, n->cspacing, r->dim);
@@ -126,36 +277,57 @@ ms_status ms_predict_volume(ms_predictor *p, const ms_predict_opts *o, const ms_
     r->axis = axis, r->n_slices = K, r->H = H, r->W = W;
     if (H > 65535 || W > 65535) { rc = ms_error(MS_ESHAPE, "slices of %lldx%lld are too large", (long long)H,
                                                 (long long)W); goto leave; }
+    if (p->prompt != MS_PROMPT_NONE && !pl) {
+        rc = ms_error(MS_EINVAL, "the checkpoint was trained with %s prompts: give --prompts-from LABEL.nii.gz",
+                      ms_prompt_mode_name(p->prompt));
+        goto leave;
+    }
+    if (p->prompt == MS_PROMPT_NONE) pl = NULL;
+    if (pl) {
+        int same = 1;
+        for (int i = 0; i < 3; i++) same &= pl->sdim[i] == n->sdim[i] && pl->perm[i] == n->perm[i] &&
+                                             pl->flip[i] == n->flip[i];
+        if (!same || !ms_affine_close(pl->affine, n->affine, 1e-3)) {
+            rc = ms_error(MS_ESHAPE, "the prompt label volume is not on the image's grid (shape or affine differ)");
+            goto leave;
+        }
+    }
     const size_t npx = (size_t)(H * W);
     vol = malloc(nv * sizeof *vol);
     q = malloc(nv * sizeof *q);
     r->labels = calloc(nv, sizeof *r->labels);
     r->image01 = malloc(nv * sizeof *r->image01);
-    full = malloc((size_t)p->num_cls * npx * sizeof *full);
-    sl = malloc(npx * sizeof *sl);
+    sl = malloc((size_t)p->batch * npx * sizeof *sl);
     lab = malloc((size_t)p->batch * npx * sizeof *lab);
-    if (!vol || !q || !r->labels || !r->image01 || !full || !sl || !lab) {
+    if (pl) {
+        pvol = malloc(nv * sizeof *pvol);
+        psl = malloc((size_t)p->batch * npx * sizeof *psl);
+    }
+    if (!vol || !q || !r->labels || !r->image01 || !sl || !lab || (pl && (!pvol || !psl))) {
         rc = ms_error(MS_ENOMEM, "out of memory");
         goto leave;
     }
     if ((rc = ms_nifti_frame(n, 0, vol, &r->n_nonfinite))) goto leave;
+    if (pl && (rc = read_label_volume(pl, nv, pvol))) goto leave;
     ms_intensity it;
     if ((rc = ms_intensity_fit(vol, nv, o->norm, o->p_lo, o->p_hi, &it))) goto leave;
     ms_intensity_apply(vol, nv, &it, q);
     for (size_t i = 0; i < nv; i++) r->image01[i] = (float)q[i] * (1.0f / 65535.0f); /* the loader's scaling */
 
-    const size_t xs = (size_t)3 * S * S;
     for (int64_t k0 = 0; k0 < K; k0 += p->batch) {
         int nb = (int)(K - k0 < p->batch ? K - k0 : p->batch);
         for (int b = 0; b < nb; b++) {
-            const float *src = r->image01 + (k0 + b) * ks;
+            const size_t base = (size_t)((k0 + b) * ks);
+            float *d = sl + (size_t)b * npx;
             for (int64_t y = 0; y < H; y++)
-                for (int64_t x = 0; x < W; x++) sl[y * W + x] = src[y * rs + x * cs];
-            float *dst = p->hx + (size_t)b * xs;
-            memset(dst, 0, xs * sizeof(float)); /* SAM pads with 0 after normalising */
-            if ((rc = ms_prep_image(&p->pc, sl, (int)H, (int)W, NULL, dst, &p->scr))) goto leave;
+                for (int64_t x = 0; x < W; x++) d[y * W + x] = r->image01[base + y * rs + x * cs];
+            if (pl) {
+                uint16_t *e = psl + (size_t)b * npx;
+                for (int64_t y = 0; y < H; y++)
+                    for (int64_t x = 0; x < W; x++) e[y * W + x] = pvol[base + y * rs + x * cs];
+            }
         }
-        if ((rc = run_batch(p, o, nb, (int)H, (int)W, full, lab))) goto leave;
+        if ((rc = ms_predict_slices(p, o, sl, psl, nb, (int)H, (int)W, lab))) goto leave;
         for (int b = 0; b < nb; b++) {
             uint16_t *dst = r->labels + (k0 + b) * ks;
             const uint16_t *l = lab + (size_t)b * npx;
@@ -167,34 +339,46 @@ ms_status ms_predict_volume(ms_predictor *p, const ms_predict_opts *o, const ms_
 leave:
     free(vol);
     free(q);
-    free(full);
     free(sl);
     free(lab);
+    free(pvol);
+    free(psl);
     if (rc) ms_predict_result_free(r);
     return rc;
 }
 
-ms_status ms_predict_file(ms_predictor *p, const ms_predict_opts *o, const char *in_path, const char *out_path,
-                          ms_predict_result *r)
+ms_status ms_predict_volume(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n, ms_predict_result *r)
 {
-    ms_nifti n;
+    return ms_predict_volume_prompted(p, o, n, NULL, r);
+}
+
+ms_status ms_predict_file_prompted(ms_predictor *p, const ms_predict_opts *o, const char *in_path,
+                                   const char *prompt_path, const char *out_path, ms_predict_result *r)
+{
+    ms_nifti n, pn;
     ms_predict_result mine;
     ms_predict_result *res = r ? r : &mine;
-    int open_ok = 0;
+    int open_ok = 0, popen_ok = 0;
     ms_status rc;
     memset(&n, 0, sizeof n);
+    memset(&pn, 0, sizeof pn);
     memset(res, 0, sizeof *res);
     if ((rc = ms_nifti_open(in_path, &n))) goto leave;
     open_ok = 1;
-    if ((rc = ms_predict_volume(p, o, &n, res))) goto leave;
+    if (prompt_path) {
+        if ((rc = ms_nifti_open(prompt_path, &pn))) goto leave;
+        popen_ok = 1;
+    }
+    if ((rc = ms_predict_volume_prompted(p, o, &n, popen_ok ? &pn : NULL, res))) goto leave;
     if ((rc = ms_nifti_write_labels_like(out_path, in_path, &n, res->labels))) goto leave;
 leave:
     if (rc) {
         /* "path: reason" whatever layer failed (the reader's messages already start with the path) */
         const char *msg = ms_errmsg();
-        size_t li = strlen(in_path), lo = strlen(out_path);
+        size_t li = strlen(in_path), lo = strlen(out_path), lp = prompt_path ? strlen(prompt_path) : 0;
         int named = (strncmp(msg, in_path, li) == 0 && msg[li] == ':') ||
-                    (strncmp(msg, out_path, lo) == 0 && msg[lo] == ':');
+                    (strncmp(msg, out_path, lo) == 0 && msg[lo] == ':') ||
+                    (prompt_path && strncmp(msg, prompt_path, lp) == 0 && msg[lp] == ':');
         if (!named) {
             char buf[512];
             snprintf(buf, sizeof buf, "%s", msg);
@@ -205,5 +389,88 @@ leave:
         ms_predict_result_free(res);
     }
     if (open_ok) ms_nifti_close(&n);
+    if (popen_ok) ms_nifti_close(&pn);
     return rc;
+}
+
+ms_status ms_predict_file(ms_predictor *p, const ms_predict_opts *o, const char *in_path, const char *out_path,
+                          ms_predict_result *r)
+{
+    return ms_predict_file_prompted(p, o, in_path, NULL, out_path, r);
+}
+
+/* ---- the model behind --ckpt ------------------------------------------------------------------------------------ */
+
+void ms_predict_model_task_names(const ms_predict_model *pm, char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = 0;
+    if (!pm->finetuned) return;
+    for (int t = 0; t < pm->ft.cfg.n_tasks && k < n; t++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%s", t ? ", " : "", pm->ft.cfg.task[t].name);
+}
+
+ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const char *task, ms_device *dev)
+{
+    memset(pm, 0, sizeof *pm);
+    if (!ms_ft_is_checkpoint(ckpt)) {
+        MS_FAIL_IF(task, MS_EINVAL, "%s: --task needs a fine-tuned checkpoint (RUN/ or a directory with meta.json)",
+                   ckpt);
+        MS_TRY(ms_sam_load(&pm->sam, ckpt, dev));
+        pm->m = &pm->sam;
+        pm->prompt = MS_PROMPT_NONE;
+        ms_prep_config_default(&pm->pc, pm->sam.img_size);
+        pm->n_classes = pm->sam.cfg.n_mask_tokens - 1;
+        for (int c = 0; c < MS_FT_MAX_CLASSES; c++) pm->class_map[c] = (uint16_t)c;
+        return MS_OK;
+    }
+    MS_TRY(ms_ft_model_load(&pm->ft, ckpt, dev));
+    pm->finetuned = 1;
+    const ms_ft_config *cfg = &pm->ft.cfg;
+    ms_status rc = MS_OK;
+    char names[MS_FT_MAX_TASKS * (MS_FT_NAME_MAX + 2) + 1];
+    ms_predict_model_task_names(pm, names, sizeof names);
+    int t = -1;
+    if (task) {
+        for (int i = 0; i < cfg->n_tasks; i++)
+            if (!strcmp(cfg->task[i].name, task)) t = i;
+        if (t < 0) { rc = ms_error(MS_ENOTFOUND, "%s: no task '%s' (tasks: %s)", ckpt, task, names); goto leave; }
+    } else if (cfg->n_tasks == 1) {
+        t = 0;
+    } else {
+        rc = ms_error(MS_EINVAL, "%s: %d tasks (%s): choose one with --task NAME", ckpt, cfg->n_tasks, names);
+        goto leave;
+    }
+    if ((rc = ms_sam_decoder_use_head(&pm->ft.sam.dec, pm->ft.head[t]))) goto leave;
+    pm->task = t;
+    pm->m = &pm->ft.sam;
+    pm->prompt = cfg->prompt;
+    pm->pc = cfg->prep;
+    pm->pc.channels = 3;
+    pm->n_classes = cfg->task[t].num_cls;
+    if (pm->n_classes < 2 || pm->n_classes > MS_FT_MAX_CLASSES) {
+        rc = ms_error(MS_EFORMAT, "%s: task '%s' has %d classes", ckpt, cfg->task[t].name, pm->n_classes);
+        goto leave;
+    }
+    for (int c = 0; c < pm->n_classes; c++) pm->class_map[c] = cfg->task[t].values[c];
+    if (cfg->prompt == MS_PROMPT_NONE && pm->ft.sam.dec.n_mask_tokens != pm->n_classes + 1) {
+        rc = ms_error(MS_EFORMAT, "%s: task '%s' has %d classes but its head %d mask tokens", ckpt, cfg->task[t].name,
+                      pm->n_classes, pm->ft.sam.dec.n_mask_tokens);
+        goto leave;
+    }
+    pm->has_prep = 1;
+    pm->axis = cfg->axis;
+    pm->norm = cfg->intensity;
+    pm->p_lo = cfg->p_lo;
+    pm->p_hi = cfg->p_hi;
+leave:
+    if (rc) ms_predict_model_free(pm);
+    return rc;
+}
+
+void ms_predict_model_free(ms_predict_model *pm)
+{
+    if (pm->finetuned) ms_ft_model_free(&pm->ft);
+    else if (pm->m) ms_sam_free(&pm->sam);
+    memset(pm, 0, sizeof *pm);
 }

@@ -1,18 +1,31 @@
-/* finetune/predict.h — automatic (prompt-free) multi-class segmentation of NIfTI volumes with a SAM-layout model
- * (`mrisam predict`, cli.md "predict", sam.md §6.4).
+/* finetune/predict.h — automatic (prompt-free) multi-class segmentation of NIfTI volumes with a SAM-layout model or
+ * a fine-tuned checkpoint, and prompted segmentation for prompt-trained ones (`mrisam predict`, `mrisam eval --ckpt`;
+ * cli.md "predict", sam.md §6.4).
  *
  * Per volume: ms_nifti_open → frame 0 as a canonical RAS+ float volume → ingest's intensity normalisation
  * (ms_intensity_fit + ms_intensity_apply to uint16, then /65535 exactly as the loader feeds training) → slices
  * along ingest's axis (rows = the lower remaining canonical axis, columns = the higher one) → SAM preprocessing
- * (ms_prep_image at the model's input size) → image encoder in batches → prompt encoder with no prompts (sparse
- * empty, dense = no_mask_embed) → mask decoder, tokens 1..num_cls (multimask output) → low-res logits
- * post-processed to the slice size (ms_sam_postprocess_masks) → per-pixel argmax over the num_cls channels
- * (class 0 = background, the first maximum wins ties) → restacked canonical label volume → written on the
- * input's stored grid with ms_nifti_write_labels_like (exact geometry, no free text, verified by reading back).
+ * (ms_prep_image at the model's input size; a fine-tuned checkpoint's own) → image encoder in batches → prompt
+ * encoder with no prompts (sparse empty, dense = no_mask_embed) → mask decoder, tokens 1..num_cls (multimask
+ * output) → low-res logits post-processed to the slice size (ms_sam_postprocess_masks) → per-pixel argmax over the
+ * num_cls channels (class 0 = background, the first maximum wins ties) → restacked canonical label volume → written
+ * on the input's stored grid with ms_nifti_write_labels_like (exact geometry, no free text, verified by reading back).
  *
- * Class values: class c is written as class_map[c] when a map is given (finetune's sorted label values, cli.md
- * "ingest"), else as c. Fine-tuned run directories do not exist yet; the map is the hook for them.
- * Every slice is segmented (ingest's near-empty-slice filter is a training-data choice, not a geometry one).
+ * Class values: class c is written as class_map[c] when a map is given (a fine-tuned task's sorted label values),
+ * else as c. Every slice is segmented (ingest's near-empty-slice filter is a training-data choice, not a geometry one).
+ *
+ * Fine-tuned checkpoints (finetune/ft_model.h: RUN/, RUN/best, a ckpt dir with meta.json): ms_predict_model_load
+ * builds the ms_ft_model, selects the task's decoder head, and takes the preprocessing (input size, resize
+ * longest|stretch, norm), ingest's axis and intensity normalisation and the task's class values from meta.json.
+ * PEFT tensors live inside the ms_sam, so the predictor runs it exactly like a plain SAM. With MS_RESIZE_STRETCH the
+ * post-processing resizes the whole S×S frame to the slice (no crop).
+ *
+ * Prompt-trained checkpoints (prompt != none): prompts come from a label volume on the input's grid. Per slice, the
+ * label goes to the model's label grid as training's targets do (ms_prep_label); per class c >= 1 present there
+ * (value class_map[c]) the deterministic prompts of finetune/prompt_gen.h (boxes of the largest regions, most interior
+ * points) give one binary prediction (channels background, foreground); the classes are combined per pixel: among the
+ * classes predicted positive (foreground logit above the background one) the one with the highest foreground
+ * probability σ(l_fg − l_bg) wins (ties: the lower class).
  */
 #ifndef MS_PREDICT_H
 #define MS_PREDICT_H
@@ -23,6 +36,7 @@
 #include "data/intensity.h"
 #include "data/nifti.h"
 #include "data/preprocess.h"
+#include "finetune/ft_model.h"
 #include "finetune/sam.h"
 
 typedef struct ms_predict_opts {
@@ -43,17 +57,32 @@ void ms_predict_opts_default(ms_predict_opts *o);
 typedef struct ms_predictor {
     ms_sam *m;                 /* not owned */
     ms_device *dev;            /* not owned */
-    int batch, num_cls;        /* num_cls = n_mask_tokens − 1 channels of the argmax */
+    int batch, num_cls;        /* num_cls = the active head's n_mask_tokens − 1 channels (2 with prompts) */
+    int M;                     /* the active head's mask tokens */
+    int prompt;                /* ms_prompt_mode the head was trained with (MS_PROMPT_NONE: automatic) */
     ms_prep_config pc;
     float *hx;                 /* host (batch, 3, S, S) */
     float *x, *emb;            /* device input and embeddings */
     float *low;                /* host (batch, M, lo, lo) */
-    ms_sam_prompt_state pst;   /* the (constant) no-prompt state */
+    ms_sam_prompt_state pst;   /* the (constant) no-prompt state; per slice with prompts */
     ms_prep_scratch scr;
+    float *full;               /* host scratch (channels or classes, H, W), grown on demand */
+    size_t full_cap;
 } ms_predictor;
 
+/* SAM's preprocessing at the model's input size, no prompts (plain SAM-layout weights). */
 ms_status ms_predictor_init(ms_predictor *p, ms_sam *m, ms_device *dev, int batch);
+/* The same with an explicit preprocessing (pc->size must be the size the encoder runs at) and prompt mode; the
+ * decoder's ACTIVE head (ms_sam_decoder_use_head) is the one used. */
+ms_status ms_predictor_init_ex(ms_predictor *p, ms_sam *m, ms_device *dev, int batch, const ms_prep_config *pc,
+                               int prompt);
 void ms_predictor_free(ms_predictor *p);
+
+/* Segments nb <= p->batch slices of H×W pixels in [0,1] (img01, nb·H·W, row-major) into lab (nb·H·W, class map
+ * applied). prompt_lab (nb·H·W stored label values) is required when the head was trained with prompts, else
+ * ignored. */
+ms_status ms_predict_slices(ms_predictor *p, const ms_predict_opts *o, const float *img01, const uint16_t *prompt_lab,
+                            int nb, int H, int W, uint16_t *lab);
 
 /* What one volume gave: canonical grid (n->cdim, x fastest). */
 typedef struct ms_predict_result {
@@ -69,10 +98,40 @@ void ms_predict_result_free(ms_predict_result *r);
 
 /* Segments frame 0 of an opened volume. */
 ms_status ms_predict_volume(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n, ms_predict_result *r);
+/* The same with prompts from frame 0 of the label volume pl (its grid must be n's); pl may be NULL without prompts. */
+ms_status ms_predict_volume_prompted(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n,
+                                     const ms_nifti *pl, ms_predict_result *r);
 
 /* Opens in_path, segments it and writes out_path (.nii or .nii.gz) on the input's grid. r may be NULL; when
  * given it keeps the result (the caller frees it). Errors read "<path>: reason". */
 ms_status ms_predict_file(ms_predictor *p, const ms_predict_opts *o, const char *in_path, const char *out_path,
                           ms_predict_result *r);
+/* The same with prompts from the label volume prompt_path (NULL: none). */
+ms_status ms_predict_file_prompted(ms_predictor *p, const ms_predict_opts *o, const char *in_path,
+                                   const char *prompt_path, const char *out_path, ms_predict_result *r);
+
+/* ---- the model behind --ckpt: SAM-layout weights or a fine-tuned checkpoint ---------------------------------- */
+typedef struct ms_predict_model {
+    int finetuned;             /* 1: ms_ft_model (meta.json + model.safetensors), 0: SAM-layout weight file */
+    ms_sam sam;                /* finetuned == 0 */
+    ms_ft_model ft;            /* finetuned == 1 */
+    ms_sam *m;                 /* the model to run: &sam or &ft.sam (task head selected) */
+    int task;                  /* the selected task (fine-tuned) */
+    int prompt;                /* ms_prompt_mode of the checkpoint */
+    ms_prep_config pc;         /* the preprocessing to apply */
+    int n_classes;             /* classes incl. background */
+    uint16_t class_map[MS_FT_MAX_CLASSES]; /* class c → label value (identity for SAM-layout weights) */
+    int has_prep;              /* 1: axis/norm/percentiles below come from the checkpoint */
+    int axis;
+    ms_norm norm;
+    double p_lo, p_hi;
+} ms_predict_model;
+
+/* ckpt: a fine-tune checkpoint (ms_ft_is_checkpoint) or a SAM-layout .pth/.safetensors. task: a task name, or NULL
+ * for the only task (an error listing the names when there are several). */
+ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const char *task, ms_device *dev);
+void ms_predict_model_free(ms_predict_model *pm);
+/* The task names of a loaded fine-tuned model, comma-separated, into buf. */
+void ms_predict_model_task_names(const ms_predict_model *pm, char *buf, size_t n);
 
 #endif

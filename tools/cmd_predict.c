@@ -1,5 +1,10 @@
 /* tools/cmd_predict.c — `mrisam predict`: automatic multi-class segmentation of NIfTI volumes with a SAM-layout
- * model (cli.md "predict"; the pipeline is finetune/predict.h).
+ * model or a fine-tuned checkpoint (cli.md "predict"; the pipeline is finetune/predict.h).
+ *
+ * A fine-tuned checkpoint (RUN/, RUN/best, a directory with meta.json) brings its preprocessing, slicing axis,
+ * intensity normalisation and class values; --task picks one of its tasks. --axis/--norm/percentiles given
+ * explicitly override the checkpoint's (with a warning). Prompt-trained checkpoints need --prompts-from: a label
+ * volume (file) or a directory of them paired by file name with --in DIR.
  *
  * --in FILE: -o is the output file (or an existing directory: DIR/<input file name>). --in DIR: every .nii/.nii.gz
  * directly inside, in sorted order, to -o DIR/<same file name>. A volume that fails costs one line "path: reason"
@@ -169,24 +174,32 @@ static int run(int argc, char **argv)
     static const ms_cmd_help help = {
         "mrisam predict --ckpt F --in VOL.nii[.gz]|DIR -o SEG.nii.gz|DIR [--axis auto|axial|coronal|sagittal] "
         "[--norm percentile|zscore|none] [--percentile-low P] [--percentile-high P] [--png DIR] [--threads N] "
-        "[--device cpu|cuda] [--batch-size B]",
+        "[--device cpu|cuda] [--batch-size B] [--task NAME] [--prompts-from LABEL.nii.gz|DIR]",
         "Automatic multi-class segmentation (no prompts; mask tokens 1..num_cls, per-pixel argmax, class 0 = "
         "background) of every slice of each volume, cut and normalised exactly as ingest does, restacked and written "
         "as a NIfTI label volume on the input's exact grid (dims, affine, qform/sform codes; no free-text fields), "
-        "verified by reading it back. Class c is written as the value c. With a directory, every .nii/.nii.gz inside "
-        "goes to DIR/<same name>; a bad volume costs one line and exit status 1, the others are still written.",
-        "mrisam predict --ckpt sam_mri.pth --in scans/ -o seg/ --png seg/png"};
-    const char *ckpt = NULL, *in = NULL, *out = NULL, *axis_s = "auto", *norm_s = "percentile", *png = NULL,
-               *device = "cpu";
+        "verified by reading it back. --ckpt: SAM-layout weights (class c is written as the value c) or a fine-tuned "
+        "checkpoint RUN/ or RUN/best (its preprocessing, axis, intensity normalisation and class values; --task NAME "
+        "when it has several tasks). Prompt-trained checkpoints take per-slice prompts from --prompts-from (label "
+        "volumes on the input's grid). With a directory, every .nii/.nii.gz inside goes to DIR/<same name>; a bad "
+        "volume costs one line and exit status 1, the others are still written.",
+        "mrisam predict --ckpt sam_mri.pth --in scans/ -o seg/ --png seg/png\n"
+        "  mrisam predict --ckpt runs/ft/ --task prostate --in scans/ -o seg/"};
+    const char *ckpt = NULL, *in = NULL, *out = NULL, *axis_s = NULL, *norm_s = NULL, *png = NULL,
+               *device = "cpu", *task = NULL, *prompts = NULL;
     int threads = 0, batch = 1;
-    double p_lo = 0.5, p_hi = 99.5;
+    double p_lo = -1, p_hi = -1; /* < 0: not given */
     const ms_opt opts[] = {
-        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors)"},
+        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors) or a fine-tuned RUN/[best]"},
+        {"task", MS_OPT_STR, &task, "NAME", "the task of a multi-task fine-tuned checkpoint"},
+        {"prompts-from", MS_OPT_STR, &prompts, "LABEL|DIR", "label volume(s) to take prompts from (prompt-trained "
+                                                            "checkpoints)"},
         {"in", MS_OPT_STR, &in, "VOL|DIR", "a NIfTI volume or a directory of them"},
         {"o", MS_OPT_STR, &out, "SEG|DIR", "output label volume, or directory"},
-        {"axis", MS_OPT_STR, &axis_s, "A", "auto|axial|coronal|sagittal (auto: lowest-resolution axis, ties axial)"},
+        {"axis", MS_OPT_STR, &axis_s, "A", "auto|axial|coronal|sagittal (auto: lowest-resolution axis, ties axial; "
+                                           "default: the fine-tuned checkpoint's, else auto)"},
         {"norm", MS_OPT_STR, &norm_s, "N", "percentile|zscore|none intensity normalisation (as ingest; default "
-                                           "percentile 0.5/99.5)"},
+                                           "the fine-tuned checkpoint's, else percentile 0.5/99.5)"},
         {"percentile-low", MS_OPT_FLOAT, &p_lo, "P", "lower percentile of --norm percentile (0.5, as ingest)"},
         {"percentile-high", MS_OPT_FLOAT, &p_hi, "P", "upper percentile of --norm percentile (99.5, as ingest)"},
         {"png", MS_OPT_STR, &png, "DIR", "overlay PNGs of three slices per volume"},
@@ -202,15 +215,17 @@ static int run(int argc, char **argv)
     }
     ms_predict_opts po;
     ms_predict_opts_default(&po);
-    if (!strcmp(axis_s, "auto")) po.axis = MS_AXIS_AUTO;
-    else if (!strcmp(axis_s, "axial")) po.axis = MS_AXIS_AXIAL;
-    else if (!strcmp(axis_s, "coronal")) po.axis = MS_AXIS_CORONAL;
-    else if (!strcmp(axis_s, "sagittal")) po.axis = MS_AXIS_SAGITTAL;
+    int axis = MS_AXIS_AUTO;
+    ms_norm norm = MS_NORM_PERCENTILE;
+    if (!axis_s || !strcmp(axis_s, "auto")) axis = MS_AXIS_AUTO;
+    else if (!strcmp(axis_s, "axial")) axis = MS_AXIS_AXIAL;
+    else if (!strcmp(axis_s, "coronal")) axis = MS_AXIS_CORONAL;
+    else if (!strcmp(axis_s, "sagittal")) axis = MS_AXIS_SAGITTAL;
     else {
         fprintf(stderr, "mrisam predict: --axis must be auto, axial, coronal or sagittal\n");
         return MS_EXIT_USAGE;
     }
-    if (ms_norm_parse(norm_s, &po.norm)) {
+    if (norm_s && ms_norm_parse(norm_s, &norm)) {
         fprintf(stderr, "mrisam predict: --norm must be percentile, zscore or none\n");
         return MS_EXIT_USAGE;
     }
@@ -218,21 +233,20 @@ static int run(int argc, char **argv)
         fprintf(stderr, "mrisam predict: --batch-size must be 1..1024\n");
         return MS_EXIT_USAGE;
     }
-    if (!(p_lo >= 0 && p_lo < p_hi && p_hi <= 100)) {
+    double lo_v = p_lo < 0 ? 0.5 : p_lo, hi_v = p_hi < 0 ? 99.5 : p_hi;
+    if (!(lo_v >= 0 && lo_v < hi_v && hi_v <= 100)) {
         fprintf(stderr, "mrisam predict: need 0 <= --percentile-low < --percentile-high <= 100\n");
         return MS_EXIT_USAGE;
     }
     po.batch = batch;
-    po.p_lo = p_lo;
-    po.p_hi = p_hi;
 
-    char **ins = NULL, **outs = NULL;
+    char **ins = NULL, **outs = NULL, **pins = NULL;
     int n = 0, failed = 0, dev_ok = 0, model_ok = 0, pred_ok = 0;
     ms_status rc = MS_OK;
     ms_device dev;
-    ms_sam m;
+    ms_predict_model pm;
     ms_predictor pr;
-    memset(&m, 0, sizeof m);
+    memset(&pm, 0, sizeof pm);
     int lr = list_inputs(in, out, &ins, &outs, &n);
     if (lr) {
         rc = lr == -2 ? ms_error(MS_EIO, "%s: cannot read the directory", in) : ms_error(MS_ENOMEM, "out of memory");
@@ -255,9 +269,39 @@ static int run(int argc, char **argv)
     dev.cuda_index = index;
     if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
     dev_ok = 1;
-    if ((rc = ms_sam_load(&m, ckpt, &dev))) goto leave;
+    if ((rc = ms_predict_model_load(&pm, ckpt, task, &dev))) goto leave;
     model_ok = 1;
-    if ((rc = ms_predictor_init(&pr, &m, &dev, batch))) goto leave;
+    /* the checkpoint's slicing and intensities unless given explicitly (then they win, with a warning) */
+    po.axis = pm.has_prep && !axis_s ? pm.axis : axis;
+    po.norm = pm.has_prep && !norm_s ? pm.norm : norm;
+    po.p_lo = pm.has_prep && p_lo < 0 ? pm.p_lo : lo_v;
+    po.p_hi = pm.has_prep && p_hi < 0 ? pm.p_hi : hi_v;
+    if (pm.has_prep && (axis_s || norm_s || p_lo >= 0 || p_hi >= 0))
+        fprintf(stderr, "predict: warning: --axis/--norm/--percentile-* override the checkpoint's own preprocessing\n");
+    if (pm.finetuned) {
+        po.class_map = pm.class_map;
+        po.n_class_map = pm.n_classes;
+    }
+    if (pm.prompt != MS_PROMPT_NONE && !prompts) {
+        rc = ms_error(MS_EINVAL, "%s: trained with %s prompts: give --prompts-from LABEL.nii.gz (or a directory "
+                                 "of label volumes named like the inputs)", ckpt, ms_prompt_mode_name(pm.prompt));
+        goto leave;
+    }
+    if (prompts && pm.prompt == MS_PROMPT_NONE)
+        fprintf(stderr, "predict: warning: %s was trained without prompts; --prompts-from is ignored\n", ckpt);
+    if (prompts && pm.prompt != MS_PROMPT_NONE) {
+        pins = calloc((size_t)(n ? n : 1), sizeof *pins);
+        if (!pins) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
+        for (int i = 0; i < n; i++) {
+            pins[i] = is_dir(prompts) ? join(prompts, base_name(ins[i])) : strdup(prompts);
+            if (!pins[i]) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
+        }
+        if (n > 1 && !is_dir(prompts)) {
+            rc = ms_error(MS_EINVAL, "%s: --in is a directory, so --prompts-from must be one too", prompts);
+            goto leave;
+        }
+    }
+    if ((rc = ms_predictor_init_ex(&pr, pm.m, &dev, batch, &pm.pc, pm.prompt))) goto leave;
     pred_ok = 1;
 
     progress pg = {.on = isatty(2), .n_vols = n, .t0 = now_s()};
@@ -267,7 +311,7 @@ static int run(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         pg.vol = i;
         ms_predict_result r;
-        ms_status st = ms_predict_file(&pr, &po, ins[i], outs[i], &r);
+        ms_status st = ms_predict_file_prompted(&pr, &po, ins[i], pins ? pins[i] : NULL, outs[i], &r);
         if (pg.on) fprintf(stderr, "\r\033[K");
         if (!st && png) st = write_overlays(png, ins[i], &r);
         if (st) {
@@ -283,17 +327,20 @@ static int run(int argc, char **argv)
         ms_predict_result_free(&r);
     }
     double dt = now_s() - pg.t0;
-    printf("predict: %d of %d volumes written, %lld slices in %.1f s (%.2f slices/s), %d classes\n", written, n,
-           (long long)pg.slices_before, dt, dt > 0 ? (double)pg.slices_before / dt : 0.0, pr.num_cls);
+    printf("predict: %d of %d volumes written, %lld slices in %.1f s (%.2f slices/s), %d classes%s%s\n", written, n,
+           (long long)pg.slices_before, dt, dt > 0 ? (double)pg.slices_before / dt : 0.0, pm.n_classes,
+           pm.finetuned ? ", task " : "", pm.finetuned ? pm.ft.cfg.task[pm.task].name : "");
 leave:
     for (int i = 0; i < n; i++) {
         if (ins) free(ins[i]);
         if (outs) free(outs[i]);
+        if (pins) free(pins[i]);
     }
     free(ins);
     free(outs);
+    free(pins);
     if (pred_ok) ms_predictor_free(&pr);
-    if (model_ok) ms_sam_free(&m);
+    if (model_ok) ms_predict_model_free(&pm);
     if (dev_ok) ms_device_free(&dev);
     if (rc) return ms_cli_report("predict", rc);
     return failed ? MS_EXIT_FAIL : MS_EXIT_OK;
