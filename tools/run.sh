@@ -50,6 +50,8 @@ test)
   install_missing $BUILD_PKGS $TEST_PKGS
   mkdir -p build build-asan
   start=$(date +%s)
+  # Tests run side by side (ctest -j): OpenMP threads that spin while waiting steal the cores the other tests need.
+  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
   build build -DMS_CUDA=AUTO
   (cd build && ctest --output-on-failure -j"$JOBS" ${MS_TEST_ARGS:-}) || fail=1
   # Sanitizers on the fast CPU tests (slow ones and script tests that drive Python are left to the main run).
