@@ -132,6 +132,8 @@ static ms_status percentiles_hist(const float *v, size_t n, size_t m, double mn,
  * general path to the caller) at the first value that does not fit. */
 #define SI_LO (-32768)
 #define SI_N (65536 + 32768)
+static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double q[2], ms_intensity *out);
+
 static int fit_small_int(const float *v, size_t n, ms_norm norm, const double q[2], ms_intensity *out, int *oom)
 {
     uint32_t *hist = calloc(SI_N, sizeof *hist);
@@ -152,6 +154,14 @@ static int fit_small_int(const float *v, size_t n, ms_norm norm, const double q[
         }
         hist[k - SI_LO]++;
     }
+    fit_hist(hist, n, norm, q, out);
+    free(hist);
+    return 1;
+}
+
+/* Everything fit_small_int derives from its histogram of SI_N bins (value b + SI_LO in bin b) of n values. */
+static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double q[2], ms_intensity *out)
+{
     int32_t lo = 0, hi = -1;
     for (int32_t b = 0; b < SI_N; b++)
         if (hist[b]) {
@@ -208,8 +218,57 @@ static int fit_small_int(const float *v, size_t n, ms_norm norm, const double q[
         out->scale = r[1] - r[0];
     }
     if (!(out->scale > 0)) out->scale = 1;
-    free(hist);
-    return 1;
+}
+
+/* Counting into 4 interleaved histograms breaks the store-to-load chain of runs of equal values (background), which
+ * otherwise serialises the increments; the four are summed into one at the end. */
+#define COUNT_INT(T)                                                                                                   \
+    do {                                                                                                               \
+        const T *x = (const T *)v;                                                                                     \
+        size_t i = 0;                                                                                                  \
+        for (; i + 4 <= n; i += 4) {                                                                                   \
+            h4[0 * SI_N + (int32_t)x[i] - SI_LO]++;                                                                    \
+            h4[1 * SI_N + (int32_t)x[i + 1] - SI_LO]++;                                                                \
+            h4[2 * SI_N + (int32_t)x[i + 2] - SI_LO]++;                                                                \
+            h4[3 * SI_N + (int32_t)x[i + 3] - SI_LO]++;                                                                \
+        }                                                                                                              \
+        for (; i < n; i++) h4[(int32_t)x[i] - SI_LO]++;                                                                \
+    } while (0)
+
+ms_status ms_intensity_fit_int(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo, double p_hi,
+                               ms_intensity *out)
+{
+    uint32_t *h4 = calloc((size_t)4 * SI_N, sizeof *h4);
+    if (!h4) return ms_error(MS_ENOMEM, "out of memory");
+    switch (type) {
+    case MS_INT_U8: COUNT_INT(uint8_t); break;
+    case MS_INT_I8: COUNT_INT(int8_t); break;
+    case MS_INT_U16: COUNT_INT(uint16_t); break;
+    case MS_INT_I16: COUNT_INT(int16_t); break;
+    }
+    for (int k = 1; k < 4; k++)
+        for (size_t b = 0; b < SI_N; b++) h4[b] += h4[(size_t)k * SI_N + b];
+    fit_hist(h4, n, norm, (double[2]){p_lo, p_hi}, out);
+    free(h4);
+    return MS_OK;
+}
+#undef COUNT_INT
+
+ms_status ms_intensity_lut(const ms_intensity *it, uint16_t **lut)
+{
+    *lut = NULL;
+    if (it->int_hi < it->int_lo) return ms_error(MS_EINVAL, "intensity: not an integer window");
+    size_t m = (size_t)((int64_t)it->int_hi - it->int_lo + 1);
+    uint16_t *t = malloc(m * sizeof *t);
+    if (!t) return ms_error(MS_ENOMEM, "out of memory");
+    const double off = it->offset, sc = it->scale;
+    for (size_t k = 0; k < m; k++) {
+        double x = ((double)(it->int_lo + (int64_t)k) - off) / sc;
+        x = x < 0 ? 0 : x > 1 ? 1 : x;
+        t[k] = (uint16_t)(int32_t)(x * 65535.0 + 0.5);
+    }
+    *lut = t;
+    return MS_OK;
 }
 
 ms_status ms_intensity_fit(const float *v, size_t n, ms_norm norm, double p_lo, double p_hi, ms_intensity *out)

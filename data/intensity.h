@@ -30,6 +30,14 @@ ms_status ms_norm_parse(const char *s, ms_norm *out);
 const char *ms_norm_name(ms_norm n);
 /* Fits the window of `norm` to n values. Uses a temporary copy of the nonzero values for percentiles. */
 ms_status ms_intensity_fit(const float *v, size_t n, ms_norm norm, double p_lo, double p_hi, ms_intensity *out);
+/* Integer voxels of at most 16 bits, as stored (any order): the same fit as ms_intensity_fit on their values as
+ * floats, from one counting pass without the float copy. Always sets int_lo..int_hi (the values' range). */
+typedef enum { MS_INT_U8, MS_INT_I8, MS_INT_U16, MS_INT_I16 } ms_int_type;
+ms_status ms_intensity_fit_int(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo, double p_hi,
+                               ms_intensity *out);
+/* The encoding of every integer in int_lo..int_hi (int_hi − int_lo + 1 entries, malloc'd; the caller frees):
+ * lut[k] is what ms_intensity_apply gives for the value int_lo + k. */
+ms_status ms_intensity_lut(const ms_intensity *it, uint16_t **lut);
 /* out[i] = floor(65535 · clip((v[i] − offset) / scale, 0, 1) + 0.5), evaluated in double in exactly this order. */
 void ms_intensity_apply(const float *v, size_t n, const ms_intensity *it, uint16_t *out);
 /* The q-th percentile (0..100) of n values with numpy's linear interpolation; reorders v. */

@@ -38,8 +38,9 @@ typedef struct ms_nifti_hdr {
 ms_status ms_nifti_check_header(const uint8_t *buf, size_t n, ms_nifti_hdr *out);
 
 typedef struct ms_nifti {
-    void *nim;  /* nifti_image * (header and geometry only; data is read by us, see nifti.c) */
-    void *data; /* the voxel data, native byte order */
+    void *nim;   /* nifti_image * (header and geometry only; data is read by us, see nifti.c) */
+    void *data;  /* the voxel data, native byte order */
+    void *block; /* the allocation data points into (freed by ms_nifti_close); NULL when the buffer was lent */
     ms_nifti_hdr hdr;
     int geom;             /* MS_GEOM_* : which affine was used */
     double affine[4][4];  /* voxel → world (RAS mm) of the stored grid */
@@ -52,11 +53,37 @@ typedef struct ms_nifti {
     char warn[256]; /* non-fatal notes ("no sform or qform: using pixdim"), "" when none */
 } ms_nifti;
 
-/* Validates the header and the file length, then reads the image with libnifti. */
+/* Validates the header and the file length, then reads the image with libnifti. Single-file .nii.gz up to
+ * MS_NIFTI_MEM_MAX bytes are read whole and inflated in memory (ms_nifti_open_mem); larger ones, .hdr/.img pairs and
+ * uncompressed names stream through zlib (no second copy of the file in memory). */
+#define MS_NIFTI_MEM_MAX ((int64_t)1 << 30)
+/* 1 when ms_nifti_open takes the in-memory path for this file (a .nii.gz name, at most MS_NIFTI_MEM_MAX bytes). */
+int ms_nifti_in_memory(const char *path);
 ms_status ms_nifti_open(const char *path, ms_nifti *out);
+/* A buffer lent to ms_nifti_open_mem for the inflated file and kept across volumes by its owner (a fresh multi-MB
+ * allocation costs a page fault per 4 KiB every time). Grown as needed; the owner frees p. */
+typedef struct ms_nifti_buf {
+    uint8_t *p;
+    size_t cap;
+} ms_nifti_buf;
+/* The same from the bytes of a single-file NIfTI already in memory (`file`, n bytes, gzip or not; not kept), `path`
+ * naming it in messages. gzip: the header is inflated first and checked, then the whole stream at once with
+ * libdeflate (built with MS_HAVE_LIBDEFLATE; multi-member files too) or zlib (otherwise, and for data over 4 GB).
+ * lent: NULL, or a buffer out->data will point into (valid until the buffer's next use; close the image first). */
+ms_status ms_nifti_open_mem(const char *path, const uint8_t *file, size_t n, ms_nifti_buf *lent, ms_nifti *out);
+/* Reads the whole file at `path` into *buf (grown with realloc as needed; *cap its size), its length in *n. */
+ms_status ms_nifti_read_file(const char *path, uint8_t **buf, size_t *cap, size_t *n);
 /* Frame f as a canonical float32 volume of cdim[0]·cdim[1]·cdim[2] voxels, scaling applied, NaN/Inf set to 0 and
  * counted in *n_nonfinite. */
 ms_status ms_nifti_frame(const ms_nifti *n, int64_t frame, float *dst, uint64_t *n_nonfinite);
+/* Integer voxels read as they are (uint8, int8, uint16, int16 and no scl_slope/scl_inter that changes a value):
+ * returns the datatype code and sets *data to frame f as stored (sdim order, native byte order); 0 otherwise. Those
+ * frames can skip the float volume: ms_intensity_fit_int on *data, then ms_nifti_frame_lut. */
+int ms_nifti_frame_int(const ms_nifti *n, int64_t frame, const void **data);
+/* Frame f of such an image through a table, in canonical order: dst[i] = lut[v − lo] for values v in lo..hi (0 for
+ * any other value, which the table's fit on the same frame rules out). */
+ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *lut, int32_t lo, int32_t hi,
+                             uint16_t *dst);
 void ms_nifti_close(ms_nifti *n);
 /* The datatype's name ("int16"), or "unknown". */
 const char *ms_nifti_type_name(int datatype);

@@ -1,10 +1,10 @@
 #!/usr/bin/python3
-"""tools/bench/bench_ingest.py STORE FILE... — the Python baseline of `mrisam ingest` for the benchmark: the same
-work, vectorised with numpy, single process: SHA-256 of the file, nibabel load (+ closest-canonical reorientation),
-float32 with NaN/Inf -> 0, percentiles 0.5/99.5 of the nonzero voxels (np.percentile, introselect), uint16 scaling,
-slices along the lowest-resolution axis, near-empty slices skipped, zstd level 3 with checksum (no shuffle, as ingest),
-a 44-byte record header with a crc of the pixels (zlib.crc32 stands in for crc32c: Python has no fast crc32c),
-LMDB with one transaction per volume. Prints "slices N seconds S"."""
+"""tools/bench/bench_ingest.py [--zstd-level N] STORE FILE... — the Python baseline of `mrisam ingest` for the
+benchmark: the same work, vectorised with numpy, single process: SHA-256 of the file, nibabel load (+ closest-canonical
+reorientation), float32 with NaN/Inf -> 0, percentiles 0.5/99.5 of the nonzero voxels (np.percentile, introselect),
+uint16 scaling, slices along the lowest-resolution axis, near-empty slices skipped, zstd (level 3 unless --zstd-level,
+as ingest) with checksum (no shuffle, as ingest), a 44-byte record header with a crc of the pixels (zlib.crc32
+stands in for crc32c: Python has no fast crc32c), LMDB with one transaction per volume. Prints "slices N seconds S"."""
 import hashlib
 import json
 import struct
@@ -18,10 +18,14 @@ import numpy as np
 import zstandard
 
 t0 = time.perf_counter()
-store, files = sys.argv[1], sys.argv[2:]
+args = sys.argv[1:]
+level = 3
+if args[:1] == ["--zstd-level"]:
+    level, args = int(args[1]), args[2:]
+store, files = args[0], args[1:]
 env = lmdb.open(store, map_size=1 << 34, max_dbs=8, sync=False)
 dbs = {n: env.open_db(n.encode()) for n in ("meta", "volumes", "slices", "labels", "sources")}
-cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
+cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
 key = 0
 for vid, path in enumerate(files):
     h = hashlib.sha256(open(path, "rb").read()).hexdigest()
