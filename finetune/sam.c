@@ -100,7 +100,8 @@ ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed)
                       (strstr(nm, "output_upscaling.1."));
         if (strstr(nm, "gaussian")) {
             for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_normal(&r);
-        } else if (strstr(nm, "embed") || strstr(nm, "token")) { /* nn.Embedding: N(0, 1) */
+        } else if (strstr(nm, "embed") || strstr(nm, "iou_token.") || strstr(nm, "mask_tokens.")) {
+            /* nn.Embedding: N(0, 1) (not "token" alone: cross_attn_token_to_image is a Linear) */
             for (int64_t j = 0; j < p->numel; j++) h[j] = ms_rng_normal(&r);
         } else if (is_norm) {
             for (int64_t j = 0; j < p->numel; j++) h[j] = is_w ? 1.f : 0.f;

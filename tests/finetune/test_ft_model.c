@@ -163,6 +163,38 @@ static int tensor_equal(const ms_params *a, int ia, const ms_params *b, int ib)
     return eq;
 }
 
+
+/* PyTorch's default initialisation of the decoder, by an independent rule: every 2-D ".weight" of a Linear is
+ * U(±1/√fan_in) (std bound/√3); the IoU token, mask tokens and the prompt embeddings (nn.Embedding) are N(0, 1). */
+static void test_default_init(uint64_t seed)
+{
+    ms_device dev = cpu_dev();
+    ms_ft_config c = test_cfg(MS_FT_FULL, MS_FT_SCOPE_ENC_DEC, 0);
+    ms_ft_model fm;
+    MS_CHECK_OK(ms_ft_model_build(&fm, &c, NULL, seed, &dev));
+    int checked = 0, bad = 0;
+    for (int i = 0; i < fm.sam.ps.n; i++) {
+        const ms_param *p = &fm.sam.ps.p[i];
+        const char *n = p->name;
+        int emb = has(n, "iou_token.") || has(n, "mask_tokens.") || has(n, "point_embeddings.") ||
+                  has(n, "not_a_point_embed.") || has(n, "no_mask_embed.");
+        int lin = !emb && strncmp(n, "image_encoder.", 14) && p->ndim == 2 && has(n, ".weight") && p->numel >= 256;
+        if (!emb && !lin) continue;
+        float *h = host_copy(&fm.sam.ps, i);
+        double s2 = 0, mx = 0;
+        for (int64_t j = 0; j < p->numel; j++) { s2 += (double)h[j] * h[j]; if (fabs(h[j]) > mx) mx = fabs(h[j]); }
+        double sd = sqrt(s2 / p->numel);
+        free(h);
+        double want = emb ? 1.0 : 1.0 / sqrt((double)p->shape[1]) / sqrt(3.0);
+        double tol = p->numel >= 1000 ? 0.15 : 0.5;
+        int ok = fabs(sd / want - 1) < tol && (emb || mx <= 1.0 / sqrt((double)p->shape[1]) + 1e-6);
+        if (!ok && bad++ < 5) printf("  init %s: sd %.4f, expected %.4f (max %.4f)\n", n, sd, want, mx);
+        checked++;
+    }
+    MS_CHECK(checked > 20 && !bad, "default init: %d of %d tensors off", bad, checked);
+    ms_ft_model_free(&fm);
+}
+
 static void test_load_from(uint64_t seed)
 {
     ms_device dev = cpu_dev();
@@ -299,6 +331,7 @@ int main(void)
     uint64_t seed = ms_test_seed();
     test_meta(seed);
     test_trainable(seed);
+    test_default_init(seed);
     test_load_from(seed);
     test_save_load(seed);
     return ms_test_done();
