@@ -448,7 +448,11 @@ static void test_store(ms_rng *r)
     MS_CHECK_OK(ms_store_read(rd, target + 1, &sl)); /* the reader stays usable */
     bl.n = 0;
     MS_CHECK_OK(ms_store_verify(s, on_bad, &bl, &nc, &nb));
-    MS_CHECK(nb == 1 && bl.keys[0] == target, "verify lists key 7 (%llu bad)", (unsigned long long)nb);
+    /* The byte search above can also hit a stale copy of record 7 in a freed page that LMDB has since reused for
+     * another record (seed-dependent), so a second bad key is possible; key 7 itself must be listed. */
+    int has7 = 0;
+    for (int i = 0; i < bl.n && i < 8; i++) has7 |= bl.keys[i] == target;
+    MS_CHECK(nb >= 1 && nb <= 2 && has7, "verify lists key 7 (%llu bad)", (unsigned long long)nb);
     ms_store_reader_free(rd);
     ms_store_close(s);
     for (int v = 0; v < NV; v++)
