@@ -20,6 +20,8 @@ static const bench_entry benches[] = {
     /* {"ingest", "...", ms_bench_ingest}, */
     {"mae", "one MAE training step (vit_test, vit_b at 256) img/s vs the PyTorch reference step", ms_bench_mae},
     {"sam", "SAM image encoder CPU s/image, forward and forward+backward (vit_b 1024, vit_test) vs PyTorch", ms_bench_sam},
+    {"finetune", "a fine-tuning step per method x scope (vit_test 256) slices/s vs PyTorch, 1 and 2 threads",
+     ms_bench_finetune},
 };
 static const int n_benches = (int)(sizeof benches / sizeof benches[0]);
 
