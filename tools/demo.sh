@@ -10,12 +10,12 @@
 #   4. few-shot fine-tune those weights into a brain segmenter (8 labelled slices of ch2, decoder only, cached
 #      embeddings; validation on a mid-brain block of held-out slices);
 #   5. segment ch2 with it (a NIfTI label volume on ch2's grid, PNG overlays) and score it on the held-out slices.
-# Environment: MS_DEMO_STEPS (default 200), MS_DEMO_FT_STEPS (default 500), MS_THREADS (default: all cores).
+# Environment: MS_DEMO_STEPS (default 200), MS_DEMO_FT_STEPS (default 200), MS_THREADS (default: all cores).
 set -euo pipefail
 MRISAM=${1:?usage: demo.sh path/to/mrisam [outdir]}
 OUT=${2:-demo-out}
 STEPS=${MS_DEMO_STEPS:-200}
-FT_STEPS=${MS_DEMO_FT_STEPS:-500}
+FT_STEPS=${MS_DEMO_FT_STEPS:-200}
 # Loader threads and OpenMP share the cores: passive waiting keeps spinning threads from starving the others.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 THREADS=${MS_THREADS:-0}

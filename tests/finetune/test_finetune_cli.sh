@@ -17,7 +17,7 @@ set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 MRISAM=${MS_MRISAM:-mrisam}
 PY=/usr/bin/python3
-MIN_DICE=${MS_FT_MIN_DICE:-0.35}
+MIN_DICE=${MS_FT_MIN_DICE:-0.8}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 fail=0
