@@ -2,6 +2,8 @@
 #include "optimizer.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops.h"
@@ -56,4 +58,41 @@ float ms_lr_at(ms_schedule kind, int64_t step, int64_t warmup, int64_t total, fl
     if (t > 1) t = 1;
     if (kind == MS_SCHED_POLY) return (float)(base_lr * pow(1.0 - t, 0.9));
     return (float)(min_lr + (base_lr - min_lr) * 0.5 * (1.0 + cos(M_PI * t)));
+}
+
+/* One loop for both directions: the names and the walk over trainable tensors must agree exactly. */
+static ms_status moments_io(ms_optimizer *o, ms_state_dict *sd, int save)
+{
+    const ms_params *ps = o->ps;
+    ms_status rc = MS_OK;
+    for (int i = 0; i < ps->n && !rc; i++) {
+        const ms_param *p = &ps->p[i];
+        if (!p->trainable) continue;
+        float *h = malloc((size_t)p->numel * sizeof(float));
+        if (!h) return ms_error(MS_ENOMEM, "out of memory");
+        char name[MS_PARAM_NAME_MAX + 4];
+        for (int k = 0; k < 2 && !rc; k++) {
+            float *d = (k ? o->v : o->m) + p->goff;
+            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', p->name);
+            if (save) {
+                rc = ms_dev_to_host(ps->dev, h, d, (size_t)p->numel * sizeof(float));
+                if (!rc) rc = ms_sd_add(sd, name, MS_DTYPE_F32, p->shape, p->ndim, h);
+            } else {
+                rc = ms_sd_get_f32(sd, name, p->shape, p->ndim, h);
+                if (!rc) rc = ms_dev_from_host(ps->dev, d, h, (size_t)p->numel * sizeof(float));
+            }
+        }
+        free(h);
+    }
+    return rc;
+}
+
+ms_status ms_optimizer_moments_to_sd(const ms_optimizer *o, ms_state_dict *sd)
+{
+    return moments_io((ms_optimizer *)o, sd, 1); /* save only reads the moments */
+}
+
+ms_status ms_optimizer_moments_from_sd(ms_optimizer *o, const ms_state_dict *sd)
+{
+    return moments_io(o, (ms_state_dict *)sd, 0); /* load only reads the state dict */
 }

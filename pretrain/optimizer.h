@@ -23,6 +23,11 @@ void ms_optimizer_free(ms_optimizer *o);
  * skip_prefix (NULL: none) — used for the decoder-only warm-up, which leaves the encoder untouched. */
 ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix);
 
+/* The moments of the trainable tensors as state-dict tensors "m.<name>" / "v.<name>" (run checkpoints), and back
+ * (every one must be present with its shape). */
+ms_status ms_optimizer_moments_to_sd(const ms_optimizer *o, ms_state_dict *sd);
+ms_status ms_optimizer_moments_from_sd(ms_optimizer *o, const ms_state_dict *sd);
+
 typedef enum { MS_SCHED_COSINE = 0, MS_SCHED_POLY = 1, MS_SCHED_CONSTANT = 2 } ms_schedule;
 /* Linear warm-up from 0 over `warmup` steps (lr·(step+1)/warmup), then half-cycle cosine to min_lr, or
  * finetune-SAM's poly decay lr·(1 − (step−warmup)/(total−warmup))^0.9. */

@@ -64,34 +64,6 @@ typedef struct opts {
     double val_fraction, lr, wd, clip, min_lr;
 } opts;
 
-/* ---- AdamW moments ↔ state dict (as pretrain) ------------------------------------------------------------------ */
-
-static ms_status moments_io(ms_optimizer *o, ms_state_dict *sd, int save)
-{
-    const ms_params *ps = o->ps;
-    ms_status rc = MS_OK;
-    for (int i = 0; i < ps->n && !rc; i++) {
-        const ms_param *p = &ps->p[i];
-        if (!p->trainable) continue;
-        float *h = malloc((size_t)p->numel * sizeof(float));
-        if (!h) return ms_error(MS_ENOMEM, "out of memory");
-        char name[MS_PARAM_NAME_MAX + 4];
-        for (int k = 0; k < 2 && !rc; k++) {
-            float *d = (k ? o->v : o->m) + p->goff;
-            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', p->name);
-            if (save) {
-                rc = ms_dev_to_host(ps->dev, h, d, (size_t)p->numel * 4);
-                if (!rc) rc = ms_sd_add(sd, name, MS_DTYPE_F32, p->shape, p->ndim, h);
-            } else {
-                rc = ms_sd_get_f32(sd, name, p->shape, p->ndim, h);
-                if (!rc) rc = ms_dev_from_host(ps->dev, d, h, (size_t)p->numel * 4);
-            }
-        }
-        free(h);
-    }
-    return rc;
-}
-
 /* ---- the run --------------------------------------------------------------------------------------------------- */
 
 typedef struct task_data {
@@ -251,7 +223,7 @@ static ms_status save_checkpoint(ft_run *R)
     MS_TRY(ms_ft_model_save(&R->m, dir, extra));
     ms_state_dict sd;
     ms_sd_init(&sd);
-    ms_status rc = moments_io(&R->opt, &sd, 1);
+    ms_status rc = ms_optimizer_moments_to_sd(&R->opt, &sd);
     snprintf(p, sizeof p, "%s/optim.safetensors", dir);
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
@@ -303,7 +275,7 @@ static ms_status load_checkpoint(ft_run *R, const char *dir)
     ms_sd_init(&sd);
     snprintf(p, sizeof p, "%s/optim.safetensors", dir);
     rc = ms_sd_load(p, &sd);
-    if (!rc) rc = moments_io(&R->opt, &sd, 0);
+    if (!rc) rc = ms_optimizer_moments_from_sd(&R->opt, &sd);
     ms_sd_free(&sd);
     if (rc) { ms_error_prefix("%s", p); return rc; }
     char *js;

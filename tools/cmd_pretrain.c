@@ -56,47 +56,6 @@ static double now(void)
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-/* AdamW moments of one parameter set → state dict tensors "m.<name>" / "v.<name>" and back. */
-static ms_status moments_to_sd(const ms_optimizer *o, ms_state_dict *sd)
-{
-    const ms_params *ps = o->ps;
-    ms_status rc = MS_OK;
-    for (int i = 0; i < ps->n && !rc; i++) {
-        const ms_param *p = &ps->p[i];
-        if (!p->trainable) continue;
-        float *h = malloc((size_t)p->numel * sizeof(float));
-        if (!h) return ms_error(MS_ENOMEM, "out of memory");
-        char name[MS_PARAM_NAME_MAX + 4];
-        for (int k = 0; k < 2 && !rc; k++) {
-            rc = ms_dev_to_host(ps->dev, h, (k ? o->v : o->m) + p->goff, (size_t)p->numel * 4);
-            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', p->name);
-            if (!rc) rc = ms_sd_add(sd, name, MS_DTYPE_F32, p->shape, p->ndim, h);
-        }
-        free(h);
-    }
-    return rc;
-}
-
-static ms_status moments_from_sd(ms_optimizer *o, const ms_state_dict *sd)
-{
-    const ms_params *ps = o->ps;
-    ms_status rc = MS_OK;
-    for (int i = 0; i < ps->n && !rc; i++) {
-        const ms_param *p = &ps->p[i];
-        if (!p->trainable) continue;
-        float *h = malloc((size_t)p->numel * sizeof(float));
-        if (!h) return ms_error(MS_ENOMEM, "out of memory");
-        char name[MS_PARAM_NAME_MAX + 4];
-        for (int k = 0; k < 2 && !rc; k++) {
-            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', p->name);
-            rc = ms_sd_get_f32(sd, name, p->shape, p->ndim, h);
-            if (!rc) rc = ms_dev_from_host(ps->dev, (k ? o->v : o->m) + p->goff, h, (size_t)p->numel * 4);
-        }
-        free(h);
-    }
-    return rc;
-}
-
 static ms_status load_params_from(ms_params *ps, const char *path, const char *only_prefix)
 {
     ms_state_dict sd;
@@ -149,8 +108,8 @@ static ms_status save_checkpoint(const opts *o, ms_sam *sam, ms_params *dec_ps, 
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
     ms_sd_init(&sd);
-    if (!rc) rc = moments_to_sd(oe, &sd);
-    if (!rc) rc = moments_to_sd(od, &sd);
+    if (!rc) rc = ms_optimizer_moments_to_sd(oe, &sd);
+    if (!rc) rc = ms_optimizer_moments_to_sd(od, &sd);
     snprintf(p, sizeof p, "%s/optim.safetensors", dir);
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
@@ -193,8 +152,8 @@ static ms_status load_checkpoint(const char *dir, ms_sam *sam, ms_params *dec_ps
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status rc = ms_sd_load(p, &sd);
-    if (!rc) rc = moments_from_sd(oe, &sd);
-    if (!rc) rc = moments_from_sd(od, &sd);
+    if (!rc) rc = ms_optimizer_moments_from_sd(oe, &sd);
+    if (!rc) rc = ms_optimizer_moments_from_sd(od, &sd);
     ms_sd_free(&sd);
     if (rc) return rc;
     char *js;
