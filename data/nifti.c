@@ -507,6 +507,12 @@ static ms_status deflate_all(const char *path, const uint8_t *in, size_t n, size
     size_t ip = 0, op = 0;
     while (op < need) {
         size_t used = 0, got = 0;
+        /* libdeflate skips a member's optional header CRC (FHCRC); zlib checks it: hand such files to zlib, so
+         * both builds accept the same files */
+        if (n - ip >= 4 && (in[ip + 3] & 0x02)) {
+            st = MS_EFORMAT;
+            break;
+        }
         enum libdeflate_result r =
             libdeflate_gzip_decompress_ex(d, in + ip, n - ip, b->p + op, b->cap - op, &used, &got);
         if (r == LIBDEFLATE_INSUFFICIENT_SPACE && b->cap < limit) {
