@@ -218,6 +218,28 @@ ms_status ms_ft_loss_run(ms_ft_loss *L, const float *logits, const int32_t *targ
     return ms_cross_entropy_backward(dev, dlogits, 1.0f, logits, L->target, B, C, P);
 }
 
+ms_status ms_ft_loss_split(ms_ft_loss *L, const float *logits, const int32_t *target_host, int B, int C, int64_t P,
+                           double *ce_fg, double *ce_bg)
+{
+    MS_FAIL_IF((int64_t)B * P > L->cap, MS_EINVAL, "loss: %d x %lld targets exceed the buffer", B, (long long)P);
+    int64_t n = (int64_t)B * P;
+    int32_t *t = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    MS_FAIL_IF(!t, MS_ENOMEM, "out of memory");
+    ms_status rc = MS_OK;
+    for (int side = 0; side < 2 && !rc; side++) {
+        /* the CE op ignores targets < 0: keep one side's pixels only */
+        for (int64_t i = 0; i < n; i++) t[i] = (side ? target_host[i] == 0 : target_host[i] > 0) ? target_host[i] : -1;
+        float h = 0;
+        rc = ms_dev_from_host(L->dev, L->target, t, (size_t)n * sizeof(int32_t));
+        if (!rc) rc = ms_cross_entropy_forward(L->dev, L->loss + 1, logits, L->target, B, C, P);
+        if (!rc) rc = ms_dev_to_host(L->dev, &h, L->loss + 1, sizeof h);
+        if (side) *ce_bg = h;
+        else *ce_fg = h;
+    }
+    free(t);
+    return rc;
+}
+
 /* ---- validation metric ------------------------------------------------------------------------------------------- */
 
 void ms_ft_dice_reset(ms_ft_dice_acc *a, int C)

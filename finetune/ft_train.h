@@ -64,6 +64,10 @@ void ms_ft_loss_free(ms_ft_loss *L);
  * With dlogits (device, like logits) non-NULL it is overwritten with d(dice + ce)/dlogits. */
 ms_status ms_ft_loss_run(ms_ft_loss *L, const float *logits, const int32_t *target_host, int B, int C, int64_t P,
                          float *dlogits, double *dice, double *ce);
+/* The cross-entropy split by target (cli.md's loss_fg / loss_bg): mean CE over pixels with target > 0, and over
+ * pixels with target == 0 (0 where there are none). Forward only, for the log. */
+ms_status ms_ft_loss_split(ms_ft_loss *L, const float *logits, const int32_t *target_host, int B, int C, int64_t P,
+                           double *ce_fg, double *ce_bg);
 #define MS_FT_DICE_SMOOTH 1e-5f
 
 /* ---- validation metric ------------------------------------------------------------------------------------------- */

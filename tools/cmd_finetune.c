@@ -495,7 +495,7 @@ static ms_status validate(ft_run *R, ms_ft_dice_acc *acc, double *score, double 
 
 typedef struct step_out {
     int task, n, skipped;
-    double dice, ce;
+    double dice, ce, ce_fg, ce_bg;
     float gnorm, lr;
 } step_out;
 
@@ -549,6 +549,7 @@ static ms_status train_step(ft_run *R, step_out *so)
     }
     MS_TRY(ms_ft_model_decode(&R->m, t, emb, n, pr));
     MS_TRY(ms_ft_loss_run(&R->loss, R->m.logits, R->target, n, C, P, R->m.dlogits, &so->dice, &so->ce));
+    MS_TRY(ms_ft_loss_split(&R->loss, R->m.logits, R->target, n, C, P, &so->ce_fg, &so->ce_bg));
     MS_TRY(ms_ft_model_backward(&R->m, R->m.dlogits));
     float *g = R->m.sam.ps.grad;
     int64_t gn = R->m.sam.ps.numel_trainable;
@@ -949,10 +950,10 @@ static int run(int argc, char **argv)
         double loss = so.dice + so.ce;
         snprintf(js, sizeof js,
                  "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"train\", \"task\": \"%s\", \"loss\": %.7g, "
-                 "\"loss_dice\": %.7g, \"loss_ce\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"img_per_s\": %.4g, "
-                 "\"skipped\": %lld, \"t\": %.3f}",
-                 (long long)R->st.step, epoch, c->task[so.task].name, so.n ? loss : 0.0, so.dice, so.ce, so.lr,
-                 so.gnorm, ips, (long long)R->st.skipped, t - R->t0);
+                 "\"loss_dice\": %.7g, \"loss_ce\": %.7g, \"loss_fg\": %.7g, \"loss_bg\": %.7g, \"lr\": %.6g, "
+                 "\"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, \"t\": %.3f}",
+                 (long long)R->st.step, epoch, c->task[so.task].name, so.n ? loss : 0.0, so.dice, so.ce, so.ce_fg,
+                 so.ce_bg, so.lr, so.gnorm, ips, (long long)R->st.skipped, t - R->t0);
         if ((rc = ms_runlog_json(&R->lg, js))) goto leave;
         char tag[128];
         snprintf(tag, sizeof tag, "train/loss/%s", c->task[so.task].name);

@@ -50,7 +50,7 @@ def need(c, msg):
 lines = [json.loads(l) for l in open(os.path.join(run, "log.jsonl"))]
 train = [l for l in lines if l["split"] == "train"]
 val = [l for l in lines if l["split"] == "val"]
-keys = {"step", "epoch", "split", "loss", "lr", "grad_norm", "img_per_s", "skipped", "t", "task", "loss_dice", "loss_ce"}
+keys = {"step", "epoch", "split", "loss", "lr", "grad_norm", "img_per_s", "skipped", "t", "task", "loss_dice", "loss_ce", "loss_fg", "loss_bg"}
 need(len(train) == 250 and keys <= set(train[0]), "250 train lines with the cli.md keys")
 need([v["step"] for v in val] == [50, 100, 150, 200, 250], "validation every 25 epochs (2 steps each) and at the end")
 need(all(isinstance(v["dice"]["brain"]["1"], (int, float)) for v in val), "validation dice {task: {class: value}}")

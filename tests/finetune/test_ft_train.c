@@ -96,6 +96,12 @@ static void test_loss(uint64_t seed)
         /* fp32 sums over <= 3·5·264 terms: relative error well under 1e-5; the bound leaves a 10x margin */
         MS_CHECK(fabs(d + e - ref) <= 1e-5 * fabs(ref) + 1e-6, "loss %.8f vs %.8f", d + e, ref);
         MS_CHECK(cg.max_rel < 1e-3 && cg.nmse < 1e-9, "loss gradient: max_rel %.3g nmse %.3g", cg.max_rel, cg.nmse);
+        /* loss_fg / loss_bg: the two CE means recombine into the CE mean (independent of how the op splits) */
+        double fg = 0, bg = 0, nf = 0, nb = 0;
+        MS_CHECK_OK(ms_ft_loss_split(&L, x, t, B, C, P, &fg, &bg));
+        for (int64_t i = 0; i < (int64_t)B * P; i++) { nf += t[i] > 0; nb += t[i] == 0; }
+        MS_CHECK(fabs((fg * nf + bg * nb) / (nf + nb) - e) <= 1e-5 * fabs(e) + 1e-6 && fg > 0 && bg > 0,
+                 "CE split: fg %.6f bg %.6f vs CE %.6f", fg, bg, e);
         ms_ft_loss_free(&L);
         free(x); free(dx); free(g); free(t);
     }
