@@ -832,6 +832,9 @@ static int run(int argc, char **argv)
         if (td->single)
             printf("finetune: %s has one labelled volume: training and validation are contiguous slice blocks "
                    "%d slices apart\n", td->path, 8);
+        if (td->single && !split_file && o.shots && shot_unit == MS_SHOT_VOLUME)
+            fprintf(stderr, "finetune: warning: %s: --shots %d --shot-unit volume on a store with one labelled "
+                    "volume: that volume's training block is used whole\n", td->path, o.shots);
         printf("finetune: task %s: %d classes, %llu training slices with foreground (%llu empty left out), "
                "%llu validation slices\n", c->task[t].name, c->task[t].num_cls, (unsigned long long)td->train.n,
                (unsigned long long)n_empty, (unsigned long long)td->val.n);
