@@ -165,12 +165,13 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
         MS_TRY(ms_sam_config_named(c->model, M0, &sc));
     }
     sc.enc.finetune_sam_block = c->compat_finetune_sam;
-    MS_FAIL_IF(c->prep.size != sc.enc.img_size, MS_EUNSUPPORTED,
-               "finetune: input size %d differs from the model's %d (only the native size is supported)", c->prep.size,
-               sc.enc.img_size);
-    c->prep.label_size = 4 * ms_sam_enc_grid(&sc.enc);
+    MS_FAIL_IF(c->prep.size < sc.enc.patch || c->prep.size % sc.enc.patch || c->prep.size > 4096, MS_EINVAL,
+               "finetune: input size %d is not a multiple of the patch size %d (up to 4096)", c->prep.size,
+               sc.enc.patch);
+    /* another input size than the weights': position tables interpolated inside every forward (as pretrain) */
+    c->prep.label_size = 4 * (c->prep.size / sc.enc.patch);
     c->prep.channels = 3;
-    MS_TRY(ms_sam_register(&m->sam, &sc, dev));
+    MS_TRY(ms_sam_register_at(&m->sam, &sc, c->prep.size == sc.enc.img_size ? 0 : c->prep.size, dev));
     ms_sam *s = &m->sam;
     ms_status rc = MS_OK;
     m->head[0] = 0;

@@ -41,6 +41,11 @@ ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config
 
 ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
 {
+    return ms_sam_register_at(m, cfg, 0, dev);
+}
+
+ms_status ms_sam_register_at(ms_sam *m, const ms_sam_config *cfg, int run_size, ms_device *dev)
+{
     memset(m, 0, sizeof *m);
     ms_params_init(&m->ps);
     m->cfg = *cfg;
@@ -51,10 +56,12 @@ ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
                       cfg->enc.out_chans);
         goto leave;
     }
-    m->img_size = cfg->enc.img_size;
-    m->emb_h = m->emb_w = ms_sam_enc_grid(&cfg->enc);
+    /* the prompt encoder and mask decoder have no size-dependent tensors: they follow the run grid */
+    m->img_size = run_size ? run_size : cfg->enc.img_size;
+    m->emb_h = m->emb_w = m->img_size / cfg->enc.patch;
     /* SAM's key order: image_encoder, prompt_encoder, mask_decoder. */
     if ((rc = ms_sam_encoder_init(&m->enc, &cfg->enc, &m->ps, "image_encoder."))) goto leave;
+    if (run_size && (rc = ms_sam_encoder_set_input_size(&m->enc, run_size))) goto leave;
     if ((rc = ms_sam_prompt_init(&m->pe, &m->ps, "prompt_encoder.", m->emb_h, m->emb_w, m->img_size))) goto leave;
     if ((rc = ms_sam_decoder_init(&m->dec, &m->ps, "mask_decoder.", cfg->n_mask_tokens, cfg->dec_depth, m->emb_h,
                                   m->emb_w)))

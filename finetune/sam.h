@@ -43,6 +43,10 @@ ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
 /* The same in two steps, so that PEFT tensors and extra heads can be registered in between: register every SAM
  * tensor (nothing allocated; on failure m is freed), then allocate (zeros) and freeze the prompt encoder's buffers. */
 ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
+/* The same for running at input side run_size (0 = the checkpoint's own): the encoder interpolates its position
+ * tables (ms_sam_encoder_set_input_size), img_size and the embedding grid follow the run size, and every tensor keeps
+ * its native shape. */
+ms_status ms_sam_register_at(ms_sam *m, const ms_sam_config *cfg, int run_size, ms_device *dev);
 ms_status ms_sam_alloc(ms_sam *m);
 /* PyTorch's default initialisation (Embedding N(0,1), Linear/ConvT U(±1/√fan_in), norms 1/0, the gaussian PE matrix
  * N(0,1)) of every allocated tensor whose name starts with prefix, from seed. */

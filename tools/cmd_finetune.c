@@ -671,7 +671,7 @@ static int run(int argc, char **argv)
         {"augment", MS_OPT_STR, &o.augment, "none|seg", "training augmentation (default none)"},
         {"task-weights", MS_OPT_STR, &o.task_weights, "size|uniform", "how often each task trains (default size: "
                                                                       "proportional to its training slices)"},
-        {"input-size", MS_OPT_INT, &o.input_size, "N", "model input size (default: the model's own)"},
+        {"input-size", MS_OPT_INT, &o.input_size, "N", "model input size (default: the model's own; others interpolate the position tables)"},
         {"resize", MS_OPT_STR, &o.resize, "longest|stretch", "SAM's longest-side resize (default) or a square stretch"},
         {"norm", MS_OPT_STR, &o.norm, "sam|medsam", "pixel normalisation (default sam)"},
         {"seed", MS_OPT_I64, &o.seed, "S", "seed (default 0)"},

@@ -326,6 +326,65 @@ static void test_save_load(uint64_t seed)
     ms_ft_model_free(&b);
 }
 
+/* Another input size than the weights' (vit_test's 256 → 128: grid 8, logits 32×32): the tensors keep their shapes,
+ * the run grid follows the input, a checkpoint reloads to the same logits, and gradients reach the encoder. */
+static void test_input_size(uint64_t seed)
+{
+    ms_device dev = cpu_dev();
+    ms_ft_config c = test_cfg(MS_FT_LORA, MS_FT_SCOPE_ENC_DEC, 0);
+    ms_prep_config_default(&c.prep, 128);
+    ms_ft_model a, b;
+    ms_status st = ms_ft_model_build(&a, &c, NULL, seed, &dev);
+    MS_CHECK_OK(st);
+    if (st) return;
+    MS_CHECK(a.sam.img_size == 128 && a.sam.emb_h == 8 && a.cfg.prep.label_size == 32, "run grid: size %d grid %d label %d",
+             a.sam.img_size, a.sam.emb_h, a.cfg.prep.label_size);
+    int ip = ms_params_find(&a.sam.ps, "image_encoder.pos_embed");
+    MS_CHECK(ip >= 0 && a.sam.ps.p[ip].shape[1] == 16, "pos_embed keeps its native 16x16 grid");
+    ms_rng r;
+    ms_rng_init(&r, seed, 5);
+    MS_CHECK_OK(set_random(&a.sam.ps, "linear_b_", &r));
+    MS_CHECK_OK(set_random(&a.sam.ps, "pos_embed", &r)); /* interpolation must matter */
+    char dir[] = "/tmp/ms_ftsize_XXXXXX";
+    MS_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    MS_CHECK_OK(ms_ft_model_save(&a, dir, NULL));
+    st = ms_ft_model_load(&b, dir, &dev);
+    MS_CHECK_OK(st);
+    if (!st) {
+        MS_CHECK(b.sam.img_size == 128 && b.cfg.prep.size == 128, "reloaded at 128");
+        const int B = 2, S = 128;
+        int64_t nx = (int64_t)B * 3 * S * S, nl = (int64_t)B * 2 * 32 * 32;
+        MS_CHECK_OK(ms_ft_model_reserve(&a, B, 1));
+        MS_CHECK_OK(ms_ft_model_reserve(&b, B, 0));
+        float *x = malloc((size_t)nx * sizeof(float)), *dl = malloc((size_t)nl * sizeof(float));
+        ms_fill_uniform(x, nx, &r, -2.f, 2.f);
+        ms_fill_uniform(dl, nl, &r, -1.f, 1.f);
+        MS_CHECK_OK(ms_ft_model_encode(&a, x, B));
+        MS_CHECK_OK(ms_ft_model_encode(&b, x, B));
+        MS_CHECK_OK(ms_ft_model_decode(&a, 0, a.emb, B, NULL));
+        MS_CHECK_OK(ms_ft_model_decode(&b, 0, b.emb, B, NULL));
+        ms_cmp cm = ms_compare_f(a.logits, b.logits, nl);
+        MS_CHECK(cm.max_abs == 0 && isfinite(a.logits[0]), "128-px checkpoint reloads to the same logits (%g)", cm.max_abs);
+        MS_CHECK_OK(ms_params_zero_grads(&a.sam.ps));
+        MS_CHECK_OK(ms_ft_model_backward(&a, dl));
+        int iq = ms_params_find(&a.sam.ps, "image_encoder.blocks.3.attn.qkv.linear_b_v.weight");
+        const float *g = iq >= 0 ? ms_params_grad(&a.sam.ps, iq) : NULL;
+        double sg = 0;
+        for (int64_t i = 0; g && i < a.sam.ps.p[iq].numel; i++) sg += fabs(g[i]);
+        MS_CHECK(sg > 0 && isfinite(sg), "encoder LoRA gradient at 128 px (%g)", sg);
+        free(x);
+        free(dl);
+        ms_ft_model_free(&b);
+    }
+    char p[256];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    unlink(p);
+    rmdir(dir);
+    ms_ft_model_free(&a);
+}
+
 int main(void)
 {
     uint64_t seed = ms_test_seed();
@@ -334,5 +393,6 @@ int main(void)
     test_default_init(seed);
     test_load_from(seed);
     test_save_load(seed);
+    test_input_size(seed);
     return ms_test_done();
 }
