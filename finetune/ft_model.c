@@ -283,6 +283,7 @@ static void free_buffers(ms_ft_model *m)
     ms_sam_prompt_state_free(dev, &m->pst);
     free(m->d_sparse);
     m->x = m->emb = m->demb = m->logits = m->dlogits = m->dmasks = m->d_sparse = NULL;
+    m->d_sparse_cap = 0;
     memset(&m->pst, 0, sizeof m->pst);
     m->max_batch = 0;
 }
@@ -374,9 +375,13 @@ ms_status ms_ft_model_backward(ms_ft_model *m, const float *dlogits)
     int64_t nsp = (int64_t)m->pst.bp * m->pst.ns * 256;
     int pe_trains = ms_params_grad(&s->ps, s->pe.pt[0]) != NULL;
     if (pe_trains && nsp > 0) {
-        free(m->d_sparse);
-        m->d_sparse = calloc((size_t)nsp, sizeof(float));
-        MS_FAIL_IF(!m->d_sparse, MS_ENOMEM, "out of memory");
+        if (nsp > m->d_sparse_cap) {
+            free(m->d_sparse);
+            m->d_sparse = malloc((size_t)nsp * sizeof(float));
+            m->d_sparse_cap = m->d_sparse ? nsp : 0;
+            MS_FAIL_IF(!m->d_sparse, MS_ENOMEM, "out of memory");
+        }
+        memset(m->d_sparse, 0, (size_t)nsp * sizeof(float)); /* the decoder accumulates into it */
         dsp = m->d_sparse;
     }
     MS_TRY(ms_sam_decoder_backward(dev, &s->dec, m->dmasks, NULL, enc ? m->demb : NULL, dsp, NULL));

@@ -93,6 +93,7 @@ typedef struct ms_ft_model {
     const float *last_emb;
     ms_sam_prompt_state pst;
     float *d_sparse;                /* host scratch for the prompt-encoder gradient */
+    int64_t d_sparse_cap;
 } ms_ft_model;
 
 /* Builds the model: SAM of cfg->model (or of init's shapes when init != NULL), heads, PEFT tensors, the trainable

@@ -188,6 +188,8 @@ ms_status ms_ft_loss_init(ms_ft_loss *L, ms_device *dev, int64_t max_target)
     L->cap = max_target;
     MS_TRY(ms_dev_alloc(dev, (size_t)max_target * sizeof(int32_t), (void **)&L->target));
     ms_status rc = ms_dev_alloc(dev, 2 * sizeof(float), (void **)&L->loss);
+    if (!rc && !(L->split = malloc((size_t)(max_target > 0 ? max_target : 1) * sizeof(int32_t))))
+        rc = ms_error(MS_ENOMEM, "out of memory");
     if (rc) ms_ft_loss_free(L);
     return rc;
 }
@@ -197,6 +199,7 @@ void ms_ft_loss_free(ms_ft_loss *L)
     if (!L->dev) return;
     ms_dev_free(L->dev, L->target);
     ms_dev_free(L->dev, L->loss);
+    free(L->split);
     memset(L, 0, sizeof *L);
 }
 
@@ -223,8 +226,7 @@ ms_status ms_ft_loss_split(ms_ft_loss *L, const float *logits, const int32_t *ta
 {
     MS_FAIL_IF((int64_t)B * P > L->cap, MS_EINVAL, "loss: %d x %lld targets exceed the buffer", B, (long long)P);
     int64_t n = (int64_t)B * P;
-    int32_t *t = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-    MS_FAIL_IF(!t, MS_ENOMEM, "out of memory");
+    int32_t *t = L->split;
     ms_status rc = MS_OK;
     for (int side = 0; side < 2 && !rc; side++) {
         /* the CE op ignores targets < 0: keep one side's pixels only */
@@ -236,7 +238,6 @@ ms_status ms_ft_loss_split(ms_ft_loss *L, const float *logits, const int32_t *ta
         if (side) *ce_bg = h;
         else *ce_fg = h;
     }
-    free(t);
     return rc;
 }
 

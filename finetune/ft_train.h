@@ -56,6 +56,7 @@ typedef struct ms_ft_loss {
     int64_t cap;       /* target elements the buffers hold */
     int32_t *target;   /* device (cap) */
     float *loss;       /* device (2): dice, ce */
+    int32_t *split;    /* host (cap): one side's targets for ms_ft_loss_split */
 } ms_ft_loss;
 
 ms_status ms_ft_loss_init(ms_ft_loss *L, ms_device *dev, int64_t max_target);
