@@ -100,7 +100,7 @@ static int run(int argc, char **argv)
     int index;
     double t0 = now_s();
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
-    if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
+    if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
     if ((rc = ms_sd_load(ckpt, &sd))) goto leave;
     /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */

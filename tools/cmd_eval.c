@@ -357,8 +357,7 @@ static ms_status eval_store(const ckpt_eval *ce, char *task_name, size_t tn, pai
     ms_device_kind kind;
     int index;
     if ((st = ms_device_parse(ce->device, &kind, &index))) goto leave;
-    dev.cuda_index = index;
-    if ((st = ms_device_init(&dev, kind, ce->threads))) goto leave;
+    if ((st = ms_device_init_at(&dev, kind, index, ce->threads))) goto leave;
     dev_ok = 1;
     if ((st = ms_predict_model_load(pm, ce->ckpt, ce->task, &dev))) goto leave;
     if (pm->finetuned) snprintf(task_name, tn, "%s", pm->ft.cfg.task[pm->task].name);

@@ -736,8 +736,7 @@ static int run(int argc, char **argv)
     ms_device_kind kind;
     int index;
     if ((rc = ms_device_parse(o.device, &kind, &index))) goto leave;
-    R->dev.cuda_index = index;
-    if ((rc = ms_device_init(&R->dev, kind, o.threads))) goto leave;
+    if ((rc = ms_device_init_at(&R->dev, kind, index, o.threads))) goto leave;
     int workers = o.workers ? o.workers : R->dev.n_threads;
     if (o.resume && (rc = ms_ckpt_dir_latest(o.resume, &ckstep, ckdir, sizeof ckdir))) goto leave;
 

@@ -266,8 +266,7 @@ static int run(int argc, char **argv)
     ms_device_kind kind;
     int index;
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
-    dev.cuda_index = index;
-    if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
+    if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
     if ((rc = ms_predict_model_load(&pm, ckpt, task, &dev))) goto leave;
     model_ok = 1;

@@ -362,8 +362,7 @@ static int run(int argc, char **argv)
     ms_device_kind kind;
     int index;
     if ((rc = ms_device_parse(o.device, &kind, &index))) goto leave;
-    dev.cuda_index = index;
-    if ((rc = ms_device_init(&dev, kind, o.threads))) goto leave;
+    if ((rc = ms_device_init_at(&dev, kind, index, o.threads))) goto leave;
 
     /* ---- the model: SAM (encoder trains; prompt encoder and mask decoder ride along for the export) ---- */
     char model_name[32];

@@ -123,8 +123,7 @@ static int run(int argc, char **argv)
     int index;
     ms_status rc;
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
-    dev.cuda_index = index;
-    if ((rc = ms_device_init(&dev, kind, threads))) goto leave;
+    if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
     if ((rc = ms_sam_load(&m, ckpt, &dev))) goto leave;
     model_ok = 1;

@@ -26,7 +26,11 @@ ms_status ms_device_parse(const char *s, ms_device_kind *kind, int *index)
 
 ms_status ms_device_init(ms_device *dev, ms_device_kind kind, int n_threads)
 {
-    int index = dev->cuda_index;
+    return ms_device_init_at(dev, kind, 0, n_threads);
+}
+
+ms_status ms_device_init_at(ms_device *dev, ms_device_kind kind, int index, int n_threads)
+{
     memset(dev, 0, sizeof *dev);
     dev->cuda_index = index;
     if (n_threads <= 0) {

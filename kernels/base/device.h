@@ -21,8 +21,11 @@ typedef struct ms_device {
     void *cuda;     /* ms_cuda_ctx * when kind == MS_DEV_CUDA */
 } ms_device;
 
-/* n_threads <= 0 means all cores. Fails with MS_EDEVICE for CUDA when the build or the machine has none. */
+/* n_threads <= 0 means all cores. Fails with MS_EDEVICE for CUDA when the build or the machine has none.
+ * Every field of *dev is set here (nothing is read from it): ms_device_init uses CUDA device 0, _at the ordinal
+ * given (from ms_device_parse). */
 ms_status ms_device_init(ms_device *dev, ms_device_kind kind, int n_threads);
+ms_status ms_device_init_at(ms_device *dev, ms_device_kind kind, int index, int n_threads);
 void ms_device_free(ms_device *dev);
 /* Parse "cpu" / "cuda" / "cuda:N". */
 ms_status ms_device_parse(const char *s, ms_device_kind *kind, int *index);

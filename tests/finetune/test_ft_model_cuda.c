@@ -86,20 +86,42 @@ static void run_case(ms_device *cpu, ms_device *gpu, ms_ft_method method, uint64
         MS_CHECK_OK(ms_dev_from_host(gpu, ddl, dl, (size_t)n * sizeof(float)));
         MS_CHECK_OK(ms_ft_model_backward(&a, dl));
         MS_CHECK_OK(ms_ft_model_backward(&b, ddl));
-        double worst = 0;
-        const char *wn = "";
+        /* Normwise error per tensor, against a floor: some gradients are zero in exact arithmetic (a key bias
+         * shifts every logit of a softmax row equally), and there both sides hold only rounding noise. The
+         * floor is 1e-3 of the model's RMS gradient entry, times sqrt(numel). The bound, 5e-3, leaves room for
+         * ill-conditioned but real gradients: the shared IoU token reaches a second task's logits only through
+         * attention, and one seed (217080662720) gives 1.9e-3 there, the same on every rerun and thread count
+         * (rounding, not a race); everything else stays under 3e-4. A wrong kernel is off by O(1). */
+        float **hg = calloc((size_t)a.sam.ps.n, sizeof *hg);
+        double ss = 0;
+        int64_t cnt = 0;
         for (int i = 0; i < a.sam.ps.n; i++) {
             const float *ga = ms_params_grad(&a.sam.ps, i), *gb = ms_params_grad(&b.sam.ps, i);
             MS_CHECK((ga == NULL) == (gb == NULL), "%s: gradient presence differs", a.sam.ps.p[i].name);
             if (!ga || !gb) continue;
-            float *h = to_host(gpu, gb, a.sam.ps.p[i].numel);
-            ms_cmp g = ms_compare_f(h, ga, a.sam.ps.p[i].numel);
-            /* normwise: per-element ratios are noisy for near-zero entries of TF32-free fp32 sums */
-            double e = sqrt(g.nmse);
-            if (!(e <= worst)) { worst = e; wn = a.sam.ps.p[i].name; }
-            free(h);
+            hg[i] = to_host(gpu, gb, a.sam.ps.p[i].numel);
+            for (int64_t k = 0; k < a.sam.ps.p[i].numel; k++) ss += (double)ga[k] * ga[k];
+            cnt += a.sam.ps.p[i].numel;
         }
-        MS_CHECK(worst < 1e-3, "%s task %d: worst normwise gradient error %.3g (%s)", ms_ft_method_name(method), t,
+        double rms = cnt ? sqrt(ss / (double)cnt) : 0;
+        double worst = 0;
+        const char *wn = "";
+        for (int i = 0; i < a.sam.ps.n; i++) {
+            if (!hg[i]) continue;
+            const float *ga = ms_params_grad(&a.sam.ps, i);
+            double dd = 0, rr = 0;
+            int64_t numel = a.sam.ps.p[i].numel;
+            for (int64_t k = 0; k < numel; k++) {
+                double d = (double)hg[i][k] - ga[k];
+                dd += d * d;
+                rr += (double)ga[k] * ga[k];
+            }
+            double e = sqrt(dd) / fmax(sqrt(rr), 1e-3 * rms * sqrt((double)numel));
+            if (!(e <= worst)) { worst = e; wn = a.sam.ps.p[i].name; }
+            free(hg[i]);
+        }
+        free(hg);
+        MS_CHECK(worst < 5e-3, "%s task %d: worst normwise gradient error %.3g (%s)", ms_ft_method_name(method), t,
                  worst, wn);
         printf("%-7s task %d: logits max rel %.2e, worst gradient %.2e (%s)\n", ms_ft_method_name(method), t,
                cm.max_rel, worst, wn);
@@ -118,8 +140,9 @@ int main(void)
     uint64_t seed = ms_test_seed();
     ms_device cpu, gpu;
     if (ms_device_init(&cpu, MS_DEV_CPU, 0) || ms_device_init(&gpu, MS_DEV_CUDA, 0)) {
-        printf("skip: %s\n", ms_errmsg());
-        return MS_TEST_SKIP;
+        /* a GPU is visible, so failing to open it is a failure, not a reason to skip */
+        printf("FAIL: device init: %s\n", ms_errmsg());
+        return 1;
     }
     run_case(&cpu, &gpu, MS_FT_FULL, seed);
     run_case(&cpu, &gpu, MS_FT_LORA, seed);

@@ -140,8 +140,8 @@ class PositionEmbeddingRandom(nn.Module):
 
     def dense(self, h, w):
         g = self.positional_encoding_gaussian_matrix
-        y = (torch.arange(h, dtype=g.dtype) + 0.5) / h
-        x = (torch.arange(w, dtype=g.dtype) + 0.5) / w
+        y = (torch.arange(h, dtype=g.dtype, device=g.device) + 0.5) / h
+        x = (torch.arange(w, dtype=g.dtype, device=g.device) + 0.5) / w
         yy, xx = torch.meshgrid(y, x, indexing="ij")
         return self._pe_encoding(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1)  # (C, h, w)
 
@@ -171,8 +171,8 @@ class PromptEncoder(nn.Module):
     def _embed_points(self, points, labels, pad):
         points = points + 0.5
         if pad:
-            points = torch.cat([points, torch.zeros(points.shape[0], 1, 2, dtype=points.dtype)], dim=1)
-            labels = torch.cat([labels, -torch.ones(labels.shape[0], 1, dtype=labels.dtype)], dim=1)
+            points = torch.cat([points, torch.zeros(points.shape[0], 1, 2, dtype=points.dtype, device=points.device)], dim=1)
+            labels = torch.cat([labels, -torch.ones(labels.shape[0], 1, dtype=labels.dtype, device=labels.device)], dim=1)
         pe = self.pe_layer.forward_with_coords(points, self.img_size)
         lab = labels[..., None]
         pe = torch.where(lab == -1, torch.zeros_like(pe), pe)
@@ -194,7 +194,7 @@ class PromptEncoder(nn.Module):
                 bs = t.shape[0]
                 break
         dt = self.no_mask_embed.weight.dtype
-        sparse = torch.empty(bs, 0, self.dim, dtype=dt)
+        sparse = torch.empty(bs, 0, self.dim, dtype=dt, device=self.no_mask_embed.weight.device)
         if points is not None:
             sparse = torch.cat([sparse, self._embed_points(points[0], points[1], boxes is None)], dim=1)
         if boxes is not None:

@@ -60,8 +60,8 @@ def get_rel_pos(q_size, k_size, rel_pos):
     m = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != m:
         rel_pos = F.interpolate(rel_pos.t()[None], size=m, mode="linear", align_corners=False)[0].t()
-    qc = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
-    kc = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    qc = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    kc = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     idx = (qc - kc) + (k_size - 1) * max(q_size / k_size, 1.0)
     return rel_pos[idx.long()]
 

@@ -14,7 +14,7 @@ With scope decoder the encoder runs under torch.no_grad(), as finetune-SAM does.
 when it trains (mrisam builds them only then; finetune-SAM's would sit unused under no_grad). finetune-SAM's unused
 Depth_Adapter is not built (mrisam has none).
 
-Run with Debian's /usr/bin/python3 (torch 1.13, CPU).
+Run with Debian's /usr/bin/python3 (torch 1.13, CPU); --device cuda on a GPU machine (float32; TF32 with MS_CUDA_TF32=1).
 """
 import argparse
 import json
@@ -94,7 +94,7 @@ def seg_loss(logits, target, num_cls, smooth=1e-5):
 def bench_case(a, method, scope):
     torch.manual_seed(a.seed)
     enc_trains = scope == "encoder+decoder"
-    m = FtSam(a.model, a.num_cls, method, enc_trains, a.lora_rank, a.compat)
+    m = FtSam(a.model, a.num_cls, method, enc_trains, a.lora_rank, a.compat).to(a.device)
     names = []
     for n, p in m.named_parameters():
         p.requires_grad_(trainable(n, method, scope, a.compat))
@@ -107,6 +107,7 @@ def bench_case(a, method, scope):
     gen = torch.Generator().manual_seed(a.seed)
     x = torch.randn(a.batch, 3, S, S, generator=gen)
     target = torch.randint(0, a.num_cls, (a.batch, lo, lo), generator=gen)
+    x, target = x.to(a.device), target.to(a.device)
 
     def step():
         if enc_trains:
@@ -118,7 +119,7 @@ def bench_case(a, method, scope):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # .item() waits for the device, so the host clock times the whole step
 
     times = []
     for s in range(a.warmup + a.steps):
@@ -128,7 +129,7 @@ def bench_case(a, method, scope):
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     out = {"impl": "torch", "method": method, "scope": scope, "model": a.model, "input": S, "batch": a.batch,
-           "threads": a.threads, "s_per_step": med, "slices_per_s": a.batch / med,
+           "threads": a.threads, "device": a.device, "s_per_step": med, "slices_per_s": a.batch / med,
            "trainable": sum(k for _, k in names), "trainable_tensors": len(names), "torch": torch.__version__}
     if a.list_trainable:
         out["names"] = [n for n, _ in names]
@@ -151,8 +152,15 @@ def main():
     ap.add_argument("--compat", action="store_true",
                     help="finetune-SAM's trainable sets and encoder block (windows partitioned before norm1)")
     ap.add_argument("--list-trainable", action="store_true", help="add the trainable tensor names to each line")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda (float32; TF32 only with MS_CUDA_TF32=1, as for mrisam's CUDA backend)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.device.startswith("cuda"):
+        # compare like with like: mrisam's CUDA GEMMs are exact fp32 unless MS_CUDA_TF32=1
+        tf32 = os.environ.get("MS_CUDA_TF32") == "1"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     for c in a.cases.split(","):
         method, scope = c.split(":")
         bench_case(a, method, scope)
