@@ -3,7 +3,8 @@
 # mricron-data templates ch2, ch2bet, ch2better, aal, plus 6 generated int16 256x256x160 .nii.gz "scanner-like"
 # volumes, seed 1), timed in one run: zcat of the inputs (the gzip floor), `mrisam ingest` with 1 and 2 threads
 # (and 1 thread at zstd level 1), and tools/bench/bench_ingest.py (nibabel + numpy + zstandard + lmdb) at zstd
-# levels 3 and 1 (each Python row does the work of the mrisam row at its level), then issue 3's three ratios.
+# levels 3 and 1 (each Python row does the work of the mrisam row at its level), then issue 3's three ratios, and
+# tools/bench/zstd_floor.py: zstd alone on the stored slices (plain and with byte-shuffle / delta filters).
 # Prints slices/s and MB/s (MB = 1e6 bytes of decoded voxel data) side by side, wall and CPU (user+sys) time, each
 # the best of REPS runs (default 3), and the load average before and after. Needs /usr/bin/python3 with nibabel,
 # zstandard, lmdb.
@@ -71,3 +72,11 @@ printf "targets: (1) 1 thread / zcat = %.2f wall, %.2f cpu (<= 2)   (2) 2 thread
   "$(ratio "$M1W" "$ZW")" "$(ratio "$M1C" "$ZC")" "$(ratio "$M2W" "$ZW")"
 printf "         (3) python / mrisam 1 thread = %.2f wall, %.2f cpu at zstd 3; %.2f wall, %.2f cpu at zstd 1 (>= 4)\n" \
   "$(ratio "$PYW" "$M1W")" "$(ratio "$PYC" "$M1C")" "$(ratio "$P1W" "$L1W")" "$(ratio "$P1C" "$L1C")"
+printf "             python / mrisam 2 threads (ingest's default on this machine: all cores) = %.2f wall at zstd 3\n" \
+  "$(ratio "$PYW" "$M2W")"
+# the part of both sides that is the same C zstd on the same slices: what is left for 4x at 1 thread
+$PY "$HERE/zstd_floor.py" "$W/s.store" > "$W/zstd_floor.txt"
+cat "$W/zstd_floor.txt"
+ZF=$(awk '/zstd plain/ { print $3 }' "$W/zstd_floor.txt")
+printf "zstd level 3 alone: %.2f s of python's %.2f and mrisam's %.2f (1 thread); 4x would leave mrisam %.2f s for everything else (it uses %.2f)\n" \
+  "$ZF" "$PYW" "$M1W" "$(echo "$PYW / 4 - $ZF" | bc -l)" "$(echo "$M1W - $ZF" | bc -l)"

@@ -1,7 +1,11 @@
 #!/bin/bash
 # tools/gpu/validate_ft.sh — fine-tuning on CUDA, checked against the CPU, in one device call (after validate.sh has
 # built $MS_BUILD). Needs deps/ft (carried): store/ (ch2better + ch2 with the ch2bet brain mask as its label, as the
-# demo ingests them), split.json (the demo's split) and ch2.nii.gz. Steps:
+# demo ingests them), split.json (the demo's split) and ch2.nii.gz, prepared on a machine with mricron-data:
+#   T=/usr/share/mricron/templates; mkdir -p deps/ft && cp $T/ch2.nii.gz deps/ft/
+#   printf 'image,label\n%s,%s\n' $T/ch2.nii.gz $T/ch2bet.nii.gz > /tmp/pairs.csv
+#   build/mrisam ingest $T/ch2better.nii.gz --labels /tmp/pairs.csv --label-threshold 0 --axis axial -o deps/ft/store
+#   and the split.json that tools/demo.sh writes. Steps:
 #   1. the same few-shot run (vit_test from random weights, full decoder, 200 steps) on the CPU and on CUDA:
 #      loss curves and validation Dice side by side;
 #   2. LoRA and adapter encoder+decoder runs (vit_test, 60 steps) on both: the losses must follow each other;
