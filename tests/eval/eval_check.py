@@ -44,7 +44,9 @@ def gen(d, seed):
     for k, sh in enumerate(shapes):
         a = affine(rng)
         gt = np.zeros(sh, np.int64)
-        for c in ((2, 3, 1) if k == 2 else (1, 2, 3)):  # case 2: class 1 painted last, so it cannot vanish
+        # the class a known case needs is painted last, so no other box can cover it: class 1 in case 2, class 2 in
+        # case 1 (where class 3 is removed afterwards; painted after 2, it could have hidden class 2 entirely)
+        for c in {1: (1, 3, 2), 2: (2, 3, 1)}.get(k, (1, 2, 3)):
             lo = [rng.integers(0, s // 2) for s in sh]
             hi = [l + rng.integers(2, s - l + 1) for l, s in zip(lo, sh)]
             gt[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = c
