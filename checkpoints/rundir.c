@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 ms_status ms_mkdirs(const char *path)
 {
     char buf[4096];
@@ -105,6 +107,18 @@ leave:
     free(buf);
     fclose(f);
     return rc;
+}
+
+ms_status ms_read_json(const char *path, size_t max_len, cJSON **out)
+{
+    char *txt;
+    size_t len;
+    *out = NULL;
+    MS_TRY(ms_read_file(path, max_len, &txt, &len));
+    *out = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    MS_FAIL_IF(!*out, MS_EFORMAT, "%s: not valid JSON", path);
+    return MS_OK;
 }
 
 ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n)

@@ -494,12 +494,8 @@ static int jnum(const cJSON *o, const char *k, double *out)
 
 ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
 {
-    char *txt = NULL;
-    size_t len = 0;
-    MS_TRY(ms_read_file(path, 1 << 20, &txt, &len));
-    cJSON *o = cJSON_ParseWithLength(txt, len);
-    free(txt);
-    MS_FAIL_IF(!o, MS_EFORMAT, "%s: not valid JSON", path);
+    cJSON *o;
+    MS_TRY(ms_read_json(path, 1 << 20, &o));
     ms_status rc = MS_OK;
     ms_ft_config_default(c);
     const char *s;

@@ -51,7 +51,7 @@ ms_status ms_predictor_init_ex(ms_predictor *p, ms_sam *m, ms_device *dev, int b
     p->dev = dev;
     p->batch = batch < 1 ? 1 : batch;
     p->prompt = prompt;
-    const int M = m->dec.n_mask_tokens, g = m->emb_h, lo = 4 * g;
+    const int M = ms_sam_decoder_head(&m->dec)->n_mask_tokens, g = m->emb_h, lo = 4 * g;
     p->pc = *pc;
     p->pc.channels = 3;
     const int S = p->pc.size;
@@ -453,9 +453,9 @@ ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const ch
         goto leave;
     }
     for (int c = 0; c < pm->n_classes; c++) pm->class_map[c] = cfg->task[t].values[c];
-    if (cfg->prompt == MS_PROMPT_NONE && pm->ft.sam.dec.n_mask_tokens != pm->n_classes + 1) {
+    if (cfg->prompt == MS_PROMPT_NONE && ms_sam_decoder_head(&pm->ft.sam.dec)->n_mask_tokens != pm->n_classes + 1) {
         rc = ms_error(MS_EFORMAT, "%s: task '%s' has %d classes but its head %d mask tokens", ckpt, cfg->task[t].name,
-                      pm->n_classes, pm->ft.sam.dec.n_mask_tokens);
+                      pm->n_classes, ms_sam_decoder_head(&pm->ft.sam.dec)->n_mask_tokens);
         goto leave;
     }
     pm->has_prep = 1;

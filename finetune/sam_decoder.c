@@ -114,7 +114,6 @@ ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *pref
     d->heads = 8;
     d->mlp_dim = 2048;
     d->depth = depth;
-    d->n_mask_tokens = n_mask_tokens;
     d->emb_h = emb_h;
     d->emb_w = emb_w;
     d->ps = ps;
@@ -154,29 +153,24 @@ ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *pref
     bad |= reg_attn(ps, prefix, "transformer.final_attn_token_to_image", D, D / 2, &d->fin);
     bad |= reg_norm(ps, prefix, "transformer.norm_final_attn", D, &d->norm_f_w, &d->norm_f_b);
     d->iou_token = reg(ps, prefix, "iou_token.weight", 2, 1, D, 0, 0, 1);
-    d->mask_tokens = reg(ps, prefix, "mask_tokens.weight", 2, M, D, 0, 0, 1);
+    ms_sam_dec_head *h0 = &d->out_heads[0];
+    h0->n_mask_tokens = M;
+    h0->mask_tokens = reg(ps, prefix, "mask_tokens.weight", 2, M, D, 0, 0, 1);
     d->up0_w = reg(ps, prefix, "output_upscaling.0.weight", 4, D, D / 4, 2, 2, 0);
     d->up0_b = reg(ps, prefix, "output_upscaling.0.bias", 1, D / 4, 0, 0, 0, 1);
     bad |= reg_norm(ps, prefix, "output_upscaling.1", D / 4, &d->up1_w, &d->up1_b);
     d->up3_w = reg(ps, prefix, "output_upscaling.3.weight", 4, D / 4, D / 8, 2, 2, 0);
     d->up3_b = reg(ps, prefix, "output_upscaling.3.bias", 1, D / 8, 0, 0, 0, 1);
-    bad |= d->iou_token < 0 || d->mask_tokens < 0 || d->up0_w < 0 || d->up0_b < 0 || d->up3_w < 0 || d->up3_b < 0;
+    bad |= d->iou_token < 0 || h0->mask_tokens < 0 || d->up0_w < 0 || d->up0_b < 0 || d->up3_w < 0 || d->up3_b < 0;
     for (int i = 0; i < M; i++)
         for (int k = 0; k < 3; k++) {
             snprintf(n, sizeof n, "output_hypernetworks_mlps.%d.layers.%d", i, k);
-            bad |= reg_linear(ps, prefix, n, k == 2 ? D / 8 : D, D, &d->hyp_w[i][k], &d->hyp_b[i][k]);
+            bad |= reg_linear(ps, prefix, n, k == 2 ? D / 8 : D, D, &h0->hyp_w[i][k], &h0->hyp_b[i][k]);
         }
     for (int k = 0; k < 3; k++) {
         snprintf(n, sizeof n, "iou_prediction_head.layers.%d", k);
-        bad |= reg_linear(ps, prefix, n, k == 2 ? M : 256, k == 0 ? D : 256, &d->iou_w[k], &d->iou_b[k]);
+        bad |= reg_linear(ps, prefix, n, k == 2 ? M : 256, k == 0 ? D : 256, &h0->iou_w[k], &h0->iou_b[k]);
     }
-    ms_sam_dec_head *h0 = &d->out_heads[0];
-    h0->n_mask_tokens = M;
-    h0->mask_tokens = d->mask_tokens;
-    memcpy(h0->hyp_w, d->hyp_w, sizeof h0->hyp_w);
-    memcpy(h0->hyp_b, d->hyp_b, sizeof h0->hyp_b);
-    memcpy(h0->iou_w, d->iou_w, sizeof h0->iou_w);
-    memcpy(h0->iou_b, d->iou_b, sizeof h0->iou_b);
     d->n_out_heads = 1;
     d->active_out_head = 0;
     return bad ? ms_error(MS_EINVAL, "mask decoder: %s", ms_errmsg()) : MS_OK;
@@ -241,13 +235,6 @@ ms_status ms_sam_decoder_use_head(ms_sam_decoder *d, int head)
 {
     MS_FAIL_IF(head < 0 || head >= d->n_out_heads, MS_EINVAL, "mask decoder: no output head %d (%d registered)", head,
                d->n_out_heads);
-    const ms_sam_dec_head *h = &d->out_heads[head];
-    d->n_mask_tokens = h->n_mask_tokens;
-    d->mask_tokens = h->mask_tokens;
-    memcpy(d->hyp_w, h->hyp_w, sizeof d->hyp_w);
-    memcpy(d->hyp_b, h->hyp_b, sizeof d->hyp_b);
-    memcpy(d->iou_w, h->iou_w, sizeof d->iou_w);
-    memcpy(d->iou_b, h->iou_b, sizeof d->iou_b);
     d->active_out_head = head;
     return MS_OK; /* the next forward re-plans the activation arena for the new M */
 }
@@ -778,18 +765,13 @@ ms_status ms_sam_decoder_forward(ms_device *dev, ms_sam_decoder *d, const float 
         MS_FAIL_IF(!d->priv, MS_ENOMEM, "out of memory");
     }
     dec_act *a = d->priv;
-    ms_sam_dec_head *hd = &a->head;
-    hd->n_mask_tokens = d->n_mask_tokens;
-    hd->mask_tokens = d->mask_tokens;
-    memcpy(hd->hyp_w, d->hyp_w, sizeof hd->hyp_w);
-    memcpy(hd->hyp_b, d->hyp_b, sizeof hd->hyp_b);
-    memcpy(hd->iou_w, d->iou_w, sizeof hd->iou_w);
-    memcpy(hd->iou_b, d->iou_b, sizeof hd->iou_b);
+    a->head = *ms_sam_decoder_head(d); /* the backward uses the head of its forward */
+    const ms_sam_dec_head *hd = &a->head;
     d->dev = dev;
     d->b_img = b_img;
     d->bp = bp;
     d->B = b_img > bp ? b_img : bp;
-    d->M = d->n_mask_tokens;
+    d->M = hd->n_mask_tokens;
     d->T = 1 + d->M + pst->ns;
     d->N = (int64_t)d->emb_h * d->emb_w;
     d->emb_in = emb;

@@ -68,16 +68,15 @@ typedef struct ms_sam_dec_peft {
 } ms_sam_dec_peft;
 
 typedef struct ms_sam_decoder {
-    int dim, heads, mlp_dim, depth, n_mask_tokens, emb_h, emb_w;
+    int dim, heads, mlp_dim, depth, emb_h, emb_w;
     ms_params *ps; /* not owned */
-    int iou_token, mask_tokens;
+    int iou_token;
     ms_sam_dec_layer_params layer[MS_SAM_DEC_MAX_DEPTH];
     ms_sam_attn_params fin;
     int norm_f_w, norm_f_b;
     int up0_w, up0_b, up1_w, up1_b, up3_w, up3_b;
-    int hyp_w[MS_SAM_MAX_MASK_TOKENS][3], hyp_b[MS_SAM_MAX_MASK_TOKENS][3];
-    int iou_w[3], iou_b[3];
-    /* mask_tokens, hyp_*, iou_* and n_mask_tokens above are those of the ACTIVE head (ms_sam_decoder_use_head; out_heads[0] is SAM's own) */
+    /* the output heads (mask tokens, hypernetworks, IoU head); out_heads[0] is SAM's own, the next forward uses
+     * out_heads[active_out_head] (ms_sam_decoder_use_head) */
     int n_out_heads, active_out_head;
     ms_sam_dec_head out_heads[MS_SAM_MAX_HEADS];
     ms_sam_dec_peft peft;
@@ -107,13 +106,18 @@ ms_status ms_sam_decoder_add_peft(ms_sam_decoder *d, const ms_sam_dec_peft *pf);
 /* PEFT tensors only (allocated parameters): LoRA w_a = U(±1/√fan_in), w_b = 0; adapters PyTorch Linear default.
  * Each tensor draws from its own stream of `seed` keyed by its name (independent of registration order). */
 ms_status ms_sam_decoder_peft_init_random(ms_sam_decoder *d, uint64_t seed);
+/* The head the next forward uses. */
+static inline const ms_sam_dec_head *ms_sam_decoder_head(const ms_sam_decoder *d)
+{
+    return &d->out_heads[d->active_out_head];
+}
+
 /* Registers another output head (multi-task) with n_mask_tokens tokens under `prefix` + SAM's head keys
  * ("tasks.liver.mask_decoder." + "mask_tokens.weight", "output_hypernetworks_mlps.i.layers.j.*",
  * "iou_prediction_head.layers.j.*"), shapes as head 0's with M = n_mask_tokens, all optional for ms_params_load;
  * before ms_params_alloc. Returns the head id (>= 1) or -1 (ms_errmsg set). */
 int ms_sam_decoder_add_head(ms_sam_decoder *d, const char *prefix, int n_mask_tokens);
-/* Selects the head the next forward uses (0 = SAM's own): copies it into the top-level mask_tokens, hyp_*, iou_*,
- * n_mask_tokens. The next forward re-plans the activations for its M. A backward always goes with the head of the
+/* Selects the head the next forward uses (0 = SAM's own). The next forward re-plans the activations for its M. A backward always goes with the head of the
  * forward before it, even when the active head was switched in between. */
 ms_status ms_sam_decoder_use_head(ms_sam_decoder *d, int head);
 /* PyTorch's default init of one head (mask tokens N(0,1), Linear U(±1/√fan_in) for weights and biases) from seed,

@@ -282,13 +282,9 @@ static void find_shots(const char *ckpt, char *out, size_t n)
 /* Index of `store` in a split file's "stores" (by real path, else by the path as written), or -1. */
 static ms_status shots_index(const char *shots, const char *store, int *idx)
 {
-    char *txt = NULL;
-    size_t len = 0;
+    cJSON *o;
     *idx = -1;
-    MS_TRY(ms_read_file(shots, 1 << 26, &txt, &len));
-    cJSON *o = cJSON_ParseWithLength(txt, len);
-    free(txt);
-    MS_FAIL_IF(!o, MS_EFORMAT, "%s: not valid JSON", shots);
+    MS_TRY(ms_read_json(shots, 1 << 26, &o));
     char want[4096], have[4096];
     int ok_want = realpath(store, want) != NULL, i = 0;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "stores"), *e;

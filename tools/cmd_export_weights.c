@@ -326,7 +326,6 @@ static int run(int argc, char **argv)
     ms_sd_init(&sd);
     ms_sd_init(&src);
     cJSON *cfg = NULL;
-    char *js = NULL;
     char dir[4200], p[4400], model_name[32];
     if (ms_ft_is_checkpoint(pos.v[0])) {
         rc = export_ft(pos.v[0], out, task, layout, threads);
@@ -341,11 +340,8 @@ static int run(int argc, char **argv)
         goto leave;
     }
     if ((rc = resolve(pos.v[0], dir, sizeof dir))) goto leave;
-    size_t len;
     snprintf(p, sizeof p, "%s/config.json", dir);
-    if ((rc = ms_read_file(p, 1 << 20, &js, &len))) goto leave;
-    cfg = cJSON_Parse(js);
-    if (!cfg) { rc = ms_error(MS_EFORMAT, "%s: not valid JSON", p); goto leave; }
+    if ((rc = ms_read_json(p, 1 << 20, &cfg))) goto leave;
     const cJSON *ck = cJSON_GetObjectItemCaseSensitive(cfg, "ckpt"), *mo = cJSON_GetObjectItemCaseSensitive(cfg, "model"),
                 *se = cJSON_GetObjectItemCaseSensitive(cfg, "seed");
     const char *ckpt = cJSON_IsString(ck) && ck->valuestring[0] ? ck->valuestring : NULL;
@@ -371,7 +367,6 @@ static int run(int argc, char **argv)
     printf("export-weights: %s (%s) -> %s\n", dir, model_name, out);
 leave:
     cJSON_Delete(cfg);
-    free(js);
     ms_sd_free(&sd);
     ms_sd_free(&src);
     ms_sam_free(&sam);

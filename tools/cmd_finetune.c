@@ -286,10 +286,8 @@ static ms_status load_checkpoint(ft_run *R, const char *dir)
     free(js);
     MS_FAIL_IF(!same, MS_EINVAL, "%s: the options differ from the run's (give the same options with --resume)", p);
     snprintf(p, sizeof p, "%s/state.json", dir);
-    MS_TRY(ms_read_file(p, 1 << 20, &js, &len));
-    cJSON *j = cJSON_Parse(js);
-    free(js);
-    MS_FAIL_IF(!j, MS_EFORMAT, "%s: not valid JSON", p);
+    cJSON *j;
+    MS_TRY(ms_read_json(p, 1 << 20, &j));
 #define JN(k) (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, k)) ? cJSON_GetObjectItemCaseSensitive(j, k)->valuedouble : 0)
     R->st.step = (int64_t)JN("step");
     R->opt.step = (int64_t)JN("adam_step");

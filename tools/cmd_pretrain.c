@@ -156,13 +156,9 @@ static ms_status load_checkpoint(const char *dir, ms_sam *sam, ms_params *dec_ps
     if (!rc) rc = ms_optimizer_moments_from_sd(od, &sd);
     ms_sd_free(&sd);
     if (rc) return rc;
-    char *js;
-    size_t len;
     snprintf(p, sizeof p, "%s/state.json", dir);
-    MS_TRY(ms_read_file(p, 1 << 20, &js, &len));
-    cJSON *j = cJSON_Parse(js);
-    free(js);
-    MS_FAIL_IF(!j, MS_EFORMAT, "%s: not valid JSON", p);
+    cJSON *j;
+    MS_TRY(ms_read_json(p, 1 << 20, &j));
     ts->step = (int64_t)jnum(j, "step");
     ts->opt_steps = (int64_t)jnum(j, "opt_steps");
     ts->skipped = (int64_t)jnum(j, "skipped");
@@ -173,6 +169,8 @@ static ms_status load_checkpoint(const char *dir, ms_sam *sam, ms_params *dec_ps
     cJSON_Delete(j);
     MS_FAIL_IF(!ts->lr_scale, MS_EFORMAT, "%s: incomplete state", p);
     snprintf(p, sizeof p, "%s/loader_state.bin", dir);
+    char *js;
+    size_t len;
     MS_TRY(ms_read_file(p, 4096, &js, &len));
     if (len != sizeof ts->loader) {
         free(js);

@@ -336,7 +336,7 @@ static void two_heads(ms_device *dev, uint64_t seed)
         if (!st) st = ms_params_load(&mh.ps, &sd, "");
         MS_CHECK(st == MS_OK, "plain SAM decoder into the two-head PEFT model: %s", ms_errmsg());
         if (!st) {
-            const int i0 = mh.dec.out_heads[0].mask_tokens, j0 = plain.dec.mask_tokens;
+            const int i0 = mh.dec.out_heads[0].mask_tokens, j0 = plain.dec.out_heads[0].mask_tokens;
             MS_CHECK(!memcmp(ms_params_data(&mh.ps, i0), ms_params_data(&plain.ps, j0), 256 * Ms[0] * sizeof(float)),
                      "plain load: head 0 mask tokens not loaded");
         }

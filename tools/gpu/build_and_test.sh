@@ -14,15 +14,12 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 B=${MS_BUILD:-build-gpu}
 J=${MS_JOBS:-16}
-P=/opt/msdeps
-L=$P/usr/lib/x86_64-linux-gnu
-LOG=${OUT:-/tmp}
+. "$ROOT/tools/gpu/env.sh"
 mkdir -p "$P" "$LOG"
 for f in deps/debs/*.deb; do dpkg -x "$f" "$P"; done
 # Debian's absolute symlinks (libz.so -> /lib/...) and CMake package files (/usr/...) must point into $P
 find "$P" -type l | while read -r f; do t=$(readlink "$f"); case "$t" in /*) ln -sf "$P$t" "$f" ;; esac; done
 sed -i "s|\"/usr/lib/|\"$P/usr/lib/|g; s|\"/usr/include|\"$P/usr/include|g" "$L"/cmake/*/*.cmake 2>/dev/null
-export LD_LIBRARY_PATH=$L:$L/openblas-openmp:$P/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PKG_CONFIG_PATH=$L/pkgconfig PKG_CONFIG_LIBDIR=$L/pkgconfig PKG_CONFIG_SYSROOT_DIR=$P
 PKGCONF=$(command -v pkg-config || echo "$P/usr/bin/pkgconf")
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true

@@ -6,14 +6,11 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-LOG=${OUT:-/tmp}
+. "$ROOT/tools/gpu/env.sh"
 export MS_SKIP_TORCH=${MS_SKIP_TORCH:-1} MS_JOBS=${MS_JOBS:-16} MS_BUILD=${MS_BUILD:-build-gpu}
 timeout 300 bash tools/gpu/build_and_test.sh > "$LOG/ops.log" 2>&1
 echo "build_and_test rc=$?"
 grep -E "passed|FAIL|warning lines|full build failed" "$LOG/ops.log" | head -8
-P=/opt/msdeps
-L=$P/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH=$L:$L/openblas-openmp:$P/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cd "$MS_BUILD" || exit 1
 timeout 240 cmake --build . -j"$MS_JOBS" > "$LOG/build_all.log" 2>&1
 echo "full build rc=$? ($(grep -c -i warning "$LOG/build_all.log") warning lines)"

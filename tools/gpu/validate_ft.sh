@@ -16,11 +16,8 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-LOG=${OUT:-/tmp}
+. "$ROOT/tools/gpu/env.sh"
 B=${MS_BUILD:-build-gpu}
-P=/opt/msdeps
-L=$P/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH=$L:$L/openblas-openmp:$P/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export OMP_WAIT_POLICY=passive
 M="$ROOT/$B/mrisam"
 D="$ROOT/deps/ft"
