@@ -4,9 +4,9 @@
 
 #include <errno.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "rundir.h"
 
 uint32_t ms_crc32c(uint32_t crc, const void *data, size_t n)
@@ -24,13 +24,6 @@ static uint32_t masked_crc(const void *d, size_t n)
 {
     uint32_t c = ms_crc32c(0, d, n);
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
-}
-
-static double now_s(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + tv.tv_usec * 1e-6;
 }
 
 static size_t put_varint(unsigned char *b, uint64_t v)
@@ -62,7 +55,7 @@ static ms_status write_event(FILE *f, int64_t step, const char *file_version, co
 {
     unsigned char b[600];
     size_t n = 0;
-    double wt = now_s();
+    double wt = ms_wall_s();
     b[n++] = 0x09;
     memcpy(b + n, &wt, 8);
     n += 8;

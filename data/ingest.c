@@ -24,6 +24,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "base/clock.h"
 #include "data/hash.h"
 #include "data/nifti.h"
 #include "data/store_fmt.h"
@@ -889,13 +890,6 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static char *params_json(const ms_ingest_opts *o, const char *map_hash)
 {
     cJSON *p = cJSON_CreateObject();
@@ -926,7 +920,7 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     cx.o = o;
     pthread_mutex_init(&cx.mu, NULL);
     pthread_cond_init(&cx.cv, NULL);
-    double t0 = now();
+    double t0 = ms_now_s();
     nifti_set_allow_upper_fext(1); /* archives hold .NII.GZ too; a process-wide libnifti option, set before threads */
     nifti_set_debug_level(0);      /* our own messages name the file; libnifti's would be unattributed noise */
     if (o->label_map) {
@@ -1036,7 +1030,7 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
         cx.written = i + 1;
         pthread_cond_broadcast(&cx.cv);
         pthread_mutex_unlock(&cx.mu);
-        double t = now();
+        double t = ms_now_s();
         if (o->progress && (t - last > 0.2 || i + 1 == cx.jobs.n)) {
             last = t;
             double el = t - t0, done = i + 1;
@@ -1080,6 +1074,6 @@ leave:
     free(cx.map.to);
     pthread_mutex_destroy(&cx.mu);
     pthread_cond_destroy(&cx.cv);
-    sum->seconds = now() - t0;
+    sum->seconds = ms_now_s() - t0;
     return st;
 }

@@ -374,3 +374,14 @@ ms_status ms_prep_image_hwc(const ms_prep_config *pc, const float *img01, int h,
 }
 
 /* The slice `key` of a store as 0..1 floats. */
+
+void ms_prep_to_gray(const ms_prep_config *pc, const float *chw, int fh, int fw, float *gray)
+{
+    const int S = pc->size;
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++) {
+            size_t i = (size_t)y * S + x;
+            float v = pc->norm == MS_NORM_SAM ? (chw[i] * ms_sam_pixel_std[0] + ms_sam_pixel_mean[0]) / 255.f : chw[i];
+            gray[i] = y < fh && x < fw ? v : 0.f;
+        }
+}

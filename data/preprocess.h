@@ -61,4 +61,9 @@ void ms_prep_label(const ms_prep_config *c, const uint16_t *label, int h, int w,
  * frame), each channel with its own SAM mean/std — what embed and segment feed SAM from a PNG. */
 ms_status ms_prep_image_hwc(const ms_prep_config *pc, const float *img01, int h, int w, int c, float *out);
 
+/* The inverse for pictures and reconstruction targets: channel 0 of a normalised size × size model input back to the
+ * 0..1 gray scale (not clamped); 0 outside the frame rows [0, fh) × columns [0, fw) the slice fills, so the padding
+ * counts as background. */
+void ms_prep_to_gray(const ms_prep_config *pc, const float *chw, int fh, int fw, float *gray);
+
 #endif

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
@@ -22,13 +23,6 @@
 
 #define MAX_CASES 6
 #define MAX_STEPS 1000
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -96,7 +90,7 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
         goto leave;
     const size_t lbytes = (size_t)(B * C * P) * sizeof(float);
     for (int s = 0; s < b->warmup + b->steps && !rc; s++) {
-        double t0 = now_s();
+        double t0 = ms_now_s();
         float lh[2];
         /* the input upload is part of a step, as the trainer's batch upload is */
         rc = ms_dev_from_host(&dev, m.x, x, (size_t)(B * 3 * S * S) * sizeof(float));
@@ -113,7 +107,7 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
         if (!rc) rc = ms_optimizer_step(&opt, 1e-4f, NULL);
         if (!rc) rc = ms_dev_sync(&dev);
         if (!rc && !isfinite(lh[0] + lh[1])) rc = ms_error(MS_EINVAL, "bench finetune: loss is not finite");
-        if (s >= b->warmup) times[s - b->warmup] = now_s() - t0;
+        if (s >= b->warmup) times[s - b->warmup] = ms_now_s() - t0;
     }
     if (!rc) {
         qsort(times, (size_t)b->steps, sizeof *times, cmp_double);

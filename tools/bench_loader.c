@@ -17,6 +17,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/clock.h"
 #include "base/rng.h"
 #include "cli.h"
 #include "data/loader.h"
@@ -24,13 +25,6 @@
 #include "data/store_write.h"
 
 int ms_bench_loader(int argc, char **argv);
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* One phantom slice in [0,1]: head ellipse, two inner structures, a smooth bias field, Rician noise. */
 static void phantom(uint16_t *px, int n, int vol, int z, int nz)
@@ -143,18 +137,18 @@ static ms_status bench_c(ms_store *st, const char *path, int mode, int threads, 
     }
     ms_loader *L = NULL;
     const ms_batch *b = NULL;
-    double t0 = now_s();
+    double t0 = ms_now_s();
     MS_TRY(ms_loader_open(&c, &L));
     ms_status rc = ms_loader_next(L, &b);
-    out->ttfb = now_s() - t0;
+    out->ttfb = ms_now_s() - t0;
     for (int i = 0; !rc && i < 2; i++) rc = ms_loader_next(L, &b); /* warm-up */
     long n = 0;
-    double t1 = now_s(), c1 = cpu_s(), el = 0;
+    double t1 = ms_now_s(), c1 = cpu_s(), el = 0;
     while (!rc) {
         rc = ms_loader_next(L, &b);
         if (rc || !b) break;
         n += b->n;
-        el = now_s() - t1;
+        el = ms_now_s() - t1;
         if (el >= seconds && n >= 4L * batch) break;
     }
     out->rate = el > 0 ? (double)n / el : 0;
@@ -207,11 +201,11 @@ int ms_bench_loader(int argc, char **argv)
     for (int i = 0; i < threads.n && nt < 8; i++) tl[nt++] = atoi(threads.v[i]) > 0 ? atoi(threads.v[i]) : 1;
     if (nt == 0) tl[nt++] = 1, tl[nt++] = 2;
     if (synthetic) {
-        double t0 = now_s();
+        double t0 = ms_now_s();
         rc = make_synthetic(synthetic, vols, slices, size, level);
         if (rc) goto leave;
         printf("synthetic store %s: %d volumes x %d slices of %dx%d (zstd %d), %.1f s\n", synthetic, vols, slices,
-               size, size, level, now_s() - t0);
+               size, size, level, ms_now_s() - t0);
         store = synthetic;
     }
     if ((rc = ms_store_open(store, 32, &st))) goto leave;

@@ -8,19 +8,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
 #include "pretrain/mae.h"
 #include "pretrain/optimizer.h"
 #include "pretrain_model.h"
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 typedef struct bcfg {
     int input, batch, steps, dec_dim, dec_depth, dec_heads;
@@ -67,7 +61,7 @@ static ms_status time_ours(const char *model, int threads, const bcfg *b, double
     for (size_t i = 0; i < (size_t)b->batch * S * S; i++) gray[i] = ms_rng_uniform(&r);
     double t0 = 0;
     for (int s = 0; s <= b->steps && !rc; s++) { /* step 0 is the warm-up */
-        if (s == 1) t0 = now_s();
+        if (s == 1) t0 = ms_now_s();
         for (int i = 0; i < b->batch; i++) keys[i] = (uint64_t)s * 1000 + i;
         ms_mae_loss l;
         rc = ms_mae_forward(&mae, x, gray, b->batch, 1, keys, &l);
@@ -77,7 +71,7 @@ static ms_status time_ours(const char *model, int threads, const bcfg *b, double
         if (!rc) rc = ms_params_zero_grads(&sam.ps);
         if (!rc) rc = ms_params_zero_grads(&dps);
     }
-    *sec = (now_s() - t0) / b->steps;
+    *sec = (ms_now_s() - t0) / b->steps;
 leave:
     free(x);
     free(gray);

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
@@ -27,13 +28,6 @@ typedef struct row {
     double gflop;
     double ours_best, ours_med, torch_best, torch_med; /* seconds; torch < 0 when not measured */
 } row;
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -51,9 +45,9 @@ static ms_status timeit(bench_fn fn, void *ctx, int repeats, double *best, doubl
     if (repeats < 1) repeats = 1;
     MS_TRY(fn(ctx));
     for (int i = 0; i < repeats; i++) {
-        double t0 = now();
+        double t0 = ms_now_s();
         MS_TRY(fn(ctx));
-        t[i] = now() - t0;
+        t[i] = ms_now_s() - t0;
     }
     qsort(t, (size_t)repeats, sizeof(double), cmp_d);
     *best = t[0];

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/device.h"
 #include "base/rng.h"
 #include "cli.h"
@@ -16,13 +17,6 @@
 #include "pretrain/sam_encoder.h"
 
 int ms_bench_sam(int argc, char **argv);
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 typedef struct timing { double fwd, fb; } timing;
 
@@ -54,11 +48,11 @@ static ms_status bench_c(const char *model, int threads, int reps, timing *out)
     for (int64_t i = 0; i < ne; i++) g[i] = ms_rng_range(&r, -1, 1);
     out->fwd = out->fb = 1e30;
     for (int it = 0; it <= reps && !rc; it++) { /* iteration 0 warms up (page faults, OpenBLAS buffers) */
-        double t0 = now_s();
+        double t0 = ms_now_s();
         rc = ms_sam_encoder_forward(&enc, x, 1, emb);
-        double t1 = now_s();
+        double t1 = ms_now_s();
         if (!rc) rc = ms_sam_encoder_backward(&enc, g, NULL);
-        double t2 = now_s();
+        double t2 = ms_now_s();
         if (it > 0 && t1 - t0 < out->fwd) out->fwd = t1 - t0;
         if (it > 0 && t2 - t0 < out->fb) out->fb = t2 - t0;
     }

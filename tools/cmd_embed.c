@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/device.h"
 #include "checkpoints/state_dict.h"
 #include "cli.h"
@@ -20,13 +21,6 @@
 #include "image_io.h"
 #include "pretrain/params.h"
 #include "pretrain/sam_encoder.h"
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static ms_status read_store_slice(const char *path, int64_t key, float **img, int *h, int *w)
 {
@@ -98,7 +92,7 @@ static int run(int argc, char **argv)
     ms_status rc;
     ms_device_kind kind;
     int index;
-    double t0 = now_s();
+    double t0 = ms_now_s();
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
@@ -136,10 +130,10 @@ static int run(int argc, char **argv)
     if (!rc) rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x);
     if (!rc) rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb);
     if (!rc) rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float));
-    double t1 = now_s();
+    double t1 = ms_now_s();
     if (!rc) rc = ms_sam_encoder_forward(&enc, x, 1, emb);
     if (!rc) rc = ms_dev_to_host(&dev, he, emb, ne * sizeof(float));
-    double t2 = now_s();
+    double t2 = ms_now_s();
     int64_t shape[4] = {1, cfg.out_chans, g, g};
     if (!rc) rc = ms_npy_write_f32(out, he, shape, 4);
     if (!rc)

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/device.h"
 #include "cli.h"
 #include "data/ingest.h"
@@ -33,19 +34,12 @@ typedef struct progress {
     double t0;
 } progress;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void on_progress(void *ctx, int64_t done, int64_t total)
 {
     progress *pg = ctx;
     pg->slices_done = pg->slices_before + done;
     if (!pg->on) return;
-    double dt = now_s() - pg->t0, rate = dt > 0 ? (double)pg->slices_done / dt : 0;
+    double dt = ms_now_s() - pg->t0, rate = dt > 0 ? (double)pg->slices_done / dt : 0;
     /* ETA: the rest of this volume plus the remaining volumes at this volume's size */
     double left = (double)(total - done) + (double)(pg->n_vols - pg->vol - 1) * (double)total;
     fprintf(stderr, "\rpredict: volume %d/%d, slice %lld/%lld, %.2f slices/s, ETA %.0f s   ", pg->vol + 1,
@@ -303,7 +297,7 @@ static int run(int argc, char **argv)
     if ((rc = ms_predictor_init_ex(&pr, pm.m, &dev, batch, &pm.pc, pm.prompt))) goto leave;
     pred_ok = 1;
 
-    progress pg = {.on = isatty(2), .n_vols = n, .t0 = now_s()};
+    progress pg = {.on = isatty(2), .n_vols = n, .t0 = ms_now_s()};
     po.progress = on_progress;
     po.progress_ctx = &pg;
     int written = 0;
@@ -325,7 +319,7 @@ static int run(int argc, char **argv)
         }
         ms_predict_result_free(&r);
     }
-    double dt = now_s() - pg.t0;
+    double dt = ms_now_s() - pg.t0;
     printf("predict: %d of %d volumes written, %lld slices in %.1f s (%.2f slices/s), %d classes%s%s\n", written, n,
            (long long)pg.slices_before, dt, dt > 0 ? (double)pg.slices_before / dt : 0.0, pm.n_classes,
            pm.finetuned ? ", task " : "", pm.finetuned ? pm.ft.cfg.task[pm.task].name : "");

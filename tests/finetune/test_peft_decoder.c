@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "finetune/sam_decoder.h"
 #include "ops.h"
 #include "sam/test_sam_decoder_golden.h"
@@ -32,13 +33,6 @@ typedef struct model {
     ms_sam_decoder dec;
     int head1; /* id of the extra head, or -1 */
 } model;
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int is_peft(const char *name)
 {
@@ -150,9 +144,9 @@ static void golden_case(ms_device *dev)
             di[b * M + 1 + i] = wi[b * msel + i];
         }
 
-    double t0 = now_s();
+    double t0 = ms_now_s();
     st = fwd_bwd(dev, &m, &pst, emb, b_img, NULL, NULL, NULL);
-    double t1 = now_s();
+    double t1 = ms_now_s();
     MS_CHECK(st == MS_OK, "forward: %s", ms_errmsg());
     if (st) goto leave;
     check(&sd, "out.masks", m.dec.masks, B * M * P, cs);
@@ -162,7 +156,7 @@ static void golden_case(ms_device *dev)
     for (int64_t i = 0; i < B * M; i++) loss += (double)m.dec.iou[i] * di[i];
     MS_CHECK(fabs(loss - scalar(&sd, "out.loss")) <= TOL * aloss, "loss %.9g vs %.9g", loss, scalar(&sd, "out.loss"));
     st = ms_sam_decoder_backward(dev, &m.dec, dm, di, demb, NULL, NULL);
-    double t2 = now_s();
+    double t2 = ms_now_s();
     MS_CHECK(st == MS_OK, "backward: %s", ms_errmsg());
     if (st) goto leave;
     printf("golden %s: forward %.1f ms, backward %.1f ms\n", cs, 1e3 * (t1 - t0), 1e3 * (t2 - t1));
@@ -472,13 +466,13 @@ int main(void)
     ms_device dev;
     memset(&dev, 0, sizeof dev);
     if (ms_device_init(&dev, MS_DEV_CPU, 1)) { printf("device: %s\n", ms_errmsg()); return 1; }
-    double t0 = now_s();
+    double t0 = ms_now_s();
     golden_case(&dev);
-    double t1 = now_s();
+    double t1 = ms_now_s();
     two_heads(&dev, seed);
-    double t2 = now_s();
+    double t2 = ms_now_s();
     init_checks(&dev, seed);
-    printf("times: golden %.2f s, two heads %.2f s, init %.2f s\n", t1 - t0, t2 - t1, now_s() - t2);
+    printf("times: golden %.2f s, two heads %.2f s, init %.2f s\n", t1 - t0, t2 - t1, ms_now_s() - t2);
     printf("largest normwise error vs PyTorch: %.3g (%s)\n", worst_err, worst_key);
     ms_device_free(&dev);
     return ms_test_done();

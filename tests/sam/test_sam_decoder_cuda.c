@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "finetune/sam_decoder.h"
 #include "ops.h"
 #include "test_sam_decoder_golden.h"
@@ -103,13 +104,6 @@ static void cmp(const char *what, const char *key, const float *gpu, const float
     MS_CHECK(e <= tol * m || (m == 0 && e == 0), "%s %s: normwise %.3g (max|cpu| %.3g)", what, key, e / m, m);
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* MS_TEST_BENCH=1: seconds per forward and per forward+backward at SAM's real size (64×64 grid, one image, one
  * point prompt, every tensor trainable), on one device. */
 static void bench(ms_device *dev, const char *name)
@@ -135,14 +129,14 @@ static void bench(ms_device *dev, const char *name)
     ms_sam_prompts pr = {.bp = 1, .n_points = 1, .points = pts, .labels = lab};
     double tf = 0, tb = 0;
     for (int r = 0; r <= reps && !st; r++) {
-        double t0 = now_s();
+        double t0 = ms_now_s();
         st = ms_sam_prompt_forward(dev, &pe, &pr, &pst);
         if (!st) st = ms_sam_decoder_forward(dev, &dec, emb, 1, &pst);
         if (!st) st = ms_dev_sync(dev);
-        double t1 = now_s();
+        double t1 = ms_now_s();
         if (!st) st = ms_sam_decoder_backward(dev, &dec, dm, di, demb, NULL, NULL);
         if (!st) st = ms_dev_sync(dev);
-        double t2 = now_s();
+        double t2 = ms_now_s();
         if (r) { tf += t1 - t0; tb += t2 - t0; } /* rep 0 warms up (allocations) */
     }
     if (st) printf("bench %s: %s\n", name, ms_errmsg());
