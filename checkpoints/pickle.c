@@ -6,7 +6,7 @@
  * stack. Only the state-dict search below descends, and it stops at depth 4.
  */
 #include "checkpoints/pickle.h"
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 
 #include <stdarg.h>
 #include <stdio.h>

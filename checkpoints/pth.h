@@ -10,7 +10,7 @@
 #ifndef MS_CKPT_PTH_H
 #define MS_CKPT_PTH_H
 
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 #include "checkpoints/state_dict.h"
 
 /* m: the mapped file; chooses zip or legacy by the first bytes. */

@@ -12,103 +12,6 @@
 
 #include <cjson/cJSON.h>
 
-ms_status ms_mkdirs(const char *path)
-{
-    char buf[4096];
-    size_t n = strlen(path);
-    MS_FAIL_IF(n == 0 || n >= sizeof buf, MS_EINVAL, "%s: bad directory name", path);
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (buf[i] != '/' && buf[i] != 0) continue;
-        char c = buf[i];
-        buf[i] = 0;
-        if (mkdir(buf, 0755) && errno != EEXIST) return ms_error(errno, "%s: cannot create directory: %s", buf, strerror(errno));
-        buf[i] = c;
-    }
-    struct stat st;
-    MS_FAIL_IF(stat(path, &st) || !S_ISDIR(st.st_mode), MS_EIO, "%s: not a directory", path);
-    return MS_OK;
-}
-
-ms_status ms_fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return ms_error(errno, "%s: cannot open directory: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    if (rc) return ms_error(e, "%s: fsync failed: %s", dir, strerror(e));
-    return MS_OK;
-}
-
-static void parent_of(const char *path, char *out, size_t n)
-{
-    snprintf(out, n, "%s", path);
-    char *s = strrchr(out, '/');
-    if (!s) snprintf(out, n, ".");
-    else if (s == out) out[1] = 0;
-    else *s = 0;
-}
-
-ms_status ms_write_file_atomic(const char *path, const void *data, size_t len)
-{
-    char tmp[4200], dir[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ms_error(errno, "%s: cannot create: %s", tmp, strerror(errno));
-    const char *p = data;
-    size_t left = len;
-    while (left) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno ? errno : EIO;
-            close(fd);
-            unlink(tmp);
-            return ms_error(e, "%s: write failed: %s", path, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) || close(fd)) {
-        int e = errno;
-        unlink(tmp);
-        return ms_error(e, "%s: fsync failed: %s", path, strerror(e));
-    }
-    if (rename(tmp, path)) {
-        int e = errno;
-        unlink(tmp);
-        return ms_error(e, "%s: rename failed: %s", path, strerror(e));
-    }
-    parent_of(path, dir, sizeof dir);
-    return ms_fsync_dir(dir);
-}
-
-ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *len)
-{
-    *data = NULL;
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
-    ms_status rc = MS_OK;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END)) { rc = ms_error(MS_EIO, "%s: cannot seek", path); goto leave; }
-    long sz = ftell(f);
-    if (sz < 0 || (size_t)sz > max_len) { rc = ms_error(MS_EFORMAT, "%s: size %ld exceeds %zu bytes", path, sz, max_len); goto leave; }
-    rewind(f);
-    buf = malloc((size_t)sz + 1);
-    if (!buf) { rc = ms_error(MS_ENOMEM, "%s: out of memory", path); goto leave; }
-    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) { rc = ms_error(MS_EIO, "%s: short read", path); goto leave; }
-    buf[sz] = 0;
-    *data = buf;
-    *len = (size_t)sz;
-    buf = NULL;
-leave:
-    free(buf);
-    fclose(f);
-    return rc;
-}
-
 ms_status ms_read_json(const char *path, size_t max_len, cJSON **out)
 {
     char *txt;
@@ -135,12 +38,11 @@ ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n)
 
 ms_status ms_ckpt_dir_commit(const char *step_dir)
 {
-    char done[4200], parent[4200];
+    char done[4200];
     snprintf(done, sizeof done, "%s/DONE", step_dir);
     MS_TRY(ms_fsync_dir(step_dir));
     MS_TRY(ms_write_file_atomic(done, "done\n", 5));
-    parent_of(step_dir, parent, sizeof parent);
-    return ms_fsync_dir(parent);
+    return ms_fsync_parent(step_dir);
 }
 
 /* step of "step_%08d", or -1 */

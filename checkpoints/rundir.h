@@ -12,19 +12,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/fileio.h" /* ms_mkdirs, ms_write_file_atomic, ms_read_file, ms_fsync_dir */
 #include "base/status.h"
 
-/* mkdir -p */
-ms_status ms_mkdirs(const char *path);
-/* Writes `len` bytes to path atomically (tmp + fsync + rename + fsync of the directory). */
-ms_status ms_write_file_atomic(const char *path, const void *data, size_t len);
-/* Reads a whole file (malloc'd, NUL-terminated for convenience); *len gets the size. max_len bounds it. */
-ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *len);
 /* Reads and parses a JSON file (config.json, state.json, meta.json, shots.json): "path: not valid JSON" when it does
  * not parse. The caller owns *out (cJSON_Delete). */
 struct cJSON;
 ms_status ms_read_json(const char *path, size_t max_len, struct cJSON **out);
-ms_status ms_fsync_dir(const char *dir);
 
 /* RUN/ckpt/step_%08d into out (creating RUN/ckpt/ and the step directory). */
 ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n);

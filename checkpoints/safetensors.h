@@ -8,7 +8,7 @@
 #ifndef MS_CKPT_SAFETENSORS_H
 #define MS_CKPT_SAFETENSORS_H
 
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 #include "checkpoints/state_dict.h"
 
 #define MS_SAFETENSORS_MAX_HEADER (100u * 1000u * 1000u)

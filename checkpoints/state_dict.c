@@ -1,4 +1,4 @@
-/* checkpoints/state_dict.c — the state-dict container, format detection, and dtype conversion to f32.
+/* checkpoints/state_dict.c — the state-dict container and dtype conversion to f32 (format dispatch: format.c).
  * Invariants: names are unique and non-empty; every entry's data holds numel·dtype-size bytes (NULL when 0). */
 #include "checkpoints/state_dict.h"
 
@@ -6,10 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoints/fileio.h"
 #include "checkpoints/internal.h"
-#include "checkpoints/pth.h"
-#include "checkpoints/safetensors.h"
 
 void ms_sd_init(ms_state_dict *sd) { memset(sd, 0, sizeof *sd); }
 
@@ -162,62 +159,4 @@ ms_status ms_sd_get_f32(const ms_state_dict *sd, const char *name, const int64_t
     default: return ms_error(MS_EUNSUPPORTED, "%s: unknown dtype", name);
     }
     return MS_OK;
-}
-
-/* Names and keys inside a hostile file may hold control characters: keep the message on one line. */
-static ms_status one_line(ms_status rc)
-{
-    char buf[1024];
-    int changed = 0;
-    snprintf(buf, sizeof buf, "%s", ms_errmsg());
-    for (char *c = buf; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
-            *c = '?';
-            changed = 1;
-        }
-    if (changed) ms_error(rc, "%s", buf);
-    return rc;
-}
-
-static ms_status load_map(const char *path, const ms_map *m, ms_state_dict *out)
-{
-    ms_status rc;
-    ms_sd_init(out);
-    /* safetensors first: its header length may start with "PK" or 0x80, but byte 8 of a zip (compression method)
-     * or of the legacy magic is never '{'. */
-    if (m->size >= 9 && m->p[8] == '{') rc = ms_safetensors_read(path, m, out);
-    else if (m->size >= 2 && (memcmp(m->p, "PK", 2) == 0 || m->p[0] == 0x80)) rc = ms_pth_read(path, m, out);
-    else rc = ms_error(MS_EFORMAT, "%s: not a PyTorch (.pth) or safetensors weight file", path);
-    if (rc) ms_sd_free(out);
-    return rc ? one_line(rc) : rc;
-}
-
-ms_status ms_sd_load(const char *path, ms_state_dict *out)
-{
-    ms_map m;
-    ms_sd_init(out);
-    MS_TRY(ms_map_open(path, &m));
-    ms_status rc = load_map(path, &m, out);
-    ms_map_close(&m);
-    return rc;
-}
-
-ms_status ms_sd_load_mem(const char *name, const void *data, size_t size, ms_state_dict *out)
-{
-    ms_map m = {data, size};
-    return load_map(name, &m, out);
-}
-
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
-ms_status ms_sd_save(const char *path, const ms_state_dict *sd)
-{
-    if (ends_with(path, ".safetensors")) return ms_safetensors_write(path, sd);
-    if (ends_with(path, ".pth") || ends_with(path, ".pt") || ends_with(path, ".bin") || ends_with(path, ".ckpt"))
-        return ms_pth_write(path, sd, NULL);
-    return ms_error(MS_EINVAL, "%s: unknown extension (use .pth, .pt, .bin or .safetensors)", path);
 }

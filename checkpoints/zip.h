@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "base/status.h"
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 
 typedef struct ms_zip_entry {
     char *name;

@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 
 enum { HDR1 = 348, VOX_OFFSET = 352 };
 

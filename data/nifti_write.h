@@ -9,7 +9,7 @@
  *
  * Invariants of the written file: 348-byte little-endian header, magic "n+1", vox_offset 352, extension flag 0,
  * datatype uint8 (every value <= 255) or uint16, scl_slope 1, scl_inter 0. It is written to "<path>.tmp.<pid>",
- * fsynced and renamed (checkpoints/fileio.h), then read back (header bytes, a CRC-32 of the data, and a parse
+ * fsynced and renamed (kernels/base/fileio.h), then read back (header bytes, a CRC-32 of the data, and a parse
  * through ms_nifti_open); a file that fails the read-back is removed and MS_ECORRUPT returned.
  */
 #ifndef MS_NIFTI_WRITE_H

@@ -1,8 +1,9 @@
-/* checkpoints/fileio.c — see fileio.h. */
-#include "checkpoints/fileio.h"
+/* kernels/base/fileio.c — see fileio.h. */
+#include "base/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -94,14 +95,7 @@ ms_status ms_afile_commit(ms_afile *a)
     free(a->tmp);
     a->tmp = NULL;
     /* rename is atomic but not durable until the folder entry is synced. */
-    char *slash = strrchr(a->path, '/');
-    if (slash) *slash = 0;
-    int dfd = open(slash ? (a->path[0] ? a->path : "/") : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (slash) *slash = '/';
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    rc = ms_fsync_parent(a->path);
 leave:
     ms_afile_abort(a);
     return rc;
@@ -115,4 +109,82 @@ void ms_afile_abort(ms_afile *a)
     free(a->tmp);
     free(a->path);
     a->tmp = a->path = NULL;
+}
+
+ms_status ms_mkdirs(const char *path)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    MS_FAIL_IF(n == 0 || n >= sizeof buf, MS_EINVAL, "%s: bad directory name", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != 0) continue;
+        char c = buf[i];
+        buf[i] = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) return ms_error(errno, "%s: cannot create directory: %s", buf, strerror(errno));
+        buf[i] = c;
+    }
+    struct stat st;
+    MS_FAIL_IF(stat(path, &st) || !S_ISDIR(st.st_mode), MS_EIO, "%s: not a directory", path);
+    return MS_OK;
+}
+
+ms_status ms_fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return ms_error(errno, "%s: cannot open directory: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (rc) return ms_error(e, "%s: fsync failed: %s", dir, strerror(e));
+    return MS_OK;
+}
+
+ms_status ms_write_file_atomic(const char *path, const void *data, size_t len)
+{
+    ms_afile a;
+    MS_TRY(ms_afile_open(&a, path));
+    ms_status rc = ms_afile_write(&a, data, len);
+    if (rc) {
+        ms_afile_abort(&a);
+        return rc;
+    }
+    return ms_afile_commit(&a);
+}
+
+ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
+    ms_status rc = MS_OK;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END)) { rc = ms_error(MS_EIO, "%s: cannot seek", path); goto leave; }
+    long sz = ftell(f);
+    if (sz < 0 || (size_t)sz > max_len) { rc = ms_error(MS_EFORMAT, "%s: size %ld exceeds %zu bytes", path, sz, max_len); goto leave; }
+    rewind(f);
+    buf = malloc((size_t)sz + 1);
+    if (!buf) { rc = ms_error(MS_ENOMEM, "%s: out of memory", path); goto leave; }
+    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) { rc = ms_error(MS_EIO, "%s: short read", path); goto leave; }
+    buf[sz] = 0;
+    *data = buf;
+    *len = (size_t)sz;
+    buf = NULL;
+leave:
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+ms_status ms_fsync_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) return ms_fsync_dir(".");
+    if (slash == path) return ms_fsync_dir("/");
+    char *dir = strndup(path, (size_t)(slash - path));
+    MS_FAIL_IF(!dir, MS_ENOMEM, "%s: out of memory", path);
+    ms_status rc = ms_fsync_dir(dir);
+    free(dir);
+    return rc;
 }

@@ -1,12 +1,12 @@
-/* checkpoints/fileio.h — read-only file mappings and crash-safe writes for the weight-file formats.
+/* kernels/base/fileio.h — file I/O every part of the library shares: read-only mappings, crash-safe writes, mkdir -p.
  *
  * Readers map the whole file (PROT_READ, private) and check every offset and size against map.size before
  * touching a byte, so a hostile file can only produce an error, never an out-of-bounds read. Writers go through
  * ms_afile: a temporary file "<path>.tmp.<pid>" in the same folder, fsynced, renamed over `path`, then the
  * folder fsynced; on any failure the temporary is removed and `path` is left as it was.
  */
-#ifndef MS_CKPT_FILEIO_H
-#define MS_CKPT_FILEIO_H
+#ifndef MS_FILEIO_H
+#define MS_FILEIO_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +34,16 @@ ms_status ms_afile_write(ms_afile *a, const void *p, size_t n);
 ms_status ms_afile_commit(ms_afile *a);
 /* Closes and removes the temporary (safe to call after commit or twice). */
 void ms_afile_abort(ms_afile *a);
+
+/* mkdir -p */
+ms_status ms_mkdirs(const char *path);
+/* Writes `len` bytes to path atomically (tmp + fsync + rename + fsync of the directory). */
+ms_status ms_write_file_atomic(const char *path, const void *data, size_t len);
+/* Reads a whole file (malloc'd, NUL-terminated for convenience); *len gets the size. max_len bounds it. */
+ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *len);
+ms_status ms_fsync_dir(const char *dir);
+/* fsync of the folder that holds path (a rename or a new entry there is durable after it). */
+ms_status ms_fsync_parent(const char *path);
 
 /* Little-endian loads (the buffer may be unaligned). */
 static inline uint16_t ms_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
