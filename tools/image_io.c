@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 
 void ms_image_free(ms_image *img)
 {

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoints/fileio.h"
+#include "base/fileio.h"
 #include "checkpoints/pth.h"
 #include "checkpoints/safetensors.h"
 #include "checkpoints/state_dict.h"
