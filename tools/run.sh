@@ -4,7 +4,8 @@
 #   tools/run.sh test   installs what is missing, builds (CUDA too when nvcc is present), runs the whole test suite,
 #                       then the sanitizer build (ASan + UBSan, CPU-only) of the fast tests
 # Environment: MS_JOBS (build parallelism, default: cores), MS_SKIP_INSTALL=1 (trust the machine), MS_TEST_ARGS
-# (extra ctest arguments, e.g. "-LE slow").
+# (extra ctest arguments, e.g. "-LE slow"), CI=true (a test that skips for a missing dependency fails; only the
+# tests labelled gpu may skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,8 +14,8 @@ mode=${1:-}
 
 BUILD_PKGS="build-essential cmake pkg-config libnifti2-dev liblmdb-dev libzstd-dev libopenblas-openmp-dev libpng-dev
   libcjson-dev zlib1g-dev libdeflate-dev"
-TEST_PKGS="python3-torch python3-numpy python3-nibabel python3-lmdb python3-zstandard mricron-data clang
-  libclang-rt-14-dev"
+TEST_PKGS="python3-torch python3-numpy python3-nibabel python3-lmdb python3-zstandard python3-pil python3-scipy mricron-data
+  clang libclang-rt-14-dev"
 
 install_missing() {
   [ "${MS_SKIP_INSTALL:-0}" = 1 ] && return 0
@@ -30,11 +31,12 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-build() { # build DIR [cmake args...]
+build() { # build DIR [cmake args...]; the configure log stays in DIR
   local dir=$1; shift
-  cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir.configure.log" 2>&1 \
-    || { cat "$dir.configure.log"; exit 1; }
-  grep -E '^-- (mrisam|  \[)' "$dir.configure.log" || true
+  mkdir -p "$dir"
+  cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir/configure.log" 2>&1 \
+    || { cat "$dir/configure.log"; exit 1; }
+  grep -E '^-- (mrisam|  \[)' "$dir/configure.log" || true
   cmake --build "$dir" -j"$JOBS"
 }
 
