@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/buf.h"
 #include "checkpoints/internal.h"
 #include "checkpoints/pickle.h"
 #include "checkpoints/zip.h"
@@ -265,58 +266,35 @@ ms_status ms_pth_read(const char *path, const ms_map *m, ms_state_dict *out)
 
 /* ---- writer ------------------------------------------------------------------------------------------------ */
 
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-    int oom;
-} buf;
-
-static void put(buf *b, const void *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t c = b->cap ? b->cap : 4096;
-        while (c < b->n + n) c *= 2;
-        uint8_t *q = realloc(b->p, c);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = c;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-}
-static void put1(buf *b, uint8_t c) { put(b, &c, 1); }
-static void put_str(buf *b, const char *s)
+static void put1(ms_buf *b, uint8_t c) { ms_buf_put(b, &c, 1); }
+static void put_str(ms_buf *b, const char *s)
 {
     uint8_t h[5] = {'X'};
     size_t n = strlen(s);
     ms_put32(h + 1, (uint32_t)n);
-    put(b, h, 5);
-    put(b, s, n);
+    ms_buf_put(b, h, 5);
+    ms_buf_put(b, s, n);
 }
-static void put_int(buf *b, int64_t v)
+static void put_int(ms_buf *b, int64_t v)
 {
     uint8_t h[10];
-    if (v >= 0 && v < 256) { h[0] = 'K'; h[1] = (uint8_t)v; put(b, h, 2); }
-    else if (v >= 0 && v < 65536) { h[0] = 'M'; ms_put16(h + 1, (uint16_t)v); put(b, h, 3); }
-    else if (v >= INT32_MIN && v <= INT32_MAX) { h[0] = 'J'; ms_put32(h + 1, (uint32_t)v); put(b, h, 5); }
-    else { h[0] = 0x8a; h[1] = 8; ms_put64(h + 2, (uint64_t)v); put(b, h, 10); }
+    if (v >= 0 && v < 256) { h[0] = 'K'; h[1] = (uint8_t)v; ms_buf_put(b, h, 2); }
+    else if (v >= 0 && v < 65536) { h[0] = 'M'; ms_put16(h + 1, (uint16_t)v); ms_buf_put(b, h, 3); }
+    else if (v >= INT32_MIN && v <= INT32_MAX) { h[0] = 'J'; ms_put32(h + 1, (uint32_t)v); ms_buf_put(b, h, 5); }
+    else { h[0] = 0x8a; h[1] = 8; ms_put64(h + 2, (uint64_t)v); ms_buf_put(b, h, 10); }
 }
 /* GLOBAL the first time (memoised at slot), BINGET afterwards. */
-static void put_global(buf *b, const char *text, uint8_t slot, uint8_t *seen)
+static void put_global(ms_buf *b, const char *text, uint8_t slot, uint8_t *seen)
 {
     if (*seen) {
         uint8_t h[2] = {'h', slot};
-        put(b, h, 2);
+        ms_buf_put(b, h, 2);
         return;
     }
     put1(b, 'c');
-    put(b, text, strlen(text));
+    ms_buf_put(b, text, strlen(text));
     uint8_t h[2] = {'q', slot};
-    put(b, h, 2);
+    ms_buf_put(b, h, 2);
     *seen = 1;
 }
 
@@ -328,12 +306,12 @@ static const char *storage_global[MS_DTYPE_COUNT] = {
     [MS_DTYPE_U8] = "torch\nByteStorage\n", [MS_DTYPE_BOOL] = "torch\nBoolStorage\n",
 };
 
-static ms_status make_pickle(const char *path, const ms_state_dict *sd, buf *b)
+static ms_status make_pickle(const char *path, const ms_state_dict *sd, ms_buf *b)
 {
     uint8_t seen[2 + MS_DTYPE_COUNT] = {0}, odict_seen = 0;
-    put(b, "\x80\x02", 2);
+    ms_buf_put(b, "\x80\x02", 2);
     put_global(b, "collections\nOrderedDict\n", 0, &odict_seen);
-    put(b, ")R", 2);
+    ms_buf_put(b, ")R", 2);
     for (int i = 0; i < sd->n; i++) {
         const ms_sd_entry *e = &sd->e[i];
         const ms_tensor *t = &e->t;
@@ -343,7 +321,7 @@ static ms_status make_pickle(const char *path, const ms_state_dict *sd, buf *b)
         if (i % 1000 == 0) put1(b, '('); /* pickle's own batching: at most 1000 pairs per SETITEMS */
         put_str(b, e->name);
         put_global(b, "torch._utils\n_rebuild_tensor_v2\n", 1, &seen[1]);
-        put(b, "((", 2);
+        ms_buf_put(b, "((", 2);
         put_str(b, "storage");
         put_global(b, storage_global[t->dtype], (uint8_t)(2 + t->dtype), &seen[2 + t->dtype]);
         char key[24];
@@ -351,7 +329,7 @@ static ms_status make_pickle(const char *path, const ms_state_dict *sd, buf *b)
         put_str(b, key);
         put_str(b, "cpu");
         put_int(b, ms_tensor_numel(t));
-        put(b, "tQ", 2);
+        ms_buf_put(b, "tQ", 2);
         put_int(b, 0);
         int64_t stride[MS_MAX_DIMS], s = 1;
         for (int k = t->ndim - 1; k >= 0; k--) {
@@ -364,8 +342,8 @@ static ms_status make_pickle(const char *path, const ms_state_dict *sd, buf *b)
             if (t->ndim) put1(b, 't');
         }
         put1(b, 0x89);                    /* requires_grad = False */
-        put(b, "h\x00)R", 4);             /* backward_hooks = OrderedDict() */
-        put(b, "tR", 2);
+        ms_buf_put(b, "h\x00)R", 4);             /* backward_hooks = OrderedDict() */
+        ms_buf_put(b, "tR", 2);
         if (i % 1000 == 999 || i == sd->n - 1) put1(b, 'u');
     }
     put1(b, '.');
@@ -376,7 +354,7 @@ static ms_status make_pickle(const char *path, const ms_state_dict *sd, buf *b)
 ms_status ms_pth_write(const char *path, const ms_state_dict *sd, const ms_pth_wopts *o)
 {
     const char *prefix = o && o->prefix ? o->prefix : "archive";
-    buf b = {0};
+    ms_buf b = {0};
     ms_afile f = {0};
     ms_zipw w = {0};
     char *name = malloc(strlen(prefix) + 64);

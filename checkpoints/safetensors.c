@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/buf.h"
 #include "checkpoints/internal.h"
 
 typedef struct span { uint64_t b, e; int idx; } span;
@@ -181,43 +182,23 @@ leave:
 
 /* ---- writer ------------------------------------------------------------------------------------------------ */
 
-typedef struct sbuf { char *p; size_t n, cap; int oom; } sbuf;
-
-static void sput(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 4096;
-        while (c < b->n + n + 1) c *= 2;
-        char *q = realloc(b->p, c);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = c;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sputs(sbuf *b, const char *s) { sput(b, s, strlen(s)); }
-static void sput_json_str(sbuf *b, const char *s)
+static void sputs(ms_buf *b, const char *s) { ms_buf_put(b, s, strlen(s)); }
+static void sput_json_str(ms_buf *b, const char *s)
 {
     sputs(b, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         char t[8];
-        if (c == '"' || c == '\\') { t[0] = '\\'; t[1] = (char)c; sput(b, t, 2); }
+        if (c == '"' || c == '\\') { t[0] = '\\'; t[1] = (char)c; ms_buf_put(b, t, 2); }
         else if (c < 0x20) { snprintf(t, sizeof t, "\\u%04x", c); sputs(b, t); }
-        else sput(b, (const char *)&c, 1);
+        else ms_buf_put(b, (const char *)&c, 1);
     }
     sputs(b, "\"");
 }
 
 ms_status ms_safetensors_write(const char *path, const ms_state_dict *sd)
 {
-    sbuf h = {0};
+    ms_buf h = {0};
     char num[64];
     if (sd->meta_json) {
         cJSON *mj = cJSON_Parse(sd->meta_json);
