@@ -21,7 +21,7 @@ typedef struct ms_box {
 } ms_box;
 
 typedef struct ms_aug_config {
-    /* MAE (mae.md §4.1) */
+    /* MAE (docs/MAE.md §Inputs) */
     int rrc;                   /* RandomResizedCrop */
     float rrc_scale[2];        /* area fraction, default 0.4..1.0 */
     float rrc_ratio[2];        /* aspect w/h, default 3/4..4/3 (sampled log-uniformly) */

@@ -1,11 +1,11 @@
-/* checkpoints/pickle.h — a restricted pickle reader for torch.save's data.pkl (sam.md §8.2). It executes
- * nothing: it is a small stack machine that knows only the opcodes torch's state dicts use (protocol 2, plus the
- * protocol-4 framing ops) and only these globals: collections.OrderedDict, torch._utils._rebuild_tensor_v2,
- * torch._utils._rebuild_parameter and the typed storage classes torch.{Float,Half,BFloat16,Double,Long,Int,Short,
- * Char,Byte,Bool}Storage. Anything else (INST, OBJ, NEWOBJ, EXT*, any other global such as posix.system or
- * builtins.eval) is refused with a one-line error naming the opcode or global and its offset.
- * Bounds: stack 1M entries, 4096 open MARKs, 8M objects, memo indices below the pickle's length, strings within
- * the remaining bytes, tensors with at most 8 dims, sizes/strides/offsets >= 0 and every product checked for
+/* checkpoints/pickle.h — a restricted pickle reader for torch.save's data.pkl (docs/FORMATS.md §Checkpoints and
+ * weights). It executes nothing: it is a small stack machine that knows only the opcodes torch's state dicts use
+ * (protocol 2, plus the protocol-4 framing ops) and only these globals: collections.OrderedDict,
+ * torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter and the typed storage classes
+ * torch.{Float,Half,BFloat16,Double,Long,Int,Short, Char,Byte,Bool}Storage. Anything else (INST, OBJ, NEWOBJ, EXT*, any
+ * other global such as posix.system or builtins.eval) is refused with a one-line error naming the opcode or global and
+ * its offset. Bounds: stack 1M entries, 4096 open MARKs, 8M objects, memo indices below the pickle's length, strings
+ * within the remaining bytes, tensors with at most 8 dims, sizes/strides/offsets >= 0 and every product checked for
  * int64 overflow; a tensor's last element must lie inside its storage's declared element count.
  * Strings and storage keys are copied out; the input buffer need not outlive the results.
  */

@@ -1,7 +1,7 @@
-/* checkpoints/pth.h — PyTorch torch.save files (sam.md §8): the zip format (torch >= 1.6) and the legacy
- * concatenated-pickle format, read without executing anything (see pickle.h), and the zip format written.
- * Reading: storages are referenced in place in the mapped file, each one checked once against its zip entry
- * (size and CRC32, as torch does) or legacy record size; views are copied into contiguous buffers (strided copies
+/* checkpoints/pth.h — PyTorch torch.save files (docs/FORMATS.md §Checkpoints and weights): the zip format
+ * (torch >= 1.6) and the legacy concatenated-pickle format, read without executing anything (see pickle.h), and the zip
+ * format written. Reading: storages are referenced in place in the mapped file, each one checked once against its zip
+ * entry (size and CRC32, as torch does) or legacy record size; views are copied into contiguous buffers (strided copies
  * for non-contiguous strides);
  * big-endian files are byte-swapped. Writing: the torch 2.x layout under the prefix "archive/": data.pkl
  * (collections.OrderedDict of torch._utils._rebuild_tensor_v2 with persistent ids), .format_version,

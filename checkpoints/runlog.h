@@ -1,7 +1,8 @@
 /* checkpoints/runlog.h — what a run writes for people to watch it: RUN/log.jsonl (one JSON object per line, keys
- * of cli.md) and TensorBoard event files RUN/tb/events.out.tfevents.* with the same scalars, written by mrisam
- * itself (TFRecord framing with masked CRC32C around tensorboard.Event protobuf messages; no TensorFlow needed).
- * Both files are appended and flushed after every record, so a killed run keeps everything logged before.
+ * of docs/CLI.md §RUN/ layout) and TensorBoard event files RUN/tb/events.out.tfevents.* with the same scalars,
+ * written by mrisam itself (TFRecord framing with masked CRC32C around tensorboard.Event protobuf messages; no
+ * TensorFlow needed). Both files are appended and flushed after every record, so a killed run keeps everything logged
+ * before.
  */
 #ifndef MS_RUNLOG_H
 #define MS_RUNLOG_H

@@ -1,4 +1,4 @@
-/* checkpoints/zip.h — the STORED-only zip subset that torch.save writes (sam.md §8.1).
+/* checkpoints/zip.h — the STORED-only zip subset that torch.save writes (docs/FORMATS.md §Checkpoints and weights).
  *
  * Reader: works on a caller-owned byte range (a mapped file). The end record is found by scanning back from the
  * end; Zip64 end record/locator and the 0x0001 extra field are honoured; sizes and offsets come from the central

@@ -1,4 +1,5 @@
-/* data/preprocess.h — SAM's input preprocessing on the CPU (sam.md §4, cli.md "Preprocessing").
+/* data/preprocess.h — SAM's input preprocessing on the CPU (docs/MODEL.md §Preprocessing, docs/CLI.md
+ * §Preprocessing).
  *
  * Input: one gray slice as floats in [0,1] (the store's normalised intensity) and a box (the whole slice, or a
  * RandomResizedCrop box). Output: `channels` planes of size×size floats. MS_RESIZE_LONGEST (SAM, the default)

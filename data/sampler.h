@@ -10,7 +10,8 @@
  * sample's augmentation is keyed by (seed, epoch, position), so W ranks together see what one process with batch B
  * sees, whatever the number of threads.
  * Splits are by volume, never by slice; a single labelled volume is split into contiguous slice blocks separated
- * by a gap (cli.md). Splits and few-shot subsets are saved to JSON (the key ranges themselves) and reused exactly.
+ * by a gap (docs/CLI.md §finetune). Splits and few-shot subsets are saved to JSON (the key ranges themselves) and
+ * reused exactly.
  */
 #ifndef MS_SAMPLER_H
 #define MS_SAMPLER_H

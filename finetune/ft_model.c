@@ -344,7 +344,7 @@ ms_status ms_ft_model_decode(ms_ft_model *m, int t, const float *emb, int B, con
     const int64_t M = s->dec.M, C = M - 1, P = 16 * (int64_t)s->emb_h * s->emb_w;
     MS_FAIL_IF(C != ms_ft_out_channels(&m->cfg, t), MS_EBADSTATE, "finetune model: head of task %d has %d channels",
                t, (int)C);
-    /* channels = mask tokens 1..M−1 (token 0 is SAM's single-mask output, unused: sam.md §6.4) */
+    /* channels = mask tokens 1..M−1 (token 0 is SAM's single-mask output, unused: docs/MODEL.md §Multi-class output) */
     for (int b = 0; b < B; b++)
         MS_TRY(ms_dev_copy(dev, m->logits + (int64_t)b * C * P, s->dec.masks + ((int64_t)b * M + 1) * P,
                            (size_t)(C * P) * sizeof(float)));

@@ -6,8 +6,9 @@
  * upscaling; each task owns its mask tokens, hypernetwork MLPs and IoU head (a decoder head, ms_sam_decoder_add_head).
  * Task 0's head has SAM's own keys (mask_decoder.mask_tokens ...), task t > 0 lives under
  * "tasks.<name>.mask_decoder.". Without prompts, task t's head has num_cls + 1 mask tokens and the output channels
- * are tokens 1..num_cls (finetune-SAM's multimask trick, sam.md §6.4): channel c = class c, 0 = background. With a
- * prompt mode every target is binary (one (slice, class) per sample): the head has 3 tokens, channels 2.
+ * are tokens 1..num_cls (finetune-SAM's multimask trick, docs/MODEL.md §Multi-class output): channel c = class c, 0 =
+ * background. With a prompt mode every target is binary (one (slice, class) per sample): the head has 3 tokens,
+ * channels 2.
  *
  * Loading initial SAM weights follows finetune-SAM's load_from: when the file's mask-token count differs from the
  * head's, mask tokens, hypernetwork MLPs and IoU head are not loaded but re-initialised (one line on stderr says so);
@@ -56,7 +57,7 @@ typedef struct ms_ft_config {
     int compat_finetune_sam;   /* train what finetune-SAM trains (docs/FINETUNE.md) */
     int n_tasks;
     ms_ft_task task[MS_FT_MAX_TASKS];
-    /* preprocessing that travels with the checkpoint (cli.md "Model weights and checkpoints") */
+    /* preprocessing that travels with the checkpoint (docs/CLI.md §Model weights and checkpoints) */
     ms_prep_config prep;       /* input size, resize, norm, label size (= 4·grid) */
     int axis;                  /* ingest's slicing axis (MS_AXIS_*), from the store's meta */
     ms_norm intensity;         /* ingest's intensity normalisation */

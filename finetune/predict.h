@@ -1,6 +1,6 @@
 /* finetune/predict.h — automatic (prompt-free) multi-class segmentation of NIfTI volumes with a SAM-layout model or
  * a fine-tuned checkpoint, and prompted segmentation for prompt-trained ones (`mrisam predict`, `mrisam eval --ckpt`;
- * cli.md "predict", sam.md §6.4).
+ * docs/CLI.md §predict, docs/MODEL.md §Multi-class output).
  *
  * Per volume: ms_nifti_open → frame 0 as a canonical RAS+ float volume → ingest's intensity normalisation
  * (ms_intensity_fit + ms_intensity_apply to uint16, then /65535 exactly as the loader feeds training) → slices

@@ -1,6 +1,6 @@
 /* finetune/prompt_gen.h — box / point prompts from binary label maps (finetune-SAM's get_first_prompt and
- * get_top_boxes, paper.md §1 "Prompt-based (interactive) setting"), and a packer that turns B masks into one
- * ms_sam_prompts plus the restricted binary targets.
+ * get_top_boxes in its utils/funcs.py; docs/FINETUNE.md §Step, "Prompt modes"), and a packer that turns B masks into
+ * one ms_sam_prompts plus the restricted binary targets.
  *
  * Regions: 8-connected components (skimage label, connectivity=2), sorted by size (ties: the component whose first
  * pixel comes first in raster order). 'largest_k': only the k = max_regions largest are kept, and the target is

@@ -5,7 +5,7 @@
  * Per group g, head h (head h uses columns [h·hd, (h+1)·hd) of q, k, v and out):
  *   S[i,j] = scale·(q_i·k_j) + rel(i,j),   P = softmax_j(S),   out_i = Σ_j P[i,j]·v_j
  *   rel(i,j) = q_i·rel_h[q_row(i) − k_row(j) + (len_h−1)/2] + q_i·rel_w[q_col(i) − k_col(j) + (len_w−1)/2]
- *   (q unscaled; tables (len, hd) shared by all heads; sam.md §1.3). The caller resizes the tables to
+ *   (q unscaled; tables (len, hd) shared by all heads; docs/MODEL.md §Image encoder). The caller resizes the tables to
  *   2·S−1 first (ms_rel_pos_resize_forward); every index must fall inside its table.
  * Token sets: group g's queries are rows q_idx[q_off[g] .. q_off[g+1]) of q (and of out); its keys/values rows
  *   k_idx[k_off[g] .. k_off[g+1]) of k and v. q_idx == NULL: rows q_off[g] .. q_off[g+1]−1 themselves.

@@ -1,4 +1,4 @@
-/* kernels/window.h — SAM's window partition / unpartition with zero padding (sam.md §1.2).
+/* kernels/window.h — SAM's window partition / unpartition with zero padding (docs/MODEL.md §Image encoder).
  * partition: x (B,H,W,C) → out (B·nh·nw, ws, ws, C), nh = ceil(H/ws), nw = ceil(W/ws); window index
  *   b·nh·nw + wy·nw + wx, element (r,c) = x[b, wy·ws+r, wx·ws+c] or 0 beyond H/W.
  * unpartition: the inverse, cropping the pad. Backward of each accumulates into dx (pad slots drop out). */

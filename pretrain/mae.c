@@ -1,4 +1,5 @@
-/* pretrain/mae.c — see mae.h. ref: facebookresearch/mae models_mae.py forward_loss @efb2a80; mae.md §4.3-4.6. */
+/* pretrain/mae.c — see mae.h. ref: facebookresearch/mae models_mae.py forward_loss @efb2a80; docs/MAE.md §Masking to
+ * §Loss. */
 #include "mae.h"
 
 #include <math.h>

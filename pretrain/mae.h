@@ -1,10 +1,10 @@
-/* pretrain/mae.h — one MAE step on SAM's image encoder (mae.md §4): mask → encoder on the visible tokens →
+/* pretrain/mae.h — one MAE step on SAM's image encoder (docs/MAE.md): mask → encoder on the visible tokens →
  * decoder → MSE on the hidden patches (norm-pix), and its backward. The encoder's parameters are SAM's own; the
  * decoder's live in a separate parameter set (never exported).
  *
  * Target: the gray input in [0,1] (pre-normalisation intensity), patchified 16×16 (T = 1). Foreground patches are
  * those whose brightest pixel exceeds fg_threshold; the loss over hidden foreground and background patches is
- * reported apart (MRI's air background is irreducible noise under norm-pix, mae.md §4.6).
+ * reported apart (MRI's air background is irreducible noise under norm-pix, docs/MAE.md §Loss).
  */
 #ifndef MS_MAE_H
 #define MS_MAE_H

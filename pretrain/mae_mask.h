@@ -1,4 +1,4 @@
-/* pretrain/mae_mask.h — which patch tokens the MAE encoder sees (mae.md §4.3).
+/* pretrain/mae_mask.h — which patch tokens the MAE encoder sees (docs/MAE.md §Masking).
  *
  * The token grid is g×g (g = input/16). SAM's windowed blocks pad it to gp×gp (gp = ceil(g/ws)·ws) and split it into
  * nw×nw windows. Stratified sampling (default) keeps, in every window w, k_w real tokens — k_w from largest-remainder

@@ -1,9 +1,9 @@
 /* tools/bench_loader.c — `mrisam bench loader`: slices/s of the streaming loader (data/loader.h) for decode only,
  * decode + MAE augmentation (RandomResizedCrop + flip, 3-channel SAM normalisation) to 256 and to 1024, with 1 and
  * 2 worker threads, beside a PyTorch DataLoader (num_workers 2) reading the same store with the same transforms
- * (tools/bench/bench_loader_torch.py, /usr/bin/python3) in the same run (perf.md §4.2). Per-core rates divide by
- * the worker count on both sides. With --synthetic DIR it first writes an MRI-like phantom store (ellipses, bias
- * field, Rician noise, zero background) through the store writer, so the benchmark needs no data.
+ * (tools/bench/bench_loader_torch.py, /usr/bin/python3) in the same run (docs/PERFORMANCE.md §How figures are taken).
+ * Per-core rates divide by the worker count on both sides. With --synthetic DIR it first writes an MRI-like phantom
+ * store (ellipses, bias field, Rician noise, zero background) through the store writer, so the benchmark needs no data.
  */
 #include <math.h>
 #include <stdio.h>

@@ -6,7 +6,8 @@
  * reading a packed qkv buffer as the encoder does. PyTorch: tools/bench/bench_ops_torch.py, run in the same
  * invocation, times the same shapes with segment_anything's own attention code (add_decomposed_rel_pos).
  * Figures: best and median of --repeats timed runs after one warm-up; GFLOP/s on model FLOPs (GEMM 2·M·N·K;
- * attention 4·N²·hd per head and window forward, 12·N²·hd forward+backward, as perf.md §4.1 counts them).
+ * attention 4·N²·hd per head and window forward, 12·N²·hd forward+backward, as docs/PERFORMANCE.md §FLOP model counts
+ * them).
  */
 #include <cblas.h>
 #include <limits.h>

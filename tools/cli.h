@@ -39,7 +39,7 @@ void ms_cli_print_help(const ms_cmd_help *h, const ms_opt *opts);
 void ms_strlist_push(ms_strlist *l, const char *s);
 void ms_strlist_free(ms_strlist *l);
 
-/* The exit codes of cli.md: 0 ok, 1 failure, 2 usage, 75 interrupted but resumable. */
+/* The exit codes of docs/CLI.md §Exit codes: 0 ok, 1 failure, 2 usage, 75 interrupted but resumable. */
 enum { MS_EXIT_OK = 0, MS_EXIT_FAIL = 1, MS_EXIT_USAGE = 2, MS_EXIT_RESUMABLE = 75 };
 /* Prints "mrisam <cmd>: <message>" for a failed status and returns the matching exit code. */
 int ms_cli_report(const char *cmd, int status);

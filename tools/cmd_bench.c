@@ -1,6 +1,7 @@
 /* tools/cmd_bench.c — `mrisam bench <name> [options]`: dispatches to the sub-benchmark named by the first
  * positional argument (tools/bench.h). Each sub-benchmark measures ours and its baseline side by side in the same
- * run (perf.md §4) and prints a table; `mrisam bench <name> --help` lists its options. */
+ * run (docs/PERFORMANCE.md §How figures are taken) and prints a table; `mrisam bench <name> --help` lists its
+ * options. */
 #include <stdio.h>
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* kernels/cpu/attention.c — grouped scaled-dot-product attention with SAM's decomposed relative positions
- * (attention.h, sam.md §1.3 and §7), fp32, OpenMP + OpenBLAS.
+ * (attention.h; docs/MODEL.md §Image encoder and §Backward), fp32, OpenMP + OpenBLAS.
  *
  * Work unit: one (group, head) pair. Its keys/values are gathered into contiguous per-thread tiles Kh, Vh
  * (nk, hd); queries are processed in blocks of at most BQ rows (whole group when it has <= BQ_WHOLE rows), so

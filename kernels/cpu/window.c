@@ -1,4 +1,4 @@
-/* kernels/cpu/window.c — SAM's window partition / unpartition (window.h, sam.md §1.2), fp32, OpenMP.
+/* kernels/cpu/window.c — SAM's window partition / unpartition (window.h, docs/MODEL.md §Image encoder), fp32, OpenMP.
  *
  * Both directions are one permutation of C-wide rows plus zero padding: window row (n, r, c) with
  * n = b·nh·nw + wy·nw + wx maps to image row (b, wy·ws+r, wx·ws+c), or to nothing when that falls beyond H/W

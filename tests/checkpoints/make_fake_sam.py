@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """tests/checkpoints/make_fake_sam.py VARIANT OUT.pth — a state dict with SAM's exact key layout and shapes
-(sam.md §5; vit_b 314 keys, vit_l 482, vit_h 594) and random values, saved with torch.save like the released
-checkpoints. For exercising the loader at full size without downloading SAM:
+(docs/MODEL.md §Checkpoint keys; vit_b 314 keys, vit_l 482, vit_h 594) and random values, saved with torch.save like the
+released checkpoints. For exercising the loader at full size without downloading SAM:
     /usr/bin/python3 tests/checkpoints/make_fake_sam.py vit_b /tmp/fake_b.pth
     MRISAM_SAM_CKPT=/tmp/fake_b.pth ctest -R test_ckpt_read -V
 """

@@ -194,7 +194,7 @@ static void pickle_edges(void)
     }
 }
 
-/* sam.md §5: key counts and a few shapes per variant. */
+/* docs/MODEL.md §Checkpoint keys: key counts and a few shapes per variant. */
 static void real_sam(void)
 {
     const char *p = getenv("MRISAM_SAM_CKPT");

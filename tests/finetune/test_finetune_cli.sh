@@ -4,7 +4,7 @@
 #  1. 8 training slices, 250 steps: the best validation foreground Dice in RUN/best/meta.json exceeds MIN_DICE
 #     (measured 0.54-0.57 at 250 steps for seeds 1 and 2 on 2 cores; from random weights the decoder first sits at
 #     the class prior for ~50-100 steps, so the bar leaves a wide margin);
-#  2. RUN/ layout (config.json, shots.json, log.jsonl with the cli.md keys and validation lines with dice
+#  2. RUN/ layout (config.json, shots.json, log.jsonl with the docs/CLI.md keys and validation lines with dice
 #     {task: {class: value}}, tb/ events, ckpt/step_*/DONE, val/*.png, best/{model.safetensors,meta.json});
 #  3. --cache-embeddings gives the same losses as running the encoder every step (bit for bit);
 #  4. --cache-embeddings with scope encoder+decoder is refused (exit 2).
@@ -51,7 +51,7 @@ lines = [json.loads(l) for l in open(os.path.join(run, "log.jsonl"))]
 train = [l for l in lines if l["split"] == "train"]
 val = [l for l in lines if l["split"] == "val"]
 keys = {"step", "epoch", "split", "loss", "lr", "grad_norm", "img_per_s", "skipped", "t", "task", "loss_dice", "loss_ce", "loss_fg", "loss_bg"}
-need(len(train) == 250 and keys <= set(train[0]), "250 train lines with the cli.md keys")
+need(len(train) == 250 and keys <= set(train[0]), "250 train lines with the docs/CLI.md keys")
 need([v["step"] for v in val] == [50, 100, 150, 200, 250], "validation every 25 epochs (2 steps each) and at the end")
 need(all(isinstance(v["dice"]["brain"]["1"], (int, float)) for v in val), "validation dice {task: {class: value}}")
 meta = json.load(open(os.path.join(run, "best", "meta.json")))

@@ -29,7 +29,8 @@ static ms_device cpu_dev(void)
 
 static int has(const char *n, const char *s) { return strstr(n, s) != NULL; }
 
-/* The table, written from the spec (paper.md §2.3, issue #7), not from ft_model.c. */
+/* The table, written from finetune-SAM's code (SingleGPU_train_finetune_noprompt.py, sam_LoRa.py; issue #7), not from
+ * ft_model.c. */
 static int expect_trainable(const ms_ft_config *c, const char *n)
 {
     int enc = !strncmp(n, "image_encoder.", 14), pe = !strncmp(n, "prompt_encoder.", 15);

@@ -1,4 +1,5 @@
-/* tests/pretrain/test_mae_encoder.c — SAM's encoder on a token subset (MAE), mae.md §4.4:
+/* tests/pretrain/test_mae_encoder.c — SAM's encoder on a token subset (MAE), docs/MAE.md §Encoder on the visible
+ * tokens:
  *  1. mask ratio 0 (every token and pad slot kept) gives the dense forward's last-block tokens (relative error in
  *     norm <= 1e-5; elementwise <= 1e-3 of the largest value, as keys are summed in another order);
  *  2. with a real mask, pixels of hidden patches do not change the output (nothing leaks from hidden tokens);

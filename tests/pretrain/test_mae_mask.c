@@ -1,5 +1,5 @@
-/* tests/pretrain/test_mae_mask.c — window-stratified MAE masking (mae.md §4.3): per-window counts at 1024 and at the
- * vit_test size, every window holding the same number of slots, exact totals, no duplicates, ratio 0 keeping
+/* tests/pretrain/test_mae_mask.c — window-stratified MAE masking (docs/MAE.md §Masking): per-window counts at 1024 and
+ * at the vit_test size, every window holding the same number of slots, exact totals, no duplicates, ratio 0 keeping
  * everything, random sampling totals, and masks that depend only on (seed, sample key). */
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,7 @@
 # tests/pretrain/test_pretrain.sh — `mrisam pretrain` end to end on real MRI (ch2 and ch2better of Debian's
 # mricron-data), vit_test with a small MAE decoder on the CPU:
 #  1. the held-out reconstruction loss (fixed slices, fixed masks) falls clearly below its starting value;
-#  2. RUN/ holds config.json, log.jsonl (cli.md keys), TensorBoard events, checkpoints with DONE, PNG panels and
+#  2. RUN/ holds config.json, log.jsonl (docs/CLI.md keys), TensorBoard events, checkpoints with DONE, PNG panels and
 #     the export (.pth and .safetensors);
 #  3. a run killed with SIGKILL and resumed gives the same loss sequence and the same export, bit for bit;
 #  4. SIGINT: the step finishes, a checkpoint is written, exit 75; --resume completes the run identically;
@@ -42,7 +42,7 @@ def need(c, msg):
     global ok
     print(("ok: " if c else "FAIL: ") + msg)
     ok &= bool(c)
-need(len(train) == 60 and keys <= set(train[0]), "60 train lines with the cli.md keys")
+need(len(train) == 60 and keys <= set(train[0]), "60 train lines with the docs/CLI.md keys")
 need(val and val[0]["step"] == 0 and val[-1]["step"] == 60, "validation at steps 0 and 60")
 need(val[-1]["loss"] < 0.8 * val[0]["loss"],
      "held-out loss %.4f -> %.4f (must fall below 80%%)" % (val[0]["loss"], val[-1]["loss"]))

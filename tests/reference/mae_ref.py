@@ -1,5 +1,5 @@
 """tests/reference/mae_ref.py — a PyTorch reference of ONE MAE step on SAM's image encoder as mrisam implements it
-(/work/shared/spec/mae.md §4.3–4.6; pretrain/mae.h, mae_decoder.h, mae_mask.h), written from the spec.
+(docs/MAE.md §Masking to §Loss; pretrain/mae.h, mae_decoder.h, mae_mask.h), written from the design, not the C code.
 
 Independence from the C code: the C encoder runs its blocks on the SUBSET of visible tokens (index lists, grouped
 attention). Here the encoder is SAM's DENSE encoder (tests/reference/sam_ref_encoder.py, reused as is) whose
@@ -9,9 +9,9 @@ attention gets an additive mask instead:
     token are −inf;
   * global block: a query attends to the visible tokens of its image only.
 Hidden tokens still flow through the dense blocks but never reach a visible one (they are masked as keys, and MLP/LN
-work per token); every query may also attend to itself so that no row is all −inf (no NaN in masked rows). mae.md
-§4.4 verified that this equals the grouped computation. The visible tokens' last-block outputs (no neck) feed the
-decoder:
+work per token); every query may also attend to itself so that no row is all −inf (no NaN in masked rows). This equals
+the grouped computation (docs/MAE.md §Encoder on the visible tokens). The visible tokens' last-block outputs (no neck)
+feed the decoder:
   LayerNorm(C) eps 1e-6 (norm_in) → Linear(C→Dd) (embed) on visible tokens; mask_token at hidden grid positions;
   + fixed 2D sin-cos positions (columns first) → depth pre-norm blocks (global attention) → LayerNorm → Linear(Dd→p²)
   → pred (B, L, p²), patch pixels in (py, px) order.

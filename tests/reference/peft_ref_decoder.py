@@ -3,7 +3,8 @@ tests/finetune/test_peft_decoder.c.
 
 Usage: /usr/bin/python3 tests/reference/peft_ref_decoder.py [OUT_DIR]   (default tests/finetune/golden)
 
-Written from ../shared/spec/sam.md §6.1-6.2 on top of sam_ref_decoder.py (SAM's decoder):
+Written from docs/MODEL.md §PEFT (and finetune-SAM's transformer.py, sam_LoRa.py) on top of sam_ref_decoder.py (SAM's
+decoder):
 - LoRA (_LoRA_qkv_proj): every q_proj and v_proj of the two-way transformer (self, token→image and image→token
   attention of each layer, final token→image attention) computes proj(x) + w_b(w_a(x)), scale 1, no bias on w_a/w_b.
   The base keeps SAM's key (q_proj.weight); the LoRA tensors are q_proj.w_a.weight (r, 256), q_proj.w_b.weight
@@ -61,7 +62,7 @@ class Adapter(nn.Module):
 
 
 def block_forward_adapter(self, queries, keys, query_pe, key_pe):
-    """finetune-SAM's TwoWayAttentionBlock.forward with if_mask_decoder_adapter (sam.md §6.1)."""
+    """finetune-SAM's TwoWayAttentionBlock.forward with if_mask_decoder_adapter (docs/MODEL.md §PEFT)."""
     if self.skip_first_layer_pe:
         queries = self.self_attn(queries, queries, queries)
     else:

@@ -1,5 +1,5 @@
 """tests/reference/peft_ref_encoder.py — SAM's image encoder with finetune-SAM's PEFT (LoRA on q/v, Space/MLP
-adapters), written from /work/shared/spec/sam.md §6.1-6.2 on top of sam_ref_encoder.py; golden files for
+adapters), written from docs/MODEL.md §PEFT on top of sam_ref_encoder.py; golden files for
 tests/finetune/test_peft_encoder.c.
 
     /usr/bin/python3 tests/reference/peft_ref_encoder.py        (from the repository root)
@@ -43,7 +43,7 @@ B = 2
 
 
 class LoRAQKV(nn.Linear):
-    """The qkv Linear plus rank-r updates of its q and v outputs (sam.md §6.2)."""
+    """The qkv Linear plus rank-r updates of its q and v outputs (docs/MODEL.md §PEFT)."""
 
     def __init__(self, dim, r):
         super().__init__(dim, 3 * dim, bias=True)

@@ -1,10 +1,10 @@
 """tests/reference/sam_ref_decoder.py — PyTorch reference of SAM's prompt encoder and mask decoder.
 
-Written from ../shared/spec/sam.md §2-§3 (not copied from segment-anything), with SAM's module and state-dict key
-names, so a state dict of this model loads strictly into SAM's own classes and vice versa. Differences from the
-official code are deliberate and only about batching: the working batch is B = max(image batch, prompt batch), and
-whichever side has batch 1 is expanded (official predictor: one image, many prompts; finetune-SAM: many images,
-one prompt-free token set, sam.md §6.4). Autograd sums the gradients of the expanded side back.
+Written from docs/MODEL.md §Prompt encoder, §Mask decoder (not copied from segment-anything), with SAM's module and
+state-dict key names, so a state dict of this model loads strictly into SAM's own classes and vice versa. Differences
+from the official code are deliberate and only about batching: the working batch is B = max(image batch, prompt batch),
+and whichever side has batch 1 is expanded (official predictor: one image, many prompts; finetune-SAM: many images,
+one prompt-free token set, docs/MODEL.md §Mask decoder). Autograd sums the gradients of the expanded side back.
 
 Run with Debian's /usr/bin/python3 (torch 1.13, CPU).
 """
@@ -58,7 +58,7 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Decoder attention with an internal width dim/downsample; scale applied after q·kᵀ (sam.md §3.2)."""
+    """Decoder attention, internal width dim/downsample; scale applied after q·kᵀ (docs/MODEL.md §Mask decoder)."""
 
     def __init__(self, dim, heads, downsample=1):
         super().__init__()

@@ -1,10 +1,10 @@
 """tests/reference/sam_ref_encoder.py — a PyTorch reference of SAM's image encoder (ImageEncoderViT), written from
-/work/shared/spec/sam.md §1 (not copied from segment-anything), with SAM's exact state-dict key names, so
+docs/MODEL.md §Image encoder (not copied from segment-anything), with SAM's exact state-dict key names, so
 `model.load_state_dict(official_sd_subset, strict=True)` works and torch.save(model.state_dict()) gives the keys of a
 SAM file minus the "image_encoder." prefix.
 
-Also SAM's preprocessing (§4) for `mrisam embed`'s test (bilinear resize without antialias, as mrisam does).
-Run with Debian's /usr/bin/python3 (torch 1.13, CPU).
+Also SAM's preprocessing (docs/MODEL.md §Preprocessing) for `mrisam embed`'s test (bilinear resize without antialias, as
+mrisam does). Run with Debian's /usr/bin/python3 (torch 1.13, CPU).
 """
 import math
 import os
@@ -30,7 +30,7 @@ VARIANTS = {
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel dim of NCHW (sam.md §1.5)."""
+    """LayerNorm over the channel dim of NCHW (docs/MODEL.md §Image encoder)."""
 
     def __init__(self, c, eps=1e-6):
         super().__init__()
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * self.num_heads, N, -1).unbind(0)
         attn = (q * self.scale) @ k.transpose(-2, -1)
-        # decomposed relative positions, with the UNSCALED q (sam.md §1.3)
+        # decomposed relative positions, with the UNSCALED q (docs/MODEL.md §Image encoder)
         Rh = get_rel_pos(H, H, self.rel_pos_h)
         Rw = get_rel_pos(W, W, self.rel_pos_w)
         r_q = q.reshape(B * self.num_heads, H, W, -1)

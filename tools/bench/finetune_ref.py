@@ -1,8 +1,8 @@
 """tools/bench/finetune_ref.py — the PyTorch side of `mrisam bench finetune`: one finetune-SAM-style training step
 (no prompts, num_cls output channels, Dice + CE, AdamW on the trainable set) of SAM built from tests/reference/
 (sam_ref_encoder.py + sam_ref_decoder.py) with finetune-SAM's LoRA and adapters from peft_ref_encoder.py /
-peft_ref_decoder.py (sam.md §6.1–6.2, paper.md §2.3–2.5), for each method x scope asked; prints one JSON line per
-case.
+peft_ref_decoder.py (docs/MODEL.md §PEFT, docs/FINETUNE.md §What trains), for each method x scope asked; prints one JSON
+line per case.
 
 Trainable sets (mrisam's table, finetune/ft_model.c set_trainable; --compat gives finetune-SAM's own,
   with its encoder block):
