@@ -1,13 +1,16 @@
-/* finetune/sam_decoder.c — see sam_decoder.h. sam.md §3 (forward), §7 (backward), §6.4 (num_cls, tiling).
+/* finetune/sam_decoder.c — see sam_decoder.h. ref: segment_anything/modeling/mask_decoder.py and transformer.py
+ * (forward), finetune-SAM's num_cls decoder (tiling); docs/MODEL.md.
  *
  * Every step is an op from kernels/ops.h, so the same code runs on the CPU and on CUDA; only the token assembly
- * (1+M+ns rows) and its gradient split happen on the host. Activation names follow sam.md §3.2:
+ * (1+M+ns rows) and its gradient split happen on the host. Activation names follow transformer.py's
+ * TwoWayAttentionBlock:
  *   layer: qs = Xq+qpe (layers > 0), q1 → LN1 → Q1; qs2 = Q1+qpe, ks2 = Xk+kpe; q2 → LN2 → Q2; h = lin1(Q2),
  *          hr = ReLU(h), q3 = Q2 + lin2(hr) → LN3 → Q3; qs4 = Q3+qpe; k4 = Xk + i2t(q=ks2, k=qs4, v=Q3) → LN4 → K4.
  * ks2 serves steps (2) and (4): the keys do not change between them.
- * PEFT (sam.md §6.1-6.2): LoRA adds (x·w_aᵀ)·w_bᵀ onto Q and V inside attn_fwd (lq, lv keep x·w_aᵀ); adapters turn
- * q2p = Q1 + t2i into q2 = Adapter(q2p), add scale·MLP_Adapter(Q2) to q3, and turn k4p = Xk + i2t into
- * k4 = Adapter(k4p) (the same Adapter weights as for the queries, so their gradients add up).
+ * PEFT (finetune-SAM models/common.py, models/sam_LoRa.py): LoRA adds (x·w_aᵀ)·w_bᵀ onto Q and V inside attn_fwd
+ * (lq, lv keep x·w_aᵀ); adapters turn q2p = Q1 + t2i into q2 = Adapter(q2p), add scale·MLP_Adapter(Q2) to q3, and
+ * turn k4p = Xk + i2t into k4 = Adapter(k4p) (the same Adapter weights as for the queries, so their gradients add
+ * up).
  */
 #include "sam_decoder.h"
 
@@ -128,7 +131,7 @@ ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *pref
         L->ma_w1 = L->ma_b1 = L->ma_w2 = L->ma_b2 = -1;
     }
     d->fin.lq_a = d->fin.lq_b = d->fin.lv_a = d->fin.lv_b = -1;
-    /* SAM's state_dict order (sam.md §5): transformer, tokens, upscaling, hypernets, IoU head. */
+    /* SAM's state_dict order (the official checkpoints): transformer, tokens, upscaling, hypernets, IoU head. */
     for (int l = 0; l < depth; l++) {
         ms_sam_dec_layer_params *L = &d->layer[l];
         snprintf(n, sizeof n, "transformer.layers.%d.self_attn", l);
@@ -541,7 +544,7 @@ static ms_status lora_bwd(ms_device *dev, const ms_sam_decoder *d, dec_act *s, c
     return ms_linear_backward(dev, dx, PG(ia), NULL, s->dlr, x, PD(ia), rows, d->dim, r);
 }
 
-/* Adapter (sam.md §6.1): y = [x +] fc2(GELU(fc1(x))), hidden D/4; h, g keep fc1's and GELU's outputs. y ≠ x. */
+/* Adapter (finetune-SAM models/common.py): y = [x +] fc2(GELU(fc1(x))), hidden D/4; h, g keep fc1's and GELU's outputs. y ≠ x. */
 static ms_status adapter_fwd(ms_device *dev, const ms_sam_decoder *d, int w1, int b1, int w2, int b2, float *y,
                              float *h, float *g, const float *x, int64_t rows, int skip)
 {

@@ -1,4 +1,4 @@
-/* finetune/sam_decoder.h — SAM's mask decoder (MaskDecoder + TwoWayTransformer, sam.md §3), forward and backward.
+/* finetune/sam_decoder.h — SAM's mask decoder (MaskDecoder + TwoWayTransformer, segment_anything/modeling/), forward and backward.
  *
  *   tokens  = [iou_token, mask_tokens (M), sparse prompt tokens (ns)]          (B, T = 1+M+ns, 256)
  *   keys    = image_embedding (as (B, h·w, 256)) + dense prompt embedding
@@ -8,7 +8,7 @@
  *   output_upscaling: convT 2x2 (256→64), LN2d, GELU, convT 2x2 (64→32), GELU           → up (B,32,4h·4w)
  *   masks[b,i] = hypernet_i(hs[b,1+i]) (256→256→256→32, ReLU) · up[b]                  → (B, M, 4h·4w) logits
  *   iou[b]     = iou_head(hs[b,0]) (256→256→256→M, ReLU)                                → (B, M)
- * M = num_mask_tokens = num_multimask_outputs + 1 (4 in SAM; num_cls + 1 in finetune-SAM, sam.md §6.4).
+ * M = num_mask_tokens = num_multimask_outputs + 1 (4 in SAM; num_cls + 1 in finetune-SAM, docs/MODEL.md).
  * The decoder returns all M masks; multimask selection ([1:M] or [0:1]) is the caller's (tools/cmd_segment.c).
  *
  * Batching: the working batch is B = max(b_img, bp). An image batch of 1 is repeated over the prompts (official
@@ -53,7 +53,7 @@ typedef struct ms_sam_dec_head {
     int iou_w[3], iou_b[3];
 } ms_sam_dec_head;
 
-/* Decoder PEFT (finetune-SAM, sam.md §6.1–6.2). LoRA: every q_proj and v_proj of the transformer (self, token→image,
+/* Decoder PEFT (finetune-SAM models/sam_LoRa.py, models/common.py). LoRA: every q_proj and v_proj of the transformer (self, token→image,
  * image→token attention of each layer, and the final token→image attention) becomes proj(x) + w_b(w_a(x)), scale 1;
  * names <attn>.{q,v}_proj.w_{a,b}.weight (finetune-SAM renames the base to <attn>.{q,v}_proj.proj.* — ours keeps
  * SAM's keys, export-weights renames). Adapters, in every layer: after the token→image residual,

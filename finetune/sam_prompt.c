@@ -1,4 +1,4 @@
-/* finetune/sam_prompt.c — see sam_prompt.h. sam.md §2. */
+/* finetune/sam_prompt.c — see sam_prompt.h. ref: segment_anything/modeling/prompt_encoder.py. */
 #include "sam_prompt.h"
 
 #include <math.h>
@@ -52,7 +52,7 @@ ms_status ms_sam_prompt_init(ms_sam_prompt *pe, ms_params *ps, const char *prefi
     const int D = pe->dim, mi = pe->mask_in;
     char name[64];
     int bad = 0;
-    /* Order = SAM's state_dict order (sam.md §5). */
+    /* Order = SAM's state_dict order (the official checkpoints, e.g. sam_vit_b_01ec64.pth). */
     pe->gauss = reg(ps, prefix, "pe_layer.positional_encoding_gaussian_matrix", 2, 2, D / 2, 0, 0, 1);
     bad |= pe->gauss < 0;
     for (int k = 0; k < 4; k++) {

@@ -1,4 +1,4 @@
-/* finetune/sam_prompt.h — SAM's prompt encoder (PromptEncoder, sam.md §2), forward and backward.
+/* finetune/sam_prompt.h — SAM's prompt encoder (PromptEncoder, segment_anything/modeling/prompt_encoder.py), forward and backward.
  *
  *   points (bp,N,2) + labels (bp,N), box (bp,4)  → sparse embeddings (bp, ns, 256)   [host, a few tokens]
  *   mask (bp,1,4h,4w) low-res logits             → dense embeddings (bp, 256, h·w)   [device, via the op table]

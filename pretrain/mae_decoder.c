@@ -1,6 +1,6 @@
 /* pretrain/mae_decoder.c — see mae_decoder.h. Activations live in one arena sized by ms_mae_decoder_reserve; the
  * backward walks the blocks in reverse with a handful of reused gradient buffers.
- * ref: facebookresearch/mae models_mae.py forward_decoder/forward_loss @efb2a80 (mae.md §1). */
+ * ref: facebookresearch/mae models_mae.py forward_decoder/forward_loss @efb2a80 (docs/MAE.md). */
 #include "mae_decoder.h"
 
 #include <math.h>
@@ -109,7 +109,7 @@ void ms_mae_patchify(const float *img, int B, int S, int patch, int norm_pix, fl
                 for (int k = 0; k < P; k++) mean += t[k];
                 mean /= P;
                 for (int k = 0; k < P; k++) var += (t[k] - mean) * (t[k] - mean);
-                var /= (P - 1); /* torch.var is unbiased (mae.md §1) */
+                var /= (P - 1); /* torch.var is unbiased (models_mae.py forward_loss) */
                 double inv = 1.0 / sqrt(var + 1e-6);
                 for (int k = 0; k < P; k++) t[k] = (float)((t[k] - mean) * inv);
             }

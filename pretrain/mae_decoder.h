@@ -1,5 +1,6 @@
-/* pretrain/mae_decoder.h — MAE's decoder and reconstruction loss for pretraining SAM's encoder (mae.md §1, §4.5,
- * §4.6). Pretraining only: it is never exported into SAM weights.
+/* pretrain/mae_decoder.h — MAE's decoder and reconstruction loss for pretraining SAM's encoder (He et al., "Masked
+ * Autoencoders Are Scalable Vision Learners", §3; facebookresearch/mae models_mae.py; docs/MAE.md). Pretraining only:
+ * it is never exported into SAM weights.
  *
  *   visible encoder tokens (n_vis, C) ─ LayerNorm(C) (MAE's encoder `norm`) ─ Linear(C→Dd) ─┐
  *   mask_token (Dd) at every hidden grid position ───────────────────────────────────────────┴─ (B·L, Dd), L = g²
