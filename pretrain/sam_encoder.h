@@ -109,8 +109,6 @@ typedef struct ms_sam_enc_peft {
     float adapter_scale;      /* 0.5 */
 } ms_sam_enc_peft;
 
-typedef struct ms_sam_enc_block_act ms_sam_enc_block_act; /* private (sam_encoder.c) */
-
 typedef struct ms_sam_encoder {
     ms_sam_enc_config cfg;
     ms_params *ps;         /* not owned */
