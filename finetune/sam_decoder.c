@@ -1,13 +1,16 @@
-/* finetune/sam_decoder.c — see sam_decoder.h. sam.md §3 (forward), §7 (backward), §6.4 (num_cls, tiling).
+/* finetune/sam_decoder.c — see sam_decoder.h. ref: segment_anything/modeling/mask_decoder.py and transformer.py
+ * (forward), finetune-SAM's num_cls decoder (tiling); docs/MODEL.md.
  *
  * Every step is an op from kernels/ops.h, so the same code runs on the CPU and on CUDA; only the token assembly
- * (1+M+ns rows) and its gradient split happen on the host. Activation names follow sam.md §3.2:
+ * (1+M+ns rows) and its gradient split happen on the host. Activation names follow transformer.py's
+ * TwoWayAttentionBlock:
  *   layer: qs = Xq+qpe (layers > 0), q1 → LN1 → Q1; qs2 = Q1+qpe, ks2 = Xk+kpe; q2 → LN2 → Q2; h = lin1(Q2),
  *          hr = ReLU(h), q3 = Q2 + lin2(hr) → LN3 → Q3; qs4 = Q3+qpe; k4 = Xk + i2t(q=ks2, k=qs4, v=Q3) → LN4 → K4.
  * ks2 serves steps (2) and (4): the keys do not change between them.
- * PEFT (sam.md §6.1-6.2): LoRA adds (x·w_aᵀ)·w_bᵀ onto Q and V inside attn_fwd (lq, lv keep x·w_aᵀ); adapters turn
- * q2p = Q1 + t2i into q2 = Adapter(q2p), add scale·MLP_Adapter(Q2) to q3, and turn k4p = Xk + i2t into
- * k4 = Adapter(k4p) (the same Adapter weights as for the queries, so their gradients add up).
+ * PEFT (finetune-SAM models/common.py, models/sam_LoRa.py): LoRA adds (x·w_aᵀ)·w_bᵀ onto Q and V inside attn_fwd
+ * (lq, lv keep x·w_aᵀ); adapters turn q2p = Q1 + t2i into q2 = Adapter(q2p), add scale·MLP_Adapter(Q2) to q3, and
+ * turn k4p = Xk + i2t into k4 = Adapter(k4p) (the same Adapter weights as for the queries, so their gradients add
+ * up).
  */
 #include "sam_decoder.h"
 
@@ -128,7 +131,7 @@ ms_status ms_sam_decoder_init(ms_sam_decoder *d, ms_params *ps, const char *pref
         L->ma_w1 = L->ma_b1 = L->ma_w2 = L->ma_b2 = -1;
     }
     d->fin.lq_a = d->fin.lq_b = d->fin.lv_a = d->fin.lv_b = -1;
-    /* SAM's state_dict order (sam.md §5): transformer, tokens, upscaling, hypernets, IoU head. */
+    /* SAM's state_dict order (the official checkpoints): transformer, tokens, upscaling, hypernets, IoU head. */
     for (int l = 0; l < depth; l++) {
         ms_sam_dec_layer_params *L = &d->layer[l];
         snprintf(n, sizeof n, "transformer.layers.%d.self_attn", l);
@@ -376,35 +379,33 @@ void ms_sam_decoder_free(ms_sam_decoder *d)
     ms_arena_free(&d->arena);
     free(d->priv);
     d->priv = NULL;
-    d->cap_bytes = 0;
 }
 
 /* ---- activation arena ------------------------------------------------------------------------------------- */
 
-static void plan_attn(ms_sam_plan *p, attn_act *a, const ms_sam_attn_params *w, int64_t r, int64_t B, int64_t nq,
+static void plan_attn(ms_plan *p, attn_act *a, const ms_sam_attn_params *w, int64_t r, int64_t B, int64_t nq,
                       int64_t nk, int ci, int heads, int D)
 {
-    ms_sam_plan_add(p, &a->lq, w->lq_a >= 0 ? B * nq * r : 1);
-    ms_sam_plan_add(p, &a->lv, w->lv_a >= 0 ? B * nk * r : 1);
-    ms_sam_plan_add(p, &a->Q, B * nq * ci);
-    ms_sam_plan_add(p, &a->K, B * nk * ci);
-    ms_sam_plan_add(p, &a->V, B * nk * ci);
-    ms_sam_plan_add(p, &a->O, B * nq * ci);
-    ms_sam_plan_add(p, &a->lse, B * nq * heads);
-    ms_sam_plan_add(p, &a->out, B * nq * D);
+    ms_plan_add_f32(p, &a->lq, w->lq_a >= 0 ? B * nq * r : 1);
+    ms_plan_add_f32(p, &a->lv, w->lv_a >= 0 ? B * nk * r : 1);
+    ms_plan_add_f32(p, &a->Q, B * nq * ci);
+    ms_plan_add_f32(p, &a->K, B * nk * ci);
+    ms_plan_add_f32(p, &a->V, B * nk * ci);
+    ms_plan_add_f32(p, &a->O, B * nq * ci);
+    ms_plan_add_f32(p, &a->lse, B * nq * heads);
+    ms_plan_add_f32(p, &a->out, B * nq * D);
 }
 
 static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int with_dense)
 {
     const int64_t B = d->B, T = d->T, N = d->N, M = d->M, D = d->dim, H = d->heads, F = d->mlp_dim;
     const int64_t P = 16 * N; /* 4h·4w mask pixels */
-    ms_sam_plan *p = calloc(1, sizeof *p);
-    MS_FAIL_IF(!p, MS_ENOMEM, "out of memory");
+    ms_plan plan = {0}, *p = &plan;
     const int64_t BTD = B * T * D, BND = B * N * D;
-    ms_sam_plan_add(p, &a->tok, BTD);
-    ms_sam_plan_add(p, &a->kpe, N * D);
-    ms_sam_plan_add(p, &a->keys0, BND);
-    ms_sam_plan_add(p, &a->dense_t, with_dense ? d->bp * N * D : 1);
+    ms_plan_add_f32(p, &a->tok, BTD);
+    ms_plan_add_f32(p, &a->kpe, N * D);
+    ms_plan_add_f32(p, &a->keys0, BND);
+    ms_plan_add_f32(p, &a->dense_t, with_dense ? d->bp * N * D : 1);
     const int64_t r = d->peft.lora_rank, Ha = D / 4; /* LoRA rank, adapter hidden width */
     for (int l = 0; l < d->depth; l++) {
         layer_act *L = &a->L[l];
@@ -413,101 +414,93 @@ static ms_status plan_all(ms_device *dev, ms_sam_decoder *d, dec_act *a, int wit
         plan_attn(p, &L->t2i, &w->t2i, r, B, T, N, (int)D / 2, (int)H, (int)D);
         plan_attn(p, &L->i2t, &w->i2t, r, B, N, T, (int)D / 2, (int)H, (int)D);
         const int ad = w->ad_w1 >= 0, ma = w->ma_w1 >= 0;
-        ms_sam_plan_add(p, &L->q2p, ad ? BTD : 1);
-        ms_sam_plan_add(p, &L->aq_h, ad ? B * T * Ha : 1);
-        ms_sam_plan_add(p, &L->aq_g, ad ? B * T * Ha : 1);
-        ms_sam_plan_add(p, &L->k4p, ad ? BND : 1);
-        ms_sam_plan_add(p, &L->ak_h, ad ? B * N * Ha : 1);
-        ms_sam_plan_add(p, &L->ak_g, ad ? B * N * Ha : 1);
-        ms_sam_plan_add(p, &L->m_h, ma ? B * T * Ha : 1);
-        ms_sam_plan_add(p, &L->m_g, ma ? B * T * Ha : 1);
-        ms_sam_plan_add(p, &L->m_o, ma ? BTD : 1);
+        ms_plan_add_f32(p, &L->q2p, ad ? BTD : 1);
+        ms_plan_add_f32(p, &L->aq_h, ad ? B * T * Ha : 1);
+        ms_plan_add_f32(p, &L->aq_g, ad ? B * T * Ha : 1);
+        ms_plan_add_f32(p, &L->k4p, ad ? BND : 1);
+        ms_plan_add_f32(p, &L->ak_h, ad ? B * N * Ha : 1);
+        ms_plan_add_f32(p, &L->ak_g, ad ? B * N * Ha : 1);
+        ms_plan_add_f32(p, &L->m_h, ma ? B * T * Ha : 1);
+        ms_plan_add_f32(p, &L->m_g, ma ? B * T * Ha : 1);
+        ms_plan_add_f32(p, &L->m_o, ma ? BTD : 1);
         float **bt[] = {&L->qs, &L->q1, &L->Q1, &L->qs2, &L->q2, &L->Q2, &L->q3, &L->Q3, &L->qs4};
-        for (size_t i = 0; i < sizeof bt / sizeof bt[0]; i++) ms_sam_plan_add(p, bt[i], BTD);
+        for (size_t i = 0; i < sizeof bt / sizeof bt[0]; i++) ms_plan_add_f32(p, bt[i], BTD);
         float **st[] = {&L->mu1, &L->rs1, &L->mu2, &L->rs2, &L->mu3, &L->rs3};
-        for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) ms_sam_plan_add(p, st[i], B * T);
-        ms_sam_plan_add(p, &L->h, B * T * F);
-        ms_sam_plan_add(p, &L->hr, B * T * F);
-        ms_sam_plan_add(p, &L->ks2, BND);
-        ms_sam_plan_add(p, &L->k4, BND);
-        ms_sam_plan_add(p, &L->K4, BND);
-        ms_sam_plan_add(p, &L->mu4, B * N);
-        ms_sam_plan_add(p, &L->rs4, B * N);
+        for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) ms_plan_add_f32(p, st[i], B * T);
+        ms_plan_add_f32(p, &L->h, B * T * F);
+        ms_plan_add_f32(p, &L->hr, B * T * F);
+        ms_plan_add_f32(p, &L->ks2, BND);
+        ms_plan_add_f32(p, &L->k4, BND);
+        ms_plan_add_f32(p, &L->K4, BND);
+        ms_plan_add_f32(p, &L->mu4, B * N);
+        ms_plan_add_f32(p, &L->rs4, B * N);
     }
     plan_attn(p, &a->fa, &d->fin, r, B, T, N, (int)D / 2, (int)H, (int)D);
-    ms_sam_plan_add(p, &a->qf, BTD);
-    ms_sam_plan_add(p, &a->kf, BND);
-    ms_sam_plan_add(p, &a->qfin, BTD);
-    ms_sam_plan_add(p, &a->hs, BTD);
-    ms_sam_plan_add(p, &a->muf, B * T);
-    ms_sam_plan_add(p, &a->rsf, B * T);
-    ms_sam_plan_add(p, &a->src, BND);
-    ms_sam_plan_add(p, &a->u1, B * (D / 4) * 4 * N);
-    ms_sam_plan_add(p, &a->u1n, B * (D / 4) * 4 * N);
-    ms_sam_plan_add(p, &a->u1g, B * (D / 4) * 4 * N);
-    ms_sam_plan_add(p, &a->muu, B * 4 * N);
-    ms_sam_plan_add(p, &a->rsu, B * 4 * N);
-    ms_sam_plan_add(p, &a->u2, B * (D / 8) * P);
-    ms_sam_plan_add(p, &a->up, B * (D / 8) * P);
-    ms_sam_plan_add(p, &a->idx_tok, (M + 1) * B);
-    ms_sam_plan_add(p, &a->idx_stack, M * B);
-    ms_sam_plan_add(p, &a->X, (M + 1) * B * D);
-    ms_sam_plan_add(p, &a->hh1, M * B * D);
-    ms_sam_plan_add(p, &a->hh1r, M * B * D);
-    ms_sam_plan_add(p, &a->hh2, M * B * D);
-    ms_sam_plan_add(p, &a->hh2r, M * B * D);
-    ms_sam_plan_add(p, &a->hout, M * B * (D / 8));
-    ms_sam_plan_add(p, &a->H, B * M * (D / 8));
-    ms_sam_plan_add(p, &a->ih1, B * 256);
-    ms_sam_plan_add(p, &a->ih1r, B * 256);
-    ms_sam_plan_add(p, &a->ih2, B * 256);
-    ms_sam_plan_add(p, &a->ih2r, B * 256);
-    ms_sam_plan_add(p, &a->masks, B * M * P);
-    ms_sam_plan_add(p, &a->iou, B * M);
+    ms_plan_add_f32(p, &a->qf, BTD);
+    ms_plan_add_f32(p, &a->kf, BND);
+    ms_plan_add_f32(p, &a->qfin, BTD);
+    ms_plan_add_f32(p, &a->hs, BTD);
+    ms_plan_add_f32(p, &a->muf, B * T);
+    ms_plan_add_f32(p, &a->rsf, B * T);
+    ms_plan_add_f32(p, &a->src, BND);
+    ms_plan_add_f32(p, &a->u1, B * (D / 4) * 4 * N);
+    ms_plan_add_f32(p, &a->u1n, B * (D / 4) * 4 * N);
+    ms_plan_add_f32(p, &a->u1g, B * (D / 4) * 4 * N);
+    ms_plan_add_f32(p, &a->muu, B * 4 * N);
+    ms_plan_add_f32(p, &a->rsu, B * 4 * N);
+    ms_plan_add_f32(p, &a->u2, B * (D / 8) * P);
+    ms_plan_add_f32(p, &a->up, B * (D / 8) * P);
+    ms_plan_add_f32(p, &a->idx_tok, (M + 1) * B);
+    ms_plan_add_f32(p, &a->idx_stack, M * B);
+    ms_plan_add_f32(p, &a->X, (M + 1) * B * D);
+    ms_plan_add_f32(p, &a->hh1, M * B * D);
+    ms_plan_add_f32(p, &a->hh1r, M * B * D);
+    ms_plan_add_f32(p, &a->hh2, M * B * D);
+    ms_plan_add_f32(p, &a->hh2r, M * B * D);
+    ms_plan_add_f32(p, &a->hout, M * B * (D / 8));
+    ms_plan_add_f32(p, &a->H, B * M * (D / 8));
+    ms_plan_add_f32(p, &a->ih1, B * 256);
+    ms_plan_add_f32(p, &a->ih1r, B * 256);
+    ms_plan_add_f32(p, &a->ih2, B * 256);
+    ms_plan_add_f32(p, &a->ih2r, B * 256);
+    ms_plan_add_f32(p, &a->masks, B * M * P);
+    ms_plan_add_f32(p, &a->iou, B * M);
     /* backward scratch */
     float **bq[] = {&a->gQ, &a->gXq, &a->tq1, &a->tq2, &a->gtok};
-    for (size_t i = 0; i < sizeof bq / sizeof bq[0]; i++) ms_sam_plan_add(p, bq[i], BTD);
+    for (size_t i = 0; i < sizeof bq / sizeof bq[0]; i++) ms_plan_add_f32(p, bq[i], BTD);
     float **bk[] = {&a->gK, &a->gXk, &a->tk1, &a->tk2};
-    for (size_t i = 0; i < sizeof bk / sizeof bk[0]; i++) ms_sam_plan_add(p, bk[i], BND);
+    for (size_t i = 0; i < sizeof bk / sizeof bk[0]; i++) ms_plan_add_f32(p, bk[i], BND);
     int64_t att = B * N * (D / 2) > BTD ? B * N * (D / 2) : BTD;
-    ms_sam_plan_add(p, &a->dQ, att);
-    ms_sam_plan_add(p, &a->dK, att);
-    ms_sam_plan_add(p, &a->dV, att);
-    ms_sam_plan_add(p, &a->dO, att);
-    ms_sam_plan_add(p, &a->dh1, B * T * F);
-    ms_sam_plan_add(p, &a->dh2, B * T * F);
-    ms_sam_plan_add(p, &a->dup, B * (D / 8) * P);
-    ms_sam_plan_add(p, &a->du2, B * (D / 8) * P);
-    ms_sam_plan_add(p, &a->du1a, B * (D / 4) * 4 * N);
-    ms_sam_plan_add(p, &a->du1b, B * (D / 4) * 4 * N);
-    ms_sam_plan_add(p, &a->dsrc, BND);
-    ms_sam_plan_add(p, &a->dH, B * M * (D / 8));
-    ms_sam_plan_add(p, &a->dHs, M * B * (D / 8));
-    ms_sam_plan_add(p, &a->dX, (M + 1) * B * D);
-    ms_sam_plan_add(p, &a->dm1, B * 256);
-    ms_sam_plan_add(p, &a->dm2, B * 256);
-    ms_sam_plan_add(p, &a->dkeys_img, N * D);
-    ms_sam_plan_add(p, &a->ddense_t, with_dense ? d->bp * N * D : 1);
+    ms_plan_add_f32(p, &a->dQ, att);
+    ms_plan_add_f32(p, &a->dK, att);
+    ms_plan_add_f32(p, &a->dV, att);
+    ms_plan_add_f32(p, &a->dO, att);
+    ms_plan_add_f32(p, &a->dh1, B * T * F);
+    ms_plan_add_f32(p, &a->dh2, B * T * F);
+    ms_plan_add_f32(p, &a->dup, B * (D / 8) * P);
+    ms_plan_add_f32(p, &a->du2, B * (D / 8) * P);
+    ms_plan_add_f32(p, &a->du1a, B * (D / 4) * 4 * N);
+    ms_plan_add_f32(p, &a->du1b, B * (D / 4) * 4 * N);
+    ms_plan_add_f32(p, &a->dsrc, BND);
+    ms_plan_add_f32(p, &a->dH, B * M * (D / 8));
+    ms_plan_add_f32(p, &a->dHs, M * B * (D / 8));
+    ms_plan_add_f32(p, &a->dX, (M + 1) * B * D);
+    ms_plan_add_f32(p, &a->dm1, B * 256);
+    ms_plan_add_f32(p, &a->dm2, B * 256);
+    ms_plan_add_f32(p, &a->dkeys_img, N * D);
+    ms_plan_add_f32(p, &a->ddense_t, with_dense ? d->bp * N * D : 1);
     const int64_t rows = B * (N > T ? N : T);
-    ms_sam_plan_add(p, &a->dlr, rows * (r ? r : 1));
-    ms_sam_plan_add(p, &a->da1, rows * Ha);
-    ms_sam_plan_add(p, &a->da2, rows * Ha);
-    ms_sam_plan_add(p, &a->dad, BTD);
+    ms_plan_add_f32(p, &a->dlr, rows * (r ? r : 1));
+    ms_plan_add_f32(p, &a->da1, rows * Ha);
+    ms_plan_add_f32(p, &a->da2, rows * Ha);
+    ms_plan_add_f32(p, &a->dad, BTD);
 
     /* kpe survives a re-plan only where it stays in place (its region belonged to it alone in the last layout). */
     const float *kpe_before = a->kpe;
-    ms_status rc = MS_OK;
-    if ((int64_t)p->a.used != d->cap_bytes) {
-        ms_arena_free(&d->arena);
-        d->cap_bytes = 0;
-        a->kpe_valid = 0;
-        rc = ms_sam_plan_alloc(p, dev);
-        if (!rc) { d->arena = p->a; d->cap_bytes = (int64_t)p->a.used; }
-    } else {
-        for (int i = 0; i < p->n; i++) *p->slot[i] = (float *)ms_arena_ptr(&d->arena, p->off[i]);
-        if (a->kpe != kpe_before) a->kpe_valid = 0;
-    }
-    free(p);
+    int fresh;
+    ms_status rc = ms_plan_fit(p, dev, &d->arena, &fresh);
+    if (fresh || a->kpe != kpe_before) a->kpe_valid = 0;
+    ms_plan_free(p);
     return rc;
 }
 
@@ -551,7 +544,7 @@ static ms_status lora_bwd(ms_device *dev, const ms_sam_decoder *d, dec_act *s, c
     return ms_linear_backward(dev, dx, PG(ia), NULL, s->dlr, x, PD(ia), rows, d->dim, r);
 }
 
-/* Adapter (sam.md §6.1): y = [x +] fc2(GELU(fc1(x))), hidden D/4; h, g keep fc1's and GELU's outputs. y ≠ x. */
+/* Adapter (finetune-SAM models/common.py): y = [x +] fc2(GELU(fc1(x))), hidden D/4; h, g keep fc1's and GELU's outputs. y ≠ x. */
 static ms_status adapter_fwd(ms_device *dev, const ms_sam_decoder *d, int w1, int b1, int w2, int b2, float *y,
                              float *h, float *g, const float *x, int64_t rows, int skip)
 {

@@ -87,7 +87,6 @@ typedef struct ms_sam_decoder {
     int B, b_img, bp, T, M;
     int64_t N; /* h·w keys */
     ms_arena arena;
-    int64_t cap_bytes;
     void *priv;
     const float *emb_in;                  /* the image embedding of the last forward (not owned) */
     const ms_sam_prompt_state *pst;       /* the prompt state of the last forward (not owned) */

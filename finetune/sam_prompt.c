@@ -1,4 +1,4 @@
-/* finetune/sam_prompt.c — see sam_prompt.h. sam.md §2. */
+/* finetune/sam_prompt.c — see sam_prompt.h. ref: segment_anything/modeling/prompt_encoder.py. */
 #include "sam_prompt.h"
 
 #include <math.h>
@@ -7,23 +7,6 @@
 #include <string.h>
 
 #include "ops.h"
-
-/* ---- arena planner ---------------------------------------------------------------------------------------- */
-
-void ms_sam_plan_add(ms_sam_plan *p, float **slot, int64_t n_floats)
-{
-    if (p->n >= MS_SAM_PLAN_MAX) { p->overflow = 1; return; }
-    p->slot[p->n] = slot;
-    p->off[p->n++] = ms_arena_reserve(&p->a, (size_t)(n_floats > 0 ? n_floats : 1) * sizeof(float));
-}
-
-ms_status ms_sam_plan_alloc(ms_sam_plan *p, ms_device *dev)
-{
-    MS_FAIL_IF(p->overflow, MS_EINVAL, "internal: too many activation buffers (raise MS_SAM_PLAN_MAX)");
-    MS_TRY(ms_arena_alloc(&p->a, dev, 1));
-    for (int i = 0; i < p->n; i++) *p->slot[i] = (float *)ms_arena_ptr(&p->a, p->off[i]);
-    return MS_OK;
-}
 
 ms_status ms_sam_acc_from_host(ms_device *dev, float *dst, const float *src, int64_t n)
 {
@@ -69,7 +52,7 @@ ms_status ms_sam_prompt_init(ms_sam_prompt *pe, ms_params *ps, const char *prefi
     const int D = pe->dim, mi = pe->mask_in;
     char name[64];
     int bad = 0;
-    /* Order = SAM's state_dict order (sam.md §5). */
+    /* Order = SAM's state_dict order (the official checkpoints, e.g. sam_vit_b_01ec64.pth). */
     pe->gauss = reg(ps, prefix, "pe_layer.positional_encoding_gaussian_matrix", 2, 2, D / 2, 0, 0, 1);
     bad |= pe->gauss < 0;
     for (int k = 0; k < 4; k++) {
@@ -202,31 +185,23 @@ static ms_status sparse_forward(ms_device *dev, const ms_sam_prompt *pe, const m
 static ms_status dense_alloc(ms_device *dev, const ms_sam_prompt *pe, ms_sam_prompt_state *st, int bp)
 {
     const int64_t hw = (int64_t)pe->emb_h * pe->emb_w, mi = pe->mask_in;
-    ms_sam_plan *p = calloc(1, sizeof *p);
-    MS_FAIL_IF(!p, MS_ENOMEM, "out of memory");
-    ms_sam_plan_add(p, &st->c0, bp * mi * hw);  /* (bp, mi/4, 2h, 2w) has the same count as (bp, mi, h, w) */
-    ms_sam_plan_add(p, &st->n0, bp * mi * hw);
-    ms_sam_plan_add(p, &st->g0, bp * mi * hw);
-    ms_sam_plan_add(p, &st->mu0, bp * 4 * hw);
-    ms_sam_plan_add(p, &st->rs0, bp * 4 * hw);
-    ms_sam_plan_add(p, &st->c1, bp * mi * hw);
-    ms_sam_plan_add(p, &st->n1, bp * mi * hw);
-    ms_sam_plan_add(p, &st->g1, bp * mi * hw);
-    ms_sam_plan_add(p, &st->mu1, bp * hw);
-    ms_sam_plan_add(p, &st->rs1, bp * hw);
-    ms_sam_plan_add(p, &st->dense, bp * pe->dim * hw);
-    ms_sam_plan_add(p, &st->d_a, bp * mi * hw);
-    ms_sam_plan_add(p, &st->d_b, bp * mi * hw);
-    ms_status rc = MS_OK;
-    if ((int64_t)p->a.used != st->cap_bytes) {
-        ms_arena_free(&st->arena);
-        st->cap_bytes = 0;
-        rc = ms_sam_plan_alloc(p, dev);
-        if (!rc) { st->arena = p->a; st->cap_bytes = (int64_t)p->a.used; }
-    } else {
-        for (int i = 0; i < p->n; i++) *p->slot[i] = (float *)ms_arena_ptr(&st->arena, p->off[i]);
-    }
-    free(p);
+    ms_plan p = {0};
+    ms_plan_add_f32(&p, &st->c0, bp * mi * hw); /* (bp, mi/4, 2h, 2w) has the same count as (bp, mi, h, w) */
+    ms_plan_add_f32(&p, &st->n0, bp * mi * hw);
+    ms_plan_add_f32(&p, &st->g0, bp * mi * hw);
+    ms_plan_add_f32(&p, &st->mu0, bp * 4 * hw);
+    ms_plan_add_f32(&p, &st->rs0, bp * 4 * hw);
+    ms_plan_add_f32(&p, &st->c1, bp * mi * hw);
+    ms_plan_add_f32(&p, &st->n1, bp * mi * hw);
+    ms_plan_add_f32(&p, &st->g1, bp * mi * hw);
+    ms_plan_add_f32(&p, &st->mu1, bp * hw);
+    ms_plan_add_f32(&p, &st->rs1, bp * hw);
+    ms_plan_add_f32(&p, &st->dense, bp * pe->dim * hw);
+    ms_plan_add_f32(&p, &st->d_a, bp * mi * hw);
+    ms_plan_add_f32(&p, &st->d_b, bp * mi * hw);
+    int fresh;
+    ms_status rc = ms_plan_fit(&p, dev, &st->arena, &fresh);
+    ms_plan_free(&p);
     return rc;
 }
 

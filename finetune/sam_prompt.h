@@ -25,18 +25,6 @@
 #include "base/tensor.h"
 #include "pretrain/params.h"
 
-/* A planner for one arena of float buffers: register (slot, count) pairs, allocate once, pointers filled in.
- * Shared by the prompt encoder and the mask decoder for their activation arenas. */
-#define MS_SAM_PLAN_MAX 1024
-typedef struct ms_sam_plan {
-    ms_arena a;
-    int n, overflow;
-    float **slot[MS_SAM_PLAN_MAX];
-    size_t off[MS_SAM_PLAN_MAX];
-} ms_sam_plan;
-void ms_sam_plan_add(ms_sam_plan *p, float **slot, int64_t n_floats);
-/* Allocates (zeroed) and resolves every registered slot; the caller keeps p->a and frees it with ms_arena_free. */
-ms_status ms_sam_plan_alloc(ms_sam_plan *p, ms_device *dev);
 /* dst (device, n) += src (host, n): small parameter gradients computed on the host. */
 ms_status ms_sam_acc_from_host(ms_device *dev, float *dst, const float *src, int64_t n);
 
@@ -80,7 +68,6 @@ typedef struct ms_sam_prompt_state {
     float *c0, *n0, *mu0, *rs0, *g0, *c1, *n1, *mu1, *rs1, *g1;
     float *d_a, *d_b;       /* backward scratch */
     ms_arena arena;
-    int64_t cap_bytes;
     int sparse_cap;
 } ms_sam_prompt_state;
 

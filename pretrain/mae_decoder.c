@@ -1,6 +1,6 @@
 /* pretrain/mae_decoder.c — see mae_decoder.h. Activations live in one arena sized by ms_mae_decoder_reserve; the
  * backward walks the blocks in reverse with a handful of reused gradient buffers.
- * ref: facebookresearch/mae models_mae.py forward_decoder/forward_loss @efb2a80 (mae.md §1). */
+ * ref: facebookresearch/mae models_mae.py forward_decoder/forward_loss @efb2a80 (docs/MAE.md). */
 #include "mae_decoder.h"
 
 #include <math.h>
@@ -109,7 +109,7 @@ void ms_mae_patchify(const float *img, int B, int S, int patch, int norm_pix, fl
                 for (int k = 0; k < P; k++) mean += t[k];
                 mean /= P;
                 for (int k = 0; k < P; k++) var += (t[k] - mean) * (t[k] - mean);
-                var /= (P - 1); /* torch.var is unbiased (mae.md §1) */
+                var /= (P - 1); /* torch.var is unbiased (models_mae.py forward_loss) */
                 double inv = 1.0 / sqrt(var + 1e-6);
                 for (int k = 0; k < P; k++) t[k] = (float)((t[k] - mean) * inv);
             }
@@ -126,47 +126,50 @@ ms_status ms_mae_decoder_reserve(ms_mae_decoder *d, ms_device *dev, int max_batc
     d->dev = dev;
     d->max_batch = max_batch;
     d->max_vis = max_vis;
-    ms_arena *a = &d->arena;
-    memset(a, 0, sizeof *a);
-    size_t o_tokens = ms_arena_reserve(a, V * C * 4), o_lnin = ms_arena_reserve(a, V * C * 4),
-           o_mi = ms_arena_reserve(a, V * 4), o_ri = ms_arena_reserve(a, V * 4),
-           o_src = ms_arena_reserve(a, (V + 1) * D * 4), o_pos = ms_arena_reserve(a, L * D * 4);
-    size_t o_x[MS_MAE_MAX_DEPTH + 1], o_blk[MS_MAE_MAX_DEPTH][11];
-    for (int i = 0; i <= c->depth; i++) o_x[i] = ms_arena_reserve(a, R * D * 4);
+    /* activations, then the backward's reused gradient buffers */
+    ms_plan pl = {0};
+    ms_plan_add_f32(&pl, &p->tokens, V * C);
+    ms_plan_add_f32(&pl, &p->lnin, V * C);
+    ms_plan_add_f32(&pl, &p->mean_in, V);
+    ms_plan_add_f32(&pl, &p->rstd_in, V);
+    ms_plan_add_f32(&pl, &p->src, (V + 1) * D);
+    ms_plan_add_f32(&pl, &p->pos, L * D);
+    for (int i = 0; i <= c->depth; i++) ms_plan_add_f32(&pl, &p->x[i], R * D);
     for (int i = 0; i < c->depth; i++) {
-        int64_t sz[11] = {R * D, R, R, R * 3 * D, R * D, R * H, R * D, R * D, R, R, R * 4 * D};
-        for (int k = 0; k < 11; k++) o_blk[i][k] = ms_arena_reserve(a, (size_t)sz[k] * 4);
+        ms_plan_add_f32(&pl, &p->ln1[i], R * D);
+        ms_plan_add_f32(&pl, &p->m1[i], R);
+        ms_plan_add_f32(&pl, &p->r1[i], R);
+        ms_plan_add_f32(&pl, &p->qkv[i], R * 3 * D);
+        ms_plan_add_f32(&pl, &p->att[i], R * D);
+        ms_plan_add_f32(&pl, &p->lse[i], R * H);
+        ms_plan_add_f32(&pl, &p->mid[i], R * D);
+        ms_plan_add_f32(&pl, &p->ln2[i], R * D);
+        ms_plan_add_f32(&pl, &p->m2[i], R);
+        ms_plan_add_f32(&pl, &p->r2[i], R);
+        ms_plan_add_f32(&pl, &p->h1[i], R * 4 * D);
     }
-    size_t o_g1[MS_MAE_MAX_DEPTH];
-    for (int i = 0; i < c->depth; i++) o_g1[i] = ms_arena_reserve(a, R * 4 * D * 4);
-    size_t o_lnf = ms_arena_reserve(a, R * D * 4), o_mf = ms_arena_reserve(a, R * 4), o_rf = ms_arena_reserve(a, R * 4),
-           o_pred = ms_arena_reserve(a, R * P * 4);
-    size_t o_da = ms_arena_reserve(a, R * D * 4), o_db = ms_arena_reserve(a, R * D * 4),
-           o_dc = ms_arena_reserve(a, R * D * 4), o_dbig1 = ms_arena_reserve(a, R * 4 * D * 4),
-           o_dbig2 = ms_arena_reserve(a, R * 4 * D * 4), o_dqkv = ms_arena_reserve(a, R * 3 * D * 4),
-           o_dsrc = ms_arena_reserve(a, (V + 1) * D * 4), o_dlnin = ms_arena_reserve(a, V * C * 4),
-           o_idx = ms_arena_reserve(a, R * 4);
-    MS_TRY(ms_arena_alloc(a, dev, 1));
-#define PTR(o) ((float *)ms_arena_ptr(a, (o)))
-    p->tokens = PTR(o_tokens); p->lnin = PTR(o_lnin); p->mean_in = PTR(o_mi); p->rstd_in = PTR(o_ri);
-    p->src = PTR(o_src); p->pos = PTR(o_pos);
-    for (int i = 0; i <= c->depth; i++) p->x[i] = PTR(o_x[i]);
-    for (int i = 0; i < c->depth; i++) {
-        p->ln1[i] = PTR(o_blk[i][0]); p->m1[i] = PTR(o_blk[i][1]); p->r1[i] = PTR(o_blk[i][2]);
-        p->qkv[i] = PTR(o_blk[i][3]); p->att[i] = PTR(o_blk[i][4]); p->lse[i] = PTR(o_blk[i][5]);
-        p->mid[i] = PTR(o_blk[i][6]); p->ln2[i] = PTR(o_blk[i][7]); p->m2[i] = PTR(o_blk[i][8]);
-        p->r2[i] = PTR(o_blk[i][9]); p->h1[i] = PTR(o_blk[i][10]); p->g1[i] = PTR(o_g1[i]);
-    }
-    p->lnf = PTR(o_lnf); p->mf = PTR(o_mf); p->rf = PTR(o_rf); p->pred = PTR(o_pred);
-    p->d_a = PTR(o_da); p->d_b = PTR(o_db); p->d_c = PTR(o_dc); p->d_big1 = PTR(o_dbig1); p->d_big2 = PTR(o_dbig2);
-    p->d_qkv = PTR(o_dqkv); p->d_src = PTR(o_dsrc); p->d_lnin = PTR(o_dlnin);
-    p->gather_idx = (int32_t *)ms_arena_ptr(a, o_idx);
-#undef PTR
+    for (int i = 0; i < c->depth; i++) ms_plan_add_f32(&pl, &p->g1[i], R * 4 * D);
+    ms_plan_add_f32(&pl, &p->lnf, R * D);
+    ms_plan_add_f32(&pl, &p->mf, R);
+    ms_plan_add_f32(&pl, &p->rf, R);
+    ms_plan_add_f32(&pl, &p->pred, R * P);
+    ms_plan_add_f32(&pl, &p->d_a, R * D);
+    ms_plan_add_f32(&pl, &p->d_b, R * D);
+    ms_plan_add_f32(&pl, &p->d_c, R * D);
+    ms_plan_add_f32(&pl, &p->d_big1, R * 4 * D);
+    ms_plan_add_f32(&pl, &p->d_big2, R * 4 * D);
+    ms_plan_add_f32(&pl, &p->d_qkv, R * 3 * D);
+    ms_plan_add_f32(&pl, &p->d_src, (V + 1) * D);
+    ms_plan_add_f32(&pl, &p->d_lnin, V * C);
+    ms_plan_add_i32(&pl, &p->gather_idx, R);
+    ms_status rc = ms_plan_alloc(&pl, dev, &d->arena);
+    ms_plan_free(&pl);
+    MS_TRY(rc);
     p->host_idx = malloc((size_t)R * sizeof(int32_t));
     float *pos = malloc((size_t)(L * D) * sizeof(float));
     if (!p->host_idx || !pos) { free(pos); MS_FAIL(MS_ENOMEM, "out of memory"); }
     ms_mae_sincos_2d(pos, c->grid, c->dim);
-    ms_status rc = ms_dev_from_host(dev, p->pos, pos, (size_t)(L * D) * sizeof(float));
+    rc = ms_dev_from_host(dev, p->pos, pos, (size_t)(L * D) * sizeof(float));
     free(pos);
     return rc;
 }

@@ -1,4 +1,5 @@
-/* pretrain/sam_encoder.c — SAM's image encoder: config, variant detection, parameters, forward, backward.
+/* pretrain/sam_encoder.c — SAM's image encoder: parameters, activation arena, forward, backward (dense and on token
+ * subsets). The configuration (named variants, detection from a state dict, input size) is sam_encoder_config.c.
  * See sam_encoder.h for the data layout and the windowed-attention scheme (index lists + ws·ws pad rows).
  *
  * Per block (M = B·g·g token rows, ref: segment_anything/modeling/image_encoder.py Block.forward):
@@ -6,7 +7,7 @@
  *   ln2 = LN(xmid); h = ln2·W1ᵀ + b1; gl = GELU(h); out = xmid + gl·W2ᵀ + b2.
  * With backward enabled every block keeps ln1, mean/rstd, qkv, ao, lse, xmid, ln2, h, gl and out (≈16·M·D floats);
  * the backward walks the same list in reverse, each op accumulating into zeroed scratch or into the gradients.
- * PEFT (finetune-SAM, sam.md §6.1–6.2), per block that has it:
+ * PEFT (finetune-SAM; registration and initialisation in sam_encoder_peft.c), per block that has it:
  *   LoRA:    tq = ln1·A_qᵀ, tv = ln1·A_vᵀ (kept); qkv[:, 0:D] += tq·B_qᵀ, qkv[:, 2D:3D] += tv·B_vᵀ — pad rows too.
  *   Adapter: a = ao·Wpᵀ + bp (kept); xmid = x_in + a + fc2(GELU(fc1(a)));
  *            out = xmid + mlp(ln2) + scale·fc2'(GELU(fc1'(ln2))); both adapters keep their hidden pre/post GELU.
@@ -14,7 +15,7 @@
  * tests/sam/test_sam_encoder_vitb_slow.c (vit_b at 1024); the reference is tests/reference/sam_ref_encoder.py.
  * PEFT: tests/finetune/test_peft_encoder.c against tests/reference/peft_ref_encoder.py.
  */
-#include "sam_encoder.h"
+#include "sam_encoder_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -58,165 +59,10 @@ struct enc_priv {
     int32_t *h_idx;      /* host staging for the lists above */
 };
 
-/* ------------------------------------------------------------------------------------------------ config */
-
-ms_status ms_sam_enc_config_check(ms_sam_enc_config *c)
-{
-    MS_FAIL_IF(c->patch <= 0 || c->img_size <= 0 || c->img_size % c->patch, MS_EINVAL,
-               "sam encoder: image size %d is not a multiple of the patch size %d", c->img_size, c->patch);
-    MS_FAIL_IF(c->embed_dim <= 0 || c->n_heads <= 0 || c->embed_dim % c->n_heads, MS_EINVAL,
-               "sam encoder: embedding dim %d is not a multiple of %d heads", c->embed_dim, c->n_heads);
-    MS_FAIL_IF(c->depth <= 0 || c->depth > MS_SAM_MAX_DEPTH, MS_EINVAL, "sam encoder: depth %d out of range 1..%d",
-               c->depth, MS_SAM_MAX_DEPTH);
-    MS_FAIL_IF(c->n_global < 0 || c->n_global > c->depth, MS_EINVAL, "sam encoder: %d global blocks", c->n_global);
-    for (int i = 0; i < c->n_global; i++)
-        MS_FAIL_IF(c->global_idx[i] < 0 || c->global_idx[i] >= c->depth, MS_EINVAL,
-                   "sam encoder: global block index %d out of range", c->global_idx[i]);
-    MS_FAIL_IF(c->window < 0, MS_EINVAL, "sam encoder: window %d", c->window);
-    MS_FAIL_IF(c->window == 0 && c->n_global != c->depth, MS_EINVAL,
-               "sam encoder: window 0 needs every block global");
-    if (!c->in_chans) c->in_chans = 3;
-    if (!c->head_dim) c->head_dim = c->embed_dim / c->n_heads;
-    MS_FAIL_IF(c->head_dim * c->n_heads != c->embed_dim, MS_EINVAL, "sam encoder: head dim %d × %d heads != %d",
-               c->head_dim, c->n_heads, c->embed_dim);
-    if (!c->mlp_dim) c->mlp_dim = 4 * c->embed_dim;
-    if (!c->out_chans) c->out_chans = 256;
-    if (!(c->eps > 0)) c->eps = 1e-6f;
-    int g = c->img_size / c->patch;
-    if (!c->rel_len_global) c->rel_len_global = 2 * g - 1;
-    if (!c->rel_len_window && c->window) c->rel_len_window = 2 * c->window - 1;
-    MS_FAIL_IF(c->rel_len_global <= 0 || (c->window && c->rel_len_window <= 0), MS_EINVAL,
-               "sam encoder: bad rel-pos table length");
-    return MS_OK;
-}
-
-int ms_sam_enc_block_is_global(const ms_sam_enc_config *c, int i)
-{
-    for (int k = 0; k < c->n_global; k++)
-        if (c->global_idx[k] == i) return 1;
-    return 0;
-}
-
-ms_status ms_sam_enc_config_named(const char *name, ms_sam_enc_config *c)
-{
-    memset(c, 0, sizeof *c);
-    c->img_size = 1024;
-    c->patch = 16;
-    c->window = 14;
-    c->out_chans = 256;
-    c->n_global = 4;
-    int d, depth, heads, gi[4];
-    if (!strcmp(name, "vit_b")) { d = 768; depth = 12; heads = 12; gi[0] = 2; gi[1] = 5; gi[2] = 8; gi[3] = 11; }
-    else if (!strcmp(name, "vit_l")) { d = 1024; depth = 24; heads = 16; gi[0] = 5; gi[1] = 11; gi[2] = 17; gi[3] = 23; }
-    else if (!strcmp(name, "vit_h")) { d = 1280; depth = 32; heads = 16; gi[0] = 7; gi[1] = 15; gi[2] = 23; gi[3] = 31; }
-    else if (!strcmp(name, "vit_test")) {
-        d = 192; depth = 4; heads = 3; c->img_size = 256; c->n_global = 2; gi[0] = 1; gi[1] = 3;
-    } else
-        MS_FAIL(MS_EINVAL, "%s: unknown model (vit_b, vit_l, vit_h, vit_test)", name);
-    c->embed_dim = d;
-    c->depth = depth;
-    c->n_heads = heads;
-    for (int i = 0; i < c->n_global; i++) c->global_idx[i] = gi[i];
-    return ms_sam_enc_config_check(c);
-}
-
-static ms_status sd_get(const ms_state_dict *sd, const char *prefix, const char *key, int ndim,
-                        const ms_sd_entry **out)
-{
-    char name[MS_PARAM_NAME_MAX + 64];
-    snprintf(name, sizeof name, "%s%s", prefix, key);
-    *out = ms_sd_find(sd, name);
-    MS_FAIL_IF(!*out, MS_ENOTFOUND, "%s: missing (needed to detect the encoder variant)", name);
-    MS_FAIL_IF((*out)->t.ndim != ndim, MS_ESHAPE, "%s: %d dims, expected %d", name, (*out)->t.ndim, ndim);
-    return MS_OK;
-}
-
-ms_status ms_sam_enc_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_sam_enc_config *c)
-{
-    memset(c, 0, sizeof *c);
-    const ms_sd_entry *pw, *pos, *n0, *r, *l1;
-    MS_TRY(sd_get(sd, prefix, "patch_embed.proj.weight", 4, &pw));
-    MS_TRY(sd_get(sd, prefix, "pos_embed", 4, &pos));
-    MS_TRY(sd_get(sd, prefix, "neck.0.weight", 4, &n0));
-    MS_TRY(sd_get(sd, prefix, "blocks.0.mlp.lin1.weight", 2, &l1));
-    c->mlp_dim = (int)l1->t.shape[0];
-    c->embed_dim = (int)pw->t.shape[0];
-    c->in_chans = (int)pw->t.shape[1];
-    c->patch = (int)pw->t.shape[2];
-    MS_FAIL_IF(pw->t.shape[3] != pw->t.shape[2], MS_EUNSUPPORTED, "%spatch_embed.proj.weight: non-square patch",
-               prefix);
-    MS_FAIL_IF(pos->t.shape[1] != pos->t.shape[2] || pos->t.shape[3] != c->embed_dim, MS_EUNSUPPORTED,
-               "%spos_embed: shape not (1, g, g, %d)", prefix, c->embed_dim);
-    int g = (int)pos->t.shape[1];
-    c->img_size = g * c->patch;
-    c->out_chans = (int)n0->t.shape[0];
-    /* depth = number of consecutive blocks.i.norm1.weight keys */
-    int depth = 0;
-    for (;; depth++) {
-        char key[64], name[MS_PARAM_NAME_MAX + 64];
-        snprintf(key, sizeof key, "blocks.%d.norm1.weight", depth);
-        snprintf(name, sizeof name, "%s%s", prefix, key);
-        if (!ms_sd_find(sd, name)) break;
-        MS_FAIL_IF(depth >= MS_SAM_MAX_DEPTH, MS_EUNSUPPORTED, "%sblocks: more than %d blocks", prefix,
-                   MS_SAM_MAX_DEPTH);
-    }
-    MS_FAIL_IF(!depth, MS_EFORMAT, "%sblocks.0.norm1.weight: missing (no encoder blocks)", prefix);
-    c->depth = depth;
-    int len[MS_SAM_MAX_DEPTH];
-    for (int i = 0; i < depth; i++) {
-        char key[64];
-        snprintf(key, sizeof key, "blocks.%d.attn.rel_pos_h", i);
-        MS_TRY(sd_get(sd, prefix, key, 2, &r));
-        if (i == 0) c->head_dim = (int)r->t.shape[1];
-        MS_FAIL_IF(r->t.shape[1] != c->head_dim, MS_EFORMAT, "%s%s: head dim %lld, block 0 has %d", prefix, key,
-                   (long long)r->t.shape[1], c->head_dim);
-        len[i] = (int)r->t.shape[0];
-    }
-    MS_FAIL_IF(c->head_dim <= 0 || c->embed_dim % c->head_dim, MS_EFORMAT,
-               "%sblocks.0.attn.rel_pos_h: head dim %d does not divide %d", prefix, c->head_dim, c->embed_dim);
-    c->n_heads = c->embed_dim / c->head_dim;
-    /* Global blocks have the table length that differs from the windowed ones: 2g−1 if present, else the larger. */
-    int la = len[0], lb = -1;
-    for (int i = 1; i < depth; i++)
-        if (len[i] != la) {
-            if (lb < 0) lb = len[i];
-            else MS_FAIL_IF(len[i] != lb, MS_EFORMAT, "%sblocks.%d.attn.rel_pos_h: a third table length %d", prefix,
-                            i, len[i]);
-        }
-    int lglob, lwin;
-    if (lb < 0) {
-        if (la == 2 * g - 1) { lglob = la; lwin = -1; }
-        else { lglob = -1; lwin = la; }
-    } else if (la == 2 * g - 1 || (lb != 2 * g - 1 && la > lb)) { lglob = la; lwin = lb; }
-    else { lglob = lb; lwin = la; }
-    c->n_global = 0;
-    for (int i = 0; i < depth; i++)
-        if (len[i] == lglob) c->global_idx[c->n_global++] = i;
-    c->rel_len_global = lglob > 0 ? lglob : 2 * g - 1;
-    if (lwin > 0) {
-        MS_FAIL_IF(!(lwin & 1), MS_EFORMAT, "%s: windowed rel-pos table length %d is even", prefix, lwin);
-        c->window = (lwin + 1) / 2;
-        c->rel_len_window = lwin;
-    }
-    c->eps = 1e-6f;
-    return ms_sam_enc_config_check(c);
-}
-
-int64_t ms_sam_enc_numel(const ms_sam_enc_config *c)
-{
-    int64_t D = c->embed_dim, g = c->img_size / c->patch, M = c->mlp_dim, C = c->out_chans;
-    int64_t n = g * g * D + D * c->in_chans * c->patch * c->patch + D;
-    for (int i = 0; i < c->depth; i++) {
-        int64_t L = ms_sam_enc_block_is_global(c, i) ? c->rel_len_global : c->rel_len_window;
-        n += 4 * D + 2 * L * c->head_dim + 3 * D * D + 3 * D + D * D + D + M * D + M + D * M + D;
-    }
-    return n + C * D + 2 * C + C * C * 9 + 2 * C;
-}
-
 /* ------------------------------------------------------------------------------------------------ params */
 
-static int add(ms_params *ps, const char *prefix, const char *key, int64_t a, int64_t b, int64_t c, int64_t d,
-               int ndim, int no_decay)
+int ms_sam_enc_param_add(ms_params *ps, const char *prefix, const char *key, int64_t a, int64_t b, int64_t c,
+                         int64_t d, int ndim, int no_decay)
 {
     char name[MS_PARAM_NAME_MAX + 128]; /* too long for ms_params_add is reported there, not truncated here */
     snprintf(name, sizeof name, "%s%s", prefix, key);
@@ -238,8 +84,9 @@ ms_status ms_sam_encoder_init(ms_sam_encoder *enc, const ms_sam_enc_config *cfg,
     enc->ps = ps;
     int64_t D = c->embed_dim, g = c->img_size / c->patch, M = c->mlp_dim, C = c->out_chans, hd = c->head_dim;
     int bad = 0;
-#define ADD(dst, ...) do { dst = add(ps, prefix, __VA_ARGS__); bad |= dst < 0; } while (0)
-    /* SAM's registration order (sam.md §5), so a saved state dict lists keys as the official files do. */
+#define ADD(dst, ...) do { dst = ms_sam_enc_param_add(ps, prefix, __VA_ARGS__); bad |= dst < 0; } while (0)
+    /* SAM's registration order (segment_anything/modeling/image_encoder.py), so a saved state dict lists keys as the
+     * official files do. */
     ADD(enc->pos_embed, "pos_embed", 1, g, g, D, 4, 1);
     ADD(enc->patch_w, "patch_embed.proj.weight", D, c->in_chans, c->patch, c->patch, 4, 0);
     ADD(enc->patch_b, "patch_embed.proj.bias", D, 0, 0, 0, 1, 1);
@@ -314,253 +161,139 @@ ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed)
     return rc;
 }
 
-/* ------------------------------------------------------------------------------------------------ PEFT */
-
-static int has_lora(const ms_sam_encoder *enc, int i) { return enc->blk[i].lora_aq >= 0; }
-static int has_adapter(const ms_sam_encoder *enc, int i) { return enc->blk[i].sa_w1 >= 0; }
-static int has_peft(const ms_sam_encoder *enc) { return enc->peft.lora_blocks || enc->peft.adapter_blocks; }
-
-ms_status ms_sam_encoder_add_peft(ms_sam_encoder *enc, const ms_sam_enc_peft *pf)
-{
-    ms_params *ps = enc->ps;
-    const ms_sam_enc_config *c = &enc->cfg;
-    MS_FAIL_IF(!ps, MS_EBADSTATE, "sam encoder: add_peft before ms_sam_encoder_init");
-    MS_FAIL_IF(ps->data, MS_EBADSTATE, "sam encoder: add_peft after ms_params_alloc");
-    MS_FAIL_IF(has_peft(enc), MS_EBADSTATE, "sam encoder: PEFT tensors already added");
-    MS_FAIL_IF(enc->priv, MS_EBADSTATE, "sam encoder: add_peft after ms_sam_encoder_reserve");
-    MS_FAIL_IF(pf->lora_rank < 0 || pf->lora_rank > c->embed_dim, MS_EINVAL, "sam encoder: LoRA rank %d",
-               pf->lora_rank);
-    MS_FAIL_IF(pf->adapter_blocks && c->embed_dim < 4, MS_EINVAL, "sam encoder: adapters need D >= 4");
-    uint64_t all = c->depth >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << c->depth) - 1);
-    ms_sam_enc_peft f = *pf;
-    f.lora_blocks = f.lora_rank ? f.lora_blocks & all : 0;
-    f.adapter_blocks &= all;
-    if (!f.lora_blocks) f.lora_rank = 0;
-    if (f.adapter_blocks && f.adapter_scale == 0.0f) f.adapter_scale = 0.5f; /* finetune-SAM's Block default */
-    /* the encoder keeps no prefix: recover it from the first tensor's name */
-    char prefix[MS_PARAM_NAME_MAX];
-    const char *pe = ps->p[enc->pos_embed].name;
-    size_t lp = strlen(pe) - strlen("pos_embed");
-    snprintf(prefix, sizeof prefix, "%.*s", (int)lp, pe);
-    int64_t D = c->embed_dim, r = f.lora_rank, Da = D / 4;
-    int first = ps->n, bad = 0;
-#define ADD(dst, key, a, b, ndim, nd) \
-    do { snprintf(k, sizeof k, "blocks.%d.%s", i, key); dst = add(ps, prefix, k, a, b, 0, 0, ndim, nd); \
-         bad |= dst < 0; } while (0)
-    for (int i = 0; i < c->depth && !bad; i++) {
-        ms_sam_enc_block_params *b = &enc->blk[i];
-        char k[96];
-        if (f.lora_blocks >> i & 1) {
-            ADD(b->lora_aq, "attn.qkv.linear_a_q.weight", r, D, 2, 0);
-            ADD(b->lora_bq, "attn.qkv.linear_b_q.weight", D, r, 2, 0);
-            ADD(b->lora_av, "attn.qkv.linear_a_v.weight", r, D, 2, 0);
-            ADD(b->lora_bv, "attn.qkv.linear_b_v.weight", D, r, 2, 0);
-        }
-        if (f.adapter_blocks >> i & 1) {
-            ADD(b->sa_w1, "Space_Adapter.D_fc1.weight", Da, D, 2, 0);
-            ADD(b->sa_b1, "Space_Adapter.D_fc1.bias", Da, 0, 1, 1);
-            ADD(b->sa_w2, "Space_Adapter.D_fc2.weight", D, Da, 2, 0);
-            ADD(b->sa_b2, "Space_Adapter.D_fc2.bias", D, 0, 1, 1);
-            ADD(b->ma_w1, "MLP_Adapter.D_fc1.weight", Da, D, 2, 0);
-            ADD(b->ma_b1, "MLP_Adapter.D_fc1.bias", Da, 0, 1, 1);
-            ADD(b->ma_w2, "MLP_Adapter.D_fc2.weight", D, Da, 2, 0);
-            ADD(b->ma_b2, "MLP_Adapter.D_fc2.bias", D, 0, 1, 1);
-        }
-    }
-#undef ADD
-    if (bad) return MS_EINVAL;
-    for (int j = first; j < ps->n; j++) ps->p[j].optional = 1; /* a plain SAM file loads; these keep their init */
-    enc->peft = f;
-    return MS_OK;
-}
-
-/* One tensor ~ U(±bound) from (seed, its index), or zeros when bound is 0. */
-static ms_status peft_fill(ms_params *ps, int idx, uint64_t seed, float bound, float *h)
-{
-    const ms_param *p = &ps->p[idx];
-    ms_rng r;
-    ms_rng_init(&r, seed, ms_rng_stream(0, (uint64_t)idx, 0x7065));
-    for (int64_t j = 0; j < p->numel; j++) h[j] = bound > 0 ? ms_rng_range(&r, -bound, bound) : 0.0f;
-    return ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
-}
-
-ms_status ms_sam_encoder_peft_init_random(ms_sam_encoder *enc, uint64_t seed)
-{
-    ms_params *ps = enc->ps;
-    MS_FAIL_IF(!ps || !ps->data, MS_EBADSTATE, "sam encoder: parameters not allocated");
-    if (!has_peft(enc)) return MS_OK;
-    int64_t D = enc->cfg.embed_dim, Da = D / 4;
-    float *h = malloc((size_t)(D * D) * sizeof(float)); /* the largest PEFT tensor: r·D or (D/4)·D, r <= D */
-    MS_FAIL_IF(!h, MS_ENOMEM, "sam encoder: out of memory");
-    ms_status rc = MS_OK;
-    float bD = 1.0f / sqrtf((float)D), bA = 1.0f / sqrtf((float)Da);
-    for (int i = 0; i < enc->cfg.depth && !rc; i++) {
-        const ms_sam_enc_block_params *b = &enc->blk[i];
-        if (has_lora(enc, i)) { /* kaiming_uniform(a=√5) on A (fan_in D), B = 0 (SAMed / finetune-SAM) */
-            if (!rc) rc = peft_fill(ps, b->lora_aq, seed, bD, h);
-            if (!rc) rc = peft_fill(ps, b->lora_bq, seed, 0, h);
-            if (!rc) rc = peft_fill(ps, b->lora_av, seed, bD, h);
-            if (!rc) rc = peft_fill(ps, b->lora_bv, seed, 0, h);
-        }
-        if (has_adapter(enc, i)) { /* nn.Linear's default: weight and bias U(±1/√in_features) */
-            const int idx[8] = {b->sa_w1, b->sa_b1, b->sa_w2, b->sa_b2, b->ma_w1, b->ma_b1, b->ma_w2, b->ma_b2};
-            for (int j = 0; j < 8 && !rc; j++) rc = peft_fill(ps, idx[j], seed, (j & 2) ? bA : bD, h);
-        }
-    }
-    free(h);
-    return rc;
-}
-
 /* ------------------------------------------------------------------------------------------------ arena */
-
-#define MS_ENC_PLAN_MAX (20 * MS_SAM_MAX_DEPTH + 64) /* 13 buffers per block, 7 more with PEFT, + the rest */
-
-typedef struct plan {
-    int n;
-    void **dst[MS_ENC_PLAN_MAX];
-    size_t off[MS_ENC_PLAN_MAX];
-} plan;
-
-static void want(plan *pl, ms_arena *a, void *dst, size_t bytes)
-{
-    if (pl->n == MS_ENC_PLAN_MAX) { pl->n++; return; } /* reported by the caller */
-    pl->dst[pl->n] = (void **)dst;
-    pl->off[pl->n] = ms_arena_reserve(a, bytes ? bytes : 4);
-    pl->n++;
-}
 
 #define F(n) ((size_t)(n) * sizeof(float))
 #define I(n) ((size_t)(n) * sizeof(int32_t))
 
-ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_batch, int with_backward)
+/* The sizes every activation buffer is planned from (max_batch images at the run size). */
+typedef struct enc_dims {
+    int64_t S, D, g, T, B, Mt; /* run side, width, grid, tokens per image, batch, token rows B·T */
+    int64_t Mlp, C, H, gm;     /* MLP width, neck channels, heads, native grid */
+    int64_t ws, ws2, nh;       /* window, its area, windows per side */
+    int64_t Lmax;              /* longest rel-pos table after resize */
+    int64_t r, Da;             /* LoRA rank, adapter width */
+} enc_dims;
+
+static enc_dims enc_dims_of(const ms_sam_encoder *enc, int max_batch)
 {
-    ms_sam_encoder_free(enc);
-    MS_FAIL_IF(max_batch <= 0, MS_EINVAL, "sam encoder: batch %d", max_batch);
     const ms_sam_enc_config *c = &enc->cfg;
-    struct enc_priv *p = calloc(1, sizeof *p);
-    MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
-    int32_t *hbuf = NULL;
-    ms_status rc = MS_OK;
-    int64_t S = ms_sam_enc_run_size(enc), D = c->embed_dim, g = S / c->patch, T = g * g, B = max_batch, Mt = B * T;
-    int64_t Mlp = c->mlp_dim, C = c->out_chans, H = c->n_heads, gm = c->img_size / c->patch;
-    int64_t ws = c->window, ws2 = ws * ws, nh = ws ? (g + ws - 1) / ws : 0;
-    p->n_win = nh * nh;
-    p->pad_base = Mt;
-    /* Largest rel-pos table after resize: 2·max(ws, g) − 1 rows. */
-    int64_t Lmax = 2 * (g > ws ? g : ws) - 1;
+    enc_dims e;
+    e.S = ms_sam_enc_run_size(enc);
+    e.D = c->embed_dim;
+    e.g = e.S / c->patch;
+    e.T = e.g * e.g;
+    e.B = max_batch;
+    e.Mt = e.B * e.T;
+    e.Mlp = c->mlp_dim;
+    e.C = c->out_chans;
+    e.H = c->n_heads;
+    e.gm = c->img_size / c->patch;
+    e.ws = c->window;
+    e.ws2 = e.ws * e.ws;
+    e.nh = e.ws ? (e.g + e.ws - 1) / e.ws : 0;
+    /* Largest rel-pos table after resize: 2·max(ws, g) − 1 rows, or the stored table if longer. */
+    e.Lmax = 2 * (e.g > e.ws ? e.g : e.ws) - 1;
     int64_t Lraw = c->rel_len_global > c->rel_len_window ? c->rel_len_global : c->rel_len_window;
-    if (Lraw > Lmax) Lmax = Lraw;
-    plan *plp = calloc(1, sizeof *plp);
-    if (!plp) { free(p); return ms_error(MS_ENOMEM, "sam encoder: out of memory"); }
-    ms_arena *a = &enc->arena;
-    memset(a, 0, sizeof *a);
-    want(plp, a, &p->x_copy, F(B * c->in_chans * S * S));
-    want(plp, a, &p->tok0, F(Mt * D));
-    int nsets = with_backward ? c->depth : 1;
-    int64_t r = enc->peft.lora_rank, Da = D / 4;
-    for (int i = 0; i < nsets; i++) {
-        blk_act *b = &p->blk[i];
-        /* inference mode shares one activation set: it needs the PEFT buffers when any block has PEFT */
-        int lora = with_backward ? has_lora(enc, i) : enc->peft.lora_blocks != 0;
-        int adap = with_backward ? has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
-        if (lora) {
-            want(plp, a, &b->tq, F((Mt + ws2) * r));
-            want(plp, a, &b->tv, F((Mt + ws2) * r));
-        }
-        if (adap) {
-            want(plp, a, &b->a, F(Mt * D));
-            want(plp, a, &b->sa_h, F(Mt * Da));
-            want(plp, a, &b->sa_g, F(Mt * Da));
-            want(plp, a, &b->ma_h, F(Mt * Da));
-            want(plp, a, &b->ma_g, F(Mt * Da));
-        }
-        want(plp, a, &b->ln1, F(Mt * D));
-        want(plp, a, &b->mean1, F(Mt));
-        want(plp, a, &b->rstd1, F(Mt));
-        want(plp, a, &b->qkv, F((Mt + ws2) * 3 * D));
-        want(plp, a, &b->ao, F(Mt * D));
-        want(plp, a, &b->lse, F(Mt * H));
-        want(plp, a, &b->xmid, F(Mt * D));
-        want(plp, a, &b->ln2, F(Mt * D));
-        want(plp, a, &b->mean2, F(Mt));
-        want(plp, a, &b->rstd2, F(Mt));
-        want(plp, a, &b->h, F(Mt * Mlp));
-        want(plp, a, &b->gl, F(Mt * Mlp));
-        want(plp, a, &b->out, F(Mt * D));
+    if (Lraw > e.Lmax) e.Lmax = Lraw;
+    e.r = enc->peft.lora_rank;
+    e.Da = e.D / 4;
+    return e;
+}
+
+/* The activations of one block set: every block with backward, one shared set without (it then needs the PEFT
+ * buffers when any block has PEFT). */
+static void plan_block(ms_plan *pl, blk_act *b, const enc_dims *e, int lora, int adap)
+{
+    const int64_t Mt = e->Mt, D = e->D, ws2 = e->ws2;
+    if (lora) {
+        ms_plan_add_f32(pl, &b->tq, (Mt + ws2) * e->r);
+        ms_plan_add_f32(pl, &b->tv, (Mt + ws2) * e->r);
     }
-    float *spare_out = NULL;
-    if (!with_backward) want(plp, a, &spare_out, F(Mt * D));
-    want(plp, a, &p->neck0, F(Mt * C));
-    want(plp, a, &p->neck0t, F(Mt * C));
-    want(plp, a, &p->n1, F(Mt * C));
-    want(plp, a, &p->n1_mean, F(Mt));
-    want(plp, a, &p->n1_rstd, F(Mt));
-    want(plp, a, &p->n2, F(Mt * C));
-    want(plp, a, &p->n3_mean, F(Mt));
-    want(plp, a, &p->n3_rstd, F(Mt));
-    if (enc->peft.adapter_blocks) want(plp, a, &p->pf_tmp, F(Mt * D));
-    if (enc->peft.lora_blocks && with_backward) want(plp, a, &p->dtq, F((Mt + ws2) * r));
-    want(plp, a, &p->zeros, F(ws2 * D));
-    want(plp, a, &p->padx, F(ws2 * D));
-    want(plp, a, &p->rel_a, F(Lmax * c->head_dim));
-    want(plp, a, &p->rel_b, F(Lmax * c->head_dim));
-    if (g != gm) { /* resized position embedding (forward) and the same buffers reused for its gradient */
-        want(plp, a, &p->pos_run, F(T * D));
-        want(plp, a, &p->pos_t, F(gm * gm * D));
-        want(plp, a, &p->pos_z, F(T * D));
+    if (adap) {
+        ms_plan_add_f32(pl, &b->a, Mt * D);
+        ms_plan_add_f32(pl, &b->sa_h, Mt * e->Da);
+        ms_plan_add_f32(pl, &b->sa_g, Mt * e->Da);
+        ms_plan_add_f32(pl, &b->ma_h, Mt * e->Da);
+        ms_plan_add_f32(pl, &b->ma_g, Mt * e->Da);
+    }
+    ms_plan_add_f32(pl, &b->ln1, Mt * D);
+    ms_plan_add_f32(pl, &b->mean1, Mt);
+    ms_plan_add_f32(pl, &b->rstd1, Mt);
+    ms_plan_add_f32(pl, &b->qkv, (Mt + ws2) * 3 * D);
+    ms_plan_add_f32(pl, &b->ao, Mt * D);
+    ms_plan_add_f32(pl, &b->lse, Mt * e->H);
+    ms_plan_add_f32(pl, &b->xmid, Mt * D);
+    ms_plan_add_f32(pl, &b->ln2, Mt * D);
+    ms_plan_add_f32(pl, &b->mean2, Mt);
+    ms_plan_add_f32(pl, &b->rstd2, Mt);
+    ms_plan_add_f32(pl, &b->h, Mt * e->Mlp);
+    ms_plan_add_f32(pl, &b->gl, Mt * e->Mlp);
+    ms_plan_add_f32(pl, &b->out, Mt * D);
+}
+
+/* Every activation and scratch buffer of the dense forward/backward, and the index lists. spare_out: the second
+ * token buffer of inference mode (blocks alternate between it and blk[0].out). */
+static void plan_activations(ms_plan *pl, const ms_sam_encoder *enc, struct enc_priv *p, const enc_dims *e,
+                             int with_backward, float **spare_out)
+{
+    const ms_sam_enc_config *c = &enc->cfg;
+    const int64_t Mt = e->Mt, D = e->D, C = e->C, ws2 = e->ws2, hd = c->head_dim;
+    ms_plan_add_f32(pl, &p->x_copy, e->B * c->in_chans * e->S * e->S);
+    ms_plan_add_f32(pl, &p->tok0, Mt * D);
+    for (int i = 0; i < (with_backward ? c->depth : 1); i++) {
+        int lora = with_backward ? ms_sam_enc_has_lora(enc, i) : enc->peft.lora_blocks != 0;
+        int adap = with_backward ? ms_sam_enc_has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
+        plan_block(pl, &p->blk[i], e, lora, adap);
+    }
+    if (!with_backward) ms_plan_add_f32(pl, spare_out, Mt * D);
+    float **neck[] = {&p->neck0, &p->neck0t, &p->n1, &p->n1_mean, &p->n1_rstd, &p->n2, &p->n3_mean, &p->n3_rstd};
+    const int64_t neck_n[] = {Mt * C, Mt * C, Mt * C, Mt, Mt, Mt * C, Mt, Mt};
+    for (int k = 0; k < 8; k++) ms_plan_add_f32(pl, neck[k], neck_n[k]);
+    if (enc->peft.adapter_blocks) ms_plan_add_f32(pl, &p->pf_tmp, Mt * D);
+    if (enc->peft.lora_blocks && with_backward) ms_plan_add_f32(pl, &p->dtq, (Mt + ws2) * e->r);
+    ms_plan_add_f32(pl, &p->zeros, ws2 * D);
+    ms_plan_add_f32(pl, &p->padx, ws2 * D);
+    ms_plan_add_f32(pl, &p->rel_a, e->Lmax * hd);
+    ms_plan_add_f32(pl, &p->rel_b, e->Lmax * hd);
+    if (e->g != e->gm) { /* resized position embedding (forward) and the same buffers reused for its gradient */
+        ms_plan_add_f32(pl, &p->pos_run, e->T * D);
+        ms_plan_add_f32(pl, &p->pos_t, e->gm * e->gm * D);
+        ms_plan_add_f32(pl, &p->pos_z, e->T * D);
     }
     if (with_backward) {
-        want(plp, a, &p->d_a, F(Mt * D));
-        want(plp, a, &p->d_b, F(Mt * D));
-        want(plp, a, &p->dln, F(Mt * D));
-        want(plp, a, &p->dao, F(Mt * D));
-        want(plp, a, &p->dqkv, F((Mt + ws2) * 3 * D));
-        want(plp, a, &p->dg, F(Mt * Mlp));
-        want(plp, a, &p->dh, F(Mt * Mlp));
-        want(plp, a, &p->dpadx, F(ws2 * D));
-        want(plp, a, &p->drel_a, F(Lmax * c->head_dim));
-        want(plp, a, &p->drel_b, F(Lmax * c->head_dim));
-        want(plp, a, &p->dn0, F(Mt * C));
-        want(plp, a, &p->dn0t, F(Mt * C));
-        want(plp, a, &p->dn1, F(Mt * C));
-        want(plp, a, &p->dn2, F(Mt * C));
+        float **bw[] = {&p->d_a, &p->d_b, &p->dln, &p->dao, &p->dqkv, &p->dg, &p->dh, &p->dpadx, &p->drel_a,
+                        &p->drel_b, &p->dn0, &p->dn0t, &p->dn1, &p->dn2};
+        const int64_t bw_n[] = {Mt * D, Mt * D, Mt * D, Mt * D, (Mt + ws2) * 3 * D, Mt * e->Mlp, Mt * e->Mlp,
+                                ws2 * D, e->Lmax * hd, e->Lmax * hd, Mt * C, Mt * C, Mt * C, Mt * C};
+        for (int k = 0; k < 14; k++) ms_plan_add_f32(pl, bw[k], bw_n[k]);
     }
-    int64_t nwg = B * p->n_win;
-    const size_t o_qoff = 0;
-    size_t o_qidx = 0, o_koff = 0, o_kidx = 0, o_wrow = 0, o_wcol = 0, o_grow, o_gcol;
-    if (ws) {
-        want(plp, a, &p->w_qoff, I(nwg + 1));
-        want(plp, a, &p->w_qidx, I(Mt)); o_qidx = nwg + 1;
-        want(plp, a, &p->w_koff, I(nwg + 1)); o_koff = o_qidx + Mt;
-        want(plp, a, &p->w_kidx, I(nwg * ws2)); o_kidx = o_koff + nwg + 1;
-        want(plp, a, &p->w_row, I(Mt + ws2)); o_wrow = o_kidx + nwg * ws2;
-        want(plp, a, &p->w_col, I(Mt + ws2)); o_wcol = o_wrow + Mt + ws2;
-        o_grow = o_wcol + Mt + ws2;
-    } else
-        o_grow = 0;
-    want(plp, a, &p->g_row, I(Mt));
-    want(plp, a, &p->g_col, I(Mt));
-    o_gcol = o_grow + Mt;
-    size_t n_host = o_gcol + Mt;
-
-    if (plp->n > MS_ENC_PLAN_MAX) { rc = ms_error(MS_EINVAL, "sam encoder: too many activation buffers"); goto leave; }
-    rc = ms_arena_alloc(a, dev, 1);
-    if (rc) goto leave;
-    for (int i = 0; i < plp->n; i++) *plp->dst[i] = ms_arena_ptr(a, plp->off[i]);
-    if (!with_backward) {
-        /* one activation set; tokens alternate between blk[0].out and spare_out */
-        for (int i = 1; i < c->depth; i++) p->blk[i] = p->blk[0];
-        for (int i = 0; i < c->depth; i++) {
-            p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
-            p->blk[i].out = (i & 1) ? spare_out : p->blk[0].out;
-        }
-    } else {
-        for (int i = 0; i < c->depth; i++) p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+    if (e->ws) {
+        const int64_t nwg = e->B * p->n_win;
+        ms_plan_add_i32(pl, &p->w_qoff, nwg + 1);
+        ms_plan_add_i32(pl, &p->w_qidx, Mt);
+        ms_plan_add_i32(pl, &p->w_koff, nwg + 1);
+        ms_plan_add_i32(pl, &p->w_kidx, nwg * ws2);
+        ms_plan_add_i32(pl, &p->w_row, Mt + ws2);
+        ms_plan_add_i32(pl, &p->w_col, Mt + ws2);
     }
+    ms_plan_add_i32(pl, &p->g_row, Mt);
+    ms_plan_add_i32(pl, &p->g_col, Mt);
+}
 
-    /* Index lists on the host, then one copy per list (they sit back to back in the host buffer). */
-    hbuf = malloc(I(n_host));
-    if (!hbuf) { rc = ms_error(MS_ENOMEM, "sam encoder: out of memory"); goto leave; }
+/* The dense forward's index lists (see sam_encoder.h): per (image, window) the query rows and key rows (real
+ * tokens, then the shared pad rows at pad_base) with window-local coordinates, and every token's grid coordinates
+ * for the global blocks. Built on the host back to back, then one copy per list. */
+static ms_status upload_index_lists(ms_device *dev, const struct enc_priv *p, const enc_dims *e)
+{
+    const int64_t B = e->B, T = e->T, g = e->g, Mt = e->Mt, ws = e->ws, ws2 = e->ws2, nh = e->nh;
+    const int64_t nwg = B * p->n_win;
+    const size_t o_qoff = 0, o_qidx = o_qoff + (size_t)(nwg + 1), o_koff = o_qidx + (size_t)Mt,
+                 o_kidx = o_koff + (size_t)(nwg + 1), o_wrow = o_kidx + (size_t)(nwg * ws2),
+                 o_wcol = o_wrow + (size_t)(Mt + ws2), o_grow = ws ? o_wcol + (size_t)(Mt + ws2) : 0,
+                 o_gcol = o_grow + (size_t)Mt;
+    int32_t *hbuf = malloc(I(o_gcol + (size_t)Mt));
+    MS_FAIL_IF(!hbuf, MS_ENOMEM, "sam encoder: out of memory");
     if (ws) {
         int32_t *qoff = hbuf + o_qoff, *qidx = hbuf + o_qidx, *koff = hbuf + o_koff, *kidx = hbuf + o_kidx;
         int32_t *wrow = hbuf + o_wrow, *wcol = hbuf + o_wcol;
@@ -592,29 +325,59 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
         hbuf[o_grow + i] = (int32_t)(t / g);
         hbuf[o_gcol + i] = (int32_t)(t % g);
     }
+    ms_status rc = MS_OK;
     if (ws) {
-        if ((rc = ms_dev_from_host(dev, p->w_qoff, hbuf + o_qoff, I(nwg + 1)))) goto leave;
-        if ((rc = ms_dev_from_host(dev, p->w_qidx, hbuf + o_qidx, I(Mt)))) goto leave;
-        if ((rc = ms_dev_from_host(dev, p->w_koff, hbuf + o_koff, I(nwg + 1)))) goto leave;
-        if ((rc = ms_dev_from_host(dev, p->w_kidx, hbuf + o_kidx, I(nwg * ws2)))) goto leave;
-        if ((rc = ms_dev_from_host(dev, p->w_row, hbuf + o_wrow, I(Mt + ws2)))) goto leave;
-        if ((rc = ms_dev_from_host(dev, p->w_col, hbuf + o_wcol, I(Mt + ws2)))) goto leave;
+        if (!rc) rc = ms_dev_from_host(dev, p->w_qoff, hbuf + o_qoff, I(nwg + 1));
+        if (!rc) rc = ms_dev_from_host(dev, p->w_qidx, hbuf + o_qidx, I(Mt));
+        if (!rc) rc = ms_dev_from_host(dev, p->w_koff, hbuf + o_koff, I(nwg + 1));
+        if (!rc) rc = ms_dev_from_host(dev, p->w_kidx, hbuf + o_kidx, I(nwg * ws2));
+        if (!rc) rc = ms_dev_from_host(dev, p->w_row, hbuf + o_wrow, I(Mt + ws2));
+        if (!rc) rc = ms_dev_from_host(dev, p->w_col, hbuf + o_wcol, I(Mt + ws2));
     }
-    if ((rc = ms_dev_from_host(dev, p->g_row, hbuf + o_grow, I(Mt)))) goto leave;
-    if ((rc = ms_dev_from_host(dev, p->g_col, hbuf + o_gcol, I(Mt)))) goto leave;
+    if (!rc) rc = ms_dev_from_host(dev, p->g_row, hbuf + o_grow, I(Mt));
+    if (!rc) rc = ms_dev_from_host(dev, p->g_col, hbuf + o_gcol, I(Mt));
+    free(hbuf);
+    return rc;
+}
+
+ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_batch, int with_backward)
+{
+    ms_sam_encoder_free(enc);
+    MS_FAIL_IF(max_batch <= 0, MS_EINVAL, "sam encoder: batch %d", max_batch);
+    const ms_sam_enc_config *c = &enc->cfg;
+    struct enc_priv *p = calloc(1, sizeof *p);
+    MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
+    const enc_dims e = enc_dims_of(enc, max_batch);
+    p->n_win = e.nh * e.nh;
+    p->pad_base = e.Mt;
+    ms_plan pl = {0};
+    float *spare_out = NULL;
+    plan_activations(&pl, enc, p, &e, with_backward, &spare_out);
+    ms_status rc = ms_plan_alloc(&pl, dev, &enc->arena);
+    ms_plan_free(&pl);
+    if (!rc) {
+        if (!with_backward) {
+            /* one activation set; tokens alternate between blk[0].out and spare_out */
+            for (int i = 1; i < c->depth; i++) p->blk[i] = p->blk[0];
+            for (int i = 0; i < c->depth; i++) {
+                p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+                p->blk[i].out = (i & 1) ? spare_out : p->blk[0].out;
+            }
+        } else {
+            for (int i = 0; i < c->depth; i++) p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+        }
+        rc = upload_index_lists(dev, p, &e);
+    }
+    if (rc) {
+        ms_arena_free(&enc->arena);
+        free(p);
+        return rc;
+    }
     enc->dev = dev;
     enc->max_batch = max_batch;
     enc->with_backward = with_backward;
     enc->priv = p;
-    p = NULL;
-leave:
-    free(plp);
-    free(hbuf);
-    if (p) {
-        ms_arena_free(a);
-        free(p);
-    }
-    return rc;
+    return MS_OK;
 }
 
 void ms_sam_encoder_free(ms_sam_encoder *enc)
@@ -675,16 +438,6 @@ static ms_status pos_backward(ms_sam_encoder *enc, const float *dtok, int B)
     MS_TRY(ms_dev_zero(dev, p->pos_t, F(gm * gm * D)));
     MS_TRY(ms_resize_bicubic_backward(dev, p->pos_t, p->pos_z, D, gm, gm, g, g));
     return ms_transpose_backward(dev, gpos, p->pos_t, 1, gm * gm, D);
-}
-
-ms_status ms_sam_encoder_set_input_size(ms_sam_encoder *enc, int S)
-{
-    const ms_sam_enc_config *c = &enc->cfg;
-    MS_FAIL_IF(enc->priv, MS_EBADSTATE, "sam encoder: set the input size before ms_sam_encoder_reserve");
-    MS_FAIL_IF(S <= 0 || S % c->patch, MS_EINVAL, "--input-size %d is not a positive multiple of the patch size %d", S,
-               c->patch);
-    enc->run_size = S == c->img_size ? 0 : S;
-    return MS_OK;
 }
 
 /* The attention descriptor of block i for batch B, and the (possibly resized) rel-pos tables it reads. */
@@ -807,7 +560,7 @@ static ms_status pad_rows_forward(ms_sam_encoder *enc, int i, blk_act *b)
     MS_TRY(ms_linear_forward(enc->dev, b->qkv + p->pad_base * 3 * D, x, ms_params_data(ps, enc->blk[i].qkv_w),
                              ms_params_data(ps, enc->blk[i].qkv_b), ws2, D, 3 * D));
     /* the LoRA delta of a zero row is 0, but finetune-SAM's norm1.bias rows get a real one */
-    if (has_lora(enc, i)) {
+    if (ms_sam_enc_has_lora(enc, i)) {
         int64_t r = enc->peft.lora_rank;
         MS_TRY(lora_forward(enc, i, b->qkv + p->pad_base * 3 * D, b->tq + p->pad_base * r, b->tv + p->pad_base * r, x,
                             ws2));
@@ -857,12 +610,12 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
 #define P(x) ms_params_data(ps, w->x)
     MS_TRY(ms_layernorm_forward(dev, b->ln1, b->mean1, b->rstd1, b->x_in, P(norm1_w), P(norm1_b), M, D, c->eps));
     MS_TRY(ms_linear_forward(dev, b->qkv, b->ln1, P(qkv_w), P(qkv_b), M, D, 3 * D));
-    if (has_lora(enc, i)) MS_TRY(lora_forward(enc, i, b->qkv, b->tq, b->tv, b->ln1, M));
+    if (ms_sam_enc_has_lora(enc, i)) MS_TRY(lora_forward(enc, i, b->qkv, b->tq, b->tv, b->ln1, M));
     if (!glob) MS_TRY(pad_rows_forward(enc, i, b));
     ms_attention_desc d;
     MS_TRY(block_desc(enc, i, B, &d, &resized));
     MS_TRY(ms_attention_forward(dev, b->ao, b->lse, b->qkv, b->qkv + D, b->qkv + 2 * D, &d));
-    int adap = has_adapter(enc, i);
+    int adap = ms_sam_enc_has_adapter(enc, i);
     if (adap) { /* xmid = x_in + (a + Space_Adapter(a)), a = proj(ao) */
         MS_TRY(ms_linear_forward(dev, b->a, b->ao, P(proj_w), P(proj_b), M, D, D));
         MS_TRY(adapter_forward(enc, w->sa_w1, w->sa_b1, w->sa_w2, w->sa_b2, p->pf_tmp, b->sa_h, b->sa_g, b->a, M));
@@ -943,7 +696,7 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
     MS_TRY(ms_gelu_backward(dev, p->dh, p->dg, b->h, M * Mlp));
     MS_TRY(ms_dev_zero(dev, p->dln, F(M * D)));
     MS_TRY(ms_linear_backward(dev, p->dln, G(lin1_w), G(lin1_b), p->dh, b->ln2, P(lin1_w), M, D, Mlp));
-    int adap = has_adapter(enc, i);
+    int adap = ms_sam_enc_has_adapter(enc, i);
     if (adap) { /* out += scale·MLP_Adapter(ln2): its input gradient joins d(ln2) */
         MS_TRY(ms_dev_zero(dev, p->pf_tmp, F(M * D)));
         MS_TRY(ms_scale_backward(dev, p->pf_tmp, dcur, enc->peft.adapter_scale, M * D));
@@ -976,7 +729,7 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
                                  b->qkv + D, b->qkv + 2 * D, &d));
     if (resized && drh) MS_TRY(ms_rel_pos_resize_backward(dev, drh, p->drel_a, L, d.len_h, c->head_dim));
     if (resized && drw) MS_TRY(ms_rel_pos_resize_backward(dev, drw, p->drel_b, L, d.len_w, c->head_dim));
-    int lora = has_lora(enc, i);
+    int lora = ms_sam_enc_has_lora(enc, i);
     int64_t r = enc->peft.lora_rank;
     if (!glob) {
         /* pad rows: their k/v gradients flow into qkv.bias (and, finetune-SAM, through W into norm1.bias); with
@@ -1086,24 +839,20 @@ static ms_status subset_lists(ms_sam_encoder *enc, int B, const ms_sam_enc_subse
     MS_FAIL_IF(nk < 1 || nk > T, MS_EINVAL, "sam encoder: subset of %lld tokens out of %lld", (long long)nk,
                (long long)T);
     if (!p->sub_arena.base) { /* sized once for the largest subset: every token and every pad slot */
-        ms_arena *a = &p->sub_arena;
-        memset(a, 0, sizeof *a);
-        size_t o_tok = ms_arena_reserve(a, F(Mt * D)), o_dtok = ms_arena_reserve(a, F(Mt * D)),
-               o_gather = ms_arena_reserve(a, I(Mt)), o_qoff = ms_arena_reserve(a, I(ngw + 1)),
-               o_koff = ms_arena_reserve(a, I(ngw + 1)), o_kidx = ms_arena_reserve(a, I(Mt + ngw * ws2)),
-               o_wrow = ms_arena_reserve(a, I(Mt + ws2)), o_wcol = ms_arena_reserve(a, I(Mt + ws2)),
-               o_grow = ms_arena_reserve(a, I(Mt)), o_gcol = ms_arena_reserve(a, I(Mt));
-        MS_TRY(ms_arena_alloc(a, dev, 1));
-        p->tok_sub = ms_arena_ptr(a, o_tok);
-        p->dtok_full = ms_arena_ptr(a, o_dtok);
-        p->s_gather = ms_arena_ptr(a, o_gather);
-        p->s_qoff = ms_arena_ptr(a, o_qoff);
-        p->s_koff = ms_arena_ptr(a, o_koff);
-        p->s_kidx = ms_arena_ptr(a, o_kidx);
-        p->s_wrow = ms_arena_ptr(a, o_wrow);
-        p->s_wcol = ms_arena_ptr(a, o_wcol);
-        p->s_grow = ms_arena_ptr(a, o_grow);
-        p->s_gcol = ms_arena_ptr(a, o_gcol);
+        ms_plan pl = {0};
+        ms_plan_add_f32(&pl, &p->tok_sub, Mt * D);
+        ms_plan_add_f32(&pl, &p->dtok_full, Mt * D);
+        ms_plan_add_i32(&pl, &p->s_gather, Mt);
+        ms_plan_add_i32(&pl, &p->s_qoff, ngw + 1);
+        ms_plan_add_i32(&pl, &p->s_koff, ngw + 1);
+        ms_plan_add_i32(&pl, &p->s_kidx, Mt + ngw * ws2);
+        ms_plan_add_i32(&pl, &p->s_wrow, Mt + ws2);
+        ms_plan_add_i32(&pl, &p->s_wcol, Mt + ws2);
+        ms_plan_add_i32(&pl, &p->s_grow, Mt);
+        ms_plan_add_i32(&pl, &p->s_gcol, Mt);
+        ms_status rc = ms_plan_alloc(&pl, dev, &p->sub_arena);
+        ms_plan_free(&pl);
+        MS_TRY(rc);
         p->h_idx = malloc(I(Mt + ngw * ws2 + 2 * (ngw + 1)));
         MS_FAIL_IF(!p->h_idx, MS_ENOMEM, "sam encoder: out of memory");
     }
@@ -1172,7 +921,7 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     MS_FAIL_IF(B <= 0 || B > enc->max_batch, MS_EINVAL, "sam encoder: batch %d, reserved for %d", B,
                enc->max_batch);
     /* PEFT is a fine-tuning feature; MAE pretraining has no use for it, so the subset path stays PEFT-free */
-    MS_FAIL_IF(has_peft(enc), MS_EUNSUPPORTED,
+    MS_FAIL_IF(ms_sam_enc_has_peft(enc), MS_EUNSUPPORTED,
                "sam encoder: the token-subset (MAE) path does not support LoRA/adapters; use the dense forward");
     const ms_sam_enc_config *c = &enc->cfg;
     ms_params *ps = enc->ps;

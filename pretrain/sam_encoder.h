@@ -1,5 +1,6 @@
-/* pretrain/sam_encoder.h — SAM's image encoder (ImageEncoderViT, sam.md §1), forward and backward, CPU or CUDA
- * through the op table (kernels/ops.h).
+/* pretrain/sam_encoder.h — SAM's image encoder (ImageEncoderViT, segment_anything/modeling/image_encoder.py;
+ * docs/MODEL.md), forward and backward, CPU or CUDA through the op table (kernels/ops.h). Configuration:
+ * sam_encoder_config.c; PEFT registration: sam_encoder_peft.c; the rest: sam_encoder.c.
  *
  *   x (B,3,S,S) → patch_embed (conv 16/16) → tokens (B,g,g,D), g = S/16 → + pos_embed → depth × Block → neck
  *   (1x1 conv, LN2d, 3x3 conv, LN2d) → embeddings (B,out_chans,g,g).
@@ -85,7 +86,8 @@ typedef struct ms_sam_enc_block_params {
     int ma_w1, ma_b1, ma_w2, ma_b2;               /* MLP_Adapter, same shapes */
 } ms_sam_enc_block_params;
 
-/* Parameter-efficient fine-tuning of the encoder (finetune-SAM, sam.md §6.1–6.2, paper.md §2.4–2.5).
+/* Parameter-efficient fine-tuning of the encoder (finetune-SAM: mazurowski-lab/finetune-SAM models/sam_LoRa.py
+ * and models/common.py; Gu et al., arXiv 2404.09957; docs/MODEL.md).
  * LoRA on block i (bit i of lora_blocks): qkv[:, 0:D] += (ln1·A_qᵀ)·B_qᵀ, qkv[:, 2D:3D] += (ln1·A_vᵀ)·B_vᵀ — q and v
  * only, scale 1, no dropout; names <prefix>blocks.i.attn.qkv.linear_{a,b}_{q,v}.weight (finetune-SAM's; its base
  * qkv is renamed attn.qkv.qkv.* — ours keeps SAM's attn.qkv.*, export-weights renames). The pad rows of windowed
@@ -106,8 +108,6 @@ typedef struct ms_sam_enc_peft {
     uint64_t adapter_blocks;  /* 0 = no adapters */
     float adapter_scale;      /* 0.5 */
 } ms_sam_enc_peft;
-
-typedef struct ms_sam_enc_block_act ms_sam_enc_block_act; /* private (sam_encoder.c) */
 
 typedef struct ms_sam_encoder {
     ms_sam_enc_config cfg;
@@ -138,7 +138,7 @@ ms_status ms_sam_encoder_peft_init_random(ms_sam_encoder *enc, uint64_t seed);
 
 /* Runs the encoder at input side S (a multiple of the patch) instead of the checkpoint's native cfg.img_size: the
  * master position embedding is resized bicubically to the run grid and the global blocks' relative-position tables
- * linearly to 2·g−1 inside every forward (sam.md §1.3, §6.5), with gradients flowing back to the masters, so the
+ * linearly to 2·g−1 inside every forward (get_rel_pos in image_encoder.py; docs/MODEL.md), with gradients flowing back to the masters, so the
  * parameters — and an export — keep their native shapes. Call before ms_sam_encoder_reserve. */
 ms_status ms_sam_encoder_set_input_size(ms_sam_encoder *enc, int S);
 /* The input side the encoder runs at. */
@@ -164,7 +164,7 @@ const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage);
  * LoRA B = 0). The parameters must be allocated. */
 ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed);
 
-/* ---- token subsets (MAE pretraining: the encoder on visible tokens only, mae.md §4.4) -------------------------
+/* ---- token subsets (MAE pretraining: the encoder on visible tokens only, docs/MAE.md)---------------------
  * Every image keeps the same number of tokens. keep (host, B rows of keep_stride) lists image b's visible grid
  * indices y·g + x grouped by window in window order (win_keep_off (B, n_win+1) delimits them); pad (host, B rows
  * of pad_stride) lists the kept pad slots of the padded grid (index y·gp + x, gp = windows·ws), delimited by

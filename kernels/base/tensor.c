@@ -1,8 +1,9 @@
-/* kernels/base/tensor.c — dtype helpers and the arena. */
+/* kernels/base/tensor.c — dtype helpers, the arena and its planner. */
 #include "tensor.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct { size_t size; const char *name; } dtype_info[MS_DTYPE_COUNT] = {
@@ -90,7 +91,8 @@ uint16_t ms_f32_to_bf16(float f)
 size_t ms_arena_reserve(ms_arena *a, size_t bytes)
 {
     size_t off = a->used;
-    a->used += (bytes + 63) & ~(size_t)63;
+    if (!bytes) bytes = 4;
+    a->used += (bytes + MS_ARENA_ALIGN - 1) & ~(size_t)(MS_ARENA_ALIGN - 1);
     return off;
 }
 
@@ -111,4 +113,64 @@ void ms_arena_free(ms_arena *a)
     if (a->base && a->dev) ms_dev_free(a->dev, a->base);
     a->base = NULL;
     a->used = 0;
+}
+
+/* ---- ms_plan ---------------------------------------------------------------------------------------------- */
+
+static void plan_add(ms_plan *p, void *ptr, int kind, size_t elem, int64_t count)
+{
+    if (p->oom) return;
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 64;
+        ms_plan_slot *s = realloc(p->slot, (size_t)cap * sizeof *s);
+        if (!s) { p->oom = 1; return; }
+        p->slot = s;
+        p->cap = cap;
+    }
+    size_t off = ms_arena_reserve(&p->layout, (size_t)(count > 0 ? count : 1) * elem);
+    p->slot[p->n++] = (ms_plan_slot){ptr, kind, off};
+}
+
+void ms_plan_add_f32(ms_plan *p, float **ptr, int64_t count) { plan_add(p, ptr, 0, sizeof(float), count); }
+void ms_plan_add_i32(ms_plan *p, int32_t **ptr, int64_t count) { plan_add(p, ptr, 1, sizeof(int32_t), count); }
+
+static void plan_bind(const ms_plan *p, const ms_arena *a)
+{
+    for (int i = 0; i < p->n; i++) {
+        void *at = ms_arena_ptr(a, p->slot[i].off);
+        if (p->slot[i].kind == 0) *(float **)p->slot[i].ptr = at;
+        else *(int32_t **)p->slot[i].ptr = at;
+    }
+}
+
+ms_status ms_plan_alloc(ms_plan *p, ms_device *dev, ms_arena *a)
+{
+    MS_FAIL_IF(p->oom, MS_ENOMEM, "out of memory (arena plan)");
+    memset(a, 0, sizeof *a);
+    a->used = p->layout.used;
+    ms_status rc = ms_arena_alloc(a, dev, 1);
+    if (rc) {
+        a->used = 0;
+        return rc;
+    }
+    plan_bind(p, a);
+    return MS_OK;
+}
+
+ms_status ms_plan_fit(ms_plan *p, ms_device *dev, ms_arena *a, int *fresh)
+{
+    MS_FAIL_IF(p->oom, MS_ENOMEM, "out of memory (arena plan)");
+    *fresh = !(a->base && a->used == p->layout.used);
+    if (!*fresh) {
+        plan_bind(p, a);
+        return MS_OK;
+    }
+    ms_arena_free(a);
+    return ms_plan_alloc(p, dev, a);
+}
+
+void ms_plan_free(ms_plan *p)
+{
+    free(p->slot);
+    memset(p, 0, sizeof *p);
 }
