@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "checkpoints/fileio.h"
 #include "checkpoints/internal.h"
 #include "checkpoints/pth.h"
@@ -114,14 +115,12 @@ int ms_sd_remove(ms_state_dict *sd, const char *name)
     return 0;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
-
 ms_status ms_names_unique(const char *path, const char *const *names, int n)
 {
     const char **s = malloc((size_t)(n + 1) * sizeof *s);
     MS_FAIL_IF(!s, MS_ENOMEM, "%s: out of memory", path);
     memcpy(s, names, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_str);
+    qsort(s, (size_t)n, sizeof *s, ms_cmp_str);
     ms_status rc = MS_OK;
     for (int i = 1; i < n; i++)
         if (strcmp(s[i - 1], s[i]) == 0) {
@@ -208,16 +207,11 @@ ms_status ms_sd_load_mem(const char *name, const void *data, size_t size, ms_sta
     return load_map(name, &m, out);
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
 ms_status ms_sd_save(const char *path, const ms_state_dict *sd)
 {
-    if (ends_with(path, ".safetensors")) return ms_safetensors_write(path, sd);
-    if (ends_with(path, ".pth") || ends_with(path, ".pt") || ends_with(path, ".bin") || ends_with(path, ".ckpt"))
+    if (ms_str_ends_with(path, ".safetensors")) return ms_safetensors_write(path, sd);
+    if (ms_str_ends_with(path, ".pth") || ms_str_ends_with(path, ".pt") || ms_str_ends_with(path, ".bin") ||
+        ms_str_ends_with(path, ".ckpt"))
         return ms_pth_write(path, sd, NULL);
     return ms_error(MS_EINVAL, "%s: unknown extension (use .pth, .pt, .bin or .safetensors)", path);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "cli.h"
 #include "data/store.h"
 #include "image_io.h"
@@ -33,8 +34,7 @@ static ms_status write_npy_u16(const char *path, const uint16_t *v, int h, int w
 
 static ms_status write_one(const char *path, const uint16_t *v, int h, int w, int is_label)
 {
-    size_t n = strlen(path);
-    if (n > 4 && !strcmp(path + n - 4, ".npy")) return write_npy_u16(path, v, h, w);
+    if (ms_str_ends_with(path, ".npy")) return write_npy_u16(path, v, h, w);
     uint8_t *p = malloc((size_t)h * w);
     if (!p) return ms_error(MS_ENOMEM, "out of memory");
     for (size_t i = 0; i < (size_t)h * w; i++)
