@@ -1,6 +1,7 @@
 /* finetune/sam.h — the whole SAM model: image encoder (pretrain/sam_encoder.h), prompt encoder
  * (finetune/sam_prompt.h) and mask decoder (finetune/sam_decoder.h) in ONE parameter table under SAM's state-dict
- * keys, plus the official predictor's coordinate transform and mask post-processing (sam.md §3.4, §4).
+ * keys, plus the official predictor's coordinate transform and mask post-processing (segment_anything's
+ * utils/transforms.py ResizeLongestSide and modeling/sam.py Sam.postprocess_masks).
  *
  * Loading reads the variant from the file's shapes: the encoder from ms_sam_enc_config_from_sd (vit_b/l/h,
  * vit_test, other SAM-shaped encoders), num_cls from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM),
@@ -64,9 +65,11 @@ void ms_sam_free(ms_sam *m);
 void ms_sam_resize_shape(int h, int w, int S, int *newh, int *neww);
 /* n points (x, y) in an h×w image → the resized frame: x·(neww/w), y·(newh/h) (boxes: two corners). */
 void ms_sam_apply_coords(float *xy, int n, int h, int w, int S);
-/* Low-res logits (C, lh, lw) host → (C, orig_h, orig_w) logits host: bilinear to S×S, crop to the resized frame
- * (newh × neww), bilinear to the original size (align_corners=False, no antialias). The binary mask is logit > 0. */
-ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int orig_h, int orig_w,
-                                   float *out);
+/* The one mask post-processing (the official predictor's, and `mrisam predict`'s): low-res logits (C, lh, lw) host →
+ * (C, orig_h, orig_w) logits host: bilinear to S×S, crop to the frame the image filled (ResizeLongestSide's
+ * newh × neww; all of S×S when stretched != 0, i.e. the image was stretched to S×S), bilinear to the original size
+ * (align_corners=False, no antialias). The binary mask is logit > 0. */
+ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int stretched, int orig_h,
+                                   int orig_w, float *out);
 
 #endif
