@@ -2,7 +2,6 @@
 #include "finetune/eval_run.h"
 
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -137,29 +136,11 @@ static ms_status pair_score(ms_eval_pair *p, const uint16_t *pred, const uint16_
 
 /* ---- pairs of label files --------------------------------------------------------------------------------------- */
 
-/* The .nii/.nii.gz names of dir, sorted. */
+/* The .nii/.nii.gz names of dir, sorted; at least one. */
 static ms_status list_dir(const char *dir, char ***names, int *n)
 {
-    DIR *d = opendir(dir);
-    if (!d) return ms_error(errno, "%s: %s", dir, strerror(errno));
-    ms_status st = MS_OK;
-    int cap = 0;
-    struct dirent *e;
-    while (!st && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !ms_path_nii_suffix(e->d_name)) continue;
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 64;
-            char **v = realloc(*names, (size_t)cap * sizeof *v);
-            if (!v) { st = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
-            *names = v;
-        }
-        if (!((*names)[*n] = strdup(e->d_name))) st = ms_error(MS_ENOMEM, "%s: out of memory", dir);
-        else (*n)++;
-    }
-    closedir(d);
-    if (st) return st;
-    if (*n == 0) return ms_error(MS_ENOTFOUND, "%s: no .nii or .nii.gz files", dir);
-    qsort(*names, (size_t)*n, sizeof **names, ms_cmp_str);
+    MS_TRY(ms_path_list_nii(dir, names, n));
+    MS_FAIL_IF(*n == 0, MS_ENOTFOUND, "%s: no .nii or .nii.gz files", dir);
     return MS_OK;
 }
 

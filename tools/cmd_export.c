@@ -66,7 +66,8 @@ static int run(int argc, char **argv)
         return rc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
     }
     size_t ol = out ? strlen(out) : 0;
-    if (pos.n != 1 || key < 0 || !out || ol < 5 || (strcmp(out + ol - 4, ".png") && strcmp(out + ol - 4, ".npy"))) {
+    if (pos.n != 1 || key < 0 || !out || ol < 5 ||
+        (!ms_str_ends_with(out, ".png") && !ms_str_ends_with(out, ".npy"))) {
         fprintf(stderr, "mrisam export: usage: %s\n", h.usage);
         ms_strlist_free(&pos);
         return MS_EXIT_USAGE;

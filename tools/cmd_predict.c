@@ -12,7 +12,6 @@
  * slices/s and an ETA. --png DIR writes three overlay PNGs per volume (slices at 1/4, 1/2 and 3/4 along the axis,
  * gray with label colours blended at 50%) as DIR/<stem>_s<k>.png.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,46 +93,31 @@ static ms_status write_overlays(const char *dir, const char *in_path, const ms_p
 }
 
 /* The input list: one file, or every NIfTI file in a directory (sorted). Output paths beside them. */
-static int list_inputs(const char *in, const char *out, char ***ins, char ***outs, int *n)
+static ms_status list_inputs(const char *in, const char *out, char ***ins, char ***outs, int *n)
 {
     *ins = *outs = NULL;
     *n = 0;
     if (!ms_path_is_dir(in)) {
         *ins = calloc(1, sizeof(char *));
         *outs = calloc(1, sizeof(char *));
-        if (!*ins || !*outs) return -1;
+        MS_FAIL_IF(!*ins || !*outs, MS_ENOMEM, "out of memory");
+        *n = 1;
         (*ins)[0] = strdup(in);
         (*outs)[0] = ms_path_is_dir(out) ? ms_path_join_new(out, ms_path_base(in)) : strdup(out);
-        *n = 1;
-        return (*ins)[0] && (*outs)[0] ? 0 : -1;
+        MS_FAIL_IF(!(*ins)[0] || !(*outs)[0], MS_ENOMEM, "out of memory");
+        return MS_OK;
     }
-    DIR *d = opendir(in);
-    if (!d) return -2;
-    int cap = 16;
-    *ins = malloc(cap * sizeof(char *));
-    struct dirent *e;
-    while (*ins && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !ms_path_nii_suffix(e->d_name)) continue;
-        if (*n == cap) {
-            char **t = realloc(*ins, (size_t)(cap *= 2) * sizeof(char *));
-            if (!t) break;
-            *ins = t;
-        }
-        (*ins)[(*n)++] = strdup(e->d_name);
-    }
-    closedir(d);
-    if (!*ins) return -1;
-    qsort(*ins, (size_t)*n, sizeof(char *), ms_cmp_str);
+    MS_TRY(ms_path_list_nii(in, ins, n));
     *outs = calloc((size_t)(*n ? *n : 1), sizeof(char *));
-    if (!*outs) return -1;
+    MS_FAIL_IF(!*outs, MS_ENOMEM, "out of memory");
     for (int i = 0; i < *n; i++) {
         char *name = (*ins)[i];
         (*outs)[i] = ms_path_join_new(out, name);
         (*ins)[i] = ms_path_join_new(in, name);
         free(name);
-        if (!(*ins)[i] || !(*outs)[i]) return -1;
+        MS_FAIL_IF(!(*ins)[i] || !(*outs)[i], MS_ENOMEM, "out of memory");
     }
-    return 0;
+    return MS_OK;
 }
 
 static int run(int argc, char **argv)
@@ -214,11 +198,7 @@ static int run(int argc, char **argv)
     ms_predict_model pm;
     ms_predictor pr;
     memset(&pm, 0, sizeof pm);
-    int lr = list_inputs(in, out, &ins, &outs, &n);
-    if (lr) {
-        rc = lr == -2 ? ms_error(MS_EIO, "%s: cannot read the directory", in) : ms_error(MS_ENOMEM, "out of memory");
-        goto leave;
-    }
+    if ((rc = list_inputs(in, out, &ins, &outs, &n))) goto leave;
     if (ms_path_is_dir(in)) {
         if (n == 0) { rc = ms_error(MS_EINVAL, "%s: no .nii or .nii.gz files", in); goto leave; }
         if (mkdir(out, 0777) && !ms_path_is_dir(out)) {

@@ -1,6 +1,8 @@
 /* kernels/base/path.c — see path.h. */
 #include "base/path.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,11 +12,13 @@
 ms_status ms_path_join(char *out, const char *dir, const char *name)
 {
     int k = snprintf(out, MS_PATH_MAX, "%s/%s", dir, name);
-    if (k < 0 || k >= MS_PATH_MAX) {
-        out[0] = 0;
-        return ms_error(MS_EINVAL, "%s/%s: path too long", dir, name);
-    }
-    return MS_OK;
+    if (k >= 0 && k < MS_PATH_MAX) return MS_OK;
+    /* the message names the path by its start: the whole of it would not fit the one-line message either */
+    size_t n = strlen(dir) + 1 + strlen(name);
+    out[200] = 0;
+    ms_error(MS_EINVAL, "%s...: path too long (%zu bytes, at most %d)", out, n, MS_PATH_MAX - 1);
+    out[0] = 0;
+    return MS_EINVAL;
 }
 
 char *ms_path_join_new(const char *dir, const char *name)
@@ -46,6 +50,38 @@ int ms_path_is_dir(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+ms_status ms_path_list_nii(const char *dir, char ***names, int *n)
+{
+    *names = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return ms_error(errno, "%s: %s", dir, strerror(errno));
+    char **v = NULL;
+    int k = 0, cap = 0;
+    ms_status st = MS_OK;
+    struct dirent *e;
+    while (!st && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !ms_path_nii_suffix(e->d_name)) continue;
+        if (k == cap) {
+            char **t = realloc(v, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *t);
+            if (!t) { st = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
+            v = t;
+        }
+        if (!(v[k] = strdup(e->d_name))) st = ms_error(MS_ENOMEM, "%s: out of memory", dir);
+        else k++;
+    }
+    closedir(d);
+    if (st) {
+        for (int i = 0; i < k; i++) free(v[i]);
+        free(v);
+        return st;
+    }
+    if (k) qsort(v, (size_t)k, sizeof *v, ms_cmp_str);
+    *names = v;
+    *n = k;
+    return MS_OK;
 }
 
 int ms_str_ends_with(const char *s, const char *suffix)

@@ -10,7 +10,8 @@
 
 #define MS_PATH_MAX 4096
 
-/* "dir/name" into out[MS_PATH_MAX]; MS_EINVAL "<dir>/<name>: path too long" when it does not fit. */
+/* "dir/name" into out[MS_PATH_MAX]; MS_EINVAL "<the path's first 200 bytes>...: path too long (...)" and out = ""
+ * when it does not fit. */
 ms_status ms_path_join(char *out, const char *dir, const char *name);
 /* The same, malloc'ed (any length); NULL when out of memory. */
 char *ms_path_join_new(const char *dir, const char *name);
@@ -20,6 +21,9 @@ const char *ms_path_base(const char *path);
 const char *ms_path_nii_suffix(const char *name);
 /* 1 when path exists and is a directory. */
 int ms_path_is_dir(const char *path);
+/* The names (not paths) of dir's .nii / .nii.gz files (ms_path_nii_suffix; dot files left out), sorted by strcmp,
+ * into a malloc'ed array of malloc'ed strings (*n may be 0). On failure nothing is left allocated. */
+ms_status ms_path_list_nii(const char *dir, char ***names, int *n);
 
 /* 1 when s ends with suffix (byte-exact / ASCII case-insensitive). */
 int ms_str_ends_with(const char *s, const char *suffix);
