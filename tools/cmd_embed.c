@@ -1,10 +1,11 @@
 /* tools/cmd_embed.c — `mrisam embed`: SAM's image embedding of one PNG or one store slice, as a float32 .npy of
  * shape (1, out_chans, S/16, S/16).
  *
- * Preprocessing (sam.md §4, cli.md): resize the longest side to the model's input size S with data/preprocess.c's
- * bilinear resampler (PIL's triangle filter, antialiased when shrinking — close to, but not bit-exact with, PIL's
- * uint8 output that SAM's predictor feeds the model), SAM's pixel mean/std on 0..255 RGB (gray replicated), zero
- * padding bottom/right after normalisation. --resize stretch / --norm medsam select finetune-SAM's square stretch
+ * Preprocessing (segment_anything's ResizeLongestSide and Sam.preprocess; docs/CLI.md "embed, segment, convert"):
+ * resize the longest side to the model's input size S with data/preprocess.c's bilinear resampler (PIL's triangle
+ * filter, antialiased when shrinking — close to, but not bit-exact with, PIL's uint8 output that SAM's predictor
+ * feeds the model), SAM's pixel mean/std on 0..255 RGB (gray replicated), zero padding bottom/right after
+ * normalisation. --resize stretch / --norm medsam select finetune-SAM's square stretch
  * and [0,1] inputs. The variant (vit_b/l/h, vit_test, anything SAM-shaped) comes from the checkpoint's shapes.
  */
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* tools/cmd_predict.c — `mrisam predict`: automatic multi-class segmentation of NIfTI volumes with a SAM-layout
- * model or a fine-tuned checkpoint (cli.md "predict"; the pipeline is finetune/predict.h).
+ * model or a fine-tuned checkpoint (docs/CLI.md "predict"; the pipeline is finetune/predict.h).
  *
  * A fine-tuned checkpoint (RUN/, RUN/best, a directory with meta.json) brings its preprocessing, slicing axis,
  * intensity normalisation and class values; --task picks one of its tasks. --axis/--norm/percentiles given

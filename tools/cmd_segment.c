@@ -1,5 +1,5 @@
 /* tools/cmd_segment.c — `mrisam segment`: zero-shot SAM on one PNG with point/box prompts (the official
- * predictor: sam.md §3.4, §4).
+ * predictor: segment_anything's SamPredictor; docs/CLI.md "embed, segment, convert").
  *
  * Image → SAM preprocessing (resize the longest side to the model's input size, pixel mean/std, zero pad;
  * data/preprocess.h, the same as `mrisam embed`) → image encoder → prompts (points and box in the image's pixels,
