@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "base/path.h"
 #include "checkpoints/pth.h"
 #include "checkpoints/safetensors.h"
 
@@ -54,16 +55,11 @@ ms_status ms_sd_load_mem(const char *name, const void *data, size_t size, ms_sta
     return load_map(name, &m, out);
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
 ms_status ms_sd_save(const char *path, const ms_state_dict *sd)
 {
-    if (ends_with(path, ".safetensors")) return ms_safetensors_write(path, sd);
-    if (ends_with(path, ".pth") || ends_with(path, ".pt") || ends_with(path, ".bin") || ends_with(path, ".ckpt"))
+    if (ms_str_ends_with(path, ".safetensors")) return ms_safetensors_write(path, sd);
+    if (ms_str_ends_with(path, ".pth") || ms_str_ends_with(path, ".pt") || ms_str_ends_with(path, ".bin") ||
+        ms_str_ends_with(path, ".ckpt"))
         return ms_pth_write(path, sd, NULL);
     return ms_error(MS_EINVAL, "%s: unknown extension (use .pth, .pt, .bin or .safetensors)", path);
 }

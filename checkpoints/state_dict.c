@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "checkpoints/internal.h"
 
 void ms_sd_init(ms_state_dict *sd) { memset(sd, 0, sizeof *sd); }
@@ -111,14 +112,12 @@ int ms_sd_remove(ms_state_dict *sd, const char *name)
     return 0;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
-
 ms_status ms_names_unique(const char *path, const char *const *names, int n)
 {
     const char **s = malloc((size_t)(n + 1) * sizeof *s);
     MS_FAIL_IF(!s, MS_ENOMEM, "%s: out of memory", path);
     memcpy(s, names, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_str);
+    qsort(s, (size_t)n, sizeof *s, ms_cmp_str);
     ms_status rc = MS_OK;
     for (int i = 1; i < n; i++)
         if (strcmp(s[i - 1], s[i]) == 0) {

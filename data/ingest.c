@@ -7,9 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
-#include <png.h>
 #include <pthread.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +23,10 @@
 #endif
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "data/hash.h"
 #include "data/nifti.h"
+#include "data/png.h"
 #include "data/store_fmt.h"
 #include "data/store_write.h"
 
@@ -58,26 +58,10 @@ static ms_status push_job(joblist *l, const char *image, const char *label, int 
     return MS_OK;
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcasecmp(s + a - b, suf) == 0;
-}
-
 static int is_nifti_name(const char *s)
 {
-    return ends_with(s, ".nii") || ends_with(s, ".nii.gz") || ends_with(s, ".hdr") || ends_with(s, ".hdr.gz");
-}
-
-static char *join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
+    return ms_str_ends_with_nocase(s, ".nii") || ms_str_ends_with_nocase(s, ".nii.gz") ||
+           ms_str_ends_with_nocase(s, ".hdr") || ms_str_ends_with_nocase(s, ".hdr.gz");
 }
 
 /* Recursive walk in sorted order; only NIfTI names are taken from directories. */
@@ -99,7 +83,7 @@ static ms_status walk(const char *path, joblist *l, int top)
     for (int i = 0; i < n; i++) {
         const char *nm = names[i]->d_name;
         if (!st && nm[0] != '.') {
-            char *p = join(path, nm);
+            char *p = ms_path_join_new(path, nm);
             if (!p)
                 st = ms_error(MS_ENOMEM, "out of memory");
             else
@@ -120,7 +104,10 @@ static char *trim(char *s)
     return s;
 }
 
-static char *resolve(const char *base_dir, const char *p) { return p[0] == '/' ? strdup(p) : join(base_dir, p); }
+static char *resolve(const char *base_dir, const char *p)
+{
+    return p[0] == '/' ? strdup(p) : ms_path_join_new(base_dir, p);
+}
 
 /* CSV of image,label rows (optional header line, CRLF accepted, paths relative to the CSV's folder). */
 static ms_status read_csv(const char *csv, joblist *l)
@@ -148,7 +135,7 @@ static ms_status read_csv(const char *csv, joblist *l)
         char *img = trim(s), *lab = trim(comma + 1);
         if (lineno == 1 && !strcmp(img, "image") && !strcmp(lab, "label")) continue;
         char *pi = resolve(dir, img), *pl = *lab ? resolve(dir, lab) : NULL;
-        st = push_job(l, pi, pl, ends_with(img, ".png"));
+        st = push_job(l, pi, pl, ms_str_ends_with_nocase(img, ".png"));
         free(pi);
         free(pl);
     }
@@ -160,7 +147,7 @@ static ms_status read_csv(const char *csv, joblist *l)
 /* nnU-Net raw layout: imagesTr/CASE_0000.nii.gz paired with labelsTr/CASE.nii.gz (first channel only). */
 static ms_status read_nnunet(const char *root, joblist *l)
 {
-    char *imdir = join(root, "imagesTr"), *labdir = join(root, "labelsTr");
+    char *imdir = ms_path_join_new(root, "imagesTr"), *labdir = ms_path_join_new(root, "labelsTr");
     struct dirent **names = NULL;
     ms_status st = MS_OK;
     int n = scandir(imdir, &names, NULL, alphasort);
@@ -170,12 +157,14 @@ static ms_status read_nnunet(const char *root, joblist *l)
     }
     for (int i = 0; i < n; i++) {
         const char *nm = names[i]->d_name;
-        const char *ext = ends_with(nm, ".nii.gz") ? ".nii.gz" : ends_with(nm, ".nii") ? ".nii" : NULL;
+        const char *ext = ms_str_ends_with_nocase(nm, ".nii.gz") ? ".nii.gz"
+                          : ms_str_ends_with_nocase(nm, ".nii")  ? ".nii"
+                                                                 : NULL;
         size_t len = strlen(nm);
         if (!st && ext && len > strlen(ext) + 5 && !strncmp(nm + len - strlen(ext) - 5, "_0000", 5)) {
             char lname[1024];
             snprintf(lname, sizeof lname, "%.*s%s", (int)(len - strlen(ext) - 5), nm, ext);
-            char *pi = join(imdir, nm), *pl = join(labdir, lname);
+            char *pi = ms_path_join_new(imdir, nm), *pl = ms_path_join_new(labdir, lname);
             st = push_job(l, pi, pl, 0);
             free(pi);
             free(pl);
@@ -279,11 +268,9 @@ typedef struct ctx {
     pthread_cond_t cv;
 } ctx;
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
 static int already_done(const ctx *cx, const char *key)
 {
-    return cx->n_done && bsearch(&key, cx->done, cx->n_done, sizeof *cx->done, cmp_str) != NULL;
+    return cx->n_done && bsearch(&key, cx->done, cx->n_done, sizeof *cx->done, ms_cmp_str) != NULL;
 }
 
 /* Waits at most 200 ms, so a stop request set by a signal handler is seen without anyone signalling the cv. */
@@ -515,10 +502,10 @@ static ms_status hash_source(const job *j, const uint8_t *file, size_t file_n, c
         ms_sha256_update(&h, file, file_n);
     else
         MS_TRY(ms_sha256_file(&h, j->image));
-    if (!j->png && (ends_with(j->image, ".hdr") || ends_with(j->image, ".hdr.gz"))) {
+    if (!j->png && (ms_str_ends_with_nocase(j->image, ".hdr") || ms_str_ends_with_nocase(j->image, ".hdr.gz"))) {
         char *img = strdup(j->image);
         size_t n = strlen(img);
-        char *dot = ends_with(img, ".gz") ? img + n - 7 : img + n - 4;
+        char *dot = ms_str_ends_with_nocase(img, ".gz") ? img + n - 7 : img + n - 4;
         memcpy(dot + 1, dot[1] == 'H' ? "IMG" : "img", 3);
         ms_status st = ms_sha256_file(&h, img);
         free(img);
@@ -535,73 +522,45 @@ static ms_status hash_source(const job *j, const uint8_t *file, size_t file_n, c
 
 /* ---- PNG (finetune-SAM 2D pairs) ---- */
 
-static void png_err(png_structp p, png_const_charp msg)
-{
-    snprintf((char *)png_get_error_ptr(p), 160, "%s", msg);
-    png_longjmp(p, 1);
-}
-static void png_warn(png_structp p, png_const_charp msg)
-{
-    (void)p;
-    (void)msg;
-}
-
-/* Reads an 8- or 16-bit PNG as gray floats (colour converted to gray, alpha dropped). */
+/* A PNG as gray floats at its bit depth (data/png.h: colour converted to gray, 16-bit values kept as they are —
+ * a mask's values are class ids, and the image's intensity normalisation needs no scale), transposed to the
+ * canonical order: the PNG's pixel (row r, column x) at x·h + r, since the slicer reads canonical x fastest. */
 static ms_status read_png(const char *path, float **out, int *h, int *w)
 {
-    char emsg[160] = "";
-    FILE *f = fopen(path, "rb");
-    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
-    png_structp p = png_create_read_struct(PNG_LIBPNG_VER_STRING, emsg, png_err, png_warn);
-    png_infop info = p ? png_create_info_struct(p) : NULL;
-    uint8_t *volatile buf = NULL;
-    float *volatile img = NULL;
-    ms_status st = MS_OK;
-    if (!info) {
-        st = ms_error(MS_ENOMEM, "%s: out of memory", path);
-        goto leave;
+    ms_png p;
+    MS_TRY(ms_png_read(path, MS_PNG_GRAY, &p));
+    const size_t H = (size_t)p.h, W = (size_t)p.w;
+    float *img = malloc(H * W * sizeof *img);
+    if (!img) {
+        ms_png_free(&p);
+        return ms_error(MS_ENOMEM, "%s: out of memory", path);
     }
-    if (setjmp(png_jmpbuf(p))) {
-        st = ms_error(MS_EFORMAT, "%s: bad PNG (%s)", path, emsg);
-        goto leave;
-    }
-    png_init_io(p, f);
-    png_read_info(p, info);
-    int ct = png_get_color_type(p, info), bd = png_get_bit_depth(p, info);
-    if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(p);
-    if (ct == PNG_COLOR_TYPE_GRAY && bd < 8) png_set_expand_gray_1_2_4_to_8(p);
-    if (ct & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(p);
-    if (ct & PNG_COLOR_MASK_COLOR || ct == PNG_COLOR_TYPE_PALETTE) png_set_rgb_to_gray(p, 1, -1, -1);
-    if (bd == 16) png_set_swap(p);
-    png_read_update_info(p, info);
-    uint32_t W = png_get_image_width(p, info), H = png_get_image_height(p, info);
-    size_t rb = png_get_rowbytes(p, info);
-    if (W == 0 || H == 0 || W > 65536 || H > 65536) {
-        st = ms_error(MS_EFORMAT, "%s: bad PNG size", path);
-        goto leave;
-    }
-    buf = malloc(rb * H);
-    img = malloc((size_t)W * H * sizeof(float));
-    if (!buf || !img) {
-        st = ms_error(MS_ENOMEM, "%s: out of memory", path);
-        goto leave;
-    }
-    for (uint32_t r = 0; r < H; r++) png_read_row(p, buf + r * rb, NULL);
-    for (uint32_t r = 0; r < H; r++)
-        for (uint32_t c = 0; c < W; c++)
-            img[(size_t)r * W + c] =
-                bd == 16 ? (float)(buf[r * rb + 2 * c] | buf[r * rb + 2 * c + 1] << 8) : (float)buf[r * rb + c];
-    *h = (int)H;
-    *w = (int)W;
-leave:
-    png_destroy_read_struct(&p, info ? &info : NULL, NULL);
-    fclose(f);
-    free(buf);
-    if (st)
-        free(img);
-    else
-        *out = img;
-    return st;
+    for (size_t r = 0; r < H; r++)
+        for (size_t x = 0; x < W; x++) img[x * H + r] = (float)p.px[r * W + x];
+    *h = p.h;
+    *w = p.w;
+    *out = img;
+    ms_png_free(&p);
+    return MS_OK;
+}
+
+/* A PNG image and its mask (when the job has one; same size). A mask holding only 0 and 255 becomes 0/1. On failure
+ * the caller frees whatever *img and *mask hold. */
+static ms_status read_png_pair(const job *j, float **img, float **mask, int *h, int *w)
+{
+    int lh, lw;
+    MS_TRY(read_png(j->image, img, h, w));
+    if (!j->label) return MS_OK;
+    MS_TRY(read_png(j->label, mask, &lh, &lw));
+    MS_FAIL_IF(lh != *h || lw != *w, MS_ESHAPE, "%s: mask is %dx%d but %s is %dx%d", j->label, lh, lw, j->image, *h,
+               *w);
+    float *lf = *mask;
+    const size_t n = (size_t)*h * *w;
+    int only = 1;
+    for (size_t i = 0; i < n && only; i++) only = lf[i] == 0 || lf[i] == 255;
+    if (only)
+        for (size_t i = 0; i < n; i++) lf[i] = lf[i] ? 1.f : 0.f; /* 0/255 masks → 0/1 */
+    return MS_OK;
 }
 
 /* Per-worker buffers kept across sources: volumes of one archive have similar sizes, and fresh multi-megabyte
@@ -644,49 +603,13 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
         return;
     }
     if (j->png) {
-        int h, w, lh = 0, lw = 0;
-        if ((st = read_png(j->image, &vf, &h, &w))) goto leave;
-        if (j->label) {
-            if ((st = read_png(j->label, &lf, &lh, &lw))) goto leave;
-            if (lh != h || lw != w) {
-                st = ms_error(MS_ESHAPE, "%s: mask is %dx%d but %s is %dx%d", j->label, lh, lw, j->image, h, w);
-                goto leave;
-            }
-            int only = 1;
-            for (size_t i = 0; i < (size_t)h * w; i++)
-                if (lf[i] != 0 && lf[i] != 255) {
-                    only = 0;
-                    break;
-                }
-            if (only)
-                for (size_t i = 0; i < (size_t)h * w; i++) lf[i] = lf[i] ? 1.f : 0.f; /* 0/255 masks → 0/1 */
-        }
+        int h, w;
+        if ((st = read_png_pair(j, &vf, &lf, &h, &w))) goto leave;
         /* one slice: canonical axes (rows, cols, 1) so that axial slicing returns the PNG as it is */
         c.dim[0] = h;
         c.dim[1] = w;
         c.dim[2] = 1;
         c.spacing[0] = c.spacing[1] = c.spacing[2] = 1;
-        /* a PNG is row-major: pixel (r, x) at r*w + x; the slicer reads canonical x fastest, so transpose */
-        float *t = malloc((size_t)h * w * sizeof *t);
-        if (!t) {
-            st = ms_error(MS_ENOMEM, "out of memory");
-            goto leave;
-        }
-        for (int rr = 0; rr < h; rr++)
-            for (int x = 0; x < w; x++) t[(size_t)x * h + rr] = vf[(size_t)rr * w + x];
-        free(vf);
-        vf = t;
-        if (lf) {
-            t = malloc((size_t)h * w * sizeof *t);
-            if (!t) {
-                st = ms_error(MS_ENOMEM, "out of memory");
-                goto leave;
-            }
-            for (int rr = 0; rr < h; rr++)
-                for (int x = 0; x < w; x++) t[(size_t)x * h + rr] = lf[(size_t)rr * w + x];
-            free(lf);
-            lf = t;
-        }
     } else {
         st = in_mem ? ms_nifti_open_mem(j->image, sc->file, file_n, &sc->inflated, &im) : ms_nifti_open(j->image, &im);
         if (st) goto leave;

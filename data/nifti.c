@@ -25,6 +25,8 @@
 #include <libdeflate.h>
 #endif
 
+#include "base/path.h"
+
 _Static_assert(sizeof(nifti_1_header) == 348, "nifti_1_header must be the 348 bytes of the file");
 _Static_assert(sizeof(nifti_2_header) == 540, "nifti_2_header must be the 540 bytes of the file");
 
@@ -191,12 +193,6 @@ ms_status ms_nifti_check_header(const uint8_t *b, size_t n, ms_nifti_hdr *h)
     return MS_OK;
 }
 
-static int has_suffix(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcasecmp(s + a - b, suf) == 0;
-}
-
 /* The path of the data file of an .hdr (same stem, .img, same compression). */
 static char *img_path(const char *path)
 {
@@ -204,12 +200,14 @@ static char *img_path(const char *path)
     char *p = malloc(n + 8);
     if (!p) return NULL;
     memcpy(p, path, n + 1);
-    char *dot = has_suffix(path, ".hdr.gz") ? p + n - 7 : has_suffix(path, ".hdr") ? p + n - 4 : NULL;
+    char *dot = ms_str_ends_with_nocase(path, ".hdr.gz") ? p + n - 7
+                : ms_str_ends_with_nocase(path, ".hdr")  ? p + n - 4
+                                                         : NULL;
     if (!dot) {
         free(p);
         return NULL;
     }
-    int gz = has_suffix(path, ".gz"), upper = dot[1] == 'H';
+    int gz = ms_str_ends_with_nocase(path, ".gz"), upper = dot[1] == 'H';
     strcpy(dot, upper ? ".IMG" : ".img");
     if (gz) strcat(dot, upper ? ".GZ" : ".gz");
     return p;
@@ -268,7 +266,7 @@ static ms_status probe(const char *path, ms_nifti_hdr *h)
         st = ms_error(errno, "%s: %s", data, strerror(errno));
         goto leave;
     }
-    if (has_suffix(data, ".gz")) {
+    if (ms_str_ends_with_nocase(data, ".gz")) {
         uint8_t tail[4];
         FILE *f = fopen(data, "rb");
         if (!f || sb.st_size < 18 || fseek(f, -4, SEEK_END) != 0 || fread(tail, 1, 4, f) != 4) {
@@ -632,8 +630,8 @@ leave:
 int ms_nifti_in_memory(const char *path)
 {
     struct stat sb;
-    return has_suffix(path, ".gz") && !has_suffix(path, ".hdr.gz") && stat(path, &sb) == 0 &&
-        sb.st_size <= MS_NIFTI_MEM_MAX;
+    return ms_str_ends_with_nocase(path, ".gz") && !ms_str_ends_with_nocase(path, ".hdr.gz") &&
+           stat(path, &sb) == 0 && sb.st_size <= MS_NIFTI_MEM_MAX;
 }
 
 ms_status ms_nifti_open(const char *path, ms_nifti *n)

@@ -15,6 +15,7 @@
 #include <zlib.h>
 
 #include "base/fileio.h"
+#include "base/path.h"
 
 enum { HDR1 = 348, VOX_OFFSET = 352 };
 
@@ -44,12 +45,6 @@ static void putf32(uint8_t *p, double v)
     uint32_t u;
     memcpy(&u, &f, 4);
     ms_put32(p, u);
-}
-
-static int has_suffix(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
 ms_status ms_nifti_geom_read(const char *ref_path, ms_nifti_geom *g)
@@ -211,7 +206,7 @@ ms_status ms_nifti_write_labels(const char *path, const ms_nifti_geom *g, const 
     for (int64_t i = 0; i < nvox; i++) mx = labels[i] > mx ? labels[i] : mx;
     int datatype = mx > 255 ? 512 : 2, bpv = mx > 255 ? 2 : 1; /* NIFTI_TYPE_UINT16 : NIFTI_TYPE_UINT8 */
     int64_t nbytes = nvox * bpv;
-    int gzip = has_suffix(path, ".gz");
+    int gzip = ms_str_ends_with(path, ".gz");
     uint8_t hdr[VOX_OFFSET], chunk[1 << 16];
     build_header(hdr, g, datatype, 8 * bpv);
     ms_afile a = {0};

@@ -82,7 +82,7 @@ ms_status ms_predictor_init_ex(ms_predictor *p, ms_sam *m, ms_device *dev, int b
     if ((rc = ms_dev_alloc(dev, ne * sizeof(float), (void **)&p->emb))) goto leave;
     if ((rc = ms_sam_encoder_reserve(&m->enc, dev, p->batch, 0))) goto leave;
     if (prompt == MS_PROMPT_NONE) {
-        /* no prompts: sparse (1, 0, 256), dense = no_mask_embed (sam.md §6.4) */
+        /* no prompts: sparse (1, 0, 256), dense = no_mask_embed (segment_anything's PromptEncoder.forward) */
         ms_sam_prompts pr = {.bp = 1, .n_points = 0, .points = NULL, .labels = NULL, .boxes = NULL, .masks = NULL};
         if ((rc = ms_sam_prompt_forward(dev, &m->pe, &pr, &p->pst))) goto leave;
     }
@@ -115,22 +115,11 @@ static ms_status grow_full(ms_predictor *p, size_t n)
     return MS_OK;
 }
 
-/* Low-res logits (C, lo, lo) → (C, H, W): SAM's post-processing (S×S, crop to the resized frame, slice size); with
- * a stretched input the frame is all of S×S. */
+/* Low-res logits (C, lo, lo) → (C, H, W) at the predictor's preprocessing (ms_sam_postprocess_masks). */
 static ms_status postprocess(const ms_predictor *p, const float *low, int C, int H, int W, float *out)
 {
-    const int S = p->pc.size, lo = 4 * p->m->emb_h;
-    if (p->pc.resize != MS_RESIZE_STRETCH) return ms_sam_postprocess_masks(low, C, lo, lo, S, H, W, out);
-    ms_device cpu;
-    memset(&cpu, 0, sizeof cpu);
-    cpu.kind = MS_DEV_CPU;
-    cpu.n_threads = 1;
-    float *full = malloc((size_t)C * S * S * sizeof(float));
-    MS_FAIL_IF(!full, MS_ENOMEM, "predict: out of memory");
-    ms_status rc = ms_resize_bilinear_forward_cpu(&cpu, full, low, C, lo, lo, S, S);
-    if (!rc) rc = ms_resize_bilinear_forward_cpu(&cpu, out, full, C, S, S, H, W);
-    free(full);
-    return rc;
+    const int lo = 4 * p->m->emb_h;
+    return ms_sam_postprocess_masks(low, C, lo, lo, p->pc.size, p->pc.resize == MS_RESIZE_STRETCH, H, W, out);
 }
 
 /* ---- prompts from a label slice ---------------------------------------------------------------------------------- */

@@ -86,7 +86,8 @@ ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
     return rc;
 }
 
-/* PyTorch's default initialisation for the prompt encoder and mask decoder tensors (sam.md §5, "Default inits"). */
+/* PyTorch's default initialisation for the prompt encoder and mask decoder tensors (nn.Embedding, nn.Linear and
+ * nn.ConvTranspose2d reset_parameters(), norms' ones/zeros). */
 ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed)
 {
     size_t np = strlen(prefix);
@@ -179,27 +180,29 @@ void ms_sam_apply_coords(float *xy, int n, int h, int w, int S)
     }
 }
 
-ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int orig_h, int orig_w,
-                                   float *out)
+ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int stretched, int orig_h,
+                                   int orig_w, float *out)
 {
-    int nh, nw;
-    ms_sam_resize_shape(orig_h, orig_w, S, &nh, &nw);
+    int nh = S, nw = S;
+    if (!stretched) ms_sam_resize_shape(orig_h, orig_w, S, &nh, &nw);
     MS_FAIL_IF(C < 1 || lh < 1 || lw < 1 || S < 1 || orig_h < 1 || orig_w < 1, MS_EINVAL,
                "postprocess: bad sizes");
     ms_device cpu;
     memset(&cpu, 0, sizeof cpu);
     cpu.kind = MS_DEV_CPU;
     cpu.n_threads = 1;
+    const int whole = nh == S && nw == S; /* nothing to crop */
     float *full = malloc((size_t)C * S * S * sizeof(float));
-    float *crop = malloc((size_t)C * nh * nw * sizeof(float));
+    float *crop = whole ? NULL : malloc((size_t)C * nh * nw * sizeof(float));
     ms_status rc = MS_OK;
-    if (!full || !crop) { rc = ms_error(MS_ENOMEM, "postprocess: out of memory"); goto leave; }
+    if (!full || (!whole && !crop)) { rc = ms_error(MS_ENOMEM, "postprocess: out of memory"); goto leave; }
     rc = ms_resize_bilinear_forward_cpu(&cpu, full, low, C, lh, lw, S, S);
     if (rc) goto leave;
-    for (int c = 0; c < C; c++)
-        for (int y = 0; y < nh; y++)
-            memcpy(crop + ((size_t)c * nh + y) * nw, full + ((size_t)c * S + y) * S, (size_t)nw * sizeof(float));
-    rc = ms_resize_bilinear_forward_cpu(&cpu, out, crop, C, nh, nw, orig_h, orig_w);
+    if (!whole)
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < nh; y++)
+                memcpy(crop + ((size_t)c * nh + y) * nw, full + ((size_t)c * S + y) * S, (size_t)nw * sizeof(float));
+    rc = ms_resize_bilinear_forward_cpu(&cpu, out, whole ? full : crop, C, nh, nw, orig_h, orig_w);
 leave:
     free(full);
     free(crop);

@@ -64,9 +64,11 @@ void ms_sam_free(ms_sam *m);
 void ms_sam_resize_shape(int h, int w, int S, int *newh, int *neww);
 /* n points (x, y) in an h×w image → the resized frame: x·(neww/w), y·(newh/h) (boxes: two corners). */
 void ms_sam_apply_coords(float *xy, int n, int h, int w, int S);
-/* Low-res logits (C, lh, lw) host → (C, orig_h, orig_w) logits host: bilinear to S×S, crop to the resized frame
- * (newh × neww), bilinear to the original size (align_corners=False, no antialias). The binary mask is logit > 0. */
-ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int orig_h, int orig_w,
-                                   float *out);
+/* The one mask post-processing (the official predictor's, and `mrisam predict`'s): low-res logits (C, lh, lw) host →
+ * (C, orig_h, orig_w) logits host: bilinear to S×S, crop to the frame the image filled (ResizeLongestSide's
+ * newh × neww; all of S×S when stretched != 0, i.e. the image was stretched to S×S), bilinear to the original size
+ * (align_corners=False, no antialias). The binary mask is logit > 0. */
+ms_status ms_sam_postprocess_masks(const float *low, int C, int lh, int lw, int S, int stretched, int orig_h,
+                                   int orig_w, float *out);
 
 #endif

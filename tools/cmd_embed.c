@@ -111,10 +111,9 @@ static int run(int argc, char **argv)
 
     int h = 0, w = 0, c = 0;
     if (image) {
-        if ((rc = ms_png_read(image, &img))) goto leave;
+        if ((rc = ms_png_read_image(image, &img))) goto leave;
         h = img.h; w = img.w; c = img.c;
         img01 = img.data;
-        for (size_t i = 0; i < (size_t)h * w * c; i++) img01[i] *= 1.0f / 255.0f;
     } else {
         if ((rc = read_store_slice(store, key, &img01, &h, &w))) goto leave;
         c = 1;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "cli.h"
 #include "data/store.h"
 #include "image_io.h"
@@ -33,8 +34,7 @@ static ms_status write_npy_u16(const char *path, const uint16_t *v, int h, int w
 
 static ms_status write_one(const char *path, const uint16_t *v, int h, int w, int is_label)
 {
-    size_t n = strlen(path);
-    if (n > 4 && !strcmp(path + n - 4, ".npy")) return write_npy_u16(path, v, h, w);
+    if (ms_str_ends_with(path, ".npy")) return write_npy_u16(path, v, h, w);
     uint8_t *p = malloc((size_t)h * w);
     if (!p) return ms_error(MS_ENOMEM, "out of memory");
     for (size_t i = 0; i < (size_t)h * w; i++)
@@ -66,7 +66,8 @@ static int run(int argc, char **argv)
         return rc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
     }
     size_t ol = out ? strlen(out) : 0;
-    if (pos.n != 1 || key < 0 || !out || ol < 5 || (strcmp(out + ol - 4, ".png") && strcmp(out + ol - 4, ".npy"))) {
+    if (pos.n != 1 || key < 0 || !out || ol < 5 ||
+        (!ms_str_ends_with(out, ".png") && !ms_str_ends_with(out, ".npy"))) {
         fprintf(stderr, "mrisam export: usage: %s\n", h.usage);
         ms_strlist_free(&pos);
         return MS_EXIT_USAGE;

@@ -11,43 +11,39 @@
  * the only one by default) goes under mask_decoder.*. --layout sam merges LoRA into the base weights (encoder qkv rows
  * 0..D-1 += B_q·A_q and 2D..3D-1 += B_v·A_v; decoder q_proj/v_proj weight += w_b·w_a; the products summed in double)
  * and refuses adapters, which have no SAM equivalent. --layout finetune-sam writes finetune-SAM's names and order
- * (sam.md §6.1-6.2): attn.qkv.qkv.{weight,bias} + attn.qkv.linear_{a,b}_{q,v}.weight, <attn>.{q,v}_proj.proj.* +
- * .w_a/.w_b, block adapters MLP_Adapter, Space_Adapter, Depth_Adapter (zeros: finetune-SAM always has it, it only
- * runs with its 3D branch) between attn.* and norm2.*, decoder layers' MLP_Adapter, Adapter after their last
- * attention. */
+ * (mazurowski-lab/finetune-SAM: models/sam/modeling/, models/sam_LoRa.py): attn.qkv.qkv.{weight,bias} +
+ * attn.qkv.linear_{a,b}_{q,v}.weight, <attn>.{q,v}_proj.proj.* + .w_a/.w_b, block adapters MLP_Adapter,
+ * Space_Adapter, Depth_Adapter (zeros: finetune-SAM always has it, it only runs with its 3D branch) between attn.*
+ * and norm2.*, decoder layers' MLP_Adapter, Adapter after their last attention. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "base/path.h"
 #include "checkpoints/rundir.h"
 #include "cli.h"
 #include "finetune/ft_model.h"
 #include "pretrain_model.h"
 
-static int is_dir(const char *p)
+/* CKPT → a complete step directory, into out[MS_PATH_MAX]. */
+static ms_status resolve(const char *ckpt, char *out)
 {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* CKPT → a complete step directory. */
-static ms_status resolve(const char *ckpt, char *out, size_t n)
-{
-    char p[4200];
-    snprintf(p, sizeof p, "%s/DONE", ckpt);
-    if (access(p, F_OK) == 0) { snprintf(out, n, "%s", ckpt); return MS_OK; }
+    char p[MS_PATH_MAX], probe[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, ckpt, "DONE"));
+    if (access(p, F_OK) == 0) {
+        memcpy(out, ckpt, strlen(ckpt) + 1); /* fits: ckpt/DONE did */
+        return MS_OK;
+    }
     int64_t step;
-    snprintf(p, sizeof p, "%s/ckpt", ckpt);
-    if (is_dir(p)) return ms_ckpt_dir_latest(ckpt, &step, out, n);
-    snprintf(p, sizeof p, "%s/..", ckpt); /* the ckpt/ folder itself */
-    if (is_dir(ckpt)) {
-        char probe[4300];
-        snprintf(probe, sizeof probe, "%s/ckpt", p);
-        if (is_dir(probe)) return ms_ckpt_dir_latest(p, &step, out, n);
+    MS_TRY(ms_path_join(p, ckpt, "ckpt"));
+    if (ms_path_is_dir(p)) return ms_ckpt_dir_latest(ckpt, &step, out, MS_PATH_MAX);
+    MS_TRY(ms_path_join(p, ckpt, "..")); /* the ckpt/ folder itself */
+    if (ms_path_is_dir(ckpt)) {
+        MS_TRY(ms_path_join(probe, p, "ckpt"));
+        if (ms_path_is_dir(probe)) return ms_ckpt_dir_latest(p, &step, out, MS_PATH_MAX);
     }
     MS_FAIL(MS_ENOTFOUND, "%s: not a run directory or a complete checkpoint (no DONE)", ckpt);
 }
@@ -62,12 +58,6 @@ static int head_group(const char *name)
     for (int g = 0; g < 3; g++)
         if (!strncmp(name, head_groups[g], strlen(head_groups[g]))) return g;
     return -1;
-}
-
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
 }
 
 static int is_peft(const char *n)
@@ -183,7 +173,7 @@ static ms_status ft_layout(const ms_ft_model *m, int t, ms_state_dict *all, int 
             if (ms_sd_find(all, k)) {
                 snprintf(k, sizeof k, "%s.proj.%s", base, pj + 8);
                 MS_TRY(put(out, &all->e[i], k));
-                if (ends_with(n, ".bias")) {
+                if (ms_str_ends_with(n, ".bias")) {
                     snprintf(k, sizeof k, "%s.w_a.weight", base);
                     MS_TRY(put_key(out, all, k, NULL));
                     snprintf(k, sizeof k, "%s.w_b.weight", base);
@@ -249,16 +239,16 @@ static ms_status export_ft(const char *ckpt, const char *out_path, const char *t
         char w[300], a[300], b[300];
         for (int i = 0; i < all.n && !rc; i++) {
             const char *n = all.e[i].name;
-            if (!ends_with(n, ".linear_a_q.weight") && !ends_with(n, ".linear_a_v.weight") &&
-                !ends_with(n, "_proj.w_a.weight"))
+            if (!ms_str_ends_with(n, ".linear_a_q.weight") && !ms_str_ends_with(n, ".linear_a_v.weight") &&
+                !ms_str_ends_with(n, "_proj.w_a.weight"))
                 continue;
             size_t L = strlen(n);
-            if (ends_with(n, "_proj.w_a.weight")) { /* decoder: <attn>.q_proj.w_a.weight */
+            if (ms_str_ends_with(n, "_proj.w_a.weight")) { /* decoder: <attn>.q_proj.w_a.weight */
                 snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".w_a.weight")), n);
                 snprintf(b, sizeof b, "%.*s.w_b.weight", (int)(L - strlen(".w_a.weight")), n);
                 rc = merge_lora(&all, w, 0, b, n);
             } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight; q rows 0..D-1, v rows 2D..3D-1 */
-                int v = ends_with(n, "_v.weight");
+                int v = ms_str_ends_with(n, "_v.weight");
                 snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".linear_a_q.weight")), n);
                 snprintf(b, sizeof b, "%.*s.linear_b_%c.weight", (int)(L - strlen(".linear_a_q.weight")), n,
                          v ? 'v' : 'q');
@@ -326,7 +316,7 @@ static int run(int argc, char **argv)
     ms_sd_init(&sd);
     ms_sd_init(&src);
     cJSON *cfg = NULL;
-    char dir[4200], p[4400], model_name[32];
+    char dir[MS_PATH_MAX], p[MS_PATH_MAX], model_name[32];
     if (ms_ft_is_checkpoint(pos.v[0])) {
         rc = export_ft(pos.v[0], out, task, layout, threads);
         goto leave;
@@ -339,9 +329,8 @@ static int run(int argc, char **argv)
         rc = ms_error(MS_EINVAL, "--task goes with fine-tuning checkpoints");
         goto leave;
     }
-    if ((rc = resolve(pos.v[0], dir, sizeof dir))) goto leave;
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    if ((rc = ms_read_json(p, 1 << 20, &cfg))) goto leave;
+    if ((rc = resolve(pos.v[0], dir))) goto leave;
+    if ((rc = ms_path_join(p, dir, "config.json")) || (rc = ms_read_json(p, 1 << 20, &cfg))) goto leave;
     const cJSON *ck = cJSON_GetObjectItemCaseSensitive(cfg, "ckpt"), *mo = cJSON_GetObjectItemCaseSensitive(cfg, "model"),
                 *se = cJSON_GetObjectItemCaseSensitive(cfg, "seed");
     const char *ckpt = cJSON_IsString(ck) && ck->valuestring[0] ? ck->valuestring : NULL;
@@ -350,8 +339,7 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_init(&dev, MS_DEV_CPU, threads))) goto leave;
     if ((rc = ms_pt_build_sam(&sam, ckpt, model, seed, &dev, model_name, sizeof model_name))) goto leave;
     /* the trained encoder replaces the one the run started from */
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    if ((rc = ms_sd_load(p, &src))) goto leave;
+    if ((rc = ms_path_join(p, dir, "model.safetensors")) || (rc = ms_sd_load(p, &src))) goto leave;
     for (int i = 0; i < sam.ps.n && !rc; i++) {
         const ms_param *q = &sam.ps.p[i];
         if (strncmp(q->name, "image_encoder.", 14)) continue;

@@ -12,7 +12,6 @@
  * slices/s and an ETA. --png DIR writes three overlay PNGs per volume (slices at 1/4, 1/2 and 3/4 along the axis,
  * gray with label colours blended at 50%) as DIR/<stem>_s<k>.png.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +21,7 @@
 
 #include "base/clock.h"
 #include "base/device.h"
+#include "base/path.h"
 #include "cli.h"
 #include "data/ingest.h"
 #include "finetune/predict.h"
@@ -47,34 +47,6 @@ static void on_progress(void *ctx, int64_t done, int64_t total)
     fflush(stderr);
 }
 
-static int has_nifti_ext(const char *name)
-{
-    size_t n = strlen(name);
-    return (n > 4 && !strcmp(name + n - 4, ".nii")) || (n > 7 && !strcmp(name + n - 7, ".nii.gz"));
-}
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-static const char *base_name(const char *p)
-{
-    const char *s = strrchr(p, '/');
-    return s ? s + 1 : p;
-}
-
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *s = malloc(n);
-    if (s) snprintf(s, n, "%s/%s", dir, name);
-    return s;
-}
-
 /* Overlay colours for classes 1.. (class 0 is left gray). */
 static const uint8_t palette[8][3] = {{230, 25, 75},  {60, 180, 75}, {0, 130, 200}, {255, 225, 25},
                                       {245, 130, 48}, {145, 30, 180}, {70, 240, 240}, {240, 50, 230}};
@@ -88,7 +60,7 @@ static ms_status write_overlays(const char *dir, const char *in_path, const ms_p
     uint8_t *pix = malloc((size_t)(H * W) * 3);
     char stem[256], *path = NULL;
     if (!pix) return ms_error(MS_ENOMEM, "%s: out of memory", dir);
-    snprintf(stem, sizeof stem, "%s", base_name(in_path));
+    snprintf(stem, sizeof stem, "%s", ms_path_base(in_path));
     size_t sl = strlen(stem);
     if (sl > 7 && !strcmp(stem + sl - 7, ".nii.gz")) stem[sl - 7] = 0;
     else if (sl > 4 && !strcmp(stem + sl - 4, ".nii")) stem[sl - 4] = 0;
@@ -112,7 +84,7 @@ static ms_status write_overlays(const char *dir, const char *in_path, const ms_p
         char name[300];
         snprintf(name, sizeof name, "%s_s%03lld.png", stem, (long long)k);
         free(path);
-        if (!(path = join(dir, name))) { rc = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
+        if (!(path = ms_path_join_new(dir, name))) { rc = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
         if ((rc = ms_png_write_u8(path, pix, (int)W, (int)H, 3))) break;
     }
     free(path);
@@ -121,46 +93,31 @@ static ms_status write_overlays(const char *dir, const char *in_path, const ms_p
 }
 
 /* The input list: one file, or every NIfTI file in a directory (sorted). Output paths beside them. */
-static int list_inputs(const char *in, const char *out, char ***ins, char ***outs, int *n)
+static ms_status list_inputs(const char *in, const char *out, char ***ins, char ***outs, int *n)
 {
     *ins = *outs = NULL;
     *n = 0;
-    if (!is_dir(in)) {
+    if (!ms_path_is_dir(in)) {
         *ins = calloc(1, sizeof(char *));
         *outs = calloc(1, sizeof(char *));
-        if (!*ins || !*outs) return -1;
-        (*ins)[0] = strdup(in);
-        (*outs)[0] = is_dir(out) ? join(out, base_name(in)) : strdup(out);
+        MS_FAIL_IF(!*ins || !*outs, MS_ENOMEM, "out of memory");
         *n = 1;
-        return (*ins)[0] && (*outs)[0] ? 0 : -1;
+        (*ins)[0] = strdup(in);
+        (*outs)[0] = ms_path_is_dir(out) ? ms_path_join_new(out, ms_path_base(in)) : strdup(out);
+        MS_FAIL_IF(!(*ins)[0] || !(*outs)[0], MS_ENOMEM, "out of memory");
+        return MS_OK;
     }
-    DIR *d = opendir(in);
-    if (!d) return -2;
-    int cap = 16;
-    *ins = malloc(cap * sizeof(char *));
-    struct dirent *e;
-    while (*ins && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !has_nifti_ext(e->d_name)) continue;
-        if (*n == cap) {
-            char **t = realloc(*ins, (size_t)(cap *= 2) * sizeof(char *));
-            if (!t) break;
-            *ins = t;
-        }
-        (*ins)[(*n)++] = strdup(e->d_name);
-    }
-    closedir(d);
-    if (!*ins) return -1;
-    qsort(*ins, (size_t)*n, sizeof(char *), cmp_str);
+    MS_TRY(ms_path_list_nii(in, ins, n));
     *outs = calloc((size_t)(*n ? *n : 1), sizeof(char *));
-    if (!*outs) return -1;
+    MS_FAIL_IF(!*outs, MS_ENOMEM, "out of memory");
     for (int i = 0; i < *n; i++) {
         char *name = (*ins)[i];
-        (*outs)[i] = join(out, name);
-        (*ins)[i] = join(in, name);
+        (*outs)[i] = ms_path_join_new(out, name);
+        (*ins)[i] = ms_path_join_new(in, name);
         free(name);
-        if (!(*ins)[i] || !(*outs)[i]) return -1;
+        MS_FAIL_IF(!(*ins)[i] || !(*outs)[i], MS_ENOMEM, "out of memory");
     }
-    return 0;
+    return MS_OK;
 }
 
 static int run(int argc, char **argv)
@@ -241,19 +198,15 @@ static int run(int argc, char **argv)
     ms_predict_model pm;
     ms_predictor pr;
     memset(&pm, 0, sizeof pm);
-    int lr = list_inputs(in, out, &ins, &outs, &n);
-    if (lr) {
-        rc = lr == -2 ? ms_error(MS_EIO, "%s: cannot read the directory", in) : ms_error(MS_ENOMEM, "out of memory");
-        goto leave;
-    }
-    if (is_dir(in)) {
+    if ((rc = list_inputs(in, out, &ins, &outs, &n))) goto leave;
+    if (ms_path_is_dir(in)) {
         if (n == 0) { rc = ms_error(MS_EINVAL, "%s: no .nii or .nii.gz files", in); goto leave; }
-        if (mkdir(out, 0777) && !is_dir(out)) {
+        if (mkdir(out, 0777) && !ms_path_is_dir(out)) {
             rc = ms_error(MS_EIO, "%s: cannot create the directory", out);
             goto leave;
         }
     }
-    if (png && mkdir(png, 0777) && !is_dir(png)) {
+    if (png && mkdir(png, 0777) && !ms_path_is_dir(png)) {
         rc = ms_error(MS_EIO, "%s: cannot create the directory", png);
         goto leave;
     }
@@ -286,10 +239,10 @@ static int run(int argc, char **argv)
         pins = calloc((size_t)(n ? n : 1), sizeof *pins);
         if (!pins) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
         for (int i = 0; i < n; i++) {
-            pins[i] = is_dir(prompts) ? join(prompts, base_name(ins[i])) : strdup(prompts);
+            pins[i] = ms_path_is_dir(prompts) ? ms_path_join_new(prompts, ms_path_base(ins[i])) : strdup(prompts);
             if (!pins[i]) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
         }
-        if (n > 1 && !is_dir(prompts)) {
+        if (n > 1 && !ms_path_is_dir(prompts)) {
             rc = ms_error(MS_EINVAL, "%s: --in is a directory, so --prompts-from must be one too", prompts);
             goto leave;
         }

@@ -127,9 +127,8 @@ static int run(int argc, char **argv)
     dev_ok = 1;
     if ((rc = ms_sam_load(&m, ckpt, &dev))) goto leave;
     model_ok = 1;
-    if ((rc = ms_png_read(image, &img))) goto leave;
+    if ((rc = ms_png_read_image(image, &img))) goto leave;
     const int h = img.h, w = img.w, S = m.img_size, g = m.emb_h;
-    for (size_t i = 0; i < (size_t)h * w * img.c; i++) img.data[i] *= 1.0f / 255.0f;
 
     /* image embedding */
     ms_prep_config pc;
@@ -170,7 +169,7 @@ static int run(int argc, char **argv)
         if (iou[i] > iou[best]) best = i;
     }
     printf("\n");
-    if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, h, w, full))) goto leave;
+    if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto leave;
     size_t on = 0;
     for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
     if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;

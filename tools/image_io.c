@@ -1,5 +1,5 @@
-/* tools/image_io.c — PNG read/write via libpng and .npy write/read; see image_io.h. libpng reports errors by
- * longjmp, so every function that calls it keeps its resources in volatile locals and has one exit. */
+/* tools/image_io.c — PNG write via libpng and .npy write/read; see image_io.h. libpng reports errors by longjmp, so
+ * the PNG writer keeps its status in a volatile local and has one exit. */
 #include "image_io.h"
 
 #include <png.h>
@@ -9,82 +9,6 @@
 #include <string.h>
 
 #include "base/fileio.h"
-
-void ms_image_free(ms_image *img)
-{
-    free(img->data);
-    memset(img, 0, sizeof *img);
-}
-
-ms_status ms_png_read(const char *path, ms_image *img)
-{
-    memset(img, 0, sizeof *img);
-    FILE *volatile f = NULL;
-    png_structp png = NULL;
-    png_infop info = NULL;
-    uint8_t *volatile rowbuf = NULL;
-    float *volatile out = NULL;
-    png_bytep *volatile rows = NULL;
-    volatile ms_status rc = MS_OK;
-    uint8_t sig[8];
-
-    f = fopen(path, "rb");
-    if (!f) return ms_error(MS_EIO, "%s: cannot open", path);
-    if (fread(sig, 1, 8, f) != 8 || png_sig_cmp(sig, 0, 8)) {
-        rc = ms_error(MS_EFORMAT, "%s: not a PNG file", path);
-        goto leave;
-    }
-    png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    if (png) info = png_create_info_struct(png);
-    if (!png || !info) { rc = ms_error(MS_ENOMEM, "%s: out of memory", path); goto leave; }
-    if (setjmp(png_jmpbuf(png))) { rc = ms_error(MS_EFORMAT, "%s: corrupt PNG", path); goto leave; }
-    png_init_io(png, f);
-    png_set_sig_bytes(png, 8);
-    png_read_info(png, info);
-    png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-    int depth = png_get_bit_depth(png, info), ct = png_get_color_type(png, info);
-    if (w == 0 || h == 0 || w > 65536 || h > 65536) {
-        rc = ms_error(MS_EFORMAT, "%s: image size %ux%u out of range", path, (unsigned)w, (unsigned)h);
-        goto leave;
-    }
-    if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-    if (ct == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-    if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
-    if (ct & PNG_COLOR_MASK_ALPHA || png_get_valid(png, info, PNG_INFO_tRNS)) png_set_strip_alpha(png);
-    png_set_interlace_handling(png);
-    png_read_update_info(png, info);
-    int ch = png_get_channels(png, info), bd = png_get_bit_depth(png, info);
-    if ((ch != 1 && ch != 3) || (bd != 8 && bd != 16)) {
-        rc = ms_error(MS_EUNSUPPORTED, "%s: %d channels of %d bits after expansion", path, ch, bd);
-        goto leave;
-    }
-    size_t rowbytes = png_get_rowbytes(png, info);
-    rowbuf = malloc(rowbytes * h);
-    out = malloc((size_t)w * h * ch * sizeof(float));
-    if (!rowbuf || !out) { rc = ms_error(MS_ENOMEM, "%s: out of memory", path); goto leave; }
-    rows = malloc(h * sizeof *rows);
-    if (!rows) { rc = ms_error(MS_ENOMEM, "%s: out of memory", path); goto leave; }
-    for (png_uint_32 y = 0; y < h; y++) rows[y] = rowbuf + y * rowbytes;
-    png_read_image(png, rows);
-    for (png_uint_32 y = 0; y < h; y++) {
-        const uint8_t *r = rowbuf + y * rowbytes;
-        float *o = out + (size_t)y * w * ch;
-        for (size_t i = 0; i < (size_t)w * ch; i++)
-            o[i] = bd == 8 ? (float)r[i] : (float)((r[2 * i] << 8) | r[2 * i + 1]) / 257.0f; /* PNG is big-endian */
-    }
-    img->w = (int)w;
-    img->h = (int)h;
-    img->c = ch;
-    img->data = out;
-    out = NULL;
-leave:
-    if (png) png_destroy_read_struct(&png, info ? &info : NULL, NULL);
-    free(rows);
-    free(rowbuf);
-    free(out);
-    if (f) fclose(f);
-    return rc;
-}
 
 static void png_write_fn(png_structp png, png_bytep data, png_size_t n)
 {

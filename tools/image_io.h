@@ -1,9 +1,8 @@
-/* tools/image_io.h — the image and array files the CLI reads and writes: PNG (libpng) and NumPy .npy.
+/* tools/image_io.h — the image and array files the CLI writes and reads: PNG (libpng) and NumPy .npy.
  *
- * ms_png_read gives float pixels on the 0..255 scale, HWC, 1 (gray) or 3 (RGB) channels: 8-bit values as they are,
- * 16-bit values divided by 257 (so 65535 → 255), palette → RGB, 1/2/4-bit gray → 8-bit, alpha dropped, no gamma.
- * Writers go through checkpoints/fileio.h (temporary file, fsync, rename), so an interrupted write never leaves
- * a half-written file. .npy: version 1.0, little-endian '<f4', C order.
+ * PNGs are read by data/png.h (ms_png_read_image: HWC floats in 0..1, included here for the commands). Writers go
+ * through kernels/base/fileio.h (temporary file, fsync, rename), so an interrupted write never leaves a half-written
+ * file. .npy: version 1.0, little-endian '<f4', C order.
  */
 #ifndef MS_IMAGE_IO_H
 #define MS_IMAGE_IO_H
@@ -11,14 +10,8 @@
 #include <stdint.h>
 
 #include "base/status.h"
+#include "data/png.h"
 
-typedef struct ms_image {
-    int w, h, c;  /* c = 1 (gray) or 3 (RGB) */
-    float *data;  /* h·w·c floats, row-major HWC, 0..255 scale */
-} ms_image;
-
-ms_status ms_png_read(const char *path, ms_image *img);
-void ms_image_free(ms_image *img);
 /* 8-bit PNG, channels 1 (gray) or 3 (RGB), pixels HWC. */
 ms_status ms_png_write_u8(const char *path, const uint8_t *pix, int w, int h, int channels);
 

@@ -6,7 +6,7 @@ CC=$(command -v clang || command -v clang-14) || { echo "skip: no clang"; exit 7
 F=$T/fuzz_nifti_header
 if ! $CC -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
     -I"$SRC" -I"$SRC/kernels" -I/usr/include/nifti "$HERE/fuzz_nifti_header.c" "$SRC/data/nifti.c" \
-    "$SRC/kernels/base/status.c" -lnifti2 -lznz -lz -lm -o "$F" 2>"$T/build.log"; then
+    "$SRC/kernels/base/status.c" "$SRC/kernels/base/path.c" -lnifti2 -lznz -lz -lm -o "$F" 2>"$T/build.log"; then
   cat "$T/build.log"
   if grep -qi "fuzzer\|cannot find\|no such file" "$T/build.log"; then echo "skip: libFuzzer unavailable"; exit 77; fi
   exit 1
