@@ -1,4 +1,7 @@
 /* checkpoints/rundir.c — see rundir.h. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* renameat2 */
+#endif
 #include "rundir.h"
 
 #include <dirent.h>
@@ -197,6 +200,25 @@ static ms_status remove_tree(const char *path)
     closedir(d);
     if (!rc && rmdir(path)) rc = ms_error(errno, "%s: %s", path, strerror(errno));
     return rc;
+}
+
+ms_status ms_dir_swap_in(const char *src, const char *dst)
+{
+    struct stat sb;
+    if (stat(dst, &sb) == 0) {
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_EXCHANGE))
+            return ms_error(errno, "%s: %s", dst, strerror(errno));
+        return MS_OK;
+    }
+    if (rename(src, dst)) return ms_error(errno, "%s: %s", dst, strerror(errno));
+    return MS_OK;
+}
+
+ms_status ms_dir_remove(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) && errno == ENOENT) return MS_OK;
+    return remove_tree(path);
 }
 
 ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect)

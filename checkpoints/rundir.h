@@ -25,6 +25,11 @@ ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *le
 struct cJSON;
 ms_status ms_read_json(const char *path, size_t max_len, struct cJSON **out);
 ms_status ms_fsync_dir(const char *dir);
+/* Puts directory src in dst's place: an atomic exchange when dst exists (renameat2 RENAME_EXCHANGE; src then holds
+ * the old dst), else a rename. */
+ms_status ms_dir_swap_in(const char *src, const char *dst);
+/* rm -r; a path that does not exist is no error. */
+ms_status ms_dir_remove(const char *path);
 
 /* RUN/ckpt/step_%08d into out (creating RUN/ckpt/ and the step directory). */
 ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n);
