@@ -1,4 +1,4 @@
-/* checkpoints/rundir.h — the RUN/ directory of pretrain and finetune (cli.md "RUN/ layout"): crash-safe files and
+/* checkpoints/rundir.h — the RUN/ directory of pretrain and finetune (docs/CLI.md, RUN/): crash-safe files and
  * checkpoint step directories.
  *
  * A checkpoint is RUN/ckpt/step_%08d/: its files are written and fsynced, then DONE is written last and the

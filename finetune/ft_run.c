@@ -68,7 +68,7 @@ struct ms_ft_run {
     int64_t start_step, samples0;
 };
 
-/* ---- configuration ---------------------------------------------------------------------------------------------- */
+/* ---- configuration ----------------------------------------------------------------------------------------------- */
 
 void ms_ft_run_config_default(ms_ft_run_config *c)
 {
@@ -196,7 +196,7 @@ static cJSON *dice_json(const ms_ft_config *c, const ms_ft_dice_acc *acc)
     return d;
 }
 
-/* ---- checkpoints ----------------------------------------------------------------------------------------------- */
+/* ---- checkpoints ------------------------------------------------------------------------------------------------- */
 
 static ms_status write_state_json(const ms_ft_run *r, const char *dir)
 {
@@ -334,7 +334,463 @@ static ms_status save_best(ms_ft_run *r, const char *extra)
     return ms_dir_remove(tmp); /* the previous best, after an exchange */
 }
 
-/* ---- opening ---------------------------------------------------------------------------------------------------- */
+/* ---- embeddings -------------------------------------------------------------------------------------------------- */
+
+/* Image embeddings of n images (host img, (n, 3, S, S)) of task t with slice keys `keys`: on the device at *emb.
+ * With the cache, known slices are looked up and only the others encoded. */
+static ms_status embed_batch(ms_ft_run *r, int t, const float *img, const uint64_t *keys, int n, const float **emb)
+{
+    const size_t isz = (size_t)3 * r->S * r->S, esz = (size_t)r->emb_floats;
+    if (!r->cache) {
+        MS_TRY(ms_dev_from_host(r->dev, r->m.x, img, (size_t)n * isz * sizeof(float)));
+        MS_TRY(ms_ft_model_encode(&r->m, r->m.x, n));
+        *emb = r->m.emb;
+        return MS_OK;
+    }
+    int miss[256], nm = 0;
+    for (int b = 0; b < n; b++) {
+        const float *e = ms_emb_cache_get(r->cache, r->td[t].store_id, keys[b]);
+        if (e) memcpy(r->emb_host + b * esz, e, esz * sizeof(float));
+        else {
+            MS_TRY(ms_dev_from_host(r->dev, r->m.x + (size_t)nm * isz, img + b * isz, isz * sizeof(float)));
+            miss[nm++] = b;
+        }
+    }
+    if (nm) {
+        MS_TRY(ms_ft_model_encode(&r->m, r->m.x, nm));
+        for (int k = 0; k < nm; k++) {
+            float *dst = r->emb_host + (size_t)miss[k] * esz;
+            MS_TRY(ms_dev_to_host(r->dev, dst, r->m.emb + (size_t)k * esz, esz * sizeof(float)));
+            MS_TRY(ms_emb_cache_put(r->cache, r->td[t].store_id, keys[miss[k]], dst));
+        }
+    }
+    MS_TRY(ms_dev_from_host(r->dev, r->emb_dev, r->emb_host, (size_t)n * esz * sizeof(float)));
+    *emb = r->emb_dev;
+    return MS_OK;
+}
+
+/* ---- validation -------------------------------------------------------------------------------------------------- */
+
+enum { PANEL = 4 }; /* validation slices in the PNG panel */
+
+typedef struct val_sums {
+    double lsum;
+    int64_t ln;
+    uint8_t *panel;      /* (PANEL · S) × 3S: image | ground truth | prediction */
+    int panel_n;
+} val_sums;
+
+/* Panel rows of the first slices of a batch (task 0): the gray input on 0..255 (the padding outside the frame
+ * black), the ground truth and the argmax prediction, classes spread over 0..255. */
+static ms_status panel_add(ms_ft_run *r, val_sums *vs, const ms_batch *bt, int n, int C)
+{
+    const int S = r->S, L = r->L;
+    const int64_t P = r->P;
+    if (!vs->panel && !(vs->panel = calloc((size_t)PANEL * S * 3 * S, 1))) return ms_error(MS_ENOMEM, "out of memory");
+    float *gray = malloc((size_t)S * S * sizeof(float));
+    MS_FAIL_IF(!gray, MS_ENOMEM, "out of memory");
+    for (int b = 0; b < n && vs->panel_n < PANEL; b++, vs->panel_n++) {
+        uint8_t *row = vs->panel + (size_t)vs->panel_n * S * 3 * S;
+        ms_prep_to_gray(&r->m.cfg.prep, bt->image + (size_t)b * 3 * S * S, bt->height[b], bt->width[b], gray);
+        const float *lg = r->logits_host + (size_t)b * C * P;
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) {
+                float v = gray[(size_t)y * S + x];
+                v = v < 0 ? 0 : v > 1 ? 1 : v;
+                row[(size_t)y * 3 * S + x] = (uint8_t)(v * 255.f + 0.5f);
+                int64_t i = (int64_t)(y * L / S) * L + x * L / S;
+                int best = 0;
+                for (int k = 1; k < C; k++) if (lg[k * P + i] > lg[best * P + i]) best = k;
+                row[(size_t)y * 3 * S + S + x] = (uint8_t)(bt->label[b * P + i] * 255 / (C - 1));
+                row[(size_t)y * 3 * S + 2 * S + x] = (uint8_t)(best * 255 / (C - 1));
+            }
+    }
+    free(gray);
+    return MS_OK;
+}
+
+/* Prompt modes: every (slice, present class) of the batch is one binary target with deterministic prompts. */
+static ms_status validate_prompted(ms_ft_run *r, int t, const ms_batch *bt, int n, const float *emb,
+                                   ms_ft_dice_acc *acc, val_sums *vs)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    const int L = r->L;
+    const int64_t P = r->P;
+    for (int b = 0; b < n; b++) {
+        const uint16_t *lb = bt->label + (size_t)b * P;
+        int present[MS_FT_MAX_CLASSES] = {0};
+        for (int64_t i = 0; i < P; i++) present[lb[i] < MS_FT_MAX_CLASSES ? lb[i] : 0] = 1;
+        for (int k = 1; k < c->task[t].num_cls; k++) {
+            if (!present[k]) continue;
+            for (int64_t i = 0; i < P; i++) r->bin[i] = lb[i] == k;
+            uint64_t id = bt->key[b] * 64 + (uint64_t)k;
+            MS_TRY(ms_promptgen_batch_fill(&r->pg, &r->pgo, c->prompt, r->bin, 1, L, L, 0, &id));
+            MS_TRY(ms_ft_model_decode(&r->m, t, emb + (size_t)b * r->emb_floats, 1, &r->pg.pr));
+            for (int64_t i = 0; i < P; i++) r->target[i] = r->pg.target[i];
+            double d, e;
+            MS_TRY(ms_ft_loss_run(&r->loss, r->m.logits, r->target, 1, 2, P, NULL, &d, &e));
+            vs->lsum += d + e;
+            vs->ln++;
+            MS_TRY(ms_dev_to_host(r->dev, r->logits_host, r->m.logits, (size_t)2 * P * sizeof(float)));
+            ms_ft_dice_add_binary(acc, k, r->logits_host, r->target, P);
+        }
+    }
+    return MS_OK;
+}
+
+/* Task t's validation loader: its held-out slices in order, once, without augmentation. */
+static ms_status val_loader_open(const ms_ft_run *r, int t, ms_loader **vl)
+{
+    ms_loader_config vc = r->lc[t];
+    vc.resume = NULL;
+    vc.selection[0] = &r->td[t].val;
+    vc.shuffle = 0;
+    vc.augment = 0;
+    vc.n_epochs = 1;
+    vc.drop_last = 0;
+    vc.epoch_len = 0;
+    return ms_loader_open(&vc, vl);
+}
+
+/* The next validation batch and how many of its slices count (the first val_slices in all); *bt NULL: done. */
+static ms_status val_next(const ms_ft_run *r, ms_loader *vl, int *seen, const ms_batch **bt, int *n)
+{
+    MS_TRY(ms_loader_next(vl, bt));
+    if (!*bt) return MS_OK;
+    *n = (*bt)->n;
+    if (r->cfg.val_slices > 0 && *seen + *n > r->cfg.val_slices) *n = r->cfg.val_slices - *seen;
+    if (*n <= 0) *bt = NULL;
+    else *seen += *n;
+    return MS_OK;
+}
+
+/* Task t's held-out slices (the first val_slices of them when set), in order, without augmentation. */
+static ms_status validate_task(ms_ft_run *r, int t, ms_ft_dice_acc *acc, val_sums *vs)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    const int C = ms_ft_out_channels(c, t);
+    const int64_t P = r->P;
+    ms_loader *vl = NULL;
+    MS_TRY(val_loader_open(r, t, &vl));
+    const ms_batch *bt;
+    int seen = 0, n;
+    ms_status rc;
+    while (!(rc = val_next(r, vl, &seen, &bt, &n)) && bt) {
+        const float *emb;
+        if ((rc = embed_batch(r, t, bt->image, bt->key, n, &emb))) break;
+        if (c->prompt != MS_PROMPT_NONE) {
+            if ((rc = validate_prompted(r, t, bt, n, emb, acc, vs))) break;
+            continue;
+        }
+        if ((rc = ms_ft_model_decode(&r->m, t, emb, n, NULL))) break;
+        for (int64_t i = 0; i < (int64_t)n * P; i++) r->target[i] = bt->label[i];
+        double d, e;
+        if ((rc = ms_ft_loss_run(&r->loss, r->m.logits, r->target, n, C, P, NULL, &d, &e))) break;
+        vs->lsum += (d + e) * n;
+        vs->ln += n;
+        if ((rc = ms_dev_to_host(r->dev, r->logits_host, r->m.logits, (size_t)n * C * P * sizeof(float)))) break;
+        ms_ft_dice_add(acc, r->logits_host, r->target, n, C, P);
+        if (t == 0 && vs->panel_n < PANEL && (rc = panel_add(r, vs, bt, n, C))) break;
+    }
+    ms_loader_close(vl);
+    return rc;
+}
+
+ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    val_sums vs = {0};
+    ms_status rc = MS_OK;
+    for (int t = 0; t < r->n_tasks && !rc; t++) {
+        ms_ft_dice_reset(&v->dice[t], c->task[t].num_cls);
+        if (r->td[t].val.n) rc = validate_task(r, t, &v->dice[t], &vs);
+    }
+    if (!rc && vs.panel_n && r->cfg.write_png) {
+        char p[4300];
+        snprintf(p, sizeof p, "%s/val/step_%08lld.png", r->cfg.out, (long long)r->step);
+        rc = r->cfg.write_png(r->cfg.write_png_ctx, p, vs.panel, 3 * r->S, vs.panel_n * r->S);
+    }
+    free(vs.panel);
+    if (rc) return rc;
+    double s = 0;
+    int ns = 0;
+    for (int t = 0; t < r->n_tasks; t++) {
+        double d = ms_ft_dice_mean(&v->dice[t], NULL);
+        if (!isnan(d)) { s += d; ns++; }
+    }
+    v->score = ns ? s / ns : NAN;
+    v->loss = vs.ln ? vs.lsum / vs.ln : NAN;
+    return MS_OK;
+}
+
+/* ---- one training step ------------------------------------------------------------------------------------------- */
+
+typedef struct step_out {
+    int task, n, skipped;
+    double dice, ce, ce_fg, ce_bg;
+    float gnorm, lr;
+} step_out;
+
+/* Compacts the batch's usable samples into img / target (or bin) / keys / ids; returns their count. Prompt modes
+ * use a sample only when its label has a class, one of which the step's seed picks. */
+static int gather_batch(ms_ft_run *r, int t, const ms_batch *bt, int *skipped)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    const int64_t P = r->P;
+    const size_t isz = (size_t)3 * r->S * r->S;
+    const uint64_t seed = (uint64_t)r->cfg.seed;
+    int n = 0;
+    for (int b = 0; b < bt->n; b++) {
+        if (!bt->valid[b]) { (*skipped)++; continue; }
+        const uint16_t *lb = bt->label + (size_t)b * P;
+        int k = 0;
+        if (c->prompt != MS_PROMPT_NONE) {
+            int present[MS_FT_MAX_CLASSES] = {0}, np = 0, list[MS_FT_MAX_CLASSES];
+            for (int64_t i = 0; i < P; i++) present[lb[i] < MS_FT_MAX_CLASSES ? lb[i] : 0] = 1;
+            for (int q = 1; q < c->task[t].num_cls; q++) if (present[q]) list[np++] = q;
+            if (!np) { (*skipped)++; continue; }
+            k = list[ms_rand_u64(ms_rng_stream(seed, 0xc1a55, (uint64_t)r->step), (uint64_t)b) % (uint64_t)np];
+            for (int64_t i = 0; i < P; i++) r->bin[(size_t)n * P + i] = lb[i] == k;
+        }
+        memcpy(r->img + (size_t)n * isz, bt->image + (size_t)b * isz, isz * sizeof(float));
+        if (c->prompt == MS_PROMPT_NONE)
+            for (int64_t i = 0; i < P; i++) r->target[(size_t)n * P + i] = lb[i];
+        r->keys[n] = bt->key[b];
+        r->ids[n] = (uint64_t)r->step * (uint64_t)r->B + (uint64_t)b;
+        n++;
+    }
+    return n;
+}
+
+static ms_status train_step(ms_ft_run *r, step_out *so)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    const ms_ft_run_config *o = &r->cfg;
+    const int64_t P = r->P;
+    const uint64_t seed = (uint64_t)o->seed;
+    memset(so, 0, sizeof *so);
+    int t = ms_ft_task_at(seed, r->step, r->n_tasks, r->weights);
+    so->task = t;
+    const ms_batch *bt;
+    MS_TRY(ms_loader_next(r->td[t].loader, &bt));
+    MS_FAIL_IF(!bt, MS_EINVAL, "finetune: the loader of task %s ran out of data", c->task[t].name);
+    so->skipped = bt->n_skipped;
+    int n = so->n = gather_batch(r, t, bt, &so->skipped);
+    so->lr = ms_lr_at(o->schedule, r->step, o->warmup, r->total, (float)o->lr, (float)o->min_lr);
+    if (!n) return MS_OK; /* nothing to learn from: the step passes without an update */
+    const float *emb;
+    MS_TRY(embed_batch(r, t, r->img, r->keys, n, &emb));
+    int C = ms_ft_out_channels(c, t);
+    const ms_sam_prompts *pr = NULL;
+    if (c->prompt != MS_PROMPT_NONE) {
+        MS_TRY(ms_promptgen_batch_fill(&r->pg, &r->pgo, c->prompt, r->bin, n, r->L, r->L, seed ^ 0x9707, r->ids));
+        for (int64_t i = 0; i < (int64_t)n * P; i++) r->target[i] = r->pg.target[i];
+        pr = &r->pg.pr;
+    }
+    MS_TRY(ms_ft_model_decode(&r->m, t, emb, n, pr));
+    MS_TRY(ms_ft_loss_run(&r->loss, r->m.logits, r->target, n, C, P, r->m.dlogits, &so->dice, &so->ce));
+    MS_TRY(ms_ft_loss_split(&r->loss, r->m.logits, r->target, n, C, P, &so->ce_fg, &so->ce_bg));
+    MS_TRY(ms_ft_model_backward(&r->m, r->m.dlogits));
+    float *g = r->m.sam.ps.grad;
+    int64_t gn = r->m.sam.ps.numel_trainable;
+    MS_TRY(ms_clip_grad_norm(r->dev, &g, &gn, 1, (float)o->clip_grad, &so->gnorm));
+    if (isfinite(so->gnorm) && isfinite(so->dice) && isfinite(so->ce)) MS_TRY(ms_optimizer_step(&r->opt, so->lr, NULL));
+    else so->skipped += n;
+    return ms_params_zero_grads(&r->m.sam.ps);
+}
+
+/* ---- the embedding cache of a resumed run ------------------------------------------------------------------------ */
+
+/* The embeddings a validation pass computes first (the cache's misses, in its groups). */
+static ms_status replay_validation(ms_ft_run *r)
+{
+    for (int t = 0; t < r->n_tasks; t++) {
+        if (!r->td[t].val.n) continue;
+        ms_loader *vl = NULL;
+        MS_TRY(val_loader_open(r, t, &vl));
+        const ms_batch *bt;
+        const float *emb;
+        int seen = 0, n;
+        ms_status rc;
+        while (!(rc = val_next(r, vl, &seen, &bt, &n)) && bt && !(rc = embed_batch(r, t, bt->image, bt->key, n, &emb)))
+            ;
+        ms_loader_close(vl);
+        MS_TRY(rc);
+    }
+    return MS_OK;
+}
+
+/* The image encoder's output depends in its last bits on how many images it encodes at once (GEMM blocking), so
+ * a cached embedding depends on which slices missed the cache together. A resumed run rebuilds the cache the
+ * uninterrupted run had by replaying the batches and validations before `upto`, encoding the misses in the same
+ * groups, until every task has been through an epoch and the first validation has run: from then on nothing
+ * misses. Each slice is encoded once, as in the uninterrupted run; the batches are read again. */
+static ms_status replay_cache(ms_ft_run *r, int64_t upto)
+{
+    ms_loader *ld[MS_FT_MAX_TASKS] = {0};
+    int64_t drawn[MS_FT_MAX_TASKS] = {0};
+    const int64_t step0 = r->step, val_period = (int64_t)r->cfg.val_every * r->steps_per_epoch;
+    int val_done = !r->any_val;
+    ms_status rc = MS_OK;
+    for (int t = 0; t < r->n_tasks && !rc; t++) {
+        ms_loader_config lc = r->lc[t];
+        lc.resume = NULL;
+        rc = ms_loader_open(&lc, &ld[t]);
+    }
+    for (int64_t s = 0; s < upto && !rc; s++) {
+        int complete = val_done;
+        for (int t = 0; t < r->n_tasks; t++) complete &= (uint64_t)(drawn[t] * r->B) >= r->td[t].train.n;
+        if (complete) break;
+        int t = ms_ft_task_at((uint64_t)r->cfg.seed, s, r->n_tasks, r->weights);
+        const ms_batch *bt;
+        if ((rc = ms_loader_next(ld[t], &bt))) break;
+        if (!bt) {
+            rc = ms_error(MS_EINVAL, "finetune: the loader of task %s ran out of data", r->m.cfg.task[t].name);
+            break;
+        }
+        drawn[t]++;
+        r->step = s; /* what gather_batch reads (the prompt mode's class draw) */
+        int skipped = 0, n = gather_batch(r, t, bt, &skipped);
+        const float *emb;
+        if (n && (rc = embed_batch(r, t, r->img, r->keys, n, &emb))) break;
+        if (r->any_val && ((s + 1) % val_period == 0 || s + 1 == r->total)) {
+            rc = replay_validation(r);
+            val_done = 1;
+        }
+    }
+    r->step = step0;
+    for (int t = 0; t < r->n_tasks; t++) if (ld[t]) ms_loader_close(ld[t]);
+    return rc;
+}
+
+/* ---- the step ---------------------------------------------------------------------------------------------------- */
+
+/* The train line of log.jsonl and its TensorBoard scalars. */
+static ms_status log_train(ms_ft_run *r, const step_out *so, double t, double epoch, double ips, double loss)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    char js[1024];
+    snprintf(js, sizeof js,
+             "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"train\", \"task\": \"%s\", \"loss\": %.7g, "
+             "\"loss_dice\": %.7g, \"loss_ce\": %.7g, \"loss_fg\": %.7g, \"loss_bg\": %.7g, \"lr\": %.6g, "
+             "\"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, \"t\": %.3f}",
+             (long long)r->step, epoch, c->task[so->task].name, so->n ? loss : 0.0, so->dice, so->ce, so->ce_fg,
+             so->ce_bg, so->lr, so->gnorm, ips, (long long)r->skipped, t - r->t0);
+    MS_TRY(ms_runlog_json(&r->lg, js));
+    char tag[128];
+    snprintf(tag, sizeof tag, "train/loss/%s", c->task[so->task].name);
+    ms_runlog_scalar(&r->lg, r->n_tasks > 1 ? tag : "train/loss", r->step, loss);
+    ms_runlog_scalar(&r->lg, "train/lr", r->step, so->lr);
+    ms_runlog_scalar(&r->lg, "train/grad_norm", r->step, so->gnorm);
+    ms_runlog_scalar(&r->lg, "train/img_per_s", r->step, ips);
+    return MS_OK;
+}
+
+/* Validation after a step: the val line of log.jsonl, TensorBoard scalars, best/ when better, early stopping. */
+static ms_status validate_step(ms_ft_run *r, double epoch, ms_ft_step_info *info)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    ms_ft_val *v = &info->val;
+    MS_TRY(ms_ft_run_validate(r, v));
+    int better = !isnan(v->score) && (isnan(r->best_score) || v->score > r->best_score);
+    cJSON *d = dice_json(c, v->dice);
+    char *dtxt = cJSON_PrintUnformatted(d);
+    cJSON_Delete(d);
+    MS_FAIL_IF(!dtxt, MS_ENOMEM, "out of memory");
+    char *line = malloc(strlen(dtxt) + 512);
+    if (!line) { free(dtxt); return ms_error(MS_ENOMEM, "out of memory"); }
+    sprintf(line, "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"val\", \"loss\": %.7g, \"dice\": %s, "
+            "\"score\": %.6g, \"best\": %d, \"t\": %.3f}", (long long)r->step, epoch,
+            isnan(v->loss) ? -1.0 : v->loss, dtxt, isnan(v->score) ? -1.0 : v->score, better, ms_now_s() - r->t0);
+    ms_status rc = ms_runlog_json(&r->lg, line);
+    free(line);
+    if (!isnan(v->score)) ms_runlog_scalar(&r->lg, "val/dice", r->step, v->score);
+    for (int t = 0; t < r->n_tasks && r->n_tasks > 1; t++) {
+        double dt = ms_ft_dice_mean(&v->dice[t], NULL);
+        char tag[128];
+        snprintf(tag, sizeof tag, "val/dice/%s", c->task[t].name);
+        if (!isnan(dt)) ms_runlog_scalar(&r->lg, tag, r->step, dt);
+    }
+    if (!isnan(v->loss)) ms_runlog_scalar(&r->lg, "val/loss", r->step, v->loss);
+    info->validated = 1;
+    info->best = better;
+    if (!rc && better) {
+        r->best_score = v->score;
+        r->best_epoch = epoch;
+        r->best_step = r->step;
+        char *extra = malloc(strlen(dtxt) + 256);
+        if (!extra) rc = ms_error(MS_ENOMEM, "out of memory");
+        else {
+            sprintf(extra, "{\"step\": %lld, \"epoch\": %.4f, \"score\": %.6g, \"dice\": %s}", (long long)r->step,
+                    epoch, v->score, dtxt);
+            rc = save_best(r, extra);
+            free(extra);
+        }
+    }
+    free(dtxt);
+    if (rc) return rc;
+    /* finetune-SAM: stop when more than `patience` epochs passed since the last improvement */
+    info->epochs_since_best = epoch - r->best_epoch;
+    if (!isnan(r->best_score) && epoch - r->best_epoch > r->cfg.patience) {
+        r->stopped_early = 1;
+        info->stopped_early = 1;
+    }
+    return MS_OK;
+}
+
+/* The end of a run: without a (scorable) validation, the final model is the one to use. */
+static ms_status finish(ms_ft_run *r)
+{
+    r->finished = 1;
+    if (r->best_step >= 0) return MS_OK;
+    char extra[128];
+    snprintf(extra, sizeof extra, "{\"step\": %lld, \"epoch\": %.4f}", (long long)r->step,
+             (double)r->step / r->steps_per_epoch);
+    return save_best(r, extra);
+}
+
+ms_status ms_ft_run_step(ms_ft_run *r, ms_ft_step_info *info)
+{
+    memset(info, 0, sizeof *info);
+    info->total = r->total;
+    if (r->step >= r->total || r->stopped_early) {
+        if (!r->finished) MS_TRY(finish(r));
+        info->step = r->step;
+        info->epoch = (double)r->step / r->steps_per_epoch;
+        info->done = 1;
+        return MS_OK;
+    }
+    step_out so;
+    MS_TRY(train_step(r, &so));
+    r->step++;
+    r->skipped += so.skipped;
+    r->samples += so.n;
+    double t = ms_now_s(), epoch = (double)r->step / r->steps_per_epoch;
+    double ips = (double)(r->samples - r->samples0) / (t - r->t0 + 1e-9);
+    double loss = so.dice + so.ce;
+    MS_TRY(log_train(r, &so, t, epoch, ips, loss));
+    info->stepped = 1;
+    info->step = r->step;
+    info->epoch = epoch;
+    info->task = so.task;
+    info->n = so.n;
+    info->skipped = so.skipped;
+    info->loss = loss;
+    info->lr = so.lr;
+    info->grad_norm = so.gnorm;
+    info->img_per_s = ips;
+    info->eta_s = (double)(r->total - r->step) * (t - r->t0) / (double)(r->step - r->start_step);
+    const int64_t val_period = (int64_t)r->cfg.val_every * r->steps_per_epoch;
+    if (r->any_val && (r->step % val_period == 0 || r->step == r->total)) MS_TRY(validate_step(r, epoch, info));
+    if (r->step % r->cfg.save_every == 0 || r->step == r->total || r->stopped_early) MS_TRY(ms_ft_run_save(r));
+    if (r->step >= r->total || r->stopped_early) {
+        MS_TRY(finish(r));
+        info->done = 1;
+    }
+    return MS_OK;
+}
+
+/* ---- opening ----------------------------------------------------------------------------------------------------- */
 
 /* Axis and intensity normalisation from a store's "params" meta (they travel with the checkpoint). */
 static void store_prep_meta(ms_store *s, ms_ft_config *c)
@@ -564,8 +1020,9 @@ static ms_status open_run(ms_ft_run *r)
         snprintf(r->resumed_from, sizeof r->resumed_from, "%s", ckdir);
         r->resumed_step = r->step;
     }
-    for (int t = 0; t < r->n_tasks; t++) MS_TRY(ms_loader_open(&r->lc[t], &r->td[t].loader));
     MS_TRY(alloc_buffers(r));
+    if (r->cache && r->step > 0) MS_TRY(replay_cache(r, r->step));
+    for (int t = 0; t < r->n_tasks; t++) MS_TRY(ms_loader_open(&r->lc[t], &r->td[t].loader));
     char p[4300];
     snprintf(p, sizeof p, "%s/val", o->out);
     MS_TRY(ms_mkdirs(p));
@@ -656,379 +1113,3 @@ void ms_ft_run_get_info(const ms_ft_run *r, ms_ft_run_info *info)
 
 const ms_ft_model *ms_ft_run_model(const ms_ft_run *r) { return &r->m; }
 const ms_optimizer *ms_ft_run_optimizer(const ms_ft_run *r) { return &r->opt; }
-
-/* ---- embeddings ------------------------------------------------------------------------------------------------- */
-
-/* Image embeddings of n images (host img, (n, 3, S, S)) of task t with slice keys `keys`: on the device at *emb.
- * With the cache, known slices are looked up and only the others encoded. */
-static ms_status embed_batch(ms_ft_run *r, int t, const float *img, const uint64_t *keys, int n, const float **emb)
-{
-    const size_t isz = (size_t)3 * r->S * r->S, esz = (size_t)r->emb_floats;
-    if (!r->cache) {
-        MS_TRY(ms_dev_from_host(r->dev, r->m.x, img, (size_t)n * isz * sizeof(float)));
-        MS_TRY(ms_ft_model_encode(&r->m, r->m.x, n));
-        *emb = r->m.emb;
-        return MS_OK;
-    }
-    int miss[256], nm = 0;
-    for (int b = 0; b < n; b++) {
-        const float *e = ms_emb_cache_get(r->cache, r->td[t].store_id, keys[b]);
-        if (e) memcpy(r->emb_host + b * esz, e, esz * sizeof(float));
-        else {
-            MS_TRY(ms_dev_from_host(r->dev, r->m.x + (size_t)nm * isz, img + b * isz, isz * sizeof(float)));
-            miss[nm++] = b;
-        }
-    }
-    if (nm) {
-        MS_TRY(ms_ft_model_encode(&r->m, r->m.x, nm));
-        for (int k = 0; k < nm; k++) {
-            float *dst = r->emb_host + (size_t)miss[k] * esz;
-            MS_TRY(ms_dev_to_host(r->dev, dst, r->m.emb + (size_t)k * esz, esz * sizeof(float)));
-            MS_TRY(ms_emb_cache_put(r->cache, r->td[t].store_id, keys[miss[k]], dst));
-        }
-    }
-    MS_TRY(ms_dev_from_host(r->dev, r->emb_dev, r->emb_host, (size_t)n * esz * sizeof(float)));
-    *emb = r->emb_dev;
-    return MS_OK;
-}
-
-/* ---- validation ----------------------------------------------------------------------------------------------- */
-
-enum { PANEL = 4 }; /* validation slices in the PNG panel */
-
-typedef struct val_sums {
-    double lsum;
-    int64_t ln;
-    uint8_t *panel;      /* (PANEL · S) × 3S: image | ground truth | prediction */
-    int panel_n;
-} val_sums;
-
-/* Panel rows of the first slices of a batch (task 0): the gray input on 0..255 (the padding outside the frame
- * black), the ground truth and the argmax prediction, classes spread over 0..255. */
-static ms_status panel_add(ms_ft_run *r, val_sums *vs, const ms_batch *bt, int n, int C)
-{
-    const int S = r->S, L = r->L;
-    const int64_t P = r->P;
-    if (!vs->panel && !(vs->panel = calloc((size_t)PANEL * S * 3 * S, 1))) return ms_error(MS_ENOMEM, "out of memory");
-    float *gray = malloc((size_t)S * S * sizeof(float));
-    MS_FAIL_IF(!gray, MS_ENOMEM, "out of memory");
-    for (int b = 0; b < n && vs->panel_n < PANEL; b++, vs->panel_n++) {
-        uint8_t *row = vs->panel + (size_t)vs->panel_n * S * 3 * S;
-        ms_prep_to_gray(&r->m.cfg.prep, bt->image + (size_t)b * 3 * S * S, bt->height[b], bt->width[b], gray);
-        const float *lg = r->logits_host + (size_t)b * C * P;
-        for (int y = 0; y < S; y++)
-            for (int x = 0; x < S; x++) {
-                float v = gray[(size_t)y * S + x];
-                v = v < 0 ? 0 : v > 1 ? 1 : v;
-                row[(size_t)y * 3 * S + x] = (uint8_t)(v * 255.f + 0.5f);
-                int64_t i = (int64_t)(y * L / S) * L + x * L / S;
-                int best = 0;
-                for (int k = 1; k < C; k++) if (lg[k * P + i] > lg[best * P + i]) best = k;
-                row[(size_t)y * 3 * S + S + x] = (uint8_t)(bt->label[b * P + i] * 255 / (C - 1));
-                row[(size_t)y * 3 * S + 2 * S + x] = (uint8_t)(best * 255 / (C - 1));
-            }
-    }
-    free(gray);
-    return MS_OK;
-}
-
-/* Prompt modes: every (slice, present class) of the batch is one binary target with deterministic prompts. */
-static ms_status validate_prompted(ms_ft_run *r, int t, const ms_batch *bt, int n, const float *emb,
-                                   ms_ft_dice_acc *acc, val_sums *vs)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    const int L = r->L;
-    const int64_t P = r->P;
-    for (int b = 0; b < n; b++) {
-        const uint16_t *lb = bt->label + (size_t)b * P;
-        int present[MS_FT_MAX_CLASSES] = {0};
-        for (int64_t i = 0; i < P; i++) present[lb[i] < MS_FT_MAX_CLASSES ? lb[i] : 0] = 1;
-        for (int k = 1; k < c->task[t].num_cls; k++) {
-            if (!present[k]) continue;
-            for (int64_t i = 0; i < P; i++) r->bin[i] = lb[i] == k;
-            uint64_t id = bt->key[b] * 64 + (uint64_t)k;
-            MS_TRY(ms_promptgen_batch_fill(&r->pg, &r->pgo, c->prompt, r->bin, 1, L, L, 0, &id));
-            MS_TRY(ms_ft_model_decode(&r->m, t, emb + (size_t)b * r->emb_floats, 1, &r->pg.pr));
-            for (int64_t i = 0; i < P; i++) r->target[i] = r->pg.target[i];
-            double d, e;
-            MS_TRY(ms_ft_loss_run(&r->loss, r->m.logits, r->target, 1, 2, P, NULL, &d, &e));
-            vs->lsum += d + e;
-            vs->ln++;
-            MS_TRY(ms_dev_to_host(r->dev, r->logits_host, r->m.logits, (size_t)2 * P * sizeof(float)));
-            ms_ft_dice_add_binary(acc, k, r->logits_host, r->target, P);
-        }
-    }
-    return MS_OK;
-}
-
-/* Task t's held-out slices (the first val_slices of them when set), in order, without augmentation. */
-static ms_status validate_task(ms_ft_run *r, int t, ms_ft_dice_acc *acc, val_sums *vs)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    const int C = ms_ft_out_channels(c, t);
-    const int64_t P = r->P;
-    ms_loader_config vc = r->lc[t];
-    vc.resume = NULL;
-    vc.selection[0] = &r->td[t].val;
-    vc.shuffle = 0;
-    vc.augment = 0;
-    vc.n_epochs = 1;
-    vc.drop_last = 0;
-    vc.epoch_len = 0;
-    ms_loader *vl = NULL;
-    MS_TRY(ms_loader_open(&vc, &vl));
-    const ms_batch *bt;
-    int seen = 0;
-    ms_status rc;
-    while (!(rc = ms_loader_next(vl, &bt)) && bt) {
-        int n = bt->n;
-        if (r->cfg.val_slices > 0 && seen + n > r->cfg.val_slices) n = r->cfg.val_slices - seen;
-        if (n <= 0) break;
-        seen += n;
-        const float *emb;
-        if ((rc = embed_batch(r, t, bt->image, bt->key, n, &emb))) break;
-        if (c->prompt != MS_PROMPT_NONE) {
-            if ((rc = validate_prompted(r, t, bt, n, emb, acc, vs))) break;
-            continue;
-        }
-        if ((rc = ms_ft_model_decode(&r->m, t, emb, n, NULL))) break;
-        for (int64_t i = 0; i < (int64_t)n * P; i++) r->target[i] = bt->label[i];
-        double d, e;
-        if ((rc = ms_ft_loss_run(&r->loss, r->m.logits, r->target, n, C, P, NULL, &d, &e))) break;
-        vs->lsum += (d + e) * n;
-        vs->ln += n;
-        if ((rc = ms_dev_to_host(r->dev, r->logits_host, r->m.logits, (size_t)n * C * P * sizeof(float)))) break;
-        ms_ft_dice_add(acc, r->logits_host, r->target, n, C, P);
-        if (t == 0 && vs->panel_n < PANEL && (rc = panel_add(r, vs, bt, n, C))) break;
-    }
-    ms_loader_close(vl);
-    return rc;
-}
-
-ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    val_sums vs = {0};
-    ms_status rc = MS_OK;
-    for (int t = 0; t < r->n_tasks && !rc; t++) {
-        ms_ft_dice_reset(&v->dice[t], c->task[t].num_cls);
-        if (r->td[t].val.n) rc = validate_task(r, t, &v->dice[t], &vs);
-    }
-    if (!rc && vs.panel_n && r->cfg.write_png) {
-        char p[4300];
-        snprintf(p, sizeof p, "%s/val/step_%08lld.png", r->cfg.out, (long long)r->step);
-        rc = r->cfg.write_png(r->cfg.write_png_ctx, p, vs.panel, 3 * r->S, vs.panel_n * r->S);
-    }
-    free(vs.panel);
-    if (rc) return rc;
-    double s = 0;
-    int ns = 0;
-    for (int t = 0; t < r->n_tasks; t++) {
-        double d = ms_ft_dice_mean(&v->dice[t], NULL);
-        if (!isnan(d)) { s += d; ns++; }
-    }
-    v->score = ns ? s / ns : NAN;
-    v->loss = vs.ln ? vs.lsum / vs.ln : NAN;
-    return MS_OK;
-}
-
-/* ---- one training step ------------------------------------------------------------------------------------------ */
-
-typedef struct step_out {
-    int task, n, skipped;
-    double dice, ce, ce_fg, ce_bg;
-    float gnorm, lr;
-} step_out;
-
-/* Compacts the batch's usable samples into img / target (or bin) / keys / ids; returns their count. Prompt modes
- * use a sample only when its label has a class, one of which the step's seed picks. */
-static int gather_batch(ms_ft_run *r, int t, const ms_batch *bt, step_out *so)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    const int64_t P = r->P;
-    const size_t isz = (size_t)3 * r->S * r->S;
-    const uint64_t seed = (uint64_t)r->cfg.seed;
-    int n = 0;
-    for (int b = 0; b < bt->n; b++) {
-        if (!bt->valid[b]) { so->skipped++; continue; }
-        const uint16_t *lb = bt->label + (size_t)b * P;
-        int k = 0;
-        if (c->prompt != MS_PROMPT_NONE) {
-            int present[MS_FT_MAX_CLASSES] = {0}, np = 0, list[MS_FT_MAX_CLASSES];
-            for (int64_t i = 0; i < P; i++) present[lb[i] < MS_FT_MAX_CLASSES ? lb[i] : 0] = 1;
-            for (int q = 1; q < c->task[t].num_cls; q++) if (present[q]) list[np++] = q;
-            if (!np) { so->skipped++; continue; }
-            k = list[ms_rand_u64(ms_rng_stream(seed, 0xc1a55, (uint64_t)r->step), (uint64_t)b) % (uint64_t)np];
-            for (int64_t i = 0; i < P; i++) r->bin[(size_t)n * P + i] = lb[i] == k;
-        }
-        memcpy(r->img + (size_t)n * isz, bt->image + (size_t)b * isz, isz * sizeof(float));
-        if (c->prompt == MS_PROMPT_NONE)
-            for (int64_t i = 0; i < P; i++) r->target[(size_t)n * P + i] = lb[i];
-        r->keys[n] = bt->key[b];
-        r->ids[n] = (uint64_t)r->step * (uint64_t)r->B + (uint64_t)b;
-        n++;
-    }
-    return n;
-}
-
-static ms_status train_step(ms_ft_run *r, step_out *so)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    const ms_ft_run_config *o = &r->cfg;
-    const int64_t P = r->P;
-    const uint64_t seed = (uint64_t)o->seed;
-    memset(so, 0, sizeof *so);
-    int t = ms_ft_task_at(seed, r->step, r->n_tasks, r->weights);
-    so->task = t;
-    const ms_batch *bt;
-    MS_TRY(ms_loader_next(r->td[t].loader, &bt));
-    MS_FAIL_IF(!bt, MS_EINVAL, "finetune: the loader of task %s ran out of data", c->task[t].name);
-    so->skipped = bt->n_skipped;
-    int n = so->n = gather_batch(r, t, bt, so);
-    so->lr = ms_lr_at(o->schedule, r->step, o->warmup, r->total, (float)o->lr, (float)o->min_lr);
-    if (!n) return MS_OK; /* nothing to learn from: the step passes without an update */
-    const float *emb;
-    MS_TRY(embed_batch(r, t, r->img, r->keys, n, &emb));
-    int C = ms_ft_out_channels(c, t);
-    const ms_sam_prompts *pr = NULL;
-    if (c->prompt != MS_PROMPT_NONE) {
-        MS_TRY(ms_promptgen_batch_fill(&r->pg, &r->pgo, c->prompt, r->bin, n, r->L, r->L, seed ^ 0x9707, r->ids));
-        for (int64_t i = 0; i < (int64_t)n * P; i++) r->target[i] = r->pg.target[i];
-        pr = &r->pg.pr;
-    }
-    MS_TRY(ms_ft_model_decode(&r->m, t, emb, n, pr));
-    MS_TRY(ms_ft_loss_run(&r->loss, r->m.logits, r->target, n, C, P, r->m.dlogits, &so->dice, &so->ce));
-    MS_TRY(ms_ft_loss_split(&r->loss, r->m.logits, r->target, n, C, P, &so->ce_fg, &so->ce_bg));
-    MS_TRY(ms_ft_model_backward(&r->m, r->m.dlogits));
-    float *g = r->m.sam.ps.grad;
-    int64_t gn = r->m.sam.ps.numel_trainable;
-    MS_TRY(ms_clip_grad_norm(r->dev, &g, &gn, 1, (float)o->clip_grad, &so->gnorm));
-    if (isfinite(so->gnorm) && isfinite(so->dice) && isfinite(so->ce)) MS_TRY(ms_optimizer_step(&r->opt, so->lr, NULL));
-    else so->skipped += n;
-    return ms_params_zero_grads(&r->m.sam.ps);
-}
-
-/* The train line of log.jsonl and its TensorBoard scalars. */
-static ms_status log_train(ms_ft_run *r, const step_out *so, double t, double epoch, double ips, double loss)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    char js[1024];
-    snprintf(js, sizeof js,
-             "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"train\", \"task\": \"%s\", \"loss\": %.7g, "
-             "\"loss_dice\": %.7g, \"loss_ce\": %.7g, \"loss_fg\": %.7g, \"loss_bg\": %.7g, \"lr\": %.6g, "
-             "\"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, \"t\": %.3f}",
-             (long long)r->step, epoch, c->task[so->task].name, so->n ? loss : 0.0, so->dice, so->ce, so->ce_fg,
-             so->ce_bg, so->lr, so->gnorm, ips, (long long)r->skipped, t - r->t0);
-    MS_TRY(ms_runlog_json(&r->lg, js));
-    char tag[128];
-    snprintf(tag, sizeof tag, "train/loss/%s", c->task[so->task].name);
-    ms_runlog_scalar(&r->lg, r->n_tasks > 1 ? tag : "train/loss", r->step, loss);
-    ms_runlog_scalar(&r->lg, "train/lr", r->step, so->lr);
-    ms_runlog_scalar(&r->lg, "train/grad_norm", r->step, so->gnorm);
-    ms_runlog_scalar(&r->lg, "train/img_per_s", r->step, ips);
-    return MS_OK;
-}
-
-/* Validation after a step: the val line of log.jsonl, TensorBoard scalars, best/ when better, early stopping. */
-static ms_status validate_step(ms_ft_run *r, double epoch, ms_ft_step_info *info)
-{
-    const ms_ft_config *c = &r->m.cfg;
-    ms_ft_val *v = &info->val;
-    MS_TRY(ms_ft_run_validate(r, v));
-    int better = !isnan(v->score) && (isnan(r->best_score) || v->score > r->best_score);
-    cJSON *d = dice_json(c, v->dice);
-    char *dtxt = cJSON_PrintUnformatted(d);
-    cJSON_Delete(d);
-    MS_FAIL_IF(!dtxt, MS_ENOMEM, "out of memory");
-    char *line = malloc(strlen(dtxt) + 512);
-    if (!line) { free(dtxt); return ms_error(MS_ENOMEM, "out of memory"); }
-    sprintf(line, "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"val\", \"loss\": %.7g, \"dice\": %s, "
-            "\"score\": %.6g, \"best\": %d, \"t\": %.3f}", (long long)r->step, epoch,
-            isnan(v->loss) ? -1.0 : v->loss, dtxt, isnan(v->score) ? -1.0 : v->score, better, ms_now_s() - r->t0);
-    ms_status rc = ms_runlog_json(&r->lg, line);
-    free(line);
-    if (!isnan(v->score)) ms_runlog_scalar(&r->lg, "val/dice", r->step, v->score);
-    for (int t = 0; t < r->n_tasks && r->n_tasks > 1; t++) {
-        double dt = ms_ft_dice_mean(&v->dice[t], NULL);
-        char tag[128];
-        snprintf(tag, sizeof tag, "val/dice/%s", c->task[t].name);
-        if (!isnan(dt)) ms_runlog_scalar(&r->lg, tag, r->step, dt);
-    }
-    if (!isnan(v->loss)) ms_runlog_scalar(&r->lg, "val/loss", r->step, v->loss);
-    info->validated = 1;
-    info->best = better;
-    if (!rc && better) {
-        r->best_score = v->score;
-        r->best_epoch = epoch;
-        r->best_step = r->step;
-        char *extra = malloc(strlen(dtxt) + 256);
-        if (!extra) rc = ms_error(MS_ENOMEM, "out of memory");
-        else {
-            sprintf(extra, "{\"step\": %lld, \"epoch\": %.4f, \"score\": %.6g, \"dice\": %s}", (long long)r->step,
-                    epoch, v->score, dtxt);
-            rc = save_best(r, extra);
-            free(extra);
-        }
-    }
-    free(dtxt);
-    if (rc) return rc;
-    /* finetune-SAM: stop when more than `patience` epochs passed since the last improvement */
-    info->epochs_since_best = epoch - r->best_epoch;
-    if (!isnan(r->best_score) && epoch - r->best_epoch > r->cfg.patience) {
-        r->stopped_early = 1;
-        info->stopped_early = 1;
-    }
-    return MS_OK;
-}
-
-/* The end of a run: without a (scorable) validation, the final model is the one to use. */
-static ms_status finish(ms_ft_run *r)
-{
-    r->finished = 1;
-    if (r->best_step >= 0) return MS_OK;
-    char extra[128];
-    snprintf(extra, sizeof extra, "{\"step\": %lld, \"epoch\": %.4f}", (long long)r->step,
-             (double)r->step / r->steps_per_epoch);
-    return save_best(r, extra);
-}
-
-ms_status ms_ft_run_step(ms_ft_run *r, ms_ft_step_info *info)
-{
-    memset(info, 0, sizeof *info);
-    info->total = r->total;
-    if (r->step >= r->total || r->stopped_early) {
-        if (!r->finished) MS_TRY(finish(r));
-        info->step = r->step;
-        info->epoch = (double)r->step / r->steps_per_epoch;
-        info->done = 1;
-        return MS_OK;
-    }
-    step_out so;
-    MS_TRY(train_step(r, &so));
-    r->step++;
-    r->skipped += so.skipped;
-    r->samples += so.n;
-    double t = ms_now_s(), epoch = (double)r->step / r->steps_per_epoch;
-    double ips = (double)(r->samples - r->samples0) / (t - r->t0 + 1e-9);
-    double loss = so.dice + so.ce;
-    MS_TRY(log_train(r, &so, t, epoch, ips, loss));
-    info->stepped = 1;
-    info->step = r->step;
-    info->epoch = epoch;
-    info->task = so.task;
-    info->n = so.n;
-    info->skipped = so.skipped;
-    info->loss = loss;
-    info->lr = so.lr;
-    info->grad_norm = so.gnorm;
-    info->img_per_s = ips;
-    info->eta_s = (double)(r->total - r->step) * (t - r->t0) / (double)(r->step - r->start_step);
-    const int64_t val_period = (int64_t)r->cfg.val_every * r->steps_per_epoch;
-    if (r->any_val && (r->step % val_period == 0 || r->step == r->total)) MS_TRY(validate_step(r, epoch, info));
-    if (r->step % r->cfg.save_every == 0 || r->step == r->total || r->stopped_early) MS_TRY(ms_ft_run_save(r));
-    if (r->step >= r->total || r->stopped_early) {
-        MS_TRY(finish(r));
-        info->done = 1;
-    }
-    return MS_OK;
-}

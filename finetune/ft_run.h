@@ -9,7 +9,10 @@
  * class on the held-out slices; a better score goes to RUN/best/ (written aside, then swapped in). After
  * `patience` epochs without a better score the run stops early. Checkpoints RUN/ckpt/step_%08d/ hold the model,
  * the AdamW moments, the loader states, the counters and config.json; a run opened with resume continues from the
- * newest one bit-exactly on the CPU (every random choice is a pure function of (seed, step, sample)).
+ * newest one bit-exactly on the CPU (every random choice is a pure function of (seed, step, sample)). With the
+ * embedding cache, a resume first rebuilds the cache as the uninterrupted run had it: the encoder's last bits depend
+ * on how many slices it encodes at once, so the slices that missed together are encoded together again (the
+ * batches before the checkpoint are read once more, each slice encoded once).
  *
  * RUN/ layout (docs/CLI.md): config.json, shots.json, log.jsonl, tb/, ckpt/step_*, val/step_*.png, best/.
  * The run prints nothing (ms_ft_run_get_info and each step's info say what happened; the caller reports it) and
@@ -108,7 +111,7 @@ typedef struct ms_ft_run_info {
 
 /* Opens a run: stores and class maps, the model (from cfg->ckpt or a random init), splits and shots, loaders,
  * optimizer, RUN/ (config.json and shots.json on a fresh run), and with cfg->resume the newest checkpoint (the
- * options must give the same config.json). dev must outlive the run. */
+ * options must give the same config.json). dev and cfg's strings must outlive the run. */
 ms_status ms_ft_run_open(const ms_ft_run_config *cfg, ms_device *dev, ms_ft_run **out);
 void ms_ft_run_close(ms_ft_run *r);
 void ms_ft_run_get_info(const ms_ft_run *r, ms_ft_run_info *info);

@@ -91,7 +91,8 @@ static int make_config(opts *o, ms_ft_run_config *c)
     if (ms_ft_method_parse(o->method, &c->method) || ms_ft_scope_parse(o->scope, &c->scope) ||
         ms_prompt_mode_parse(o->prompt, &c->prompt))
         USAGE("%s", ms_errmsg());
-    c->shot_unit = !strcmp(o->shot_unit, "slice") ? MS_SHOT_SLICE : !strcmp(o->shot_unit, "volume") ? MS_SHOT_VOLUME : -1;
+    c->shot_unit = !strcmp(o->shot_unit, "slice") ? MS_SHOT_SLICE
+                 : !strcmp(o->shot_unit, "volume") ? MS_SHOT_VOLUME : -1;
     if (c->shot_unit < 0) USAGE("--shot-unit slice|volume");
     if (!strcmp(o->schedule, "poly")) c->schedule = MS_SCHED_POLY;
     else if (!strcmp(o->schedule, "cosine")) c->schedule = MS_SCHED_COSINE;
@@ -247,18 +248,21 @@ static int run(int argc, char **argv)
         {"schedule", MS_OPT_STR, &o.schedule, "poly|cosine", "decay after warm-up (default poly 0.9)"},
         {"clip-grad", MS_OPT_FLOAT, &cfg.clip_grad, "X", "clip the global gradient norm (default 0: off)"},
         {"val-every", MS_OPT_INT, &cfg.val_every, "E", "validate every E epochs (default 2)"},
-        {"val-slices", MS_OPT_INT, &cfg.val_slices, "N", "validate on the first N held-out slices per task (default 0: all)"},
-        {"patience", MS_OPT_INT, &cfg.patience, "E", "stop after E epochs without a better validation Dice (default 20)"},
+        {"val-slices", MS_OPT_INT, &cfg.val_slices, "N", "validate on the first N held-out slices per task (default "
+                                                         "0: all)"},
+        {"patience", MS_OPT_INT, &cfg.patience, "E", "stop after E epochs without a better validation Dice (default "
+                                                     "20)"},
         {"lora-rank", MS_OPT_INT, &cfg.lora_rank, "R", "LoRA rank (default 4)"},
         {"lora-blocks", MS_OPT_STR, &o.lora_blocks, "LIST", "encoder blocks with LoRA, e.g. 0,1,10,11 (default all)"},
         {"adapter-blocks", MS_OPT_STR, &o.adapter_blocks, "LIST", "encoder blocks with adapters (default all)"},
-        {"cache-embeddings", MS_OPT_FLAG, &cfg.cache_embeddings, NULL, "compute each slice's embedding once (frozen encoder, no "
-                                                          "augmentation)"},
+        {"cache-embeddings", MS_OPT_FLAG, &cfg.cache_embeddings, NULL, "compute each slice's embedding once (frozen "
+                                                                       "encoder, no augmentation)"},
         {"compat-finetune-sam", MS_OPT_FLAG, &cfg.compat_finetune_sam, NULL, "train exactly what finetune-SAM trains"},
         {"augment", MS_OPT_STR, &o.augment, "none|seg", "training augmentation (default none)"},
         {"task-weights", MS_OPT_STR, &o.task_weights, "size|uniform", "how often each task trains (default size: "
                                                                       "proportional to its training slices)"},
-        {"input-size", MS_OPT_INT, &cfg.input_size, "N", "model input size (default: the model's own; others interpolate the position tables)"},
+        {"input-size", MS_OPT_INT, &cfg.input_size, "N", "model input size (default: the model's own; others "
+                                                         "interpolate the position tables)"},
         {"resize", MS_OPT_STR, &o.resize, "longest|stretch", "SAM's longest-side resize (default) or a square stretch"},
         {"norm", MS_OPT_STR, &o.norm, "sam|medsam", "pixel normalisation (default sam)"},
         {"seed", MS_OPT_I64, &cfg.seed, "S", "seed (default 0)"},
