@@ -612,8 +612,8 @@ static ms_status replay_validation(ms_ft_run *r)
         const float *emb;
         int seen = 0, n;
         ms_status rc;
-        while (!(rc = val_next(r, vl, &seen, &bt, &n)) && bt && !(rc = embed_batch(r, t, bt->image, bt->key, n, &emb)))
-            ;
+        while (!(rc = val_next(r, vl, &seen, &bt, &n)) && bt)
+            if ((rc = embed_batch(r, t, bt->image, bt->key, n, &emb))) break;
         ms_loader_close(vl);
         MS_TRY(rc);
     }

@@ -4,6 +4,7 @@
  * (finetune/ft_run.h); this file turns options into its configuration, prints progress and owns the signals:
  * SIGINT/SIGTERM let the current step finish, then the run is checkpointed and the command exits 75 (resumable).
  */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,7 +192,7 @@ static ms_status train(const opts *o, const ms_ft_run_config *c)
         if (c->cache_embeddings)
             printf("finetune: embedding cache: %lld slices, %llu hits\n", (long long)in.cache_count,
                    (unsigned long long)in.cache_hits);
-        if (in.best_step >= 0 && in.best_score == in.best_score)
+        if (!isnan(in.best_score))
             printf("finetune: best validation Dice %.4f at step %lld (epoch %.1f): %s/best\n", in.best_score,
                    (long long)in.best_step, in.best_epoch, c->out);
         else
