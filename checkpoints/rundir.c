@@ -81,26 +81,6 @@ ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out, size_t n
     return MS_OK;
 }
 
-static ms_status remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) return ms_error(errno, "%s: %s", path, strerror(errno));
-    struct dirent *e;
-    ms_status rc = MS_OK;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char p[4400];
-        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rc = remove_tree(p);
-        else if (unlink(p)) rc = ms_error(errno, "%s: %s", p, strerror(errno));
-        if (rc) break;
-    }
-    closedir(d);
-    if (!rc && rmdir(path)) rc = ms_error(errno, "%s: %s", path, strerror(errno));
-    return rc;
-}
-
 ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect)
 {
     char ck[4096];
@@ -126,7 +106,7 @@ ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect)
         if (keep) continue;
         char p[4200];
         snprintf(p, sizeof p, "%s/step_%08lld", ck, (long long)steps[i]);
-        rc = remove_tree(p);
+        rc = ms_dir_remove(p);
     }
     return rc;
 }

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "base/fileio.h" /* ms_mkdirs, ms_write_file_atomic, ms_read_file, ms_fsync_dir */
+#include "base/fileio.h" /* mkdirs, atomic writes, read_file, fsync, dir swap/remove */
 #include "base/status.h"
 
 /* Reads and parses a JSON file (config.json, state.json, meta.json, shots.json): "path: not valid JSON" when it does

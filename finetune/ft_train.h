@@ -1,4 +1,4 @@
-/* finetune/ft_train.h — the library pieces of `mrisam finetune` (tools/cmd_finetune.c) that tests call directly:
+/* finetune/ft_train.h — the pieces of the fine-tuning run (finetune/ft_run.h) that tests call directly:
  * class maps from the stores' label values, the segmentation loss on the device, the validation metric, the
  * foreground and few-shot selections, the multi-task schedule, and the host embedding cache.
  *
@@ -65,8 +65,8 @@ void ms_ft_loss_free(ms_ft_loss *L);
  * With dlogits (device, like logits) non-NULL it is overwritten with d(dice + ce)/dlogits. */
 ms_status ms_ft_loss_run(ms_ft_loss *L, const float *logits, const int32_t *target_host, int B, int C, int64_t P,
                          float *dlogits, double *dice, double *ce);
-/* The cross-entropy split by target (cli.md's loss_fg / loss_bg): mean CE over pixels with target > 0, and over
- * pixels with target == 0 (0 where there are none). Forward only, for the log. */
+/* The cross-entropy split by target (log.jsonl's loss_fg / loss_bg, docs/CLI.md): mean CE over pixels with
+ * target > 0, and over pixels with target == 0 (0 where there are none). Forward only, for the log. */
 ms_status ms_ft_loss_split(ms_ft_loss *L, const float *logits, const int32_t *target_host, int B, int C, int64_t P,
                            double *ce_fg, double *ce_bg);
 #define MS_FT_DICE_SMOOTH 1e-5f

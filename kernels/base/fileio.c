@@ -1,6 +1,10 @@
 /* kernels/base/fileio.c — see fileio.h. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* renameat2 */
+#endif
 #include "base/fileio.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -187,4 +191,43 @@ ms_status ms_fsync_parent(const char *path)
     ms_status rc = ms_fsync_dir(dir);
     free(dir);
     return rc;
+}
+
+static ms_status remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) return ms_error(errno, "%s: %s", path, strerror(errno));
+    struct dirent *e;
+    ms_status rc = MS_OK;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rc = remove_tree(p);
+        else if (unlink(p)) rc = ms_error(errno, "%s: %s", p, strerror(errno));
+        if (rc) break;
+    }
+    closedir(d);
+    if (!rc && rmdir(path)) rc = ms_error(errno, "%s: %s", path, strerror(errno));
+    return rc;
+}
+
+ms_status ms_dir_swap_in(const char *src, const char *dst)
+{
+    struct stat sb;
+    if (stat(dst, &sb) == 0) {
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_EXCHANGE))
+            return ms_error(errno, "%s: %s", dst, strerror(errno));
+        return MS_OK;
+    }
+    if (rename(src, dst)) return ms_error(errno, "%s: %s", dst, strerror(errno));
+    return MS_OK;
+}
+
+ms_status ms_dir_remove(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) && errno == ENOENT) return MS_OK;
+    return remove_tree(path);
 }

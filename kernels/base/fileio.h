@@ -42,6 +42,11 @@ ms_status ms_write_file_atomic(const char *path, const void *data, size_t len);
 /* Reads a whole file (malloc'd, NUL-terminated for convenience); *len gets the size. max_len bounds it. */
 ms_status ms_read_file(const char *path, size_t max_len, char **data, size_t *len);
 ms_status ms_fsync_dir(const char *dir);
+/* Puts directory src in dst's place: an atomic exchange when dst exists (renameat2 RENAME_EXCHANGE; src then holds
+ * the old dst), else a rename. */
+ms_status ms_dir_swap_in(const char *src, const char *dst);
+/* rm -r; a path that does not exist is no error. */
+ms_status ms_dir_remove(const char *path);
 /* fsync of the folder that holds path (a rename or a new entry there is durable after it). */
 ms_status ms_fsync_parent(const char *path);
 
