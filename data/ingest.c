@@ -583,6 +583,110 @@ static void *reserve(void **p, size_t *cap, size_t need)
     return *p;
 }
 
+/* The image (from memory when sc is given: sc->file holds file_n bytes) and its label volume, which must share its
+ * grid and affine; c gets the canonical dims, spacing and affine, r the header warnings. */
+static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, ms_nifti *im, ms_nifti *lab, canon *c,
+                                 result *r)
+{
+    MS_TRY(sc ? ms_nifti_open_mem(j->image, sc->file, file_n, &sc->inflated, im) : ms_nifti_open(j->image, im));
+    if (im->warn[0]) snprintf(r->warn, sizeof r->warn, "%s: warning: %s", j->image, im->warn);
+    if (im->hdr.version == 0)
+        snprintf(r->warn, sizeof r->warn, "%s: warning: ANALYZE 7.5 header, orientation unreliable", j->image);
+    if (j->label) {
+        MS_TRY(ms_nifti_open(j->label, lab));
+        if (lab->sdim[0] != im->sdim[0] || lab->sdim[1] != im->sdim[1] || lab->sdim[2] != im->sdim[2] ||
+            lab->n_frames != 1)
+            return ms_error(MS_ESHAPE, "%s: label grid %lldx%lldx%lld(x%lld) does not match %s (%lldx%lldx%lld)",
+                            j->label, (long long)lab->sdim[0], (long long)lab->sdim[1], (long long)lab->sdim[2],
+                            (long long)lab->n_frames, j->image, (long long)im->sdim[0], (long long)im->sdim[1],
+                            (long long)im->sdim[2]);
+        if (!ms_affine_close(lab->affine, im->affine, 1e-3 * fmax(1.0, fmax(im->cspacing[0], im->cspacing[2]))))
+            return ms_error(MS_ESHAPE, "%s: label affine does not match %s", j->label, j->image);
+    }
+    for (int i = 0; i < 3; i++) {
+        c->dim[i] = im->cdim[i];
+        c->spacing[i] = im->cspacing[i];
+    }
+    memcpy(c->affine, im->caffine, sizeof c->affine);
+    return MS_OK;
+}
+
+/* Frame f's intensities → c->pix (the normalised 16-bit pixels). 8/16-bit integer images (most MRI) fit on the
+ * stored values, then take one table lookup per voxel on the way to canonical order: the same pixels as the float
+ * path, without its float volume. *bad counts NaN/Inf voxels (zeroed). */
+static ms_status frame_pixels(const ms_ingest_opts *o, const job *j, const ms_nifti *im, int64_t f, size_t nv,
+                              float *vf, canon *c, ms_intensity *it, uint64_t *bad)
+{
+    const void *raw;
+    int dt = j->png ? 0 : ms_nifti_frame_int(im, f, &raw);
+    *bad = 0;
+    if (dt) {
+        ms_int_type t = dt == DT_UINT8    ? MS_INT_U8
+            : dt == DT_INT8    ? MS_INT_I8
+            : dt == DT_UINT16  ? MS_INT_U16
+                               : MS_INT_I16;
+        uint16_t *lut = NULL;
+        MS_TRY(ms_intensity_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, it));
+        MS_TRY(ms_intensity_lut(it, &lut));
+        ms_status st = ms_nifti_frame_lut(im, f, lut, it->int_lo, it->int_hi, c->pix);
+        free(lut);
+        return st;
+    }
+    if (!j->png) MS_TRY(ms_nifti_frame(im, f, vf, bad));
+    MS_FAIL_IF(*bad && o->strict, MS_EFORMAT, "%s: %llu NaN/Inf voxels (--strict)", j->image, (unsigned long long)*bad);
+    MS_TRY(ms_intensity_fit(vf, nv, o->norm, o->p_lo, o->p_hi, it));
+    ms_intensity_apply(vf, nv, it, c->pix);
+    return MS_OK;
+}
+
+/* The volume record of frame f (docs/FORMATS.md): geometry, source, intensity window, labels (lvalues is taken). */
+static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti *im, const canon *c, int axis,
+                          int64_t f, int64_t nf, const ms_intensity *it, uint64_t bad, const outvol *ov,
+                          cJSON *lvalues, const char *hash)
+{
+    int ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
+    cJSON *v = cJSON_CreateObject();
+    cJSON_AddNumberToObject(v, "height", (double)c->dim[ra]);
+    cJSON_AddNumberToObject(v, "width", (double)c->dim[ca]);
+    double sp[3] = {c->spacing[ra], c->spacing[ca], c->spacing[axis]};
+    cJSON_AddItemToObject(v, "spacing", num_array(sp, 3));
+    cJSON_AddStringToObject(v, "axis", axis_name(axis));
+    cJSON_AddStringToObject(v, "kind", j->png ? "png" : "nifti");
+    cJSON_AddItemToObject(v, "shape", num_array((double[3]){(double)c->dim[0], (double)c->dim[1], (double)c->dim[2]}, 3));
+    cJSON_AddItemToObject(v, "affine", num_array(&c->affine[0][0], 16));
+    if (!j->png) {
+        cJSON_AddStringToObject(v, "geometry",
+                                im->geom == MS_GEOM_SFORM       ? "sform"
+                                    : im->geom == MS_GEOM_QFORM ? "qform"
+                                                                : "pixdim");
+        cJSON_AddNumberToObject(v, "nifti_version", im->hdr.version);
+        cJSON_AddStringToObject(v, "source_dtype", ms_nifti_type_name(im->hdr.datatype));
+    }
+    cJSON_AddNumberToObject(v, "frame", (double)f);
+    cJSON_AddNumberToObject(v, "n_frames", (double)nf);
+    cJSON *in = cJSON_AddObjectToObject(v, "intensity");
+    cJSON_AddStringToObject(in, "norm", ms_norm_name(o->norm));
+    cJSON_AddNumberToObject(in, "offset", it->offset);
+    cJSON_AddNumberToObject(in, "scale", it->scale);
+    cJSON_AddNumberToObject(in, "mean", it->mean);
+    cJSON_AddNumberToObject(in, "std", it->std);
+    cJSON_AddNumberToObject(v, "nan_inf", (double)bad);
+    cJSON_AddNumberToObject(v, "skipped_empty", (double)ov->skipped_empty);
+    if (c->lab) {
+        cJSON *lo = cJSON_AddObjectToObject(v, "labels");
+        cJSON_AddStringToObject(lo, "dtype", c->lab_u16 ? "uint16" : "uint8");
+        cJSON_AddItemToObject(lo, "values", lvalues);
+    } else {
+        cJSON_Delete(lvalues);
+    }
+    cJSON_AddStringToObject(v, "source_hash", hash);
+    if (o->keep_paths) {
+        cJSON_AddStringToObject(v, "path", j->image);
+        if (j->label) cJSON_AddStringToObject(v, "label_path", j->label);
+    }
+    return v;
+}
+
 /* One source → result. Every failure lands in r->msg as "path: reason". */
 static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
 {
@@ -610,32 +714,8 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
         c.dim[1] = w;
         c.dim[2] = 1;
         c.spacing[0] = c.spacing[1] = c.spacing[2] = 1;
-    } else {
-        st = in_mem ? ms_nifti_open_mem(j->image, sc->file, file_n, &sc->inflated, &im) : ms_nifti_open(j->image, &im);
-        if (st) goto leave;
-        if (im.warn[0]) snprintf(r->warn, sizeof r->warn, "%s: warning: %s", j->image, im.warn);
-        if (im.hdr.version == 0)
-            snprintf(r->warn, sizeof r->warn, "%s: warning: ANALYZE 7.5 header, orientation unreliable", j->image);
-        if (j->label) {
-            if ((st = ms_nifti_open(j->label, &lab))) goto leave;
-            if (lab.sdim[0] != im.sdim[0] || lab.sdim[1] != im.sdim[1] || lab.sdim[2] != im.sdim[2] ||
-                lab.n_frames != 1) {
-                st = ms_error(MS_ESHAPE, "%s: label grid %lldx%lldx%lld(x%lld) does not match %s (%lldx%lldx%lld)",
-                              j->label, (long long)lab.sdim[0], (long long)lab.sdim[1], (long long)lab.sdim[2],
-                              (long long)lab.n_frames, j->image, (long long)im.sdim[0], (long long)im.sdim[1],
-                              (long long)im.sdim[2]);
-                goto leave;
-            }
-            if (!ms_affine_close(lab.affine, im.affine, 1e-3 * fmax(1.0, fmax(im.cspacing[0], im.cspacing[2])))) {
-                st = ms_error(MS_ESHAPE, "%s: label affine does not match %s", j->label, j->image);
-                goto leave;
-            }
-        }
-        for (int i = 0; i < 3; i++) {
-            c.dim[i] = im.cdim[i];
-            c.spacing[i] = im.cspacing[i];
-        }
-        memcpy(c.affine, im.caffine, sizeof c.affine);
+    } else if ((st = open_nifti_pair(j, in_mem ? sc : NULL, file_n, &im, &lab, &c, r))) {
+        goto leave;
     }
     size_t nv = (size_t)(c.dim[0] * c.dim[1] * c.dim[2]);
     const void *raw;
@@ -690,72 +770,13 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
         outvol *ov = &r->vols[r->n_vols++];
         uint64_t bad = 0;
         ms_intensity it;
-        int dt = j->png ? 0 : ms_nifti_frame_int(&im, f, &raw);
-        if (dt) {
-            /* 8/16-bit integers (most MRI): fit on the stored values, then one table lookup per voxel on the way to
-             * canonical order; the same pixels as the float path below, without its float volume */
-            ms_int_type t = dt == DT_UINT8    ? MS_INT_U8
-                : dt == DT_INT8    ? MS_INT_I8
-                : dt == DT_UINT16  ? MS_INT_U16
-                                   : MS_INT_I16;
-            uint16_t *lut = NULL;
-            if ((st = ms_intensity_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, &it))) break;
-            if ((st = ms_intensity_lut(&it, &lut))) break;
-            st = ms_nifti_frame_lut(&im, f, lut, it.int_lo, it.int_hi, c.pix);
-            free(lut);
-            if (st) break;
-        } else {
-            if (!j->png && (st = ms_nifti_frame(&im, f, vf, &bad))) break;
-            if (bad && o->strict) {
-                st = ms_error(MS_EFORMAT, "%s: %llu NaN/Inf voxels (--strict)", j->image, (unsigned long long)bad);
-                break;
-            }
-            if ((st = ms_intensity_fit(vf, nv, o->norm, o->p_lo, o->p_hi, &it))) break;
-            ms_intensity_apply(vf, nv, &it, c.pix);
-        }
+        if ((st = frame_pixels(o, j, &im, f, nv, vf, &c, &it, &bad))) break;
         ov->nan_inf = bad;
         if ((st = cut(o, cctx, &c, axis, ov))) break;
-        int ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
-        cJSON *v = cJSON_CreateObject();
-        ov->json = v;
-        cJSON_AddNumberToObject(v, "height", (double)c.dim[ra]);
-        cJSON_AddNumberToObject(v, "width", (double)c.dim[ca]);
-        double sp[3] = {c.spacing[ra], c.spacing[ca], c.spacing[axis]};
-        cJSON_AddItemToObject(v, "spacing", num_array(sp, 3));
-        cJSON_AddStringToObject(v, "axis", axis_name(axis));
-        cJSON_AddStringToObject(v, "kind", j->png ? "png" : "nifti");
-        cJSON_AddItemToObject(v, "shape",
-                              num_array((double[3]){(double)c.dim[0], (double)c.dim[1], (double)c.dim[2]}, 3));
-        cJSON_AddItemToObject(v, "affine", num_array(&c.affine[0][0], 16));
-        if (!j->png) {
-            cJSON_AddStringToObject(v, "geometry",
-                                    im.geom == MS_GEOM_SFORM       ? "sform"
-                                        : im.geom == MS_GEOM_QFORM ? "qform"
-                                                                   : "pixdim");
-            cJSON_AddNumberToObject(v, "nifti_version", im.hdr.version);
-            cJSON_AddStringToObject(v, "source_dtype", ms_nifti_type_name(im.hdr.datatype));
-        }
-        cJSON_AddNumberToObject(v, "frame", (double)f);
-        cJSON_AddNumberToObject(v, "n_frames", (double)nf);
-        cJSON *in = cJSON_AddObjectToObject(v, "intensity");
-        cJSON_AddStringToObject(in, "norm", ms_norm_name(o->norm));
-        cJSON_AddNumberToObject(in, "offset", it.offset);
-        cJSON_AddNumberToObject(in, "scale", it.scale);
-        cJSON_AddNumberToObject(in, "mean", it.mean);
-        cJSON_AddNumberToObject(in, "std", it.std);
-        cJSON_AddNumberToObject(v, "nan_inf", (double)bad);
-        cJSON_AddNumberToObject(v, "skipped_empty", (double)ov->skipped_empty);
-        if (c.lab) {
-            cJSON *lo = cJSON_AddObjectToObject(v, "labels");
-            cJSON_AddStringToObject(lo, "dtype", c.lab_u16 ? "uint16" : "uint8");
-            cJSON_AddItemToObject(lo, "values", f + 1 < f1 ? cJSON_Duplicate(lvalues, 1) : lvalues);
-            if (f + 1 == f1) lvalues = NULL;
-        }
-        cJSON_AddStringToObject(v, "source_hash", r->hash);
-        if (o->keep_paths) {
-            cJSON_AddStringToObject(v, "path", j->image);
-            if (j->label) cJSON_AddStringToObject(v, "label_path", j->label);
-        }
+        /* the last frame takes the label values, the others a copy */
+        cJSON *lv = f + 1 < f1 ? cJSON_Duplicate(lvalues, 1) : lvalues;
+        if (f + 1 == f1) lvalues = NULL;
+        ov->json = volume_json(o, j, &im, &c, axis, f, nf, &it, bad, ov, lv, r->hash);
         snprintf(ov->key, sizeof ov->key, "%s#%lld", r->hash, (long long)f);
         r->voxel_mb += (double)nv * (j->png ? 1 : im.hdr.nbyper) / 1e6;
     }
