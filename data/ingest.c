@@ -23,6 +23,7 @@
 #endif
 
 #include "base/clock.h"
+#include "base/fileio.h"
 #include "base/path.h"
 #include "data/hash.h"
 #include "data/nifti.h"
@@ -852,6 +853,84 @@ static char *params_json(const ms_ingest_opts *o, const char *map_hash)
     return s;
 }
 
+/* Source i's result into the store, in source order: its volumes (a volume already stored counts as skipped), or
+ * the warning / failure it carries. */
+static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum)
+{
+    const ms_ingest_opts *o = cx->o;
+    ms_status st = MS_OK;
+    if (r->warn[0]) fprintf(stderr, "%s\n", r->warn);
+    if (r->status == 1) {
+        sum->skipped++;
+        return MS_OK;
+    }
+    if (r->status == 2) {
+        sum->failed++;
+        fprintf(stderr, "%s\n", r->msg);
+        return MS_OK;
+    }
+    int dup_all = 1;
+    for (int v = 0; v < r->n_vols && !st; v++) {
+        outvol *ov = &r->vols[v];
+        uint32_t id;
+        int dup;
+        st = ms_store_writer_add(cx->w, ov->json, ov->slices, ov->labels, ov->n, ov->key,
+                                 v + 1 == r->n_vols ? r->hash : NULL, ov->skipped_empty, ov->nan_inf, &id, &dup);
+        if (st) break;
+        if (!dup) {
+            dup_all = 0;
+            sum->volumes++;
+            sum->slices += ov->n;
+            sum->empty_skipped += ov->skipped_empty;
+            sum->nan_inf += ov->nan_inf;
+        }
+        if (!dup && ov->nan_inf)
+            fprintf(stderr, "%s: warning: %llu NaN/Inf voxels set to 0\n", cx->jobs.v[i].image,
+                    (unsigned long long)ov->nan_inf);
+        free_outvol(ov);
+        memset(ov, 0, sizeof *ov);
+        if (o->stop && *o->stop && v + 1 < r->n_vols) break; /* frames so far are committed; the rest resumes */
+    }
+    if (r->n_vols == 0 && !st) st = ms_store_writer_mark(cx->w, r->hash);
+    if (!st) {
+        if (dup_all && r->n_vols)
+            sum->skipped++;
+        else
+            sum->ingested++;
+    }
+    sum->voxel_mb += r->voxel_mb;
+    return st;
+}
+
+/* The label map (its hash into map_hash), the jobs from the sources (nnU-Net folders, or files + the --labels
+ * list) and the label names file. */
+static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
+{
+    const ms_ingest_opts *o = cx->o;
+    ms_status st = MS_OK;
+    if (o->label_map) {
+        ms_sha256 h;
+        uint8_t d[32];
+        ms_sha256_init(&h);
+        MS_TRY(read_label_map(o->label_map, &cx->map, &h));
+        ms_sha256_final(&h, d);
+        ms_hex(d, 32, map_hash);
+    }
+    if (o->labels && !strcmp(o->labels, "nnunet")) {
+        for (int i = 0; i < o->n_srcs && !st; i++) st = read_nnunet(o->srcs[i], &cx->jobs);
+    } else {
+        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(o->srcs[i], &cx->jobs, 1);
+        if (!st && o->labels) st = read_csv(o->labels, &cx->jobs);
+    }
+    if (st) return st;
+    if (cx->jobs.n == 0) fprintf(stderr, "ingest: warning: no NIfTI files found in the sources given\n");
+    if (o->label_names) {
+        size_t len;
+        MS_TRY(ms_read_file(o->label_names, 1 << 20, labnames, &len));
+    }
+    return MS_OK;
+}
+
 ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
 {
     ctx cx = {0};
@@ -867,40 +946,7 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     double t0 = ms_now_s();
     nifti_set_allow_upper_fext(1); /* archives hold .NII.GZ too; a process-wide libnifti option, set before threads */
     nifti_set_debug_level(0);      /* our own messages name the file; libnifti's would be unattributed noise */
-    if (o->label_map) {
-        ms_sha256 h;
-        uint8_t d[32];
-        ms_sha256_init(&h);
-        if ((st = read_label_map(o->label_map, &cx.map, &h))) goto leave;
-        ms_sha256_final(&h, d);
-        ms_hex(d, 32, map_hash);
-    }
-    if (o->labels && !strcmp(o->labels, "nnunet")) {
-        for (int i = 0; i < o->n_srcs && !st; i++) st = read_nnunet(o->srcs[i], &cx.jobs);
-    } else {
-        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(o->srcs[i], &cx.jobs, 1);
-        if (!st && o->labels) st = read_csv(o->labels, &cx.jobs);
-    }
-    if (st) goto leave;
-    if (cx.jobs.n == 0) fprintf(stderr, "ingest: warning: no NIfTI files found in the sources given\n");
-    if (o->label_names) {
-        FILE *f = fopen(o->label_names, "rb");
-        if (!f) {
-            st = ms_error(errno, "%s: %s", o->label_names, strerror(errno));
-            goto leave;
-        }
-        labnames = calloc(1, 1 << 20);
-        size_t k = labnames ? fread(labnames, 1, (1 << 20) - 1, f) : 0;
-        fclose(f);
-        if (!labnames) {
-            st = ms_error(MS_ENOMEM, "out of memory");
-            goto leave;
-        }
-        if (k == (1 << 20) - 1) {
-            st = ms_error(MS_EFORMAT, "%s: larger than 1 MB", o->label_names);
-            goto leave;
-        }
-    }
+    if ((st = list_jobs(&cx, map_hash, &labnames))) goto leave;
     params = params_json(o, map_hash[0] ? map_hash : NULL);
     char created[256];
     snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
@@ -930,45 +976,7 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
         pthread_mutex_unlock(&cx.mu);
         if (!cx.res[i].ready) break; /* stopped before this source started */
         result *r = &cx.res[i];
-        if (r->warn[0]) fprintf(stderr, "%s\n", r->warn);
-        if (r->status == 1)
-            sum->skipped++;
-        else if (r->status == 2) {
-            sum->failed++;
-            fprintf(stderr, "%s\n", r->msg);
-        } else {
-            int dup_all = 1;
-            for (int v = 0; v < r->n_vols && !st; v++) {
-                outvol *ov = &r->vols[v];
-                uint32_t id;
-                int dup;
-                st =
-                    ms_store_writer_add(cx.w, ov->json, ov->slices, ov->labels, ov->n, ov->key,
-                                        v + 1 == r->n_vols ? r->hash : NULL, ov->skipped_empty, ov->nan_inf, &id, &dup);
-                if (st) break;
-                if (!dup) {
-                    dup_all = 0;
-                    sum->volumes++;
-                    sum->slices += ov->n;
-                    sum->empty_skipped += ov->skipped_empty;
-                    sum->nan_inf += ov->nan_inf;
-                }
-                if (!dup && ov->nan_inf)
-                    fprintf(stderr, "%s: warning: %llu NaN/Inf voxels set to 0\n", cx.jobs.v[i].image,
-                            (unsigned long long)ov->nan_inf);
-                free_outvol(ov);
-                memset(ov, 0, sizeof *ov);
-                if (o->stop && *o->stop && v + 1 < r->n_vols) break; /* frames so far are committed; the rest resumes */
-            }
-            if (r->n_vols == 0 && !st) st = ms_store_writer_mark(cx.w, r->hash);
-            if (!st) {
-                if (dup_all && r->n_vols)
-                    sum->skipped++;
-                else
-                    sum->ingested++;
-            }
-            sum->voxel_mb += r->voxel_mb;
-        }
+        st = commit_result(&cx, i, r, sum);
         free_result(r);
         pthread_mutex_lock(&cx.mu);
         cx.written = i + 1;
