@@ -120,6 +120,86 @@ static ms_status list_inputs(const char *in, const char *out, char ***ins, char 
     return MS_OK;
 }
 
+/* The usage checks of --axis, --norm, --batch-size and the percentiles (given or not: < 0). Prints the reason and
+ * returns 1 when they cannot run. */
+static int check_options(const char *axis_s, const char *norm_s, int batch, double p_lo, double p_hi, int *axis,
+                         ms_norm *norm, double *lo_v, double *hi_v)
+{
+    *axis = MS_AXIS_AUTO;
+    *norm = MS_NORM_PERCENTILE;
+    if (!axis_s || !strcmp(axis_s, "auto")) *axis = MS_AXIS_AUTO;
+    else if (!strcmp(axis_s, "axial")) *axis = MS_AXIS_AXIAL;
+    else if (!strcmp(axis_s, "coronal")) *axis = MS_AXIS_CORONAL;
+    else if (!strcmp(axis_s, "sagittal")) *axis = MS_AXIS_SAGITTAL;
+    else {
+        fprintf(stderr, "mrisam predict: --axis must be auto, axial, coronal or sagittal\n");
+        return 1;
+    }
+    if (norm_s && ms_norm_parse(norm_s, norm)) {
+        fprintf(stderr, "mrisam predict: --norm must be percentile, zscore or none\n");
+        return 1;
+    }
+    if (batch < 1 || batch > 1024) {
+        fprintf(stderr, "mrisam predict: --batch-size must be 1..1024\n");
+        return 1;
+    }
+    *lo_v = p_lo < 0 ? 0.5 : p_lo;
+    *hi_v = p_hi < 0 ? 99.5 : p_hi;
+    if (!(*lo_v >= 0 && *lo_v < *hi_v && *hi_v <= 100)) {
+        fprintf(stderr, "mrisam predict: need 0 <= --percentile-low < --percentile-high <= 100\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* The prompt label volume of each input: --prompts-from itself, or the file of the same name in that directory. */
+static ms_status prompt_inputs(const char *prompts, char **ins, int n, char ***pins)
+{
+    *pins = calloc((size_t)(n ? n : 1), sizeof **pins);
+    MS_FAIL_IF(!*pins, MS_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        (*pins)[i] = ms_path_is_dir(prompts) ? ms_path_join_new(prompts, ms_path_base(ins[i])) : strdup(prompts);
+        MS_FAIL_IF(!(*pins)[i], MS_ENOMEM, "out of memory");
+    }
+    MS_FAIL_IF(n > 1 && !ms_path_is_dir(prompts), MS_EINVAL,
+               "%s: --in is a directory, so --prompts-from must be one too", prompts);
+    return MS_OK;
+}
+
+/* Every volume in turn (a failure costs its line, the others still run) and the summary line; returns the number
+ * that failed. */
+static int predict_all(ms_predictor *pr, ms_predict_opts *po, const ms_predict_model *pm, char **ins, char **pins,
+                       char **outs, int n, const char *png)
+{
+    progress pg = {.on = isatty(2), .n_vols = n, .t0 = ms_now_s()};
+    po->progress = on_progress;
+    po->progress_ctx = &pg;
+    int written = 0, failed = 0;
+    for (int i = 0; i < n; i++) {
+        pg.vol = i;
+        ms_predict_result r;
+        ms_status st = ms_predict_file_prompted(pr, po, ins[i], pins ? pins[i] : NULL, outs[i], &r);
+        if (pg.on) fprintf(stderr, "\r\033[K");
+        if (!st && png) st = write_overlays(png, ins[i], &r);
+        if (st) {
+            fprintf(stderr, "%s\n", ms_errmsg());
+            failed++;
+        } else {
+            written++;
+            pg.slices_before += r.n_slices;
+            if (r.n_nonfinite)
+                fprintf(stderr, "%s: warning: %llu NaN/Inf voxels set to 0\n", ins[i],
+                        (unsigned long long)r.n_nonfinite);
+        }
+        ms_predict_result_free(&r);
+    }
+    double dt = ms_now_s() - pg.t0;
+    printf("predict: %d of %d volumes written, %lld slices in %.1f s (%.2f slices/s), %d classes%s%s\n", written, n,
+           (long long)pg.slices_before, dt, dt > 0 ? (double)pg.slices_before / dt : 0.0, pm->n_classes,
+           pm->finetuned ? ", task " : "", pm->finetuned ? pm->ft.cfg.task[pm->task].name : "");
+    return failed;
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
@@ -166,29 +246,10 @@ static int run(int argc, char **argv)
     }
     ms_predict_opts po;
     ms_predict_opts_default(&po);
-    int axis = MS_AXIS_AUTO;
-    ms_norm norm = MS_NORM_PERCENTILE;
-    if (!axis_s || !strcmp(axis_s, "auto")) axis = MS_AXIS_AUTO;
-    else if (!strcmp(axis_s, "axial")) axis = MS_AXIS_AXIAL;
-    else if (!strcmp(axis_s, "coronal")) axis = MS_AXIS_CORONAL;
-    else if (!strcmp(axis_s, "sagittal")) axis = MS_AXIS_SAGITTAL;
-    else {
-        fprintf(stderr, "mrisam predict: --axis must be auto, axial, coronal or sagittal\n");
-        return MS_EXIT_USAGE;
-    }
-    if (norm_s && ms_norm_parse(norm_s, &norm)) {
-        fprintf(stderr, "mrisam predict: --norm must be percentile, zscore or none\n");
-        return MS_EXIT_USAGE;
-    }
-    if (batch < 1 || batch > 1024) {
-        fprintf(stderr, "mrisam predict: --batch-size must be 1..1024\n");
-        return MS_EXIT_USAGE;
-    }
-    double lo_v = p_lo < 0 ? 0.5 : p_lo, hi_v = p_hi < 0 ? 99.5 : p_hi;
-    if (!(lo_v >= 0 && lo_v < hi_v && hi_v <= 100)) {
-        fprintf(stderr, "mrisam predict: need 0 <= --percentile-low < --percentile-high <= 100\n");
-        return MS_EXIT_USAGE;
-    }
+    int axis;
+    ms_norm norm;
+    double lo_v, hi_v;
+    if (check_options(axis_s, norm_s, batch, p_lo, p_hi, &axis, &norm, &lo_v, &hi_v)) return MS_EXIT_USAGE;
     po.batch = batch;
 
     char **ins = NULL, **outs = NULL, **pins = NULL;
@@ -235,47 +296,11 @@ static int run(int argc, char **argv)
     }
     if (prompts && pm.prompt == MS_PROMPT_NONE)
         fprintf(stderr, "predict: warning: %s was trained without prompts; --prompts-from is ignored\n", ckpt);
-    if (prompts && pm.prompt != MS_PROMPT_NONE) {
-        pins = calloc((size_t)(n ? n : 1), sizeof *pins);
-        if (!pins) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
-        for (int i = 0; i < n; i++) {
-            pins[i] = ms_path_is_dir(prompts) ? ms_path_join_new(prompts, ms_path_base(ins[i])) : strdup(prompts);
-            if (!pins[i]) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
-        }
-        if (n > 1 && !ms_path_is_dir(prompts)) {
-            rc = ms_error(MS_EINVAL, "%s: --in is a directory, so --prompts-from must be one too", prompts);
-            goto leave;
-        }
-    }
+    if (prompts && pm.prompt != MS_PROMPT_NONE && (rc = prompt_inputs(prompts, ins, n, &pins))) goto leave;
     if ((rc = ms_predictor_init_ex(&pr, pm.m, &dev, batch, &pm.pc, pm.prompt))) goto leave;
     pred_ok = 1;
 
-    progress pg = {.on = isatty(2), .n_vols = n, .t0 = ms_now_s()};
-    po.progress = on_progress;
-    po.progress_ctx = &pg;
-    int written = 0;
-    for (int i = 0; i < n; i++) {
-        pg.vol = i;
-        ms_predict_result r;
-        ms_status st = ms_predict_file_prompted(&pr, &po, ins[i], pins ? pins[i] : NULL, outs[i], &r);
-        if (pg.on) fprintf(stderr, "\r\033[K");
-        if (!st && png) st = write_overlays(png, ins[i], &r);
-        if (st) {
-            fprintf(stderr, "%s\n", ms_errmsg());
-            failed++;
-        } else {
-            written++;
-            pg.slices_before += r.n_slices;
-            if (r.n_nonfinite)
-                fprintf(stderr, "%s: warning: %llu NaN/Inf voxels set to 0\n", ins[i],
-                        (unsigned long long)r.n_nonfinite);
-        }
-        ms_predict_result_free(&r);
-    }
-    double dt = ms_now_s() - pg.t0;
-    printf("predict: %d of %d volumes written, %lld slices in %.1f s (%.2f slices/s), %d classes%s%s\n", written, n,
-           (long long)pg.slices_before, dt, dt > 0 ? (double)pg.slices_before / dt : 0.0, pm.n_classes,
-           pm.finetuned ? ", task " : "", pm.finetuned ? pm.ft.cfg.task[pm.task].name : "");
+    failed = predict_all(&pr, &po, &pm, ins, pins, outs, n, png);
 leave:
     for (int i = 0; i < n; i++) {
         if (ins) free(ins[i]);
