@@ -1,2 +1,3 @@
 ms_test(test_base SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_base.c LABELS cpu)
 ms_test(test_path SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_path.c LABELS cpu)
+ms_test(test_plan SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_plan.c LABELS cpu)
