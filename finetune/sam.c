@@ -86,7 +86,8 @@ ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
     return rc;
 }
 
-/* PyTorch's default initialisation for the prompt encoder and mask decoder tensors (sam.md §5, "Default inits"). */
+/* PyTorch's default initialisation for the prompt encoder and mask decoder tensors (torch.nn's reset_parameters of
+ * Embedding, Linear, ConvTranspose2d and LayerNorm, and PositionEmbeddingRandom's randn buffer). */
 ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed)
 {
     size_t np = strlen(prefix);

@@ -1,6 +1,7 @@
 /* finetune/sam.h — the whole SAM model: image encoder (pretrain/sam_encoder.h), prompt encoder
  * (finetune/sam_prompt.h) and mask decoder (finetune/sam_decoder.h) in ONE parameter table under SAM's state-dict
- * keys, plus the official predictor's coordinate transform and mask post-processing (sam.md §3.4, §4).
+ * keys, plus the official predictor's coordinate transform and mask post-processing (segment_anything's
+ * utils/transforms.py ResizeLongestSide and modeling/sam.py Sam.postprocess_masks).
  *
  * Loading reads the variant from the file's shapes: the encoder from ms_sam_enc_config_from_sd (vit_b/l/h,
  * vit_test, other SAM-shaped encoders), num_cls from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM),

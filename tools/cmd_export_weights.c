@@ -11,7 +11,8 @@
  * the only one by default) goes under mask_decoder.*. --layout sam merges LoRA into the base weights (encoder qkv rows
  * 0..D-1 += B_q·A_q and 2D..3D-1 += B_v·A_v; decoder q_proj/v_proj weight += w_b·w_a; the products summed in double)
  * and refuses adapters, which have no SAM equivalent. --layout finetune-sam writes finetune-SAM's names and order
- * (sam.md §6.1-6.2): attn.qkv.qkv.{weight,bias} + attn.qkv.linear_{a,b}_{q,v}.weight, <attn>.{q,v}_proj.proj.* +
+ * (mazurowski-lab/finetune-SAM: the Adapter of its common.py, models/sam_LoRa.py): attn.qkv.qkv.{weight,bias} +
+ * attn.qkv.linear_{a,b}_{q,v}.weight, <attn>.{q,v}_proj.proj.* +
  * .w_a/.w_b, block adapters MLP_Adapter, Space_Adapter, Depth_Adapter (zeros: finetune-SAM always has it, it only
  * runs with its 3D branch) between attn.* and norm2.*, decoder layers' MLP_Adapter, Adapter after their last
  * attention. */

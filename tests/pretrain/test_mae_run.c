@@ -222,6 +222,7 @@ static void run_a(ms_device *dev, record *rec)
     MS_CHECK(pl->n_val == 3 && pl->validated && pl->val_loss > 0, "validation at step 0 on %d slices: %g", pl->n_val,
              pl->val_loss);
     int saved = 0, validated = 0;
+    double v6 = 0;
     ms_mae_step_info in = {0};
     while (!in.done) {
         ms_status st = ms_mae_run_step(r, &in);
@@ -234,12 +235,16 @@ static void run_a(ms_device *dev, record *rec)
         rec->lr[in.step] = in.lr;
         saved |= in.saved << in.step;
         validated |= in.validated << in.step;
+        if (in.validated) v6 = in.val_loss;
     }
     MS_CHECK(saved == (1 << 3 | 1 << 6) && validated == (1 << 3 | 1 << 6), "saved %#x, validated %#x (steps 3, 6)",
              saved, validated);
     MS_CHECK(ms_mae_run_step(r, &in) == MS_EBADSTATE, "a step after the last one is refused");
     MS_CHECK(pc.n == 3 && pc.w == 4 * 64 && pc.h == 2 * 64, "%d panels of %dx%d (3 of 256x128)", pc.n, pc.w, pc.h);
     MS_CHECK_OK(finish(r, &m, out, rec));
+    double v = -1;
+    MS_CHECK_OK(ms_mae_run_validate(r, &v));
+    MS_CHECK(v == v6 && v > 0, "validation is deterministic (fixed slices and masks; after the log was read): %.9g == %.9g", v, v6);
     ms_mae_run_close(r);
     char p[400];
     snprintf(p, sizeof p, "%s/ckpt/step_00000003/DONE", out);
