@@ -169,7 +169,7 @@ static int run(int argc, char **argv)
     ms_status rc = ms_device_parse(o.device, &kind, &index);
     if (!rc) rc = ms_device_init_at(&dev, kind, index, o.threads);
     /* SAM: the encoder trains; the prompt encoder and mask decoder ride along for the export */
-    if (!rc) rc = ms_sam_build(&sam, c.ckpt, o.model, (uint64_t)o.seed, &dev, model_name, sizeof model_name);
+    if (!rc) rc = ms_sam_build(&sam, c.ckpt, o.model, c.seed, &dev, model_name, sizeof model_name);
     if (rc) goto leave;
     c.model = model_name;
     c.to_sd = sam_to_sd;
