@@ -154,6 +154,29 @@ ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev)
 
 ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd) { return ms_params_to_sd(&m->ps, sd); }
 
+ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
+                       size_t n)
+{
+    if (ckpt) {
+        MS_TRY(ms_sam_load(m, ckpt, dev));
+        int d = m->cfg.enc.embed_dim;
+        snprintf(name, n, "%s", d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h"
+                                : d == 192 ? "vit_test" : "custom");
+        return MS_OK;
+    }
+    memset(m, 0, sizeof *m);
+    MS_FAIL_IF(!model, MS_EINVAL, "needs --ckpt F or --init random --model NAME");
+    ms_sam_config sc;
+    MS_TRY(ms_sam_config_named(model, 4, &sc));
+    MS_TRY(ms_sam_init(m, &sc, dev));
+    ms_status rc = ms_sam_encoder_init_random(&m->enc, seed);
+    if (!rc) rc = ms_sam_init_default(&m->ps, "prompt_encoder.", seed);
+    if (!rc) rc = ms_sam_init_default(&m->ps, "mask_decoder.", seed + 1);
+    if (rc) { ms_sam_free(m); return rc; }
+    snprintf(name, n, "%s", model);
+    return MS_OK;
+}
+
 void ms_sam_free(ms_sam *m)
 {
     ms_sam_encoder_free(&m->enc);

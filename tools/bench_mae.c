@@ -12,9 +12,9 @@
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
+#include "finetune/sam.h"
 #include "pretrain/mae.h"
 #include "pretrain/optimizer.h"
-#include "pretrain_model.h"
 
 typedef struct bcfg {
     int input, batch, steps, dec_dim, dec_depth, dec_heads;
@@ -36,7 +36,7 @@ static ms_status time_ours(const char *model, int threads, const bcfg *b, double
     uint64_t keys[256];
     char name[32];
     ms_status rc = ms_device_init(&dev, MS_DEV_CPU, threads);
-    if (!rc) rc = ms_pt_build_sam(&sam, NULL, model, 1, &dev, name, sizeof name);
+    if (!rc) rc = ms_sam_build(&sam, NULL, model, 1, &dev, name, sizeof name);
     if (!rc) rc = ms_sam_encoder_set_input_size(&sam.enc, b->input);
     if (rc) goto leave;
     ms_params_set_trainable(&sam.ps, "", 0);

@@ -26,7 +26,7 @@
 #include "checkpoints/rundir.h"
 #include "cli.h"
 #include "finetune/ft_model.h"
-#include "pretrain_model.h"
+#include "finetune/sam.h"
 
 /* CKPT → a complete step directory, into out[MS_PATH_MAX]. */
 static ms_status resolve(const char *ckpt, char *out)
@@ -337,7 +337,7 @@ static int run(int argc, char **argv)
     const char *model = cJSON_IsString(mo) ? mo->valuestring : NULL;
     uint64_t seed = cJSON_IsNumber(se) ? (uint64_t)se->valuedouble : 0;
     if ((rc = ms_device_init(&dev, MS_DEV_CPU, threads))) goto leave;
-    if ((rc = ms_pt_build_sam(&sam, ckpt, model, seed, &dev, model_name, sizeof model_name))) goto leave;
+    if ((rc = ms_sam_build(&sam, ckpt, model, seed, &dev, model_name, sizeof model_name))) goto leave;
     /* the trained encoder replaces the one the run started from */
     if ((rc = ms_path_join(p, dir, "model.safetensors")) || (rc = ms_sd_load(p, &src))) goto leave;
     for (int i = 0; i < sam.ps.n && !rc; i++) {

@@ -1,0 +1,680 @@
+/* pretrain/mae_run.c — see mae_run.h. */
+#include "mae_run.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "base/clock.h"
+#include "checkpoints/rundir.h"
+#include "checkpoints/runlog.h"
+#include "data/loader.h"
+#include "data/preprocess.h"
+#include "ops.h"
+#include "pretrain/optimizer.h"
+
+enum { DIR_N = 4200, PATH_N = 4400 }; /* a RUN/ or checkpoint directory; one of its files */
+
+/* What state.json and loader_state.bin restore. */
+typedef struct train_state {
+    int64_t step, opt_steps, skipped, bad_in_row;
+    double lr_scale;
+    ms_loader_state loader;
+} train_state;
+
+struct ms_mae_run {
+    ms_mae_run_config cfg;
+    ms_device *dev;
+    ms_sam_encoder *enc;
+    ms_params *eps; /* the encoder's block (the caller's) */
+    ms_params dec_ps;
+    ms_mae mae;
+    ms_optimizer oe, od;
+    ms_store *stores[MS_ORDER_MAX_SOURCES];
+    ms_selection train_sel[MS_ORDER_MAX_SOURCES], val_sel[MS_ORDER_MAX_SOURCES];
+    ms_loader_config lc; /* kept: a rollback reopens the loader at the checkpoint's state */
+    ms_loader *loader;
+    ms_runlog lg;
+    char *config_json;
+    int S, g, n_val;
+    float *xdev, *gray, *vimg, *vgray, *recon; /* xdev on the device; the rest host */
+    uint8_t *vmask;
+    uint64_t *keys;
+    ms_mae_run_plan plan;
+    double eff_batch;
+    train_state ts;
+    int64_t nan_left, saved_step;
+    double t0;
+    char resumed[DIR_N], ckdir[DIR_N];
+};
+
+void ms_mae_run_config_default(ms_mae_run_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->enc_prefix = "image_encoder.";
+    c->batch = 8;
+    c->accum = 1;
+    c->epochs = 100;
+    c->warmup = -1;
+    c->blr = 1.5e-4;
+    c->weight_decay = 0.05;
+    c->mask_ratio = 0.75;
+    c->fg_threshold = 0.05;
+    c->sampling = MS_MASK_STRATIFIED;
+    c->norm_pix = 1;
+    c->dec_dim = 512;
+    c->dec_depth = 8;
+    c->dec_heads = 16;
+    c->save_every = 1000;
+    c->keep_last = 3;
+    c->val_every = 500;
+    c->val_slices = 64;
+    c->max_bad = 5;
+}
+
+const ms_mae_run_plan *ms_mae_run_plan_get(const ms_mae_run *r) { return &r->plan; }
+
+/* ---- checkpoints ----------------------------------------------------------------------------------------- */
+
+/* Loads the tensors of ps whose names start with prefix (NULL: all) from the file; every one must be there. */
+static ms_status load_params_from(ms_params *ps, const char *path, const char *prefix)
+{
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    ms_status rc = ms_sd_load(path, &sd);
+    if (!rc) {
+        size_t np = prefix ? strlen(prefix) : 0;
+        for (int i = 0; i < ps->n && !rc; i++) {
+            const ms_param *p = &ps->p[i];
+            if (np && strncmp(p->name, prefix, np)) continue;
+            float *h = malloc((size_t)p->numel * sizeof(float));
+            if (!h) { rc = ms_error(MS_ENOMEM, "out of memory"); break; }
+            rc = ms_sd_get_f32(&sd, p->name, p->shape, p->ndim, h);
+            if (!rc) rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * 4);
+            free(h);
+        }
+        if (rc) ms_error_prefix("%s", path);
+    }
+    ms_sd_free(&sd);
+    return rc;
+}
+
+ms_status ms_mae_run_state_to_sd(const ms_mae_run *r, ms_state_dict *model, ms_state_dict *optim)
+{
+    if (model) {
+        size_t np = strlen(r->cfg.enc_prefix);
+        for (int i = 0; i < r->eps->n; i++) {
+            const ms_param *q = &r->eps->p[i];
+            if (strncmp(q->name, r->cfg.enc_prefix, np)) continue;
+            float *h = malloc((size_t)q->numel * 4);
+            MS_FAIL_IF(!h, MS_ENOMEM, "out of memory");
+            ms_status rc = ms_dev_to_host(r->eps->dev, h, r->eps->data + q->off, (size_t)q->numel * 4);
+            if (!rc) rc = ms_sd_add(model, q->name, MS_DTYPE_F32, q->shape, q->ndim, h);
+            free(h);
+            if (rc) return rc;
+        }
+        MS_TRY(ms_params_to_sd(&r->dec_ps, model));
+    }
+    if (optim) {
+        MS_TRY(ms_optimizer_moments_to_sd(&r->oe, optim));
+        MS_TRY(ms_optimizer_moments_to_sd(&r->od, optim));
+    }
+    return MS_OK;
+}
+
+static ms_status save_sd(const char *dir, const char *file, const ms_mae_run *r, int optim)
+{
+    char p[PATH_N];
+    snprintf(p, sizeof p, "%s/%s", dir, file);
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    ms_status rc = ms_mae_run_state_to_sd(r, optim ? NULL : &sd, optim ? &sd : NULL);
+    if (!rc) rc = ms_sd_save(p, &sd);
+    ms_sd_free(&sd);
+    return rc;
+}
+
+static ms_status save_checkpoint(ms_mae_run *r)
+{
+    const train_state *ts = &r->ts;
+    char dir[DIR_N], p[PATH_N];
+    MS_TRY(ms_ckpt_dir_create(r->cfg.out, ts->step, dir, sizeof dir));
+    MS_TRY(save_sd(dir, "model.safetensors", r, 0));
+    MS_TRY(save_sd(dir, "optim.safetensors", r, 1));
+    char js[2048];
+    int n = snprintf(js, sizeof js,
+                     "{\"step\": %lld, \"opt_steps\": %lld, \"skipped\": %lld, \"bad_in_row\": %lld, \"lr_scale\": %.17g,\n"
+                     " \"adam_step_encoder\": %lld, \"adam_step_decoder\": %lld,\n"
+                     " \"loader\": {\"seed\": %llu, \"epoch\": %llu, \"step\": %llu, \"n_records\": %llu, "
+                     "\"global_batch\": %u, \"world\": %u, \"skipped\": %llu}}\n",
+                     (long long)ts->step, (long long)ts->opt_steps, (long long)ts->skipped, (long long)ts->bad_in_row,
+                     ts->lr_scale, (long long)r->oe.step, (long long)r->od.step, (unsigned long long)ts->loader.seed,
+                     (unsigned long long)ts->loader.epoch, (unsigned long long)ts->loader.step,
+                     (unsigned long long)ts->loader.n_records, ts->loader.global_batch, ts->loader.world,
+                     (unsigned long long)ts->loader.skipped);
+    snprintf(p, sizeof p, "%s/state.json", dir);
+    MS_TRY(ms_write_file_atomic(p, js, (size_t)n));
+    snprintf(p, sizeof p, "%s/loader_state.bin", dir); /* the loader's fixed-width resume struct, as is */
+    MS_TRY(ms_write_file_atomic(p, &ts->loader, sizeof ts->loader));
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
+    MS_TRY(ms_ckpt_dir_commit(dir));
+    r->saved_step = ts->step;
+    return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
+}
+
+static double jnum(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
+{
+    train_state *ts = &r->ts;
+    char p[PATH_N];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix));
+    MS_TRY(load_params_from(&r->dec_ps, p, NULL));
+    snprintf(p, sizeof p, "%s/optim.safetensors", dir);
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    ms_status rc = ms_sd_load(p, &sd);
+    if (!rc) rc = ms_optimizer_moments_from_sd(&r->oe, &sd);
+    if (!rc) rc = ms_optimizer_moments_from_sd(&r->od, &sd);
+    ms_sd_free(&sd);
+    if (rc) return rc;
+    snprintf(p, sizeof p, "%s/state.json", dir);
+    cJSON *j;
+    MS_TRY(ms_read_json(p, 1 << 20, &j));
+    ts->step = (int64_t)jnum(j, "step");
+    ts->opt_steps = (int64_t)jnum(j, "opt_steps");
+    ts->skipped = (int64_t)jnum(j, "skipped");
+    ts->bad_in_row = (int64_t)jnum(j, "bad_in_row");
+    ts->lr_scale = jnum(j, "lr_scale");
+    r->oe.step = (int64_t)jnum(j, "adam_step_encoder");
+    r->od.step = (int64_t)jnum(j, "adam_step_decoder");
+    cJSON_Delete(j);
+    MS_FAIL_IF(!ts->lr_scale, MS_EFORMAT, "%s: incomplete state", p);
+    snprintf(p, sizeof p, "%s/loader_state.bin", dir);
+    char *buf;
+    size_t len;
+    MS_TRY(ms_read_file(p, 4096, &buf, &len));
+    if (len != sizeof ts->loader) {
+        free(buf);
+        return ms_error(MS_EFORMAT, "%s: %zu bytes, expected %zu", p, len, sizeof ts->loader);
+    }
+    memcpy(&ts->loader, buf, len);
+    free(buf);
+    r->saved_step = ts->step;
+    return MS_OK;
+}
+
+ms_status ms_mae_run_save(ms_mae_run *r)
+{
+    if (r->saved_step == r->ts.step) return MS_OK;
+    return save_checkpoint(r);
+}
+
+/* ---- validation -------------------------------------------------------------------------------------------- */
+
+/* The gray [0,1] targets of the first n samples of a batch (the padding outside each slice's frame is 0). */
+static void batch_to_gray(const ms_prep_config *pc, const ms_batch *bt, int n, float *gray)
+{
+    size_t SS = (size_t)pc->size * pc->size;
+    for (int b = 0; b < n; b++)
+        ms_prep_to_gray(pc, bt->image + (size_t)b * bt->channels * SS, bt->height ? bt->height[b] : pc->size,
+                        bt->width ? bt->width[b] : pc->size, gray + (size_t)b * SS);
+}
+
+/* input | masked | reconstruction | reconstruction with the visible patches pasted back, one row per sample */
+static ms_status write_panel(const ms_mae_run *r, const char *path, int n)
+{
+    int S = r->S, p = S / r->g, g = r->g, W = 4 * S, H = n * S;
+    uint8_t *img = calloc((size_t)W * H, 1);
+    MS_FAIL_IF(!img, MS_ENOMEM, "out of memory");
+    for (int b = 0; b < n; b++)
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) {
+                size_t i = ((size_t)b * S + y) * S + x;
+                float gr = r->vgray[i], rc = r->recon[i];
+                int hidden = r->vmask[(size_t)b * g * g + (y / p) * g + x / p];
+                float v[4] = {gr, hidden ? 0.f : gr, rc, hidden ? rc : gr};
+                for (int k = 0; k < 4; k++) {
+                    float c = v[k] < 0 ? 0 : (v[k] > 1 ? 1 : v[k]);
+                    img[((size_t)b * S + y) * W + k * S + x] = (uint8_t)(c * 255.f + 0.5f);
+                }
+            }
+    ms_status rc = r->cfg.write_png(r->cfg.write_png_ctx, path, img, W, H);
+    free(img);
+    return rc;
+}
+
+/* Reconstruction loss on the fixed held-out slices with fixed masks (keyed by the slice's index in the set), its
+ * log line (t = seconds since open), and the PNG panel of the first few. */
+static ms_status validate_at(ms_mae_run *r, double t, double *loss)
+{
+    int S = r->S, B = r->cfg.batch;
+    int64_t step = r->ts.step;
+    double vsum = 0;
+    for (int b0 = 0; b0 < r->n_val; b0 += B) {
+        int nb = r->n_val - b0 < B ? r->n_val - b0 : B;
+        MS_TRY(ms_dev_from_host(r->dev, r->xdev, r->vimg + (size_t)b0 * 3 * S * S, (size_t)nb * 3 * S * S * 4));
+        for (int b = 0; b < nb; b++) r->keys[b] = 0x76616cull + (uint64_t)(b0 + b);
+        ms_mae_loss l;
+        MS_TRY(ms_mae_forward(&r->mae, r->xdev, r->vgray + (size_t)b0 * S * S, nb, r->cfg.seed, r->keys, &l));
+        vsum += l.loss * nb;
+        if (b0 == 0 && r->cfg.write_png) {
+            MS_TRY(ms_mae_reconstruction(&r->mae, r->vgray, r->recon));
+            memcpy(r->vmask, r->mae.mask.masked, (size_t)nb * r->g * r->g);
+            char pp[PATH_N];
+            snprintf(pp, sizeof pp, "%s/val/step_%08lld.png", r->cfg.out, (long long)step);
+            MS_TRY(write_panel(r, pp, nb < 4 ? nb : 4));
+        }
+    }
+    *loss = vsum / r->n_val;
+    char js[512];
+    snprintf(js, sizeof js, "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"val\", \"loss\": %.7g, \"t\": %.3f}",
+             (long long)step, (double)step / r->plan.steps_per_epoch, *loss, t);
+    MS_TRY(ms_runlog_json(&r->lg, js));
+    ms_runlog_scalar(&r->lg, "val/loss", step, *loss);
+    return MS_OK;
+}
+
+ms_status ms_mae_run_validate(ms_mae_run *r, double *loss)
+{
+    *loss = -1;
+    if (!r->n_val) return MS_OK;
+    return validate_at(r, ms_now_s() - r->t0, loss);
+}
+
+/* ---- open ---------------------------------------------------------------------------------------------------- */
+
+/* The encoder trains (every other tensor of its block stays frozen); the MAE decoder and both optimizers. */
+static ms_status open_model(ms_mae_run *r)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    ms_sam_encoder *enc = r->enc;
+    /* another input size than the checkpoint's: position tables interpolated from the masters in every forward */
+    ms_sam_encoder_free(enc);
+    if (c->input_size) MS_TRY(ms_sam_encoder_set_input_size(enc, c->input_size));
+    r->S = ms_sam_enc_run_size(enc);
+    r->g = r->S / enc->cfg.patch;
+    ms_params_set_trainable(r->eps, "", 0);
+    ms_params_set_trainable(r->eps, c->enc_prefix, 1);
+    MS_TRY(ms_params_alloc_grads(r->eps));
+    MS_TRY(ms_sam_encoder_reserve(enc, r->dev, c->batch, 1));
+    ms_mae_config mc = {.mask_ratio = (float)c->mask_ratio, .sampling = c->sampling, .norm_pix = c->norm_pix,
+                        .fg_threshold = (float)c->fg_threshold,
+                        .dec = {.dim = c->dec_dim, .depth = c->dec_depth, .n_heads = c->dec_heads, .target_ch = 1}};
+    MS_TRY(ms_mae_init(&r->mae, enc, &mc, &r->dec_ps));
+    MS_TRY(ms_params_alloc(&r->dec_ps, r->dev));
+    MS_TRY(ms_params_alloc_grads(&r->dec_ps));
+    MS_TRY(ms_mae_decoder_init_weights(&r->mae.dec, c->seed));
+    MS_TRY(ms_mae_reserve(&r->mae, r->dev, c->batch));
+    MS_TRY(ms_optimizer_init(&r->oe, r->eps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
+    return ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay);
+}
+
+/* The stores, each split by volume: the loader's configuration over the training part. */
+static ms_status open_stores(ms_mae_run *r)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    ms_loader_config *lc = &r->lc;
+    int threads = c->workers ? c->workers : r->dev->n_threads;
+    ms_loader_config_default(lc);
+    lc->n_stores = c->n_stores;
+    for (int i = 0; i < c->n_stores; i++) {
+        MS_TRY(ms_store_open(c->stores[i], 4 + threads, &r->stores[i]));
+        ms_split_spec sp;
+        ms_split_spec_default(&sp);
+        sp.seed = c->seed;
+        sp.val_fraction = c->val_slices > 0 ? 0.1 : 0;
+        int single = 0;
+        MS_TRY(ms_loader_select(r->stores[i], &sp, &r->train_sel[i], c->val_slices > 0 ? &r->val_sel[i] : NULL,
+                                &single));
+        if (single) r->plan.single_volume |= 1u << i;
+        lc->stores[i] = r->stores[i];
+        lc->selection[i] = &r->train_sel[i];
+    }
+    lc->seed = c->seed;
+    lc->global_batch = c->batch;
+    lc->n_threads = threads;
+    lc->pinned = r->dev->kind == MS_DEV_CUDA;
+    ms_prep_config_default(&lc->prep, r->S);
+    lc->augment = 1;
+    ms_aug_config_mae(&lc->aug);
+    return MS_OK;
+}
+
+/* The first val_slices held-out slices in order, unaugmented, with their gray targets. */
+static ms_status open_validation(ms_mae_run *r)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    if (c->val_slices <= 0 || r->val_sel[0].n == 0) return MS_OK;
+    int S = r->S;
+    ms_loader_config vc = r->lc;
+    vc.resume = NULL;
+    for (int i = 0; i < c->n_stores; i++) vc.selection[i] = &r->val_sel[i];
+    vc.shuffle = 0;
+    vc.augment = 0;
+    vc.n_epochs = 1;
+    vc.drop_last = 0;
+    r->vimg = malloc((size_t)c->val_slices * 3 * S * S * sizeof(float));
+    r->vgray = malloc((size_t)c->val_slices * S * S * sizeof(float));
+    MS_FAIL_IF(!r->vimg || !r->vgray, MS_ENOMEM, "out of memory");
+    ms_loader *vl;
+    MS_TRY(ms_loader_open(&vc, &vl));
+    const ms_batch *vb;
+    ms_status rc = MS_OK;
+    while (r->n_val < c->val_slices && !(rc = ms_loader_next(vl, &vb)) && vb) {
+        int take = vb->n < c->val_slices - r->n_val ? vb->n : c->val_slices - r->n_val;
+        memcpy(r->vimg + (size_t)r->n_val * 3 * S * S, vb->image, (size_t)take * 3 * S * S * sizeof(float));
+        batch_to_gray(&r->lc.prep, vb, take, r->vgray + (size_t)r->n_val * S * S);
+        r->n_val += take;
+    }
+    ms_loader_close(vl);
+    r->plan.n_val = r->n_val;
+    return rc;
+}
+
+/* RUN/config.json: what the options decided (export-weights rebuilds the model from it). */
+static ms_status write_config(ms_mae_run *r)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    const ms_mae_run_plan *pl = &r->plan;
+    cJSON *cj = cJSON_CreateObject();
+    cJSON_AddStringToObject(cj, "command", "pretrain");
+    cJSON_AddStringToObject(cj, "model", c->model);
+    cJSON_AddStringToObject(cj, "ckpt", c->ckpt ? c->ckpt : "");
+    cJSON_AddStringToObject(cj, "init", c->init ? c->init : "checkpoint");
+    cJSON *sa = cJSON_AddArrayToObject(cj, "stores");
+    for (int i = 0; i < c->n_stores; i++) cJSON_AddItemToArray(sa, cJSON_CreateString(c->stores[i]));
+    cJSON_AddNumberToObject(cj, "input_size", r->S);
+    cJSON_AddStringToObject(cj, "resize", "longest");
+    cJSON_AddStringToObject(cj, "norm", "sam");
+    cJSON_AddNumberToObject(cj, "batch_size", c->batch);
+    cJSON_AddNumberToObject(cj, "accum_iter", c->accum);
+    cJSON_AddNumberToObject(cj, "max_steps", (double)pl->total);
+    cJSON_AddNumberToObject(cj, "lr", pl->lr);
+    cJSON_AddNumberToObject(cj, "blr", c->blr);
+    cJSON_AddNumberToObject(cj, "min_lr", c->min_lr);
+    cJSON_AddNumberToObject(cj, "warmup_steps", (double)pl->warmup);
+    cJSON_AddNumberToObject(cj, "weight_decay", c->weight_decay);
+    cJSON_AddNumberToObject(cj, "mask_ratio", c->mask_ratio);
+    cJSON_AddStringToObject(cj, "mask_sampling", c->sampling == MS_MASK_RANDOM ? "random" : "stratified");
+    cJSON_AddNumberToObject(cj, "decoder_dim", c->dec_dim);
+    cJSON_AddNumberToObject(cj, "decoder_depth", c->dec_depth);
+    cJSON_AddNumberToObject(cj, "decoder_heads", c->dec_heads);
+    cJSON_AddNumberToObject(cj, "norm_pix_loss", c->norm_pix);
+    cJSON_AddNumberToObject(cj, "freeze_encoder_epochs", c->freeze_epochs);
+    cJSON_AddNumberToObject(cj, "clip_grad", c->clip);
+    cJSON_AddNumberToObject(cj, "seed", (double)(int64_t)c->seed); /* the CLI's seed is signed */
+    r->config_json = cJSON_Print(cj);
+    cJSON_Delete(cj);
+    MS_FAIL_IF(!r->config_json, MS_ENOMEM, "out of memory");
+    char p[PATH_N];
+    snprintf(p, sizeof p, "%s/val", c->out);
+    MS_TRY(ms_mkdirs(p));
+    snprintf(p, sizeof p, "%s/config.json", c->out);
+    return ms_write_file_atomic(p, r->config_json, strlen(r->config_json));
+}
+
+static ms_status check_config(const ms_mae_run_config *c)
+{
+    MS_FAIL_IF(!c->out || !c->model || !c->enc_prefix, MS_EINVAL, "pretrain: no run directory or model name");
+    MS_FAIL_IF(c->n_stores < 1 || c->n_stores > MS_ORDER_MAX_SOURCES, MS_EINVAL, "pretrain: %d stores (1 to %d)",
+               c->n_stores, MS_ORDER_MAX_SOURCES);
+    MS_FAIL_IF(c->batch < 1 || c->accum < 1, MS_EINVAL, "pretrain: batch %d, accumulation %d", c->batch, c->accum);
+    MS_FAIL_IF(c->save_every < 1 || (c->val_slices > 0 && c->val_every < 1), MS_EINVAL,
+               "pretrain: save every %d, validate every %d steps: must be >= 1", c->save_every, c->val_every);
+    return MS_OK;
+}
+
+static ms_status open_run(ms_mae_run *r)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    ms_mae_run_plan *pl = &r->plan;
+    MS_TRY(open_model(r));
+    MS_TRY(open_stores(r));
+    r->ts.lr_scale = 1.0;
+    r->saved_step = -1;
+    if (c->resume) {
+        int64_t ckstep;
+        MS_TRY(ms_ckpt_dir_latest(c->resume, &ckstep, r->resumed, sizeof r->resumed));
+        MS_TRY(load_checkpoint(r, r->resumed));
+        if (strcmp(c->resume, c->out)) r->saved_step = -1; /* a checkpoint elsewhere: this RUN/ has none yet */
+        r->lc.resume = &r->ts.loader;
+        pl->resumed_from = r->resumed;
+    }
+    MS_TRY(ms_loader_open(&r->lc, &r->loader));
+    ms_loader_state_get(r->loader, &r->ts.loader); /* a stop before the first step saves a resumable state */
+    pl->input_size = r->S;
+    pl->steps_per_epoch = (int64_t)ms_loader_steps_per_epoch(r->loader) / c->accum;
+    if (pl->steps_per_epoch < 1) pl->steps_per_epoch = 1;
+    pl->total = c->max_steps ? c->max_steps : (int64_t)c->epochs * pl->steps_per_epoch;
+    pl->warmup = c->warmup >= 0 ? c->warmup : pl->total / 20;
+    r->eff_batch = (double)c->batch * c->accum;
+    pl->lr = c->lr > 0 ? c->lr : c->blr * r->eff_batch / 256.0;
+    pl->freeze_steps = (int64_t)c->freeze_epochs * pl->steps_per_epoch;
+    pl->start_step = r->ts.step;
+    MS_TRY(open_validation(r));
+    MS_TRY(ms_mkdirs(c->out));
+    MS_TRY(write_config(r));
+    MS_TRY(ms_runlog_open(&r->lg, c->out));
+    int S = r->S, nb = c->batch > c->val_slices ? c->batch : c->val_slices;
+    MS_TRY(ms_dev_alloc(r->dev, (size_t)c->batch * 3 * S * S * sizeof(float), (void **)&r->xdev));
+    r->gray = malloc((size_t)c->batch * S * S * sizeof(float));
+    r->keys = malloc((size_t)c->batch * sizeof(uint64_t));
+    r->recon = malloc((size_t)nb * S * S * sizeof(float));
+    r->vmask = malloc((size_t)nb * r->g * r->g);
+    MS_FAIL_IF(!r->gray || !r->keys || !r->recon || !r->vmask, MS_ENOMEM, "out of memory");
+    r->nan_left = c->nan_count;
+    r->t0 = ms_now_s();
+    if (r->n_val && r->ts.step == 0) { /* the starting point of the curve */
+        MS_TRY(validate_at(r, 0, &pl->val_loss));
+        pl->validated = 1;
+    }
+    return MS_OK;
+}
+
+ms_status ms_mae_run_open(const ms_mae_run_config *cfg, ms_device *dev, ms_sam_encoder *enc, ms_mae_run **out)
+{
+    *out = NULL;
+    MS_TRY(check_config(cfg));
+    ms_mae_run *r = calloc(1, sizeof *r);
+    MS_FAIL_IF(!r, MS_ENOMEM, "out of memory");
+    r->cfg = *cfg;
+    r->dev = dev;
+    r->enc = enc;
+    r->eps = enc->ps;
+    ms_params_init(&r->dec_ps);
+    ms_status rc = open_run(r);
+    if (rc) {
+        ms_mae_run_close(r);
+        return rc;
+    }
+    *out = r;
+    return MS_OK;
+}
+
+/* ---- step ------------------------------------------------------------------------------------------------------ */
+
+typedef struct step_loss {
+    int finite;
+    double loss, fgsum, bgsum;
+    int fgn, bgn;
+} step_loss;
+
+/* accum_iter loader batches through the MAE forward and backward; the gradients accumulate loss / accum_iter. A
+ * non-finite loss contributes nothing (and fails the step), the remaining batches are still consumed. */
+static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    size_t SS = (size_t)r->S * r->S;
+    memset(sl, 0, sizeof *sl);
+    sl->finite = 1;
+    for (int a = 0; a < c->accum; a++) {
+        const ms_batch *bt;
+        MS_TRY(ms_loader_next(r->loader, &bt));
+        MS_FAIL_IF(!bt, MS_EINVAL, "pretrain: the loader ran out of data");
+        MS_TRY(ms_dev_from_host(r->dev, r->xdev, bt->image, (size_t)bt->n * 3 * SS * sizeof(float)));
+        batch_to_gray(&r->lc.prep, bt, bt->n, r->gray);
+        for (int b = 0; b < bt->n; b++) r->keys[b] = bt->epoch * 0x9e3779b97f4a7c15ull + bt->position[b];
+        ms_mae_loss l;
+        MS_TRY(ms_mae_forward(&r->mae, r->xdev, r->gray, bt->n, c->seed, r->keys, &l));
+        if (r->nan_left > 0 && r->ts.step + 1 >= c->nan_at) { l.loss = NAN; r->nan_left--; }
+        if (!isfinite(l.loss)) { sl->finite = 0; continue; }
+        sl->loss += l.loss / c->accum;
+        if (l.n_fg) { sl->fgsum += l.loss_fg * l.n_fg; sl->fgn += l.n_fg; }
+        if (l.n_bg) { sl->bgsum += l.loss_bg * l.n_bg; sl->bgn += l.n_bg; }
+        MS_TRY(ms_mae_backward(&r->mae, 1.0f / c->accum, frozen));
+    }
+    return MS_OK;
+}
+
+/* A skipped step; max_bad in a row roll back to the newest checkpoint at half the learning rate. */
+static ms_status skip_step(ms_mae_run *r, ms_mae_step_info *info)
+{
+    train_state *ts = &r->ts;
+    ts->skipped++;
+    ts->bad_in_row++;
+    info->bad_step = ts->step;
+    info->bad_in_row = ts->bad_in_row;
+    if (ts->bad_in_row >= r->cfg.max_bad) {
+        double scale = ts->lr_scale * 0.5;
+        int64_t skipped = ts->skipped, ckstep;
+        MS_TRY(ms_ckpt_dir_latest(r->cfg.out, &ckstep, r->ckdir, sizeof r->ckdir));
+        MS_TRY(load_checkpoint(r, r->ckdir));
+        ts->lr_scale = scale;
+        ts->skipped = skipped;
+        ts->bad_in_row = 0;
+        ms_loader_close(r->loader);
+        r->loader = NULL;
+        r->lc.resume = &ts->loader;
+        MS_TRY(ms_loader_open(&r->lc, &r->loader));
+        info->rolled_back_to = r->ckdir;
+    }
+    MS_TRY(ms_params_zero_grads(r->eps));
+    return ms_params_zero_grads(&r->dec_ps);
+}
+
+/* The step's log.jsonl line and TensorBoard scalars. */
+static ms_status log_step(ms_mae_run *r, const step_loss *sl, const ms_mae_step_info *in)
+{
+    int64_t step = r->ts.step;
+    char js[1024];
+    snprintf(js, sizeof js,
+             "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"train\", \"loss\": %.7g, \"loss_fg\": %.7g, "
+             "\"loss_bg\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, "
+             "\"t\": %.3f}",
+             (long long)step, (double)step / r->plan.steps_per_epoch, sl->loss, sl->fgn ? sl->fgsum / sl->fgn : -1.0,
+             sl->bgn ? sl->bgsum / sl->bgn : -1.0, in->lr, in->grad_norm, in->img_per_s, (long long)r->ts.skipped,
+             in->elapsed_s);
+    MS_TRY(ms_runlog_json(&r->lg, js));
+    ms_runlog_scalar(&r->lg, "train/loss", step, sl->loss);
+    if (sl->fgn) ms_runlog_scalar(&r->lg, "train/loss_fg", step, sl->fgsum / sl->fgn);
+    if (sl->bgn) ms_runlog_scalar(&r->lg, "train/loss_bg", step, sl->bgsum / sl->bgn);
+    ms_runlog_scalar(&r->lg, "train/lr", step, in->lr);
+    ms_runlog_scalar(&r->lg, "train/grad_norm", step, in->grad_norm);
+    ms_runlog_scalar(&r->lg, "train/img_per_s", step, in->img_per_s);
+    return MS_OK;
+}
+
+ms_status ms_mae_run_step(ms_mae_run *r, ms_mae_step_info *info)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    const ms_mae_run_plan *pl = &r->plan;
+    train_state *ts = &r->ts;
+    memset(info, 0, sizeof *info);
+    info->total = pl->total;
+    MS_FAIL_IF(ts->step >= pl->total, MS_EBADSTATE, "pretrain: the run is done (%lld steps)", (long long)pl->total);
+    int frozen = ts->step < pl->freeze_steps;
+    step_loss sl;
+    MS_TRY(accumulate(r, frozen, &sl));
+    float gnorm = 0;
+    float *grads[2] = {r->eps->grad, r->dec_ps.grad};
+    int64_t gsizes[2] = {r->eps->numel_trainable, r->dec_ps.numel_trainable};
+    if (sl.finite) MS_TRY(ms_clip_grad_norm(r->dev, grads, gsizes, 2, (float)c->clip, &gnorm));
+    if (!sl.finite || !isfinite(gnorm)) {
+        MS_TRY(skip_step(r, info));
+    } else {
+        ts->bad_in_row = 0;
+        float lr = (float)(ms_lr_at(MS_SCHED_COSINE, ts->step, pl->warmup, pl->total, (float)pl->lr,
+                                    (float)c->min_lr) * ts->lr_scale);
+        if (!frozen) MS_TRY(ms_optimizer_step(&r->oe, lr, NULL));
+        MS_TRY(ms_optimizer_step(&r->od, lr, NULL));
+        MS_TRY(ms_params_zero_grads(r->eps));
+        MS_TRY(ms_params_zero_grads(&r->dec_ps));
+        ts->step++;
+        ts->opt_steps++;
+        ms_loader_state_get(r->loader, &ts->loader);
+        double t = ms_now_s();
+        info->updated = 1;
+        info->loss = sl.loss;
+        info->lr = lr;
+        info->grad_norm = gnorm;
+        info->elapsed_s = t - r->t0;
+        info->img_per_s = (double)(ts->step - pl->start_step) * r->eff_batch / (t - r->t0 + 1e-9);
+        info->eta_s = (double)(pl->total - ts->step) * (t - r->t0) / (double)(ts->step - pl->start_step);
+        MS_TRY(log_step(r, &sl, info));
+        if (r->n_val && (ts->step % c->val_every == 0 || ts->step == pl->total)) {
+            MS_TRY(validate_at(r, ms_now_s() - r->t0, &info->val_loss));
+            info->validated = 1;
+        }
+        if (ts->step % c->save_every == 0 || ts->step == pl->total) {
+            MS_TRY(save_checkpoint(r));
+            info->saved = 1;
+        }
+    }
+    info->step = ts->step;
+    info->done = ts->step >= pl->total;
+    info->skipped = ts->skipped;
+    info->lr_scale = ts->lr_scale;
+    return MS_OK;
+}
+
+/* ---- export and close ------------------------------------------------------------------------------------------ */
+
+ms_status ms_mae_run_export(ms_mae_run *r)
+{
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    char p[PATH_N];
+    ms_status rc = r->cfg.to_sd ? r->cfg.to_sd(r->cfg.to_sd_ctx, &sd) : ms_params_to_sd(r->eps, &sd);
+    snprintf(p, sizeof p, "%s/sam_mri_%s.pth", r->cfg.out, r->cfg.model);
+    if (!rc) rc = ms_sd_save(p, &sd);
+    snprintf(p, sizeof p, "%s/sam_mri_%s.safetensors", r->cfg.out, r->cfg.model);
+    if (!rc) rc = ms_sd_save(p, &sd);
+    ms_sd_free(&sd);
+    return rc;
+}
+
+void ms_mae_run_close(ms_mae_run *r)
+{
+    if (!r) return;
+    ms_runlog_close(&r->lg);
+    if (r->loader) ms_loader_close(r->loader);
+    for (int i = 0; i < MS_ORDER_MAX_SOURCES; i++) {
+        ms_selection_free(&r->train_sel[i]);
+        ms_selection_free(&r->val_sel[i]);
+        if (r->stores[i]) ms_store_close(r->stores[i]);
+    }
+    ms_dev_free(r->dev, r->xdev);
+    free(r->gray);
+    free(r->vgray);
+    free(r->vimg);
+    free(r->recon);
+    free(r->vmask);
+    free(r->keys);
+    if (r->config_json) cJSON_free(r->config_json);
+    ms_optimizer_free(&r->oe);
+    ms_optimizer_free(&r->od);
+    ms_mae_free(&r->mae);
+    ms_params_free(&r->dec_ps);
+    ms_sam_encoder_free(r->enc);
+    free(r);
+}
