@@ -40,4 +40,8 @@ typedef struct ms_image {
 ms_status ms_png_read_image(const char *path, ms_image *img);
 void ms_image_free(ms_image *img);
 
+/* Writes an 8-bit PNG, channels 1 (gray) or 3 (RGB), pixels HWC, crash-safe (kernels/base/fileio.h: temporary
+ * file, fsync, rename). */
+ms_status ms_png_write_u8(const char *path, const uint8_t *pix, int w, int h, int channels);
+
 #endif

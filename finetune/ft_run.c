@@ -14,6 +14,7 @@
 #include "checkpoints/runlog.h"
 #include "data/ingest.h"
 #include "data/loader.h"
+#include "data/png.h"
 #include "finetune/prompt_gen.h"
 #include "ops.h"
 
@@ -91,6 +92,7 @@ void ms_ft_run_config_default(ms_ft_run_config *c)
     c->patience = 20;
     c->save_every = 1000;
     c->keep_last = 2;
+    c->panels = 1;
 }
 
 ms_status ms_ft_run_config_check(const ms_ft_run_config *c)
@@ -505,10 +507,10 @@ ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v)
         ms_ft_dice_reset(&v->dice[t], c->task[t].num_cls);
         if (r->td[t].val.n) rc = validate_task(r, t, &v->dice[t], &vs);
     }
-    if (!rc && vs.panel_n && r->cfg.write_png) {
+    if (!rc && vs.panel_n && r->cfg.panels) {
         char p[4300];
         snprintf(p, sizeof p, "%s/val/step_%08lld.png", r->cfg.out, (long long)r->step);
-        rc = r->cfg.write_png(r->cfg.write_png_ctx, p, vs.panel, 3 * r->S, vs.panel_n * r->S);
+        rc = ms_png_write_u8(p, vs.panel, 3 * r->S, vs.panel_n * r->S, 1);
     }
     free(vs.panel);
     if (rc) return rc;

@@ -69,9 +69,7 @@ typedef struct ms_ft_run_config {
     int save_every, keep_last; /* steps; checkpoints kept */
     const char *out;           /* RUN/ */
     int resume;                /* continue RUN/ from its newest complete checkpoint */
-    /* Writes an 8-bit gray PNG (the validation panels RUN/val/step_%08d.png); NULL: no panels. */
-    ms_status (*write_png)(void *ctx, const char *path, const uint8_t *pix, int w, int h);
-    void *write_png_ctx;
+    int panels;                /* write the validation panels RUN/val/step_%08d.png (default 1) */
 } ms_ft_run_config;
 
 /* The defaults of docs/CLI.md: full / decoder, no prompt, 200 epochs, batch 4, lr 1e-3 poly, warm-up 200,

@@ -12,6 +12,7 @@
 #include "checkpoints/rundir.h"
 #include "checkpoints/runlog.h"
 #include "data/loader.h"
+#include "data/png.h"
 #include "data/preprocess.h"
 #include "ops.h"
 #include "pretrain/optimizer.h"
@@ -73,6 +74,7 @@ void ms_mae_run_config_default(ms_mae_run_config *c)
     c->val_every = 500;
     c->val_slices = 64;
     c->max_bad = 5;
+    c->panels = 1;
 }
 
 const ms_mae_run_plan *ms_mae_run_plan_get(const ms_mae_run *r) { return &r->plan; }
@@ -248,7 +250,7 @@ static ms_status write_panel(const ms_mae_run *r, const char *path, int n)
                     img[((size_t)b * S + y) * W + k * S + x] = (uint8_t)(c * 255.f + 0.5f);
                 }
             }
-    ms_status rc = r->cfg.write_png(r->cfg.write_png_ctx, path, img, W, H);
+    ms_status rc = ms_png_write_u8(path, img, W, H, 1);
     free(img);
     return rc;
 }
@@ -267,7 +269,7 @@ static ms_status validate_at(ms_mae_run *r, double t, double *loss)
         ms_mae_loss l;
         MS_TRY(ms_mae_forward(&r->mae, r->xdev, r->vgray + (size_t)b0 * S * S, nb, r->cfg.seed, r->keys, &l));
         vsum += l.loss * nb;
-        if (b0 == 0 && r->cfg.write_png) {
+        if (b0 == 0 && r->cfg.panels) {
             MS_TRY(ms_mae_reconstruction(&r->mae, r->vgray, r->recon));
             memcpy(r->vmask, r->mae.mask.masked, (size_t)nb * r->g * r->g);
             char pp[PATH_N];

@@ -61,9 +61,7 @@ typedef struct ms_mae_run_config {
      * NULL: the whole parameter block. */
     ms_status (*to_sd)(void *ctx, ms_state_dict *sd);
     void *to_sd_ctx;
-    /* Writes an 8-bit gray PNG (the validation panels RUN/val/step_%08d.png); NULL: no panels. */
-    ms_status (*write_png)(void *ctx, const char *path, const uint8_t *pix, int w, int h);
-    void *write_png_ctx;
+    int panels;                /* write the validation panels RUN/val/step_%08d.png (default 1) */
 } ms_mae_run_config;
 
 /* `mrisam pretrain`'s defaults: batch 8, accum 1, 100 epochs, blr 1.5e-4, weight decay 0.05, mask 0.75 stratified,

@@ -65,12 +65,6 @@ static int parse_blocks(const char *s, uint64_t *out)
     return 0;
 }
 
-static ms_status write_png(void *ctx, const char *path, const uint8_t *pix, int w, int h)
-{
-    (void)ctx;
-    return ms_png_write_u8(path, pix, w, h, 1);
-}
-
 /* The word options → run configuration c (its numbers are parsed already). Returns 0, or the exit code of a
  * usage error (already printed). */
 static int make_config(opts *o, ms_ft_run_config *c)
@@ -111,7 +105,6 @@ static int make_config(opts *o, ms_ft_run_config *c)
     c->augment = !strcmp(o->augment, "seg");
     c->task_weights_uniform = !strcmp(o->task_weights, "uniform");
     c->resume = o->resume != NULL;
-    c->write_png = write_png;
     if (ms_ft_run_config_check(c)) USAGE("%s", ms_errmsg());
     return 0;
 #undef USAGE

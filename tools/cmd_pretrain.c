@@ -34,12 +34,6 @@ typedef struct opts {
 
 static ms_status sam_to_sd(void *ctx, ms_state_dict *sd) { return ms_sam_to_sd(ctx, sd); }
 
-static ms_status png_gray(void *ctx, const char *path, const uint8_t *pix, int w, int h)
-{
-    (void)ctx;
-    return ms_png_write_u8(path, pix, w, h, 1);
-}
-
 static void print_val(int64_t step, double loss, int n_val)
 {
     printf("%sval step %lld: reconstruction loss %.4f on %d held-out slices\n", isatty(1) ? "\n" : "",
@@ -152,7 +146,6 @@ static int run(int argc, char **argv)
     c.n_stores = o.stores.n;
     for (int i = 0; i < o.stores.n; i++) c.stores[i] = o.stores.v[i];
     c.seed = (uint64_t)o.seed;
-    c.write_png = png_gray;
     /* Fault injection for tests (docs/CLI.md): MRISAM_TEST_NAN="STEP,COUNT" makes the first COUNT losses from
      * optimizer step STEP on non-finite, to exercise the skip-and-rollback path. */
     const char *nan_env = getenv("MRISAM_TEST_NAN");

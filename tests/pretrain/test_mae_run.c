@@ -9,6 +9,7 @@
  *      the step after the rollback sees (a)'s parameters and batches of step 3 again (same loss, half (a)'s lr),
  *      the run finishes and counts 2 skipped steps.
  */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/path.h"
 #include "checkpoints/rundir.h"
+#include "data/png.h"
 #include "harness.h"
 #include "loader/store_fixture.h"
 #include "pretrain/mae_run.h"
@@ -25,7 +28,7 @@
 #define STEPS 6
 
 static uint64_t SEED;
-static char DIR[256], STORE[300];
+static char TMP[256], STORE[300];
 
 typedef struct model {
     ms_params ps;
@@ -60,20 +63,30 @@ typedef struct png_count {
     int n, w, h;
 } png_count;
 
-static ms_status png_hook(void *ctx, const char *path, const uint8_t *pix, int w, int h)
+/* The panels the run wrote into RUN/val/ (read back: they are real PNGs). */
+static png_count count_panels(const char *out)
 {
-    (void)pix;
-    png_count *pc = ctx;
-    pc->n++;
-    pc->w = w;
-    pc->h = h;
-    FILE *f = fopen(path, "wb"); /* the run names the file; its bytes are the tool's business */
-    if (!f) return ms_error(MS_EIO, "%s: cannot create", path);
-    fclose(f);
-    return MS_OK;
+    png_count pc = {0, 0, 0};
+    char dir[400], p[700];
+    snprintf(dir, sizeof dir, "%s/val", out);
+    DIR *d = opendir(dir);
+    if (!d) return pc;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!ms_str_ends_with(e->d_name, ".png")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        ms_png img;
+        if (ms_png_read(p, MS_PNG_AS_STORED, &img)) continue;
+        pc.n++;
+        pc.w = img.w;
+        pc.h = img.h;
+        ms_png_free(&img);
+    }
+    closedir(d);
+    return pc;
 }
 
-static void base_config(ms_mae_run_config *c, const char *out, png_count *pc)
+static void base_config(ms_mae_run_config *c, const char *out)
 {
     ms_mae_run_config_default(c);
     c->n_stores = 1;
@@ -97,8 +110,6 @@ static void base_config(ms_mae_run_config *c, const char *out, png_count *pc)
     c->keep_last = 5;
     c->val_every = 3;
     c->val_slices = 3; /* a full and a partial validation batch */
-    c->write_png = png_hook;
-    c->write_png_ctx = pc;
 }
 
 /* What a run ends with. */
@@ -205,14 +216,13 @@ static int files_equal(const char *a, const char *b)
 static void run_a(ms_device *dev, record *rec)
 {
     char out[300];
-    snprintf(out, sizeof out, "%s/a", DIR);
+    snprintf(out, sizeof out, "%s/a", TMP);
     model m;
-    png_count pc = {0};
     MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51));
     float *enc0 = malloc((size_t)m.ps.numel * sizeof(float));
     memcpy(enc0, m.ps.data, (size_t)m.ps.numel * sizeof(float));
     ms_mae_run_config c;
-    base_config(&c, out, &pc);
+    base_config(&c, out);
     ms_mae_run *r = NULL;
     MS_CHECK_OK(ms_mae_run_open(&c, dev, &m.enc, &r));
     if (!r) { model_free(&m); free(enc0); return; }
@@ -240,6 +250,7 @@ static void run_a(ms_device *dev, record *rec)
     MS_CHECK(saved == (1 << 3 | 1 << 6) && validated == (1 << 3 | 1 << 6), "saved %#x, validated %#x (steps 3, 6)",
              saved, validated);
     MS_CHECK(ms_mae_run_step(r, &in) == MS_EBADSTATE, "a step after the last one is refused");
+    png_count pc = count_panels(out);
     MS_CHECK(pc.n == 3 && pc.w == 4 * 64 && pc.h == 2 * 64, "%d panels of %dx%d (3 of 256x128)", pc.n, pc.w, pc.h);
     MS_CHECK_OK(finish(r, &m, out, rec));
     double v = -1;
@@ -266,12 +277,11 @@ static void run_a(ms_device *dev, record *rec)
 static void run_b(ms_device *dev, const record *a)
 {
     char out[300];
-    snprintf(out, sizeof out, "%s/b", DIR);
+    snprintf(out, sizeof out, "%s/b", TMP);
     record rec = {0};
     model m;
-    png_count pc = {0};
     ms_mae_run_config c;
-    base_config(&c, out, &pc);
+    base_config(&c, out);
     ms_mae_run *r = NULL;
     MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51));
     MS_CHECK_OK(ms_mae_run_open(&c, dev, &m.enc, &r));
@@ -303,11 +313,11 @@ static void run_b(ms_device *dev, const record *a)
     MS_CHECK(sd_equal(&rec.optim, &a->optim, "optim"), "AdamW moments equal bit for bit");
     MS_CHECK(rec.log && a->log && !strcmp(rec.log, a->log), "log.jsonl equals the uninterrupted run's but t, img_per_s");
     char pa[400], pb[400];
-    snprintf(pa, sizeof pa, "%s/a/sam_mri_vit_test.safetensors", DIR);
-    snprintf(pb, sizeof pb, "%s/b/sam_mri_vit_test.safetensors", DIR);
+    snprintf(pa, sizeof pa, "%s/a/sam_mri_vit_test.safetensors", TMP);
+    snprintf(pb, sizeof pb, "%s/b/sam_mri_vit_test.safetensors", TMP);
     MS_CHECK(files_equal(pa, pb), "the exports are byte-identical");
-    snprintf(pa, sizeof pa, "%s/a/ckpt/step_00000006/optim.safetensors", DIR);
-    snprintf(pb, sizeof pb, "%s/b/ckpt/step_00000006/optim.safetensors", DIR);
+    snprintf(pa, sizeof pa, "%s/a/ckpt/step_00000006/optim.safetensors", TMP);
+    snprintf(pb, sizeof pb, "%s/b/ckpt/step_00000006/optim.safetensors", TMP);
     MS_CHECK(files_equal(pa, pb), "the last checkpoints' optimizer files are byte-identical");
     record_free(&rec);
     model_free(&m);
@@ -317,12 +327,11 @@ static void run_b(ms_device *dev, const record *a)
 static void run_c(ms_device *dev, const record *a)
 {
     char out[300];
-    snprintf(out, sizeof out, "%s/c", DIR);
+    snprintf(out, sizeof out, "%s/c", TMP);
     record rec = {0};
     model m;
-    png_count pc = {0};
     ms_mae_run_config c;
-    base_config(&c, out, &pc);
+    base_config(&c, out);
     c.save_every = 2;
     c.max_bad = 2;
     c.nan_at = 3;
@@ -363,9 +372,9 @@ static void run_c(ms_device *dev, const record *a)
 int main(void)
 {
     SEED = ms_test_seed();
-    snprintf(DIR, sizeof DIR, "/tmp/test_mae_run_XXXXXX");
-    MS_CHECK(mkdtemp(DIR) != NULL, "mkdtemp");
-    snprintf(STORE, sizeof STORE, "%s/store", DIR);
+    snprintf(TMP, sizeof TMP, "/tmp/test_mae_run_XXXXXX");
+    MS_CHECK(mkdtemp(TMP) != NULL, "mkdtemp");
+    snprintf(STORE, sizeof STORE, "%s/store", TMP);
     const fx_vol vols[] = {{40, 48, 8, 0}, {48, 40, 8, 0}, {44, 44, 8, 0}};
     MS_CHECK_OK(fx_make_store(STORE, SEED, vols, 3));
     ms_device dev = {0};
@@ -379,7 +388,7 @@ int main(void)
     record_free(&a);
     ms_device_free(&dev);
     char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", DIR);
-    if (system(cmd)) printf("note: could not remove %s\n", DIR);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", TMP);
+    if (system(cmd)) printf("note: could not remove %s\n", TMP);
     return ms_test_done();
 }
