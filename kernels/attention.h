@@ -5,8 +5,9 @@
  * Per group g, head h (head h uses columns [h·hd, (h+1)·hd) of q, k, v and out):
  *   S[i,j] = scale·(q_i·k_j) + rel(i,j),   P = softmax_j(S),   out_i = Σ_j P[i,j]·v_j
  *   rel(i,j) = q_i·rel_h[q_row(i) − k_row(j) + (len_h−1)/2] + q_i·rel_w[q_col(i) − k_col(j) + (len_w−1)/2]
- *   (q unscaled; tables (len, hd) shared by all heads; sam.md §1.3). The caller resizes the tables to
- *   2·S−1 first (ms_rel_pos_resize_forward); every index must fall inside its table.
+ *   (q unscaled; tables (len, hd) shared by all heads; segment_anything/modeling/image_encoder.py,
+ *   add_decomposed_rel_pos). The caller resizes the tables to 2·S−1 first (ms_rel_pos_resize_forward); every
+ *   index must fall inside its table.
  * Token sets: group g's queries are rows q_idx[q_off[g] .. q_off[g+1]) of q (and of out); its keys/values rows
  *   k_idx[k_off[g] .. k_off[g+1]) of k and v. q_idx == NULL: rows q_off[g] .. q_off[g+1]−1 themselves.
  *   q_off == NULL: uniform groups of nq consecutive positions (g·nq ..). The same for keys. A query row belongs
@@ -16,6 +17,8 @@
  *   recomputes P from it (flash-style), so no N×N matrix is ever stored.
  * Backward accumulates dq, dk, dv (strides ldq, ldk, ldv: they may point into one dqkv buffer) and drel_h,
  *   drel_w (len, hd); any may be NULL. out/dout use ldo. Deterministic for a given thread count.
+ * Tested by the attention rows of tests/kernels/op_cases.c (test_ops_b: CPU vs reference and finite differences, plus
+ *   PyTorch values in tests/kernels/golden/sam_attention.txt; test_ops_cuda: CUDA, both kernel variants, vs CPU).
  */
 #ifndef MS_ATTENTION_H
 #define MS_ATTENTION_H

@@ -2,11 +2,15 @@
  * `dloss` is the upstream scalar (host float, e.g. 1/accum_steps); backward accumulates into the input grad.
  *   mse:   loss = Σ_r w_r·mean_c (p[r,c]−t[r,c])² / Σ_r w_r, p,t (rows, cols), w (rows) or NULL (all 1; MAE uses
  *          w = 1 on masked patches). Σ w = 0 gives loss 0 and no gradient.
- *   dice:  soft Dice of finetune-SAM / MONAI (sam.md §6.4): p = σ(logit) per channel, y = one_hot(target, C);
+ *   dice:  soft Dice of finetune-SAM / MONAI (monai.losses.DiceLoss, sigmoid=True): p = σ(logit) per channel,
+ *          y = one_hot(target, C);
  *          per (b,c): 1 − (2Σ p·y + s)/(Σ p² + Σ y² + s); mean over b and c. logits (B,C,P), target (B,P) int32.
  *   cross_entropy: mean over pixels with target >= 0 of −log softmax_c(logits)[target]; logits (B,C,P),
  *          target (B,P); target < 0 is ignored; when every pixel is ignored the loss is 0 and no gradient flows
- *          (torch would give NaN). In dice, a target below 0 belongs to no class. */
+ *          (torch would give NaN). In dice, a target below 0 belongs to no class.
+ * Tested by rows "mse", "dice", "cross_entropy" of tests/kernels/op_cases.c (test_ops_a: CPU vs reference, bad labels;
+ *   test_ops_cuda: CUDA vs CPU).
+ */
 #ifndef MS_LOSS_H
 #define MS_LOSS_H
 
