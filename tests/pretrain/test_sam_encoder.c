@@ -1,4 +1,4 @@
-/* tests/sam/test_sam_encoder.c — the C image encoder against the PyTorch reference (tests/reference/sam_ref_encoder.py,
+/* tests/pretrain/test_sam_encoder.c — the C image encoder against the PyTorch reference (tests/reference/sam_ref_encoder.py,
  * golden files from tests/reference/gen_encoder_golden.py, computed in float64).
  *
  * 1. vit_test (cli.md) at 256, batch 1, counter_init weights: patch embedding, every block's output, the neck output,
@@ -141,7 +141,7 @@ static char *golden_path(const char *file)
 {
     const char *src = getenv("MS_SOURCE_DIR");
     static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/tests/sam/golden/%s", src ? src : "../../..", file);
+    snprintf(buf, sizeof buf, "%s/tests/pretrain/golden/%s", src ? src : "../../..", file);
     return buf;
 }
 
