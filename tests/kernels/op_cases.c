@@ -635,14 +635,14 @@ static const att_row att_rows[] = {
     {.name = "cross 37 q x 5 k", .build = build_cross, .p = {2, 2, 3, 37, 5}, .probes = 30},
     {.name = "shared keys across groups", .build = build_shared_keys, .p = {6, 5, 4, 3, 4}, .probes = 30},
     {.name = "global 19x17 (blocked)", .build = build_global, .p = {19, 17, 2, 4, 1, 500}, .probes = 12},
-    {.name = "window 7x7 relpos hd16", .build = KP, .p = {6, 3, 16, 1, 7, 7, 0, 0, 0}, .probes = 12},
+    {.name = "window 7x7 relpos hd16", .build = KP, .p = {6, 3, 16, 1, 7, 7, 0, 0, 0}, .probes = 6},
     {.name = "window 5x6 relpos hd24", .build = KP, .p = {4, 2, 24, 1, 5, 6, 0, 0, 0}, .probes = 12},
     /* head_dim 64 over 110-196 keys: the CPU's float error against the double reference reaches ~5e-4 of the
      * ms_compare floor, and its 1- and 2-thread results differ by ~1.5e-4 (the other rows agree to 1e-5) */
-    {.name = "global 14x14 relpos hd64", .build = KP, .p = {1, 2, 64, 1, 14, 14, 0, 0, 0}, .probes = 4,
+    {.name = "global 14x14 relpos hd64", .build = KP, .p = {1, 2, 64, 1, 14, 14, 0, 0, 0}, .probes = 2,
      .fwd_rel = 2e-3, .thread_rel = 5e-4},
-    {.name = "lists var-size relpos hd32", .build = KP, .p = {5, 2, 32, 1, 9, 8, 0, 0, 1}, .probes = 12},
-    {.name = "lists var-size hd64", .build = KP, .p = {3, 3, 64, 0, 10, 11, 0, 0, 1}, .probes = 6,
+    {.name = "lists var-size relpos hd32", .build = KP, .p = {5, 2, 32, 1, 9, 8, 0, 0, 1}, .probes = 6},
+    {.name = "lists var-size hd64", .build = KP, .p = {3, 3, 64, 0, 10, 11, 0, 0, 1}, .probes = 3,
      .fwd_rel = 2e-3, .thread_rel = 5e-4},
     {.name = "cross shared keys hd32", .build = KP, .p = {4, 2, 32, 0, 3, 5, 1, 37, 0}, .probes = 12},
     {.name = "cross lists hd16", .build = KP, .p = {3, 4, 16, 0, 4, 4, 1, 70, 1}, .probes = 12},
