@@ -29,7 +29,8 @@ Several commands may be given separated by "--" (one process: torch is imported 
                                  export (class c as c) in every voxel.
   export-fsam CKPT_DIR TASK F.pth
                                  finetune-SAM layout: the key list (order included) and shapes of the state_dict of a
-                                 PyTorch model rebuilt the way finetune-SAM builds it (sam.md §6.1-6.2: _LoRA_qkv,
+                                 PyTorch model rebuilt the way finetune-SAM builds it (mazurowski-lab/finetune-SAM,
+                                 models/sam_LoRa.py and models/sam/modeling/: _LoRA_qkv,
                                  _LoRA_qkv_proj, Block adapters registered between attn and norm2, decoder adapters
                                  after cross_attn_image_to_token), strict load into it, LoRA/adapter tensors equal to
                                  model.safetensors, Depth_Adapter zeros.

@@ -3,7 +3,7 @@
     /usr/bin/python3 tests/reference/gen_encoder_golden.py [--vit-b]     (from the repository root)
 
 Writes, with torch.save (a flat dict name → tensor), into tests/pretrain/golden/:
-  encoder_vit_test.pth  vit_test (cli.md) at 256, batch 1, weights from counter_init (seed SEED, names
+  encoder_vit_test.pth  vit_test (docs/CLI.md) at 256, batch 1, weights from counter_init (seed SEED, names
                         "image_encoder.<key>"), so the file holds no weights: input, G, every stage's output
                         (stage.patch = patch embedding + pos_embed, stage.block.<i>, BHWC), emb, and for the loss
                         L = Σ emb·G the gradient of every parameter and of the input — in full when it has at most

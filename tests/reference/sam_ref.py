@@ -1,6 +1,7 @@
 """tests/reference/sam_ref.py — the whole SAM model in PyTorch (image encoder from sam_ref_encoder.py, prompt encoder
 and mask decoder from sam_ref_decoder.py) under SAM's top-level key names, and the official predictor's geometry:
-ResizeLongestSide coordinates and mask post-processing (sam.md §3.4, §4).
+ResizeLongestSide coordinates and mask post-processing (segment_anything/utils/transforms.py,
+segment_anything/modeling/sam.py postprocess_masks).
 
 Also a small CLI:
   /usr/bin/python3 sam_ref.py ckpt OUT.pth VARIANT SEED     write a counter_init checkpoint (float32; test_segment.sh)
