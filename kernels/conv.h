@@ -6,7 +6,10 @@
  *   x (B,Cin,H,W), w (Cout,Cin,ks,ks) → y (B,Cout,H+2·pad−ks+1, W+2·pad−ks+1).
  * conv_transpose2x2: kernel 2 stride 2 (output upscaling). x (B,Cin,H,W), w (Cin,Cout,2,2) → y (B,Cout,2H,2W):
  *   y[o,2i+di,2j+dj] = b[o] + Σ_c x[c,i,j]·w[c,o,di,dj].
- * Backward accumulates dx, dw, db; NULL skips. */
+ * Backward accumulates dx, dw, db; NULL skips.
+ * Tested by rows "conv_patch", "conv2d", "conv_transpose2x2" of tests/kernels/op_cases.c (test_ops_b: CPU vs reference;
+ *   test_ops_cuda: CUDA vs CPU).
+ */
 #ifndef MS_CONV_H
 #define MS_CONV_H
 

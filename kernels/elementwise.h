@@ -7,6 +7,8 @@
  *   transpose:  y[a,c,r] = x[a,r,c]                        x (A,R,C) → y (A,C,R)
  *   gather_rows: y[i,:] = x[idx[i],:] (idx < 0 → zeros)    x (*,D), idx (n_idx); backward scatter-adds into dx
  *   reduce_sum: y[a,c] = Σ_r x[a,r,c]                      x (A,R,C) → y (A,C)
+ * Tested by rows "add", "add_bcast", "scale", "transpose", "gather_rows", "reduce_sum" of tests/kernels/op_cases.c
+ *   (test_ops_a: CPU vs reference, in-place forwards; test_ops_cuda: CUDA vs CPU).
  */
 #ifndef MS_ELEMENTWISE_H
 #define MS_ELEMENTWISE_H

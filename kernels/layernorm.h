@@ -4,6 +4,8 @@
  *   layernorm:   x,y (N,D); w,b (D); mean,rstd (N) saved for backward.
  *   layernorm2d: x,y (B,C,HW); w,b (C); mean,rstd (B,HW).
  * Backward accumulates dx, dw, db (NULL = skip). ref: torch.nn.LayerNorm, segment_anything/modeling/common.py
+ * Tested by rows "layernorm", "layernorm2d" of tests/kernels/op_cases.c (test_ops_a: CPU vs reference;
+ *   test_ops_cuda: CUDA vs CPU).
  */
 #ifndef MS_LAYERNORM_H
 #define MS_LAYERNORM_H

@@ -7,7 +7,10 @@
  *          logits (B,C,P), target (B,P) int32.
  *   cross_entropy: mean over pixels with target >= 0 of −log softmax_c(logits)[target]; logits (B,C,P),
  *          target (B,P); target < 0 is ignored; when every pixel is ignored the loss is 0 and no gradient flows
- *          (torch would give NaN). In dice, a target below 0 belongs to no class. */
+ *          (torch would give NaN). In dice, a target below 0 belongs to no class.
+ * Tested by rows "mse", "dice", "cross_entropy" of tests/kernels/op_cases.c (test_ops_a: CPU vs reference, bad labels;
+ *   test_ops_cuda: CUDA vs CPU).
+ */
 #ifndef MS_LOSS_H
 #define MS_LOSS_H
 

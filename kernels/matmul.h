@@ -7,6 +7,8 @@
  * Backward rule for every op in kernels/: gradients are ACCUMULATED (+=) into every gradient output, and a
  * NULL gradient pointer means "not needed" (frozen weights cost no work). matmul_backward ignores beta (the
  * caller owns the beta·C term).
+ * Tested by rows "matmul", "linear" of tests/kernels/op_cases.c (test_ops_a: CPU vs reference, bad descriptors;
+ *   test_ops_cuda: CUDA vs CPU).
  */
 #ifndef MS_MATMUL_H
 #define MS_MATMUL_H

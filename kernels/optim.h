@@ -6,6 +6,8 @@
  *   ms_clip_grad_norm: total norm over n tensors; when max_norm > 0 and the norm exceeds it, every gradient is
  *     scaled by max_norm/(norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping;
  *     a non-finite norm is returned without scaling anything, so the caller can skip the step.
+ * Tested by tests/kernels/test_ops_a.c (test_adamw against torch's formula, test_sumsq_clip) and test_ops_cuda.c
+ *   (t_optim: CUDA vs CPU); not table rows (state over steps).
  */
 #ifndef MS_OPTIM_H
 #define MS_OPTIM_H

@@ -1,7 +1,10 @@
 /* kernels/window.h — SAM's window partition / unpartition with zero padding (docs/MODEL.md §Image encoder).
  * partition: x (B,H,W,C) → out (B·nh·nw, ws, ws, C), nh = ceil(H/ws), nw = ceil(W/ws); window index
  *   b·nh·nw + wy·nw + wx, element (r,c) = x[b, wy·ws+r, wx·ws+c] or 0 beyond H/W.
- * unpartition: the inverse, cropping the pad. Backward of each accumulates into dx (pad slots drop out). */
+ * unpartition: the inverse, cropping the pad. Backward of each accumulates into dx (pad slots drop out).
+ * Tested by rows "window_partition", "window_unpartition" of tests/kernels/op_cases.c (test_ops_b: CPU vs reference;
+ *   test_ops_cuda: CUDA vs CPU).
+ */
 #ifndef MS_WINDOW_H
 #define MS_WINDOW_H
 

@@ -11,8 +11,8 @@
  *   LoRA:    tq = ln1·A_qᵀ, tv = ln1·A_vᵀ (kept); qkv[:, 0:D] += tq·B_qᵀ, qkv[:, 2D:3D] += tv·B_vᵀ — pad rows too.
  *   Adapter: a = ao·Wpᵀ + bp (kept); xmid = x_in + a + fc2(GELU(fc1(a)));
  *            out = xmid + mlp(ln2) + scale·fc2'(GELU(fc1'(ln2))); both adapters keep their hidden pre/post GELU.
- * Tested by tests/sam/test_sam_encoder.c (PyTorch golden outputs and gradients, CPU and CUDA) and
- * tests/sam/test_sam_encoder_vitb_slow.c (vit_b at 1024); the reference is tests/reference/sam_ref_encoder.py.
+ * Tested by tests/pretrain/test_sam_encoder.c (PyTorch golden outputs and gradients, CPU and CUDA) and
+ * tests/pretrain/test_sam_encoder_vitb_slow.c (vit_b at 1024); the reference is tests/reference/sam_ref_encoder.py.
  * PEFT: tests/finetune/test_peft_encoder.c against tests/reference/peft_ref_encoder.py.
  */
 #include "sam_encoder_internal.h"

@@ -1,5 +1,6 @@
-# tests/data — ingest, the slice store, inspect/verify/export. Script tests generate their inputs at run time
-# (python3-nibabel at /usr/bin/python3) into the build tree; the mricron templates come from Debian's mricron-data.
+# tests/data — ingest, the slice store, inspect/verify/export, and the loader. Script tests generate their inputs at
+# run time (python3-nibabel at /usr/bin/python3) into the build tree; the mricron templates come from Debian's
+# mricron-data.
 set(MS_DATA_TESTS ${CMAKE_CURRENT_LIST_DIR})
 ms_test(test_store SOURCES ${MS_DATA_TESTS}/test_store.c LABELS cpu)
 ms_test(test_png SOURCES ${MS_DATA_TESTS}/test_png.c LABELS cpu)
@@ -16,3 +17,8 @@ if(MS_FUZZ)
   target_link_options(fuzz_nifti_header PRIVATE -fsanitize=fuzzer)
   target_link_libraries(fuzz_nifti_header PRIVATE mrisam_lib)
 endif()
+# The loader: sampler, splits, preprocessing and the augmentation checks of tests/augment/ (no store), then the
+# loader over small stores written with the store's writer API and over a store written by `mrisam ingest`.
+ms_test(test_loader_units SOURCES ${MS_DATA_TESTS}/test_loader_units.c LABELS cpu)
+ms_test(test_loader_store SOURCES ${MS_DATA_TESTS}/test_loader_store.c LABELS cpu)
+ms_script_test(test_loader_ingest ${MS_DATA_TESTS}/test_loader_ingest.sh LABELS cpu)

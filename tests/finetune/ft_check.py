@@ -11,7 +11,7 @@ Several commands may be given separated by "--" (one process: torch is imported 
                                  every OUT_DIR/<name> keeps the input's shape, affine, q/sform and codes, pixdim, has an
                                  empty descrip and values in TASK's class values; and equals the float64 PyTorch
                                  reference of the checkpoint (LoRA merged in float64, TASK's head) up to near-ties
-                                 (tests/predict/predict_ref.py's rule).
+                                 (tests/finetune/predict_ref.py's rule).
   predict-prompt CKPT_DIR TASK IN_DIR LAB_DIR OUT_DIR
                                  a prompt-trained checkpoint's OUT_DIR/<name> (prompts from LAB_DIR/<name>) against the
                                  float64 reference: per slice the label goes to the label grid (ms_prep_label's nearest
@@ -48,7 +48,7 @@ import torch.nn as nn
 
 SRC = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
-sys.path.insert(0, os.path.join(SRC, "tests", "predict"))
+sys.path.insert(0, os.path.join(SRC, "tests", "finetune"))
 import predict_ref  # noqa: E402
 import sam_ref  # noqa: E402
 
@@ -192,7 +192,7 @@ def check_geometry(name, a, b, req):
 
 
 def reference(path, model, num_cls, resize, norm):
-    """tests/predict/predict_ref.py's reference (canonical RAS+, ingest's axis rule and percentile normalisation, the
+    """tests/finetune/predict_ref.py's reference (canonical RAS+, ingest's axis rule and percentile normalisation, the
     model in float64, argmax of tokens 1..num_cls) with the checkpoint's resize and norm: "longest" is SAM's (resize
     the longest side, pad, crop back), "stretch" resizes the slice to S×S and the logits from S×S straight to the
     slice; norm "sam" is SAM's mean/std on 0..255, "medsam" the [0,1] values."""

@@ -1,6 +1,6 @@
 /* tests/finetune/test_ft_run.c — a fine-tuning run driven through the library (finetune/ft_run.h), no CLI.
  *
- * A small labelled store (tests/loader/store_fixture.h: three volumes, label values {0, 3, 7}), vit_test from a
+ * A small labelled store (tests/data/store_fixture.h: three volumes, label values {0, 3, 7}), vit_test from a
  * seeded random init at input 64, a few-shot selection so that an epoch is two steps, validation every epoch and a
  * checkpoint every two steps. Each case runs twice:
  *  (a) uninterrupted, N steps;
@@ -22,7 +22,7 @@
 #include "checkpoints/rundir.h"
 #include "finetune/ft_run.h"
 #include "harness.h"
-#include "loader/store_fixture.h"
+#include "data/store_fixture.h"
 
 enum { N_STEPS = 6, K_STEPS = 3 };
 

@@ -23,7 +23,7 @@
 #include "base/clock.h"
 #include "finetune/sam_decoder.h"
 #include "ops.h"
-#include "sam/test_sam_decoder_golden.h"
+#include "test_sam_decoder_golden.h"
 
 #define HEAD1 "tasks.t1.mask_decoder."
 

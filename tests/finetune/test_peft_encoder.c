@@ -13,7 +13,7 @@
  *    A base state dict (no PEFT keys) loads into a PEFT model (optional tensors). The token-subset path refuses PEFT.
  * 1–3 run on the CPU, then on CUDA when this build and machine have a GPU.
  *
- * Tolerance (fp32 against float64): max|c − r| ≤ 1e-4 · max|r| per tensor (TOL), as tests/sam/test_sam_encoder.c.
+ * Tolerance (fp32 against float64): max|c − r| ≤ 1e-4 · max|r| per tensor (TOL), as tests/pretrain/test_sam_encoder.c.
  */
 #include <math.h>
 #include <stdio.h>

@@ -1,3 +1,12 @@
-# Fine-tuning tests: PEFT (LoRA, adapters) against PyTorch golden files, prompt generation, the fine-tuning
-# model and trainer, predict/eval on fine-tuned checkpoints.
-ms_glob_tests(${CMAKE_CURRENT_LIST_DIR})
+# tests/finetune — the prompt encoder + mask decoder and the whole model against PyTorch golden files (golden/),
+# PEFT (LoRA, adapters), prompt generation, the fine-tuning model and trainer, `mrisam embed` / `segment` /
+# `finetune`, and predict/eval: `mrisam predict` against predict_ref.py, the overlap metrics, the NIfTI label
+# writer and `mrisam eval`. Every test_*.c / test_*.sh is picked up by name; test_nifti_write takes its driver.
+ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} EXCLUDE test_nifti_write)
+add_executable(nifti_write_driver ${CMAKE_CURRENT_LIST_DIR}/nifti_write_driver.c)
+target_link_libraries(nifti_write_driver PRIVATE mrisam_lib)
+if(MS_HAVE_CUDA)
+  set_target_properties(nifti_write_driver PROPERTIES LINKER_LANGUAGE CUDA)
+endif()
+ms_script_test(test_nifti_write ${CMAKE_CURRENT_LIST_DIR}/test_nifti_write.sh LABELS cpu
+               ARGS $<TARGET_FILE:nifti_write_driver>)

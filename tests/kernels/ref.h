@@ -1,4 +1,5 @@
-/* tests/kernels/ref.h — shared helpers for the op tests: central finite differences in double.
+/* tests/kernels/ref.h — shared helpers for the op tests: central finite differences in double (the references of
+ * the op table, also in ref.c, are declared in op_cases.h).
  *
  * ms_fd_check: for a scalar function L(x) = Σ g ⊙ f(x) (g a fixed random upstream gradient), compares the
  * analytic gradient `grad` (n) with (L(x+h) − L(x−h)) / 2h on up to max_probe randomly chosen coordinates.

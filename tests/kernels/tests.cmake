@@ -1,10 +1,9 @@
-# Op tests: forward against naive double-precision loops, backward against central finite differences.
+# Op tests: one table of op cases (op_cases.c) run by three tests. test_ops_a / test_ops_b: the table's two halves on
+# the CPU, forward against naive double-precision loops (ref.c), backward against central finite differences.
 foreach(t test_ops_a test_ops_b)
-  if(EXISTS ${CMAKE_CURRENT_LIST_DIR}/${t}.c)
-    ms_test(${t} SOURCES ${CMAKE_CURRENT_LIST_DIR}/${t}.c ${CMAKE_CURRENT_LIST_DIR}/ref.c LABELS cpu)
-  endif()
+  ms_test(${t} SOURCES ${CMAKE_CURRENT_LIST_DIR}/${t}.c ${CMAKE_CURRENT_LIST_DIR}/op_cases.c ${CMAKE_CURRENT_LIST_DIR}/ref.c
+          LABELS cpu)
 endforeach()
-# CUDA against CPU, op by op (skips with 77 where no GPU is found).
-if(EXISTS ${CMAKE_CURRENT_LIST_DIR}/test_ops_cuda.c)
-  ms_test(test_ops_cuda SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ops_cuda.c LABELS gpu)
-endif()
+# The whole table on CUDA against the CPU (skips with 77 where no GPU is found).
+ms_test(test_ops_cuda SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ops_cuda.c ${CMAKE_CURRENT_LIST_DIR}/op_cases.c
+        ${CMAKE_CURRENT_LIST_DIR}/ref.c LABELS gpu)

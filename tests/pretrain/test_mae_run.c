@@ -22,7 +22,7 @@
 #include "checkpoints/rundir.h"
 #include "data/png.h"
 #include "harness.h"
-#include "loader/store_fixture.h"
+#include "data/store_fixture.h"
 #include "pretrain/mae_run.h"
 
 #define STEPS 6

@@ -1,7 +1,5 @@
-# pretrain/: MAE masking, optimiser schedule, (later) the MAE step against PyTorch golden files.
-file(GLOB MS_PRETRAIN_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/test_*.c)
-foreach(src ${MS_PRETRAIN_TESTS})
-  get_filename_component(t ${src} NAME_WE)
-  ms_test(${t} SOURCES ${src} LABELS cpu)
-endforeach()
+# tests/pretrain — the image encoder (SAM's ViT: test_sam_encoder*.c against PyTorch golden files in golden/),
+# MAE masking, decoder and one step against PyTorch golden files, and `mrisam pretrain` end to end.
+# Every test_*.c is a C test (suffix _cuda: label gpu, _slow: label slow); the script test is registered below.
+ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} NO_SCRIPTS)
 ms_script_test(test_pretrain ${CMAKE_CURRENT_LIST_DIR}/test_pretrain.sh LABELS "cpu;slow" TIMEOUT 1200)

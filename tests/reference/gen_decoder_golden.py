@@ -1,6 +1,6 @@
-"""tests/reference/gen_decoder_golden.py — golden files for tests/sam/test_sam_decoder.c.
+"""tests/reference/gen_decoder_golden.py — golden files for tests/finetune/test_sam_decoder.c.
 
-Usage: /usr/bin/python3 tests/reference/gen_decoder_golden.py [OUT_DIR]   (default tests/sam/golden)
+Usage: /usr/bin/python3 tests/reference/gen_decoder_golden.py [OUT_DIR]   (default tests/finetune/golden)
 
 For each case it builds the reference prompt encoder + mask decoder (sam_ref_decoder.py) in float64 with the
 counter-based weights of counter_init.py (the C test regenerates the same weights and inputs from the seed, so no
@@ -121,7 +121,8 @@ def run_case(name, seed, out_dir, num_multimask=3, b_img=1, points=None, labels=
 
 
 def main():
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "sam", "golden")
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "finetune",
+                                                                  "golden")
     os.makedirs(out_dir, exist_ok=True)
     # Two prompts on one image (the image embedding is repeated; its gradient sums both), labels 1/0/-1 and a bare
     # label (2), pad point appended, multimask.

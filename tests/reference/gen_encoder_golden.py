@@ -1,8 +1,8 @@
-"""tests/reference/gen_encoder_golden.py — golden files for the C image encoder (tests/sam/test_sam_encoder*.c).
+"""tests/reference/gen_encoder_golden.py — golden files for the C image encoder (tests/pretrain/test_sam_encoder*.c).
 
     /usr/bin/python3 tests/reference/gen_encoder_golden.py [--vit-b]     (from the repository root)
 
-Writes, with torch.save (a flat dict name → tensor), into tests/sam/golden/:
+Writes, with torch.save (a flat dict name → tensor), into tests/pretrain/golden/:
   encoder_vit_test.pth  vit_test (docs/MODEL.md §Variants) at 256, batch 1, weights from counter_init (seed SEED, names
                         "image_encoder.<key>"), so the file holds no weights: input, G, every stage's output
                         (stage.patch = patch embedding + pos_embed, stage.block.<i>, BHWC), emb, and for the loss
@@ -32,11 +32,12 @@ import sam_ref_encoder as ref  # noqa: E402
 SEED = 5
 FULL_MAX = 4096
 NS = 512
-OUT = os.path.join(HERE, "..", "sam", "golden")
+OUT = os.path.join(HERE, "..", "pretrain", "golden")
 
 
 def counter_uniform(name, shape, seed):
-    """2u−1 in [−1, 1) from the counter RNG (exact in float32; tests/sam/test_sam_encoder_vitb_slow.c has the twin)."""
+    """2u−1 in [−1, 1) from the counter RNG (exact in float32; tests/pretrain/test_sam_encoder_vitb_slow.c has the
+    twin)."""
     n = int(np.prod(shape))
     stream = ci.rng_stream(seed, ci.fnv1a64(name), 0)
     u = (ci.rand_u64(stream, np.arange(n, dtype=np.uint64)) >> np.uint64(40)).astype(np.float64) / 16777216.0

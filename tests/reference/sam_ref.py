@@ -4,7 +4,8 @@ ResizeLongestSide coordinates and mask post-processing (docs/MODEL.md §Preproce
 
 Also a small CLI:
   /usr/bin/python3 sam_ref.py ckpt OUT.pth VARIANT SEED     write a counter_init checkpoint (float32; test_segment.sh)
-  /usr/bin/python3 sam_ref.py golden [OUT_DIR]              write tests/sam/golden/model_vit_test.pth (test_sam_model.c):
+  /usr/bin/python3 sam_ref.py golden [OUT_DIR]              write tests/finetune/golden/model_vit_test.pth
+                                                             (test_sam_model.c):
       the whole model in float64, image → encoder → prompts → decoder, loss L = Σ masks_sel·Wm + Σ iou_sel·Wi
       (gen_decoder_golden.py's loss), outputs and the gradients of every parameter and of the input image.
 Run with Debian's /usr/bin/python3 (torch 1.13, CPU).
@@ -108,7 +109,8 @@ def main():
         torch.save(m.state_dict(), sys.argv[2])
         return
     if len(sys.argv) in (2, 3) and sys.argv[1] == "golden":
-        golden(sys.argv[2] if len(sys.argv) == 3 else os.path.join(os.path.dirname(__file__), "..", "sam", "golden"))
+        golden(sys.argv[2] if len(sys.argv) == 3
+               else os.path.join(os.path.dirname(__file__), "..", "finetune", "golden"))
         return
     print(__doc__)
     sys.exit(2)

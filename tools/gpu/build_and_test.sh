@@ -47,7 +47,7 @@ if [ $cfg != 0 ] || ! cmake --build "$B" -j"$J" --target test_ops_cuda > "$LOG/b
   K="$B/kernels-only"
   mkdir -p "$K"
   CF="-O2 -std=c11 -Wall -Wextra -D_GNU_SOURCE -DMS_HAVE_CUDA=1 -fopenmp -I. -Ikernels -Itests -I$P/usr/include/x86_64-linux-gnu/openblas-openmp"
-  ls kernels/base/*.c kernels/cpu/*.c tests/kernels/test_ops_cuda.c | xargs -P "$J" -I{} sh -c 'gcc '"$CF"' -c {} -o '"$K"'/$(echo {} | tr / _).o' || exit 1
+  ls kernels/base/*.c kernels/cpu/*.c tests/kernels/test_ops_cuda.c tests/kernels/op_cases.c tests/kernels/ref.c | xargs -P "$J" -I{} sh -c 'gcc '"$CF"' -c {} -o '"$K"'/$(echo {} | tr / _).o' || exit 1
   ls kernels/cuda/*.cu | xargs -P "$J" -I{} sh -c '/usr/local/cuda/bin/nvcc -O3 -arch=sm_90 -Xcompiler=-Wall,-Wextra -DMS_HAVE_CUDA=1 -I. -Ikernels -c {} -o '"$K"'/$(echo {} | tr / _).o' || exit 1
   /usr/local/cuda/bin/nvcc -o "$K/test_ops_cuda" "$K"/*.o -L"$L/openblas-openmp" -lopenblas -lcublas -lcublasLt -lgomp -lm \
     -Xlinker -rpath-link="$L" || exit 1

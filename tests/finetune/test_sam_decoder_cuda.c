@@ -1,4 +1,4 @@
-/* tests/sam/test_sam_decoder_cuda.c — prompt encoder + mask decoder on CUDA against the CPU path, forward and
+/* tests/finetune/test_sam_decoder_cuda.c — prompt encoder + mask decoder on CUDA against the CPU path, forward and
  * backward, for three prompt/batch layouts (fresh random weights and inputs each run). Skips (77) without a CUDA
  * build or a visible GPU. Tolerance: normwise 1e-4 per tensor (3e-4 for the token→image q/k projection gradients,
  * see test_sam_decoder_golden.h); the CUDA kernels may use other summation orders and fast exponentials.

@@ -1,6 +1,6 @@
-/* tests/sam/test_sam_model.c — the whole model (finetune/sam.h): loading, strict key checking, export, and one
+/* tests/finetune/test_sam_model.c — the whole model (finetune/sam.h): loading, strict key checking, export, and one
  * end-to-end forward + backward (image → encoder → prompts → decoder → loss → every gradient, the input image's
- * included) against tests/sam/golden/model_vit_test.pth (tests/reference/sam_ref.py golden).
+ * included) against tests/finetune/golden/model_vit_test.pth (tests/reference/sam_ref.py golden).
  *
  * Key checks: a state dict written by ms_sam_to_sd holds SAM's 202 vit_test keys in SAM's order (image_encoder,
  * prompt_encoder, mask_decoder) and loads back bit-exactly, also through a .pth file (which PyTorch's strict
@@ -151,7 +151,7 @@ static void check_golden(ms_device *dev)
 {
     char path[1024];
     const char *src = getenv("MS_SOURCE_DIR");
-    snprintf(path, sizeof path, "%s/tests/sam/golden/model_vit_test.pth", src ? src : "../..");
+    snprintf(path, sizeof path, "%s/tests/finetune/golden/model_vit_test.pth", src ? src : "../..");
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status st = ms_sd_load(path, &sd);

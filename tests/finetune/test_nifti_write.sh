@@ -1,10 +1,10 @@
-# tests/eval/test_nifti_write.sh DRIVER — the NIfTI label writer: three references (oblique LAS-like sform+qform with
+# tests/finetune/test_nifti_write.sh DRIVER — the NIfTI label writer: three references (oblique LAS-like sform+qform with
 # free text and an extension; permuted oblique qform-only with scl_slope; big-endian 4D) are read, mapped to the
 # canonical grid and back, written, and checked with nibabel (nifti_check.py): geometry exact, no free text.
 set -u
 DRV=$1
 PY=/usr/bin/python3
-HERE="$MS_SOURCE_DIR/tests/eval"
+HERE="$MS_SOURCE_DIR/tests/finetune"
 $PY -c 'import nibabel, numpy' 2>/dev/null || { echo "no python3-nibabel: skipped"; exit 77; }
 T=$(mktemp -d "${TMPDIR:-/tmp}/ms_nifti_write.XXXXXX")
 trap 'rm -rf "$T"' EXIT

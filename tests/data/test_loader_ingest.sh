@@ -1,5 +1,5 @@
 #!/bin/bash
-# tests/loader/test_loader_ingest.sh — the loader over a store written by `mrisam ingest` from NIfTI volumes
+# tests/data/test_loader_ingest.sh — the loader over a store written by `mrisam ingest` from NIfTI volumes
 # (generated here with /usr/bin/python3 + nibabel, fresh random content each run): same batches with 1/2/4
 # threads, exact resume, W ranks == one process, split by volume without leakage, labels within each volume's set.
 set -euo pipefail

@@ -1,4 +1,4 @@
-/* tests/pretrain/test_rundir.c — RUN/ directory mechanics: atomic files, step directories with DONE, latest
+/* tests/checkpoints/test_rundir.c — RUN/ directory mechanics: atomic files, step directories with DONE, latest
  * complete checkpoint, pruning, and the TensorBoard event framing (CRC-32C check value, record lengths). */
 #include <stdio.h>
 #include <stdlib.h>

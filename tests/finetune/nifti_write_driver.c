@@ -1,4 +1,4 @@
-/* tests/eval/nifti_write_driver.c — drives data/nifti_write for test_nifti_write.sh: reads REF's frame 0 on the
+/* tests/finetune/nifti_write_driver.c — drives data/nifti_write for test_nifti_write.sh: reads REF's frame 0 on the
  * canonical grid (ms_nifti_frame), rounds it to labels, maps it back to the stored grid and writes it with REF's
  * geometry (.nii.gz outputs: ms_nifti_canonical_to_stored_u16 + ms_nifti_write_labels; .nii outputs:
  * ms_nifti_write_labels_like). The script then checks with nibabel that geometry and values came through exactly.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/sam/test_embed.sh — `mrisam embed` against the PyTorch reference (tests/reference/sam_ref_encoder.py).
+# tests/finetune/test_embed.sh — `mrisam embed` against the PyTorch reference (tests/reference/sam_ref_encoder.py).
 #
 # A vit_test checkpoint (counter_init weights, SAM key names, written by torch.save) and three PNGs: 8-bit gray
 # 100x75 (upscaled), 8-bit RGB 300x200 (downscaled: antialiased), 16-bit gray 64x64. The reference preprocesses with

@@ -1,6 +1,6 @@
-/* tests/sam/test_sam_decoder.c — prompt encoder + mask decoder against the PyTorch reference (fp64 golden files).
+/* tests/finetune/test_sam_decoder.c — prompt encoder + mask decoder against the PyTorch reference (fp64 golden files).
  *
- * tests/sam/golden/decoder_<case>.pth come from tests/reference/gen_decoder_golden.py: the same counter-based
+ * tests/finetune/golden/decoder_<case>.pth come from tests/reference/gen_decoder_golden.py: the same counter-based
  * weights and inputs are regenerated here from the stored seed, then every stage is compared (sparse and dense
  * prompt embeddings, transformer tokens and keys, all M masks, IoU) and, for the loss
  * L = Σ masks_sel·Wm + Σ iou_sel·Wi, the gradient of every parameter and of the image embedding.
@@ -48,7 +48,7 @@ static void run_case(ms_device *dev, const char *name)
 {
     char path[1024];
     const char *src = getenv("MS_SOURCE_DIR");
-    snprintf(path, sizeof path, "%s/tests/sam/golden/decoder_%s.pth", src ? src : "../..", name);
+    snprintf(path, sizeof path, "%s/tests/finetune/golden/decoder_%s.pth", src ? src : "../..", name);
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status st = ms_sd_load(path, &sd);

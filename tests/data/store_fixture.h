@@ -1,4 +1,4 @@
-/* tests/loader/store_fixture.h — small stores for loader tests, written through the store's own writer API
+/* tests/data/store_fixture.h — small stores for loader tests, written through the store's own writer API
  * (data/store_write.h, what `mrisam ingest` uses), with pixels that are a known function of (salt, key, y, x), so a
  * test can check which record a sample came from. Also: corrupting one record in place.
  */

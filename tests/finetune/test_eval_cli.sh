@@ -1,11 +1,11 @@
-# tests/eval/test_eval_cli.sh — `mrisam eval` end to end (Dice, IoU, HD95): three oblique volume pairs (.nii.gz
+# tests/finetune/test_eval_cli.sh — `mrisam eval` end to end (Dice, IoU, HD95): three oblique volume pairs (.nii.gz
 # predictions against .nii truths) with known cases (identical class, empty prediction, class absent from both),
 # per_volume.csv and summary.md
 # checked against numpy (eval_check.py); bad inputs fail with one "path: reason" line and a non-zero exit.
 set -u
 M=$MS_MRISAM
 PY=/usr/bin/python3
-HERE="$MS_SOURCE_DIR/tests/eval"
+HERE="$MS_SOURCE_DIR/tests/finetune"
 $PY -c 'import nibabel, numpy' 2>/dev/null || { echo "no python3-nibabel: skipped"; exit 77; }
 T=$(mktemp -d "${TMPDIR:-/tmp}/ms_eval.XXXXXX")
 trap 'rm -rf "$T"' EXIT

@@ -1,4 +1,4 @@
-/* tests/loader/test_loader_store.c — the loader over small stores written with the store's writer API:
+/* tests/data/test_loader_store.c — the loader over small stores written with the store's writer API:
  * same batches with 1, 2 and 4 threads; exact resume mid-epoch; W ranks == one process with the global batch and
  * every record once per epoch; native output equals the stored pixels; preprocessing without augmentation equals
  * ms_prep_image on the known pixels; labelled-only selection and label values; corrupt records reported with their
@@ -446,7 +446,7 @@ static void test_split_loader(const char *store)
 int main(int argc, char **argv)
 {
     SEED = ms_test_seed();
-    if (argc > 1) { /* a store written by `mrisam ingest` (tests/loader/test_loader_ingest.sh) */
+    if (argc > 1) { /* a store written by `mrisam ingest` (tests/data/test_loader_ingest.sh) */
         test_threads_and_resume(argv[1], 1);
         test_ranks(argv[1], 1);
         test_split_loader(argv[1]);

@@ -1,4 +1,4 @@
-"""tests/eval/nifti_check.py — reference volumes for the label writer and the nibabel-side checks.
+"""tests/finetune/nifti_check.py — reference volumes for the label writer and the nibabel-side checks.
 
 gen DIR SEED          writes DIR/ref_*.nii[.gz]: oblique LAS-like sform+qform int16 with free text and an extension;
                       a permuted oblique qform-only float32 with scl_slope; a big-endian 4D volume.

@@ -1,4 +1,4 @@
-"""tests/eval/eval_check.py — volumes for test_eval_cli.sh and the numpy check of `mrisam eval`'s outputs.
+"""tests/finetune/eval_check.py — volumes for test_eval_cli.sh and the numpy check of `mrisam eval`'s outputs.
 
 gen DIR SEED     DIR/pred, DIR/gt: three pairs on oblique grids (random blobs, prediction = truth perturbed), with
                  known cases: identical class (Dice 1), empty prediction (Dice 0), class absent from both (nan);

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""tests/loader/gen_golden_resample.py — PyTorch reference for data/preprocess.c's resampler.
+"""tests/data/gen_golden_resample.py — PyTorch reference for data/preprocess.c's resampler.
 
-Writes tests/loader/golden/resample_aa.bin: int32 n_cases, then per case int32 h, w, y0, x0, bh, bw, oh, ow,
+Writes tests/data/golden/resample_aa.bin: int32 n_cases, then per case int32 h, w, y0, x0, bh, bw, oh, ow,
 float32 input[h*w], float32 output[oh*ow], little-endian. output = F.interpolate(input[y0:y0+bh, x0:x0+bw],
 (oh, ow), mode="bilinear", align_corners=False, antialias=True) — torch's port of PIL's antialiased bilinear,
 which SAM's preprocessing (PIL resize) uses. Run with /usr/bin/python3 (torch 1.13).

@@ -1,4 +1,4 @@
-/* tests/sam/test_sam_decoder_golden.h — helpers shared by test_sam_decoder.c and test_sam_model.c: reading the
+/* tests/finetune/test_sam_decoder_golden.h — helpers shared by test_sam_decoder.c and test_sam_model.c: reading the
  * PyTorch golden files (full tensors or sampled KEY.idx/.val/.sum/.asum/.sumsq entries, float64) and the
  * normwise comparison; decoder_weight() is counter_init with the rule of gen_decoder_golden.py.
  * Tolerance: fp32, normwise relative error max|c − ref| ≤ 1e-4·max|ref| per tensor (sampled tensors: over the

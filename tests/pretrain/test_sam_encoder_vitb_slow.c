@@ -1,5 +1,5 @@
-/* tests/sam/test_sam_encoder_vitb_slow.c (label slow) — vit_b at its real size (1024 input, 12 blocks, 4 global)
- * forward on the CPU against tests/sam/golden/encoder_vit_b_1024.pth (gen_encoder_golden.py --vit-b, float64).
+/* tests/pretrain/test_sam_encoder_vitb_slow.c (label slow) — vit_b at its real size (1024 input, 12 blocks, 4 global)
+ * forward on the CPU against tests/pretrain/golden/encoder_vit_b_1024.pth (gen_encoder_golden.py --vit-b, float64).
  *
  * Weights come from counter_init (tests/reference/counter_init.{c,py}, same values in C and Python), the input
  * from the counter RNG: x[i] = 2·(2u−1), u = (ms_rand_u64(ms_rng_stream(seed, fnv1a64("golden.input"), 0), i) >> 40)
@@ -55,7 +55,7 @@ int main(void)
     ms_test_seed(); /* inputs are fixed by the golden file */
     const char *src = getenv("MS_SOURCE_DIR");
     char path[4096];
-    snprintf(path, sizeof path, "%s/tests/sam/golden/encoder_vit_b_1024.pth", src ? src : "../..");
+    snprintf(path, sizeof path, "%s/tests/pretrain/golden/encoder_vit_b_1024.pth", src ? src : "../..");
     ms_state_dict g;
     ms_sd_init(&g);
     ms_status st = ms_sd_load(path, &g);

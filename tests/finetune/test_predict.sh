@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/predict/test_predict.sh — `mrisam predict` end to end against nibabel and the PyTorch reference.
+# tests/finetune/test_predict.sh — `mrisam predict` end to end against nibabel and the PyTorch reference.
 #
 # A vit_test SAM checkpoint (counter_init weights, num_cls = 3: 4 mask tokens) and two small float32 volumes with
 # oblique, non-identity affines (predict_ref.py make): a_las.nii.gz (41x35x7, x flipped, thick z → axial) and
@@ -18,7 +18,7 @@ trap 'rm -rf "$T"' EXIT
 fail=0
 
 $PY "$SRC/tests/reference/sam_ref.py" ckpt "$T/sam_test.pth" vit_test 21 || exit 1
-$PY "$SRC/tests/predict/predict_ref.py" make "$T" || exit 1
+$PY "$SRC/tests/finetune/predict_ref.py" make "$T" || exit 1
 head -c 500 /dev/urandom | gzip > "$T/in/bad.nii.gz"
 
 "$MRISAM" predict --ckpt "$T/sam_test.pth" --in "$T/in" -o "$T/out" --png "$T/png" --batch-size 3 --threads 2 \
@@ -40,7 +40,7 @@ done
 npng=$(ls "$T/png"/*.png 2>/dev/null | wc -l)
 if [ "$npng" -ne 6 ]; then echo "FAIL: $npng overlay PNGs, expected 6"; fail=1; fi
 
-$PY "$SRC/tests/predict/predict_ref.py" check "$T" "$T/sam_test.pth" 3 || fail=1
+$PY "$SRC/tests/finetune/predict_ref.py" check "$T" "$T/sam_test.pth" 3 || fail=1
 
 # single file, batch 1: identical labels to the batched directory run
 if "$MRISAM" predict --ckpt "$T/sam_test.pth" --in "$T/in/a_las.nii.gz" -o "$T/single.nii.gz" --threads 2 \

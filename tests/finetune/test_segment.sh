@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/sam/test_segment.sh — `mrisam segment` against the PyTorch reference (tests/reference/sam_ref.py).
+# tests/finetune/test_segment.sh — `mrisam segment` against the PyTorch reference (tests/reference/sam_ref.py).
 #
 # A vit_test SAM checkpoint (counter_init weights under SAM's keys, torch.save) and an 8-bit gray PNG of 96x128
 # (upscaled x2 to 192x256 by the preprocessing, so the coordinate transform, the crop and the final resize all do

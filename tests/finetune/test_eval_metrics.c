@@ -1,4 +1,4 @@
-/* tests/eval/test_eval_metrics.c — Dice/IoU counting against a naive double-precision reference on random label
+/* tests/finetune/test_eval_metrics.c — Dice/IoU counting against a naive double-precision reference on random label
  * volumes (fresh seed), the empty-class rule (NaN, never 1), thread-count independence, ms_mean_sd, and HD95 against
  * a brute-force reference (every pair of surface voxels, anisotropic spacing). */
 #include <math.h>

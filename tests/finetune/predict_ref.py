@@ -1,4 +1,4 @@
-"""tests/predict/predict_ref.py — independent reference for `mrisam predict` (test_predict.sh).
+"""tests/finetune/predict_ref.py — independent reference for `mrisam predict` (test_predict.sh).
 
   /usr/bin/python3 predict_ref.py make DIR           write the test volumes into DIR/in/ (nibabel)
   /usr/bin/python3 predict_ref.py check DIR CKPT NUM_CLS

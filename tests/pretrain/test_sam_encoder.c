@@ -1,13 +1,14 @@
-/* tests/sam/test_sam_encoder.c — the C image encoder against the PyTorch reference (tests/reference/sam_ref_encoder.py,
+/* tests/pretrain/test_sam_encoder.c — the C image encoder against the PyTorch reference (tests/reference/sam_ref_encoder.py,
  * golden files from tests/reference/gen_encoder_golden.py, computed in float64).
  *
- * 1. vit_test (cli.md) at 256, batch 1, counter_init weights: patch embedding, every block's output, the neck output,
+ * 1. vit_test (docs/CLI.md) at 256, batch 1, counter_init weights: patch embedding, every block's output, the neck output,
  *    and for L = Σ emb·G every parameter gradient and the input gradient.
  * 2. An odd tiny variant whose weights are in the file (patch 8, D 48, 2 heads, window 4 on a 10×10 grid → padded
  *    windows, global tables of length 15 ≠ 2·10−1 → interpolated), batch 2: variant detection from the shapes,
  *    ms_params_load, outputs and full gradients, for SAM's block and for finetune-SAM's (pad tokens = norm1.bias).
  * 3. A state dict with a missing key, a mis-shaped key and an unknown key: one stderr line per key, nothing loaded.
- * 4. Parameter counts of vit_b/l/h against sam.md §0, and detection round trips of vit_test.
+ * 4. Parameter counts of vit_b/l/h against segment_anything's checkpoints (build_sam.py configurations), and
+ *    detection round trips of vit_test.
  * 1–3 run on the CPU, then again on CUDA when this build and machine have a GPU (same golden files, same tolerance:
  * the CUDA backend does exact fp32 GEMMs unless MS_CUDA_TF32=1).
  *
@@ -141,7 +142,7 @@ static char *golden_path(const char *file)
 {
     const char *src = getenv("MS_SOURCE_DIR");
     static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/tests/sam/golden/%s", src ? src : "../../..", file);
+    snprintf(buf, sizeof buf, "%s/tests/pretrain/golden/%s", src ? src : "../../..", file);
     return buf;
 }
 
@@ -350,7 +351,7 @@ static void test_counts(void)
     for (int i = 0; i < 3; i++) {
         ms_sam_enc_config c;
         MS_CHECK_OK(ms_sam_enc_config_named(want[i].name, &c));
-        MS_CHECK(ms_sam_enc_numel(&c) == want[i].n, "%s: %lld params, sam.md says %lld", want[i].name,
+        MS_CHECK(ms_sam_enc_numel(&c) == want[i].n, "%s: %lld params, the checkpoint has %lld", want[i].name,
                  (long long)ms_sam_enc_numel(&c), (long long)want[i].n);
         ms_params ps;
         ms_params_init(&ps);
