@@ -88,16 +88,7 @@ static ms_status load_params_from(ms_params *ps, const char *path, const char *p
     ms_sd_init(&sd);
     ms_status rc = ms_sd_load(path, &sd);
     if (!rc) {
-        size_t np = prefix ? strlen(prefix) : 0;
-        for (int i = 0; i < ps->n && !rc; i++) {
-            const ms_param *p = &ps->p[i];
-            if (np && strncmp(p->name, prefix, np)) continue;
-            float *h = malloc((size_t)p->numel * sizeof(float));
-            if (!h) { rc = ms_error(MS_ENOMEM, "out of memory"); break; }
-            rc = ms_sd_get_f32(&sd, p->name, p->shape, p->ndim, h);
-            if (!rc) rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * 4);
-            free(h);
-        }
+        rc = ms_params_load_prefix(ps, &sd, prefix);
         if (rc) ms_error_prefix("%s", path);
     }
     ms_sd_free(&sd);

@@ -163,6 +163,22 @@ ms_status ms_params_load(ms_params *ps, const ms_state_dict *sd, const char *unk
     return rc;
 }
 
+ms_status ms_params_load_prefix(ms_params *ps, const ms_state_dict *sd, const char *prefix)
+{
+    size_t np = prefix ? strlen(prefix) : 0;
+    ms_status rc = MS_OK;
+    for (int i = 0; i < ps->n && !rc; i++) {
+        const ms_param *p = &ps->p[i];
+        if (np && strncmp(p->name, prefix, np)) continue;
+        float *h = malloc((size_t)(p->numel ? p->numel : 1) * sizeof(float));
+        if (!h) return ms_error(MS_ENOMEM, "out of memory");
+        rc = ms_sd_get_f32(sd, p->name, p->shape, p->ndim, h);
+        if (!rc) rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
+        free(h);
+    }
+    return rc;
+}
+
 ms_status ms_params_to_sd(const ms_params *ps, ms_state_dict *sd)
 {
     ms_status rc = MS_OK;

@@ -60,6 +60,9 @@ int ms_params_set_optional(ms_params *ps, const char *prefix, int optional);
  * keep their values. Reports ONE line per missing, mis-shaped or (when `unknown_prefix` is non-NULL) unknown key
  * under that prefix, all of them, and loads nothing on any error (no partial model). */
 ms_status ms_params_load(ms_params *ps, const ms_state_dict *sd, const char *unknown_prefix);
+/* Loads the tensors whose names start with prefix (NULL: all) from sd; every one of them must be there with its
+ * shape. Tensors outside the prefix, and keys of sd that match none, are left alone. */
+ms_status ms_params_load_prefix(ms_params *ps, const ms_state_dict *sd, const char *prefix);
 /* Appends every tensor (f32, device → host copy) to sd. */
 ms_status ms_params_to_sd(const ms_params *ps, ms_state_dict *sd);
 
