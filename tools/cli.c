@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/status.h"
 
@@ -126,4 +127,19 @@ int ms_cli_report(const char *cmd, int st)
     if (st == MS_EINTERRUPTED) return MS_EXIT_RESUMABLE;
     if (st == MS_EINVAL) return MS_EXIT_USAGE;
     return MS_EXIT_FAIL;
+}
+
+static volatile sig_atomic_t g_stop;
+
+static void on_stop_signal(int sig)
+{
+    if (g_stop) _exit(128 + sig);
+    g_stop = 1;
+}
+
+volatile sig_atomic_t *ms_cli_catch_stop(void)
+{
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
+    return &g_stop;
 }

@@ -7,6 +7,7 @@
 #ifndef MS_CLI_H
 #define MS_CLI_H
 
+#include <signal.h>
 #include <stdint.h>
 
 typedef enum { MS_OPT_FLAG, MS_OPT_INT, MS_OPT_I64, MS_OPT_FLOAT, MS_OPT_STR, MS_OPT_LIST } ms_opt_type;
@@ -43,6 +44,12 @@ void ms_strlist_free(ms_strlist *l);
 enum { MS_EXIT_OK = 0, MS_EXIT_FAIL = 1, MS_EXIT_USAGE = 2, MS_EXIT_RESUMABLE = 75 };
 /* Prints "mrisam <cmd>: <message>" for a failed status and returns the matching exit code. */
 int ms_cli_report(const char *cmd, int status);
+
+/* Installs the SIGINT/SIGTERM handler of the long-running commands and returns the flag it sets: the command stops at
+ * its next safe point (a run saves its checkpoint, ingest finishes the volume being written) and exits 75. A second
+ * signal ends the process at once with status 128 + signal; what was committed stays valid. The flag is the CLI's one
+ * piece of process state. */
+volatile sig_atomic_t *ms_cli_catch_stop(void);
 
 /* A command: `mrisam NAME ...` runs fn(argc, argv) with argv[0] = NAME. Defined in tools/cmd_<name>.c as
  * const ms_command ms_cmd_<name> = { "name", "one-line summary", fn }; (name uses '-' where the file has '_'). */

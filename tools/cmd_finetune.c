@@ -5,7 +5,6 @@
  * SIGINT/SIGTERM let the current step finish, then the run is checkpointed and the command exits 75 (resumable).
  */
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,14 +14,6 @@
 #include "cli.h"
 #include "finetune/ft_run.h"
 #include "image_io.h"
-
-static volatile sig_atomic_t g_stop; /* the CLI's one piece of process state: a signal asked us to stop */
-
-static void on_signal(int sig)
-{
-    if (g_stop) _exit(128 + sig); /* second signal: exit at once; the last complete checkpoint stays valid */
-    g_stop = 1;
-}
 
 /* The options that are words; numbers go straight into the run configuration (ms_ft_run_config). */
 typedef struct opts {
@@ -167,11 +158,10 @@ static ms_status train(const opts *o, const ms_ft_run_config *c)
     ms_ft_run_info in;
     ms_ft_run_get_info(run, &in);
     print_plan(o, c, &in);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    volatile sig_atomic_t *stop = ms_cli_catch_stop();
     double t_last = ms_now_s();
     ms_ft_step_info s = {0};
-    while (!s.done && !g_stop && !(rc = ms_ft_run_step(run, &s))) print_step(&s, c->patience, &t_last);
+    while (!s.done && !*stop && !(rc = ms_ft_run_step(run, &s))) print_step(&s, c->patience, &t_last);
     if (!rc && !s.done) { /* a signal: checkpoint the step just finished */
         ms_ft_run_get_info(run, &in);
         rc = ms_ft_run_save(run);

@@ -1,25 +1,13 @@
 /* tools/cmd_ingest.c — `mrisam ingest`: NIfTI archives (and finetune-SAM PNG pairs) into an LMDB slice store.
- * Option parsing and the signal handler only; the work is data/ingest.c. SIGINT/SIGTERM finish the volume being
+ * Option parsing and messages only; the work is data/ingest.c. SIGINT/SIGTERM finish the volume being
  * written and exit 75 (rerun to resume); a second signal exits at once (the store stays consistent). */
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "data/ingest.h"
-
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    if (stop_flag) {
-        signal(sig, SIG_DFL);
-        raise(sig);
-    }
-    stop_flag = 1;
-}
 
 static int run(int argc, char **argv)
 {
@@ -124,9 +112,7 @@ static int run(int argc, char **argv)
     o.strict = strict;
     o.threads = threads;
     o.progress = progress < 0 ? isatty(2) : progress;
-    o.stop = &stop_flag;
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    o.stop = ms_cli_catch_stop();
     ms_ingest_summary s;
     ms_status st = ms_ingest_run(&o, &s);
     if (!quiet || st || s.failed)

@@ -4,7 +4,6 @@
  * progress and turns SIGINT/SIGTERM into a checkpoint and exit 75. At the end RUN/sam_mri_<model>.pth and
  * .safetensors hold the full SAM state dict with the encoder replaced (prompt encoder and mask decoder copied).
  */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,14 +14,6 @@
 #include "finetune/sam.h"
 #include "image_io.h"
 #include "pretrain/mae_run.h"
-
-static volatile sig_atomic_t g_stop; /* the CLI's one piece of process state: a signal asked us to stop */
-
-static void on_signal(int sig)
-{
-    if (g_stop) _exit(128 + sig); /* second signal: exit at once; the last complete checkpoint stays valid */
-    g_stop = 1;
-}
 
 /* What the tool itself reads; everything else goes straight into the run's configuration. */
 typedef struct opts {
@@ -170,15 +161,14 @@ static int run(int argc, char **argv)
     if ((rc = ms_mae_run_open(&c, &dev, &sam.enc, &r))) goto leave;
     const ms_mae_run_plan *pl = ms_mae_run_plan_get(r);
     print_plan(&c, o.mask_sampling, pl);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    volatile sig_atomic_t *stop = ms_cli_catch_stop();
     ms_mae_step_info in = {.step = pl->start_step, .done = pl->start_step >= pl->total};
     double t_last = ms_now_s();
-    while (!in.done && !g_stop) {
+    while (!in.done && !*stop) {
         if ((rc = ms_mae_run_step(r, &in))) goto leave;
         print_step(&in, pl->n_val, &t_last);
     }
-    if (g_stop) {
+    if (*stop) {
         if ((rc = ms_mae_run_save(r))) goto leave;
         printf("\npretrain: interrupted at step %lld; checkpoint written, continue with --resume %s\n",
                (long long)in.step, c.out);
