@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "base/rng.h"
 
 uint64_t ms_fnv1a64(const char *s)
@@ -13,16 +14,10 @@ uint64_t ms_fnv1a64(const char *s)
     return h;
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 void ms_counter_init_scale(const char *name, const int64_t *shape, int ndim, float *center, float *scale)
 {
     *center = 0.f;
-    if (ndim == 1 && ends_with(name, ".weight")) { *center = 1.f; *scale = 0.2f; return; } /* norm gammas */
+    if (ndim == 1 && ms_str_ends_with(name, ".weight")) { *center = 1.f; *scale = 0.2f; return; } /* norm gammas */
     if (ndim == 1) { *scale = 0.1f; return; }                                              /* biases */
     if (strstr(name, "rel_pos") || strstr(name, "pos_embed") || strstr(name, "gaussian")) { *scale = 0.5f; return; }
     if (strstr(name, "embed") || strstr(name, "token")) { *scale = 1.f; return; }            /* embeddings, tokens */
