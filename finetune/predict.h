@@ -134,4 +134,8 @@ void ms_predict_model_free(ms_predict_model *pm);
 /* The task names of a loaded fine-tuned model, comma-separated, into buf. */
 void ms_predict_model_task_names(const ms_predict_model *pm, char *buf, size_t n);
 
+/* Three overlay PNGs of a predicted volume (slices at 1/4, 1/2 and 3/4 along its axis, gray with the label colours
+ * blended at 50 %) as dir/<stem>_s<k>.png, stem = in_path's file name without .nii / .nii.gz. */
+ms_status ms_predict_write_overlays(const char *dir, const char *in_path, const ms_predict_result *r);
+
 #endif

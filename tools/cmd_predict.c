@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "base/clock.h"
@@ -25,7 +24,6 @@
 #include "cli.h"
 #include "data/ingest.h"
 #include "finetune/predict.h"
-#include "image_io.h"
 
 typedef struct progress {
     int on;
@@ -45,51 +43,6 @@ static void on_progress(void *ctx, int64_t done, int64_t total)
     fprintf(stderr, "\rpredict: volume %d/%d, slice %lld/%lld, %.2f slices/s, ETA %.0f s   ", pg->vol + 1,
             pg->n_vols, (long long)done, (long long)total, rate, rate > 0 ? left / rate : 0.0);
     fflush(stderr);
-}
-
-/* Overlay colours for classes 1.. (class 0 is left gray). */
-static const uint8_t palette[8][3] = {{230, 25, 75},  {60, 180, 75}, {0, 130, 200}, {255, 225, 25},
-                                      {245, 130, 48}, {145, 30, 180}, {70, 240, 240}, {240, 50, 230}};
-
-static ms_status write_overlays(const char *dir, const char *in_path, const ms_predict_result *r)
-{
-    ms_status rc = MS_OK;
-    const int64_t H = r->H, W = r->W, K = r->n_slices;
-    const int axis = r->axis, ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
-    const int64_t st3[3] = {1, r->dim[0], r->dim[0] * r->dim[1]};
-    uint8_t *pix = malloc((size_t)(H * W) * 3);
-    char stem[256], *path = NULL;
-    if (!pix) return ms_error(MS_ENOMEM, "%s: out of memory", dir);
-    snprintf(stem, sizeof stem, "%s", ms_path_base(in_path));
-    size_t sl = strlen(stem);
-    if (sl > 7 && !strcmp(stem + sl - 7, ".nii.gz")) stem[sl - 7] = 0;
-    else if (sl > 4 && !strcmp(stem + sl - 4, ".nii")) stem[sl - 4] = 0;
-    int64_t last = -1;
-    for (int j = 1; j <= 3; j++) {
-        int64_t k = K * j / 4;
-        if (k >= K) k = K - 1;
-        if (k == last) continue;
-        last = k;
-        for (int64_t y = 0; y < H; y++)
-            for (int64_t x = 0; x < W; x++) {
-                size_t v = (size_t)(k * st3[axis] + y * st3[ra] + x * st3[ca]);
-                float g = r->image01[v] * 255.0f;
-                uint8_t *o = pix + ((size_t)y * W + x) * 3;
-                uint16_t l = r->labels[v];
-                for (int c = 0; c < 3; c++) {
-                    float val = l ? 0.5f * g + 0.5f * palette[(l - 1) % 8][c] : g;
-                    o[c] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val + 0.5f);
-                }
-            }
-        char name[300];
-        snprintf(name, sizeof name, "%s_s%03lld.png", stem, (long long)k);
-        free(path);
-        if (!(path = ms_path_join_new(dir, name))) { rc = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
-        if ((rc = ms_png_write_u8(path, pix, (int)W, (int)H, 3))) break;
-    }
-    free(path);
-    free(pix);
-    return rc;
 }
 
 /* The input list: one file, or every NIfTI file in a directory (sorted). Output paths beside them. */
@@ -180,7 +133,7 @@ static int predict_all(ms_predictor *pr, ms_predict_opts *po, const ms_predict_m
         ms_predict_result r;
         ms_status st = ms_predict_file_prompted(pr, po, ins[i], pins ? pins[i] : NULL, outs[i], &r);
         if (pg.on) fprintf(stderr, "\r\033[K");
-        if (!st && png) st = write_overlays(png, ins[i], &r);
+        if (!st && png) st = ms_predict_write_overlays(png, ins[i], &r);
         if (st) {
             fprintf(stderr, "%s\n", ms_errmsg());
             failed++;
