@@ -15,11 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/clock.h"
 #include "base/device.h"
+#include "base/fileio.h"
 #include "base/path.h"
 #include "cli.h"
 #include "data/ingest.h"
@@ -215,15 +215,11 @@ static int run(int argc, char **argv)
     if ((rc = list_inputs(in, out, &ins, &outs, &n))) goto leave;
     if (ms_path_is_dir(in)) {
         if (n == 0) { rc = ms_error(MS_EINVAL, "%s: no .nii or .nii.gz files", in); goto leave; }
-        if (mkdir(out, 0777) && !ms_path_is_dir(out)) {
-            rc = ms_error(MS_EIO, "%s: cannot create the directory", out);
-            goto leave;
-        }
-    }
-    if (png && mkdir(png, 0777) && !ms_path_is_dir(png)) {
-        rc = ms_error(MS_EIO, "%s: cannot create the directory", png);
+        if ((rc = ms_mkdirs(out))) goto leave;
+    } else if ((rc = ms_mkdirs_parent(outs[0]))) { /* -o new/folder/x.nii.gz: its folder, before any work */
         goto leave;
     }
+    if (png && (rc = ms_mkdirs(png))) goto leave;
     ms_device_kind kind;
     int index;
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;

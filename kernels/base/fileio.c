@@ -231,3 +231,14 @@ ms_status ms_dir_remove(const char *path)
     if (lstat(path, &sb) && errno == ENOENT) return MS_OK;
     return remove_tree(path);
 }
+
+ms_status ms_mkdirs_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return MS_OK; /* the current folder or / */
+    char *dir = strndup(path, (size_t)(slash - path));
+    MS_FAIL_IF(!dir, MS_ENOMEM, "%s: out of memory", path);
+    ms_status rc = ms_mkdirs(dir);
+    free(dir);
+    return rc;
+}

@@ -37,6 +37,8 @@ void ms_afile_abort(ms_afile *a);
 
 /* mkdir -p */
 ms_status ms_mkdirs(const char *path);
+/* mkdir -p of the folder that will hold path. */
+ms_status ms_mkdirs_parent(const char *path);
 /* Writes `len` bytes to path atomically (tmp + fsync + rename + fsync of the directory). */
 ms_status ms_write_file_atomic(const char *path, const void *data, size_t len);
 /* Reads a whole file (malloc'd, NUL-terminated for convenience); *len gets the size. max_len bounds it. */

@@ -60,5 +60,13 @@ fi
 rc=$?
 if [ $rc -ne 2 ]; then echo "FAIL: --axis bogus exits $rc, expected 2"; fail=1; fi
 
+# -o and --png in folders that do not exist yet: created (a missing folder used to fail after the work, on a .tmp path)
+if "$MRISAM" predict --ckpt "$T/sam_test.pth" --in "$T/in/a_las.nii.gz" -o "$T/new/sub/x.nii.gz" --png "$T/new/png/p" \
+    --threads 2 > /dev/null && [ -f "$T/new/sub/x.nii.gz" ] && [ "$(ls "$T/new/png/p"/*.png | wc -l)" -eq 3 ]; then
+    echo "missing output folders created"
+else
+    echo "FAIL: predict into folders that do not exist"; fail=1
+fi
+
 if [ $fail -ne 0 ]; then echo "test_predict: FAILED"; exit 1; fi
 echo "test_predict: passed"
