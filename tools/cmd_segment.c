@@ -70,6 +70,20 @@ leave:
     return rc;
 }
 
+/* Prompts in the image's pixels: every point inside it, a box with x0 < x1, y0 < y1 inside it. */
+static ms_status check_prompts(const char *image, const float *pts, int n, const float *box, int w, int h)
+{
+    for (int i = 0; i < n; i++)
+        MS_FAIL_IF(!(pts[2 * i] >= 0 && pts[2 * i] < w && pts[2 * i + 1] >= 0 && pts[2 * i + 1] < h), MS_EINVAL,
+                   "--point %g,%g lies outside %s (%dx%d: 0 <= x < %d, 0 <= y < %d)", pts[2 * i], pts[2 * i + 1],
+                   image, w, h, w, h);
+    if (box)
+        MS_FAIL_IF(!(box[0] >= 0 && box[1] >= 0 && box[0] < box[2] && box[1] < box[3] && box[2] <= w && box[3] <= h),
+                   MS_EINVAL, "--box %g,%g,%g,%g is not X0,Y0,X1,Y1 with X0 < X1 <= %d and Y0 < Y1 <= %d inside %s (%dx%d)",
+                   box[0], box[1], box[2], box[3], w, h, image, w, h);
+    return MS_OK;
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
@@ -129,6 +143,7 @@ static int run(int argc, char **argv)
     model_ok = 1;
     if ((rc = ms_png_read_image(image, &img))) goto leave;
     const int h = img.h, w = img.w, S = m.img_size, g = m.emb_h;
+    if ((rc = check_prompts(image, pts, np_, box_s ? box : NULL, w, h))) goto leave;
 
     /* image embedding */
     ms_prep_config pc;

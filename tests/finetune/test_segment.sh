@@ -7,7 +7,8 @@
 # reference runs in float64 with the same preprocessing (bilinear, align_corners=False; upscaling, so no
 # antialiasing question) and the official post-processing. Pass: low-res logits and IoU within 1e-4·max|ref|; the
 # chosen token equal; mask pixels equal except where |ref logit| < 1e-3·max|ref logit|.
-# Also: a bad --point exits 2, a missing checkpoint exits 1 with a one-line message.
+# Also: a bad --point exits 2, a point outside the image or an inverted box exits 2 naming the image size, a missing
+# checkpoint exits 1 with a one-line message.
 set -u
 MRISAM=${MS_MRISAM:-mrisam}
 SRC=${MS_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -103,6 +104,21 @@ run_case boxpt --box 20,10,100,80 --point 60,50
 "$MRISAM" segment --ckpt "$T/sam_test.pth" --image "$T/img.png" -o "$T/x.png" --point 1,2,3 2> "$T/err.txt"
 rc=$?
 if [ $rc -ne 2 ]; then echo "FAIL: bad --point exits $rc, expected 2"; fail=1; fi
+# prompts outside the 128x96 image, or an inverted box: exit 2, one line giving the image size (random members, seeded)
+seed=${MS_TEST_SEED:-$RANDOM}; echo "seed: $seed (replay with MS_TEST_SEED=$seed)"; RANDOM=$seed
+for k in 1 2 3 4; do
+    case $((RANDOM % 4)) in
+    0) arg=(--point "$((128 + RANDOM % 50)),$((RANDOM % 96))") ;;
+    1) arg=(--point "$((RANDOM % 128)),-$((1 + RANDOM % 30))") ;;
+    2) x0=$((10 + RANDOM % 100)); arg=(--box "$x0,10,$((x0 - 1 - RANDOM % 9)),80") ;;
+    3) arg=(--box "10,10,100,$((97 + RANDOM % 40))") ;;
+    esac
+    "$MRISAM" segment --ckpt "$T/sam_test.pth" --image "$T/img.png" -o "$T/x.png" "${arg[@]}" 2> "$T/err.txt"
+    rc=$?
+    if [ $rc -ne 2 ] || [ "$(wc -l < "$T/err.txt")" -ne 1 ] || ! grep -q "128x96" "$T/err.txt"; then
+        echo "FAIL: ${arg[*]} exits $rc (expected 2 with one line giving 128x96):"; cat "$T/err.txt"; fail=1
+    fi
+done
 "$MRISAM" segment --ckpt "$T/missing.pth" --image "$T/img.png" -o "$T/x.png" 2> "$T/err.txt"
 rc=$?
 lines=$(wc -l < "$T/err.txt")
