@@ -528,7 +528,7 @@ ms_status ms_eval_store(ms_eval_result *r, const ms_eval_store_opts *o)
                       e.have_sel ? " in the run's validation selection" : "");
         goto leave;
     }
-    const int sel = o->shots && o->shots[0];
+    const int sel = e.have_sel; /* a run's shots.json that does not name this store selects nothing */
     r->header = format("# mrisam eval\n\ncheckpoint: %s%s%s  \nstore: %s (%s%s)  \nvolumes: %d\n\n", o->ckpt,
                        task_name[0] ? ", task " : "", task_name, o->store,
                        sel ? "the validation selection of " : "every labelled volume", sel ? o->shots : "", r->n_pairs);

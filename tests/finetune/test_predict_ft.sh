@@ -83,6 +83,13 @@ if [ "$nv_all" -ne 1 ] || [ "$nv_val" -ne 1 ] || ! grep -q "validation selection
     fail=1
 fi
 
+# a store the run was not trained on: every labelled volume is evaluated, and the summary says so
+M eval --ckpt run_st --store lesion -o e_other --no-hd95 > /dev/null 2>&1 || { echo "FAIL: eval other store"; fail=1; }
+if ! grep -q "(every labelled volume)" e_other/summary.md || grep -q "validation selection" e_other/summary.md; then
+    echo "FAIL: eval on a store outside the run: the summary must say every labelled volume:"; head -5 e_other/summary.md
+    fail=1
+fi
+
 $PY "$CHK" predict run/best organs in p_org -- predict run/best lesion in p_les \
     -- csv e_files/per_volume.csv e_all/per_volume.csv e_all/per_volume.csv e_files/per_volume.csv \
     e_val/per_volume.csv e_all/per_volume.csv \
