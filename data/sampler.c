@@ -193,8 +193,10 @@ ms_status ms_split_volumes(const ms_volume_info *vols, int n_vols, const ms_spli
         uint64_t n = v->n_slices, nv = (uint64_t)llround(frac * (double)n);
         if (nv < 1) nv = 1;
         if (n < nv + (uint64_t)gap + 1) {
-            rc = ms_error(MS_EINVAL, "split: the single labelled volume has %llu slices, too few for a %llu-slice "
-                          "validation block and a %d-slice gap", (unsigned long long)n, (unsigned long long)nv, gap);
+            rc = ms_error(MS_EINVAL, "split: the store's only %svolume has %llu slices: too few to hold out a "
+                          "%llu-slice validation block and a %d-slice gap; train without validation (pretrain "
+                          "--val-slices 0, finetune --val-fraction 0) or add volumes", sp->labeled_only ? "labelled " : "",
+                          (unsigned long long)n, (unsigned long long)nv, gap);
             goto leave;
         }
         uint64_t nt = n - nv - (uint64_t)gap;

@@ -238,6 +238,25 @@ static void test_split(void)
         ms_selection_free(&a);
         ms_selection_free(&b);
     }
+
+    /* one volume too short to hold out a block: the message names the problem (labelled or not) and the fix */
+    for (int labeled = 0; labeled < 2; labeled++) {
+        ms_volume_info one[1];
+        make_vols(one, 1, &r, 0);
+        one[0].has_labels = labeled;
+        one[0].n_slices = 2 + (uint32_t)ms_rng_below(&r, 7);
+        ms_split_spec s1;
+        ms_split_spec_default(&s1);
+        s1.labeled_only = labeled;
+        ms_selection a = {0}, b = {0};
+        ms_status st = ms_split_volumes(one, 1, &s1, &a, &b, NULL);
+        const char *m = ms_errmsg();
+        MS_CHECK(st == MS_EINVAL && strstr(m, "only ") && strstr(m, "--val-slices 0") &&
+                     (strstr(m, "labelled") != NULL) == labeled,
+                 "a %u-slice %s volume: %s", one[0].n_slices, labeled ? "labelled" : "unlabelled", m);
+        ms_selection_free(&a);
+        ms_selection_free(&b);
+    }
 }
 
 /* ---- resampling ---- */
