@@ -71,12 +71,14 @@ static void check_prepare(const char *base, uint64_t seed)
         int k = 0, m = 0;
         if (!absent) {
             MS_CHECK_OK(ms_mkdirs(run));
-            int want_k = (int)(ms_rng_u64(&g) % 4), want_m = ms_rng_u64(&g) % 3 == 0 ? 1 + (int)(ms_rng_u64(&g) % 2) : 0;
+            int want_k = (int)(ms_rng_u64(&g) % 4);
+            int want_m = ms_rng_u64(&g) % 3 == 0 ? 1 + (int)(ms_rng_u64(&g) % 2) : 0;
             char used[N_RUN + N_OTHER][40];
             int nu = 0;
             for (int tries = 0; tries < 50 && (k < want_k || m < want_m); tries++) {
                 int other = k >= want_k;
-                const entry *e = other ? &OTHER_ENTRIES[ms_rng_u64(&g) % N_OTHER] : &RUN_ENTRIES[ms_rng_u64(&g) % N_RUN];
+                const entry *e = other ? &OTHER_ENTRIES[ms_rng_u64(&g) % N_OTHER]
+                                       : &RUN_ENTRIES[ms_rng_u64(&g) % N_RUN];
                 int dup = 0;
                 for (int i = 0; i < nu; i++) dup |= !strcmp(used[i], e->name);
                 if (dup) continue;
