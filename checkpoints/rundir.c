@@ -12,6 +12,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/path.h"
+
 ms_status ms_read_json(const char *path, size_t max_len, cJSON **out)
 {
     char *txt;
@@ -22,6 +24,122 @@ ms_status ms_read_json(const char *path, size_t max_len, cJSON **out)
     free(txt);
     MS_FAIL_IF(!*out, MS_EFORMAT, "%s: not valid JSON", path);
     return MS_OK;
+}
+
+/* ---- the run directory's mode ---------------------------------------------------------------------------------- */
+
+static int same_dir(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (!strcmp(a, b)) return 1;
+    return !stat(a, &sa) && !stat(b, &sb) && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+ms_status ms_run_mode_of(const char *out, const char *resume, int overwrite, ms_run_mode *mode)
+{
+    *mode = overwrite ? MS_RUN_OVERWRITE : MS_RUN_FRESH;
+    if (!resume || !same_dir(out, resume)) return MS_OK;
+    MS_FAIL_IF(overwrite, MS_EINVAL, "%s: --resume continues the run, --overwrite starts it again: not both", out);
+    *mode = MS_RUN_RESUME;
+    return MS_OK;
+}
+
+/* name without a trailing ".tmp.<digits>" (what ms_afile leaves when a write is interrupted): its length */
+static size_t strip_tmp(const char *name)
+{
+    size_t n = strlen(name), d = n;
+    while (d > 0 && name[d - 1] >= '0' && name[d - 1] <= '9') d--;
+    if (d == n || d < 5 || memcmp(name + d - 5, ".tmp.", 5)) return n;
+    return d - 5;
+}
+
+/* 1 when `name` (an entry of RUN/, of type is_dir) is one a run writes (docs/CLI.md §RUN/ layout). */
+static int run_dir_entry(const char *name, int is_dir)
+{
+    static const char *const dirs[] = {"tb", "ckpt", "val", "best", "best.tmp"};
+    static const char *const files[] = {"config.json", "log.jsonl", "shots.json"};
+    if (is_dir) {
+        for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) if (!strcmp(name, dirs[i])) return 1;
+        return 0;
+    }
+    size_t n = strip_tmp(name);
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        if (n == strlen(files[i]) && !memcmp(name, files[i], n)) return 1;
+    /* the pretraining export sam_mri_<model>.pth / .safetensors */
+    if (strncmp(name, "sam_mri_", 8)) return 0;
+    for (const char *ext = ".pth"; ext; ext = ext[1] == 'p' ? ".safetensors" : NULL) {
+        size_t e = strlen(ext);
+        if (n > 8 + e && !memcmp(name + n - e, ext, e)) return 1;
+    }
+    return 0;
+}
+
+/* Walks RUN/'s entries: *n_run entries a run writes, the first other one into foreign (empty when none). */
+static ms_status scan_run_dir(const char *run, int *n_run, char *foreign, size_t fn)
+{
+    *n_run = 0;
+    foreign[0] = 0;
+    DIR *d = opendir(run);
+    if (!d) return ms_error(errno, "%s: %s", run, strerror(errno));
+    struct dirent *e;
+    ms_status rc = MS_OK;
+    while ((e = readdir(d)) && !rc) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[MS_PATH_MAX];
+        struct stat st;
+        rc = ms_path_join(p, run, e->d_name);
+        if (rc) break;
+        if (lstat(p, &st)) { rc = ms_error(errno, "%s: %s", p, strerror(errno)); break; }
+        /* a symbolic link is never something a run writes, whatever its name */
+        int ok = (S_ISDIR(st.st_mode) || S_ISREG(st.st_mode)) && run_dir_entry(e->d_name, S_ISDIR(st.st_mode));
+        if (ok) (*n_run)++;
+        else if (!foreign[0]) snprintf(foreign, fn, "%s", e->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
+ms_status ms_run_dir_check(const char *run, ms_run_mode mode)
+{
+    struct stat st;
+    if (stat(run, &st)) {
+        if (errno == ENOENT) return MS_OK; /* created by prepare */
+        return ms_error(errno, "%s: %s", run, strerror(errno));
+    }
+    MS_FAIL_IF(!S_ISDIR(st.st_mode), MS_EINVAL, "%s: not a directory", run);
+    if (mode == MS_RUN_RESUME) return MS_OK;
+    int n_run;
+    char foreign[256];
+    MS_TRY(scan_run_dir(run, &n_run, foreign, sizeof foreign));
+    MS_FAIL_IF(n_run && mode == MS_RUN_FRESH, MS_EINVAL,
+               "%s: not empty (a run is there): --resume %s to continue it, --overwrite to start again", run, run);
+    MS_FAIL_IF(foreign[0], MS_EINVAL, "%s: not empty (holds %s, which no run writes): -o a new or empty directory",
+               run, foreign);
+    return MS_OK;
+}
+
+ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode)
+{
+    MS_TRY(ms_run_dir_check(run, mode));
+    if (mode == MS_RUN_OVERWRITE && ms_path_is_dir(run)) {
+        DIR *d = opendir(run);
+        if (!d) return ms_error(errno, "%s: %s", run, strerror(errno));
+        struct dirent *e;
+        ms_status rc = MS_OK;
+        while (!rc && (e = readdir(d))) { /* every entry was just checked to be a run's */
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char p[MS_PATH_MAX];
+            struct stat st;
+            rc = ms_path_join(p, run, e->d_name);
+            if (rc) break;
+            if (!lstat(p, &st) && S_ISDIR(st.st_mode)) rc = ms_dir_remove(p);
+            else if (unlink(p) && errno != ENOENT) rc = ms_error(errno, "%s: %s", p, strerror(errno));
+        }
+        closedir(d);
+        MS_TRY(rc);
+        MS_TRY(ms_fsync_dir(run));
+    }
+    return ms_mkdirs(run);
 }
 
 ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n)

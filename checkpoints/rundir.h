@@ -15,6 +15,26 @@
 #include "base/fileio.h" /* mkdirs, atomic writes, read_file, fsync, dir swap/remove */
 #include "base/status.h"
 
+/* How a run starts in its RUN/ directory. A fresh run needs RUN/ absent or empty, so two runs never mix (the old
+ * checkpoints would win keep-last, logs would interleave); resume continues what is there; overwrite starts again
+ * over an old run, but only where every entry of RUN/ is one a run writes (run_dir_entry in rundir.c: config.json,
+ * log.jsonl, shots.json, sam_mri_*.pth/.safetensors, tb/, ckpt/, val/, best/, best.tmp/ and the temporaries
+ * "<file>.tmp.<pid>" of an interrupted write), so it never removes a user's other files. */
+typedef enum ms_run_mode { MS_RUN_FRESH, MS_RUN_RESUME, MS_RUN_OVERWRITE } ms_run_mode;
+
+/* The mode of a run writing into out: resume (NULL: none) names the run whose checkpoint it continues from; the same
+ * directory as out (however spelled) is MS_RUN_RESUME, another one starts out afresh. MS_EINVAL when overwrite and
+ * resume name the same run. */
+ms_status ms_run_mode_of(const char *out, const char *resume, int overwrite, ms_run_mode *mode);
+/* Whether a run may start in RUN/ in mode, touching nothing (call it before any expensive work). MS_EINVAL, one
+ * line: "RUN: not empty (a run is there): --resume RUN to continue it, --overwrite to start again" for a fresh run
+ * over a run; "RUN: not empty (holds NAME, which no run writes): ..." for a fresh run or an overwrite over other
+ * files; "RUN: not a directory". */
+ms_status ms_run_dir_check(const char *run, ms_run_mode mode);
+/* ms_run_dir_check, then (overwrite) removes every entry of RUN/, then creates RUN/. Call it just before the run's
+ * first write, when the inputs (weights or a split file inside the old RUN/) have been read. */
+ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode);
+
 /* Reads and parses a JSON file (config.json, state.json, meta.json, shots.json): "path: not valid JSON" when it does
  * not parse. The caller owns *out (cJSON_Delete). */
 struct cJSON;

@@ -1025,6 +1025,9 @@ static ms_status open_run(ms_ft_run *r)
     MS_TRY(alloc_buffers(r));
     if (r->cache && r->step > 0) MS_TRY(replay_cache(r, r->step));
     for (int t = 0; t < r->n_tasks; t++) MS_TRY(ms_loader_open(&r->lc[t], &r->td[t].loader));
+    ms_run_mode mode;
+    MS_TRY(ms_run_mode_of(o->out, o->resume ? o->out : NULL, o->overwrite, &mode));
+    MS_TRY(ms_run_dir_prepare(o->out, mode)); /* the first write into RUN/: the split file has been read */
     char p[4300];
     snprintf(p, sizeof p, "%s/val", o->out);
     MS_TRY(ms_mkdirs(p));
@@ -1036,6 +1039,9 @@ ms_status ms_ft_run_open(const ms_ft_run_config *cfg, ms_device *dev, ms_ft_run 
 {
     *out = NULL;
     MS_TRY(ms_ft_run_config_check(cfg));
+    ms_run_mode mode;
+    MS_TRY(ms_run_mode_of(cfg->out, cfg->resume ? cfg->out : NULL, cfg->overwrite, &mode));
+    MS_TRY(ms_run_dir_check(cfg->out, mode)); /* refused before anything is loaded */
     ms_ft_run *r = calloc(1, sizeof *r);
     MS_FAIL_IF(!r, MS_ENOMEM, "out of memory");
     r->cfg = *cfg;

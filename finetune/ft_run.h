@@ -69,6 +69,7 @@ typedef struct ms_ft_run_config {
     int save_every, keep_last; /* steps; checkpoints kept */
     const char *out;           /* RUN/ */
     int resume;                /* continue RUN/ from its newest complete checkpoint */
+    int overwrite;             /* a fresh run over an old one in RUN/ (removed first); else RUN/ must be new or empty */
     int panels;                /* write the validation panels RUN/val/step_%08d.png (default 1) */
 } ms_ft_run_config;
 

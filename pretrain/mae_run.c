@@ -49,6 +49,7 @@ struct ms_mae_run {
     train_state ts;
     int64_t nan_left, saved_step;
     double t0;
+    ms_run_mode mode; /* fresh, resume or overwrite: how RUN/ is prepared */
     char resumed[DIR_N], ckdir[DIR_N];
 };
 
@@ -455,7 +456,7 @@ static ms_status open_run(ms_mae_run *r)
     pl->freeze_steps = (int64_t)c->freeze_epochs * pl->steps_per_epoch;
     pl->start_step = r->ts.step;
     MS_TRY(open_validation(r));
-    MS_TRY(ms_mkdirs(c->out));
+    MS_TRY(ms_run_dir_prepare(c->out, r->mode)); /* the first write into RUN/ */
     MS_TRY(write_config(r));
     MS_TRY(ms_runlog_open(&r->lg, c->out));
     int S = r->S, nb = c->batch > c->val_slices ? c->batch : c->val_slices;
@@ -478,9 +479,13 @@ ms_status ms_mae_run_open(const ms_mae_run_config *cfg, ms_device *dev, ms_sam_e
 {
     *out = NULL;
     MS_TRY(check_config(cfg));
+    ms_run_mode mode;
+    MS_TRY(ms_run_mode_of(cfg->out, cfg->resume, cfg->overwrite, &mode));
+    MS_TRY(ms_run_dir_check(cfg->out, mode)); /* refused before anything is loaded */
     ms_mae_run *r = calloc(1, sizeof *r);
     MS_FAIL_IF(!r, MS_ENOMEM, "out of memory");
     r->cfg = *cfg;
+    r->mode = mode;
     r->dev = dev;
     r->enc = enc;
     r->eps = enc->ps;

@@ -37,8 +37,10 @@ typedef struct ms_mae_run_config {
     int n_stores;
     const char *stores[MS_ORDER_MAX_SOURCES];
     int workers;              /* loader threads; 0 = the device's thread count */
-    /* the run directory; resume: the RUN/ whose newest checkpoint to continue from (usually out), NULL = fresh */
+    /* the run directory; resume: the RUN/ whose newest checkpoint to continue from (usually out), NULL = fresh.
+     * A fresh out must be absent or empty; overwrite: an old run there is removed first (ms_run_dir_prepare) */
     const char *out, *resume;
+    int overwrite;
     /* what config.json records and the export is named after (sam_mri_<model>.pth) */
     const char *model, *ckpt, *init;
     const char *enc_prefix;   /* the encoder's names in its block ("image_encoder.") */

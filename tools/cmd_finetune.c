@@ -198,7 +198,8 @@ static int run(int argc, char **argv)
         "slices whose label has foreground; splits are by volume (one labelled volume: slice blocks with a gap).\n"
         "Writes RUN/config.json, shots.json, log.jsonl, tb/, ckpt/step_*/, val/step_*.png and best/ (the best\n"
         "validation Dice; predict and eval read it). SIGINT/SIGTERM: finish the step, checkpoint, exit 75;\n"
-        "--resume RUN/ with the same options continues exactly. docs/FINETUNE.md has the details.",
+        "--resume RUN/ with the same options continues exactly; RUN/ must be new or empty otherwise (exit 2):\n"
+        "--overwrite starts again over an old run there. docs/FINETUNE.md has the details.",
         "  mrisam finetune --store brain/ --init random --model vit_test --method full --scope decoder \\\n"
         "      --shots 8 --max-steps 300 --warmup-steps 30 --val-every 20 -o run/\n"
         "  mrisam finetune --store prostate/ --ckpt sam_vit_b_01ec64.pth --method lora --scope encoder+decoder -o run/\n"
@@ -251,6 +252,7 @@ static int run(int argc, char **argv)
         {"norm", MS_OPT_STR, &o.norm, "sam|medsam", "pixel normalisation (default sam)"},
         {"seed", MS_OPT_I64, &cfg.seed, "S", "seed (default 0)"},
         {"resume", MS_OPT_STR, &o.resume, "RUN", "continue the run in RUN from its newest checkpoint"},
+        {"overwrite", MS_OPT_FLAG, &cfg.overwrite, NULL, "start again over an old run in RUN (removes it)"},
         {"save-every", MS_OPT_INT, &cfg.save_every, "N", "checkpoint every N steps (default 1000)"},
         {"keep-last", MS_OPT_INT, &cfg.keep_last, "K", "checkpoints to keep (default 2)"},
         {"workers", MS_OPT_INT, &cfg.workers, "N", "loader threads per task (default: --threads)"},

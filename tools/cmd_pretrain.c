@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "checkpoints/rundir.h"
 #include "cli.h"
 #include "finetune/sam.h"
 #include "image_io.h"
@@ -75,7 +76,8 @@ static int run(int argc, char **argv)
         "visible tokens only (window-stratified masking); a MAE decoder reconstructs the hidden 16x16 patches.\n"
         "Writes RUN/config.json, log.jsonl, tb/, ckpt/step_*/, val/step_*.png and, at the end,\n"
         "RUN/sam_mri_<model>.pth and .safetensors (full SAM weights, encoder replaced). SIGINT/SIGTERM: finish the\n"
-        "step, checkpoint, exit 75; --resume RUN/ continues exactly.",
+        "step, checkpoint, exit 75; --resume RUN/ continues exactly. RUN/ must be new or empty (exit 2 otherwise):\n"
+        "--overwrite starts again over an old run there.",
         "  mrisam pretrain --store store/ --init random --model vit_test --max-steps 200 -o run/\n"
         "  mrisam pretrain --store a/ --store b/ --ckpt sam_vit_b_01ec64.pth --batch-size 8 -o run/"};
     opts o = {.mask_sampling = "stratified", .device = "cpu"};
@@ -89,6 +91,7 @@ static int run(int argc, char **argv)
         {"model", MS_OPT_STR, &o.model, "NAME", "vit_b, vit_l, vit_h or vit_test (with --init random)"},
         {"o", MS_OPT_STR, &c.out, "RUN", "run directory"},
         {"resume", MS_OPT_STR, &c.resume, "RUN", "continue the run in RUN from its newest checkpoint"},
+        {"overwrite", MS_OPT_FLAG, &c.overwrite, NULL, "start again over an old run in RUN (removes it)"},
         {"input-size", MS_OPT_INT, &c.input_size, "N",
          "input size (default: the checkpoint's; others interpolate the position tables, the export stays exact)"},
         {"batch-size", MS_OPT_INT, &c.batch, "B", "images per step per rank (default 8)"},
@@ -150,7 +153,10 @@ static int run(int argc, char **argv)
     char model_name[32];
     ms_device_kind kind;
     int index;
-    ms_status rc = ms_device_parse(o.device, &kind, &index);
+    ms_run_mode mode; /* a RUN/ that is refused is refused before the weights load (ms_mae_run_open checks again) */
+    ms_status rc = ms_run_mode_of(c.out, c.resume, c.overwrite, &mode);
+    if (!rc) rc = ms_run_dir_check(c.out, mode);
+    if (!rc) rc = ms_device_parse(o.device, &kind, &index);
     if (!rc) rc = ms_device_init_at(&dev, kind, index, o.threads);
     /* SAM: the encoder trains; the prompt encoder and mask decoder ride along for the export */
     if (!rc) rc = ms_sam_build(&sam, c.ckpt, o.model, c.seed, &dev, model_name, sizeof model_name);

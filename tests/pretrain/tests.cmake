@@ -1,5 +1,7 @@
 # tests/pretrain — the image encoder (SAM's ViT: test_sam_encoder*.c against PyTorch golden files in golden/),
 # MAE masking, decoder and one step against PyTorch golden files, and `mrisam pretrain` end to end.
-# Every test_*.c is a C test (suffix _cuda: label gpu, _slow: label slow); the script test is registered below.
+# Every test_*.c is a C test (suffix _cuda: label gpu, _slow: label slow); the script tests are registered below.
 ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} NO_SCRIPTS)
 ms_script_test(test_pretrain ${CMAKE_CURRENT_LIST_DIR}/test_pretrain.sh LABELS "cpu;slow" TIMEOUT 1200)
+# a second run into a RUN/ is refused, --overwrite equals a fresh run, --resume still continues (checkpoints/rundir.h)
+ms_script_test(test_pretrain_rundir ${CMAKE_CURRENT_LIST_DIR}/test_pretrain_rundir.sh LABELS cpu)

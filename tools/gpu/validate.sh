@@ -22,7 +22,7 @@ timeout 60 ./tests/test_sam_encoder > "$LOG/encoder.log" 2>&1
 echo "test_sam_encoder rc=$? $(tail -1 "$LOG/encoder.log")"
 if [ -d "$ROOT/deps/store" ]; then
   timeout 150 ./mrisam pretrain --store "$ROOT/deps/store" --init random --model vit_b --device cuda \
-    --batch-size 8 --max-steps 6 --val-slices 0 --save-every 100 --threads 16 -o /tmp/run_vitb \
+    --batch-size 8 --max-steps 6 --val-slices 0 --save-every 100 --threads 16 --overwrite -o /tmp/run_vitb \
     > "$LOG/pretrain.log" 2>&1
   echo "pretrain vit_b cuda rc=$?"
   tail -4 "$LOG/pretrain.log"
