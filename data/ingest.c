@@ -65,18 +65,83 @@ static int is_nifti_name(const char *s)
            ms_str_ends_with_nocase(s, ".hdr") || ms_str_ends_with_nocase(s, ".hdr.gz");
 }
 
-/* Recursive walk in sorted order; only NIfTI names are taken from directories. */
-static ms_status walk(const char *path, joblist *l, int top)
+/* The folders and files a walk has reached, by (st_dev, st_ino): an open-addressing set (linear probing, at most
+ * half full). Paths cannot tell that d/link/ is d/, nor that two names are one file; the inode can. */
+typedef struct fileid {
+    uint64_t dev, ino;
+} fileid;
+
+typedef struct idset {
+    fileid *v;
+    uint8_t *used;
+    size_t n, cap; /* cap: 0 or a power of two */
+} idset;
+
+static size_t idset_slot(const idset *s, fileid k)
+{
+    uint64_t x = (k.ino ^ (k.dev << 40 | k.dev >> 24)) * 0x9E3779B97F4A7C15ull; /* Fibonacci hashing */
+    size_t i = (size_t)(x >> 32) & (s->cap - 1);
+    while (s->used[i] && (s->v[i].dev != k.dev || s->v[i].ino != k.ino)) i = (i + 1) & (s->cap - 1);
+    return i;
+}
+
+/* Adds sb's (st_dev, st_ino): 1 when it was new, 0 when it was there already; -1 out of memory. */
+static int idset_add(idset *s, const struct stat *sb)
+{
+    fileid k = {(uint64_t)sb->st_dev, (uint64_t)sb->st_ino};
+    if (2 * (s->n + 1) > s->cap) {
+        idset g = {calloc(s->cap ? 2 * s->cap : 256, sizeof *g.v), calloc(s->cap ? 2 * s->cap : 256, 1), s->n,
+                   s->cap ? 2 * s->cap : 256};
+        if (!g.v || !g.used) {
+            free(g.v);
+            free(g.used);
+            return -1;
+        }
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->used[i]) {
+                size_t j = idset_slot(&g, s->v[i]);
+                g.v[j] = s->v[i];
+                g.used[j] = 1;
+            }
+        free(s->v);
+        free(s->used);
+        *s = g;
+    }
+    size_t i = idset_slot(s, k);
+    if (s->used[i]) return 0;
+    s->v[i] = k;
+    s->used[i] = 1;
+    s->n++;
+    return 1;
+}
+
+typedef struct walker {
+    joblist *jobs;
+    idset seen; /* every folder walked and every file taken */
+    volatile sig_atomic_t *stop;
+} walker;
+
+/* Recursive walk in sorted order; only NIfTI names are taken from directories. Links are followed, but a folder or
+ * file reached again (a link loop, two links to one place, a source given twice) is skipped: first path wins. */
+static ms_status walk(walker *w, const char *path, int top)
 {
     struct stat sb;
+    if (w->stop && *w->stop)
+        return ms_error(MS_EINTERRUPTED, "%s: interrupted while listing the sources; nothing was written", path);
     if (stat(path, &sb) != 0) {
-        if (top) return push_job(l, path, NULL, 0); /* reported as that source's failure */
+        if (top) return push_job(w->jobs, path, NULL, 0); /* reported as that source's failure */
+        int e = errno;
+        struct stat lb;
+        int link = lstat(path, &lb) == 0 && S_ISLNK(lb.st_mode);
+        fprintf(stderr, "%s: warning: %s%s%s, skipped\n", path, link ? "broken symbolic link (" : "", strerror(e),
+                link ? ")" : "");
         return MS_OK;
     }
-    if (!S_ISDIR(sb.st_mode)) {
-        if (top || is_nifti_name(path)) return push_job(l, path, NULL, 0);
-        return MS_OK;
-    }
+    if (!top && !S_ISDIR(sb.st_mode) && !is_nifti_name(path)) return MS_OK;
+    int fresh = idset_add(&w->seen, &sb);
+    if (fresh < 0) return ms_error(MS_ENOMEM, "out of memory");
+    if (!fresh) return MS_OK;
+    if (!S_ISDIR(sb.st_mode)) return push_job(w->jobs, path, NULL, 0);
     struct dirent **names = NULL;
     int n = scandir(path, &names, NULL, alphasort);
     if (n < 0) return ms_error(errno, "%s: %s", path, strerror(errno));
@@ -88,7 +153,7 @@ static ms_status walk(const char *path, joblist *l, int top)
             if (!p)
                 st = ms_error(MS_ENOMEM, "out of memory");
             else
-                st = walk(p, l, 0);
+                st = walk(w, p, 0);
             free(p);
         }
         free(names[i]);
@@ -919,7 +984,10 @@ static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
     if (o->labels && !strcmp(o->labels, "nnunet")) {
         for (int i = 0; i < o->n_srcs && !st; i++) st = read_nnunet(o->srcs[i], &cx->jobs);
     } else {
-        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(o->srcs[i], &cx->jobs, 1);
+        walker w = {&cx->jobs, {0}, o->stop};
+        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(&w, o->srcs[i], 1);
+        free(w.seen.v);
+        free(w.seen.used);
         if (!st && o->labels) st = read_csv(o->labels, &cx->jobs);
     }
     if (st) return st;
