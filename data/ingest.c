@@ -252,6 +252,29 @@ typedef struct lmap {
     int n;
 } lmap;
 
+/* A whole field as a base-10 integer in lo..hi (surrounding blanks allowed): nothing else, so "1e400", "2.5" or
+ * "1,liver" is not read as its leading digits. */
+static int parse_int_field(const char *s, long long lo, long long hi, long long *v)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(s, &end, 10);
+    while (*end == ' ' || *end == '\t') end++;
+    if (end == s || *end || errno == ERANGE || x < lo || x > hi) return 0;
+    *v = x;
+    return 1;
+}
+
+/* 1 when s (after blanks and a sign) starts with a digit or a point: a field meant as a number. */
+static int looks_numeric(const char *s)
+{
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s == '+' || *s == '-') s++;
+    return (*s >= '0' && *s <= '9') || *s == '.';
+}
+
+/* Lines "value,class": value any integer, class an integer in 0..65535. The first line is a header when none of its
+ * fields looks like a number ("value,class"); a line that does is read strictly. */
 static ms_status read_label_map(const char *path, lmap *m, ms_sha256 *h)
 {
     FILE *f = fopen(path, "r");
@@ -264,18 +287,21 @@ static ms_status read_label_map(const char *path, lmap *m, ms_sha256 *h)
         char *s = trim(line);
         if (!*s || *s == '#') continue;
         ms_sha256_update(h, s, strlen(s) + 1);
-        char *end;
-        long long a = strtoll(s, &end, 10);
-        while (*end == ' ' || *end == '\t') end++;
-        if (*end != ',') {
-            if (lineno == 1) continue;
+        char *comma = strchr(s, ',');
+        if (lineno == 1 && !looks_numeric(s) && !(comma && looks_numeric(comma + 1))) continue;
+        if (!comma) {
             st = ms_error(MS_EFORMAT, "%s:%d: expected value,class", path, lineno);
             break;
         }
-        char *e2;
-        long b = strtol(end + 1, &e2, 10);
-        if (e2 == end + 1 || b < 0 || b > 65535) {
-            st = ms_error(MS_EFORMAT, "%s:%d: class must be 0..65535", path, lineno);
+        *comma = 0;
+        long long a, b;
+        if (!parse_int_field(s, INT64_MIN, INT64_MAX, &a)) {
+            st = ms_error(MS_EFORMAT, "%s:%d: value '%s' is not a 64-bit integer", path, lineno, trim(s));
+            break;
+        }
+        if (!parse_int_field(comma + 1, 0, 65535, &b)) {
+            st = ms_error(MS_EFORMAT, "%s:%d: class '%s' is not an integer in 0..65535", path, lineno,
+                          trim(comma + 1));
             break;
         }
         if (m->n == cap) {
@@ -807,6 +833,11 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
             goto leave;
         }
         if (!j->png && (st = ms_nifti_frame(&lab, 0, lf, &bad))) goto leave;
+        if (bad) { /* they would read as class 0 */
+            st = ms_error(MS_EFORMAT, "%s: %llu NaN/Inf voxels in a label volume (labels are integers)", j->label,
+                          (unsigned long long)bad);
+            goto leave;
+        }
         if (!(c.lab = malloc(nv * 2))) {
             st = ms_error(MS_ENOMEM, "out of memory");
             goto leave;
