@@ -90,8 +90,8 @@ static int idset_add(idset *s, const struct stat *sb)
 {
     fileid k = {(uint64_t)sb->st_dev, (uint64_t)sb->st_ino};
     if (2 * (s->n + 1) > s->cap) {
-        idset g = {calloc(s->cap ? 2 * s->cap : 256, sizeof *g.v), calloc(s->cap ? 2 * s->cap : 256, 1), s->n,
-                   s->cap ? 2 * s->cap : 256};
+        size_t cap = s->cap ? 2 * s->cap : 256;
+        idset g = {calloc(cap, sizeof *g.v), calloc(cap, 1), s->n, cap};
         if (!g.v || !g.used) {
             free(g.v);
             free(g.used);
