@@ -65,18 +65,83 @@ static int is_nifti_name(const char *s)
            ms_str_ends_with_nocase(s, ".hdr") || ms_str_ends_with_nocase(s, ".hdr.gz");
 }
 
-/* Recursive walk in sorted order; only NIfTI names are taken from directories. */
-static ms_status walk(const char *path, joblist *l, int top)
+/* The folders and files a walk has reached, by (st_dev, st_ino): an open-addressing set (linear probing, at most
+ * half full). Paths cannot tell that d/link/ is d/, nor that two names are one file; the inode can. */
+typedef struct fileid {
+    uint64_t dev, ino;
+} fileid;
+
+typedef struct idset {
+    fileid *v;
+    uint8_t *used;
+    size_t n, cap; /* cap: 0 or a power of two */
+} idset;
+
+static size_t idset_slot(const idset *s, fileid k)
+{
+    uint64_t x = (k.ino ^ (k.dev << 40 | k.dev >> 24)) * 0x9E3779B97F4A7C15ull; /* Fibonacci hashing */
+    size_t i = (size_t)(x >> 32) & (s->cap - 1);
+    while (s->used[i] && (s->v[i].dev != k.dev || s->v[i].ino != k.ino)) i = (i + 1) & (s->cap - 1);
+    return i;
+}
+
+/* Adds sb's (st_dev, st_ino): 1 when it was new, 0 when it was there already; -1 out of memory. */
+static int idset_add(idset *s, const struct stat *sb)
+{
+    fileid k = {(uint64_t)sb->st_dev, (uint64_t)sb->st_ino};
+    if (2 * (s->n + 1) > s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 256;
+        idset g = {calloc(cap, sizeof *g.v), calloc(cap, 1), s->n, cap};
+        if (!g.v || !g.used) {
+            free(g.v);
+            free(g.used);
+            return -1;
+        }
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->used[i]) {
+                size_t j = idset_slot(&g, s->v[i]);
+                g.v[j] = s->v[i];
+                g.used[j] = 1;
+            }
+        free(s->v);
+        free(s->used);
+        *s = g;
+    }
+    size_t i = idset_slot(s, k);
+    if (s->used[i]) return 0;
+    s->v[i] = k;
+    s->used[i] = 1;
+    s->n++;
+    return 1;
+}
+
+typedef struct walker {
+    joblist *jobs;
+    idset seen; /* every folder walked and every file taken */
+    volatile sig_atomic_t *stop;
+} walker;
+
+/* Recursive walk in sorted order; only NIfTI names are taken from directories. Links are followed, but a folder or
+ * file reached again (a link loop, two links to one place, a source given twice) is skipped: first path wins. */
+static ms_status walk(walker *w, const char *path, int top)
 {
     struct stat sb;
+    if (w->stop && *w->stop)
+        return ms_error(MS_EINTERRUPTED, "%s: interrupted while listing the sources; nothing was written", path);
     if (stat(path, &sb) != 0) {
-        if (top) return push_job(l, path, NULL, 0); /* reported as that source's failure */
+        if (top) return push_job(w->jobs, path, NULL, 0); /* reported as that source's failure */
+        int e = errno;
+        struct stat lb;
+        int link = lstat(path, &lb) == 0 && S_ISLNK(lb.st_mode);
+        fprintf(stderr, "%s: warning: %s%s%s, skipped\n", path, link ? "broken symbolic link (" : "", strerror(e),
+                link ? ")" : "");
         return MS_OK;
     }
-    if (!S_ISDIR(sb.st_mode)) {
-        if (top || is_nifti_name(path)) return push_job(l, path, NULL, 0);
-        return MS_OK;
-    }
+    if (!top && !S_ISDIR(sb.st_mode) && !is_nifti_name(path)) return MS_OK;
+    int fresh = idset_add(&w->seen, &sb);
+    if (fresh < 0) return ms_error(MS_ENOMEM, "out of memory");
+    if (!fresh) return MS_OK;
+    if (!S_ISDIR(sb.st_mode)) return push_job(w->jobs, path, NULL, 0);
     struct dirent **names = NULL;
     int n = scandir(path, &names, NULL, alphasort);
     if (n < 0) return ms_error(errno, "%s: %s", path, strerror(errno));
@@ -88,7 +153,7 @@ static ms_status walk(const char *path, joblist *l, int top)
             if (!p)
                 st = ms_error(MS_ENOMEM, "out of memory");
             else
-                st = walk(p, l, 0);
+                st = walk(w, p, 0);
             free(p);
         }
         free(names[i]);
@@ -187,6 +252,29 @@ typedef struct lmap {
     int n;
 } lmap;
 
+/* A whole field as a base-10 integer in lo..hi (surrounding blanks allowed): nothing else, so "1e400", "2.5" or
+ * "1,liver" is not read as its leading digits. */
+static int parse_int_field(const char *s, long long lo, long long hi, long long *v)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(s, &end, 10);
+    while (*end == ' ' || *end == '\t') end++;
+    if (end == s || *end || errno == ERANGE || x < lo || x > hi) return 0;
+    *v = x;
+    return 1;
+}
+
+/* 1 when s (after blanks and a sign) starts with a digit or a point: a field meant as a number. */
+static int looks_numeric(const char *s)
+{
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s == '+' || *s == '-') s++;
+    return (*s >= '0' && *s <= '9') || *s == '.';
+}
+
+/* Lines "value,class": value any integer, class an integer in 0..65535. The first line is a header when none of its
+ * fields looks like a number ("value,class"); a line that does is read strictly. */
 static ms_status read_label_map(const char *path, lmap *m, ms_sha256 *h)
 {
     FILE *f = fopen(path, "r");
@@ -199,18 +287,21 @@ static ms_status read_label_map(const char *path, lmap *m, ms_sha256 *h)
         char *s = trim(line);
         if (!*s || *s == '#') continue;
         ms_sha256_update(h, s, strlen(s) + 1);
-        char *end;
-        long long a = strtoll(s, &end, 10);
-        while (*end == ' ' || *end == '\t') end++;
-        if (*end != ',') {
-            if (lineno == 1) continue;
+        char *comma = strchr(s, ',');
+        if (lineno == 1 && !looks_numeric(s) && !(comma && looks_numeric(comma + 1))) continue;
+        if (!comma) {
             st = ms_error(MS_EFORMAT, "%s:%d: expected value,class", path, lineno);
             break;
         }
-        char *e2;
-        long b = strtol(end + 1, &e2, 10);
-        if (e2 == end + 1 || b < 0 || b > 65535) {
-            st = ms_error(MS_EFORMAT, "%s:%d: class must be 0..65535", path, lineno);
+        *comma = 0;
+        long long a, b;
+        if (!parse_int_field(s, INT64_MIN, INT64_MAX, &a)) {
+            st = ms_error(MS_EFORMAT, "%s:%d: value '%s' is not a 64-bit integer", path, lineno, trim(s));
+            break;
+        }
+        if (!parse_int_field(comma + 1, 0, 65535, &b)) {
+            st = ms_error(MS_EFORMAT, "%s:%d: class '%s' is not an integer in 0..65535", path, lineno,
+                          trim(comma + 1));
             break;
         }
         if (m->n == cap) {
@@ -742,6 +833,11 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
             goto leave;
         }
         if (!j->png && (st = ms_nifti_frame(&lab, 0, lf, &bad))) goto leave;
+        if (bad) { /* they would read as class 0 */
+            st = ms_error(MS_EFORMAT, "%s: %llu NaN/Inf voxels in a label volume (labels are integers)", j->label,
+                          (unsigned long long)bad);
+            goto leave;
+        }
         if (!(c.lab = malloc(nv * 2))) {
             st = ms_error(MS_ENOMEM, "out of memory");
             goto leave;
@@ -919,7 +1015,10 @@ static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
     if (o->labels && !strcmp(o->labels, "nnunet")) {
         for (int i = 0; i < o->n_srcs && !st; i++) st = read_nnunet(o->srcs[i], &cx->jobs);
     } else {
-        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(o->srcs[i], &cx->jobs, 1);
+        walker w = {&cx->jobs, {0}, o->stop};
+        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(&w, o->srcs[i], 1);
+        free(w.seen.v);
+        free(w.seen.used);
         if (!st && o->labels) st = read_csv(o->labels, &cx->jobs);
     }
     if (st) return st;

@@ -1,6 +1,8 @@
 # Bad inputs: truncated .nii.gz and .nii, a corrupt gzip stream, garbage, dims that disagree with the file size,
 # unsupported datatypes (RGB24, complex), a label on another grid, a missing file. Each costs one line naming the
 # file, the summary counts them, the exit status is 1, the good volumes before and after are stored and verify.
+# A label volume with NaN/Inf voxels is refused (a random count, seeded); so is a label map whose value or class is
+# not an integer (1e400, 2.5, nan, out of range, ...: drawn at random), naming the file, line and value.
 # Then verify must find a byte flipped inside one record of data.mdb and name its key.
 source "$MS_SOURCE_DIR/tests/data/common.sh"
 D=$T/in
@@ -34,12 +36,34 @@ vol().to_filename(f"{d}/k_img.nii.gz")
 nib.Nifti1Image(np.zeros((12, 11, 9), np.uint8), np.diag([1., 1., 2., 1.])).to_filename(f"{d}/k_lab_shape.nii.gz")
 vol().to_filename(f"{d}/l_img.nii.gz")
 nib.Nifti1Image(np.zeros((12, 11, 10), np.uint8), np.diag([1., 1., 3., 1.])).to_filename(f"{d}/l_lab_affine.nii.gz")
+vol().to_filename(f"{d}/n_img.nii.gz")
+lab = rng.integers(0, 3, size=(12, 11, 10)).astype(np.float32)
+nbad = int(rng.integers(1, 20))
+lab.flat[rng.choice(lab.size, nbad, replace=False)] = rng.choice([np.nan, np.inf, -np.inf], nbad)
+nib.Nifti1Image(lab, np.diag([1., 1., 2., 1.])).to_filename(f"{d}/n_lab_nan.nii.gz")
+open(f"{d}/n_lab_nan.count", "w").write(f"{nbad}\n")
+# label maps with one bad field: the class, or the value, on a random line after good ones
+bad_class = ["1e400", "1e5", "2.5", "1.0", "nan", "inf", "-1", "65536", "99999999999999999999", "0x10", "7abc", "",
+             "1,liver", "1 2"]
+bad_value = ["1e400", "2.5", "nan", "-inf", "99999999999999999999", "", "3x", "1 2"]
+with open(f"{d}/maps.expect", "w") as ex:
+    for k in range(6):
+        field = "class" if k == 0 or rng.integers(2) else "value"
+        tok = "1e400" if k == 0 else str(rng.choice(bad_class if field == "class" else bad_value))
+        lines = ["value,class"] if rng.integers(2) else []
+        lines += [f"{v},{rng.integers(0, 4)}" for v in range(int(rng.integers(0, 5)))]
+        lines.append(f"9,{tok}" if field == "class" else f"{tok},1")
+        at = len(lines)  # its line number
+        lines += [f"{v},1" for v in range(10, 10 + int(rng.integers(0, 3)))]
+        open(f"{d}/map{k}.csv", "w").write("\n".join(lines) + "\n")
+        ex.write(f"map{k}.csv\t{at}\t{field}\t{tok}\n")
 PYEOF
 cat > "$D/pairs.csv" <<CSV
 image,label
 a_good.nii.gz,
 k_img.nii.gz,k_lab_shape.nii.gz
 l_img.nii.gz,l_lab_affine.nii.gz
+n_img.nii.gz,n_lab_nan.nii.gz
 CSV
 BADS="b_trunc.nii.gz c_corrupt_stream.nii.gz d_garbage.nii e_tiny.nii f_trunc.nii g_dims.nii h_rgb.nii i_complex.nii j_dim0.nii"
 args=()
@@ -67,7 +91,19 @@ cat "$T/err2"
 check test $rc -eq 1
 check grep -q "k_lab_shape.nii.gz: label grid .* does not match .*k_img.nii.gz" "$T/err2"
 check grep -q "l_lab_affine.nii.gz: label affine does not match .*l_img.nii.gz" "$T/err2"
-check grep -q "1 ingested, 0 skipped (already stored), 2 failed" "$T/err2"
+check grep -q "^$D/n_lab_nan.nii.gz: $(cat "$D/n_lab_nan.count") NaN/Inf voxels in a label volume (labels are integers)$" "$T/err2"
+check grep -q "1 ingested, 0 skipped (already stored), 3 failed" "$T/err2"
+# a bad label map is refused before anything is written, naming the file, the line and the value
+while IFS=$'\t' read -r map line field tok; do
+  rm -rf "$T/m.store"
+  $M ingest --labels "$D/pairs.csv" --label-map "$D/$map" -o "$T/m.store" 2>"$T/err5"
+  rc=$?
+  echo "$map (line $line, $field '$tok'): exit $rc"
+  grep -v "^ingest: " "$T/err5"
+  check test $rc -eq 1
+  check grep -qF "$D/$map:$line: $field '$tok' is not" "$T/err5"
+  check test ! -e "$T/m.store/data.mdb"
+done <"$D/maps.expect"
 # an unreadable file (as non-root only: root reads anything)
 if [ "$(id -u)" != 0 ]; then
   cp "$D/z_good.nii" "$D/m_noread.nii" && chmod 000 "$D/m_noread.nii"
