@@ -87,9 +87,11 @@ static ms_status lmdb_err(ms_store_writer *w, int rc)
 }
 
 /* Commits, then makes the file as long as its pages. LMDB never writes a page that the transaction dirtied and then
- * freed (a loose page, which goes to the free list), so a commit can leave the file short of its last page number;
- * the readers (ms_store_check_length) refuse a file shorter than its pages as truncated, so the writer fills the
- * gap. posix_fallocate only ever extends and never overwrites, so it is safe beside another writer. */
+ * freed (a loose page, which goes to the free list), so a commit can leave the file short of its last page number
+ * (LMDB's own mdb_env_copy allows for it); the readers (ms_store_check_length) refuse a file shorter than its pages
+ * as truncated, so the writer fills the gap with zeros. fallocate(2) only allocates holes and never writes over
+ * data, so it is safe beside another writer extending the file; glibc's posix_fallocate emulation would not be,
+ * so a file system without fallocate keeps the gap (EOPNOTSUPP is not an error). */
 static int commit(ms_store_writer *w, MDB_txn *txn)
 {
     int rc = mdb_txn_commit(txn), fd;
@@ -101,7 +103,8 @@ static int commit(ms_store_writer *w, MDB_txn *txn)
         return rc;
     if (fstat(fd, &sb) != 0) return errno;
     off_t need = ((off_t)ei.me_last_pgno + 1) * (off_t)ms.ms_psize;
-    return sb.st_size < need ? posix_fallocate(fd, 0, need) : 0;
+    if (sb.st_size >= need || fallocate(fd, 0, sb.st_size, need - sb.st_size) == 0) return 0;
+    return errno == EOPNOTSUPP ? 0 : errno;
 }
 
 static ms_status put_text(ms_store_writer *w, MDB_txn *txn, MDB_dbi dbi, const char *key, const char *val)
