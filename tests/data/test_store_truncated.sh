@@ -53,7 +53,8 @@ for L in $cuts; do
         check [ "$rc" -eq 1 ]
         [ "$rc" -eq 1 ] || echo "  $cmd on a cut of $L bytes: exit $rc"
         check [ "$(cat "$T/err")" = "$want" ]
-        [ "$(cat "$T/err")" = "$want" ] || echo "  $cmd on a cut of $L bytes: stderr '$(head -c 300 "$T/err")', wanted '$want'"
+        [ "$(cat "$T/err")" = "$want" ] ||
+            echo "  $cmd on a cut of $L bytes: stderr '$(head -c 300 "$T/err")', wanted '$want'"
         check [ ! -s "$T/out" ]
         check [ "$(stat -c %s "$C/data.mdb")" -eq "$L" ]
     done
