@@ -8,11 +8,13 @@
 #include "data/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <cjson/cJSON.h>
@@ -64,6 +66,70 @@ static ms_status get_text(ms_store *s, MDB_txn *txn, MDB_dbi dbi, const void *ke
     return MS_OK;
 }
 
+/* LMDB's meta page (libraries/liblmdb/mdb.c, MDB_meta after the 16-byte page header, 64-bit build): the magic at
+ * byte 16 and the page size (mm_dbs[FREE_DBI].md_pad) at byte 40. Only read when the file is too short for LMDB
+ * to open, to say how long it should be. */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_MAGIC_AT 16
+#define LMDB_PSIZE_AT 40
+
+/* The page size a data file too short to open was written with: its first meta page's, else this system's
+ * (what LMDB uses for a new file). 0: the file is not LMDB's (a wrong magic), so not a truncated store. */
+static uint64_t short_file_psize(int fd, uint64_t size)
+{
+    uint8_t b[LMDB_PSIZE_AT + 4];
+    long os = sysconf(_SC_PAGESIZE);
+    uint64_t dflt = os > 0 ? (uint64_t)os : 4096;
+    if (size < LMDB_MAGIC_AT + 4) return dflt;
+    ssize_t n = pread(fd, b, sizeof b, 0);
+    if (n < LMDB_MAGIC_AT + 4) return dflt;
+    uint32_t magic, psize;
+    memcpy(&magic, b + LMDB_MAGIC_AT, 4);
+    if (magic != LMDB_MAGIC) return 0;
+    if (n < (ssize_t)sizeof b) return dflt;
+    memcpy(&psize, b + LMDB_PSIZE_AT, 4);
+    return psize >= 512 && psize <= 65536 && (psize & (psize - 1)) == 0 ? psize : dflt;
+}
+
+ms_status ms_store_check_length(const char *path, int is_dir, MDB_env *env)
+{
+    char name[4096];
+    size_t len = strlen(path);
+    while (is_dir && len > 1 && path[len - 1] == '/') len--;
+    if ((size_t)snprintf(name, sizeof name, "%.*s%s", (int)len, path, is_dir ? "/data.mdb" : "") >= sizeof name)
+        return ms_error(MS_EINVAL, "%s: path too long", path);
+    struct stat sb;
+    uint64_t need;
+    if (env) {
+        /* every page up to the last one the meta page names must be in the file: LMDB maps the file and reads a
+         * page beyond its end as SIGBUS, not as an error */
+        MDB_envinfo ei;
+        MDB_stat ms;
+        int fd, rc = mdb_env_info(env, &ei);
+        if (!rc) rc = mdb_env_stat(env, &ms);
+        if (!rc) rc = mdb_env_get_fd(env, &fd);
+        if (rc) return ms_error(MS_EIO, "%s: %s", name, mdb_strerror(rc));
+        if (fstat(fd, &sb) != 0) return ms_error(errno, "%s: %s", name, strerror(errno));
+        need = ((uint64_t)ei.me_last_pgno + 1) * ms.ms_psize;
+    } else {
+        int fd = open(name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return MS_OK; /* absent or unreadable: mdb_env_open says which */
+        if (fstat(fd, &sb) != 0) {
+            int e = errno;
+            close(fd);
+            return ms_error(e, "%s: %s", name, strerror(e));
+        }
+        /* two meta pages at least; LMDB fails on less ("not an LMDB file"), or for a writer on an empty file makes
+         * a new store in place of the lost one */
+        need = 2 * short_file_psize(fd, (uint64_t)sb.st_size);
+        close(fd);
+    }
+    if ((uint64_t)sb.st_size < need)
+        return ms_error(MS_ECORRUPT, "%s: truncated: %llu bytes, the store's pages need %llu (a partial copy?)", name,
+                        (unsigned long long)sb.st_size, (unsigned long long)need);
+    return MS_OK;
+}
+
 ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
 {
     ms_status st = MS_OK;
@@ -80,6 +146,7 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         goto leave;
     }
     unsigned flags = MDB_RDONLY | MDB_NOTLS | (S_ISDIR(sb.st_mode) ? 0 : MDB_NOSUBDIR);
+    if ((st = ms_store_check_length(path, S_ISDIR(sb.st_mode), NULL))) goto leave;
     int rc = mdb_env_create(&s->env);
     if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
     if (!rc) rc = mdb_env_set_maxreaders(s->env, (unsigned)(max_readers > 0 ? max_readers : 1) + 8);
@@ -88,6 +155,7 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         st = ms_error(MS_EIO, "%s: not a store (%s)", path, mdb_strerror(rc));
         goto leave;
     }
+    if ((st = ms_store_check_length(path, S_ISDIR(sb.st_mode), s->env))) goto leave;
     rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (!rc) rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
     if (!rc) rc = mdb_dbi_open(txn, "volumes", 0, &s->volumes);

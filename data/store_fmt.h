@@ -11,8 +11,11 @@
 #ifndef MS_STORE_FMT_H
 #define MS_STORE_FMT_H
 
+#include <lmdb.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "base/status.h"
 
 #define MS_REC_MAGIC "MSR1"
 #define MS_REC_HDR 44
@@ -53,5 +56,14 @@ static inline void ms_key32(uint8_t k[4], uint32_t v)
 {
     for (int i = 0; i < 4; i++) k[i] = (uint8_t)(v >> (24 - 8 * i));
 }
+
+/* Refuses a data file shorter than the pages the store's meta page says it has (a partial copy): reading such a
+ * file through LMDB's map dies with SIGBUS, in mdb_dbi_open or later. Called with env NULL before mdb_env_open
+ * (a data file too short to hold its two meta pages, which LMDB reports as "not an LMDB file" or, for the writer,
+ * would initialise as a new store) and with the opened env right after mdb_env_open, before any page beyond the
+ * meta pages is read. path: the store as given; is_dir: whether it is a directory (data.mdb inside) rather than
+ * the data file itself. MS_ECORRUPT "<store>/data.mdb: truncated: N bytes, the store's pages need M (a partial
+ * copy?)"; MS_OK when the file is absent (the caller reports or creates it). Defined in store.c. */
+ms_status ms_store_check_length(const char *path, int is_dir, MDB_env *env);
 
 #endif

@@ -7,6 +7,7 @@
 #include "data/store_write.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,27 @@ static ms_status lmdb_err(ms_store_writer *w, int rc)
     return ms_error(rc == ENOSPC ? ENOSPC : MS_EIO, "%s: %s", w->path, mdb_strerror(rc));
 }
 
+/* Commits, then makes the file as long as its pages. LMDB never writes a page that the transaction dirtied and then
+ * freed (a loose page, which goes to the free list), so a commit can leave the file short of its last page number
+ * (LMDB's own mdb_env_copy allows for it); the readers (ms_store_check_length) refuse a file shorter than its pages
+ * as truncated, so the writer fills the gap with zeros. fallocate(2) only allocates holes and never writes over
+ * data, so it is safe beside another writer extending the file; glibc's posix_fallocate emulation would not be,
+ * so a file system without fallocate keeps the gap (EOPNOTSUPP is not an error). */
+static int commit(ms_store_writer *w, MDB_txn *txn)
+{
+    int rc = mdb_txn_commit(txn), fd;
+    if (rc) return rc;
+    MDB_envinfo ei;
+    MDB_stat ms;
+    struct stat sb;
+    if ((rc = mdb_env_info(w->env, &ei)) || (rc = mdb_env_stat(w->env, &ms)) || (rc = mdb_env_get_fd(w->env, &fd)))
+        return rc;
+    if (fstat(fd, &sb) != 0) return errno;
+    off_t need = ((off_t)ei.me_last_pgno + 1) * (off_t)ms.ms_psize;
+    if (sb.st_size >= need || fallocate(fd, 0, sb.st_size, need - sb.st_size) == 0) return 0;
+    return errno == EOPNOTSUPP ? 0 : errno;
+}
+
 static ms_status put_text(ms_store_writer *w, MDB_txn *txn, MDB_dbi dbi, const char *key, const char *val)
 {
     (void)w;
@@ -148,6 +170,8 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
         st = ms_error(errno, "%s: %s", path, strerror(errno));
         goto leave;
     }
+    /* a truncated store is refused, never appended to (or, when empty, replaced by a new one) */
+    if ((st = ms_store_check_length(path, 1, NULL))) goto leave;
     int rc = mdb_env_create(&w->env);
     if (!rc) rc = mdb_env_set_maxdbs(w->env, 8);
     if (!rc) rc = mdb_env_open(w->env, path, MDB_NOSYNC, 0640);
@@ -155,6 +179,7 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
         st = ms_error(MS_EIO, "%s: cannot open store (%s)", path, mdb_strerror(rc));
         goto leave;
     }
+    if ((st = ms_store_check_length(path, 1, w->env))) goto leave;
     MDB_envinfo ei;
     mdb_env_info(w->env, &ei);
     w->mapsize = ei.me_mapsize;
@@ -201,7 +226,7 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
         st = lmdb_err(w, rc);
         goto leave;
     }
-    rc = mdb_txn_commit(txn);
+    rc = commit(w, txn);
     txn = NULL;
     if (rc) {
         st = lmdb_err(w, rc);
@@ -304,7 +329,7 @@ ms_status ms_store_writer_set_label_names(ms_store_writer *w, const char *text)
         if (rc) return lmdb_err(w, rc);
         rc = put_text(w, txn, w->meta, "label_names", text);
         if (!rc)
-            rc = mdb_txn_commit(txn);
+            rc = commit(w, txn);
         else
             mdb_txn_abort(txn);
         if (rc == MDB_MAP_FULL && !grow_map(w)) continue;
@@ -320,7 +345,7 @@ ms_status ms_store_writer_mark(ms_store_writer *w, const char *source_key)
         if (rc) return lmdb_err(w, rc);
         rc = put_text(w, txn, w->sources, source_key, "{}");
         if (!rc)
-            rc = mdb_txn_commit(txn);
+            rc = commit(w, txn);
         else
             mdb_txn_abort(txn);
         if (rc == MDB_MAP_FULL && !grow_map(w)) continue;
@@ -392,7 +417,7 @@ ms_status ms_store_writer_add(ms_store_writer *w, cJSON *vol, ms_store_rec *slic
         c.nan_inf += nan_inf;
         c.sources++;
         if ((rc = put_counts(w, txn, &c))) goto fail;
-        rc = mdb_txn_commit(txn);
+        rc = commit(w, txn);
         txn = NULL;
         if (rc) goto fail;
         free(txt);

@@ -3,8 +3,10 @@
 # mricron-data.
 set(MS_DATA_TESTS ${CMAKE_CURRENT_LIST_DIR})
 ms_test(test_store SOURCES ${MS_DATA_TESTS}/test_store.c LABELS cpu)
+ms_test(test_store_truncated SOURCES ${MS_DATA_TESTS}/test_store_truncated.c LABELS cpu)
 ms_test(test_png SOURCES ${MS_DATA_TESTS}/test_png.c LABELS cpu)
 ms_script_test(test_ingest_synthetic ${MS_DATA_TESTS}/test_ingest_synthetic.sh LABELS cpu)
+ms_script_test(test_store_truncated_tools ${MS_DATA_TESTS}/test_store_truncated.sh LABELS cpu)
 ms_script_test(test_ingest_bad ${MS_DATA_TESTS}/test_ingest_bad.sh LABELS cpu)
 ms_script_test(test_ingest_gzip ${MS_DATA_TESTS}/test_ingest_gzip.sh LABELS cpu)
 ms_script_test(test_ingest_walk ${MS_DATA_TESTS}/test_ingest_walk.sh LABELS cpu)
