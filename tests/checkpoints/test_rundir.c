@@ -15,7 +15,7 @@ static int exists(const char *p) { return access(p, F_OK) == 0; }
 int main(void)
 {
     uint64_t seed = ms_test_seed();
-    char run[256], p[1024], dir[512];
+    char run[256], p[MS_PATH_MAX], dir[MS_PATH_MAX];
     snprintf(run, sizeof run, "rundir_test_%llu/run", (unsigned long long)seed);
     MS_CHECK_OK(ms_mkdirs(run));
 
@@ -32,14 +32,14 @@ int main(void)
 
     /* step directories: only committed ones count; prune keeps the newest k */
     int64_t step;
-    MS_CHECK(ms_ckpt_dir_latest(run, &step, dir, sizeof dir) == MS_ENOTFOUND, "no checkpoint yet");
+    MS_CHECK(ms_ckpt_dir_latest(run, &step, dir) == MS_ENOTFOUND, "no checkpoint yet");
     for (int s = 10; s <= 50; s += 10) {
-        MS_CHECK_OK(ms_ckpt_dir_create(run, s, dir, sizeof dir));
-        snprintf(p, sizeof p, "%s/model.bin", dir);
+        MS_CHECK_OK(ms_ckpt_dir_create(run, s, dir));
+        MS_CHECK_OK(ms_path_join(p, dir, "model.bin"));
         MS_CHECK_OK(ms_write_file_atomic(p, "x", 1));
         if (s != 50) MS_CHECK_OK(ms_ckpt_dir_commit(dir)); /* step 50 "crashed" before DONE */
     }
-    MS_CHECK_OK(ms_ckpt_dir_latest(run, &step, dir, sizeof dir));
+    MS_CHECK_OK(ms_ckpt_dir_latest(run, &step, dir));
     MS_CHECK(step == 40, "latest complete step %lld, expected 40", (long long)step);
     MS_CHECK_OK(ms_ckpt_dir_prune(run, 2, 10));
     snprintf(p, sizeof p, "%s/ckpt/step_00000010/DONE", run);
