@@ -142,22 +142,21 @@ ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode)
     return ms_mkdirs(run);
 }
 
-ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n)
+ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out)
 {
-    char ck[4096];
-    snprintf(ck, sizeof ck, "%s/ckpt", run);
+    char ck[MS_PATH_MAX], done[MS_PATH_MAX];
+    MS_TRY(ms_path_join(ck, run, "ckpt"));
     MS_TRY(ms_mkdirs(ck));
-    snprintf(out, n, "%s/step_%08lld", ck, (long long)step);
-    char done[4200];
-    snprintf(done, sizeof done, "%s/DONE", out);
+    MS_TRY(ms_path_fmt(out, "%s/step_%08lld", ck, (long long)step));
+    MS_TRY(ms_path_join(done, out, "DONE"));
     unlink(done); /* re-writing a step: it is incomplete until committed again */
     return ms_mkdirs(out);
 }
 
 ms_status ms_ckpt_dir_commit(const char *step_dir)
 {
-    char done[4200];
-    snprintf(done, sizeof done, "%s/DONE", step_dir);
+    char done[MS_PATH_MAX];
+    MS_TRY(ms_path_join(done, step_dir, "DONE"));
     MS_TRY(ms_fsync_dir(step_dir));
     MS_TRY(ms_write_file_atomic(done, "done\n", 5));
     return ms_fsync_parent(step_dir);
@@ -173,17 +172,17 @@ static int64_t parse_step(const char *name)
     return v;
 }
 
+/* 1 when ck/name/DONE exists (a path too long to build is not a complete checkpoint) */
 static int is_complete(const char *ck, const char *name)
 {
-    char p[4400];
-    snprintf(p, sizeof p, "%s/%s/DONE", ck, name);
-    return access(p, F_OK) == 0;
+    char p[MS_PATH_MAX];
+    return ms_path_fmt(p, "%s/%s/DONE", ck, name) == MS_OK && access(p, F_OK) == 0;
 }
 
-ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out, size_t n)
+ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out)
 {
-    char ck[4096];
-    snprintf(ck, sizeof ck, "%s/ckpt", run);
+    char ck[MS_PATH_MAX];
+    MS_TRY(ms_path_join(ck, run, "ckpt"));
     DIR *d = opendir(ck);
     if (!d) return ms_error(MS_ENOTFOUND, "%s: no checkpoints", ck);
     int64_t best = -1;
@@ -194,15 +193,15 @@ ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out, size_t n
     }
     closedir(d);
     if (best < 0) return ms_error(MS_ENOTFOUND, "%s: no complete checkpoint (no step directory with DONE)", ck);
+    MS_TRY(ms_path_fmt(out, "%s/step_%08lld", ck, (long long)best));
     *step = best;
-    snprintf(out, n, "%s/step_%08lld", ck, (long long)best);
     return MS_OK;
 }
 
 ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect)
 {
-    char ck[4096];
-    snprintf(ck, sizeof ck, "%s/ckpt", run);
+    char ck[MS_PATH_MAX];
+    MS_TRY(ms_path_join(ck, run, "ckpt"));
     DIR *d = opendir(ck);
     if (!d) return MS_OK;
     int64_t steps[4096];
@@ -222,9 +221,9 @@ ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect)
         for (int j = 0; j < n; j++) newer += complete[j] && steps[j] > steps[i];
         int keep = complete[i] && (newer < keep_last || steps[i] == protect);
         if (keep) continue;
-        char p[4200];
-        snprintf(p, sizeof p, "%s/step_%08lld", ck, (long long)steps[i]);
-        rc = ms_dir_remove(p);
+        char p[MS_PATH_MAX];
+        rc = ms_path_fmt(p, "%s/step_%08lld", ck, (long long)steps[i]);
+        if (!rc) rc = ms_dir_remove(p);
     }
     return rc;
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "base/fileio.h" /* mkdirs, atomic writes, read_file, fsync, dir swap/remove */
+#include "base/path.h"   /* MS_PATH_MAX */
 #include "base/status.h"
 
 /* How a run starts in its RUN/ directory. A fresh run needs RUN/ absent or empty, so two runs never mix (the old
@@ -40,12 +41,12 @@ ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode);
 struct cJSON;
 ms_status ms_read_json(const char *path, size_t max_len, struct cJSON **out);
 
-/* RUN/ckpt/step_%08d into out (creating RUN/ckpt/ and the step directory). */
-ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out, size_t n);
+/* RUN/ckpt/step_%08d into out[MS_PATH_MAX] (creating RUN/ckpt/ and the step directory). */
+ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out);
 /* Writes DONE into a finished step directory and fsyncs it and its parent. */
 ms_status ms_ckpt_dir_commit(const char *step_dir);
-/* The newest complete checkpoint: its step and directory. MS_ENOTFOUND when there is none. */
-ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out, size_t n);
+/* The newest complete checkpoint: its step and directory (into out[MS_PATH_MAX]). MS_ENOTFOUND when there is none. */
+ms_status ms_ckpt_dir_latest(const char *run, int64_t *step, char *out);
 /* Keeps the newest keep_last complete checkpoints (and `protect`, if >= 0), removes older ones and every incomplete
  * directory. */
 ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect);

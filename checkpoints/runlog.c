@@ -91,15 +91,15 @@ static ms_status write_event(FILE *f, int64_t step, const char *file_version, co
 ms_status ms_runlog_open(ms_runlog *l, const char *run)
 {
     memset(l, 0, sizeof *l);
-    char p[4200];
+    char p[MS_PATH_MAX];
     MS_TRY(ms_mkdirs(run));
-    snprintf(p, sizeof p, "%s/log.jsonl", run);
+    MS_TRY(ms_path_join(p, run, "log.jsonl"));
     l->jsonl = fopen(p, "a");
     if (!l->jsonl) return ms_error(errno, "%s: %s", p, strerror(errno));
-    snprintf(p, sizeof p, "%s/tb", run);
-    ms_status rc = ms_mkdirs(p);
+    ms_status rc = ms_path_join(p, run, "tb");
+    if (!rc) rc = ms_mkdirs(p);
+    if (!rc) rc = ms_path_fmt(p, "%s/tb/events.out.tfevents.%lld.mrisam", run, (long long)time(NULL));
     if (!rc) {
-        snprintf(p, sizeof p, "%s/tb/events.out.tfevents.%lld.mrisam", run, (long long)time(NULL));
         l->tb = fopen(p, "ab");
         if (!l->tb) rc = ms_error(errno, "%s: %s", p, strerror(errno));
     }

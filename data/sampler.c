@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/path.h"
 #include "base/rng.h"
 
 /* ---- permutation ------------------------------------------------------------------------------------------- */
@@ -276,9 +277,9 @@ static cJSON *ranges_json(const ms_selection *s)
 static ms_status write_file_atomic(const char *path, const char *text)
 {
     ms_status rc = MS_OK;
-    char tmp[4096];
+    char tmp[MS_PATH_MAX];
     int fd = -1;
-    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    if ((rc = ms_path_fmt(tmp, "%s.tmp.%ld", path, (long)getpid()))) goto leave;
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
         rc = ms_error(errno, "%s: %s", tmp, strerror(errno));

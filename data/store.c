@@ -19,6 +19,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/path.h"
 #include "data/hash.h"
 #include "data/store_fmt.h"
 
@@ -93,11 +94,10 @@ static uint64_t short_file_psize(int fd, uint64_t size)
 
 ms_status ms_store_check_length(const char *path, int is_dir, MDB_env *env)
 {
-    char name[4096];
+    char name[MS_PATH_MAX];
     size_t len = strlen(path);
     while (is_dir && len > 1 && path[len - 1] == '/') len--;
-    if ((size_t)snprintf(name, sizeof name, "%.*s%s", (int)len, path, is_dir ? "/data.mdb" : "") >= sizeof name)
-        return ms_error(MS_EINVAL, "%s: path too long", path);
+    MS_TRY(ms_path_fmt(name, "%.*s%s", (int)len, path, is_dir ? "/data.mdb" : ""));
     struct stat sb;
     uint64_t need;
     if (env) {

@@ -24,11 +24,11 @@ static ms_status resolve(const char *ckpt, char *out)
     }
     int64_t step;
     MS_TRY(ms_path_join(p, ckpt, "ckpt"));
-    if (ms_path_is_dir(p)) return ms_ckpt_dir_latest(ckpt, &step, out, MS_PATH_MAX);
+    if (ms_path_is_dir(p)) return ms_ckpt_dir_latest(ckpt, &step, out);
     MS_TRY(ms_path_join(p, ckpt, "..")); /* the ckpt/ folder itself */
     if (ms_path_is_dir(ckpt)) {
         MS_TRY(ms_path_join(probe, p, "ckpt"));
-        if (ms_path_is_dir(probe)) return ms_ckpt_dir_latest(p, &step, out, MS_PATH_MAX);
+        if (ms_path_is_dir(probe)) return ms_ckpt_dir_latest(p, &step, out);
     }
     MS_FAIL(MS_ENOTFOUND, "%s: not a run directory or a complete checkpoint (no DONE)", ckpt);
 }

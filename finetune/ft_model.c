@@ -558,14 +558,14 @@ leave:
 
 ms_status ms_ft_model_save(const ms_ft_model *m, const char *dir, const char *extra_json)
 {
-    char path[4096];
+    char path[MS_PATH_MAX];
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status rc = ms_params_to_sd(&m->sam.ps, &sd);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!rc) rc = ms_path_join(path, dir, "model.safetensors");
     if (!rc) rc = ms_sd_save(path, &sd);
     ms_sd_free(&sd);
-    snprintf(path, sizeof path, "%s/meta.json", dir);
+    if (!rc) rc = ms_path_join(path, dir, "meta.json");
     if (!rc) rc = ms_ft_meta_write(path, &m->cfg, extra_json);
     return rc;
 }
@@ -576,35 +576,35 @@ static int file_exists(const char *p)
     return stat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* dir itself when it holds meta.json, else dir/best when that does; 0 = neither. */
-static int resolve(const char *path, char *dir, size_t n)
+/* path itself when it holds meta.json, else path/best when that does, into dir[MS_PATH_MAX]; 0 = neither (a path too
+ * long to join names no file either). */
+static int resolve(const char *path, char *dir)
 {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/meta.json", path);
-    if (file_exists(p)) { snprintf(dir, n, "%s", path); return 1; }
-    snprintf(p, sizeof p, "%s/best/meta.json", path);
-    if (file_exists(p)) { snprintf(dir, n, "%s/best", path); return 1; }
+    char p[MS_PATH_MAX];
+    if (ms_path_join(p, path, "meta.json") == MS_OK && file_exists(p)) return ms_path_fmt(dir, "%s", path) == MS_OK;
+    if (ms_path_join(p, path, "best/meta.json") == MS_OK && file_exists(p))
+        return ms_path_join(dir, path, "best") == MS_OK;
     return 0;
 }
 
 int ms_ft_is_checkpoint(const char *path)
 {
-    char d[4096];
-    return resolve(path, d, sizeof d);
+    char d[MS_PATH_MAX];
+    return resolve(path, d);
 }
 
 ms_status ms_ft_model_load(ms_ft_model *m, const char *path, ms_device *dev)
 {
-    char dir[4096], p[4200];
+    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
     memset(m, 0, sizeof *m);
-    MS_FAIL_IF(!resolve(path, dir, sizeof dir), MS_ENOTFOUND,
-               "%s: not a finetune checkpoint (no meta.json here or in best/)", path);
+    MS_FAIL_IF(!resolve(path, dir), MS_ENOTFOUND, "%s: not a finetune checkpoint (no meta.json here or in best/)",
+               path);
     ms_ft_config cfg;
-    snprintf(p, sizeof p, "%s/meta.json", dir);
+    MS_TRY(ms_path_join(p, dir, "meta.json"));
     MS_TRY(ms_ft_meta_read(p, &cfg));
+    MS_TRY(ms_path_join(p, dir, "model.safetensors"));
     ms_state_dict sd;
     ms_sd_init(&sd);
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
     ms_status rc = ms_sd_load(p, &sd);
     if (!rc) {
         rc = build(m, &cfg, &sd, 0, dev, 1);

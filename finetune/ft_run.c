@@ -46,7 +46,7 @@ struct ms_ft_run {
     ms_promptgen_opts pgo;
     ms_runlog lg;
     char *config_json;
-    char resumed_from[4200];
+    char resumed_from[MS_PATH_MAX];
     int64_t resumed_step;
     int S, L, B, Cmax;
     int64_t P, emb_floats, steps_per_epoch, total;
@@ -202,7 +202,8 @@ static cJSON *dice_json(const ms_ft_config *c, const ms_ft_dice_acc *acc)
 
 static ms_status write_state_json(const ms_ft_run *r, const char *dir)
 {
-    char p[4400];
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, dir, "state.json"));
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)r->step);
     cJSON_AddNumberToObject(j, "adam_step", (double)r->opt.step);
@@ -221,7 +222,6 @@ static ms_status write_state_json(const ms_ft_run *r, const char *dir)
     cJSON_AddNumberToObject(j, "n_tasks", r->n_tasks);
     char *txt = cJSON_Print(j);
     cJSON_Delete(j);
-    snprintf(p, sizeof p, "%s/state.json", dir);
     ms_status rc = txt ? ms_write_file_atomic(p, txt, strlen(txt)) : ms_error(MS_ENOMEM, "out of memory");
     free(txt);
     return rc;
@@ -230,8 +230,8 @@ static ms_status write_state_json(const ms_ft_run *r, const char *dir)
 ms_status ms_ft_run_save(ms_ft_run *r)
 {
     if (r->step == r->saved_step) return MS_OK;
-    char dir[4200], p[4400];
-    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir, sizeof dir));
+    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
+    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
     char extra[256];
     snprintf(extra, sizeof extra, "{\"step\": %lld, \"epoch\": %.6f}", (long long)r->step,
              (double)r->step / r->steps_per_epoch);
@@ -239,7 +239,7 @@ ms_status ms_ft_run_save(ms_ft_run *r)
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status rc = ms_optimizer_moments_to_sd(&r->opt, &sd);
-    snprintf(p, sizeof p, "%s/optim.safetensors", dir);
+    if (!rc) rc = ms_path_join(p, dir, "optim.safetensors");
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
     if (rc) return rc;
@@ -247,10 +247,10 @@ ms_status ms_ft_run_save(ms_ft_run *r)
     for (int t = 0; t < r->n_tasks; t++) {
         ms_loader_state ls;
         ms_loader_state_get(r->td[t].loader, &ls);
-        snprintf(p, sizeof p, "%s/loader_%d.bin", dir, t); /* the loader's fixed-width resume struct, as is */
+        MS_TRY(ms_path_fmt(p, "%s/loader_%d.bin", dir, t)); /* the loader's fixed-width resume struct, as is */
         MS_TRY(ms_write_file_atomic(p, &ls, sizeof ls));
     }
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
     MS_TRY(ms_ckpt_dir_commit(dir));
     r->saved_step = r->step;
@@ -259,8 +259,8 @@ ms_status ms_ft_run_save(ms_ft_run *r)
 
 static ms_status read_state_json(ms_ft_run *r, const char *dir)
 {
-    char p[4400];
-    snprintf(p, sizeof p, "%s/state.json", dir);
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, dir, "state.json"));
     cJSON *j;
     MS_TRY(ms_read_json(p, 1 << 20, &j));
 #define JN(k) (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, k)) ? cJSON_GetObjectItemCaseSensitive(j, k)->valuedouble : 0)
@@ -285,30 +285,30 @@ static ms_status read_state_json(ms_ft_run *r, const char *dir)
 /* Model, moments, counters and loader states of checkpoint dir; its config.json must equal this run's. */
 static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
 {
-    char p[4400];
+    char p[MS_PATH_MAX];
     ms_state_dict sd;
+    MS_TRY(ms_path_join(p, dir, "model.safetensors"));
     ms_sd_init(&sd);
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
     ms_status rc = ms_sd_load(p, &sd);
     if (!rc) rc = ms_params_load(&r->m.sam.ps, &sd, "");
     ms_sd_free(&sd);
     if (rc) { ms_error_prefix("%s", p); return rc; }
+    MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
     ms_sd_init(&sd);
-    snprintf(p, sizeof p, "%s/optim.safetensors", dir);
     rc = ms_sd_load(p, &sd);
     if (!rc) rc = ms_optimizer_moments_from_sd(&r->opt, &sd);
     ms_sd_free(&sd);
     if (rc) { ms_error_prefix("%s", p); return rc; }
     char *js;
     size_t len;
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_read_file(p, 1 << 20, &js, &len));
     int same = !strcmp(js, r->config_json);
     free(js);
     MS_FAIL_IF(!same, MS_EINVAL, "%s: the options differ from the run's (give the same options with --resume)", p);
     MS_TRY(read_state_json(r, dir));
     for (int t = 0; t < r->n_tasks; t++) {
-        snprintf(p, sizeof p, "%s/loader_%d.bin", dir, t);
+        MS_TRY(ms_path_fmt(p, "%s/loader_%d.bin", dir, t));
         MS_TRY(ms_read_file(p, 4096, &js, &len));
         if (len != sizeof(ms_loader_state)) {
             free(js);
@@ -324,9 +324,9 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
 /* RUN/best: written into RUN/best.tmp, then swapped in, so a crash leaves the old or the new best, whole. */
 static ms_status save_best(ms_ft_run *r, const char *extra)
 {
-    char tmp[4200], dst[4200];
-    snprintf(tmp, sizeof tmp, "%s/best.tmp", r->cfg.out);
-    snprintf(dst, sizeof dst, "%s/best", r->cfg.out);
+    char tmp[MS_PATH_MAX], dst[MS_PATH_MAX];
+    MS_TRY(ms_path_join(tmp, r->cfg.out, "best.tmp"));
+    MS_TRY(ms_path_join(dst, r->cfg.out, "best"));
     MS_TRY(ms_dir_remove(tmp));
     MS_TRY(ms_mkdirs(tmp));
     MS_TRY(ms_ft_model_save(&r->m, tmp, extra));
@@ -508,9 +508,9 @@ ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v)
         if (r->td[t].val.n) rc = validate_task(r, t, &v->dice[t], &vs);
     }
     if (!rc && vs.panel_n && r->cfg.panels) {
-        char p[4300];
-        snprintf(p, sizeof p, "%s/val/step_%08lld.png", r->cfg.out, (long long)r->step);
-        rc = ms_png_write_u8(p, vs.panel, 3 * r->S, vs.panel_n * r->S, 1);
+        char p[MS_PATH_MAX];
+        rc = ms_path_fmt(p, "%s/val/step_%08lld.png", r->cfg.out, (long long)r->step);
+        if (!rc) rc = ms_png_write_u8(p, vs.panel, 3 * r->S, vs.panel_n * r->S, 1);
     }
     free(vs.panel);
     if (rc) return rc;
@@ -963,8 +963,8 @@ static ms_status alloc_buffers(ms_ft_run *r)
 static ms_status write_run_files(ms_ft_run *r, const char *shots_path)
 {
     const ms_ft_run_config *o = &r->cfg;
-    char p[4300];
-    snprintf(p, sizeof p, "%s/config.json", o->out);
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, o->out, "config.json"));
     MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
     const char *sp[MS_FT_MAX_TASKS];
     ms_selection tr[MS_FT_MAX_TASKS], va[MS_FT_MAX_TASKS];
@@ -988,9 +988,9 @@ static ms_status write_run_files(ms_ft_run *r, const char *shots_path)
 static ms_status open_run(ms_ft_run *r)
 {
     const ms_ft_run_config *o = &r->cfg;
-    char ckdir[4200] = "", shots_path[4200];
+    char ckdir[MS_PATH_MAX] = "", shots_path[MS_PATH_MAX];
     int64_t ckstep = 0;
-    if (o->resume) MS_TRY(ms_ckpt_dir_latest(o->out, &ckstep, ckdir, sizeof ckdir));
+    if (o->resume) MS_TRY(ms_ckpt_dir_latest(o->out, &ckstep, ckdir));
     ms_ft_config fc;
     ms_ft_config_default(&fc);
     MS_TRY(open_tasks(r, &fc));
@@ -1008,7 +1008,7 @@ static ms_status open_run(ms_ft_run *r)
     MS_TRY(ms_ft_loss_init(&r->loss, r->dev, (int64_t)o->batch * r->P));
     r->pgo.scale = (float)r->S / (float)r->L;
 
-    snprintf(shots_path, sizeof shots_path, "%s/shots.json", o->out);
+    MS_TRY(ms_path_join(shots_path, o->out, "shots.json"));
     const char *split_file = o->resume ? shots_path : o->split;
     for (int t = 0; t < r->n_tasks; t++) {
         MS_TRY(select_task(r, t, split_file));
@@ -1028,8 +1028,8 @@ static ms_status open_run(ms_ft_run *r)
     ms_run_mode mode;
     MS_TRY(ms_run_mode_of(o->out, o->resume ? o->out : NULL, o->overwrite, &mode));
     MS_TRY(ms_run_dir_prepare(o->out, mode)); /* the first write into RUN/: the split file has been read */
-    char p[4300];
-    snprintf(p, sizeof p, "%s/val", o->out);
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, o->out, "val"));
     MS_TRY(ms_mkdirs(p));
     if (!o->resume) MS_TRY(write_run_files(r, shots_path));
     return ms_runlog_open(&r->lg, o->out);

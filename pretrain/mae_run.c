@@ -17,7 +17,6 @@
 #include "ops.h"
 #include "pretrain/optimizer.h"
 
-enum { DIR_N = 4200, PATH_N = 4400 }; /* a RUN/ or checkpoint directory; one of its files */
 
 /* What state.json and loader_state.bin restore. */
 typedef struct train_state {
@@ -50,7 +49,7 @@ struct ms_mae_run {
     int64_t nan_left, saved_step;
     double t0;
     ms_run_mode mode; /* fresh, resume or overwrite: how RUN/ is prepared */
-    char resumed[DIR_N], ckdir[DIR_N];
+    char resumed[MS_PATH_MAX], ckdir[MS_PATH_MAX];
 };
 
 void ms_mae_run_config_default(ms_mae_run_config *c)
@@ -121,8 +120,8 @@ ms_status ms_mae_run_state_to_sd(const ms_mae_run *r, ms_state_dict *model, ms_s
 
 static ms_status save_sd(const char *dir, const char *file, const ms_mae_run *r, int optim)
 {
-    char p[PATH_N];
-    snprintf(p, sizeof p, "%s/%s", dir, file);
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, dir, file));
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status rc = ms_mae_run_state_to_sd(r, optim ? NULL : &sd, optim ? &sd : NULL);
@@ -134,8 +133,8 @@ static ms_status save_sd(const char *dir, const char *file, const ms_mae_run *r,
 static ms_status save_checkpoint(ms_mae_run *r)
 {
     const train_state *ts = &r->ts;
-    char dir[DIR_N], p[PATH_N];
-    MS_TRY(ms_ckpt_dir_create(r->cfg.out, ts->step, dir, sizeof dir));
+    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
+    MS_TRY(ms_ckpt_dir_create(r->cfg.out, ts->step, dir));
     MS_TRY(save_sd(dir, "model.safetensors", r, 0));
     MS_TRY(save_sd(dir, "optim.safetensors", r, 1));
     char js[2048];
@@ -149,11 +148,11 @@ static ms_status save_checkpoint(ms_mae_run *r)
                      (unsigned long long)ts->loader.epoch, (unsigned long long)ts->loader.step,
                      (unsigned long long)ts->loader.n_records, ts->loader.global_batch, ts->loader.world,
                      (unsigned long long)ts->loader.skipped);
-    snprintf(p, sizeof p, "%s/state.json", dir);
+    MS_TRY(ms_path_join(p, dir, "state.json"));
     MS_TRY(ms_write_file_atomic(p, js, (size_t)n));
-    snprintf(p, sizeof p, "%s/loader_state.bin", dir); /* the loader's fixed-width resume struct, as is */
+    MS_TRY(ms_path_join(p, dir, "loader_state.bin")); /* the loader's fixed-width resume struct, as is */
     MS_TRY(ms_write_file_atomic(p, &ts->loader, sizeof ts->loader));
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
     MS_TRY(ms_ckpt_dir_commit(dir));
     r->saved_step = ts->step;
@@ -169,11 +168,11 @@ static double jnum(const cJSON *o, const char *k)
 static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
 {
     train_state *ts = &r->ts;
-    char p[PATH_N];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, dir, "model.safetensors"));
     MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix));
     MS_TRY(load_params_from(&r->dec_ps, p, NULL));
-    snprintf(p, sizeof p, "%s/optim.safetensors", dir);
+    MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status rc = ms_sd_load(p, &sd);
@@ -181,7 +180,7 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     if (!rc) rc = ms_optimizer_moments_from_sd(&r->od, &sd);
     ms_sd_free(&sd);
     if (rc) return rc;
-    snprintf(p, sizeof p, "%s/state.json", dir);
+    MS_TRY(ms_path_join(p, dir, "state.json"));
     cJSON *j;
     MS_TRY(ms_read_json(p, 1 << 20, &j));
     ts->step = (int64_t)jnum(j, "step");
@@ -193,7 +192,7 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     r->od.step = (int64_t)jnum(j, "adam_step_decoder");
     cJSON_Delete(j);
     MS_FAIL_IF(!ts->lr_scale, MS_EFORMAT, "%s: incomplete state", p);
-    snprintf(p, sizeof p, "%s/loader_state.bin", dir);
+    MS_TRY(ms_path_join(p, dir, "loader_state.bin"));
     char *buf;
     size_t len;
     MS_TRY(ms_read_file(p, 4096, &buf, &len));
@@ -264,8 +263,8 @@ static ms_status validate_at(ms_mae_run *r, double t, double *loss)
         if (b0 == 0 && r->cfg.panels) {
             MS_TRY(ms_mae_reconstruction(&r->mae, r->vgray, r->recon));
             memcpy(r->vmask, r->mae.mask.masked, (size_t)nb * r->g * r->g);
-            char pp[PATH_N];
-            snprintf(pp, sizeof pp, "%s/val/step_%08lld.png", r->cfg.out, (long long)step);
+            char pp[MS_PATH_MAX];
+            MS_TRY(ms_path_fmt(pp, "%s/val/step_%08lld.png", r->cfg.out, (long long)step));
             MS_TRY(write_panel(r, pp, nb < 4 ? nb : 4));
         }
     }
@@ -410,10 +409,10 @@ static ms_status write_config(ms_mae_run *r)
     r->config_json = cJSON_Print(cj);
     cJSON_Delete(cj);
     MS_FAIL_IF(!r->config_json, MS_ENOMEM, "out of memory");
-    char p[PATH_N];
-    snprintf(p, sizeof p, "%s/val", c->out);
+    char p[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, c->out, "val"));
     MS_TRY(ms_mkdirs(p));
-    snprintf(p, sizeof p, "%s/config.json", c->out);
+    MS_TRY(ms_path_join(p, c->out, "config.json"));
     return ms_write_file_atomic(p, r->config_json, strlen(r->config_json));
 }
 
@@ -438,7 +437,7 @@ static ms_status open_run(ms_mae_run *r)
     r->saved_step = -1;
     if (c->resume) {
         int64_t ckstep;
-        MS_TRY(ms_ckpt_dir_latest(c->resume, &ckstep, r->resumed, sizeof r->resumed));
+        MS_TRY(ms_ckpt_dir_latest(c->resume, &ckstep, r->resumed));
         MS_TRY(load_checkpoint(r, r->resumed));
         if (strcmp(c->resume, c->out)) r->saved_step = -1; /* a checkpoint elsewhere: this RUN/ has none yet */
         r->lc.resume = &r->ts.loader;
@@ -545,7 +544,7 @@ static ms_status skip_step(ms_mae_run *r, ms_mae_step_info *info)
     if (ts->bad_in_row >= r->cfg.max_bad) {
         double scale = ts->lr_scale * 0.5;
         int64_t skipped = ts->skipped, ckstep;
-        MS_TRY(ms_ckpt_dir_latest(r->cfg.out, &ckstep, r->ckdir, sizeof r->ckdir));
+        MS_TRY(ms_ckpt_dir_latest(r->cfg.out, &ckstep, r->ckdir));
         MS_TRY(load_checkpoint(r, r->ckdir));
         ts->lr_scale = scale;
         ts->skipped = skipped;
@@ -641,11 +640,11 @@ ms_status ms_mae_run_export(ms_mae_run *r)
 {
     ms_state_dict sd;
     ms_sd_init(&sd);
-    char p[PATH_N];
+    char p[MS_PATH_MAX];
     ms_status rc = r->cfg.to_sd ? r->cfg.to_sd(r->cfg.to_sd_ctx, &sd) : ms_params_to_sd(r->eps, &sd);
-    snprintf(p, sizeof p, "%s/sam_mri_%s.pth", r->cfg.out, r->cfg.model);
+    if (!rc) rc = ms_path_fmt(p, "%s/sam_mri_%s.pth", r->cfg.out, r->cfg.model);
     if (!rc) rc = ms_sd_save(p, &sd);
-    snprintf(p, sizeof p, "%s/sam_mri_%s.safetensors", r->cfg.out, r->cfg.model);
+    if (!rc) rc = ms_path_fmt(p, "%s/sam_mri_%s.safetensors", r->cfg.out, r->cfg.model);
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
     return rc;

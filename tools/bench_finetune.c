@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
@@ -172,20 +173,21 @@ static int run_torch(const char *python, const char *script, const bcfg *b, int 
     return got ? 0 : -1;
 }
 
-static void default_script(char *out, size_t n)
+/* finetune_ref.py into out[MS_PATH_MAX]. */
+static ms_status default_script(char *out)
 {
     /* $MS_SOURCE_DIR, else the working folder, else the source tree above a build folder */
     const char *src = getenv("MS_SOURCE_DIR");
-    snprintf(out, n, "%s/tools/bench/finetune_ref.py", src ? src : ".");
+    MS_TRY(ms_path_join(out, src ? src : ".", "tools/bench/finetune_ref.py"));
     struct stat sb;
-    if (src || stat(out, &sb) == 0) return;
-    char exe[2048];
+    if (src || stat(out, &sb) == 0) return MS_OK;
+    char exe[MS_PATH_MAX];
     ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (l <= 0) return;
+    if (l <= 0) return MS_OK;
     exe[l] = 0;
     char *slash = strrchr(exe, '/');
     if (slash) *slash = 0;
-    snprintf(out, n, "%s/../tools/bench/finetune_ref.py", exe);
+    return ms_path_join(out, exe, "../tools/bench/finetune_ref.py");
 }
 
 int ms_bench_finetune(int argc, char **argv)
@@ -244,9 +246,12 @@ int ms_bench_finetune(int argc, char **argv)
             return ms_cli_report("bench finetune", MS_EINVAL);
         n++;
     }
-    char spath[4096];
+    char spath[MS_PATH_MAX];
     if (!script) {
-        default_script(spath, sizeof spath);
+        if (default_script(spath)) {
+            fprintf(stderr, "mrisam bench finetune: %s\n", ms_errmsg());
+            return MS_EXIT_FAIL;
+        }
         script = spath;
     }
     printf("mrisam bench finetune: %s, batch %d, %d classes, no prompts, Dice+CE, AdamW; median of %d steps after %d "

@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "base/rng.h"
 #include "cli.h"
 #include "data/loader.h"
@@ -227,20 +228,20 @@ int ms_bench_loader(int argc, char **argv)
     st = NULL;
     double torch_rate[3] = {0, 0, 0}, torch_cpu[3] = {0, 0, 0};
     if (!no_torch) {
-        char spath[1024], cmd[3072];
+        char spath[MS_PATH_MAX], cmd[3 * MS_PATH_MAX];
         const char *src = getenv("MS_SOURCE_DIR");
         if (!script) {
             /* $MS_SOURCE_DIR, else the working folder, else the source tree above a build folder */
-            snprintf(spath, sizeof(spath), "%s/tools/bench/bench_loader_torch.py", src ? src : ".");
+            if ((rc = ms_path_join(spath, src ? src : ".", "tools/bench/bench_loader_torch.py"))) goto leave;
             struct stat sb;
             if (stat(spath, &sb) != 0) {
-                char exe[900];
+                char exe[MS_PATH_MAX];
                 ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
                 if (n > 0) {
                     exe[n] = 0;
                     char *slash = strrchr(exe, '/');
                     if (slash) *slash = 0;
-                    snprintf(spath, sizeof(spath), "%s/../tools/bench/bench_loader_torch.py", exe);
+                    if ((rc = ms_path_join(spath, exe, "../tools/bench/bench_loader_torch.py"))) goto leave;
                 }
             }
             script = spath;

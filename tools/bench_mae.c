@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
@@ -111,8 +112,11 @@ int ms_bench_mae(int argc, char **argv)
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
     if (b.batch < 1 || b.batch > 256 || b.steps < 1) { fprintf(stderr, "mrisam bench mae: bad --batch/--steps\n"); return 2; }
     const char *src = getenv("MS_SOURCE_DIR");
-    char script[4096];
-    snprintf(script, sizeof script, "%s/tools/bench/bench_mae_torch.py", src ? src : ".");
+    char script[MS_PATH_MAX];
+    if (ms_path_join(script, src ? src : ".", "tools/bench/bench_mae_torch.py")) {
+        fprintf(stderr, "mrisam bench mae: %s\n", ms_errmsg());
+        return MS_EXIT_FAIL;
+    }
     printf("mrisam bench mae: one MAE step (fwd+bwd+AdamW), input %d, batch %d, mask %.2f, decoder %dx%dx%d, "
            "mean of %d steps after a warm-up\n", b.input, b.batch, b.ratio, b.dec_dim, b.dec_depth, b.dec_heads,
            b.steps);

@@ -10,7 +10,6 @@
  * them).
  */
 #include <cblas.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "base/rng.h"
 #include "bench.h"
 #include "cli.h"
@@ -135,29 +135,23 @@ static ms_status att_make(att_ctx *a, ms_device *dev, int64_t groups, int64_t S)
     return MS_OK;
 }
 
-static const char *find_script(const char *given, char *buf, size_t n)
+/* bench_ops_torch.py: the given path, else from the working folder, $MS_SOURCE_DIR or the source tree above a build
+ * folder (built in buf[MS_PATH_MAX]; a candidate too long to build is skipped); NULL when none is readable. */
+static const char *find_script(const char *given, char *buf)
 {
     if (given) return given;
     const char *rel = "tools/bench/bench_ops_torch.py";
     if (access(rel, R_OK) == 0) return rel;
     const char *src = getenv("MS_SOURCE_DIR");
-    if (src) {
-        if (snprintf(buf, n, "%s/%s", src, rel) < (int)n && access(buf, R_OK) == 0) return buf;
-    }
-    char exe[PATH_MAX];
+    if (src && ms_path_join(buf, src, rel) == MS_OK && access(buf, R_OK) == 0) return buf;
+    char exe[MS_PATH_MAX];
     ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (k > 0) {
         exe[k] = 0;
         char *slash = strrchr(exe, '/');
         if (slash) *slash = 0;
         /* a build folder inside the source tree */
-        size_t le = strlen(exe), lr = strlen(rel);
-        if (le + 4 + lr < n) { /* exe + "/../" + rel, spelled out: snprintf here trips -Wformat-truncation */
-            memcpy(buf, exe, le);
-            memcpy(buf + le, "/../", 4);
-            memcpy(buf + le + 4, rel, lr + 1);
-            if (access(buf, R_OK) == 0) return buf;
-        }
+        if (ms_path_fmt(buf, "%s/../%s", exe, rel) == MS_OK && access(buf, R_OK) == 0) return buf;
     }
     return NULL;
 }
@@ -278,8 +272,8 @@ int ms_bench_ops(int argc, char **argv)
         }
     }
     if (!no_torch) {
-        char buf[PATH_MAX], cmd[3 * PATH_MAX];
-        const char *sp = find_script(script, buf, sizeof buf);
+        char buf[MS_PATH_MAX], cmd[3 * MS_PATH_MAX];
+        const char *sp = find_script(script, buf);
         if (!sp) {
             fprintf(stderr, "mrisam bench ops: bench_ops_torch.py not found (use --torch-script); torch skipped\n");
         } else {

@@ -11,6 +11,7 @@
 
 #include "base/clock.h"
 #include "base/device.h"
+#include "base/path.h"
 #include "base/rng.h"
 #include "cli.h"
 #include "pretrain/params.h"
@@ -108,10 +109,13 @@ int ms_bench_sam(int argc, char **argv)
     int prc = ms_cli_parse(&h, opts, argc, argv, NULL);
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
     if (reps < 1) reps = 1;
-    char spath[4096];
+    char spath[MS_PATH_MAX];
     if (!script) {
         const char *src = getenv("MS_SOURCE_DIR");
-        snprintf(spath, sizeof spath, "%s/tools/bench/bench_sam_torch.py", src ? src : ".");
+        if (ms_path_join(spath, src ? src : ".", "tools/bench/bench_sam_torch.py")) {
+            fprintf(stderr, "mrisam bench sam: %s\n", ms_errmsg());
+            return MS_EXIT_FAIL;
+        }
         script = spath;
     }
     ms_device probe;

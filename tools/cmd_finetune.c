@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "cli.h"
 #include "finetune/ft_run.h"
 #include "image_io.h"
@@ -22,20 +23,21 @@ typedef struct opts {
     const char *augment, *resize, *norm, *device, *task_weights;
     int threads;
     /* what the run configuration points into: the stores' paths and task names */
-    char path[MS_FT_MAX_TASKS][4096], name[MS_FT_MAX_TASKS][MS_FT_NAME_MAX];
+    char path[MS_FT_MAX_TASKS][MS_PATH_MAX], name[MS_FT_MAX_TASKS][MS_FT_NAME_MAX];
 } opts;
 
-/* "path:TASK" → path and task name (a suffix after the last ':' that holds no '/'). */
-static void split_store_arg(const char *arg, char *path, size_t np, char *task, size_t nt)
+/* "path:TASK" → path (into path[MS_PATH_MAX]) and task name (a suffix after the last ':' that holds no '/'). */
+static ms_status split_store_arg(const char *arg, char *path, char *task, size_t nt)
 {
     const char *c = strrchr(arg, ':');
     if (c && c[1] && !strchr(c + 1, '/')) {
-        snprintf(path, np, "%.*s", (int)(c - arg), arg);
+        MS_TRY(ms_path_fmt(path, "%.*s", (int)(c - arg), arg));
         snprintf(task, nt, "%s", c + 1);
     } else {
-        snprintf(path, np, "%s", arg);
+        MS_TRY(ms_path_fmt(path, "%s", arg));
         ms_ft_task_default_name(path, task, nt);
     }
+    return MS_OK;
 }
 
 /* A blocks list "0,1,10,11" (or "all") → bit mask (0 = every block). */
@@ -70,7 +72,7 @@ static int make_config(opts *o, ms_ft_run_config *c)
     if (o->stores.n > MS_FT_MAX_TASKS) USAGE("at most %d stores (tasks)", MS_FT_MAX_TASKS);
     c->n_tasks = o->stores.n;
     for (int t = 0; t < c->n_tasks; t++) {
-        split_store_arg(o->stores.v[t], o->path[t], sizeof o->path[t], o->name[t], sizeof o->name[t]);
+        if (split_store_arg(o->stores.v[t], o->path[t], o->name[t], sizeof o->name[t])) USAGE("%s", ms_errmsg());
         c->store[t] = o->path[t];
         c->task[t] = o->name[t];
     }

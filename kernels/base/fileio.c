@@ -3,6 +3,7 @@
 #define _GNU_SOURCE /* renameat2 */
 #endif
 #include "base/fileio.h"
+#include "base/path.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -117,7 +118,7 @@ void ms_afile_abort(ms_afile *a)
 
 ms_status ms_mkdirs(const char *path)
 {
-    char buf[4096];
+    char buf[MS_PATH_MAX];
     size_t n = strlen(path);
     MS_FAIL_IF(n == 0 || n >= sizeof buf, MS_EINVAL, "%s: bad directory name", path);
     memcpy(buf, path, n + 1);
@@ -201,8 +202,8 @@ static ms_status remove_tree(const char *path)
     ms_status rc = MS_OK;
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char p[4400];
-        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        char p[MS_PATH_MAX];
+        if ((rc = ms_path_join(p, path, e->d_name))) break;
         struct stat st;
         if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rc = remove_tree(p);
         else if (unlink(p)) rc = ms_error(errno, "%s: %s", p, strerror(errno));

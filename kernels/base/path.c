@@ -3,22 +3,42 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 
-ms_status ms_path_join(char *out, const char *dir, const char *name)
+/* The error of a path that did not fit: out holds its first MS_PATH_MAX − 1 bytes, n is its full length. */
+static ms_status too_long(char *out, size_t n)
 {
-    int k = snprintf(out, MS_PATH_MAX, "%s/%s", dir, name);
-    if (k >= 0 && k < MS_PATH_MAX) return MS_OK;
     /* the message names the path by its start: the whole of it would not fit the one-line message either */
-    size_t n = strlen(dir) + 1 + strlen(name);
     out[200] = 0;
     ms_error(MS_EINVAL, "%s...: path too long (%zu bytes, at most %d)", out, n, MS_PATH_MAX - 1);
     out[0] = 0;
     return MS_EINVAL;
+}
+
+ms_status ms_path_join(char *out, const char *dir, const char *name)
+{
+    int k = snprintf(out, MS_PATH_MAX, "%s/%s", dir, name);
+    if (k >= 0 && k < MS_PATH_MAX) return MS_OK;
+    return too_long(out, strlen(dir) + 1 + strlen(name));
+}
+
+ms_status ms_path_fmt(char *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(out, MS_PATH_MAX, fmt, ap);
+    va_end(ap);
+    if (k >= 0 && k < MS_PATH_MAX) return MS_OK;
+    if (k < 0) { /* an encoding error: nothing sensible was written */
+        out[0] = 0;
+        return ms_error(MS_EINVAL, "%s: path format failed", fmt);
+    }
+    return too_long(out, (size_t)k);
 }
 
 char *ms_path_join_new(const char *dir, const char *name)

@@ -1,7 +1,7 @@
 /* kernels/base/path.h — the small string and path helpers every layer needs, once.
  *
  * MS_PATH_MAX is the one size of a fixed path buffer (Linux's PATH_MAX, which realpath() fills); a path that would
- * not fit is an error (ms_path_join), never silently truncated.
+ * not fit is an error (ms_path_join, ms_path_fmt), never silently truncated.
  */
 #ifndef MS_PATH_H
 #define MS_PATH_H
@@ -13,6 +13,9 @@
 /* "dir/name" into out[MS_PATH_MAX]; MS_EINVAL "<the path's first 200 bytes>...: path too long (...)" and out = ""
  * when it does not fit. */
 ms_status ms_path_join(char *out, const char *dir, const char *name);
+/* printf into out[MS_PATH_MAX], for paths that are more than "dir/name"; the same error, and out = "", when the
+ * result does not fit. */
+ms_status ms_path_fmt(char *out, const char *fmt, ...) MS_PRINTF(2, 3);
 /* The same, malloc'ed (any length); NULL when out of memory. */
 char *ms_path_join_new(const char *dir, const char *name);
 /* The part after the last '/' (the whole path when there is none). */

@@ -1,7 +1,8 @@
 /* tests/base/test_path.c — kernels/base/path.h against plain references: random strings (seed printed) for the suffix
  * tests and the join around MS_PATH_MAX (fits exactly when the result has MS_PATH_MAX − 1 bytes; one more is an
- * error naming the path, never a truncation), fixed cases for the NIfTI ending and the base name, and a directory of
- * random files for ms_path_list_nii (only .nii/.nii.gz, no dot files, strcmp order). */
+ * error naming the path, never a truncation), ms_path_fmt the same way against snprintf plus fixed formats, fixed
+ * cases for the NIfTI ending and the base name, and a directory of random files for ms_path_list_nii (only
+ * .nii/.nii.gz, no dot files, strcmp order). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,47 @@ static void check_join(ms_rng *r)
     free(name);
 }
 
+/* ms_path_fmt against snprintf into a big buffer: random "%s/%s_%03d.%s" around the limit (fits exactly at
+ * MS_PATH_MAX − 1 bytes, one more is the error naming the path's start with out = ""), and fixed formatting cases. */
+static void check_fmt(ms_rng *r)
+{
+    char *dir = malloc(MS_PATH_MAX + 8), *want = malloc(2 * MS_PATH_MAX), out[MS_PATH_MAX];
+    for (int t = 0; t < 400; t++) {
+        const int i = (int)ms_rng_below(r, 2000);
+        const char *ext = t % 2 ? "ckpt" : "json";
+        const int fixed = 1 + 4 + 1 + (i < 1000 ? 3 : 4) + 1 + 4; /* "/" "step" "_" %03d "." ext */
+        int a = MS_PATH_MAX - 1 - fixed - 2 + (int)ms_rng_below(r, 5);
+        if (t % 10 == 0) a = 1 + (int)ms_rng_below(r, 100); /* short ones too */
+        random_string(r, dir, a, "abc/");
+        const int n = snprintf(want, 2 * MS_PATH_MAX, "%s/step_%03d.%s", dir, i, ext);
+        memset(out, 'Z', sizeof out);
+        ms_status st = ms_path_fmt(out, "%s/step_%03d.%s", dir, i, ext);
+        if (n < MS_PATH_MAX) {
+            MS_CHECK(st == MS_OK && !strcmp(out, want), "fmt of %d bytes: %d", n, st);
+        } else {
+            MS_CHECK(st == MS_EINVAL && out[0] == 0 && !strncmp(ms_errmsg(), want, 200) &&
+                         !strncmp(ms_errmsg() + 200, "...: path too long", 18),
+                     "fmt of %d bytes should fail: %d '%.40s'", n, st, ms_errmsg());
+        }
+    }
+    /* the edges exactly: MS_PATH_MAX − 1 bytes fit, MS_PATH_MAX do not */
+    memset(dir, 'd', MS_PATH_MAX - 3);
+    dir[MS_PATH_MAX - 3] = 0;
+    MS_CHECK(ms_path_fmt(out, "%s/%c", dir, 'x') == MS_OK && strlen(out) == MS_PATH_MAX - 1 &&
+                 out[MS_PATH_MAX - 3] == '/' && out[MS_PATH_MAX - 2] == 'x',
+             "a path of MS_PATH_MAX - 1 bytes should fit");
+    MS_CHECK(ms_path_fmt(out, "%s/%d", dir, 10) == MS_EINVAL && out[0] == 0 && strstr(ms_errmsg(), "path too long") &&
+                 strstr(ms_errmsg(), "4096 bytes"),
+             "a path of MS_PATH_MAX bytes should fail: '%.60s'", ms_errmsg());
+    MS_CHECK(ms_path_fmt(out, "%s/%s", "", "") == MS_OK && !strcmp(out, "/"), "fmt of empty parts");
+    MS_CHECK(ms_path_fmt(out, "run/%s/log_%05lld.%s", "ckpt", 42LL, "jsonl") == MS_OK &&
+                 !strcmp(out, "run/ckpt/log_00042.jsonl"),
+             "formatting: '%s'", out);
+    MS_CHECK(ms_path_fmt(out, "%s", "plain") == MS_OK && !strcmp(out, "plain"), "fmt of a plain string");
+    free(dir);
+    free(want);
+}
+
 static void check_list(ms_rng *r)
 {
     char dir[] = "/tmp/ms_test_path_XXXXXX";
@@ -141,6 +183,7 @@ int main(void)
     ms_rng_init(&r, ms_test_seed(), 0);
     check_suffixes(&r);
     check_join(&r);
+    check_fmt(&r);
     check_list(&r);
     return ms_test_done();
 }

@@ -9,11 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/path.h"
 #include "checkpoints/pickle.h"
 #include "checkpoints/state_dict.h"
 #include "harness.h"
 
-static char fixdir[4096];
+static char fixdir[MS_PATH_MAX];
 
 static char *slurp(const char *path, size_t *n)
 {
@@ -43,8 +44,8 @@ static int spit(const char *path, const void *p, size_t n)
 
 static void check_file(const char *fname, const cJSON *want)
 {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", fixdir, fname);
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, fixdir, fname));
     ms_state_dict sd;
     ms_status st = ms_sd_load(path, &sd);
     MS_CHECK(st == MS_OK, "%s: %s", fname, ms_errmsg());
@@ -100,8 +101,8 @@ static void expect_refused(const char *path, const char *why, const char *label)
 
 static void hostile(void)
 {
-    char path[8192], line[1024];
-    snprintf(path, sizeof path, "%s/hostile/manifest.txt", fixdir);
+    char path[MS_PATH_MAX], line[1024];
+    MS_CHECK_OK(ms_path_join(path, fixdir, "hostile/manifest.txt"));
     FILE *f = fopen(path, "r");
     MS_CHECK(f != NULL, "no %s", path);
     if (!f) return;
@@ -111,7 +112,7 @@ static void hostile(void)
         if (!tab) continue;
         *tab = 0;
         tab[strcspn(tab + 1, "\n") + 1] = 0;
-        snprintf(path, sizeof path, "%s/hostile/%s", fixdir, line);
+        MS_CHECK_OK(ms_path_fmt(path, "%s/hostile/%s", fixdir, line));
         expect_refused(path, tab + 1, line);
         if (n++ < 100) printf("  refused %-28s %s\n", line, ms_errmsg());
     }
@@ -122,8 +123,8 @@ static void hostile(void)
 /* Every prefix of a valid file must be refused; corrupted copies must load or fail, never crash. */
 static void damage(const char *fname, int step, uint64_t seed, int n_flips)
 {
-    char src[8192], tmp[64];
-    snprintf(src, sizeof src, "%s/%s", fixdir, fname);
+    char src[MS_PATH_MAX], tmp[64];
+    MS_CHECK_OK(ms_path_join(src, fixdir, fname));
     snprintf(tmp, sizeof tmp, "damaged_%d.bin", (int)getpid());
     size_t n;
     unsigned char *b = (unsigned char *)slurp(src, &n);
@@ -241,9 +242,9 @@ int main(void)
 {
     uint64_t seed = ms_test_seed();
     const char *src = getenv("MS_SOURCE_DIR");
-    snprintf(fixdir, sizeof fixdir, "%s/tests/checkpoints/fixtures", src ? src : ".");
-    char path[8192];
-    snprintf(path, sizeof path, "%s/expected.json", fixdir);
+    MS_CHECK_OK(ms_path_join(fixdir, src ? src : ".", "tests/checkpoints/fixtures"));
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, fixdir, "expected.json"));
     char *txt = slurp(path, NULL);
     cJSON *exp = txt ? cJSON_Parse(txt) : NULL;
     MS_CHECK(exp != NULL, "cannot read %s", path);

@@ -32,14 +32,14 @@ static const entry OTHER_ENTRIES[] = {
 
 static void make_entry(const char *dir, const entry *e, ms_rng *g)
 {
-    char p[1300], q[1400];
-    snprintf(p, sizeof p, "%s/%s", dir, e->name);
+    char p[MS_PATH_MAX], q[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(p, dir, e->name));
     if (e->type == 'l') {
         MS_CHECK(symlink("/tmp", p) == 0, "symlink %s", p);
     } else if (e->type == 'd') {
-        snprintf(q, sizeof q, "%s/sub/step_%08d", p, (int)(ms_rng_u64(g) % 100));
+        MS_CHECK_OK(ms_path_fmt(q, "%s/sub/step_%08d", p, (int)(ms_rng_u64(g) % 100)));
         MS_CHECK_OK(ms_mkdirs(q));
-        snprintf(q, sizeof q, "%s/sub/DONE", p);
+        MS_CHECK_OK(ms_path_fmt(q, "%s/sub/DONE", p));
         MS_CHECK_OK(ms_write_file_atomic(q, "done\n", 5));
     } else {
         MS_CHECK_OK(ms_write_file_atomic(p, "x", ms_rng_u64(g) % 2));
@@ -49,7 +49,7 @@ static void make_entry(const char *dir, const entry *e, ms_rng *g)
 /* `find` listing (names, types, sizes) of dir, or "" when it does not exist: "unchanged" compares two of these. */
 static char *listing(const char *dir)
 {
-    char cmd[1400];
+    char cmd[MS_PATH_MAX + 100];
     snprintf(cmd, sizeof cmd, "cd '%s' 2>/dev/null && find . -printf '%%p %%y %%s\\n' | sort", dir);
     FILE *f = popen(cmd, "r");
     char *buf = calloc(1, 1 << 16);
@@ -62,11 +62,11 @@ static char *listing(const char *dir)
  * fresh: absent or empty; resume: anything, untouched; overwrite: only a run's entries, which it removes. */
 static void check_prepare(const char *base, uint64_t seed)
 {
-    char run[1100], msg[2400];
+    char run[MS_PATH_MAX], msg[3 * MS_PATH_MAX];
     for (int trial = 0; trial < 60; trial++) {
         ms_rng g;
         ms_rng_init(&g, seed, 100 + trial);
-        snprintf(run, sizeof run, "%s/t%d/run", base, trial);
+        MS_CHECK_OK(ms_path_fmt(run, "%s/t%d/run", base, trial));
         int absent = ms_rng_u64(&g) % 8 == 0;
         int k = 0, m = 0;
         if (!absent) {
@@ -120,7 +120,7 @@ static void check_prepare(const char *base, uint64_t seed)
         free(before);
     }
     /* a file where RUN/ should be */
-    snprintf(run, sizeof run, "%s/file", base);
+    MS_CHECK_OK(ms_path_fmt(run, "%s/file", base));
     MS_CHECK_OK(ms_write_file_atomic(run, "x", 1));
     for (int mode = MS_RUN_FRESH; mode <= MS_RUN_OVERWRITE; mode++)
         MS_CHECK(ms_run_dir_prepare(run, (ms_run_mode)mode) == MS_EINVAL && strstr(ms_errmsg(), "not a directory") &&
@@ -130,10 +130,10 @@ static void check_prepare(const char *base, uint64_t seed)
 /* The mode from (out, resume, overwrite): the same directory however spelled continues it. */
 static void check_mode_of(const char *base)
 {
-    char a[1100], a2[1100], b[1100];
-    snprintf(a, sizeof a, "%s/m/a", base);
-    snprintf(a2, sizeof a2, "%s/m/./a/", base);
-    snprintf(b, sizeof b, "%s/m/b", base);
+    char a[MS_PATH_MAX], a2[MS_PATH_MAX], b[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_fmt(a, "%s/m/a", base));
+    MS_CHECK_OK(ms_path_fmt(a2, "%s/m/./a/", base));
+    MS_CHECK_OK(ms_path_fmt(b, "%s/m/b", base));
     MS_CHECK_OK(ms_mkdirs(a));
     MS_CHECK_OK(ms_mkdirs(b));
     ms_run_mode md = MS_RUN_RESUME;
@@ -148,7 +148,7 @@ static void check_mode_of(const char *base)
 int main(void)
 {
     uint64_t seed = ms_test_seed();
-    char run[256], p[1024], dir[512];
+    char run[256], p[MS_PATH_MAX], dir[MS_PATH_MAX];
     snprintf(run, sizeof run, "rundir_test_%llu/run", (unsigned long long)seed);
     MS_CHECK_OK(ms_mkdirs(run));
 
@@ -165,14 +165,14 @@ int main(void)
 
     /* step directories: only committed ones count; prune keeps the newest k */
     int64_t step;
-    MS_CHECK(ms_ckpt_dir_latest(run, &step, dir, sizeof dir) == MS_ENOTFOUND, "no checkpoint yet");
+    MS_CHECK(ms_ckpt_dir_latest(run, &step, dir) == MS_ENOTFOUND, "no checkpoint yet");
     for (int s = 10; s <= 50; s += 10) {
-        MS_CHECK_OK(ms_ckpt_dir_create(run, s, dir, sizeof dir));
-        snprintf(p, sizeof p, "%s/model.bin", dir);
+        MS_CHECK_OK(ms_ckpt_dir_create(run, s, dir));
+        MS_CHECK_OK(ms_path_join(p, dir, "model.bin"));
         MS_CHECK_OK(ms_write_file_atomic(p, "x", 1));
         if (s != 50) MS_CHECK_OK(ms_ckpt_dir_commit(dir)); /* step 50 "crashed" before DONE */
     }
-    MS_CHECK_OK(ms_ckpt_dir_latest(run, &step, dir, sizeof dir));
+    MS_CHECK_OK(ms_ckpt_dir_latest(run, &step, dir));
     MS_CHECK(step == 40, "latest complete step %lld, expected 40", (long long)step);
     MS_CHECK_OK(ms_ckpt_dir_prune(run, 2, 10));
     snprintf(p, sizeof p, "%s/ckpt/step_00000010/DONE", run);

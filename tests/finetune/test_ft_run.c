@@ -29,8 +29,8 @@ enum { N_STEPS = 6, K_STEPS = 3 };
 /* The validation panels the run wrote into RUN/val/. */
 static int count_panels(const char *run)
 {
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/val", run);
+    char dir[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(dir, run, "val"));
     DIR *d = opendir(dir);
     if (!d) return 0;
     int n = 0;
@@ -68,9 +68,9 @@ static void drop_field(char *line, const char *key)
 /* log.jsonl without timings; *n_lines gets the line count. The caller frees. */
 static char *log_without_times(const char *run, int *n_lines)
 {
-    char p[4200], *txt = NULL;
+    char p[MS_PATH_MAX], *txt = NULL;
     size_t len = 0;
-    snprintf(p, sizeof p, "%s/log.jsonl", run);
+    MS_CHECK_OK(ms_path_join(p, run, "log.jsonl"));
     if (ms_read_file(p, 1 << 24, &txt, &len)) return NULL;
     char *out = calloc(len + 1, 1);
     *n_lines = 0;
@@ -133,9 +133,9 @@ typedef struct tcase {
 
 static void run_case(const tcase *tc, const char *tmp, const char *store, uint64_t seed, ms_device *dev)
 {
-    char run_a[4096], run_b[4096];
-    snprintf(run_a, sizeof run_a, "%s/%s_a", tmp, tc->name);
-    snprintf(run_b, sizeof run_b, "%s/%s_b", tmp, tc->name);
+    char run_a[MS_PATH_MAX], run_b[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_fmt(run_a, "%s/%s_a", tmp, tc->name));
+    MS_CHECK_OK(ms_path_fmt(run_b, "%s/%s_b", tmp, tc->name));
     ms_ft_run_config c;
     ms_ft_run_config_default(&c);
     c.n_tasks = tc->two_tasks ? 2 : 1;
@@ -231,9 +231,9 @@ static void run_case(const tcase *tc, const char *tmp, const char *store, uint64
                            "ckpt/step_00000006/loader_0.bin", "shots.json", "val/step_00000002.png",
                            "val/step_00000004.png", "val/step_00000006.png", NULL};
     for (int i = 0; files[i] && (tc->prompt == MS_PROMPT_NONE || !strstr(files[i], ".png")); i++) {
-        char pa[4400], pb[4400];
-        snprintf(pa, sizeof pa, "%s/%s", run_a, files[i]);
-        snprintf(pb, sizeof pb, "%s/%s", run_b, files[i]);
+        char pa[MS_PATH_MAX], pb[MS_PATH_MAX];
+        MS_CHECK_OK(ms_path_join(pa, run_a, files[i]));
+        MS_CHECK_OK(ms_path_join(pb, run_b, files[i]));
         MS_CHECK(same_file(pa, pb), "%s: %s identical", tc->name, files[i]);
     }
     int la = 0, lb = 0;
@@ -252,8 +252,8 @@ int main(void)
     uint64_t seed = ms_test_seed();
     char tmp[] = "/tmp/test_ft_run.XXXXXX";
     if (!mkdtemp(tmp)) { perror("mkdtemp"); return 1; }
-    char store[4200];
-    snprintf(store, sizeof store, "%s/store", tmp);
+    char store[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(store, tmp, "store"));
     const fx_vol vols[] = {{40, 36, 10, 1}, {36, 40, 10, 1}, {40, 40, 10, 1}};
     MS_CHECK_OK(fx_make_store(store, seed, vols, 3));
     ms_device dev;

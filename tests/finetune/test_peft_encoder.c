@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/path.h"
 #include "harness.h"
 #include "ops.h"
 #include "pretrain/params.h"
@@ -50,8 +51,8 @@ static float *to_dev(const float *h, int64_t n)
 static char *golden_path(const char *file)
 {
     const char *src = getenv("MS_SOURCE_DIR");
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/tests/finetune/golden/%s", src ? src : "../../..", file);
+    static char buf[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_fmt(buf, "%s/tests/finetune/golden/%s", src ? src : "../../..", file));
     return buf;
 }
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "checkpoints/state_dict.h"
 #include "harness.h"
 #include "pretrain/mae.h"
@@ -78,8 +79,8 @@ int main(void)
 {
     uint64_t seed = ms_test_seed(); /* unused by the step itself: the masks come from the golden file */
     const char *src = getenv("MS_SOURCE_DIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tests/pretrain/golden/mae_step.pth", src ? src : ".");
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, src ? src : ".", "tests/pretrain/golden/mae_step.pth"));
     ms_state_dict sd;
     ms_sd_init(&sd);
     ms_status st = ms_sd_load(path, &sd);

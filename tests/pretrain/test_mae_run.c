@@ -28,7 +28,7 @@
 #define STEPS 6
 
 static uint64_t SEED;
-static char TMP[256], STORE[300];
+static char TMP[256], STORE[MS_PATH_MAX];
 
 typedef struct model {
     ms_params ps;
@@ -67,14 +67,14 @@ typedef struct png_count {
 static png_count count_panels(const char *out)
 {
     png_count pc = {0, 0, 0};
-    char dir[400], p[700];
-    snprintf(dir, sizeof dir, "%s/val", out);
+    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(dir, out, "val"));
     DIR *d = opendir(dir);
     if (!d) return pc;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (!ms_str_ends_with(e->d_name, ".png")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        MS_CHECK_OK(ms_path_join(p, dir, e->d_name));
         ms_png img;
         if (ms_png_read(p, MS_PNG_AS_STORED, &img)) continue;
         pc.n++;
@@ -149,8 +149,8 @@ static ms_status run_until(ms_mae_run *r, int64_t until, record *rec, ms_mae_ste
 /* log.jsonl with "t" and "img_per_s" taken out of every line. */
 static char *read_log(const char *run)
 {
-    char p[400], line[4096];
-    snprintf(p, sizeof p, "%s/log.jsonl", run);
+    char p[MS_PATH_MAX], line[4096];
+    MS_CHECK_OK(ms_path_join(p, run, "log.jsonl"));
     FILE *f = fopen(p, "r");
     if (!f) return NULL;
     size_t cap = 1 << 16, len = 0;
@@ -215,8 +215,8 @@ static int files_equal(const char *a, const char *b)
 /* (a): the uninterrupted run. */
 static void run_a(ms_device *dev, record *rec)
 {
-    char out[300];
-    snprintf(out, sizeof out, "%s/a", TMP);
+    char out[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(out, TMP, "a"));
     model m;
     MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51));
     float *enc0 = malloc((size_t)m.ps.numel * sizeof(float));
@@ -257,10 +257,10 @@ static void run_a(ms_device *dev, record *rec)
     MS_CHECK_OK(ms_mae_run_validate(r, &v));
     MS_CHECK(v == v6 && v > 0, "validation is deterministic (fixed slices and masks; after the log was read): %.9g == %.9g", v, v6);
     ms_mae_run_close(r);
-    char p[400];
-    snprintf(p, sizeof p, "%s/ckpt/step_00000003/DONE", out);
+    char p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(p, out, "ckpt/step_00000003/DONE"));
     MS_CHECK(access(p, F_OK) == 0, "%s", p);
-    snprintf(p, sizeof p, "%s/val/step_00000006.png", out);
+    MS_CHECK_OK(ms_path_join(p, out, "val/step_00000006.png"));
     MS_CHECK(access(p, F_OK) == 0, "%s", p);
     const ms_param *q = &m.ps.p[m.other];
     MS_CHECK(!q->trainable && !memcmp(rec->block + q->off, enc0 + q->off, 15 * sizeof(float)),
@@ -276,8 +276,8 @@ static void run_a(ms_device *dev, record *rec)
 /* (b): 4 steps, save, close; a model from another seed resumes and finishes. */
 static void run_b(ms_device *dev, const record *a)
 {
-    char out[300];
-    snprintf(out, sizeof out, "%s/b", TMP);
+    char out[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(out, TMP, "b"));
     record rec = {0};
     model m;
     ms_mae_run_config c;
@@ -312,12 +312,12 @@ static void run_b(ms_device *dev, const record *a)
     MS_CHECK(sd_equal(&rec.model, &a->model, "model"), "encoder + decoder tensors equal bit for bit");
     MS_CHECK(sd_equal(&rec.optim, &a->optim, "optim"), "AdamW moments equal bit for bit");
     MS_CHECK(rec.log && a->log && !strcmp(rec.log, a->log), "log.jsonl equals the uninterrupted run's but t, img_per_s");
-    char pa[400], pb[400];
-    snprintf(pa, sizeof pa, "%s/a/sam_mri_vit_test.safetensors", TMP);
-    snprintf(pb, sizeof pb, "%s/b/sam_mri_vit_test.safetensors", TMP);
+    char pa[MS_PATH_MAX], pb[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(pa, TMP, "a/sam_mri_vit_test.safetensors"));
+    MS_CHECK_OK(ms_path_join(pb, TMP, "b/sam_mri_vit_test.safetensors"));
     MS_CHECK(files_equal(pa, pb), "the exports are byte-identical");
-    snprintf(pa, sizeof pa, "%s/a/ckpt/step_00000006/optim.safetensors", TMP);
-    snprintf(pb, sizeof pb, "%s/b/ckpt/step_00000006/optim.safetensors", TMP);
+    MS_CHECK_OK(ms_path_join(pa, TMP, "a/ckpt/step_00000006/optim.safetensors"));
+    MS_CHECK_OK(ms_path_join(pb, TMP, "b/ckpt/step_00000006/optim.safetensors"));
     MS_CHECK(files_equal(pa, pb), "the last checkpoints' optimizer files are byte-identical");
     record_free(&rec);
     model_free(&m);
@@ -326,8 +326,8 @@ static void run_b(ms_device *dev, const record *a)
 /* (c): non-finite losses from step 3 on: two skipped steps in a row roll back to step 2 at half the lr. */
 static void run_c(ms_device *dev, const record *a)
 {
-    char out[300];
-    snprintf(out, sizeof out, "%s/c", TMP);
+    char out[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(out, TMP, "c"));
     record rec = {0};
     model m;
     ms_mae_run_config c;
@@ -374,7 +374,7 @@ int main(void)
     SEED = ms_test_seed();
     snprintf(TMP, sizeof TMP, "/tmp/test_mae_run_XXXXXX");
     MS_CHECK(mkdtemp(TMP) != NULL, "mkdtemp");
-    snprintf(STORE, sizeof STORE, "%s/store", TMP);
+    MS_CHECK_OK(ms_path_join(STORE, TMP, "store"));
     const fx_vol vols[] = {{40, 48, 8, 0}, {48, 40, 8, 0}, {44, 44, 8, 0}};
     MS_CHECK_OK(fx_make_store(STORE, SEED, vols, 3));
     ms_device dev = {0};

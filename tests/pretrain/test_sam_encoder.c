@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/path.h"
 #include "harness.h"
 #include "ops.h"
 #include "pretrain/params.h"
@@ -141,8 +142,8 @@ static void check_encoder_grads(ms_sam_encoder *enc, const ms_state_dict *g, con
 static char *golden_path(const char *file)
 {
     const char *src = getenv("MS_SOURCE_DIR");
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/tests/pretrain/golden/%s", src ? src : "../../..", file);
+    static char buf[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_fmt(buf, "%s/tests/pretrain/golden/%s", src ? src : "../../..", file));
     return buf;
 }
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/path.h"
 #include "harness.h"
 #include "pretrain/params.h"
 #include "pretrain/sam_encoder.h"
@@ -54,8 +55,8 @@ int main(void)
 {
     ms_test_seed(); /* inputs are fixed by the golden file */
     const char *src = getenv("MS_SOURCE_DIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tests/pretrain/golden/encoder_vit_b_1024.pth", src ? src : "../..");
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, src ? src : "../..", "tests/pretrain/golden/encoder_vit_b_1024.pth"));
     ms_state_dict g;
     ms_sd_init(&g);
     ms_status st = ms_sd_load(path, &g);
