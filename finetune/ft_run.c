@@ -86,7 +86,7 @@ void ms_ft_run_config_default(ms_ft_run_config *c)
     c->batch = 4;
     c->lr = 1e-3;
     c->weight_decay = 0.1;
-    c->warmup = 200;
+    c->warmup = -1; /* min(200, 10 % of the run), resolved once the run knows its length */
     c->schedule = MS_SCHED_POLY;
     c->val_every = 2;
     c->patience = 20;
@@ -101,7 +101,7 @@ ms_status ms_ft_run_config_check(const ms_ft_run_config *c)
     MS_FAIL_IF(!c->out, MS_EINVAL, "no run directory");
     MS_FAIL_IF(!c->ckpt && !c->model, MS_EINVAL, "needs SAM weights to start from or a model to initialise");
     MS_FAIL_IF(c->batch < 1 || c->batch > 256 || c->val_every < 1 || c->patience < 0 || c->shots < 0 ||
-               c->save_every < 1 || c->keep_last < 1 || c->val_fraction < 0 || c->val_fraction >= 1 || c->warmup < 0,
+               c->save_every < 1 || c->keep_last < 1 || c->val_fraction < 0 || c->val_fraction >= 1 || c->warmup < -1,
                MS_EINVAL, "bad --batch-size (1..256), --val-every, --patience, --shots, --save-every, --keep-last, "
                "--val-fraction or --warmup-steps");
     MS_FAIL_IF(c->cache_embeddings && (c->scope != MS_FT_SCOPE_DECODER || c->augment), MS_EINVAL,
@@ -940,6 +940,8 @@ static void configure_loaders(ms_ft_run *r)
         r->steps_per_epoch += (int64_t)spe;
     }
     r->total = o->max_steps > 0 ? o->max_steps : (int64_t)o->epochs * r->steps_per_epoch;
+    /* the default warm-up: finetune-SAM's 200 steps, but never most of a short few-shot run */
+    if (r->cfg.warmup < 0) r->cfg.warmup = (int)(r->total / 10 < 200 ? r->total / 10 : 200);
 }
 
 static ms_status alloc_buffers(ms_ft_run *r)
@@ -1106,6 +1108,7 @@ void ms_ft_run_get_info(const ms_ft_run *r, ms_ft_run_info *info)
     info->total = r->total;
     info->steps_per_epoch = r->steps_per_epoch;
     info->warmup = r->cfg.warmup;
+    info->warmup_exceeds_run = r->cfg.warmup >= r->total;
     info->step = r->step;
     info->trainable = ms_ft_model_trainable_numel(&r->m, &info->n_trainable_tensors);
     info->has_val = r->any_val;

@@ -59,7 +59,7 @@ typedef struct ms_ft_run_config {
     int64_t max_steps;         /* > 0 wins over epochs */
     int batch;
     double lr, min_lr, weight_decay, clip_grad;
-    int warmup;
+    int warmup;                /* linear warm-up steps; -1 (default): min(200, 10 % of the run's steps) */
     ms_schedule schedule;      /* MS_SCHED_POLY or MS_SCHED_COSINE */
     int64_t seed;
     /* validation and checkpoints */
@@ -73,9 +73,9 @@ typedef struct ms_ft_run_config {
     int panels;                /* write the validation panels RUN/val/step_%08d.png (default 1) */
 } ms_ft_run_config;
 
-/* The defaults of docs/CLI.md: full / decoder, no prompt, 200 epochs, batch 4, lr 1e-3 poly, warm-up 200,
- * weight decay 0.1, validation every 2 epochs, patience 20, LoRA rank 4, save every 1000 steps, keep 2,
- * val_fraction 0.2, seed 0. Stores, model and out are left NULL. */
+/* The defaults of docs/CLI.md: full / decoder, no prompt, 200 epochs, batch 4, lr 1e-3 poly, warm-up
+ * min(200, 10 % of the steps), weight decay 0.1, validation every 2 epochs, patience 20, LoRA rank 4, save every
+ * 1000 steps, keep 2, val_fraction 0.2, seed 0. Stores, model and out are left NULL. */
 void ms_ft_run_config_default(ms_ft_run_config *c);
 /* MS_EINVAL with a one-line reason when the options cannot make a run (ranges, the cache with a training encoder
  * or augmentation, missing model or output). */
@@ -95,7 +95,8 @@ typedef struct ms_ft_run_info {
     const char *model;                /* the variant built */
     int input_size, n_tasks;
     ms_ft_run_task_info task[MS_FT_MAX_TASKS];
-    int64_t total, steps_per_epoch, warmup, step;
+    int64_t total, steps_per_epoch, warmup, step; /* warmup as resolved */
+    int warmup_exceeds_run;           /* the warm-up lasts the whole run: the learning rate never reaches lr */
     int64_t trainable;                /* trainable parameters, in n_trainable_tensors tensors */
     int n_trainable_tensors;
     int has_val;                      /* some task has validation slices */

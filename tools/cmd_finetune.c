@@ -118,6 +118,9 @@ static void print_plan(const opts *o, const ms_ft_run_config *c, const ms_ft_run
                "%llu validation slices\n", ti->name, ti->num_cls, (unsigned long long)ti->n_train,
                (unsigned long long)ti->n_empty, (unsigned long long)ti->n_val);
     }
+    if (in->warmup_exceeds_run)
+        fprintf(stderr, "finetune: warning: --warmup-steps %lld lasts the whole run of %lld steps: the learning rate never "
+                "reaches --lr\n", (long long)in->warmup, (long long)in->total);
     if (in->resumed_from)
         printf("finetune: resuming from %s (step %lld)\n", in->resumed_from, (long long)in->resumed_step);
     printf("finetune: %s, %s / %s, prompt %s, input %d, %d task(s), %lld steps (%lld per epoch), batch %d, "
@@ -231,7 +234,7 @@ static int run(int argc, char **argv)
         {"lr", MS_OPT_FLOAT, &cfg.lr, "X", "peak learning rate (default 1e-3)"},
         {"min-lr", MS_OPT_FLOAT, &cfg.min_lr, "X", "cosine floor (default 0)"},
         {"weight-decay", MS_OPT_FLOAT, &cfg.weight_decay, "X", "AdamW weight decay (default 0.1)"},
-        {"warmup-steps", MS_OPT_INT, &cfg.warmup, "N", "linear warm-up steps (default 200)"},
+        {"warmup-steps", MS_OPT_INT, &cfg.warmup, "N", "linear warm-up steps (default min(200, 10% of the steps))"},
         {"schedule", MS_OPT_STR, &o.schedule, "poly|cosine", "decay after warm-up (default poly 0.9)"},
         {"clip-grad", MS_OPT_FLOAT, &cfg.clip_grad, "X", "clip the global gradient norm (default 0: off)"},
         {"val-every", MS_OPT_INT, &cfg.val_every, "E", "validate every E epochs (default 2)"},
