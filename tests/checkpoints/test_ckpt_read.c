@@ -18,6 +18,7 @@
 #include "checkpoints/pickle.h"
 #include "checkpoints/state_dict.h"
 #include "checkpoints/zip.h"
+#include "ckpt_gen.h"
 #include "harness.h"
 
 static char fixdir[4096];
@@ -436,6 +437,97 @@ static void aliasing_accepted(uint64_t seed, int members)
     remove(path);
 }
 
+/* ---- safetensors header text: UTF-8, no NUL in a name, nothing but spaces after the JSON ---------------------- */
+
+/* A safetensors file in memory: n F32 tensors of shape [1] named by the JSON string bodies names[i] (raw bytes, as
+ * they go between the quotes), then tail[0..tail_n) after the JSON inside the declared header. */
+static size_t st_build(ms_buf *b, const uint8_t *const *names, const size_t *name_n, int n, const uint8_t *tail,
+                       size_t tail_n)
+{
+    ms_buf h = {0};
+    PK(&h, "{");
+    for (int i = 0; i < n; i++) {
+        char ent[96];
+        snprintf(ent, sizeof ent, "\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[%d,%d]}%s", 4 * i, 4 * i + 4,
+                 i + 1 < n ? "," : "");
+        PK(&h, "\"");
+        ms_buf_put(&h, names[i], name_n[i]);
+        ms_buf_put(&h, ent, strlen(ent));
+    }
+    PK(&h, "}");
+    ms_buf_put(&h, tail, tail_n);
+    uint8_t len[8];
+    ms_put64(len, h.n);
+    b->n = 0;
+    ms_buf_put(b, len, 8);
+    ms_buf_put(b, h.p, h.n);
+    for (int i = 0; i < 4 * n; i++) ms_buf_put(b, "\x3f", 1);
+    ms_buf_free(&h);
+    return b->n;
+}
+
+/* Random members of four classes: well-formed UTF-8 names with space padding (load, names byte-equal); bytes
+ * other than spaces after the JSON; a NUL in a name (raw or \u0000); an ill-formed UTF-8 sequence in a name. */
+static void safetensors_text(uint64_t seed, int members)
+{
+    static const char *why[4] = {NULL, "after the JSON", "holds a NUL character", "is not valid UTF-8"};
+    int count[4] = {0};
+    ms_buf file = {0};
+    for (int m = 0; m < members; m++) {
+        ms_rng r;
+        ms_rng_init(&r, seed, 3000 + (uint64_t)m);
+        int kind = m % 4, n = 1 + (int)(ms_rng_u64(&r) % 5), victim = (int)(ms_rng_u64(&r) % (uint64_t)n);
+        uint8_t nm[5][96], tail[16];
+        const uint8_t *np[5];
+        size_t nn[5], tn = ms_rng_u64(&r) % 8;
+        for (int i = 0; i < n; i++) {
+            snprintf((char *)nm[i], 8, "%d.", i); /* distinct names */
+            gen_utf8_name(&r, (char *)nm[i] + strlen((char *)nm[i]));
+            nn[i] = strlen((char *)nm[i]);
+            np[i] = nm[i];
+        }
+        memset(tail, ' ', sizeof tail);
+        if (kind == 1) { /* spaces, a byte that is not a space, then any bytes */
+            tn = 1 + ms_rng_u64(&r) % 8;
+            size_t p = ms_rng_u64(&r) % tn;
+            for (size_t j = p + 1; j < tn; j++) tail[j] = (uint8_t)ms_rng_u64(&r);
+            tail[p] = (uint8_t)(' ' + 1 + ms_rng_u64(&r) % 255);
+        }
+        if (kind >= 2) { /* after the ASCII "<i>." prefix: a code-point boundary */
+            uint8_t ins[8];
+            size_t in = 0, at = 2;
+            if (kind == 3) in = gen_bad_utf8(&r, ins);
+            else if (ms_rng_u64(&r) % 2) ins[in++] = 0;
+            else memcpy(ins, "\\u0000", in = 6);
+            memmove(nm[victim] + at + in, nm[victim] + at, nn[victim] - at + 1);
+            memcpy(nm[victim] + at, ins, in);
+            nn[victim] += in;
+        }
+        char label[64];
+        snprintf(label, sizeof label, "member_%d.safetensors", m);
+        size_t sz = st_build(&file, np, nn, n, tail, tn);
+        ms_state_dict sd;
+        ms_status st = ms_sd_load_mem(label, file.p, sz, &sd);
+        if (kind == 0) {
+            MS_CHECK(st == MS_OK && sd.n == n, "%s (valid UTF-8 names): %s", label, st ? ms_errmsg() : "wrong count");
+            for (int i = 0; !st && i < n && i < sd.n; i++)
+                MS_CHECK(strlen(sd.e[i].name) == nn[i] && !memcmp(sd.e[i].name, nm[i], nn[i]), "%s: name %d differs",
+                         label, i);
+        } else {
+            const char *msg = ms_errmsg();
+            int ok = st == MS_EFORMAT && strstr(msg, label) && strstr(msg, why[kind]) && !strchr(msg, '\n') &&
+                     (kind == 1 || strstr(msg, "tensor name \""));
+            MS_CHECK(ok, "%s (class %d): %s", label, kind, st ? msg : "accepted");
+            if (count[kind] == 0) printf("  %s\n", msg);
+        }
+        if (!st) ms_sd_free(&sd);
+        count[kind]++;
+    }
+    printf("  safetensors header text: %d valid, %d trailing-garbage, %d NUL-name, %d bad-UTF-8 members\n", count[0],
+           count[1], count[2], count[3]);
+    ms_buf_free(&file);
+}
+
 /* docs/MODEL.md §Checkpoint keys: key counts and a few shapes per variant. */
 static void real_sam(void)
 {
@@ -502,6 +594,7 @@ int main(void)
     damage("torch2.pth", 5, seed + 2, 300);
     aliasing_refused(seed, 16);
     aliasing_accepted(seed, 16);
+    safetensors_text(seed, 200);
     real_sam();
     return ms_test_done();
 }
