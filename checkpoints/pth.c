@@ -391,6 +391,7 @@ static ms_status make_pickle(const char *path, const ms_state_dict *sd, ms_buf *
 
 ms_status ms_pth_write(const char *path, const ms_state_dict *sd, const ms_pth_wopts *o)
 {
+    MS_TRY(ms_names_utf8(path, sd, "torch.load decodes names as UTF-8"));
     const char *prefix = o && o->prefix ? o->prefix : "archive";
     ms_buf b = {0};
     ms_afile f = {0};

@@ -8,7 +8,8 @@
  * ("tensor views materialise N bytes from a M-byte file").
  * Writing: the torch 2.x layout under the prefix "archive/": data.pkl (collections.OrderedDict of
  * torch._utils._rebuild_tensor_v2 with persistent ids), .format_version, .storage_alignment, byteorder, data/<i> (one
- * storage per tensor, 64-byte aligned), version "3\n".
+ * storage per tensor, 64-byte aligned), version "3\n"; names that are not UTF-8 are refused (torch.load could not
+ * decode them).
  */
 #ifndef MS_CKPT_PTH_H
 #define MS_CKPT_PTH_H

@@ -38,36 +38,6 @@ static int dtype_from_name(const char *s, ms_dtype *dt)
     return 0;
 }
 
-/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates, at most U+10FFFF), or 0. */
-static size_t utf8_len(const uint8_t *s, size_t n)
-{
-    uint8_t c = s[0];
-    size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-    if (!len || len > n) return 0;
-    /* the second byte's range depends on the first; the rest are plain continuation bytes */
-    uint8_t lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
-    if (len > 1 && (s[1] < lo || s[1] > hi)) return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xc0) != 0x80) return 0;
-    return len;
-}
-
-static int utf8_valid(const char *s, size_t n)
-{
-    for (size_t i = 0, l; i < n; i += l)
-        if (!(l = utf8_len((const uint8_t *)s + i, n - i))) return 0;
-    return 1;
-}
-
-/* s[0..n) for a message: printable ASCII as is, other bytes as \xNN, at most about 200 characters. */
-static void escape_bytes(const uint8_t *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 5 < cap && o < 200; i++)
-        o += (size_t)snprintf(out + o, cap - o, s[i] >= 0x20 && s[i] < 0x7f ? "%c" : "\\x%02x", s[i]);
-    out[o] = 0;
-}
-
 /* What cJSON leaves unchecked in a header it parsed (h[0..end) the JSON value, h[end..n) the rest): the text must
  * be UTF-8, as the format requires; no string may hold a NUL, raw or escaped (a C string would end the name
  * there); after the value only the spaces writers pad with. */
@@ -85,7 +55,7 @@ static ms_status check_header_text(const char *path, const uint8_t *h, size_t en
         size_t b = ++i, l;
         int nul = 0, bad = 0;
         for (; i < end && h[i] != '"'; i += l) {
-            l = h[i] == '\\' ? 2 : utf8_len(h + i, end - i);
+            l = h[i] == '\\' ? 2 : ms_utf8_len(h + i, end - i);
             if (h[i] == '\\' && i + 6 <= end && memcmp(h + i + 1, "u0000", 5) == 0) nul = 1;
             nul |= h[i] == 0;
             if (!l) bad = l = 1;
@@ -93,7 +63,7 @@ static ms_status check_header_text(const char *path, const uint8_t *h, size_t en
         if (nul || bad) {
             size_t k = i + 1;
             while (k < end && (h[k] == ' ' || h[k] == '\t' || h[k] == '\n' || h[k] == '\r')) k++;
-            escape_bytes(h + b, i - b, shown, sizeof shown);
+            ms_escape_bytes(h + b, i - b, shown, sizeof shown);
             return ms_error(MS_EFORMAT, "%s: %s \"%s\" %s", path,
                             depth == 1 && k < end && h[k] == ':' ? "tensor name" : "header string", shown,
                             bad ? "is not valid UTF-8" : "holds a NUL character");
@@ -278,17 +248,10 @@ ms_status ms_safetensors_write(const char *path, const ms_state_dict *sd)
         cJSON_Delete(mj);
         MS_FAIL_IF(!ok, MS_EINVAL, "%s: metadata must be a JSON object of strings", path);
     }
-    /* The header is UTF-8 JSON, and the reader refuses empty names: refuse here what no reader could take back. */
-    MS_FAIL_IF(sd->meta_json && !utf8_valid(sd->meta_json, strlen(sd->meta_json)), MS_EINVAL,
+    /* The header is UTF-8 JSON: refuse here what no reader could take back. */
+    MS_FAIL_IF(sd->meta_json && !ms_utf8_valid(sd->meta_json, strlen(sd->meta_json)), MS_EUNSUPPORTED,
                "%s: metadata is not valid UTF-8", path);
-    for (int i = 0; i < sd->n; i++) {
-        const char *nm = sd->e[i].name;
-        if (nm[0] && utf8_valid(nm, strlen(nm))) continue;
-        char shown[256];
-        escape_bytes((const uint8_t *)nm, strlen(nm), shown, sizeof shown);
-        return ms_error(MS_EINVAL, "%s: tensor name \"%s\" %s", path, shown,
-                        nm[0] ? "is not valid UTF-8 (safetensors headers are UTF-8)" : "is empty");
-    }
+    MS_TRY(ms_names_utf8(path, sd, "safetensors headers are UTF-8"));
     sputs(&h, "{");
     if (sd->meta_json) {
         sputs(&h, "\"__metadata__\":");
