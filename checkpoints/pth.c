@@ -13,6 +13,13 @@
 /* A view may hold more elements than its storage only through overlapping strides (expand); cap what such a
  * view may allocate, since its size is not backed by bytes in the file. */
 #define MS_PTH_MAX_EXPANDED (256ull << 20)
+/* All views together may materialise at most MS_PTH_ALIAS_FACTOR times the file's bytes plus MS_PTH_ALIAS_SLACK,
+ * and never more than MS_PTH_MAX_MATERIALISED. Ordinary views are disjoint slices of storages that lie in the file
+ * (at most 1x), tied weights (two names on one storage) 2x; only aliasing or stride-0 views go past that, and a
+ * few of them over a tiny storage would otherwise cost gigabytes and minutes of copying. */
+#define MS_PTH_ALIAS_FACTOR 4
+#define MS_PTH_ALIAS_SLACK (64ull << 20)
+#define MS_PTH_MAX_MATERIALISED (64ull << 30)
 
 /* One distinct storage: where its bytes are in the file. */
 typedef struct sto_ref {
@@ -59,17 +66,46 @@ static sto_ref *find_sto(sto_ref *s, int n, const char *key)
     return bsearch(&k, s, (size_t)n, sizeof *s, cmp_sto);
 }
 
+/* Elements of view t, checked against the per-view limits. */
+static ms_status view_numel(const char *path, const ms_pkl_tensor *t, int64_t *numel)
+{
+    size_t es = ms_dtype_size(t->dtype);
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->size[i]; /* no overflow: checked by the pickle reader */
+    if (n > t->storage_numel && (uint64_t)n * es > MS_PTH_MAX_EXPANDED)
+        return ms_error(MS_EFORMAT, "%s: tensor %s: an expanded view of %lld elements from a storage of %lld", path,
+                        t->name, (long long)n, (long long)t->storage_numel);
+    if ((uint64_t)n > SIZE_MAX / es) return ms_error(MS_EFORMAT, "%s: tensor %s too large", path, t->name);
+    *numel = n;
+    return MS_OK;
+}
+
+/* Refuses, before anything is copied, views that together materialise more than the file can back (see
+ * MS_PTH_ALIAS_FACTOR): any number of aliasing views is one O(views) pass, not a copy each. */
+static ms_status check_materialised(const char *path, const ms_pkl_sd *p, uint64_t file_size)
+{
+    uint64_t total = 0, limit = MS_PTH_MAX_MATERIALISED;
+    if (file_size < (MS_PTH_MAX_MATERIALISED - MS_PTH_ALIAS_SLACK) / MS_PTH_ALIAS_FACTOR)
+        limit = file_size * MS_PTH_ALIAS_FACTOR + MS_PTH_ALIAS_SLACK;
+    for (int i = 0; i < p->n; i++) {
+        int64_t numel;
+        MS_TRY(view_numel(path, &p->t[i], &numel));
+        uint64_t b = (uint64_t)numel * ms_dtype_size(p->t[i].dtype); /* < 2^63: checked by the pickle reader */
+        total = b > UINT64_MAX - total ? UINT64_MAX : total + b;
+    }
+    MS_FAIL_IF(total > limit, MS_EFORMAT,
+               "%s: tensor views materialise %llu bytes from a %llu-byte file (aliasing or stride-0 views)", path,
+               (unsigned long long)total, (unsigned long long)file_size);
+    return MS_OK;
+}
+
 /* Copies view t of storage base into a new contiguous buffer (byte-swapped when swap). */
 static ms_status copy_view(const char *path, const ms_pkl_tensor *t, const uint8_t *base, int swap, void **out)
 {
     *out = NULL;
     size_t es = ms_dtype_size(t->dtype);
-    int64_t numel = 1;
-    for (int i = 0; i < t->ndim; i++) numel *= t->size[i]; /* no overflow: checked by the pickle reader */
-    if (numel > t->storage_numel && (uint64_t)numel * es > MS_PTH_MAX_EXPANDED)
-        return ms_error(MS_EFORMAT, "%s: tensor %s: an expanded view of %lld elements from a storage of %lld", path,
-                        t->name, (long long)numel, (long long)t->storage_numel);
-    if ((uint64_t)numel > SIZE_MAX / es) return ms_error(MS_EFORMAT, "%s: tensor %s too large", path, t->name);
+    int64_t numel;
+    MS_TRY(view_numel(path, t, &numel));
     if (numel == 0) return MS_OK;
     uint8_t *dst = malloc((size_t)numel * es);
     MS_FAIL_IF(!dst, MS_ENOMEM, "%s: tensor %s: out of memory (%lld elements)", path, t->name, (long long)numel);
@@ -104,7 +140,8 @@ static ms_status copy_view(const char *path, const ms_pkl_tensor *t, const uint8
     return MS_OK;
 }
 
-static ms_status build_sd(const char *path, const ms_pkl_sd *p, sto_ref *s, int ns, int swap, ms_state_dict *out)
+static ms_status build_sd(const char *path, const ms_pkl_sd *p, sto_ref *s, int ns, int swap, uint64_t file_size,
+                          ms_state_dict *out)
 {
     const char **names = malloc((size_t)(p->n + 1) * sizeof *names);
     MS_FAIL_IF(!names, MS_ENOMEM, "%s: out of memory", path);
@@ -112,6 +149,7 @@ static ms_status build_sd(const char *path, const ms_pkl_sd *p, sto_ref *s, int 
     ms_status rc = ms_names_unique(path, names, p->n);
     free(names);
     MS_TRY(rc);
+    MS_TRY(check_materialised(path, p, file_size));
     for (int i = 0; i < p->n; i++) {
         const ms_pkl_tensor *t = &p->t[i];
         sto_ref *r = find_sto(s, ns, t->key);
@@ -184,7 +222,7 @@ static ms_status read_zip(const char *path, const ms_map *m, ms_state_dict *out)
         if ((rc = ms_zip_check_crc(&z, e))) goto leave;
         s[i].data = m->p + e->data_off;
     }
-    rc = build_sd(path, &p, s, ns, swap, out);
+    rc = build_sd(path, &p, s, ns, swap, m->size, out);
 leave:
     free(s);
     free(name);
@@ -248,7 +286,7 @@ static ms_status read_legacy(const char *path, const ms_map *m, ms_state_dict *o
         r->data = m->p + pos;
         pos += bytes;
     }
-    rc = build_sd(path, &p, s, ns, !little, out);
+    rc = build_sd(path, &p, s, ns, !little, m->size, out);
 leave:
     free(s);
     ms_pkl_strlist_free(&keys);
@@ -353,6 +391,7 @@ static ms_status make_pickle(const char *path, const ms_state_dict *sd, ms_buf *
 
 ms_status ms_pth_write(const char *path, const ms_state_dict *sd, const ms_pth_wopts *o)
 {
+    MS_TRY(ms_names_utf8(path, sd, "torch.load decodes names as UTF-8"));
     const char *prefix = o && o->prefix ? o->prefix : "archive";
     ms_buf b = {0};
     ms_afile f = {0};

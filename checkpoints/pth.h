@@ -2,10 +2,14 @@
  * (torch >= 1.6) and the legacy concatenated-pickle format, read without executing anything (see pickle.h), and the zip
  * format written. Reading: storages are referenced in place in the mapped file, each one checked once against its zip
  * entry (size and CRC32, as torch does) or legacy record size; views are copied into contiguous buffers (strided copies
- * for non-contiguous strides);
- * big-endian files are byte-swapped. Writing: the torch 2.x layout under the prefix "archive/": data.pkl
- * (collections.OrderedDict of torch._utils._rebuild_tensor_v2 with persistent ids), .format_version,
- * .storage_alignment, byteorder, data/<i> (one storage per tensor, 64-byte aligned), version "3\n".
+ * for non-contiguous strides); big-endian files are byte-swapped. What views may materialise is bounded before
+ * anything is copied: an expanded (overlapping-stride) view at most 256 MiB, all views together at most 4x the
+ * file's bytes + 64 MiB and 64 GiB in all, so aliasing or stride-0 views over a tiny storage are refused at once
+ * ("tensor views materialise N bytes from a M-byte file").
+ * Writing: the torch 2.x layout under the prefix "archive/": data.pkl (collections.OrderedDict of
+ * torch._utils._rebuild_tensor_v2 with persistent ids), .format_version, .storage_alignment, byteorder, data/<i> (one
+ * storage per tensor, 64-byte aligned), version "3\n"; names that are not UTF-8 are refused (torch.load could not
+ * decode them).
  */
 #ifndef MS_CKPT_PTH_H
 #define MS_CKPT_PTH_H

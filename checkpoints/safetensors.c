@@ -38,6 +38,45 @@ static int dtype_from_name(const char *s, ms_dtype *dt)
     return 0;
 }
 
+/* What cJSON leaves unchecked in a header it parsed (h[0..end) the JSON value, h[end..n) the rest): the text must
+ * be UTF-8, as the format requires; no string may hold a NUL, raw or escaped (a C string would end the name
+ * there); after the value only the spaces writers pad with. */
+static ms_status check_header_text(const char *path, const uint8_t *h, size_t end, size_t n)
+{
+    char shown[256];
+    int depth = 0;
+    for (size_t i = 0; i < end;) {
+        if (h[i] != '"') {
+            depth += h[i] == '{' || h[i] == '[' ? 1 : h[i] == '}' || h[i] == ']' ? -1 : 0;
+            MS_FAIL_IF(h[i] >= 0x80, MS_EFORMAT, "%s: safetensors header is not UTF-8 at byte %zu", path, i);
+            i++;
+            continue;
+        }
+        size_t b = ++i, l;
+        int nul = 0, bad = 0;
+        for (; i < end && h[i] != '"'; i += l) {
+            l = h[i] == '\\' ? 2 : ms_utf8_len(h + i, end - i);
+            if (h[i] == '\\' && i + 6 <= end && memcmp(h + i + 1, "u0000", 5) == 0) nul = 1;
+            nul |= h[i] == 0;
+            if (!l) bad = l = 1;
+        }
+        if (nul || bad) {
+            size_t k = i + 1;
+            while (k < end && (h[k] == ' ' || h[k] == '\t' || h[k] == '\n' || h[k] == '\r')) k++;
+            ms_escape_bytes(h + b, i - b, shown, sizeof shown);
+            return ms_error(MS_EFORMAT, "%s: %s \"%s\" %s", path,
+                            depth == 1 && k < end && h[k] == ':' ? "tensor name" : "header string", shown,
+                            bad ? "is not valid UTF-8" : "holds a NUL character");
+        }
+        i++;
+    }
+    for (size_t i = end; i < n; i++)
+        MS_FAIL_IF(h[i] != ' ', MS_EFORMAT,
+                   "%s: safetensors header holds byte 0x%02x after the JSON, at header byte %zu (only space padding)",
+                   path, h[i], i);
+    return MS_OK;
+}
+
 ms_status ms_safetensors_read(const char *path, const ms_map *m, ms_state_dict *out)
 {
     MS_FAIL_IF(m->size < 8, MS_EFORMAT, "%s: truncated safetensors file", path);
@@ -51,11 +90,13 @@ ms_status ms_safetensors_read(const char *path, const ms_map *m, ms_state_dict *
     ms_status rc = MS_OK;
     span *sp = NULL;
     const char **names = NULL;
-    cJSON *root = cJSON_ParseWithLength((const char *)m->p + 8, (size_t)hn);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts((const char *)m->p + 8, (size_t)hn, &end, 0);
     if (!cJSON_IsObject(root)) {
         rc = ms_error(MS_EFORMAT, "%s: safetensors header is not a JSON object", path);
         goto leave;
     }
+    if ((rc = check_header_text(path, m->p + 8, (size_t)(end - (const char *)m->p - 8), (size_t)hn))) goto leave;
     int n = cJSON_GetArraySize(root), nt = 0;
     sp = calloc((size_t)n + 1, sizeof *sp);
     names = calloc((size_t)n + 1, sizeof *names);
@@ -207,6 +248,10 @@ ms_status ms_safetensors_write(const char *path, const ms_state_dict *sd)
         cJSON_Delete(mj);
         MS_FAIL_IF(!ok, MS_EINVAL, "%s: metadata must be a JSON object of strings", path);
     }
+    /* The header is UTF-8 JSON: refuse here what no reader could take back. */
+    MS_FAIL_IF(sd->meta_json && !ms_utf8_valid(sd->meta_json, strlen(sd->meta_json)), MS_EUNSUPPORTED,
+               "%s: metadata is not valid UTF-8", path);
+    MS_TRY(ms_names_utf8(path, sd, "safetensors headers are UTF-8"));
     sputs(&h, "{");
     if (sd->meta_json) {
         sputs(&h, "\"__metadata__\":");

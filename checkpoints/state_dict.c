@@ -128,6 +128,46 @@ ms_status ms_names_unique(const char *path, const char *const *names, int n)
     return rc;
 }
 
+size_t ms_utf8_len(const uint8_t *s, size_t n)
+{
+    uint8_t c = s[0];
+    size_t len = c < 0x80 ? 1 : c < 0xc2 ? 0 : c <= 0xdf ? 2 : c <= 0xef ? 3 : c <= 0xf4 ? 4 : 0;
+    if (!len || len > n) return 0;
+    /* the second byte's range depends on the first (overlongs, surrogates, > U+10FFFF); the rest are continuations */
+    uint8_t lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+    if (len > 1 && (s[1] < lo || s[1] > hi)) return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80) return 0;
+    return len;
+}
+
+int ms_utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0, l; i < n; i += l)
+        if (!(l = ms_utf8_len((const uint8_t *)s + i, n - i))) return 0;
+    return 1;
+}
+
+void ms_escape_bytes(const uint8_t *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 5 < cap && o < 200; i++)
+        o += (size_t)snprintf(out + o, cap - o, s[i] >= 0x20 && s[i] < 0x7f ? "%c" : "\\x%02x", s[i]);
+    out[o] = 0;
+}
+
+ms_status ms_names_utf8(const char *path, const ms_state_dict *sd, const char *why)
+{
+    for (int i = 0; i < sd->n; i++) {
+        const char *nm = sd->e[i].name;
+        if (ms_utf8_valid(nm, strlen(nm))) continue;
+        char shown[256];
+        ms_escape_bytes((const uint8_t *)nm, strlen(nm), shown, sizeof shown);
+        return ms_error(MS_EUNSUPPORTED, "%s: tensor name \"%s\" is not valid UTF-8 (%s)", path, shown, why);
+    }
+    return MS_OK;
+}
+
 ms_status ms_sd_get_f32(const ms_state_dict *sd, const char *name, const int64_t *shape, int ndim, float *dst)
 {
     const ms_sd_entry *e = ms_sd_find(sd, name);

@@ -2,7 +2,8 @@
  * or by hand: see the report in docs/FORMATS.md). The first byte picks the reader: the pickle machine (zip or
  * legacy persistent ids) or ms_sd_load_mem (.pth zip/legacy, safetensors); the rest is the input. Seed it
  * with tests/checkpoints/fixtures (prefix each file with the selector byte). Any crash, leak or sanitizer report
- * is a bug: every input must end in MS_OK or a one-line error. */
+ * is a bug: every input must end in MS_OK or a one-line error, and a loaded state dict may hold at most what the
+ * readers' bound allows (4x the input + 64 MiB: aliasing views, checkpoints/pth.h). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +26,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ms_pkl_sd out;
         size_t used;
         if (ms_pickle_state_dict(p, size - 1, "fuzz", mode, &out, &used) == MS_OK) ms_pkl_sd_free(&out);
-    } else {
-        ms_sd_load_mem("fuzz", p, size - 1, &sd);
+    } else if (ms_sd_load_mem("fuzz", p, size - 1, &sd) == MS_OK) {
+        uint64_t total = 0;
+        for (int i = 0; i < sd.n; i++) total += ms_tensor_bytes(&sd.e[i].t);
+        if (total > 4 * (uint64_t)(size - 1) + (64ull << 20)) abort();
     }
     if (strchr(ms_errmsg(), '\n')) abort();
     ms_sd_free(&sd);

@@ -15,6 +15,8 @@ Valid files (read by test_ckpt_read, values in fixtures/expected.json):
                    .data/serialization_id), which torch 1.13 cannot write
   torch2_big.pth   the same with byteorder "big" and byte-swapped storages
   legacy_big.pth   a crafted legacy file from a big-endian writer (sys_info little_endian=False)
+  expanded.pth     views torch keeps as views: a stride-0 broadcast buffer, tied weights (two names, one storage),
+                   an expanded row; they materialise a little more than the file holds, within the reader's bound
 Hostile files (fixtures/hostile/, each listed in hostile/manifest.txt with a substring its error must contain)
 must all be refused with a one-line error.
 """
@@ -155,6 +157,14 @@ def main():
     torch.save(sd, os.path.join(OUT, "proto4.pth"), pickle_protocol=4)
     record("proto4.pth", sd)
 
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(4, 3, generator=g)
+    ex = collections.OrderedDict([("position_ids", torch.arange(16).expand(1, -1)), ("embed.weight", w),
+                                  ("head.weight", w), ("bias", torch.randn(3, generator=g)[None].expand(5, 3))])
+    assert ex["bias"].stride() == (0, 1) and ex["head.weight"].data_ptr() == ex["embed.weight"].data_ptr()
+    torch.save(ex, os.path.join(OUT, "expanded.pth"))
+    record("expanded.pth", ex)
+
     # torch 2.x layout, crafted: one storage per tensor, plus the records torch 1.13 does not write.
     t2 = collections.OrderedDict([("w", torch.randn(3, 4, generator=torch.Generator().manual_seed(5))),
                                   ("h", torch.randn(5, generator=torch.Generator().manual_seed(6)).half()),
@@ -238,6 +248,10 @@ def hostile(t2):
           "expanded view")
     zfile("newline_name.pth", crafted_pkl([("w\nx", "FloatStorage", "0", 12, 0, (1 << 30, 1 << 30), (0, 0))]),
           "tensor w?x: an expanded view")
+    # Written by torch itself: eight stride-0 views of 7000 x 7000 over a 4-element storage, 1.5 GB from 1 KB.
+    torch.save(collections.OrderedDict(("v%d" % i, torch.zeros(4).as_strided((7000, 7000), (0, 0), i % 4))
+                                       for i in range(8)), os.path.join(HOST, "aliased_views.pth"))
+    manifest.append(("aliased_views.pth", "tensor views materialise 1568000000 bytes from a"))
     zfile("offset_beyond.pth", crafted_pkl([("w", "FloatStorage", "0", 12, 20, (2,), (1,))]), "outside its storage")
     zfile("stride_beyond.pth", crafted_pkl([("w", "FloatStorage", "0", 12, 0, (3, 4), (5, 1))]), "outside its storage")
     zfile("too_many_dims.pth", crafted_pkl([("w", "FloatStorage", "0", 12, 0, (1,) * 9, (1,) * 9)]), "dims")
@@ -340,6 +354,12 @@ def hostile(t2):
     st("st_bad_meta.safetensors", {"__metadata__": {"k": 5}, "a": f}, bytes(16), "not a string")
     st("st_nine_dims.safetensors", {"a": {"dtype": "F32", "shape": [1] * 9, "data_offsets": [0, 4]}}, bytes(4),
        "dims")
+    ok = b'{"a":' + json.dumps(f).encode() + b"}"
+    st("st_trailing_garbage.safetensors", ok + b"  x ", bytes(16), "byte 0x78 after the JSON")
+    st("st_nul_padding.safetensors", ok + b"\0\0\0", bytes(16), "byte 0x00 after the JSON")
+    st("st_nul_name.safetensors", {"a\0b": f}, bytes(16), 'tensor name "a\\u0000b" holds a NUL')
+    st("st_bad_utf8_name.safetensors", ok.replace(b'"a"', b'"a\xffb"'), bytes(16),
+       'tensor name "a\\xffb" is not valid UTF-8')
     with open(os.path.join(HOST, "manifest.txt"), "w") as fm:
         for n, why in manifest:
             fm.write("%s\t%s\n" % (n, why))

@@ -2,7 +2,8 @@
  * through .pth (default, Zip64-forced with another prefix) and .safetensors (with __metadata__) and must read back
  * bit for bit, in order; the zip is checked entry by entry (64-byte aligned data, CRC32 of every entry, the
  * torch 2.x record set); API errors (duplicates, shape mismatch, unknown extension, unwritable folder, dtypes torch
- * has no storage for) give one-line messages and leave no temporary file. */
+ * has no storage for) give one-line messages and leave no temporary file; random UTF-8 names round-trip, and names
+ * that are not UTF-8 are refused by both writers (a safetensors header is UTF-8; torch.load decodes names so). */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include "checkpoints/safetensors.h"
 #include "checkpoints/state_dict.h"
 #include "checkpoints/zip.h"
+#include "ckpt_gen.h"
 #include "harness.h"
 
 static void random_sd(ms_state_dict *sd, ms_rng *r, int torch_only)
@@ -96,6 +98,66 @@ static int temp_left(const char *stem)
     return n;
 }
 
+/* Random names: well-formed UTF-8 ones round-trip through .safetensors and .pth byte for byte; a name holding an
+ * ill-formed sequence is refused by both writers (one line, the path, the name escaped), leaving the files already
+ * at those paths as they were and no temporary file. */
+static void utf8_names(uint64_t seed, const char *st, int members)
+{
+    char pth[64];
+    snprintf(pth, sizeof pth, "u_%d.pth", (int)getpid());
+    float v[3] = {1, 2, 3};
+    int64_t shp[1] = {3};
+    int refused = 0;
+    for (int m = 0; m < members; m++) {
+        ms_rng r;
+        ms_rng_init(&r, seed, 500 + (uint64_t)m);
+        ms_state_dict a, b;
+        ms_sd_init(&a);
+        int n = 1 + (int)(ms_rng_u64(&r) % 4);
+        for (int i = 0; i < n; i++) {
+            char name[80];
+            snprintf(name, 8, "%d.", i);
+            gen_utf8_name(&r, name + strlen(name));
+            MS_CHECK_OK(ms_sd_add(&a, name, MS_DTYPE_F32, shp, 1, v));
+        }
+        MS_CHECK_OK(ms_sd_save(st, &a));
+        MS_CHECK_OK(ms_sd_load(st, &b));
+        same_sd(&a, &b, "UTF-8 names .safetensors");
+        ms_sd_free(&b);
+        MS_CHECK_OK(ms_sd_save(pth, &a));
+        MS_CHECK_OK(ms_sd_load(pth, &b));
+        same_sd(&a, &b, "UTF-8 names .pth");
+        ms_sd_free(&b);
+        /* now one more name with an ill-formed sequence inside */
+        char bad[80] = "bad.";
+        size_t k = strlen(bad) + gen_bad_utf8(&r, (uint8_t *)bad + strlen(bad));
+        bad[k] = 0;
+        gen_utf8_name(&r, bad + k);
+        MS_CHECK_OK(ms_sd_add(&a, bad, MS_DTYPE_F32, shp, 1, v));
+        ms_status s = ms_sd_save(st, &a);
+        const char *msg = ms_errmsg();
+        int ok = s == MS_EUNSUPPORTED && strstr(msg, st) && strstr(msg, "tensor name \"bad.\\x") &&
+                 strstr(msg, "not valid UTF-8") && !strchr(msg, '\n');
+        MS_CHECK(ok, "member %d: %s", m, s ? msg : "written");
+        if (m == 0) printf("  %s\n", msg);
+        s = ms_sd_save(pth, &a); /* torch.load could not decode it either */
+        msg = ms_errmsg();
+        ok &= s == MS_EUNSUPPORTED && strstr(msg, pth) && strstr(msg, "not valid UTF-8") && !strchr(msg, '\n');
+        MS_CHECK(ok, "member %d (.pth): %s", m, s ? msg : "written");
+        refused += ok;
+        ms_sd_remove(&a, bad);
+        for (int f = 0; f < 2; f++) { /* the earlier files are still there, unchanged */
+            MS_CHECK_OK(ms_sd_load(f ? pth : st, &b));
+            same_sd(&a, &b, "after the refused write");
+            ms_sd_free(&b);
+        }
+        ms_sd_free(&a);
+    }
+    MS_CHECK(temp_left("w_") == 0 && temp_left("u_") == 0, "temporary files left behind");
+    printf("  UTF-8 names: %d members round-trip; %d ill-formed names refused by both writers\n", members, refused);
+    remove(pth);
+}
+
 int main(void)
 {
     uint64_t seed = ms_test_seed();
@@ -170,6 +232,8 @@ int main(void)
     }
     MS_CHECK(ok, "f16 conversion");
     free(g);
+
+    utf8_names(seed, st, 60);
 
     remove(pth);
     remove(st);

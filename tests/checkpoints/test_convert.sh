@@ -5,7 +5,9 @@
 #  2. .safetensors -> mrisam convert -> .pth -> torch.load + load_state_dict(strict=True) on a fresh module mirroring
 #     the key names: bit-exact; the zip's entries are STORED and 64-byte aligned;
 #  3. the dtypes and legacy fixtures through safetensors and back to .pth: torch.load gives the original tensors;
-#  4. --help exits 0; a hostile file exits 1 with one line on stderr and leaves no output file.
+#  4. --help exits 0; a hostile file exits 1 with one line on stderr and leaves no output file: code in a pickle,
+#     torch-written stride-0 views materialising 1.5 GB from 2.5 KB (refused within 5 s), a tensor name that is not
+#     UTF-8 (loads from a .pth, but neither writer may write it).
 set -u
 MRISAM=${MS_MRISAM:-mrisam}
 SRC=${MS_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -103,6 +105,14 @@ elif cmd == "check_pth":  # ref.pth vs C-written .pth, strict load into a fresh 
             assert off % 64 == 0, (i.filename, off)
         assert z.testzip() is None
     print("  strict load_state_dict ok, %d tensors bit-exact, %d entries 64-byte aligned, CRCs ok" % (len(ref), len(names)))
+elif cmd == "badname":    # copy of a .pth whose key "scalar" becomes b"sca\xffar" (same length: no offsets move)
+    with zipfile.ZipFile(sys.argv[2]) as z, zipfile.ZipFile(sys.argv[3], "w") as out:
+        for i in z.infolist():
+            d = z.read(i)
+            if i.filename.endswith("/data.pkl"):
+                assert d.count(b"scalar") == 1
+                d = d.replace(b"scalar", b"sca\xffar")
+            out.writestr(i, d)
 elif cmd == "check_same":  # two .pth files hold equal tensors (any layout)
     a, b = torch.load(sys.argv[2]), torch.load(sys.argv[3])
     if "model" in a and isinstance(a["model"], dict):
@@ -132,6 +142,18 @@ step "$MRISAM" convert --list "$T/a.safetensors"
 "$MRISAM" convert "$FIX/hostile/os_system.pth" "$T/evil.safetensors" 2> "$T/err.txt"; rc=$?
 echo "  hostile: exit $rc: $(cat "$T/err.txt")"
 step test $rc -eq 1 -a "$(wc -l < "$T/err.txt")" -eq 1 -a ! -e "$T/evil.safetensors"
+refused() { # refused IN OUT WHY: exit 1 within 5 s, one stderr line containing WHY, no OUT
+  local t0=$(date +%s.%N) rc
+  "$MRISAM" convert "$1" "$2" 2> "$T/err.txt"; rc=$?
+  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  echo "  $(basename "$1") -> $(basename "$2"): exit $rc after ${dt}s: $(cat "$T/err.txt")"
+  test $rc -eq 1 -a "$(wc -l < "$T/err.txt")" -eq 1 -a ! -e "$2" && grep -q "$3" "$T/err.txt" &&
+    [ "$(echo "$dt < 5" | bc)" = 1 ]
+}
+step refused "$FIX/hostile/aliased_views.pth" "$T/alias.safetensors" "tensor views materialise"
+step $PY "$T/check.py" badname "$FIX/small.pth" "$T/badname.pth"
+step refused "$T/badname.pth" "$T/badname.safetensors" 'tensor name "sca\\xffar" is not valid UTF-8'
+step refused "$T/badname.pth" "$T/badname2.pth" "not valid UTF-8"
 "$MRISAM" convert "$FIX/small.pth" 2> /dev/null; step test $? -eq 2
 echo "$([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail
