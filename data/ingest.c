@@ -988,12 +988,12 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
         if (o->stop && *o->stop && v + 1 < r->n_vols) break; /* frames so far are committed; the rest resumes */
     }
     if (r->n_vols == 0 && !st) st = ms_store_writer_mark(cx->w, r->hash);
-    if (!st) {
-        if (dup_all && r->n_vols)
-            sum->skipped++;
-        else
-            sum->ingested++;
-    }
+    if (st)
+        sum->failed++; /* the store refused it (full disk, ...): the run stops; this source is not (wholly) stored */
+    else if (dup_all && r->n_vols)
+        sum->skipped++;
+    else
+        sum->ingested++;
     sum->voxel_mb += r->voxel_mb;
     return st;
 }

@@ -12,8 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
+#include "base/path.h"
 #include "data/hash.h"
 #include "data/store_fmt.h"
 
@@ -81,10 +84,40 @@ ms_status ms_store_encode(ZSTD_CCtx *cctx, int level, int shuffle, int dtype, co
     return MS_OK;
 }
 
-static ms_status lmdb_err(ms_store_writer *w, int rc)
+/* Slack below which a file system counts as full: a failed commit wrote pages that needed more than this. */
+#define FULL_FS_SLACK ((uint64_t)64 << 10)
+
+/* LMDB turns a short write into EIO (mdb_page_flush: "short write, filesystem full?"), losing the kernel's reason.
+ * A write extending a file stops short only at RLIMIT_FSIZE or on a full file system, where the next write fails
+ * with EFBIG or ENOSPC: that is the reason when data.mdb has reached the limit, or the file system has (almost) no
+ * space left for this user. Anything else stays EIO. */
+static int short_write_reason(const char *data_path)
 {
-    return ms_error(rc == ENOSPC ? ENOSPC : MS_EIO, "%s: %s", w->path, mdb_strerror(rc));
+    struct stat sb;
+    struct rlimit rl;
+    struct statvfs vs;
+    if (stat(data_path, &sb) == 0 && getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (uint64_t)sb.st_size >= (uint64_t)rl.rlim_cur)
+        return EFBIG;
+    if (statvfs(data_path, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < FULL_FS_SLACK) return ENOSPC;
+    return EIO;
 }
+
+/* "STORE/data.mdb: <reason>": an errno value (EIO diagnosed by short_write_reason) is its own status, named with
+ * strerror and its symbol ("File too large (EFBIG)"); LMDB's own codes are MS_EIO with LMDB's text. */
+static ms_status store_err(const char *dir, int rc, const char *what)
+{
+    char data[MS_PATH_MAX];
+    if (ms_path_join(data, dir, "data.mdb")) return ms_error(MS_EIO, "%s: %s%s", dir, what, mdb_strerror(rc));
+    if (rc == EIO) rc = short_write_reason(data);
+    if (rc > 0) {
+        const char *name = strerrorname_np(rc);
+        return ms_error(rc, "%s: %s%s (%s)", data, what, strerror(rc), name ? name : "?");
+    }
+    return ms_error(MS_EIO, "%s: %s%s", data, what, mdb_strerror(rc));
+}
+
+static ms_status lmdb_err(ms_store_writer *w, int rc) { return store_err(w->path, rc, ""); }
 
 /* Commits, then makes the file as long as its pages. LMDB never writes a page that the transaction dirtied and then
  * freed (a loose page, which goes to the free list), so a commit can leave the file short of its last page number
@@ -176,7 +209,7 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
     if (!rc) rc = mdb_env_set_maxdbs(w->env, 8);
     if (!rc) rc = mdb_env_open(w->env, path, MDB_NOSYNC, 0640);
     if (rc) {
-        st = ms_error(MS_EIO, "%s: cannot open store (%s)", path, mdb_strerror(rc));
+        st = store_err(path, rc, "cannot open store: ");
         goto leave;
     }
     if ((st = ms_store_check_length(path, 1, w->env))) goto leave;
@@ -248,7 +281,7 @@ ms_status ms_store_writer_close(ms_store_writer *w)
     if (!w) return MS_OK;
     ms_status st = MS_OK;
     int rc = mdb_env_sync(w->env, 1);
-    if (rc) st = ms_error(MS_EIO, "%s: flush failed: %s", w->path, mdb_strerror(rc));
+    if (rc) st = store_err(w->path, rc, "flush failed: ");
     mdb_env_close(w->env);
     free(w->path);
     free(w);

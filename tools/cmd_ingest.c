@@ -2,6 +2,7 @@
  * Option parsing and messages only; the work is data/ingest.c. SIGINT/SIGTERM finish the volume being
  * written and exit 75 (rerun to resume); a second signal exits at once (the store stays consistent). */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -113,9 +114,15 @@ static int run(int argc, char **argv)
     o.threads = threads;
     o.progress = progress < 0 ? isatty(2) : progress;
     o.stop = ms_cli_catch_stop();
+    /* Past RLIMIT_FSIZE the kernel sends SIGXFSZ, which kills by default: ignored, the write fails with EFBIG and
+     * the store names it like a full disk (nothing committed is lost, a rerun resumes). */
+    signal(SIGXFSZ, SIG_IGN);
     ms_ingest_summary s;
     ms_status st = ms_ingest_run(&o, &s);
-    if (!quiet || st || s.failed)
+    /* A failed run: the error first, then the summary only when sources were processed (a bad label map, CSV or
+     * store fails before any, and a summary of zeros would read as if the run had happened). */
+    int rc_exit = st ? ms_cli_report("ingest", st) : MS_EXIT_OK;
+    if (st ? s.ingested + s.skipped + s.failed > 0 : !quiet || s.failed)
         fprintf(stderr,
                 "ingest: %llu ingested, %llu skipped (already stored), %llu failed; %llu volumes, %llu slices "
                 "(%llu near-empty skipped, %llu NaN/Inf voxels zeroed); %.1f MB of voxels in %.2f s: %.0f slices/s, "
@@ -125,7 +132,7 @@ static int run(int argc, char **argv)
                 (unsigned long long)s.nan_inf, s.voxel_mb, s.seconds, s.seconds > 0 ? s.slices / s.seconds : 0,
                 s.seconds > 0 ? s.voxel_mb / s.seconds : 0);
     ms_strlist_free(&pos);
-    if (st) return ms_cli_report("ingest", st);
+    if (st) return rc_exit;
     return s.failed ? MS_EXIT_FAIL : MS_EXIT_OK;
 }
 

@@ -12,6 +12,7 @@ ms_script_test(test_ingest_gzip ${MS_DATA_TESTS}/test_ingest_gzip.sh LABELS cpu)
 ms_script_test(test_ingest_walk ${MS_DATA_TESTS}/test_ingest_walk.sh LABELS cpu)
 ms_script_test(test_ingest_mricron ${MS_DATA_TESTS}/test_ingest_mricron.sh LABELS "cpu;slow")
 ms_script_test(test_ingest_kill ${MS_DATA_TESTS}/test_ingest_kill.sh LABELS "cpu;slow")
+ms_script_test(test_ingest_full ${MS_DATA_TESTS}/test_ingest_full.sh LABELS cpu)
 ms_script_test(test_fuzz_nifti_header ${MS_DATA_TESTS}/test_fuzz_nifti_header.sh LABELS "cpu;slow")
 # With CC=clang -DMS_FUZZ=ON the same target is also built against the instrumented library: ./fuzz_nifti_header CORPUS
 if(MS_FUZZ)
