@@ -2,7 +2,8 @@
 # unsupported datatypes (RGB24, complex), a label on another grid, a missing file. Each costs one line naming the
 # file, the summary counts them, the exit status is 1, the good volumes before and after are stored and verify.
 # A label volume with NaN/Inf voxels is refused (a random count, seeded); so is a label map whose value or class is
-# not an integer (1e400, 2.5, nan, out of range, ...: drawn at random), naming the file, line and value.
+# not an integer (1e400, 2.5, nan, out of range, ...: drawn at random), naming the file, line and value, and so is
+# a --labels CSV with a row that is not image,label (drawn) or that does not exist: one line, no summary after it.
 # Then verify must find a byte flipped inside one record of data.mdb and name its key.
 source "$MS_SOURCE_DIR/tests/data/common.sh"
 D=$T/in
@@ -102,8 +103,36 @@ while IFS=$'\t' read -r map line field tok; do
   grep -v "^ingest: " "$T/err5"
   check test $rc -eq 1
   check grep -qF "$D/$map:$line: $field '$tok' is not" "$T/err5"
+  # the one line is the error: no summary of zeros after it (issue #18 item 7)
+  check test "$(wc -l <"$T/err5")" -eq 1
   check test ! -e "$T/m.store/data.mdb"
 done <"$D/maps.expect"
+# a --labels CSV with a row that is not image,label at a drawn line: one line naming the CSV and the line, exit 1,
+# no summary, nothing written; the same for a CSV that does not exist
+for k in 0 1 2; do
+  $PY - "$D/bad$k.csv" "$((SEED + k))" <<'PYEOF' >"$T/csvline" || bad "could not write bad$k.csv"
+import random, sys
+path, seed = sys.argv[1], int(sys.argv[2])
+r = random.Random(seed)
+rows = ["image,label"] if r.random() < 0.5 else []
+rows += [r.choice(["a_good.nii.gz,", "z_good.nii,", "# a comment", ""]) for _ in range(r.randint(0, 4))]
+rows.append(r.choice(["a_good.nii.gz", "image label", "z_good.nii;k_lab_shape.nii.gz", "x\ty", "just_a_name"]))
+print(len(rows))
+rows += ["z_good.nii,"] * r.randint(0, 2)
+open(path, "w").write("\n".join(rows) + "\n")
+PYEOF
+  rm -rf "$T/c.store"
+  $M ingest --labels "$D/bad$k.csv" -o "$T/c.store" 2>"$T/err6"
+  rc=$?
+  cat "$T/err6"
+  check test $rc -eq 1
+  check test "$(cat "$T/err6")" = "mrisam ingest: $D/bad$k.csv:$(cat "$T/csvline"): expected image,label"
+  check test ! -e "$T/c.store/data.mdb"
+done
+$M ingest --labels "$D/no_such.csv" -o "$T/c.store" 2>"$T/err6"
+rc=$?
+check test $rc -eq 1
+check test "$(cat "$T/err6")" = "mrisam ingest: $D/no_such.csv: No such file or directory"
 # an unreadable file (as non-root only: root reads anything)
 if [ "$(id -u)" != 0 ]; then
   cp "$D/z_good.nii" "$D/m_noread.nii" && chmod 000 "$D/m_noread.nii"
