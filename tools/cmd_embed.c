@@ -101,8 +101,9 @@ static int run(int argc, char **argv)
     /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
     const char *prefix = ms_sd_find(&sd, "image_encoder.pos_embed") ? "image_encoder." : "";
     ms_sam_enc_config cfg;
-    if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) goto leave;
-    if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) goto leave;
+    /* the config comes from the file's keys and shapes: a non-SAM file is named with the key it lacks */
+    if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) { ms_error_prefix("%s", ckpt); goto leave; }
+    if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
     if ((rc = ms_params_alloc(&ps, &dev))) goto leave;
     /* unknown keys under the encoder prefix (adapters, LoRA) would be silently ignored otherwise: refuse them */
     if ((rc = ms_params_load(&ps, &sd, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }

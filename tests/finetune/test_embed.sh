@@ -8,7 +8,8 @@
 # With ingest/export in the build: a 48x40x6 NIfTI ingested, slice 2 embedded with --store/--key, the reference
 # starting from the stored uint16 slice (mrisam export, ·255/65535).
 # Also: keys outside image_encoder. are ignored, an unknown key inside it is refused; a wrong file gives exit 1
-# with a one-line message, and missing options exit 2.
+# with a one-line message, and missing options exit 2; a non-SAM .safetensors (drawn, seed printed) names the file
+# and the key it lacks.
 set -u
 MRISAM=${MS_MRISAM:-mrisam}
 SRC=${MS_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -113,6 +114,47 @@ fi
 if [ $rc -ne 1 ] || [ "$(wc -l <"$T/err")" -ne 1 ]; then echo "FAIL: bad checkpoint gave rc $rc:"; cat "$T/err"; fail=1; fi
 "$MRISAM" embed --image "$T/gray8.png" 2>/dev/null; rc=$?
 if [ $rc -ne 2 ]; then echo "FAIL: missing options gave rc $rc"; fail=1; fi
+# a valid .safetensors that is not SAM (issue #18 item 7): a few tensors of random names, or vit_test's encoder
+# without one of the keys the variant is read from (drawn): one line naming the file and the missing key, exit 1
+SEED=${MS_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+echo "seed: $SEED (replay with MS_TEST_SEED=$SEED)"
+$PY - "$T" "$SRC" "$SEED" <<'EOF' || fail=1
+import json, os, random, struct, sys
+import numpy as np
+T, SRC, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
+import sam_ref_encoder as ref
+r = random.Random(seed)
+def save(path, tensors):  # safetensors by hand: u64 header length, JSON header padded with spaces, F32 data
+    hdr, data = {}, b""
+    for k, v in tensors.items():
+        b = np.ascontiguousarray(v, dtype="<f4").tobytes()
+        hdr[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [len(data), len(data) + len(b)]}
+        data += b
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(h)) + h + data)
+words = ["weight", "bias", "fc", "conv1", "layer4", "head", "embed", "norm"]
+names = {".".join(r.choice(words) for _ in range(r.randint(1, 3))) for _ in range(r.randint(1, 3))}
+save(f"{T}/notsam0.safetensors", {k: np.ones([r.randint(1, 4) for _ in range(r.randint(1, 3))]) for k in names})
+sd = {k: v.numpy() for k, v in ref.build("vit_test").state_dict().items()}
+gone = r.choice(["patch_embed.proj.weight", "neck.0.weight", "blocks.0.mlp.lin1.weight", "blocks.0.attn.rel_pos_h"])
+del sd[gone]
+pre = r.choice(["", "image_encoder."])
+save(f"{T}/notsam1.safetensors", {pre + k: v for k, v in sd.items()})
+open(f"{T}/notsam1.key", "w").write(pre + gone)
+print("notsam0:", sorted(names), "; notsam1 lacks", pre + gone)
+EOF
+for k in 0 1; do
+    F=$T/notsam$k.safetensors
+    "$MRISAM" embed --ckpt "$F" --image "$T/gray8.png" -o "$T/x.npy" 2>"$T/err"; rc=$?
+    key=patch_embed.proj.weight
+    [ $k -eq 1 ] && key=$(cat "$T/notsam1.key")
+    want="mrisam embed: $F: $key: missing (needed to detect the encoder variant)"
+    if [ $rc -ne 1 ] || [ "$(cat "$T/err")" != "$want" ]; then
+        echo "FAIL: a non-SAM checkpoint gave rc $rc and '$(cat "$T/err")', wanted '$want'"; fail=1
+    fi
+done
 
 if [ $fail -eq 0 ]; then echo "test_embed: all passed"; else echo "test_embed: FAILED"; fi
 exit $fail
