@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/path.h"
@@ -344,29 +345,138 @@ leave:
     return rc;
 }
 
-static ms_status ranges_from_json(const char *path, const cJSON *a, ms_selection *s)
+/* The last path component of p without trailing slashes: its start and length. */
+static const char *last_component(const char *p, size_t *len)
 {
-    if (!s) return MS_OK;
-    MS_FAIL_IF(!cJSON_IsArray(a), MS_EFORMAT, "%s: expected an array of [first, count] ranges", path);
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && p[b - 1] != '/') b--;
+    *len = n - b;
+    return p + b;
+}
+
+/* Whether a split file's store path names the run's store: the same string; else, when the recorded path exists
+ * from here, the same directory (device and inode); else (a store moved, or a file written by hand relative to
+ * another folder) the same last path component. "" records no store and matches any. */
+static int split_store_matches(const char *recorded, const char *store)
+{
+    if (!recorded[0] || !strcmp(recorded, store)) return 1;
+    struct stat a, b;
+    if (stat(recorded, &a) == 0) return stat(store, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    size_t la, lb;
+    const char *ca = last_component(recorded, &la), *cb = last_component(store, &lb);
+    return la == lb && la > 0 && !memcmp(ca, cb, la);
+}
+
+/* A JSON value's text for a message, cut to fit one line. */
+static void json_brief(const cJSON *v, char out[64])
+{
+    char *t = cJSON_PrintUnformatted(v);
+    if (t && strlen(t) > 60) snprintf(out, 64, "%.57s...", t);
+    else snprintf(out, 64, "%s", t ? t : "?");
+    free(t);
+}
+
+/* A JSON number that is a whole number in [0, 2^53] (every such integer is exact in a double). */
+static int json_whole(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0 &&
+           v->valuedouble == floor(v->valuedouble);
+}
+
+/* stores[index].<name> into s: every element a [first key, count] pair of non-negative integers, inside the store
+ * (keys < n_keys when n_keys > 0), no two overlapping. */
+static ms_status ranges_from_json(const char *path, int index, const char *name, const cJSON *a, uint64_t n_keys,
+                                  ms_selection *s)
+{
+    MS_FAIL_IF(!cJSON_IsArray(a), MS_EFORMAT, "%s: stores[%d].%s: expected an array of [first key, count] pairs",
+               path, index, name);
     const cJSON *r;
+    int i = 0;
+    char txt[64];
     cJSON_ArrayForEach(r, a)
     {
         const cJSON *f = cJSON_GetArrayItem(r, 0), *c = cJSON_GetArrayItem(r, 1);
-        MS_FAIL_IF(!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 2 || !cJSON_IsNumber(f) || !cJSON_IsNumber(c) ||
-                       f->valuedouble < 0 || c->valuedouble < 0 || f->valuedouble > 9e15 || c->valuedouble > 9e15,
-                   MS_EFORMAT, "%s: a key range is not [first, count] with non-negative integers", path);
-        MS_TRY(ms_selection_add(s, (uint64_t)f->valuedouble, (uint64_t)c->valuedouble));
+        if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 2 || !json_whole(f) || !json_whole(c)) {
+            json_brief(r, txt);
+            return ms_error(MS_EFORMAT, "%s: stores[%d].%s[%d]: %s is not a [first key, count] pair of non-negative "
+                            "integers", path, index, name, i, txt);
+        }
+        uint64_t first = (uint64_t)f->valuedouble, count = (uint64_t)c->valuedouble;
+        MS_FAIL_IF(n_keys && count && first + count > n_keys, MS_EFORMAT,
+                   "%s: stores[%d].%s[%d]: [%llu, %llu] reaches key %llu but the store has %llu records (keys "
+                   "0..%llu)", path, index, name, i, (unsigned long long)first, (unsigned long long)count,
+                   (unsigned long long)(first + count - 1), (unsigned long long)n_keys,
+                   (unsigned long long)(n_keys - 1));
+        MS_TRY(ms_selection_add(s, first, count));
+        i++;
     }
     ms_status rc = ms_selection_finish(s);
-    if (rc) ms_error_prefix("%s", path);
+    if (rc) ms_error_prefix("%s: stores[%d].%s", path, index, name);
     return rc;
 }
 
-ms_status ms_split_load(const char *path, int index, ms_selection *train, ms_selection *val)
+/* The first key two finished selections share, or UINT64_MAX. */
+static uint64_t first_common_key(const ms_selection *a, const ms_selection *b)
+{
+    int i = 0, j = 0;
+    while (i < a->n_ranges && j < b->n_ranges) {
+        const ms_key_range *x = &a->ranges[i], *y = &b->ranges[j];
+        uint64_t lo = x->first > y->first ? x->first : y->first;
+        if (lo < x->first + x->count && lo < y->first + y->count) return lo;
+        if (x->first + x->count <= y->first + y->count) i++;
+        else j++;
+    }
+    return UINT64_MAX;
+}
+
+/* The file's header fields: version 1, and shots (when present) a non-negative integer. */
+static ms_status split_check_header(const char *path, const cJSON *root)
+{
+    char txt[64];
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "version");
+    MS_FAIL_IF(!v, MS_EFORMAT, "%s: no \"version\": this mrisam reads version 1", path);
+    if (!cJSON_IsNumber(v) || v->valuedouble != 1) {
+        json_brief(v, txt);
+        return ms_error(MS_EUNSUPPORTED, "%s: version %s: this mrisam reads version 1", path, txt);
+    }
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "shots");
+    if (k && !json_whole(k)) {
+        json_brief(k, txt);
+        MS_FAIL_IF(cJSON_IsNumber(k) && k->valuedouble < 0, MS_EFORMAT, "%s: shots %s is negative", path, txt);
+        return ms_error(MS_EFORMAT, "%s: shots %s is not a whole number", path, txt);
+    }
+    return MS_OK;
+}
+
+/* Entry `index` of a parsed split file into train and val (finished selections; freed by the caller). */
+static ms_status split_read_store(const char *path, const cJSON *root, int index, const char *store_path,
+                                  uint64_t n_keys, ms_selection *tr, ms_selection *va)
+{
+    MS_TRY(split_check_header(path, root));
+    const cJSON *stores = cJSON_GetObjectItemCaseSensitive(root, "stores");
+    MS_FAIL_IF(!cJSON_IsArray(stores) || index < 0 || index >= cJSON_GetArraySize(stores), MS_EFORMAT,
+               "%s: no entry for store %d in \"stores\"", path, index);
+    const cJSON *o = cJSON_GetArrayItem(stores, index), *p = cJSON_GetObjectItemCaseSensitive(o, "path");
+    MS_FAIL_IF(p && !cJSON_IsString(p), MS_EFORMAT, "%s: stores[%d].path is not a string", path, index);
+    MS_FAIL_IF(store_path && p && !split_store_matches(p->valuestring, store_path), MS_EINVAL,
+               "%s: stores[%d] names store %s but the run's store is %s", path, index, p->valuestring, store_path);
+    MS_TRY(ranges_from_json(path, index, "train", cJSON_GetObjectItemCaseSensitive(o, "train"), n_keys, tr));
+    MS_TRY(ranges_from_json(path, index, "val", cJSON_GetObjectItemCaseSensitive(o, "val"), n_keys, va));
+    uint64_t k = first_common_key(tr, va);
+    MS_FAIL_IF(k != UINT64_MAX, MS_EFORMAT, "%s: stores[%d].val overlaps stores[%d].train at key %llu", path, index,
+               index, (unsigned long long)k);
+    return MS_OK;
+}
+
+ms_status ms_split_load(const char *path, int index, const char *store_path, uint64_t n_keys, ms_selection *train,
+                        ms_selection *val)
 {
     ms_status rc = MS_OK;
     char *text = NULL;
     cJSON *root = NULL;
+    ms_selection tr = {0}, va = {0};
     FILE *f = fopen(path, "rb");
     if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {
@@ -394,15 +504,13 @@ ms_status ms_split_load(const char *path, int index, ms_selection *train, ms_sel
         rc = ms_error(MS_EFORMAT, "%s: not valid JSON", path);
         goto leave;
     }
-    const cJSON *stores = cJSON_GetObjectItemCaseSensitive(root, "stores");
-    if (!cJSON_IsArray(stores) || index < 0 || index >= cJSON_GetArraySize(stores)) {
-        rc = ms_error(MS_EFORMAT, "%s: no entry for store %d in \"stores\"", path, index);
-        goto leave;
-    }
-    const cJSON *o = cJSON_GetArrayItem(stores, index);
-    if ((rc = ranges_from_json(path, cJSON_GetObjectItemCaseSensitive(o, "train"), train))) goto leave;
-    rc = ranges_from_json(path, cJSON_GetObjectItemCaseSensitive(o, "val"), val);
+    rc = split_read_store(path, root, index, store_path, n_keys, &tr, &va);
+    /* both sides are always read (the overlap check needs them); the caller gets those it asked for */
+    if (!rc && train) { *train = tr; tr = (ms_selection){0}; }
+    if (!rc && val) { *val = va; va = (ms_selection){0}; }
 leave:
+    ms_selection_free(&tr);
+    ms_selection_free(&va);
     cJSON_Delete(root);
     free(text);
     fclose(f);

@@ -391,7 +391,7 @@ static ms_status store_selection(store_eval *e)
 {
     const ms_eval_store_opts *o = e->o;
     if (!o->shots || !o->shots[0] || o->shots_index < 0) return MS_OK;
-    MS_TRY(ms_split_load(o->shots, o->shots_index, NULL, &e->val));
+    MS_TRY(ms_split_load(o->shots, o->shots_index, o->store, ms_store_n_slices(e->s), NULL, &e->val));
     e->have_sel = 1;
     MS_FAIL_IF(e->val.n == 0, MS_EINVAL, "%s: the run has no validation selection for %s (use --all)", o->shots,
                o->store);

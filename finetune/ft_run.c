@@ -888,7 +888,7 @@ static ms_status select_task(ms_ft_run *r, int t, const char *split_file)
     ms_selection train_all = {0}, fg = {0};
     ms_status rc;
     if (split_file) {
-        rc = ms_split_load(split_file, t, &train_all, &td->val);
+        rc = ms_split_load(split_file, t, td->path, ms_store_n_slices(td->store), &train_all, &td->val);
     } else {
         ms_split_spec sp;
         ms_split_spec_default(&sp);

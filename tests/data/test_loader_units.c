@@ -181,7 +181,7 @@ static void test_split(void)
     snprintf(path, sizeof(path), "shots_%ld.json", (long)getpid());
     const char *paths[1] = {"store"};
     MS_CHECK_OK(ms_split_save(path, &sp, 1, paths, &tr5, &va5, NULL));
-    MS_CHECK_OK(ms_split_load(path, 0, &tl, &vl));
+    MS_CHECK_OK(ms_split_load(path, 0, NULL, 0, &tl, &vl));
     int same = tl.n == tr5.n && vl.n == va5.n;
     for (uint64_t i = 0; same && i < tl.n; i++) same = ms_selection_key(&tl, i) == ms_selection_key(&tr5, i);
     for (uint64_t i = 0; same && i < vl.n; i++) same = ms_selection_key(&vl, i) == ms_selection_key(&va5, i);
