@@ -153,6 +153,17 @@ ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out)
     return ms_mkdirs(out);
 }
 
+ms_status ms_ckpt_dir_abandon(const char *step_dir, ms_status rc)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", ms_errmsg());
+    char done[MS_PATH_MAX];
+    /* DONE first: should the removal stop half-way, what is left is still an incomplete checkpoint */
+    if (!ms_path_join(done, step_dir, "DONE")) unlink(done);
+    ms_dir_remove(step_dir); /* a failure here leaves an incomplete directory, which the next prune removes */
+    return ms_error(rc, "%s", msg);
+}
+
 ms_status ms_ckpt_dir_commit(const char *step_dir)
 {
     char done[MS_PATH_MAX];

@@ -43,6 +43,9 @@ ms_status ms_read_json(const char *path, size_t max_len, struct cJSON **out);
 
 /* RUN/ckpt/step_%08d into out[MS_PATH_MAX] (creating RUN/ckpt/ and the step directory). */
 ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out);
+/* After a failed write into a step directory (full disk, I/O error): removes the directory, which holds no DONE
+ * yet, and returns rc with its message (the write's error, naming the file), whatever the removal does. */
+ms_status ms_ckpt_dir_abandon(const char *step_dir, ms_status rc);
 /* Writes DONE into a finished step directory and fsyncs it and its parent. */
 ms_status ms_ckpt_dir_commit(const char *step_dir);
 /* The newest complete checkpoint: its step and directory (into out[MS_PATH_MAX]). MS_ENOTFOUND when there is none. */

@@ -1,10 +1,14 @@
 /* checkpoints/runlog.c — see runlog.h. The protobuf encoding is written by hand: Event{1: wall_time double,
- * 2: step int64, 3: file_version string, 5: summary{1: value{1: tag string, 2: simple_value float}}}. */
+ * 2: step int64, 3: file_version string, 5: summary{1: value{1: tag string, 2: simple_value float}},
+ * 6: session_log{1: status enum, START = 1}}. */
 #include "runlog.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <cjson/cJSON.h>
 
 #include "base/clock.h"
 #include "rundir.h"
@@ -50,7 +54,7 @@ static ms_status write_record(FILE *f, const unsigned char *data, size_t n)
     return MS_OK;
 }
 
-/* Event with wall_time, step and either a file_version or one scalar. */
+/* Event with wall_time, step and either a file_version, one scalar, or (tag NULL too) a SessionLog START. */
 static ms_status write_event(FILE *f, int64_t step, const char *file_version, const char *tag, float value)
 {
     unsigned char b[600];
@@ -61,7 +65,11 @@ static ms_status write_event(FILE *f, int64_t step, const char *file_version, co
     n += 8;
     b[n++] = 0x10;
     n += put_varint(b + n, (uint64_t)step);
-    if (file_version) {
+    if (!file_version && !tag) {
+        static const unsigned char start[] = {0x32, 0x02, 0x08, 0x01}; /* session_log{status: START} */
+        memcpy(b + n, start, sizeof start);
+        n += sizeof start;
+    } else if (file_version) {
         size_t l = strlen(file_version);
         b[n++] = 0x1a;
         n += put_varint(b + n, l);
@@ -93,9 +101,9 @@ ms_status ms_runlog_open(ms_runlog *l, const char *run)
     memset(l, 0, sizeof *l);
     char p[MS_PATH_MAX];
     MS_TRY(ms_mkdirs(run));
-    MS_TRY(ms_path_join(p, run, "log.jsonl"));
-    l->jsonl = fopen(p, "a");
-    if (!l->jsonl) return ms_error(errno, "%s: %s", p, strerror(errno));
+    MS_TRY(ms_path_join(l->jsonl_path, run, "log.jsonl"));
+    l->jsonl = fopen(l->jsonl_path, "a");
+    if (!l->jsonl) return ms_error(errno, "%s: %s", l->jsonl_path, strerror(errno));
     ms_status rc = ms_path_join(p, run, "tb");
     if (!rc) rc = ms_mkdirs(p);
     if (!rc) rc = ms_path_fmt(p, "%s/tb/events.out.tfevents.%lld.mrisam", run, (long long)time(NULL));
@@ -115,10 +123,47 @@ void ms_runlog_close(ms_runlog *l)
     l->jsonl = l->tb = NULL;
 }
 
+/* 1 when a complete log.jsonl line (without its newline) is one a run continuing from `from` supersedes */
+static int superseded(const char *line, size_t n, int64_t from)
+{
+    cJSON *j = cJSON_ParseWithLength(line, n);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "step");
+    int drop = cJSON_IsNumber(s) && s->valuedouble >= (double)from;
+    cJSON_Delete(j);
+    return drop;
+}
+
+ms_status ms_runlog_rewind(ms_runlog *l, int64_t from)
+{
+    char *txt;
+    size_t len, kept = 0;
+    MS_FAIL_IF(fflush(l->jsonl), MS_EIO, "%s: write failed", l->jsonl_path);
+    MS_TRY(ms_read_file(l->jsonl_path, (size_t)1 << 34, &txt, &len));
+    for (size_t i = 0; i < len;) { /* kept lines move to the front, byte for byte */
+        char *nl = memchr(txt + i, '\n', len - i);
+        if (!nl) break; /* torn by a kill mid-line: the resumed run would glue its first line to it */
+        size_t n = (size_t)(nl - (txt + i)) + 1;
+        if (!superseded(txt + i, n - 1, from)) {
+            memmove(txt + kept, txt + i, n);
+            kept += n;
+        }
+        i += n;
+    }
+    ms_status rc = kept == len ? MS_OK : ms_write_file_atomic(l->jsonl_path, txt, kept);
+    free(txt);
+    MS_TRY(rc);
+    if (kept != len) { /* the open handle still appends to the replaced file */
+        fclose(l->jsonl);
+        l->jsonl = fopen(l->jsonl_path, "a");
+        if (!l->jsonl) return ms_error(errno, "%s: %s", l->jsonl_path, strerror(errno));
+    }
+    return write_event(l->tb, from, NULL, NULL, 0);
+}
+
 ms_status ms_runlog_json(ms_runlog *l, const char *obj)
 {
     if (fputs(obj, l->jsonl) < 0 || fputc('\n', l->jsonl) < 0 || fflush(l->jsonl))
-        return ms_error(MS_EIO, "log.jsonl: write failed");
+        return ms_error(MS_EIO, "%s: write failed", l->jsonl_path);
     return MS_OK;
 }
 

@@ -227,12 +227,10 @@ static ms_status write_state_json(const ms_ft_run *r, const char *dir)
     return rc;
 }
 
-ms_status ms_ft_run_save(ms_ft_run *r)
+/* The files of a checkpoint into its step directory dir, DONE last. */
+static ms_status write_checkpoint(ms_ft_run *r, const char *dir)
 {
-    if (r->step == r->saved_step) return MS_OK;
-    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
-    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
-    char extra[256];
+    char p[MS_PATH_MAX], extra[256];
     snprintf(extra, sizeof extra, "{\"step\": %lld, \"epoch\": %.6f}", (long long)r->step,
              (double)r->step / r->steps_per_epoch);
     MS_TRY(ms_ft_model_save(&r->m, dir, extra));
@@ -252,7 +250,16 @@ ms_status ms_ft_run_save(ms_ft_run *r)
     }
     MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
-    MS_TRY(ms_ckpt_dir_commit(dir));
+    return ms_ckpt_dir_commit(dir);
+}
+
+ms_status ms_ft_run_save(ms_ft_run *r)
+{
+    if (r->step == r->saved_step) return MS_OK;
+    char dir[MS_PATH_MAX];
+    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
+    ms_status rc = write_checkpoint(r, dir);
+    if (rc) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory is left behind */
     r->saved_step = r->step;
     return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
 }
@@ -1034,7 +1041,8 @@ static ms_status open_run(ms_ft_run *r)
     MS_TRY(ms_path_join(p, o->out, "val"));
     MS_TRY(ms_mkdirs(p));
     if (!o->resume) MS_TRY(write_run_files(r, shots_path));
-    return ms_runlog_open(&r->lg, o->out);
+    MS_TRY(ms_runlog_open(&r->lg, o->out));
+    return o->resume ? ms_runlog_rewind(&r->lg, r->step + 1) : MS_OK; /* what followed the checkpoint is superseded */
 }
 
 ms_status ms_ft_run_open(const ms_ft_run_config *cfg, ms_device *dev, ms_ft_run **out)

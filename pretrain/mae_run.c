@@ -130,11 +130,11 @@ static ms_status save_sd(const char *dir, const char *file, const ms_mae_run *r,
     return rc;
 }
 
-static ms_status save_checkpoint(ms_mae_run *r)
+/* The files of a checkpoint into its step directory dir, DONE last. */
+static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
 {
     const train_state *ts = &r->ts;
-    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
-    MS_TRY(ms_ckpt_dir_create(r->cfg.out, ts->step, dir));
+    char p[MS_PATH_MAX];
     MS_TRY(save_sd(dir, "model.safetensors", r, 0));
     MS_TRY(save_sd(dir, "optim.safetensors", r, 1));
     char js[2048];
@@ -154,8 +154,16 @@ static ms_status save_checkpoint(ms_mae_run *r)
     MS_TRY(ms_write_file_atomic(p, &ts->loader, sizeof ts->loader));
     MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
-    MS_TRY(ms_ckpt_dir_commit(dir));
-    r->saved_step = ts->step;
+    return ms_ckpt_dir_commit(dir);
+}
+
+static ms_status save_checkpoint(ms_mae_run *r)
+{
+    char dir[MS_PATH_MAX];
+    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->ts.step, dir));
+    ms_status rc = write_checkpoint(r, dir);
+    if (rc) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory is left behind */
+    r->saved_step = r->ts.step;
     return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
 }
 
@@ -458,6 +466,8 @@ static ms_status open_run(ms_mae_run *r)
     MS_TRY(ms_run_dir_prepare(c->out, r->mode)); /* the first write into RUN/ */
     MS_TRY(write_config(r));
     MS_TRY(ms_runlog_open(&r->lg, c->out));
+    /* what was logged after the checkpoint is superseded; a run resumed at step 0 validates step 0 again */
+    if (r->mode == MS_RUN_RESUME) MS_TRY(ms_runlog_rewind(&r->lg, r->ts.step ? r->ts.step + 1 : 0));
     int S = r->S, nb = c->batch > c->val_slices ? c->batch : c->val_slices;
     MS_TRY(ms_dev_alloc(r->dev, (size_t)c->batch * 3 * S * S * sizeof(float), (void **)&r->xdev));
     r->gray = malloc((size_t)c->batch * S * S * sizeof(float));

@@ -145,6 +145,49 @@ static void check_mode_of(const char *base)
     MS_CHECK(ms_run_mode_of(a, a2, 1, &md) == MS_EINVAL, "resume and overwrite of the same run: refused");
 }
 
+/* ms_runlog_rewind: a random log of train and val lines up to step n, a line without a step and a torn last line;
+ * rewinding to `from` keeps exactly the complete lines of steps < from (and the stepless one), in order, and adds a
+ * SessionLog START at `from` to the event file. */
+static void check_rewind(const char *base, uint64_t seed)
+{
+    ms_rng g;
+    ms_rng_init(&g, seed, 31);
+    char run[MS_PATH_MAX], p[MS_PATH_MAX], line[128], want[8192] = "";
+    snprintf(run, sizeof run, "%s_rewind", base);
+    int n = 3 + (int)ms_rng_below(&g, 20), from = 1 + (int)ms_rng_below(&g, (uint64_t)n);
+    ms_runlog lg;
+    MS_CHECK_OK(ms_runlog_open(&lg, run));
+    MS_CHECK_OK(ms_runlog_json(&lg, "{\"note\": \"no step\"}"));
+    strcat(want, "{\"note\": \"no step\"}\n");
+    for (int s = 1; s <= n; s++) {
+        int val = ms_rng_below(&g, 3) == 0;
+        for (int k = 0; k <= val; k++) {
+            snprintf(line, sizeof line, "{\"step\": %d, \"split\": \"%s\", \"loss\": %d.5}", s, k ? "val" : "train", s);
+            MS_CHECK_OK(ms_runlog_json(&lg, line));
+            if (s < from) strcat(strcat(want, line), "\n");
+        }
+    }
+    fputs("{\"step\": 1, \"spl", lg.jsonl); /* torn by a kill */
+    MS_CHECK_OK(ms_runlog_rewind(&lg, from));
+    MS_CHECK_OK(ms_runlog_json(&lg, "{\"step\": 99}"));
+    strcat(want, "{\"step\": 99}\n");
+    ms_runlog_close(&lg);
+    char *data;
+    size_t len;
+    MS_CHECK_OK(ms_path_join(p, run, "log.jsonl"));
+    MS_CHECK_OK(ms_read_file(p, 1 << 20, &data, &len));
+    MS_CHECK(!strcmp(data, want), "rewind of %d steps to %d: kept the lines before it, dropped the torn one", n, from);
+    free(data);
+    char cmd[MS_PATH_MAX + 64];
+    snprintf(cmd, sizeof cmd, "cat %s/tb/events.out.tfevents.* > %s/all", run, run);
+    MS_CHECK(system(cmd) == 0, "event files");
+    MS_CHECK_OK(ms_path_join(p, run, "all"));
+    MS_CHECK_OK(ms_read_file(p, 1 << 20, &data, &len));
+    const unsigned char start[] = {0x10, (unsigned char)from, 0x32, 0x02, 0x08, 0x01}; /* from < 128 */
+    MS_CHECK(memmem(data, len, start, sizeof start) != NULL, "SessionLog START at step %d", from);
+    free(data);
+}
+
 int main(void)
 {
     uint64_t seed = ms_test_seed();
@@ -225,7 +268,9 @@ int main(void)
     snprintf(p, sizeof p, "rundir_test_%llu", (unsigned long long)seed);
     check_prepare(p, seed);
     check_mode_of(p);
-    snprintf(cmd, sizeof cmd, "rm -rf rundir_test_%llu", (unsigned long long)seed);
+    check_rewind(p, seed);
+    snprintf(cmd, sizeof cmd, "rm -rf rundir_test_%llu rundir_test_%llu_rewind", (unsigned long long)seed,
+             (unsigned long long)seed);
     MS_CHECK(system(cmd) == 0, "cleanup");
     return ms_test_done();
 }

@@ -10,6 +10,11 @@
  * "img_per_s" (timings) removed. Cases: full / decoder with the embedding cache and two tasks on one store;
  * LoRA / encoder+decoder without the cache; adapters / decoder with box prompts and the cache. Also: a resume
  * with other options is refused, and the run learned something (parameters moved, finite losses, best/ written).
+ * For the first case also:
+ *  (c) killed after logging past the checkpoint: k steps, a save, 2 more steps (logged, one validated), close without
+ *      a save; the resumed run's log.jsonl must equal (a)'s (each step once, in order, the same values);
+ *  (d) a checkpoint whose write fails (a directory where one of its files, drawn at random, goes): the save fails
+ *      naming that file and no step directory is left behind.
  */
 #include <dirent.h>
 #include <math.h>
@@ -123,6 +128,76 @@ static int drive(ms_ft_run *r, int stop_after, int *n_val, int *n_best, double *
     return n;
 }
 
+/* 1 when RUN/ckpt holds a step_* entry */
+static int has_step_dir(const char *run)
+{
+    char p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(p, run, "ckpt"));
+    DIR *d = opendir(p);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += !strncmp(e->d_name, "step_", 5);
+    if (d) closedir(d);
+    return n;
+}
+
+/* (c): k steps, a save, 2 more steps, killed (closed without a save); resumed and finished, log.jsonl equals log_a. */
+static void run_killed(const char *name, ms_ft_run_config c, const char *tmp, ms_device *dev, const char *log_a)
+{
+    char run[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_fmt(run, "%s/%s_c", tmp, name));
+    c.out = run;
+    ms_ft_run *r = NULL;
+    int nv = 0, nb = 0, n = -1;
+    double loss = NAN;
+    MS_CHECK_OK(ms_ft_run_open(&c, dev, &r));
+    if (r && drive(r, K_STEPS, &nv, &nb, &loss) == K_STEPS) {
+        MS_CHECK_OK(ms_ft_run_save(r));
+        n = drive(r, 2, &nv, &nb, &loss); /* logged, never checkpointed */
+    }
+    ms_ft_run_close(r);
+    r = NULL;
+    c.resume = 1;
+    MS_CHECK_OK(ms_ft_run_open(&c, dev, &r));
+    if (r) {
+        ms_ft_run_info in;
+        ms_ft_run_get_info(r, &in);
+        MS_CHECK(n == 2 && in.resumed_step == K_STEPS, "%s (killed): resumed at step %lld after %d steps past it",
+                 name, (long long)in.resumed_step, n);
+        drive(r, -1, &nv, &nb, &loss);
+        ms_ft_run_close(r);
+    }
+    int lc = 0;
+    char *log_c = log_without_times(run, &lc);
+    MS_CHECK(log_c && log_a && !strcmp(log_c, log_a), "%s (killed): log.jsonl equals the uninterrupted run's (%d lines)",
+             name, lc);
+    if (log_c && log_a && strcmp(log_c, log_a)) printf("  resumed:\n%s  uninterrupted:\n%s", log_c, log_a);
+    free(log_c);
+}
+
+/* (d): the save at step k cannot write one of its files: it fails naming it and leaves no step directory. */
+static void run_failed_save(const char *name, ms_ft_run_config c, const char *tmp, ms_device *dev, uint64_t seed)
+{
+    static const char *const files[] = {"model.safetensors", "meta.json", "optim.safetensors", "state.json",
+                                        "loader_0.bin", "config.json", "DONE"};
+    const char *file = files[(seed >> 9) % (sizeof files / sizeof *files)]; /* drawn with the printed seed */
+    char run[MS_PATH_MAX], p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_fmt(run, "%s/%s_d", tmp, name));
+    c.out = run;
+    ms_ft_run *r = NULL;
+    int nv = 0, nb = 0;
+    double loss = NAN;
+    MS_CHECK_OK(ms_ft_run_open(&c, dev, &r));
+    if (!r) return;
+    MS_CHECK_OK(ms_path_fmt(p, "%s/ckpt/step_%08d/%s/x", run, K_STEPS, file));
+    MS_CHECK_OK(ms_mkdirs(p));
+    MS_CHECK(drive(r, K_STEPS, &nv, &nb, &loss) == K_STEPS, "%s: %d steps", name, K_STEPS);
+    ms_status st = ms_ft_run_save(r);
+    MS_CHECK(st && strstr(ms_errmsg(), file), "%s: writing %s fails, naming it: %s", name, file, ms_errmsg());
+    MS_CHECK(!has_step_dir(run), "%s: no partial step directory is left behind (%s blocked)", name, file);
+    ms_ft_run_close(r);
+}
+
 typedef struct tcase {
     const char *name;
     ms_ft_method method;
@@ -131,7 +206,7 @@ typedef struct tcase {
     int cache, two_tasks;
 } tcase;
 
-static void run_case(const tcase *tc, const char *tmp, const char *store, uint64_t seed, ms_device *dev)
+static void run_case(const tcase *tc, const char *tmp, const char *store, uint64_t seed, ms_device *dev, int extra)
 {
     char run_a[MS_PATH_MAX], run_b[MS_PATH_MAX];
     MS_CHECK_OK(ms_path_fmt(run_a, "%s/%s_a", tmp, tc->name));
@@ -240,6 +315,11 @@ static void run_case(const tcase *tc, const char *tmp, const char *store, uint64
     char *log_a = log_without_times(run_a, &la), *log_b = log_without_times(run_b, &lb);
     MS_CHECK(log_a && log_b && la == N_STEPS + N_STEPS / 2 && !strcmp(log_a, log_b),
              "%s: log.jsonl identical but for t and img_per_s (%d and %d lines)", tc->name, la, lb);
+    if (extra) {
+        c.resume = 0;
+        run_killed(tc->name, c, tmp, dev, log_a);
+        run_failed_save(tc->name, c, tmp, dev, seed);
+    }
     free(log_a);
     free(log_b);
     snap_free(&init);
@@ -300,7 +380,7 @@ int main(void)
         {"lora_encdec", MS_FT_LORA, MS_FT_SCOPE_ENC_DEC, MS_PROMPT_NONE, 0, 0},
         {"adapter_decoder_box_cache", MS_FT_ADAPTER, MS_FT_SCOPE_DECODER, MS_PROMPT_BOX, 1, 0},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], tmp, store, seed, &dev);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], tmp, store, seed, &dev, i == 0);
     check_warmup(tmp, store, seed, &dev);
     ms_device_free(&dev);
     if (getenv("MS_TEST_KEEP")) printf("kept %s\n", tmp);

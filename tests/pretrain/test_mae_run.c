@@ -7,7 +7,12 @@
  *      equal (a) bit for bit;
  *  (c) injected non-finite losses: two skipped steps in a row roll back to the step-2 checkpoint at half the lr;
  *      the step after the rollback sees (a)'s parameters and batches of step 3 again (same loss, half (a)'s lr),
- *      the run finishes and counts 2 skipped steps.
+ *      the run finishes and counts 2 skipped steps;
+ *  (d) killed after logging past the checkpoint: 5 steps (checkpoint at 3), closed without a save, a torn last line
+ *      appended to log.jsonl (a kill mid-write); the resumed run's log.jsonl equals (a)'s (each step once, in order,
+ *      same values), and the new TensorBoard file tells TensorBoard to purge from step 4 (SessionLog START);
+ *  (e) a checkpoint write that fails (a directory where one of its files, drawn at random, goes): the step fails
+ *      naming that file, and no step directory is left behind.
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -369,6 +374,113 @@ static void run_c(ms_device *dev, const record *a)
     model_free(&m);
 }
 
+/* 1 when an event file of RUN/tb/ holds Event{step: `step`, session_log{status: START}} (the bytes as written) */
+static int tb_has_purge(const char *out, int64_t step)
+{
+    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
+    const unsigned char pat[] = {0x10, (unsigned char)step, 0x32, 0x02, 0x08, 0x01}; /* step < 128: a 1-byte varint */
+    MS_CHECK_OK(ms_path_join(dir, out, "tb"));
+    DIR *d = opendir(dir);
+    int found = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) && !found) {
+        char *ev = NULL;
+        size_t n = 0;
+        if (e->d_name[0] == '.' || ms_path_join(p, dir, e->d_name) || ms_read_file(p, 1 << 24, &ev, &n)) continue;
+        for (size_t i = 0; i + sizeof pat <= n && !found; i++) found = !memcmp(ev + i, pat, sizeof pat);
+        free(ev);
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+/* (d): 5 steps (checkpoint at 3, steps 4-5 logged), no save, a torn line; the resumed run logs as (a). */
+static void run_d(ms_device *dev, const record *a)
+{
+    char out[MS_PATH_MAX], p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(out, TMP, "d"));
+    record rec = {0};
+    model m;
+    ms_mae_run_config c;
+    base_config(&c, out);
+    ms_mae_run *r = NULL;
+    MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51));
+    MS_CHECK_OK(ms_mae_run_open(&c, dev, &m.enc, &r));
+    if (r) MS_CHECK_OK(run_until(r, 5, &rec, NULL));
+    ms_mae_run_close(r); /* killed: no save, steps 4 and 5 are logged but not checkpointed */
+    model_free(&m);
+    MS_CHECK_OK(ms_path_join(p, out, "log.jsonl"));
+    FILE *f = fopen(p, "a");
+    MS_CHECK(f && fputs("{\"step\": 6, \"epoch\": 1.5, \"spl", f) >= 0 && !fclose(f), "a torn line appended");
+
+    MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x77));
+    c.resume = out;
+    r = NULL;
+    MS_CHECK_OK(ms_mae_run_open(&c, dev, &m.enc, &r));
+    if (r) {
+        const ms_mae_run_plan *pl = ms_mae_run_plan_get(r);
+        MS_CHECK(pl->start_step == 3, "resumed at step %lld (the checkpoint at 3)", (long long)pl->start_step);
+        MS_CHECK_OK(run_until(r, STEPS, &rec, NULL));
+        ms_mae_run_close(r);
+    }
+    char *log = read_log(out);
+    int n_train = 0, in_order = 1;
+    for (const char *q = log ? strstr(log, "\"step\":") : NULL; q; q = strstr(q + 1, "\"step\":")) {
+        const char *eol = strchr(q, '\n');
+        if (!eol || !strstr(q, "\"train\"") || strstr(q, "\"train\"") > eol) continue;
+        in_order &= atoi(q + 7) == ++n_train;
+    }
+    MS_CHECK(log && n_train == STEPS && in_order, "log.jsonl: train steps 1..%d each once, in order (%d lines)", STEPS,
+             n_train);
+    MS_CHECK(log && a->log && !strcmp(log, a->log), "log.jsonl equals the uninterrupted run's but t, img_per_s");
+    if (log && a->log && strcmp(log, a->log)) printf("  resumed:\n%s  uninterrupted:\n%s", log, a->log);
+    MS_CHECK(tb_has_purge(out, 4), "TensorBoard: a SessionLog START at step 4 purges the superseded steps");
+    free(log);
+    record_free(&rec);
+    model_free(&m);
+}
+
+/* 1 when RUN/ckpt holds a step_* entry */
+static int has_step_dir(const char *out)
+{
+    char p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(p, out, "ckpt"));
+    DIR *d = opendir(p);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += !strncmp(e->d_name, "step_", 5);
+    if (d) closedir(d);
+    return n;
+}
+
+/* (e): the checkpoint at step 3 cannot write one of its files (a directory stands in its place). */
+static void run_e(ms_device *dev)
+{
+    static const char *const files[] = {"model.safetensors", "optim.safetensors", "state.json",
+                                        "loader_state.bin", "config.json", "DONE"};
+    const char *file = files[(SEED >> 7) % (sizeof files / sizeof *files)]; /* drawn with the printed seed */
+    char out[MS_PATH_MAX], p[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(out, TMP, "e"));
+    model m;
+    ms_mae_run_config c;
+    base_config(&c, out);
+    ms_mae_run *r = NULL;
+    MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51));
+    MS_CHECK_OK(ms_mae_run_open(&c, dev, &m.enc, &r));
+    if (!r) { model_free(&m); return; }
+    MS_CHECK_OK(ms_path_fmt(p, "%s/ckpt/step_00000003/%s/x", out, file));
+    MS_CHECK_OK(ms_mkdirs(p));
+    record rec = {0};
+    MS_CHECK_OK(run_until(r, 2, &rec, NULL));
+    ms_mae_step_info in;
+    ms_status st = ms_mae_run_step(r, &in);
+    MS_CHECK(st && strstr(ms_errmsg(), file), "writing %s fails, naming it: %s", file, ms_errmsg());
+    MS_CHECK(!has_step_dir(out), "no partial step directory is left behind (%s blocked)", file);
+    ms_mae_run_close(r);
+    record_free(&rec);
+    model_free(&m);
+}
+
 int main(void)
 {
     SEED = ms_test_seed();
@@ -384,7 +496,9 @@ int main(void)
     if (a.block) {
         run_b(&dev, &a);
         run_c(&dev, &a);
+        run_d(&dev, &a);
     }
+    run_e(&dev);
     record_free(&a);
     ms_device_free(&dev);
     char cmd[400];
