@@ -7,6 +7,10 @@
  * with --multimask, else token 0) → the chosen mask (highest predicted IoU) upsampled: bilinear to S×S, crop to the
  * resized frame, bilinear to the original size, > 0 → MASK.png (0/255). The IoU predictions are printed; --logits
  * writes the selected low-resolution logits as float32 (1, M, 4·S/16, 4·S/16).
+ *
+ * --ckpt is anything finetune/predict.h's ms_predict_model_load takes (weight files, pretraining and fine-tuning run
+ * directories). A fine-tuned checkpoint runs its task's head (--task) with the checkpoint's preprocessing: the class
+ * channels (tokens 1..C) post-processed, their argmax written as the task's class values (docs/CLI.md §embed, segment, convert).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,11 +249,11 @@ static int run(int argc, char **argv)
         if ((rc = write_class_map(&pm, low + (size_t)first * plane, nsel, lo, S, stretched, h, w, full, pix, out)))
             goto leave;
     } else {
-    if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto leave;
-    size_t on = 0;
-    for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
-    if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
-    printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
+        if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto leave;
+        size_t on = 0;
+        for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
+        if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
+        printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
     }
     if (logits) {
         int64_t shape[4] = {1, nsel, lo, lo};
