@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/finetune/test_ckpt_runs.sh — `mrisam embed` and `mrisam segment` take run directories as --ckpt, as predict
+# tests/finetune/test_segment_embed_runs.sh — `mrisam embed` and `mrisam segment` take run directories as --ckpt, as predict
 # and eval do (finetune/predict.h ms_ckpt_resolve), and segment runs a fine-tuned checkpoint's task head.
 #
 # A fine-tuning run (ft_check.py make's volumes ingested twice: task organs, values 0,3,7; task lesion, 0,5; full
@@ -123,5 +123,5 @@ EOF
     done
 done
 
-if [ $fail -ne 0 ]; then echo "test_ckpt_runs: FAILED"; exit 1; fi
-echo "test_ckpt_runs: passed"
+if [ $fail -ne 0 ]; then echo "test_segment_embed_runs: FAILED"; exit 1; fi
+echo "test_segment_embed_runs: passed"
