@@ -11,27 +11,8 @@
 #include "base/path.h"
 #include "checkpoints/rundir.h"
 #include "finetune/ft_model.h"
+#include "finetune/predict.h"
 #include "finetune/sam.h"
-
-/* CKPT → a complete step directory, into out[MS_PATH_MAX]. */
-static ms_status resolve(const char *ckpt, char *out)
-{
-    char p[MS_PATH_MAX], probe[MS_PATH_MAX];
-    MS_TRY(ms_path_join(p, ckpt, "DONE"));
-    if (access(p, F_OK) == 0) {
-        memcpy(out, ckpt, strlen(ckpt) + 1); /* fits: ckpt/DONE did */
-        return MS_OK;
-    }
-    int64_t step;
-    MS_TRY(ms_path_join(p, ckpt, "ckpt"));
-    if (ms_path_is_dir(p)) return ms_ckpt_dir_latest(ckpt, &step, out);
-    MS_TRY(ms_path_join(p, ckpt, "..")); /* the ckpt/ folder itself */
-    if (ms_path_is_dir(ckpt)) {
-        MS_TRY(ms_path_join(probe, p, "ckpt"));
-        if (ms_path_is_dir(probe)) return ms_ckpt_dir_latest(p, &step, out);
-    }
-    MS_FAIL(MS_ENOTFOUND, "%s: not a run directory or a complete checkpoint (no DONE)", ckpt);
-}
 
 /* ---- fine-tuning checkpoints --------------------------------------------------------------------------------- */
 
@@ -267,32 +248,27 @@ ms_status ms_export_pretrain_ckpt(const char *ckpt, const char *out, int threads
     ms_sam sam;
     memset(&sam, 0, sizeof sam);
     memset(info, 0, sizeof *info);
-    ms_state_dict sd, src;
+    ms_state_dict sd;
     ms_sd_init(&sd);
-    ms_sd_init(&src);
-    cJSON *cfg = NULL;
-    char dir[MS_PATH_MAX], p[MS_PATH_MAX];
-    if ((rc = resolve(ckpt, dir))) goto leave;
-    if ((rc = ms_path_join(p, dir, "config.json")) || (rc = ms_read_json(p, 1 << 20, &cfg))) goto leave;
-    const cJSON *ck = cJSON_GetObjectItemCaseSensitive(cfg, "ckpt"), *mo = cJSON_GetObjectItemCaseSensitive(cfg, "model"),
-                *se = cJSON_GetObjectItemCaseSensitive(cfg, "seed");
-    const char *start = cJSON_IsString(ck) && ck->valuestring[0] ? ck->valuestring : NULL;
-    const char *model = cJSON_IsString(mo) ? mo->valuestring : NULL;
-    uint64_t seed = cJSON_IsNumber(se) ? (uint64_t)se->valuedouble : 0;
+    ms_ckpt_kind kind;
+    char dir[MS_PATH_MAX];
+    int sam_ok = 0;
+    /* the same resolution as every --ckpt (finetune/predict.h), restricted to pretraining checkpoints */
+    if ((rc = ms_ckpt_resolve(ckpt, &kind, dir))) goto leave;
+    if (kind != MS_CKPT_PRETRAIN) {
+        rc = ms_error(MS_ENOTFOUND, "%s: not a run directory or a complete checkpoint (no DONE)", ckpt);
+        goto leave;
+    }
     if ((rc = ms_device_init(&dev, MS_DEV_CPU, threads))) goto leave;
-    if ((rc = ms_sam_build(&sam, start, model, seed, &dev, info->model, sizeof info->model))) goto leave;
-    /* the trained encoder replaces the one the run started from */
-    if ((rc = ms_path_join(p, dir, "model.safetensors")) || (rc = ms_sd_load(p, &src))) goto leave;
-    if ((rc = ms_params_load_prefix(&sam.ps, &src, "image_encoder."))) { ms_error_prefix("%s", p); goto leave; }
+    if ((rc = ms_sam_load_pretrain(&sam, dir, &dev, info->model, sizeof info->model))) goto leave;
+    sam_ok = 1;
     if ((rc = ms_sam_to_sd(&sam, &sd))) goto leave;
     if ((rc = ms_sd_save(out, &sd))) goto leave;
     info->n_tensors = sd.n;
     snprintf(info->what, sizeof info->what, "%s (%s)", dir, info->model);
 leave:
-    cJSON_Delete(cfg);
     ms_sd_free(&sd);
-    ms_sd_free(&src);
-    ms_sam_free(&sam);
+    if (sam_ok) ms_sam_free(&sam);
     ms_device_free(&dev);
     return rc;
 }

@@ -13,7 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
 #include "base/path.h"
+#include "checkpoints/rundir.h"
 #include "data/ingest.h"
 #include "data/nifti_write.h"
 #include "data/png.h"
@@ -401,13 +406,79 @@ void ms_predict_model_task_names(const ms_predict_model *pm, char *buf, size_t n
         k += (size_t)snprintf(buf + k, n - k, "%s%s", t ? ", " : "", pm->ft.cfg.task[t].name);
 }
 
+ms_status ms_ckpt_resolve(const char *ckpt, ms_ckpt_kind *kind, char *dir)
+{
+    char p[MS_PATH_MAX];
+    int64_t step;
+    *kind = MS_CKPT_WEIGHTS;
+    if (!ms_path_is_dir(ckpt)) return ms_path_fmt(dir, "%s", ckpt);
+    *kind = MS_CKPT_FINETUNE;
+    if (ms_ft_is_checkpoint(ckpt)) return ms_path_fmt(dir, "%s", ckpt); /* ms_ft_model_load goes on to best/ */
+    /* a pretraining run: a complete step directory, the run (its newest), or its ckpt/ folder (the run's newest) */
+    char sub[MS_PATH_MAX];
+    MS_TRY(ms_path_join(p, ckpt, "DONE"));
+    MS_TRY(ms_path_join(sub, ckpt, "ckpt"));
+    if (access(p, F_OK) == 0) {
+        MS_TRY(ms_path_fmt(dir, "%s", ckpt));
+    } else if (ms_path_is_dir(sub)) {
+        MS_TRY(ms_ckpt_dir_latest(ckpt, &step, dir));
+    } else {
+        char probe[MS_PATH_MAX];
+        MS_TRY(ms_path_join(p, ckpt, ".."));
+        MS_TRY(ms_path_join(probe, p, "ckpt"));
+        MS_FAIL_IF(!ms_path_is_dir(probe), MS_ENOTFOUND,
+                   "%s: not a weight file, a run directory or a checkpoint (no meta.json, best/, DONE or ckpt/)", ckpt);
+        MS_TRY(ms_ckpt_dir_latest(p, &step, dir));
+    }
+    /* a fine-tuning run before its first validation has no best/: its newest step holds meta.json */
+    *kind = ms_ft_is_checkpoint(dir) ? MS_CKPT_FINETUNE : MS_CKPT_PRETRAIN;
+    return MS_OK;
+}
+
+ms_status ms_sam_load_pretrain(ms_sam *m, const char *dir, ms_device *dev, char *name, size_t n)
+{
+    char p[MS_PATH_MAX];
+    cJSON *cfg = NULL;
+    ms_state_dict src;
+    ms_sd_init(&src);
+    memset(m, 0, sizeof *m);
+    ms_status rc = ms_path_join(p, dir, "config.json");
+    if (!rc) rc = ms_read_json(p, 1 << 20, &cfg);
+    if (rc) return rc;
+    const cJSON *ck = cJSON_GetObjectItemCaseSensitive(cfg, "ckpt"), *mo = cJSON_GetObjectItemCaseSensitive(cfg, "model"),
+                *se = cJSON_GetObjectItemCaseSensitive(cfg, "seed");
+    const char *start = cJSON_IsString(ck) && ck->valuestring[0] ? ck->valuestring : NULL;
+    const char *model = cJSON_IsString(mo) ? mo->valuestring : NULL;
+    uint64_t seed = cJSON_IsNumber(se) ? (uint64_t)se->valuedouble : 0;
+    if ((rc = ms_sam_build(m, start, model, seed, dev, name, n))) goto leave;
+    /* the trained encoder replaces the one the run started from */
+    if (!(rc = ms_path_join(p, dir, "model.safetensors")) && !(rc = ms_sd_load(p, &src)) &&
+        (rc = ms_params_load_prefix(&m->ps, &src, "image_encoder.")))
+        ms_error_prefix("%s", p);
+    if (rc) ms_sam_free(m);
+leave:
+    cJSON_Delete(cfg);
+    ms_sd_free(&src);
+    return rc;
+}
+
 ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const char *task, ms_device *dev)
 {
+    return ms_predict_model_load_ex(pm, ckpt, task, 0, dev);
+}
+
+ms_status ms_predict_model_load_ex(ms_predict_model *pm, const char *ckpt, const char *task, int any_task,
+                                   ms_device *dev)
+{
     memset(pm, 0, sizeof *pm);
-    if (!ms_ft_is_checkpoint(ckpt)) {
+    ms_ckpt_kind kind;
+    char dir[MS_PATH_MAX], name[32];
+    MS_TRY(ms_ckpt_resolve(ckpt, &kind, dir));
+    if (kind != MS_CKPT_FINETUNE) {
         MS_FAIL_IF(task, MS_EINVAL, "%s: --task needs a fine-tuned checkpoint (RUN/ or a directory with meta.json)",
                    ckpt);
-        MS_TRY(ms_sam_load(&pm->sam, ckpt, dev));
+        if (kind == MS_CKPT_PRETRAIN) MS_TRY(ms_sam_load_pretrain(&pm->sam, dir, dev, name, sizeof name));
+        else MS_TRY(ms_sam_load(&pm->sam, ckpt, dev));
         pm->m = &pm->sam;
         pm->prompt = MS_PROMPT_NONE;
         ms_prep_config_default(&pm->pc, pm->sam.img_size);
@@ -415,7 +486,7 @@ ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const ch
         for (int c = 0; c < MS_FT_MAX_CLASSES; c++) pm->class_map[c] = (uint16_t)c;
         return MS_OK;
     }
-    MS_TRY(ms_ft_model_load(&pm->ft, ckpt, dev));
+    MS_TRY(ms_ft_model_load(&pm->ft, dir, dev));
     pm->finetuned = 1;
     const ms_ft_config *cfg = &pm->ft.cfg;
     ms_status rc = MS_OK;
@@ -426,7 +497,7 @@ ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const ch
         for (int i = 0; i < cfg->n_tasks; i++)
             if (!strcmp(cfg->task[i].name, task)) t = i;
         if (t < 0) { rc = ms_error(MS_ENOTFOUND, "%s: no task '%s' (tasks: %s)", ckpt, task, names); goto leave; }
-    } else if (cfg->n_tasks == 1) {
+    } else if (cfg->n_tasks == 1 || any_task) {
         t = 0;
     } else {
         rc = ms_error(MS_EINVAL, "%s: %d tasks (%s): choose one with --task NAME", ckpt, cfg->n_tasks, names);

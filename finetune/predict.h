@@ -127,9 +127,29 @@ typedef struct ms_predict_model {
     double p_lo, p_hi;
 } ms_predict_model;
 
-/* ckpt: a fine-tune checkpoint (ms_ft_is_checkpoint) or a SAM-layout .pth/.safetensors. task: a task name, or NULL
- * for the only task (an error listing the names when there are several). */
+/* What a --ckpt names. Every command's --ckpt takes all of these (docs/CLI.md §Model weights and checkpoints). */
+typedef enum ms_ckpt_kind {
+    MS_CKPT_WEIGHTS = 0,  /* a SAM-layout weight file (.pth / .safetensors) */
+    MS_CKPT_PRETRAIN = 1, /* a pretraining checkpoint: RUN/ (its newest complete one), RUN/ckpt/, RUN/ckpt/step_N/ */
+    MS_CKPT_FINETUNE = 2  /* a fine-tuning checkpoint: RUN/ (→ best/), RUN/best/, RUN/ckpt/step_N/ (meta.json) */
+} ms_ckpt_kind;
+
+/* ckpt → its kind and, into dir[MS_PATH_MAX], the checkpoint directory (ckpt itself for a weight file). Anything
+ * that is not a directory is a weight file (its reader reports what is wrong with it); a directory that is no
+ * checkpoint is refused naming what was looked for. */
+ms_status ms_ckpt_resolve(const char *ckpt, ms_ckpt_kind *kind, char *dir);
+/* A pretraining checkpoint directory (a step directory with DONE) as a whole SAM: prompt encoder and mask decoder
+ * rebuilt as the run built them (its config.json: the starting SAM file, or the variant and seed of a random
+ * initialisation), the image encoder from its model.safetensors. name (n bytes) gets the variant. */
+ms_status ms_sam_load_pretrain(ms_sam *m, const char *dir, ms_device *dev, char *name, size_t n);
+
+/* ckpt: anything ms_ckpt_resolve takes. task: a task name, or NULL for the only task (an error listing the names
+ * when there are several). */
 ms_status ms_predict_model_load(ms_predict_model *pm, const char *ckpt, const char *task, ms_device *dev);
+/* The same; any_task != 0 lets a several-task checkpoint load without --task (task 0's head active) for callers
+ * that use only the image encoder (embed). */
+ms_status ms_predict_model_load_ex(ms_predict_model *pm, const char *ckpt, const char *task, int any_task,
+                                   ms_device *dev);
 void ms_predict_model_free(ms_predict_model *pm);
 /* The task names of a loaded fine-tuned model, comma-separated, into buf. */
 void ms_predict_model_task_names(const ms_predict_model *pm, char *buf, size_t n);

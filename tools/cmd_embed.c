@@ -15,10 +15,12 @@
 
 #include "base/clock.h"
 #include "base/device.h"
+#include "base/path.h"
 #include "checkpoints/state_dict.h"
 #include "cli.h"
 #include "data/preprocess.h"
 #include "data/store.h"
+#include "finetune/predict.h"
 #include "image_io.h"
 #include "pretrain/params.h"
 #include "pretrain/sam_encoder.h"
@@ -52,18 +54,20 @@ leave:
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
-        "mrisam embed --ckpt F (--image IMG.png | --store S --key K) -o EMB.npy [options]",
+        "mrisam embed --ckpt F|RUN (--image IMG.png | --store S --key K) -o EMB.npy [options]",
         "Computes SAM's image embedding: resize the longest side to the model's input size, SAM's pixel mean/std "
         "(gray replicated to RGB), zero pad bottom/right, image encoder. Writes float32 (1, 256, S/16, S/16). The "
         "model variant is read from the checkpoint's shapes. The bilinear resize is PIL-style (antialiased when "
-        "shrinking) but not bit-exact with PIL's uint8 output.",
+        "shrinking) but not bit-exact with PIL's uint8 output. --ckpt also takes a pretraining run (RUN/, "
+        "RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N; its preprocessing unless --resize "
+        "/ --norm say otherwise).",
         "mrisam embed --ckpt sam_vit_b_01ec64.pth --image slice.png -o emb.npy --threads 8"};
     const char *ckpt = NULL, *image = NULL, *store = NULL, *out = NULL, *device = "cpu", *resize = NULL,
                *norm = NULL;
     int64_t key = -1;
     int threads = 0;
     const ms_opt opts[] = {
-        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors)"},
+        {"ckpt", MS_OPT_STR, &ckpt, "F|RUN", "SAM-layout weights (.pth, .safetensors) or a run directory"},
         {"image", MS_OPT_STR, &image, "IMG.png", "input image (8/16-bit gray or RGB PNG)"},
         {"store", MS_OPT_STR, &store, "S", "slice store (with --key)"},
         {"key", MS_OPT_I64, &key, "K", "slice key in the store"},
@@ -83,6 +87,7 @@ static int run(int argc, char **argv)
     ms_state_dict sd;
     ms_params ps;
     ms_sam_encoder enc;
+    ms_predict_model pm;
     ms_device dev;
     ms_image img = {0};
     float *img01 = NULL, *x = NULL, *emb = NULL;
@@ -90,6 +95,7 @@ static int run(int argc, char **argv)
     ms_sd_init(&sd);
     ms_params_init(&ps);
     memset(&enc, 0, sizeof enc);
+    memset(&pm, 0, sizeof pm);
     ms_status rc;
     ms_device_kind kind;
     int index;
@@ -97,18 +103,31 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
-    if ((rc = ms_sd_load(ckpt, &sd))) goto leave;
-    /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
-    const char *prefix = ms_sd_find(&sd, "image_encoder.pos_embed") ? "image_encoder." : "";
+    ms_ckpt_kind ck;
+    char ckdir[MS_PATH_MAX];
     ms_sam_enc_config cfg;
-    /* the config comes from the file's keys and shapes: a non-SAM file is named with the key it lacks */
-    if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) { ms_error_prefix("%s", ckpt); goto leave; }
-    if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
-    if ((rc = ms_params_alloc(&ps, &dev))) goto leave;
-    /* unknown keys under the encoder prefix (adapters, LoRA) would be silently ignored otherwise: refuse them */
-    if ((rc = ms_params_load(&ps, &sd, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
-    ms_sd_free(&sd);
-    if ((rc = ms_sam_encoder_reserve(&enc, &dev, 1, 0))) goto leave;
+    ms_sam_encoder *e = &enc;
+    ms_prep_config pc;
+    if ((rc = ms_ckpt_resolve(ckpt, &ck, ckdir))) goto leave;
+    if (ck == MS_CKPT_WEIGHTS) { /* a weight file: SAM's, or an encoder-only export */
+        if ((rc = ms_sd_load(ckpt, &sd))) goto leave;
+        /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
+        const char *prefix = ms_sd_find(&sd, "image_encoder.pos_embed") ? "image_encoder." : "";
+        /* the config comes from the file's keys and shapes: a non-SAM file is named with the key it lacks */
+        if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) { ms_error_prefix("%s", ckpt); goto leave; }
+        if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
+        if ((rc = ms_params_alloc(&ps, &dev))) goto leave;
+        /* unknown keys under the encoder prefix (adapters, LoRA) would be silently ignored otherwise: refuse them */
+        if ((rc = ms_params_load(&ps, &sd, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
+        ms_sd_free(&sd);
+        ms_prep_config_default(&pc, cfg.img_size);
+    } else { /* a run: the model every --ckpt loads (LoRA / adapters inside its encoder); the head does not matter */
+        if ((rc = ms_predict_model_load_ex(&pm, ckpt, NULL, 1, &dev))) goto leave;
+        e = &pm.m->enc;
+        cfg = e->cfg;
+        pc = pm.pc;
+    }
+    if ((rc = ms_sam_encoder_reserve(e, &dev, 1, 0))) goto leave;
 
     int h = 0, w = 0, c = 0;
     if (image) {
@@ -119,8 +138,6 @@ static int run(int argc, char **argv)
         if ((rc = read_store_slice(store, key, &img01, &h, &w))) goto leave;
         c = 1;
     }
-    ms_prep_config pc;
-    ms_prep_config_default(&pc, cfg.img_size);
     pc.channels = 3;
     if ((rc = ms_prep_parse(&pc, resize, norm))) goto leave;
     int S = cfg.img_size, g = ms_sam_enc_grid(&cfg);
@@ -132,7 +149,7 @@ static int run(int argc, char **argv)
     if (!rc) rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb);
     if (!rc) rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float));
     double t1 = ms_now_s();
-    if (!rc) rc = ms_sam_encoder_forward(&enc, x, 1, emb);
+    if (!rc) rc = ms_sam_encoder_forward(e, x, 1, emb);
     if (!rc) rc = ms_dev_to_host(&dev, he, emb, ne * sizeof(float));
     double t2 = ms_now_s();
     int64_t shape[4] = {1, cfg.out_chans, g, g};
@@ -150,6 +167,7 @@ leave:
         if (emb) ms_dev_free(&dev, emb);
     }
     ms_sam_encoder_free(&enc);
+    ms_predict_model_free(&pm);
     ms_params_free(&ps);
     ms_sd_free(&sd);
     if (dev_ok) ms_device_free(&dev);

@@ -6,7 +6,9 @@
 
 #include "cli.h"
 #include "finetune/export.h"
+#include "base/path.h"
 #include "finetune/ft_model.h"
+#include "finetune/predict.h"
 
 static int run(int argc, char **argv)
 {
@@ -42,8 +44,11 @@ static int run(int argc, char **argv)
     ms_export_info info;
     ms_weights_layout lay;
     if ((rc = ms_weights_layout_parse(layout, &lay))) goto leave;
-    if (ms_ft_is_checkpoint(pos.v[0])) {
-        if ((rc = ms_export_ft_ckpt(pos.v[0], out, task, lay, threads, &info))) goto leave;
+    ms_ckpt_kind kind;
+    char dir[MS_PATH_MAX];
+    if ((rc = ms_ckpt_resolve(pos.v[0], &kind, dir))) goto leave;
+    if (kind == MS_CKPT_FINETUNE) {
+        if ((rc = ms_export_ft_ckpt(dir, out, task, lay, threads, &info))) goto leave;
         if (info.pad_differs)
             fprintf(stderr, "export-weights: warning: the checkpoint was trained with finetune-SAM's encoder block (pad "
                             "tokens = norm1.bias); SAM's own block pads with zeros, so windows with padding differ\n");

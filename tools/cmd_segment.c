@@ -7,6 +7,10 @@
  * with --multimask, else token 0) → the chosen mask (highest predicted IoU) upsampled: bilinear to S×S, crop to the
  * resized frame, bilinear to the original size, > 0 → MASK.png (0/255). The IoU predictions are printed; --logits
  * writes the selected low-resolution logits as float32 (1, M, 4·S/16, 4·S/16).
+ *
+ * --ckpt is anything finetune/predict.h's ms_predict_model_load takes (weight files, pretraining and fine-tuning run
+ * directories). A fine-tuned checkpoint runs its task's head (--task) with the checkpoint's preprocessing: the class
+ * channels (tokens 1..C) post-processed, their argmax written as the task's class values (docs/CLI.md §embed, segment, convert).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +19,7 @@
 #include "base/device.h"
 #include "cli.h"
 #include "data/preprocess.h"
+#include "finetune/predict.h"
 #include "finetune/sam.h"
 #include "image_io.h"
 
@@ -84,22 +89,66 @@ static ms_status check_prompts(const char *image, const float *pts, int n, const
     return MS_OK;
 }
 
+/* A fine-tuned task's class values are the PNG's pixels: they must fit 8 bits. */
+static ms_status check_class_values(const char *ckpt, const ms_predict_model *pm)
+{
+    if (!pm->finetuned) return MS_OK;
+    for (int c = 0; c < pm->n_classes; c++)
+        MS_FAIL_IF(pm->class_map[c] > 255, MS_EUNSUPPORTED,
+                   "%s: task '%s' has class value %u, which an 8-bit mask PNG cannot hold", ckpt,
+                   pm->ft.cfg.task[pm->task].name, (unsigned)pm->class_map[c]);
+    return MS_OK;
+}
+
+/* A fine-tuned head's C class channels (low-res, host) → the image's size → per-pixel argmax (the first maximum
+ * wins, as predict) → the task's class values. A prompt-trained head has two channels (background, the prompted
+ * object): its foreground is the task's one foreground value, or 255 when the task has several classes (the
+ * prompt picks an object, not its class). Prints the pixels of each class. */
+static ms_status write_class_map(const ms_predict_model *pm, const float *low, int C, int lo, int S, int stretched,
+                                 int h, int w, float *full, uint8_t *pix, const char *out)
+{
+    MS_TRY(ms_sam_postprocess_masks(low, C, lo, lo, S, stretched, h, w, full));
+    const size_t n = (size_t)h * w;
+    size_t count[MS_FT_MAX_CLASSES] = {0};
+    uint8_t value[MS_FT_MAX_CLASSES];
+    for (int c = 0; c < C && c < MS_FT_MAX_CLASSES; c++)
+        value[c] = pm->prompt != MS_PROMPT_NONE && c == 1 && pm->n_classes != 2 ? 255 : (uint8_t)pm->class_map[c];
+    MS_FAIL_IF(C > MS_FT_MAX_CLASSES || (pm->prompt == MS_PROMPT_NONE && C != pm->n_classes), MS_EFORMAT,
+               "%d class channels for %d classes", C, pm->n_classes);
+    for (size_t i = 0; i < n; i++) {
+        int best = 0;
+        for (int c = 1; c < C; c++)
+            if (full[(size_t)c * n + i] > full[(size_t)best * n + i]) best = c;
+        pix[i] = value[best];
+        count[best]++;
+    }
+    MS_TRY(ms_png_write_u8(out, pix, w, h, 1));
+    printf("classes (task %s, value: pixels):", pm->ft.cfg.task[pm->task].name);
+    for (int c = 0; c < C; c++) printf(" %u: %zu", (unsigned)value[c], count[c]);
+    printf(", %s\n", out);
+    return MS_OK;
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
-        "mrisam segment --ckpt F --image IMG.png [--point X,Y[,LABEL]]... [--box X0,Y0,X1,Y1] [--multimask] "
-        "-o MASK.png [--logits LOW.npy]",
+        "mrisam segment --ckpt F|RUN --image IMG.png [--point X,Y[,LABEL]]... [--box X0,Y0,X1,Y1] [--multimask] "
+        "[--task NAME] -o MASK.png [--logits LOW.npy]",
         "Zero-shot SAM with the official predictor's pre- and post-processing. Coordinates are in the image's pixels "
         "(x = column, y = row); LABEL is 1 (foreground, default) or 0 (background). Without --multimask the "
         "single-mask token is used; with it, the mask with the highest predicted IoU of the three. Prints the IoU "
-        "predictions; --logits writes the selected low-resolution logits, float32 (1, M, 4·S/16, 4·S/16).",
+        "predictions; --logits writes the selected low-resolution logits, float32 (1, M, 4·S/16, 4·S/16). --ckpt also "
+        "takes a pretraining run (RUN/, RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N): "
+        "a fine-tuned checkpoint runs its task's head (--task when several) with its preprocessing and writes the "
+        "argmax class map, pixels = the task's class values; --logits then holds its class channels (1, C, ...).",
         "mrisam segment --ckpt sam_vit_b_01ec64.pth --image slice.png --point 120,88 --multimask -o mask.png"};
     const char *ckpt = NULL, *image = NULL, *box_s = NULL, *out = NULL, *logits = NULL, *device = "cpu",
-               *norm = NULL;
+               *norm = NULL, *task = NULL;
     int multimask = 0, threads = 0;
     ms_strlist point_s = {0};
     const ms_opt opts[] = {
-        {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors)"},
+        {"ckpt", MS_OPT_STR, &ckpt, "F|RUN", "SAM-layout weights (.pth, .safetensors) or a run directory"},
+        {"task", MS_OPT_STR, &task, "NAME", "the task whose head runs (fine-tuned checkpoints with several)"},
         {"image", MS_OPT_STR, &image, "IMG.png", "input image (8/16-bit gray or RGB PNG)"},
         {"point", MS_OPT_LIST, &point_s, "X,Y[,LABEL]", "a point prompt (repeatable)"},
         {"box", MS_OPT_STR, &box_s, "X0,Y0,X1,Y1", "a box prompt"},
@@ -125,13 +174,13 @@ static int run(int argc, char **argv)
     if (bad) return bad;
 
     ms_device dev;
-    ms_sam m;
+    ms_predict_model pm;
     ms_image img = {0};
     ms_sam_prompt_state pst;
     int dev_ok = 0, model_ok = 0;
     float *hx = NULL, *x = NULL, *emb = NULL, *low = NULL, *iou = NULL, *full = NULL;
     uint8_t *pix = NULL;
-    memset(&m, 0, sizeof m);
+    memset(&pm, 0, sizeof pm);
     memset(&pst, 0, sizeof pst);
     ms_device_kind kind;
     int index;
@@ -139,17 +188,22 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
-    if ((rc = ms_sam_load(&m, ckpt, &dev))) goto leave;
+    if ((rc = ms_predict_model_load(&pm, ckpt, task, &dev))) goto leave;
     model_ok = 1;
+    ms_sam *const m = pm.m;
+    const int ft = pm.finetuned;
+    if (ft && multimask) { rc = ms_error(MS_EINVAL, "%s: --multimask goes with SAM weights; a fine-tuned checkpoint "
+                                                     "outputs its task's classes", ckpt); goto leave; }
+    if ((rc = check_class_values(ckpt, &pm))) goto leave;
     if ((rc = ms_png_read_image(image, &img))) goto leave;
-    const int h = img.h, w = img.w, S = m.img_size, g = m.emb_h;
+    const int h = img.h, w = img.w, S = m->img_size, g = m->emb_h;
     if ((rc = check_prompts(image, pts, np_, box_s ? box : NULL, w, h))) goto leave;
 
-    /* image embedding */
-    ms_prep_config pc;
-    ms_prep_config_default(&pc, S);
+    /* image embedding: the checkpoint's preprocessing (SAM's for weight files), --norm overriding */
+    ms_prep_config pc = pm.pc;
     pc.channels = 3;
     if ((rc = ms_prep_parse(&pc, NULL, norm))) goto leave;
+    const int stretched = pc.resize == MS_RESIZE_STRETCH;
     size_t nx = (size_t)3 * S * S, ne = (size_t)256 * g * g;
     hx = malloc(nx * sizeof(float));
     if (!hx) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
@@ -157,26 +211,33 @@ static int run(int argc, char **argv)
     if ((rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x))) goto leave;
     if ((rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb))) goto leave;
     if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
-    if ((rc = ms_sam_encoder_reserve(&m.enc, &dev, 1, 0))) goto leave;
-    if ((rc = ms_sam_encoder_forward(&m.enc, x, 1, emb))) goto leave;
+    if ((rc = ms_sam_encoder_reserve(&m->enc, &dev, 1, 0))) goto leave;
+    if ((rc = ms_sam_encoder_forward(&m->enc, x, 1, emb))) goto leave;
 
-    /* prompts in the resized frame */
-    ms_sam_apply_coords(pts, np_, h, w, S);
-    if (box_s) ms_sam_apply_coords(box, 2, h, w, S);
+    /* prompts in the resized frame (a stretched input scales each axis to S) */
+    if (stretched) {
+        for (int i = 0; i < np_; i++) { pts[2 * i] *= (float)S / w; pts[2 * i + 1] *= (float)S / h; }
+        if (box_s) { box[0] *= (float)S / w; box[2] *= (float)S / w; box[1] *= (float)S / h; box[3] *= (float)S / h; }
+    } else {
+        ms_sam_apply_coords(pts, np_, h, w, S);
+        if (box_s) ms_sam_apply_coords(box, 2, h, w, S);
+    }
     ms_sam_prompts pr = {.bp = 1, .n_points = np_, .points = pts, .labels = labels, .boxes = box_s ? box : NULL};
-    if ((rc = ms_sam_prompt_forward(&dev, &m.pe, &pr, &pst))) goto leave;
-    if ((rc = ms_sam_decoder_forward(&dev, &m.dec, emb, 1, &pst))) goto leave;
+    if ((rc = ms_sam_prompt_forward(&dev, &m->pe, &pr, &pst))) goto leave;
+    /* the decoder's active head: the task's (ms_predict_model_load selected it) or SAM's */
+    if ((rc = ms_sam_decoder_forward(&dev, &m->dec, emb, 1, &pst))) goto leave;
 
-    const int M = m.dec.M, lo = 4 * g;
-    const int first = multimask && M > 1 ? 1 : 0, nsel = multimask && M > 1 ? M - 1 : 1;
+    const int M = m->dec.M, lo = 4 * g;
+    /* a fine-tuned head's class channels are tokens 1..M-1 (docs/MODEL.md §Multi-class output) */
+    const int first = (ft || multimask) && M > 1 ? 1 : 0, nsel = (ft || multimask) && M > 1 ? M - 1 : 1;
     const size_t plane = (size_t)lo * lo;
     low = malloc((size_t)M * plane * sizeof(float));
     iou = malloc((size_t)M * sizeof(float));
-    full = malloc((size_t)h * w * sizeof(float));
+    full = malloc((size_t)(ft ? nsel : 1) * h * w * sizeof(float));
     pix = malloc((size_t)h * w);
     if (!low || !iou || !full || !pix) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
-    if ((rc = ms_dev_to_host(&dev, low, m.dec.masks, (size_t)M * plane * sizeof(float)))) goto leave;
-    if ((rc = ms_dev_to_host(&dev, iou, m.dec.iou, (size_t)M * sizeof(float)))) goto leave;
+    if ((rc = ms_dev_to_host(&dev, low, m->dec.masks, (size_t)M * plane * sizeof(float)))) goto leave;
+    if ((rc = ms_dev_to_host(&dev, iou, m->dec.iou, (size_t)M * sizeof(float)))) goto leave;
     int best = first;
     printf("iou:");
     for (int i = first; i < first + nsel; i++) {
@@ -184,11 +245,16 @@ static int run(int argc, char **argv)
         if (iou[i] > iou[best]) best = i;
     }
     printf("\n");
-    if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto leave;
-    size_t on = 0;
-    for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
-    if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
-    printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
+    if (ft) {
+        if ((rc = write_class_map(&pm, low + (size_t)first * plane, nsel, lo, S, stretched, h, w, full, pix, out)))
+            goto leave;
+    } else {
+        if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto leave;
+        size_t on = 0;
+        for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
+        if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
+        printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
+    }
     if (logits) {
         int64_t shape[4] = {1, nsel, lo, lo};
         if ((rc = ms_npy_write_f32(logits, low + (size_t)first * plane, shape, 4))) goto leave;
@@ -207,7 +273,7 @@ leave:
         if (emb) ms_dev_free(&dev, emb);
         ms_sam_prompt_state_free(&dev, &pst);
     }
-    if (model_ok) ms_sam_free(&m);
+    if (model_ok) ms_predict_model_free(&pm);
     if (dev_ok) ms_device_free(&dev);
     return ms_cli_report("segment", rc);
 }
