@@ -153,14 +153,22 @@ ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out)
     return ms_mkdirs(out);
 }
 
+/* Removes a step directory, DONE first: should the removal stop half-way (a kill, an error), what is left is an
+ * incomplete checkpoint, never one that looks complete and misses files. */
+static ms_status remove_step_dir(const char *step_dir)
+{
+    char done[MS_PATH_MAX];
+    MS_TRY(ms_path_join(done, step_dir, "DONE"));
+    if (unlink(done) && errno != ENOENT) return ms_error(errno, "%s: %s", done, strerror(errno));
+    MS_TRY(ms_fsync_dir(step_dir));
+    return ms_dir_remove(step_dir);
+}
+
 ms_status ms_ckpt_dir_abandon(const char *step_dir, ms_status rc)
 {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", ms_errmsg());
-    char done[MS_PATH_MAX];
-    /* DONE first: should the removal stop half-way, what is left is still an incomplete checkpoint */
-    if (!ms_path_join(done, step_dir, "DONE")) unlink(done);
-    ms_dir_remove(step_dir); /* a failure here leaves an incomplete directory, which the next prune removes */
+    remove_step_dir(step_dir); /* a failure here leaves an incomplete directory, which the next prune removes */
     return ms_error(rc, "%s", msg);
 }
 
@@ -234,7 +242,7 @@ ms_status ms_ckpt_dir_prune(const char *run, int keep_last, int64_t protect)
         if (keep) continue;
         char p[MS_PATH_MAX];
         rc = ms_path_fmt(p, "%s/step_%08lld", ck, (long long)steps[i]);
-        if (!rc) rc = ms_dir_remove(p);
+        if (!rc) rc = remove_step_dir(p);
     }
     return rc;
 }

@@ -1037,6 +1037,8 @@ static ms_status open_run(ms_ft_run *r)
     ms_run_mode mode;
     MS_TRY(ms_run_mode_of(o->out, o->resume ? o->out : NULL, o->overwrite, &mode));
     MS_TRY(ms_run_dir_prepare(o->out, mode)); /* the first write into RUN/: the split file has been read */
+    /* a kill between a checkpoint's DONE and its prune, or during the prune: finish it (as pretrain does) */
+    if (o->resume) MS_TRY(ms_ckpt_dir_prune(o->out, o->keep_last, r->step));
     char p[MS_PATH_MAX];
     MS_TRY(ms_path_join(p, o->out, "val"));
     MS_TRY(ms_mkdirs(p));

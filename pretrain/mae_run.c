@@ -468,6 +468,9 @@ static ms_status open_run(ms_mae_run *r)
     MS_TRY(ms_runlog_open(&r->lg, c->out));
     /* what was logged after the checkpoint is superseded; a run resumed at step 0 validates step 0 again */
     if (r->mode == MS_RUN_RESUME) MS_TRY(ms_runlog_rewind(&r->lg, r->ts.step ? r->ts.step + 1 : 0));
+    /* a kill may have come between a checkpoint's DONE and the prune, or in the middle of the prune: finish it, so
+     * RUN/ holds what an uninterrupted run holds even when no further checkpoint is written */
+    if (r->mode == MS_RUN_RESUME) MS_TRY(ms_ckpt_dir_prune(c->out, c->keep_last, r->ts.step));
     int S = r->S, nb = c->batch > c->val_slices ? c->batch : c->val_slices;
     MS_TRY(ms_dev_alloc(r->dev, (size_t)c->batch * 3 * S * S * sizeof(float), (void **)&r->xdev));
     r->gray = malloc((size_t)c->batch * S * S * sizeof(float));
