@@ -118,9 +118,35 @@ ms_status ms_run_dir_check(const char *run, ms_run_mode mode)
     return MS_OK;
 }
 
+/* Removes the temporaries "<file>.tmp.<pid>" an interrupted write left in folder dir (absent: nothing to do). */
+static ms_status remove_temporaries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? MS_OK : ms_error(errno, "%s: %s", dir, strerror(errno));
+    struct dirent *e;
+    ms_status rc = MS_OK;
+    while (!rc && (e = readdir(d))) {
+        char p[MS_PATH_MAX];
+        struct stat st;
+        if (strip_tmp(e->d_name) == strlen(e->d_name) || (rc = ms_path_join(p, dir, e->d_name))) continue;
+        if (!lstat(p, &st) && S_ISREG(st.st_mode) && unlink(p) && errno != ENOENT)
+            rc = ms_error(errno, "%s: %s", p, strerror(errno));
+    }
+    closedir(d);
+    return rc;
+}
+
 ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode)
 {
     MS_TRY(ms_run_dir_check(run, mode));
+    if (mode == MS_RUN_RESUME) { /* what a killed run was writing: the resumed run writes it again */
+        char p[MS_PATH_MAX];
+        MS_TRY(remove_temporaries(run));
+        MS_TRY(ms_path_join(p, run, "val"));
+        MS_TRY(remove_temporaries(p));
+        MS_TRY(ms_path_join(p, run, "best.tmp"));
+        MS_TRY(ms_dir_remove(p));
+    }
     if (mode == MS_RUN_OVERWRITE && ms_path_is_dir(run)) {
         DIR *d = opendir(run);
         if (!d) return ms_error(errno, "%s: %s", run, strerror(errno));

@@ -32,8 +32,9 @@ ms_status ms_run_mode_of(const char *out, const char *resume, int overwrite, ms_
  * over a run; "RUN: not empty (holds NAME, which no run writes): ..." for a fresh run or an overwrite over other
  * files; "RUN: not a directory". */
 ms_status ms_run_dir_check(const char *run, ms_run_mode mode);
-/* ms_run_dir_check, then (overwrite) removes every entry of RUN/, then creates RUN/. Call it just before the run's
- * first write, when the inputs (weights or a split file inside the old RUN/) have been read. */
+/* ms_run_dir_check, then (overwrite) removes every entry of RUN/, (resume) removes what a killed run was writing
+ * (the temporaries "<file>.tmp.<pid>" in RUN/ and RUN/val/, best.tmp/), then creates RUN/. Call it just before the
+ * run's first write, when the inputs (weights or a split file inside the old RUN/) have been read. */
 ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode);
 
 /* Reads and parses a JSON file (config.json, state.json, meta.json, shots.json): "path: not valid JSON" when it does

@@ -41,7 +41,7 @@ static size_t put_varint(unsigned char *b, uint64_t v)
     return n;
 }
 
-static ms_status write_record(FILE *f, const unsigned char *data, size_t n)
+static ms_status write_record(FILE *f, const char *path, const unsigned char *data, size_t n)
 {
     unsigned char hdr[12];
     uint64_t len = n;
@@ -50,12 +50,13 @@ static ms_status write_record(FILE *f, const unsigned char *data, size_t n)
     memcpy(hdr + 8, &c, 4);
     uint32_t dc = masked_crc(data, n);
     if (fwrite(hdr, 1, 12, f) != 12 || fwrite(data, 1, n, f) != n || fwrite(&dc, 1, 4, f) != 4 || fflush(f))
-        return ms_error(MS_EIO, "tensorboard event file: write failed");
+        return ms_error_sys(errno, path, "");
     return MS_OK;
 }
 
 /* Event with wall_time, step and either a file_version, one scalar, or (tag NULL too) a SessionLog START. */
-static ms_status write_event(FILE *f, int64_t step, const char *file_version, const char *tag, float value)
+static ms_status write_event(FILE *f, const char *path, int64_t step, const char *file_version, const char *tag,
+                             float value)
 {
     unsigned char b[600];
     size_t n = 0;
@@ -93,7 +94,7 @@ static ms_status write_event(FILE *f, int64_t step, const char *file_version, co
         memcpy(b + n, &value, 4);
         n += 4;
     }
-    return write_record(f, b, n);
+    return write_record(f, path, b, n);
 }
 
 ms_status ms_runlog_open(ms_runlog *l, const char *run)
@@ -106,12 +107,12 @@ ms_status ms_runlog_open(ms_runlog *l, const char *run)
     if (!l->jsonl) return ms_error(errno, "%s: %s", l->jsonl_path, strerror(errno));
     ms_status rc = ms_path_join(p, run, "tb");
     if (!rc) rc = ms_mkdirs(p);
-    if (!rc) rc = ms_path_fmt(p, "%s/tb/events.out.tfevents.%lld.mrisam", run, (long long)time(NULL));
+    if (!rc) rc = ms_path_fmt(l->tb_path, "%s/tb/events.out.tfevents.%lld.mrisam", run, (long long)time(NULL));
     if (!rc) {
-        l->tb = fopen(p, "ab");
-        if (!l->tb) rc = ms_error(errno, "%s: %s", p, strerror(errno));
+        l->tb = fopen(l->tb_path, "ab");
+        if (!l->tb) rc = ms_error(errno, "%s: %s", l->tb_path, strerror(errno));
     }
-    if (!rc) rc = write_event(l->tb, 0, "brain.Event:2", NULL, 0);
+    if (!rc) rc = write_event(l->tb, l->tb_path, 0, "brain.Event:2", NULL, 0);
     if (rc) ms_runlog_close(l);
     return rc;
 }
@@ -137,7 +138,7 @@ ms_status ms_runlog_rewind(ms_runlog *l, int64_t from)
 {
     char *txt;
     size_t len, kept = 0;
-    MS_FAIL_IF(fflush(l->jsonl), MS_EIO, "%s: write failed", l->jsonl_path);
+    if (fflush(l->jsonl)) return ms_error_sys(errno, l->jsonl_path, "");
     MS_TRY(ms_read_file(l->jsonl_path, (size_t)1 << 34, &txt, &len));
     for (size_t i = 0; i < len;) { /* kept lines move to the front, byte for byte */
         char *nl = memchr(txt + i, '\n', len - i);
@@ -157,17 +158,17 @@ ms_status ms_runlog_rewind(ms_runlog *l, int64_t from)
         l->jsonl = fopen(l->jsonl_path, "a");
         if (!l->jsonl) return ms_error(errno, "%s: %s", l->jsonl_path, strerror(errno));
     }
-    return write_event(l->tb, from, NULL, NULL, 0);
+    return write_event(l->tb, l->tb_path, from, NULL, NULL, 0);
 }
 
 ms_status ms_runlog_json(ms_runlog *l, const char *obj)
 {
     if (fputs(obj, l->jsonl) < 0 || fputc('\n', l->jsonl) < 0 || fflush(l->jsonl))
-        return ms_error(MS_EIO, "%s: write failed", l->jsonl_path);
+        return ms_error_sys(errno, l->jsonl_path, "");
     return MS_OK;
 }
 
 ms_status ms_runlog_scalar(ms_runlog *l, const char *tag, int64_t step, double value)
 {
-    return write_event(l->tb, step, NULL, tag, (float)value);
+    return write_event(l->tb, l->tb_path, step, NULL, tag, (float)value);
 }

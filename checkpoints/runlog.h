@@ -17,7 +17,7 @@
 typedef struct ms_runlog {
     FILE *jsonl;
     FILE *tb;
-    char jsonl_path[MS_PATH_MAX];
+    char jsonl_path[MS_PATH_MAX], tb_path[MS_PATH_MAX]; /* for the messages (a full disk names the file) */
 } ms_runlog;
 
 /* Opens (appends to) RUN/log.jsonl and a new RUN/tb/events.out.tfevents.<time>.mrisam file. */

@@ -142,10 +142,16 @@ ms_status ms_png_read_image(const char *path, ms_image *img)
     return MS_OK;
 }
 
+/* the output file and the status of its first failed write (a full disk: the message names the file and errno) */
+typedef struct png_out {
+    ms_afile a;
+    ms_status rc;
+} png_out;
+
 static void png_write_fn(png_structp png, png_bytep data, png_size_t n)
 {
-    ms_afile *a = png_get_io_ptr(png);
-    if (ms_afile_write(a, data, n)) png_error(png, "write failed");
+    png_out *o = png_get_io_ptr(png);
+    if ((o->rc = ms_afile_write(&o->a, data, n))) png_error(png, "write failed");
 }
 static void png_flush_fn(png_structp png) { (void)png; }
 
@@ -182,14 +188,19 @@ ms_status ms_png_write_u8(const char *path, const uint8_t *pix, int w, int h, in
 {
     if ((channels != 1 && channels != 3) || w <= 0 || h <= 0)
         return ms_error(MS_EINVAL, "%s: cannot write a %dx%dx%d PNG", path, w, h, channels);
-    ms_afile a;
-    volatile ms_status rc = ms_afile_open(&a, path);
+    png_out o = {.rc = MS_OK};
+    char emsg[EMSG_MAX] = "";
+    volatile ms_status rc = ms_afile_open(&o.a, path);
     if (rc) return rc;
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    /* on_error: libpng's default handler would print a second line of its own */
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, emsg, on_error, on_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!png || !info) { rc = ms_error(MS_ENOMEM, "%s: out of memory", path); goto leave; }
-    if (setjmp(png_jmpbuf(png))) { rc = ms_error(MS_EIO, "%s: PNG write failed", path); goto leave; }
-    png_set_write_fn(png, &a, png_write_fn, png_flush_fn);
+    if (setjmp(png_jmpbuf(png))) { /* o lives in memory (libpng holds its address), so its rc is current */
+        rc = o.rc ? o.rc : ms_error(MS_EIO, "%s: PNG write failed (%s)", path, emsg);
+        goto leave;
+    }
+    png_set_write_fn(png, &o, png_write_fn, png_flush_fn);
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_write_info(png, info);
@@ -197,7 +208,7 @@ ms_status ms_png_write_u8(const char *path, const uint8_t *pix, int w, int h, in
     png_write_end(png, NULL);
 leave:
     if (png) png_destroy_write_struct(&png, info ? &info : NULL);
-    if (!rc) rc = ms_afile_commit(&a);
-    else ms_afile_abort(&a);
+    if (!rc) rc = ms_afile_commit(&o.a);
+    else ms_afile_abort(&o.a);
     return rc;
 }

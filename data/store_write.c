@@ -110,10 +110,7 @@ static ms_status store_err(const char *dir, int rc, const char *what)
     char data[MS_PATH_MAX];
     if (ms_path_join(data, dir, "data.mdb")) return ms_error(MS_EIO, "%s: %s%s", dir, what, mdb_strerror(rc));
     if (rc == EIO) rc = short_write_reason(data);
-    if (rc > 0) {
-        const char *name = strerrorname_np(rc);
-        return ms_error(rc, "%s: %s%s (%s)", data, what, strerror(rc), name ? name : "?");
-    }
+    if (rc > 0) return ms_error_sys(rc, data, what);
     return ms_error(MS_EIO, "%s: %s%s", data, what, mdb_strerror(rc));
 }
 

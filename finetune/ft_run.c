@@ -336,8 +336,14 @@ static ms_status save_best(ms_ft_run *r, const char *extra)
     MS_TRY(ms_path_join(dst, r->cfg.out, "best"));
     MS_TRY(ms_dir_remove(tmp));
     MS_TRY(ms_mkdirs(tmp));
-    MS_TRY(ms_ft_model_save(&r->m, tmp, extra));
-    MS_TRY(ms_fsync_dir(tmp));
+    ms_status rc = ms_ft_model_save(&r->m, tmp, extra);
+    if (!rc) rc = ms_fsync_dir(tmp);
+    if (rc) { /* a full disk, say: best/ stays as it was, and no best.tmp/ is left behind */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ms_errmsg());
+        ms_dir_remove(tmp);
+        return ms_error(rc, "%s", msg);
+    }
     MS_TRY(ms_dir_swap_in(tmp, dst));
     MS_TRY(ms_fsync_dir(r->cfg.out));
     return ms_dir_remove(tmp); /* the previous best, after an exchange */

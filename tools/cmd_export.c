@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/fileio.h"
 #include "base/path.h"
 #include "cli.h"
 #include "data/store.h"
@@ -17,19 +18,22 @@ static ms_status write_npy_u16(const char *path, const uint16_t *v, int h, int w
     char hdr[128];
     int n = snprintf(hdr, sizeof hdr, "{'descr': '<u2', 'fortran_order': False, 'shape': (%d, %d), }", h, w);
     int total = 10 + n + 1, pad = (64 - total % 64) % 64;
-    FILE *f = fopen(path, "wb");
-    if (!f) return ms_error(errno, "%s: %s", path, strerror(errno));
-    unsigned hl = (unsigned)(n + pad + 1);
+    size_t hl = (size_t)(n + pad + 1), len = 10 + hl + (size_t)h * w * 2;
+    unsigned char *b = malloc(len);
+    if (!b) return ms_error(MS_ENOMEM, "%s: out of memory", path);
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 255), (unsigned char)(hl >> 8)};
-    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
-    for (int i = 0; i < pad && ok; i++) ok = fputc(' ', f) != EOF;
-    ok = ok && fputc('\n', f) != EOF;
-    for (size_t i = 0; i < (size_t)h * w && ok; i++) { /* little-endian whatever the host */
-        unsigned char b[2] = {(unsigned char)(v[i] & 255), (unsigned char)(v[i] >> 8)};
-        ok = fwrite(b, 1, 2, f) == 2;
+    memcpy(b, pre, 10);
+    memcpy(b + 10, hdr, (size_t)n);
+    memset(b + 10 + n, ' ', (size_t)pad);
+    b[10 + hl - 1] = '\n';
+    for (size_t i = 0; i < (size_t)h * w; i++) { /* little-endian whatever the host */
+        b[10 + hl + 2 * i] = (unsigned char)(v[i] & 255);
+        b[10 + hl + 2 * i + 1] = (unsigned char)(v[i] >> 8);
     }
-    if (fclose(f) != 0) ok = 0;
-    return ok ? MS_OK : ms_error(MS_EIO, "%s: write failed", path);
+    /* atomically: a full disk leaves no half-written file under the name (the message names the file and errno) */
+    ms_status rc = ms_write_file_atomic(path, b, len);
+    free(b);
+    return rc;
 }
 
 static ms_status write_one(const char *path, const uint16_t *v, int h, int w, int is_label)

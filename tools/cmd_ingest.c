@@ -2,7 +2,6 @@
  * Option parsing and messages only; the work is data/ingest.c. SIGINT/SIGTERM finish the volume being
  * written and exit 75 (rerun to resume); a second signal exits at once (the store stays consistent). */
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -114,9 +113,6 @@ static int run(int argc, char **argv)
     o.threads = threads;
     o.progress = progress < 0 ? isatty(2) : progress;
     o.stop = ms_cli_catch_stop();
-    /* Past RLIMIT_FSIZE the kernel sends SIGXFSZ, which kills by default: ignored, the write fails with EFBIG and
-     * the store names it like a full disk (nothing committed is lost, a rerun resumes). */
-    signal(SIGXFSZ, SIG_IGN);
     ms_ingest_summary s;
     ms_status st = ms_ingest_run(&o, &s);
     /* A failed run: the error first, then the summary only when sources were processed (a bad label map, CSV or

@@ -66,7 +66,7 @@ ms_status ms_afile_open(ms_afile *a, const char *path)
     snprintf(a->tmp, n + 32, "%s.tmp.%ld", path, (long)getpid());
     a->f = fopen(a->tmp, "wb");
     if (!a->f) {
-        ms_status rc = ms_error(MS_EIO, "%s: %s", a->tmp, strerror(errno));
+        ms_status rc = ms_error_sys(errno, a->tmp, "");
         ms_afile_abort(a);
         return rc;
     }
@@ -75,7 +75,8 @@ ms_status ms_afile_open(ms_afile *a, const char *path)
 
 ms_status ms_afile_write(ms_afile *a, const void *p, size_t n)
 {
-    if (n && fwrite(p, 1, n, a->f) != n) return ms_error(MS_EIO, "%s: write: %s", a->tmp, strerror(errno));
+    /* the final name in the message: the temporary is removed on failure (a full disk: ENOSPC, EFBIG) */
+    if (n && fwrite(p, 1, n, a->f) != n) return ms_error_sys(errno, a->path, "");
     a->off += n;
     return MS_OK;
 }
@@ -84,17 +85,17 @@ ms_status ms_afile_commit(ms_afile *a)
 {
     ms_status rc = MS_OK;
     if (fflush(a->f) != 0 || fsync(fileno(a->f)) != 0) {
-        rc = ms_error(MS_EIO, "%s: flush: %s", a->tmp, strerror(errno));
+        rc = ms_error_sys(errno, a->path, "");
         goto leave;
     }
     int cr = fclose(a->f);
     a->f = NULL;
     if (cr != 0) {
-        rc = ms_error(MS_EIO, "%s: close: %s", a->tmp, strerror(errno));
+        rc = ms_error_sys(errno, a->path, "close: ");
         goto leave;
     }
     if (rename(a->tmp, a->path) != 0) {
-        rc = ms_error(MS_EIO, "%s: rename: %s", a->path, strerror(errno));
+        rc = ms_error_sys(errno, a->path, "rename: ");
         goto leave;
     }
     free(a->tmp);

@@ -1,6 +1,10 @@
 /* kernels/base/status.c — see status.h. The message buffer is thread-local: the only process-wide state. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strerrorname_np */
+#endif
 #include "status.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,6 +43,13 @@ ms_status ms_error(ms_status st, const char *fmt, ...)
     vsnprintf(tls_msg, sizeof tls_msg, fmt, ap);
     va_end(ap);
     return st;
+}
+
+ms_status ms_error_sys(int err, const char *path, const char *what)
+{
+    if (err <= 0) err = EIO; /* a failure that set no errno */
+    const char *name = strerrorname_np(err);
+    return ms_error(err, "%s: %s%s (%s)", path, what, strerror(err), name ? name : "?");
 }
 
 void ms_error_prefix(const char *fmt, ...)

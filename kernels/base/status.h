@@ -40,6 +40,9 @@ const char *ms_strerror(ms_status st);
 const char *ms_errmsg(void);
 /* Record a message for code `st` and return `st` (so: return ms_error(MS_EIO, "%s: short read", path);). */
 ms_status ms_error(ms_status st, const char *fmt, ...) MS_PRINTF(2, 3);
+/* A failed system call on path: records "<path>: <what><strerror> (<ERRNO NAME>)", e.g. "RUN/x.pth: No space left
+ * on device (ENOSPC)", and returns err (an errno value). what: "" or a context such as "flush failed: ". */
+ms_status ms_error_sys(int err, const char *path, const char *what);
 /* Clear this thread's message. */
 void ms_error_clear(void);
 /* Prefix the current message with "<prefix>: " (adds context while propagating). */

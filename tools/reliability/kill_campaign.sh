@@ -5,23 +5,27 @@
 # uninterrupted run (docs/RELIABILITY.md, issue #18 "Keep them closed"). Per workload: one uninterrupted reference
 # run, then N rounds (default 50), each starting from nothing:
 #   ingest   — a small noisy archive (int16 volumes and one 4D float file, generated from the seed) ingested with
-#              --threads 1 and 2 in turn (the reference run is made with both); killed at a moment drawn over the
-#              whole length of a clean run, so kills land while a volume's transaction is being written. Whatever
+#              --threads 1 and 2 in turn (the reference run is made with both). Rounds 1, 2, 5, 6, ... are killed
+#              at a moment drawn over the whole length of a clean run; rounds 3, 4, 7, 8, ... (where strace can
+#              trace) on entry to the N-th writev (LMDB's data pages) or pwrite64 (its meta pages) of the run, drawn
+#              from the counts of a clean run: inside a commit, with part of a volume's transaction written. Whatever
 #              store exists after the kill must pass `mrisam verify`; a rerun of the same command completes it, it
-#              verifies again and its content equals the reference's (tests/data/compare_stores.py).
+#              verifies again and its content equals the reference's (tests/data/compare_stores.py). Counted too:
+#              kills after which data.mdb held pages past its last committed one.
 #   pretrain — vit_test at input 64, 24 steps, a checkpoint every 4 steps (keep-last 2), validation every 8. After
 #              the kill: `pretrain --resume RUN` (or `--overwrite` when the kill came before the first complete
 #              checkpoint: resume then answers "no checkpoints"); then every file of RUN/ (both kept checkpoints,
 #              the export .pth/.safetensors, config.json, val/ panels) must equal the reference's byte for byte,
 #              and log.jsonl without t and img_per_s its lines (compare_runs.py; tb/ aside: its name and wall
 #              times differ by design).
-#   finetune — vit_test at input 64, LoRA on encoder+decoder, 4 shots of a labelled store made by
-#              tests/finetune/ft_check.py, 20 steps, validation every epoch (best/ is swapped in several times),
+#   finetune — vit_test at input 64, LoRA on encoder+decoder, 4 shots of a small labelled store (3 volumes, label
+#              values 3 and 7), 20 steps, validation every epoch (best/ is swapped in several times),
 #              a checkpoint every 4 steps; `finetune --resume RUN`, then the same comparison (best/, the kept
 #              checkpoints, shots.json, log.jsonl ...).
 # The runs use --threads 2 and OMP_WAIT_POLICY=passive; on the CPU they are deterministic, so "byte-identical" is the
 # test. A kill "lands" when the process was still running (it died of SIGKILL, status 137); a run that finished
-# first is still recovered and compared. Temporaries a kill leaves (`<file>.tmp.<pid>`) are counted as leftovers.
+# first is still recovered and compared. A temporary of a killed write (`<file>.tmp.<pid>`, best.tmp/) still there
+# after the resume is a failure too (counted as leftovers).
 # The kill moment of round R is a fraction drawn from (seed, workload, R) of the length of this machine's clean run,
 # printed in seconds: `--seed S --only W --round R --delay SECONDS` replays that round with that delay (where the
 # process is at that moment still depends on the machine's load).
@@ -101,37 +105,56 @@ tally() {
     local line
     line=$(printf '%-9s rounds %3d  kills landed %3d  recoveries OK %3d  identical %3d  leftovers %3d  wall %6ss' \
         "$W" "$N" "$NLAND" "$NREC" "$NSAME" "$NLEFT" "$(secs "$T0" "$(now)")")
+    [ "$W" != ingest ] || line+="  (inside a commit by strace: $NSYS; uncommitted pages seen: $NMID)"
     echo "$line"
     SUMMARY+="$line"$'\n'
 }
 # a round's scratch folder goes unless the round failed
 round_end() { if [ "$FAILS" -eq "$1" ] && [ -z "$ONE" ]; then rm -rf "$RD"; fi; }
 
-# ---- data: a noisy archive (ingest, pretrain) and a small labelled store (finetune) ----------------------------------
+# ---- data: a noisy archive (ingest, pretrain) and small labelled volumes (finetune) -----------------------------------
 D=$OUT/data
 rm -rf "$D"
 mkdir -p "$D"
-$PY - "$D/in" "$SEED" <<'PYEOF' || { echo "kill_campaign.sh: cannot generate the archive" >&2; exit 1; }
-import os, sys, nibabel as nib, numpy as np
-d, seed = sys.argv[1], int(sys.argv[2])
-os.makedirs(d)
-rng = np.random.default_rng(seed)
-for i in range(10):
-    v = rng.integers(0, 4000, size=(96, 96, 28)).astype(np.int16)
-    v[:, :, :2] = 0  # near-empty slices, which ingest skips
-    nib.Nifti1Image(v, np.diag([1.0, 1.0, 2.5, 1.0])).to_filename(f"{d}/v{i:02d}.nii.gz")
-nib.Nifti1Image(rng.normal(100, 20, size=(64, 64, 20, 4)).astype(np.float32), np.eye(4)).to_filename(f"{d}/v05_4d.nii.gz")
-PYEOF
+$PY "$HERE/make_data.py" "$D" "$SEED" || { echo "kill_campaign.sh: cannot generate the data" >&2; exit 1; }
 "$M" ingest "$D/in" -o "$D/ref.store" --threads 2 --quiet || { echo "kill_campaign.sh: reference ingest failed" >&2; exit 1; }
 
 # ---- ingest ----------------------------------------------------------------------------------------------------------
+# SIGKILL on entry to the N-th call of syscall SC (strace's fault injection): sets LANDED like kill_after
+kill_at_syscall() {
+    local sc=$1 n=$2
+    shift 2
+    # (in a subshell: bash would report the killed foreground job on stderr)
+    (strace -f -o /dev/null -e trace="$sc" -e inject="$sc:signal=KILL:when=$n" "$@" > "$RD/killed.log" 2>&1; exit $?) 2> /dev/null
+    local rc=$?
+    LANDED=$([ $rc -eq 137 ] && echo 1 || echo 0)
+    [ $rc -eq 137 ] || [ $rc -eq 0 ] || fail "the run to be killed exited $rc before the kill ($(tail -n 1 "$RD/killed.log"))"
+}
+
 ingest_round() {
-    local th=$(( R % 2 + 1 )) s=$RD/k.store
-    DELAY=$(delay 0.005 "${IDUR[$th]}")
-    kill_after "$M" ingest "$D/in" -o "$s" --threads "$th" --quiet
-    local ok=1 v="no store yet"
+    local th=$(( R % 2 + 1 )) s=$RD/k.store how
+    # rounds 3, 4, 7, 8, ... (with strace): killed inside LMDB's commit, on the N-th write of the store's pages
+    # (writev) or meta page (pwrite64), so a volume's transaction is always cut half-way; the others at a moment
+    if [ -n "${SCN[writev.$th]:-}" ] && [ $(( (R - 1) / 2 % 2 )) -eq 1 ]; then
+        local sc n
+        read -r sc n < <($PY -c "import random; r = random.Random('$SEED:$W:$R'); sc = r.choice(['writev', 'pwrite64'])
+print(sc, r.randint(1, {'writev': ${SCN[writev.$th]}, 'pwrite64': ${SCN[pwrite64.$th]}}[sc]))")
+        DELAY=0
+        how="kill at $sc #$n of ${SCN[$sc.$th]}"
+        kill_at_syscall "$sc" "$n" "$M" ingest "$D/in" -o "$s" --threads "$th" --quiet
+        NSYS=$((NSYS + LANDED))
+    else
+        DELAY=$(delay 0.005 "${IDUR[$th]}")
+        how="kill after ${DELAY}s"
+        kill_after "$M" ingest "$D/in" -o "$s" --threads "$th" --quiet
+    fi
+    local ok=1 v="no store yet" mid
     if [ -e "$s/data.mdb" ]; then
-        if "$M" verify "$s" > "$RD/verify.log" 2>&1; then v=$(tail -n 1 "$RD/verify.log" | sed 's/.*: //');
+        # pages past the last committed one on disk: the kill came while a volume's transaction was being written
+        mid=$($PY -c "import lmdb, os; e = lmdb.open('$s', readonly=True, lock=False, max_dbs=16)
+print(int(os.path.getsize('$s/data.mdb') > (e.info()['last_pgno'] + 1) * e.stat()['psize']))" 2>/dev/null)
+        if [ "$mid" = 1 ]; then NMID=$((NMID + 1)); v="uncommitted pages on disk; "; else v=""; fi
+        if "$M" verify "$s" > "$RD/verify.log" 2>&1; then v+=$(tail -n 1 "$RD/verify.log" | sed 's/.*: //');
         else ok=0; fail "verify after the kill failed: $(tail -n 2 "$RD/verify.log" | tr '\n' ' ')"; fi
     fi
     local rec=0 same=0
@@ -144,7 +167,7 @@ ingest_round() {
     fi
     [ $ok -eq 1 ] || rec=0
     NREC=$((NREC + rec)); NSAME=$((NSAME + same))
-    echo "ingest   round $R: --threads $th, kill after ${DELAY}s: $([ $LANDED = 1 ] && echo landed || echo finished first); after it: $v; recovered $rec, identical $same"
+    echo "ingest   round $R: --threads $th, $how: $([ $LANDED = 1 ] && echo landed || echo finished first); after it: $v; recovered $rec, identical $same"
 }
 
 # ---- pretrain and finetune: the run, killed; resume (or start again); compare with the reference ----------------------
@@ -179,7 +202,7 @@ run_round() {
 
 # one workload: reference, then the rounds ($1: the round function)
 campaign() {
-    N=0; NLAND=0; NREC=0; NSAME=0; NLEFT=0
+    N=0; NLAND=0; NREC=0; NSAME=0; NLEFT=0; NMID=0; NSYS=0
     local f
     for R in $(rounds); do
         RD=$OUT/$W/r$R
@@ -207,6 +230,22 @@ if [ -z "$ONLY" ] || [ "$ONLY" = ingest ]; then
         rm -rf "$OUT/ingest/ref$th.store"
     done
     echo "ingest: a clean run takes ${IDUR[1]}s (--threads 1), ${IDUR[2]}s (--threads 2)"
+    # the store's page writes in a clean run, per thread count (strace -c), for the kills inside a commit
+    declare -A SCN
+    if command -v strace > /dev/null; then
+        for th in 1 2; do
+            rm -rf "$OUT/ingest/sc.store"
+            strace -f -c -o "$OUT/ingest/sc.txt" -e trace=writev,pwrite64 "$M" ingest "$D/in" -o "$OUT/ingest/sc.store" \
+                --threads "$th" --quiet > /dev/null 2>&1 || break
+            for sc in writev pwrite64; do
+                c=$(awk -v s=$sc '$NF == s { print $(NF - 1) }' "$OUT/ingest/sc.txt")
+                [ -n "$c" ] && [ "$c" -gt 0 ] && SCN[$sc.$th]=$c
+            done
+        done
+        rm -rf "$OUT/ingest/sc.store"
+    fi
+    [ -n "${SCN[pwrite64.2]:-}" ] && echo "ingest: a clean run writes pages with ${SCN[writev.1]} / ${SCN[writev.2]} writev and ${SCN[pwrite64.1]} / ${SCN[pwrite64.2]} pwrite64 calls (--threads 1 / 2)" ||
+        echo "ingest: no strace (or ptrace refused): every kill at a moment"
     campaign ingest_round
 fi
 
@@ -232,11 +271,8 @@ if [ -z "$ONLY" ] || [ "$ONLY" = finetune ]; then
     T0=$(now)
     R=0
     mkdir -p "$OUT/finetune"
-    if [ ! -d "$D/ft.store" ]; then
-        $PY "$SRC/tests/finetune/ft_check.py" make "$D/ft" > /dev/null &&
-            "$M" ingest --labels "$D/ft/pairs.csv" --axis axial -o "$D/ft.store" --quiet ||
-            { echo "kill_campaign.sh: cannot make the labelled store" >&2; exit 1; }
-    fi
+    "$M" ingest --labels "$D/ft/pairs.csv" --axis axial -o "$D/ft.store" --quiet ||
+        { echo "kill_campaign.sh: cannot make the labelled store" >&2; exit 1; }
     CMD=finetune
     OPTS="--store $D/ft.store --init random --model vit_test --input-size 64 --method lora --scope encoder+decoder
           --shots 4 --batch-size 2 --max-steps 20 --warmup-steps 2 --lr 3e-3 --val-every 1 --val-slices 2
