@@ -22,6 +22,8 @@
 #              values 3 and 7), 20 steps, validation every epoch (best/ is swapped in several times),
 #              a checkpoint every 4 steps; `finetune --resume RUN`, then the same comparison (best/, the kept
 #              checkpoints, shots.json, log.jsonl ...).
+# Rounds 3, 8, 13, ... kill the recovery too (ingest: the rerun; pretrain, finetune: the resume), at a delay of its
+# own drawn from the seed, and recover from that (ingest: verify again first).
 # The runs use --threads 2 and OMP_WAIT_POLICY=passive; on the CPU they are deterministic, so "byte-identical" is the
 # test. A kill "lands" when the process was still running (it died of SIGKILL, status 137); a run that finished
 # first is still recovered and compared. A temporary of a killed write (`<file>.tmp.<pid>`, best.tmp/) still there
@@ -82,10 +84,11 @@ fail() {
 }
 now() { date +%s.%N; }
 secs() { $PY -c "print('%.1f' % ($2 - $1))"; }
-# the kill delay of round R of workload W: uniform in [lo, hi), from (seed, W, R); --delay replaces it
+# the kill delay of round R of workload W: uniform in [lo, hi), from (seed, W, R); --delay replaces it. A third
+# argument "2": the delay of the second kill of a round (the recovery's), never replaced.
 delay() {
-    if [ -n "$FIXED" ]; then echo "$FIXED"; return; fi
-    $PY -c "import random; r = random.Random('$SEED:$W:$R'); print('%.3f' % ($1 + r.random() * ($2 - $1)))"
+    if [ -n "$FIXED" ] && [ -z "${3:-}" ]; then echo "$FIXED"; return; fi
+    $PY -c "import random; r = random.Random('$SEED:$W:$R${3:+:$3}'); print('%.3f' % ($1 + r.random() * ($2 - $1)))"
 }
 # runs "$@" in the background, SIGKILLs it after $DELAY s; sets LANDED=1 when it was still running (died of SIGKILL)
 kill_after() {
@@ -103,8 +106,8 @@ rounds() { if [ -n "$ONE" ]; then echo "$ONE"; else seq 1 "$ROUNDS"; fi; }
 # a finished workload's line: rounds, kills landed, recoveries, identical, leftovers, wall time
 tally() {
     local line
-    line=$(printf '%-9s rounds %3d  kills landed %3d  recoveries OK %3d  identical %3d  leftovers %3d  wall %6ss' \
-        "$W" "$N" "$NLAND" "$NREC" "$NSAME" "$NLEFT" "$(secs "$T0" "$(now)")")
+    line=$(printf '%-9s rounds %3d  kills landed %3d (+%d of recoveries)  recoveries OK %3d  identical %3d  leftovers %3d  wall %6ss' \
+        "$W" "$N" "$NLAND" "$NDBL" "$NREC" "$NSAME" "$NLEFT" "$(secs "$T0" "$(now)")")
     [ "$W" != ingest ] || line+="  (inside a commit by strace: $NSYS; uncommitted pages seen: $NMID)"
     echo "$line"
     SUMMARY+="$line"$'\n'
@@ -157,6 +160,20 @@ print(int(os.path.getsize('$s/data.mdb') > (e.info()['last_pgno'] + 1) * e.stat(
         if "$M" verify "$s" > "$RD/verify.log" 2>&1; then v+=$(tail -n 1 "$RD/verify.log" | sed 's/.*: //');
         else ok=0; fail "verify after the kill failed: $(tail -n 2 "$RD/verify.log" | tr '\n' ' ')"; fi
     fi
+    if [ $((R % 5)) -eq 3 ]; then # rounds 3, 8, 13, ...: the rerun is killed too, and the store verified again
+        local first=$LANDED d2
+        d2=$(delay 0.005 "${IDUR[$th]}" 2)
+        DELAY1=$DELAY DELAY=$d2
+        kill_after "$M" ingest "$D/in" -o "$s" --threads "$th" --quiet
+        DELAY=$DELAY1
+        NDBL=$((NDBL + LANDED))
+        v+="; the rerun killed after ${d2}s: $([ $LANDED = 1 ] && echo landed || echo finished first)"
+        LANDED=$first
+        if [ -e "$s/data.mdb" ] && ! "$M" verify "$s" > "$RD/verify2.log" 2>&1; then
+            ok=0
+            fail "verify after the second kill failed: $(tail -n 2 "$RD/verify2.log" | tr '\n' ' ')"
+        fi
+    fi
     local rec=0 same=0
     if "$M" ingest "$D/in" -o "$s" --threads "$th" --quiet > "$RD/rerun.log" 2>&1 && "$M" verify "$s" > /dev/null 2>&1; then
         rec=1
@@ -171,21 +188,38 @@ print(int(os.path.getsize('$s/data.mdb') > (e.info()['last_pgno'] + 1) * e.stat(
 }
 
 # ---- pretrain and finetune: the run, killed; resume (or start again); compare with the reference ----------------------
+# the recovery for what RUN/ ($1) holds: ARGS (the output options) and HOW (in words)
+recovery() {
+    if ls "$1"/ckpt/step_*/DONE > /dev/null 2>&1; then
+        HOW="resumed from $(basename "$(ls -d "$1"/ckpt/step_*/DONE | sort | tail -n 1 | xargs dirname)")"
+        ARGS="--resume $1 -o $1"
+    elif [ -e "$1" ]; then
+        HOW="no checkpoint yet: --overwrite"
+        ARGS="--overwrite -o $1"
+    else
+        HOW="no RUN/ yet: a fresh run"
+        ARGS="-o $1"
+    fi
+}
+
 run_round() {
-    local run=$RD/run
+    local run=$RD/run how=""
     DELAY=$(delay 0.05 "$DUR")
     kill_after "$M" $CMD $OPTS -o "$run"
-    local how
-    if ls "$run"/ckpt/step_*/DONE > /dev/null 2>&1; then
-        how="resumed from $(basename "$(ls -d "$run"/ckpt/step_*/DONE | sort | tail -n 1 | xargs dirname)")"
-        "$M" $CMD $OPTS --resume "$run" -o "$run" > "$RD/recover.log" 2>&1
-    elif [ -e "$run" ]; then
-        how="no checkpoint yet: --overwrite"
-        "$M" $CMD $OPTS --overwrite -o "$run" > "$RD/recover.log" 2>&1
-    else
-        how="no RUN/ yet: a fresh run"
-        "$M" $CMD $OPTS -o "$run" > "$RD/recover.log" 2>&1
+    if [ $((R % 5)) -eq 3 ]; then # rounds 3, 8, 13, ...: the recovery is killed too (a resume takes less than a run)
+        local first=$LANDED d2
+        recovery "$run"
+        d2=$(delay 0.05 "$(awk -v d="$DUR" 'BEGIN { print d * 0.6 }')" 2)
+        DELAY1=$DELAY DELAY=$d2
+        kill_after "$M" $CMD $OPTS $ARGS
+        DELAY=$DELAY1
+        NDBL=$((NDBL + LANDED))
+        how="$HOW, killed after ${d2}s too ($([ $LANDED = 1 ] && echo landed || echo finished first)); "
+        LANDED=$first
     fi
+    recovery "$run"
+    how+=$HOW
+    "$M" $CMD $OPTS $ARGS > "$RD/recover.log" 2>&1
     local rc=$? rec=0 same=0 left=""
     if [ $rc -eq 0 ]; then
         rec=1
@@ -202,7 +236,7 @@ run_round() {
 
 # one workload: reference, then the rounds ($1: the round function)
 campaign() {
-    N=0; NLAND=0; NREC=0; NSAME=0; NLEFT=0; NMID=0; NSYS=0
+    N=0; NLAND=0; NREC=0; NSAME=0; NLEFT=0; NMID=0; NSYS=0; NDBL=0
     local f
     for R in $(rounds); do
         RD=$OUT/$W/r$R
