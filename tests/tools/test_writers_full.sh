@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/tools/test_writers_full.sh — every writer but ingest (tests/data/test_ingest_full.sh) on a full disk (issue #18):
 # pretrain (checkpoints, val panels, the export), finetune (checkpoints, best/), convert, export-weights, predict
-# (NIfTI and PNG) and export (PNG, NPY). Each runs once without a limit (the reference), then under a byte limit
+# (NIfTI and PNG), export (PNG, NPY) and embed (NPY). Each runs once without a limit (the reference), then under a byte limit
 # drawn at random (seeded) below the size of its largest output: RLIMIT_FSIZE (`ulimit -f`: EFBIG; mrisam ignores
 # SIGXFSZ) and, where the test may mount one (root), a tmpfs of a drawn size (ENOSPC). Each must
 #  - exit 1 with one stderr line naming the file and the errno: "mrisam CMD: FILE: File too large (EFBIG)" (predict:
@@ -128,6 +128,7 @@ w_export_weights() { "$M" export-weights "$T/pre_ref" -o "$1/out.pth"; }
 w_predict() { "$M" predict --ckpt "$T/ft_ref" --in "$T/ft/img/v0.nii.gz" -o "$1/out.nii" --png "$1/png" --threads 2; }
 w_export_npy() { "$M" export "$T/store" --key 7 -o "$1/out.npy"; }
 w_export_png() { "$M" export "$T/store" --key 3 -o "$1/out.png"; }
+w_embed() { "$M" embed --ckpt "$T/ft_ref" --store "$T/lstore" --key 1 -o "$1/out.npy" --threads 2; }
 
 # $1: the writer (w_*), $2: the command's name, $3: errno name, $4: the output folder. Every output of the reference
 # run is there first with old content; after the failure each is its old content or the reference's, the one named
@@ -160,7 +161,8 @@ PYEND
     CASES=$((CASES + 1))
 }
 
-for w in w_convert:convert w_export_weights:export-weights w_predict:predict w_export_npy:export w_export_png:export; do
+for w in w_convert:convert w_export_weights:export-weights w_predict:predict w_export_npy:export w_export_png:export \
+         w_embed:embed; do
     fn=${w%%:*}
     name=${w#*:}
     mkdir -p "$T/${fn}_ref" "$T/$fn"
@@ -180,7 +182,7 @@ for w in w_convert:convert w_export_weights:export-weights w_predict:predict w_e
         umount "$MNT"
     fi
 done
-# every case ran (a shell error skips silently otherwise): 7 writers, each with EFBIG and (mount) ENOSPC
-check test "$CASES" -eq $((7 * (1 + CAN_MOUNT)))
+# every case ran (a shell error skips silently otherwise): 8 writers, each with EFBIG and (mount) ENOSPC
+check test "$CASES" -eq $((8 * (1 + CAN_MOUNT)))
 echo "$PASS passed, $FAIL failed, $CASES cases"
 [ "$FAIL" -eq 0 ]
