@@ -66,7 +66,7 @@ ms_status ms_afile_open(ms_afile *a, const char *path)
     snprintf(a->tmp, n + 32, "%s.tmp.%ld", path, (long)getpid());
     a->f = fopen(a->tmp, "wb");
     if (!a->f) {
-        ms_status rc = ms_error_sys(errno, a->tmp, "");
+        ms_status rc = ms_error_sys(errno, a->path, ""); /* the name the user gave, not the temporary */
         ms_afile_abort(a);
         return rc;
     }

@@ -3,7 +3,8 @@
  * Readers map the whole file (PROT_READ, private) and check every offset and size against map.size before
  * touching a byte, so a hostile file can only produce an error, never an out-of-bounds read. Writers go through
  * ms_afile: a temporary file "<path>.tmp.<pid>" in the same folder, fsynced, renamed over `path`, then the
- * folder fsynced; on any failure the temporary is removed and `path` is left as it was.
+ * folder fsynced; on any failure the temporary is removed and `path` is left as it was, and the message names `path`
+ * and the errno ("F: No space left on device (ENOSPC)", ms_error_sys).
  */
 #ifndef MS_FILEIO_H
 #define MS_FILEIO_H
