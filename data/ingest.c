@@ -228,7 +228,7 @@ static ms_status read_csv(const char *csv, const char *root, int list, joblist *
         char *cut = strchr(s, '\t');
         if (!cut) cut = strchr(s, ',');
         if (!cut) {
-            st = ms_error(MS_EFORMAT, "%s:%d: expected image,label (comma or tab separated)", csv, lineno);
+            st = ms_error(MS_EFORMAT, "%s:%d: expected image,label", csv, lineno);
             break;
         }
         *cut = 0;
