@@ -217,7 +217,7 @@ static ms_status read_csv(const char *csv, const char *root, int list, joblist *
     else
         strcpy(dir, ".");
     char line[8192];
-    int lineno = 0, rows = 0;
+    int lineno = 0, rows = 0, hinted = 0;
     ms_status st = MS_OK;
     while (!st && fgets(line, sizeof line, f)) {
         lineno++;
@@ -246,6 +246,13 @@ static ms_status read_csv(const char *csv, const char *root, int list, joblist *
         if (!st) {
             l->v[l->n - 1].list = list;
             l->v[l->n - 1].line = lineno;
+        }
+        struct stat sb;
+        if (!st && !root && !hinted && (stat(pi, &sb) != 0 || (pl && stat(pl, &sb) != 0))) {
+            /* the row's own failure follows; this names the likely cause once per list */
+            hinted = 1;
+            fprintf(stderr, "%s:%d: warning: %s not found (paths are relative to the list's folder; finetune-SAM's "
+                    "lists are relative to its -img_folder: give it as --image-root DIR)\n", csv, lineno, stat(pi, &sb) != 0 ? pi : pl);
         }
         free(pi);
         free(pl);

@@ -1,8 +1,9 @@
 """tests/data/mask_rule.py — random PNG masks for the store's value→class rule (docs/CLI.md, Class ids), and checks.
 
-  gen DIR SEED            DIR/bin.csv: a 0/255 mask, a 0/254/255 mask, an anti-aliased one (0 and 128..255), a
-                          16-bit one (0, 65535 and 32768..65534); DIR/ids.csv: masks of small class ids 0..K.
-                          DIR/expect.json: the pixels neither 0 nor the depth's maximum over bin.csv's masks.
+  gen DIR SEED            DIR/pair.csv: a 0/255 mask and a 0/254/255 mask; DIR/bin.csv: these two, an anti-aliased
+                          one (0 and 128..255) and a 16-bit one (0, 65535 and 32768..65534), in a drawn order;
+                          DIR/ids.csv: masks of small class ids 0..K. DIR/expect.json: n254 (the 254 pixels of
+                          pair.csv) and between (the pixels neither 0 nor the depth's maximum over bin.csv's masks).
   labels STORE MODE       every label of the store (made with --keep-paths) against its PNG read here: MODE binary
                           (nonzero → 1), ids (as is) or gt:T (value > T → 1).
   counts STORE INSPECT    the "classes" lines of `mrisam inspect` output (file INSPECT) against the pixel counts of
@@ -60,6 +61,7 @@ def gen(d, seed):
     m.flat[0] = 254
     between += int((m == 254).sum())
     bin_rows.append(pair("b254", m))
+    n254 = int((m == 254).sum())
     s = shape()
     m = np.where(rng.random(s) < 0.4, rng.integers(128, 256, size=s), 0).astype(np.uint8)
     between += int(((m > 0) & (m < 255)).sum())
@@ -76,7 +78,8 @@ def gen(d, seed):
     order = rng.permutation(len(bin_rows))
     open(os.path.join(d, "bin.csv"), "w").write("".join(bin_rows[i] for i in order))
     open(os.path.join(d, "ids.csv"), "w").write("".join(ids_rows))
-    json.dump({"between": between, "n_bin": len(bin_rows)}, open(os.path.join(d, "expect.json"), "w"))
+    open(os.path.join(d, "pair.csv"), "w").write("".join(bin_rows[:2]))
+    json.dump({"between": between, "n254": n254}, open(os.path.join(d, "expect.json"), "w"))
 
 
 def stored_labels(store):

@@ -6,6 +6,15 @@ source "$MS_SOURCE_DIR/tests/data/common.sh"
 D=$T/m
 check $PY "$HERE/mask_rule.py" gen "$D" "$SEED"
 between=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["between"])' "$D/expect.json")
+n254=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["n254"])' "$D/expect.json")
+# a 0/255 file and a 0/254/255 file: classes {0,1}, the warning counts the 254 pixels
+$M ingest --labels "$D/pair.csv" --keep-paths -o "$T/pair.store" 2>"$T/err0"; rc=$?
+check test $rc -eq 0
+check grep -q "warning: PNG masks read as binary .*: $n254 pixels in 2 masks were neither 0 nor 255" "$T/err0"
+check $PY "$HERE/mask_rule.py" labels "$T/pair.store" binary
+$M inspect "$T/pair.store" --no-volumes >"$T/insp0" || bad "inspect pair.store"
+check grep -q "^classes  2 " "$T/insp0"
+check $PY "$HERE/mask_rule.py" counts "$T/pair.store" "$T/insp0"
 # binary masks: one rule for the store, warned with the count of in-between pixels
 $M ingest --labels "$D/bin.csv" --keep-paths -o "$T/bin.store" 2>"$T/err"; rc=$?
 cat "$T/err"

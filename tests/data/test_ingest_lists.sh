@@ -36,6 +36,7 @@ check test ! -e "$T/c.store/split.json"
 $M ingest --labels "$R/ds/train.csv" -o "$T/d.store" 2>"$T/err4"; rc=$?
 check test $rc -eq 1
 check grep -q "^$R/ds/ds/images/.*No such file" "$T/err4"
+check grep -q "train.csv:[0-9]*: warning: .* not found (paths are relative to the list's folder; finetune-SAM's lists are relative to its -img_folder: give it as --image-root DIR)" "$T/err4"
 # usage: --val-labels needs a CSV --labels
 $M ingest --val-labels "$R/ds/val.csv" -o "$T/e.store" 2>/dev/null; rc=$?
 check test $rc -eq 2
