@@ -251,8 +251,10 @@ static ms_status read_csv(const char *csv, const char *root, int list, joblist *
         if (!st && !root && !hinted && (stat(pi, &sb) != 0 || (pl && stat(pl, &sb) != 0))) {
             /* the row's own failure follows; this names the likely cause once per list */
             hinted = 1;
-            fprintf(stderr, "%s:%d: warning: %s not found (paths are relative to the list's folder; finetune-SAM's "
-                    "lists are relative to its -img_folder: give it as --image-root DIR)\n", csv, lineno, stat(pi, &sb) != 0 ? pi : pl);
+            fprintf(stderr,
+                    "%s:%d: warning: %s not found (paths are relative to the list's folder; finetune-SAM's lists are "
+                    "relative to its -img_folder: give it as --image-root DIR)\n",
+                    csv, lineno, stat(pi, &sb) != 0 ? pi : pl);
         }
         free(pi);
         free(pl);
@@ -1043,10 +1045,10 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
         if (o->stop && *o->stop && v + 1 < r->n_vols) break; /* frames so far are committed; the rest resumes */
     }
     if (r->n_vols == 0 && !st) st = ms_store_writer_mark(cx->w, r->hash);
-    if (st)
+    if (st) {
         j->status = 2;
-    if (st)
         sum->failed++; /* the store refused it (full disk, ...): the run stops; this source is not (wholly) stored */
+    }
     else if (dup_all && r->n_vols)
         sum->skipped++;
     else

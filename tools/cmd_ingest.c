@@ -24,10 +24,10 @@ static int run(int argc, char **argv)
         "mrisam ingest /archive/t1 -o t1.store --threads 8\n"
         "  mrisam ingest --labels pairs.csv --label-map groups.csv -o seg.store\n"
         "  mrisam ingest Dataset001 --labels nnunet -o ds1.store\n"
-        "  mrisam ingest --labels datasets/MRI-Prostate/train_5shot.csv --val-labels datasets/MRI-Prostate/val_5shot.csv"
-        " --image-root datasets -o prostate.store"};
-    const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL, *label_names = NULL, *axis = "auto",
-               *norm = "percentile";
+        "  mrisam ingest --labels datasets/MRI-Prostate/train_5shot.csv \\\n"
+        "      --val-labels datasets/MRI-Prostate/val_5shot.csv --image-root datasets -o prostate.store"};
+    const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL,
+               *label_names = NULL, *axis = "auto", *norm = "percentile";
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
     int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = 0, quiet = 0;
     int progress = -1;
