@@ -217,7 +217,7 @@ static ms_status read_csv(const char *csv, const char *root, int list, joblist *
     else
         strcpy(dir, ".");
     char line[8192];
-    int lineno = 0, rows = 0, hinted = 0;
+    int lineno = 0, rows = 0;
     ms_status st = MS_OK;
     while (!st && fgets(line, sizeof line, f)) {
         lineno++;
@@ -246,15 +246,6 @@ static ms_status read_csv(const char *csv, const char *root, int list, joblist *
         if (!st) {
             l->v[l->n - 1].list = list;
             l->v[l->n - 1].line = lineno;
-        }
-        struct stat sb;
-        if (!st && !root && !hinted && (stat(pi, &sb) != 0 || (pl && stat(pl, &sb) != 0))) {
-            /* the row's own failure follows; this names the likely cause once per list */
-            hinted = 1;
-            fprintf(stderr,
-                    "%s:%d: warning: %s not found (paths are relative to the list's folder; finetune-SAM's lists are "
-                    "relative to its -img_folder: give it as --image-root DIR)\n",
-                    csv, lineno, stat(pi, &sb) != 0 ? pi : pl);
         }
         free(pi);
         free(pl);
@@ -406,6 +397,7 @@ typedef struct ctx {
     ms_store_writer *w;
     lmap map;
     ms_mask_rule rule; /* the store's rule for PNG masks (data/ingest_labels.h); unused with a map or threshold */
+    int hinted;        /* the --image-root hint has been given */
     joblist jobs;
     result *res;
     int next, written, window;
@@ -1020,6 +1012,14 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
     if (r->status == 2) {
         sum->failed++;
         fprintf(stderr, "%s\n", r->msg);
+        struct stat sb;
+        if (j->list && !o->image_root && !cx->hinted && (stat(j->image, &sb) || (j->label && stat(j->label, &sb)))) {
+            cx->hinted = 1; /* the likely cause, once */
+            fprintf(stderr,
+                    "%s:%d: warning: %s not found (paths are relative to the list's folder; finetune-SAM's lists are "
+                    "relative to its -img_folder: give it as --image-root DIR)\n",
+                    j->list == 1 ? o->labels : o->val_labels, j->line, stat(j->image, &sb) ? j->image : j->label);
+        }
         return MS_OK;
     }
     int dup_all = 1;
