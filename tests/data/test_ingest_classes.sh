@@ -1,7 +1,8 @@
 # The value→class rule of a store's PNG masks (#16 item 2), on random masks: 0/255, 0/254/255, anti-aliased and
 # 16-bit binary masks together become classes {0,1} with a warning counting the pixels neither 0 nor the maximum;
 # small-integer masks keep their ids; the rule is recorded and a rerun that would change it is refused; a store of
-# ids keeps 255 as 255 (warned); --label-threshold reads the masks' own values; inspect's class pixel counts.
+# ids keeps 255 as 255 (warned); --label-threshold and --label-map read the masks' own values; inspect's class
+# pixel counts.
 source "$MS_SOURCE_DIR/tests/data/common.sh"
 D=$T/m
 check $PY "$HERE/mask_rule.py" gen "$D" "$SEED"
@@ -47,4 +48,8 @@ check $PY "$HERE/mask_rule.py" labels "$T/ids.store" ids
 # --label-threshold reads the masks' own values (0/255 > 127 is 1)
 check $M ingest --labels "$D/bin.csv" --label-threshold 127 --keep-paths -o "$T/thr.store" --quiet
 check $PY "$HERE/mask_rule.py" labels "$T/thr.store" gt:127
+# --label-map too: 254 and 255 → 1 on the pair (values 0, 254, 255: the same as value > 253)
+printf 'value,class\n254,1\n255,1\n' >"$T/map.csv"
+check $M ingest --labels "$D/pair.csv" --label-map "$T/map.csv" --keep-paths -o "$T/map.store" --quiet
+check $PY "$HERE/mask_rule.py" labels "$T/map.store" gt:253
 done_
