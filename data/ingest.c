@@ -26,8 +26,11 @@
 #include "base/fileio.h"
 #include "base/path.h"
 #include "data/hash.h"
+#include "data/ingest_labels.h"
 #include "data/nifti.h"
 #include "data/png.h"
+#include "data/sampler.h"
+#include "data/store.h"
 #include "data/store_fmt.h"
 #include "data/store_write.h"
 
@@ -36,6 +39,9 @@
 typedef struct job {
     char *image, *label;
     int png;
+    int list, line; /* 0: a SRC; 1: a row of --labels, 2: of --val-labels, at this line */
+    int status;     /* the result's, once committed: 0 ingested, 1 skipped, 2 failed, -1 not reached */
+    char hash[65];  /* the source's content hash, once committed */
 } job;
 
 typedef struct joblist {
@@ -56,6 +62,10 @@ static ms_status push_job(joblist *l, const char *image, const char *label, int 
     j->image = strdup(image);
     j->label = label ? strdup(label) : NULL;
     j->png = png;
+    j->list = j->line = 0;
+    j->status = -1;
+    j->hash[0] = 0;
+    if (!j->image || (label && !j->label)) return ms_error(MS_ENOMEM, "out of memory");
     return MS_OK;
 }
 
@@ -175,33 +185,68 @@ static char *resolve(const char *base_dir, const char *p)
     return p[0] == '/' ? strdup(p) : ms_path_join_new(base_dir, p);
 }
 
-/* CSV of image,label rows (optional header line, CRLF accepted, paths relative to the CSV's folder). */
-static ms_status read_csv(const char *csv, joblist *l)
+/* A list path: under --image-root with its leading '/' removed (finetune-SAM writes mask paths so and strips the
+ * '/'), else relative to the list's folder unless absolute. */
+static char *list_path(const char *root, const char *dir, const char *p)
+{
+    if (!root) return resolve(dir, p);
+    while (*p == '/') p++;
+    return ms_path_join_new(root, p);
+}
+
+/* A first row naming no file (no '.' or '/' in either field: "image,label", "img<TAB>mask") is a header. */
+static int is_header(const char *img, const char *lab)
+{
+    return !strpbrk(img, "./") && !strpbrk(lab, "./");
+}
+
+/* A list of image,label rows (finetune-SAM's train/val lists and ours): comma or tab separated (a row holding a tab
+ * is split at its first tab), CRLF accepted, an optional header line, a UTF-8 byte order mark ignored, '#' lines and
+ * blank lines skipped. Rows are tagged with `list` and their line number. */
+static ms_status read_csv(const char *csv, const char *root, int list, joblist *l)
 {
     FILE *f = fopen(csv, "r");
     if (!f) return ms_error(errno, "%s: %s", csv, strerror(errno));
-    char *dir = strdup(csv), *slash = strrchr(dir, '/');
+    char *dir = strdup(csv), *slash = dir ? strrchr(dir, '/') : NULL;
+    if (!dir) {
+        fclose(f);
+        return ms_error(MS_ENOMEM, "out of memory");
+    }
     if (slash)
         *slash = 0;
     else
         strcpy(dir, ".");
     char line[8192];
-    int lineno = 0;
+    int lineno = 0, rows = 0;
     ms_status st = MS_OK;
     while (!st && fgets(line, sizeof line, f)) {
         lineno++;
-        char *s = trim(line);
+        char *s = line;
+        if (lineno == 1 && !memcmp(s, "\xEF\xBB\xBF", 3)) s += 3;
+        s = trim(s);
         if (!*s || *s == '#') continue;
-        char *comma = strchr(s, ',');
-        if (!comma) {
+        char *cut = strchr(s, '\t');
+        if (!cut) cut = strchr(s, ',');
+        if (!cut) {
             st = ms_error(MS_EFORMAT, "%s:%d: expected image,label", csv, lineno);
             break;
         }
-        *comma = 0;
-        char *img = trim(s), *lab = trim(comma + 1);
-        if (lineno == 1 && !strcmp(img, "image") && !strcmp(lab, "label")) continue;
-        char *pi = resolve(dir, img), *pl = *lab ? resolve(dir, lab) : NULL;
-        st = push_job(l, pi, pl, ms_str_ends_with_nocase(img, ".png"));
+        *cut = 0;
+        char *img = trim(s), *lab = trim(cut + 1);
+        if (rows++ == 0 && is_header(img, lab)) continue;
+        if (!*img) {
+            st = ms_error(MS_EFORMAT, "%s:%d: no image path", csv, lineno);
+            break;
+        }
+        char *pi = list_path(root, dir, img), *pl = *lab ? list_path(root, dir, lab) : NULL;
+        if (!pi || (*lab && !pl))
+            st = ms_error(MS_ENOMEM, "out of memory");
+        else
+            st = push_job(l, pi, pl, ms_str_ends_with_nocase(img, ".png"));
+        if (!st) {
+            l->v[l->n - 1].list = list;
+            l->v[l->n - 1].line = lineno;
+        }
         free(pi);
         free(pl);
     }
@@ -351,6 +396,8 @@ typedef struct ctx {
     const ms_ingest_opts *o;
     ms_store_writer *w;
     lmap map;
+    ms_mask_rule rule; /* the store's rule for PNG masks (data/ingest_labels.h); unused with a map or threshold */
+    int hinted;        /* the --image-root hint has been given */
     joblist jobs;
     result *res;
     int next, written, window;
@@ -636,9 +683,10 @@ static ms_status read_png(const char *path, float **out, int *h, int *w)
     return MS_OK;
 }
 
-/* A PNG image and its mask (when the job has one; same size). A mask holding only 0 and 255 becomes 0/1. On failure
- * the caller frees whatever *img and *mask hold. */
-static ms_status read_png_pair(const job *j, float **img, float **mask, int *h, int *w)
+/* A PNG image and its mask (when the job has one; same size). In a store whose masks are binary every nonzero
+ * value becomes 1; otherwise (class ids, --label-map, --label-threshold) the values stay as read. On failure the
+ * caller frees whatever *img and *mask hold. */
+static ms_status read_png_pair(const ctx *cx, const job *j, float **img, float **mask, int *h, int *w)
 {
     int lh, lw;
     MS_TRY(read_png(j->image, img, h, w));
@@ -648,10 +696,8 @@ static ms_status read_png_pair(const job *j, float **img, float **mask, int *h, 
                *w);
     float *lf = *mask;
     const size_t n = (size_t)*h * *w;
-    int only = 1;
-    for (size_t i = 0; i < n && only; i++) only = lf[i] == 0 || lf[i] == 255;
-    if (only)
-        for (size_t i = 0; i < n; i++) lf[i] = lf[i] ? 1.f : 0.f; /* 0/255 masks → 0/1 */
+    if (cx->rule == MS_MASKS_BINARY && !cx->o->label_map && !cx->o->has_threshold)
+        for (size_t i = 0; i < n; i++) lf[i] = lf[i] ? 1.f : 0.f;
     return MS_OK;
 }
 
@@ -800,7 +846,7 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
     }
     if (j->png) {
         int h, w;
-        if ((st = read_png_pair(j, &vf, &lf, &h, &w))) goto leave;
+        if ((st = read_png_pair(cx, j, &vf, &lf, &h, &w))) goto leave;
         /* one slice: canonical axes (rows, cols, 1) so that axial slicing returns the PNG as it is */
         c.dim[0] = h;
         c.dim[1] = w;
@@ -955,6 +1001,9 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
 {
     const ms_ingest_opts *o = cx->o;
     ms_status st = MS_OK;
+    job *j = &cx->jobs.v[i];
+    memcpy(j->hash, r->hash, sizeof j->hash);
+    j->status = r->status;
     if (r->warn[0]) fprintf(stderr, "%s\n", r->warn);
     if (r->status == 1) {
         sum->skipped++;
@@ -963,6 +1012,14 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
     if (r->status == 2) {
         sum->failed++;
         fprintf(stderr, "%s\n", r->msg);
+        struct stat sb;
+        if (j->list && !o->image_root && !cx->hinted && (stat(j->image, &sb) || (j->label && stat(j->label, &sb)))) {
+            cx->hinted = 1; /* the likely cause, once */
+            fprintf(stderr,
+                    "%s:%d: warning: %s not found (paths are relative to the list's folder; finetune-SAM's lists are "
+                    "relative to its -img_folder: give it as --image-root DIR)\n",
+                    j->list == 1 ? o->labels : o->val_labels, j->line, stat(j->image, &sb) ? j->image : j->label);
+        }
         return MS_OK;
     }
     int dup_all = 1;
@@ -988,8 +1045,10 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
         if (o->stop && *o->stop && v + 1 < r->n_vols) break; /* frames so far are committed; the rest resumes */
     }
     if (r->n_vols == 0 && !st) st = ms_store_writer_mark(cx->w, r->hash);
-    if (st)
+    if (st) {
+        j->status = 2;
         sum->failed++; /* the store refused it (full disk, ...): the run stops; this source is not (wholly) stored */
+    }
     else if (dup_all && r->n_vols)
         sum->skipped++;
     else
@@ -1019,7 +1078,8 @@ static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
         for (int i = 0; i < o->n_srcs && !st; i++) st = walk(&w, o->srcs[i], 1);
         free(w.seen.v);
         free(w.seen.used);
-        if (!st && o->labels) st = read_csv(o->labels, &cx->jobs);
+        if (!st && o->labels) st = read_csv(o->labels, o->image_root, 1, &cx->jobs);
+        if (!st && o->val_labels) st = read_csv(o->val_labels, o->image_root, 2, &cx->jobs);
     }
     if (st) return st;
     if (cx->jobs.n == 0) fprintf(stderr, "ingest: warning: no NIfTI files found in the sources given\n");
@@ -1028,6 +1088,156 @@ static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
         MS_TRY(ms_read_file(o->label_names, 1 << 20, labnames, &len));
     }
     return MS_OK;
+}
+
+/* The store's rule for PNG masks (data/ingest_labels.h): a first pass over every mask of this run, against the
+ * rule the store records; recorded when the store has none yet. --label-map and --label-threshold replace it. */
+static ms_status decide_rule(ctx *cx)
+{
+    const ms_ingest_opts *o = cx->o;
+    if (o->label_map || o->has_threshold) return MS_OK;
+    const char **paths = calloc((size_t)cx->jobs.n + 1, sizeof *paths);
+    if (!paths) return ms_error(MS_ENOMEM, "out of memory");
+    int n = 0;
+    for (int i = 0; i < cx->jobs.n; i++)
+        if (cx->jobs.v[i].png && cx->jobs.v[i].label) paths[n++] = cx->jobs.v[i].label;
+    ms_mask_scan sc;
+    char *recorded = NULL, *record = NULL;
+    ms_status st = n ? ms_mask_scan_run(paths, n, o->threads, &sc) : MS_OK;
+    if (!st && n) st = ms_store_writer_get_meta(cx->w, "label_rule", &recorded);
+    if (!st && n) st = ms_mask_rule_decide(o->out, recorded, &sc, &cx->rule, &record);
+    if (!st && record) st = ms_store_writer_set_meta(cx->w, "label_rule", record);
+    free(paths);
+    free(recorded);
+    free(record);
+    return st;
+}
+
+/* ---- split file (--val-labels) ---------------------------------------------------------------------------- */
+
+typedef struct hvol {
+    char hash[65];
+    uint64_t first, count;
+    int fg; /* its label holds a nonzero class */
+} hvol;
+
+static int cmp_hvol(const void *a, const void *b)
+{
+    const hvol *x = a, *y = b;
+    int c = strcmp(x->hash, y->hash);
+    return c ? c : (x->first > y->first) - (x->first < y->first);
+}
+
+/* Rows of the lists ordered by hash, then list, then line. */
+static int cmp_row(const void *a, const void *b)
+{
+    const job *x = *(const job *const *)a, *y = *(const job *const *)b;
+    int c = strcmp(x->hash, y->hash);
+    if (!c) c = x->list - y->list;
+    return c ? c : x->line - y->line;
+}
+
+/* Marks the rows to take (take[i] = 1): each source once per list (later repeats are warned about); a source in
+ * both lists is refused. */
+static ms_status pick_rows(const ctx *cx, uint8_t *take)
+{
+    const ms_ingest_opts *o = cx->o;
+    const job **rows = malloc(((size_t)cx->jobs.n + 1) * sizeof *rows);
+    int n = 0;
+    if (!rows) return ms_error(MS_ENOMEM, "out of memory");
+    for (int i = 0; i < cx->jobs.n; i++)
+        if (cx->jobs.v[i].list) rows[n++] = &cx->jobs.v[i];
+    qsort(rows, (size_t)n, sizeof *rows, cmp_row);
+    ms_status st = MS_OK;
+    for (int k = 0; k < n && !st; k++) {
+        const job *j = rows[k], *p = k ? rows[k - 1] : NULL;
+        if (!p || strcmp(p->hash, j->hash))
+            take[j - cx->jobs.v] = 1;
+        else if (p->list != j->list)
+            st = ms_error(MS_EFORMAT,
+                          "%s:%d: the same image and mask as %s:%d: a slice cannot both train and validate (split "
+                          "file not written)",
+                          o->val_labels, j->line, o->labels, p->line);
+        else
+            fprintf(stderr, "%s:%d: warning: the same image and mask as line %d, taken once\n",
+                    j->list == 1 ? o->labels : o->val_labels, j->line, p->line);
+    }
+    free(rows);
+    return st;
+}
+
+/* STORE/split.json from the rows of --labels (train) and --val-labels (val), see ingest.h. */
+static ms_status write_split(const ctx *cx, ms_ingest_summary *sum)
+{
+    const ms_ingest_opts *o = cx->o;
+    int missing = 0;
+    for (int i = 0; i < cx->jobs.n; i++)
+        missing += cx->jobs.v[i].list && cx->jobs.v[i].status != 0 && cx->jobs.v[i].status != 1;
+    if (missing) {
+        fprintf(stderr, "ingest: warning: %d rows of the lists are not in the store (see above): split file not "
+                "written\n", missing);
+        return MS_OK;
+    }
+    char path[4096];
+    MS_TRY(ms_path_join(path, o->out, "split.json"));
+    ms_store *s = NULL;
+    MS_TRY(ms_store_open(o->out, 2, &s));
+    uint32_t nv = ms_store_n_volumes(s);
+    hvol *hv = calloc((size_t)nv + 1, sizeof *hv);
+    uint8_t *take = calloc((size_t)cx->jobs.n + 1, 1);
+    ms_selection sel[2] = {{0}, {0}};
+    ms_status st = hv && take ? MS_OK : ms_error(MS_ENOMEM, "out of memory");
+    for (uint32_t v = 0; v < nv && !st; v++) {
+        ms_volume_info vi;
+        if ((st = ms_store_volume(s, v, &vi))) break;
+        memcpy(hv[v].hash, vi.source_hash, sizeof hv[v].hash);
+        hv[v].first = vi.first_key;
+        hv[v].count = vi.n_slices;
+        hv[v].fg = vi.has_labels && vi.n_label_values > 0 && vi.label_values[vi.n_label_values - 1] != 0;
+    }
+    if (!st) qsort(hv, nv, sizeof *hv, cmp_hvol);
+    if (!st) st = pick_rows(cx, take);
+    uint64_t n_sel[2] = {0, 0};
+    for (int i = 0; i < cx->jobs.n && !st; i++) {
+        const job *j = &cx->jobs.v[i];
+        if (!take[i]) continue;
+        size_t lo = 0, hi = nv; /* the first volume of this source */
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (strcmp(hv[mid].hash, j->hash) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        int used = 0;
+        for (size_t k = lo; k < nv && !strcmp(hv[k].hash, j->hash) && !st; k++)
+            if (hv[k].fg && hv[k].count) {
+                st = ms_selection_add(&sel[j->list - 1], hv[k].first, hv[k].count);
+                n_sel[j->list - 1] += hv[k].count;
+                used = 1;
+            }
+        if (!used) sum->split_left_out++;
+    }
+    if (!st) st = ms_selection_finish(&sel[0]);
+    if (!st) st = ms_selection_finish(&sel[1]);
+    if (!st) {
+        ms_split_spec sp;
+        ms_split_spec_default(&sp);
+        sp.val_fraction = n_sel[0] + n_sel[1] ? (double)n_sel[1] / (double)(n_sel[0] + n_sel[1]) : 0;
+        int single = 0;
+        st = ms_split_save(path, &sp, 1, &o->out, &sel[0], &sel[1], &single);
+    }
+    if (!st) {
+        snprintf(sum->split_path, sizeof sum->split_path, "%s", path);
+        sum->split_train = n_sel[0];
+        sum->split_val = n_sel[1];
+    }
+    ms_selection_free(&sel[0]);
+    ms_selection_free(&sel[1]);
+    free(hv);
+    free(take);
+    ms_store_close(s);
+    return st;
 }
 
 ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
@@ -1053,6 +1263,7 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     if ((st = ms_store_writer_open(o->out, params, created, &cx.w))) goto leave;
     if (labnames && (st = ms_store_writer_set_label_names(cx.w, labnames))) goto leave;
     if ((st = ms_store_writer_source_keys(cx.w, &cx.done, &cx.n_done))) goto leave;
+    if ((st = decide_rule(&cx))) goto leave;
     cx.res = calloc((size_t)cx.jobs.n + 1, sizeof *cx.res);
     n_th = o->threads > 0 ? o->threads : 1;
     if (n_th > cx.jobs.n) n_th = cx.jobs.n > 0 ? cx.jobs.n : 1;
@@ -1110,6 +1321,7 @@ leave:
         ms_status cs = ms_store_writer_close(cx.w);
         if (!st) st = cs;
     }
+    if (!st && o->val_labels) st = write_split(&cx, sum);
     for (int i = 0; i < cx.jobs.n; i++) {
         free(cx.jobs.v[i].image);
         free(cx.jobs.v[i].label);

@@ -21,7 +21,10 @@ typedef struct ms_ingest_opts {
     const char *const *srcs;
     int n_srcs;
     const char *out;
-    const char *labels;      /* NULL, "nnunet" or a CSV path */
+    const char *labels;      /* NULL, "nnunet" or a CSV path (the training list when val_labels is given) */
+    const char *val_labels;  /* a second CSV (finetune-SAM's val list), or NULL; needs a CSV in labels */
+    const char *image_root;  /* the lists' paths, a leading '/' removed, are relative to this folder; NULL: each
+                              * list's own folder, absolute paths kept */
     const char *label_map;   /* file of "value,class" lines, or NULL */
     const char *label_names; /* file kept verbatim in the store, or NULL */
     double label_threshold;  /* used when has_threshold */
@@ -44,7 +47,16 @@ typedef struct ms_ingest_summary {
     uint64_t ingested, skipped, failed; /* sources */
     uint64_t volumes, slices, empty_skipped, nan_inf;
     double seconds, voxel_mb; /* decoded voxel data, MB (1e6 bytes) */
+    /* with val_labels: the split file written (path empty when none was), its slices, and the list rows left out
+     * of it because their mask is empty or absent */
+    char split_path[4096];
+    uint64_t split_train, split_val, split_left_out;
 } ms_ingest_summary;
+
+/* With val_labels, the split file is STORE/split.json (docs/CLI.md §Split files): train = the slices of the
+ * --labels rows, val = those of the --val-labels rows, in list order, each source once; rows whose mask is empty
+ * or absent are left out, as finetune-SAM's loader drops them. It is written only when every row of both lists is
+ * in the store, and rewritten (atomically) by every such run. */
 
 /* Runs the ingest. Per-source failures are reported on stderr and counted (sum->failed), not returned; the return
  * value is an error of the run itself (store cannot be opened, usage) or MS_EINTERRUPTED. */

@@ -353,11 +353,37 @@ static int grow_map(ms_store_writer *w)
 
 ms_status ms_store_writer_set_label_names(ms_store_writer *w, const char *text)
 {
+    return ms_store_writer_set_meta(w, "label_names", text);
+}
+
+ms_status ms_store_writer_get_meta(ms_store_writer *w, const char *name, char **out)
+{
+    *out = NULL;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(w->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return lmdb_err(w, rc);
+    MDB_val k = {strlen(name), (void *)name}, v;
+    rc = mdb_get(txn, w->meta, &k, &v);
+    if (!rc) {
+        *out = malloc(v.mv_size + 1);
+        if (*out) {
+            memcpy(*out, v.mv_data, v.mv_size);
+            (*out)[v.mv_size] = 0;
+        }
+    }
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND) return MS_OK;
+    if (rc) return lmdb_err(w, rc);
+    return *out ? MS_OK : ms_error(MS_ENOMEM, "%s: out of memory", w->path);
+}
+
+ms_status ms_store_writer_set_meta(ms_store_writer *w, const char *name, const char *text)
+{
     for (;;) {
         MDB_txn *txn;
         int rc = mdb_txn_begin(w->env, NULL, 0, &txn);
         if (rc) return lmdb_err(w, rc);
-        rc = put_text(w, txn, w->meta, "label_names", text);
+        rc = put_text(w, txn, w->meta, name, text);
         if (!rc)
             rc = commit(w, txn);
         else

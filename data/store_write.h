@@ -47,6 +47,9 @@ int ms_store_writer_has_source(ms_store_writer *w, const char *source_key);
  * this snapshot instead of the environment, since the writer may resize the map only with no transaction open. */
 ms_status ms_store_writer_source_keys(ms_store_writer *w, char ***keys, size_t *n);
 ms_status ms_store_writer_set_label_names(ms_store_writer *w, const char *text);
+/* A meta entry's text (malloc'ed; *out NULL when absent), and one written in its own transaction. */
+ms_status ms_store_writer_get_meta(ms_store_writer *w, const char *name, char **out);
+ms_status ms_store_writer_set_meta(ms_store_writer *w, const char *name, const char *text);
 
 typedef struct ms_store_counts {
     uint64_t volumes, slices, label_slices, skipped_empty, nan_inf, sources;

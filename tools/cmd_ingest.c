@@ -17,19 +17,27 @@ static int run(int argc, char **argv)
         "RAS+ by axis permutations and flips, normalises its intensity, cuts it into 2D slices along --axis and stores "
         "them zstd-compressed in an LMDB store. Reruns skip sources already stored (identified by content hash) and "
         "append new ones. With --labels a CSV of image,label rows (PNG rows are finetune-SAM 2D pairs) or an nnU-Net "
-        "dataset folder pairs images with label volumes. Exit status 1 when any source failed.",
+        "dataset folder pairs images with label volumes; finetune-SAM's train and val lists ingest as they ship with "
+        "--labels TRAIN.csv --val-labels VAL.csv --image-root IMG_FOLDER, which also writes STORE/split.json for "
+        "finetune --split. Exit status 1 when any source failed.",
         "mrisam ingest /archive/t1 -o t1.store --threads 8\n"
         "  mrisam ingest --labels pairs.csv --label-map groups.csv -o seg.store\n"
-        "  mrisam ingest Dataset001 --labels nnunet -o ds1.store"};
-    const char *out = NULL, *labels = NULL, *label_map = NULL, *label_names = NULL, *axis = "auto",
-               *norm = "percentile";
+        "  mrisam ingest Dataset001 --labels nnunet -o ds1.store\n"
+        "  mrisam ingest --labels datasets/MRI-Prostate/train_5shot.csv \\\n"
+        "      --val-labels datasets/MRI-Prostate/val_5shot.csv --image-root datasets -o prostate.store"};
+    const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL,
+               *label_names = NULL, *axis = "auto", *norm = "percentile";
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
     int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = 0, quiet = 0;
     int progress = -1;
     const ms_opt opts[] = {
         {"o", MS_OPT_STR, &out, "STORE", "the store directory (created when absent; reruns append)"},
         {"labels", MS_OPT_STR, &labels, "CSV|nnunet",
-         "pair images with labels: a CSV of image,label rows or an nnU-Net folder"},
+         "pair images with labels: a CSV of image,label rows (comma or tab) or an nnU-Net folder"},
+        {"val-labels", MS_OPT_STR, &val_labels, "CSV",
+         "a second list (validation) into the same store; writes STORE/split.json (train: --labels rows)"},
+        {"image-root", MS_OPT_STR, &image_root, "DIR",
+         "the lists' paths, a leading / removed, are relative to DIR (finetune-SAM's -img_folder)"},
         {"label-map", MS_OPT_STR, &label_map, "FILE", "lines value,class: label values become classes (others 0)"},
         {"label-threshold", MS_OPT_FLOAT, &thr, "T", "binary labels: value > T"},
         {"label-names", MS_OPT_STR, &label_names, "FILE", "lines 'class name' kept in the store"},
@@ -62,6 +70,10 @@ static int run(int argc, char **argv)
         bad = "-o STORE is required";
     else if (pos.n == 0 && !(labels && strcmp(labels, "nnunet")))
         bad = "no SRC given (SRC may be omitted only with --labels CSV)";
+    else if (val_labels && !(labels && strcmp(labels, "nnunet")))
+        bad = "--val-labels needs --labels CSV (the training list)";
+    else if (image_root && !(labels && strcmp(labels, "nnunet")))
+        bad = "--image-root applies to --labels CSV lists only";
     else if (label_map && !isnan(thr))
         bad = "--label-map and --label-threshold exclude each other";
     else if (level < -7 || level > 22)
@@ -97,6 +109,8 @@ static int run(int argc, char **argv)
     o.n_srcs = pos.n;
     o.out = out;
     o.labels = labels;
+    o.val_labels = val_labels;
+    o.image_root = image_root;
     o.label_map = label_map;
     o.label_names = label_names;
     o.has_threshold = !isnan(thr);
@@ -127,6 +141,12 @@ static int run(int argc, char **argv)
                 (unsigned long long)s.volumes, (unsigned long long)s.slices, (unsigned long long)s.empty_skipped,
                 (unsigned long long)s.nan_inf, s.voxel_mb, s.seconds, s.seconds > 0 ? s.slices / s.seconds : 0,
                 s.seconds > 0 ? s.voxel_mb / s.seconds : 0);
+    if (s.split_path[0])
+        fprintf(stderr,
+                "ingest: split file %s: train %llu slices (%s), val %llu slices (%s), %llu rows left out (mask empty "
+                "or absent); use: mrisam finetune --store %s --split %s\n",
+                s.split_path, (unsigned long long)s.split_train, labels, (unsigned long long)s.split_val, val_labels,
+                (unsigned long long)s.split_left_out, out, s.split_path);
     ms_strlist_free(&pos);
     if (st) return rc_exit;
     return s.failed ? MS_EXIT_FAIL : MS_EXIT_OK;

@@ -1,5 +1,6 @@
-/* tools/cmd_inspect.c — `mrisam inspect STORE`: counts, bytes, compression ratio, creation parameters and a
- * per-volume table (geometry, intensity window, label values, source hash prefix). Read-only. */
+/* tools/cmd_inspect.c — `mrisam inspect STORE`: counts, bytes, compression ratio, creation parameters, the classes
+ * with their pixel counts and a per-volume table (geometry, intensity window, label values, source hash prefix).
+ * Read-only. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,15 +18,48 @@ static void print_meta(ms_store *s, const char *name)
     free(t);
 }
 
+/* Pixels per class over every label record, counted now (the store records which values each volume holds, not
+ * how many pixels): one pass that decodes the labelled volumes' slices. */
+static ms_status print_classes(ms_store *s)
+{
+    uint64_t *count = calloc(65536, sizeof *count), n_label = 0;
+    ms_store_reader *r = NULL;
+    ms_status st = count ? ms_store_reader_new(s, &r) : ms_error(MS_ENOMEM, "out of memory");
+    for (uint32_t v = 0; v < ms_store_n_volumes(s) && !st; v++) {
+        ms_volume_info vi;
+        if ((st = ms_store_volume(s, v, &vi)) || !vi.has_labels) continue;
+        for (uint64_t k = vi.first_key; k < vi.first_key + vi.n_slices && !st; k++) {
+            ms_slice sl;
+            if ((st = ms_store_read(r, k, &sl)) || !sl.label) continue;
+            const size_t n = (size_t)sl.height * (size_t)sl.width;
+            for (size_t i = 0; i < n; i++) count[sl.label[i]]++;
+            n_label++;
+        }
+    }
+    if (!st && n_label) {
+        int n_cls = 0;
+        for (int c = 0; c < 65536; c++) n_cls += count[c] > 0;
+        printf("classes  %d (pixels per class value over %" PRIu64 " label slices)\n", n_cls, n_label);
+        for (int c = 0; c < 65536; c++)
+            if (count[c]) printf("  %5d %" PRIu64 "\n", c, count[c]);
+    }
+    if (r) ms_store_reader_free(r);
+    free(count);
+    return st;
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help h = {"mrisam inspect [options] STORE",
                                   "Prints the store's counts, sizes, compression ratio, creation parameters, label "
-                                  "names and one line per volume.",
+                                  "rule and names, the classes with their pixel counts (read from every label "
+                                  "record) and one line per volume.",
                                   NULL};
-    int no_volumes = 0, json = 0;
+    int no_volumes = 0, json = 0, no_classes = 0;
     int threads = 0;
     const ms_opt opts[] = {{"no-volumes", MS_OPT_FLAG, &no_volumes, NULL, "leave out the per-volume table"},
+                           {"no-classes", MS_OPT_FLAG, &no_classes, NULL,
+                            "leave out the class pixel counts (they decode every label record)"},
                            {"json", MS_OPT_FLAG, &json, NULL, "per-volume records as raw JSON lines"},
                            {"threads", MS_OPT_INT, &threads, "N", "accepted for uniformity (this command is I/O-bound and single-threaded)"},
                            {0}};
@@ -61,8 +95,10 @@ static int run(int argc, char **argv)
                z.label_bytes / 1e6, z.label_raw_bytes / 1e6,
                z.label_bytes ? (double)z.label_raw_bytes / (double)z.label_bytes : 0.0);
         printf("file     %.2f MB used\n", z.file_bytes / 1e6);
+        print_meta(s, "label_rule");
         const char *ln = ms_store_label_names(s);
         if (ln) printf("label names:\n%s%s", ln, ln[0] && ln[strlen(ln) - 1] != '\n' ? "\n" : "");
+        if (!no_classes && z.label_records) st = print_classes(s);
     }
     if (!st && !no_volumes) {
         if (!json)

@@ -80,6 +80,19 @@ def relabel(lraw):
     return np.rint(lraw).astype(np.int64)
 
 
+def png_rule():
+    """The store's PNG mask rule from its masks (docs/CLI.md, Class ids): class ids when any mask holds a value below
+    half its bit depth's range other than 0, else binary when any holds a nonzero value."""
+    kinds = set()
+    for v in vols:
+        if v["kind"] == "png" and "label_path" in v:
+            m = read_png(v["label_path"])
+            half = 32768 if open(v["label_path"], "rb").read()[24] == 16 else 128  # IHDR bit depth
+            kinds.add("ids" if ((m > 0) & (m < half)).any() else "binary" if m.any() else "empty")
+    return "ids" if "ids" in kinds else "binary" if "binary" in kinds else "undecided"
+
+
+rule = png_rule()
 cache = {}
 for v in vols:
     path = v["path"]
@@ -92,7 +105,7 @@ for v in vols:
             fail(f"{path}: png slice differs")
         if "label_path" in v:
             m = read_png(v["label_path"])
-            if set(np.unique(m)) <= {0, 255}:
+            if rule == "binary" and a.label_threshold is None and lmap is None:
                 m = (m > 0).astype(np.float32)
             m = relabel(m)
             dl = st.decode(st.raw(v["first_key"], label=True))

@@ -116,7 +116,7 @@ path, seed = sys.argv[1], int(sys.argv[2])
 r = random.Random(seed)
 rows = ["image,label"] if r.random() < 0.5 else []
 rows += [r.choice(["a_good.nii.gz,", "z_good.nii,", "# a comment", ""]) for _ in range(r.randint(0, 4))]
-rows.append(r.choice(["a_good.nii.gz", "image label", "z_good.nii;k_lab_shape.nii.gz", "x\ty", "just_a_name"]))
+rows.append(r.choice(["a_good.nii.gz", "image label", "z_good.nii;k_lab_shape.nii.gz", "x y", "just_a_name"]))
 print(len(rows))
 rows += ["z_good.nii,"] * r.randint(0, 2)
 open(path, "w").write("\n".join(rows) + "\n")
