@@ -43,10 +43,11 @@ ms_status ms_hd95(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3]
  * the volume counts as background) whose neighbourhood is neither empty nor full is a surface element, weighted by
  * the area (mm², from spacing) of its marching-cubes triangles. Its distance to the other surface is the distance to
  * the nearest surface element of the other mask. NSD = (area of the surface elements of either mask within tol_mm of
- * the other surface) / (total area of both surfaces). The triangles: corners at edge midpoints; a face with two
- * diagonal corners of the minority kind (inside when 4 or fewer of the 8 are inside) keeps them apart; each polygon
- * is triangulated as the fan with the fewest distinct planes. *out is NaN when both masks are empty and 0 when
- * exactly one is. Volumes and spacing as ms_hd95. */
+ * the other surface) / (total area of both surfaces); "within" is at most tol_mm·(1 + 1e-6), since voxel sizes are
+ * float32 and an exact tie must not depend on their rounding. The triangles: vertices at edge midpoints; a face with
+ * two diagonal corners of the minority kind (inside when 4 or fewer of the 8 are inside) keeps them apart; each
+ * polygon is triangulated as the fan with the fewest distinct planes. *out is NaN when both masks are empty and 0
+ * when exactly one is. Volumes and spacing as ms_hd95. */
 ms_status ms_nsd(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3], const double spacing[3], int c,
                  double tol_mm, int n_threads, double *out);
 

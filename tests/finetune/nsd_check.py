@@ -122,7 +122,7 @@ def nsd(pred, gt, sp, tol, table):
     pp, ap = surfels(pred, table)
     pg, ag = surfels(gt, table)
     sp = np.asarray(sp, float)
-    lim = tol * (1 + 1e-9)
+    lim = tol * (1 + 1e-6)
 
     def within(a, b, w):
         d = np.full(len(a), np.inf)
