@@ -22,6 +22,7 @@
 #include "data/ingest.h"
 #include "data/nifti_write.h"
 #include "data/png.h"
+#include "finetune/components.h"
 #include "finetune/prompt_gen.h"
 #include "ops.h"
 
@@ -33,6 +34,7 @@ void ms_predict_opts_default(ms_predict_opts *o)
     o->p_lo = 0.5;
     o->p_hi = 99.5;
     o->batch = 1;
+    o->conn = 26;
 }
 
 void ms_predictor_free(ms_predictor *p)
@@ -332,6 +334,7 @@ ms_status ms_predict_volume_prompted(ms_predictor *p, const ms_predict_opts *o, 
         }
         if (o->progress) o->progress(o->progress_ctx, k0 + nb, K);
     }
+    rc = ms_labels_postprocess(r->labels, r->dim, o->conn, o->keep_largest, o->min_size, NULL);
 leave:
     free(vol);
     free(q);

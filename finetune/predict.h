@@ -8,8 +8,10 @@
  * (ms_prep_image at the model's input size; a fine-tuned checkpoint's own) → image encoder in batches → prompt
  * encoder with no prompts (sparse empty, dense = no_mask_embed) → mask decoder, tokens 1..num_cls (multimask
  * output) → low-res logits post-processed to the slice size (ms_sam_postprocess_masks) → per-pixel argmax over the
- * num_cls channels (class 0 = background, the first maximum wins ties) → restacked canonical label volume → written
- * on the input's stored grid with ms_nifti_write_labels_like (exact geometry, no free text, verified by reading back).
+ * num_cls channels (class 0 = background, the first maximum wins ties) → restacked canonical label volume
+ * → optional post-processing (ms_predict_opts keep_largest / min_size: connected components of each class on the
+ * canonical volume) → written on the input's stored grid with ms_nifti_write_labels_like (exact geometry, no free
+ * text, verified by reading back).
  *
  * Class values: class c is written as class_map[c] when a map is given (a fine-tuned task's sorted label values),
  * else as c. Every slice is segmented (ingest's near-empty-slice filter is a training-data choice, not a geometry one).
@@ -46,6 +48,11 @@ typedef struct ms_predict_opts {
     int batch;                /* slices per encoder batch (>= 1) */
     const uint16_t *class_map;/* class c → written value; NULL = identity */
     int n_class_map;          /* entries in class_map (must cover every class when given) */
+    /* Post-processing of each predicted volume (finetune/components.h ms_labels_postprocess), per class: keep only
+     * the largest connected component, and/or remove components under min_size voxels; conn 26 (default) or 6. */
+    int keep_largest;
+    int64_t min_size;
+    int conn;
     /* Called after every batch with the number of slices done in this volume and its total (may be NULL). */
     void (*progress)(void *ctx, int64_t done, int64_t total);
     void *progress_ctx;

@@ -158,7 +158,8 @@ static int run(int argc, char **argv)
     static const ms_cmd_help help = {
         "mrisam predict --ckpt F --in VOL.nii[.gz]|DIR -o SEG.nii.gz|DIR [--axis auto|axial|coronal|sagittal] "
         "[--norm percentile|zscore|none] [--percentile-low P] [--percentile-high P] [--png DIR] [--threads N] "
-        "[--device cpu|cuda] [--batch-size B] [--task NAME] [--prompts-from LABEL.nii.gz|DIR]",
+        "[--device cpu|cuda] [--batch-size B] [--task NAME] [--prompts-from LABEL.nii.gz|DIR] [--keep-largest] "
+        "[--min-size N] [--connectivity 26|6]",
         "Automatic multi-class segmentation (no prompts; mask tokens 1..num_cls, per-pixel argmax, class 0 = "
         "background) of every slice of each volume, cut and normalised exactly as ingest does, restacked and written "
         "as a NIfTI label volume on the input's exact grid (dims, affine, qform/sform codes; no free-text fields), "
@@ -166,12 +167,16 @@ static int run(int argc, char **argv)
         "checkpoint RUN/ or RUN/best (its preprocessing, axis, intensity normalisation and class values; --task NAME "
         "when it has several tasks). Prompt-trained checkpoints take per-slice prompts from --prompts-from (label "
         "volumes on the input's grid). With a directory, every .nii/.nii.gz inside goes to DIR/<same name>; a bad "
-        "volume costs one line and exit status 1, the others are still written.",
+        "volume costs one line and exit status 1, the others are still written. Post-processing per class (as "
+        "nnU-Net's): --keep-largest keeps only the largest connected component, --min-size N removes components of "
+        "fewer than N voxels (removed voxels become background); 3-D components with 26-connectivity (nnU-Net's "
+        "full connectivity) unless --connectivity 6.",
         "mrisam predict --ckpt sam_mri.pth --in scans/ -o seg/ --png seg/png\n"
         "  mrisam predict --ckpt runs/ft/ --task prostate --in scans/ -o seg/"};
     const char *ckpt = NULL, *in = NULL, *out = NULL, *axis_s = NULL, *norm_s = NULL, *png = NULL,
                *device = "cpu", *task = NULL, *prompts = NULL;
-    int threads = 0, batch = 1;
+    int threads = 0, batch = 1, keep_largest = 0, conn = 26;
+    int64_t min_size = 0;
     double p_lo = -1, p_hi = -1; /* < 0: not given */
     const ms_opt opts[] = {
         {"ckpt", MS_OPT_STR, &ckpt, "F", "SAM-layout weights (.pth or .safetensors) or a fine-tuned RUN/[best]"},
@@ -190,6 +195,9 @@ static int run(int argc, char **argv)
         {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
         {"batch-size", MS_OPT_INT, &batch, "B", "slices per encoder batch (default 1)"},
+        {"keep-largest", MS_OPT_FLAG, &keep_largest, NULL, "keep only the largest connected component of each class"},
+        {"min-size", MS_OPT_I64, &min_size, "N", "remove each class's components of fewer than N voxels"},
+        {"connectivity", MS_OPT_INT, &conn, "26|6", "3-D connectivity of the components (default 26)"},
         {0}};
     int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
@@ -204,6 +212,13 @@ static int run(int argc, char **argv)
     double lo_v, hi_v;
     if (check_options(axis_s, norm_s, batch, p_lo, p_hi, &axis, &norm, &lo_v, &hi_v)) return MS_EXIT_USAGE;
     po.batch = batch;
+    if (min_size < 0 || (conn != 26 && conn != 6)) {
+        fprintf(stderr, "mrisam predict: --min-size must be >= 0 and --connectivity 26 or 6\n");
+        return MS_EXIT_USAGE;
+    }
+    po.keep_largest = keep_largest;
+    po.min_size = min_size;
+    po.conn = conn;
 
     char **ins = NULL, **outs = NULL, **pins = NULL;
     int n = 0, failed = 0, dev_ok = 0, model_ok = 0, pred_ok = 0;
