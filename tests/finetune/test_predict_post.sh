@@ -8,7 +8,9 @@ set -u
 MRISAM=${MS_MRISAM:-mrisam}
 SRC=${MS_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PY=/usr/bin/python3
-if ! $PY -c "import torch, numpy, nibabel, scipy.ndimage" 2>/dev/null; then echo "skip: no torch/numpy/nibabel/scipy"; exit 77; fi
+if ! $PY -c "import torch, numpy, nibabel, scipy.ndimage" 2>/dev/null; then
+    echo "skip: no torch/numpy/nibabel/scipy"; exit 77
+fi
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 SEED=${MS_TEST_SEED:-$RANDOM$RANDOM}
