@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/clock.h"
@@ -122,6 +123,18 @@ static ms_status list_file_inputs(const char *list, const char *out, inputs *l)
     for (; i < n; i++) free(v[i]); /* the entries not taken over */
     free(v);
     return st;
+}
+
+/* No output may be its own input (-o the input folder would overwrite the images with their labels). */
+static ms_status check_overwrite(const inputs *l)
+{
+    for (int i = 0; i < l->n; i++) {
+        struct stat a, b;
+        if (stat(l->in[i], &a) == 0 && stat(l->out[i], &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+            return ms_error(MS_EINVAL, "%s: the output would overwrite the input %s (give another -o)", l->out[i],
+                            l->in[i]);
+    }
+    return MS_OK;
 }
 
 /* The inputs: one file, a list file of them, or every NIfTI and PNG file in a directory (sorted). *many: the
@@ -323,7 +336,7 @@ static int run(int argc, char **argv)
     ms_predict_model pm;
     ms_predictor pr;
     memset(&pm, 0, sizeof pm);
-    if ((rc = list_inputs(in, out, &l, &many))) goto leave;
+    if ((rc = list_inputs(in, out, &l, &many)) || (rc = check_overwrite(&l))) goto leave;
     if (many) {
         if ((rc = ms_mkdirs(out))) goto leave;
     } else if ((rc = ms_mkdirs_parent(l.out[0]))) { /* -o new/folder/x.nii.gz: its folder, before any work */
