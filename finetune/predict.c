@@ -671,8 +671,7 @@ leave:
     return rc;
 }
 
-/* Names of image formats predict does not read, by ending. */
-static const char *other_by_name(const char *path)
+const char *ms_predict_other_format(const char *path)
 {
     static const struct { const char *ext, *what; } t[] = {
         {".jpg", "JPEG"}, {".jpeg", "JPEG"}, {".jpe", "JPEG"}, {".tif", "TIFF"}, {".tiff", "TIFF"},
@@ -690,7 +689,7 @@ ms_status ms_predict_input_kind(const char *path, ms_input_kind *kind, const cha
     for (size_t i = 0; i < sizeof nifti / sizeof *nifti; i++)
         if (ms_str_ends_with_nocase(path, nifti[i])) return *kind = MS_INPUT_NIFTI, MS_OK;
     if (ms_str_ends_with_nocase(path, ".png")) return *kind = MS_INPUT_PNG, MS_OK;
-    if ((*what = other_by_name(path))) return *kind = MS_INPUT_OTHER, MS_OK;
+    if ((*what = ms_predict_other_format(path))) return *kind = MS_INPUT_OTHER, MS_OK;
     unsigned char b[4096];
     FILE *f = fopen(path, "rb");
     MS_FAIL_IF(!f, errno, "%s: %s", path, strerror(errno));

@@ -134,6 +134,8 @@ ms_status ms_predict_png(ms_predictor *p, const ms_predict_opts *o, const char *
  * with *what naming the format, found by name or by signature. */
 typedef enum ms_input_kind { MS_INPUT_NIFTI, MS_INPUT_PNG, MS_INPUT_LIST, MS_INPUT_OTHER } ms_input_kind;
 ms_status ms_predict_input_kind(const char *path, ms_input_kind *kind, const char **what);
+/* The format an image file name's ending names when predict does not read it ("JPEG", "TIFF", ...), else NULL. */
+const char *ms_predict_other_format(const char *path);
 
 /* The paths of a list file: one a line; blank lines and lines starting with '#' skipped, surrounding blanks and a
  * CR dropped; a relative path is relative to the list file's folder. At least one. */

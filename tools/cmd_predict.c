@@ -137,6 +137,28 @@ static ms_status check_overwrite(const inputs *l)
     return MS_OK;
 }
 
+static int is_other_name(const char *name) { return ms_predict_other_format(name) != NULL; }
+
+/* Image files of other formats in a folder: named in the error when the folder has no inputs, else in a warning. */
+static ms_status other_files(const char *dir, int n_inputs)
+{
+    char **names = NULL;
+    int n = 0;
+    MS_TRY(ms_path_list(dir, is_other_name, &names, &n));
+    char what[64] = "";
+    if (n) snprintf(what, sizeof what, "%s", ms_predict_other_format(names[0]));
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    MS_FAIL_IF(n_inputs == 0 && n, MS_EINVAL, "%s: no .nii, .nii.gz or .png files, but %d image%s of other formats "
+               "(%s, ...): predict reads NIfTI volumes and PNG images (convert them to PNG)", dir, n, n > 1 ? "s" : "",
+               what);
+    MS_FAIL_IF(n_inputs == 0, MS_EINVAL, "%s: no .nii, .nii.gz or .png files", dir);
+    if (n)
+        fprintf(stderr, "predict: warning: %s: %d image%s of other formats (%s, ...) left out: predict reads NIfTI "
+                        "volumes and PNG images\n", dir, n, n > 1 ? "s" : "", what);
+    return MS_OK;
+}
+
 /* The inputs: one file, a list file of them, or every NIfTI and PNG file in a directory (sorted). *many: the
  * outputs go into the folder out. */
 static ms_status list_inputs(const char *in, const char *out, inputs *l, int *many)
@@ -157,8 +179,7 @@ static ms_status list_inputs(const char *in, const char *out, inputs *l, int *ma
         for (; i < n; i++) free(names[i]);
         free(names);
         MS_TRY(st);
-        MS_FAIL_IF(l->n == 0, MS_EINVAL, "%s: no .nii, .nii.gz or .png files", in);
-        return MS_OK;
+        return other_files(in, l->n);
     }
     ms_input_kind k;
     MS_TRY(input_kind(in, &k));

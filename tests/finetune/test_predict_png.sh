@@ -4,8 +4,8 @@
 # relative and absolute paths), as a folder and one by one must give 8-bit gray PNGs of the image's size whose class
 # ids equal predict's labels for the same pixels stored as one-slice NIfTI volumes (rows along x, as ingest stores a
 # PNG); PNGs are written and read here by Pillow, an independent codec. JPEG (by name and by signature), a list
-# naming a JPEG (exit 1), a NIfTI -o for a PNG and -o the input folder (usage errors, 2) are refused with one line
-# before any work.
+# naming a JPEG (exit 1), a NIfTI -o for a PNG, -o the input folder and a folder of JPEGs only (usage errors, 2) are
+# refused with one line before any work.
 set -u
 MRISAM=${MS_MRISAM:-mrisam}
 SRC=${MS_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -91,6 +91,7 @@ refuse 1 "bad/noext: a JPEG image" --in "$T/bad/noext" -o "$T/o2.png"
 refuse 1 "x.jpg: a JPEG image" --in "$T/bad/list.txt" -o "$T/o3"
 [ -e "$T/o3/a.png" ] && { echo "FAIL: a list naming a JPEG was partly run"; fail=1; }
 refuse 2 "o4.nii.gz: the labels of a PNG image are written as a PNG" --in "$T/imgs/a.png" -o "$T/o4.nii.gz"
+refuse 2 "bad: no .nii, .nii.gz or .png files, but 1 image of other formats (JPEG" --in "$T/bad" -o "$T/o5"
 sum0=$(cat "$T"/imgs/*.png | md5sum)
 refuse 2 "imgs/a.png: the output would overwrite the input" --in "$T/imgs" -o "$T/imgs"
 [ "$(cat "$T"/imgs/*.png | md5sum)" = "$sum0" ] || { echo "FAIL: the input images changed"; fail=1; }
