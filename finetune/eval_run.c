@@ -38,6 +38,7 @@ void ms_eval_result_free(ms_eval_result *r)
         free(p->np);
         free(p->ng);
         free(p->hd95);
+        free(p->nsd);
     }
     free(r->pairs);
     names_free(r->names);
@@ -116,20 +117,31 @@ ms_status ms_eval_names_read(ms_eval_result *r, const char *path)
 
 /* ---- scoring ---------------------------------------------------------------------------------------------------- */
 
-/* Overlap counts (and HD95) of one pair of label volumes of dim[0]·dim[1]·dim[2] voxels, spacing in mm. */
-static ms_status pair_score(ms_eval_pair *p, const uint16_t *pred, const uint16_t *gt, const int64_t dim[3],
-                           const double spacing[3], int n_threads, int hd95)
+/* Overlap counts (and HD95, NSD as r asks) of one pair of label volumes of dim[0]·dim[1]·dim[2] voxels, spacing in
+ * mm. */
+static ms_status pair_score(const ms_eval_result *r, ms_eval_pair *p, const uint16_t *pred, const uint16_t *gt,
+                           const int64_t dim[3], const double spacing[3], int n_threads)
 {
     ms_overlap o = {0};
     MS_TRY(ms_overlap_count(pred, gt, dim[0] * dim[1] * dim[2], n_threads, &o));
     p->n_labels = o.n_labels;
     p->inter = o.inter, p->np = o.pred, p->ng = o.gt; /* ownership moves to the pair */
-    if (!hd95) return MS_OK;
-    p->hd95 = malloc((size_t)p->n_labels * sizeof *p->hd95);
-    MS_FAIL_IF(!p->hd95, MS_ENOMEM, "%s: out of memory", p->name);
-    for (int c = 0; c < p->n_labels; c++) {
-        p->hd95[c] = NAN;
-        if (c > 0 && (p->np[c] || p->ng[c])) MS_TRY(ms_hd95(pred, gt, dim, spacing, c, n_threads, &p->hd95[c]));
+    if (r->hd95) {
+        p->hd95 = malloc((size_t)p->n_labels * sizeof *p->hd95);
+        MS_FAIL_IF(!p->hd95, MS_ENOMEM, "%s: out of memory", p->name);
+        for (int c = 0; c < p->n_labels; c++) {
+            p->hd95[c] = NAN;
+            if (c > 0 && (p->np[c] || p->ng[c])) MS_TRY(ms_hd95(pred, gt, dim, spacing, c, n_threads, &p->hd95[c]));
+        }
+    }
+    if (r->nsd) {
+        p->nsd = malloc((size_t)p->n_labels * sizeof *p->nsd);
+        MS_FAIL_IF(!p->nsd, MS_ENOMEM, "%s: out of memory", p->name);
+        for (int c = 0; c < p->n_labels; c++) {
+            p->nsd[c] = NAN;
+            if (c > 0 && (p->np[c] || p->ng[c]))
+                MS_TRY(ms_nsd(pred, gt, dim, spacing, c, r->nsd_tol, n_threads, &p->nsd[c]));
+        }
     }
     return MS_OK;
 }
@@ -215,7 +227,7 @@ static ms_status grids_match(const ms_eval_pair *p, const ms_nifti *a, const ms_
 }
 
 /* Opens, checks and scores one pair of files. */
-static ms_status file_pair_score(ms_eval_pair *p, int n_threads, int hd95)
+static ms_status file_pair_score(const ms_eval_result *r, ms_eval_pair *p, int n_threads)
 {
     ms_nifti a, b;
     int oa = 0, ob = 0;
@@ -236,7 +248,7 @@ static ms_status file_pair_score(ms_eval_pair *p, int n_threads, int hd95)
         goto leave;
     }
     if ((st = load_labels(&a, p->pred, lp, tmp)) || (st = load_labels(&b, p->gt, lg, tmp))) goto leave;
-    st = pair_score(p, lp, lg, a.cdim, a.cspacing, n_threads, hd95);
+    st = pair_score(r, p, lp, lg, a.cdim, a.cspacing, n_threads);
 leave:
     if (oa) ms_nifti_close(&a);
     if (ob) ms_nifti_close(&b);
@@ -285,7 +297,7 @@ ms_status ms_eval_files(ms_eval_result *r, const char *pred_dir, const char *gt_
     ms_status st = list_dir(pred_dir, &lp, &np);
     if (!st) st = list_dir(gt_dir, &lg, &ng);
     if (!st) st = pair_files(r, pred_dir, lp, np, gt_dir, lg, ng);
-    for (int i = 0; i < r->n_pairs && !st; i++) st = file_pair_score(&r->pairs[i], n_threads, hd95);
+    for (int i = 0; i < r->n_pairs && !st; i++) st = file_pair_score(r, &r->pairs[i], n_threads);
     list_free(lp, np);
     list_free(lg, ng);
     if (!st && !(r->header = format("# mrisam eval\n\nprediction: %s  \nground truth: %s  \nvolumes: %d\n\n",
@@ -475,7 +487,7 @@ static ms_status store_volume(store_eval *e, ms_eval_result *r, uint32_t id)
     MS_FAIL_IF(!p->name, MS_ENOMEM, "out of memory");
     const int64_t dim[3] = {vi.width, vi.height, D};
     const double sp[3] = {vi.spacing[1], vi.spacing[0], vi.spacing[2]}; /* x = column, y = row, z = slice */
-    MS_TRY(pair_score(p, e->pv, e->gv, dim, sp, o->n_threads, o->hd95));
+    MS_TRY(pair_score(r, p, e->pv, e->gv, dim, sp, o->n_threads));
     if (o->on_volume) o->on_volume(o->ctx, p->name, n_sel);
     return MS_OK;
 }
@@ -572,72 +584,77 @@ static const char *class_name(const ms_eval_result *r, int c)
     return c < r->n_names && r->names[c] ? r->names[c] : "";
 }
 
-/* Dice, IoU and HD95 (NaN without) of class c in pair p. */
-static void pair_metrics(const ms_eval_result *r, const ms_eval_pair *p, int c, double *dice, double *iou,
-                         double *hd95)
+/* Dice, IoU, HD95 and NSD (NaN without) of class c in pair p: m[0..3]. */
+static void pair_metrics(const ms_eval_result *r, const ms_eval_pair *p, int c, double m[4])
 {
     int64_t in = c < p->n_labels ? p->inter[c] : 0, a = c < p->n_labels ? p->np[c] : 0,
             g = c < p->n_labels ? p->ng[c] : 0;
-    *dice = ms_dice(in, a, g);
-    *iou = ms_iou(in, a, g);
-    *hd95 = r->hd95 && c < p->n_labels ? p->hd95[c] : NAN;
+    m[0] = ms_dice(in, a, g);
+    m[1] = ms_iou(in, a, g);
+    m[2] = r->hd95 && c < p->n_labels ? p->hd95[c] : NAN;
+    m[3] = r->nsd && c < p->n_labels ? p->nsd[c] : NAN;
 }
 
 /* One row per volume and class. */
 static void csv_write(FILE *fc, const ms_eval_result *r, const int *classes, int n_classes)
 {
-    fputs(r->hd95 ? "volume,class,name,dice,iou,hd95\n" : "volume,class,name,dice,iou\n", fc);
+    fprintf(fc, "volume,class,name,dice,iou%s%s\n", r->hd95 ? ",hd95" : "", r->nsd ? ",nsd" : "");
     for (int i = 0; i < r->n_pairs; i++)
         for (int k = 0; k < n_classes; k++) {
             int c = classes[k];
-            double d, u, h;
-            pair_metrics(r, &r->pairs[i], c, &d, &u, &h);
+            double m[4];
+            pair_metrics(r, &r->pairs[i], c, m);
             csv_field(fc, r->pairs[i].name);
             fprintf(fc, ",%d,", c);
             csv_field(fc, class_name(r, c));
-            fputc(',', fc);
-            put_num(fc, d);
-            fputc(',', fc);
-            put_num(fc, u);
-            if (r->hd95) {
+            for (int j = 0; j < 4; j++) {
+                if ((j == 2 && !r->hd95) || (j == 3 && !r->nsd)) continue;
                 fputc(',', fc);
-                put_num(fc, h);
+                put_num(fc, m[j]);
             }
             fputc('\n', fc);
         }
 }
 
-/* The header, then one table row per class (mean ± sd over the volumes where it is defined). vals: 3·n_pairs. */
+/* The header, then one table row per class (mean ± sd over the volumes where it is defined). vals: 4·n_pairs. */
 static void md_write(FILE *fm, const ms_eval_result *r, const int *classes, int n_classes, double *vals)
 {
     const int n = r->n_pairs;
     fputs(r->header, fm);
-    fputs(r->hd95 ? "| class | name | n | Dice (mean ± sd) | IoU (mean ± sd) | HD95 mm (mean ± sd) |\n"
-                    "|---:|---|---:|---|---|---|\n"
-                  : "| class | name | n | Dice (mean ± sd) | IoU (mean ± sd) |\n|---:|---|---:|---|---|\n",
-          fm);
+    fputs("| class | name | n | Dice (mean ± sd) | IoU (mean ± sd) |", fm);
+    if (r->hd95) fputs(" HD95 mm (mean ± sd) |", fm);
+    if (r->nsd) fprintf(fm, " NSD %g mm (mean ± sd) |", r->nsd_tol);
+    fprintf(fm, "\n|---:|---|---:|---|---|%s%s\n", r->hd95 ? "---|" : "", r->nsd ? "---|" : "");
     for (int k = 0; k < n_classes; k++) {
-        int c = classes[k], nd, ni, nh, n_inf = 0;
-        double *dv = vals, *iv = vals + n, *hv = vals + 2 * n, dm, ds, im, is, hm, hs;
+        int c = classes[k], nv[4], n_inf = 0;
+        double mean[4], sd[4];
         for (int i = 0; i < n; i++) {
-            pair_metrics(r, &r->pairs[i], c, &dv[i], &iv[i], &hv[i]);
-            n_inf += isinf(hv[i]) != 0;
+            double m[4];
+            pair_metrics(r, &r->pairs[i], c, m);
+            for (int j = 0; j < 4; j++) vals[j * n + i] = m[j];
+            n_inf += isinf(m[2]) != 0;
         }
-        ms_mean_sd(dv, n, &dm, &ds, &nd);
-        ms_mean_sd(iv, n, &im, &is, &ni);
-        ms_mean_sd(hv, n, &hm, &hs, &nh);
-        fprintf(fm, "| %d | %s | %d | %.4f ± %.4f | %.4f ± %.4f |", c, class_name(r, c), nd, dm, ds, im, is);
+        for (int j = 0; j < 4; j++) ms_mean_sd(vals + j * n, n, &mean[j], &sd[j], &nv[j]);
+        fprintf(fm, "| %d | %s | %d | %.4f ± %.4f | %.4f ± %.4f |", c, class_name(r, c), nv[0], mean[0], sd[0],
+                mean[1], sd[1]);
         if (r->hd95) {
-            fprintf(fm, " %.2f ± %.2f", hm, hs);
+            fprintf(fm, " %.2f ± %.2f", mean[2], sd[2]);
             if (n_inf) fprintf(fm, " (%d inf left out)", n_inf);
             fputs(" |", fm);
         }
+        if (r->nsd) fprintf(fm, " %.4f ± %.4f |", mean[3], sd[3]);
         fputc('\n', fm);
     }
     fputs("\nn counts the volumes where the class is present in the prediction or the ground truth; a class absent "
-          "from both is undefined there and left out (never scored as 1). sd is the sample standard deviation. HD95 "
-          "is inf where only one of the two volumes has the class; those are left out of its mean.\n",
+          "from both is undefined there and left out (never scored as 1). sd is the sample standard deviation.",
           fm);
+    if (r->hd95)
+        fputs(" HD95 is inf where only one of the two volumes has the class; those are left out of its mean.", fm);
+    if (r->nsd)
+        fprintf(fm, " NSD is the normalized surface Dice at a tolerance of %g mm (surface elements weighted by "
+                    "area, as in the DeepMind surface-distance package); 0 where only one volume has the class.",
+                r->nsd_tol);
+    fputc('\n', fm);
 }
 
 /* Both reports in memory. */
@@ -647,7 +664,7 @@ static ms_status report_format(const ms_eval_result *r, char **csv, size_t *csv_
     int max_l = 0, n_classes = 0;
     for (int i = 0; i < r->n_pairs; i++) max_l = r->pairs[i].n_labels > max_l ? r->pairs[i].n_labels : max_l;
     int *classes = malloc((size_t)(max_l + 1) * sizeof *classes);
-    double *vals = malloc((size_t)(3 * r->n_pairs + 1) * sizeof *vals);
+    double *vals = malloc((size_t)(4 * r->n_pairs + 1) * sizeof *vals);
     FILE *fc = open_memstream(csv, csv_len), *fm = open_memstream(md, md_len);
     ms_status st = MS_OK;
     if (!classes || !vals || !fc || !fm) {

@@ -4,13 +4,13 @@
  * Files (ms_eval_files): files pair by name with the .nii/.nii.gz ending ignored (pred/a.nii.gz ↔ gt/a.nii); every
  * file must have a partner. A pair must share the grid (shape and voxel→world affine within 1e-3 mm) — no resampling
  * ever happens. Both volumes are read as frame 0 on the canonical grid (the same mapping for both, since the grids
- * agree) and must hold integer labels 0..65535. HD95 is computed on the canonical grid with its voxel sizes
- * (distances are invariant under the permutation/flip).
+ * agree) and must hold integer labels 0..65535. HD95 and NSD are computed on the canonical grid with its voxel sizes
+ * (distances and surface areas are invariant under the permutation/flip).
  *
  * A store (ms_eval_store): the model behind a checkpoint (finetune/predict.h) segments the store's labelled slices at
  * the checkpoint's own preprocessing; per volume the stored slices are restacked at their slice indices (slices
- * ingest left out are 0 in both volumes, so HD95 sees the true geometry) and scored like a file pair, with the store's
- * spacing (row, column, slice) for HD95. Stored label values outside the task's classes count as background. A run's
+ * ingest left out are 0 in both volumes, so HD95 and NSD see the true geometry) and scored like a file pair, with the
+ * store's spacing (row, column, slice). Stored label values outside the task's classes count as background. A run's
  * shots.json restricts it to the run's validation selection.
  *
  * The report: the class list is every value > 0 present in any volume; a class absent from both volumes of a pair is
@@ -32,6 +32,7 @@ typedef struct ms_eval_pair {
     int n_labels;
     int64_t *inter, *np, *ng; /* |P∩G|, |P|, |G| */
     double *hd95;             /* mm; NULL without HD95 */
+    double *nsd;              /* NULL without NSD */
 } ms_eval_pair;
 
 /* What an evaluation gave. Zero it before use (ms_eval_names_read may fill names first); free with
@@ -42,6 +43,8 @@ typedef struct ms_eval_result {
     char **names;  /* class names by label value (65536 slots, NULL = unnamed), or NULL when there are none */
     int n_names;   /* 1 + the largest named value */
     int hd95;      /* 1 when the pairs carry HD95 */
+    int nsd;       /* set by the caller before scoring: 1 adds NSD (eval.h ms_nsd) at nsd_tol mm */
+    double nsd_tol;
     char *header;  /* the summary's opening lines: what was compared, how many volumes */
 } ms_eval_result;
 

@@ -8,6 +8,8 @@
  */
 #include "finetune/predict.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,11 +19,13 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/fileio.h"
 #include "base/path.h"
 #include "checkpoints/rundir.h"
 #include "data/ingest.h"
 #include "data/nifti_write.h"
 #include "data/png.h"
+#include "finetune/components.h"
 #include "finetune/prompt_gen.h"
 #include "ops.h"
 
@@ -33,6 +37,7 @@ void ms_predict_opts_default(ms_predict_opts *o)
     o->p_lo = 0.5;
     o->p_hi = 99.5;
     o->batch = 1;
+    o->conn = 26;
 }
 
 void ms_predictor_free(ms_predictor *p)
@@ -256,23 +261,80 @@ static ms_status read_label_volume(const ms_nifti *n, size_t nv, uint16_t *dst)
     return rc;
 }
 
-ms_status ms_predict_volume_prompted(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n,
-                                     const ms_nifti *pl, ms_predict_result *r)
+/* Segments a canonical float volume (r->dim set, vol: r->dim voxels, x fastest; pvol: the prompt labels on the same
+ * grid or NULL) slice by slice along the axis ingest picks with these voxel sizes, restacks the labels into r and
+ * post-processes them. Fills r except dim and n_nonfinite; on failure the caller frees r. */
+static ms_status predict_canonical(ms_predictor *p, const ms_predict_opts *o, int axis_opt, const double spacing[3],
+                                   const float *vol, const uint16_t *pvol, ms_predict_result *r)
 {
     ms_status rc = MS_OK;
-    float *vol = NULL, *sl = NULL;
-    uint16_t *q = NULL, *lab = NULL, *pvol = NULL, *psl = NULL;
-    memset(r, 0, sizeof *r);
-    for (int i = 0; i < 3; i++) r->dim[i] = n->cdim[i];
+    float *sl = NULL;
+    uint16_t *q = NULL, *lab = NULL, *psl = NULL;
     const size_t nv = (size_t)(r->dim[0] * r->dim[1] * r->dim[2]);
-    int axis = ms_ingest_pick_axis(o->axis, n->cspacing, r->dim);
+    int axis = ms_ingest_pick_axis(axis_opt, spacing, r->dim);
     int ra = axis == 0 ? 1 : 0, ca = axis == 2 ? 1 : 2;
     const int64_t H = r->dim[ra], W = r->dim[ca], K = r->dim[axis];
     const int64_t st3[3] = {1, r->dim[0], r->dim[0] * r->dim[1]};
     const int64_t rs = st3[ra], cs = st3[ca], ks = st3[axis];
     r->axis = axis, r->n_slices = K, r->H = H, r->W = W;
-    if (H > 65535 || W > 65535) { rc = ms_error(MS_ESHAPE, "slices of %lldx%lld are too large", (long long)H,
-                                                (long long)W); goto leave; }
+    if (H > 65535 || W > 65535) return ms_error(MS_ESHAPE, "slices of %lldx%lld are too large", (long long)H,
+                                                (long long)W);
+    const size_t npx = (size_t)(H * W);
+    q = malloc(nv * sizeof *q);
+    r->labels = calloc(nv, sizeof *r->labels);
+    r->image01 = malloc(nv * sizeof *r->image01);
+    sl = malloc((size_t)p->batch * npx * sizeof *sl);
+    lab = malloc((size_t)p->batch * npx * sizeof *lab);
+    if (pvol) psl = malloc((size_t)p->batch * npx * sizeof *psl);
+    if (!q || !r->labels || !r->image01 || !sl || !lab || (pvol && !psl)) {
+        rc = ms_error(MS_ENOMEM, "out of memory");
+        goto leave;
+    }
+    ms_intensity it;
+    if ((rc = ms_intensity_fit(vol, nv, o->norm, o->p_lo, o->p_hi, &it))) goto leave;
+    ms_intensity_apply(vol, nv, &it, q);
+    for (size_t i = 0; i < nv; i++) r->image01[i] = (float)q[i] * (1.0f / 65535.0f); /* the loader's scaling */
+
+    for (int64_t k0 = 0; k0 < K; k0 += p->batch) {
+        int nb = (int)(K - k0 < p->batch ? K - k0 : p->batch);
+        for (int b = 0; b < nb; b++) {
+            const size_t base = (size_t)((k0 + b) * ks);
+            float *d = sl + (size_t)b * npx;
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t x = 0; x < W; x++) d[y * W + x] = r->image01[base + y * rs + x * cs];
+            if (pvol) {
+                uint16_t *e = psl + (size_t)b * npx;
+                for (int64_t y = 0; y < H; y++)
+                    for (int64_t x = 0; x < W; x++) e[y * W + x] = pvol[base + y * rs + x * cs];
+            }
+        }
+        if ((rc = ms_predict_slices(p, o, sl, psl, nb, (int)H, (int)W, lab))) goto leave;
+        for (int b = 0; b < nb; b++) {
+            uint16_t *dst = r->labels + (k0 + b) * ks;
+            const uint16_t *l = lab + (size_t)b * npx;
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t x = 0; x < W; x++) dst[y * rs + x * cs] = l[y * W + x];
+        }
+        if (o->progress) o->progress(o->progress_ctx, k0 + nb, K);
+    }
+    rc = ms_labels_postprocess(r->labels, r->dim, o->conn, o->keep_largest, o->min_size, NULL);
+leave:
+    free(q);
+    free(sl);
+    free(lab);
+    free(psl);
+    return rc;
+}
+
+ms_status ms_predict_volume_prompted(ms_predictor *p, const ms_predict_opts *o, const ms_nifti *n,
+                                     const ms_nifti *pl, ms_predict_result *r)
+{
+    ms_status rc = MS_OK;
+    float *vol = NULL;
+    uint16_t *pvol = NULL;
+    memset(r, 0, sizeof *r);
+    for (int i = 0; i < 3; i++) r->dim[i] = n->cdim[i];
+    const size_t nv = (size_t)(r->dim[0] * r->dim[1] * r->dim[2]);
     if (p->prompt != MS_PROMPT_NONE && !pl) {
         rc = ms_error(MS_EINVAL, "the checkpoint was trained with %s prompts: give --prompts-from LABEL.nii.gz",
                       ms_prompt_mode_name(p->prompt));
@@ -288,57 +350,18 @@ ms_status ms_predict_volume_prompted(ms_predictor *p, const ms_predict_opts *o, 
             goto leave;
         }
     }
-    const size_t npx = (size_t)(H * W);
     vol = malloc(nv * sizeof *vol);
-    q = malloc(nv * sizeof *q);
-    r->labels = calloc(nv, sizeof *r->labels);
-    r->image01 = malloc(nv * sizeof *r->image01);
-    sl = malloc((size_t)p->batch * npx * sizeof *sl);
-    lab = malloc((size_t)p->batch * npx * sizeof *lab);
-    if (pl) {
-        pvol = malloc(nv * sizeof *pvol);
-        psl = malloc((size_t)p->batch * npx * sizeof *psl);
-    }
-    if (!vol || !q || !r->labels || !r->image01 || !sl || !lab || (pl && (!pvol || !psl))) {
+    if (pl) pvol = malloc(nv * sizeof *pvol);
+    if (!vol || (pl && !pvol)) {
         rc = ms_error(MS_ENOMEM, "out of memory");
         goto leave;
     }
     if ((rc = ms_nifti_frame(n, 0, vol, &r->n_nonfinite))) goto leave;
     if (pl && (rc = read_label_volume(pl, nv, pvol))) goto leave;
-    ms_intensity it;
-    if ((rc = ms_intensity_fit(vol, nv, o->norm, o->p_lo, o->p_hi, &it))) goto leave;
-    ms_intensity_apply(vol, nv, &it, q);
-    for (size_t i = 0; i < nv; i++) r->image01[i] = (float)q[i] * (1.0f / 65535.0f); /* the loader's scaling */
-
-    for (int64_t k0 = 0; k0 < K; k0 += p->batch) {
-        int nb = (int)(K - k0 < p->batch ? K - k0 : p->batch);
-        for (int b = 0; b < nb; b++) {
-            const size_t base = (size_t)((k0 + b) * ks);
-            float *d = sl + (size_t)b * npx;
-            for (int64_t y = 0; y < H; y++)
-                for (int64_t x = 0; x < W; x++) d[y * W + x] = r->image01[base + y * rs + x * cs];
-            if (pl) {
-                uint16_t *e = psl + (size_t)b * npx;
-                for (int64_t y = 0; y < H; y++)
-                    for (int64_t x = 0; x < W; x++) e[y * W + x] = pvol[base + y * rs + x * cs];
-            }
-        }
-        if ((rc = ms_predict_slices(p, o, sl, psl, nb, (int)H, (int)W, lab))) goto leave;
-        for (int b = 0; b < nb; b++) {
-            uint16_t *dst = r->labels + (k0 + b) * ks;
-            const uint16_t *l = lab + (size_t)b * npx;
-            for (int64_t y = 0; y < H; y++)
-                for (int64_t x = 0; x < W; x++) dst[y * rs + x * cs] = l[y * W + x];
-        }
-        if (o->progress) o->progress(o->progress_ctx, k0 + nb, K);
-    }
+    rc = predict_canonical(p, o, o->axis, n->cspacing, vol, pvol, r);
 leave:
     free(vol);
-    free(q);
-    free(sl);
-    free(lab);
     free(pvol);
-    free(psl);
     if (rc) ms_predict_result_free(r);
     return rc;
 }
@@ -553,6 +576,7 @@ ms_status ms_predict_write_overlays(const char *dir, const char *in_path, const 
     snprintf(stem, sizeof stem, "%s", ms_path_base(in_path));
     const char *suf = ms_path_nii_suffix(stem);
     if (suf && suf > stem) stem[suf - stem] = 0;
+    else if (ms_str_ends_with_nocase(stem, ".png") && strlen(stem) > 4) stem[strlen(stem) - 4] = 0;
     int64_t last = -1;
     for (int j = 1; j <= 3; j++) {
         int64_t k = K * j / 4;
@@ -579,4 +603,149 @@ ms_status ms_predict_write_overlays(const char *dir, const char *in_path, const 
     free(path);
     free(pix);
     return rc;
+}
+
+/* ---- 2-D images ------------------------------------------------------------------------------------------------- */
+
+/* Writes canonical labels of a one-slice (rows, columns, 1) result as an 8-bit PNG: pixel (row y, column x) is
+ * labels[y + rows·x], ingest's PNG order. */
+static ms_status write_png_labels(const char *path, const ms_predict_result *r)
+{
+    const int64_t h = r->dim[0], w = r->dim[1];
+    uint8_t *pix = malloc((size_t)(h * w));
+    MS_FAIL_IF(!pix, MS_ENOMEM, "%s: out of memory", path);
+    ms_status rc = MS_OK;
+    for (int64_t y = 0; y < h && !rc; y++)
+        for (int64_t x = 0; x < w; x++) {
+            uint16_t v = r->labels[y + h * x];
+            if (v > 255) {
+                rc = ms_error(MS_EUNSUPPORTED, "%s: class value %u does not fit an 8-bit PNG", path, (unsigned)v);
+                break;
+            }
+            pix[y * w + x] = (uint8_t)v;
+        }
+    if (!rc) rc = ms_png_write_u8(path, pix, (int)w, (int)h, 1);
+    free(pix);
+    return rc;
+}
+
+ms_status ms_predict_png(ms_predictor *p, const ms_predict_opts *o, const char *in_path, const char *out_path,
+                         ms_predict_result *r)
+{
+    ms_predict_result mine;
+    ms_predict_result *res = r ? r : &mine;
+    ms_png img = {0};
+    float *vol = NULL;
+    memset(res, 0, sizeof *res);
+    ms_status rc = MS_OK;
+    if (p->prompt != MS_PROMPT_NONE) {
+        rc = ms_error(MS_EUNSUPPORTED, "%s: the checkpoint was trained with %s prompts; PNG input takes no prompts "
+                                       "yet (use a NIfTI volume and --prompts-from)", in_path,
+                      ms_prompt_mode_name(p->prompt));
+        goto leave;
+    }
+    if ((rc = ms_png_read(in_path, MS_PNG_GRAY, &img))) goto leave;
+    const int64_t h = img.h, w = img.w;
+    res->dim[0] = h, res->dim[1] = w, res->dim[2] = 1;
+    if (!(vol = malloc((size_t)(h * w) * sizeof *vol))) {
+        rc = ms_error(MS_ENOMEM, "%s: out of memory", in_path);
+        goto leave;
+    }
+    for (int64_t y = 0; y < h; y++) /* ingest's canonical order: rows along x, columns along y */
+        for (int64_t x = 0; x < w; x++) vol[y + h * x] = (float)img.px[y * w + x];
+    const double one[3] = {1, 1, 1};
+    if ((rc = predict_canonical(p, o, MS_AXIS_AUTO, one, vol, NULL, res))) {
+        const char *msg = ms_errmsg();
+        if (strncmp(msg, in_path, strlen(in_path)) != 0) {
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", msg);
+            rc = ms_error(rc, "%s: %s", in_path, buf);
+        }
+        goto leave;
+    }
+    rc = write_png_labels(out_path, res);
+leave:
+    ms_png_free(&img);
+    free(vol);
+    if (rc || !r) ms_predict_result_free(res);
+    return rc;
+}
+
+const char *ms_predict_other_format(const char *path)
+{
+    static const struct { const char *ext, *what; } t[] = {
+        {".jpg", "JPEG"}, {".jpeg", "JPEG"}, {".jpe", "JPEG"}, {".tif", "TIFF"}, {".tiff", "TIFF"},
+        {".bmp", "BMP"},  {".gif", "GIF"},   {".webp", "WebP"}, {".dcm", "DICOM"}, {".npy", "NumPy"},
+        {".npz", "NumPy"}, {".mha", "MetaImage"}, {".mhd", "MetaImage"}, {".nrrd", "NRRD"}, {".jp2", "JPEG 2000"}};
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        if (ms_str_ends_with_nocase(path, t[i].ext)) return t[i].what;
+    return NULL;
+}
+
+ms_status ms_predict_input_kind(const char *path, ms_input_kind *kind, const char **what)
+{
+    *what = NULL;
+    static const char *const nifti[] = {".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz"};
+    for (size_t i = 0; i < sizeof nifti / sizeof *nifti; i++)
+        if (ms_str_ends_with_nocase(path, nifti[i])) return *kind = MS_INPUT_NIFTI, MS_OK;
+    if (ms_str_ends_with_nocase(path, ".png")) return *kind = MS_INPUT_PNG, MS_OK;
+    if ((*what = ms_predict_other_format(path))) return *kind = MS_INPUT_OTHER, MS_OK;
+    unsigned char b[4096];
+    FILE *f = fopen(path, "rb");
+    MS_FAIL_IF(!f, errno, "%s: %s", path, strerror(errno));
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    int text = 1;
+    for (size_t i = 0; i < n && text; i++) text = b[i] >= 0x20 || b[i] == '\t' || b[i] == '\n' || b[i] == '\r';
+    *kind = MS_INPUT_OTHER;
+    if (text) *kind = MS_INPUT_LIST;
+    else if (n >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8)) *kind = MS_INPUT_PNG;
+    else if (n >= 3 && !memcmp(b, "\xff\xd8\xff", 3)) *what = "JPEG";
+    else if (n >= 4 && (!memcmp(b, "II*\0", 4) || !memcmp(b, "MM\0*", 4))) *what = "TIFF";
+    else if (n >= 6 && (!memcmp(b, "GIF87a", 6) || !memcmp(b, "GIF89a", 6))) *what = "GIF";
+    else if (n >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4)) *what = "WebP";
+    else if (n >= 132 && !memcmp(b + 128, "DICM", 4)) *what = "DICOM";
+    else if (n >= 6 && !memcmp(b, "\x93NUMPY", 6)) *what = "NumPy";
+    else if (n >= 2 && !memcmp(b, "BM", 2)) *what = "BMP";
+    else *kind = MS_INPUT_NIFTI; /* gzip, NIfTI, ANALYZE, or garbage the NIfTI reader names */
+    return MS_OK;
+}
+
+ms_status ms_predict_list_read(const char *path, char ***paths, int *n)
+{
+    char *txt = NULL;
+    size_t len = 0;
+    *paths = NULL;
+    *n = 0;
+    MS_TRY(ms_read_file(path, (size_t)64 << 20, &txt, &len));
+    char dir[MS_PATH_MAX] = ""; /* the list's folder, "" for the working directory */
+    const int dl = (int)(ms_path_base(path) - path);
+    if (dl > 0) snprintf(dir, sizeof dir, "%.*s", dl > 1 ? dl - 1 : 1, path);
+    ms_status st = MS_OK;
+    int cap = 0;
+    for (char *s = txt, *next; s && *s && !st; s = next) {
+        next = strchr(s, '\n');
+        if (next) *next++ = 0;
+        while (isspace((unsigned char)*s)) s++;
+        size_t k = strlen(s);
+        while (k && isspace((unsigned char)s[k - 1])) s[--k] = 0;
+        if (!*s || *s == '#') continue;
+        if (*n == cap) {
+            char **t = realloc(*paths, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *t);
+            if (!t) { st = ms_error(MS_ENOMEM, "%s: out of memory", path); break; }
+            *paths = t;
+        }
+        char *e = s[0] == '/' || !dir[0] ? strdup(s) : ms_path_join_new(dir, s);
+        if (!e) st = ms_error(MS_ENOMEM, "%s: out of memory", path);
+        else (*paths)[(*n)++] = e;
+    }
+    free(txt);
+    if (!st && *n == 0) st = ms_error(MS_EINVAL, "%s: lists no images (one path a line)", path);
+    if (st) {
+        for (int i = 0; i < *n; i++) free((*paths)[i]);
+        free(*paths);
+        *paths = NULL;
+        *n = 0;
+    }
+    return st;
 }

@@ -1,6 +1,7 @@
-/* finetune/predict.h — automatic (prompt-free) multi-class segmentation of NIfTI volumes with a SAM-layout model or
- * a fine-tuned checkpoint, and prompted segmentation for prompt-trained ones (`mrisam predict`, `mrisam eval --ckpt`;
- * docs/CLI.md §predict, docs/MODEL.md §Multi-class output).
+/* finetune/predict.h — automatic (prompt-free) multi-class segmentation of NIfTI volumes and PNG images (one slice
+ * each, as ingest stores a PNG: ms_predict_png) with a SAM-layout model or a fine-tuned checkpoint, and prompted
+ * segmentation for prompt-trained ones (`mrisam predict`, `mrisam eval --ckpt`; docs/CLI.md §predict, docs/MODEL.md
+ * §Multi-class output).
  *
  * Per volume: ms_nifti_open → frame 0 as a canonical RAS+ float volume → ingest's intensity normalisation
  * (ms_intensity_fit + ms_intensity_apply to uint16, then /65535 exactly as the loader feeds training) → slices
@@ -8,8 +9,10 @@
  * (ms_prep_image at the model's input size; a fine-tuned checkpoint's own) → image encoder in batches → prompt
  * encoder with no prompts (sparse empty, dense = no_mask_embed) → mask decoder, tokens 1..num_cls (multimask
  * output) → low-res logits post-processed to the slice size (ms_sam_postprocess_masks) → per-pixel argmax over the
- * num_cls channels (class 0 = background, the first maximum wins ties) → restacked canonical label volume → written
- * on the input's stored grid with ms_nifti_write_labels_like (exact geometry, no free text, verified by reading back).
+ * num_cls channels (class 0 = background, the first maximum wins ties) → restacked canonical label volume
+ * → optional post-processing (ms_predict_opts keep_largest / min_size: connected components of each class on the
+ * canonical volume) → written on the input's stored grid with ms_nifti_write_labels_like (exact geometry, no free
+ * text, verified by reading back).
  *
  * Class values: class c is written as class_map[c] when a map is given (a fine-tuned task's sorted label values),
  * else as c. Every slice is segmented (ingest's near-empty-slice filter is a training-data choice, not a geometry one).
@@ -46,6 +49,11 @@ typedef struct ms_predict_opts {
     int batch;                /* slices per encoder batch (>= 1) */
     const uint16_t *class_map;/* class c → written value; NULL = identity */
     int n_class_map;          /* entries in class_map (must cover every class when given) */
+    /* Post-processing of each predicted volume (finetune/components.h ms_labels_postprocess), per class: keep only
+     * the largest connected component, and/or remove components under min_size voxels; conn 26 (default) or 6. */
+    int keep_largest;
+    int64_t min_size;
+    int conn;
     /* Called after every batch with the number of slices done in this volume and its total (may be NULL). */
     void (*progress)(void *ctx, int64_t done, int64_t total);
     void *progress_ctx;
@@ -109,6 +117,29 @@ ms_status ms_predict_file(ms_predictor *p, const ms_predict_opts *o, const char 
 /* The same with prompts from the label volume prompt_path (NULL: none). */
 ms_status ms_predict_file_prompted(ms_predictor *p, const ms_predict_opts *o, const char *in_path,
                                    const char *prompt_path, const char *out_path, ms_predict_result *r);
+
+/* ---- 2-D images ----------------------------------------------------------------------------------------------- */
+
+/* A PNG as ingest stores one (gray at its bit depth, colour converted by libpng: data/png.h; one axial slice of
+ * canonical dims (rows, columns, 1), voxel size 1), segmented like a volume (same intensity normalisation, same
+ * post-processing, in-plane), and its class ids written to out_path as an 8-bit gray PNG of the image's size; a class
+ * value above 255 is refused. Prompt-trained checkpoints are refused (images have no prompt source yet). r as
+ * ms_predict_file. Errors read "<path>: reason". */
+ms_status ms_predict_png(ms_predictor *p, const ms_predict_opts *o, const char *in_path, const char *out_path,
+                         ms_predict_result *r);
+
+/* What an input file holds: by its name (.nii, .nii.gz, .hdr, .img[.gz] → NIfTI/ANALYZE; .png), else by its first
+ * bytes: text → a list of inputs; PNG's signature → PNG; other binary → NIfTI/ANALYZE (whose reader names what is
+ * wrong). Image formats predict does not read (JPEG, TIFF, BMP, GIF, WebP, DICOM, NumPy, ...) give MS_INPUT_OTHER
+ * with *what naming the format, found by name or by signature. */
+typedef enum ms_input_kind { MS_INPUT_NIFTI, MS_INPUT_PNG, MS_INPUT_LIST, MS_INPUT_OTHER } ms_input_kind;
+ms_status ms_predict_input_kind(const char *path, ms_input_kind *kind, const char **what);
+/* The format an image file name's ending names when predict does not read it ("JPEG", "TIFF", ...), else NULL. */
+const char *ms_predict_other_format(const char *path);
+
+/* The paths of a list file: one a line; blank lines and lines starting with '#' skipped, surrounding blanks and a
+ * CR dropped; a relative path is relative to the list file's folder. At least one. */
+ms_status ms_predict_list_read(const char *path, char ***paths, int *n);
 
 /* ---- the model behind --ckpt: SAM-layout weights or a fine-tuned checkpoint ---------------------------------- */
 typedef struct ms_predict_model {

@@ -1,7 +1,6 @@
 /* finetune/prompt_gen.c — prompts from label maps (see prompt_gen.h for the rules).
  *
- * Components: two-pass union-find whose root is always the smallest pixel index of its set, so the roots come in
- * raster order of first pixels and the size sort can break ties on them for free. Distance transform:
+ * Components: finetune/components.h's (one slice, 8-connectivity). Distance transform:
  * Felzenszwalb & Huttenlocher's lower envelope of parabolas, columns then rows, each 1D line padded with a zero
  * site on both ends (the outside of the image is background); foreground sites (+inf) are left out of the
  * envelope instead of being given a large finite value, whose subtraction would lose the q² terms. Squared
@@ -14,6 +13,7 @@
 #include <string.h>
 
 #include "base/rng.h"
+#include "finetune/components.h"
 
 void ms_promptgen_opts_default(ms_promptgen_opts *o)
 {
@@ -43,82 +43,12 @@ static ms_status check_opts(const ms_promptgen_opts *o)
 
 /* ---- connected components ------------------------------------------------------------------------------ */
 
-static int32_t uf_find(int32_t *p, int32_t x)
-{
-    while (p[x] != x) {
-        p[x] = p[p[x]]; /* path halving */
-        x = p[x];
-    }
-    return x;
-}
-
-/* The smaller index becomes the root, so a root is the first pixel of its set in raster order. */
-static void uf_union(int32_t *p, int32_t a, int32_t b)
-{
-    a = uf_find(p, a);
-    b = uf_find(p, b);
-    if (a < b) p[b] = a;
-    else if (b < a) p[a] = b;
-}
-
-typedef struct { int64_t size; int32_t label; } comp_key;
-
-static int comp_key_cmp(const void *a, const void *b)
-{
-    const comp_key *x = a, *y = b;
-    if (x->size != y->size) return x->size > y->size ? -1 : 1;
-    return (x->label > y->label) - (x->label < y->label);
-}
-
 ms_status ms_components(const uint8_t *mask, int h, int w, int32_t *comp, int64_t *sizes, int cap, int *n_comp)
 {
     MS_FAIL_IF(!mask || !comp || !n_comp || h < 1 || w < 1 || (int64_t)h * w > INT32_MAX, MS_EINVAL,
                "components: bad arguments (%dx%d)", h, w);
-    const int32_t n = h * w;
-    int32_t *p = malloc((size_t)n * sizeof *p);
-    MS_FAIL_IF(!p, MS_ENOMEM, "components: out of memory (%dx%d)", h, w);
-    /* pass 1: union with the four neighbours already scanned (8-connectivity) */
-    for (int y = 0; y < h; y++) {
-        for (int x = 0; x < w; x++) {
-            int32_t i = y * w + x;
-            if (!mask[i]) { p[i] = -1; continue; }
-            p[i] = i;
-            if (x > 0 && mask[i - 1]) uf_union(p, i, i - 1);
-            if (y > 0) {
-                if (x > 0 && mask[i - w - 1]) uf_union(p, i, i - w - 1);
-                if (mask[i - w]) uf_union(p, i, i - w);
-                if (x + 1 < w && mask[i - w + 1]) uf_union(p, i, i - w + 1);
-            }
-        }
-    }
-    /* pass 2: provisional labels in raster order of roots (a root precedes its members) */
-    int32_t nl = 0;
-    for (int32_t i = 0; i < n; i++) {
-        if (p[i] < 0) { comp[i] = -1; continue; }
-        int32_t r = uf_find(p, i);
-        comp[i] = r == i ? nl++ : comp[r];
-    }
-    free(p);
-    comp_key *key = malloc((size_t)(nl > 0 ? nl : 1) * sizeof *key);
-    int32_t *rank = malloc((size_t)(nl > 0 ? nl : 1) * sizeof *rank);
-    if (!key || !rank) {
-        free(key);
-        free(rank);
-        MS_FAIL(MS_ENOMEM, "components: out of memory (%d regions)", nl);
-    }
-    for (int32_t l = 0; l < nl; l++) key[l] = (comp_key){0, l};
-    for (int32_t i = 0; i < n; i++)
-        if (comp[i] >= 0) key[comp[i]].size++;
-    qsort(key, (size_t)nl, sizeof *key, comp_key_cmp);
-    for (int32_t r = 0; r < nl; r++) rank[key[r].label] = r;
-    for (int32_t i = 0; i < n; i++)
-        if (comp[i] >= 0) comp[i] = rank[comp[i]];
-    if (sizes)
-        for (int32_t r = 0; r < nl && r < cap; r++) sizes[r] = key[r].size;
-    *n_comp = nl;
-    free(key);
-    free(rank);
-    return MS_OK;
+    const int64_t dim[3] = {w, h, 1}; /* one slice: 26-connectivity is the in-plane 8-connectivity */
+    return ms_components3d(mask, dim, 26, comp, sizes, cap, n_comp);
 }
 
 /* ---- distance transform -------------------------------------------------------------------------------- */

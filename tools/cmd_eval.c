@@ -1,5 +1,5 @@
-/* tools/cmd_eval.c — `mrisam eval --pred DIR --gt DIR -o OUTDIR` or `--ckpt C --store S -o OUTDIR`: 3D Dice, IoU
- * and HD95 per volume and class. The evaluation and the report are finetune/eval_run.h's; this file parses the
+/* tools/cmd_eval.c — `mrisam eval --pred DIR --gt DIR -o OUTDIR` or `--ckpt C --store S -o OUTDIR`: 3D Dice, IoU,
+ * HD95 and NSD per volume and class. The evaluation and the report are finetune/eval_run.h's; this file parses the
  * options, finds the run's shots.json and prints.
  */
 #include <stdio.h>
@@ -17,13 +17,18 @@ static void on_volume(void *ctx, const char *name, int64_t n_slices)
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help h = {
-        "mrisam eval --pred DIR --gt DIR -o OUTDIR [--label-names FILE] [--no-hd95] [--threads N]\n"
-        "       mrisam eval --ckpt C --store S -o OUTDIR [--task NAME] [--all] [--device cpu|cuda] [--batch-size B]",
+        "mrisam eval --pred DIR --gt DIR -o OUTDIR [--label-names FILE] [--no-hd95] [--nsd-tolerance MM | --no-nsd] "
+        "[--threads N]\n"
+        "       mrisam eval --ckpt C --store S -o OUTDIR [--task NAME] [--all] [--device cpu|cuda] [--batch-size B] "
+        "(and the options above)",
         "Compare predicted label volumes with ground truth: 3D Dice and IoU per volume and class. Files pair by name "
         "(.nii and .nii.gz are interchangeable) and must share the grid. Every label value > 0 found in any volume "
         "is a class; a class absent from both volumes of a pair is undefined (nan) there, not 1, and skipped by the "
         "means. HD95 (mm) is the larger directed 95th percentile of surface distances; inf when only one volume has "
-        "the class. Writes OUTDIR/per_volume.csv and OUTDIR/summary.md and prints the summary table.\n"
+        "the class. NSD (normalized surface Dice, MedSAM's second metric) is the share of both surfaces' area (the "
+        "DeepMind surface-distance package's surface elements) within --nsd-tolerance mm of the other surface; 0 when "
+        "only one volume has the class. Writes OUTDIR/per_volume.csv and OUTDIR/summary.md and prints the summary "
+        "table.\n"
         "With --ckpt C --store S the checkpoint segments the store's labelled volumes slice by slice (its own "
         "preprocessing; prompt-trained checkpoints take their prompts from the stored labels) and each volume is "
         "scored against its stored labels, mapped through the task's class values (other values count as "
@@ -33,7 +38,8 @@ static int run(int argc, char **argv)
         "  mrisam eval --ckpt runs/ft/ --store prostate.store -o runs/ft/eval"};
     const char *pred_dir = NULL, *gt_dir = NULL, *out = NULL, *names_path = NULL, *ckpt = NULL, *store = NULL,
                *task = NULL, *device = "cpu";
-    int threads = 0, no_hd95 = 0, all = 0, batch = 4;
+    int threads = 0, no_hd95 = 0, no_nsd = 0, all = 0, batch = 4;
+    double nsd_tol = 1.0;
     const ms_opt opts[] = {
         {"pred", MS_OPT_STR, &pred_dir, "DIR", "predicted label volumes (.nii / .nii.gz)"},
         {"gt", MS_OPT_STR, &gt_dir, "DIR", "ground-truth label volumes, same file names"},
@@ -46,6 +52,8 @@ static int run(int argc, char **argv)
         {"o", MS_OPT_STR, &out, "OUTDIR", "output folder (created when absent)"},
         {"label-names", MS_OPT_STR, &names_path, "FILE", "class names: lines \"VALUE NAME\" ('#' comments)"},
         {"no-hd95", MS_OPT_FLAG, &no_hd95, NULL, "skip HD95 (the slowest metric)"},
+        {"nsd-tolerance", MS_OPT_FLOAT, &nsd_tol, "MM", "NSD tolerance in mm (default 1; MedSAM's challenge used 2)"},
+        {"no-nsd", MS_OPT_FLAG, &no_nsd, NULL, "skip NSD"},
         {"threads", MS_OPT_INT, &threads, "N", "threads (default: all cores)"},
         {0}};
     int rc = ms_cli_parse(&h, opts, argc, argv, NULL);
@@ -64,7 +72,11 @@ static int run(int argc, char **argv)
         fprintf(stderr, "mrisam eval: --batch-size must be 1..1024\n");
         return MS_EXIT_USAGE;
     }
-    ms_eval_result r = {0};
+    if (!(nsd_tol >= 0 && nsd_tol <= 1e6)) {
+        fprintf(stderr, "mrisam eval: --nsd-tolerance must be a distance in mm, 0..1e6\n");
+        return MS_EXIT_USAGE;
+    }
+    ms_eval_result r = {.nsd = !no_nsd, .nsd_tol = nsd_tol};
     char shots[MS_PATH_MAX] = "", *md = NULL;
     size_t md_len = 0;
     ms_status st = MS_OK;
@@ -91,5 +103,6 @@ leave:
     return ms_cli_report("eval", st);
 }
 
-const ms_command ms_cmd_eval = {"eval", "3D Dice and IoU of label volumes against ground truth (files or a store)",
+const ms_command ms_cmd_eval = {"eval",
+                                "3D Dice, IoU, HD95 and NSD of label volumes against ground truth (files or a store)",
                                 run};

@@ -72,7 +72,7 @@ int ms_path_is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-ms_status ms_path_list_nii(const char *dir, char ***names, int *n)
+ms_status ms_path_list(const char *dir, int (*keep)(const char *name), char ***names, int *n)
 {
     *names = NULL;
     *n = 0;
@@ -83,7 +83,7 @@ ms_status ms_path_list_nii(const char *dir, char ***names, int *n)
     ms_status st = MS_OK;
     struct dirent *e;
     while (!st && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !ms_path_nii_suffix(e->d_name)) continue;
+        if (e->d_name[0] == '.' || !keep(e->d_name)) continue;
         if (k == cap) {
             char **t = realloc(v, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *t);
             if (!t) { st = ms_error(MS_ENOMEM, "%s: out of memory", dir); break; }
@@ -103,6 +103,10 @@ ms_status ms_path_list_nii(const char *dir, char ***names, int *n)
     *n = k;
     return MS_OK;
 }
+
+static int is_nii(const char *name) { return ms_path_nii_suffix(name) != NULL; }
+
+ms_status ms_path_list_nii(const char *dir, char ***names, int *n) { return ms_path_list(dir, is_nii, names, n); }
 
 int ms_str_ends_with(const char *s, const char *suffix)
 {

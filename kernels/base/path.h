@@ -27,6 +27,8 @@ int ms_path_is_dir(const char *path);
 /* The names (not paths) of dir's .nii / .nii.gz files (ms_path_nii_suffix; dot files left out), sorted by strcmp,
  * into a malloc'ed array of malloc'ed strings (*n may be 0). On failure nothing is left allocated. */
 ms_status ms_path_list_nii(const char *dir, char ***names, int *n);
+/* The same for the names keep() accepts. */
+ms_status ms_path_list(const char *dir, int (*keep)(const char *name), char ***names, int *n);
 
 /* 1 when s ends with suffix (byte-exact / ASCII case-insensitive). */
 int ms_str_ends_with(const char *s, const char *suffix);

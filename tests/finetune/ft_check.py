@@ -433,7 +433,7 @@ def csv_compare(a, b):
             print("FAIL: %s class %d missing from %s" % (key[0], key[1], b))
             ok = False
             continue
-        for col in ("dice", "iou", "hd95"):
+        for col in ("dice", "iou", "hd95", "nsd"):
             if col not in f:
                 continue
             x, y = float(f[col]), float(g[col])

@@ -40,7 +40,7 @@ grep -q "nope" "$T/err" || { echo "FAIL: missing folder not named: $(cat "$T/err
 $M eval --pred "$T/pred" -o "$T/o" 2>/dev/null; [ $? -eq 2 ] || { echo "FAIL: missing --gt is not a usage error"; fail=1; }
 # --no-hd95 drops the column and leaves the other numbers as they were
 $M eval --pred "$T/pred" --gt "$T/gt" -o "$T/out2" --no-hd95 >/dev/null || fail=1
-head -1 "$T/out2/per_volume.csv" | grep -qx "volume,class,name,dice,iou" || { echo "FAIL: --no-hd95 header"; fail=1; }
+head -1 "$T/out2/per_volume.csv" | grep -qx "volume,class,name,dice,iou,nsd" || { echo "FAIL: --no-hd95 header"; fail=1; }
 cmp -s <(cut -d, -f1,2,4,5 "$T/out2/per_volume.csv" | tail -n +2) \
        <(/usr/bin/python3 -c 'import csv,sys; [print(",".join([r["volume"],r["class"],r["dice"],r["iou"]])) for r in csv.DictReader(open(sys.argv[1]))]' "$T/out/per_volume.csv") \
   || { echo "FAIL: --no-hd95 changed Dice/IoU"; fail=1; }

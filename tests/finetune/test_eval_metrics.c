@@ -1,6 +1,7 @@
 /* tests/finetune/test_eval_metrics.c — Dice/IoU counting against a naive double-precision reference on random label
- * volumes (fresh seed), the empty-class rule (NaN, never 1), thread-count independence, ms_mean_sd, and HD95 against
- * a brute-force reference (every pair of surface voxels, anisotropic spacing). */
+ * volumes (fresh seed), the empty-class rule (NaN, never 1), thread-count independence, ms_mean_sd, HD95 against
+ * a brute-force reference (every pair of surface voxels, anisotropic spacing), and NSD's hand cases and thread-count
+ * independence (its brute-force reference: test_eval_nsd.sh). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +190,42 @@ int main(void)
         p[4] = 1, g[4 + 27] = 1;
         MS_CHECK_OK(ms_hd95(p, g, d, sp, 1, 1, &h));
         MS_CHECK(fabs(h - 6) < 1e-12, "hd95 of two voxels: %g, want 6", h);
+    }
+    /* NSD (the brute-force reference is tests/finetune/nsd_check.py): two voxels side by side along x with spacing 2:
+     * the shared face's corners are at distance 0, the far corners at 2 mm, all eight corner triangles of a voxel
+     * have one area, so NSD is 1/2 below 2 mm and 1 from 2 mm on; one voxel against itself is 1, against nothing 0 */
+    {
+        int64_t d[3] = {3, 2, 2};
+        double sp[3] = {2, 1, 1}, v1, v2, v3, v4;
+        uint16_t p[12] = {0}, g[12] = {0}, z[12] = {0};
+        p[0] = 1, g[1] = 1;
+        MS_CHECK_OK(ms_nsd(p, g, d, sp, 1, 1.999, 1, &v1));
+        MS_CHECK_OK(ms_nsd(p, g, d, sp, 1, 2.0, 1, &v2));
+        MS_CHECK_OK(ms_nsd(p, p, d, sp, 1, 0.0, 1, &v3));
+        MS_CHECK_OK(ms_nsd(p, z, d, sp, 1, 5.0, 1, &v4));
+        MS_CHECK(fabs(v1 - 0.5) < 1e-12 && v2 == 1.0 && v3 == 1.0 && v4 == 0.0,
+                 "nsd of two voxels: %.15g at 1.999 mm (want 0.5), %.15g at 2 mm (want 1), self %g, vs empty %g", v1,
+                 v2, v3, v4);
+        MS_CHECK_OK(ms_nsd(z, z, d, sp, 1, 1.0, 1, &v1));
+        MS_CHECK(isnan(v1), "nsd of two empty masks: %g, want NaN", v1);
+    }
+    /* the thread count never changes NSD */
+    for (int trial = 0; trial < 3; trial++) {
+        int64_t d[3] = {3 + (int64_t)(ms_rng_u64(&r) % 20), 3 + (int64_t)(ms_rng_u64(&r) % 20),
+                        1 + (int64_t)(ms_rng_u64(&r) % 12)};
+        double sp[3] = {0.3 + 2 * ms_rng_uniform(&r), 0.3 + 2 * ms_rng_uniform(&r), 0.3 + 3 * ms_rng_uniform(&r)};
+        int64_t n = d[0] * d[1] * d[2];
+        uint16_t *p = malloc((size_t)n * 2), *g = malloc((size_t)n * 2);
+        for (int64_t i = 0; i < n; i++) {
+            g[i] = (uint16_t)(ms_rng_u64(&r) % 3);
+            p[i] = ms_rng_u64(&r) % 4 ? g[i] : (uint16_t)(ms_rng_u64(&r) % 3);
+        }
+        double tol = 3 * ms_rng_uniform(&r), a, b;
+        MS_CHECK_OK(ms_nsd(p, g, d, sp, 1, tol, 1, &a));
+        MS_CHECK_OK(ms_nsd(p, g, d, sp, 1, tol, 3, &b));
+        MS_CHECK(a == b && a >= 0 && a <= 1, "nsd trial %d: %.17g with 1 thread, %.17g with 3", trial, a, b);
+        free(p);
+        free(g);
     }
     return ms_test_done();
 }
