@@ -230,7 +230,7 @@ ms_status ms_sam_prompt_forward(ms_device *dev, const ms_sam_prompt *pe, const m
     MS_TRY(ms_conv_patch_forward(dev, st->c1, st->g0, W(2), B(2), bp, q, 2 * h, 2 * w, mi, 2, 0));
     MS_TRY(ms_layernorm2d_forward(dev, st->n1, st->mu1, st->rs1, st->c1, W(3), B(3), bp, mi, h * w, 1e-6f));
     MS_TRY(ms_gelu_forward(dev, st->g1, st->n1, bp * mi * h * w));
-    MS_TRY(ms_conv2d_forward(dev, st->dense, st->g1, W(4), B(4), bp, mi, h, w, pe->dim, 1, 0));
+    MS_TRY(ms_conv2d_forward(dev, st->dense, st->g1, W(4), B(4), bp, mi, h, w, pe->dim, 1, 0, 1));
 #undef W
 #undef B
     return MS_OK;
@@ -267,7 +267,7 @@ ms_status ms_sam_prompt_backward(ms_device *dev, const ms_sam_prompt *pe, ms_sam
 #define GB(i) ms_params_grad(ps, pe->md_b[i])
     float *da = st->d_a, *db = st->d_b;
     MS_TRY(ms_dev_zero(dev, da, (size_t)n * sizeof(float)));
-    MS_TRY(ms_conv2d_backward(dev, da, GW(4), GB(4), d_dense, st->g1, W(4), bp, mi, h, w, D, 1, 0));
+    MS_TRY(ms_conv2d_backward(dev, da, GW(4), GB(4), d_dense, st->g1, W(4), bp, mi, h, w, D, 1, 0, 1));
     MS_TRY(ms_dev_zero(dev, db, (size_t)n * sizeof(float)));
     MS_TRY(ms_gelu_backward(dev, db, da, st->n1, n));
     MS_TRY(ms_dev_zero(dev, da, (size_t)n * sizeof(float)));

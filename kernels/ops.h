@@ -17,7 +17,9 @@
 
 #include "activation.h"  /* gelu, relu */
 #include "attention.h"   /* grouped SDPA with decomposed relative positions */
+#include "batchnorm.h"   /* batchnorm2d (training and inference) */
 #include "conv.h"        /* conv_patch, conv2d, conv_transpose2x2 */
+#include "dwconv.h"      /* depthwise conv2d */
 #include "elementwise.h" /* add, add_bcast, scale, transpose, gather_rows, reduce_sum */
 #include "layernorm.h"   /* layernorm, layernorm2d */
 #include "loss.h"        /* mse, dice, cross_entropy */

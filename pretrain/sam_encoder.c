@@ -664,7 +664,7 @@ ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, flo
     MS_TRY(ms_transpose_forward(dev, p->neck0t, p->neck0, B, T, C));
     MS_TRY(ms_layernorm2d_forward(dev, p->n1, p->n1_mean, p->n1_rstd, p->neck0t, ms_params_data(ps, enc->neck1_w),
                                   ms_params_data(ps, enc->neck1_b), B, C, T, c->eps));
-    MS_TRY(ms_conv2d_forward(dev, p->n2, p->n1, ms_params_data(ps, enc->neck2_w), NULL, B, C, g, g, C, 3, 1));
+    MS_TRY(ms_conv2d_forward(dev, p->n2, p->n1, ms_params_data(ps, enc->neck2_w), NULL, B, C, g, g, C, 3, 1, 1));
     MS_TRY(ms_layernorm2d_forward(dev, emb, p->n3_mean, p->n3_rstd, p->n2, ms_params_data(ps, enc->neck3_w),
                                   ms_params_data(ps, enc->neck3_b), B, C, T, c->eps));
     return MS_OK;
@@ -807,7 +807,7 @@ ms_status ms_sam_encoder_backward(ms_sam_encoder *enc, const float *demb, float 
     MS_TRY(ms_layernorm2d_backward(dev, p->dn2, G(neck3_w), G(neck3_b), demb, p->n2, P(neck3_w), p->n3_mean,
                                    p->n3_rstd, B, C, T));
     MS_TRY(ms_dev_zero(dev, p->dn1, F(M * C)));
-    MS_TRY(ms_conv2d_backward(dev, p->dn1, G(neck2_w), NULL, p->dn2, p->n1, P(neck2_w), B, C, g, g, C, 3, 1));
+    MS_TRY(ms_conv2d_backward(dev, p->dn1, G(neck2_w), NULL, p->dn2, p->n1, P(neck2_w), B, C, g, g, C, 3, 1, 1));
     MS_TRY(ms_dev_zero(dev, p->dn0t, F(M * C)));
     MS_TRY(ms_layernorm2d_backward(dev, p->dn0t, G(neck1_w), G(neck1_b), p->dn1, p->neck0t, P(neck1_w), p->n1_mean,
                                    p->n1_rstd, B, C, T));

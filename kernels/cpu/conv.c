@@ -3,8 +3,8 @@
  * conv_patch (kernel = stride = k): the patches form a matrix P (B·Ho·Wo, Cin·k·k) whose column order
  *   (c, ky, kx) matches w (Cout, Cin·k·k), so y = P·wᵀ is already the NHWC token layout; NCHW output is
  *   w·P_bᵀ per image. Patches do not overlap, so dx is a plain scatter of dP = dy·w.
- * conv2d (stride 1, padding pad): im2col per image, col (Cin·ks·ks, Ho·Wo), y_b = w·col_b (+ b); a 1x1 conv
- *   without padding uses x itself as col. Backward: dw += dy_b·col_bᵀ, dcol = wᵀ·dy_b, col2im into dx.
+ * conv2d (stride, padding pad): im2col per image, col (Cin·ks·ks, Ho·Wo), y_b = w·col_b (+ b); a 1x1 conv
+ *   with stride 1 and no padding uses x itself as col. Backward: dw += dy_b·col_bᵀ, dcol = wᵀ·dy_b, col2im into dx.
  * conv_transpose2x2: Z_b = wᵀ·x_b with w viewed as (Cin, Cout·4), then Z's rows (o, di, dj) are scattered to
  *   y[o, 2i+di, 2j+dj]; backward gathers dZ from dy and runs the two transposed GEMMs.
  * The GEMMs run at top level, so OpenBLAS uses its own thread pool (the device's n_threads, set by
@@ -131,22 +131,23 @@ leave:
 
 /* ---- conv2d --------------------------------------------------------------------------------------------- */
 
-/* col[(c,ky,kx), (oy,ox)] = x[c, oy+ky−pad, ox+kx−pad] or 0 (one image); dir 1: x += col2im(col). */
-static void im2col(ms_device *dev, float *col, float *x, int64_t Cin, int64_t H, int64_t W, int ks, int pad, int dir)
+/* col[(c,ky,kx), (oy,ox)] = x[c, oy·s+ky−pad, ox·s+kx−pad] or 0 (one image); dir 1: x += col2im(col). */
+static void im2col(ms_device *dev, float *col, float *x, int64_t Cin, int64_t H, int64_t W, int ks, int pad, int s,
+                   int dir)
 {
-    int64_t Ho = H + 2 * pad - ks + 1, Wo = W + 2 * pad - ks + 1;
+    int64_t Ho = (H + 2 * pad - ks) / s + 1, Wo = (W + 2 * pad - ks) / s + 1;
     if (dir == 0) {
         #pragma omp parallel for schedule(static) num_threads(dev->n_threads)
         for (int64_t r = 0; r < Cin * ks * ks; r++) {
             int64_t c = r / (ks * ks), ky = (r / ks) % ks, kx = r % ks;
             float *cr = col + r * Ho * Wo;
             for (int64_t oy = 0; oy < Ho; oy++) {
-                int64_t iy = oy + ky - pad;
+                int64_t iy = oy * s + ky - pad;
                 float *o = cr + oy * Wo;
                 if (iy < 0 || iy >= H) { memset(o, 0, (size_t)Wo * sizeof(float)); continue; }
                 const float *xr = x + (c * H + iy) * W;
                 for (int64_t ox = 0; ox < Wo; ox++) {
-                    int64_t ix = ox + kx - pad;
+                    int64_t ix = ox * s + kx - pad;
                     o[ox] = (ix >= 0 && ix < W) ? xr[ix] : 0.0f;
                 }
             }
@@ -159,12 +160,12 @@ static void im2col(ms_device *dev, float *col, float *x, int64_t Cin, int64_t H,
                 for (int64_t kx = 0; kx < ks; kx++) {
                     const float *cr = col + ((c * ks + ky) * ks + kx) * Ho * Wo;
                     for (int64_t oy = 0; oy < Ho; oy++) {
-                        int64_t iy = oy + ky - pad;
+                        int64_t iy = oy * s + ky - pad;
                         if (iy < 0 || iy >= H) continue;
                         float *xr = x + (c * H + iy) * W;
                         const float *o = cr + oy * Wo;
                         for (int64_t ox = 0; ox < Wo; ox++) {
-                            int64_t ix = ox + kx - pad;
+                            int64_t ix = ox * s + kx - pad;
                             if (ix >= 0 && ix < W) xr[ix] += o[ox];
                         }
                     }
@@ -172,28 +173,30 @@ static void im2col(ms_device *dev, float *col, float *x, int64_t Cin, int64_t H,
     }
 }
 
-static ms_status conv2d_check(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks, int pad)
+static ms_status conv2d_check(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks, int pad, int s)
 {
-    MS_FAIL_IF(ks <= 0 || pad < 0 || B < 0 || Cin <= 0 || Cout <= 0 || H + 2 * pad < ks || W + 2 * pad < ks,
-               MS_EINVAL, "conv2d: bad shape B=%lld Cin=%lld H=%lld W=%lld Cout=%lld ks=%d pad=%d", (long long)B,
-               (long long)Cin, (long long)H, (long long)W, (long long)Cout, ks, pad);
+    MS_FAIL_IF(ks <= 0 || pad < 0 || s <= 0 || B < 0 || Cin <= 0 || Cout <= 0 || H + 2 * pad < ks ||
+                   W + 2 * pad < ks,
+               MS_EINVAL, "conv2d: bad shape B=%lld Cin=%lld H=%lld W=%lld Cout=%lld ks=%d pad=%d stride=%d",
+               (long long)B, (long long)Cin, (long long)H, (long long)W, (long long)Cout, ks, pad, s);
     return MS_OK;
 }
 
 ms_status ms_conv2d_forward_cpu(ms_device *dev, float *y, const float *x, const float *w, const float *b, int64_t B,
-                                int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks, int pad)
+                                int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks, int pad, int stride)
 {
-    MS_TRY(conv2d_check(B, Cin, H, W, Cout, ks, pad));
+    MS_TRY(conv2d_check(B, Cin, H, W, Cout, ks, pad, stride));
     ms_status rc = MS_OK;
-    int64_t Ho = H + 2 * pad - ks + 1, Wo = W + 2 * pad - ks + 1, HW = Ho * Wo, K = Cin * ks * ks;
-    int direct = ks == 1 && pad == 0; /* x itself is the column matrix */
+    int64_t Ho = (H + 2 * pad - ks) / stride + 1, Wo = (W + 2 * pad - ks) / stride + 1, HW = Ho * Wo;
+    int64_t K = Cin * ks * ks;
+    int direct = ks == 1 && pad == 0 && stride == 1; /* x itself is the column matrix */
     float *col = NULL;
     if (!direct && (rc = xalloc(&col, (size_t)(K * HW), "conv2d"))) goto leave;
     for (int64_t bi = 0; bi < B; bi++) {
         const float *cb = x + bi * Cin * H * W;
         float *yb = y + bi * Cout * HW;
         if (!direct) {
-            im2col(dev, col, (float *)cb, Cin, H, W, ks, pad, 0);
+            im2col(dev, col, (float *)cb, Cin, H, W, ks, pad, stride, 0);
             cb = col;
         }
         if (b) for (int64_t o = 0; o < Cout; o++) for (int64_t i = 0; i < HW; i++) yb[o * HW + i] = b[o];
@@ -207,12 +210,13 @@ leave:
 
 ms_status ms_conv2d_backward_cpu(ms_device *dev, float *dx, float *dw, float *db, const float *dy, const float *x,
                                  const float *w, int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks,
-                                 int pad)
+                                 int pad, int stride)
 {
-    MS_TRY(conv2d_check(B, Cin, H, W, Cout, ks, pad));
+    MS_TRY(conv2d_check(B, Cin, H, W, Cout, ks, pad, stride));
     ms_status rc = MS_OK;
-    int64_t Ho = H + 2 * pad - ks + 1, Wo = W + 2 * pad - ks + 1, HW = Ho * Wo, K = Cin * ks * ks;
-    int direct = ks == 1 && pad == 0;
+    int64_t Ho = (H + 2 * pad - ks) / stride + 1, Wo = (W + 2 * pad - ks) / stride + 1, HW = Ho * Wo;
+    int64_t K = Cin * ks * ks;
+    int direct = ks == 1 && pad == 0 && stride == 1;
     float *col = NULL;
     if (db) bias_grad(dev, db, dy, B, Cout, HW, 0);
     if (!dx && !dw) return MS_OK;
@@ -222,7 +226,7 @@ ms_status ms_conv2d_backward_cpu(ms_device *dev, float *dx, float *dw, float *db
         if (dw) {
             const float *cb = x + bi * Cin * H * W;
             if (!direct) {
-                im2col(dev, col, (float *)cb, Cin, H, W, ks, pad, 0);
+                im2col(dev, col, (float *)cb, Cin, H, W, ks, pad, stride, 0);
                 cb = col;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Cout, (int)K, (int)HW, 1.0f, dyb, (int)HW, cb,
@@ -236,7 +240,7 @@ ms_status ms_conv2d_backward_cpu(ms_device *dev, float *dx, float *dw, float *db
             } else {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)HW, (int)Cout, 1.0f, w, (int)K,
                             dyb, (int)HW, 0.0f, col, (int)HW);
-                im2col(dev, col, dxb, Cin, H, W, ks, pad, 1);
+                im2col(dev, col, dxb, Cin, H, W, ks, pad, stride, 1);
             }
         }
     }

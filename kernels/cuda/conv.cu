@@ -54,30 +54,30 @@ __global__ static void bias_grad_nchw(float *db, const float *dy, int64_t B, int
 }
 /* col (nb·Ho·Wo, Cin·ks·ks) of images b0 .. b0+nb */
 __global__ static void conv_im2col(float *col, const float *x, int64_t nb, int64_t Cin, int64_t H, int64_t W, int ks,
-                                   int pad, int64_t Ho, int64_t Wo)
+                                   int pad, int st, int64_t Ho, int64_t Wo)
 {
     int64_t Kc = Cin * ks * ks;
     MS_GRID_STRIDE(i, nb * Ho * Wo * Kc) {
         int64_t cc = i % Kc, row = i / Kc;
         int64_t kx = cc % ks, ky = (cc / ks) % ks, c = cc / (ks * ks);
         int64_t ox = row % Wo, oy = (row / Wo) % Ho, b = row / (Wo * Ho);
-        int64_t h = oy + ky - pad, w = ox + kx - pad;
+        int64_t h = oy * st + ky - pad, w = ox * st + kx - pad;
         col[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((b * Cin + c) * H + h) * W + w] : 0.f;
     }
 }
 __global__ static void conv_col2im(float *dx, const float *dcol, int64_t nb, int64_t Cin, int64_t H, int64_t W, int ks,
-                                   int pad, int64_t Ho, int64_t Wo)
+                                   int pad, int st, int64_t Ho, int64_t Wo)
 {
     int64_t Kc = Cin * ks * ks;
     MS_GRID_STRIDE(i, nb * Cin * H * W) {
         int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % Cin, b = i / (W * H * Cin);
         float s = 0.f;
         for (int ky = 0; ky < ks; ky++) {
-            int64_t oy = h + pad - ky;
-            if (oy < 0 || oy >= Ho) continue;
+            int64_t ty = h + pad - ky, oy = ty / st;
+            if (ty < 0 || ty % st || oy >= Ho) continue;
             for (int kx = 0; kx < ks; kx++) {
-                int64_t ox = w + pad - kx;
-                if (ox < 0 || ox >= Wo) continue;
+                int64_t tx = w + pad - kx, ox = tx / st;
+                if (tx < 0 || tx % st || ox >= Wo) continue;
                 s += dcol[((b * Ho + oy) * Wo + ox) * Kc + (c * ks + ky) * ks + kx];
             }
         }
@@ -104,12 +104,6 @@ __global__ static void ct_gather(float *dZ, const float *dy, int64_t B, int64_t 
     }
 }
 
-#define LAUNCH(kern, n, ...)                                                                               \
-    do {                                                                                                   \
-        kern<<<ms_cu_blocks(n, 256), 256, 0, ms_cuda_ctx_of(dev)->stream>>>(__VA_ARGS__);                  \
-        MS_CU_LAUNCHED();                                                                                  \
-    } while (0)
-
 /* ---- conv_patch --------------------------------------------------------------------------------------------- */
 static ms_status patch_check(const char *who, int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int k)
 {
@@ -131,8 +125,8 @@ extern "C" ms_status ms_conv_patch_forward_cuda(ms_device *dev, float *y, const 
     void *p;
     MS_TRY(ms_cuda_scratch(dev, (size_t)(rows * Kc + (nhwc_out ? 0 : rows * Cout)) * sizeof(float), &p));
     float *P = (float *)p, *t = nhwc_out ? y : P + rows * Kc;
-    LAUNCH(patch_im2col, rows * Kc, P, x, B, Cin, H, W, k);
-    if (b) LAUNCH(fill_rows, rows * Cout, t, b, rows, Cout);
+    MS_LAUNCH(patch_im2col, rows * Kc, P, x, B, Cin, H, W, k);
+    if (b) MS_LAUNCH(fill_rows, rows * Cout, t, b, rows, Cout);
     MS_TRY(ms_cuda_gemm(dev, 0, 1, rows, Cout, Kc, 1.f, P, Kc, 0, w, Kc, 0, b ? 1.f : 0.f, t, Cout, 0, 1));
     if (!nhwc_out) MS_TRY(ms_transpose_forward_cuda(dev, y, t, B, HWo, Cout)); /* (B,HWo,Cout) → (B,Cout,HWo) */
     return MS_OK;
@@ -169,23 +163,24 @@ extern "C" ms_status ms_conv_patch_backward_cuda(ms_device *dev, float *dx, floa
         g = t;
     }
     if (dw) {
-        LAUNCH(patch_im2col, rows * Kc, P, x, B, Cin, H, W, k);
+        MS_LAUNCH(patch_im2col, rows * Kc, P, x, B, Cin, H, W, k);
         MS_TRY(ms_cuda_gemm(dev, 1, 0, Cout, Kc, rows, 1.f, g, Cout, 0, P, Kc, 0, 1.f, dw, Kc, 0, 1)); /* dyᵀ·P */
     }
     if (dx) {
         MS_TRY(ms_cuda_gemm(dev, 0, 0, rows, Kc, Cout, 1.f, g, Cout, 0, w, Kc, 0, 0.f, P, Kc, 0, 1)); /* dP = dy·w */
-        LAUNCH(patch_col2im, B * Cin * H * W, dx, P, B, Cin, H, W, k);
+        MS_LAUNCH(patch_col2im, B * Cin * H * W, dx, P, B, Cin, H, W, k);
     }
     return MS_OK;
 }
 
 /* ---- conv2d ------------------------------------------------------------------------------------------------- */
 static ms_status conv_check(const char *who, int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks,
-                            int pad)
+                            int pad, int st)
 {
-    MS_FAIL_IF(ks <= 0 || pad < 0 || B < 0 || Cin <= 0 || Cout <= 0 || H + 2 * pad < ks || W + 2 * pad < ks,
-               MS_EINVAL, "%s: bad sizes B=%lld Cin=%lld H=%lld W=%lld Cout=%lld ks=%d pad=%d", who, (long long)B,
-               (long long)Cin, (long long)H, (long long)W, (long long)Cout, ks, pad);
+    MS_FAIL_IF(ks <= 0 || pad < 0 || st <= 0 || B < 0 || Cin <= 0 || Cout <= 0 || H + 2 * pad < ks ||
+                   W + 2 * pad < ks,
+               MS_EINVAL, "%s: bad sizes B=%lld Cin=%lld H=%lld W=%lld Cout=%lld ks=%d pad=%d stride=%d", who,
+               (long long)B, (long long)Cin, (long long)H, (long long)W, (long long)Cout, ks, pad, st);
     return MS_OK;
 }
 static int64_t chunk_images(int64_t B, int64_t per_image)
@@ -196,21 +191,23 @@ static int64_t chunk_images(int64_t B, int64_t per_image)
 }
 
 extern "C" ms_status ms_conv2d_forward_cuda(ms_device *dev, float *y, const float *x, const float *w, const float *b,
-                                            int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks, int pad)
+                                            int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int ks, int pad,
+                                            int stride)
 {
     MS_CU_CTX(dev);
-    MS_TRY(conv_check("conv2d_forward", B, Cin, H, W, Cout, ks, pad));
-    int64_t Ho = H + 2 * pad - ks + 1, Wo = W + 2 * pad - ks + 1, HWo = Ho * Wo, Kc = Cin * ks * ks;
+    MS_TRY(conv_check("conv2d_forward", B, Cin, H, W, Cout, ks, pad, stride));
+    int64_t Ho = (H + 2 * pad - ks) / stride + 1, Wo = (W + 2 * pad - ks) / stride + 1, HWo = Ho * Wo;
+    int64_t Kc = Cin * ks * ks;
     if (!B || !HWo) return MS_OK;
     MS_FAIL_IF(!y || !x || !w, MS_EINVAL, "conv2d_forward: NULL argument");
     int64_t nb = chunk_images(B, HWo * Kc);
     void *p;
     MS_TRY(ms_cuda_scratch(dev, (size_t)(nb * HWo * Kc) * sizeof(float), &p));
     float *col = (float *)p;
-    if (b) LAUNCH(fill_chan, B * Cout * HWo, y, b, B, Cout, HWo);
+    if (b) MS_LAUNCH(fill_chan, B * Cout * HWo, y, b, B, Cout, HWo);
     for (int64_t b0 = 0; b0 < B; b0 += nb) {
         int64_t n = B - b0 < nb ? B - b0 : nb;
-        LAUNCH(conv_im2col, n * HWo * Kc, col, x + b0 * Cin * H * W, n, Cin, H, W, ks, pad, Ho, Wo);
+        MS_LAUNCH(conv_im2col, n * HWo * Kc, col, x + b0 * Cin * H * W, n, Cin, H, W, ks, pad, stride, Ho, Wo);
         /* y_b (Cout, HWo) = w (Cout, Kc) · col_bᵀ */
         MS_TRY(ms_cuda_gemm(dev, 0, 1, Cout, HWo, Kc, 1.f, w, Kc, 0, col, Kc, HWo * Kc, b ? 1.f : 0.f,
                             y + b0 * Cout * HWo, HWo, Cout * HWo, n));
@@ -220,11 +217,12 @@ extern "C" ms_status ms_conv2d_forward_cuda(ms_device *dev, float *y, const floa
 
 extern "C" ms_status ms_conv2d_backward_cuda(ms_device *dev, float *dx, float *dw, float *db, const float *dy,
                                              const float *x, const float *w, int64_t B, int64_t Cin, int64_t H,
-                                             int64_t W, int64_t Cout, int ks, int pad)
+                                             int64_t W, int64_t Cout, int ks, int pad, int stride)
 {
     MS_CU_CTX(dev);
-    MS_TRY(conv_check("conv2d_backward", B, Cin, H, W, Cout, ks, pad));
-    int64_t Ho = H + 2 * pad - ks + 1, Wo = W + 2 * pad - ks + 1, HWo = Ho * Wo, Kc = Cin * ks * ks;
+    MS_TRY(conv_check("conv2d_backward", B, Cin, H, W, Cout, ks, pad, stride));
+    int64_t Ho = (H + 2 * pad - ks) / stride + 1, Wo = (W + 2 * pad - ks) / stride + 1, HWo = Ho * Wo;
+    int64_t Kc = Cin * ks * ks;
     if (!B || !HWo || (!dx && !dw && !db)) return MS_OK;
     MS_FAIL_IF(!dy || (dw && !x) || (dx && !w), MS_EINVAL, "conv2d_backward: NULL argument");
     if (db) {
@@ -241,7 +239,7 @@ extern "C" ms_status ms_conv2d_backward_cuda(ms_device *dev, float *dx, float *d
         int64_t n = B - b0 < nb ? B - b0 : nb;
         const float *dyc = dy + b0 * Cout * HWo;
         if (dw) {
-            LAUNCH(conv_im2col, n * HWo * Kc, col, x + b0 * Cin * H * W, n, Cin, H, W, ks, pad, Ho, Wo);
+            MS_LAUNCH(conv_im2col, n * HWo * Kc, col, x + b0 * Cin * H * W, n, Cin, H, W, ks, pad, stride, Ho, Wo);
             for (int64_t i = 0; i < n; i++) /* dw (Cout, Kc) += dy_b (Cout, HWo) · col_b (HWo, Kc), in image order */
                 MS_TRY(ms_cuda_gemm(dev, 0, 0, Cout, Kc, HWo, 1.f, dyc + i * Cout * HWo, HWo, 0, col + i * HWo * Kc,
                                     Kc, 0, 1.f, dw, Kc, 0, 1));
@@ -250,7 +248,7 @@ extern "C" ms_status ms_conv2d_backward_cuda(ms_device *dev, float *dx, float *d
             /* dcol_b (HWo, Kc) = dy_bᵀ · w, then gather into dx */
             MS_TRY(ms_cuda_gemm(dev, 1, 0, HWo, Kc, Cout, 1.f, dyc, HWo, Cout * HWo, w, Kc, 0, 0.f, col, Kc,
                                 HWo * Kc, n));
-            LAUNCH(conv_col2im, n * Cin * H * W, dx + b0 * Cin * H * W, col, n, Cin, H, W, ks, pad, Ho, Wo);
+            MS_LAUNCH(conv_col2im, n * Cin * H * W, dx + b0 * Cin * H * W, col, n, Cin, H, W, ks, pad, stride, Ho, Wo);
         }
     }
     return MS_OK;
@@ -279,7 +277,7 @@ extern "C" ms_status ms_conv_transpose2x2_forward_cuda(ms_device *dev, float *y,
     float *Z = (float *)p;
     /* Z_b (4Cout, HW) = wᵀ (4Cout, Cin) · x_b (Cin, HW) */
     MS_TRY(ms_cuda_gemm(dev, 1, 0, C4, HW, Cin, 1.f, w, C4, 0, x, HW, Cin * HW, 0.f, Z, HW, C4 * HW, B));
-    LAUNCH(ct_scatter, B * Cout * 4 * HW, y, Z, b, B, Cout, H, W);
+    MS_LAUNCH(ct_scatter, B * Cout * 4 * HW, y, Z, b, B, Cout, H, W);
     return MS_OK;
 }
 
@@ -301,7 +299,7 @@ extern "C" ms_status ms_conv_transpose2x2_backward_cuda(ms_device *dev, float *d
     void *p;
     MS_TRY(ms_cuda_scratch(dev, (size_t)(B * C4 * HW) * sizeof(float), &p));
     float *dZ = (float *)p;
-    LAUNCH(ct_gather, B * C4 * HW, dZ, dy, B, Cout, H, W);
+    MS_LAUNCH(ct_gather, B * C4 * HW, dZ, dy, B, Cout, H, W);
     if (dx) /* dx_b (Cin, HW) += w (Cin, 4Cout) · dZ_b */
         MS_TRY(ms_cuda_gemm(dev, 0, 0, Cin, HW, C4, 1.f, w, C4, 0, dZ, HW, C4 * HW, 1.f, dx, HW, Cin * HW, B));
     if (dw) /* dw (Cin, 4Cout) += x_b · dZ_bᵀ, image by image */

@@ -81,6 +81,12 @@ static inline unsigned ms_cu_blocks(int64_t n, int threads)
     return (unsigned)b;
 }
 
+/* A 1-D launch of kern over n elements, 256 threads a block, on the device's stream (needs `dev` in scope). */
+#define MS_LAUNCH(kern, n, ...)                                                                            \
+    do {                                                                                                   \
+        kern<<<ms_cu_blocks(n, 256), 256, 0, ms_cuda_ctx_of(dev)->stream>>>(__VA_ARGS__);                  \
+        MS_CU_LAUNCHED();                                                                                  \
+    } while (0)
 #define MS_GRID_STRIDE(i, n)                                                                               \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 

@@ -76,11 +76,6 @@ struct sum_x {
     __device__ float operator()(int64_t a, int64_t r, int64_t c) const { return x[(a * R + r) * C + c]; }
 };
 
-#define LAUNCH(kern, n, ...)                                                                               \
-    do {                                                                                                   \
-        kern<<<ms_cu_blocks(n, 256), 256, 0, ms_cuda_ctx_of(dev)->stream>>>(__VA_ARGS__);                  \
-        MS_CU_LAUNCHED();                                                                                  \
-    } while (0)
 #define PRELUDE(name, n)                                                                                   \
     MS_CU_CTX(dev);                                                                                        \
     MS_FAIL_IF((n) < 0, MS_EINVAL, name ": negative size");                                                \
@@ -90,14 +85,14 @@ extern "C" ms_status ms_add_forward_cuda(ms_device *dev, float *y, const float *
 {
     PRELUDE("add_forward", n);
     MS_FAIL_IF(!y || !a || !b, MS_EINVAL, "add_forward: NULL argument");
-    LAUNCH(add_fwd_f32, n, y, a, b, n);
+    MS_LAUNCH(add_fwd_f32, n, y, a, b, n);
     return MS_OK;
 }
 extern "C" ms_status ms_add_backward_cuda(ms_device *dev, float *da, float *db, const float *dy, int64_t n)
 {
     PRELUDE("add_backward", n);
-    if (da) LAUNCH(acc_f32, n, da, dy, n);
-    if (db) LAUNCH(acc_f32, n, db, dy, n);
+    if (da) MS_LAUNCH(acc_f32, n, da, dy, n);
+    if (db) MS_LAUNCH(acc_f32, n, db, dy, n);
     return MS_OK;
 }
 extern "C" ms_status ms_add_bcast_forward_cuda(ms_device *dev, float *y, const float *x, const float *p,
@@ -105,27 +100,27 @@ extern "C" ms_status ms_add_bcast_forward_cuda(ms_device *dev, float *y, const f
 {
     PRELUDE("add_bcast_forward", outer * n);
     MS_FAIL_IF(!y || !x || !p, MS_EINVAL, "add_bcast_forward: NULL argument");
-    LAUNCH(add_bcast_fwd_f32, outer * n, y, x, p, outer * n, n);
+    MS_LAUNCH(add_bcast_fwd_f32, outer * n, y, x, p, outer * n, n);
     return MS_OK;
 }
 extern "C" ms_status ms_add_bcast_backward_cuda(ms_device *dev, float *dx, float *dp, const float *dy,
                                                 int64_t outer, int64_t n)
 {
     PRELUDE("add_bcast_backward", outer * n);
-    if (dx) LAUNCH(acc_f32, outer * n, dx, dy, outer * n);
+    if (dx) MS_LAUNCH(acc_f32, outer * n, dx, dy, outer * n);
     if (dp) MS_TRY(ms_colsum(dev, dp, sum_x{dy, outer, n}, 1, outer, n, 1));
     return MS_OK;
 }
 extern "C" ms_status ms_scale_forward_cuda(ms_device *dev, float *y, const float *x, float alpha, int64_t n)
 {
     PRELUDE("scale_forward", n);
-    LAUNCH(scale_fwd_f32, n, y, x, alpha, n);
+    MS_LAUNCH(scale_fwd_f32, n, y, x, alpha, n);
     return MS_OK;
 }
 extern "C" ms_status ms_scale_backward_cuda(ms_device *dev, float *dx, const float *dy, float alpha, int64_t n)
 {
     PRELUDE("scale_backward", n);
-    if (dx) LAUNCH(scale_bwd_f32, n, dx, dy, alpha, n);
+    if (dx) MS_LAUNCH(scale_bwd_f32, n, dx, dy, alpha, n);
     return MS_OK;
 }
 static ms_status transpose(ms_device *dev, float *y, const float *x, int64_t A, int64_t R, int64_t C, int acc)
@@ -155,14 +150,14 @@ extern "C" ms_status ms_gather_rows_forward_cuda(ms_device *dev, float *y, const
                                                  int64_t n_idx, int64_t D)
 {
     PRELUDE("gather_rows_forward", n_idx * D);
-    LAUNCH(gather_fwd_f32, n_idx * D, y, x, idx, n_idx, D);
+    MS_LAUNCH(gather_fwd_f32, n_idx * D, y, x, idx, n_idx, D);
     return MS_OK;
 }
 extern "C" ms_status ms_gather_rows_backward_cuda(ms_device *dev, float *dx, const float *dy, const int32_t *idx,
                                                   int64_t n_idx, int64_t D, int64_t n_rows_x)
 {
     PRELUDE("gather_rows_backward", n_idx * D);
-    if (dx) LAUNCH(gather_bwd_f32, n_idx * D, dx, dy, idx, n_idx, D, n_rows_x);
+    if (dx) MS_LAUNCH(gather_bwd_f32, n_idx * D, dx, dy, idx, n_idx, D, n_rows_x);
     return MS_OK;
 }
 extern "C" ms_status ms_reduce_sum_forward_cuda(ms_device *dev, float *y, const float *x, int64_t A, int64_t R,
@@ -175,6 +170,6 @@ extern "C" ms_status ms_reduce_sum_backward_cuda(ms_device *dev, float *dx, cons
                                                  int64_t C)
 {
     PRELUDE("reduce_sum_backward", A * R * C);
-    if (dx) LAUNCH(bcast_rows_bwd_f32, A * R * C, dx, dy, A, R, C);
+    if (dx) MS_LAUNCH(bcast_rows_bwd_f32, A * R * C, dx, dy, A, R, C);
     return MS_OK;
 }

@@ -5,6 +5,7 @@
 #include "op_cases.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +42,26 @@ static ms_status fwd_layernorm(ms_device *dev, opcase *c)
 
 static ms_status bwd_layernorm(ms_device *dev, opcase *c, float *const *g)
 { return ms_layernorm_backward(dev, g[0], g[1], g[2], c->gout, c->in[0], c->in[1], c->aux0, c->aux1, c->d[0], c->d[1]); }
+
+/* batchnorm: x = in[0], γ = in[1], β = in[2]; d = {B, C, HW}, f = {eps, momentum}, op = training. aux0 = [saved mean |
+ * running mean], aux1 = [saved rstd | running var], C each: training rows write all of them (aux_out: the running
+ * update is compared across backends too); inference rows hold running stats (init_bn_eval) and save into the
+ * first halves. */
+static ms_status fwd_bn(ms_device *dev, opcase *c)
+{
+    int64_t C = c->d[1];
+    return ms_batchnorm_forward(dev, c->out, c->aux0, c->aux1, c->in[0], c->in[1], c->in[2], c->aux0 + C, c->aux1 + C,
+                                c->d[0], C, c->d[2], c->f[0], c->f[1], c->op);
+}
+static ms_status bwd_bn(ms_device *dev, opcase *c, float *const *g)
+{ return ms_batchnorm_backward(dev, g[0], g[1], g[2], c->gout, c->in[0], c->in[1], c->aux0, c->aux1, c->d[0], c->d[1], c->d[2], c->op); }
+static void init_bn_eval(opcase *c, ms_rng *r)
+{
+    for (int64_t i = 0; i < c->d[1]; i++) {
+        c->aux0[c->d[1] + i] = ms_rng_range(r, -0.5f, 0.5f);
+        c->aux1[c->d[1] + i] = ms_rng_range(r, 0.3f, 2.0f);
+    }
+}
 
 static ms_status fwd_layernorm2d(ms_device *dev, opcase *c)
 { return ms_layernorm2d_forward(dev, c->out, c->aux0, c->aux1, c->in[0], c->in[1], c->in[2], c->d[0], c->d[1], c->d[2], c->f[0]); }
@@ -145,7 +166,9 @@ static ms_status fwd_lin(ms_device *dev, opcase *c)
     case OP_BILINEAR: return ms_resize_bilinear_forward(dev, y, x, a[0], a[1], a[2], a[3], a[4]);
     case OP_BICUBIC: return ms_resize_bicubic_forward(dev, y, x, a[0], a[1], a[2], a[3], a[4]);
     case OP_PATCH: return ms_conv_patch_forward(dev, y, x, w, b, a[0], a[1], a[2], a[3], a[4], (int)a[5], (int)a[6]);
-    case OP_CONV: return ms_conv2d_forward(dev, y, x, w, b, a[0], a[1], a[2], a[3], a[4], (int)a[5], (int)a[6]);
+    case OP_CONV:
+        return ms_conv2d_forward(dev, y, x, w, b, a[0], a[1], a[2], a[3], a[4], (int)a[5], (int)a[6], (int)a[7]);
+    case OP_DW: return ms_dwconv2d_forward(dev, y, x, w, b, a[0], a[1], a[2], a[3], (int)a[4], (int)a[5], (int)a[6]);
     default: return ms_conv_transpose2x2_forward(dev, y, x, w, b, a[0], a[1], a[2], a[3], a[4]);
     }
 }
@@ -163,7 +186,10 @@ static ms_status bwd_lin(ms_device *dev, opcase *c, float *const *g)
     case OP_PATCH:
         return ms_conv_patch_backward(dev, dx, dw, db, dy, x, w, a[0], a[1], a[2], a[3], a[4], (int)a[5], (int)a[6]);
     case OP_CONV:
-        return ms_conv2d_backward(dev, dx, dw, db, dy, x, w, a[0], a[1], a[2], a[3], a[4], (int)a[5], (int)a[6]);
+        return ms_conv2d_backward(dev, dx, dw, db, dy, x, w, a[0], a[1], a[2], a[3], a[4], (int)a[5], (int)a[6],
+                                  (int)a[7]);
+    case OP_DW:
+        return ms_dwconv2d_backward(dev, dx, dw, db, dy, x, w, a[0], a[1], a[2], a[3], (int)a[4], (int)a[5], (int)a[6]);
     default: return ms_conv_transpose2x2_backward(dev, dx, dw, db, dy, x, w, a[0], a[1], a[2], a[3], a[4]);
     }
 }
@@ -172,11 +198,11 @@ static ms_status bwd_lin(ms_device *dev, opcase *c, float *const *g)
 
 #define GEMM_TOL 5e-4 /* CPU vs reference for rows that sum K products (test_ops_a.c says why) */
 
-static char name_pool[64][96];
+static char name_pool[128][96];
 static int n_names;
 static const char *name_of(const char *fmt, long long a, long long b, long long c, long long d, long long e)
 {
-    char *s = name_pool[n_names++ % 64];
+    char *s = name_pool[n_names++ % 128];
     snprintf(s, sizeof name_pool[0], fmt, a, b, c, d, e);
     return s;
 }
@@ -266,6 +292,18 @@ static int rows_a(opcase *rows)
                           .in_n = {3 * 37 * 45, 37, 37}, .out_n = 3 * 37 * 45, .lo = {-2, 0.5f, -1}, .hi = {3, 1.5f, 1},
                           .aux_n = {3 * 45, 3 * 45}, .aux_out = 1, .ref = ref_layernorm2d, .fwd = fwd_layernorm2d,
                           .bwd = bwd_layernorm2d};
+    /* batchnorm: training (7x7 and 1x1 maps, as TinyViT's last stages have) and inference; B C HW */
+    int64_t bn[4][4] = {{3, 24, 49, 1}, {2, 5, 300, 1}, {6, 10, 1, 1}, {3, 24, 49, 0}};
+    for (int i = 0; i < 4; i++) {
+        int64_t B = bn[i][0], C = bn[i][1], HW = bn[i][2];
+        int tr = (int)bn[i][3];
+        rows[nc++] = (opcase){.name = name_of(tr ? "batchnorm train %lldx%lldx%lld%.0lld%.0lld"
+                                                 : "batchnorm eval %lldx%lldx%lld%.0lld%.0lld", B, C, HW, 0, 0),
+                              .half = 'a', .n_in = 3, .op = tr, .d = {B, C, HW}, .f = {1e-5f, 0.1f},
+                              .in_n = {B * C * HW, C, C}, .out_n = B * C * HW, .lo = {-2, 0.5f, -0.5f},
+                              .hi = {2, 1.5f, 0.5f}, .aux_n = {2 * C, 2 * C}, .aux_out = tr,
+                              .init = tr ? NULL : init_bn_eval, .ref = ref_batchnorm, .fwd = fwd_bn, .bwd = bwd_bn};
+    }
     rows[nc++] = (opcase){.name = "gelu", .half = 'a', .n_in = 1, .in_n = {21600}, .out_n = 21600, .lo = {-4}, .hi = {4},
                           .ref = ref_gelu, .fwd = fwd_gelu, .bwd = bwd_gelu};
     rows[nc++] = (opcase){.name = "gelu 10007", .half = 'a', .n_in = 1, .in_n = {10007}, .out_n = 10007, .lo = {-4}, .hi = {4},
@@ -392,7 +430,26 @@ static int rows_b(opcase *rows)
                                          "%lldx%lld no bias", ks, ks, pad, H, W),
                                  OP_CONV, B * Ci * H * W, Co * Ci * ks * ks, bias ? Co : 0, B * Co * H * W, 1e-4, B, Ci,
                                  H, W, Co, ks, pad);
+            rows[nc - 1].d[7] = 1;
         }
+    /* conv2d 3x3 pad 1 stride 2 (TinyViT's stem), odd and even sizes; B Cin H W Cout */
+    int64_t cs[2][5] = {{2, 3, 9, 13, 8}, {2, 5, 8, 8, 6}};
+    for (int i = 0; i < 2; i++) {
+        int64_t B = cs[i][0], Ci = cs[i][1], H = cs[i][2], W = cs[i][3], Co = cs[i][4];
+        int64_t Ho = (H - 1) / 2 + 1, Wo = (W - 1) / 2 + 1;
+        rows[nc++] = lin_row(name_of("conv2d 3x3 pad 1 stride 2 %lldx%lld%.0lld%.0lld%.0lld", H, W, 0, 0, 0), OP_CONV,
+                             B * Ci * H * W, Co * Ci * 9, i ? Co : 0, B * Co * Ho * Wo, 1e-4, B, Ci, H, W, Co, 3, 1);
+        rows[nc - 1].d[7] = 2;
+    }
+    /* depthwise 3x3 pad 1, stride 1 and 2, odd and even sizes (TinyViT), and 1x1; B C H W ks pad stride */
+    int64_t dw[5][7] = {{2, 5, 9, 11, 3, 1, 1}, {2, 6, 9, 10, 3, 1, 2}, {3, 4, 8, 8, 3, 1, 2}, {1, 7, 14, 14, 3, 1, 1},
+                        {2, 3, 5, 6, 1, 0, 1}};
+    for (int i = 0; i < 5; i++) {
+        int64_t *a = dw[i], Ho = (a[2] + 2 * a[5] - a[4]) / a[6] + 1, Wo = (a[3] + 2 * a[5] - a[4]) / a[6] + 1;
+        rows[nc++] = lin_row(name_of("dwconv %lldx%lld s%lld %lldx%lld", a[4], a[4], a[6], a[2], a[3]), OP_DW,
+                             a[0] * a[1] * a[2] * a[3], a[1] * a[4] * a[4], i % 2 ? 0 : a[1], a[0] * a[1] * Ho * Wo, 1e-4,
+                             a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    }
     int64_t ct[2][5] = {{2, 5, 3, 4, 3}, {2, 9, 5, 7, 6}};
     for (int i = 0; i < 2; i++) {
         int64_t B = ct[i][0], Ci = ct[i][1], H = ct[i][2], W = ct[i][3], Co = ct[i][4];
@@ -404,10 +461,14 @@ static int rows_b(opcase *rows)
 
 int opc_table(opcase *rows, int max)
 {
-    static opcase all[128];
+    static opcase all[OPC_MAX];
     n_names = 0;
     int n = rows_a(all);
     n += rows_b(all + n);
+    if (n > OPC_MAX || n_names > 128) { /* the table outgrew its arrays: grow OPC_MAX / name_pool */
+        fprintf(stderr, "op_cases.c: %d rows and %d names exceed OPC_MAX %d or the name pool\n", n, n_names, OPC_MAX);
+        abort();
+    }
     for (int i = 0; i < n; i++) cu_tolerances(&all[i]);
     if (n > max) n = max;
     memcpy(rows, all, (size_t)n * sizeof(opcase));

@@ -19,6 +19,7 @@
 #include "ops.h"
 
 #define MAXIN 4
+#define OPC_MAX 192 /* rows in the table, at most */
 
 /* CUDA against CPU: NMSE = ‖gpu − cpu‖² / ‖cpu‖² and max-rel (|d| / (|cpu| + 1e-3·max|cpu|)) */
 typedef struct { double nmse, max_rel; } ms_opc_tol;
@@ -73,6 +74,7 @@ void ref_matmul(const opcase *c, const double *const *in, double *out);
 void ref_linear(const opcase *c, const double *const *in, double *out);
 void ref_layernorm(const opcase *c, const double *const *in, double *out);
 void ref_layernorm2d(const opcase *c, const double *const *in, double *out);
+void ref_batchnorm(const opcase *c, const double *const *in, double *out);
 void ref_gelu(const opcase *c, const double *const *in, double *out);
 void ref_relu(const opcase *c, const double *const *in, double *out);
 void ref_softmax(const opcase *c, const double *const *in, double *out);
@@ -85,9 +87,9 @@ void ref_reduce(const opcase *c, const double *const *in, double *out);
 void ref_mse(const opcase *c, const double *const *in, double *out);
 void ref_dice(const opcase *c, const double *const *in, double *out);
 void ref_ce(const opcase *c, const double *const *in, double *out);
-enum { OP_PART, OP_UNPART, OP_RELPOS, OP_BILINEAR, OP_BICUBIC, OP_PATCH, OP_CONV, OP_CT };
-/* window partition/unpartition, rel_pos_resize, bilinear/bicubic, conv_patch, conv2d, conv_transpose2x2:
- * in[0] = x, in[1] = w and in[2] = b where the row has them (n_in). */
+enum { OP_PART, OP_UNPART, OP_RELPOS, OP_BILINEAR, OP_BICUBIC, OP_PATCH, OP_CONV, OP_CT, OP_DW };
+/* window partition/unpartition, rel_pos_resize, bilinear/bicubic, conv_patch, conv2d, conv_transpose2x2, depthwise
+ * conv2d: in[0] = x, in[1] = w and in[2] = b where the row has them (n_in). */
 void ref_lin(const opcase *c, const double *const *in, double *out);
 
 /* ---- attention rows ------------------------------------------------------------------------------------------ */

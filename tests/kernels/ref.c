@@ -126,6 +126,33 @@ void ref_layernorm2d(const opcase *c, const double *const *in, double *out)
         }
 }
 
+/* BatchNorm2d: d = {B, C, HW}, f = {eps}, op = training; inference takes the running stats from the second halves
+ * of the host aux0 (mean) / aux1 (var) (op_cases.c, fwd_bn) */
+void ref_batchnorm(const opcase *c, const double *const *in, double *out)
+{
+    int64_t B = c->d[0], C = c->d[1], HW = c->d[2], n = B * HW;
+    const double *x = in[0], *g = in[1], *bt = in[2];
+    for (int64_t ch = 0; ch < C; ch++) {
+        double mu = 0, var = 0;
+        if (c->op) {
+            for (int64_t b = 0; b < B; b++) for (int64_t i = 0; i < HW; i++) mu += x[(b * C + ch) * HW + i];
+            mu /= (double)n;
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t i = 0; i < HW; i++) { double t = x[(b * C + ch) * HW + i] - mu; var += t * t; }
+            var /= (double)n;
+        } else {
+            mu = c->aux0[C + ch];
+            var = c->aux1[C + ch];
+        }
+        double rs = 1.0 / sqrt(var + (double)c->f[0]);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < HW; i++) {
+                int64_t j = (b * C + ch) * HW + i;
+                out[j] = (x[j] - mu) * rs * g[ch] + bt[ch];
+            }
+    }
+}
+
 void ref_gelu(const opcase *c, const double *const *in, double *out)
 { for (int64_t i = 0; i < c->out_n; i++) out[i] = 0.5 * in[0][i] * (1 + erf(in[0][i] / sqrt(2.0))); }
 
@@ -320,20 +347,36 @@ void ref_lin(const opcase *c, const double *const *in, double *y)
             }
         break;
     }
-    case OP_CONV: { /* B Cin H W Cout ks pad */
-        int64_t B = a[0], Ci = a[1], H = a[2], W = a[3], Co = a[4], ks = a[5], pad = a[6];
-        int64_t Ho = H + 2 * pad - ks + 1, Wo = W + 2 * pad - ks + 1;
+    case OP_CONV: { /* B Cin H W Cout ks pad stride */
+        int64_t B = a[0], Ci = a[1], H = a[2], W = a[3], Co = a[4], ks = a[5], pad = a[6], st = a[7];
+        int64_t Ho = (H + 2 * pad - ks) / st + 1, Wo = (W + 2 * pad - ks) / st + 1;
         for (int64_t bb = 0; bb < B; bb++) for (int64_t o = 0; o < Co; o++) for (int64_t oy = 0; oy < Ho; oy++)
             for (int64_t ox = 0; ox < Wo; ox++) {
                 double s = b ? b[o] : 0;
                 for (int64_t ci = 0; ci < Ci; ci++)
                     for (int64_t ky = 0; ky < ks; ky++)
                         for (int64_t kx = 0; kx < ks; kx++) {
-                    int64_t iy = oy + ky - pad, ix = ox + kx - pad;
+                    int64_t iy = oy * st + ky - pad, ix = ox * st + kx - pad;
                     if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
                     s += w[((o * Ci + ci) * ks + ky) * ks + kx] * x[((bb * Ci + ci) * H + iy) * W + ix];
                 }
                 y[((bb * Co + o) * Ho + oy) * Wo + ox] = s;
+            }
+        break;
+    }
+    case OP_DW: { /* B C H W ks pad stride */
+        int64_t B = a[0], C = a[1], H = a[2], W = a[3], ks = a[4], pad = a[5], st = a[6];
+        int64_t Ho = (H + 2 * pad - ks) / st + 1, Wo = (W + 2 * pad - ks) / st + 1;
+        for (int64_t bb = 0; bb < B; bb++) for (int64_t ch = 0; ch < C; ch++) for (int64_t oy = 0; oy < Ho; oy++)
+            for (int64_t ox = 0; ox < Wo; ox++) {
+                double s = b ? b[ch] : 0;
+                for (int64_t ky = 0; ky < ks; ky++)
+                    for (int64_t kx = 0; kx < ks; kx++) {
+                        int64_t iy = oy * st + ky - pad, ix = ox * st + kx - pad;
+                        if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                        s += w[(ch * ks + ky) * ks + kx] * x[((bb * C + ch) * H + iy) * W + ix];
+                    }
+                y[((bb * C + ch) * Ho + oy) * Wo + ox] = s;
             }
         break;
     }

@@ -16,6 +16,7 @@
  *   determinism: two runs with the same thread count (2, or MS_TEST_THREADS) give identical bits
  * Then AdamW (5 steps vs torch's formula in double), sumsq, clip_grad_norm, in-place forwards, error paths.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -275,6 +276,46 @@ static void test_errors(ms_device *dev)
     MS_CHECK_OK(ms_mse_loss_backward_cpu(dev, dx, 1.f, a, b, w0, 4, 4));
     MS_CHECK(dx[0] == 0.f && dx[15] == 0.f, "mse with zero weights has no gradient");
 }
+/* BatchNorm's running statistics after a training forward, against torch's rule in double: run ← 0.9·run +
+ * 0.1·stat with the unbiased variance; one value per channel in training is refused (as torch does). */
+static void test_batchnorm_running(ms_device *dev, ms_rng *r)
+{
+    enum { B = 3, C = 5, HW = 17, N = B * C * HW };
+    float x[N], y[N], g[C], bt[C], mean[C], rstd[C], rm[C], rv[C], rm0[C], rv0[C];
+    ms_fill_uniform(x, N, r, -3, 2);
+    ms_fill_uniform(g, C, r, 0.5f, 1.5f);
+    ms_fill_uniform(bt, C, r, -0.5f, 0.5f);
+    ms_fill_uniform(rm0, C, r, -1, 1);
+    ms_fill_uniform(rv0, C, r, 0.5f, 2);
+    memcpy(rm, rm0, sizeof rm);
+    memcpy(rv, rv0, sizeof rv);
+    MS_CHECK_OK(ms_batchnorm_forward(dev, y, mean, rstd, x, g, bt, rm, rv, B, C, HW, 1e-5f, 0.1f, 1));
+    double worst = 0;
+    for (int c = 0; c < C; c++) {
+        double mu = 0, v = 0;
+        for (int b = 0; b < B; b++) for (int i = 0; i < HW; i++) mu += x[(b * C + c) * HW + i];
+        mu /= B * HW;
+        for (int b = 0; b < B; b++) for (int i = 0; i < HW; i++) { double t = x[(b * C + c) * HW + i] - mu; v += t * t; }
+        double em = 0.9 * rm0[c] + 0.1 * mu, ev = 0.9 * rv0[c] + 0.1 * v / (B * HW - 1);
+        double e = fmax(fabs(rm[c] - em) / (fabs(em) + 1e-3), fabs(rv[c] - ev) / ev);
+        e = fmax(e, fabs(mean[c] - mu) / (fabs(mu) + 1e-3));
+        e = fmax(e, fabs(rstd[c] - 1 / sqrt(v / (B * HW) + 1e-5)) * sqrt(v / (B * HW)));
+        if (e > worst) worst = e;
+    }
+    MS_CHECK(worst < 1e-6, "batchnorm running stats: max rel err %.3g", worst);
+    /* inference leaves them alone and uses them */
+    float rm1[C], rv1[C];
+    memcpy(rm1, rm, sizeof rm);
+    memcpy(rv1, rv, sizeof rv);
+    MS_CHECK_OK(ms_batchnorm_forward(dev, y, NULL, NULL, x, g, bt, rm, rv, B, C, HW, 1e-5f, 0.1f, 0));
+    MS_CHECK(!memcmp(rm, rm1, sizeof rm) && !memcmp(rv, rv1, sizeof rv), "batchnorm inference changed running stats");
+    double e0 = fabs(y[0] - ((x[0] - rm[0]) / sqrt(rv[0] + 1e-5) * g[0] + bt[0]));
+    MS_CHECK(e0 < 1e-5, "batchnorm inference y[0] off by %.3g", e0);
+    MS_CHECK(ms_batchnorm_forward(dev, y, mean, rstd, x, g, bt, rm, rv, 1, C, 1, 1e-5f, 0.1f, 1) == MS_EINVAL,
+             "batchnorm training on one value per channel is refused");
+    printf("  batchnorm running stats: max rel err %.2e\n", worst);
+}
+
 int main(void)
 {
     uint64_t seed = ms_test_seed();
@@ -284,8 +325,8 @@ int main(void)
     printf("threads: %d (MS_TEST_THREADS)\n", threads);
     MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, threads));
 
-    static opcase cases[128];
-    int nc = opc_table(cases, 128), ran = 0;
+    static opcase cases[OPC_MAX];
+    int nc = opc_table(cases, OPC_MAX), ran = 0;
     for (int i = 0; i < nc; i++)
         if (cases[i].half == 'a') { run_case(&dev, &cases[i], seed, i); ran++; }
     MS_CHECK(ran >= 40, "only %d rows of half 'a' in the op table", ran);
@@ -295,6 +336,7 @@ int main(void)
     test_adamw(&dev, &r);
     test_sumsq_clip(&dev, &r);
     test_inplace(&dev, &r);
+    test_batchnorm_running(&dev, &r);
     test_errors(&dev);
     ms_device_free(&dev);
     return ms_test_done();

@@ -350,8 +350,8 @@ static void lin_run(opcase *c)
 static void test_linear_ops(void)
 {
     printf("window / rel_pos / resize / conv\n");
-    static opcase rows[128];
-    int n = opc_table(rows, 128), ran = 0;
+    static opcase rows[OPC_MAX];
+    int n = opc_table(rows, OPC_MAX), ran = 0;
     for (int i = 0; i < n; i++)
         if (rows[i].half == 'b') { lin_run(&rows[i]); ran++; }
     MS_CHECK(ran >= 30, "only %d rows of half 'b' in the op table", ran);

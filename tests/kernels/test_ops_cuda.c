@@ -334,8 +334,8 @@ int main(void)
         unsetenv("MS_KERNEL_ATTENTION");
     }
     printf("device under test: %s\n", cpu_twin ? "CPU, 1 thread (MS_TEST_OPS_TWIN=cpu)" : "CUDA 0");
-    static opcase rows[128];
-    int n = opc_table(rows, 128);
+    static opcase rows[OPC_MAX];
+    int n = opc_table(rows, OPC_MAX);
     for (int i = 0; i < n; i++) run_row(&rows[i], seed, i);
     t_optim();
     int na;
