@@ -176,18 +176,17 @@ static double p95(double *v, int64_t n)
     return v[i] + (pos - (double)i) * (v[i + 1] - v[i]);
 }
 
-ms_status ms_hd95(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3], const double spacing[3], int c,
-                  int n_threads, double *out)
+/* Voxels of class c in pred (np) and gt (ng), and the box [lo, hi] around both (hi < lo when neither has any). */
+static void class_box(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3], int c, int64_t lo[3],
+                      int64_t hi[3], int64_t *np, int64_t *ng)
 {
-    int T = n_threads > 0 ? n_threads : omp_get_max_threads();
-    int64_t nx = dim[0], ny = dim[1], nz = dim[2];
-    int64_t lo[3] = {nx, ny, nz}, hi[3] = {-1, -1, -1};
-    int64_t np = 0, ng = 0;
-    for (int64_t z = 0, i = 0; z < nz; z++)
-        for (int64_t y = 0; y < ny; y++)
-            for (int64_t x = 0; x < nx; x++, i++) {
+    for (int k = 0; k < 3; k++) lo[k] = dim[k], hi[k] = -1;
+    *np = *ng = 0;
+    for (int64_t z = 0, i = 0; z < dim[2]; z++)
+        for (int64_t y = 0; y < dim[1]; y++)
+            for (int64_t x = 0; x < dim[0]; x++, i++) {
                 int a = pred[i] == c, b = gt[i] == c;
-                np += a, ng += b;
+                *np += a, *ng += b;
                 if (a || b) {
                     int64_t p[3] = {x, y, z};
                     for (int k = 0; k < 3; k++) {
@@ -196,6 +195,14 @@ ms_status ms_hd95(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3]
                     }
                 }
             }
+}
+
+ms_status ms_hd95(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3], const double spacing[3], int c,
+                  int n_threads, double *out)
+{
+    int T = n_threads > 0 ? n_threads : omp_get_max_threads();
+    int64_t nx = dim[0], ny = dim[1], nz = dim[2], lo[3], hi[3], np, ng;
+    class_box(pred, gt, dim, c, lo, hi, &np, &ng);
     if (np == 0 || ng == 0) {
         *out = np + ng == 0 ? NAN : INFINITY;
         return MS_OK;
@@ -380,20 +387,8 @@ ms_status ms_nsd(const uint16_t *pred, const uint16_t *gt, const int64_t dim[3],
                  double tol_mm, int n_threads, double *out)
 {
     int T = n_threads > 0 ? n_threads : omp_get_max_threads();
-    int64_t lo[3] = {dim[0], dim[1], dim[2]}, hi[3] = {-1, -1, -1}, np = 0, ng = 0;
-    for (int64_t z = 0, i = 0; z < dim[2]; z++)
-        for (int64_t y = 0; y < dim[1]; y++)
-            for (int64_t x = 0; x < dim[0]; x++, i++) {
-                int a = pred[i] == c, b = gt[i] == c;
-                np += a, ng += b;
-                if (a || b) {
-                    int64_t p[3] = {x, y, z};
-                    for (int k = 0; k < 3; k++) {
-                        if (p[k] < lo[k]) lo[k] = p[k];
-                        if (p[k] > hi[k]) hi[k] = p[k];
-                    }
-                }
-            }
+    int64_t lo[3], hi[3], np, ng;
+    class_box(pred, gt, dim, c, lo, hi, &np, &ng);
     if (np == 0 || ng == 0) { /* the empty mask has no surface: the other's lies beyond any tolerance */
         *out = np + ng == 0 ? NAN : 0.0;
         return MS_OK;
