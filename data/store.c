@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,7 @@ struct ms_store {
     uint64_t n_slices;
     uint32_t n_volumes;
     char *label_names;
-    const uint8_t *map; /* LMDB's map of the data file, and the file's length when opened (see in_file) */
+    const uint8_t *map; /* LMDB's map of the data file (NULL: unknown), the file's length when opened (in_file) */
     uint64_t file_len;
     int fd;
 };
@@ -62,9 +63,29 @@ static int in_file(const ms_store *s, const MDB_val *v)
 {
     uintptr_t p = (uintptr_t)v->mv_data, m = (uintptr_t)s->map;
     struct stat sb;
+    if (!s->map) return 1;
     if (p < m) return 0;
     if (v->mv_size <= s->file_len && p - m <= s->file_len - v->mv_size) return 1;
     return fstat(s->fd, &sb) == 0 && v->mv_size <= (uint64_t)sb.st_size && p - m <= sb.st_size - v->mv_size;
+}
+
+/* The start of LMDB's map of the data file (LMDB does not say; mdb_env_info's me_mapaddr is only a fixed map's
+ * address): the mapping of the file's inode, at file offset 0, that holds `inside`, a pointer LMDB returned into
+ * it. NULL when /proc/self/maps cannot tell. */
+static const uint8_t *map_start(int fd, const void *inside)
+{
+    struct stat sb;
+    char line[512];
+    uintptr_t p = (uintptr_t)inside, found = 0;
+    FILE *f = fstat(fd, &sb) == 0 ? fopen("/proc/self/maps", "r") : NULL;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        unsigned long long a, b, off, ino;
+        if (sscanf(line, "%llx-%llx %*s %llx %*s %llu", &a, &b, &off, &ino) == 4 &&
+            ino == (unsigned long long)sb.st_ino && off == 0 && p >= a && p < b)
+            found = (uintptr_t)a;
+    }
+    if (f) fclose(f);
+    return (const uint8_t *)found;
 }
 
 static ms_status get_text(ms_store *s, MDB_txn *txn, MDB_dbi dbi, const void *key, size_t klen, char **out)
@@ -172,13 +193,11 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         goto leave;
     }
     if ((st = ms_store_check_length(path, S_ISDIR(sb.st_mode), s->env))) goto leave;
-    MDB_envinfo ei;
     struct stat fb;
-    if (mdb_env_info(s->env, &ei) || mdb_env_get_fd(s->env, &s->fd) || fstat(s->fd, &fb) != 0) {
+    if (mdb_env_get_fd(s->env, &s->fd) || fstat(s->fd, &fb) != 0) {
         st = ms_error(MS_EIO, "%s: cannot read the store's size", path);
         goto leave;
     }
-    s->map = ei.me_mapaddr;
     s->file_len = (uint64_t)fb.st_size;
     rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (!rc) rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
@@ -189,6 +208,8 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         st = ms_error(MS_EFORMAT, "%s: not a store (%s)", path, mdb_strerror(rc));
         goto leave;
     }
+    MDB_val fk = {6, "format"}, fv;
+    if (!mdb_get(txn, s->meta, &fk, &fv)) s->map = map_start(s->fd, fv.mv_data);
     st = get_text(s, txn, s->meta, "format", 6, &fmt);
     if (st) {
         st = ms_error(MS_EFORMAT, "%s: not a store (no format record)", path);
@@ -294,11 +315,19 @@ ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
         st = ms_error(MS_EFORMAT, "%s: volume %u: bad record", s->path, volume_id);
         goto leave;
     }
-    out->id = (uint32_t)jnum(j, "id", -1);
-    out->first_key = (uint64_t)jnum(j, "first_key", 0);
-    out->n_slices = (uint32_t)jnum(j, "n_slices", 0);
-    out->height = (int32_t)jnum(j, "height", 0);
-    out->width = (int32_t)jnum(j, "width", 0);
+    /* the integer fields inside their types (the cast of a number outside them is undefined) */
+    double id = jnum(j, "id", -1), fk = jnum(j, "first_key", 0), ns = jnum(j, "n_slices", 0);
+    double ht = jnum(j, "height", 0), wd = jnum(j, "width", 0);
+    if (!(id >= 0 && id <= UINT32_MAX && fk >= 0 && fk < 0x1p64 && ns >= 0 && ns <= UINT32_MAX && ht >= 0 &&
+          ht <= INT32_MAX && wd >= 0 && wd <= INT32_MAX)) {
+        st = ms_error(MS_EFORMAT, "%s: volume %u: bad record", s->path, volume_id);
+        goto leave;
+    }
+    out->id = (uint32_t)id;
+    out->first_key = (uint64_t)fk;
+    out->n_slices = (uint32_t)ns;
+    out->height = (int32_t)ht;
+    out->width = (int32_t)wd;
     const cJSON *sp = cJSON_GetObjectItem(j, "spacing");
     for (int i = 0; i < 3 && cJSON_IsArray(sp); i++) {
         const cJSON *e = cJSON_GetArrayItem(sp, i);

@@ -2,6 +2,7 @@
 #include "ft_model.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -509,6 +510,8 @@ ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
     if (!(s = jstr(o, "method")) || ms_ft_method_parse(s, &c->method)) BAD("%s: bad method", path);
     if (!(s = jstr(o, "scope")) || ms_ft_scope_parse(s, &c->scope)) BAD("%s: bad scope", path);
     if (!(s = jstr(o, "prompt")) || ms_prompt_mode_parse(s, &c->prompt)) BAD("%s: bad prompt", path);
+    /* an int field: a number outside int's range would make the cast undefined */
+    if (jnum(o, "lora_rank", &v) && !(v >= INT_MIN && v <= INT_MAX)) BAD("%s: lora_rank out of range", path);
     if (jnum(o, "lora_rank", &v)) c->lora_rank = (int)v;
     c->lora_blocks = blocks_from_json(cJSON_GetObjectItemCaseSensitive(o, "lora_blocks"));
     c->adapter_blocks = blocks_from_json(cJSON_GetObjectItemCaseSensitive(o, "adapter_blocks"));
@@ -541,6 +544,7 @@ ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
     ms_prep_config_default(&c->prep, (int)v);
     c->prep.channels = 3;
     if (ms_prep_parse(&c->prep, jstr(pp, "resize"), jstr(pp, "norm"))) BAD("%s: preprocess resize/norm", path);
+    if (jnum(pp, "label_size", &v) && !(v >= INT_MIN && v <= INT_MAX)) BAD("%s: preprocess.label_size", path);
     if (jnum(pp, "label_size", &v)) c->prep.label_size = (int)v;
     s = jstr(pp, "axis");
     c->axis = !s ? MS_AXIS_AXIAL : !strcmp(s, "sagittal") ? MS_AXIS_SAGITTAL : !strcmp(s, "coronal") ? MS_AXIS_CORONAL

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """tests/gen_fuzz_corpus.py — writes the seed corpora of the libFuzzer targets (tests/<area>/fuzz_corpus/<target>/):
 a handful of small valid inputs each, made from the checkpoint fixtures and from scratch (numpy, nibabel,
-python-lmdb, zstandard; /usr/bin/python3). Seeds whose target reads a selector byte first carry it. Deterministic
-apart from LMDB's page padding. Run from anywhere: /usr/bin/python3 tests/gen_fuzz_corpus.py"""
+zstandard; /usr/bin/python3). Seeds whose target reads a selector byte first carry it. Deterministic. Files named
+regress_* are inputs a target once failed on; they are kept across runs of this script (it rewrites the rest).
+Run from anywhere: /usr/bin/python3 tests/gen_fuzz_corpus.py"""
 import gzip
 import io
 import json
@@ -10,11 +11,9 @@ import os
 import pickletools
 import shutil
 import struct
-import tempfile
 import zipfile
 import zlib
 
-import lmdb
 import nibabel as nib
 import numpy as np
 import zstandard
@@ -24,8 +23,10 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 def out_dir(area, target):
     d = os.path.join(TESTS, area, "fuzz_corpus", target)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        if not f.startswith("regress_"):
+            os.remove(os.path.join(d, f))
     return d
 
 
@@ -165,38 +166,6 @@ def record(px, u8=False, shuffle=True, vid=0, idx=0):
     return hdr + struct.pack("<I", crc32c(hdr)) + z
 
 
-def store_bytes(n_slices, labels):
-    rng = np.random.default_rng(n_slices)
-    tmp = tempfile.mkdtemp()
-    env = lmdb.open(tmp, map_size=1 << 20, max_dbs=8)
-    meta, vols = env.open_db(b"meta"), env.open_db(b"volumes")
-    sl, lb, src = env.open_db(b"slices"), env.open_db(b"labels"), env.open_db(b"sources")
-    with env.begin(write=True) as t:
-        t.put(b"format", b'{"format":"mrisam-store","version":1}', db=meta)
-        t.put(b"params", b'{"axis":"auto","norm":"percentile","percentiles":[0.5,99.5],"min_foreground":0.01,'
-                         b'"frame":-1}', db=meta)
-        t.put(b"created", b'{"tool":"mrisam 0.1.0","zstd_level":3,"shuffle":1,"time":0}', db=meta)
-        t.put(b"counts", json.dumps({"volumes": 1, "slices": n_slices, "label_slices": n_slices if labels else 0,
-                                     "skipped_empty": 0, "nan_inf": 0, "sources": 1}).encode(), db=meta)
-        if labels:
-            t.put(b"label_names", b"1 liver\n2 tumour\n", db=meta)
-        v = {"id": 0, "first_key": 0, "n_slices": n_slices, "height": 6, "width": 5, "spacing": [1.0, 1.5, 2.0],
-             "axis": "axial", "kind": "nifti", "shape": [5, 6, n_slices], "intensity": {"norm": "percentile",
-             "offset": -3.0, "scale": 120.0, "mean": 0.4, "std": 0.2}, "source_hash": "ab" * 32}
-        if labels:
-            v["labels"] = {"dtype": "uint8", "values": [0, 1, 2]}
-        t.put(struct.pack(">I", 0), json.dumps(v).encode(), db=vols)
-        for k in range(n_slices):
-            t.put(struct.pack(">Q", k), record(rng.integers(0, 65536, (6, 5)), shuffle=k % 2 == 0, idx=k), db=sl)
-            if labels:
-                t.put(struct.pack(">Q", k), record(rng.integers(0, 3, (6, 5)), u8=True, idx=k), db=lb)
-        t.put(b"ab" * 32 + b"#0", b'{"volume":0}', db=src)
-    env.close()
-    data = open(os.path.join(tmp, "data.mdb"), "rb").read()
-    shutil.rmtree(tmp)
-    return data
-
-
 def gen_store():
     rng = np.random.default_rng(5)
     d = out_dir("data", "fuzz_store_record")
@@ -204,9 +173,14 @@ def gen_store():
     put(d, "u16_plain", b"\3" + record(rng.integers(0, 4000, (3, 7)), shuffle=False))
     put(d, "u8_label", b"\3" + record(rng.integers(0, 3, (8, 8)), u8=True))
     put(d, "u16_flat", b"\3" + record(np.full((16, 16), 1234)))
+    # fuzz_store_open damages stores it writes itself: store byte, cut length (0xffffffff: none), 3-byte patches
     d = out_dir("data", "fuzz_store_open")
-    put(d, "store_3", store_bytes(3, True))
-    put(d, "store_2_nolabels", store_bytes(2, False))
+    put(d, "intact0", b"\0\xff\xff\xff\xff")
+    put(d, "intact1", b"\1\xff\xff\xff\xff")
+    put(d, "cut_8192", b"\0" + struct.pack("<I", 8192))
+    put(d, "cut_odd", b"\1" + struct.pack("<I", 20000))
+    put(d, "flip_record", b"\0\xff\xff\xff\xff" + struct.pack("<HB", 600, 0x10))
+    put(d, "regress_size_past_eof", b"\0\xff\xff\xff\xff\x02\x00\x7f")  # a node's size high byte: SIGBUS before
 
 
 # ---- JSON and text lists -------------------------------------------------------------------------------------
