@@ -5,9 +5,12 @@
 # from /proc, so a busy machine does not shorten the run) or until DEADLINE_EPOCH, then stops gracefully (SIGUSR1:
 # libFuzzer prints its final stats). Each target keeps a growing corpus in OUT_DIR/corpus/<target> (seeded from
 # tests/<area>/fuzz_corpus/<target>), its log in OUT_DIR/<target>.log and what it finds in OUT_DIR/art/<target>/;
-# a target that stops on a finding is restarted (at most 3 times) with the CPU time it has left. The binary is
-# copied when the target starts, so a rebuild while the campaign runs is picked up by the targets not yet started.
-# Prints one line per target: CPU seconds, executions, exec/s, and libFuzzer's last cov/ft/corpus line.
+# a target that stops on a finding is restarted (at most 3 times) with the CPU time it has left. The CPU time a
+# target has had is kept in OUT_DIR/<target>.cpu_total, so a second call with larger budgets continues each target
+# (run the campaign in rounds, so that a deadline cuts every target short rather than the last ones). The binary
+# is copied when the target starts, so a rebuild while the campaign runs is picked up by the targets not yet
+# started. Appends one line per target to OUT_DIR/summary.txt: CPU seconds so far, executions, executions per CPU
+# second, findings, and libFuzzer's last cov/ft/corpus line.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=$1 OUT=$2 DEADLINE=$3
@@ -20,11 +23,12 @@ cpu_of() { # utime + stime of a pid, in seconds
 }
 
 run_one() { # name cpu_budget
-  local name=$1 budget=$2 used=0 tries=0
+  local name=$1 budget=$2 used tries=0
+  used=$(cat "$OUT/$name.cpu_total" 2>/dev/null || echo 0)
   local src; src=$(ls "$HERE"/*/"$name".c)
   mkdir -p "$OUT/corpus/$name" "$OUT/art/$name"
   cp -n "$(dirname "$src")/fuzz_corpus/$name"/* "$OUT/corpus/$name/" 2>/dev/null
-  : >"$OUT/$name.log"
+  touch "$OUT/$name.log"
   while [ $used -lt "$budget" ] && [ "$(date +%s)" -lt "$DEADLINE" ] && [ $tries -lt 4 ]; do
     tries=$((tries + 1))
     cp "$(find "$BUILD" -maxdepth 3 -type f -name "$name" -perm -u+x | head -1)" "$OUT/bin/$name"
@@ -44,6 +48,7 @@ run_one() { # name cpu_budget
     wait $pid 2>/dev/null
     echo "=== exit $? after $(cat "$OUT/$name.cpu_run" 2>/dev/null || echo "$c") s CPU" >>"$OUT/$name.log"
     used=$((used + $(cat "$OUT/$name.cpu_run" 2>/dev/null || echo "$c")))
+    echo $used >"$OUT/$name.cpu_total"
     rm -f "$OUT/$name.cpu_run"
   done
   local execs rate last
