@@ -3,7 +3,8 @@
  * Invariants: the environment is opened read-only with MDB_NOTLS, so any thread may use any reader as long as one
  * reader is used by one thread at a time; a reader keeps one read transaction that is reset after every read (a
  * long-lived snapshot would pin pages and grow the file under a concurrent ingest). Nothing read from the file is
- * trusted: sizes are checked against the header before decompression and the pixel crc after.
+ * trusted: every value LMDB returns must lie inside the data file (in_file), sizes are checked against the header
+ * before decompression and the pixel crc after.
  */
 #include "data/store.h"
 
