@@ -526,14 +526,16 @@ ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
         memset(k, 0, sizeof *k);
         if (!(s = jstr(t, "name")) || strlen(s) >= MS_FT_NAME_MAX) BAD("%s: task without a name", path);
         snprintf(k->name, sizeof k->name, "%s", s);
-        if (!jnum(t, "num_cls", &v) || v < 2 || v > MS_FT_MAX_CLASSES) BAD("%s: task %s: bad num_cls", path, k->name);
+        char shown[MS_FT_NAME_MAX]; /* the name in messages: a control character in it would break the line */
+        for (size_t i = 0; i < sizeof shown; i++) shown[i] = k->name[i] > 0 && k->name[i] < 0x20 ? '?' : k->name[i];
+        if (!jnum(t, "num_cls", &v) || v < 2 || v > MS_FT_MAX_CLASSES) BAD("%s: task %s: bad num_cls", path, shown);
         k->num_cls = (int)v;
         const cJSON *vals = cJSON_GetObjectItemCaseSensitive(t, "values"), *names = cJSON_GetObjectItemCaseSensitive(t, "class_names");
-        if (!cJSON_IsArray(vals) || cJSON_GetArraySize(vals) != k->num_cls) BAD("%s: task %s: values", path, k->name);
+        if (!cJSON_IsArray(vals) || cJSON_GetArraySize(vals) != k->num_cls) BAD("%s: task %s: values", path, shown);
         for (int i = 0; i < k->num_cls; i++) {
             const cJSON *x = cJSON_GetArrayItem(vals, i);
             if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 65535)
-                BAD("%s: task %s: bad class value", path, k->name);
+                BAD("%s: task %s: bad class value", path, shown);
             k->values[i] = (uint16_t)x->valuedouble;
             const cJSON *n = cJSON_IsArray(names) ? cJSON_GetArrayItem(names, i) : NULL;
             if (cJSON_IsString(n)) snprintf(k->class_names[i], MS_FT_NAME_MAX, "%s", n->valuestring);
