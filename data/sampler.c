@@ -460,8 +460,16 @@ static ms_status split_read_store(const char *path, const cJSON *root, int index
                "%s: no entry for store %d in \"stores\"", path, index);
     const cJSON *o = cJSON_GetArrayItem(stores, index), *p = cJSON_GetObjectItemCaseSensitive(o, "path");
     MS_FAIL_IF(p && !cJSON_IsString(p), MS_EFORMAT, "%s: stores[%d].path is not a string", path, index);
-    MS_FAIL_IF(store_path && p && !split_store_matches(p->valuestring, store_path), MS_EINVAL,
-               "%s: stores[%d] names store %s but the run's store is %s", path, index, p->valuestring, store_path);
+    if (store_path && p && !split_store_matches(p->valuestring, store_path)) {
+        /* a name with a control character (a newline would split the message) is shown quoted and escaped */
+        int ctl = 0;
+        for (const char *c = p->valuestring; *c; c++) ctl |= (unsigned char)*c < 0x20;
+        char *q = ctl ? cJSON_PrintUnformatted(p) : NULL;
+        ms_status rc = ms_error(MS_EINVAL, "%s: stores[%d] names store %s but the run's store is %s", path, index,
+                                q ? q : p->valuestring, store_path);
+        free(q);
+        return rc;
+    }
     MS_TRY(ranges_from_json(path, index, "train", cJSON_GetObjectItemCaseSensitive(o, "train"), n_keys, tr));
     MS_TRY(ranges_from_json(path, index, "val", cJSON_GetObjectItemCaseSensitive(o, "val"), n_keys, va));
     uint64_t k = first_common_key(tr, va);

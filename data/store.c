@@ -3,13 +3,15 @@
  * Invariants: the environment is opened read-only with MDB_NOTLS, so any thread may use any reader as long as one
  * reader is used by one thread at a time; a reader keeps one read transaction that is reset after every read (a
  * long-lived snapshot would pin pages and grow the file under a concurrent ingest). Nothing read from the file is
- * trusted: sizes are checked against the header before decompression and the pixel crc after.
+ * trusted: every value LMDB returns must lie inside the data file (in_file), sizes are checked against the header
+ * before decompression and the pixel crc after.
  */
 #include "data/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,9 @@ struct ms_store {
     uint64_t n_slices;
     uint32_t n_volumes;
     char *label_names;
+    const uint8_t *map; /* LMDB's map of the data file (NULL: unknown), the file's length when opened (in_file) */
+    uint64_t file_len;
+    int fd;
 };
 
 struct ms_store_reader {
@@ -52,6 +57,38 @@ static ms_status grow(void **p, size_t *cap, size_t need)
     return MS_OK;
 }
 
+/* 1 when a key or value LMDB returned lies inside the data file. LMDB checks page numbers but trusts a damaged
+ * page's node sizes, and reading past the file's end through its map is a SIGBUS, not an error. The file may
+ * have grown since the store was opened (a concurrent ingest), so a miss looks at its size again. */
+static int in_file(const ms_store *s, const MDB_val *v)
+{
+    uintptr_t p = (uintptr_t)v->mv_data, m = (uintptr_t)s->map;
+    struct stat sb;
+    if (!s->map) return 1;
+    if (p < m) return 0;
+    if (v->mv_size <= s->file_len && p - m <= s->file_len - v->mv_size) return 1;
+    return fstat(s->fd, &sb) == 0 && v->mv_size <= (uint64_t)sb.st_size && p - m <= sb.st_size - v->mv_size;
+}
+
+/* The start of LMDB's map of the data file (LMDB does not say; mdb_env_info's me_mapaddr is only a fixed map's
+ * address): the mapping of the file's inode, at file offset 0, that holds `inside`, a pointer LMDB returned into
+ * it. NULL when /proc/self/maps cannot tell. */
+static const uint8_t *map_start(int fd, const void *inside)
+{
+    struct stat sb;
+    char line[512];
+    uintptr_t p = (uintptr_t)inside, found = 0;
+    FILE *f = fstat(fd, &sb) == 0 ? fopen("/proc/self/maps", "r") : NULL;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        unsigned long long a, b, off, ino;
+        if (sscanf(line, "%llx-%llx %*s %llx %*s %llu", &a, &b, &off, &ino) == 4 &&
+            ino == (unsigned long long)sb.st_ino && off == 0 && p >= a && p < b)
+            found = (uintptr_t)a;
+    }
+    if (f) fclose(f);
+    return (const uint8_t *)found;
+}
+
 static ms_status get_text(ms_store *s, MDB_txn *txn, MDB_dbi dbi, const void *key, size_t klen, char **out)
 {
     MDB_val k = {klen, (void *)key}, v;
@@ -59,6 +96,7 @@ static ms_status get_text(ms_store *s, MDB_txn *txn, MDB_dbi dbi, const void *ke
     int rc = mdb_get(txn, dbi, &k, &v);
     if (rc == MDB_NOTFOUND) return MS_ENOTFOUND;
     if (rc) return ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
+    if (!in_file(s, &v)) return ms_error(MS_ECORRUPT, "%s: a record reaches past the end of the file", s->path);
     char *t = malloc(v.mv_size + 1);
     if (!t) return ms_error(MS_ENOMEM, "%s: out of memory", s->path);
     memcpy(t, v.mv_data, v.mv_size);
@@ -156,6 +194,12 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         goto leave;
     }
     if ((st = ms_store_check_length(path, S_ISDIR(sb.st_mode), s->env))) goto leave;
+    struct stat fb;
+    if (mdb_env_get_fd(s->env, &s->fd) || fstat(s->fd, &fb) != 0) {
+        st = ms_error(MS_EIO, "%s: cannot read the store's size", path);
+        goto leave;
+    }
+    s->file_len = (uint64_t)fb.st_size;
     rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (!rc) rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
     if (!rc) rc = mdb_dbi_open(txn, "volumes", 0, &s->volumes);
@@ -165,6 +209,8 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         st = ms_error(MS_EFORMAT, "%s: not a store (%s)", path, mdb_strerror(rc));
         goto leave;
     }
+    MDB_val fk = {6, "format"}, fv;
+    if (!mdb_get(txn, s->meta, &fk, &fv)) s->map = map_start(s->fd, fv.mv_data);
     st = get_text(s, txn, s->meta, "format", 6, &fmt);
     if (st) {
         st = ms_error(MS_EFORMAT, "%s: not a store (no format record)", path);
@@ -182,7 +228,11 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
     if (st == MS_OK) {
         j = cJSON_Parse(counts);
         cJSON *v = cJSON_GetObjectItem(j, "volumes"), *n = cJSON_GetObjectItem(j, "slices");
-        if (!cJSON_IsNumber(v) || !cJSON_IsNumber(n) || v->valuedouble < 0 || n->valuedouble < 0) {
+        /* no more than the databases hold (the counts size what readers and verify allocate and visit) */
+        MDB_stat vs, ss;
+        if (!cJSON_IsNumber(v) || !cJSON_IsNumber(n) || v->valuedouble < 0 || n->valuedouble < 0 ||
+            mdb_stat(txn, s->volumes, &vs) || mdb_stat(txn, s->slices, &ss) || v->valuedouble > (double)vs.ms_entries ||
+            n->valuedouble > (double)ss.ms_entries) {
             st = ms_error(MS_EFORMAT, "%s: bad counts record", path);
             goto leave;
         }
@@ -266,11 +316,19 @@ ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
         st = ms_error(MS_EFORMAT, "%s: volume %u: bad record", s->path, volume_id);
         goto leave;
     }
-    out->id = (uint32_t)jnum(j, "id", -1);
-    out->first_key = (uint64_t)jnum(j, "first_key", 0);
-    out->n_slices = (uint32_t)jnum(j, "n_slices", 0);
-    out->height = (int32_t)jnum(j, "height", 0);
-    out->width = (int32_t)jnum(j, "width", 0);
+    /* the integer fields inside their types (the cast of a number outside them is undefined) */
+    double id = jnum(j, "id", -1), fk = jnum(j, "first_key", 0), ns = jnum(j, "n_slices", 0);
+    double ht = jnum(j, "height", 0), wd = jnum(j, "width", 0);
+    if (!(id >= 0 && id <= UINT32_MAX && fk >= 0 && fk < 0x1p64 && ns >= 0 && ns <= UINT32_MAX && ht >= 0 &&
+          ht <= INT32_MAX && wd >= 0 && wd <= INT32_MAX)) {
+        st = ms_error(MS_EFORMAT, "%s: volume %u: bad record", s->path, volume_id);
+        goto leave;
+    }
+    out->id = (uint32_t)id;
+    out->first_key = (uint64_t)fk;
+    out->n_slices = (uint32_t)ns;
+    out->height = (int32_t)ht;
+    out->width = (int32_t)wd;
     const cJSON *sp = cJSON_GetObjectItem(j, "spacing");
     for (int i = 0; i < 3 && cJSON_IsArray(sp); i++) {
         const cJSON *e = cJSON_GetArrayItem(sp, i);
@@ -357,9 +415,9 @@ static int parse_hdr(const uint8_t *p, size_t len, ms_rec_hdr *h, const char **w
     return 1;
 }
 
-/* Decodes one record into a uint16 buffer (grown as needed). Returns 0 and sets *why on any inconsistency. */
-static int decode_rec(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, uint16_t **dst, size_t *dst_cap,
-                      uint8_t **tmp, size_t *tmp_cap, const char **why)
+/* Decodes one record (see store_fmt.h). */
+int ms_rec_decode(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, uint16_t **dst, size_t *dst_cap,
+                  uint8_t **tmp, size_t *tmp_cap, const char **why)
 {
     if (!parse_hdr(p, len, h, why)) return 0;
     size_t npx = (size_t)h->height * h->width, esz = h->dtype == MS_REC_U16 ? 2 : 1, raw = npx * esz;
@@ -425,7 +483,12 @@ ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out)
         st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
         goto leave;
     }
-    if (!decode_rec(r->dctx, v.mv_data, v.mv_size, &h, &r->pix, &r->pix_cap, &r->tmp, &r->tmp_cap, &why)) {
+    if (!in_file(s, &v)) {
+        st = ms_error(MS_ECORRUPT, "%s: slice %llu: reaches past the end of the file", s->path,
+                      (unsigned long long)key);
+        goto leave;
+    }
+    if (!ms_rec_decode(r->dctx, v.mv_data, v.mv_size, &h, &r->pix, &r->pix_cap, &r->tmp, &r->tmp_cap, &why)) {
         st = ms_error(MS_ECORRUPT, "%s: slice %llu: %s", s->path, (unsigned long long)key, why);
         goto leave;
     }
@@ -444,7 +507,12 @@ ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out)
         st = ms_error(MS_EIO, "%s: %s", s->path, mdb_strerror(rc));
         goto leave;
     }
-    if (!decode_rec(r->dctx, v.mv_data, v.mv_size, &hl, &r->lab, &r->lab_cap, &r->tmp, &r->tmp_cap, &why)) {
+    if (!in_file(s, &v)) {
+        st = ms_error(MS_ECORRUPT, "%s: label %llu: reaches past the end of the file", s->path,
+                      (unsigned long long)key);
+        goto leave;
+    }
+    if (!ms_rec_decode(r->dctx, v.mv_data, v.mv_size, &hl, &r->lab, &r->lab_cap, &r->tmp, &r->tmp_cap, &why)) {
         st = ms_error(MS_ECORRUPT, "%s: label %llu: %s", s->path, (unsigned long long)key, why);
         goto leave;
     }
@@ -516,6 +584,10 @@ ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64
         for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
             (*n_checked)++;
             count++;
+            if (!in_file(s, &k) || !in_file(s, &v)) {
+                BAD(db, count - 1, "record %llu reaches past the end of the file", (unsigned long long)(count - 1));
+                continue;
+            }
             if (k.mv_size != 8) {
                 BAD(db, 0, "key of %zu bytes", k.mv_size);
                 continue;
@@ -523,7 +595,7 @@ ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64
             uint64_t key = ms_unkey64(k.mv_data);
             ms_rec_hdr h;
             const char *why = NULL;
-            if (!decode_rec(dctx, v.mv_data, v.mv_size, &h, &buf, &cap, &tmp, &tcap, &why)) {
+            if (!ms_rec_decode(dctx, v.mv_data, v.mv_size, &h, &buf, &cap, &tmp, &tcap, &why)) {
                 BAD(db, key, "%s", why);
                 continue;
             }
@@ -577,6 +649,7 @@ ms_status ms_store_sizes_get(ms_store *s, ms_store_sizes *out)
             ms_rec_hdr h;
             const char *why;
             (*n)++;
+            if (!in_file(s, &v)) continue;
             *b += v.mv_size;
             if (parse_hdr(v.mv_data, v.mv_size, &h, &why))
                 *raw += (uint64_t)h.height * h.width * (h.dtype == MS_REC_U16 ? 2 : 1);

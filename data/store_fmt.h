@@ -14,6 +14,7 @@
 #include <lmdb.h>
 #include <stdint.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "base/status.h"
 
@@ -56,6 +57,13 @@ static inline void ms_key32(uint8_t k[4], uint32_t v)
 {
     for (int i = 0; i < 4; i++) k[i] = (uint8_t)(v >> (24 - 8 * i));
 }
+
+/* Decodes one slice or label record of len bytes into a uint16 buffer (*dst, grown as needed; *tmp is scratch):
+ * the header's checks, the zstd frame's size against the header, the pixel checksum. Returns 0 and sets *why on
+ * any inconsistency. Defined in store.c (the record reader of ms_store_read and verify; its fuzz target is
+ * tests/data/fuzz_store_record.c). */
+int ms_rec_decode(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, uint16_t **dst, size_t *dst_cap,
+                  uint8_t **tmp, size_t *tmp_cap, const char **why);
 
 /* Refuses a data file shorter than the pages the store's meta page says it has (a partial copy): reading such a
  * file through LMDB's map dies with SIGBUS, in mdb_dbi_open or later. Called with env NULL before mdb_env_open

@@ -2,6 +2,7 @@
 #include "ft_model.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -509,6 +510,8 @@ ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
     if (!(s = jstr(o, "method")) || ms_ft_method_parse(s, &c->method)) BAD("%s: bad method", path);
     if (!(s = jstr(o, "scope")) || ms_ft_scope_parse(s, &c->scope)) BAD("%s: bad scope", path);
     if (!(s = jstr(o, "prompt")) || ms_prompt_mode_parse(s, &c->prompt)) BAD("%s: bad prompt", path);
+    /* an int field: a number outside int's range would make the cast undefined */
+    if (jnum(o, "lora_rank", &v) && !(v >= INT_MIN && v <= INT_MAX)) BAD("%s: lora_rank out of range", path);
     if (jnum(o, "lora_rank", &v)) c->lora_rank = (int)v;
     c->lora_blocks = blocks_from_json(cJSON_GetObjectItemCaseSensitive(o, "lora_blocks"));
     c->adapter_blocks = blocks_from_json(cJSON_GetObjectItemCaseSensitive(o, "adapter_blocks"));
@@ -523,14 +526,16 @@ ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
         memset(k, 0, sizeof *k);
         if (!(s = jstr(t, "name")) || strlen(s) >= MS_FT_NAME_MAX) BAD("%s: task without a name", path);
         snprintf(k->name, sizeof k->name, "%s", s);
-        if (!jnum(t, "num_cls", &v) || v < 2 || v > MS_FT_MAX_CLASSES) BAD("%s: task %s: bad num_cls", path, k->name);
+        char shown[MS_FT_NAME_MAX]; /* the name in messages: a control character in it would break the line */
+        for (size_t i = 0; i < sizeof shown; i++) shown[i] = k->name[i] > 0 && k->name[i] < 0x20 ? '?' : k->name[i];
+        if (!jnum(t, "num_cls", &v) || v < 2 || v > MS_FT_MAX_CLASSES) BAD("%s: task %s: bad num_cls", path, shown);
         k->num_cls = (int)v;
         const cJSON *vals = cJSON_GetObjectItemCaseSensitive(t, "values"), *names = cJSON_GetObjectItemCaseSensitive(t, "class_names");
-        if (!cJSON_IsArray(vals) || cJSON_GetArraySize(vals) != k->num_cls) BAD("%s: task %s: values", path, k->name);
+        if (!cJSON_IsArray(vals) || cJSON_GetArraySize(vals) != k->num_cls) BAD("%s: task %s: values", path, shown);
         for (int i = 0; i < k->num_cls; i++) {
             const cJSON *x = cJSON_GetArrayItem(vals, i);
             if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 65535)
-                BAD("%s: task %s: bad class value", path, k->name);
+                BAD("%s: task %s: bad class value", path, shown);
             k->values[i] = (uint16_t)x->valuedouble;
             const cJSON *n = cJSON_IsArray(names) ? cJSON_GetArrayItem(names, i) : NULL;
             if (cJSON_IsString(n)) snprintf(k->class_names[i], MS_FT_NAME_MAX, "%s", n->valuestring);
@@ -541,6 +546,7 @@ ms_status ms_ft_meta_read(const char *path, ms_ft_config *c)
     ms_prep_config_default(&c->prep, (int)v);
     c->prep.channels = 3;
     if (ms_prep_parse(&c->prep, jstr(pp, "resize"), jstr(pp, "norm"))) BAD("%s: preprocess resize/norm", path);
+    if (jnum(pp, "label_size", &v) && !(v >= INT_MIN && v <= INT_MAX)) BAD("%s: preprocess.label_size", path);
     if (jnum(pp, "label_size", &v)) c->prep.label_size = (int)v;
     s = jstr(pp, "axis");
     c->axis = !s ? MS_AXIS_AXIAL : !strcmp(s, "sagittal") ? MS_AXIS_SAGITTAL : !strcmp(s, "coronal") ? MS_AXIS_CORONAL

@@ -2,7 +2,8 @@
 # tools/run.sh — the two entry points of README.md, for a fresh Debian 12 machine.
 #   tools/run.sh demo   installs what is missing, builds, and runs the main job on the embedded default data
 #   tools/run.sh test   installs what is missing, builds (CUDA too when nvcc is present), runs the whole test suite,
-#                       then the sanitizer build (ASan + UBSan, CPU-only) of the fast tests
+#                       then the sanitizer build (ASan + UBSan, CPU-only) of the fast tests, then the libFuzzer
+#                       targets (clang, ASan + UBSan) on their seed corpora for 150 s in all
 # Environment: MS_JOBS (build parallelism, default: cores), MS_SKIP_INSTALL=1 (trust the machine), MS_TEST_ARGS
 # (extra ctest arguments, e.g. "-LE slow"), CI=true (a test that skips for a missing dependency fails; only the
 # tests labelled gpu may skip).
@@ -59,6 +60,15 @@ test)
   # Sanitizers on the fast CPU tests (slow ones and script tests that drive Python are left to the main run).
   build build-asan -DMS_SANITIZE=ON -DMS_CUDA=OFF
   (cd build-asan && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure -j"$JOBS" -LE 'slow|gpu|script') || fail=1
+  # Fuzz targets (tests/<area>/fuzz_*.c): only the instrumented library and the targets are built, then each runs on
+  # a copy of its seeds, 150 s shared among them (tests/fuzz_all.sh); any crash or sanitizer report fails the run.
+  fuzz_start=$(date +%s)
+  mkdir -p build-fuzz
+  CC=clang cmake -S "$ROOT" -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMS_FUZZ=ON -DMS_CUDA=OFF \
+    >build-fuzz/configure.log 2>&1 || { cat build-fuzz/configure.log; exit 1; }
+  cmake --build build-fuzz -j"$JOBS" --target fuzz || fail=1
+  bash tests/fuzz_all.sh build-fuzz 150 || fail=1
+  echo "fuzz step (configure, build, run): $(( $(date +%s) - fuzz_start )) s"
   echo "test wall time: $(( $(date +%s) - start )) s"
   exit ${fail:-0}
   ;;

@@ -1,9 +1,10 @@
-/* tests/checkpoints/fuzz_ckpt.c — libFuzzer target for the weight-file readers (built with -DMS_FUZZ=ON and clang,
- * or by hand: see the report in docs/FORMATS.md). The first byte picks the reader: the pickle machine (zip or
- * legacy persistent ids) or ms_sd_load_mem (.pth zip/legacy, safetensors); the rest is the input. Seed it
- * with tests/checkpoints/fixtures (prefix each file with the selector byte). Any crash, leak or sanitizer report
- * is a bug: every input must end in MS_OK or a one-line error, and a loaded state dict may hold at most what the
- * readers' bound allows (4x the input + 64 MiB: aliasing views, checkpoints/pth.h). */
+/* tests/checkpoints/fuzz_ckpt.c — libFuzzer target for the weight-file readers (built with CC=clang -DMS_FUZZ=ON,
+ * tests/checkpoints/tests.cmake). The first byte picks the reader: the pickle machine (zip or legacy persistent
+ * ids) or ms_sd_load_mem (.pth zip/legacy, safetensors); the rest is the input. Seeds in
+ * tests/checkpoints/fuzz_corpus/fuzz_ckpt (the fixtures with their selector byte, tests/gen_fuzz_corpus.py).
+ * Any crash, leak or sanitizer report is a bug: every input must end in MS_OK or a one-line error, and a loaded
+ * state dict may hold at most what the readers' bound allows (4x the input + 64 MiB: aliasing views,
+ * checkpoints/pth.h). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

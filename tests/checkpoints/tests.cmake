@@ -5,11 +5,10 @@ ms_test(test_ckpt_read SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ckpt_read.c LABELS
 ms_test(test_ckpt_write SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ckpt_write.c LABELS cpu)
 ms_test(test_rundir SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_rundir.c LABELS cpu)
 ms_script_test(test_ckpt_convert ${CMAKE_CURRENT_LIST_DIR}/test_convert.sh LABELS cpu)
-# libFuzzer target (configure with CC=clang -DMS_FUZZ=ON): ./fuzz_ckpt CORPUS_DIR; seed the corpus with the fixtures,
-# each file prefixed by a selector byte (0/1: pickle machine, 2/3: ms_sd_load_mem).
+# libFuzzer targets (configure with CC=clang -DMS_FUZZ=ON; tests/fuzz_all.sh runs them on their seeds in
+# fuzz_corpus/<target>): fuzz_ckpt (first byte 0/1: the pickle machine, 2/3: ms_sd_load_mem: .pth zip/legacy,
+# safetensors), fuzz_run_json (ms_read_json: config.json, state.json).
 if(MS_FUZZ)
-  add_executable(fuzz_ckpt ${CMAKE_CURRENT_LIST_DIR}/fuzz_ckpt.c)
-  target_compile_options(fuzz_ckpt PRIVATE -fsanitize=fuzzer)
-  target_link_options(fuzz_ckpt PRIVATE -fsanitize=fuzzer)
-  target_link_libraries(fuzz_ckpt PRIVATE mrisam_lib)
+  ms_fuzz_target(fuzz_ckpt ${CMAKE_CURRENT_LIST_DIR}/fuzz_ckpt.c)
+  ms_fuzz_target(fuzz_run_json ${CMAKE_CURRENT_LIST_DIR}/fuzz_run_json.c)
 endif()

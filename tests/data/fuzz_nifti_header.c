@@ -1,7 +1,9 @@
 /* tests/data/fuzz_nifti_header.c — libFuzzer target for ms_nifti_check_header, the validator that stands in front of
  * libnifti. Any input must return without a crash, sanitizer report or huge allocation, and an accepted header must
  * satisfy the invariants ingest relies on (dims >= 1, sizes agree and stay under the cap, known datatype).
- * Built and run by test_fuzz_nifti_header.sh (clang -fsanitize=fuzzer,address,undefined). */
+ * Built and run by test_fuzz_nifti_header.sh (clang -fsanitize=fuzzer,address,undefined), and with CC=clang
+ * -DMS_FUZZ=ON against the instrumented library (tests/data/tests.cmake); seeds in
+ * tests/data/fuzz_corpus/fuzz_nifti_header. */
 #include <stdint.h>
 #include <stdlib.h>
 

@@ -17,12 +17,13 @@ ms_script_test(test_ingest_full ${MS_DATA_TESTS}/test_ingest_full.sh LABELS cpu)
 ms_script_test(test_ingest_lists ${MS_DATA_TESTS}/test_ingest_lists.sh LABELS cpu)
 ms_script_test(test_ingest_classes ${MS_DATA_TESTS}/test_ingest_classes.sh LABELS cpu)
 ms_script_test(test_fuzz_nifti_header ${MS_DATA_TESTS}/test_fuzz_nifti_header.sh LABELS "cpu;slow")
-# With CC=clang -DMS_FUZZ=ON the same target is also built against the instrumented library: ./fuzz_nifti_header CORPUS
+# libFuzzer targets (configure with CC=clang -DMS_FUZZ=ON; tests/fuzz_all.sh runs them on their seeds in
+# fuzz_corpus/<target>): the NIfTI header check, whole NIfTI files (gzip and streamed), store records, a damaged
+# store's data.mdb, split files, ingest's CSV list and label map, PNG.
 if(MS_FUZZ)
-  add_executable(fuzz_nifti_header ${MS_DATA_TESTS}/fuzz_nifti_header.c)
-  target_compile_options(fuzz_nifti_header PRIVATE -fsanitize=fuzzer)
-  target_link_options(fuzz_nifti_header PRIVATE -fsanitize=fuzzer)
-  target_link_libraries(fuzz_nifti_header PRIVATE mrisam_lib)
+  foreach(t fuzz_nifti_header fuzz_nifti_gz fuzz_store_record fuzz_store_open fuzz_split fuzz_ingest_lists fuzz_png)
+    ms_fuzz_target(${t} ${MS_DATA_TESTS}/${t}.c)
+  endforeach()
 endif()
 # The loader: sampler, splits, preprocessing and the augmentation checks of tests/augment/ (no store), then the
 # loader over small stores written with the store's writer API and over a store written by `mrisam ingest`.

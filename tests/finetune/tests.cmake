@@ -10,3 +10,8 @@ if(MS_HAVE_CUDA)
 endif()
 ms_script_test(test_nifti_write ${CMAKE_CURRENT_LIST_DIR}/test_nifti_write.sh LABELS cpu
                ARGS $<TARGET_FILE:nifti_write_driver>)
+# libFuzzer target (configure with CC=clang -DMS_FUZZ=ON; tests/fuzz_all.sh runs it on its seeds in
+# fuzz_corpus/fuzz_ft_meta): a fine-tuned checkpoint's meta.json.
+if(MS_FUZZ)
+  ms_fuzz_target(fuzz_ft_meta ${CMAKE_CURRENT_LIST_DIR}/fuzz_ft_meta.c)
+endif()
