@@ -185,7 +185,12 @@ static ms_status remove_step_dir(const char *step_dir)
 {
     char done[MS_PATH_MAX];
     MS_TRY(ms_path_join(done, step_dir, "DONE"));
-    if (unlink(done) && errno != ENOENT) return ms_error(errno, "%s: %s", done, strerror(errno));
+    if (unlink(done) && errno != ENOENT) {
+        int e = errno;
+        /* DONE is always a file mrisam wrote, but a folder in its place (a blocked write) is removed the same way */
+        if (e != EISDIR) return ms_error(e, "%s: %s", done, strerror(e));
+        MS_TRY(ms_dir_remove(done));
+    }
     MS_TRY(ms_fsync_dir(step_dir));
     return ms_dir_remove(step_dir);
 }
