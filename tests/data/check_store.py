@@ -10,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from storelib import AXES, Store, canonical, cut, normalise  # noqa: E402
+from storelib import read_png as read_png_int  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("store")
@@ -53,23 +54,7 @@ if a.label_map:
 
 
 def read_png(path):
-    """Decoder for the filter-0 gray PNGs gen_synth.py writes."""
-    import struct
-    import zlib
-    b = open(path, "rb").read()
-    pos, idat, w = 8, b"", 0
-    while pos < len(b):
-        n = struct.unpack(">I", b[pos:pos + 4])[0]
-        t, d = b[pos + 4:pos + 8], b[pos + 8:pos + 8 + n]
-        if t == b"IHDR":
-            w, h, bd = struct.unpack(">IIB", d[:9])
-        elif t == b"IDAT":
-            idat += d
-        pos += 12 + n
-    raw = zlib.decompress(idat)
-    bpp = 2 if bd == 16 else 1
-    rows = [raw[r * (1 + w * bpp) + 1:(r + 1) * (1 + w * bpp)] for r in range(h)]
-    return np.array([np.frombuffer(r, ">u2" if bpp == 2 else np.uint8) for r in rows]).astype(np.float32)
+    return read_png_int(path).astype(np.float32)
 
 
 def relabel(lraw):

@@ -11,33 +11,13 @@
 """
 import json
 import os
-import struct
 import sys
-import zlib
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fsam_lists import write_png  # noqa: E402
-from storelib import Store  # noqa: E402
-
-
-def read_png(path):
-    """Decoder for the filter-0 gray PNGs write_png writes."""
-    b = open(path, "rb").read()
-    pos, idat = 8, b""
-    while pos < len(b):
-        n = struct.unpack(">I", b[pos:pos + 4])[0]
-        t, d = b[pos + 4:pos + 8], b[pos + 8:pos + 8 + n]
-        if t == b"IHDR":
-            w, h, bd = struct.unpack(">IIB", d[:9])
-        elif t == b"IDAT":
-            idat += d
-        pos += 12 + n
-    raw = zlib.decompress(idat)
-    bpp = 2 if bd == 16 else 1
-    rows = [raw[r * (1 + w * bpp) + 1:(r + 1) * (1 + w * bpp)] for r in range(h)]
-    return np.array([np.frombuffer(r, ">u2" if bpp == 2 else np.uint8) for r in rows]).astype(np.int64)
+from storelib import Store, read_png  # noqa: E402
 
 
 def gen(d, seed):

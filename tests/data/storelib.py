@@ -90,6 +90,24 @@ class Store:
                     pixels=px.reshape(h, w))
 
 
+def read_png(path):
+    """Gray PNG as written by gen_synth.py and fsam_lists.py (filter 0, 8 or 16 bits), as int64 samples."""
+    b = open(path, "rb").read()
+    pos, idat, w, h, bd = 8, b"", 0, 0, 8
+    while pos < len(b):
+        n = struct.unpack(">I", b[pos:pos + 4])[0]
+        t, d = b[pos + 4:pos + 8], b[pos + 8:pos + 8 + n]
+        if t == b"IHDR":
+            w, h, bd = struct.unpack(">IIB", d[:9])
+        elif t == b"IDAT":
+            idat += d
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    bpp = 2 if bd == 16 else 1
+    rows = [raw[r * (1 + w * bpp) + 1:(r + 1) * (1 + w * bpp)] for r in range(h)]
+    return np.array([np.frombuffer(r, ">u2" if bpp == 2 else np.uint8) for r in rows]).astype(np.int64)
+
+
 def canonical(img):
     """nibabel's closest-canonical (RAS+) data as float32 after scaling, NaN/Inf -> 0, like the documented ingest."""
     import nibabel as nib
