@@ -25,6 +25,7 @@
 #include "base/clock.h"
 #include "base/fileio.h"
 #include "base/path.h"
+#include "data/encode.h"
 #include "data/hash.h"
 #include "data/ingest_labels.h"
 #include "data/nifti.h"
@@ -396,6 +397,7 @@ typedef struct ctx {
     const ms_ingest_opts *o;
     ms_store_writer *w;
     lmap map;
+    int layout;        /* the store's format version: the records this run writes */
     ms_mask_rule rule; /* the store's rule for PNG masks (data/ingest_labels.h); unused with a map or threshold */
     int hinted;        /* the --image-root hint has been given */
     joblist jobs;
@@ -464,13 +466,16 @@ int ms_ingest_pick_axis(int axis, const double sp[3], const int64_t dim[3])
     return MS_AXIS_SAGITTAL;
 }
 
-/* A canonical image ready to slice: uint16 pixels, optional uint16 label, geometry. */
+/* A canonical image ready to slice: 16-bit pixels (layout 1: normalised; layout 2: stored values, see enc), optional
+ * uint16 label, geometry. */
 typedef struct canon {
     int64_t dim[3];
     double spacing[3];
     double affine[4][4];
     uint16_t *pix, *lab;
     int lab_u16;
+    int layout;      /* the store's (ms_store_writer_layout) */
+    ms_encoding enc; /* layout 2: what pix holds */
 } canon;
 
 /* d (H x W, row-major) = src[r * rs + x * cs]. Columns step through the volume (cs > rs), so a plain row loop reads
@@ -530,6 +535,19 @@ static size_t count_nonzero(const uint16_t *p, size_t n)
     return n - zeros;
 }
 
+/* Pixels at or above thr, as the type's values (layout 2: "above background" in stored units). */
+static size_t count_at_least(const uint16_t *p, size_t n, int type, int32_t thr)
+{
+    size_t c = 0;
+    if (type == MS_STORED_I16) {
+        const int16_t *q = (const int16_t *)p;
+        for (size_t i = 0; i < n; i++) c += q[i] >= thr;
+    } else {
+        for (size_t i = 0; i < n; i++) c += p[i] >= thr;
+    }
+    return c;
+}
+
 /* Cuts slices along `axis`, drops near-empty ones (unless they carry a label), compresses. rows = the lower remaining
  * canonical axis, columns = the higher one (numpy's vol[:, :, k] for axial). */
 static ms_status cut(const ms_ingest_opts *o, ZSTD_CCtx *cctx, const canon *c, int axis, outvol *ov)
@@ -549,16 +567,20 @@ static ms_status cut(const ms_ingest_opts *o, ZSTD_CCtx *cctx, const canon *c, i
         goto leave;
     }
     float sp[2] = {(float)c->spacing[ra], (float)c->spacing[ca]};
+    int l2 = c->layout == 2, dtype = l2 ? c->enc.type : MS_REC_U16;
+    int flags = (o->shuffle > 0 || (o->shuffle < 0 && l2) ? MS_REC_SHUFFLED : 0) | (l2 ? MS_REC_STORED : 0);
+    int32_t thr = l2 ? ms_encoding_threshold(&c->enc) : 1;
     for (int64_t k = 0; k < K; k++) {
         take_slice(c->pix + k * ks, H, W, rs, cs, sl);
         if (c->lab) take_slice(c->lab + k * ks, H, W, rs, cs, lb);
-        size_t fg = count_nonzero(sl, npx), lfg = c->lab ? count_nonzero(lb, npx) : 0;
+        size_t fg = l2 ? count_at_least(sl, npx, dtype, thr) : count_nonzero(sl, npx);
+        size_t lfg = c->lab ? count_nonzero(lb, npx) : 0;
         if (!o->keep_empty && lfg == 0 && (double)fg < o->min_foreground * (double)npx) {
             ov->skipped_empty++;
             continue;
         }
         uint32_t i = ov->n;
-        st = ms_store_encode(cctx, o->zstd_level, o->shuffle, MS_REC_U16, sl, (uint32_t)H, (uint32_t)W, sp, (uint32_t)k,
+        st = ms_store_encode(cctx, o->zstd_level, flags, dtype, sl, (uint32_t)H, (uint32_t)W, sp, (uint32_t)k,
                              &ov->slices[i]);
         if (st) goto leave;
         ov->n++; /* counted before the label so free_outvol frees this slice if the label fails */
@@ -749,9 +771,11 @@ static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, ms_ni
     return MS_OK;
 }
 
-/* Frame f's intensities → c->pix (the normalised 16-bit pixels). 8/16-bit integer images (most MRI) fit on the
- * stored values, then take one table lookup per voxel on the way to canonical order: the same pixels as the float
- * path, without its float volume. *bad counts NaN/Inf voxels (zeroed). */
+/* Frame f's intensities → c->pix. Layout 2 (data/encode.h): the stored values and c->enc; integer images of at most
+ * 16 bits are gathered to canonical order as they are (an identity table), others encoded from floats. Layout 1:
+ * the normalised pixels; 8/16-bit integer images fit on the stored values, then take one table lookup per voxel on
+ * the way to canonical order: the same pixels as the float path, without its float volume. *bad counts NaN/Inf
+ * voxels (zeroed). it gets the window in original units. */
 static ms_status frame_pixels(const ms_ingest_opts *o, const job *j, const ms_nifti *im, int64_t f, size_t nv,
                               float *vf, canon *c, ms_intensity *it, uint64_t *bad)
 {
@@ -764,17 +788,52 @@ static ms_status frame_pixels(const ms_ingest_opts *o, const job *j, const ms_ni
             : dt == DT_UINT16  ? MS_INT_U16
                                : MS_INT_I16;
         uint16_t *lut = NULL;
-        MS_TRY(ms_intensity_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, it));
-        MS_TRY(ms_intensity_lut(it, &lut));
+        if (c->layout == 2) {
+            MS_TRY(ms_encode_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, &c->enc));
+            *it = c->enc.win;
+            size_t m = (size_t)((int64_t)it->int_hi - it->int_lo + 1);
+            if (!(lut = malloc(m * sizeof *lut))) return ms_error(MS_ENOMEM, "out of memory");
+            for (size_t k = 0; k < m; k++) lut[k] = (uint16_t)(it->int_lo + (int32_t)k); /* the value's own bits */
+        } else {
+            MS_TRY(ms_intensity_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, it));
+            MS_TRY(ms_intensity_lut(it, &lut));
+        }
         ms_status st = ms_nifti_frame_lut(im, f, lut, it->int_lo, it->int_hi, c->pix);
         free(lut);
         return st;
     }
     if (!j->png) MS_TRY(ms_nifti_frame(im, f, vf, bad));
     MS_FAIL_IF(*bad && o->strict, MS_EFORMAT, "%s: %llu NaN/Inf voxels (--strict)", j->image, (unsigned long long)*bad);
+    if (c->layout == 2) {
+        MS_TRY(ms_encode_floats(vf, nv, o->norm, o->p_lo, o->p_hi, c->pix, &c->enc));
+        ms_intensity w = c->enc.win; /* to original units (slope > 0) */
+        it->offset = c->enc.inter + c->enc.slope * w.offset;
+        it->scale = c->enc.slope * w.scale;
+        it->mean = o->norm == MS_NORM_ZSCORE ? c->enc.inter + c->enc.slope * w.mean : 0;
+        it->std = o->norm == MS_NORM_ZSCORE ? c->enc.slope * w.std : 1;
+        return MS_OK;
+    }
     MS_TRY(ms_intensity_fit(vf, nv, o->norm, o->p_lo, o->p_hi, it));
     ms_intensity_apply(vf, nv, it, c->pix);
     return MS_OK;
+}
+
+/* Layout 2's additions to the volume's "intensity" object (docs/FORMATS.md). */
+static void encoding_json(cJSON *in, const ms_encoding *e)
+{
+    cJSON_AddStringToObject(in, "stored", e->type == MS_STORED_I16 ? "int16" : "uint16");
+    cJSON_AddNumberToObject(in, "slope", e->slope);
+    cJSON_AddNumberToObject(in, "inter", e->inter);
+    cJSON_AddNumberToObject(in, "max_error", e->max_error);
+    cJSON_AddItemToObject(in, "window", num_array((double[2]){e->win.offset, e->win.scale}, 2));
+    cJSON *st = cJSON_AddObjectToObject(in, "stats");
+    cJSON_AddNumberToObject(st, "min", e->min);
+    cJSON_AddNumberToObject(st, "max", e->max);
+    cJSON_AddNumberToObject(st, "n_nonzero", (double)e->n_nonzero);
+    cJSON_AddNumberToObject(st, "mean", e->mean);
+    cJSON_AddNumberToObject(st, "std", e->std);
+    cJSON_AddItemToObject(st, "percentiles_at", num_array(ms_enc_pct, MS_ENC_NPCT));
+    cJSON_AddItemToObject(st, "percentiles", num_array(e->pct, MS_ENC_NPCT));
 }
 
 /* The volume record of frame f (docs/FORMATS.md): geometry, source, intensity window, labels (lvalues is taken). */
@@ -808,6 +867,7 @@ static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti 
     cJSON_AddNumberToObject(in, "scale", it->scale);
     cJSON_AddNumberToObject(in, "mean", it->mean);
     cJSON_AddNumberToObject(in, "std", it->std);
+    if (c->layout == 2) encoding_json(in, &c->enc);
     cJSON_AddNumberToObject(v, "nan_inf", (double)bad);
     cJSON_AddNumberToObject(v, "skipped_empty", (double)ov->skipped_empty);
     if (c->lab) {
@@ -832,7 +892,7 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
     ms_nifti im = {0}, lab = {0};
     float *vf = NULL, *lf = NULL;
     int vf_own = 1;
-    canon c = {0};
+    canon c = {.layout = cx->layout};
     ms_status st = MS_OK;
     /* single-file .nii.gz: read once, hashed and inflated from memory (uncompressed files, .hdr/.img pairs and
      * .nii.gz over 1 GiB are streamed: no second copy of a large file in memory) */
@@ -1259,8 +1319,9 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     params = params_json(o, map_hash[0] ? map_hash : NULL);
     char created[256];
     snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
-             MS_VERSION, o->zstd_level, o->shuffle, (long long)time(NULL));
+             MS_VERSION, o->zstd_level, o->shuffle != 0, (long long)time(NULL)); /* read only by a new store */
     if ((st = ms_store_writer_open(o->out, params, created, &cx.w))) goto leave;
+    cx.layout = ms_store_writer_layout(cx.w);
     if (labnames && (st = ms_store_writer_set_label_names(cx.w, labnames))) goto leave;
     if ((st = ms_store_writer_source_keys(cx.w, &cx.done, &cx.n_done))) goto leave;
     if ((st = decide_rule(&cx))) goto leave;

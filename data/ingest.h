@@ -35,7 +35,8 @@ typedef struct ms_ingest_opts {
     double min_foreground; /* slices with a smaller fraction of pixels above background are skipped (0.01) */
     int keep_empty;        /* store near-empty slices too */
     int frame;             /* -1: every frame of a 4D image is its own volume; else only this frame */
-    int zstd_level, shuffle;
+    int zstd_level;
+    int shuffle; /* byte planes: 1 on, 0 off, -1 the default (on for layout 2, off for layout 1) */
     int keep_paths, strict;
     int threads;                 /* workers (>= 1) */
     int progress;                /* print a progress line on stderr (a TTY) */

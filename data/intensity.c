@@ -159,8 +159,30 @@ static int fit_small_int(const float *v, size_t n, ms_norm norm, const double q[
     return 1;
 }
 
-/* Everything fit_small_int derives from its histogram of SI_N bins (value b + SI_LO in bin b) of n values. */
-static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double q[2], ms_intensity *out)
+/* The q-th percentile (numpy's linear interpolation) of the nz nonzero values counted in hist (SI_N bins, value
+ * b + SI_LO in bin b; the zero bin is skipped). */
+static double pct_hist(const uint32_t *hist, uint64_t nz, double q)
+{
+    double pos = q / 100.0 * (double)(nz - 1);
+    uint64_t k = (uint64_t)floor(pos), rank[2] = {k, k + 1 < nz ? k + 1 : k};
+    double val[2];
+    for (int t = 0; t < 2; t++) { /* the rank-th nonzero value: walk the bins, skipping the zero bin */
+        uint64_t cum = 0;
+        int32_t b = 0;
+        for (;; b++) {
+            uint64_t c = b == -SI_LO ? 0 : hist[b];
+            if (cum + c > rank[t]) break;
+            cum += c;
+        }
+        val[t] = b + SI_LO;
+    }
+    return val[0] + (pos - (double)k) * (val[1] - val[0]);
+}
+
+/* Everything fit_small_int derives from its histogram of SI_N bins (value b + SI_LO in bin b) of n values; with
+ * nq > 0 also the moments and the percentiles q[0..nq) of the nonzero values into qv. */
+static void fit_hist_ex(const uint32_t *hist, size_t n, ms_norm norm, const double q2[2], const double *q, int nq,
+                        double *qv, ms_intensity *out)
 {
     int32_t lo = 0, hi = -1;
     for (int32_t b = 0; b < SI_N; b++)
@@ -175,7 +197,7 @@ static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double 
         }
     uint64_t nz = n - hist[-SI_LO];
     double sum = 0, sum2 = 0;
-    if (norm == MS_NORM_ZSCORE)
+    if (norm == MS_NORM_ZSCORE || nq > 0)
         for (int32_t b = 0; b < SI_N; b++) {
             double x = b + SI_LO;
             sum += hist[b] * x;
@@ -187,6 +209,7 @@ static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double 
     out->std = var > 0 ? sqrt(var) : 1;
     out->int_lo = lo;
     out->int_hi = hi;
+    for (int i = 0; i < nq; i++) qv[i] = nz ? pct_hist(hist, nz, q[i]) : 0;
     if (n == 0) {
         out->offset = 0;
         out->scale = 1;
@@ -197,27 +220,15 @@ static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double 
         out->offset = 0;
         out->scale = 1;
     } else {
-        double r[2];
-        for (int p = 0; p < 2; p++) {
-            double pos = q[p] / 100.0 * (double)(nz - 1);
-            uint64_t k = (uint64_t)floor(pos), rank[2] = {k, k + 1 < nz ? k + 1 : k};
-            double val[2];
-            for (int t = 0; t < 2; t++) { /* the rank-th nonzero value: walk the bins, skipping the zero bin */
-                uint64_t cum = 0;
-                int32_t b = 0;
-                for (;; b++) {
-                    uint64_t c = b == -SI_LO ? 0 : hist[b];
-                    if (cum + c > rank[t]) break;
-                    cum += c;
-                }
-                val[t] = b + SI_LO;
-            }
-            r[p] = val[0] + (pos - (double)k) * (val[1] - val[0]);
-        }
-        out->offset = r[0];
-        out->scale = r[1] - r[0];
+        out->offset = pct_hist(hist, nz, q2[0]);
+        out->scale = pct_hist(hist, nz, q2[1]) - out->offset;
     }
     if (!(out->scale > 0)) out->scale = 1;
+}
+
+static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double q[2], ms_intensity *out)
+{
+    fit_hist_ex(hist, n, norm, q, NULL, 0, NULL, out);
 }
 
 /* Counting into 4 interleaved histograms breaks the store-to-load chain of runs of equal values (background), which
@@ -235,8 +246,8 @@ static void fit_hist(const uint32_t *hist, size_t n, ms_norm norm, const double 
         for (; i < n; i++) h4[(int32_t)x[i] - SI_LO]++;                                                                \
     } while (0)
 
-ms_status ms_intensity_fit_int(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo, double p_hi,
-                               ms_intensity *out)
+ms_status ms_intensity_fit_int_ex(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo,
+                                  double p_hi, const double *q, int nq, double *qv, ms_intensity *out)
 {
     uint32_t *h4 = calloc((size_t)4 * SI_N, sizeof *h4);
     if (!h4) return ms_error(MS_ENOMEM, "out of memory");
@@ -248,9 +259,15 @@ ms_status ms_intensity_fit_int(const void *v, ms_int_type type, size_t n, ms_nor
     }
     for (int k = 1; k < 4; k++)
         for (size_t b = 0; b < SI_N; b++) h4[b] += h4[(size_t)k * SI_N + b];
-    fit_hist(h4, n, norm, (double[2]){p_lo, p_hi}, out);
+    fit_hist_ex(h4, n, norm, (double[2]){p_lo, p_hi}, q, nq, qv, out);
     free(h4);
     return MS_OK;
+}
+
+ms_status ms_intensity_fit_int(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo, double p_hi,
+                               ms_intensity *out)
+{
+    return ms_intensity_fit_int_ex(v, type, n, norm, p_lo, p_hi, NULL, 0, NULL, out);
 }
 #undef COUNT_INT
 

@@ -35,6 +35,10 @@ ms_status ms_intensity_fit(const float *v, size_t n, ms_norm norm, double p_lo, 
 typedef enum { MS_INT_U8, MS_INT_I8, MS_INT_U16, MS_INT_I16 } ms_int_type;
 ms_status ms_intensity_fit_int(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo, double p_hi,
                                ms_intensity *out);
+/* The same, and with nq > 0 also the mean/std of the nonzero values (whatever the norm) and their percentiles
+ * q[0..nq) (0..100, numpy's linear interpolation; 0 when every value is 0) into qv. */
+ms_status ms_intensity_fit_int_ex(const void *v, ms_int_type type, size_t n, ms_norm norm, double p_lo,
+                                  double p_hi, const double *q, int nq, double *qv, ms_intensity *out);
 /* The encoding of every integer in int_lo..int_hi (int_hi − int_lo + 1 entries, malloc'd; the caller frees):
  * lut[k] is what ms_intensity_apply gives for the value int_lo + k. */
 ms_status ms_intensity_lut(const ms_intensity *it, uint16_t **lut);

@@ -22,6 +22,7 @@
 #include <cjson/cJSON.h>
 
 #include "base/path.h"
+#include "data/encode.h"
 #include "data/hash.h"
 #include "data/store_fmt.h"
 
@@ -35,7 +36,19 @@ struct ms_store {
     const uint8_t *map; /* LMDB's map of the data file (NULL: unknown), the file's length when opened (in_file) */
     uint64_t file_len;
     int fd;
+    int rewindow; /* ms_store_set_norm was called: layout-2 volumes get this window instead of their own */
+    ms_norm norm;
+    double p_lo, p_hi;
 };
+
+/* A reader's cache of layout-2 volume encodings, direct-mapped by volume id: the loader reads slices of random
+ * volumes, and parsing a volume record costs about as much as decoding a slice. */
+#define ENC_CACHE 512
+typedef struct enc_slot {
+    uint32_t id;
+    int valid;
+    ms_encoding e;
+} enc_slot;
 
 struct ms_store_reader {
     ms_store *s;
@@ -45,6 +58,9 @@ struct ms_store_reader {
     size_t pix_cap, lab_cap;
     uint8_t *tmp;
     size_t tmp_cap;
+    uint16_t *raw; /* the decoded record: the pixels of layout 1, the stored values of layout 2 */
+    size_t raw_cap;
+    enc_slot *enc; /* ENC_CACHE slots, allocated at the first layout-2 record */
 };
 
 static ms_status grow(void **p, size_t *cap, size_t need)
@@ -218,7 +234,7 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
     }
     j = cJSON_Parse(fmt);
     cJSON *ver = cJSON_GetObjectItem(j, "version");
-    if (!cJSON_IsNumber(ver) || ver->valueint != MS_STORE_VERSION) {
+    if (!cJSON_IsNumber(ver) || (ver->valuedouble != 1 && ver->valuedouble != MS_STORE_VERSION)) {
         st = ms_error(MS_EUNSUPPORTED, "%s: unsupported store format version", path);
         goto leave;
     }
@@ -305,6 +321,40 @@ static double jnum(const cJSON *o, const char *name, double dflt)
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
+/* The layout-2 encoding in a volume's "intensity" object (docs/FORMATS.md); MS_ENOTFOUND for a layout-1 volume. */
+static ms_status parse_encoding(const cJSON *in, ms_encoding *e)
+{
+    const cJSON *t = cJSON_GetObjectItem(in, "stored"), *w = cJSON_GetObjectItem(in, "window");
+    const cJSON *st = cJSON_GetObjectItem(in, "stats");
+    if (!cJSON_IsString(t)) return MS_ENOTFOUND;
+    memset(e, 0, sizeof *e);
+    e->type = !strcmp(t->valuestring, "int16") ? MS_STORED_I16 : !strcmp(t->valuestring, "uint16") ? MS_STORED_U16 : 0;
+    e->slope = jnum(in, "slope", 0);
+    e->inter = jnum(in, "inter", 0);
+    e->max_error = jnum(in, "max_error", 0);
+    const cJSON *w0 = cJSON_GetArrayItem(w, 0), *w1 = cJSON_GetArrayItem(w, 1), *pc = cJSON_GetObjectItem(st, "percentiles");
+    if (!e->type || !(e->slope > 0) || !cJSON_IsNumber(w0) || !cJSON_IsNumber(w1) || !(w1->valuedouble > 0) ||
+        !cJSON_IsObject(st) || cJSON_GetArraySize(pc) != MS_ENC_NPCT)
+        return MS_EFORMAT;
+    e->win.offset = w0->valuedouble;
+    e->win.scale = w1->valuedouble;
+    e->win.mean = jnum(in, "mean", 0); /* in original units, informative: reads use the window only */
+    e->win.std = jnum(in, "std", 1);
+    double mn = jnum(st, "min", 0), mx = jnum(st, "max", 0), nz = jnum(st, "n_nonzero", 0);
+    if (!(mn >= -32768 && mx <= 65535 && mn <= mx && nz >= 0 && nz < 0x1p63)) return MS_EFORMAT;
+    e->min = (int32_t)mn;
+    e->max = (int32_t)mx;
+    e->n_nonzero = (uint64_t)nz;
+    e->mean = jnum(st, "mean", 0);
+    e->std = jnum(st, "std", 1);
+    for (int i = 0; i < MS_ENC_NPCT; i++) {
+        const cJSON *v = cJSON_GetArrayItem(pc, i);
+        if (!cJSON_IsNumber(v)) return MS_EFORMAT;
+        e->pct[i] = v->valuedouble;
+    }
+    return MS_OK;
+}
+
 ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
 {
     char *txt = NULL;
@@ -337,6 +387,17 @@ ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
     const cJSON *in = cJSON_GetObjectItem(j, "intensity");
     out->intensity_offset = jnum(in, "offset", 0);
     out->intensity_scale = jnum(in, "scale", 1);
+    ms_status es = parse_encoding(in, &out->enc);
+    out->layout = es == MS_ENOTFOUND ? 1 : 2;
+    if (es && es != MS_ENOTFOUND) {
+        st = ms_error(MS_EFORMAT, "%s: volume %u: bad intensity encoding", s->path, volume_id);
+        goto leave;
+    }
+    if (out->layout == 2 && s->rewindow &&
+        (st = ms_encoding_rewindow(&out->enc, s->norm, s->p_lo, s->p_hi))) {
+        st = ms_error(st, "%s: volume %u: %s", s->path, volume_id, ms_errmsg());
+        goto leave;
+    }
     const cJSON *lab = cJSON_GetObjectItem(j, "labels");
     if (cJSON_IsObject(lab)) {
         out->has_labels = 1;
@@ -381,6 +442,8 @@ void ms_store_reader_free(ms_store_reader *r)
     free(r->pix);
     free(r->lab);
     free(r->tmp);
+    free(r->raw);
+    free(r->enc);
     free(r);
 }
 
@@ -407,7 +470,7 @@ static int parse_hdr(const uint8_t *p, size_t len, ms_rec_hdr *h, const char **w
     h->slice_index = ms_get_u32le(p + 28);
     h->crc = ms_get_u32le(p + 32);
     h->zlen = ms_get_u32le(p + 36);
-    if ((h->dtype != MS_REC_U16 && h->dtype != MS_REC_U8) || h->height == 0 || h->width == 0 || h->height > 65536 ||
+    if ((h->dtype != MS_REC_U16 && h->dtype != MS_REC_U8 && h->dtype != MS_REC_I16) || h->height == 0 || h->width == 0 || h->height > 65536 ||
         h->width > 65536 || (uint64_t)h->zlen != len - MS_REC_HDR) {
         *why = "bad record header fields";
         return 0;
@@ -420,7 +483,7 @@ int ms_rec_decode(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, 
                   uint8_t **tmp, size_t *tmp_cap, const char **why)
 {
     if (!parse_hdr(p, len, h, why)) return 0;
-    size_t npx = (size_t)h->height * h->width, esz = h->dtype == MS_REC_U16 ? 2 : 1, raw = npx * esz;
+    size_t npx = (size_t)h->height * h->width, esz = h->dtype == MS_REC_U8 ? 1 : 2, raw = npx * esz;
     unsigned long long fcs = ZSTD_getFrameContentSize(p + MS_REC_HDR, h->zlen);
     if (fcs != raw) {
         *why = "zstd frame size disagrees with the header";
@@ -457,6 +520,47 @@ int ms_rec_decode(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, 
     return 1;
 }
 
+/* Volume id's encoding (a layout-2 record), from the reader's cache or its record, read in the reader's txn. */
+static ms_status reader_encoding(ms_store_reader *r, uint32_t id, const ms_encoding **out)
+{
+    ms_store *s = r->s;
+    if (!r->enc && !(r->enc = calloc(ENC_CACHE, sizeof *r->enc))) return ms_error(MS_ENOMEM, "%s: out of memory", s->path);
+    enc_slot *slot = &r->enc[id % ENC_CACHE];
+    if (!slot->valid || slot->id != id) {
+        uint8_t k[4];
+        char *txt = NULL;
+        ms_key32(k, id);
+        ms_status st = get_text(s, r->txn, s->volumes, k, 4, &txt);
+        if (st == MS_ENOTFOUND) return ms_error(MS_ECORRUPT, "%s: a slice names volume %u, which has no record", s->path, id);
+        if (st) return st;
+        cJSON *j = cJSON_Parse(txt);
+        free(txt);
+        slot->valid = 0;
+        st = j ? parse_encoding(cJSON_GetObjectItem(j, "intensity"), &slot->e) : MS_EFORMAT;
+        cJSON_Delete(j);
+        if (st) return ms_error(MS_ECORRUPT, "%s: volume %u: no valid intensity encoding for its stored values", s->path, id);
+        if (s->rewindow && (st = ms_encoding_rewindow(&slot->e, s->norm, s->p_lo, s->p_hi)))
+            return ms_error(st, "%s: volume %u: %s", s->path, id, ms_errmsg());
+        slot->id = id;
+        slot->valid = 1;
+    }
+    *out = &slot->e;
+    return MS_OK;
+}
+
+ms_status ms_store_set_norm(ms_store *s, ms_norm norm, double p_lo, double p_hi)
+{
+    if (norm == MS_NORM_PERCENTILE) { /* refuse a pair the stores' grid lacks now, not at the first read */
+        ms_encoding e = {.n_nonzero = 0};
+        MS_TRY(ms_encoding_rewindow(&e, norm, p_lo, p_hi));
+    }
+    s->rewindow = 1;
+    s->norm = norm;
+    s->p_lo = p_lo;
+    s->p_hi = p_hi;
+    return MS_OK;
+}
+
 ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out)
 {
     ms_store *s = r->s;
@@ -488,7 +592,7 @@ ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out)
                       (unsigned long long)key);
         goto leave;
     }
-    if (!ms_rec_decode(r->dctx, v.mv_data, v.mv_size, &h, &r->pix, &r->pix_cap, &r->tmp, &r->tmp_cap, &why)) {
+    if (!ms_rec_decode(r->dctx, v.mv_data, v.mv_size, &h, &r->raw, &r->raw_cap, &r->tmp, &r->tmp_cap, &why)) {
         st = ms_error(MS_ECORRUPT, "%s: slice %llu: %s", s->path, (unsigned long long)key, why);
         goto leave;
     }
@@ -500,7 +604,22 @@ ms_status ms_store_read(ms_store_reader *r, uint64_t key, ms_slice *out)
     out->width = (int32_t)h.width;
     out->spacing[0] = h.spacing[0];
     out->spacing[1] = h.spacing[1];
-    out->pixels = r->pix;
+    out->pixels = r->raw;
+    if (h.flags & MS_REC_STORED) {
+        const ms_encoding *e = NULL;
+        size_t npx = (size_t)h.height * h.width;
+        if ((st = reader_encoding(r, h.volume_id, &e))) goto leave;
+        if (e->type != h.dtype) {
+            st = ms_error(MS_ECORRUPT, "%s: slice %llu: record type differs from its volume's", s->path,
+                          (unsigned long long)key);
+            goto leave;
+        }
+        if ((st = grow((void **)&r->pix, &r->pix_cap, npx * 2))) goto leave;
+        ms_encoding_apply(e, r->raw, npx, r->pix);
+        out->pixels = r->pix;
+        out->stored = r->raw;
+        out->stored_type = h.dtype;
+    }
     rc = mdb_get(r->txn, s->labels, &k, &v);
     if (rc == MDB_NOTFOUND) goto leave;
     if (rc) {

@@ -2,8 +2,10 @@
  *
  * Layout (documented in full in docs/FORMATS.md): named databases meta, volumes, slices, labels. Slice keys are
  * sequential 64-bit integers from 0 in ingest order; a slice record is a small header (shape, dtype, spacing, volume
- * id, slice index, checksum of the raw pixels) followed by a zstd frame. Pixels are uint16: the volume's normalised
- * intensity in [0,1] scaled by 65535 (the scale is recorded per volume so the original range can be recovered).
+ * id, slice index, checksum of the raw pixels) followed by a zstd frame. Layout 2 (data/encode.h) keeps each volume's
+ * stored values (its integers as they are, or floats quantised) and normalises on read; layout-1 stores hold the
+ * normalised pixels themselves. Either way a read gives uint16 pixels: the volume's normalised intensity in [0,1]
+ * scaled by 65535.
  * Labels (same key, separate database) are uint8 or uint16 in the file and always uint16 through this API.
  *
  * Reading is thread-safe through one ms_store_reader per thread (its own zstd context and buffers; short read
@@ -16,6 +18,7 @@
 #include <stdint.h>
 
 #include "base/status.h"
+#include "data/encode.h"
 
 typedef struct ms_store ms_store;
 typedef struct ms_store_reader ms_store_reader;
@@ -29,7 +32,9 @@ typedef struct ms_volume_info {
     int has_labels;
     int n_label_values;
     uint16_t label_values[256]; /* the distinct label values present (sorted), first n_label_values */
-    double intensity_offset, intensity_scale; /* original = offset + scale · (stored / 65535) */
+    double intensity_offset, intensity_scale; /* original ≈ offset + scale · (pixel / 65535) inside the window */
+    int layout;                               /* 1: pixels stored normalised; 2: stored values + enc */
+    ms_encoding enc;                          /* layout 2: the encoding, window as reads apply it */
     char source_hash[65]; /* hex content hash of the source file(s) */
 } ms_volume_info;
 
@@ -39,7 +44,9 @@ typedef struct ms_slice {
     uint32_t slice_index; /* index along the slicing axis in the canonical (RAS+) volume */
     int32_t height, width;
     float spacing[2];
-    const uint16_t *pixels; /* height·width, row-major; valid until the next read on the same reader */
+    const uint16_t *pixels; /* height·width normalised pixels, row-major; valid until the next read on the reader */
+    const uint16_t *stored; /* layout 2: the stored values (bits of stored_type) the pixels come from; else NULL */
+    int stored_type;        /* MS_STORED_U16 | MS_STORED_I16, 0 for layout 1 */
     const uint16_t *label; /* height·width, or NULL when the slice has no label */
 } ms_slice;
 
@@ -51,6 +58,11 @@ uint32_t ms_store_n_volumes(const ms_store *s);
 ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out);
 /* The store's label names ("class name" lines from --label-names), or NULL. */
 const char *ms_store_label_names(const ms_store *s);
+
+/* Reads layout-2 volumes with another window than the one ingest chose (--norm of pretrain/finetune): zscore, none,
+ * or percentile with p_lo, p_hi among the kept ones (data/encode.h). Call before creating readers. Layout-1
+ * volumes keep theirs (their normalisation was applied at ingest). */
+ms_status ms_store_set_norm(ms_store *s, ms_norm norm, double p_lo, double p_hi);
 
 ms_status ms_store_reader_new(ms_store *s, ms_store_reader **out);
 void ms_store_reader_free(ms_store_reader *r);

@@ -2,8 +2,8 @@
  * (store_write.c) and verify. Internal to data/; docs/FORMATS.md is the user-facing description.
  *
  * Slice/label record = 44-byte header (little-endian) + one zstd frame (content size and checksum flag set):
- *   0 magic "MSR1" | 4 u8 dtype (1 = uint16, 2 = uint8) | 5 u8 flags (bit 0: byte planes shuffled, low bytes
- *   first) | 6 u16 reserved 0 | 8 u32 height | 12 u32 width | 16 f32 row spacing | 20 f32 column spacing |
+ *   0 magic "MSR1" | 4 u8 dtype (1 = uint16, 2 = uint8, 3 = int16) | 5 u8 flags (bit 0: byte planes shuffled, low
+ *   bytes first; bit 1: stored values of layout 2, normalised on read with the volume's encoding, data/encode.h) | 6 u16 reserved 0 | 8 u32 height | 12 u32 width | 16 f32 row spacing | 20 f32 column spacing |
  *   24 u32 volume id | 28 u32 slice index | 32 u32 crc32c of the raw pixels (little-endian, unshuffled) |
  *   36 u32 length of the zstd frame | 40 u32 crc32c of bytes 0..39.
  * Keys of slices/labels are 8-byte big-endian integers, volume keys 4-byte big-endian, so cursor order = key order.
@@ -22,8 +22,11 @@
 #define MS_REC_HDR 44
 #define MS_REC_U16 1
 #define MS_REC_U8 2
+#define MS_REC_I16 3
 #define MS_REC_SHUFFLED 1
-#define MS_STORE_VERSION 1
+#define MS_REC_STORED 2
+/* 1: normalised uint16 pixels; 2: stored values + per-volume encoding (data/encode.h). Readers take both. */
+#define MS_STORE_VERSION 2
 
 typedef struct ms_rec_hdr {
     uint8_t dtype, flags;

@@ -25,21 +25,22 @@ struct ms_store_writer {
     MDB_dbi meta, volumes, slices, labels, sources;
     char *path;
     size_t mapsize;
+    int layout; /* the store's format version: what this writer's records must be */
 };
 
 #define INITIAL_MAP ((size_t)256 << 20)
 
-ms_status ms_store_encode(ZSTD_CCtx *cctx, int level, int shuffle, int dtype, const void *pixels, uint32_t height,
+ms_status ms_store_encode(ZSTD_CCtx *cctx, int level, int flags, int dtype, const void *pixels, uint32_t height,
                           uint32_t width, const float spacing[2], uint32_t slice_index, ms_store_rec *out)
 {
-    size_t npx = (size_t)height * width, raw = npx * (dtype == MS_REC_U16 ? 2 : 1);
+    size_t npx = (size_t)height * width, raw = npx * (dtype == MS_REC_U8 ? 1 : 2);
     size_t bound = ZSTD_compressBound(raw);
     uint8_t *buf = malloc(MS_REC_HDR + bound), *planes = NULL;
     out->data = NULL;
     out->len = 0;
     if (!buf) return ms_error(MS_ENOMEM, "store: out of memory");
     const void *src = pixels;
-    shuffle = shuffle && dtype == MS_REC_U16;
+    int shuffle = (flags & MS_REC_SHUFFLED) && dtype != MS_REC_U8, stored = flags & MS_REC_STORED;
     if (shuffle) {
         planes = malloc(raw);
         if (!planes) {
@@ -65,7 +66,7 @@ ms_status ms_store_encode(ZSTD_CCtx *cctx, int level, int shuffle, int dtype, co
     }
     memcpy(buf, MS_REC_MAGIC, 4);
     buf[4] = (uint8_t)dtype;
-    buf[5] = shuffle ? MS_REC_SHUFFLED : 0;
+    buf[5] = (uint8_t)((shuffle ? MS_REC_SHUFFLED : 0) | (stored ? MS_REC_STORED : 0));
     buf[6] = buf[7] = 0;
     ms_put_u32le(buf + 8, height);
     ms_put_u32le(buf + 12, width);
@@ -232,9 +233,18 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
         st = lmdb_err(w, rc);
         goto leave;
     }
-    MDB_val k = {6, "params"}, v;
+    MDB_val k = {6, "params"}, v, fk = {6, "format"}, fv;
+    w->layout = MS_STORE_VERSION;
     rc = mdb_get(txn, w->meta, &k, &v);
     if (rc == 0) {
+        /* an existing store keeps its layout: appending to a layout-1 store writes layout-1 records */
+        const char *ver = mdb_get(txn, w->meta, &fk, &fv) ? NULL : memmem(fv.mv_data, fv.mv_size, "\"version\":", 10);
+        const char *end = ver ? (const char *)fv.mv_data + fv.mv_size : NULL;
+        w->layout = ver && end - ver > 10 && (ver[10] == '1' || ver[10] == '2') ? ver[10] - '0' : 0;
+        if (!w->layout) {
+            st = ms_error(MS_EUNSUPPORTED, "%s: unsupported store format version", path);
+            goto leave;
+        }
         if (v.mv_size != strlen(params_json) || memcmp(v.mv_data, params_json, v.mv_size) != 0) {
             st = ms_error(MS_EINVAL, "%s: the store was created with other options (%.*s); use a new store", path,
                           (int)(v.mv_size < 300 ? v.mv_size : 300), (const char *)v.mv_data);
@@ -272,6 +282,8 @@ leave:
         *out = w;
     return st;
 }
+
+int ms_store_writer_layout(const ms_store_writer *w) { return w->layout; }
 
 ms_status ms_store_writer_close(ms_store_writer *w)
 {

@@ -25,9 +25,10 @@ typedef struct ms_store_rec {
     size_t len;
 } ms_store_rec;
 
-/* Encodes a uint16 (dtype 1) or uint8 (dtype 2) slice. shuffle: store the low-byte plane then the high-byte plane
- * (uint16 only), which compresses better for MRI. */
-ms_status ms_store_encode(ZSTD_CCtx *cctx, int level, int shuffle, int dtype, const void *pixels, uint32_t height,
+/* Encodes a uint16 (dtype 1), uint8 (dtype 2) or int16 (dtype 3, given as its bits) slice. flags (data/store_fmt.h):
+ * MS_REC_SHUFFLED stores the low-byte plane then the high-byte plane (16-bit only), which compresses noisy stored
+ * values far better; MS_REC_STORED marks layout-2 stored values. */
+ms_status ms_store_encode(ZSTD_CCtx *cctx, int level, int flags, int dtype, const void *pixels, uint32_t height,
                           uint32_t width, const float spacing[2], uint32_t slice_index, ms_store_rec *out);
 
 /* Opens (creating when absent) the store directory. params_json: the content-determining options; a store created
@@ -41,6 +42,8 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
                                    size_t initial_map, ms_store_writer **out);
 /* Flushes (mdb_env_sync) and closes; returns the flush status. */
 ms_status ms_store_writer_close(ms_store_writer *w);
+/* The store's format version (data/store_fmt.h): 2 for a new store, 1 for a layout-1 store being extended. */
+int ms_store_writer_layout(const ms_store_writer *w);
 /* 1 when a progress record `source_key` exists, 0 otherwise. Not while another thread may grow the map. */
 int ms_store_writer_has_source(ms_store_writer *w, const char *source_key);
 /* Every progress record key, sorted (strcmp order), as one malloc'ed array of malloc'ed strings. Workers consult

@@ -1,7 +1,8 @@
 /* finetune/predict.c — automatic (and prompted) SAM segmentation of NIfTI volumes (see predict.h).
  *
  * Invariants: the slice cut is ingest's (data/ingest.c cut(): rows = lower remaining canonical axis, columns = the
- * higher one), the pixel values are the store's (uint16 of ms_intensity_apply, /65535 as data/loader.c does), so a
+ * higher one), the pixel values are the store's (layout 2's stored values normalised by ms_encoding_apply, /65535 as
+ * data/loader.c does), so a
  * model sees at prediction exactly what it saw in training. Without prompts the prompt state is built once (it does
  * not depend on the image) and tiled over the image batch by the decoder; with prompts each slice's image embedding
  * is repeated over that slice's prompts (one per present class).
@@ -22,6 +23,7 @@
 #include "base/fileio.h"
 #include "base/path.h"
 #include "checkpoints/rundir.h"
+#include "data/encode.h"
 #include "data/ingest.h"
 #include "data/nifti_write.h"
 #include "data/png.h"
@@ -290,9 +292,10 @@ static ms_status predict_canonical(ms_predictor *p, const ms_predict_opts *o, in
         rc = ms_error(MS_ENOMEM, "out of memory");
         goto leave;
     }
-    ms_intensity it;
-    if ((rc = ms_intensity_fit(vol, nv, o->norm, o->p_lo, o->p_hi, &it))) goto leave;
-    ms_intensity_apply(vol, nv, &it, q);
+    /* the store's path (data/encode.h): stored values, the window fitted on them, the reader's normalisation */
+    ms_encoding enc;
+    if ((rc = ms_encode_floats(vol, nv, o->norm, o->p_lo, o->p_hi, q, &enc))) goto leave;
+    ms_encoding_apply(&enc, q, nv, q);
     for (size_t i = 0; i < nv; i++) r->image01[i] = (float)q[i] * (1.0f / 65535.0f); /* the loader's scaling */
 
     for (int64_t k0 = 0; k0 < K; k0 += p->batch) {

@@ -1,6 +1,8 @@
-/* tools/cmd_export.c — `mrisam export STORE --key K -o FILE.png|FILE.npy [--label]`: one slice to look at.
- * PNG: 8-bit, round(stored · 255 / 65535); labels as their values (clipped to 255). NPY: the stored uint16 array
- * (H, W), '<u2', C order. --label writes the label slice beside it as FILE_label.png/.npy. */
+/* tools/cmd_export.c — `mrisam export STORE --key K -o FILE.png|FILE.npy [--label] [--stored]`: one slice to look at.
+ * PNG: 8-bit, round(pixel · 255 / 65535) of the normalised pixel the loader reads; labels as their values (clipped to
+ * 255). NPY: the normalised uint16 array (H, W), '<u2', C order; with --stored (layout-2 stores) the stored values
+ * instead, '<i2' or '<u2' as the volume keeps them (original = slope · stored + inter, docs/FORMATS.md).
+ * --label writes the label slice beside it as FILE_label.png/.npy. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,10 +15,11 @@
 #include "data/store.h"
 #include "image_io.h"
 
-static ms_status write_npy_u16(const char *path, const uint16_t *v, int h, int w)
+/* v: 16-bit values (descr '<u2', or '<i2' for int16 bits) */
+static ms_status write_npy16(const char *path, const uint16_t *v, int h, int w, const char *descr)
 {
     char hdr[128];
-    int n = snprintf(hdr, sizeof hdr, "{'descr': '<u2', 'fortran_order': False, 'shape': (%d, %d), }", h, w);
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %d), }", descr, h, w);
     int total = 10 + n + 1, pad = (64 - total % 64) % 64;
     size_t hl = (size_t)(n + pad + 1), len = 10 + hl + (size_t)h * w * 2;
     unsigned char *b = malloc(len);
@@ -38,7 +41,7 @@ static ms_status write_npy_u16(const char *path, const uint16_t *v, int h, int w
 
 static ms_status write_one(const char *path, const uint16_t *v, int h, int w, int is_label)
 {
-    if (ms_str_ends_with(path, ".npy")) return write_npy_u16(path, v, h, w);
+    if (ms_str_ends_with(path, ".npy")) return write_npy16(path, v, h, w, "<u2");
     uint8_t *p = malloc((size_t)h * w);
     if (!p) return ms_error(MS_ENOMEM, "out of memory");
     for (size_t i = 0; i < (size_t)h * w; i++)
@@ -50,17 +53,21 @@ static ms_status write_one(const char *path, const uint16_t *v, int h, int w, in
 
 static int run(int argc, char **argv)
 {
-    static const ms_cmd_help h = {"mrisam export STORE --key K -o FILE.png|FILE.npy [--label]",
-                                  "Writes slice K (decimal key, from 0 in ingest order) as an 8-bit PNG (stored value "
-                                  "x 255 / 65535) or as the stored uint16 array in .npy; --label adds FILE_label.*.",
+    static const ms_cmd_help h = {"mrisam export STORE --key K -o FILE.png|FILE.npy [--label] [--stored]",
+                                  "Writes slice K (decimal key, from 0 in ingest order) as the loader reads it: an "
+                                  "8-bit PNG (pixel x 255 / 65535) or the normalised uint16 array in .npy; --stored "
+                                  "writes the values the store keeps (.npy, int16 or uint16; layout-2 stores); "
+                                  "--label adds FILE_label.*.",
                                   NULL};
     int64_t key = -1;
     const char *out = NULL;
-    int label = 0;
+    int label = 0, stored = 0;
     int threads = 0;
     const ms_opt opts[] = {{"key", MS_OPT_I64, &key, "K", "slice key"},
                            {"o", MS_OPT_STR, &out, "FILE", ".png or .npy"},
                            {"label", MS_OPT_FLAG, &label, NULL, "also write the label slice as FILE_label.png/.npy"},
+                           {"stored", MS_OPT_FLAG, &stored, NULL,
+                            "the stored values, not the normalised pixels (.npy only; layout-2 stores)"},
                            {"threads", MS_OPT_INT, &threads, "N", "accepted for uniformity (this command is I/O-bound and single-threaded)"},
                            {0}};
     ms_strlist pos = {0};
@@ -71,7 +78,8 @@ static int run(int argc, char **argv)
     }
     size_t ol = out ? strlen(out) : 0;
     if (pos.n != 1 || key < 0 || !out || ol < 5 ||
-        (!ms_str_ends_with(out, ".png") && !ms_str_ends_with(out, ".npy"))) {
+        (!ms_str_ends_with(out, ".png") && !ms_str_ends_with(out, ".npy")) ||
+        (stored && !ms_str_ends_with(out, ".npy"))) {
         fprintf(stderr, "mrisam export: usage: %s\n", h.usage);
         ms_strlist_free(&pos);
         return MS_EXIT_USAGE;
@@ -83,7 +91,13 @@ static int run(int argc, char **argv)
     ms_status st = ms_store_open(pos.v[0], 1, &s);
     if (!st) st = ms_store_reader_new(s, &r);
     if (!st) st = ms_store_read(r, (uint64_t)key, &sl);
-    if (!st) st = write_one(out, sl.pixels, sl.height, sl.width, 0);
+    if (!st && stored && !sl.stored)
+        st = ms_error(MS_EUNSUPPORTED, "%s: slice %" PRId64 " is from a layout-1 store, which keeps only normalised "
+                      "pixels (export it without --stored)", pos.v[0], key);
+    if (!st && stored)
+        st = write_npy16(out, sl.stored, sl.height, sl.width, sl.stored_type == MS_STORED_I16 ? "<i2" : "<u2");
+    else if (!st)
+        st = write_one(out, sl.pixels, sl.height, sl.width, 0);
     if (!st && label) {
         if (!sl.label)
             st = ms_error(MS_ENOTFOUND, "%s: slice %" PRId64 " has no label", pos.v[0], key);

@@ -28,7 +28,7 @@ static int run(int argc, char **argv)
     const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL,
                *label_names = NULL, *axis = "auto", *norm = "percentile";
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
-    int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = 0, quiet = 0;
+    int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = -1, quiet = 0;
     int progress = -1;
     const ms_opt opts[] = {
         {"o", MS_OPT_STR, &out, "STORE", "the store directory (created when absent; reruns append)"},
@@ -50,8 +50,8 @@ static int run(int argc, char **argv)
         {"keep-empty", MS_OPT_FLAG, &keep_empty, NULL, "store near-empty slices too"},
         {"frame", MS_OPT_INT, &frame, "N", "4D images: only frame N (default: every frame is its own volume)"},
         {"zstd-level", MS_OPT_INT, &level, "N", "zstd compression level (3)"},
-        {"shuffle", MS_OPT_FLAG, &shuffle, NULL,
-         "split uint16 pixels into byte planes before zstd (off: measured worse on normalised MRI)"},
+        {"shuffle", MS_OPT_INT, &shuffle, "0|1",
+         "split 16-bit pixels into byte planes before zstd (default: on for new stores, off in layout-1 stores)"},
         {"keep-paths", MS_OPT_FLAG, &keep_paths, NULL, "store source paths (default: content hashes only)"},
         {"strict", MS_OPT_FLAG, &strict, NULL, "reject volumes with NaN/Inf voxels (default: set to 0, counted)"},
         {"threads", MS_OPT_INT, &threads, "N", "decode/normalise/compress workers (default: all cores)"},

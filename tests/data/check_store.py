@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from storelib import AXES, Store, canonical, cut, normalise  # noqa: E402
+from storelib import AXES, Store, canonical, cut, encode, normalise  # noqa: E402
 from storelib import read_png as read_png_int  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -115,7 +115,19 @@ for v in vols:
     if AXES[v["axis"]] != axis:
         fail(f"{path}: axis {v['axis']} expected {axis}")
         continue
-    exp, lo, sc = normalise(data, a.norm)
+    layout2 = "stored" in v["intensity"]
+    stored = None
+    if layout2:  # stored values, exact or quantised, then the window fitted on them
+        stored, slope = encode(data)
+        if abs(v["intensity"]["slope"] - slope) > 1e-12 * slope:
+            fail(f"{path}: slope {v['intensity']['slope']} expected {slope}")
+        exp, lo, sc = normalise(stored, a.norm)
+        w = v["intensity"]["window"]
+        if abs(w[0] - lo) > 1e-9 * max(1, abs(lo)) or abs(w[1] - sc) > 1e-9 * max(1, abs(sc)):
+            fail(f"{path}: stored window {w} expected {lo}+{sc}")
+        lo, sc = lo * slope, sc * slope
+    else:
+        exp, lo, sc = normalise(data, a.norm)
     if abs(v["intensity"]["offset"] - lo) > 1e-4 * max(1, abs(lo)) or abs(v["intensity"]["scale"] - sc) > 1e-4 * max(1, abs(sc)):
         fail(f"{path}: window {v['intensity']['offset']}+{v['intensity']['scale']} expected {lo}+{sc}")
     lab = None
@@ -142,6 +154,9 @@ for v in vols:
         e = cut(exp, axis, k)
         if d["index"] != k or d["volume"] != v["id"] or d["pixels"].shape != e.shape:
             fail(f"{path} key {key}: index {d['index']} vol {d['volume']} shape {d['pixels'].shape}, expected {k} {v['id']} {e.shape}")
+            break
+        if layout2 and not np.array_equal(d["stored"].astype(np.int64), cut(stored, axis, k)):
+            fail(f"{path} key {key}: stored values differ from the source's")
             break
         diff = np.abs(d["pixels"].astype(np.int64) - e.astype(np.int64))
         if diff.max() > 1 or (diff > 0).mean() > 0.01:

@@ -74,7 +74,7 @@ class Store:
         if check_crc:
             assert crc32c(rec[:40]) == hcrc, "header crc"
         raw = self.dctx.decompress(rec[HDR:], max_output_size=h * w * 2)
-        if dtype == 1:
+        if dtype in (1, 3):
             if flags & 1:
                 b = np.frombuffer(raw, np.uint8)
                 px = (b[: h * w].astype(np.uint16) | (b[h * w:].astype(np.uint16) << 8))
@@ -83,11 +83,22 @@ class Store:
         else:
             px = np.frombuffer(raw, np.uint8).astype(np.uint16)
         if check_crc:
-            payload = px.astype("<u2").tobytes() if dtype == 1 else px.astype(np.uint8).tobytes()
-            assert zlib.crc32(b"") == 0
+            payload = px.astype("<u2").tobytes() if dtype != 2 else px.astype(np.uint8).tobytes()
             assert crc32c(payload) == crc, "pixel crc"
+        stored = None
+        if flags & 2:  # layout 2: stored values, normalised with the volume's window (docs/FORMATS.md)
+            stored = px.view(np.int16) if dtype == 3 else px
+            woff, wsc = self.volume(vid)["intensity"]["window"]
+            t = np.clip((stored.astype(np.float64) - woff) / wsc, 0, 1)
+            px = np.floor(t * 65535 + 0.5).astype(np.uint16)
+            stored = stored.reshape(h, w)
         return dict(h=h, w=w, spacing=(sr, sc), volume=vid, index=sidx, dtype=dtype,
-                    pixels=px.reshape(h, w))
+                    pixels=px.reshape(h, w), stored=stored)
+
+    def volume(self, vid):
+        if not hasattr(self, "_vols"):
+            self._vols = {v["id"]: v for v in self.volumes()}
+        return self._vols[vid]
 
 
 def read_png(path):
@@ -139,6 +150,18 @@ def normalise(v, norm="percentile", p=(0.5, 99.5)):
         sc = 1.0
     t = np.clip((v64 - lo) / sc, 0, 1)
     return np.floor(t * 65535 + 0.5).astype(np.uint16), lo, sc
+
+
+def encode(v):
+    """Layout 2's stored values of canonical float data (docs/FORMATS.md): integers in -32768..65535 as they are,
+    else quantised with slope max|v|/32767 (int16, some value negative) or max/65535 (uint16). Returns the stored
+    values as int64 and the slope."""
+    v64 = v.astype(np.float64)
+    mn, mx = min(float(v64.min()), 0.0), max(float(v64.max()), 0.0)
+    if np.all(v64 == np.floor(v64)) and mn >= -32768 and mx <= 65535 and (mn >= 0 or mx <= 32767):
+        return v64.astype(np.int64), 1.0
+    slope = (mx / 65535 if mx > 0 else 1.0) if mn >= 0 else max(-mn, mx) / 32767
+    return np.floor(v64 / slope + 0.5).astype(np.int64), slope
 
 
 def cut(vol, axis, k):

@@ -45,7 +45,9 @@ class SliceDataset(torch.utils.data.Dataset):
     def _open(self):
         self.env = lmdb.open(self.path, readonly=True, lock=False, max_dbs=8, subdir=True, readahead=False)
         self.db = self.env.open_db(b"slices", create=False)
+        self.vdb = self.env.open_db(b"volumes", create=False)
         self.dctx = zstandard.ZstdDecompressor()
+        self.windows = {}
 
     def decode(self, key):
         if self.env is None:
@@ -65,6 +67,16 @@ class SliceDataset(torch.utils.data.Dataset):
             px = b[:n].astype(np.uint16) | (b[n:].astype(np.uint16) << 8)
         else:
             px = np.frombuffer(raw, "<u2")
+        if flags & 2:  # layout 2: stored values, normalised with the volume's window (docs/FORMATS.md), as ours does
+            vid = struct.unpack_from("<I", rec, 24)[0]
+            if vid not in self.windows:
+                with self.env.begin() as txn:
+                    v = json.loads(bytes(txn.get(struct.pack(">I", vid), db=self.vdb)))
+                self.windows[vid] = v["intensity"]["window"]
+            off, sc = self.windows[vid]
+            s = px.view(np.int16) if dtype == 3 else px
+            t = np.clip((s.astype(np.float64) - off) / sc, 0, 1)
+            px = np.floor(t * 65535 + 0.5).astype(np.uint16)
         return px.reshape(h, w)
 
     def __getitem__(self, i):
