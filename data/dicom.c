@@ -108,7 +108,9 @@ static ms_status wait_child(const char *series, pid_t pid, volatile sig_atomic_t
         nanosleep(&(struct timespec){0, ns}, NULL);
         if (ns < 20000000L) ns *= 2;
     }
-    if (stopped) return ms_error(MS_EINTERRUPTED, "%s: interrupted while converting (rerun to resume)", series);
+    /* a SIGINT from the terminal reaches the converter too (same process group): it died of the same stop */
+    if (stopped || (stop && *stop && WIFSIGNALED(*ws)))
+        return ms_error(MS_EINTERRUPTED, "%s: interrupted while converting (rerun to resume)", series);
     return MS_OK;
 }
 
