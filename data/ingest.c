@@ -25,6 +25,7 @@
 #include "base/clock.h"
 #include "base/fileio.h"
 #include "base/path.h"
+#include "data/dicom.h"
 #include "data/encode.h"
 #include "data/hash.h"
 #include "data/ingest_labels.h"
@@ -40,6 +41,9 @@
 typedef struct job {
     char *image, *label;
     int png;
+    int dicom;      /* 1: a DICOM series (image = its folder or file, files = its files); 2: a file dcm2niix wrote */
+    char **files;   /* a series' DICOM files, sorted */
+    int n_files;
     int list, line; /* 0: a SRC; 1: a row of --labels, 2: of --val-labels, at this line */
     int status;     /* the result's, once committed: 0 ingested, 1 skipped, 2 failed, -1 not reached */
     char hash[65];  /* the source's content hash, once committed */
@@ -63,6 +67,8 @@ static ms_status push_job(joblist *l, const char *image, const char *label, int 
     j->image = strdup(image);
     j->label = label ? strdup(label) : NULL;
     j->png = png;
+    j->dicom = j->n_files = 0;
+    j->files = NULL;
     j->list = j->line = 0;
     j->status = -1;
     j->hash[0] = 0;
@@ -74,6 +80,49 @@ static int is_nifti_name(const char *s)
 {
     return ms_str_ends_with_nocase(s, ".nii") || ms_str_ends_with_nocase(s, ".nii.gz") ||
            ms_str_ends_with_nocase(s, ".hdr") || ms_str_ends_with_nocase(s, ".hdr.gz");
+}
+
+/* The DICOM files found in one folder, in walk (name) order. */
+typedef struct namelist {
+    char **v;
+    int n, cap;
+} namelist;
+
+static ms_status names_add(namelist *l, const char *s)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        char **v = realloc(l->v, (size_t)cap * sizeof *v);
+        if (!v) return ms_error(MS_ENOMEM, "out of memory");
+        l->v = v;
+        l->cap = cap;
+    }
+    if (!(l->v[l->n] = strdup(s))) return ms_error(MS_ENOMEM, "out of memory");
+    l->n++;
+    return MS_OK;
+}
+
+static void names_free(namelist *l)
+{
+    for (int i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+/* One DICOM job: `where` (a folder, or a file given as a source) and its files, which the job takes. */
+static ms_status push_dicom(joblist *l, const char *where, namelist *files)
+{
+    ms_status st = push_job(l, where, NULL, 0);
+    if (st) {
+        names_free(files);
+        return st;
+    }
+    job *j = &l->v[l->n - 1];
+    j->dicom = 1;
+    j->files = files->v;
+    j->n_files = files->n;
+    memset(files, 0, sizeof *files);
+    return MS_OK;
 }
 
 /* The folders and files a walk has reached, by (st_dev, st_ino): an open-addressing set (linear probing, at most
@@ -132,9 +181,11 @@ typedef struct walker {
     volatile sig_atomic_t *stop;
 } walker;
 
-/* Recursive walk in sorted order; only NIfTI names are taken from directories. Links are followed, but a folder or
- * file reached again (a link loop, two links to one place, a source given twice) is skipped: first path wins. */
-static ms_status walk(walker *w, const char *path, int top)
+/* Recursive walk in sorted order; from directories it takes NIfTI names and DICOM files (by content: "DICM" at byte
+ * 128, checked for every other name but PNG), and the DICOM files of one folder, collected into `dcm`, become one
+ * job of that folder. Links are followed, but a folder or file reached again (a link loop, two links to one place,
+ * a source given twice) is skipped: first path wins. */
+static ms_status walk(walker *w, const char *path, int top, namelist *dcm)
 {
     struct stat sb;
     if (w->stop && *w->stop)
@@ -148,11 +199,20 @@ static ms_status walk(walker *w, const char *path, int top)
                 link ? ")" : "");
         return MS_OK;
     }
-    if (!top && !S_ISDIR(sb.st_mode) && !is_nifti_name(path)) return MS_OK;
+    int dicom = !S_ISDIR(sb.st_mode) && !is_nifti_name(path) && !ms_str_ends_with_nocase(path, ".png") &&
+                S_ISREG(sb.st_mode) && ms_dicom_is_file(path);
+    if (!top && !S_ISDIR(sb.st_mode) && !is_nifti_name(path) && !dicom) return MS_OK;
     int fresh = idset_add(&w->seen, &sb);
     if (fresh < 0) return ms_error(MS_ENOMEM, "out of memory");
     if (!fresh) return MS_OK;
+    if (dicom && !top) return names_add(dcm, path);
+    if (dicom) { /* a DICOM file given as a source: a series of its own */
+        namelist one = {0};
+        ms_status st = names_add(&one, path);
+        return st ? st : push_dicom(w->jobs, path, &one);
+    }
     if (!S_ISDIR(sb.st_mode)) return push_job(w->jobs, path, NULL, 0);
+    namelist here = {0};
     struct dirent **names = NULL;
     int n = scandir(path, &names, NULL, alphasort);
     if (n < 0) return ms_error(errno, "%s: %s", path, strerror(errno));
@@ -164,12 +224,14 @@ static ms_status walk(walker *w, const char *path, int top)
             if (!p)
                 st = ms_error(MS_ENOMEM, "out of memory");
             else
-                st = walk(w, p, 0);
+                st = walk(w, p, 0, &here);
             free(p);
         }
         free(names[i]);
     }
     free(names);
+    if (!st && here.n) return push_dicom(w->jobs, path, &here);
+    names_free(&here);
     return st;
 }
 
@@ -899,10 +961,14 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
     int in_mem = !j->png && ms_nifti_in_memory(j->image);
     size_t file_n = 0;
     if (in_mem && (st = ms_nifti_read_file(j->image, &sc->file, &sc->file_cap, &file_n))) goto leave;
-    if ((st = hash_source(j, in_mem ? sc->file : NULL, file_n, r->hash))) goto leave;
-    if (already_done(cx, r->hash)) {
-        r->status = 1;
-        return;
+    if (j->dicom) { /* a file dcm2niix wrote: the series' hash, already looked up (work_dicom) */
+        memcpy(r->hash, j->hash, sizeof r->hash);
+    } else {
+        if ((st = hash_source(j, in_mem ? sc->file : NULL, file_n, r->hash))) goto leave;
+        if (already_done(cx, r->hash)) {
+            r->status = 1;
+            return;
+        }
     }
     if (j->png) {
         int h, w;
@@ -1002,6 +1068,80 @@ leave:
     free(c.lab);
 }
 
+/* "<tmp>/out/vol.nii: reason" (a message about a file dcm2niix wrote) as "<series>: vol.nii: reason": no temporary
+ * path in the messages. */
+static void name_series(char *s, size_t cap, const char *nii, const char *series)
+{
+    size_t n = strlen(nii);
+    if (!s[0] || strncmp(s, nii, n)) return;
+    char t[1024];
+    int m = snprintf(t, sizeof t, "%s: %s%s", series, ms_path_base(nii), s + n);
+    if (m < 0) return;
+    size_t len = (size_t)m < sizeof t ? (size_t)m : sizeof t - 1;
+    if (len >= cap) len = cap - 1;
+    memcpy(s, t, len);
+    s[len] = 0;
+}
+
+/* A DICOM series (data/dicom.h): its files' hash first, so a stored series is skipped without converting it; then
+ * dcm2niix into a private temporary folder and every NIfTI file it wrote through work() as volumes of this one
+ * source (kind "dicom", keys "<hash>#<file>.<frame>", --keep-paths records the series' folder); the temporary
+ * folder is removed whatever happens. */
+static void work_dicom(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
+{
+    ms_dicom_conv cv = {0};
+    ms_status st = ms_dicom_series_hash((const char *const *)j->files, j->n_files, r->hash);
+    if (!st && already_done(cx, r->hash)) {
+        r->status = 1;
+        return;
+    }
+    if (!st) st = ms_dicom_convert(j->image, (const char *const *)j->files, j->n_files, cx->o->stop, &cv);
+    if (st) snprintf(r->msg, sizeof r->msg, "%s", ms_errmsg());
+    for (int k = 0; k < cv.n && !st; k++) {
+        job sub = {.image = cv.nii[k], .dicom = 2};
+        memcpy(sub.hash, r->hash, sizeof sub.hash);
+        result sr = {0};
+        work(cx, cctx, sc, &sub, &sr);
+        name_series(sr.msg, sizeof sr.msg, cv.nii[k], j->image);
+        name_series(sr.warn, sizeof sr.warn, cv.nii[k], j->image);
+        if (sr.warn[0]) snprintf(r->warn, sizeof r->warn, "%s", sr.warn);
+        if (sr.status == 2) {
+            snprintf(r->msg, sizeof r->msg, "%s", sr.msg);
+            st = MS_EFORMAT;
+            break;
+        }
+        outvol *v = realloc(r->vols, (size_t)(r->n_vols + sr.n_vols) * sizeof *v + 1);
+        if (!v) {
+            free_result(&sr);
+            snprintf(r->msg, sizeof r->msg, "%s: out of memory", j->image);
+            st = MS_ENOMEM;
+            break;
+        }
+        r->vols = v;
+        for (int i = 0; i < sr.n_vols; i++) {
+            outvol *ov = &r->vols[r->n_vols++];
+            *ov = sr.vols[i];
+            cJSON_ReplaceItemInObject(ov->json, "kind", cJSON_CreateString("dicom"));
+            if (cJSON_GetObjectItem(ov->json, "path"))
+                cJSON_ReplaceItemInObject(ov->json, "path", cJSON_CreateString(j->image));
+            const char *frame = strchr(ov->key, '#');
+            char key[sizeof ov->key];
+            snprintf(key, sizeof key, "%s#%d.%s", r->hash, k, frame ? frame + 1 : "0");
+            memcpy(ov->key, key, sizeof key);
+        }
+        free(sr.vols);
+        r->voxel_mb += sr.voxel_mb;
+    }
+    ms_status rm = ms_dicom_conv_free(&cv);
+    if (!st && rm) { /* the volumes are fine, but a temporary folder is left behind: say so */
+        snprintf(r->warn, sizeof r->warn, "%s: warning: %s", j->image, ms_errmsg());
+    }
+    if (st) {
+        r->status = 2;
+        free_result(r);
+    }
+}
+
 static void *worker(void *arg)
 {
     ctx *cx = arg;
@@ -1021,7 +1161,9 @@ static void *worker(void *arg)
         if (!cctx) {
             r.status = 2;
             snprintf(r.msg, sizeof r.msg, "%s: out of memory", cx->jobs.v[i].image);
-        } else
+        } else if (cx->jobs.v[i].dicom)
+            work_dicom(cx, cctx, &sc, &cx->jobs.v[i], &r);
+        else
             work(cx, cctx, &sc, &cx->jobs.v[i], &r);
         pthread_mutex_lock(&cx->mu);
         r.ready = 1;
@@ -1135,14 +1277,14 @@ static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
         for (int i = 0; i < o->n_srcs && !st; i++) st = read_nnunet(o->srcs[i], &cx->jobs);
     } else {
         walker w = {&cx->jobs, {0}, o->stop};
-        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(&w, o->srcs[i], 1);
+        for (int i = 0; i < o->n_srcs && !st; i++) st = walk(&w, o->srcs[i], 1, NULL);
         free(w.seen.v);
         free(w.seen.used);
         if (!st && o->labels) st = read_csv(o->labels, o->image_root, 1, &cx->jobs);
         if (!st && o->val_labels) st = read_csv(o->val_labels, o->image_root, 2, &cx->jobs);
     }
     if (st) return st;
-    if (cx->jobs.n == 0) fprintf(stderr, "ingest: warning: no NIfTI files found in the sources given\n");
+    if (cx->jobs.n == 0) fprintf(stderr, "ingest: warning: no NIfTI or DICOM files found in the sources given\n");
     if (o->label_names) {
         size_t len;
         MS_TRY(ms_read_file(o->label_names, 1 << 20, labnames, &len));
@@ -1386,6 +1528,8 @@ leave:
     for (int i = 0; i < cx.jobs.n; i++) {
         free(cx.jobs.v[i].image);
         free(cx.jobs.v[i].label);
+        for (int k = 0; k < cx.jobs.v[i].n_files; k++) free(cx.jobs.v[i].files[k]);
+        free(cx.jobs.v[i].files);
     }
     free(cx.jobs.v);
     for (size_t i = 0; i < cx.n_done; i++) free(cx.done[i]);

@@ -1,4 +1,5 @@
-/* data/ingest.h — `mrisam ingest`: NIfTI volumes (and finetune-SAM PNG pairs) into the slice store.
+/* data/ingest.h — `mrisam ingest`: NIfTI volumes (and finetune-SAM PNG pairs, and DICOM series converted by
+ * dcm2niix: data/dicom.h) into the slice store.
  *
  * Pipeline: the sources are listed first (directories walked in sorted order), then worker threads hash, decode,
  * reorient, normalise, slice and compress each source while the calling thread is the only writer and commits the

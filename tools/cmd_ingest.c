@@ -13,7 +13,8 @@ static int run(int argc, char **argv)
 {
     static const ms_cmd_help h = {
         "mrisam ingest [options] [SRC...] -o STORE",
-        "Reads NIfTI-1/NIfTI-2 volumes (.nii, .nii.gz, .hdr/.img; directories are walked recursively), brings each to "
+        "Reads NIfTI-1/NIfTI-2 volumes (.nii, .nii.gz, .hdr/.img; directories are walked recursively) and DICOM series "
+        "(each folder's DICOM files, converted by dcm2niix into a private temporary folder), brings each to "
         "RAS+ by axis permutations and flips, normalises its intensity, cuts it into 2D slices along --axis and stores "
         "them zstd-compressed in an LMDB store. Reruns skip sources already stored (identified by content hash) and "
         "append new ones. With --labels a CSV of image,label rows (PNG rows are finetune-SAM 2D pairs) or an nnU-Net "
