@@ -28,30 +28,37 @@ ms_status ms_encode_floats(const float *v, size_t n, ms_norm norm, double p_lo, 
                            ms_encoding *e)
 {
     float mn = 0, mx = 0;
-    int integral = 1;
-    for (size_t i = 0; i < n; i++) {
-        float x = v[i];
-        mn = x < mn ? x : mn;
-        mx = x > mx ? x : mx;
-        integral &= x == floorf(x);
+    for (size_t i = 0; i < n; i++) { /* branch-free: vectorised */
+        mn = v[i] < mn ? v[i] : mn;
+        mx = v[i] > mx ? v[i] : mx;
+    }
+    int integral = mn >= -32768.f && mx <= 65535.f && (mn >= 0 || mx <= 32767.f);
+    if (integral) { /* inside int32's range, so the cast is defined */
+        int all = 1;
+        for (size_t i = 0; i < n; i++) all &= v[i] == (float)(int32_t)v[i];
+        integral = all;
     }
     ms_int_type t;
     double slope = 1;
-    if (integral && mn >= 0 && mx <= 65535) { /* integers that fit: kept exactly */
+    if (integral && mn >= 0) { /* integers that fit: kept exactly */
         t = MS_INT_U16;
-        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)v[i];
-    } else if (integral && mn >= -32768 && mx <= 32767) {
+        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(int32_t)v[i];
+    } else if (integral) {
         t = MS_INT_I16;
-        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(int16_t)v[i];
-    } else if (mn >= 0) { /* quantised, zero kept at zero */
+        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(int16_t)(int32_t)v[i];
+    } else if (mn >= 0) { /* quantised, zero kept at zero; x + 0.5 >= 0, so truncation is floor */
         t = MS_INT_U16;
         slope = mx > 0 ? (double)mx / 65535.0 : 1;
-        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)floor((double)v[i] / slope + 0.5);
+        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(int32_t)((double)v[i] / slope + 0.5);
     } else {
         t = MS_INT_I16;
         double m = fmax(-(double)mn, (double)mx);
         slope = m / 32767.0;
-        for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(int16_t)floor((double)v[i] / slope + 0.5);
+        for (size_t i = 0; i < n; i++) {
+            double x = (double)v[i] / slope + 0.5;
+            int32_t k = (int32_t)x;        /* truncation; one less below zero when x is not whole: floor */
+            out[i] = (uint16_t)(int16_t)(k - (x < (double)k));
+        }
     }
     MS_TRY(ms_encode_fit_int(out, t, n, norm, p_lo, p_hi, e));
     e->slope = slope;

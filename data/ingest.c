@@ -834,7 +834,7 @@ static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, ms_ni
 }
 
 /* Frame f's intensities → c->pix. Layout 2 (data/encode.h): the stored values and c->enc; integer images of at most
- * 16 bits are gathered to canonical order as they are (an identity table), others encoded from floats. Layout 1:
+ * 16 bits are gathered to canonical order as they are, others encoded from floats. Layout 1:
  * the normalised pixels; 8/16-bit integer images fit on the stored values, then take one table lookup per voxel on
  * the way to canonical order: the same pixels as the float path, without its float volume. *bad counts NaN/Inf
  * voxels (zeroed). it gets the window in original units. */
@@ -849,17 +849,14 @@ static ms_status frame_pixels(const ms_ingest_opts *o, const job *j, const ms_ni
             : dt == DT_INT8    ? MS_INT_I8
             : dt == DT_UINT16  ? MS_INT_U16
                                : MS_INT_I16;
-        uint16_t *lut = NULL;
         if (c->layout == 2) {
             MS_TRY(ms_encode_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, &c->enc));
             *it = c->enc.win;
-            size_t m = (size_t)((int64_t)it->int_hi - it->int_lo + 1);
-            if (!(lut = malloc(m * sizeof *lut))) return ms_error(MS_ENOMEM, "out of memory");
-            for (size_t k = 0; k < m; k++) lut[k] = (uint16_t)(it->int_lo + (int32_t)k); /* the value's own bits */
-        } else {
-            MS_TRY(ms_intensity_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, it));
-            MS_TRY(ms_intensity_lut(it, &lut));
+            return ms_nifti_frame_raw16(im, f, c->pix);
         }
+        uint16_t *lut = NULL;
+        MS_TRY(ms_intensity_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, it));
+        MS_TRY(ms_intensity_lut(it, &lut));
         ms_status st = ms_nifti_frame_lut(im, f, lut, it->int_lo, it->int_hi, c->pix);
         free(lut);
         return st;

@@ -839,3 +839,42 @@ ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *l
     }
     return MS_OK;
 }
+
+/* The canonical walk of GATHER copying the stored values' 16 bits (8-bit values widened, int8 sign-extended): no
+ * table, no conversion; a run along x with stride 1 is a memcpy. */
+#define GATHER_RAW(T)                                                                                                  \
+    do {                                                                                                               \
+        const T *src = (const T *)base;                                                                                \
+        for (int64_t z = 0; z < cz; z++)                                                                               \
+            for (int64_t y = 0; y < cy; y++) {                                                                         \
+                int64_t o = o0 + z * sz + y * sy;                                                                      \
+                uint16_t *d = dst + (z * cy + y) * cx;                                                                 \
+                if (sizeof(T) == 2 && sx == 1)                                                                         \
+                    memcpy(d, src + o, (size_t)cx * 2);                                                                \
+                else                                                                                                   \
+                    for (int64_t x = 0; x < cx; x++, o += sx) d[x] = (uint16_t)src[o];                                 \
+            }                                                                                                          \
+    } while (0)
+
+ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst)
+{
+    const void *data;
+    int dt = ms_nifti_frame_int(n, frame, &data);
+    if (!dt) return ms_error(MS_EINVAL, "ms_nifti_frame_raw16: not an integer frame");
+    const uint8_t *base = data;
+    int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]};
+    int64_t s[3], o0 = 0;
+    for (int i = 0; i < 3; i++) {
+        int j = n->perm[i];
+        s[i] = n->flip[i] ? -stride[j] : stride[j];
+        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
+    }
+    int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
+    switch (dt) {
+    case DT_UINT8: GATHER_RAW(uint8_t); break;
+    case DT_INT8: GATHER_RAW(int8_t); break;
+    case DT_UINT16: GATHER_RAW(uint16_t); break;
+    case DT_INT16: GATHER_RAW(int16_t); break;
+    }
+    return MS_OK;
+}

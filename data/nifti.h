@@ -84,6 +84,9 @@ int ms_nifti_frame_int(const ms_nifti *n, int64_t frame, const void **data);
  * any other value, which the table's fit on the same frame rules out). */
 ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *lut, int32_t lo, int32_t hi,
                              uint16_t *dst);
+/* The same walk copying the frame's stored values as 16 bits (layout 2, data/encode.h): uint16/int16 as they are,
+ * uint8 zero- and int8 sign-extended. MS_EINVAL unless ms_nifti_frame_int accepts the frame. */
+ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst);
 void ms_nifti_close(ms_nifti *n);
 /* The datatype's name ("int16"), or "unknown". */
 const char *ms_nifti_type_name(int datatype);
