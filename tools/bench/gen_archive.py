@@ -43,7 +43,7 @@ def draw_params(seed, index, small):
     else:
         inplane = (256, 256) if u < 0.7 else [(192, 256), (240, 240), (320, 320)][r.integers(3)]
         scale = 1.0
-    vox_ip = float(r.uniform(0.8, 1.2)) * scale * 256 / max(inplane)
+    vox_ip = float(r.uniform(0.8, 1.2)) * 256 / max(inplane)  # a field of view about 256 mm
     if r.random() < 0.2:  # thick slices: fewer of them, about the same extent
         thick = float(r.uniform(1.5, 5.0)) * scale
         ns = int(round(r.uniform(150, 200) / thick))
