@@ -126,10 +126,10 @@ def phantom(p, r, shape, spacing):
     vals = [gm, gm, csf, csf, skull, skull, scalp, scalp * 0.7, 0.0]
     img = np.interp(r0, knots, vals).astype(np.float32)
     # white matter under a folded cortex: the grey/white boundary moves with a mid-frequency field
-    folds = smooth_field(r, shape, (14, 16, 12), 0.8)
-    f = folds * np.float32(0.05)
+    folds = smooth_field(r, shape, (22, 26, 20), 0.8)
+    f = folds * np.float32(0.09)
     f += r0
-    w = ramp(f, 0.74, 0.03)
+    w = ramp(f, 0.77, 0.025)
     cortex = ramp(r0, 0.855, 0.015)
     w *= cortex
     f = w * np.float32(wm - gm)
