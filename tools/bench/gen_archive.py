@@ -205,7 +205,7 @@ def affine_for(p, shape_ras, spacing):
     return aff
 
 
-def to_dtype(v, dtype, r):
+def to_dtype(v, dtype):
     if dtype == "float32":
         return v
     np.rint(v, out=v)
@@ -241,7 +241,7 @@ def nifti_bytes(p, data, aff, r):
     return bytes(b)
 
 
-def make_volume(p, small):
+def make_volume(p):
     r = np.random.default_rng([p["seed"], p["index"], 1])
     n1, n2, ns = p["shape"][:3]
     stored = [n1, n2, ns]
@@ -258,7 +258,7 @@ def make_volume(p, small):
     for f in range(p["frames"]):
         gain = p["peak"] * (1 + 0.03 * f)
         v = rician(clean * gain, p["noise_frac"] * p["peak"], r)
-        frames.append(to_dtype(nib.orientations.apply_orientation(v, ornt), p["dtype"], r))
+        frames.append(to_dtype(nib.orientations.apply_orientation(v, ornt), p["dtype"]))
     data = frames[0] if len(frames) == 1 else np.stack(frames, axis=-1)
     aff = aff_ras @ nib.orientations.inv_ornt_aff(ornt, shape_ras)
     return nifti_bytes(p, np.ascontiguousarray(data), aff, r)
@@ -274,12 +274,12 @@ def orientation_code(p):
 
 
 def one(job):
-    out_dir, p, small = job
+    out_dir, p = job
     path = os.path.join(out_dir, p["file"])
     t = 0.0
     if not os.path.exists(path):
         t0 = time.perf_counter()
-        raw = make_volume(p, small)
+        raw = make_volume(p)
         gz = gzip.compress(raw, compresslevel=6, mtime=0)
         tmp = path + ".part"
         with open(tmp, "wb") as f:
@@ -309,7 +309,7 @@ def main():
                  f"use the same (or another OUT_DIR)")
     print(f"seed: {seed} (regenerate with --seed {seed})", flush=True)
     params = [draw_params(seed, i, a.small) for i in range(a.n)]
-    jobs = [(a.out_dir, p, a.small) for p in params]
+    jobs = [(a.out_dir, p) for p in params]
     t0 = time.perf_counter()
     if a.jobs > 1:
         with multiprocessing.Pool(a.jobs) as pool:

@@ -9,7 +9,7 @@ import csv
 import json
 import os
 
-WARMUP_S = 5.0  # resident memory is judged after each run's first seconds (buffers still growing)
+WARMUP = 0.1  # resident memory is judged after the first tenth of each run (buffers still growing)
 
 
 def main():
@@ -70,14 +70,14 @@ def main():
     samples = list(csv.DictReader(open(f"{d}/samples.csv")))
     out["rss"] = {}
     for r in sorted(starts):
-        s0 = starts[r] - t0
-        rss = [int(s["rss_kb"]) / 1024 for s in samples if int(s["run"]) == r and float(s["t"]) - s0 >= WARMUP_S]
+        run = [s for s in samples if int(s["run"]) == r and int(s["sources"]) > 0]  # from the first commit on
+        rss = [int(s["rss_kb"]) / 1024 for s in run[int(len(run) * WARMUP):]]
         if rss:
             out["rss"][r] = {"min_mb": min(rss), "max_mb": max(rss), "samples": len(rss)}
-            print(f"resident memory, run {r}, after {WARMUP_S:.0f} s: {min(rss):.0f} to {max(rss):.0f} MB "
+            print(f"resident memory, run {r}, after its first tenth: {min(rss):.0f} to {max(rss):.0f} MB "
                   f"({len(rss)} samples, one a second)")
         else:
-            print(f"resident memory, run {r}: no sample after {WARMUP_S:.0f} s (a short run)")
+            print(f"resident memory, run {r}: no sample (a run under a second)")
     # stalls: the longest gap between commits (within a run, the first commit of each run aside) and the slowest
     # commits, with the map's size there
     gaps = [x for i, x in enumerate(rows) if i and rows[i - 1]["run"] == x["run"]]
