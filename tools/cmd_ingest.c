@@ -57,7 +57,8 @@ static int run(int argc, char **argv)
         {"threads", MS_OPT_INT, &threads, "N", "decode/normalise/compress workers (default: all cores)"},
         {"progress", MS_OPT_INT, &progress, "0|1", "progress line (default: when stderr is a terminal)"},
         {"quiet", MS_OPT_FLAG, &quiet, NULL, "no summary line"},
-        {"log", MS_OPT_STR, &log_path, "FILE.jsonl", "append one JSON line per committed source (time, sizes, commit ms)"},
+        {"log", MS_OPT_STR, &log_path, "FILE.jsonl",
+         "append one JSON line per committed source (time, sizes, commit ms)"},
         {0}};
     ms_strlist pos = {0};
     int rc = ms_cli_parse(&h, opts, argc, argv, &pos);

@@ -54,8 +54,24 @@ best() { # "wall cpu": the best wall time and the best user+sys CPU time of REPS
   echo "$bw $bc_"
 }
 ratio() { echo "$1 / $2" | bc -l; }
-voxel_bytes() { $PY -c "import sys, nibabel as nib, numpy as np; print(sum(int(np.prod(h.get_data_shape())) * h.get_data_dtype().itemsize for h in (nib.load(f).header for f in sys.argv[1:])))" "$@"; }
-n_slices() { $PY -c "import lmdb; e = lmdb.open('$1', readonly=True, lock=False, max_dbs=8); d = e.open_db(b'slices', create=False); print(e.begin().stat(d)['entries'])"; }
+voxel_bytes() {
+  $PY -c "import sys, nibabel as nib, numpy as np
+hs = [nib.load(f).header for f in sys.argv[1:]]
+print(sum(int(np.prod(h.get_data_shape())) * h.get_data_dtype().itemsize for h in hs))" "$@"
+}
+n_slices() {
+  $PY -c "import lmdb; e = lmdb.open('$1', readonly=True, lock=False, max_dbs=8)
+d = e.open_db(b'slices', create=False)  # before the transaction that reads it
+print(e.begin().stat(d)['entries'])"
+}
+# the realistic set's integer sources (int16/uint16 without scl_slope): MANIFEST DIR N
+int_sources() {
+  $PY -c "import json, sys
+m = json.load(open(sys.argv[1]))
+for e in m['volumes']:
+    if e['index'] < int(sys.argv[3]) and e['dtype'] != 'float32' and e['oddity'] != 'scl_slope':
+        print(sys.argv[2] + '/' + e['file'])" "$@"
+}
 # store bytes / .nii.gz bytes of the files given: one ingest with all cores into a fresh store
 store_ratio() {
   rm -rf "$W/r.store"
@@ -96,11 +112,13 @@ run_set() {
   done
   printf "targets: 1 thread / zcat = %.2f wall, %.2f cpu (<= 1.5); %d threads / zcat = %.2f wall (<= 1)\n" \
     "$(ratio "${T_M1% *}" "$ZW")" "$(ratio "${T_M1#* }" "$ZC")" "$NP" "$(ratio "${T_MN% *}" "$ZW")"
-  printf "store: %d bytes (du -sb) / %d bytes .nii.gz = %.3f (<= 1.0 for integer sources)\n" "$SB" "$GZ" "$(ratio "$SB" "$GZ")"
+  printf "store: %d bytes (du -sb) / %d bytes .nii.gz = %.3f (<= 1.0 for integer sources)\n" "$SB" "$GZ" \
+    "$(ratio "$SB" "$GZ")"
   if [ "$name" = realistic ]; then
-    mapfile -t INT < <($PY -c "import json, sys; m = json.load(open(sys.argv[1])); print('\n'.join(f\"{sys.argv[2]}/{e['file']}\" for e in m['volumes'] if e['index'] < int(sys.argv[3]) and e['dtype'] != 'float32' and e['oddity'] != 'scl_slope'))" "$W/real/manifest.json" "$W/real" "$REAL_N")
+    mapfile -t INT < <(int_sources "$W/real/manifest.json" "$W/real" "$REAL_N")
     read -r SB GB <<<"$(store_ratio "${INT[@]}")"
-    printf "store, integer sources only (%d of %d files): %d / %d bytes = %.3f (<= 1.0)\n" "${#INT[@]}" "${#IN[@]}" "$SB" "$GB" "$(ratio "$SB" "$GB")"
+    printf "store, integer sources only (%d of %d files): %d / %d bytes = %.3f (<= 1.0)\n" "${#INT[@]}" "${#IN[@]}" \
+      "$SB" "$GB" "$(ratio "$SB" "$GB")"
   fi
   if [ "$name" = templates ] && [ "$PY_ROWS" = 1 ]; then
     local M1W=${T_M1% *} M1C=${T_M1#* } PYW=${T_PY% *} PYC=${T_PY#* } MNW=${T_MN% *}

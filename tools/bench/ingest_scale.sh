@@ -72,7 +72,13 @@ run 1 "$KILL_AT"
 run 2
 echo "== checks"
 FAIL=0
-if "$M" verify "$S" > "$DIR/verify.txt" 2>&1; then tail -1 "$DIR/verify.txt"; else FAIL=1; echo "FAIL: verify"; cat "$DIR/verify.txt"; fi
+if "$M" verify "$S" > "$DIR/verify.txt" 2>&1; then
+  tail -1 "$DIR/verify.txt"
+else
+  FAIL=1
+  echo "FAIL: verify"
+  cat "$DIR/verify.txt"
+fi
 "$M" inspect "$S" --no-volumes --no-classes > "$DIR/inspect.txt"
 grep -E "^(counts|volumes|slices|file)" "$DIR/inspect.txt"
 $PY - "$DIR" "$N" <<'PYEOF' || FAIL=1

@@ -92,7 +92,9 @@ def main():
     out["longest_gap_s"], out["mean_gap_s"] = g["dt"], mean_dt
     # the first commit of each run waits for the listing, the pipeline's first volumes and, on a resume, the hashing
     # of every source already stored
-    firsts = {r: next(x for x in rows if x["run"] == r)["t"] for r in sorted(starts) if any(x["run"] == r for x in rows)}
+    firsts = {}
+    for x in rows:
+        firsts.setdefault(x["run"], x["t"])
     print("first commit: " + ", ".join(f"run {r} after {t:.2f} s" for r, t in firsts.items()))
     out["first_commit_s"] = firsts
     out["slowest_commits_ms"] = [x["commit_ms"] for x in slow]
