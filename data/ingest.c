@@ -469,6 +469,8 @@ typedef struct ctx {
     size_t n_done;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    FILE *log; /* --log: one JSON line per committed source, or NULL */
+    double t0;
 } ctx;
 
 static int already_done(const ctx *cx, const char *key)
@@ -1194,6 +1196,28 @@ static char *params_json(const ms_ingest_opts *o, const char *map_hash)
     return s;
 }
 
+/* The --log line of source i, committed in commit_s seconds: what a long run's time series needs (throughput, map
+ * growth, stalls), flushed so that a killed run keeps every line of what it committed. */
+static ms_status log_commit(ctx *cx, int i, const result *r, uint64_t volumes, uint64_t slices, double commit_s)
+{
+    const job *j = &cx->jobs.v[i];
+    struct stat sb;
+    long long src = 0, mdb = 0;
+    if (!stat(j->image, &sb)) src += sb.st_size;
+    if (j->label && !stat(j->label, &sb)) src += sb.st_size;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", cx->o->out);
+    if (!stat(path, &sb) || !stat(cx->o->out, &sb)) mdb = sb.st_size;
+    fprintf(cx->log,
+            "{\"t\":%.3f,\"source\":%d,\"volumes\":%llu,\"slices\":%llu,\"source_bytes\":%lld,"
+            "\"voxel_bytes\":%.0f,\"commit_ms\":%.3f,\"mdb_bytes\":%lld}\n",
+            ms_now_s() - cx->t0, i, (unsigned long long)volumes, (unsigned long long)slices, src, r->voxel_mb * 1e6,
+            commit_s * 1e3, mdb);
+    if (fflush(cx->log) || ferror(cx->log))
+        return ms_error(MS_EIO, "%s: cannot write: %s", cx->o->log_path, strerror(errno));
+    return MS_OK;
+}
+
 /* Source i's result into the store, in source order: its volumes (a volume already stored counts as skipped), or
  * the warning / failure it carries. */
 static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum)
@@ -1222,6 +1246,8 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
         return MS_OK;
     }
     int dup_all = 1;
+    uint64_t vol0 = sum->volumes, sl0 = sum->slices;
+    double tc = ms_now_s();
     for (int v = 0; v < r->n_vols && !st; v++) {
         outvol *ov = &r->vols[v];
         uint32_t id;
@@ -1253,6 +1279,8 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
     else
         sum->ingested++;
     sum->voxel_mb += r->voxel_mb;
+    if (!st && cx->log && !(dup_all && r->n_vols))
+        st = log_commit(cx, i, r, sum->volumes - vol0, sum->slices - sl0, ms_now_s() - tc);
     return st;
 }
 
@@ -1452,9 +1480,14 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     pthread_mutex_init(&cx.mu, NULL);
     pthread_cond_init(&cx.cv, NULL);
     double t0 = ms_now_s();
+    cx.t0 = t0;
     nifti_set_allow_upper_fext(1); /* archives hold .NII.GZ too; a process-wide libnifti option, set before threads */
     nifti_set_debug_level(0);      /* our own messages name the file; libnifti's would be unattributed noise */
     if ((st = list_jobs(&cx, map_hash, &labnames))) goto leave;
+    if (o->log_path && !(cx.log = fopen(o->log_path, "a"))) {
+        st = ms_error(MS_EIO, "%s: cannot open: %s", o->log_path, strerror(errno));
+        goto leave; /* before the store: a bad path leaves nothing behind */
+    }
     params = params_json(o, map_hash[0] ? map_hash : NULL);
     char created[256];
     snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
@@ -1521,6 +1554,7 @@ leave:
         ms_status cs = ms_store_writer_close(cx.w);
         if (!st) st = cs;
     }
+    if (cx.log && fclose(cx.log) && !st) st = ms_error(MS_EIO, "%s: cannot write: %s", o->log_path, strerror(errno));
     if (!st && o->val_labels) st = write_split(&cx, sum);
     for (int i = 0; i < cx.jobs.n; i++) {
         free(cx.jobs.v[i].image);

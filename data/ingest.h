@@ -42,6 +42,7 @@ typedef struct ms_ingest_opts {
     int threads;                 /* workers (>= 1) */
     int progress;                /* print a progress line on stderr (a TTY) */
     int quiet;                   /* no summary line */
+    const char *log_path;        /* NULL, or a file that gets one JSON line per committed source (appended) */
     volatile sig_atomic_t *stop; /* set by a signal handler: finish the volume being written, then stop */
 } ms_ingest_opts;
 

@@ -27,7 +27,7 @@ static int run(int argc, char **argv)
         "  mrisam ingest --labels datasets/MRI-Prostate/train_5shot.csv \\\n"
         "      --val-labels datasets/MRI-Prostate/val_5shot.csv --image-root datasets -o prostate.store"};
     const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL,
-               *label_names = NULL, *axis = "auto", *norm = "percentile";
+               *label_names = NULL, *axis = "auto", *norm = "percentile", *log_path = NULL;
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
     int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = -1, quiet = 0;
     int progress = -1;
@@ -58,6 +58,8 @@ static int run(int argc, char **argv)
         {"threads", MS_OPT_INT, &threads, "N", "decode/normalise/compress workers (default: all cores)"},
         {"progress", MS_OPT_INT, &progress, "0|1", "progress line (default: when stderr is a terminal)"},
         {"quiet", MS_OPT_FLAG, &quiet, NULL, "no summary line"},
+        {"log", MS_OPT_STR, &log_path, "FILE.jsonl",
+         "append one JSON line per committed source (time, sizes, commit ms)"},
         {0}};
     ms_strlist pos = {0};
     int rc = ms_cli_parse(&h, opts, argc, argv, &pos);
@@ -127,6 +129,7 @@ static int run(int argc, char **argv)
     o.strict = strict;
     o.threads = threads;
     o.progress = progress < 0 ? isatty(2) : progress;
+    o.log_path = log_path;
     o.stop = ms_cli_catch_stop();
     ms_ingest_summary s;
     ms_status st = ms_ingest_run(&o, &s);

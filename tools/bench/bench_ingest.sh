@@ -1,18 +1,28 @@
 #!/bin/bash
-# tools/bench/bench_ingest.sh [MRISAM] — the ingest benchmark of docs/PERFORMANCE.md: one fixed set of volumes (the
-# mricron-data templates ch2, ch2bet, ch2better, aal, plus 6 generated int16 256x256x160 .nii.gz "scanner-like"
-# volumes, seed 1), timed in one run: zcat of the inputs (the gzip floor), `mrisam ingest` with 1 and 2 threads
-# (and 1 thread at zstd level 1), and tools/bench/bench_ingest.py (nibabel + numpy + zstandard + lmdb) at zstd
-# levels 3 and 1 (each Python row does the work of the mrisam row at its level), then issue 3's three ratios, and
-# tools/bench/zstd_floor.py: zstd alone on the stored slices (plain and with byte-shuffle / delta filters).
-# Prints slices/s and MB/s (MB = 1e6 bytes of decoded voxel data) side by side, wall and CPU (user+sys) time, each
-# the best of REPS runs (default 3), and the load average before and after. Needs /usr/bin/python3 with nibabel,
+# tools/bench/bench_ingest.sh [MRISAM] — the ingest benchmark of docs/PERFORMANCE.md, two sets of volumes timed in
+# one run:
+#  - "templates": the mricron-data templates ch2, ch2bet, ch2better, aal, plus 6 generated int16 256x256x160
+#    .nii.gz smooth volumes (seed 1);
+#  - "realistic": REAL_N (24) volumes of tools/bench/gen_archive.py (seed 1): Rician noise over the whole field,
+#    int16/uint16/float32, every orientation, 4D and odd headers, gzip level 6 (generated once into the bench
+#    folder, reused after).
+# For each set: zcat of the inputs (the gzip floor), `mrisam ingest` with 1 thread and with all cores ($(nproc)),
+# the ratios to zcat (issue 19's targets: 1 thread <= 1.5x zcat, all cores <= zcat single-thread) and the store's
+# bytes (du -sb of the store directory) over the .nii.gz bytes (target <= 1.0 for integer sources; the realistic
+# set's integer subset, int16/uint16 without scl_slope, is ingested alone for that figure). The templates set also
+# gets 1 thread at zstd level 1 and, unless PY_ROWS=0, tools/bench/bench_ingest.py (nibabel + numpy + zstandard +
+# lmdb) at zstd levels 3 and 1 (issue 3's comparison) and tools/bench/zstd_floor.py (zstd alone on the stored
+# slices). Prints slices/s and MB/s (MB = 1e6 bytes of decoded voxel data), wall and CPU (user+sys) time, each the
+# best of REPS runs (default 3), and the load average before and after. Needs /usr/bin/python3 with nibabel,
 # zstandard, lmdb.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 M=${1:-${MRISAM:-$HERE/../../build/mrisam}}
 REPS=${REPS:-3}
 W=${BENCH_DIR:-/tmp/mrisam_bench_ingest}
+REAL_N=${REAL_N:-24}
+PY_ROWS=${PY_ROWS:-1}
+NP=$(nproc)
 PY=/usr/bin/python3
 mkdir -p "$W/in"
 TPL=$(dpkg -L mricron-data 2>/dev/null | grep '/ch2.nii.gz$' | xargs -r dirname)
@@ -31,8 +41,7 @@ for i in range(6):
     v = np.where(head, tissue + rng.normal(0, 30, head.shape), np.abs(rng.normal(0, 5, head.shape)))
     nib.Nifti1Image(v.astype(np.int16), np.diag([0.9, 0.9, 1.2, 1])).to_filename(p)
 PYEOF
-IN=("$W"/in/*.nii.gz)
-RAW=$($PY -c "import sys, nibabel as nib, numpy as np; print(sum(np.prod(nib.load(f).shape) * nib.load(f).get_data_dtype().itemsize for f in sys.argv[1:]))" "${IN[@]}")
+$PY "$HERE/gen_archive.py" "$W/real" --n "$REAL_N" --seed 1 -j "$NP" | tail -1
 best() { # "wall cpu": the best wall time and the best user+sys CPU time of REPS runs of "$@"
   local bw=999999 bc_=999999 w c
   for _ in $(seq "$REPS"); do
@@ -44,39 +53,89 @@ best() { # "wall cpu": the best wall time and the best user+sys CPU time of REPS
   done
   echo "$bw $bc_"
 }
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-T_ZCAT=$(best sh -c "zcat ${IN[*]} > /dev/null")
-T_M1=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet)
-T_M2=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 2 --quiet)
-T_M1L1=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet --zstd-level 1)
-T_PY=$(best $PY "$HERE/bench_ingest.py" "$W/p.store" "${IN[@]}")
-T_PYL1=$(best $PY "$HERE/bench_ingest.py" --zstd-level 1 "$W/p.store" "${IN[@]}")
-"$M" ingest "${IN[@]}" -o "$W/s.store" --threads 2 2>&1 | tail -1
-N=$($PY -c "import lmdb; e = lmdb.open('$W/s.store', readonly=True, lock=False, max_dbs=8); print(e.open_db(b'slices', create=False) and e.begin().stat(e.open_db(b'slices', create=False))['entries'])")
-echo "load average before/after: $LOAD0 / $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "inputs: ${#IN[@]} volumes, $(du -cb "${IN[@]}" | tail -1 | cut -f1) bytes compressed, $RAW bytes of voxels, $N slices stored; best of $REPS; $(nproc) cores"
-echo "wall = elapsed seconds (best of $REPS); cpu = user+sys seconds (best of $REPS; on a shared machine the fairer figure)"
-printf "%-28s %8s %8s %11s %9s %8s %8s\n" method wall cpu slices/s MB/s "wall/zc" "cpu/zc"
-ZW=${T_ZCAT% *}; ZC=${T_ZCAT#* }
-for row in "zcat (gzip floor)|$T_ZCAT" "mrisam ingest --threads 1|$T_M1" "mrisam ingest --threads 2|$T_M2" \
-           "mrisam -t 1 --zstd-level 1|$T_M1L1" "python nibabel+numpy+zstd|$T_PY" "python, zstd level 1|$T_PYL1"; do
-  name=${row%|*}; t=${row#*|}; w=${t% *}; c=${t#* }
-  printf "%-28s %8.2f %8.2f %11.0f %9.1f %8.2f %8.2f\n" "$name" "$w" "$c" "$(echo "$N / $w" | bc -l)" \
-    "$(echo "$RAW / $w / 1000000" | bc -l)" "$(echo "$w / $ZW" | bc -l)" "$(echo "$c / $ZC" | bc -l)"
-done
-# issue 3's targets, wall and CPU: (1) 1 thread <= 2x zcat, (2) 2 threads <= zcat (1 thread), (3) Python >= 4x ours
 ratio() { echo "$1 / $2" | bc -l; }
-M1W=${T_M1% *}; M1C=${T_M1#* }; M2W=${T_M2% *}; PYW=${T_PY% *}; PYC=${T_PY#* }
-L1W=${T_M1L1% *}; L1C=${T_M1L1#* }; P1W=${T_PYL1% *}; P1C=${T_PYL1#* }
-printf "targets: (1) 1 thread / zcat = %.2f wall, %.2f cpu (<= 2)   (2) 2 threads / zcat = %.2f wall (<= 1)\n" \
-  "$(ratio "$M1W" "$ZW")" "$(ratio "$M1C" "$ZC")" "$(ratio "$M2W" "$ZW")"
-printf "         (3) python / mrisam 1 thread = %.2f wall, %.2f cpu at zstd 3; %.2f wall, %.2f cpu at zstd 1 (>= 4)\n" \
-  "$(ratio "$PYW" "$M1W")" "$(ratio "$PYC" "$M1C")" "$(ratio "$P1W" "$L1W")" "$(ratio "$P1C" "$L1C")"
-printf "             python / mrisam 2 threads (ingest's default on this machine: all cores) = %.2f wall at zstd 3\n" \
-  "$(ratio "$PYW" "$M2W")"
-# the part of both sides that is the same C zstd on the same slices: what is left for 4x at 1 thread
-$PY "$HERE/zstd_floor.py" "$W/s.store" > "$W/zstd_floor.txt"
-cat "$W/zstd_floor.txt"
-ZF=$(awk '/zstd plain/ { print $3 }' "$W/zstd_floor.txt")
-printf "zstd level 3 alone: %.2f s of python's %.2f and mrisam's %.2f (1 thread); 4x would leave mrisam %.2f s for everything else (it uses %.2f)\n" \
-  "$ZF" "$PYW" "$M1W" "$(echo "$PYW / 4 - $ZF" | bc -l)" "$(echo "$M1W - $ZF" | bc -l)"
+voxel_bytes() {
+  $PY -c "import sys, nibabel as nib, numpy as np
+hs = [nib.load(f).header for f in sys.argv[1:]]
+print(sum(int(np.prod(h.get_data_shape())) * h.get_data_dtype().itemsize for h in hs))" "$@"
+}
+n_slices() {
+  $PY -c "import lmdb; e = lmdb.open('$1', readonly=True, lock=False, max_dbs=8)
+d = e.open_db(b'slices', create=False)  # before the transaction that reads it
+print(e.begin().stat(d)['entries'])"
+}
+# the realistic set's integer sources (int16/uint16 without scl_slope): MANIFEST DIR N
+int_sources() {
+  $PY -c "import json, sys
+m = json.load(open(sys.argv[1]))
+for e in m['volumes']:
+    if e['index'] < int(sys.argv[3]) and e['dtype'] != 'float32' and e['oddity'] != 'scl_slope':
+        print(sys.argv[2] + '/' + e['file'])" "$@"
+}
+# store bytes / .nii.gz bytes of the files given: one ingest with all cores into a fresh store
+store_ratio() {
+  rm -rf "$W/r.store"
+  "$M" ingest "$@" -o "$W/r.store" --threads "$NP" --quiet 2>/dev/null || true
+  echo "$(du -sb "$W/r.store" | cut -f1) $(du -cb "$@" | tail -1 | cut -f1)"
+}
+# run_set NAME FILES...: the rows of one set (extra rows for the templates)
+run_set() {
+  local name=$1; shift
+  local IN=("$@") RAW GZ N ZW ZC rows row t w c SB GB
+  RAW=$(voxel_bytes "${IN[@]}")
+  GZ=$(du -cb "${IN[@]}" | tail -1 | cut -f1)
+  local T_ZCAT T_M1 T_MN
+  T_ZCAT=$(best sh -c "zcat ${IN[*]} > /dev/null")
+  T_M1=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet)
+  T_MN=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads "$NP" --quiet)
+  rows=("zcat (gzip floor)|$T_ZCAT" "mrisam ingest --threads 1|$T_M1" "mrisam ingest --threads $NP|$T_MN")
+  if [ "$name" = templates ]; then
+    rows+=("mrisam -t 1 --zstd-level 1|$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet --zstd-level 1)")
+    if [ "$PY_ROWS" = 1 ]; then
+      T_PY=$(best $PY "$HERE/bench_ingest.py" "$W/p.store" "${IN[@]}")
+      T_PYL1=$(best $PY "$HERE/bench_ingest.py" --zstd-level 1 "$W/p.store" "${IN[@]}")
+      rows+=("python nibabel+numpy+zstd|$T_PY" "python, zstd level 1|$T_PYL1")
+    fi
+  fi
+  rm -rf "$W/s.store"
+  "$M" ingest "${IN[@]}" -o "$W/s.store" --threads "$NP" 2>&1 | tail -1
+  N=$(n_slices "$W/s.store")
+  SB=$(du -sb "$W/s.store" | cut -f1)
+  echo
+  echo "== $name: ${#IN[@]} files, $GZ bytes .nii.gz, $RAW bytes of voxels, $N slices stored; best of $REPS; $NP cores"
+  printf "%-28s %8s %8s %11s %9s %8s %8s\n" method wall cpu slices/s MB/s "wall/zc" "cpu/zc"
+  ZW=${T_ZCAT% *}; ZC=${T_ZCAT#* }
+  for row in "${rows[@]}"; do
+    name_=${row%|*}; t=${row#*|}; w=${t% *}; c=${t#* }
+    printf "%-28s %8.2f %8.2f %11.0f %9.1f %8.2f %8.2f\n" "$name_" "$w" "$c" "$(echo "$N / $w" | bc -l)" \
+      "$(echo "$RAW / $w / 1000000" | bc -l)" "$(ratio "$w" "$ZW")" "$(ratio "$c" "$ZC")"
+  done
+  printf "targets: 1 thread / zcat = %.2f wall, %.2f cpu (<= 1.5); %d threads / zcat = %.2f wall (<= 1)\n" \
+    "$(ratio "${T_M1% *}" "$ZW")" "$(ratio "${T_M1#* }" "$ZC")" "$NP" "$(ratio "${T_MN% *}" "$ZW")"
+  printf "store: %d bytes (du -sb) / %d bytes .nii.gz = %.3f (<= 1.0 for integer sources)\n" "$SB" "$GZ" \
+    "$(ratio "$SB" "$GZ")"
+  if [ "$name" = realistic ]; then
+    mapfile -t INT < <(int_sources "$W/real/manifest.json" "$W/real" "$REAL_N")
+    read -r SB GB <<<"$(store_ratio "${INT[@]}")"
+    printf "store, integer sources only (%d of %d files): %d / %d bytes = %.3f (<= 1.0)\n" "${#INT[@]}" "${#IN[@]}" \
+      "$SB" "$GB" "$(ratio "$SB" "$GB")"
+  fi
+  if [ "$name" = templates ] && [ "$PY_ROWS" = 1 ]; then
+    local M1W=${T_M1% *} M1C=${T_M1#* } PYW=${T_PY% *} PYC=${T_PY#* } MNW=${T_MN% *}
+    printf "issue 3: python / mrisam 1 thread = %.2f wall, %.2f cpu at zstd 3 (>= 4); python / mrisam %d threads = %.2f wall\n" \
+      "$(ratio "$PYW" "$M1W")" "$(ratio "$PYC" "$M1C")" "$NP" "$(ratio "$PYW" "$MNW")"
+    # the part of both sides that is the same C zstd on the same slices
+    $PY "$HERE/zstd_floor.py" "$W/s.store" > "$W/zstd_floor.txt"
+    cat "$W/zstd_floor.txt"
+    ZF=$(awk '/zstd plain/ { print $3 }' "$W/zstd_floor.txt")
+    printf "zstd level 3 alone: %.2f s of python's %.2f and mrisam's %.2f (1 thread)\n" "$ZF" "$PYW" "$M1W"
+  fi
+}
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+run_set templates "$W"/in/*.nii.gz
+mapfile -t REAL < <(ls "$W"/real/vol_*.nii.gz | head -n "$REAL_N")
+run_set realistic "${REAL[@]}"
+rm -rf "$W/s.store" "$W/p.store" "$W/r.store"
+echo
+echo "load average before/after: $LOAD0 / $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wall = elapsed seconds (best of $REPS); cpu = user+sys seconds (best of $REPS; on a shared machine the fairer figure)"
