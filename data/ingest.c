@@ -540,6 +540,8 @@ typedef struct canon {
     int lab_u16;
     int layout;      /* the store's (ms_store_writer_layout) */
     ms_encoding enc; /* layout 2: what pix holds */
+    const uint16_t *view; /* layout 2, 16-bit sources: the frame in the source buffer (pix unused), strides vst */
+    int64_t vst[3];
 } canon;
 
 /* d (H x W, row-major) = src[r * rs + x * cs]. Columns step through the volume (cs > rs), so a plain row loop reads
@@ -635,7 +637,10 @@ static ms_status cut(const ms_ingest_opts *o, ZSTD_CCtx *cctx, const canon *c, i
     int flags = (o->shuffle > 0 || (o->shuffle < 0 && l2) ? MS_REC_SHUFFLED : 0) | (l2 ? MS_REC_STORED : 0);
     int32_t thr = l2 ? ms_encoding_threshold(&c->enc) : 1;
     for (int64_t k = 0; k < K; k++) {
-        take_slice(c->pix + k * ks, H, W, rs, cs, sl);
+        if (c->view) /* straight from the inflated file: one pass instead of a canonical copy, then the cut */
+            take_slice(c->view + k * c->vst[axis], H, W, c->vst[ra], c->vst[ca], sl);
+        else
+            take_slice(c->pix + k * ks, H, W, rs, cs, sl);
         if (c->lab) take_slice(c->lab + k * ks, H, W, rs, cs, lb);
         size_t fg = l2 ? count_at_least(sl, npx, dtype, thr) : count_nonzero(sl, npx);
         size_t lfg = c->lab ? count_nonzero(lb, npx) : 0;
@@ -846,6 +851,7 @@ static ms_status frame_pixels(const ms_ingest_opts *o, const job *j, const ms_ni
     const void *raw;
     int dt = j->png ? 0 : ms_nifti_frame_int(im, f, &raw);
     *bad = 0;
+    c->view = NULL;
     if (dt) {
         ms_int_type t = dt == DT_UINT8    ? MS_INT_U8
             : dt == DT_INT8    ? MS_INT_I8
@@ -854,6 +860,7 @@ static ms_status frame_pixels(const ms_ingest_opts *o, const job *j, const ms_ni
         if (c->layout == 2) {
             MS_TRY(ms_encode_fit_int(raw, t, nv, o->norm, o->p_lo, o->p_hi, &c->enc));
             *it = c->enc.win;
+            if (ms_nifti_frame_view16(im, f, &c->view, c->vst)) return MS_OK;
             return ms_nifti_frame_raw16(im, f, c->pix);
         }
         uint16_t *lut = NULL;

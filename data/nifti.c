@@ -856,6 +856,21 @@ ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *l
             }                                                                                                          \
     } while (0)
 
+int ms_nifti_frame_view16(const ms_nifti *n, int64_t frame, const uint16_t **base, int64_t st[3])
+{
+    const void *data;
+    int dt = ms_nifti_frame_int(n, frame, &data);
+    if ((dt != DT_UINT16 && dt != DT_INT16) || ((uintptr_t)data & 1)) return 0;
+    int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]}, o0 = 0;
+    for (int i = 0; i < 3; i++) {
+        int j = n->perm[i];
+        st[i] = n->flip[i] ? -stride[j] : stride[j];
+        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
+    }
+    *base = (const uint16_t *)data + o0;
+    return dt;
+}
+
 ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst)
 {
     const void *data;

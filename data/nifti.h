@@ -87,6 +87,10 @@ ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *l
 /* The same walk copying the frame's stored values as 16 bits (layout 2, data/encode.h): uint16/int16 as they are,
  * uint8 zero- and int8 sign-extended. MS_EINVAL unless ms_nifti_frame_int accepts the frame. */
 ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst);
+/* A 16-bit integer frame (ms_nifti_frame_int, 2-byte aligned) seen in canonical order without a copy: canonical
+ * voxel (x, y, z) is (*base)[x·st[0] + y·st[1] + z·st[2]] (strides may be negative). Returns its datatype, or 0
+ * when the frame cannot be viewed so (8-bit, scaled, float, misaligned). */
+int ms_nifti_frame_view16(const ms_nifti *n, int64_t frame, const uint16_t **base, int64_t st[3]);
 void ms_nifti_close(ms_nifti *n);
 /* The datatype's name ("int16"), or "unknown". */
 const char *ms_nifti_type_name(int datatype);
