@@ -36,6 +36,7 @@ struct ms_store {
     const uint8_t *map; /* LMDB's map of the data file (NULL: unknown), the file's length when opened (in_file) */
     uint64_t file_len;
     int fd;
+    int layout;   /* the format version */
     int rewindow; /* ms_store_set_norm was called: layout-2 volumes get this window instead of their own */
     ms_norm norm;
     double p_lo, p_hi;
@@ -238,6 +239,7 @@ ms_status ms_store_open(const char *path, int max_readers, ms_store **out)
         st = ms_error(MS_EUNSUPPORTED, "%s: unsupported store format version", path);
         goto leave;
     }
+    s->layout = (int)ver->valuedouble;
     cJSON_Delete(j);
     j = NULL;
     st = get_text(s, txn, s->meta, "counts", 6, &counts);
@@ -548,8 +550,13 @@ static ms_status reader_encoding(ms_store_reader *r, uint32_t id, const ms_encod
     return MS_OK;
 }
 
+int ms_store_layout(const ms_store *s) { return s->layout; }
+
 ms_status ms_store_set_norm(ms_store *s, ms_norm norm, double p_lo, double p_hi)
 {
+    if (s->layout < 2)
+        return ms_error(MS_EUNSUPPORTED, "%s: a layout-1 store keeps its pixels normalised at ingest; ingest the "
+                        "sources again into a new store to change the normalisation", s->path);
     if (norm == MS_NORM_PERCENTILE) { /* refuse a pair the stores' grid lacks now, not at the first read */
         ms_encoding e = {.n_nonzero = 0};
         MS_TRY(ms_encoding_rewindow(&e, norm, p_lo, p_hi));

@@ -59,9 +59,11 @@ ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out);
 /* The store's label names ("class name" lines from --label-names), or NULL. */
 const char *ms_store_label_names(const ms_store *s);
 
+/* The store's format version: 1 (normalised pixels) or 2 (stored values, data/encode.h). */
+int ms_store_layout(const ms_store *s);
 /* Reads layout-2 volumes with another window than the one ingest chose (--norm of pretrain/finetune): zscore, none,
- * or percentile with p_lo, p_hi among the kept ones (data/encode.h). Call before creating readers. Layout-1
- * volumes keep theirs (their normalisation was applied at ingest). */
+ * or percentile with p_lo, p_hi among the kept ones (data/encode.h). Call before creating readers. A layout-1 store
+ * is refused (MS_EUNSUPPORTED: its normalisation was applied at ingest). */
 ms_status ms_store_set_norm(ms_store *s, ms_norm norm, double p_lo, double p_hi);
 
 ms_status ms_store_reader_new(ms_store *s, ms_store_reader **out);
