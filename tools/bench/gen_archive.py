@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import secrets
+import subprocess
 import sys
 import time
 
@@ -273,14 +274,22 @@ def orientation_code(p):
     return "".join(codes)
 
 
+def gzip6(raw, fast):
+    """gzip level 6, mtime 0: zlib's (what dcm2niix's pigz writes), or with fast libdeflate-gzip's level 6 (Debian's
+    libdeflate-tools; about 3x faster, files about 1.5 % smaller, which only makes the store/source ratio harder)."""
+    if not fast:
+        return gzip.compress(raw, compresslevel=6, mtime=0)
+    return subprocess.run(["libdeflate-gzip", "-6", "-c"], input=raw, stdout=subprocess.PIPE, check=True).stdout
+
+
 def one(job):
-    out_dir, p = job
+    out_dir, p, fast = job
     path = os.path.join(out_dir, p["file"])
     t = 0.0
     if not os.path.exists(path):
         t0 = time.perf_counter()
         raw = make_volume(p)
-        gz = gzip.compress(raw, compresslevel=6, mtime=0)
+        gz = gzip6(raw, fast)
         tmp = path + ".part"
         with open(tmp, "wb") as f:
             f.write(gz)
@@ -296,6 +305,8 @@ def main():
     ap.add_argument("--seed", type=int)
     ap.add_argument("-j", "--jobs", type=int, default=1)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--fast-gzip", action="store_true",
+                    help="compress with libdeflate-gzip -6 (the 1000-volume run; the benchmarks use zlib)")
     a = ap.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
     man_path = os.path.join(a.out_dir, "manifest.json")
@@ -309,7 +320,7 @@ def main():
                  f"use the same (or another OUT_DIR)")
     print(f"seed: {seed} (regenerate with --seed {seed})", flush=True)
     params = [draw_params(seed, i, a.small) for i in range(a.n)]
-    jobs = [(a.out_dir, p) for p in params]
+    jobs = [(a.out_dir, p, a.fast_gzip) for p in params]
     t0 = time.perf_counter()
     if a.jobs > 1:
         with multiprocessing.Pool(a.jobs) as pool:
