@@ -14,6 +14,8 @@ ms_script_test(test_ingest_walk ${MS_DATA_TESTS}/test_ingest_walk.sh LABELS cpu)
 ms_script_test(test_ingest_mricron ${MS_DATA_TESTS}/test_ingest_mricron.sh LABELS "cpu;slow")
 ms_script_test(test_ingest_kill ${MS_DATA_TESTS}/test_ingest_kill.sh LABELS "cpu;slow")
 ms_script_test(test_ingest_full ${MS_DATA_TESTS}/test_ingest_full.sh LABELS cpu)
+# the realistic archive (tools/bench/gen_archive.py --small) into layout 2, bit-exact stored values
+ms_script_test(test_ingest_archive ${MS_DATA_TESTS}/test_ingest_archive.sh LABELS cpu)
 # layout 1 (stores written before layout 2) still reads and is extended in its own layout
 ms_script_test(test_store_v1 ${MS_DATA_TESTS}/test_store_v1.sh LABELS cpu)
 # DICOM series (generated with python3-pydicom, identifying header fields) through dcm2niix
