@@ -3,6 +3,9 @@
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 const double ms_enc_pct[MS_ENC_NPCT] = {0, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 75, 90, 95, 98, 99, 99.5, 99.75,
                                         99.9, 100};
@@ -73,37 +76,62 @@ static inline uint16_t norm_one(double s, double off, double sc)
     return (uint16_t)(int32_t)(t * 65535.0 + 0.5);
 }
 
-/* The table for lo..hi when it costs less than the expression per pixel (a 256x256 slice of noisy MRI spans a few
- * thousand levels), else the expression. */
-#define APPLY(T)                                                                                                       \
-    do {                                                                                                               \
-        const T *x = (const T *)stored;                                                                                \
-        int32_t lo = x[0], hi = x[0];                                                                                  \
-        for (size_t i = 1; i < n; i++) {                                                                               \
-            lo = x[i] < lo ? x[i] : lo;                                                                                \
-            hi = x[i] > hi ? x[i] : hi;                                                                                \
-        }                                                                                                              \
-        size_t m = (size_t)(hi - lo) + 1;                                                                              \
-        uint16_t *lut = m * 2 <= n ? malloc(m * sizeof *lut) : NULL;                                                   \
-        if (lut) {                                                                                                     \
-            for (size_t k = 0; k < m; k++) lut[k] = norm_one((double)(lo + (int32_t)k), off, sc);                     \
-            for (size_t i = 0; i < n; i++) out[i] = lut[x[i] - lo];                                                    \
-            free(lut);                                                                                                 \
-        } else {                                                                                                       \
-            for (size_t i = 0; i < n; i++) out[i] = norm_one((double)x[i], off, sc);                                  \
-        }                                                                                                              \
-    } while (0)
+/* x = (s − off)·k + 0.5 with k = 65535 / sc approximates 65535·(s − off)/sc + 0.5 to about 1e-11 (no cancellation:
+ * s − off is formed first); clipped to [0.5, 65535.5] its truncation is the
+ * expression's result unless x lies within 1e-7 of an integer (a tie of the exact expression, e.g. t = 1/2), where
+ * the division decides. Returns 1 when pixel i must be recomputed that way. */
+static inline int fast_one(double s, double off, double k, uint16_t *o)
+{
+    double x = (s - off) * k + 0.5;
+    x = x < 0.5 ? 0.5 : x > 65535.5 ? 65535.5 : x;
+    int32_t p = (int32_t)x;
+    double f = x - (double)p;
+    *o = (uint16_t)p;
+    return f < 1e-7 || f > 1 - 1e-7;
+}
+
+#if defined(__SSE2__)
+/* Four stored values (as int32) at a time in double: the scalar fast_one twice two-wide. Returns the flag bits. */
+static inline int fast_four(__m128i v, __m128d off, __m128d k, uint16_t *o)
+{
+    const __m128d b = _mm_set1_pd(0.5);
+    const __m128d lo = _mm_set1_pd(0.5), hi = _mm_set1_pd(65535.5), e0 = _mm_set1_pd(1e-7), e1 = _mm_set1_pd(1 - 1e-7);
+    __m128d x0 = _mm_add_pd(_mm_mul_pd(_mm_sub_pd(_mm_cvtepi32_pd(v), off), k), b);
+    __m128d x1 = _mm_add_pd(_mm_mul_pd(_mm_sub_pd(_mm_cvtepi32_pd(_mm_shuffle_epi32(v, 0xEE)), off), k), b);
+    x0 = _mm_min_pd(_mm_max_pd(x0, lo), hi);
+    x1 = _mm_min_pd(_mm_max_pd(x1, lo), hi);
+    __m128i p0 = _mm_cvttpd_epi32(x0), p1 = _mm_cvttpd_epi32(x1);
+    __m128d f0 = _mm_sub_pd(x0, _mm_cvtepi32_pd(p0)), f1 = _mm_sub_pd(x1, _mm_cvtepi32_pd(p1));
+    int flags = _mm_movemask_pd(_mm_or_pd(_mm_cmplt_pd(f0, e0), _mm_cmpgt_pd(f0, e1))) |
+                _mm_movemask_pd(_mm_or_pd(_mm_cmplt_pd(f1, e0), _mm_cmpgt_pd(f1, e1))) << 2;
+    __m128i p = _mm_unpacklo_epi64(p0, p1); /* 4 x int32 in 0..65535 → uint16 through signed saturation */
+    p = _mm_sub_epi32(p, _mm_set1_epi32(32768));
+    p = _mm_xor_si128(_mm_packs_epi32(p, p), _mm_set1_epi16((short)0x8000));
+    _mm_storel_epi64((__m128i *)o, p);
+    return flags;
+}
+#endif
 
 void ms_encoding_apply(const ms_encoding *e, const uint16_t *stored, size_t n, uint16_t *out)
 {
-    if (n == 0) return;
-    const double off = e->win.offset, sc = e->win.scale;
-    if (e->type == MS_STORED_I16)
-        APPLY(int16_t);
-    else
-        APPLY(uint16_t);
+    const double off = e->win.offset, sc = e->win.scale, k = 65535.0 / sc;
+    const int i16 = e->type == MS_STORED_I16;
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128d kk = _mm_set1_pd(k), oo = _mm_set1_pd(off);
+    for (; i + 4 <= n; i += 4) {
+        __m128i v = _mm_loadl_epi64((const __m128i *)(stored + i)); /* 4 x 16 bits */
+        v = i16 ? _mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16) : _mm_unpacklo_epi16(v, _mm_setzero_si128());
+        int f = fast_four(v, oo, kk, out + i);
+        for (int j = 0; f; j++, f >>= 1) /* rare: a tie of the expression */
+            if (f & 1) out[i + j] = norm_one(i16 ? (int16_t)stored[i + j] : stored[i + j], off, sc);
+    }
+#endif
+    for (; i < n; i++) {
+        double s = i16 ? (double)(int16_t)stored[i] : (double)stored[i];
+        if (fast_one(s, off, k, out + i)) out[i] = norm_one(s, off, sc);
+    }
 }
-#undef APPLY
 
 int32_t ms_encoding_threshold(const ms_encoding *e)
 {

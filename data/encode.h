@@ -52,8 +52,9 @@ ms_status ms_encode_fit_int(const void *v, ms_int_type type, size_t n, ms_norm n
 ms_status ms_encode_floats(const float *v, size_t n, ms_norm norm, double p_lo, double p_hi, uint16_t *out,
                            ms_encoding *e);
 
-/* Stored values (bits of the encoding's type) → normalised pixels with e->win. A table per value range when that
- * is cheaper than the expression per pixel. */
+/* Stored values (bits of the encoding's type) → normalised pixels with e->win, exactly the expression above: a
+ * multiply-add per pixel (SSE2, two doubles wide), with the division only where the multiply-add lands within 1e-7
+ * of a rounding tie. In place (stored == out) is allowed. */
 void ms_encoding_apply(const ms_encoding *e, const uint16_t *stored, size_t n, uint16_t *out);
 /* The smallest stored value (as int32) whose normalised pixel is above 0: "above background" in stored units. */
 int32_t ms_encoding_threshold(const ms_encoding *e);

@@ -18,6 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <cjson/cJSON.h>
 
@@ -510,8 +513,17 @@ int ms_rec_decode(ZSTD_DCtx *dctx, const uint8_t *p, size_t len, ms_rec_hdr *h, 
         for (size_t i = 0; i < npx; i++) o[i] = t[i];
         return 1;
     }
-    if (h->flags & MS_REC_SHUFFLED)
-        for (size_t i = 0; i < npx; i++) o[i] = (uint16_t)(t[i] | t[npx + i] << 8);
+    if (h->flags & MS_REC_SHUFFLED) {
+        size_t i = 0;
+#if defined(__SSE2__)
+        for (; i + 16 <= npx; i += 16) { /* interleave 16 low and 16 high bytes */
+            __m128i l = _mm_loadu_si128((const __m128i *)(t + i)), hb = _mm_loadu_si128((const __m128i *)(t + npx + i));
+            _mm_storeu_si128((__m128i *)(o + i), _mm_unpacklo_epi8(l, hb));
+            _mm_storeu_si128((__m128i *)(o + i + 8), _mm_unpackhi_epi8(l, hb));
+        }
+#endif
+        for (; i < npx; i++) o[i] = (uint16_t)(t[i] | t[npx + i] << 8);
+    }
     else
         for (size_t i = 0; i < npx; i++) o[i] = (uint16_t)(t[2 * i] | t[2 * i + 1] << 8);
     /* crc of the little-endian pixels; on a big-endian host this would need a byte swap first */
