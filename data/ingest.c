@@ -1499,7 +1499,7 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     char created[256];
     snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
              MS_VERSION, o->zstd_level, o->shuffle != 0, (long long)time(NULL)); /* read only by a new store */
-    if ((st = ms_store_writer_open(o->out, params, created, &cx.w))) goto leave;
+    if ((st = ms_store_writer_open_as(o->out, params, created, 0, o->layout, &cx.w))) goto leave;
     cx.layout = ms_store_writer_layout(cx.w);
     if (labnames && (st = ms_store_writer_set_label_names(cx.w, labnames))) goto leave;
     if ((st = ms_store_writer_source_keys(cx.w, &cx.done, &cx.n_done))) goto leave;

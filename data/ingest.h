@@ -38,6 +38,7 @@ typedef struct ms_ingest_opts {
     int frame;             /* -1: every frame of a 4D image is its own volume; else only this frame */
     int zstd_level;
     int shuffle; /* byte planes: 1 on, 0 off, -1 the default (on for layout 2, off for layout 1) */
+    int layout;  /* a new store's layout (docs/FORMATS.md): 0 the current (2), 1 the one before (comparisons) */
     int keep_paths, strict;
     int threads;                 /* workers (>= 1) */
     int progress;                /* print a progress line on stderr (a TTY) */

@@ -191,7 +191,15 @@ ms_status ms_store_writer_open(const char *path, const char *params_json, const 
 ms_status ms_store_writer_open_map(const char *path, const char *params_json, const char *created_json,
                                    size_t initial_map, ms_store_writer **out)
 {
+    return ms_store_writer_open_as(path, params_json, created_json, initial_map, 0, out);
+}
+
+ms_status ms_store_writer_open_as(const char *path, const char *params_json, const char *created_json,
+                                  size_t initial_map, int layout, ms_store_writer **out)
+{
     ms_status st = MS_OK;
+    if (layout != 0 && layout != 1 && layout != MS_STORE_VERSION)
+        return ms_error(MS_EINVAL, "%s: no store layout %d (1 or %d)", path, layout, MS_STORE_VERSION);
     MDB_txn *txn = NULL;
     *out = NULL;
     ms_store_writer *w = calloc(1, sizeof *w);
@@ -214,6 +222,7 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
     MDB_envinfo ei;
     mdb_env_info(w->env, &ei);
     w->mapsize = ei.me_mapsize;
+    if (initial_map == 0) initial_map = INITIAL_MAP;
     if (initial_map < ((size_t)64 << 10)) initial_map = (size_t)64 << 10;
     if (w->mapsize < initial_map) {
         w->mapsize = initial_map;
@@ -234,7 +243,7 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
         goto leave;
     }
     MDB_val k = {6, "params"}, v, fk = {6, "format"}, fv;
-    w->layout = MS_STORE_VERSION;
+    w->layout = layout ? layout : MS_STORE_VERSION;
     rc = mdb_get(txn, w->meta, &k, &v);
     if (rc == 0) {
         /* an existing store keeps its layout: appending to a layout-1 store writes layout-1 records */
@@ -245,6 +254,11 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
             st = ms_error(MS_EUNSUPPORTED, "%s: unsupported store format version", path);
             goto leave;
         }
+        if (layout && layout != w->layout) {
+            st = ms_error(MS_EINVAL, "%s: a layout-%d store; it cannot take layout-%d records", path, w->layout,
+                          layout);
+            goto leave;
+        }
         if (v.mv_size != strlen(params_json) || memcmp(v.mv_data, params_json, v.mv_size) != 0) {
             st = ms_error(MS_EINVAL, "%s: the store was created with other options (%.*s); use a new store", path,
                           (int)(v.mv_size < 300 ? v.mv_size : 300), (const char *)v.mv_data);
@@ -252,7 +266,7 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
         }
     } else if (rc == MDB_NOTFOUND) {
         char fmt[64];
-        snprintf(fmt, sizeof fmt, "{\"format\":\"mrisam-store\",\"version\":%d}", MS_STORE_VERSION);
+        snprintf(fmt, sizeof fmt, "{\"format\":\"mrisam-store\",\"version\":%d}", w->layout);
         ms_store_counts c = {0};
         rc = put_text(w, txn, w->meta, "format", fmt);
         if (!rc) rc = put_text(w, txn, w->meta, "params", params_json);

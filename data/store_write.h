@@ -40,6 +40,10 @@ ms_status ms_store_writer_open(const char *path, const char *params_json, const 
  * one to exercise the growth on MDB_MAP_FULL. An existing larger map is kept. */
 ms_status ms_store_writer_open_map(const char *path, const char *params_json, const char *created_json,
                                    size_t initial_map, ms_store_writer **out);
+/* The same with the layout of a new store given (initial_map 0: the default): 1 (normalised pixels, as stores written before layout 2) or 2; 0
+ * is the current one (2). An existing store keeps its own; naming another layout for it is refused. */
+ms_status ms_store_writer_open_as(const char *path, const char *params_json, const char *created_json,
+                                  size_t initial_map, int layout, ms_store_writer **out);
 /* Flushes (mdb_env_sync) and closes; returns the flush status. */
 ms_status ms_store_writer_close(ms_store_writer *w);
 /* The store's format version (data/store_fmt.h): 2 for a new store, 1 for a layout-1 store being extended. */

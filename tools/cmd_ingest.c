@@ -29,7 +29,7 @@ static int run(int argc, char **argv)
     const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL,
                *label_names = NULL, *axis = "auto", *norm = "percentile", *log_path = NULL;
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
-    int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = -1, quiet = 0;
+    int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = -1, quiet = 0, layout = 0;
     int progress = -1;
     const ms_opt opts[] = {
         {"o", MS_OPT_STR, &out, "STORE", "the store directory (created when absent; reruns append)"},
@@ -53,6 +53,9 @@ static int run(int argc, char **argv)
         {"zstd-level", MS_OPT_INT, &level, "N", "zstd compression level (3)"},
         {"shuffle", MS_OPT_INT, &shuffle, "0|1",
          "split 16-bit pixels into byte planes before zstd (default: on for new stores, off in layout-1 stores)"},
+        {"layout", MS_OPT_INT, &layout, "1|2",
+         "a new store's layout: 2 (default: stored values, normalised on read) or 1 (normalised at ingest, as "
+         "stores before 2; for comparisons)"},
         {"keep-paths", MS_OPT_FLAG, &keep_paths, NULL, "store source paths (default: content hashes only)"},
         {"strict", MS_OPT_FLAG, &strict, NULL, "reject volumes with NaN/Inf voxels (default: set to 0, counted)"},
         {"threads", MS_OPT_INT, &threads, "N", "decode/normalise/compress workers (default: all cores)"},
@@ -81,6 +84,10 @@ static int run(int argc, char **argv)
         bad = "--label-map and --label-threshold exclude each other";
     else if (level < -7 || level > 22)
         bad = "--zstd-level must be in -7..22";
+    else if (layout != 0 && layout != 1 && layout != 2)
+        bad = "--layout must be 1 or 2";
+    else if (shuffle < -1 || shuffle > 1)
+        bad = "--shuffle must be 0 or 1";
     else if (!(p_lo >= 0 && p_lo < p_hi && p_hi <= 100))
         bad = "percentiles must satisfy 0 <= low < high <= 100";
     else if (!(min_fg >= 0 && min_fg <= 1))
@@ -125,6 +132,7 @@ static int run(int argc, char **argv)
     o.frame = frame;
     o.zstd_level = level;
     o.shuffle = shuffle;
+    o.layout = layout;
     o.keep_paths = keep_paths;
     o.strict = strict;
     o.threads = threads;

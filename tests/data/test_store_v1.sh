@@ -53,4 +53,23 @@ for i in range(v["n_slices"]):
     assert np.array_equal(st.decode(rec)["pixels"], exp[:, :, i]), i
 print("appended volume is layout 1")
 PYEOF
+# --layout 1 writes today what 08ca0b8 wrote: every slice record byte-identical to the golden store's
+check $M ingest "$G/src/i16.nii.gz" "$G/src/f32.nii.gz" -o "$T/l1.store" --layout 1 --threads 1 --quiet
+check $PY - "$G/store" "$T/l1.store" <<'PYEOF'
+import sys
+sys.path.insert(0, __import__("os").environ["MS_SOURCE_DIR"] + "/tests/data")
+from storelib import Store
+a, b = Store(sys.argv[1]), Store(sys.argv[2])
+assert b.meta_json("format")["version"] == 1
+ka = a.keys(a.slices)
+assert ka == b.keys(b.slices), "keys differ"
+for k in ka:
+    assert a.raw(k) == b.raw(k), f"record {k} differs"
+print(f"--layout 1: {len(ka)} records byte-identical to 08ca0b8's")
+PYEOF
+# and a layout-2 store refuses layout-1 records (and the other way round)
+check $M ingest "$G/src/i16.nii.gz" -o "$T/l2.store" --quiet
+$M ingest "$T/new.nii.gz" -o "$T/l2.store" --layout 1 --quiet 2>"$T/err"; rc=$?
+check test $rc -ne 0
+check grep -q "layout-2 store; it cannot take layout-1" "$T/err"
 done_
