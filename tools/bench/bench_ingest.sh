@@ -12,7 +12,9 @@
 # set's integer subset, int16/uint16 without scl_slope, is ingested alone for that figure). The templates set also
 # gets 1 thread at zstd level 1 and, unless PY_ROWS=0, tools/bench/bench_ingest.py (nibabel + numpy + zstandard +
 # lmdb) at zstd levels 3 and 1 (issue 3's comparison) and tools/bench/zstd_floor.py (zstd alone on the stored
-# slices). Prints slices/s and MB/s (MB = 1e6 bytes of decoded voxel data), wall and CPU (user+sys) time, each the
+# slices). The realistic set is also ingested in layout 1 (`--layout 1`: normalised at ingest, the layout before
+# issue 19) for its time and bytes, and both layouts' stores go through `mrisam bench loader` (1 worker: decode,
+# decode + MAE augmentation to 256 and to 1024), alternating REPS times, best of each. Prints slices/s and MB/s (MB = 1e6 bytes of decoded voxel data), wall and CPU (user+sys) time, each the
 # best of REPS runs (default 3), and the load average before and after. Needs /usr/bin/python3 with nibabel,
 # zstandard, lmdb.
 set -eu
@@ -72,10 +74,11 @@ for e in m['volumes']:
     if e['index'] < int(sys.argv[3]) and e['dtype'] != 'float32' and e['oddity'] != 'scl_slope':
         print(sys.argv[2] + '/' + e['file'])" "$@"
 }
-# store bytes / .nii.gz bytes of the files given: one ingest with all cores into a fresh store
-store_ratio() {
+# store bytes / .nii.gz bytes of the files given, in layout LAYOUT: one ingest with all cores into a fresh store
+store_ratio() { # LAYOUT FILES...
+  local layout=$1; shift
   rm -rf "$W/r.store"
-  "$M" ingest "$@" -o "$W/r.store" --threads "$NP" --quiet 2>/dev/null || true
+  "$M" ingest "$@" -o "$W/r.store" --threads "$NP" --quiet --layout "$layout" 2>/dev/null || true
   echo "$(du -sb "$W/r.store" | cut -f1) $(du -cb "$@" | tail -1 | cut -f1)"
 }
 # run_set NAME FILES...: the rows of one set (extra rows for the templates)
@@ -89,6 +92,8 @@ run_set() {
   T_M1=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet)
   T_MN=$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads "$NP" --quiet)
   rows=("zcat (gzip floor)|$T_ZCAT" "mrisam ingest --threads 1|$T_M1" "mrisam ingest --threads $NP|$T_MN")
+  [ "$name" = realistic ] && rows+=("ingest --layout 1 -t 1|$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet --layout 1)" \
+    "ingest --layout 1 -t $NP|$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads "$NP" --quiet --layout 1)")
   if [ "$name" = templates ]; then
     rows+=("mrisam -t 1 --zstd-level 1|$(best "$M" ingest "${IN[@]}" -o "$W/s.store" --threads 1 --quiet --zstd-level 1)")
     if [ "$PY_ROWS" = 1 ]; then
@@ -116,16 +121,23 @@ run_set() {
     "$(ratio "$SB" "$GZ")"
   if [ "$name" = realistic ]; then
     mapfile -t INT < <(int_sources "$W/real/manifest.json" "$W/real" "$REAL_N")
-    read -r SB GB <<<"$(store_ratio "${INT[@]}")"
+    read -r SB GB <<<"$(store_ratio 2 "${INT[@]}")"
     printf "store, integer sources only (%d of %d files): %d / %d bytes = %.3f (<= 1.0)\n" "${#INT[@]}" "${#IN[@]}" \
       "$SB" "$GB" "$(ratio "$SB" "$GB")"
+    read -r SB GB <<<"$(store_ratio 1 "${IN[@]}")"
+    printf "layout 1 (normalised at ingest, the layout before): store %d bytes = %.3f of the .nii.gz\n" "$SB" \
+      "$(ratio "$SB" "$GZ")"
+    read -r SB GB <<<"$(store_ratio 1 "${INT[@]}")"
+    printf "layout 1, integer sources only: %d bytes = %.3f\n" "$SB" "$(ratio "$SB" "$(du -cb "${INT[@]}" | tail -1 | cut -f1)")"
   fi
   if [ "$name" = templates ] && [ "$PY_ROWS" = 1 ]; then
     local M1W=${T_M1% *} M1C=${T_M1#* } PYW=${T_PY% *} PYC=${T_PY#* } MNW=${T_MN% *}
     printf "issue 3: python / mrisam 1 thread = %.2f wall, %.2f cpu at zstd 3 (>= 4); python / mrisam %d threads = %.2f wall\n" \
       "$(ratio "$PYW" "$M1W")" "$(ratio "$PYC" "$M1C")" "$NP" "$(ratio "$PYW" "$MNW")"
     # the part of both sides that is the same C zstd on the same slices
-    $PY "$HERE/zstd_floor.py" "$W/s.store" > "$W/zstd_floor.txt"
+    rm -rf "$W/z.store" # zstd_floor.py reads layout-1 (normalised, unshuffled) slices: what the Python script stores
+    "$M" ingest "${IN[@]}" -o "$W/z.store" --layout 1 --quiet
+    $PY "$HERE/zstd_floor.py" "$W/z.store" > "$W/zstd_floor.txt"
     cat "$W/zstd_floor.txt"
     ZF=$(awk '/zstd plain/ { print $3 }' "$W/zstd_floor.txt")
     printf "zstd level 3 alone: %.2f s of python's %.2f and mrisam's %.2f (1 thread)\n" "$ZF" "$PYW" "$M1W"
@@ -135,7 +147,33 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 run_set templates "$W"/in/*.nii.gz
 mapfile -t REAL < <(ls "$W"/real/vol_*.nii.gz | head -n "$REAL_N")
 run_set realistic "${REAL[@]}"
-rm -rf "$W/s.store" "$W/p.store" "$W/r.store"
+# the loader on the same slices in both layouts (LOADER_SECONDS per mode, alternating, best of REPS)
+rm -rf "$W/l1.store" "$W/l2.store"
+"$M" ingest "${REAL[@]}" -o "$W/l1.store" --layout 1 --quiet 2>/dev/null
+"$M" ingest "${REAL[@]}" -o "$W/l2.store" --quiet 2>/dev/null
+: > "$W/loader.jsonl"
+for _ in $(seq "$REPS"); do
+  for l in 1 2; do
+    "$M" bench loader --store "$W/l$l.store" --threads 1 --no-torch --seconds "${LOADER_SECONDS:-3}" 2>/dev/null |
+      grep '^{"bench":"loader"' | sed "s/^{/{\"layout\":$l,/" >> "$W/loader.jsonl"
+  done
+done
+echo
+echo "== loader on the realistic set, 1 worker, best of $REPS (slices/s wall; per CPU-second)"
+$PY - "$W/loader.jsonl" <<'PYEOF'
+import json, sys
+best = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    k = (r["mode"], r["layout"])
+    w, c = best.get(k, (0, 0))
+    best[k] = (max(w, r["slices_per_s"]), max(c, r["slices_per_cpu_s"]))
+print(f"{'mode':10s} {'layout 1':>18s} {'layout 2':>18s} {'2 / 1':>6s}")
+for m in ("decode", "aug256", "aug1024"):
+    a, b = best.get((m, 1), (0, 0)), best.get((m, 2), (0, 0))
+    print(f"{m:10s} {a[0]:8.0f} {a[1]:8.0f}/cs {b[0]:8.0f} {b[1]:8.0f}/cs {b[0] / a[0] if a[0] else 0:6.2f}")
+PYEOF
+rm -rf "$W/s.store" "$W/p.store" "$W/r.store" "$W/z.store" "$W/l1.store" "$W/l2.store"
 echo
 echo "load average before/after: $LOAD0 / $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wall = elapsed seconds (best of $REPS); cpu = user+sys seconds (best of $REPS; on a shared machine the fairer figure)"
