@@ -670,6 +670,8 @@ typedef struct vrange {
     uint64_t first;
     uint32_t n;
     int has_labels;
+    int stored_type; /* layout 2: the record dtype its slices must have; 0 for layout 1 */
+    int bad;         /* its record is bad (reported once, not again for each of its slices) */
 } vrange;
 
 ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64_t *n_checked, uint64_t *n_bad)
@@ -699,11 +701,13 @@ ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64
         (*n_checked)++;
         if (ms_store_volume(s, i, &vi) != MS_OK) {
             BAD("volumes", i, "%s", ms_errmsg());
+            vr[i].bad = 1;
             continue;
         }
         vr[i].first = vi.first_key;
         vr[i].n = vi.n_slices;
         vr[i].has_labels = vi.has_labels;
+        vr[i].stored_type = vi.layout == 2 ? vi.enc.type : 0;
     }
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc) {
@@ -737,11 +741,15 @@ ms_status ms_store_verify(ms_store *s, ms_store_bad_fn on_bad, void *ctx, uint64
                 BAD(db, key, "%s", why);
                 continue;
             }
+            if (h.volume_id < s->n_volumes && vr[h.volume_id].bad) continue;
             if (h.volume_id >= s->n_volumes || key < vr[h.volume_id].first ||
                 key >= vr[h.volume_id].first + vr[h.volume_id].n)
                 BAD(db, key, "volume id %u does not own this key", h.volume_id);
             else if (pass && !vr[h.volume_id].has_labels)
                 BAD(db, key, "label record for a volume without labels");
+            else if (!pass && (!!(h.flags & MS_REC_STORED) != !!vr[h.volume_id].stored_type ||
+                               ((h.flags & MS_REC_STORED) && h.dtype != vr[h.volume_id].stored_type)))
+                BAD(db, key, "record layout (flags %u, dtype %u) differs from its volume's encoding", h.flags, h.dtype);
             if (key >= s->n_slices) BAD(db, key, "key beyond the slice count %llu", (unsigned long long)s->n_slices);
         }
         if (rc != MDB_NOTFOUND) {

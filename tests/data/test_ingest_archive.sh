@@ -28,6 +28,39 @@ for k in keys:
     assert (s.dtype == np.int16) == (v["intensity"]["stored"] == "int16"), f"key {k}: npy type"
 print(f"{len(keys)} slices: C and Python readers agree (normalised and stored)")
 PYEOF
+# verify catches a record whose layout disagrees with its volume (bit 1 cleared, header crc fixed) and a volume
+# whose encoding is broken (no window); the reader refuses the latter's slices with the volume named
+cp -r "$T/a.store" "$T/b.store"
+k=$($PY - "$T/b.store" "$SEED" <<'PYEOF'
+import json, random, struct, sys, lmdb
+sys.path.insert(0, __import__("os").environ["MS_SOURCE_DIR"] + "/tests/data")
+from storelib import crc32c
+env = lmdb.open(sys.argv[1], max_dbs=8)
+sl, vo = env.open_db(b"slices"), env.open_db(b"volumes")
+random.seed(int(sys.argv[2]))
+with env.begin(write=True) as t:
+    n = t.stat(sl)["entries"]
+    k = random.randrange(n)
+    rec = bytearray(t.get(struct.pack(">Q", k), db=sl))
+    rec[5] &= ~2
+    rec[40:44] = struct.pack("<I", crc32c(bytes(rec[:40])))
+    t.put(struct.pack(">Q", k), bytes(rec), db=sl)
+    vid = struct.unpack("<I", rec[24:28])[0]
+    other = (vid + 1) % t.stat(vo)["entries"]
+    v = json.loads(bytes(t.get(struct.pack(">I", other), db=vo)))
+    del v["intensity"]["window"]
+    t.put(struct.pack(">I", other), json.dumps(v).encode(), db=vo)
+    print(k, v["first_key"], other)
+PYEOF
+)
+read -r kbad kvol vbad <<<"$k"
+$M verify "$T/b.store" > "$T/verify.txt" 2>&1; rc=$?
+check test $rc -eq 1
+check grep -q "slices key $kbad: record layout" "$T/verify.txt"
+check grep -q "volumes key $vbad: .*bad intensity encoding" "$T/verify.txt"
+$M export "$T/b.store" --key "$kvol" -o "$T/x.npy" 2>"$T/err"; rc=$?
+check test $rc -ne 0
+check grep -q "volume $vbad: no valid intensity encoding" "$T/err"
 out=$($M ingest "$T/in" --keep-paths -o "$T/a.store" 2>&1)
 check grep -q "0 ingested, 20 skipped" <<<"$out"
 done_
