@@ -1185,7 +1185,9 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static char *params_json(const ms_ingest_opts *o, const char *map_hash)
+/* layout: the store's (an existing one's, else the one asked for): the informative "pixels" string says what its
+ * records hold, and a layout-1 store keeps the string it was created with (params are compared on every rerun). */
+static char *params_json(const ms_ingest_opts *o, const char *map_hash, int layout)
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "axis", axis_name(o->axis));
@@ -1196,7 +1198,8 @@ static char *params_json(const ms_ingest_opts *o, const char *map_hash)
     cJSON_AddNumberToObject(p, "frame", o->frame);
     if (map_hash) cJSON_AddStringToObject(p, "label_map_sha256", map_hash);
     if (o->has_threshold) cJSON_AddNumberToObject(p, "label_threshold", o->label_threshold);
-    cJSON_AddStringToObject(p, "pixels", "uint16 = round(65535 * clip((v - offset) / scale, 0, 1))");
+    cJSON_AddStringToObject(p, "pixels", layout == 1 ? "uint16 = round(65535 * clip((v - offset) / scale, 0, 1))"
+                                     : "stored values; read as round(65535 * clip((s - offset) / scale, 0, 1))");
     cJSON_AddStringToObject(p, "orientation", "RAS+ by permutation/flip; slice rows = lower remaining axis");
     char *s = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
@@ -1495,7 +1498,14 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
         st = ms_error(MS_EIO, "%s: cannot open: %s", o->log_path, strerror(errno));
         goto leave; /* before the store: a bad path leaves nothing behind */
     }
-    params = params_json(o, map_hash[0] ? map_hash : NULL);
+    int layout = o->layout;
+    if (!layout) { /* an existing store's own, else the current one */
+        ms_store *old = NULL;
+        if (ms_store_open(o->out, 2, &old) == MS_OK) layout = ms_store_layout(old);
+        ms_store_close(old);
+        ms_error_clear();
+    }
+    params = params_json(o, map_hash[0] ? map_hash : NULL, layout ? layout : MS_STORE_VERSION);
     char created[256];
     snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
              MS_VERSION, o->zstd_level, o->shuffle != 0, (long long)time(NULL)); /* read only by a new store */
