@@ -118,7 +118,8 @@ ms_status ms_store_norm_match(ms_store *s, const char *path, const ms_norm_choic
     if (rc) {
         char why[512], a[64], b[64];
         snprintf(why, sizeof why, "%s", ms_errmsg());
-        return ms_error(rc, "%s (%s was trained on %s, the store holds %s)", why, model,
+        /* not a usage error: the model and the store do not fit together */
+        return ms_error(MS_EUNSUPPORTED, "%s (%s was trained on %s, the store holds %s)", why, model,
                         ms_norm_choice_str(want, a, sizeof a),
                         own.given ? ms_norm_choice_str(&own, b, sizeof b) : "no recorded normalisation");
     }

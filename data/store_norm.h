@@ -41,8 +41,8 @@ ms_status ms_store_norm_own(ms_store *s, ms_norm_choice *out);
  * "path: reason". Nothing when the choice is not given. */
 ms_status ms_store_norm_apply(ms_store *s, const char *path, const ms_norm_choice *c);
 /* Readers of s see what a model was trained on (want): nothing when that is the store's own, else
- * ms_store_norm_apply; a refusal names the store, the model and both normalisations. *changed (may be NULL): 1 when
- * the store's window was replaced. */
+ * ms_store_norm_apply; a refusal (MS_EUNSUPPORTED) names the store, the model and both normalisations.
+ * *changed (may be NULL): 1 when the store's window was replaced. */
 ms_status ms_store_norm_match(ms_store *s, const char *path, const ms_norm_choice *want, const char *model,
                               int *changed);
 
