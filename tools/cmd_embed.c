@@ -64,7 +64,7 @@ static int run(int argc, char **argv)
         "model variant is read from the checkpoint's shapes. The bilinear resize is PIL-style (antialiased when "
         "shrinking) but not bit-exact with PIL's uint8 output. --ckpt also takes a pretraining run (RUN/, "
         "RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N; its preprocessing unless --resize "
-        "/ --norm say otherwise).",
+        "/ --norm say otherwise; a store slice is read with the intensity normalisation it was trained on).",
         "mrisam embed --ckpt sam_vit_b_01ec64.pth --image slice.png -o emb.npy --threads 8"};
     const char *ckpt = NULL, *image = NULL, *store = NULL, *out = NULL, *device = "cpu", *resize = NULL,
                *norm = NULL;

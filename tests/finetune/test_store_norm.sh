@@ -9,10 +9,11 @@
 #  b. finetune --store P --intensity none (2 steps) writes meta.json preprocess intensity "none" and config.json
 #     "intensity"; its model equals the one trained on N byte for byte; with non-trivial weights (ft_check.py
 #     reweight), eval of it on P equals eval on N and predict + eval --pred/--gt on the sources (predict follows
-#     meta.json); a model trained with percentiles the stores do not keep is refused by eval on P, one line;
+#     meta.json), and so does embed; a model trained with percentiles the stores do not keep is refused by eval on
+#     P, one line;
 #  c. refusals, one line naming the store: a percentile off the grid (driver, finetune), a layout-1 store
-#     (norm_check.py v1: P rewritten as layout 1 from docs/FORMATS.md) for the driver, finetune, pretrain and eval
-#     of the --intensity none model; usage errors (exit 2) for a bad word and percentiles with zscore;
+#     (norm_check.py v1: P rewritten as layout 1 from docs/FORMATS.md) for the driver, finetune, pretrain, and eval
+#     and embed of the --intensity none model; usage errors (exit 2) for a bad word and percentiles with zscore;
 #  d. --resume with another --intensity (or none given) is refused, pretrain and finetune; the same one continues.
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
@@ -74,6 +75,9 @@ check $? "predict + eval --pred/--gt"
 cmp -s e_P/per_volume.csv e_N/per_volume.csv && cmp -s e_P/per_volume.csv e_pred/per_volume.csv &&
     $PY -c "import csv,sys; sys.exit(0 if any(float(r['dice']) > 0 for r in csv.DictReader(open('e_P/per_volume.csv'))) else 1)"
 check $? "eval of the none model: store P == store N == predict on the sources, Dice not all 0 ($(tail -n +2 e_P/per_volume.csv | tr '\n' ' '))"
+M embed --ckpt run_o/best --store P --key 3 -o emb_P.npy > /dev/null 2>&1 &&
+    M embed --ckpt run_o/best --store N --key 3 -o emb_N.npy > /dev/null 2>&1 && cmp -s emb_P.npy emb_N.npy
+check $? "embed of a slice with the none model: store P == store N"
 M ingest --labels pairs.csv -o Q --percentile-low 1.5 --keep-paths --keep-empty --quiet &&
     M finetune --store Q $FT --max-steps 1 -o run_q > run_q.log 2>&1
 check $? "a store with percentiles 1.5..99.5, and a model trained on it"
@@ -107,6 +111,9 @@ check $? "pretrain --intensity on a layout-1 store refused ($(cat e.txt))"
 M eval --ckpt run_o/best --store V1 --all -o e_v1 > /dev/null 2> e.txt
 refused $? "^mrisam eval: V1: a layout-1 store .*(run_o/best was trained on intensity none, the store holds intensity percentile 0.5..99.5)" e.txt 1 && [ ! -e e_v1/per_volume.csv ]
 check $? "eval of the none model on a layout-1 store refused ($(cat e.txt))"
+M embed --ckpt run_o/best --store V1 --key 3 -o x.npy > /dev/null 2> e.txt
+refused $? "^mrisam embed: V1: a layout-1 store .*(run_o/best was trained on intensity none" e.txt 1
+check $? "embed of the none model on a layout-1 store refused ($(cat e.txt))"
 M finetune --store P $FT --intensity bogus -o run_x > /dev/null 2> e.txt
 refused $? "intensity: 'bogus' is not percentile, zscore or none" e.txt 2
 check $? "--intensity bogus: usage error ($(cat e.txt))"
