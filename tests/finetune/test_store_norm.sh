@@ -106,7 +106,7 @@ check $? "finetune --intensity on a layout-1 store refused ($(cat e.txt))"
 PT="--init random --model vit_test --input-size 64 --batch-size 2 --decoder-dim 32 --decoder-depth 1 --decoder-heads 2
     --val-slices 2 --val-every 2 --save-every 1 --max-steps 2"
 M pretrain --store V1 $PT --intensity none -o pt_x > /dev/null 2> e.txt
-refused $? "^mrisam pretrain: V1: a layout-1 store" e.txt 1
+refused $? "^mrisam pretrain: V1: a layout-1 store" e.txt 1 && [ ! -e pt_x ]
 check $? "pretrain --intensity on a layout-1 store refused ($(cat e.txt))"
 M eval --ckpt run_o/best --store V1 --all -o e_v1 > /dev/null 2> e.txt
 refused $? "^mrisam eval: V1: a layout-1 store .*(run_o/best was trained on intensity none, the store holds intensity percentile 0.5..99.5)" e.txt 1 && [ ! -e e_v1/per_volume.csv ]
