@@ -16,6 +16,7 @@
 #include "data/nifti.h"
 #include "data/sampler.h"
 #include "data/store.h"
+#include "data/store_norm.h"
 #include "finetune/predict.h"
 
 enum { N_NAME_SLOTS = 65536 }; /* one per 16-bit label value */
@@ -527,6 +528,10 @@ ms_status ms_eval_store(ms_eval_result *r, const ms_eval_store_opts *o)
     if (pm.finetuned) snprintf(task_name, sizeof task_name, "%s", pm.ft.cfg.task[pm.task].name);
     if ((st = store_predictor(&e, &pm, &dev))) goto leave;
     if ((st = ms_store_open(o->store, 4, &e.s))) goto leave;
+    if (pm.has_prep) { /* the store read as the model was trained (a window other than ingest's: layout 2) */
+        const ms_norm_choice want = {.given = 1, .norm = pm.norm, .p_lo = pm.p_lo, .p_hi = pm.p_hi};
+        if ((st = ms_store_norm_match(e.s, o->store, &want, o->ckpt, NULL))) goto leave;
+    }
     if ((st = store_names(r, &pm, e.s, o->store))) goto leave;
     if ((st = store_selection(&e))) goto leave;
     if ((st = ms_store_reader_new(e.s, &e.rd))) goto leave;

@@ -15,6 +15,7 @@
 #include "data/ingest.h"
 #include "data/loader.h"
 #include "data/png.h"
+#include "data/store_norm.h"
 #include "finetune/prompt_gen.h"
 #include "ops.h"
 
@@ -170,6 +171,7 @@ static char *config_json(const ms_ft_run *r)
     cJSON_AddNumberToObject(cj, "input_size", c->prep.size);
     cJSON_AddStringToObject(cj, "resize", c->prep.resize == MS_RESIZE_STRETCH ? "stretch" : "longest");
     cJSON_AddStringToObject(cj, "norm", c->prep.norm == MS_NORM_UNIT ? "medsam" : "sam");
+    ms_norm_choice_to_json(&o->intensity, cj);
     cJSON_AddNumberToObject(cj, "label_size", c->prep.label_size);
     cJSON_AddStringToObject(cj, "task_weights", o->task_weights_uniform ? "uniform" : "size");
     cJSON_AddNumberToObject(cj, "seed", (double)o->seed);
@@ -807,25 +809,28 @@ ms_status ms_ft_run_step(ms_ft_run *r, ms_ft_step_info *info)
 
 /* ---- opening ----------------------------------------------------------------------------------------------------- */
 
-/* Axis and intensity normalisation from a store's "params" meta (they travel with the checkpoint). */
-static void store_prep_meta(ms_store *s, ms_ft_config *c)
+/* Axis and intensity normalisation from a store's "params" meta (they travel with the checkpoint); a given
+ * --intensity is what the model sees instead. */
+static void store_prep_meta(ms_store *s, const ms_norm_choice *given, ms_ft_config *c)
 {
+    ms_norm_choice own;
+    const ms_norm_choice *in = given->given ? given : ms_store_norm_own(s, &own) ? NULL : &own;
+    if (in) {
+        c->intensity = in->norm;
+        c->p_lo = in->p_lo;
+        c->p_hi = in->p_hi;
+    }
+    ms_error_clear();
     char *js = NULL;
     if (ms_store_meta_json(s, "params", &js) || !js) { ms_error_clear(); return; }
     cJSON *j = cJSON_Parse(js);
     free(js);
     if (!j) return;
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "axis"), *n = cJSON_GetObjectItemCaseSensitive(j, "norm");
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "percentiles");
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "axis");
     if (cJSON_IsString(a)) {
         const char *v = a->valuestring;
         c->axis = !strcmp(v, "sagittal") ? MS_AXIS_SAGITTAL : !strcmp(v, "coronal") ? MS_AXIS_CORONAL
                 : !strcmp(v, "axial") ? MS_AXIS_AXIAL : MS_AXIS_AUTO;
-    }
-    if (cJSON_IsString(n)) ms_norm_parse(n->valuestring, &c->intensity);
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 2) {
-        c->p_lo = cJSON_GetArrayItem(p, 0)->valuedouble;
-        c->p_hi = cJSON_GetArrayItem(p, 1)->valuedouble;
     }
     cJSON_Delete(j);
 }
@@ -846,13 +851,14 @@ static ms_status open_tasks(ms_ft_run *r, ms_ft_config *fc)
         if (!td->store) {
             MS_TRY(ms_store_open(td->path, 8 + 4 * r->workers * r->n_tasks, &td->store));
             td->own_store = 1;
+            MS_TRY(ms_store_norm_apply(td->store, td->path, &r->cfg.intensity));
         }
         ms_status rc = ms_ft_task_from_store(&fc->task[t], r->cfg.task[t], td->store);
         if (rc) { ms_error_prefix("%s", td->path); return rc; }
         MS_FAIL_IF(!(td->label_map = malloc(65536 * sizeof(uint16_t))), MS_ENOMEM, "out of memory");
         ms_ft_task_label_map(&fc->task[t], td->label_map);
     }
-    store_prep_meta(r->td[0].store, fc);
+    store_prep_meta(r->td[0].store, &r->cfg.intensity, fc);
     return MS_OK;
 }
 

@@ -25,6 +25,7 @@
 
 #include "base/device.h"
 #include "base/status.h"
+#include "data/store_norm.h"
 #include "finetune/ft_model.h"
 #include "finetune/ft_train.h"
 #include "pretrain/optimizer.h"
@@ -54,6 +55,7 @@ typedef struct ms_ft_run_config {
     int cache_embeddings;      /* compute each slice's embedding once (frozen encoder, no augmentation) */
     int task_weights_uniform;  /* every task trains equally often (else in proportion to its training slices) */
     int workers;               /* loader threads per task; 0: the device's thread count */
+    ms_norm_choice intensity;  /* given: every store is read with it (--intensity; meta.json's preprocess) */
     /* optimisation */
     int epochs;
     int64_t max_steps;         /* > 0 wins over epochs */

@@ -173,6 +173,23 @@ static double jnum(const cJSON *o, const char *k)
     return cJSON_IsNumber(v) ? v->valuedouble : 0;
 }
 
+/* The stores' normalisation is the one thing a resume must not change (the others were never compared): a
+ * checkpoint's config.json without "intensity" was written with the stores' own. */
+static ms_status check_resume_intensity(const ms_mae_run *r, const char *dir)
+{
+    char p[MS_PATH_MAX], a[64], b[64];
+    MS_TRY(ms_path_join(p, dir, "config.json"));
+    cJSON *j;
+    MS_TRY(ms_read_json(p, 1 << 20, &j));
+    ms_norm_choice was;
+    ms_norm_choice_from_json(j, &was);
+    cJSON_Delete(j);
+    MS_FAIL_IF(!ms_norm_choice_equal(&was, &r->cfg.intensity), MS_EINVAL,
+               "%s: the run read its stores with %s, not %s: give the same --intensity with --resume", p,
+               ms_norm_choice_str(&was, a, sizeof a), ms_norm_choice_str(&r->cfg.intensity, b, sizeof b));
+    return MS_OK;
+}
+
 static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
 {
     train_state *ts = &r->ts;
@@ -330,6 +347,7 @@ static ms_status open_stores(ms_mae_run *r)
     lc->n_stores = c->n_stores;
     for (int i = 0; i < c->n_stores; i++) {
         MS_TRY(ms_store_open(c->stores[i], 4 + threads, &r->stores[i]));
+        MS_TRY(ms_store_norm_apply(r->stores[i], c->stores[i], &c->intensity));
         ms_split_spec sp;
         ms_split_spec_default(&sp);
         sp.seed = c->seed;
@@ -397,6 +415,7 @@ static ms_status write_config(ms_mae_run *r)
     cJSON_AddNumberToObject(cj, "input_size", r->S);
     cJSON_AddStringToObject(cj, "resize", "longest");
     cJSON_AddStringToObject(cj, "norm", "sam");
+    ms_norm_choice_to_json(&c->intensity, cj);
     cJSON_AddNumberToObject(cj, "batch_size", c->batch);
     cJSON_AddNumberToObject(cj, "accum_iter", c->accum);
     cJSON_AddNumberToObject(cj, "max_steps", (double)pl->total);
@@ -446,6 +465,7 @@ static ms_status open_run(ms_mae_run *r)
     if (c->resume) {
         int64_t ckstep;
         MS_TRY(ms_ckpt_dir_latest(c->resume, &ckstep, r->resumed));
+        MS_TRY(check_resume_intensity(r, r->resumed));
         MS_TRY(load_checkpoint(r, r->resumed));
         if (strcmp(c->resume, c->out)) r->saved_step = -1; /* a checkpoint elsewhere: this RUN/ has none yet */
         r->lc.resume = &r->ts.loader;

@@ -29,6 +29,7 @@
 
 #include "checkpoints/state_dict.h"
 #include "data/sampler.h"
+#include "data/store_norm.h"
 #include "pretrain/mae.h"
 #include "pretrain/sam_encoder.h"
 
@@ -37,6 +38,7 @@ typedef struct ms_mae_run_config {
     int n_stores;
     const char *stores[MS_ORDER_MAX_SOURCES];
     int workers;              /* loader threads; 0 = the device's thread count */
+    ms_norm_choice intensity; /* given: every store is read with it (--intensity; config.json, compared on resume) */
     /* the run directory; resume: the RUN/ whose newest checkpoint to continue from (usually out), NULL = fresh.
      * A fresh out must be absent or empty; overwrite: an old run there is removed first (ms_run_dir_prepare) */
     const char *out, *resume;

@@ -20,12 +20,15 @@
 #include "cli.h"
 #include "data/preprocess.h"
 #include "data/store.h"
+#include "data/store_norm.h"
 #include "finetune/predict.h"
 #include "image_io.h"
 #include "pretrain/params.h"
 #include "pretrain/sam_encoder.h"
 
-static ms_status read_store_slice(const char *path, int64_t key, float **img, int *h, int *w)
+/* want: the intensity normalisation a fine-tuned model was trained on (NULL: the store's own). */
+static ms_status read_store_slice(const char *path, int64_t key, const ms_norm_choice *want, const char *model,
+                                  float **img, int *h, int *w)
 {
     ms_store *s = NULL;
     ms_store_reader *r = NULL;
@@ -33,6 +36,7 @@ static ms_status read_store_slice(const char *path, int64_t key, float **img, in
     *img = NULL;
     ms_status rc = ms_store_open(path, 4, &s);
     if (rc) goto leave;
+    if (want && (rc = ms_store_norm_match(s, path, want, model, NULL))) goto leave;
     if (key < 0 || (uint64_t)key >= ms_store_n_slices(s)) {
         rc = ms_error(MS_ENOTFOUND, "%s: no slice %lld (the store has %llu)", path, (long long)key,
                       (unsigned long long)ms_store_n_slices(s));
@@ -60,7 +64,7 @@ static int run(int argc, char **argv)
         "model variant is read from the checkpoint's shapes. The bilinear resize is PIL-style (antialiased when "
         "shrinking) but not bit-exact with PIL's uint8 output. --ckpt also takes a pretraining run (RUN/, "
         "RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N; its preprocessing unless --resize "
-        "/ --norm say otherwise).",
+        "/ --norm say otherwise; a store slice is read with the intensity normalisation it was trained on).",
         "mrisam embed --ckpt sam_vit_b_01ec64.pth --image slice.png -o emb.npy --threads 8"};
     const char *ckpt = NULL, *image = NULL, *store = NULL, *out = NULL, *device = "cpu", *resize = NULL,
                *norm = NULL;
@@ -135,7 +139,8 @@ static int run(int argc, char **argv)
         h = img.h; w = img.w; c = img.c;
         img01 = img.data;
     } else {
-        if ((rc = read_store_slice(store, key, &img01, &h, &w))) goto leave;
+        const ms_norm_choice want = {.given = 1, .norm = pm.norm, .p_lo = pm.p_lo, .p_hi = pm.p_hi};
+        if ((rc = read_store_slice(store, key, pm.has_prep ? &want : NULL, ckpt, &img01, &h, &w))) goto leave;
         c = 1;
     }
     pc.channels = 3;

@@ -20,7 +20,8 @@
 typedef struct opts {
     ms_strlist stores;
     const char *init, *resume, *method, *scope, *prompt, *shot_unit, *schedule, *lora_blocks, *adapter_blocks;
-    const char *augment, *resize, *norm, *device, *task_weights;
+    const char *augment, *resize, *norm, *device, *task_weights, *intensity;
+    double p_lo, p_hi;
     int threads;
     /* what the run configuration points into: the stores' paths and task names */
     char path[MS_FT_MAX_TASKS][MS_PATH_MAX], name[MS_FT_MAX_TASKS][MS_FT_NAME_MAX];
@@ -93,6 +94,7 @@ static int make_config(opts *o, ms_ft_run_config *c)
     if (ms_prep_parse(&pc, o->resize, o->norm)) USAGE("%s", ms_errmsg());
     c->resize = pc.resize;
     c->norm = pc.norm;
+    if (ms_norm_choice_parse(o->intensity, o->p_lo, o->p_hi, &c->intensity)) USAGE("%s", ms_errmsg());
     if (c->ckpt) c->model = NULL; /* the weights decide the model */
     c->init_random = o->init != NULL;
     c->augment = !strcmp(o->augment, "seg");
@@ -211,7 +213,7 @@ static int run(int argc, char **argv)
         "  mrisam finetune --store a/:brain --store b/:tissue --ckpt sam_mri_vit_b.pth --method adapter \\\n"
         "      --scope encoder+decoder -o run/"};
     opts o = {.prompt = "none", .shot_unit = "slice", .schedule = "poly", .augment = "none", .device = "cpu",
-              .task_weights = "size"};
+              .task_weights = "size", .p_lo = -1, .p_hi = -1};
     ms_ft_run_config cfg;
     ms_ft_run_config_default(&cfg);
     const ms_opt table[] = {
@@ -255,6 +257,10 @@ static int run(int argc, char **argv)
                                                          "interpolate the position tables)"},
         {"resize", MS_OPT_STR, &o.resize, "longest|stretch", "SAM's longest-side resize (default) or a square stretch"},
         {"norm", MS_OPT_STR, &o.norm, "sam|medsam", "pixel normalisation (default sam)"},
+        {"intensity", MS_OPT_STR, &o.intensity, "M",
+         "percentile|zscore|none: the stores' intensity normalisation (default: each store's own, ingest's)"},
+        {"percentile-low", MS_OPT_FLOAT, &o.p_lo, "P", "lower percentile of --intensity percentile (0.5)"},
+        {"percentile-high", MS_OPT_FLOAT, &o.p_hi, "P", "upper percentile of --intensity percentile (99.5)"},
         {"seed", MS_OPT_I64, &cfg.seed, "S", "seed (default 0)"},
         {"resume", MS_OPT_STR, &o.resume, "RUN", "continue the run in RUN from its newest checkpoint"},
         {"overwrite", MS_OPT_FLAG, &cfg.overwrite, NULL, "start again over an old run in RUN (removes it)"},

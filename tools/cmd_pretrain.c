@@ -19,7 +19,8 @@
 /* What the tool itself reads; everything else goes straight into the run's configuration. */
 typedef struct opts {
     ms_strlist stores;
-    const char *sam_ckpt, *model, *mask_sampling, *device;
+    const char *sam_ckpt, *model, *mask_sampling, *device, *intensity;
+    double p_lo, p_hi;
     int threads;
     int64_t seed;
 } opts;
@@ -80,7 +81,7 @@ static int run(int argc, char **argv)
         "--overwrite starts again over an old run there.",
         "  mrisam pretrain --store store/ --init random --model vit_test --max-steps 200 -o run/\n"
         "  mrisam pretrain --store a/ --store b/ --ckpt sam_vit_b_01ec64.pth --batch-size 8 -o run/"};
-    opts o = {.mask_sampling = "stratified", .device = "cpu"};
+    opts o = {.mask_sampling = "stratified", .device = "cpu", .p_lo = -1, .p_hi = -1};
     ms_mae_run_config c;
     ms_mae_run_config_default(&c);
     const ms_opt table[] = {
@@ -118,6 +119,10 @@ static int run(int argc, char **argv)
         {"fg-threshold", MS_OPT_FLOAT, &c.fg_threshold, "X", "foreground patch: max intensity above X (default 0.05)"},
         {"max-bad-steps", MS_OPT_INT, &c.max_bad, "K", "non-finite losses in a row before rollback (default 5)"},
         {"seed", MS_OPT_I64, &o.seed, "S", "seed (default 0)"},
+        {"intensity", MS_OPT_STR, &o.intensity, "M",
+         "percentile|zscore|none: the stores' intensity normalisation (default: each store's own, ingest's)"},
+        {"percentile-low", MS_OPT_FLOAT, &o.p_lo, "P", "lower percentile of --intensity percentile (0.5)"},
+        {"percentile-high", MS_OPT_FLOAT, &o.p_hi, "P", "upper percentile of --intensity percentile (99.5)"},
         {"workers", MS_OPT_INT, &c.workers, "N", "loader threads (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
         {"device", MS_OPT_STR, &o.device, "cpu|cuda", "compute device (default cpu)"},
@@ -135,6 +140,10 @@ static int run(int argc, char **argv)
     else { fprintf(stderr, "mrisam pretrain: --mask-sampling stratified|random\n"); return MS_EXIT_USAGE; }
     if (c.batch < 1 || c.accum < 1 || o.stores.n > MS_ORDER_MAX_SOURCES) {
         fprintf(stderr, "mrisam pretrain: bad --batch-size / --accum-iter / number of stores\n");
+        return MS_EXIT_USAGE;
+    }
+    if (ms_norm_choice_parse(o.intensity, o.p_lo, o.p_hi, &c.intensity)) {
+        fprintf(stderr, "mrisam pretrain: %s\n", ms_errmsg());
         return MS_EXIT_USAGE;
     }
     c.n_stores = o.stores.n;

@@ -2,7 +2,7 @@
 # PEFT (LoRA, adapters), prompt generation, the fine-tuning model and trainer, `mrisam embed` / `segment` /
 # `finetune`, and predict/eval: `mrisam predict` against predict_ref.py, the overlap metrics, the NIfTI label
 # writer and `mrisam eval`. Every test_*.c / test_*.sh is picked up by name; test_nifti_write takes its driver.
-ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} EXCLUDE test_nifti_write)
+ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} EXCLUDE test_nifti_write test_store_norm)
 add_executable(nifti_write_driver ${CMAKE_CURRENT_LIST_DIR}/nifti_write_driver.c)
 target_link_libraries(nifti_write_driver PRIVATE mrisam_lib)
 if(MS_HAVE_CUDA)
@@ -10,6 +10,15 @@ if(MS_HAVE_CUDA)
 endif()
 ms_script_test(test_nifti_write ${CMAKE_CURRENT_LIST_DIR}/test_nifti_write.sh LABELS cpu
                ARGS $<TARGET_FILE:nifti_write_driver>)
+# A store read with another intensity normalisation than ingest's (data/store_norm.h): pixels against a Python
+# reference from the sources, refusals, finetune/pretrain --intensity, eval of such a model; the driver reads stores.
+add_executable(store_norm_driver ${CMAKE_CURRENT_LIST_DIR}/store_norm_driver.c)
+target_link_libraries(store_norm_driver PRIVATE mrisam_lib)
+if(MS_HAVE_CUDA)
+  set_target_properties(store_norm_driver PROPERTIES LINKER_LANGUAGE CUDA)
+endif()
+ms_script_test(test_store_norm ${CMAKE_CURRENT_LIST_DIR}/test_store_norm.sh LABELS cpu
+               ARGS $<TARGET_FILE:store_norm_driver>)
 # libFuzzer target (configure with CC=clang -DMS_FUZZ=ON; tests/fuzz_all.sh runs it on its seeds in
 # fuzz_corpus/fuzz_ft_meta): a fine-tuned checkpoint's meta.json.
 if(MS_FUZZ)
