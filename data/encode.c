@@ -122,9 +122,11 @@ void ms_encoding_apply(const ms_encoding *e, const uint16_t *stored, size_t n, u
     for (; i + 4 <= n; i += 4) {
         __m128i v = _mm_loadl_epi64((const __m128i *)(stored + i)); /* 4 x 16 bits */
         v = i16 ? _mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16) : _mm_unpacklo_epi16(v, _mm_setzero_si128());
+        int32_t s4[4]; /* the inputs, kept: out may be stored (in place) */
+        _mm_storeu_si128((__m128i *)s4, v);
         int f = fast_four(v, oo, kk, out + i);
         for (int j = 0; f; j++, f >>= 1) /* rare: a tie of the expression */
-            if (f & 1) out[i + j] = norm_one(i16 ? (int16_t)stored[i + j] : stored[i + j], off, sc);
+            if (f & 1) out[i + j] = norm_one((double)s4[j], off, sc);
     }
 #endif
     for (; i < n; i++) {

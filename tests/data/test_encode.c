@@ -75,6 +75,9 @@ static void check_apply(const char *what, const ms_encoding *e, const uint16_t *
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) bad += o[i] != norm_ref(stored_value(e, q[i]), e->win.offset, e->win.scale);
     MS_CHECK(bad == 0, "%s: %zu of %zu pixels differ from the expression", what, bad, n);
+    memcpy(o1, q, n * sizeof *o1); /* in place, as predict calls it */
+    ms_encoding_apply(e, o1, n, o1);
+    MS_CHECK(!memcmp(o, o1, n * sizeof *o), "%s: in-place apply differs", what);
     /* a few pixels at a time: the expression path */
     for (size_t i = 0; i + 3 <= n && i < 60; i += 3) {
         uint16_t t[3];
