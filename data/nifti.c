@@ -726,6 +726,20 @@ void ms_nifti_close(ms_nifti *n)
     n->block = NULL;
 }
 
+/* The canonical walk of a frame: canonical voxel (x, y, z) is stored element o0 + x·s[0] + y·s[1] + z·s[2] (the
+ * strides negative along flipped axes). Returns o0. */
+static int64_t canon_strides(const ms_nifti *n, int64_t s[3])
+{
+    const int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]};
+    int64_t o0 = 0;
+    for (int i = 0; i < 3; i++) {
+        int j = n->perm[i];
+        s[i] = n->flip[i] ? -stride[j] : stride[j];
+        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
+    }
+    return o0;
+}
+
 #define GATHER(T)                                                                                                      \
     do {                                                                                                               \
         const T *src = (const T *)base;                                                                                \
@@ -752,13 +766,7 @@ ms_status ms_nifti_frame(const ms_nifti *n, int64_t frame, float *dst, uint64_t 
     if (frame < 0 || frame >= n->n_frames) return ms_error(MS_EINVAL, "frame %lld out of range", (long long)frame);
     int64_t fvox = n->sdim[0] * n->sdim[1] * n->sdim[2];
     const uint8_t *base = (const uint8_t *)n->data + (size_t)(frame * fvox) * (size_t)nim->nbyper;
-    int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]};
-    int64_t s[3], o0 = 0;
-    for (int i = 0; i < 3; i++) {
-        int j = n->perm[i];
-        s[i] = n->flip[i] ? -stride[j] : stride[j];
-        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
-    }
+    int64_t s[3], o0 = canon_strides(n, s);
     int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
     double slope = nim->scl_slope, inter = nim->scl_inter;
     int scale = isfinite(slope) && slope != 0;
@@ -823,13 +831,7 @@ ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *l
     if (!dt || hi < lo) return ms_error(MS_EINVAL, "ms_nifti_frame_lut: not an integer frame or an empty table");
     const uint8_t *base = data;
     const uint32_t range = (uint32_t)((int64_t)hi - lo);
-    int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]};
-    int64_t s[3], o0 = 0;
-    for (int i = 0; i < 3; i++) {
-        int j = n->perm[i];
-        s[i] = n->flip[i] ? -stride[j] : stride[j];
-        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
-    }
+    int64_t s[3], o0 = canon_strides(n, s);
     int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
     switch (dt) {
     case DT_UINT8: GATHER_LUT(uint8_t); break;
@@ -861,13 +863,7 @@ int ms_nifti_frame_view16(const ms_nifti *n, int64_t frame, const uint16_t **bas
     const void *data;
     int dt = ms_nifti_frame_int(n, frame, &data);
     if ((dt != DT_UINT16 && dt != DT_INT16) || ((uintptr_t)data & 1)) return 0;
-    int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]}, o0 = 0;
-    for (int i = 0; i < 3; i++) {
-        int j = n->perm[i];
-        st[i] = n->flip[i] ? -stride[j] : stride[j];
-        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
-    }
-    *base = (const uint16_t *)data + o0;
+    *base = (const uint16_t *)data + canon_strides(n, st);
     return dt;
 }
 
@@ -877,13 +873,7 @@ ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst)
     int dt = ms_nifti_frame_int(n, frame, &data);
     if (!dt) return ms_error(MS_EINVAL, "ms_nifti_frame_raw16: not an integer frame");
     const uint8_t *base = data;
-    int64_t stride[3] = {1, n->sdim[0], n->sdim[0] * n->sdim[1]};
-    int64_t s[3], o0 = 0;
-    for (int i = 0; i < 3; i++) {
-        int j = n->perm[i];
-        s[i] = n->flip[i] ? -stride[j] : stride[j];
-        if (n->flip[i]) o0 += (n->sdim[j] - 1) * stride[j];
-    }
+    int64_t s[3], o0 = canon_strides(n, s);
     int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
     switch (dt) {
     case DT_UINT8: GATHER_RAW(uint8_t); break;
