@@ -6,6 +6,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MS_ENC_AVX2 1
+#endif
 
 const double ms_enc_pct[MS_ENC_NPCT] = {0, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 75, 90, 95, 98, 99, 99.5, 99.75,
                                         99.9, 100};
@@ -112,21 +116,58 @@ static inline int fast_four(__m128i v, __m128d off, __m128d k, uint16_t *o)
 }
 #endif
 
+#if MS_ENC_AVX2
+/* fast_one eight at a time, four doubles wide (AVX2, chosen at run time). Returns the pixels done (a multiple of 8). */
+__attribute__((target("avx2"))) static size_t apply_avx2(const uint16_t *stored, size_t n, int i16, double off,
+                                                          double sc, double k, uint16_t *out)
+{
+    const __m256d kk = _mm256_set1_pd(k), oo = _mm256_set1_pd(off), lo = _mm256_set1_pd(0.5);
+    const __m256d hi = _mm256_set1_pd(65535.5), e0 = _mm256_set1_pd(1e-7), e1 = _mm256_set1_pd(1 - 1e-7);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)(stored + i));
+        __m256i v = i16 ? _mm256_cvtepi16_epi32(raw) : _mm256_cvtepu16_epi32(raw);
+        __m256d x0 = _mm256_cvtepi32_pd(_mm256_castsi256_si128(v));
+        __m256d x1 = _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1));
+        x0 = _mm256_min_pd(_mm256_max_pd(_mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(x0, oo), kk), lo), lo), hi);
+        x1 = _mm256_min_pd(_mm256_max_pd(_mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(x1, oo), kk), lo), lo), hi);
+        __m128i p0 = _mm256_cvttpd_epi32(x0), p1 = _mm256_cvttpd_epi32(x1);
+        __m256d f0 = _mm256_sub_pd(x0, _mm256_cvtepi32_pd(p0)), f1 = _mm256_sub_pd(x1, _mm256_cvtepi32_pd(p1));
+        int f = _mm256_movemask_pd(_mm256_or_pd(_mm256_cmp_pd(f0, e0, _CMP_LT_OQ), _mm256_cmp_pd(f0, e1, _CMP_GT_OQ))) |
+                _mm256_movemask_pd(_mm256_or_pd(_mm256_cmp_pd(f1, e0, _CMP_LT_OQ), _mm256_cmp_pd(f1, e1, _CMP_GT_OQ)))
+                    << 4;
+        _mm_storeu_si128((__m128i *)(out + i), _mm_packus_epi32(p0, p1)); /* 0..65535 */
+        if (f) { /* rare: a tie of the expression; the inputs are still in v (out may be stored) */
+            int32_t s8[8];
+            _mm256_storeu_si256((__m256i *)s8, v);
+            for (int j = 0; j < 8; j++)
+                if (f >> j & 1) out[i + j] = norm_one((double)s8[j], off, sc);
+        }
+    }
+    return i;
+}
+#endif
+
 void ms_encoding_apply(const ms_encoding *e, const uint16_t *stored, size_t n, uint16_t *out)
 {
     const double off = e->win.offset, sc = e->win.scale, k = 65535.0 / sc;
     const int i16 = e->type == MS_STORED_I16;
     size_t i = 0;
+#if MS_ENC_AVX2
+    if (__builtin_cpu_supports("avx2")) i = apply_avx2(stored, n, i16, off, sc, k, out);
+#endif
 #if defined(__SSE2__)
     const __m128d kk = _mm_set1_pd(k), oo = _mm_set1_pd(off);
     for (; i + 4 <= n; i += 4) {
         __m128i v = _mm_loadl_epi64((const __m128i *)(stored + i)); /* 4 x 16 bits */
         v = i16 ? _mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16) : _mm_unpacklo_epi16(v, _mm_setzero_si128());
-        int32_t s4[4]; /* the inputs, kept: out may be stored (in place) */
-        _mm_storeu_si128((__m128i *)s4, v);
         int f = fast_four(v, oo, kk, out + i);
-        for (int j = 0; f; j++, f >>= 1) /* rare: a tie of the expression */
-            if (f & 1) out[i + j] = norm_one((double)s4[j], off, sc);
+        if (f) { /* rare: a tie of the expression; the inputs are still in v (out may be stored) */
+            int32_t s4[4];
+            _mm_storeu_si128((__m128i *)s4, v);
+            for (int j = 0; j < 4; j++)
+                if (f >> j & 1) out[i + j] = norm_one((double)s4[j], off, sc);
+        }
     }
 #endif
     for (; i < n; i++) {

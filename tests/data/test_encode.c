@@ -12,6 +12,24 @@
 #include "data/intensity.h"
 #include "harness.h"
 
+/* encode.c compiled a second time under other names with the run-time AVX2 choice off, so that the SSE2 path is
+ * checked on a machine that has AVX2 (as test_store does for the hashes). */
+#define __builtin_cpu_supports(x) 0
+#define ms_enc_pct sse2_enc_pct
+#define ms_encode_fit_int sse2_encode_fit_int
+#define ms_encode_floats sse2_encode_floats
+#define ms_encoding_apply sse2_encoding_apply
+#define ms_encoding_threshold sse2_encoding_threshold
+#define ms_encoding_rewindow sse2_encoding_rewindow
+#include "data/encode.c"
+#undef __builtin_cpu_supports
+#undef ms_enc_pct
+#undef ms_encode_fit_int
+#undef ms_encode_floats
+#undef ms_encoding_apply
+#undef ms_encoding_threshold
+#undef ms_encoding_rewindow
+
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -78,6 +96,8 @@ static void check_apply(const char *what, const ms_encoding *e, const uint16_t *
     memcpy(o1, q, n * sizeof *o1); /* in place, as predict calls it */
     ms_encoding_apply(e, o1, n, o1);
     MS_CHECK(!memcmp(o, o1, n * sizeof *o), "%s: in-place apply differs", what);
+    sse2_encoding_apply(e, q, n, o1);
+    MS_CHECK(!memcmp(o, o1, n * sizeof *o), "%s: the SSE2 path differs", what);
     /* a few pixels at a time: the expression path */
     for (size_t i = 0; i + 3 <= n && i < 60; i += 3) {
         uint16_t t[3];
