@@ -151,15 +151,18 @@ def crc32c(data):
     return crc ^ 0xFFFFFFFF
 
 
-def record(px, u8=False, shuffle=True, vid=0, idx=0):
+def record(px, u8=False, shuffle=True, vid=0, idx=0, i16=False):
+    """i16: a layout-2 record of int16 stored values (dtype 3, flag bit 1)."""
     h, w = px.shape
     if u8:
         raw = px.astype(np.uint8).tobytes()
         dtype, flags = 2, 0
     else:
-        le = px.astype("<u2")
+        le = px.astype("<i2").view("<u2") if i16 else px.astype("<u2")
         raw = le.view(np.uint8).reshape(-1, 2).T.tobytes() if shuffle else le.tobytes()
-        dtype, flags = 1, 1 if shuffle else 0
+        dtype, flags = (3, 2) if i16 else (1, 0)
+        flags |= 1 if shuffle else 0
+        px = le
     z = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True).compress(raw)
     crc = crc32c(px.astype(np.uint8 if u8 else "<u2").tobytes())
     hdr = b"MSR1" + struct.pack("<BBHIIffIIII", dtype, flags, 0, h, w, 1.0, 1.5, vid, idx, crc, len(z))
@@ -173,6 +176,7 @@ def gen_store():
     put(d, "u16_plain", b"\3" + record(rng.integers(0, 4000, (3, 7)), shuffle=False))
     put(d, "u8_label", b"\3" + record(rng.integers(0, 3, (8, 8)), u8=True))
     put(d, "u16_flat", b"\3" + record(np.full((16, 16), 1234)))
+    put(d, "i16_stored", b"\3" + record(rng.integers(-300, 3000, (9, 6)), i16=True))
     # fuzz_store_open damages stores it writes itself: store byte, cut length (0xffffffff: none), 3-byte patches
     d = out_dir("data", "fuzz_store_open")
     put(d, "intact0", b"\0\xff\xff\xff\xff")
