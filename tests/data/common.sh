@@ -15,3 +15,16 @@ ok() { PASS=$((PASS + 1)); }
 bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
 check() { if "$@"; then ok; else bad "$*"; fi; }
 done_() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; exit $?; }
+# term_wait PID: SIGTERM, then up to 10 s for the process to leave (SIGKILL and a failure after that); sets rc to
+# its exit status
+term_wait() {
+  local pid=$1 i
+  kill -TERM "$pid"
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    bad "still running 10 s after SIGTERM"
+    kill -KILL "$pid"
+  fi
+  wait "$pid"
+  rc=$?
+}

@@ -115,14 +115,7 @@ EOF
 PATH=$T/fake:$PATH $M ingest "$D/archive/axial" -o "$T/f.store" 2>"$T/f.err" &
 pid=$!
 for ((i = 0; i < 100; i++)); do [ -s "$T/slow.pid" ] && break; sleep 0.1; done
-kill -TERM "$pid"
-for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$pid" 2>/dev/null; then
-  bad "still running 10 s after SIGTERM"
-  kill -KILL "$pid"
-fi
-wait "$pid"
-rc=$?
+term_wait "$pid"
 cat "$T/f.err"
 check test $rc -eq 75
 check grep -q "$D/archive/axial: interrupted while converting" "$T/f.err"

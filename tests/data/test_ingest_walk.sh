@@ -119,14 +119,7 @@ PYEOF
 $M ingest "$B/big" -o "$T/big.store" 2>"$T/big.err" &
 pid=$!
 sleep 0.3 # a walk of this tree takes about 1 s on tmpfs
-kill -TERM "$pid"
-for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$pid" 2>/dev/null; then
-  bad "still running 10 s after SIGTERM"
-  kill -KILL "$pid"
-fi
-wait "$pid"
-rc=$?
+term_wait "$pid"
 cat "$T/big.err"
 if [ ! -e "$T/big.store" ]; then # stopped before the store was opened: in the walk
   check test $rc -eq 75

@@ -71,8 +71,11 @@ def pixels(store, out, norm, lo, hi):
         g = got[pos:pos + h * w].reshape(h, w)
         pos += h * w
         n += 1
-        if g.shape != r.shape or not np.array_equal(g, r):
-            d = np.abs(g.astype(np.int64) - r.astype(np.int64)).max() if g.shape == r.shape else -1
+        # numpy's percentile interpolates as b - (b - a)(1 - t) when t >= 0.5, the store as a + (b - a)t: the
+        # windows can differ in their last bit, which moves a pixel at a rounding tie by one (as check_store.py allows)
+        dd = np.abs(g.astype(np.int64) - r.astype(np.int64)) if g.shape == r.shape else None
+        if dd is None or dd.max() > 1 or (dd > 0).mean() > 0.01:
+            d = dd.max() if dd is not None else -1
             print(f"FAIL: key {k} (volume {vi['id']}, slice {rec['index']}): max |diff| {d}")
             bad += 1
     if pos != got.size:

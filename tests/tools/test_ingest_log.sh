@@ -5,17 +5,7 @@
 # indices, times and data.mdb sizes in order; volumes, slices and bytes equal to the summary, the files and the
 # manifest. A rerun (everything skipped) appends nothing; a log that cannot be opened stops the run before the
 # store exists. The archive's seed is the test's (printed).
-set -u
-M=${MS_MRISAM:?run through ctest}
-SRC=${MS_SOURCE_DIR:?run through ctest}
-PY=/usr/bin/python3
-T=${MS_BINARY_DIR:?}/tests/tmp_test_ingest_log
-rm -rf "$T" && mkdir -p "$T"
-SEED=${MS_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
-echo "seed: $SEED (replay with MS_TEST_SEED=$SEED)"
-$PY -c 'import nibabel, numpy' 2>/dev/null || { echo "skip: python3-nibabel missing"; exit 77; }
-FAIL=0
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+source "$MS_SOURCE_DIR/tests/data/common.sh" # M, SRC, PY, T, SEED (printed), bad, done_
 N=20 # 20 in a row hold one 4D volume and two odd headers
 $PY "$SRC/tools/bench/gen_archive.py" "$T/in" --n $N --seed "$SEED" --small -j 2 || exit 1
 head -c 3000 "$T/in/vol_000004.nii.gz" > "$T/in/vol_000004x.nii.gz" # truncated: fails, gets no line
@@ -74,5 +64,4 @@ before=$(wc -l < "$T/log.jsonl")
 "$M" ingest "$T/in" -o "$T/store2" --log "$T/no/such/dir/log.jsonl" 2> "$T/err2.txt" && bad "a log in a missing folder was accepted"
 grep -q "no/such/dir/log.jsonl: cannot open" "$T/err2.txt" || { bad "error line"; cat "$T/err2.txt"; }
 [ ! -e "$T/store2" ] || bad "the store was created although the log could not be opened"
-echo "$FAIL failed"
-[ $FAIL -eq 0 ]
+done_
