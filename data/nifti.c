@@ -807,56 +807,61 @@ int ms_nifti_frame_int(const ms_nifti *n, int64_t frame, const void **data)
     return dt;
 }
 
-/* The canonical walk of GATHER with one table lookup per voxel instead of the conversion to float, the scaling and
- * the finiteness test; the bounds test keeps a foreign table from reading out of range. */
-#define GATHER_LUT(T)                                                                                                  \
+/* The canonical walk of GATHER to 16 bits: with a table, one lookup per voxel instead of the conversion to float,
+ * the scaling and the finiteness test (the bounds test keeps a foreign table from reading out of range); without,
+ * the stored values' own bits (8-bit values widened, int8 sign-extended), a run along x with stride 1 a memcpy. */
+#define GATHER16(T)                                                                                                    \
     do {                                                                                                               \
         const T *src = (const T *)base;                                                                                \
         for (int64_t z = 0; z < cz; z++)                                                                               \
             for (int64_t y = 0; y < cy; y++) {                                                                         \
                 int64_t o = o0 + z * sz + y * sy;                                                                      \
                 uint16_t *d = dst + (z * cy + y) * cx;                                                                 \
-                for (int64_t x = 0; x < cx; x++, o += sx) {                                                            \
-                    uint32_t k = (uint32_t)((int32_t)src[o] - lo);                                                     \
-                    d[x] = k <= range ? lut[k] : 0;                                                                    \
-                }                                                                                                      \
-            }                                                                                                          \
-    } while (0)
-
-ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *lut, int32_t lo, int32_t hi,
-                             uint16_t *dst)
-{
-    const void *data;
-    int dt = ms_nifti_frame_int(n, frame, &data);
-    if (!dt || hi < lo) return ms_error(MS_EINVAL, "ms_nifti_frame_lut: not an integer frame or an empty table");
-    const uint8_t *base = data;
-    const uint32_t range = (uint32_t)((int64_t)hi - lo);
-    int64_t s[3], o0 = canon_strides(n, s);
-    int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
-    switch (dt) {
-    case DT_UINT8: GATHER_LUT(uint8_t); break;
-    case DT_INT8: GATHER_LUT(int8_t); break;
-    case DT_UINT16: GATHER_LUT(uint16_t); break;
-    case DT_INT16: GATHER_LUT(int16_t); break;
-    }
-    return MS_OK;
-}
-
-/* The canonical walk of GATHER copying the stored values' 16 bits (8-bit values widened, int8 sign-extended): no
- * table, no conversion; a run along x with stride 1 is a memcpy. */
-#define GATHER_RAW(T)                                                                                                  \
-    do {                                                                                                               \
-        const T *src = (const T *)base;                                                                                \
-        for (int64_t z = 0; z < cz; z++)                                                                               \
-            for (int64_t y = 0; y < cy; y++) {                                                                         \
-                int64_t o = o0 + z * sz + y * sy;                                                                      \
-                uint16_t *d = dst + (z * cy + y) * cx;                                                                 \
-                if (sizeof(T) == 2 && sx == 1)                                                                         \
+                if (lut)                                                                                               \
+                    for (int64_t x = 0; x < cx; x++, o += sx) {                                                        \
+                        uint32_t k = (uint32_t)((int32_t)src[o] - lo);                                                 \
+                        d[x] = k <= range ? lut[k] : 0;                                                                \
+                    }                                                                                                  \
+                else if (sizeof(T) == 2 && sx == 1)                                                                    \
                     memcpy(d, src + o, (size_t)cx * 2);                                                                \
                 else                                                                                                   \
                     for (int64_t x = 0; x < cx; x++, o += sx) d[x] = (uint16_t)src[o];                                 \
             }                                                                                                          \
     } while (0)
+
+/* An integer frame (ms_nifti_frame_int) to canonical order through lut over lo..hi, or as its own bits (lut NULL). */
+static ms_status gather16(const ms_nifti *n, int64_t frame, const uint16_t *lut, int32_t lo, int32_t hi,
+                          uint16_t *dst)
+{
+    const void *data;
+    int dt = ms_nifti_frame_int(n, frame, &data);
+    if (lut && (!dt || hi < lo))
+        return ms_error(MS_EINVAL, "ms_nifti_frame_lut: not an integer frame or an empty table");
+    if (!dt) return ms_error(MS_EINVAL, "ms_nifti_frame_raw16: not an integer frame");
+    const uint8_t *base = data;
+    const uint32_t range = (uint32_t)((int64_t)hi - lo);
+    int64_t s[3], o0 = canon_strides(n, s);
+    int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
+    switch (dt) {
+    case DT_UINT8: GATHER16(uint8_t); break;
+    case DT_INT8: GATHER16(int8_t); break;
+    case DT_UINT16: GATHER16(uint16_t); break;
+    case DT_INT16: GATHER16(int16_t); break;
+    }
+    return MS_OK;
+}
+
+ms_status ms_nifti_frame_lut(const ms_nifti *n, int64_t frame, const uint16_t *lut, int32_t lo, int32_t hi,
+                             uint16_t *dst)
+{
+    MS_FAIL_IF(!lut, MS_EINVAL, "ms_nifti_frame_lut: not an integer frame or an empty table");
+    return gather16(n, frame, lut, lo, hi, dst);
+}
+
+ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst)
+{
+    return gather16(n, frame, NULL, 0, -1, dst);
+}
 
 int ms_nifti_frame_view16(const ms_nifti *n, int64_t frame, const uint16_t **base, int64_t st[3])
 {
@@ -867,19 +872,3 @@ int ms_nifti_frame_view16(const ms_nifti *n, int64_t frame, const uint16_t **bas
     return dt;
 }
 
-ms_status ms_nifti_frame_raw16(const ms_nifti *n, int64_t frame, uint16_t *dst)
-{
-    const void *data;
-    int dt = ms_nifti_frame_int(n, frame, &data);
-    if (!dt) return ms_error(MS_EINVAL, "ms_nifti_frame_raw16: not an integer frame");
-    const uint8_t *base = data;
-    int64_t s[3], o0 = canon_strides(n, s);
-    int64_t cx = n->cdim[0], cy = n->cdim[1], cz = n->cdim[2], sx = s[0], sy = s[1], sz = s[2];
-    switch (dt) {
-    case DT_UINT8: GATHER_RAW(uint8_t); break;
-    case DT_INT8: GATHER_RAW(int8_t); break;
-    case DT_UINT16: GATHER_RAW(uint16_t); break;
-    case DT_INT16: GATHER_RAW(int16_t); break;
-    }
-    return MS_OK;
-}

@@ -326,8 +326,10 @@ static double jnum(const cJSON *o, const char *name, double dflt)
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
-/* The layout-2 encoding in a volume's "intensity" object (docs/FORMATS.md); MS_ENOTFOUND for a layout-1 volume. */
-static ms_status parse_encoding(const cJSON *in, ms_encoding *e)
+/* The layout-2 encoding in a volume's "intensity" object (docs/FORMATS.md), with the window ms_store_set_norm chose
+ * when it was called: MS_ENOTFOUND for a layout-1 volume, MS_EFORMAT for a bad encoding, MS_EINVAL (message set)
+ * when the window cannot be taken from the kept statistics. */
+static ms_status volume_encoding(const ms_store *s, const cJSON *in, ms_encoding *e)
 {
     const cJSON *t = cJSON_GetObjectItem(in, "stored"), *w = cJSON_GetObjectItem(in, "window");
     const cJSON *st = cJSON_GetObjectItem(in, "stats");
@@ -357,7 +359,7 @@ static ms_status parse_encoding(const cJSON *in, ms_encoding *e)
         if (!cJSON_IsNumber(v)) return MS_EFORMAT;
         e->pct[i] = v->valuedouble;
     }
-    return MS_OK;
+    return s->rewindow ? ms_encoding_rewindow(e, s->norm, s->p_lo, s->p_hi) : MS_OK;
 }
 
 ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
@@ -392,15 +394,14 @@ ms_status ms_store_volume(ms_store *s, uint32_t volume_id, ms_volume_info *out)
     const cJSON *in = cJSON_GetObjectItem(j, "intensity");
     out->intensity_offset = jnum(in, "offset", 0);
     out->intensity_scale = jnum(in, "scale", 1);
-    ms_status es = parse_encoding(in, &out->enc);
+    ms_status es = volume_encoding(s, in, &out->enc);
     out->layout = es == MS_ENOTFOUND ? 1 : 2;
-    if (es && es != MS_ENOTFOUND) {
+    if (es == MS_EFORMAT) {
         st = ms_error(MS_EFORMAT, "%s: volume %u: bad intensity encoding", s->path, volume_id);
         goto leave;
     }
-    if (out->layout == 2 && s->rewindow &&
-        (st = ms_encoding_rewindow(&out->enc, s->norm, s->p_lo, s->p_hi))) {
-        st = ms_error(st, "%s: volume %u: %s", s->path, volume_id, ms_errmsg());
+    if (es && es != MS_ENOTFOUND) {
+        st = ms_error(es, "%s: volume %u: %s", s->path, volume_id, ms_errmsg());
         goto leave;
     }
     const cJSON *lab = cJSON_GetObjectItem(j, "labels");
@@ -550,11 +551,10 @@ static ms_status reader_encoding(ms_store_reader *r, uint32_t id, const ms_encod
         cJSON *j = cJSON_Parse(txt);
         free(txt);
         slot->valid = 0;
-        st = j ? parse_encoding(cJSON_GetObjectItem(j, "intensity"), &slot->e) : MS_EFORMAT;
+        st = j ? volume_encoding(s, cJSON_GetObjectItem(j, "intensity"), &slot->e) : MS_EFORMAT;
         cJSON_Delete(j);
+        if (st == MS_EINVAL) return ms_error(st, "%s: volume %u: %s", s->path, id, ms_errmsg());
         if (st) return ms_error(MS_ECORRUPT, "%s: volume %u: no valid intensity encoding for its stored values", s->path, id);
-        if (s->rewindow && (st = ms_encoding_rewindow(&slot->e, s->norm, s->p_lo, s->p_hi)))
-            return ms_error(st, "%s: volume %u: %s", s->path, id, ms_errmsg());
         slot->id = id;
         slot->valid = 1;
     }

@@ -24,6 +24,26 @@ MS_DECLARE_OP(ms_batchnorm_backward, float *dx, float *dgamma, float *dbeta, con
               const float *gamma, const float *save_mean, const float *save_rstd, int64_t B, int64_t C, int64_t HW,
               int training)
 
+/* The argument checks both backends make (one copy): shapes, and the statistics each mode needs. */
+static inline ms_status ms_batchnorm_check(const char *who, int64_t B, int64_t C, int64_t HW, const float *x,
+                                           const float *mean, const float *rstd)
+{
+    MS_FAIL_IF(B < 0 || C <= 0 || HW < 0, MS_EINVAL, "%s: bad shape B=%lld C=%lld HW=%lld", who, (long long)B,
+               (long long)C, (long long)HW);
+    MS_FAIL_IF(B * HW > 0 && (!x || !mean || !rstd), MS_EINVAL, "%s: NULL input or statistics", who);
+    return MS_OK;
+}
+static inline ms_status ms_batchnorm_forward_check(const float *x, const float *save_mean, const float *save_rstd,
+                                                   const float *run_mean, const float *run_var, int64_t B,
+                                                   int64_t C, int64_t HW, int training)
+{
+    if (!training) return ms_batchnorm_check("batchnorm_forward", B, C, HW, x, run_mean, run_var);
+    MS_TRY(ms_batchnorm_check("batchnorm_forward", B, C, HW, x, save_mean, save_rstd));
+    MS_FAIL_IF(B * HW == 1, MS_EINVAL, "batchnorm_forward: training needs more than 1 value per channel");
+    MS_FAIL_IF((run_mean == NULL) != (run_var == NULL), MS_EINVAL, "batchnorm_forward: give both running stats");
+    return MS_OK;
+}
+
 static inline ms_status ms_batchnorm_forward(ms_device *dev, float *y, float *save_mean, float *save_rstd,
                                              const float *x, const float *gamma, const float *beta, float *run_mean,
                                              float *run_var, int64_t B, int64_t C, int64_t HW, float eps,

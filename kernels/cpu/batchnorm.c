@@ -10,27 +10,12 @@
 
 #include "cpu/cpu_par.h"
 
-static ms_status bn_check(const char *who, int64_t B, int64_t C, int64_t HW, const float *x, const float *mean,
-                          const float *rstd)
-{
-    MS_FAIL_IF(B < 0 || C <= 0 || HW < 0, MS_EINVAL, "%s: bad shape B=%lld C=%lld HW=%lld", who, (long long)B,
-               (long long)C, (long long)HW);
-    MS_FAIL_IF(B * HW > 0 && (!x || !mean || !rstd), MS_EINVAL, "%s: NULL input or statistics", who);
-    return MS_OK;
-}
-
 ms_status ms_batchnorm_forward_cpu(ms_device *dev, float *y, float *save_mean, float *save_rstd, const float *x,
                                    const float *gamma, const float *beta, float *run_mean, float *run_var, int64_t B,
                                    int64_t C, int64_t HW, float eps, float momentum, int training)
 {
     int64_t n = B * HW;
-    if (training) {
-        MS_TRY(bn_check("batchnorm_forward", B, C, HW, x, save_mean, save_rstd));
-        MS_FAIL_IF(n == 1, MS_EINVAL, "batchnorm_forward: training needs more than 1 value per channel");
-        MS_FAIL_IF((run_mean == NULL) != (run_var == NULL), MS_EINVAL, "batchnorm_forward: give both running stats");
-    } else {
-        MS_TRY(bn_check("batchnorm_forward", B, C, HW, x, run_mean, run_var));
-    }
+    MS_TRY(ms_batchnorm_forward_check(x, save_mean, save_rstd, run_mean, run_var, B, C, HW, training));
     if (n == 0) return MS_OK;
     int nt = ms_cpu_threads(dev);
     int par = n * C >= MS_CPU_PAR_MIN;
@@ -75,7 +60,7 @@ ms_status ms_batchnorm_backward_cpu(ms_device *dev, float *dx, float *dgamma, fl
                                     const float *x, const float *gamma, const float *save_mean,
                                     const float *save_rstd, int64_t B, int64_t C, int64_t HW, int training)
 {
-    MS_TRY(bn_check("batchnorm_backward", B, C, HW, x, save_mean, save_rstd));
+    MS_TRY(ms_batchnorm_check("batchnorm_backward", B, C, HW, x, save_mean, save_rstd));
     int64_t n = B * HW;
     if (n == 0 || (!dx && !dgamma && !dbeta)) return MS_OK;
     MS_FAIL_IF(!dy, MS_EINVAL, "batchnorm_backward: NULL dy");

@@ -79,15 +79,6 @@ __global__ static void bn_dx(float *dx, const float *dy, const float *x, const f
     }
 }
 
-static ms_status bn_check(const char *who, int64_t B, int64_t C, int64_t HW, const float *x, const float *mean,
-                          const float *rstd)
-{
-    MS_FAIL_IF(B < 0 || C <= 0 || HW < 0 || C > 2147483647LL, MS_EINVAL, "%s: bad shape B=%lld C=%lld HW=%lld", who,
-               (long long)B, (long long)C, (long long)HW);
-    MS_FAIL_IF(B * HW > 0 && (!x || !mean || !rstd), MS_EINVAL, "%s: NULL input or statistics", who);
-    return MS_OK;
-}
-
 extern "C" ms_status ms_batchnorm_forward_cuda(ms_device *dev, float *y, float *save_mean, float *save_rstd,
                                                const float *x, const float *gamma, const float *beta, float *run_mean,
                                                float *run_var, int64_t B, int64_t C, int64_t HW, float eps,
@@ -95,13 +86,9 @@ extern "C" ms_status ms_batchnorm_forward_cuda(ms_device *dev, float *y, float *
 {
     MS_CU_CTX(dev);
     int64_t n = B * HW;
-    if (training) {
-        MS_TRY(bn_check("batchnorm_forward", B, C, HW, x, save_mean, save_rstd));
-        MS_FAIL_IF(n == 1, MS_EINVAL, "batchnorm_forward: training needs more than 1 value per channel");
-        MS_FAIL_IF((run_mean == NULL) != (run_var == NULL), MS_EINVAL, "batchnorm_forward: give both running stats");
-    } else {
-        MS_TRY(bn_check("batchnorm_forward", B, C, HW, x, run_mean, run_var));
-    }
+    MS_FAIL_IF(C > 2147483647LL, MS_EINVAL, "batchnorm_forward: bad shape B=%lld C=%lld HW=%lld", (long long)B,
+               (long long)C, (long long)HW); /* one block per channel */
+    MS_TRY(ms_batchnorm_forward_check(x, save_mean, save_rstd, run_mean, run_var, B, C, HW, training));
     if (n == 0) return MS_OK;
     float *mean = save_mean, *rstd = save_rstd;
     if (!mean || !rstd) { /* inference without save buffers */
@@ -123,7 +110,9 @@ extern "C" ms_status ms_batchnorm_backward_cuda(ms_device *dev, float *dx, float
                                                 int64_t HW, int training)
 {
     MS_CU_CTX(dev);
-    MS_TRY(bn_check("batchnorm_backward", B, C, HW, x, save_mean, save_rstd));
+    MS_FAIL_IF(C > 2147483647LL, MS_EINVAL, "batchnorm_backward: bad shape B=%lld C=%lld HW=%lld", (long long)B,
+               (long long)C, (long long)HW); /* one block per channel */
+    MS_TRY(ms_batchnorm_check("batchnorm_backward", B, C, HW, x, save_mean, save_rstd));
     if (B * HW == 0 || (!dx && !dgamma && !dbeta)) return MS_OK;
     MS_FAIL_IF(!dy, MS_EINVAL, "batchnorm_backward: NULL dy");
     void *p;

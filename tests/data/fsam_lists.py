@@ -12,28 +12,12 @@
 """
 import json
 import os
-import struct
 import sys
-import zlib
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from storelib import Store  # noqa: E402
-
-
-def write_png(path, a):
-    """Gray PNG (filter 0): 8-bit for uint8 arrays, 16-bit for uint16."""
-    h, w = a.shape
-    bd = 16 if a.dtype == np.uint16 else 8
-    raw = b"".join(b"\0" + (a[r].astype(">u2").tobytes() if bd == 16 else a[r].tobytes()) for r in range(h))
-
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bd, 0, 0, 0, 0)) +
-                chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+from storelib import Store, write_png  # noqa: E402
 
 
 def gen(root, seed):

@@ -10,6 +10,9 @@ import sys
 import nibabel as nib
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+from storelib import write_png  # noqa: E402
+
 out, seed = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(seed)
 os.makedirs(out, exist_ok=True)
@@ -101,20 +104,6 @@ for i, (vals, ldt) in enumerate([((0, 3, 7), np.uint8), ((0, 300, 2), np.uint16)
     pi = save(im, f"lab_img{i}.nii.gz", sform=2, qform=0)
     pl = save(N1(lab, a), f"lab_lab{i}.nii.gz", sform=2, qform=0)
     rows.append((os.path.relpath(pi, out), os.path.relpath(pl, out)))
-
-
-def write_png(path, a):
-    """Minimal gray PNG writer (filter 0): 8-bit for uint8 arrays, 16-bit for uint16."""
-    import zlib
-    h, w = a.shape
-    bd = 16 if a.dtype == np.uint16 else 8
-    raw = b"".join(b"\0" + (a[r].astype(">u2").tobytes() if bd == 16 else a[r].tobytes()) for r in range(h))
-
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bd, 0, 0, 0, 0)) +
-                chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 os.makedirs(os.path.join(out, "png"), exist_ok=True)

@@ -16,8 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fsam_lists import write_png  # noqa: E402
-from storelib import Store, read_png  # noqa: E402
+from storelib import Store, read_png, write_png  # noqa: E402
 
 
 def gen(d, seed):

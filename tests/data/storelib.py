@@ -1,6 +1,7 @@
 """tests/data/storelib.py — an independent reader of the mrisam slice store (python-lmdb + zstandard + numpy),
 written from docs/FORMATS.md, and the reference normalisation/reorientation (nibabel) the tests compare against."""
 import json
+import os
 import struct
 import zlib
 
@@ -99,6 +100,21 @@ class Store:
         if not hasattr(self, "_vols"):
             self._vols = {v["id"]: v for v in self.volumes()}
         return self._vols[vid]
+
+
+def write_png(path, a):
+    """Gray PNG (filter 0): 8-bit for uint8 arrays, 16-bit for uint16; the folder is made when missing."""
+    h, w = a.shape
+    bd = 16 if a.dtype == np.uint16 else 8
+    raw = b"".join(b"\0" + (a[r].astype(">u2").tobytes() if bd == 16 else a[r].tobytes()) for r in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bd, 0, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 def read_png(path):
