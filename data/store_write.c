@@ -12,9 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "base/path.h"
 #include "data/hash.h"
@@ -194,6 +196,81 @@ ms_status ms_store_writer_open_map(const char *path, const char *params_json, co
     return ms_store_writer_open_as(path, params_json, created_json, initial_map, 0, out);
 }
 
+/* The named tables, created when missing. */
+static int open_tables(ms_store_writer *w, MDB_txn *txn)
+{
+    int rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &w->meta);
+    if (!rc) rc = mdb_dbi_open(txn, "volumes", MDB_CREATE, &w->volumes);
+    if (!rc) rc = mdb_dbi_open(txn, "slices", MDB_CREATE, &w->slices);
+    if (!rc) rc = mdb_dbi_open(txn, "labels", MDB_CREATE, &w->labels);
+    if (!rc) rc = mdb_dbi_open(txn, "sources", MDB_CREATE, &w->sources);
+    return rc;
+}
+
+/* A new store's meta entries: format (with w->layout), params, created, zero counts. */
+static int put_new_meta(ms_store_writer *w, MDB_txn *txn, const char *params_json, const char *created_json)
+{
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "{\"format\":\"mrisam-store\",\"version\":%d}", w->layout);
+    ms_store_counts c = {0};
+    int rc = put_text(w, txn, w->meta, "format", fmt);
+    if (!rc) rc = put_text(w, txn, w->meta, "params", params_json);
+    if (!rc) rc = put_text(w, txn, w->meta, "created", created_json ? created_json : "{}");
+    if (!rc) rc = put_counts(w, txn, &c);
+    return rc;
+}
+
+/* A new store appears whole or not at all: its first transaction (tables, format, params) is written and synced in
+ * DIR/data.mdb.new, which is then renamed to DIR/data.mdb. Without this, a writer killed before LMDB wrote its
+ * first pages would leave an empty data.mdb, which the next run must refuse (it cannot tell it from a store cut to
+ * nothing by a failed copy). A lock on the folder keeps two writers from creating the same store at once; the
+ * kernel drops it when its holder dies, so the next writer removes what a killed one left. */
+static ms_status create_whole(const char *path, int layout, const char *params_json, const char *created_json)
+{
+    char data[MS_PATH_MAX], tmp[MS_PATH_MAX];
+    MS_TRY(ms_path_join(data, path, "data.mdb"));
+    MS_TRY(ms_path_join(tmp, path, "data.mdb.new"));
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return ms_error_sys(errno, path, "");
+    ms_status st = MS_OK;
+    ms_store_writer t = {.path = (char *)path, .layout = layout};
+    MDB_txn *txn = NULL;
+    struct stat sb;
+    if (flock(dfd, LOCK_EX) != 0) {
+        st = ms_error_sys(errno, path, "cannot lock the folder: ");
+        goto leave;
+    }
+    if (stat(data, &sb) == 0) goto leave; /* another writer created it meanwhile */
+    if (unlink(tmp) != 0 && errno != ENOENT) {
+        st = ms_error_sys(errno, tmp, "");
+        goto leave;
+    }
+    int rc = mdb_env_create(&t.env);
+    if (!rc) rc = mdb_env_set_maxdbs(t.env, 8);
+    /* no lock file: the folder lock already keeps every other writer out of the new file */
+    if (!rc) rc = mdb_env_open(t.env, tmp, MDB_NOSUBDIR | MDB_NOLOCK, 0640);
+    if (!rc) rc = mdb_txn_begin(t.env, NULL, 0, &txn);
+    if (!rc) rc = open_tables(&t, txn);
+    if (!rc) rc = put_new_meta(&t, txn, params_json, created_json);
+    if (!rc) {
+        rc = commit(&t, txn); /* synced: the environment has no MDB_NOSYNC */
+        txn = NULL;
+    }
+    if (rc) {
+        st = rc > 0 ? ms_error_sys(rc, tmp, "") : ms_error(MS_EIO, "%s: %s", tmp, mdb_strerror(rc));
+        goto leave;
+    }
+    mdb_env_close(t.env);
+    t.env = NULL;
+    if (rename(tmp, data) != 0 || fsync(dfd) != 0) st = ms_error_sys(errno, data, "cannot create: ");
+leave:
+    if (txn) mdb_txn_abort(txn);
+    if (t.env) mdb_env_close(t.env);
+    if (st) unlink(tmp);
+    close(dfd); /* drops the lock */
+    return st;
+}
+
 ms_status ms_store_writer_open_as(const char *path, const char *params_json, const char *created_json,
                                   size_t initial_map, int layout, ms_store_writer **out)
 {
@@ -211,6 +288,11 @@ ms_status ms_store_writer_open_as(const char *path, const char *params_json, con
     }
     /* a truncated store is refused, never appended to (or, when empty, replaced by a new one) */
     if ((st = ms_store_check_length(path, 1, NULL))) goto leave;
+    w->layout = layout ? layout : MS_STORE_VERSION;
+    char data[MS_PATH_MAX];
+    struct stat sb;
+    if ((st = ms_path_join(data, path, "data.mdb"))) goto leave;
+    if (stat(data, &sb) != 0 && (st = create_whole(path, w->layout, params_json, created_json))) goto leave;
     int rc = mdb_env_create(&w->env);
     if (!rc) rc = mdb_env_set_maxdbs(w->env, 8);
     if (!rc) rc = mdb_env_open(w->env, path, MDB_NOSYNC, 0640);
@@ -233,17 +315,12 @@ ms_status ms_store_writer_open_as(const char *path, const char *params_json, con
     }
     mdb_reader_check(w->env, NULL); /* clear reader slots left by killed processes */
     rc = mdb_txn_begin(w->env, NULL, 0, &txn);
-    if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &w->meta);
-    if (!rc) rc = mdb_dbi_open(txn, "volumes", MDB_CREATE, &w->volumes);
-    if (!rc) rc = mdb_dbi_open(txn, "slices", MDB_CREATE, &w->slices);
-    if (!rc) rc = mdb_dbi_open(txn, "labels", MDB_CREATE, &w->labels);
-    if (!rc) rc = mdb_dbi_open(txn, "sources", MDB_CREATE, &w->sources);
+    if (!rc) rc = open_tables(w, txn);
     if (rc) {
         st = lmdb_err(w, rc);
         goto leave;
     }
     MDB_val k = {6, "params"}, v, fk = {6, "format"}, fv;
-    w->layout = layout ? layout : MS_STORE_VERSION;
     rc = mdb_get(txn, w->meta, &k, &v);
     if (rc == 0) {
         /* an existing store keeps its layout: appending to a layout-1 store writes layout-1 records */
@@ -265,14 +342,8 @@ ms_status ms_store_writer_open_as(const char *path, const char *params_json, con
             goto leave;
         }
     } else if (rc == MDB_NOTFOUND) {
-        char fmt[64];
-        snprintf(fmt, sizeof fmt, "{\"format\":\"mrisam-store\",\"version\":%d}", w->layout);
-        ms_store_counts c = {0};
-        rc = put_text(w, txn, w->meta, "format", fmt);
-        if (!rc) rc = put_text(w, txn, w->meta, "params", params_json);
-        if (!rc) rc = put_text(w, txn, w->meta, "created", created_json ? created_json : "{}");
-        if (!rc) rc = put_counts(w, txn, &c);
-        if (rc) {
+        /* an LMDB file without our entries (left by a writer before stores were created whole) */
+        if ((rc = put_new_meta(w, txn, params_json, created_json))) {
             st = lmdb_err(w, rc);
             goto leave;
         }

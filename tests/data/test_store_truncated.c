@@ -6,6 +6,9 @@
  * "<store>/data.mdb: truncated: N bytes, the store's pages need M (a partial copy?)", and the writer must leave
  * the cut file as it was. Before the fix such opens died with SIGBUS inside mdb_dbi_open, so every open runs in a
  * forked child and a child killed by a signal counts as a failure. The whole copy opens and reads.
+ *
+ * A writer killed while creating a store leaves only DIR/data.mdb.new (a store appears whole, under its own name,
+ * or not at all): the next writer replaces it with a new store and leaves no data.mdb.new behind.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -154,6 +157,24 @@ int main(void)
     while (nc < 16) cuts[nc++] = psize * (2 + ms_rng_below(r, n / psize - 2));
     while (nc < 32) cuts[nc++] = ms_rng_below(r, n);
     for (int i = 0; i < nc; i++) check_cut(dir, i, full, cuts[i], cuts[i] < 2 * psize ? 2 * psize : need);
+
+    /* what a writer killed while creating a store leaves: a cut of a store's first pages as data.mdb.new */
+    char fresh[300], left[330];
+    snprintf(fresh, sizeof fresh, "%s/fresh", dir);
+    snprintf(left, sizeof left, "%s/data.mdb.new", fresh);
+    MS_CHECK(mkdir(fresh, 0750) == 0, "mkdir");
+    size_t cut = ms_rng_below(r, 2 * psize);
+    MS_CHECK(spill(left, full, cut) == 0, "write %s", left);
+    printf("a killed creation: data.mdb.new of %zu bytes\n", cut);
+    ms_store_writer *fw = NULL;
+    MS_CHECK_OK(ms_store_writer_open(fresh, "{\"test\":1}", "{\"tool\":\"test\"}", &fw));
+    MS_CHECK_OK(ms_store_writer_close(fw));
+    MS_CHECK(file_size(left) < 0, "%s left behind", left);
+    snprintf(data, sizeof data, "%s/data.mdb", fresh);
+    MS_CHECK(file_size(data) >= (long)(2 * psize), "%s: %ld bytes", data, file_size(data));
+    ms_store *fs = NULL;
+    MS_CHECK_OK(ms_store_open(fresh, 2, &fs));
+    ms_store_close(fs);
 
     /* the whole file opens and reads, through a fresh copy as well */
     char whole[300];
