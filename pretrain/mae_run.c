@@ -15,6 +15,7 @@
 #include "data/png.h"
 #include "data/preprocess.h"
 #include "ops.h"
+#include "pretrain/grad_sync.h"
 #include "pretrain/optimizer.h"
 
 
@@ -49,6 +50,8 @@ struct ms_mae_run {
     int64_t nan_left, saved_step;
     double t0;
     ms_run_mode mode; /* fresh, resume or overwrite: how RUN/ is prepared */
+    int rank, world;  /* data parallel: rank 0 writes RUN/ */
+    ms_grad_sync gs;
     char resumed[MS_PATH_MAX], ckdir[MS_PATH_MAX];
 };
 
@@ -153,17 +156,23 @@ static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
     MS_TRY(ms_path_join(p, dir, "loader_state.bin")); /* the loader's fixed-width resume struct, as is */
     MS_TRY(ms_write_file_atomic(p, &ts->loader, sizeof ts->loader));
     MS_TRY(ms_path_join(p, dir, "config.json"));
-    MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
-    return ms_ckpt_dir_commit(dir);
+    return ms_write_file_atomic(p, r->config_json, strlen(r->config_json));
 }
 
+/* Rank 0 writes the step directory; DONE only after every rank has passed the barrier (a rank that failed before
+ * it aborts the job instead), so a resume never sees a checkpoint some rank did not finish. */
 static ms_status save_checkpoint(ms_mae_run *r)
 {
     char dir[MS_PATH_MAX];
-    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->ts.step, dir));
-    ms_status rc = write_checkpoint(r, dir);
-    if (rc) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory is left behind */
+    ms_status rc = MS_OK;
+    if (r->rank == 0) {
+        MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->ts.step, dir));
+        if ((rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory */
+    }
+    MS_TRY(ms_dist_barrier(r->cfg.dist));
     r->saved_step = r->ts.step;
+    if (r->rank != 0) return MS_OK;
+    if ((rc = ms_ckpt_dir_commit(dir))) return ms_ckpt_dir_abandon(dir, rc);
     return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
 }
 
@@ -285,7 +294,7 @@ static ms_status validate_at(ms_mae_run *r, double t, double *loss)
         ms_mae_loss l;
         MS_TRY(ms_mae_forward(&r->mae, r->xdev, r->vgray + (size_t)b0 * S * S, nb, r->cfg.seed, r->keys, &l));
         vsum += l.loss * nb;
-        if (b0 == 0 && r->cfg.panels) {
+        if (b0 == 0 && r->cfg.panels && r->rank == 0) {
             MS_TRY(ms_mae_reconstruction(&r->mae, r->vgray, r->recon));
             memcpy(r->vmask, r->mae.mask.masked, (size_t)nb * r->g * r->g);
             char pp[MS_PATH_MAX];
@@ -294,6 +303,7 @@ static ms_status validate_at(ms_mae_run *r, double t, double *loss)
         }
     }
     *loss = vsum / r->n_val;
+    if (r->rank != 0) return MS_OK;
     char js[512];
     snprintf(js, sizeof js, "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"val\", \"loss\": %.7g, \"t\": %.3f}",
              (long long)step, (double)step / r->plan.steps_per_epoch, *loss, t);
@@ -333,6 +343,11 @@ static ms_status open_model(ms_mae_run *r)
     MS_TRY(ms_params_alloc_grads(&r->dec_ps));
     MS_TRY(ms_mae_decoder_init_weights(&r->mae.dec, c->seed));
     MS_TRY(ms_mae_reserve(&r->mae, r->dev, c->batch));
+    /* the backward finishes the decoder first, then the encoder block by block from the last */
+    ms_grad_sync_init(&r->gs, c->dist, c->bucket_bytes);
+    MS_TRY(ms_grad_sync_add(&r->gs, &r->dec_ps));
+    MS_TRY(ms_grad_sync_add(&r->gs, r->eps));
+    if (r->world > 1) ms_sam_encoder_set_grads_hook(enc, ms_grad_sync_ready, &r->gs);
     MS_TRY(ms_optimizer_init(&r->oe, r->eps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
     return ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay);
 }
@@ -360,7 +375,9 @@ static ms_status open_stores(ms_mae_run *r)
         lc->selection[i] = &r->train_sel[i];
     }
     lc->seed = c->seed;
-    lc->global_batch = c->batch;
+    lc->global_batch = c->batch * r->world; /* each rank reads its share of every global batch */
+    lc->rank = r->rank;
+    lc->world = r->world;
     lc->n_threads = threads;
     lc->pinned = r->dev->kind == MS_DEV_CUDA;
     ms_prep_config_default(&lc->prep, r->S);
@@ -478,19 +495,23 @@ static ms_status open_run(ms_mae_run *r)
     if (pl->steps_per_epoch < 1) pl->steps_per_epoch = 1;
     pl->total = c->max_steps ? c->max_steps : (int64_t)c->epochs * pl->steps_per_epoch;
     pl->warmup = c->warmup >= 0 ? c->warmup : pl->total / 20;
-    r->eff_batch = (double)c->batch * c->accum;
+    r->eff_batch = (double)c->batch * c->accum * r->world;
+    pl->world = r->world;
+    pl->global_batch = c->batch * c->accum * r->world;
     pl->lr = c->lr > 0 ? c->lr : c->blr * r->eff_batch / 256.0;
     pl->freeze_steps = (int64_t)c->freeze_epochs * pl->steps_per_epoch;
     pl->start_step = r->ts.step;
     MS_TRY(open_validation(r));
-    MS_TRY(ms_run_dir_prepare(c->out, r->mode)); /* the first write into RUN/ */
-    MS_TRY(write_config(r));
-    MS_TRY(ms_runlog_open(&r->lg, c->out));
-    /* what was logged after the checkpoint is superseded; a run resumed at step 0 validates step 0 again */
-    if (r->mode == MS_RUN_RESUME) MS_TRY(ms_runlog_rewind(&r->lg, r->ts.step ? r->ts.step + 1 : 0));
-    /* a kill may have come between a checkpoint's DONE and the prune, or in the middle of the prune: finish it, so
-     * RUN/ holds what an uninterrupted run holds even when no further checkpoint is written */
-    if (r->mode == MS_RUN_RESUME) MS_TRY(ms_ckpt_dir_prune(c->out, c->keep_last, r->ts.step));
+    if (r->rank == 0) {
+        MS_TRY(ms_run_dir_prepare(c->out, r->mode)); /* the first write into RUN/ */
+        MS_TRY(write_config(r));
+        MS_TRY(ms_runlog_open(&r->lg, c->out));
+        /* what was logged after the checkpoint is superseded; a run resumed at step 0 validates step 0 again */
+        if (r->mode == MS_RUN_RESUME) MS_TRY(ms_runlog_rewind(&r->lg, r->ts.step ? r->ts.step + 1 : 0));
+        /* a kill may have come between a checkpoint's DONE and the prune, or in the middle of the prune: finish
+         * it, so RUN/ holds what an uninterrupted run holds even when no further checkpoint is written */
+        if (r->mode == MS_RUN_RESUME) MS_TRY(ms_ckpt_dir_prune(c->out, c->keep_last, r->ts.step));
+    }
     int S = r->S, nb = c->batch > c->val_slices ? c->batch : c->val_slices;
     MS_TRY(ms_dev_alloc(r->dev, (size_t)c->batch * 3 * S * S * sizeof(float), (void **)&r->xdev));
     r->gray = malloc((size_t)c->batch * S * S * sizeof(float));
@@ -513,10 +534,13 @@ ms_status ms_mae_run_open(const ms_mae_run_config *cfg, ms_device *dev, ms_sam_e
     MS_TRY(check_config(cfg));
     ms_run_mode mode;
     MS_TRY(ms_run_mode_of(cfg->out, cfg->resume, cfg->overwrite, &mode));
-    MS_TRY(ms_run_dir_check(cfg->out, mode)); /* refused before anything is loaded */
+    /* refused before anything is loaded; rank 0 alone writes RUN/, so the others would see its files */
+    if (ms_dist_rank(cfg->dist) == 0) MS_TRY(ms_run_dir_check(cfg->out, mode));
     ms_mae_run *r = calloc(1, sizeof *r);
     MS_FAIL_IF(!r, MS_ENOMEM, "out of memory");
     r->cfg = *cfg;
+    r->rank = ms_dist_rank(cfg->dist);
+    r->world = ms_dist_world(cfg->dist);
     r->mode = mode;
     r->dev = dev;
     r->enc = enc;
@@ -558,10 +582,11 @@ static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
         MS_TRY(ms_mae_forward(&r->mae, r->xdev, r->gray, bt->n, c->seed, r->keys, &l));
         if (r->nan_left > 0 && r->ts.step + 1 >= c->nan_at) { l.loss = NAN; r->nan_left--; }
         if (!isfinite(l.loss)) { sl->finite = 0; continue; }
+        if (a == c->accum - 1) ms_grad_sync_arm(&r->gs); /* the step's last backward: reduce as it goes */
         sl->loss += l.loss / c->accum;
         if (l.n_fg) { sl->fgsum += l.loss_fg * l.n_fg; sl->fgn += l.n_fg; }
         if (l.n_bg) { sl->bgsum += l.loss_bg * l.n_bg; sl->bgn += l.n_bg; }
-        MS_TRY(ms_mae_backward(&r->mae, 1.0f / c->accum, frozen));
+        MS_TRY(ms_mae_backward(&r->mae, 1.0f / ((float)c->accum * r->world), frozen)); /* ranks' sum = mean */
     }
     return MS_OK;
 }
@@ -592,9 +617,32 @@ static ms_status skip_step(ms_mae_run *r, ms_mae_step_info *info)
     return ms_params_zero_grads(&r->dec_ps);
 }
 
-/* The step's log.jsonl line and TensorBoard scalars. */
+/* What the ranks must agree on after the gradients: one non-finite loss fails the step everywhere, the losses
+ * logged are the means over ranks, and a stop asked of any rank stops them all after this step. */
+static ms_status agree(ms_mae_run *r, step_loss *sl, ms_mae_step_info *info)
+{
+    int asked = r->cfg.stop && *r->cfg.stop;
+    info->buckets_early = r->gs.buckets_early;
+    if (r->world == 1) {
+        info->stop = asked;
+        return MS_OK;
+    }
+    double v[7] = {!sl->finite, sl->loss, sl->fgsum, sl->fgn, sl->bgsum, sl->bgn, asked};
+    MS_TRY(ms_dist_allreduce_host(r->cfg.dist, v, 7, 0));
+    sl->finite = v[0] == 0;
+    sl->loss = v[1] / r->world;
+    sl->fgsum = v[2];
+    sl->fgn = (int)v[3];
+    sl->bgsum = v[4];
+    sl->bgn = (int)v[5];
+    info->stop = v[6] > 0;
+    return MS_OK;
+}
+
+/* The step's log.jsonl line and TensorBoard scalars (rank 0). */
 static ms_status log_step(ms_mae_run *r, const step_loss *sl, const ms_mae_step_info *in)
 {
+    if (r->rank != 0) return MS_OK;
     int64_t step = r->ts.step;
     char js[1024];
     snprintf(js, sizeof js,
@@ -625,6 +673,8 @@ ms_status ms_mae_run_step(ms_mae_run *r, ms_mae_step_info *info)
     int frozen = ts->step < pl->freeze_steps;
     step_loss sl;
     MS_TRY(accumulate(r, frozen, &sl));
+    MS_TRY(ms_grad_sync_finish(&r->gs));
+    MS_TRY(agree(r, &sl, info));
     float gnorm = 0;
     float *grads[2] = {r->eps->grad, r->dec_ps.grad};
     int64_t gsizes[2] = {r->eps->numel_trainable, r->dec_ps.numel_trainable};
@@ -671,6 +721,7 @@ ms_status ms_mae_run_step(ms_mae_run *r, ms_mae_step_info *info)
 
 ms_status ms_mae_run_export(ms_mae_run *r)
 {
+    if (r->rank != 0) return MS_OK;
     ms_state_dict sd;
     ms_sd_init(&sd);
     char p[MS_PATH_MAX];
@@ -705,6 +756,7 @@ void ms_mae_run_close(ms_mae_run *r)
     ms_optimizer_free(&r->od);
     ms_mae_free(&r->mae);
     ms_params_free(&r->dec_ps);
+    if (r->enc->grads_ready_ctx == &r->gs) ms_sam_encoder_set_grads_hook(r->enc, NULL, NULL);
     ms_sam_encoder_free(r->enc);
     free(r);
 }

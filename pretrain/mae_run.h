@@ -24,9 +24,11 @@
 #ifndef MS_MAE_RUN_H
 #define MS_MAE_RUN_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/dist.h"
 #include "checkpoints/state_dict.h"
 #include "data/sampler.h"
 #include "data/store_norm.h"
@@ -66,6 +68,14 @@ typedef struct ms_mae_run_config {
     ms_status (*to_sd)(void *ctx, ms_state_dict *sd);
     void *to_sd_ctx;
     int panels;                /* write the validation panels RUN/val/step_%08d.png (default 1) */
+    /* data parallel (docs/DISTRIBUTED.md): the job (NULL: one process). batch is per rank; the global batch is
+     * ranks × batch × accum and blr scales with it. Rank 0 alone writes RUN/; every rank computes the same
+     * validation. Gradients are summed in buckets of bucket_bytes (0: 25 MiB) that start during the backward. */
+    ms_dist *dist;
+    size_t bucket_bytes;
+    /* the caller's stop request (a signal handler's flag; NULL: none): the ranks agree on it at every step, so all
+     * of them stop after the same step (ms_mae_step_info.stop) */
+    const volatile sig_atomic_t *stop;
 } ms_mae_run_config;
 
 /* `mrisam pretrain`'s defaults: batch 8, accum 1, 100 epochs, blr 1.5e-4, weight decay 0.05, mask 0.75 stratified,
@@ -82,6 +92,7 @@ typedef struct ms_mae_run_plan {
     uint32_t single_volume;     /* bit i: store i has one volume, validated on a block of slices held out with a gap */
     const char *resumed_from;   /* the checkpoint directory resumed from, or NULL */
     int64_t start_step;
+    int world, global_batch;    /* ranks; samples per optimizer step over all ranks (batch × accum × world) */
     int validated;              /* a fresh run: the validation at step 0 ran */
     double val_loss;
 } ms_mae_run_plan;
@@ -99,6 +110,8 @@ typedef struct ms_mae_step_info {
     int validated;              /* the held-out loss was computed at this step */
     double val_loss;
     int saved;                  /* a checkpoint of this step was written */
+    int stop;                   /* some rank's stop flag was set: every rank stops after this step */
+    int64_t buckets_early;      /* gradient buckets whose reduction started during the backward, so far */
 } ms_mae_step_info;
 
 typedef struct ms_mae_run ms_mae_run;

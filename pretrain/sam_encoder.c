@@ -761,6 +761,41 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
     return MS_OK;
 }
 
+void ms_sam_encoder_set_grads_hook(ms_sam_encoder *enc, ms_status (*fn)(void *, const ms_params *, int64_t),
+                                   void *ctx)
+{
+    const ms_params *ps = enc->ps;
+    int depth = enc->cfg.depth;
+    enc->grads_ready = fn;
+    enc->grads_ready_ctx = ctx;
+    if (!fn) return;
+    /* final_after[k]: the block after whose backward tensor k's gradient is complete (depth: the neck, before any
+     * block; -1: only at the end) */
+    int *final_after = malloc((size_t)(ps->n ? ps->n : 1) * sizeof(int));
+    if (!final_after) { /* no overlap then: every report says "nothing final yet" */
+        for (int i = 0; i < depth; i++) enc->ready_lo[i] = ps->numel_trainable;
+        return;
+    }
+    for (int k = 0; k < ps->n; k++) final_after[k] = -1;
+    const int neck[] = {enc->neck0_w, enc->neck1_w, enc->neck1_b, enc->neck2_w, enc->neck3_w, enc->neck3_b};
+    for (size_t j = 0; j < sizeof neck / sizeof neck[0]; j++)
+        if (neck[j] >= 0 && neck[j] < ps->n) final_after[neck[j]] = depth;
+    for (int i = 0; i < depth; i++) { /* the block's table is all parameter indices (-1: absent) */
+        const int *ix = (const int *)&enc->blk[i];
+        for (size_t j = 0; j < sizeof enc->blk[i] / sizeof(int); j++)
+            if (ix[j] >= 0 && ix[j] < ps->n) final_after[ix[j]] = i;
+    }
+    for (int i = 0; i < depth; i++) {
+        int64_t lo = 0;
+        for (int k = 0; k < ps->n; k++) {
+            const ms_param *q = &ps->p[k];
+            if (q->trainable && final_after[k] < i && (int64_t)q->goff + q->numel > lo) lo = (int64_t)q->goff + q->numel;
+        }
+        enc->ready_lo[i] = lo;
+    }
+    free(final_after);
+}
+
 /* From d(last block output) in dcur to every block, the patch embedding and the position table (and dx); in
  * subset mode the visible rows are scattered back onto the full grid first (hidden tokens get no gradient). */
 static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *dnext, float *dx)
@@ -774,6 +809,7 @@ static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *
     for (int i = c->depth - 1; i >= 0; i--) {
         MS_TRY(block_backward(enc, i, B, dcur, dnext));
         float *t = dcur; dcur = dnext; dnext = t;
+        if (enc->grads_ready) MS_TRY(enc->grads_ready(enc->grads_ready_ctx, ps, enc->ready_lo[i]));
     }
     if (p->sub_active) {
         MS_TRY(ms_dev_zero(dev, p->dtok_full, F((int64_t)B * T * D)));

@@ -123,7 +123,21 @@ typedef struct ms_sam_encoder {
     int run_size;          /* input side the activations are sized for (0 = cfg.img_size); see ms_sam_encoder_set_input_size */
     ms_arena arena;
     void *priv;            /* buffer pointers and index lists */
+
+    /* data parallel (ms_sam_encoder_set_grads_hook): after block i's backward, every trainable gradient of ps at
+     * offset >= ready_lo[i] is final */
+    ms_status (*grads_ready)(void *ctx, const ms_params *ps, int64_t lo);
+    void *grads_ready_ctx;
+    int64_t ready_lo[MS_SAM_MAX_DEPTH];
 } ms_sam_encoder;
+
+/* Installs (fn non-NULL) or removes the hook the backward calls after each block, for gradient reductions that
+ * start while the backward runs (pretrain/grad_sync.h). Call after ms_params_alloc_grads: the offsets come from the
+ * trainable set then. A gradient counts as final after block i when it belongs to block j >= i (PEFT tensors
+ * included) or to the neck; the position table, the patch embedding and anything outside the encoder only at the
+ * end, so ready_lo[i] is the end of the highest gradient not yet final. */
+void ms_sam_encoder_set_grads_hook(ms_sam_encoder *enc, ms_status (*fn)(void *, const ms_params *, int64_t),
+                                   void *ctx);
 
 /* Registers the encoder's tensors in ps with names prefix + SAM key ("image_encoder.blocks.0.attn.qkv.weight").
  * ps must not be allocated yet. */

@@ -143,3 +143,28 @@ volatile sig_atomic_t *ms_cli_catch_stop(void)
     signal(SIGTERM, on_stop_signal);
     return &g_stop;
 }
+
+ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, double bucket_mb, ms_device *dev,
+                           ms_dist **d)
+{
+    *d = NULL;
+    ms_dist_env env;
+    ms_device_kind kind;
+    int index;
+    MS_TRY(ms_dist_env_read(&env));
+    MS_TRY(ms_device_parse(device, &kind, &index));
+    if (kind == MS_DEV_CUDA && !strchr(device, ':') && env.world > 1) {
+        int n = ms_cuda_device_count();
+        index = n > 0 ? env.local_rank % n : 0; /* ranks on a node share its GPUs in turn */
+    }
+    MS_TRY(ms_device_init_at(dev, kind, index, threads));
+    ms_dist_opts o = {.timeout_s = timeout_s, .bucket_bytes = bucket_mb > 0 ? (size_t)(bucket_mb * 1048576.0) : 0};
+    ms_status rc = ms_dist_open(&env, &o, dev, d);
+    if (rc) {
+        ms_error_prefix("rank %d of %d", env.rank, env.world);
+        return rc;
+    }
+    if (ms_dist_rank(*d) != 0 && !freopen("/dev/null", "w", stdout))
+        return ms_error(errno, "rank %d: cannot silence stdout", ms_dist_rank(*d));
+    return MS_OK;
+}

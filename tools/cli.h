@@ -8,6 +8,9 @@
 #define MS_CLI_H
 
 #include <signal.h>
+
+#include "base/device.h"
+#include "base/dist.h"
 #include <stdint.h>
 
 typedef enum { MS_OPT_FLAG, MS_OPT_INT, MS_OPT_I64, MS_OPT_FLOAT, MS_OPT_STR, MS_OPT_LIST } ms_opt_type;
@@ -50,6 +53,12 @@ int ms_cli_report(const char *cmd, int status);
  * signal ends the process at once with status 128 + signal; what was committed stays valid. The flag is the CLI's one
  * piece of process state. */
 volatile sig_atomic_t *ms_cli_catch_stop(void);
+
+/* Data-parallel runs (docs/DISTRIBUTED.md): reads the launcher's environment (ms_dist_env_read), opens the device
+ * ("cuda" without an ordinal: the local rank's GPU among the visible ones) and joins the job with the given
+ * --dist-timeout and bucket size. *d is NULL for a single process. Ranks other than 0 print nothing on stdout. */
+ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, double bucket_mb, ms_device *dev,
+                           ms_dist **d);
 
 /* A command: `mrisam NAME ...` runs fn(argc, argv) with argv[0] = NAME. Defined in tools/cmd_<name>.c as
  * const ms_command ms_cmd_<name> = { "name", "one-line summary", fn }; (name uses '-' where the file has '_'). */

@@ -20,7 +20,7 @@
 typedef struct opts {
     ms_strlist stores;
     const char *sam_ckpt, *model, *mask_sampling, *device, *intensity;
-    double p_lo, p_hi;
+    double p_lo, p_hi, dist_timeout, bucket_mb;
     int threads;
     int64_t seed;
 } opts;
@@ -45,6 +45,9 @@ static void print_plan(const ms_mae_run_config *c, const char *sampling, const m
     printf("pretrain: %s, input %d, %lld steps (%lld per epoch), batch %d x %d, lr %.3g (blr %.3g), mask %.2f %s\n",
            c->model, pl->input_size, (long long)pl->total, (long long)pl->steps_per_epoch, c->batch, c->accum, pl->lr,
            c->blr, c->mask_ratio, sampling);
+    if (pl->world > 1)
+        printf("pretrain: %d ranks, batch %d per rank, global batch %d (ranks x batch x accumulation)\n", pl->world,
+               c->batch, pl->global_batch);
     if (pl->validated) print_val(0, pl->val_loss, pl->n_val);
 }
 
@@ -81,7 +84,8 @@ static int run(int argc, char **argv)
         "--overwrite starts again over an old run there.",
         "  mrisam pretrain --store store/ --init random --model vit_test --max-steps 200 -o run/\n"
         "  mrisam pretrain --store a/ --store b/ --ckpt sam_vit_b_01ec64.pth --batch-size 8 -o run/"};
-    opts o = {.mask_sampling = "stratified", .device = "cpu", .p_lo = -1, .p_hi = -1};
+    opts o = {.mask_sampling = "stratified", .device = "cpu", .p_lo = -1, .p_hi = -1, .dist_timeout = 600,
+              .bucket_mb = 25};
     ms_mae_run_config c;
     ms_mae_run_config_default(&c);
     const ms_opt table[] = {
@@ -125,7 +129,11 @@ static int run(int argc, char **argv)
         {"percentile-high", MS_OPT_FLOAT, &o.p_hi, "P", "upper percentile of --intensity percentile (99.5)"},
         {"workers", MS_OPT_INT, &c.workers, "N", "loader threads (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
-        {"device", MS_OPT_STR, &o.device, "cpu|cuda", "compute device (default cpu)"},
+        {"device", MS_OPT_STR, &o.device, "cpu|cuda",
+         "compute device (default cpu; cuda under mpirun/srun: the local rank's GPU)"},
+        {"dist-timeout", MS_OPT_FLOAT, &o.dist_timeout, "S",
+         "several ranks: fail when the others do not answer within S seconds (default 600)"},
+        {"bucket-mb", MS_OPT_FLOAT, &o.bucket_mb, "MB", "several ranks: gradient all-reduce bucket size (default 25)"},
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
@@ -160,30 +168,31 @@ static int run(int argc, char **argv)
     memset(&sam, 0, sizeof sam);
     ms_mae_run *r = NULL;
     char model_name[32];
-    ms_device_kind kind;
-    int index;
+    ms_dist *dist = NULL;
     ms_run_mode mode; /* a RUN/ that is refused is refused before the weights load (ms_mae_run_open checks again) */
-    ms_status rc = ms_run_mode_of(c.out, c.resume, c.overwrite, &mode);
-    if (!rc) rc = ms_run_dir_check(c.out, mode);
-    if (!rc) rc = ms_device_parse(o.device, &kind, &index);
-    if (!rc) rc = ms_device_init_at(&dev, kind, index, o.threads);
+    ms_status rc = ms_cli_dist_open(o.device, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
+    if (!rc) rc = ms_run_mode_of(c.out, c.resume, c.overwrite, &mode);
+    if (!rc && ms_dist_rank(dist) == 0) rc = ms_run_dir_check(c.out, mode); /* rank 0 alone writes RUN/ */
     /* SAM: the encoder trains; the prompt encoder and mask decoder ride along for the export */
     if (!rc) rc = ms_sam_build(&sam, c.ckpt, o.model, c.seed, &dev, model_name, sizeof model_name);
     if (rc) goto leave;
     c.model = model_name;
     c.to_sd = sam_to_sd;
     c.to_sd_ctx = &sam;
+    c.dist = dist;
+    c.bucket_bytes = (size_t)(o.bucket_mb * 1048576.0);
+    c.stop = ms_cli_catch_stop();
     if ((rc = ms_mae_run_open(&c, &dev, &sam.enc, &r))) goto leave;
     const ms_mae_run_plan *pl = ms_mae_run_plan_get(r);
     print_plan(&c, o.mask_sampling, pl);
-    volatile sig_atomic_t *stop = ms_cli_catch_stop();
-    ms_mae_step_info in = {.step = pl->start_step, .done = pl->start_step >= pl->total};
+    /* the step reads the stop flag and the ranks agree on it (in.stop); one process before its first step too */
+    ms_mae_step_info in = {.step = pl->start_step, .done = pl->start_step >= pl->total, .stop = !dist && *c.stop};
     double t_last = ms_now_s();
-    while (!in.done && !*stop) {
+    while (!in.done && !in.stop) {
         if ((rc = ms_mae_run_step(r, &in))) goto leave;
         print_step(&in, pl->n_val, &t_last);
     }
-    if (*stop) {
+    if (in.stop) {
         if ((rc = ms_mae_run_save(r))) goto leave;
         printf("\npretrain: interrupted at step %lld; checkpoint written, continue with --resume %s\n",
                (long long)in.step, c.out);
@@ -195,9 +204,11 @@ static int run(int argc, char **argv)
 leave:
     ms_mae_run_close(r);
     ms_sam_free(&sam);
+    int code = ms_cli_report("pretrain", rc);
+    ms_dist_close(dist, rc && rc != MS_EINTERRUPTED); /* a failed rank ends the whole job: no rank waits forever */
     ms_device_free(&dev);
     ms_strlist_free(&o.stores);
-    return ms_cli_report("pretrain", rc);
+    return code;
 }
 
 const ms_command ms_cmd_pretrain = {"pretrain", "MAE pretraining of SAM's image encoder on MRI stores", run};

@@ -10,7 +10,7 @@
 extern "C" {
 #endif
 
-int ms_cuda_probe(void);
+int ms_cuda_probe(void); /* visible devices (0: none, or no driver) */
 ms_status ms_cuda_ctx_init(ms_device *dev);
 void ms_cuda_ctx_free(ms_device *dev);
 ms_status ms_cuda_alloc(ms_device *dev, size_t bytes, void **out);

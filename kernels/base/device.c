@@ -54,7 +54,8 @@ void ms_device_free(ms_device *dev)
     dev->cuda = NULL;
 }
 
-int ms_cuda_available(void) { return ms_cuda_probe(); }
+int ms_cuda_available(void) { return ms_cuda_probe() > 0; }
+int ms_cuda_device_count(void) { return ms_cuda_probe(); }
 
 ms_status ms_dev_alloc(ms_device *dev, size_t bytes, void **out)
 {

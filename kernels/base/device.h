@@ -31,6 +31,8 @@ void ms_device_free(ms_device *dev);
 ms_status ms_device_parse(const char *s, ms_device_kind *kind, int *index);
 /* 1 when this build has the CUDA backend and a GPU is visible. */
 int ms_cuda_available(void);
+/* The GPUs this process sees (CUDA_VISIBLE_DEVICES applied); 0 without the CUDA backend. */
+int ms_cuda_device_count(void);
 
 /* Memory on the device (host malloc for CPU, cudaMalloc for CUDA); 64-byte aligned. */
 ms_status ms_dev_alloc(ms_device *dev, size_t bytes, void **out);

@@ -21,7 +21,7 @@ extern "C" int ms_cuda_probe(void)
         (void)cudaGetLastError(); /* clear: no driver / no device is an answer, not an error */
         return 0;
     }
-    return n > 0;
+    return n > 0 ? n : 0;
 }
 
 extern "C" void ms_cuda_ctx_free(ms_device *dev)
