@@ -162,6 +162,11 @@ static int run(int argc, char **argv)
     const char *nan_env = getenv("MRISAM_TEST_NAN");
     long long na = 0, nc = 0;
     if (nan_env && sscanf(nan_env, "%lld,%lld", &na, &nc) == 2) { c.nan_at = na; c.nan_count = nc; }
+    /* MRISAM_TEST_STOP="STEP,RANK": after optimizer step STEP, rank RANK alone is asked to stop (as by a signal),
+     * to show that every rank stops after the same step and the run resumes. */
+    const char *stop_env = getenv("MRISAM_TEST_STOP");
+    long long stop_at = -1, stop_rank = 0;
+    if (stop_env && sscanf(stop_env, "%lld,%lld", &stop_at, &stop_rank) != 2) stop_at = -1;
 
     ms_device dev = {0};
     ms_sam sam;
@@ -191,6 +196,7 @@ static int run(int argc, char **argv)
     while (!in.done && !in.stop) {
         if ((rc = ms_mae_run_step(r, &in))) goto leave;
         print_step(&in, pl->n_val, &t_last);
+        if (in.step == stop_at && ms_dist_rank(dist) == stop_rank) *(volatile sig_atomic_t *)c.stop = 1;
     }
     if (in.stop) {
         if ((rc = ms_mae_run_save(r))) goto leave;
