@@ -56,8 +56,8 @@ def allreduce_s(nbytes, gpus, nvlink, ib, nics, per_node=8):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    head, rest = __doc__.split("\n\n", 1)
+    ap = argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fraction", type=float, default=0.40, help="achieved fraction of the bf16 peak (0.40)")
     ap.add_argument("--batches", default="8,32", help="per-rank batches, comma separated (8,32)")
     ap.add_argument("--nvlink", type=float, default=450, help="NVLink bus bandwidth per GPU, GB/s (450: NVLink 4)")
@@ -73,8 +73,8 @@ def main():
         grad = 4 * params
         print(f"\n**{name}**: {flops / 1e12:.2f} TFLOP per image, {params / 1e6:.1f} M parameters, "
               f"{grad / 1e6:.0f} MB all-reduced per step\n")
-        print("| GPUs | batch/rank | of peak | interconnect | compute ms | all-reduce ms | step ms (no overlap / overlap) "
-              "| img/s (no overlap / overlap) | efficiency |")
+        print("| GPUs | batch/rank | of peak | interconnect | compute ms | all-reduce ms "
+              "| step ms (no overlap / overlap) | img/s (no overlap / overlap) | efficiency |")
         print("|---|---|---|---|---|---|---|---|---|")
         measured_frac = measured * flops / PEAK
         for frac, label, bs, configs in [(a.fraction, f"{100 * a.fraction:.0f} %", batches, NETWORKS),
