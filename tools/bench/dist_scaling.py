@@ -67,7 +67,7 @@ def main():
     nvlink, ib, bucket = a.nvlink * 1e9, a.ib * 1e9, a.bucket_mb * 1e6
     batches = [int(b) for b in a.batches.split(",")]
     print(f"H100 SXM, {PEAK / 1e12:.0f} TFLOP/s bf16 peak; NVLink {a.nvlink:g} GB/s, IB {a.ib:g} GB/s per NIC, "
-          f"buckets {a.bucket_mb:g} MB, fp32 gradients, accumulation 1; scaling efficiency against one GPU at the "
+          f"buckets {a.bucket_mb:g} MB, fp32 gradients, accumulation 1;\nscaling efficiency against one GPU at the "
           f"same per-rank batch (no overlap / overlap).")
     for name, flops, params, measured in WORKLOADS:
         grad = 4 * params
