@@ -435,6 +435,8 @@ static ms_status write_config(ms_mae_run *r)
     ms_norm_choice_to_json(&c->intensity, cj);
     cJSON_AddNumberToObject(cj, "batch_size", c->batch);
     cJSON_AddNumberToObject(cj, "accum_iter", c->accum);
+    cJSON_AddNumberToObject(cj, "world_size", r->world);
+    cJSON_AddNumberToObject(cj, "global_batch", (double)c->batch * c->accum * r->world);
     cJSON_AddNumberToObject(cj, "max_steps", (double)pl->total);
     cJSON_AddNumberToObject(cj, "lr", pl->lr);
     cJSON_AddNumberToObject(cj, "blr", c->blr);
