@@ -420,7 +420,9 @@ static int rows_b(opcase *rows)
                                  1e-4, B, Ci, H, W, Co, k, nhwc);
             if (!bias) rows[nc - 1].name = "conv_patch k4 nchw no bias";
         }
-    /* conv2d 1x1 pad 0 and 3x3 pad 1 (odd sizes); B Cin H W Cout */
+    /* conv2d 1x1 pad 0 and 3x3 pad 1 (odd sizes); B Cin H W Cout. Tolerance 3e-4: an output near zero among sums
+     * of up to 99 float products is compared against ms_compare's floor (1e-3 of the largest output), where one or
+     * two ulps of the largest output already read 1e-4 (seed 22285836742: 1.003e-4, nmse 1e-14) */
     int64_t cv[2][5] = {{2, 4, 7, 5, 3}, {2, 7, 9, 13, 11}};
     for (int i = 0; i < 2; i++)
         for (int ks = 1; ks <= 3; ks += 2) {
@@ -428,7 +430,7 @@ static int rows_b(opcase *rows)
             int bias = i == 1 || ks == 3;
             rows[nc++] = lin_row(name_of(bias ? "conv2d %lldx%lld pad %lld %lldx%lld" : "conv2d %lldx%lld pad %lld "
                                          "%lldx%lld no bias", ks, ks, pad, H, W),
-                                 OP_CONV, B * Ci * H * W, Co * Ci * ks * ks, bias ? Co : 0, B * Co * H * W, 1e-4, B, Ci,
+                                 OP_CONV, B * Ci * H * W, Co * Ci * ks * ks, bias ? Co : 0, B * Co * H * W, 3e-4, B, Ci,
                                  H, W, Co, ks, pad);
             rows[nc - 1].d[7] = 1;
         }
@@ -438,7 +440,7 @@ static int rows_b(opcase *rows)
         int64_t B = cs[i][0], Ci = cs[i][1], H = cs[i][2], W = cs[i][3], Co = cs[i][4];
         int64_t Ho = (H - 1) / 2 + 1, Wo = (W - 1) / 2 + 1;
         rows[nc++] = lin_row(name_of("conv2d 3x3 pad 1 stride 2 %lldx%lld%.0lld%.0lld%.0lld", H, W, 0, 0, 0), OP_CONV,
-                             B * Ci * H * W, Co * Ci * 9, i ? Co : 0, B * Co * Ho * Wo, 1e-4, B, Ci, H, W, Co, 3, 1);
+                             B * Ci * H * W, Co * Ci * 9, i ? Co : 0, B * Co * Ho * Wo, 3e-4, B, Ci, H, W, Co, 3, 1);
         rows[nc - 1].d[7] = 2;
     }
     /* depthwise 3x3 pad 1, stride 1 and 2, odd and even sizes (TinyViT), and 1x1; B C H W ks pad stride */
