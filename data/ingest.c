@@ -45,6 +45,7 @@ typedef struct job {
     char **files;   /* a series' DICOM files, sorted */
     int n_files;
     int list, line; /* 0: a SRC; 1: a row of --labels, 2: of --val-labels, at this line */
+    int index;      /* its place in the full source list (a shard's jobs are every N-th of it) */
     int status;     /* the result's, once committed: 0 ingested, 1 skipped, 2 failed, -1 not reached */
     char hash[65];  /* the source's content hash, once committed */
 } job;
@@ -70,6 +71,7 @@ static ms_status push_job(joblist *l, const char *image, const char *label, int 
     j->dicom = j->n_files = 0;
     j->files = NULL;
     j->list = j->line = 0;
+    j->index = l->n - 1;
     j->status = -1;
     j->hash[0] = 0;
     if (!j->image || (label && !j->label)) return ms_error(MS_ENOMEM, "out of memory");
@@ -471,6 +473,7 @@ typedef struct ctx {
     pthread_cond_t cv;
     FILE *log; /* --log: one JSON line per committed source, or NULL */
     double t0;
+    int shard_n; /* --shard K/N: N (0: a one-piece store); volumes then record their source's index */
 } ctx;
 
 static int already_done(const ctx *cx, const char *key)
@@ -1221,7 +1224,7 @@ static ms_status log_commit(ctx *cx, int i, const result *r, uint64_t volumes, u
     fprintf(cx->log,
             "{\"t\":%.3f,\"source\":%d,\"volumes\":%llu,\"slices\":%llu,\"source_bytes\":%lld,"
             "\"voxel_bytes\":%.0f,\"commit_ms\":%.3f,\"mdb_bytes\":%lld}\n",
-            ms_now_s() - cx->t0, i, (unsigned long long)volumes, (unsigned long long)slices, src, r->voxel_mb * 1e6,
+            ms_now_s() - cx->t0, j->index, (unsigned long long)volumes, (unsigned long long)slices, src, r->voxel_mb * 1e6,
             commit_s * 1e3, mdb);
     if (fflush(cx->log) || ferror(cx->log))
         return ms_error(MS_EIO, "%s: cannot write: %s", cx->o->log_path, strerror(errno));
@@ -1262,6 +1265,11 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
         outvol *ov = &r->vols[v];
         uint32_t id;
         int dup;
+        /* a shard's volumes carry their source's place in the full list: the set orders them by it */
+        if (cx->shard_n && !cJSON_AddNumberToObject(ov->json, "source_index", j->index)) {
+            st = ms_error(MS_ENOMEM, "out of memory");
+            break;
+        }
         st = ms_store_writer_add(cx->w, ov->json, ov->slices, ov->labels, ov->n, ov->key,
                                  v + 1 == r->n_vols ? r->hash : NULL, ov->skipped_empty, ov->nan_inf, &id, &dup);
         if (st) break;
@@ -1477,7 +1485,85 @@ static ms_status write_split(const ctx *cx, ms_ingest_summary *sum)
     return st;
 }
 
-ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
+/* ---- shards (--shard K/N, docs/FORMATS.md §Shard sets) ------------------------------------------------------- */
+
+/* A source's name and size into the set's hash: a regular file's size (a folder's, a DICOM series', depends on the
+ * file system, so its files stand for it). */
+static void hash_source_name(ms_sha256 *h, const char *p)
+{
+    struct stat sb;
+    char b[40];
+    long long size = p && !stat(p, &sb) && S_ISREG(sb.st_mode) ? (long long)sb.st_size : -1;
+    snprintf(b, sizeof b, "|%lld\n", size);
+    if (p) ms_sha256_update(h, p, strlen(p));
+    ms_sha256_update(h, b, strlen(b));
+}
+
+/* The set's ID: SHA-256 of N, the params and the full source list (paths as listed, sizes), first 16 bytes in hex.
+ * Every job computes it alone from the command it was given, so the N jobs agree without talking to each other. */
+static void set_id(const ctx *cx, const char *params, int n, char out[33])
+{
+    ms_sha256 h;
+    uint8_t d[32];
+    char b[96];
+    ms_sha256_init(&h);
+    snprintf(b, sizeof b, "mrisam shard set 1|%d|%d\n", n, cx->jobs.n);
+    ms_sha256_update(&h, b, strlen(b));
+    ms_sha256_update(&h, params, strlen(params) + 1);
+    for (int i = 0; i < cx->jobs.n; i++) {
+        const job *j = &cx->jobs.v[i];
+        snprintf(b, sizeof b, "%d|%d|%d|%d\n", j->png, j->dicom, j->list, j->n_files);
+        ms_sha256_update(&h, b, strlen(b));
+        hash_source_name(&h, j->image);
+        hash_source_name(&h, j->label);
+        for (int k = 0; k < j->n_files; k++) hash_source_name(&h, j->files[k]);
+    }
+    ms_sha256_final(&h, d);
+    ms_hex(d, 16, out);
+    out[32] = 0;
+}
+
+/* The shard's record (meta "shard"): written by the first run, compared by every rerun (a resume), so a shard
+ * never mixes two source lists or two sets. Called with the full source list. */
+static ms_status shard_record(ctx *cx, const char *params)
+{
+    const ms_ingest_opts *o = cx->o;
+    char id[33], want[192], *have = NULL;
+    set_id(cx, params, o->shard_n, id);
+    snprintf(want, sizeof want, "{\"set\":\"%s\",\"k\":%d,\"n\":%d,\"sources\":%d}", id, o->shard_k, o->shard_n,
+             cx->jobs.n);
+    MS_TRY(ms_store_writer_get_meta(cx->w, "shard", &have));
+    if (!have) return ms_store_writer_set_meta(cx->w, "shard", want);
+    ms_status st = MS_OK;
+    if (strcmp(have, want))
+        st = ms_error(MS_EINVAL, "%s: a shard made from other sources or options (%.160s; this run: %s): a set is "
+                      "ingested once from one source list; use a new folder", o->out, have, want);
+    free(have);
+    return st;
+}
+
+static void free_job(job *j)
+{
+    free(j->image);
+    free(j->label);
+    for (int k = 0; k < j->n_files; k++) free(j->files[k]);
+    free(j->files);
+}
+
+/* Keeps the shard's jobs: every N-th of the full list from K (they keep their index in it). */
+static void keep_shard(ctx *cx)
+{
+    int m = 0, k = cx->o->shard_k, n = cx->o->shard_n;
+    for (int i = 0; i < cx->jobs.n; i++) {
+        if (cx->jobs.v[i].index % n == k)
+            cx->jobs.v[m++] = cx->jobs.v[i];
+        else
+            free_job(&cx->jobs.v[i]);
+    }
+    cx->jobs.n = m;
+}
+
+static ms_status ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
 {
     ctx cx = {0};
     ms_status st = MS_OK;
@@ -1513,7 +1599,10 @@ ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
     cx.layout = ms_store_writer_layout(cx.w);
     if (labnames && (st = ms_store_writer_set_label_names(cx.w, labnames))) goto leave;
     if ((st = ms_store_writer_source_keys(cx.w, &cx.done, &cx.n_done))) goto leave;
-    if ((st = decide_rule(&cx))) goto leave;
+    if (o->shard_n && (st = shard_record(&cx, params))) goto leave;
+    if ((st = decide_rule(&cx))) goto leave; /* a shard decides from every mask of the set: one rule for all */
+    cx.shard_n = o->shard_n;
+    if (o->shard_n) keep_shard(&cx);
     cx.res = calloc((size_t)cx.jobs.n + 1, sizeof *cx.res);
     n_th = o->threads > 0 ? o->threads : 1;
     if (n_th > cx.jobs.n) n_th = cx.jobs.n > 0 ? cx.jobs.n : 1;
@@ -1573,12 +1662,7 @@ leave:
     }
     if (cx.log && fclose(cx.log) && !st) st = ms_error(MS_EIO, "%s: cannot write: %s", o->log_path, strerror(errno));
     if (!st && o->val_labels) st = write_split(&cx, sum);
-    for (int i = 0; i < cx.jobs.n; i++) {
-        free(cx.jobs.v[i].image);
-        free(cx.jobs.v[i].label);
-        for (int k = 0; k < cx.jobs.v[i].n_files; k++) free(cx.jobs.v[i].files[k]);
-        free(cx.jobs.v[i].files);
-    }
+    for (int i = 0; i < cx.jobs.n; i++) free_job(&cx.jobs.v[i]);
     free(cx.jobs.v);
     for (size_t i = 0; i < cx.n_done; i++) free(cx.done[i]);
     free(cx.done);
@@ -1592,4 +1676,30 @@ leave:
     pthread_cond_destroy(&cx.cv);
     sum->seconds = ms_now_s() - t0;
     return st;
+}
+
+ms_status ms_ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
+{
+    memset(sum, 0, sizeof *sum);
+    if (!o->shard_n) {
+        /* a set's folder holds shards only: a one-piece store beside them would hide them from every reader */
+        if (ms_store_is_set(o->out))
+            return ms_error(MS_EINVAL, "%s: a set of shards; ingest into it with --shard K/N", o->out);
+        return ingest_run(o, sum);
+    }
+    if (o->shard_n < 1 || o->shard_k < 0 || o->shard_k >= o->shard_n)
+        return ms_error(MS_EINVAL, "%s: --shard %d/%d: need 0 <= K < N", o->out, o->shard_k, o->shard_n);
+    if (o->val_labels)
+        return ms_error(MS_EINVAL, "%s: --val-labels writes a split file of the whole store; ingest it without "
+                        "--shard", o->out);
+    char dir[MS_PATH_MAX], data[MS_PATH_MAX];
+    struct stat sb;
+    MS_TRY(ms_store_shard_path(o->out, o->shard_k, o->shard_n, dir));
+    MS_TRY(ms_path_join(data, o->out, "data.mdb"));
+    if (stat(data, &sb) == 0)
+        return ms_error(MS_EINVAL, "%s: a one-piece store; shards go into a folder of their own", o->out);
+    if (mkdir(o->out, 0750) != 0 && errno != EEXIST) return ms_error_sys(errno, o->out, "");
+    ms_ingest_opts so = *o;
+    so.out = dir;
+    return ingest_run(&so, sum);
 }

@@ -45,6 +45,11 @@ typedef struct ms_ingest_opts {
     int quiet;                   /* no summary line */
     const char *log_path;        /* NULL, or a file that gets one JSON line per committed source (appended) */
     volatile sig_atomic_t *stop; /* set by a signal handler: finish the volume being written, then stop */
+    /* --shard K/N (shard_n 0: a one-piece store at `out`): the sources are listed as always, then every N-th of
+     * that list from K goes into out/shard-K-of-N (ms_store_shard_path), a store of its own that records the set
+     * (an ID every job derives from the full list and the options, N, K) and each volume's source index; readers
+     * open the folder of N shards as one store (data/store.h). Reruns resume like a one-piece store's. */
+    int shard_k, shard_n;
 } ms_ingest_opts;
 
 typedef struct ms_ingest_summary {

@@ -327,7 +327,12 @@ ms_status ms_split_save(const char *path, const ms_split_spec *sp, int n_stores,
     for (int i = 0; stores && i < n_stores; i++) {
         cJSON *o = cJSON_CreateObject();
         if (!o) break;
-        cJSON_AddStringToObject(o, "path", store_paths && store_paths[i] ? store_paths[i] : "");
+        const char *sp_i = store_paths && store_paths[i] ? store_paths[i] : "";
+        char id[33] = "";
+        cJSON_AddStringToObject(o, "path", sp_i);
+        /* the store's ID names it wherever it is copied; a path that is no store (or one without an ID) writes none */
+        if (sp_i[0] && ms_store_id_at(sp_i, id) != MS_OK) ms_error_clear();
+        if (id[0]) cJSON_AddStringToObject(o, "id", id);
         cJSON_AddNumberToObject(o, "single_volume", single_volume ? single_volume[i] : 0);
         cJSON_AddItemToObject(o, "train", ranges_json(&train[i]));
         cJSON_AddItemToObject(o, "val", ranges_json(val ? &val[i] : NULL));
@@ -460,7 +465,16 @@ static ms_status split_read_store(const char *path, const cJSON *root, int index
                "%s: no entry for store %d in \"stores\"", path, index);
     const cJSON *o = cJSON_GetArrayItem(stores, index), *p = cJSON_GetObjectItemCaseSensitive(o, "path");
     MS_FAIL_IF(p && !cJSON_IsString(p), MS_EFORMAT, "%s: stores[%d].path is not a string", path, index);
-    if (store_path && p && !split_store_matches(p->valuestring, store_path)) {
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+    MS_FAIL_IF(id && (!cJSON_IsString(id) || strlen(id->valuestring) != 32), MS_EFORMAT,
+               "%s: stores[%d].id is not a store ID (32 hex digits)", path, index);
+    if (store_path && id) { /* the ID decides, wherever the store now lies */
+        char have[33];
+        MS_TRY(ms_store_id_at(store_path, have));
+        MS_FAIL_IF(strcmp(have, id->valuestring), MS_EINVAL,
+                   "%s: stores[%d] was made for store ID %s but the run's store %s has %s%s", path, index,
+                   id->valuestring, store_path, have[0] ? "ID " : "no ID", have);
+    } else if (store_path && p && !split_store_matches(p->valuestring, store_path)) {
         /* a name with a control character (a newline would split the message) is shown quoted and escaped */
         int ctl = 0;
         for (const char *c = p->valuestring; *c; c++) ctl |= (unsigned char)*c < 0x20;

@@ -74,14 +74,16 @@ ms_status ms_split_volumes(const ms_volume_info *vols, int n_vols, const ms_spli
                            ms_selection *val, int *single_volume);
 
 /* Split file (RUN/shots.json, --split FILE): {"version":1, "seed":S, "shots":K, "shot_unit":"slice"|"volume",
- * "single_volume":0|1, "stores":[{"path":P, "train":[[first,count],...], "val":[[first,count],...]}, ...]}. */
+ * "single_volume":0|1, "stores":[{"path":P, "id":ID, "train":[[first,count],...], "val":[[first,count],...]}, ...]}.
+ * "id" is the store's ID (ms_store_id_at; a set's for a set of shards), left out for a store without one. */
 ms_status ms_split_save(const char *path, const ms_split_spec *sp, int n_stores, const char *const *store_paths,
                         const ms_selection *train, const ms_selection *val, const int *single_volume);
 /* Reads store number `index` of a split file into train / val (either may be NULL). store_path is the run's store
  * (NULL: not checked), n_keys its record count (0: not checked). Refused, with "<path>: <reason>": a version other
  * than 1, shots that are not a non-negative integer, a range that is not a [first key, count] pair of non-negative
- * integers or reaches key n_keys, ranges that overlap (within train or val, or val with train), and an entry whose
- * "path" names another store (docs/CLI.md §Split files says how stores are matched). */
+ * integers or reaches key n_keys, ranges that overlap (within train or val, or val with train), an entry whose
+ * "id" is not the ID of the store at store_path, and an entry without "id" (an older file) whose "path" names
+ * another store (docs/CLI.md §Split files says how stores are matched). */
 ms_status ms_split_load(const char *path, int index, const char *store_path, uint64_t n_keys, ms_selection *train,
                         ms_selection *val);
 

@@ -50,8 +50,23 @@ typedef struct ms_slice {
     const uint16_t *label; /* height·width, or NULL when the slice has no label */
 } ms_slice;
 
-/* Open read-only. max_readers sizes LMDB's reader table (one per loader worker plus a few). */
+/* Open read-only. max_readers sizes LMDB's reader table (one per loader worker plus a few). A folder of shards
+ * (ms_store_is_set) opens as one store: its volumes ordered by their source's index in the full source list, keys
+ * consecutive in that order (what a one-piece ingest of the same sources gives), every function below working on
+ * the whole set. A set missing a shard, holding one twice, or mixing sets is refused ("DIR: <reason>"). */
 ms_status ms_store_open(const char *path, int max_readers, ms_store **out);
+/* 1 when path is a folder without data.mdb holding shard-K-of-N folders (ingest --shard). */
+int ms_store_is_set(const char *path);
+/* Shard k of n of the set in dir: dir/shard-KKKKK-of-NNNNN (five digits at least). */
+ms_status ms_store_shard_path(const char *dir, int k, int n, char out[4096]);
+/* The set's shard count, 0 for a one-piece store; the folder of shard k. */
+int ms_store_n_shards(const ms_store *s);
+const char *ms_store_shard_dir(const ms_store *s, int k);
+/* The store's ID (32 hex digits; a set's: the ID all its shards record), NULL for a store written before stores
+ * had IDs. Split files name their store by it (docs/CLI.md §Split files). */
+const char *ms_store_id(const ms_store *s);
+/* The ID of the store at path without opening it as a whole (id[0] = 0 when it has none). */
+ms_status ms_store_id_at(const char *path, char id[33]);
 void ms_store_close(ms_store *s);
 uint64_t ms_store_n_slices(const ms_store *s);
 uint32_t ms_store_n_volumes(const ms_store *s);

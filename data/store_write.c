@@ -13,9 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/path.h"
@@ -207,13 +209,36 @@ static int open_tables(ms_store_writer *w, MDB_txn *txn)
     return rc;
 }
 
-/* A new store's meta entries: format (with w->layout), params, created, zero counts. */
+/* A new store's ID: 128 random bits in hex. Split files and shard sets name a store by it, so a copy (staged to
+ * another disk) is the same store and another store at the same path is not. Without getrandom, the time, the
+ * process and the path hashed stand in (unique enough for telling stores apart, not for security). */
+static void new_store_id(const char *path, char out[33])
+{
+    uint8_t b[32];
+    if (getrandom(b, 16, 0) != 16) {
+        ms_sha256 h;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long pid = (long)getpid();
+        ms_sha256_init(&h);
+        ms_sha256_update(&h, &ts, sizeof ts);
+        ms_sha256_update(&h, &pid, sizeof pid);
+        ms_sha256_update(&h, path, strlen(path));
+        ms_sha256_final(&h, b);
+    }
+    ms_hex(b, 16, out);
+}
+
+/* A new store's meta entries: format (with w->layout), params, created, zero counts, its ID. */
 static int put_new_meta(ms_store_writer *w, MDB_txn *txn, const char *params_json, const char *created_json)
 {
-    char fmt[64];
+    char fmt[64], id[33], idj[64];
     snprintf(fmt, sizeof fmt, "{\"format\":\"mrisam-store\",\"version\":%d}", w->layout);
+    new_store_id(w->path, id);
+    snprintf(idj, sizeof idj, "{\"id\":\"%s\"}", id);
     ms_store_counts c = {0};
     int rc = put_text(w, txn, w->meta, "format", fmt);
+    if (!rc) rc = put_text(w, txn, w->meta, "id", idj);
     if (!rc) rc = put_text(w, txn, w->meta, "params", params_json);
     if (!rc) rc = put_text(w, txn, w->meta, "created", created_json ? created_json : "{}");
     if (!rc) rc = put_counts(w, txn, &c);

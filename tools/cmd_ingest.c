@@ -24,15 +24,19 @@ static int run(int argc, char **argv)
         "mrisam ingest /archive/t1 -o t1.store --threads 8\n"
         "  mrisam ingest --labels pairs.csv --label-map groups.csv -o seg.store\n"
         "  mrisam ingest Dataset001 --labels nnunet -o ds1.store\n"
+        "  mrisam ingest --shard $SLURM_ARRAY_TASK_ID/16 /data/archive -o archive.store\n"
         "  mrisam ingest --labels datasets/MRI-Prostate/train_5shot.csv \\\n"
         "      --val-labels datasets/MRI-Prostate/val_5shot.csv --image-root datasets -o prostate.store"};
     const char *out = NULL, *labels = NULL, *val_labels = NULL, *image_root = NULL, *label_map = NULL,
-               *label_names = NULL, *axis = "auto", *norm = "percentile", *log_path = NULL;
+               *label_names = NULL, *axis = "auto", *norm = "percentile", *log_path = NULL, *shard = NULL;
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
     int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = -1, quiet = 0, layout = 0;
     int progress = -1;
     const ms_opt opts[] = {
         {"o", MS_OPT_STR, &out, "STORE", "the store directory (created when absent; reruns append)"},
+        {"shard", MS_OPT_STR, &shard, "K/N",
+         "one of N jobs: every N-th source of the sorted list from K into STORE/shard-K-of-N; --store STORE reads "
+         "the N shards as one store (docs/DISTRIBUTED_STORES.md)"},
         {"labels", MS_OPT_STR, &labels, "CSV|nnunet",
          "pair images with labels: a CSV of image,label rows (comma or tab) or an nnU-Net folder"},
         {"val-labels", MS_OPT_STR, &val_labels, "CSV",
@@ -72,7 +76,12 @@ static int run(int argc, char **argv)
     }
     ms_ingest_opts o = {0};
     const char *bad = NULL;
-    if (!out)
+    int sk = 0, sn = 0, used = 0;
+    if (shard && (sscanf(shard, "%d/%d%n", &sk, &sn, &used) != 2 || shard[used] || sn < 1 || sk < 0 || sk >= sn))
+        bad = "--shard must be K/N with 0 <= K < N";
+    else if (shard && val_labels)
+        bad = "--val-labels writes one split file for the whole store: ingest it without --shard";
+    else if (!out)
         bad = "-o STORE is required";
     else if (pos.n == 0 && !(labels && strcmp(labels, "nnunet")))
         bad = "no SRC given (SRC may be omitted only with --labels CSV)";
@@ -138,6 +147,8 @@ static int run(int argc, char **argv)
     o.threads = threads;
     o.progress = progress < 0 ? isatty(2) : progress;
     o.log_path = log_path;
+    o.shard_k = sk;
+    o.shard_n = sn;
     o.stop = ms_cli_catch_stop();
     ms_ingest_summary s;
     ms_status st = ms_ingest_run(&o, &s);

@@ -1,4 +1,4 @@
-/* tools/cmd_inspect.c — `mrisam inspect STORE`: counts, bytes, compression ratio, creation parameters, the classes
+/* tools/cmd_inspect.c — `mrisam inspect STORE`: its ID (a set: its shards), counts, bytes, compression ratio, creation parameters, the classes
  * with their pixel counts and a per-volume table (geometry, intensity window, label values, source hash prefix).
  * Read-only. */
 #include <inttypes.h>
@@ -84,6 +84,12 @@ static int run(int argc, char **argv)
     st = ms_store_sizes_get(s, &z);
     if (!st) {
         printf("store    %s\n", pos.v[0]);
+        if (ms_store_n_shards(s)) {
+            printf("set      %d shards, ID %s (ingest --shard K/%d; keys in source order)\n", ms_store_n_shards(s),
+                   ms_store_id(s), ms_store_n_shards(s));
+            for (int k = 0; k < ms_store_n_shards(s); k++) printf("shard    %s\n", ms_store_shard_dir(s, k));
+        } else if (ms_store_id(s))
+            printf("id       %s\n", ms_store_id(s));
         print_meta(s, "format");
         print_meta(s, "params");
         print_meta(s, "created");

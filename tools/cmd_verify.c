@@ -1,5 +1,6 @@
 /* tools/cmd_verify.c — `mrisam verify STORE`: decompresses every slice and label record, checks the header crc,
- * the pixel crc, zstd's own checksum, sizes and key ranges; lists every bad key; exit 1 when any is bad. */
+ * the pixel crc, zstd's own checksum, sizes and key ranges; lists every bad key; exit 1 when any is bad. A set of
+ * shards is checked shard by shard (bad records named by shard folder and the shard's own key). */
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -35,7 +36,11 @@ static int run(int argc, char **argv)
     ms_status st = ms_store_open(pos.v[0], 4, &s);
     uint64_t n = 0, bad = 0;
     if (!st) st = ms_store_verify(s, on_bad, pos.v[0], &n, &bad);
-    if (!st) printf("%s: %" PRIu64 " records checked, %" PRIu64 " corrupt\n", pos.v[0], n, bad);
+    if (!st && ms_store_n_shards(s))
+        printf("%s: a set of %d shards (ID %s): %" PRIu64 " records checked, %" PRIu64 " corrupt\n", pos.v[0],
+               ms_store_n_shards(s), ms_store_id(s), n, bad);
+    else if (!st)
+        printf("%s: %" PRIu64 " records checked, %" PRIu64 " corrupt\n", pos.v[0], n, bad);
     ms_store_close(s);
     ms_strlist_free(&pos);
     if (st) return ms_cli_report("verify", st);

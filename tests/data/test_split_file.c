@@ -7,6 +7,8 @@
  * overlapping train, ranges overlapping within train, another version, fractional / negative / non-numeric range
  * members, negative or fractional shots, another store, a range past the store's last key — must be refused with a
  * one-line message that names the file and the reason (the first shared key, the element, the value).
+ * Store IDs: a file saved by ms_split_save against a real store names it by its ID; it is accepted for that store
+ * and a copy of it elsewhere, refused for another store, also one put at the first one's path.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/fileio.h"
 #include "data/sampler.h"
+#include "data/store.h"
+#include "data/store_write.h"
 #include "harness.h"
 
 enum { NONE = 0, TRAIN = 1, VAL = 2 };
@@ -121,6 +126,57 @@ static uint64_t first_shared(const draw *d, uint64_t f, uint64_t c)
     for (uint64_t k = f; k < f + c; k++)
         if (d->side[k] == TRAIN) return k;
     return UINT64_MAX;
+}
+
+static void store_ids(ms_rng *g, const char *dir)
+{
+    char a[600], b[600], copy[600], old[600], file[700], cmd[2600], ida[33] = "", idb[33] = "";
+    snprintf(a, sizeof a, "%s/idA", dir);
+    snprintf(b, sizeof b, "%s/idB", dir);
+    snprintf(copy, sizeof copy, "%s/idcopy", dir);
+    snprintf(old, sizeof old, "%s/idA.old", dir);
+    snprintf(file, sizeof file, "%s/ids.json", dir);
+    ms_store_writer *w = NULL;
+    MS_CHECK_OK(ms_store_writer_open(a, "{}", "{}", &w));
+    ms_store_writer_close(w);
+    MS_CHECK_OK(ms_store_writer_open(b, "{}", "{}", &w));
+    ms_store_writer_close(w);
+    MS_CHECK_OK(ms_store_id_at(a, ida));
+    MS_CHECK_OK(ms_store_id_at(b, idb));
+    MS_CHECK(strlen(ida) == 32 && strlen(idb) == 32 && strcmp(ida, idb), "store IDs %s and %s", ida, idb);
+    draw d;
+    draw_split(g, &d);
+    ms_selection tr = {0}, va = {0};
+    for (int i = 0; i < d.n_pieces; i++)
+        if (d.piece_side[i]) MS_CHECK_OK(ms_selection_add(d.piece_side[i] == TRAIN ? &tr : &va, d.first[i], d.count[i]));
+    MS_CHECK_OK(ms_selection_finish(&tr));
+    MS_CHECK_OK(ms_selection_finish(&va));
+    ms_split_spec sp;
+    ms_split_spec_default(&sp);
+    const char *paths[1] = {a};
+    MS_CHECK_OK(ms_split_save(file, &sp, 1, paths, &tr, &va, NULL));
+    char *text = NULL;
+    size_t len = 0;
+    MS_CHECK_OK(ms_read_file(file, 1 << 20, &text, &len));
+    MS_CHECK(text && strstr(text, ida), "the split file records store A's ID %s", ida);
+    free(text);
+    ms_selection t2 = {0}, v2 = {0};
+    MS_CHECK_OK(ms_split_load(file, 0, a, d.n_keys, &t2, &v2));
+    MS_CHECK(same_keys(&t2, &d, TRAIN) && same_keys(&v2, &d, VAL), "store A: selections differ");
+    ms_selection_free(&t2);
+    ms_selection_free(&v2);
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", a, copy);
+    MS_CHECK(system(cmd) == 0, "%s", cmd);
+    MS_CHECK_OK(ms_split_load(file, 0, copy, d.n_keys, NULL, &v2)); /* a staged copy is the same store */
+    ms_selection_free(&v2);
+    expect_refused(file, b, d.n_keys, "another store", "was made for store ID");
+    MS_CHECK(rename(a, old) == 0 && rename(b, a) == 0, "rename");
+    expect_refused(file, a, d.n_keys, "another store at the same path", "was made for store ID");
+    ms_selection_free(&tr);
+    ms_selection_free(&va);
+    free(d.side);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' '%s' '%s'", a, old, copy, file);
+    MS_CHECK(system(cmd) == 0, "%s", cmd);
 }
 
 int main(void)
@@ -272,6 +328,7 @@ int main(void)
         }
         free(d.side);
     }
+    store_ids(&g, dir);
     unlink(file);
     rmdir(store);
     rmdir(other);

@@ -18,6 +18,8 @@ ms_script_test(test_ingest_full ${MS_DATA_TESTS}/test_ingest_full.sh LABELS cpu)
 ms_script_test(test_ingest_archive ${MS_DATA_TESTS}/test_ingest_archive.sh LABELS cpu)
 # layout 1 (stores written before layout 2) still reads and is extended in its own layout
 ms_script_test(test_store_v1 ${MS_DATA_TESTS}/test_store_v1.sh LABELS cpu)
+# a store ingested as 3 shards reads as the one-piece store (records, training), refusals of broken sets
+ms_script_test(test_store_shards ${MS_DATA_TESTS}/test_store_shards.sh LABELS cpu)
 # DICOM series (generated with python3-pydicom, identifying header fields) through dcm2niix
 ms_script_test(test_ingest_dicom ${MS_DATA_TESTS}/test_ingest_dicom.sh LABELS cpu)
 # finetune-SAM's lists as they ship (--image-root, --val-labels, split file) and the store's PNG mask rule
