@@ -36,7 +36,7 @@ static int run(int argc, char **argv)
         {"o", MS_OPT_STR, &out, "STORE", "the store directory (created when absent; reruns append)"},
         {"shard", MS_OPT_STR, &shard, "K/N",
          "one of N jobs: every N-th source of the sorted list from K into STORE/shard-K-of-N; --store STORE reads "
-         "the N shards as one store (docs/DISTRIBUTED_STORES.md)"},
+         "the N shards as one store (docs/DISTRIBUTED.md)"},
         {"labels", MS_OPT_STR, &labels, "CSV|nnunet",
          "pair images with labels: a CSV of image,label rows (comma or tab) or an nnU-Net folder"},
         {"val-labels", MS_OPT_STR, &val_labels, "CSV",
