@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # tests/pretrain/test_pretrain_mpi.sh — data-parallel `mrisam pretrain` over MPI on the CPU backend
 # (docs/DISTRIBUTED.md), vit_test at input 64 on a store of mricron's ch2:
-#  1. 2 ranks x batch B end with the same parameters as 1 process x batch 2B (the export, every tensor, to float
-#     rounding: the sum over ranks adds in another order) and log the same training losses; small buckets, so most
-#     of them start during the backward. (Validation runs in chunks of the per-rank batch, and its loss depends a
+#  1. 2 ranks x batch B end with the parameters of 1 process x batch 2B (the export, every tensor, to float
+#     rounding as AdamW amplifies it: the sum over ranks adds in another order) and log the same training losses
+#     and gradient norms; small buckets, so most of them start during the backward. (Validation runs in chunks of the per-rank batch, and its loss depends a
 #     little on the chunking, so val lines are not compared.)
 #  2. a stop asked of one rank only (MRISAM_TEST_STOP=STEP,RANK) stops both after the same step with a checkpoint
 #     (exit 75), and --resume finishes with the parameters of an uninterrupted 2-rank run, bit for bit;
@@ -37,32 +37,36 @@ $MPIRUN "$MRISAM" pretrain $A --batch-size $B --bucket-mb 0.05 -o "$T/two" > "$T
 check $? "2 ranks, batch $B each (exit $?: $(tail -n 3 "$T/two.log" | tr '\n' ' '))"
 grep -q "2 ranks, batch $B per rank, global batch $((2 * B))" "$T/two.log"
 check $? "the plan names ranks, per-rank and global batch"
-cmp_pth() { # A.pth B.pth TOL: every tensor of A and B within TOL x (1 + max |A|)
+cmp_pth() { # A.pth B.pth TOL: every tensor of A and B within TOL (absolute)
   "$PY" - "$1" "$2" "$3" <<'EOF'
 import sys, torch
 a, b, tol = torch.load(sys.argv[1]), torch.load(sys.argv[2]), float(sys.argv[3])
 assert a.keys() == b.keys(), "different tensors"
 worst, name = 0.0, ""
 for k in a:
-    d = (a[k].double() - b[k].double()).abs().max().item() / (1 + a[k].double().abs().max().item())
+    d = (a[k].double() - b[k].double()).abs().max().item()
     if d > worst: worst, name = d, k
-print(f"  {len(a)} tensors, largest relative difference {worst:.3g} ({name})")
+print(f"  {len(a)} tensors, largest difference {worst:.3g} ({name})")
 sys.exit(0 if worst <= tol else 1)
 EOF
 }
-cmp_pth "$T/one/sam_mri_vit_test.pth" "$T/two/sam_mri_vit_test.pth" 2e-5
-check $? "2 ranks x $B give the parameters of 1 process x $((2 * B)) (relative 2e-5)"
+# AdamW divides by the gradient's running RMS, so for elements whose gradient is near zero a difference in the last
+# bits of the summed gradient moves the update visibly: the bound is 2 % of the most any element can move in 6
+# steps at lr 1e-3 (6e-3). Adam hides a wrong gradient scale, so the logged gradient norm is compared too.
+cmp_pth "$T/one/sam_mri_vit_test.pth" "$T/two/sam_mri_vit_test.pth" 1.2e-4
+check $? "2 ranks x $B give the parameters of 1 process x $((2 * B)) (within 1.2e-4)"
 "$PY" - "$T/one/log.jsonl" "$T/two/log.jsonl" <<'EOF'
 import json, sys
 def losses(p):
-    return [(j["step"], j["loss"]) for j in map(json.loads, open(p)) if j.get("split") == "train"]
+    return [(j["step"], j["loss"], j["grad_norm"]) for j in map(json.loads, open(p)) if j.get("split") == "train"]
 a, b = losses(sys.argv[1]), losses(sys.argv[2])
 assert len(a) == len(b) == 6, (len(a), len(b))
 for x, y in zip(a, b):
     assert x[0] == y[0] and abs(x[1] - y[1]) <= 1e-5 * (1 + abs(x[1])), (x, y)
-print(f"  {len(a)} training loss lines agree")
+    assert abs(x[2] - y[2]) <= 1e-4 * abs(x[2]), ("grad_norm", x, y)
+print(f"  {len(a)} training lines agree (loss, gradient norm)")
 EOF
-check $? "the same training losses in log.jsonl"
+check $? "the same training losses and gradient norms in log.jsonl"
 [ "$(ls "$T/two" | sort | tr '\n' ' ')" = "$(ls "$T/one" | sort | tr '\n' ' ')" ]
 check $? "RUN/ holds what a one-process run holds (rank 1 wrote nothing of its own)"
 
