@@ -133,21 +133,42 @@ static ms_status save_sd(const char *dir, const char *file, const ms_mae_run *r,
     return rc;
 }
 
-/* The files of a checkpoint into its step directory dir, DONE last. */
+/* Sharded AdamW state (ZeRO-1): every rank's own file, optim.rank%03d-of-%03d.safetensors. */
+static ms_status shard_file(const char *dir, int rank, int world, char *out)
+{
+    return ms_path_fmt(out, "%s/optim.rank%03d-of-%03d.safetensors", dir, rank, world);
+}
+
+static ms_status write_shard(ms_mae_run *r, const char *dir)
+{
+    char p[MS_PATH_MAX];
+    MS_TRY(shard_file(dir, r->rank, r->world, p));
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    ms_status rc = ms_optimizer_shard_to_sd(&r->oe, "encoder", &sd);
+    if (!rc) rc = ms_optimizer_shard_to_sd(&r->od, "decoder", &sd);
+    if (!rc) rc = ms_sd_save(p, &sd);
+    ms_sd_free(&sd);
+    return rc;
+}
+
+/* The files of a checkpoint into its step directory dir (rank 0; DONE comes after every rank's part). */
 static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
 {
     const train_state *ts = &r->ts;
     char p[MS_PATH_MAX];
+    int zero_world = r->oe.dist ? r->world : 0;
     MS_TRY(save_sd(dir, "model.safetensors", r, 0));
-    MS_TRY(save_sd(dir, "optim.safetensors", r, 1));
+    if (!zero_world) MS_TRY(save_sd(dir, "optim.safetensors", r, 1));
     char js[2048];
     int n = snprintf(js, sizeof js,
                      "{\"step\": %lld, \"opt_steps\": %lld, \"skipped\": %lld, \"bad_in_row\": %lld, \"lr_scale\": %.17g,\n"
-                     " \"adam_step_encoder\": %lld, \"adam_step_decoder\": %lld,\n"
+                     " \"adam_step_encoder\": %lld, \"adam_step_decoder\": %lld, \"zero_world\": %d,\n"
                      " \"loader\": {\"seed\": %llu, \"epoch\": %llu, \"step\": %llu, \"n_records\": %llu, "
                      "\"global_batch\": %u, \"world\": %u, \"skipped\": %llu}}\n",
                      (long long)ts->step, (long long)ts->opt_steps, (long long)ts->skipped, (long long)ts->bad_in_row,
-                     ts->lr_scale, (long long)r->oe.step, (long long)r->od.step, (unsigned long long)ts->loader.seed,
+                     ts->lr_scale, (long long)r->oe.step, (long long)r->od.step, zero_world,
+                     (unsigned long long)ts->loader.seed,
                      (unsigned long long)ts->loader.epoch, (unsigned long long)ts->loader.step,
                      (unsigned long long)ts->loader.n_records, ts->loader.global_batch, ts->loader.world,
                      (unsigned long long)ts->loader.skipped);
@@ -165,10 +186,13 @@ static ms_status save_checkpoint(ms_mae_run *r)
 {
     char dir[MS_PATH_MAX];
     ms_status rc = MS_OK;
-    if (r->rank == 0) {
-        MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->ts.step, dir));
-        if ((rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory */
+    if (r->rank == 0) MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->ts.step, dir));
+    if (r->oe.dist) { /* ZeRO-1: every rank writes its shard into the folder rank 0 made */
+        MS_TRY(ms_dist_barrier(r->cfg.dist));
+        MS_TRY(ms_path_fmt(dir, "%s/ckpt/step_%08lld", r->cfg.out, (long long)r->ts.step));
+        if ((rc = write_shard(r, dir))) return r->rank ? rc : ms_ckpt_dir_abandon(dir, rc);
     }
+    if (r->rank == 0 && (rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial dir */
     MS_TRY(ms_dist_barrier(r->cfg.dist));
     r->saved_step = r->ts.step;
     if (r->rank != 0) return MS_OK;
@@ -199,6 +223,37 @@ static ms_status check_resume_intensity(const ms_mae_run *r, const char *dir)
     return MS_OK;
 }
 
+/* The AdamW moments of a checkpoint, whole (optim.safetensors) or in the shards of the zero_world ranks that wrote
+ * it: either way each optimizer takes what it keeps, so a resume may change the number of ranks and --zero1. */
+static ms_status load_moments(ms_mae_run *r, const char *dir, int zero_world)
+{
+    char p[MS_PATH_MAX];
+    ms_status rc = MS_OK;
+    if (zero_world <= 0) {
+        MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
+        ms_state_dict sd;
+        ms_sd_init(&sd);
+        rc = ms_sd_load(p, &sd);
+        if (!rc) rc = ms_optimizer_moments_from_sd(&r->oe, &sd);
+        if (!rc) rc = ms_optimizer_moments_from_sd(&r->od, &sd);
+        ms_sd_free(&sd);
+        return rc;
+    }
+    MS_FAIL_IF(zero_world > 100000, MS_EFORMAT, "%s/state.json: zero_world %d", dir, zero_world);
+    char(*names)[MS_PATH_MAX] = malloc((size_t)zero_world * sizeof *names);
+    const char **files = malloc((size_t)zero_world * sizeof *files);
+    if (!names || !files) rc = ms_error(MS_ENOMEM, "out of memory");
+    for (int q = 0; q < zero_world && !rc; q++) {
+        rc = shard_file(dir, q, zero_world, names[q]);
+        files[q] = names[q];
+    }
+    if (!rc) rc = ms_optimizer_shards_from_files(&r->oe, "encoder", files, zero_world);
+    if (!rc) rc = ms_optimizer_shards_from_files(&r->od, "decoder", files, zero_world);
+    free(names);
+    free(files);
+    return rc;
+}
+
 static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
 {
     train_state *ts = &r->ts;
@@ -206,17 +261,15 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     MS_TRY(ms_path_join(p, dir, "model.safetensors"));
     MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix));
     MS_TRY(load_params_from(&r->dec_ps, p, NULL));
-    MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
-    ms_state_dict sd;
-    ms_sd_init(&sd);
-    ms_status rc = ms_sd_load(p, &sd);
-    if (!rc) rc = ms_optimizer_moments_from_sd(&r->oe, &sd);
-    if (!rc) rc = ms_optimizer_moments_from_sd(&r->od, &sd);
-    ms_sd_free(&sd);
-    if (rc) return rc;
     MS_TRY(ms_path_join(p, dir, "state.json"));
     cJSON *j;
     MS_TRY(ms_read_json(p, 1 << 20, &j));
+    int zero_world = (int)jnum(j, "zero_world");
+    ms_status rc = load_moments(r, dir, zero_world);
+    if (rc) {
+        cJSON_Delete(j);
+        return rc;
+    }
     ts->step = (int64_t)jnum(j, "step");
     ts->opt_steps = (int64_t)jnum(j, "opt_steps");
     ts->skipped = (int64_t)jnum(j, "skipped");
@@ -349,7 +402,9 @@ static ms_status open_model(ms_mae_run *r)
     MS_TRY(ms_grad_sync_add(&r->gs, r->eps));
     if (r->world > 1) ms_sam_encoder_set_grads_hook(enc, ms_grad_sync_ready, &r->gs);
     MS_TRY(ms_optimizer_init(&r->oe, r->eps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
-    return ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay);
+    MS_TRY(ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
+    if (c->zero1) MS_TRY(ms_optimizer_shard(&r->oe, c->dist));
+    return c->zero1 ? ms_optimizer_shard(&r->od, c->dist) : MS_OK;
 }
 
 /* The stores, each split by volume: the loader's configuration over the training part. */
@@ -436,6 +491,7 @@ static ms_status write_config(ms_mae_run *r)
     cJSON_AddNumberToObject(cj, "batch_size", c->batch);
     cJSON_AddNumberToObject(cj, "accum_iter", c->accum);
     cJSON_AddNumberToObject(cj, "world_size", r->world);
+    cJSON_AddNumberToObject(cj, "zero1", c->zero1 && r->world > 1);
     cJSON_AddNumberToObject(cj, "global_batch", (double)c->batch * c->accum * r->world);
     cJSON_AddNumberToObject(cj, "max_steps", (double)pl->total);
     cJSON_AddNumberToObject(cj, "lr", pl->lr);

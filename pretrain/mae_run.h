@@ -73,6 +73,7 @@ typedef struct ms_mae_run_config {
      * validation. Gradients are summed in buckets of bucket_bytes (0: 25 MiB) that start during the backward. */
     ms_dist *dist;
     size_t bucket_bytes;
+    int zero1; /* ZeRO-1: each rank keeps the AdamW moments of its part of the parameters (pretrain/optimizer.h) */
     /* the caller's stop request (a signal handler's flag; NULL: none): the ranks agree on it at every step, so all
      * of them stop after the same step (ms_mae_step_info.stop) */
     const volatile sig_atomic_t *stop;

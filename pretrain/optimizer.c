@@ -16,6 +16,8 @@ ms_status ms_optimizer_init(ms_optimizer *o, ms_params *ps, float beta1, float b
     o->beta2 = beta2;
     o->eps = eps;
     o->weight_decay = weight_decay;
+    o->lo = 0;
+    o->hi = ps->numel_trainable;
     size_t bytes = (size_t)(ps->numel_trainable ? ps->numel_trainable : 1) * sizeof(float);
     ms_status rc = ms_dev_alloc(ps->dev, bytes, (void **)&o->m);
     if (!rc) rc = ms_dev_alloc(ps->dev, bytes, (void **)&o->v);
@@ -34,20 +36,71 @@ void ms_optimizer_free(ms_optimizer *o)
     o->m = o->v = NULL;
 }
 
+ms_status ms_optimizer_shard(ms_optimizer *o, ms_dist *d)
+{
+    if (ms_dist_world(d) <= 1) return MS_OK;
+    ms_params *ps = o->ps;
+    int64_t lo, hi;
+    ms_dist_range(ps->numel_trainable, ms_dist_rank(d), ms_dist_world(d), &lo, &hi);
+    ms_dev_free(ps->dev, o->m);
+    ms_dev_free(ps->dev, o->v);
+    o->m = o->v = NULL;
+    size_t bytes = (size_t)(hi > lo ? hi - lo : 1) * sizeof(float);
+    MS_TRY(ms_dev_alloc(ps->dev, bytes, (void **)&o->m));
+    MS_TRY(ms_dev_alloc(ps->dev, bytes, (void **)&o->v));
+    MS_TRY(ms_dev_zero(ps->dev, o->m, bytes));
+    MS_TRY(ms_dev_zero(ps->dev, o->v, bytes));
+    o->lo = lo;
+    o->hi = hi;
+    o->dist = d;
+    return MS_OK;
+}
+
+/* The part [*a, *b) of tensor p inside [lo, hi) of the gradient array; 0 when none. */
+static int overlap(const ms_param *p, int64_t lo, int64_t hi, int64_t *a, int64_t *b)
+{
+    int64_t g = (int64_t)p->goff;
+    *a = g > lo ? g : lo;
+    *b = g + p->numel < hi ? g + p->numel : hi;
+    return *a < *b;
+}
+
+/* ZeRO-1: this rank's updated parameters into its range of the gradient array, every rank's range gathered in
+ * place, then every trainable tensor back from it. */
+static ms_status gather_params(ms_optimizer *o)
+{
+    ms_params *ps = o->ps;
+    int64_t a, b;
+    for (int i = 0; i < ps->n; i++) {
+        const ms_param *p = &ps->p[i];
+        if (p->trainable && overlap(p, o->lo, o->hi, &a, &b))
+            MS_TRY(ms_dev_copy(ps->dev, ps->grad + a, ps->data + p->off + (a - (int64_t)p->goff),
+                               (size_t)(b - a) * sizeof(float)));
+    }
+    MS_TRY(ms_dist_allgather_inplace(o->dist, ps->grad, ps->numel_trainable));
+    for (int i = 0; i < ps->n; i++) {
+        const ms_param *p = &ps->p[i];
+        if (p->trainable)
+            MS_TRY(ms_dev_copy(ps->dev, ps->data + p->off, ps->grad + p->goff, (size_t)p->numel * sizeof(float)));
+    }
+    return MS_OK;
+}
+
 ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix)
 {
     ms_params *ps = o->ps;
     size_t skip_n = skip_prefix ? strlen(skip_prefix) : 0;
+    int64_t a, b;
     for (int i = 0; i < ps->n; i++) {
         const ms_param *p = &ps->p[i];
-        if (!p->trainable) continue;
+        if (!p->trainable || !overlap(p, o->lo, o->hi, &a, &b)) continue;
         if (skip_n && !strncmp(p->name, skip_prefix, skip_n)) continue;
         float wd = p->no_decay ? 0.f : o->weight_decay;
-        MS_TRY(ms_adamw_step(ps->dev, ps->data + p->off, ps->grad + p->goff, o->m + p->goff, o->v + p->goff, p->numel,
-                             lr, o->beta1, o->beta2, o->eps, wd, o->step + 1));
+        MS_TRY(ms_adamw_step(ps->dev, ps->data + p->off + (a - (int64_t)p->goff), ps->grad + a, o->m + (a - o->lo),
+                             o->v + (a - o->lo), b - a, lr, o->beta1, o->beta2, o->eps, wd, o->step + 1));
     }
     o->step++;
-    return MS_OK;
+    return o->dist ? gather_params(o) : MS_OK;
 }
 
 float ms_lr_at(ms_schedule kind, int64_t step, int64_t warmup, int64_t total, float base_lr, float min_lr)
@@ -60,31 +113,84 @@ float ms_lr_at(ms_schedule kind, int64_t step, int64_t warmup, int64_t total, fl
     return (float)(min_lr + (base_lr - min_lr) * 0.5 * (1.0 + cos(M_PI * t)));
 }
 
-/* One loop for both directions: the names and the walk over trainable tensors must agree exactly. */
+/* One loop for both directions: the names and the walk over trainable tensors must agree exactly. A sharded
+ * optimizer loads the part of each tensor inside its range (saving needs the whole). */
 static ms_status moments_io(ms_optimizer *o, ms_state_dict *sd, int save)
 {
     const ms_params *ps = o->ps;
     ms_status rc = MS_OK;
+    MS_FAIL_IF(save && (o->lo != 0 || o->hi != ps->numel_trainable), MS_EBADSTATE,
+               "optimizer: a ZeRO-1 shard saves with ms_optimizer_shard_to_sd");
     for (int i = 0; i < ps->n && !rc; i++) {
         const ms_param *p = &ps->p[i];
-        if (!p->trainable) continue;
+        int64_t a, b;
+        if (!p->trainable || !overlap(p, o->lo, o->hi, &a, &b)) continue;
         float *h = malloc((size_t)p->numel * sizeof(float));
         if (!h) return ms_error(MS_ENOMEM, "out of memory");
         char name[MS_PARAM_NAME_MAX + 4];
         for (int k = 0; k < 2 && !rc; k++) {
-            float *d = (k ? o->v : o->m) + p->goff;
+            float *d = (k ? o->v : o->m) + (a - o->lo);
             snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', p->name);
             if (save) {
                 rc = ms_dev_to_host(ps->dev, h, d, (size_t)p->numel * sizeof(float));
                 if (!rc) rc = ms_sd_add(sd, name, MS_DTYPE_F32, p->shape, p->ndim, h);
             } else {
                 rc = ms_sd_get_f32(sd, name, p->shape, p->ndim, h);
-                if (!rc) rc = ms_dev_from_host(ps->dev, d, h, (size_t)p->numel * sizeof(float));
+                if (!rc) rc = ms_dev_from_host(ps->dev, d, h + (a - (int64_t)p->goff), (size_t)(b - a) * sizeof(float));
             }
         }
         free(h);
     }
     return rc;
+}
+
+ms_status ms_optimizer_shard_to_sd(const ms_optimizer *o, const char *tag, ms_state_dict *sd)
+{
+    int64_t n = o->hi - o->lo;
+    float *h = malloc((size_t)(n ? n : 1) * sizeof(float));
+    MS_FAIL_IF(!h, MS_ENOMEM, "out of memory");
+    char name[80];
+    ms_status rc = MS_OK;
+    for (int k = 0; k < 2 && !rc; k++) {
+        snprintf(name, sizeof name, "%s.%c", tag, k ? 'v' : 'm');
+        rc = ms_dev_to_host(o->ps->dev, h, k ? o->v : o->m, (size_t)n * sizeof(float));
+        if (!rc) rc = ms_sd_add(sd, name, MS_DTYPE_F32, &n, 1, h);
+    }
+    free(h);
+    return rc;
+}
+
+ms_status ms_optimizer_shards_from_files(ms_optimizer *o, const char *tag, const char *const *files, int n)
+{
+    int64_t total = 0, at = 0, want = o->ps->numel_trainable;
+    ms_status rc = MS_OK;
+    char name[80];
+    for (int k = 0; k < 2 && !rc; k++) { /* m, then v: one file at a time, only the overlap with [lo, hi) kept */
+        snprintf(name, sizeof name, "%s.%c", tag, k ? 'v' : 'm');
+        at = 0;
+        for (int f = 0; f < n && !rc; f++) {
+            ms_state_dict sd;
+            ms_sd_init(&sd);
+            rc = ms_sd_load(files[f], &sd);
+            const ms_sd_entry *e = rc ? NULL : ms_sd_find(&sd, name);
+            if (!rc && (!e || e->t.dtype != MS_DTYPE_F32 || e->t.ndim != 1))
+                rc = ms_error(MS_EFORMAT, "%s: %s: missing or not a flat float32 tensor", files[f], name);
+            if (!rc) {
+                int64_t len = e->t.shape[0], a = at > o->lo ? at : o->lo, b = at + len < o->hi ? at + len : o->hi;
+                if (a < b)
+                    rc = ms_dev_from_host(o->ps->dev, (k ? o->v : o->m) + (a - o->lo), (const float *)e->t.data + (a - at),
+                                          (size_t)(b - a) * sizeof(float));
+                at += len;
+            }
+            ms_sd_free(&sd);
+        }
+        if (!k) total = at;
+    }
+    if (rc) return rc;
+    MS_FAIL_IF(total != want || at != want, MS_EFORMAT,
+               "%s: the %d optimizer shards of %s hold %lld moments, the model trains %lld", n ? files[0] : "?", n,
+               tag, (long long)total, (long long)want);
+    return MS_OK;
 }
 
 ms_status ms_optimizer_moments_to_sd(const ms_optimizer *o, ms_state_dict *sd)

@@ -3,30 +3,47 @@
  * Moments exist for trainable tensors only (frozen ones cost no optimizer memory), in one allocation laid out like
  * the gradient block. No weight decay on tensors registered with no_decay (norms, biases, position tables).
  * The step counter is the number of optimizer steps taken (bias correction uses step + 1).
+ * ZeRO-1 (ms_optimizer_shard): each rank keeps the moments of its contiguous part [lo, hi) of the trainable
+ * (gradient-array) range only and updates those parameters with the same AdamW kernel; the updated parameters are
+ * then gathered so every rank holds them all again. The gradients must be summed over ranks first (grad_sync.h).
  */
 #ifndef MS_OPTIMIZER_H
 #define MS_OPTIMIZER_H
 
+#include "base/dist.h"
 #include "pretrain/params.h"
 
 typedef struct ms_optimizer {
     ms_params *ps;
     float beta1, beta2, eps, weight_decay;
     int64_t step;
-    float *m, *v; /* device memory, ps->numel_trainable floats each */
+    float *m, *v;  /* device memory, hi - lo floats each */
+    int64_t lo, hi; /* the part of the gradient array this optimizer keeps: [0, numel_trainable) or a ZeRO-1 shard */
+    ms_dist *dist;  /* ZeRO-1: the ranks sharing the state (NULL: whole) */
 } ms_optimizer;
 
 /* Call after ms_params_alloc_grads(). */
 ms_status ms_optimizer_init(ms_optimizer *o, ms_params *ps, float beta1, float beta2, float eps, float weight_decay);
 void ms_optimizer_free(ms_optimizer *o);
+/* ZeRO-1: from now on keep and update only this rank's part (ms_dist_range over numel_trainable); the moments
+ * restart at zero. d NULL or of one rank: nothing changes. */
+ms_status ms_optimizer_shard(ms_optimizer *o, ms_dist *d);
 /* One AdamW step with learning rate lr on every trainable tensor, except those whose name starts with
- * skip_prefix (NULL: none) — used for the decoder-only warm-up, which leaves the encoder untouched. */
+ * skip_prefix (NULL: none) — used for the decoder-only warm-up, which leaves the encoder untouched. Sharded: the
+ * own part, then the parameters gathered from every rank through the gradient array (its contents are lost: the
+ * caller zeroes it after the step anyway). */
 ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix);
 
-/* The moments of the trainable tensors as state-dict tensors "m.<name>" / "v.<name>" (run checkpoints), and back
- * (every one must be present with its shape). */
+/* The moments of the trainable tensors as state-dict tensors "m.<name>" / "v.<name>" (run checkpoints; a whole
+ * optimizer only), and back (every one must be present with its shape; a sharded optimizer takes its part). */
 ms_status ms_optimizer_moments_to_sd(const ms_optimizer *o, ms_state_dict *sd);
 ms_status ms_optimizer_moments_from_sd(ms_optimizer *o, const ms_state_dict *sd);
+/* A sharded optimizer's moments as two flat tensors "<tag>.m", "<tag>.v" (its range of the gradient array). */
+ms_status ms_optimizer_shard_to_sd(const ms_optimizer *o, const char *tag, ms_state_dict *sd);
+/* Back from the shard files of all n ranks that wrote them (rank order): their flat tensors laid end to end are the
+ * whole moments, from which this optimizer takes its own range — so a resume may use another number of ranks, with
+ * or without sharding. */
+ms_status ms_optimizer_shards_from_files(ms_optimizer *o, const char *tag, const char *const *files, int n);
 
 typedef enum { MS_SCHED_COSINE = 0, MS_SCHED_POLY = 1, MS_SCHED_CONSTANT = 2 } ms_schedule;
 /* Linear warm-up from 0 over `warmup` steps (lr·(step+1)/warmup), then half-cycle cosine to min_lr, or

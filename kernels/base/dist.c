@@ -198,18 +198,28 @@ ms_status ms_dist_wait(ms_dist *d)
     return n ? wait_requests(d, d->req, n, "all-reduce") : MS_OK;
 }
 
-ms_status ms_dist_allgather(ms_dist *d, const float *send, float *recv, size_t chunk)
+ms_status ms_dist_allgather_inplace(ms_dist *d, float *buf, int64_t n)
 {
-    MS_FAIL_IF(!d && send != recv, MS_EINVAL, "all-gather: a single process gathers in place");
-    if (!d) return MS_OK;
+    if (!d || n <= 0) return MS_OK;
     if (d->nccl) {
-        MS_TRY(ms_nccl_allgather_start(d->nccl, send, recv, chunk));
+        MS_TRY(ms_nccl_allgather_inplace_start(d->nccl, buf, n));
         return ms_nccl_wait(d->nccl, d->timeout_s);
     }
-    MS_FAIL_IF(chunk > INT_MAX, MS_EUNSUPPORTED, "all-gather of %zu floats per rank: too many for MPI", chunk);
-    MPI_Request r;
-    return one_request(d, MPI_Iallgather(send, (int)chunk, MPI_FLOAT, recv, (int)chunk, MPI_FLOAT, MPI_COMM_WORLD, &r),
-                       &r, "all-gather");
+    MS_FAIL_IF(n > INT_MAX, MS_EUNSUPPORTED, "all-gather of %lld floats: too many for one MPI call", (long long)n);
+    int *counts = malloc(2 * (size_t)d->world * sizeof(int));
+    MS_FAIL_IF(!counts, MS_ENOMEM, "out of memory");
+    int *displs = counts + d->world;
+    for (int r = 0; r < d->world; r++) {
+        int64_t lo, hi;
+        ms_dist_range(n, r, d->world, &lo, &hi);
+        counts[r] = (int)(hi - lo);
+        displs[r] = (int)lo;
+    }
+    MPI_Request q;
+    ms_status st = one_request(d, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT,
+                                                  MPI_COMM_WORLD, &q), &q, "all-gather");
+    free(counts);
+    return st;
 }
 
 ms_status ms_dist_allreduce_host(ms_dist *d, double *v, int n, int max_op)
@@ -251,18 +261,19 @@ ms_status ms_dist_open(const ms_dist_env *env, const ms_dist_opts *o, ms_device 
 void ms_dist_close(ms_dist *d, int failed) { (void)d; (void)failed; }
 ms_status ms_dist_start(ms_dist *d, float *buf, size_t n) { (void)d; (void)buf; (void)n; return MS_OK; }
 ms_status ms_dist_wait(ms_dist *d) { (void)d; return MS_OK; }
-ms_status ms_dist_allgather(ms_dist *d, const float *send, float *recv, size_t chunk)
-{
-    (void)d;
-    (void)chunk;
-    MS_FAIL_IF(send != recv, MS_EINVAL, "all-gather: a single process gathers in place");
-    return MS_OK;
-}
+ms_status ms_dist_allgather_inplace(ms_dist *d, float *buf, int64_t n) { (void)d; (void)buf; (void)n; return MS_OK; }
 ms_status ms_dist_allreduce_host(ms_dist *d, double *v, int n, int max_op) { (void)d; (void)v; (void)n; (void)max_op; return MS_OK; }
 ms_status ms_dist_bcast_host(ms_dist *d, void *buf, size_t bytes, int root) { (void)d; (void)buf; (void)bytes; (void)root; return MS_OK; }
 ms_status ms_dist_barrier(ms_dist *d) { (void)d; return MS_OK; }
 
 #endif
+
+void ms_dist_range(int64_t n, int rank, int world, int64_t *lo, int64_t *hi)
+{
+    int64_t c = world > 0 ? (n + world - 1) / world : n;
+    *lo = (int64_t)rank * c < n ? (int64_t)rank * c : n;
+    *hi = *lo + c < n ? *lo + c : n;
+}
 
 ms_status ms_dist_allreduce(ms_dist *d, float *buf, size_t n)
 {

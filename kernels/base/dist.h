@@ -18,6 +18,7 @@
 #define MS_DIST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "device.h"
 #include "status.h"
@@ -62,8 +63,10 @@ ms_status ms_dist_start(ms_dist *d, float *buf, size_t n);
 ms_status ms_dist_wait(ms_dist *d);
 /* start + wait. */
 ms_status ms_dist_allreduce(ms_dist *d, float *buf, size_t n);
-/* recv[r·chunk, (r+1)·chunk) = rank r's send[0, chunk) (device memory); a single process (NULL) only in place. */
-ms_status ms_dist_allgather(ms_dist *d, const float *send, float *recv, size_t chunk);
+/* Rank r's part of [0, n) (ZeRO-1 shards, in place gathers): [r·c, min(n, (r+1)·c)) with c = ceil(n / world). */
+void ms_dist_range(int64_t n, int rank, int world, int64_t *lo, int64_t *hi);
+/* In place: every rank's part of buf[0, n) (ms_dist_range, device memory) to every rank. */
+ms_status ms_dist_allgather_inplace(ms_dist *d, float *buf, int64_t n);
 /* Host values: sum (max_op 0) or maximum (max_op 1) over ranks, in place. */
 ms_status ms_dist_allreduce_host(ms_dist *d, double *v, int n, int max_op);
 /* Host bytes from root to every rank. */
@@ -83,7 +86,8 @@ ms_status ms_nccl_open(ms_device *dev, const unsigned char id[MS_NCCL_ID_BYTES],
                        double timeout_s, ms_nccl **out);
 void ms_nccl_close(ms_nccl *c, int abort);
 ms_status ms_nccl_allreduce_start(ms_nccl *c, float *buf, size_t n);
-ms_status ms_nccl_allgather_start(ms_nccl *c, const float *send, float *recv, size_t chunk);
+/* In place: rank r's part of buf[0, n) (ms_dist_range) broadcast from r, all ranks in one group. */
+ms_status ms_nccl_allgather_inplace_start(ms_nccl *c, float *buf, int64_t n);
 /* Waits for everything started (dev's stream then waits for it too), at most timeout_s; aborts the communicator
  * on a timeout or an asynchronous NCCL error. */
 ms_status ms_nccl_wait(ms_nccl *c, double timeout_s);

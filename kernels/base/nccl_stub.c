@@ -15,9 +15,9 @@ ms_status ms_nccl_open(ms_device *dev, const unsigned char id[MS_NCCL_ID_BYTES],
 }
 void ms_nccl_close(ms_nccl *c, int abort) { (void)c; (void)abort; }
 ms_status ms_nccl_allreduce_start(ms_nccl *c, float *buf, size_t n) { (void)c; (void)buf; (void)n; return no_nccl(); }
-ms_status ms_nccl_allgather_start(ms_nccl *c, const float *send, float *recv, size_t chunk)
+ms_status ms_nccl_allgather_inplace_start(ms_nccl *c, float *buf, int64_t n)
 {
-    (void)c; (void)send; (void)recv; (void)chunk;
+    (void)c; (void)buf; (void)n;
     return no_nccl();
 }
 ms_status ms_nccl_wait(ms_nccl *c, double timeout_s) { (void)c; (void)timeout_s; return no_nccl(); }

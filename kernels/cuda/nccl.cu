@@ -124,11 +124,19 @@ extern "C" ms_status ms_nccl_allreduce_start(ms_nccl *c, float *buf, size_t n)
     return MS_OK;
 }
 
-extern "C" ms_status ms_nccl_allgather_start(ms_nccl *c, const float *send, float *recv, size_t chunk)
+extern "C" ms_status ms_nccl_allgather_inplace_start(ms_nccl *c, float *buf, int64_t n)
 {
-    if (!chunk) return MS_OK;
+    if (n <= 0) return MS_OK;
     MS_TRY(after_compute(c));
-    ncclResult_t r = ncclAllGather(send, recv, chunk, ncclFloat, c->comm, c->stream);
+    /* no all-gather with parts of different sizes in NCCL: one broadcast per rank, grouped */
+    ncclResult_t r = ncclGroupStart();
+    for (int q = 0; q < c->world && (r == ncclSuccess || r == ncclInProgress); q++) {
+        int64_t lo, hi;
+        ms_dist_range(n, q, c->world, &lo, &hi);
+        if (hi > lo) r = ncclBroadcast(buf + lo, buf + lo, (size_t)(hi - lo), ncclFloat, q, c->comm, c->stream);
+    }
+    ncclResult_t e = ncclGroupEnd();
+    if (r == ncclSuccess || r == ncclInProgress) r = e;
     if (r != ncclSuccess && r != ncclInProgress) return nccl_err(r, "all-gather");
     c->pending = 1;
     return MS_OK;

@@ -7,7 +7,10 @@
 #     little on the chunking, so val lines are not compared.)
 #  2. a stop asked of one rank only (MRISAM_TEST_STOP=STEP,RANK) stops both after the same step with a checkpoint
 #     (exit 75), and --resume finishes with the parameters of an uninterrupted 2-rank run, bit for bit;
-#  3. a rank stopped with SIGSTOP makes the job fail within --dist-timeout (10 s) with the one-line message,
+#  3. ZeRO-1 (--zero1: each rank keeps the AdamW state of its part) ends bit for bit as the plain 2-rank run, its
+#     checkpoints hold one optimizer shard per rank; stopped, it resumes on 2 ranks bit for bit and on 1 process
+#     (batch 2B, no --zero1) to float rounding, the shards read back as the whole state;
+#  4. a rank stopped with SIGSTOP makes the job fail within --dist-timeout (10 s) with the one-line message,
 #     never a hang.
 set -u
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
@@ -85,7 +88,28 @@ cmp "$T/stop/sam_mri_vit_test.pth" "$T/straight/sam_mri_vit_test.pth" >/dev/null
   || cmp_pth "$T/stop/sam_mri_vit_test.pth" "$T/straight/sam_mri_vit_test.pth" 0
 check $? "stopped and resumed equals uninterrupted, bit for bit"
 
-# 3: SIGSTOP on rank 1: rank 0 gives up within --dist-timeout 10 s and the job ends
+# 3: ZeRO-1
+$MPIRUN "$MRISAM" pretrain $A --batch-size $B --zero1 -o "$T/zero" > "$T/zero.log" 2>&1
+check $? "2 ranks with --zero1"
+cmp "$T/zero/sam_mri_vit_test.pth" "$T/straight/sam_mri_vit_test.pth"
+check $? "--zero1 ends bit for bit as the plain 2-rank run"
+[ -f "$T/zero/ckpt/step_00000006/optim.rank000-of-002.safetensors" ] \
+  && [ -f "$T/zero/ckpt/step_00000006/optim.rank001-of-002.safetensors" ] \
+  && [ ! -e "$T/zero/ckpt/step_00000006/optim.safetensors" ] && grep -q '"zero_world": 2' "$T/zero/ckpt/step_00000006/state.json"
+check $? "a --zero1 checkpoint holds one optimizer shard per rank"
+MRISAM_TEST_STOP="2,0" $MPIRUN -x MRISAM_TEST_STOP "$MRISAM" pretrain $A --batch-size $B --zero1 -o "$T/zstop" \
+  > "$T/zstop.log" 2>&1
+[ $? -ne 0 ] && [ -f "$T/zstop/ckpt/step_00000003/DONE" ]
+check $? "a --zero1 run stopped after step 3"
+cp -r "$T/zstop" "$T/zstop1"
+$MPIRUN "$MRISAM" pretrain $A --batch-size $B --zero1 --resume "$T/zstop" > "$T/zres.log" 2>&1 \
+  && cmp "$T/zstop/sam_mri_vit_test.pth" "$T/zero/sam_mri_vit_test.pth"
+check $? "resumed on 2 ranks with --zero1: bit for bit the uninterrupted run"
+"$MRISAM" pretrain $A --batch-size $((2 * B)) --resume "$T/zstop1" > "$T/zres1.log" 2>&1 \
+  && cmp_pth "$T/zstop1/sam_mri_vit_test.pth" "$T/zero/sam_mri_vit_test.pth" 1.2e-4
+check $? "resumed in one process (batch $((2 * B)), whole AdamW state from the 2 shards): the same parameters"
+
+# 4: SIGSTOP on rank 1: rank 0 gives up within --dist-timeout 10 s and the job ends
 $MPIRUN "$MRISAM" pretrain ${A/--max-steps 6/--max-steps 100000} --batch-size $B --dist-timeout 10 \
   --save-every 100000 -o "$T/hang" > "$T/hang.log" 2>&1 &
 job=$!
