@@ -51,6 +51,9 @@ ms_status ms_grad_sync_ready(void *ctx, const ms_params *ps, int64_t lo)
 
 ms_status ms_grad_sync_finish(ms_grad_sync *g)
 {
+    /* not armed (this rank's last loss was not finite, so no backward reported): every bucket starts here, as
+     * the other ranks' do, in the same order */
+    if (!g->armed) ms_grad_sync_arm(g);
     g->armed = 0;
     if (!g->d) return MS_OK;
     for (int k = 0; k < g->n; k++) MS_TRY(start_from(g, k, 0, 0));

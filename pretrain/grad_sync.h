@@ -35,7 +35,8 @@ ms_status ms_grad_sync_add(ms_grad_sync *g, ms_params *ps);
 void ms_grad_sync_arm(ms_grad_sync *g);
 /* The hook: every trainable gradient of ps at offset >= lo is final. ctx is the ms_grad_sync. */
 ms_status ms_grad_sync_ready(void *ctx, const ms_params *ps, int64_t lo);
-/* Starts every bucket not started yet, waits for all: the gradients now hold the sum over ranks. */
+/* Starts every bucket not started yet (all of them when no report came since the last finish), waits for all: the
+ * gradients now hold the sum over ranks. */
 ms_status ms_grad_sync_finish(ms_grad_sync *g);
 
 #endif

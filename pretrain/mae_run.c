@@ -51,6 +51,7 @@ struct ms_mae_run {
     double t0;
     ms_run_mode mode; /* fresh, resume or overwrite: how RUN/ is prepared */
     int rank, world;  /* data parallel: rank 0 writes RUN/ */
+    double comm_wait_s; /* time spent waiting for gradient reductions after the backward, since open */
     ms_grad_sync gs;
     char resumed[MS_PATH_MAX], ckdir[MS_PATH_MAX];
 };
@@ -681,6 +682,7 @@ static ms_status agree(ms_mae_run *r, step_loss *sl, ms_mae_step_info *info)
 {
     int asked = r->cfg.stop && *r->cfg.stop;
     info->buckets_early = r->gs.buckets_early;
+    info->comm_wait_s = r->comm_wait_s;
     if (r->world == 1) {
         info->stop = asked;
         return MS_OK;
@@ -731,7 +733,9 @@ ms_status ms_mae_run_step(ms_mae_run *r, ms_mae_step_info *info)
     int frozen = ts->step < pl->freeze_steps;
     step_loss sl;
     MS_TRY(accumulate(r, frozen, &sl));
+    double tw = ms_now_s();
     MS_TRY(ms_grad_sync_finish(&r->gs));
+    r->comm_wait_s += ms_now_s() - tw;
     MS_TRY(agree(r, &sl, info));
     float gnorm = 0;
     float *grads[2] = {r->eps->grad, r->dec_ps.grad};

@@ -113,6 +113,7 @@ typedef struct ms_mae_step_info {
     int saved;                  /* a checkpoint of this step was written */
     int stop;                   /* some rank's stop flag was set: every rank stops after this step */
     int64_t buckets_early;      /* gradient buckets whose reduction started during the backward, so far */
+    double comm_wait_s;         /* seconds waited for the gradient reductions after the backward, so far */
 } ms_mae_step_info;
 
 typedef struct ms_mae_run ms_mae_run;

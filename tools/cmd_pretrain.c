@@ -162,8 +162,8 @@ static int run(int argc, char **argv)
     /* Fault injection for tests (docs/CLI.md): MRISAM_TEST_NAN="STEP,COUNT" makes the first COUNT losses from
      * optimizer step STEP on non-finite, to exercise the skip-and-rollback path. */
     const char *nan_env = getenv("MRISAM_TEST_NAN");
-    long long na = 0, nc = 0;
-    if (nan_env && sscanf(nan_env, "%lld,%lld", &na, &nc) == 2) { c.nan_at = na; c.nan_count = nc; }
+    long long na = 0, nc = 0, nan_rank = -1; /* ",RANK": only that rank's losses (several ranks) */
+    if (nan_env && sscanf(nan_env, "%lld,%lld,%lld", &na, &nc, &nan_rank) >= 2) { c.nan_at = na; c.nan_count = nc; }
     /* MRISAM_TEST_STOP="STEP,RANK": after optimizer step STEP, rank RANK alone is asked to stop (as by a signal),
      * to show that every rank stops after the same step and the run resumes. */
     const char *stop_env = getenv("MRISAM_TEST_STOP");
@@ -178,6 +178,7 @@ static int run(int argc, char **argv)
     ms_dist *dist = NULL;
     ms_run_mode mode; /* a RUN/ that is refused is refused before the weights load (ms_mae_run_open checks again) */
     ms_status rc = ms_cli_dist_open(o.device, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
+    if (!rc && nan_rank >= 0 && ms_dist_rank(dist) != nan_rank) c.nan_count = 0;
     if (!rc) rc = ms_run_mode_of(c.out, c.resume, c.overwrite, &mode);
     if (!rc && ms_dist_rank(dist) == 0) rc = ms_run_dir_check(c.out, mode); /* rank 0 alone writes RUN/ */
     /* SAM: the encoder trains; the prompt encoder and mask decoder ride along for the export */
@@ -197,7 +198,7 @@ static int run(int argc, char **argv)
     double t_last = ms_now_s();
     while (!in.done && !in.stop) {
         if ((rc = ms_mae_run_step(r, &in))) goto leave;
-        print_step(&in, pl->n_val, &t_last);
+        if (ms_dist_rank(dist) == 0) print_step(&in, pl->n_val, &t_last); /* the ranks' steps are the same */
         if (in.step == stop_at && ms_dist_rank(dist) == stop_rank) *(volatile sig_atomic_t *)c.stop = 1;
     }
     if (in.stop) {
@@ -207,6 +208,10 @@ static int run(int argc, char **argv)
         rc = ms_error(MS_EINTERRUPTED, "interrupted at step %lld (resumable)", (long long)in.step);
         goto leave;
     }
+    if (pl->world > 1 && in.elapsed_s > 0)
+        printf("pretrain: rank 0 waited %.2f s for gradient reductions after the backward (%.1f %% of %.1f s); "
+               "%lld buckets started during the backward\n", in.comm_wait_s, 100 * in.comm_wait_s / in.elapsed_s,
+               in.elapsed_s, (long long)in.buckets_early);
     if (!(rc = ms_mae_run_export(r)))
         printf("pretrain: exported %s/sam_mri_%s.pth and .safetensors\n", c.out, model_name);
 leave:

@@ -130,6 +130,7 @@ ms_status ms_dist_open(const ms_dist_env *env, const ms_dist_opts *o, ms_device 
         int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
         if (rc != MPI_SUCCESS) return mpi_err(rc, "init");
     }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN); /* our one-line errors, not MPI's abort */
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     ms_dist *d = calloc(1, sizeof *d);

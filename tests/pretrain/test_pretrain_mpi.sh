@@ -10,7 +10,9 @@
 #  3. ZeRO-1 (--zero1: each rank keeps the AdamW state of its part) ends bit for bit as the plain 2-rank run, its
 #     checkpoints hold one optimizer shard per rank; stopped, it resumes on 2 ranks bit for bit and on 1 process
 #     (batch 2B, no --zero1) to float rounding, the shards read back as the whole state;
-#  4. a rank stopped with SIGSTOP makes the job fail within --dist-timeout (10 s) with the one-line message,
+#  4. a non-finite loss on one rank only (MRISAM_TEST_NAN=STEP,1,RANK) skips the step on both, and the run goes on
+#     (that rank ran no backward, so its gradient buckets all start after it: the same collectives in the same order);
+#  5. a rank stopped with SIGSTOP makes the job fail within --dist-timeout (10 s) with the one-line message,
 #     never a hang.
 set -u
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
@@ -109,7 +111,15 @@ check $? "resumed on 2 ranks with --zero1: bit for bit the uninterrupted run"
   && cmp_pth "$T/zstop1/sam_mri_vit_test.pth" "$T/zero/sam_mri_vit_test.pth" 1.2e-4
 check $? "resumed in one process (batch $((2 * B)), whole AdamW state from the 2 shards): the same parameters"
 
-# 4: SIGSTOP on rank 1: rank 0 gives up within --dist-timeout 10 s and the job ends
+# 4: one rank's loss is not finite
+NANR=$(( SEED % 2 ))
+MRISAM_TEST_NAN="3,1,$NANR" $MPIRUN -x MRISAM_TEST_NAN "$MRISAM" pretrain $A --batch-size $B --dist-timeout 20 \
+  -o "$T/nan" > "$T/nan.log" 2>&1
+rc=$?
+[ $rc -eq 0 ] && grep -q '"step": 6,.*"skipped": 1,' "$T/nan/log.jsonl" && [ "$(grep -c 'step skipped' "$T/nan.log")" = 1 ]
+check $? "a non-finite loss on rank $NANR alone skips step 3 on both ranks, the run finishes (exit $rc)"
+
+# 5: SIGSTOP on rank 1: rank 0 gives up within --dist-timeout 10 s and the job ends
 $MPIRUN "$MRISAM" pretrain ${A/--max-steps 6/--max-steps 100000} --batch-size $B --dist-timeout 10 \
   --save-every 100000 -o "$T/hang" > "$T/hang.log" 2>&1 &
 job=$!
