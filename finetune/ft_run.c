@@ -709,13 +709,21 @@ static ms_status replay_validation(ms_ft_run *r)
  * a cached embedding depends on which slices missed the cache together. A resumed run rebuilds the cache the
  * uninterrupted run had by replaying the batches and validations before `upto`, encoding the misses in the same
  * groups, until every task has been through an epoch and the first validation has run: from then on nothing
- * misses. Each slice is encoded once, as in the uninterrupted run; the batches are read again. */
+ * misses. Each slice is encoded once, as in the uninterrupted run; the batches are read again.
+ * Several ranks: a rank caches only the slices it reads, and a later epoch's order hands it slices it has not seen
+ * yet, so its replay ends when its cache holds every training and validation slice (tasks that share a store
+ * count their common slices twice and never get there: then every step before `upto` is replayed). */
 static ms_status replay_cache(ms_ft_run *r, int64_t upto)
 {
     ms_loader *ld[MS_FT_MAX_TASKS] = {0};
     int64_t drawn[MS_FT_MAX_TASKS] = {0};
     const int64_t step0 = r->step, val_period = (int64_t)r->cfg.val_every * r->steps_per_epoch;
     int val_done = !r->any_val;
+    int64_t want = 0; /* slices in the cache once nothing can miss (several ranks) */
+    for (int t = 0; t < r->n_tasks; t++) {
+        uint64_t nv = r->td[t].val.n, cap = (uint64_t)r->cfg.val_slices;
+        want += (int64_t)(r->td[t].train.n + (cap > 0 && cap < nv ? cap : nv));
+    }
     ms_status rc = MS_OK;
     for (int t = 0; t < r->n_tasks && !rc; t++) {
         ms_loader_config lc = r->lc[t];
@@ -724,7 +732,8 @@ static ms_status replay_cache(ms_ft_run *r, int64_t upto)
     }
     for (int64_t s = 0; s < upto && !rc; s++) {
         int complete = val_done;
-        for (int t = 0; t < r->n_tasks; t++) complete &= (uint64_t)(drawn[t] * r->B * r->world) >= r->td[t].train.n;
+        if (r->world > 1) complete &= ms_emb_cache_count(r->cache) >= want;
+        else for (int t = 0; t < r->n_tasks; t++) complete &= (uint64_t)(drawn[t] * r->B) >= r->td[t].train.n;
         if (complete) break;
         int t = ms_ft_task_at((uint64_t)r->cfg.seed, s, r->n_tasks, r->weights);
         const ms_batch *bt;
