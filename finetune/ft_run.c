@@ -125,8 +125,9 @@ static void blocks_name(uint64_t mask, char *out, size_t n)
         if (mask >> i & 1) k += (size_t)snprintf(out + k, n - k, "%s%d", k ? "," : "", i);
 }
 
-/* RUN/config.json: every option that shapes the run; a resume must reproduce it exactly. */
-static char *config_json(const ms_ft_run *r)
+/* RUN/config.json: every option that shapes the run; a resume must reproduce it exactly. ranks 0: without
+ * world_size and global_batch, as a run written before data parallel has it. */
+static char *config_json(const ms_ft_run *r, int ranks)
 {
     const ms_ft_run_config *o = &r->cfg;
     const ms_ft_config *c = &r->m.cfg;
@@ -157,8 +158,10 @@ static char *config_json(const ms_ft_run *r)
     cJSON_AddNumberToObject(cj, "epochs", o->epochs);
     cJSON_AddNumberToObject(cj, "max_steps", (double)r->total);
     cJSON_AddNumberToObject(cj, "batch_size", o->batch);
-    cJSON_AddNumberToObject(cj, "world_size", r->world);
-    cJSON_AddNumberToObject(cj, "global_batch", (double)o->batch * r->world);
+    if (ranks) {
+        cJSON_AddNumberToObject(cj, "world_size", r->world);
+        cJSON_AddNumberToObject(cj, "global_batch", (double)o->batch * r->world);
+    }
     cJSON_AddNumberToObject(cj, "lr", o->lr);
     cJSON_AddNumberToObject(cj, "min_lr", o->min_lr);
     cJSON_AddNumberToObject(cj, "weight_decay", o->weight_decay);
@@ -325,8 +328,21 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
     size_t len;
     MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_read_file(p, 1 << 20, &js, &len));
-    int same = !strcmp(js, r->config_json);
+    int same = !strcmp(js, r->config_json), ranks = 1;
+    if (!same) {
+        cJSON *j = cJSON_Parse(js);
+        const cJSON *w = j ? cJSON_GetObjectItemCaseSensitive(j, "world_size") : NULL;
+        if (cJSON_IsNumber(w)) ranks = w->valueint;
+        else if (j && r->world == 1) { /* written before data parallel: the same options without the two keys */
+            char *old = config_json(r, 0);
+            same = old && !strcmp(js, old);
+            cJSON_free(old);
+        }
+        cJSON_Delete(j);
+    }
     free(js);
+    MS_FAIL_IF(!same && ranks != r->world, MS_EINVAL, "%s: the run had %d ranks, this one has %d: resume on as many, "
+               "with the same --batch-size", p, ranks, r->world);
     MS_FAIL_IF(!same, MS_EINVAL, "%s: the options differ from the run's (give the same options with --resume)", p);
     MS_TRY(read_state_json(r, dir));
     for (int t = 0; t < r->n_tasks; t++) {
@@ -1125,7 +1141,7 @@ static ms_status open_run(ms_ft_run *r)
         r->any_val |= r->td[t].val.n > 0;
     }
     configure_loaders(r);
-    MS_FAIL_IF(!(r->config_json = config_json(r)), MS_ENOMEM, "out of memory");
+    MS_FAIL_IF(!(r->config_json = config_json(r, 1)), MS_ENOMEM, "out of memory");
     if (o->resume) {
         MS_TRY(load_checkpoint(r, ckdir));
         for (int t = 0; t < r->n_tasks; t++) r->lc[t].resume = &r->td[t].lstate;

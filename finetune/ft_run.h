@@ -166,9 +166,11 @@ typedef struct ms_ft_step_info {
  * due; the step that completes the run also writes the final best/ when no validation could score. */
 ms_status ms_ft_run_step(ms_ft_run *r, ms_ft_step_info *info);
 /* Validates the current model on every task's held-out slices and writes RUN/val/step_N.png (task 0's first
- * slices: image | ground truth | prediction). Changes no run state. */
+ * slices: image | ground truth | prediction). Changes no run state. With several ranks, every rank calls it (each
+ * validates; rank 0's numbers are broadcast) and the ranks step and save together, as they do all three. */
 ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v);
-/* Writes the checkpoint of the current step (a no-op when it is already written). */
+/* Writes the checkpoint of the current step (a no-op when it is already written); several ranks: every rank calls
+ * it, rank 0 writes. */
 ms_status ms_ft_run_save(ms_ft_run *r);
 
 /* The model and optimizer (read-only: for tests and reports). */

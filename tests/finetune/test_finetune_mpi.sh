@@ -12,7 +12,7 @@
 #  2. stop and resume (full / decoder, embedding cache per rank): MRISAM_TEST_STOP raises one rank's stop flag after
 #     a drawn step; both ranks stop after the next step (where they agree), exit 75, one checkpoint of that step;
 #     --resume on 2 ranks ends with model, optimizer state, best/ and loss sequence bit-identical to an
-#     uninterrupted 2-rank run.
+#     uninterrupted 2-rank run; a resume on 1 process is refused (exit 2) and leaves the run as it was.
 # Needs mpirun (openmpi-bin) and a build with MPI (tests.cmake registers it only then). Runs serially (label mpi).
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OMP_NUM_THREADS=1
@@ -117,6 +117,9 @@ check $? "stopped run exits 75 (got $rc)"
 check $? "both ranks stopped after step $S ($(grep -o 'interrupted at step [0-9]* (resumable)' "$T/i.log" | sort | uniq -c | tr -s ' '))"
 [ -f "$T/i/ckpt/$(printf step_%08d $S)/DONE" ]
 check $? "checkpoint of step $S written ($(ls "$T/i/ckpt" | tr '\n' ' '))"
+"$MRISAM" finetune $C --resume "$T/i" -o "$T/i" > "$T/r1.log" 2>&1
+[ $? -eq 2 ] && grep -q "the run had 2 ranks, this one has 1" "$T/r1.log"
+check $? "a resume on another number of ranks is refused, exit 2 ($(grep -o 'the run had.*' "$T/r1.log"))"
 $MPI "$MRISAM" finetune $C --resume "$T/i" -o "$T/i" > "$T/r.log" 2>&1
 check $? "2-rank resume ($(grep -o 'resuming from [^ ]*' "$T/r.log"))"
 same=0
