@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# tests/finetune/test_finetune_mpi.sh — data-parallel `mrisam finetune` over MPI on the CPU backend (docs/FINETUNE.md),
-# on the mricron ch2 T1 with its brain mask (tests/finetune/ch2_brainmask.sh), vit_test at input 64, 7 training
+# tests/finetune/test_finetune_mpi.sh — data-parallel `mrisam finetune` over MPI on the CPU backend
+# (docs/FINETUNE.md), on the mricron ch2 T1 with its brain mask (tests/finetune/ch2_brainmask.sh), vit_test at input 64, 7 training
 # slices, so that an epoch ends in a partial global batch that the two ranks share unevenly (2 + 1):
 #  1. 2 ranks × batch 2 take the steps of 1 process × batch 4 (LoRA, encoder+decoder: gradients through the
-#     encoder): every train line of log.jsonl (loss, its Dice / CE / fg / bg parts, grad norm, lr) and the
-#     validation losses agree to 5e-5 relative; the final parameters agree to a relative L2 difference <= 1e-4 with
+#     encoder): in log.jsonl the train and validation losses agree to 5e-5 relative, the loss parts (Dice, CE,
+#     CE fg / bg) to 2e-4, the gradient norm to 1e-3 (a factor-2 error in the reduction would be 1: the bound only
+#     absorbs float noise: one process with 2 threads instead of 1 already moves the first step's norm by 1.3e-4 at
+#     seed 744, and AdamW carries such noise into later steps), lr exactly; the final parameters agree to a relative L2 difference <= 1e-4 with
 #     at most 0.1 % of the values more than 1e-5 apart (AdamW divides by sqrt(v): a gradient that is last-bit noise
 #     around 0 can move a value by up to lr per step, so a max-abs bound would measure that noise, not the
 #     reduction). The control, 1 process × batch 2, must miss that bound. config.json records world_size and
@@ -84,19 +86,21 @@ r, f, m = dist(a, b)
 report(r <= 1e-4 and f <= 1e-3, "2 ranks x 2 vs 1 x 4: relative L2 %.3g (<= 1e-4), %.3g of the values > 1e-5 apart "
        "(<= 1e-3), max abs %.3g" % (r, f, m))
 rc_, fc, mc = dist(a, c)
-report(rc_ > 1e-4 or fc > 1e-3, "control 1 x 2 vs 1 x 4 misses the bound: relative L2 %.3g, %.3g > 1e-5 apart" % (rc_, fc))
+report(rc_ > 1e-4 or fc > 1e-3,
+       "control 1 x 2 vs 1 x 4 misses the bound: relative L2 %.3g, %.3g > 1e-5 apart" % (rc_, fc))
 
 la, lb = lines("one"), lines("two")
-keys = {"train": ["loss", "loss_dice", "loss_ce", "loss_fg", "loss_bg", "grad_norm", "lr"], "val": ["loss"]}
-worst = 0.0
+tol = {"loss": 5e-5, "loss_dice": 2e-4, "loss_ce": 2e-4, "loss_fg": 2e-4, "loss_bg": 2e-4, "grad_norm": 1e-3, "lr": 0}
+worst = dict.fromkeys(tol, 0.0)
 same_shape = [(x["split"], x["step"]) for x in la] == [(x["split"], x["step"]) for x in lb] and len(la) == 9
 for x, y in zip(la, lb):
-    for k in keys[x["split"]]:
-        worst = max(worst, abs(x[k] - y[k]) / max(abs(x[k]), 1e-6))
-report(same_shape and worst <= 5e-5, "log.jsonl: same %d lines, largest relative difference %.3g (<= 5e-5)" % (len(la), worst))
+    for k in (tol if x["split"] == "train" else ["loss"]):
+        worst[k] = max(worst[k], abs(x[k] - y[k]) / max(abs(x[k]), 1e-6))
+report(same_shape and all(worst[k] <= tol[k] for k in tol), "log.jsonl: same %d lines, largest relative differences %s "
+       "(bounds %s)" % (len(la), {k: float("%.2g" % v) for k, v in worst.items()}, tol))
 ca, cb = (json.load(open("%s/%s/config.json" % (t, r))) for r in ("one", "two"))
-report((ca["world_size"], ca["global_batch"], cb["world_size"], cb["global_batch"], cb["batch_size"]) == (1, 4, 2, 4, 2),
-       "config.json: world_size / global_batch 1 / 4 and 2 / 4 (batch_size 2 per rank)")
+shape = (ca["world_size"], ca["global_batch"], cb["world_size"], cb["global_batch"], cb["batch_size"])
+report(shape == (1, 4, 2, 4, 2), "config.json: world_size / global_batch 1 / 4 and 2 / 4 (batch_size 2 per rank)")
 sys.exit(0 if ok else 1)
 PYEND
 check $? "data parallel equals the doubled batch"
@@ -113,8 +117,9 @@ MRISAM_TEST_STOP="$K,$R" $MPI "$MRISAM" finetune $C -o "$T/i" > "$T/i.log" 2>&1
 rc=$?
 [ $rc -eq 75 ]
 check $? "stopped run exits 75 (got $rc)"
+stops=$(grep -o 'interrupted at step [0-9]* (resumable)' "$T/i.log" | sort | uniq -c | tr -s ' ')
 [ "$(grep -c "interrupted at step $S (resumable)" "$T/i.log")" = 2 ]
-check $? "both ranks stopped after step $S ($(grep -o 'interrupted at step [0-9]* (resumable)' "$T/i.log" | sort | uniq -c | tr -s ' '))"
+check $? "both ranks stopped after step $S ($stops)"
 [ -f "$T/i/ckpt/$(printf step_%08d $S)/DONE" ]
 check $? "checkpoint of step $S written ($(ls "$T/i/ckpt" | tr '\n' ' '))"
 "$MRISAM" finetune $C --resume "$T/i" -o "$T/i" > "$T/r1.log" 2>&1
