@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # tests/finetune/test_finetune_mpi.sh — data-parallel `mrisam finetune` over MPI on the CPU backend
-# (docs/FINETUNE.md), on the mricron ch2 T1 with its brain mask (tests/finetune/ch2_brainmask.sh), vit_test at input 64, 7 training
-# slices, so that an epoch ends in a partial global batch that the two ranks share unevenly (2 + 1):
+# (docs/FINETUNE.md), on the mricron ch2 T1 with its brain mask (tests/finetune/ch2_brainmask.sh), vit_test at
+# input 64, 7 training slices, so that an epoch ends in a partial global batch the ranks share unevenly (2 + 1):
 #  1. 2 ranks × batch 2 take the steps of 1 process × batch 4 (LoRA, encoder+decoder: gradients through the
 #     encoder): in log.jsonl the train and validation losses agree to 5e-5 relative, the loss parts (Dice, CE,
-#     CE fg / bg) to 2e-4, the gradient norm to 1e-3 (a factor-2 error in the reduction would be 1: the bound only
-#     absorbs float noise: one process with 2 threads instead of 1 already moves the first step's norm by 1.3e-4 at
-#     seed 744, and AdamW carries such noise into later steps), lr exactly; the final parameters agree to a relative L2 difference <= 1e-4 with
-#     at most 0.1 % of the values more than 1e-5 apart (AdamW divides by sqrt(v): a gradient that is last-bit noise
-#     around 0 can move a value by up to lr per step, so a max-abs bound would measure that noise, not the
-#     reduction). The control, 1 process × batch 2, must miss that bound. config.json records world_size and
-#     global_batch; only rank 0 prints.
-#  2. stop and resume (full / decoder, embedding cache per rank): MRISAM_TEST_STOP raises one rank's stop flag after
-#     a drawn step; both ranks stop after the next step (where they agree), exit 75, one checkpoint of that step;
-#     --resume on 2 ranks ends with model, optimizer state, best/ and loss sequence bit-identical to an
-#     uninterrupted 2-rank run; a resume on 1 process is refused (exit 2) and leaves the run as it was.
+#     CE fg / bg) to 2e-4, the gradient norm to 1e-3 (a factor-2 error in the reduction would be 1; the bound
+#     absorbs float noise: one process on 2 threads instead of 1 already moves the first step's norm by 1.3e-4 at
+#     seed 744, and AdamW carries such noise on), lr exactly. The final parameters agree to a relative L2
+#     difference <= 1e-4 with at most 0.1 % of the values more than 1e-5 apart (AdamW divides by sqrt(v): a
+#     gradient that is last-bit noise around 0 can move a value by up to lr per step, so a max-abs bound would
+#     measure that noise, not the reduction). The control, 1 process × batch 2, must miss that bound. config.json
+#     records world_size and global_batch; only rank 0 prints.
+#  2. stop and resume (full / decoder, embedding cache per rank): MRISAM_TEST_STOP raises one rank's stop flag
+#     after a drawn step; both ranks stop after the next step (where they agree), exit 75, with a checkpoint of
+#     that step; a resume on 1 process is refused (exit 2); --resume on 2 ranks then ends with model, optimizer
+#     state, best/ and loss sequence bit-identical to an uninterrupted 2-rank run.
 # Needs mpirun (openmpi-bin) and a build with MPI (tests.cmake registers it only then). Runs serially (label mpi).
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OMP_NUM_THREADS=1
