@@ -18,6 +18,7 @@
 #include "data/store_norm.h"
 #include "finetune/prompt_gen.h"
 #include "ops.h"
+#include "pretrain/grad_sync.h"
 
 typedef struct task_data {
     const char *path;             /* store path (the caller's string) */
@@ -68,6 +69,9 @@ struct ms_ft_run {
     /* rates */
     double t0;
     int64_t start_step, samples0;
+    /* data parallel: rank 0 writes RUN/ */
+    int rank, world;
+    ms_grad_sync gs;
 };
 
 /* ---- configuration ----------------------------------------------------------------------------------------------- */
@@ -121,8 +125,9 @@ static void blocks_name(uint64_t mask, char *out, size_t n)
         if (mask >> i & 1) k += (size_t)snprintf(out + k, n - k, "%s%d", k ? "," : "", i);
 }
 
-/* RUN/config.json: every option that shapes the run; a resume must reproduce it exactly. */
-static char *config_json(const ms_ft_run *r)
+/* RUN/config.json: every option that shapes the run; a resume must reproduce it exactly. ranks 0: without
+ * world_size and global_batch, as a run written before data parallel has it. */
+static char *config_json(const ms_ft_run *r, int ranks)
 {
     const ms_ft_run_config *o = &r->cfg;
     const ms_ft_config *c = &r->m.cfg;
@@ -153,6 +158,10 @@ static char *config_json(const ms_ft_run *r)
     cJSON_AddNumberToObject(cj, "epochs", o->epochs);
     cJSON_AddNumberToObject(cj, "max_steps", (double)r->total);
     cJSON_AddNumberToObject(cj, "batch_size", o->batch);
+    if (ranks) {
+        cJSON_AddNumberToObject(cj, "world_size", r->world);
+        cJSON_AddNumberToObject(cj, "global_batch", (double)o->batch * r->world);
+    }
     cJSON_AddNumberToObject(cj, "lr", o->lr);
     cJSON_AddNumberToObject(cj, "min_lr", o->min_lr);
     cJSON_AddNumberToObject(cj, "weight_decay", o->weight_decay);
@@ -251,18 +260,25 @@ static ms_status write_checkpoint(ms_ft_run *r, const char *dir)
         MS_TRY(ms_write_file_atomic(p, &ls, sizeof ls));
     }
     MS_TRY(ms_path_join(p, dir, "config.json"));
-    MS_TRY(ms_write_file_atomic(p, r->config_json, strlen(r->config_json)));
-    return ms_ckpt_dir_commit(dir);
+    return ms_write_file_atomic(p, r->config_json, strlen(r->config_json));
 }
 
+/* Rank 0 writes the step directory; DONE only after every rank has passed the barrier (a rank that failed before
+ * it aborts the job instead), so a resume never sees a checkpoint some rank did not reach. The loader states are
+ * rank 0's: a position counts global batches, the same on every rank. */
 ms_status ms_ft_run_save(ms_ft_run *r)
 {
     if (r->step == r->saved_step) return MS_OK;
-    char dir[MS_PATH_MAX];
-    MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
-    ms_status rc = write_checkpoint(r, dir);
-    if (rc) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory is left behind */
+    char dir[MS_PATH_MAX] = "";
+    ms_status rc;
+    if (r->rank == 0) {
+        MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
+        if ((rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory */
+    }
+    MS_TRY(ms_dist_barrier(r->cfg.dist));
     r->saved_step = r->step;
+    if (r->rank != 0) return MS_OK;
+    if ((rc = ms_ckpt_dir_commit(dir))) return ms_ckpt_dir_abandon(dir, rc);
     return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
 }
 
@@ -312,8 +328,21 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
     size_t len;
     MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_read_file(p, 1 << 20, &js, &len));
-    int same = !strcmp(js, r->config_json);
+    int same = !strcmp(js, r->config_json), ranks = 1;
+    if (!same) {
+        cJSON *j = cJSON_Parse(js);
+        const cJSON *w = j ? cJSON_GetObjectItemCaseSensitive(j, "world_size") : NULL;
+        if (cJSON_IsNumber(w)) ranks = w->valueint;
+        else if (j && r->world == 1) { /* written before data parallel: the same options without the two keys */
+            char *old = config_json(r, 0);
+            same = old && !strcmp(js, old);
+            cJSON_free(old);
+        }
+        cJSON_Delete(j);
+    }
     free(js);
+    MS_FAIL_IF(!same && ranks != r->world, MS_EINVAL, "%s: the run had %d ranks, this one has %d: resume on as many, "
+               "with the same --batch-size", p, ranks, r->world);
     MS_FAIL_IF(!same, MS_EINVAL, "%s: the options differ from the run's (give the same options with --resume)", p);
     MS_TRY(read_state_json(r, dir));
     for (int t = 0; t < r->n_tasks; t++) {
@@ -333,6 +362,7 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
 /* RUN/best: written into RUN/best.tmp, then swapped in, so a crash leaves the old or the new best, whole. */
 static ms_status save_best(ms_ft_run *r, const char *extra)
 {
+    if (r->rank != 0) return MS_OK; /* the others keep the same best score and step, not the files */
     char tmp[MS_PATH_MAX], dst[MS_PATH_MAX];
     MS_TRY(ms_path_join(tmp, r->cfg.out, "best.tmp"));
     MS_TRY(ms_path_join(dst, r->cfg.out, "best"));
@@ -460,6 +490,9 @@ static ms_status val_loader_open(const ms_ft_run *r, int t, ms_loader **vl)
 {
     ms_loader_config vc = r->lc[t];
     vc.resume = NULL;
+    vc.global_batch = r->B; /* every rank reads every held-out slice */
+    vc.rank = 0;
+    vc.world = 1;
     vc.selection[0] = &r->td[t].val;
     vc.shuffle = 0;
     vc.augment = 0;
@@ -522,7 +555,7 @@ ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v)
         ms_ft_dice_reset(&v->dice[t], c->task[t].num_cls);
         if (r->td[t].val.n) rc = validate_task(r, t, &v->dice[t], &vs);
     }
-    if (!rc && vs.panel_n && r->cfg.panels) {
+    if (!rc && vs.panel_n && r->cfg.panels && r->rank == 0) {
         char p[MS_PATH_MAX];
         rc = ms_path_fmt(p, "%s/val/step_%08lld.png", r->cfg.out, (long long)r->step);
         if (!rc) rc = ms_png_write_u8(p, vs.panel, 3 * r->S, vs.panel_n * r->S, 1);
@@ -537,7 +570,9 @@ ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v)
     }
     v->score = ns ? s / ns : NAN;
     v->loss = vs.ln ? vs.lsum / vs.ln : NAN;
-    return MS_OK;
+    /* every rank validated the same slices with the same weights; rank 0's numbers decide best/ and early stopping
+     * everywhere, so no last bit of a reduction order can make one rank stop alone */
+    return ms_dist_bcast_host(r->cfg.dist, v, sizeof *v, 0);
 }
 
 /* ---- one training step ------------------------------------------------------------------------------------------- */
@@ -546,6 +581,9 @@ typedef struct step_out {
     int task, n, skipped;
     double dice, ce, ce_fg, ce_bg;
     float gnorm, lr;
+    int64_t n_fg, n_bg;  /* target pixels of each side (the weights of ce_fg / ce_bg over ranks) */
+    int finite;          /* the losses are finite (on every rank) */
+    int stop;            /* some rank's stop flag is set */
 } step_out;
 
 /* Compacts the batch's usable samples into img / target (or bin) / keys / ids; returns their count. Prompt modes
@@ -559,6 +597,8 @@ static int gather_batch(ms_ft_run *r, int t, const ms_batch *bt, int *skipped)
     int n = 0;
     for (int b = 0; b < bt->n; b++) {
         if (!bt->valid[b]) { (*skipped)++; continue; }
+        /* the sample's position in the global batch (data/sampler.h): its draws are the same on any rank count */
+        const uint64_t gb = (uint64_t)r->rank + (uint64_t)b * (uint64_t)r->world;
         const uint16_t *lb = bt->label + (size_t)b * P;
         int k = 0;
         if (c->prompt != MS_PROMPT_NONE) {
@@ -566,27 +606,76 @@ static int gather_batch(ms_ft_run *r, int t, const ms_batch *bt, int *skipped)
             for (int64_t i = 0; i < P; i++) present[lb[i] < MS_FT_MAX_CLASSES ? lb[i] : 0] = 1;
             for (int q = 1; q < c->task[t].num_cls; q++) if (present[q]) list[np++] = q;
             if (!np) { (*skipped)++; continue; }
-            k = list[ms_rand_u64(ms_rng_stream(seed, 0xc1a55, (uint64_t)r->step), (uint64_t)b) % (uint64_t)np];
+            k = list[ms_rand_u64(ms_rng_stream(seed, 0xc1a55, (uint64_t)r->step), gb) % (uint64_t)np];
             for (int64_t i = 0; i < P; i++) r->bin[(size_t)n * P + i] = lb[i] == k;
         }
         memcpy(r->img + (size_t)n * isz, bt->image + (size_t)b * isz, isz * sizeof(float));
         if (c->prompt == MS_PROMPT_NONE)
             for (int64_t i = 0; i < P; i++) r->target[(size_t)n * P + i] = lb[i];
         r->keys[n] = bt->key[b];
-        r->ids[n] = (uint64_t)r->step * (uint64_t)r->B + (uint64_t)b;
+        r->ids[n] = (uint64_t)r->step * (uint64_t)r->B * (uint64_t)r->world + gb;
         n++;
     }
     return n;
+}
+
+/* The forward and backward of this rank's n samples (compacted by gather_batch) of task t; N: the step's samples
+ * over all ranks. */
+static ms_status forward_backward(ms_ft_run *r, int t, int n, double N, step_out *so)
+{
+    const ms_ft_config *c = &r->m.cfg;
+    const int64_t P = r->P;
+    const float *emb;
+    MS_TRY(embed_batch(r, t, r->img, r->keys, n, &emb));
+    int C = ms_ft_out_channels(c, t);
+    const ms_sam_prompts *pr = NULL;
+    if (c->prompt != MS_PROMPT_NONE) {
+        MS_TRY(ms_promptgen_batch_fill(&r->pg, &r->pgo, c->prompt, r->bin, n, r->L, r->L,
+                                       (uint64_t)r->cfg.seed ^ 0x9707, r->ids));
+        for (int64_t i = 0; i < (int64_t)n * P; i++) r->target[i] = r->pg.target[i];
+        pr = &r->pg.pr;
+    }
+    MS_TRY(ms_ft_model_decode(&r->m, t, emb, n, pr));
+    MS_TRY(ms_ft_loss_run(&r->loss, r->m.logits, r->target, n, C, P, r->m.dlogits, &so->dice, &so->ce));
+    MS_TRY(ms_ft_loss_split(&r->loss, r->m.logits, r->target, n, C, P, &so->ce_fg, &so->ce_bg));
+    so->finite = isfinite(so->dice) && isfinite(so->ce);
+    if (r->world > 1) {
+        /* Dice is a mean over samples and CE over pixels (n·P each): weighted n / N, the ranks' sum is the mean of
+         * one process over all N samples */
+        for (int64_t i = 0; i < (int64_t)n * P; i++) { so->n_fg += r->target[i] > 0; so->n_bg += r->target[i] == 0; }
+        MS_TRY(ms_scale_forward(r->dev, r->m.dlogits, r->m.dlogits, (float)(n / N), (int64_t)n * C * P));
+    }
+    return ms_ft_model_backward(&r->m, r->m.dlogits);
+}
+
+/* What the ranks agree on after the gradients: the logged losses are means over all N samples (CE's sides over
+ * their pixels), a non-finite loss anywhere skips the step everywhere, skipped samples add up, and a stop asked of
+ * any rank stops them all after this step. */
+static ms_status agree(ms_ft_run *r, step_out *so, double N)
+{
+    if (r->world == 1) return MS_OK;
+    const double n = so->n;
+    double v[10] = {!so->finite, so->dice * n, so->ce * n, so->ce_fg * (double)so->n_fg, (double)so->n_fg,
+                    so->ce_bg * (double)so->n_bg, (double)so->n_bg, so->skipped, r->cfg.stop && *r->cfg.stop, 0};
+    MS_TRY(ms_dist_allreduce_host(r->cfg.dist, v, 10, 0));
+    so->finite = v[0] == 0;
+    so->n = (int)N;
+    so->dice = N > 0 ? v[1] / N : 0;
+    so->ce = N > 0 ? v[2] / N : 0;
+    so->ce_fg = v[4] > 0 ? v[3] / v[4] : 0;
+    so->ce_bg = v[6] > 0 ? v[5] / v[6] : 0;
+    so->skipped = (int)v[7];
+    so->stop = v[8] > 0;
+    return MS_OK;
 }
 
 static ms_status train_step(ms_ft_run *r, step_out *so)
 {
     const ms_ft_config *c = &r->m.cfg;
     const ms_ft_run_config *o = &r->cfg;
-    const int64_t P = r->P;
-    const uint64_t seed = (uint64_t)o->seed;
     memset(so, 0, sizeof *so);
-    int t = ms_ft_task_at(seed, r->step, r->n_tasks, r->weights);
+    so->finite = 1;
+    int t = ms_ft_task_at((uint64_t)o->seed, r->step, r->n_tasks, r->weights);
     so->task = t;
     const ms_batch *bt;
     MS_TRY(ms_loader_next(r->td[t].loader, &bt));
@@ -594,25 +683,20 @@ static ms_status train_step(ms_ft_run *r, step_out *so)
     so->skipped = bt->n_skipped;
     int n = so->n = gather_batch(r, t, bt, &so->skipped);
     so->lr = ms_lr_at(o->schedule, r->step, o->warmup, r->total, (float)o->lr, (float)o->min_lr);
-    if (!n) return MS_OK; /* nothing to learn from: the step passes without an update */
-    const float *emb;
-    MS_TRY(embed_batch(r, t, r->img, r->keys, n, &emb));
-    int C = ms_ft_out_channels(c, t);
-    const ms_sam_prompts *pr = NULL;
-    if (c->prompt != MS_PROMPT_NONE) {
-        MS_TRY(ms_promptgen_batch_fill(&r->pg, &r->pgo, c->prompt, r->bin, n, r->L, r->L, seed ^ 0x9707, r->ids));
-        for (int64_t i = 0; i < (int64_t)n * P; i++) r->target[i] = r->pg.target[i];
-        pr = &r->pg.pr;
+    double N = n; /* the step's samples over all ranks: each rank's share of the loss is n / N */
+    if (r->world > 1) MS_TRY(ms_dist_allreduce_host(o->dist, &N, 1, 0));
+    if (N > 0) {
+        ms_grad_sync_arm(&r->gs); /* this step's reduction starts from the gradients' end */
+        if (n) MS_TRY(forward_backward(r, t, n, N, so)); /* a rank without samples adds zero gradients */
+        MS_TRY(ms_grad_sync_finish(&r->gs));
     }
-    MS_TRY(ms_ft_model_decode(&r->m, t, emb, n, pr));
-    MS_TRY(ms_ft_loss_run(&r->loss, r->m.logits, r->target, n, C, P, r->m.dlogits, &so->dice, &so->ce));
-    MS_TRY(ms_ft_loss_split(&r->loss, r->m.logits, r->target, n, C, P, &so->ce_fg, &so->ce_bg));
-    MS_TRY(ms_ft_model_backward(&r->m, r->m.dlogits));
+    MS_TRY(agree(r, so, N));
+    if (!(N > 0)) return MS_OK; /* nothing to learn from: the step passes without an update */
     float *g = r->m.sam.ps.grad;
     int64_t gn = r->m.sam.ps.numel_trainable;
     MS_TRY(ms_clip_grad_norm(r->dev, &g, &gn, 1, (float)o->clip_grad, &so->gnorm));
-    if (isfinite(so->gnorm) && isfinite(so->dice) && isfinite(so->ce)) MS_TRY(ms_optimizer_step(&r->opt, so->lr, NULL));
-    else so->skipped += n;
+    if (isfinite(so->gnorm) && so->finite) MS_TRY(ms_optimizer_step(&r->opt, so->lr, NULL));
+    else so->skipped += so->n;
     return ms_params_zero_grads(&r->m.sam.ps);
 }
 
@@ -641,13 +725,21 @@ static ms_status replay_validation(ms_ft_run *r)
  * a cached embedding depends on which slices missed the cache together. A resumed run rebuilds the cache the
  * uninterrupted run had by replaying the batches and validations before `upto`, encoding the misses in the same
  * groups, until every task has been through an epoch and the first validation has run: from then on nothing
- * misses. Each slice is encoded once, as in the uninterrupted run; the batches are read again. */
+ * misses. Each slice is encoded once, as in the uninterrupted run; the batches are read again.
+ * Several ranks: a rank caches only the slices it reads, and a later epoch's order hands it slices it has not seen
+ * yet, so its replay ends when its cache holds every training and validation slice (tasks that share a store
+ * count their common slices twice and never get there: then every step before `upto` is replayed). */
 static ms_status replay_cache(ms_ft_run *r, int64_t upto)
 {
     ms_loader *ld[MS_FT_MAX_TASKS] = {0};
     int64_t drawn[MS_FT_MAX_TASKS] = {0};
     const int64_t step0 = r->step, val_period = (int64_t)r->cfg.val_every * r->steps_per_epoch;
     int val_done = !r->any_val;
+    int64_t want = 0; /* slices in the cache once nothing can miss (several ranks) */
+    for (int t = 0; t < r->n_tasks; t++) {
+        uint64_t nv = r->td[t].val.n, cap = (uint64_t)r->cfg.val_slices;
+        want += (int64_t)(r->td[t].train.n + (cap > 0 && cap < nv ? cap : nv));
+    }
     ms_status rc = MS_OK;
     for (int t = 0; t < r->n_tasks && !rc; t++) {
         ms_loader_config lc = r->lc[t];
@@ -656,7 +748,8 @@ static ms_status replay_cache(ms_ft_run *r, int64_t upto)
     }
     for (int64_t s = 0; s < upto && !rc; s++) {
         int complete = val_done;
-        for (int t = 0; t < r->n_tasks; t++) complete &= (uint64_t)(drawn[t] * r->B) >= r->td[t].train.n;
+        if (r->world > 1) complete &= ms_emb_cache_count(r->cache) >= want;
+        else for (int t = 0; t < r->n_tasks; t++) complete &= (uint64_t)(drawn[t] * r->B) >= r->td[t].train.n;
         if (complete) break;
         int t = ms_ft_task_at((uint64_t)r->cfg.seed, s, r->n_tasks, r->weights);
         const ms_batch *bt;
@@ -685,6 +778,7 @@ static ms_status replay_cache(ms_ft_run *r, int64_t upto)
 /* The train line of log.jsonl and its TensorBoard scalars. */
 static ms_status log_train(ms_ft_run *r, const step_out *so, double t, double epoch, double ips, double loss)
 {
+    if (r->rank != 0) return MS_OK;
     const ms_ft_config *c = &r->m.cfg;
     char js[1024];
     snprintf(js, sizeof js,
@@ -719,16 +813,19 @@ static ms_status validate_step(ms_ft_run *r, double epoch, ms_ft_step_info *info
     sprintf(line, "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"val\", \"loss\": %.7g, \"dice\": %s, "
             "\"score\": %.6g, \"best\": %d, \"t\": %.3f}", (long long)r->step, epoch,
             isnan(v->loss) ? -1.0 : v->loss, dtxt, isnan(v->score) ? -1.0 : v->score, better, ms_now_s() - r->t0);
-    ms_status rc = ms_runlog_json(&r->lg, line);
-    free(line);
-    if (!isnan(v->score)) ms_runlog_scalar(&r->lg, "val/dice", r->step, v->score);
-    for (int t = 0; t < r->n_tasks && r->n_tasks > 1; t++) {
-        double dt = ms_ft_dice_mean(&v->dice[t], NULL);
-        char tag[128];
-        snprintf(tag, sizeof tag, "val/dice/%s", c->task[t].name);
-        if (!isnan(dt)) ms_runlog_scalar(&r->lg, tag, r->step, dt);
+    ms_status rc = MS_OK;
+    if (r->rank == 0) { /* the others hold the same numbers (ms_ft_run_validate) and keep the same best */
+        rc = ms_runlog_json(&r->lg, line);
+        if (!isnan(v->score)) ms_runlog_scalar(&r->lg, "val/dice", r->step, v->score);
+        for (int t = 0; t < r->n_tasks && r->n_tasks > 1; t++) {
+            double dt = ms_ft_dice_mean(&v->dice[t], NULL);
+            char tag[128];
+            snprintf(tag, sizeof tag, "val/dice/%s", c->task[t].name);
+            if (!isnan(dt)) ms_runlog_scalar(&r->lg, tag, r->step, dt);
+        }
+        if (!isnan(v->loss)) ms_runlog_scalar(&r->lg, "val/loss", r->step, v->loss);
     }
-    if (!isnan(v->loss)) ms_runlog_scalar(&r->lg, "val/loss", r->step, v->loss);
+    free(line);
     info->validated = 1;
     info->best = better;
     if (!rc && better) {
@@ -804,6 +901,8 @@ ms_status ms_ft_run_step(ms_ft_run *r, ms_ft_step_info *info)
         MS_TRY(finish(r));
         info->done = 1;
     }
+    /* one process reads the flag last, as its caller's loop did; several ranks agreed on it with the gradients */
+    info->stop = r->world > 1 ? so.stop : r->cfg.stop && *r->cfg.stop;
     return MS_OK;
 }
 
@@ -947,7 +1046,9 @@ static void configure_loaders(ms_ft_run *r)
         lc->shuffle = 1;
         lc->drop_last = 0;
         lc->n_epochs = 0;
-        lc->global_batch = o->batch;
+        lc->global_batch = o->batch * r->world; /* each rank reads its share of every global batch */
+        lc->rank = r->rank;
+        lc->world = r->world;
         lc->n_threads = r->workers;
         lc->pinned = r->dev->kind == MS_DEV_CUDA;
         lc->prep = r->m.cfg.prep;
@@ -955,7 +1056,8 @@ static void configure_loaders(ms_ft_run *r)
         lc->label_map[0] = r->td[t].label_map;
         lc->augment = o->augment;
         if (lc->augment) ms_aug_config_seg(&lc->aug);
-        uint64_t spe = (uint64_t)((r->td[t].train.n + (uint64_t)o->batch - 1) / (uint64_t)o->batch);
+        const uint64_t gb = (uint64_t)o->batch * (uint64_t)r->world;
+        uint64_t spe = (uint64_t)((r->td[t].train.n + gb - 1) / gb);
         r->steps_per_epoch += (int64_t)spe;
     }
     r->total = o->max_steps > 0 ? o->max_steps : (int64_t)o->epochs * r->steps_per_epoch;
@@ -1026,6 +1128,9 @@ static ms_status open_run(ms_ft_run *r)
     for (int t = 0; t < r->n_tasks; t++) if (ms_ft_out_channels(c, t) > r->Cmax) r->Cmax = ms_ft_out_channels(c, t);
     MS_TRY(ms_ft_model_reserve(&r->m, o->batch, 1));
     MS_TRY(ms_optimizer_init(&r->opt, &r->m.sam.ps, 0.9f, 0.999f, 1e-8f, (float)o->weight_decay));
+    /* one parameter block: its trainable gradients are summed over ranks after the backward */
+    ms_grad_sync_init(&r->gs, o->dist, o->bucket_bytes);
+    MS_TRY(ms_grad_sync_add(&r->gs, &r->m.sam.ps));
     MS_TRY(ms_ft_loss_init(&r->loss, r->dev, (int64_t)o->batch * r->P));
     r->pgo.scale = (float)r->S / (float)r->L;
 
@@ -1036,7 +1141,7 @@ static ms_status open_run(ms_ft_run *r)
         r->any_val |= r->td[t].val.n > 0;
     }
     configure_loaders(r);
-    MS_FAIL_IF(!(r->config_json = config_json(r)), MS_ENOMEM, "out of memory");
+    MS_FAIL_IF(!(r->config_json = config_json(r, 1)), MS_ENOMEM, "out of memory");
     if (o->resume) {
         MS_TRY(load_checkpoint(r, ckdir));
         for (int t = 0; t < r->n_tasks; t++) r->lc[t].resume = &r->td[t].lstate;
@@ -1046,6 +1151,9 @@ static ms_status open_run(ms_ft_run *r)
     MS_TRY(alloc_buffers(r));
     if (r->cache && r->step > 0) MS_TRY(replay_cache(r, r->step));
     for (int t = 0; t < r->n_tasks; t++) MS_TRY(ms_loader_open(&r->lc[t], &r->td[t].loader));
+    /* every rank has read what it needs of RUN/ (the checkpoint, the split file) before rank 0 writes there */
+    MS_TRY(ms_dist_barrier(o->dist));
+    if (r->rank != 0) return MS_OK;
     ms_run_mode mode;
     MS_TRY(ms_run_mode_of(o->out, o->resume ? o->out : NULL, o->overwrite, &mode));
     MS_TRY(ms_run_dir_prepare(o->out, mode)); /* the first write into RUN/: the split file has been read */
@@ -1065,11 +1173,14 @@ ms_status ms_ft_run_open(const ms_ft_run_config *cfg, ms_device *dev, ms_ft_run 
     MS_TRY(ms_ft_run_config_check(cfg));
     ms_run_mode mode;
     MS_TRY(ms_run_mode_of(cfg->out, cfg->resume ? cfg->out : NULL, cfg->overwrite, &mode));
-    MS_TRY(ms_run_dir_check(cfg->out, mode)); /* refused before anything is loaded */
+    /* refused before anything is loaded; rank 0 alone writes RUN/, so the others would see its files */
+    if (ms_dist_rank(cfg->dist) == 0) MS_TRY(ms_run_dir_check(cfg->out, mode));
     ms_ft_run *r = calloc(1, sizeof *r);
     MS_FAIL_IF(!r, MS_ENOMEM, "out of memory");
     r->cfg = *cfg;
     r->dev = dev;
+    r->rank = ms_dist_rank(cfg->dist);
+    r->world = ms_dist_world(cfg->dist);
     r->workers = cfg->workers ? cfg->workers : dev->n_threads;
     r->best_score = NAN;
     r->best_step = -1;
@@ -1142,6 +1253,8 @@ void ms_ft_run_get_info(const ms_ft_run *r, ms_ft_run_info *info)
     info->stopped_early = r->stopped_early;
     info->cache_count = r->cache ? ms_emb_cache_count(r->cache) : 0;
     info->cache_hits = r->cache ? ms_emb_cache_hits(r->cache) : 0;
+    info->world = r->world;
+    info->global_batch = r->B * r->world;
 }
 
 const ms_ft_model *ms_ft_run_model(const ms_ft_run *r) { return &r->m; }

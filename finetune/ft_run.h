@@ -14,6 +14,14 @@
  * on how many slices it encodes at once, so the slices that missed together are encoded together again (the
  * batches before the checkpoint are read once more, each slice encoded once).
  *
+ * Data parallel (cfg.dist, W ranks under mpirun / srun): rank r reads positions r, r + W, ... of each global batch
+ * of W × batch (data/sampler.h), the loss gradient of its n_r samples is weighted n_r / N (N: the step's samples
+ * over all ranks, agreed before the backward) and the trainable gradients are summed over ranks, so W ranks × B
+ * take the step one process takes with W × B. The ranks then agree on the logged losses (weighted means), a
+ * non-finite step (skipped everywhere) and the stop flag. Every rank computes the same validation and takes rank
+ * 0's numbers, so best/ and early stopping are decided alike; rank 0 alone writes RUN/, a checkpoint's DONE after a
+ * barrier. The embedding cache is per rank: each caches the slices it reads and the validation slices.
+ *
  * RUN/ layout (docs/CLI.md): config.json, shots.json, log.jsonl, tb/, ckpt/step_*, val/step_*.png, best/.
  * The run prints nothing (ms_ft_run_get_info and each step's info say what happened; the caller reports it) and
  * installs no signal handler: a caller asked to stop calls ms_ft_run_save and closes the run.
@@ -21,9 +29,11 @@
 #ifndef MS_FT_RUN_H
 #define MS_FT_RUN_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "base/device.h"
+#include "base/dist.h"
 #include "base/status.h"
 #include "data/store_norm.h"
 #include "finetune/ft_model.h"
@@ -73,6 +83,14 @@ typedef struct ms_ft_run_config {
     int resume;                /* continue RUN/ from its newest complete checkpoint */
     int overwrite;             /* a fresh run over an old one in RUN/ (removed first); else RUN/ must be new or empty */
     int panels;                /* write the validation panels RUN/val/step_%08d.png (default 1) */
+    /* data parallel (docs/FINETUNE.md): the job (NULL: one process, everything as before). batch is per rank; the
+     * global batch is ranks × batch, and lr is not scaled with it. Rank 0 alone writes RUN/; every rank runs the
+     * same validation. The trainable gradients are summed in buckets of bucket_bytes (0: 25 MiB). */
+    ms_dist *dist;
+    size_t bucket_bytes;
+    /* the caller's stop request (a signal handler's flag; NULL: none): read after every step, agreed by the ranks,
+     * so all of them stop after the same step (ms_ft_step_info.stop) */
+    const volatile sig_atomic_t *stop;
 } ms_ft_run_config;
 
 /* The defaults of docs/CLI.md: full / decoder, no prompt, 200 epochs, batch 4, lr 1e-3 poly, warm-up
@@ -107,8 +125,9 @@ typedef struct ms_ft_run_info {
     double best_score, best_epoch;    /* NaN / 0 until a validation scores */
     int64_t best_step;                /* -1 until then */
     int stopped_early;
-    int64_t cache_count;              /* embedding cache: slices held, hits (0 without the cache) */
+    int64_t cache_count;              /* embedding cache: slices held, hits (0 without the cache); this rank's */
     uint64_t cache_hits;
+    int world, global_batch;          /* ranks; slices per step over all ranks (batch × world) */
 } ms_ft_run_info;
 
 /* Opens a run: stores and class maps, the model (from cfg->ckpt or a random init), splits and shots, loaders,
@@ -131,7 +150,7 @@ typedef struct ms_ft_step_info {
     int64_t step, total;         /* steps done after this one, of total */
     double epoch;
     int task;                    /* the task that trained */
-    int n, skipped;              /* samples used; skipped in total so far is in the log */
+    int n, skipped;              /* samples used (over all ranks); skipped in total so far is in the log */
     double loss, lr, grad_norm, img_per_s;
     double eta_s;                /* estimated seconds left at this step's rate */
     int validated;               /* a validation ran after this step: */
@@ -140,15 +159,18 @@ typedef struct ms_ft_step_info {
     int stopped_early;           /* this step stopped the run (patience) */
     double epochs_since_best;
     int done;                    /* the run is complete: best/ final, nothing left to step */
+    int stop;                    /* the stop flag was set (on some rank): every rank stops after this step */
 } ms_ft_step_info;
 
 /* One optimizer step with its log line, then validation, best/, early stopping and the periodic checkpoint as
  * due; the step that completes the run also writes the final best/ when no validation could score. */
 ms_status ms_ft_run_step(ms_ft_run *r, ms_ft_step_info *info);
 /* Validates the current model on every task's held-out slices and writes RUN/val/step_N.png (task 0's first
- * slices: image | ground truth | prediction). Changes no run state. */
+ * slices: image | ground truth | prediction). Changes no run state. With several ranks, every rank calls it (each
+ * validates; rank 0's numbers are broadcast) and the ranks step and save together, as they do all three. */
 ms_status ms_ft_run_validate(ms_ft_run *r, ms_ft_val *v);
-/* Writes the checkpoint of the current step (a no-op when it is already written). */
+/* Writes the checkpoint of the current step (a no-op when it is already written); several ranks: every rank calls
+ * it, rank 0 writes. */
 ms_status ms_ft_run_save(ms_ft_run *r);
 
 /* The model and optimizer (read-only: for tests and reports). */

@@ -3,6 +3,7 @@
  * at once (docs/FINETUNE.md; flags, RUN/ layout and exit codes in docs/CLI.md). The run itself is the library's
  * (finetune/ft_run.h); this file turns options into its configuration, prints progress and owns the signals:
  * SIGINT/SIGTERM let the current step finish, then the run is checkpointed and the command exits 75 (resumable).
+ * Under mpirun / srun every rank runs this command (data parallel, docs/FINETUNE.md); rank 0 prints and writes RUN/.
  */
 #include <math.h>
 #include <stdio.h>
@@ -21,7 +22,7 @@ typedef struct opts {
     ms_strlist stores;
     const char *init, *resume, *method, *scope, *prompt, *shot_unit, *schedule, *lora_blocks, *adapter_blocks;
     const char *augment, *resize, *norm, *device, *task_weights, *intensity;
-    double p_lo, p_hi;
+    double p_lo, p_hi, dist_timeout, bucket_mb;
     int threads;
     /* what the run configuration points into: the stores' paths and task names */
     char path[MS_FT_MAX_TASKS][MS_PATH_MAX], name[MS_FT_MAX_TASKS][MS_FT_NAME_MAX];
@@ -151,24 +152,40 @@ static void print_step(const ms_ft_step_info *s, int patience, double *t_last)
                s->epochs_since_best, patience);
 }
 
-/* Opens the run, steps it to the end or to a signal, reports. */
-static ms_status train(const opts *o, const ms_ft_run_config *c)
+/* Fault injection for tests (docs/CLI.md): MRISAM_TEST_STOP="STEP,RANK" makes rank RANK (0 for one process) raise
+ * its own stop flag once step STEP is done, as a signal arriving then would: one process stops there, several
+ * ranks after the next step (where they agree on the flags), all at the same step. */
+static void test_stop_hook(const ms_ft_step_info *s, int rank, const volatile sig_atomic_t *stop)
 {
-    ms_device dev;
-    ms_device_kind kind;
-    int index;
-    MS_TRY(ms_device_parse(o->device, &kind, &index));
-    MS_TRY(ms_device_init_at(&dev, kind, index, o->threads));
+    const char *e = getenv("MRISAM_TEST_STOP");
+    long long at;
+    int who;
+    if (e && sscanf(e, "%lld,%d", &at, &who) == 2 && s->stepped && s->step == at && who == rank)
+        *(volatile sig_atomic_t *)stop = 1;
+}
+
+/* Opens the run, steps it to the end or to a signal, reports. */
+static ms_status train(const opts *o, ms_ft_run_config *c, ms_device *dev, ms_dist *dist)
+{
+    c->dist = dist;
+    c->bucket_bytes = (size_t)(o->bucket_mb * 1048576.0);
+    c->stop = ms_cli_catch_stop();
     ms_ft_run *run = NULL;
-    ms_status rc = ms_ft_run_open(c, &dev, &run);
-    if (rc) { ms_device_free(&dev); return rc; }
+    MS_TRY(ms_ft_run_open(c, dev, &run));
     ms_ft_run_info in;
     ms_ft_run_get_info(run, &in);
     print_plan(o, c, &in);
-    volatile sig_atomic_t *stop = ms_cli_catch_stop();
+    if (in.world > 1)
+        printf("finetune: %d ranks, batch %d per rank, global batch %d (lr %.3g, not scaled)\n", in.world, c->batch,
+               in.global_batch, c->lr);
     double t_last = ms_now_s();
+    /* several ranks agree on the flag inside each step (s.stop); one process also stops on a flag set between steps */
     ms_ft_step_info s = {0};
-    while (!s.done && !*stop && !(rc = ms_ft_run_step(run, &s))) print_step(&s, c->patience, &t_last);
+    ms_status rc = MS_OK;
+    while (!s.done && !s.stop && !(!dist && *c->stop) && !(rc = ms_ft_run_step(run, &s))) {
+        print_step(&s, c->patience, &t_last);
+        test_stop_hook(&s, ms_dist_rank(dist), c->stop);
+    }
     if (!rc && !s.done) { /* a signal: checkpoint the step just finished */
         ms_ft_run_get_info(run, &in);
         rc = ms_ft_run_save(run);
@@ -190,7 +207,6 @@ static ms_status train(const opts *o, const ms_ft_run_config *c)
                    in.has_val ? "no class could be scored on the validation slices" : "no validation set", c->out);
     }
     ms_ft_run_close(run);
-    ms_device_free(&dev);
     return rc;
 }
 
@@ -206,14 +222,16 @@ static int run(int argc, char **argv)
         "Writes RUN/config.json, shots.json, log.jsonl, tb/, ckpt/step_*/, val/step_*.png and best/ (the best\n"
         "validation Dice; predict and eval read it). SIGINT/SIGTERM: finish the step, checkpoint, exit 75;\n"
         "--resume RUN/ with the same options continues exactly; RUN/ must be new or empty otherwise (exit 2):\n"
-        "--overwrite starts again over an old run there. docs/FINETUNE.md has the details.",
+        "--overwrite starts again over an old run there. Data parallel: mpirun -np N mrisam finetune ... (or\n"
+        "srun); --batch-size is per rank, the global batch N x B; lr is not scaled with the number of ranks.\n"
+        "docs/FINETUNE.md has the details.",
         "  mrisam finetune --store brain/ --init random --model vit_test --method full --scope decoder \\\n"
         "      --shots 8 --max-steps 300 --warmup-steps 30 --val-every 20 -o run/\n"
         "  mrisam finetune --store prostate/ --ckpt sam_vit_b_01ec64.pth --method lora --scope encoder+decoder -o run/\n"
         "  mrisam finetune --store a/:brain --store b/:tissue --ckpt sam_mri_vit_b.pth --method adapter \\\n"
         "      --scope encoder+decoder -o run/"};
     opts o = {.prompt = "none", .shot_unit = "slice", .schedule = "poly", .augment = "none", .device = "cpu",
-              .task_weights = "size", .p_lo = -1, .p_hi = -1};
+              .task_weights = "size", .p_lo = -1, .p_hi = -1, .dist_timeout = 600, .bucket_mb = 25};
     ms_ft_run_config cfg;
     ms_ft_run_config_default(&cfg);
     const ms_opt table[] = {
@@ -232,8 +250,8 @@ static int run(int argc, char **argv)
         {"val-fraction", MS_OPT_FLOAT, &cfg.val_fraction, "F", "share of volumes held out (default 0.2)"},
         {"epochs", MS_OPT_INT, &cfg.epochs, "E", "epochs (default 200; --max-steps wins)"},
         {"max-steps", MS_OPT_I64, &cfg.max_steps, "N", "optimizer steps"},
-        {"batch-size", MS_OPT_INT, &cfg.batch, "B", "slices per step (default 4)"},
-        {"lr", MS_OPT_FLOAT, &cfg.lr, "X", "peak learning rate (default 1e-3)"},
+        {"batch-size", MS_OPT_INT, &cfg.batch, "B", "slices per step and rank (default 4)"},
+        {"lr", MS_OPT_FLOAT, &cfg.lr, "X", "peak learning rate (default 1e-3; not scaled with the number of ranks)"},
         {"min-lr", MS_OPT_FLOAT, &cfg.min_lr, "X", "cosine floor (default 0)"},
         {"weight-decay", MS_OPT_FLOAT, &cfg.weight_decay, "X", "AdamW weight decay (default 0.1)"},
         {"warmup-steps", MS_OPT_INT, &cfg.warmup, "N", "linear warm-up steps (default min(200, 10% of the steps))"},
@@ -268,7 +286,11 @@ static int run(int argc, char **argv)
         {"keep-last", MS_OPT_INT, &cfg.keep_last, "K", "checkpoints to keep (default 2)"},
         {"workers", MS_OPT_INT, &cfg.workers, "N", "loader threads per task (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
-        {"device", MS_OPT_STR, &o.device, "cpu|cuda", "compute device (default cpu)"},
+        {"device", MS_OPT_STR, &o.device, "cpu|cuda",
+         "compute device (default cpu; cuda under mpirun/srun: the local rank's GPU)"},
+        {"dist-timeout", MS_OPT_FLOAT, &o.dist_timeout, "S",
+         "several ranks: fail when the others do not answer within S seconds (default 600)"},
+        {"bucket-mb", MS_OPT_FLOAT, &o.bucket_mb, "MB", "several ranks: gradient all-reduce bucket size (default 25)"},
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     int urc = prc ? 0 : make_config(&o, &cfg);
@@ -276,9 +298,15 @@ static int run(int argc, char **argv)
         ms_strlist_free(&o.stores);
         return prc ? (prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE) : urc;
     }
-    ms_status rc = train(&o, &cfg);
+    ms_device dev = {0};
+    ms_dist *dist = NULL;
+    ms_status rc = ms_cli_dist_open(o.device, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
+    if (!rc) rc = train(&o, &cfg, &dev, dist);
+    int code = ms_cli_report("finetune", rc);
+    ms_dist_close(dist, rc && rc != MS_EINTERRUPTED); /* a failed rank ends the whole job: no rank waits forever */
+    ms_device_free(&dev);
     ms_strlist_free(&o.stores);
-    return ms_cli_report("finetune", rc);
+    return code;
 }
 
 const ms_command ms_cmd_finetune = {"finetune", "fine-tune SAM on labelled stores (full, LoRA, adapters; multi-task)",

@@ -2,7 +2,7 @@
 # PEFT (LoRA, adapters), prompt generation, the fine-tuning model and trainer, `mrisam embed` / `segment` /
 # `finetune`, and predict/eval: `mrisam predict` against predict_ref.py, the overlap metrics, the NIfTI label
 # writer and `mrisam eval`. Every test_*.c / test_*.sh is picked up by name; test_nifti_write takes its driver.
-ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} EXCLUDE test_nifti_write test_store_norm)
+ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} EXCLUDE test_nifti_write test_store_norm test_finetune_mpi)
 add_executable(nifti_write_driver ${CMAKE_CURRENT_LIST_DIR}/nifti_write_driver.c)
 target_link_libraries(nifti_write_driver PRIVATE mrisam_lib)
 if(MS_HAVE_CUDA)
@@ -23,4 +23,10 @@ ms_script_test(test_store_norm ${CMAKE_CURRENT_LIST_DIR}/test_store_norm.sh LABE
 # fuzz_corpus/fuzz_ft_meta): a fine-tuned checkpoint's meta.json.
 if(MS_FUZZ)
   ms_fuzz_target(fuzz_ft_meta ${CMAKE_CURRENT_LIST_DIR}/fuzz_ft_meta.c)
+endif()
+# Data-parallel finetune over MPI (2 ranks, mpirun): the doubled batch's parameters, stop and resume. Only in builds
+# with MPI; the mpi label and RUN_SERIAL because the two ranks want the machine's cores to themselves.
+if(MS_HAVE_MPI)
+  ms_script_test(test_finetune_mpi ${CMAKE_CURRENT_LIST_DIR}/test_finetune_mpi.sh LABELS "cpu;mpi" TIMEOUT 300)
+  set_tests_properties(test_finetune_mpi PROPERTIES RUN_SERIAL TRUE)
 endif()
