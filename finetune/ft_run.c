@@ -38,6 +38,7 @@ struct ms_ft_run {
     ms_device *dev;
     ms_ft_model m;
     ms_optimizer opt;
+    int ck_zero_world; /* the checkpoint being loaded: its optimizer shards (0: whole) */
     int n_tasks, workers, any_val;
     task_data td[MS_FT_MAX_TASKS];
     double weights[MS_FT_MAX_TASKS];
@@ -218,6 +219,7 @@ static ms_status write_state_json(const ms_ft_run *r, const char *dir)
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)r->step);
     cJSON_AddNumberToObject(j, "adam_step", (double)r->opt.step);
+    cJSON_AddNumberToObject(j, "zero_world", r->opt.dist ? r->world : 0);
     cJSON_AddNumberToObject(j, "skipped", (double)r->skipped);
     cJSON_AddNumberToObject(j, "samples", (double)r->samples);
     /* the best score as a bit pattern too, so that a resumed run compares exactly as the uninterrupted one */
@@ -238,20 +240,17 @@ static ms_status write_state_json(const ms_ft_run *r, const char *dir)
     return rc;
 }
 
-/* The files of a checkpoint into its step directory dir, DONE last. */
+static const char *const opt_tags[1] = {"sam"};
+
+/* The files of a checkpoint into its step directory dir (rank 0; DONE comes after every rank's part). */
 static ms_status write_checkpoint(ms_ft_run *r, const char *dir)
 {
     char p[MS_PATH_MAX], extra[256];
     snprintf(extra, sizeof extra, "{\"step\": %lld, \"epoch\": %.6f}", (long long)r->step,
              (double)r->step / r->steps_per_epoch);
     MS_TRY(ms_ft_model_save(&r->m, dir, extra));
-    ms_state_dict sd;
-    ms_sd_init(&sd);
-    ms_status rc = ms_optimizer_moments_to_sd(&r->opt, &sd);
-    if (!rc) rc = ms_path_join(p, dir, "optim.safetensors");
-    if (!rc) rc = ms_sd_save(p, &sd);
-    ms_sd_free(&sd);
-    if (rc) return rc;
+    ms_optimizer *op = &r->opt;
+    if (!r->opt.dist) MS_TRY(ms_optimizers_save(&op, opt_tags, 1, dir)); /* sharded: every rank wrote its own */
     MS_TRY(write_state_json(r, dir));
     for (int t = 0; t < r->n_tasks; t++) {
         ms_loader_state ls;
@@ -271,10 +270,14 @@ ms_status ms_ft_run_save(ms_ft_run *r)
     if (r->step == r->saved_step) return MS_OK;
     char dir[MS_PATH_MAX] = "";
     ms_status rc;
-    if (r->rank == 0) {
-        MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
-        if ((rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory */
+    if (r->rank == 0) MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
+    if (r->opt.dist) { /* ZeRO-1: every rank writes its optimizer shard into the folder rank 0 made */
+        ms_optimizer *op = &r->opt;
+        MS_TRY(ms_dist_barrier(r->cfg.dist));
+        MS_TRY(ms_path_fmt(dir, "%s/ckpt/step_%08lld", r->cfg.out, (long long)r->step));
+        if ((rc = ms_optimizers_save(&op, opt_tags, 1, dir))) return r->rank ? rc : ms_ckpt_dir_abandon(dir, rc);
     }
+    if (r->rank == 0 && (rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial dir */
     MS_TRY(ms_dist_barrier(r->cfg.dist));
     r->saved_step = r->step;
     if (r->rank != 0) return MS_OK;
@@ -291,6 +294,7 @@ static ms_status read_state_json(ms_ft_run *r, const char *dir)
 #define JN(k) (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, k)) ? cJSON_GetObjectItemCaseSensitive(j, k)->valuedouble : 0)
     r->step = (int64_t)JN("step");
     r->opt.step = (int64_t)JN("adam_step");
+    r->ck_zero_world = (int)JN("zero_world");
     r->skipped = (int64_t)JN("skipped");
     r->samples = (int64_t)JN("samples");
     r->best_epoch = JN("best_epoch");
@@ -318,12 +322,6 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
     if (!rc) rc = ms_params_load(&r->m.sam.ps, &sd, "");
     ms_sd_free(&sd);
     if (rc) { ms_error_prefix("%s", p); return rc; }
-    MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
-    ms_sd_init(&sd);
-    rc = ms_sd_load(p, &sd);
-    if (!rc) rc = ms_optimizer_moments_from_sd(&r->opt, &sd);
-    ms_sd_free(&sd);
-    if (rc) { ms_error_prefix("%s", p); return rc; }
     char *js;
     size_t len;
     MS_TRY(ms_path_join(p, dir, "config.json"));
@@ -345,6 +343,8 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
                "with the same --batch-size", p, ranks, r->world);
     MS_FAIL_IF(!same, MS_EINVAL, "%s: the options differ from the run's (give the same options with --resume)", p);
     MS_TRY(read_state_json(r, dir));
+    ms_optimizer *op = &r->opt; /* whole or in shards: the optimizer takes what it keeps */
+    MS_TRY(ms_optimizers_load(&op, opt_tags, 1, dir, r->ck_zero_world));
     for (int t = 0; t < r->n_tasks; t++) {
         MS_TRY(ms_path_fmt(p, "%s/loader_%d.bin", dir, t));
         MS_TRY(ms_read_file(p, 4096, &js, &len));
@@ -1128,6 +1128,7 @@ static ms_status open_run(ms_ft_run *r)
     for (int t = 0; t < r->n_tasks; t++) if (ms_ft_out_channels(c, t) > r->Cmax) r->Cmax = ms_ft_out_channels(c, t);
     MS_TRY(ms_ft_model_reserve(&r->m, o->batch, 1));
     MS_TRY(ms_optimizer_init(&r->opt, &r->m.sam.ps, 0.9f, 0.999f, 1e-8f, (float)o->weight_decay));
+    if (o->zero1) MS_TRY(ms_optimizer_shard(&r->opt, o->dist));
     /* one parameter block: its trainable gradients are summed over ranks after the backward */
     ms_grad_sync_init(&r->gs, o->dist, o->bucket_bytes);
     MS_TRY(ms_grad_sync_add(&r->gs, &r->m.sam.ps));

@@ -88,6 +88,7 @@ typedef struct ms_ft_run_config {
      * same validation. The trainable gradients are summed in buckets of bucket_bytes (0: 25 MiB). */
     ms_dist *dist;
     size_t bucket_bytes;
+    int zero1; /* ZeRO-1: each rank keeps the AdamW moments of its part of the parameters (pretrain/optimizer.h) */
     /* the caller's stop request (a signal handler's flag; NULL: none): read after every step, agreed by the ranks,
      * so all of them stop after the same step (ms_ft_step_info.stop) */
     const volatile sig_atomic_t *stop;

@@ -122,36 +122,19 @@ ms_status ms_mae_run_state_to_sd(const ms_mae_run *r, ms_state_dict *model, ms_s
     return MS_OK;
 }
 
-static ms_status save_sd(const char *dir, const char *file, const ms_mae_run *r, int optim)
+static ms_status save_model(const char *dir, const ms_mae_run *r)
 {
     char p[MS_PATH_MAX];
-    MS_TRY(ms_path_join(p, dir, file));
+    MS_TRY(ms_path_join(p, dir, "model.safetensors"));
     ms_state_dict sd;
     ms_sd_init(&sd);
-    ms_status rc = ms_mae_run_state_to_sd(r, optim ? NULL : &sd, optim ? &sd : NULL);
+    ms_status rc = ms_mae_run_state_to_sd(r, &sd, NULL);
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
     return rc;
 }
 
-/* Sharded AdamW state (ZeRO-1): every rank's own file, optim.rank%03d-of-%03d.safetensors. */
-static ms_status shard_file(const char *dir, int rank, int world, char *out)
-{
-    return ms_path_fmt(out, "%s/optim.rank%03d-of-%03d.safetensors", dir, rank, world);
-}
-
-static ms_status write_shard(ms_mae_run *r, const char *dir)
-{
-    char p[MS_PATH_MAX];
-    MS_TRY(shard_file(dir, r->rank, r->world, p));
-    ms_state_dict sd;
-    ms_sd_init(&sd);
-    ms_status rc = ms_optimizer_shard_to_sd(&r->oe, "encoder", &sd);
-    if (!rc) rc = ms_optimizer_shard_to_sd(&r->od, "decoder", &sd);
-    if (!rc) rc = ms_sd_save(p, &sd);
-    ms_sd_free(&sd);
-    return rc;
-}
+static const char *const opt_tags[2] = {"encoder", "decoder"};
 
 /* The files of a checkpoint into its step directory dir (rank 0; DONE comes after every rank's part). */
 static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
@@ -159,8 +142,9 @@ static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
     const train_state *ts = &r->ts;
     char p[MS_PATH_MAX];
     int zero_world = r->oe.dist ? r->world : 0;
-    MS_TRY(save_sd(dir, "model.safetensors", r, 0));
-    if (!zero_world) MS_TRY(save_sd(dir, "optim.safetensors", r, 1));
+    ms_optimizer *opts[2] = {&r->oe, &r->od};
+    MS_TRY(save_model(dir, r));
+    if (!zero_world) MS_TRY(ms_optimizers_save(opts, opt_tags, 2, dir));
     char js[2048];
     int n = snprintf(js, sizeof js,
                      "{\"step\": %lld, \"opt_steps\": %lld, \"skipped\": %lld, \"bad_in_row\": %lld, \"lr_scale\": %.17g,\n"
@@ -191,7 +175,8 @@ static ms_status save_checkpoint(ms_mae_run *r)
     if (r->oe.dist) { /* ZeRO-1: every rank writes its shard into the folder rank 0 made */
         MS_TRY(ms_dist_barrier(r->cfg.dist));
         MS_TRY(ms_path_fmt(dir, "%s/ckpt/step_%08lld", r->cfg.out, (long long)r->ts.step));
-        if ((rc = write_shard(r, dir))) return r->rank ? rc : ms_ckpt_dir_abandon(dir, rc);
+        ms_optimizer *opts[2] = {&r->oe, &r->od};
+        if ((rc = ms_optimizers_save(opts, opt_tags, 2, dir))) return r->rank ? rc : ms_ckpt_dir_abandon(dir, rc);
     }
     if (r->rank == 0 && (rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial dir */
     MS_TRY(ms_dist_barrier(r->cfg.dist));
@@ -224,37 +209,6 @@ static ms_status check_resume_intensity(const ms_mae_run *r, const char *dir)
     return MS_OK;
 }
 
-/* The AdamW moments of a checkpoint, whole (optim.safetensors) or in the shards of the zero_world ranks that wrote
- * it: either way each optimizer takes what it keeps, so a resume may change the number of ranks and --zero1. */
-static ms_status load_moments(ms_mae_run *r, const char *dir, int zero_world)
-{
-    char p[MS_PATH_MAX];
-    ms_status rc = MS_OK;
-    if (zero_world <= 0) {
-        MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
-        ms_state_dict sd;
-        ms_sd_init(&sd);
-        rc = ms_sd_load(p, &sd);
-        if (!rc) rc = ms_optimizer_moments_from_sd(&r->oe, &sd);
-        if (!rc) rc = ms_optimizer_moments_from_sd(&r->od, &sd);
-        ms_sd_free(&sd);
-        return rc;
-    }
-    MS_FAIL_IF(zero_world > 100000, MS_EFORMAT, "%s/state.json: zero_world %d", dir, zero_world);
-    char(*names)[MS_PATH_MAX] = malloc((size_t)zero_world * sizeof *names);
-    const char **files = malloc((size_t)zero_world * sizeof *files);
-    if (!names || !files) rc = ms_error(MS_ENOMEM, "out of memory");
-    for (int q = 0; q < zero_world && !rc; q++) {
-        rc = shard_file(dir, q, zero_world, names[q]);
-        files[q] = names[q];
-    }
-    if (!rc) rc = ms_optimizer_shards_from_files(&r->oe, "encoder", files, zero_world);
-    if (!rc) rc = ms_optimizer_shards_from_files(&r->od, "decoder", files, zero_world);
-    free(names);
-    free(files);
-    return rc;
-}
-
 static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
 {
     train_state *ts = &r->ts;
@@ -266,7 +220,9 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     cJSON *j;
     MS_TRY(ms_read_json(p, 1 << 20, &j));
     int zero_world = (int)jnum(j, "zero_world");
-    ms_status rc = load_moments(r, dir, zero_world);
+    ms_optimizer *opts[2] = {&r->oe, &r->od};
+    /* whole or sharded, each optimizer takes what it keeps: a resume may change the ranks and --zero1 */
+    ms_status rc = ms_optimizers_load(opts, opt_tags, 2, dir, zero_world);
     if (rc) {
         cJSON_Delete(j);
         return rc;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "ops.h"
 
 ms_status ms_optimizer_init(ms_optimizer *o, ms_params *ps, float beta1, float beta2, float eps, float weight_decay)
@@ -201,4 +202,53 @@ ms_status ms_optimizer_moments_to_sd(const ms_optimizer *o, ms_state_dict *sd)
 ms_status ms_optimizer_moments_from_sd(ms_optimizer *o, const ms_state_dict *sd)
 {
     return moments_io(o, (ms_state_dict *)sd, 0); /* load only reads the state dict */
+}
+
+static ms_status shard_file(const char *dir, int rank, int world, char *out)
+{
+    return ms_path_fmt(out, "%s/optim.rank%03d-of-%03d.safetensors", dir, rank, world);
+}
+
+ms_status ms_optimizers_save(ms_optimizer *const *o, const char *const *tags, int n, const char *dir)
+{
+    char p[MS_PATH_MAX];
+    ms_dist *d = n ? o[0]->dist : NULL;
+    if (d) MS_TRY(shard_file(dir, ms_dist_rank(d), ms_dist_world(d), p));
+    else MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    ms_status rc = MS_OK;
+    for (int i = 0; i < n && !rc; i++)
+        rc = d ? ms_optimizer_shard_to_sd(o[i], tags[i], &sd) : ms_optimizer_moments_to_sd(o[i], &sd);
+    if (!rc) rc = ms_sd_save(p, &sd);
+    ms_sd_free(&sd);
+    return rc;
+}
+
+ms_status ms_optimizers_load(ms_optimizer *const *o, const char *const *tags, int n, const char *dir, int zero_world)
+{
+    char p[MS_PATH_MAX];
+    ms_status rc = MS_OK;
+    if (zero_world <= 0) {
+        MS_TRY(ms_path_join(p, dir, "optim.safetensors"));
+        ms_state_dict sd;
+        ms_sd_init(&sd);
+        rc = ms_sd_load(p, &sd);
+        for (int i = 0; i < n && !rc; i++) rc = ms_optimizer_moments_from_sd(o[i], &sd);
+        ms_sd_free(&sd);
+        if (rc) ms_error_prefix("%s", p);
+        return rc;
+    }
+    MS_FAIL_IF(zero_world > 100000, MS_EFORMAT, "%s/state.json: zero_world %d", dir, zero_world);
+    char(*names)[MS_PATH_MAX] = malloc((size_t)zero_world * sizeof *names);
+    const char **files = malloc((size_t)zero_world * sizeof *files);
+    if (!names || !files) rc = ms_error(MS_ENOMEM, "out of memory");
+    for (int q = 0; q < zero_world && !rc; q++) {
+        rc = shard_file(dir, q, zero_world, names[q]);
+        files[q] = names[q];
+    }
+    for (int i = 0; i < n && !rc; i++) rc = ms_optimizer_shards_from_files(o[i], tags[i], files, zero_world);
+    free(names);
+    free(files);
+    return rc;
 }

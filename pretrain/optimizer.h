@@ -45,6 +45,13 @@ ms_status ms_optimizer_shard_to_sd(const ms_optimizer *o, const char *tag, ms_st
  * or without sharding. */
 ms_status ms_optimizer_shards_from_files(ms_optimizer *o, const char *tag, const char *const *files, int n);
 
+/* A run checkpoint's AdamW state for n optimizers (tags name each one's flat tensors in shard files): whole in
+ * DIR/optim.safetensors ("m.<name>", "v.<name>"), or, when they are sharded, one DIR/optim.rankRRR-of-WWW.safetensors
+ * per rank. Save: a whole state is rank 0's to write; sharded, every rank writes its own file. Load: zero_world 0
+ * reads the whole file, else the zero_world shard files (state.json records which). */
+ms_status ms_optimizers_save(ms_optimizer *const *o, const char *const *tags, int n, const char *dir);
+ms_status ms_optimizers_load(ms_optimizer *const *o, const char *const *tags, int n, const char *dir, int zero_world);
+
 typedef enum { MS_SCHED_COSINE = 0, MS_SCHED_POLY = 1, MS_SCHED_CONSTANT = 2 } ms_schedule;
 /* Linear warm-up from 0 over `warmup` steps (lr·(step+1)/warmup), then half-cycle cosine to min_lr, or
  * finetune-SAM's poly decay lr·(1 − (step−warmup)/(total−warmup))^0.9. */

@@ -291,6 +291,8 @@ static int run(int argc, char **argv)
         {"dist-timeout", MS_OPT_FLOAT, &o.dist_timeout, "S",
          "several ranks: fail when the others do not answer within S seconds (default 600)"},
         {"bucket-mb", MS_OPT_FLOAT, &o.bucket_mb, "MB", "several ranks: gradient all-reduce bucket size (default 25)"},
+        {"zero1", MS_OPT_FLAG, &cfg.zero1, NULL,
+         "several ranks: each keeps the AdamW state of its 1/N of the parameters only (ZeRO-1)"},
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     int urc = prc ? 0 : make_config(&o, &cfg);

@@ -15,7 +15,10 @@
 #     after a drawn step; both ranks stop after the next step (where they agree), exit 75, with a checkpoint of
 #     that step; a resume on 1 process is refused (exit 2); --resume on 2 ranks then ends with model, optimizer
 #     state, best/ and loss sequence bit-identical to an uninterrupted 2-rank run.
-# Needs mpirun (openmpi-bin) and a build with MPI (tests.cmake registers it only then). Runs serially (label mpi).
+#  3. --zero1 (each rank keeps its part of the AdamW state): model, best/ and log bit-identical to the plain 2-rank
+#     run, one optimizer shard per rank in the checkpoint (no optim.safetensors), and a stop + resume with --zero1
+#     ends bit-identical too (the shards read back).
+# Needs mpirun (openmpi-bin) and a build with MPI. Runs serially (label mpi).
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OMP_NUM_THREADS=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none # the sandbox forbids the ptrace-based single copy
@@ -145,6 +148,23 @@ print(("ok" if same else "FAIL") + ": loss sequence after stop + resume is bit-i
 sys.exit(0 if same else 1)
 PYEND
 check $? "bit-exact resume of the loss sequence"
+
+# 3: ZeRO-1
+$MPI "$MRISAM" finetune $C --zero1 -o "$T/z" > "$T/z.log" 2>&1
+check $? "2 ranks with --zero1"
+same=0
+for f in ckpt/step_00000006/model.safetensors best/model.safetensors; do
+    cmp -s "$T/u/$f" "$T/z/$f" || { echo "differs: $f"; same=1; }
+done
+check $same "--zero1: final model and best/ bit-identical to the plain 2-rank run"
+[ -f "$T/z/ckpt/step_00000006/optim.rank000-of-002.safetensors" ] &&
+    [ -f "$T/z/ckpt/step_00000006/optim.rank001-of-002.safetensors" ] && [ ! -e "$T/z/ckpt/step_00000006/optim.safetensors" ]
+check $? "--zero1: one optimizer shard per rank in the checkpoint"
+MRISAM_TEST_STOP="$K,$R" $MPI "$MRISAM" finetune $C --zero1 -o "$T/zi" > "$T/zi.log" 2>&1
+rc=$?
+$MPI "$MRISAM" finetune $C --zero1 --resume "$T/zi" -o "$T/zi" > "$T/zr.log" 2>&1 &&
+    cmp -s "$T/u/ckpt/step_00000006/model.safetensors" "$T/zi/ckpt/step_00000006/model.safetensors"
+check $? "--zero1 stopped (exit $rc) and resumed: final model bit-identical to the uninterrupted run"
 
 echo "test_finetune_mpi: $(( $(date +%s) - t0 )) s"
 exit $fail
