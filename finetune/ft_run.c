@@ -326,21 +326,35 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
     size_t len;
     MS_TRY(ms_path_join(p, dir, "config.json"));
     MS_TRY(ms_read_file(p, 1 << 20, &js, &len));
-    int same = !strcmp(js, r->config_json), ranks = 1;
+    int same = !strcmp(js, r->config_json), ranks = 1, gb = 0;
     if (!same) {
-        cJSON *j = cJSON_Parse(js);
+        cJSON *j = cJSON_Parse(js), *mine = cJSON_Parse(r->config_json);
         const cJSON *w = j ? cJSON_GetObjectItemCaseSensitive(j, "world_size") : NULL;
+        const cJSON *g = j ? cJSON_GetObjectItemCaseSensitive(j, "global_batch") : NULL;
         if (cJSON_IsNumber(w)) ranks = w->valueint;
-        else if (j && r->world == 1) { /* written before data parallel: the same options without the two keys */
+        if (cJSON_IsNumber(g)) gb = g->valueint;
+        if (cJSON_IsNumber(w) && mine) { /* another number of ranks over the same global batch: the same run */
+            static const char *const per_rank[] = {"world_size", "batch_size"};
+            for (int k = 0; k < 2; k++) {
+                cJSON_DeleteItemFromObjectCaseSensitive(j, per_rank[k]);
+                cJSON_DeleteItemFromObjectCaseSensitive(mine, per_rank[k]);
+            }
+            same = cJSON_Compare(j, mine, 1);
+        } else if (j && r->world == 1) { /* written before data parallel: the same options without the two keys */
             char *old = config_json(r, 0);
             same = old && !strcmp(js, old);
             cJSON_free(old);
         }
         cJSON_Delete(j);
+        cJSON_Delete(mine);
     }
     free(js);
-    MS_FAIL_IF(!same && ranks != r->world, MS_EINVAL, "%s: the run had %d ranks, this one has %d: resume on as many, "
-               "with the same --batch-size", p, ranks, r->world);
+    MS_FAIL_IF(!same && ranks != r->world && gb > 0 && gb % r->world == 0, MS_EINVAL,
+               "%s: the run had %d ranks and a global batch of %d, this one %d ranks and %d: give --batch-size %d", p,
+               ranks, gb, r->world, r->cfg.batch * r->world, gb / r->world);
+    MS_FAIL_IF(!same && ranks != r->world, MS_EINVAL,
+               "%s: the run had %d ranks and a global batch of %d, which does not split over %d ranks", p, ranks, gb,
+               r->world);
     MS_FAIL_IF(!same, MS_EINVAL, "%s: the options differ from the run's (give the same options with --resume)", p);
     MS_TRY(read_state_json(r, dir));
     ms_optimizer *op = &r->opt; /* whole or in shards: the optimizer takes what it keeps */

@@ -13,8 +13,9 @@
 #     records world_size and global_batch; only rank 0 prints.
 #  2. stop and resume (full / decoder, embedding cache per rank): MRISAM_TEST_STOP raises one rank's stop flag
 #     after a drawn step; both ranks stop after the next step (where they agree), exit 75, with a checkpoint of
-#     that step; a resume on 1 process is refused (exit 2); --resume on 2 ranks then ends with model, optimizer
-#     state, best/ and loss sequence bit-identical to an uninterrupted 2-rank run.
+#     that step; a resume on 1 process with batch 2 (another global batch) is refused (exit 2), with batch 4 it
+#     ends within 1e-4 relative L2 of the uninterrupted 2-rank run; --resume on 2 ranks ends with model, optimizer
+#     state, best/ and loss sequence bit-identical to it.
 #  3. --zero1 (each rank keeps its part of the AdamW state): model, best/ and log bit-identical to the plain 2-rank
 #     run, one optimizer shard per rank in the checkpoint (no optim.safetensors), and a stop + resume with --zero1
 #     ends bit-identical too (the shards read back).
@@ -126,8 +127,11 @@ check $? "both ranks stopped after step $S ($stops)"
 [ -f "$T/i/ckpt/$(printf step_%08d $S)/DONE" ]
 check $? "checkpoint of step $S written ($(ls "$T/i/ckpt" | tr '\n' ' '))"
 "$MRISAM" finetune $C --resume "$T/i" -o "$T/i" > "$T/r1.log" 2>&1
-[ $? -eq 2 ] && grep -q "the run had 2 ranks, this one has 1" "$T/r1.log"
-check $? "a resume on another number of ranks is refused, exit 2 ($(grep -o 'the run had.*' "$T/r1.log"))"
+[ $? -eq 2 ] && grep -q "the run had 2 ranks and a global batch of 4, this one 1 ranks and 2: give --batch-size 4" "$T/r1.log"
+check $? "a resume on 1 process with another global batch is refused, exit 2 ($(grep -o 'the run had.*' "$T/r1.log"))"
+cp -r "$T/i" "$T/i1"
+"$MRISAM" finetune ${C/--batch-size 2/--batch-size 4} --resume "$T/i1" -o "$T/i1" > "$T/r1b.log" 2>&1
+check $? "a resume on 1 process with the global batch (--batch-size 4) runs"
 $MPI "$MRISAM" finetune $C --resume "$T/i" -o "$T/i" > "$T/r.log" 2>&1
 check $? "2-rank resume ($(grep -o 'resuming from [^ ]*' "$T/r.log"))"
 same=0
@@ -148,6 +152,21 @@ print(("ok" if same else "FAIL") + ": loss sequence after stop + resume is bit-i
 sys.exit(0 if same else 1)
 PYEND
 check $? "bit-exact resume of the loss sequence"
+$PY - "$T/u/ckpt/step_00000006/model.safetensors" "$T/i1/ckpt/step_00000006/model.safetensors" <<'PYEND'
+import json, struct, sys
+import numpy as np
+def flat(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return np.concatenate([np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], "<f4")
+                           .astype(np.float64) for k, v in sorted(h.items()) if k != "__metadata__"])
+a, b = flat(sys.argv[1]), flat(sys.argv[2])
+r = np.linalg.norm(a - b) / np.linalg.norm(a)
+print(("ok" if r <= 1e-4 else "FAIL") + ": resumed on 1 process: relative L2 %.3g from the 2-rank run (<= 1e-4)" % r)
+sys.exit(0 if r <= 1e-4 else 1)
+PYEND
+check $? "stopped on 2 ranks, resumed on 1 with the same global batch: the parameters of the 2-rank run"
 
 # 3: ZeRO-1
 $MPI "$MRISAM" finetune $C --zero1 -o "$T/z" > "$T/z.log" 2>&1
