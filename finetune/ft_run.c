@@ -1146,6 +1146,9 @@ static ms_status open_run(ms_ft_run *r)
     /* one parameter block: its trainable gradients are summed over ranks after the backward */
     ms_grad_sync_init(&r->gs, o->dist, o->bucket_bytes);
     MS_TRY(ms_grad_sync_add(&r->gs, &r->m.sam.ps));
+    /* the mask decoder's and prompt encoder's backward runs before the encoder's: with them final, the buckets from
+     * the array's end start block by block while the encoder's backward goes on */
+    if (r->world > 1) ms_sam_encoder_set_grads_hook(&r->m.sam.enc, ms_grad_sync_ready, &r->gs, 1);
     MS_TRY(ms_ft_loss_init(&r->loss, r->dev, (int64_t)o->batch * r->P));
     r->pgo.scale = (float)r->S / (float)r->L;
 

@@ -357,7 +357,7 @@ static ms_status open_model(ms_mae_run *r)
     ms_grad_sync_init(&r->gs, c->dist, c->bucket_bytes);
     MS_TRY(ms_grad_sync_add(&r->gs, &r->dec_ps));
     MS_TRY(ms_grad_sync_add(&r->gs, r->eps));
-    if (r->world > 1) ms_sam_encoder_set_grads_hook(enc, ms_grad_sync_ready, &r->gs);
+    if (r->world > 1) ms_sam_encoder_set_grads_hook(enc, ms_grad_sync_ready, &r->gs, 0);
     MS_TRY(ms_optimizer_init(&r->oe, r->eps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
     MS_TRY(ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
     if (c->zero1) MS_TRY(ms_optimizer_shard(&r->oe, c->dist));
@@ -774,7 +774,7 @@ void ms_mae_run_close(ms_mae_run *r)
     ms_optimizer_free(&r->od);
     ms_mae_free(&r->mae);
     ms_params_free(&r->dec_ps);
-    if (r->enc->grads_ready_ctx == &r->gs) ms_sam_encoder_set_grads_hook(r->enc, NULL, NULL);
+    if (r->enc->grads_ready_ctx == &r->gs) ms_sam_encoder_set_grads_hook(r->enc, NULL, NULL, 0);
     ms_sam_encoder_free(r->enc);
     free(r);
 }

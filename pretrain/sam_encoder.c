@@ -762,7 +762,7 @@ static ms_status block_backward(ms_sam_encoder *enc, int i, int B, const float *
 }
 
 void ms_sam_encoder_set_grads_hook(ms_sam_encoder *enc, ms_status (*fn)(void *, const ms_params *, int64_t),
-                                   void *ctx)
+                                   void *ctx, int outside_final)
 {
     const ms_params *ps = enc->ps;
     int depth = enc->cfg.depth;
@@ -776,7 +776,8 @@ void ms_sam_encoder_set_grads_hook(ms_sam_encoder *enc, ms_status (*fn)(void *, 
         for (int i = 0; i < depth; i++) enc->ready_lo[i] = ps->numel_trainable;
         return;
     }
-    for (int k = 0; k < ps->n; k++) final_after[k] = -1;
+    for (int k = 0; k < ps->n; k++) final_after[k] = outside_final ? depth : -1;
+    final_after[enc->pos_embed] = final_after[enc->patch_w] = final_after[enc->patch_b] = -1;
     const int neck[] = {enc->neck0_w, enc->neck1_w, enc->neck1_b, enc->neck2_w, enc->neck3_w, enc->neck3_b};
     for (size_t j = 0; j < sizeof neck / sizeof neck[0]; j++)
         if (neck[j] >= 0 && neck[j] < ps->n) final_after[neck[j]] = depth;

@@ -134,10 +134,11 @@ typedef struct ms_sam_encoder {
 /* Installs (fn non-NULL) or removes the hook the backward calls after each block, for gradient reductions that
  * start while the backward runs (pretrain/grad_sync.h). Call after ms_params_alloc_grads: the offsets come from the
  * trainable set then. A gradient counts as final after block i when it belongs to block j >= i (PEFT tensors
- * included) or to the neck; the position table, the patch embedding and anything outside the encoder only at the
- * end, so ready_lo[i] is the end of the highest gradient not yet final. */
+ * included) or to the neck, and the tensors of ps outside the encoder when outside_final says their backward ran
+ * before the encoder's (SAM's prompt encoder and mask decoder in fine-tuning); the position table and the patch
+ * embedding only at the end. ready_lo[i] is the end of the highest gradient not yet final. */
 void ms_sam_encoder_set_grads_hook(ms_sam_encoder *enc, ms_status (*fn)(void *, const ms_params *, int64_t),
-                                   void *ctx);
+                                   void *ctx, int outside_final);
 
 /* Registers the encoder's tensors in ps with names prefix + SAM key ("image_encoder.blocks.0.attn.qkv.weight").
  * ps must not be allocated yet. */

@@ -42,8 +42,8 @@ A="--store $T/brain --init random --model vit_test --input-size 64 --threads 1 -
 L="$A --method lora --scope encoder+decoder --save-every 1000"
 "$MRISAM" finetune $L --batch-size 4 -o "$T/one" > "$T/one.log" 2>&1
 check $? "1 process, batch 4"
-$MPI "$MRISAM" finetune $L --batch-size 2 -o "$T/two" > "$T/two.log" 2>&1
-check $? "2 ranks, batch 2 each"
+$MPI "$MRISAM" finetune $L --batch-size 2 --bucket-mb 0.05 -o "$T/two" > "$T/two.log" 2>&1
+check $? "2 ranks, batch 2 each (50 kB buckets: most start during the encoder's backward)"
 "$MRISAM" finetune $L --batch-size 2 -o "$T/half" > "$T/half.log" 2>&1
 check $? "1 process, batch 2 (control)"
 [ "$(grep -c 'finetune: 2 ranks, batch 2 per rank, global batch 4' "$T/two.log")" = 1 ] &&
