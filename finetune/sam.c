@@ -243,29 +243,59 @@ ms_status ms_sam_sd_from_finetune_sam(ms_state_dict *sd, int *found)
     return MS_OK;
 }
 
+/* 1 when every base + names[i] is in sd */
+static int has_all(const ms_state_dict *sd, const char *base, const char *const *names, int n)
+{
+    char k[400];
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "%s%s", base, names[i]);
+        if (!ms_sd_find(sd, k)) return 0;
+    }
+    return 1;
+}
+
+static const char *const lora_keys[4] = {"attn.qkv.linear_a_q.weight", "attn.qkv.linear_b_q.weight",
+                                         "attn.qkv.linear_a_v.weight", "attn.qkv.linear_b_v.weight"};
+static const char *const dec_lora_keys[4] = {"q_proj.w_a.weight", "q_proj.w_b.weight", "v_proj.w_a.weight",
+                                             "v_proj.w_b.weight"};
+static const char *const fc_keys[4] = {"D_fc1.weight", "D_fc1.bias", "D_fc2.weight", "D_fc2.bias"};
+
+/* MLP_Adapter and `second` (Space_Adapter in a block, Adapter in a decoder layer) under base, all 8 tensors. */
+static int has_adapters(const ms_state_dict *sd, const char *base, const char *second)
+{
+    char b[300];
+    snprintf(b, sizeof b, "%sMLP_Adapter.", base);
+    if (!has_all(sd, b, fc_keys, 4)) return 0;
+    snprintf(b, sizeof b, "%s%s.", base, second);
+    return has_all(sd, b, fc_keys, 4);
+}
+
 int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp)
 {
     memset(ep, 0, sizeof *ep);
     memset(dp, 0, sizeof *dp);
     ep->adapter_scale = dp->adapter_scale = 0.5f;
-    for (int i = 0; i < sd->n; i++) {
-        const ms_sd_entry *e = &sd->e[i];
-        const char *n = e->name;
-        int b;
-        char rest[80];
-        if (sscanf(n, "image_encoder.blocks.%d.%79s", &b, rest) == 2 && b >= 0 && b < 64) {
-            if (!strcmp(rest, "attn.qkv.linear_a_q.weight")) {
-                ep->lora_blocks |= 1ull << b;
-                if (!ep->lora_rank && e->t.ndim == 2) ep->lora_rank = (int)e->t.shape[0];
-            }
-            if (ms_sam_key_is_adapter(rest)) ep->adapter_blocks |= 1ull << b;
-        } else if (!strncmp(n, "mask_decoder.", 13)) {
-            if (ms_str_ends_with(n, "_proj.w_a.weight") && !dp->lora_rank && e->t.ndim == 2)
-                dp->lora_rank = (int)e->t.shape[0];
-            if (ms_sam_key_is_adapter(n)) dp->adapters = 1;
+    char base[120];
+    /* only complete groups: a stray PEFT key stays unknown to the loader, which reports it */
+    for (int b = 0; b < MS_SAM_MAX_DEPTH; b++) {
+        snprintf(base, sizeof base, "image_encoder.blocks.%d.", b);
+        if (has_all(sd, base, lora_keys, 4)) {
+            char k[200];
+            snprintf(k, sizeof k, "%s%s", base, lora_keys[0]);
+            const ms_sd_entry *a = ms_sd_find(sd, k);
+            if (!ep->lora_rank && a->t.ndim == 2) ep->lora_rank = (int)a->t.shape[0];
+            ep->lora_blocks |= 1ull << b;
         }
+        if (has_adapters(sd, base, "Space_Adapter")) ep->adapter_blocks |= 1ull << b;
     }
-    if (!ep->lora_rank) ep->lora_blocks = 0; /* a block's B without its A: the loader names it */
+    if (!ep->lora_rank) ep->lora_blocks = 0;
+    /* the decoder's PEFT is in every layer (finetune/sam_decoder.h): layer 0 says whether there is any */
+    const char *l0 = "mask_decoder.transformer.layers.0.self_attn.";
+    if (has_all(sd, l0, dec_lora_keys, 4)) {
+        const ms_sd_entry *a = ms_sd_find(sd, "mask_decoder.transformer.layers.0.self_attn.q_proj.w_a.weight");
+        if (a->t.ndim == 2) dp->lora_rank = (int)a->t.shape[0];
+    }
+    dp->adapters = has_adapters(sd, "mask_decoder.transformer.layers.0.", "Adapter");
     return ep->lora_rank || ep->adapter_blocks || dp->lora_rank || dp->adapters;
 }
 

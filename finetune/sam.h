@@ -59,9 +59,9 @@ ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev);
 /* Appends every tensor (host f32 copies) to sd in SAM's key order. */
 ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd);
 /* The SAM a pretraining run trains and exports (`mrisam pretrain`, `mrisam export-weights`, `mrisam bench mae`):
- * ckpt != NULL loads that file (finetune-SAM's layout: LoRA merged, adapters refused); else the named variant with PyTorch's default initialisation from seed (encoder and
- * prompt encoder from seed, mask decoder from seed + 1), so that an export is a complete SAM state dict. name gets
- * the variant (vit_b, vit_l, vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
+ * ckpt != NULL loads that file (finetune-SAM's layout: its LoRA merged, adapters refused, since MAE runs no PEFT);
+ * else the named variant with PyTorch's default initialisation from seed (encoder and prompt encoder from seed, mask
+ * decoder from seed + 1), so that an export is a complete SAM state dict. name gets the variant (vit_b, vit_l, vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
 ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
                        size_t n);
 void ms_sam_free(ms_sam *m);
@@ -84,8 +84,10 @@ int ms_sam_sd_is_finetune_sam(const ms_state_dict *sd);
 int ms_sam_key_is_lora(const char *name);
 int ms_sam_key_is_adapter(const char *name);
 /* The PEFT tensors present in a state dict in our names (encoder under "image_encoder.", decoder under
- * "mask_decoder.") as the settings that register exactly them: encoder LoRA rank from linear_a_q's rows and its
- * blocks, adapter blocks, decoder LoRA rank and adapters; scale 0.5 (finetune-SAM's fixed one). Returns 1 when any. */
+ * "mask_decoder.") as the settings that register them: encoder LoRA rank from linear_a_q's rows, the blocks with all
+ * four LoRA tensors, the blocks with all eight adapter tensors (MLP_Adapter, Space_Adapter), decoder LoRA rank and
+ * adapters from layer 0's (the decoder has them in every layer); scale 0.5 (finetune-SAM's fixed one). An incomplete
+ * group registers nothing: its keys stay unknown to the loader, which reports them. Returns 1 when any. */
 int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp);
 /* Merges every LoRA pair of sd (our names) into its base weight: encoder qkv rows 0..D−1 += B_q·A_q and
  * 2D..3D−1 += B_v·A_v (D = embed_dim), decoder <attn>.{q,v}_proj.weight += w_b·w_a, each product summed in double
