@@ -294,11 +294,11 @@ static ms_status from_finetune_sam(const ms_ft_config *c, const ms_state_dict *i
     ms_sam_dec_peft dp;
     ms_sam_peft_from_sd(sd, &ep, &dp);
     int ad = ep.adapter_blocks || dp.adapters;
-    MS_FAIL_IF(ad && c->method != MS_FT_ADAPTER, MS_EUNSUPPORTED, "finetune-SAM adapters cannot be merged into SAM's "
-               "weights (they add layers): go on with --method adapter%s", ep.adapter_blocks ? " --scope "
-               "encoder+decoder" : "");
-    MS_FAIL_IF(ep.adapter_blocks && c->scope != MS_FT_SCOPE_ENC_DEC, MS_EUNSUPPORTED, "the weights have encoder "
-               "adapters: go on with --scope encoder+decoder");
+    MS_FAIL_IF(ad && c->method != MS_FT_ADAPTER, MS_EUNSUPPORTED, "the starting weights hold finetune-SAM adapters, "
+               "which cannot be merged into SAM's weights (they add layers): go on with --method adapter%s",
+               ep.adapter_blocks ? " --scope encoder+decoder" : "");
+    MS_FAIL_IF(ep.adapter_blocks && c->scope != MS_FT_SCOPE_ENC_DEC, MS_EUNSUPPORTED, "the starting weights hold "
+               "encoder adapters: go on with --scope encoder+decoder");
     fprintf(stderr, "note: finetune-SAM weights: %d LoRA pairs merged into the base weights%s\n", n_lora,
             ad ? ", its adapters go on training" : "");
     return MS_OK;
