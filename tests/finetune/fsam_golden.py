@@ -161,8 +161,7 @@ def compare(npz, emb_path, logits_path):
     return ok
 
 
-def main():
-    a = sys.argv[1:]
+def main(a):
     if len(a) == 3 and a[0] == "generate":
         generate(a[1], a[2])
     elif len(a) in (3, 4) and a[0] == "weights":
@@ -181,4 +180,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

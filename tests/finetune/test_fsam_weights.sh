@@ -19,7 +19,7 @@ MRISAM=${MS_MRISAM:-mrisam}
 SRC=${MS_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PY=/usr/bin/python3
 CHK="$SRC/tests/finetune/ft_check.py"
-GEN="$SRC/tests/finetune/fsam_golden.py"
+export FT_DIR="$SRC/tests/finetune"
 GOLD="$SRC/tests/finetune/golden"
 if ! $PY -c "import torch, numpy, nibabel" 2>/dev/null; then echo "skip: no torch/numpy/nibabel in $PY"; exit 77; fi
 T=$(mktemp -d)
@@ -31,20 +31,27 @@ M() { "$MRISAM" "$@" --threads 2; }
 ONE="--max-steps 1 --warmup-steps 1 --val-slices 1 --batch-size 1"
 FT="--init random --model vit_test $ONE"
 
+# one Python process makes the inputs, one checks everything at the end (torch is imported once each)
+$PY - "$GOLD" <<'EOF' || exit 1
+import os, sys
+sys.path.insert(0, os.environ["FT_DIR"])
+import fsam_golden as G, ft_check as C
+G.main(["weights", sys.argv[1] + "/fsam_theirs.json", "theirs.pth"])
+G.main(["weights", sys.argv[1] + "/fsam_theirs.json", "theirs_mod.pth", "module"])
+G.main(["image", "img.png"])
+C.make(".")
+EOF
+
 # ---- theirs ----
-$PY "$GEN" weights "$GOLD/fsam_theirs.json" theirs.pth && $PY "$GEN" weights "$GOLD/fsam_theirs.json" theirs_mod.pth module \
-    && $PY "$GEN" image img.png || exit 1
 for w in theirs theirs_mod; do
     M embed --ckpt $w.pth --image img.png -o emb_$w.npy > /dev/null || fail=1
     M segment --ckpt $w.pth --image img.png --point 100,140 --multimask -o m_$w.png --logits lo_$w.npy > /dev/null \
         || fail=1
 done
-$PY "$GEN" compare "$GOLD/fsam_theirs_out.npz" emb_theirs.npy lo_theirs.npy || fail=1
 cmp -s emb_theirs.npy emb_theirs_mod.npy && cmp -s lo_theirs.npy lo_theirs_mod.npy \
     || { echo "FAIL: the \"module.\" file computes something else"; fail=1; }
 
 # ---- ours ----
-$PY "$CHK" make . || exit 1
 M ingest --labels pairs.csv -o organs --keep-paths --keep-empty --quiet || exit 1
 # shellcheck disable=SC2086
 M finetune --store organs:organs --method lora --scope encoder+decoder --lora-blocks 0,2 --compat-finetune-sam $FT \
@@ -62,7 +69,6 @@ for r in run run_ad; do
     if cmp -s e_$r.npy e_${r}_fs.npy; then echo "$r: embeddings byte-identical"
     else echo "FAIL: $r: embed of the finetune-SAM export differs from the run's"; fail=1; fi
 done
-$PY "$CHK" labels-equal run/best organs p_run p_run_fs -- labels-equal run_ad/best organs p_run_ad p_run_ad_fs || fail=1
 
 # finetune from the exports: one step at learning rate 0 keeps the starting weights
 Z="--lr 0 --weight-decay 0 $ONE"
@@ -80,12 +86,14 @@ if [ $rc -eq 0 ] || ! grep -q -- "--method adapter" re.log || [ -e re_bad/best ]
 else
     echo "adapters as LoRA start: $(grep -m1 -- '--method adapter' re.log)"
 fi
-$PY - <<'EOF' || fail=1
+$PY - "$GOLD" <<'EOF' || fail=1
 import glob, os, sys
 import numpy as np, torch
-sys.path.insert(0, os.environ.get("MS_SOURCE_DIR", ".") + "/tests/finetune")
-import ft_check
-ok = True
+sys.path.insert(0, os.environ["FT_DIR"])
+import fsam_golden, ft_check
+ok = fsam_golden.compare(sys.argv[1] + "/fsam_theirs_out.npz", "emb_theirs.npy", "lo_theirs.npy")
+ok = ft_check.labels_equal("run/best", "organs", "p_run", "p_run_fs") and ok
+ok = ft_check.labels_equal("run_ad/best", "organs", "p_run_ad", "p_run_ad_fs") and ok
 for pth, run in (("run_fs.pth", "re_lora"), ("run_ad_fs.pth", "re_ad")):
     src = {k: v.double().numpy() for k, v in torch.load(pth).items()}
     ck = sorted(glob.glob(run + "/ckpt/step_*")) + [run + "/best"]
