@@ -163,7 +163,8 @@ static ms_status load_file(ms_sam *m, const char *path, int merge_lora, ms_devic
     ms_sam_enc_peft ep;
     ms_sam_dec_peft dp;
     ms_status rc = ms_sd_load(path, &sd); /* its messages already name the file */
-    if (!rc) rc = ms_sam_sd_from_finetune_sam(&sd, &fsam);
+    if (rc) { ms_sd_free(&sd); return rc; }
+    rc = ms_sam_sd_from_finetune_sam(&sd, &fsam);
     if (!rc && fsam && merge_lora) {
         const ms_sd_entry *pw = ms_sd_find(&sd, "image_encoder.patch_embed.proj.weight");
         rc = ms_sam_sd_merge_lora(&sd, pw && pw->t.ndim == 4 ? pw->t.shape[0] : 0, 1, &n);
