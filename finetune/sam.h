@@ -61,7 +61,8 @@ ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd);
 /* The SAM a pretraining run trains and exports (`mrisam pretrain`, `mrisam export-weights`, `mrisam bench mae`):
  * ckpt != NULL loads that file (finetune-SAM's layout: its LoRA merged, adapters refused, since MAE runs no PEFT);
  * else the named variant with PyTorch's default initialisation from seed (encoder and prompt encoder from seed, mask
- * decoder from seed + 1), so that an export is a complete SAM state dict. name gets the variant (vit_b, vit_l, vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
+ * decoder from seed + 1), so that an export is a complete SAM state dict. name gets the variant (vit_b, vit_l,
+ * vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
 ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
                        size_t n);
 void ms_sam_free(ms_sam *m);

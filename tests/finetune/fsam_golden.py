@@ -1,5 +1,5 @@
-"""tests/finetune/fsam_golden.py — a checkpoint as finetune-SAM writes it, and its outputs from finetune-SAM's own code
-(test_fsam_weights.sh). Run with Debian's /usr/bin/python3 (torch, numpy).
+"""tests/finetune/fsam_golden.py — a checkpoint as finetune-SAM writes it, and its outputs from finetune-SAM's own
+code (test_fsam_weights.sh). Run with Debian's /usr/bin/python3 (torch, numpy).
 
   generate UPSTREAM GOLDEN_DIR   (once, by hand) builds finetune-SAM's Sam (UPSTREAM = a checkout of
                                  mazurowski-lab/finetune-SAM; its models/ is imported from there, nothing of it is
@@ -69,7 +69,8 @@ def stub(name, **attrs):
 
 def load_upstream(root):
     """finetune-SAM's models/sam/modeling and models/sam_LoRa.py, with stubs for what they import but these tests do
-    not run (timm, einops and vit.py: TinyViT, the 3-D branch and a ViT it does not build; icecream, safetensors, segment_anything: unused names)."""
+    not run (timm, einops and vit.py: TinyViT, the 3-D branch and a ViT it does not build; icecream, safetensors,
+    segment_anything: unused names)."""
     stub("timm")
     stub("timm.models")
     stub("timm.models.layers", DropPath=torch.nn.Identity, to_2tuple=lambda v: (v, v), trunc_normal_=lambda *a, **k: 0)

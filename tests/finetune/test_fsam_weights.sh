@@ -3,8 +3,8 @@
 # ms_sam_sd_from_finetune_sam; docs/FINETUNE.md §finetune-SAM checkpoints).
 #
 # Ours: a LoRA (encoder blocks 0 and 2 + decoder) and an adapter (encoder blocks 0 and 2 + decoder) vit_test fine-tune
-# with --compat-finetune-sam (finetune-SAM's block), reweighted with counter_init values (ft_check.py reweight: LoRA B
-# non-zero), exported with --layout finetune-sam. Checks:
+# with --compat-finetune-sam (finetune-SAM's block), reweighted with counter_init values of a random seed (printed;
+# ft_check.py reweight: LoRA B non-zero), exported with --layout finetune-sam. Checks:
 #  - predict --ckpt X_fs.pth writes the run's labels in every voxel (class c as c, the run's as its values);
 #  - embed --ckpt X_fs.pth writes the same bytes as embed --ckpt RUN (LoRA and adapters built as the run has them);
 #  - finetune --ckpt X_fs.pth starts from it: with --lr 0 --weight-decay 0 (1 step) the run's base weights are the
@@ -59,7 +59,9 @@ M finetune --store organs:organs --method lora --scope encoder+decoder --lora-bl
 # shellcheck disable=SC2086
 M finetune --store organs:organs --method adapter --scope encoder+decoder --adapter-blocks 0,2 --compat-finetune-sam \
     $FT -o run_ad > ft.log 2>&1 || { echo "FAIL: finetune adapter"; cat ft.log; exit 1; }
-$PY "$CHK" reweight run/best 5 -- reweight run_ad/best 9 || exit 1
+SEED=${MS_TEST_SEED:-$((RANDOM % 1000 + 1))}
+echo "reweight seed $SEED (MS_TEST_SEED=$SEED repeats it)"
+$PY "$CHK" reweight run/best "$SEED" -- reweight run_ad/best $((SEED + 1)) || exit 1
 for r in run run_ad; do
     M export-weights $r --layout finetune-sam -o ${r}_fs.pth > /dev/null 2>&1 || { echo "FAIL: export $r"; fail=1; }
     M predict --ckpt $r --in in -o p_$r --batch-size 4 > /dev/null || fail=1
@@ -101,9 +103,10 @@ for pth, run in (("run_fs.pth", "re_lora"), ("run_ad_fs.pth", "re_ad")):
     n = 0
     worst = 0.0
     for k, v in src.items():
-        if "Depth_Adapter" in k or ".linear_" in k or ".w_a." in k or ".w_b." in k or k.startswith("mask_decoder.mask_"):
+        if "Depth_Adapter" in k or ".linear_" in k or ".w_a." in k or ".w_b." in k:
             continue
-        if k.startswith(("mask_decoder.output_hypernetworks_mlps.", "mask_decoder.iou_prediction_head.")):
+        if k.startswith(("mask_decoder.mask_", "mask_decoder.output_hypernetworks_mlps.",
+                         "mask_decoder.iou_prediction_head.")):
             continue  # the head: re-initialised when the class count differs, trained otherwise
         if not k.startswith(("image_encoder.", "mask_decoder.transformer.")):
             continue
