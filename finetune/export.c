@@ -26,11 +26,7 @@ static int head_group(const char *name)
     return -1;
 }
 
-static int is_peft(const char *n)
-{
-    return strstr(n, ".linear_a_") || strstr(n, ".linear_b_") || strstr(n, "_proj.w_a.") || strstr(n, "_proj.w_b.") ||
-           strstr(n, "Adapter.");
-}
+static int is_peft(const char *n) { return ms_sam_key_is_lora(n) || ms_sam_key_is_adapter(n); }
 
 static ms_status put(ms_state_dict *out, const ms_sd_entry *e, const char *name)
 {
@@ -45,25 +41,6 @@ static ms_status put_key(ms_state_dict *out, const ms_state_dict *all, const cha
     const ms_sd_entry *e = ms_sd_find(all, name);
     MS_FAIL_IF(!e, MS_ENOTFOUND, "%s: missing from the checkpoint", name);
     return put(out, e, as ? as : name);
-}
-
-/* W (rows, cols) rows r0.. += B (rows_b, r) · A (r, cols), each product summed in double then added once. */
-static ms_status merge_lora(ms_state_dict *all, const char *w_name, int64_t r0, const char *b_name, const char *a_name)
-{
-    const ms_sd_entry *we = ms_sd_find(all, w_name), *be = ms_sd_find(all, b_name), *ae = ms_sd_find(all, a_name);
-    MS_FAIL_IF(!we || !be || !ae, MS_ENOTFOUND, "%s: LoRA merge: a tensor is missing", w_name);
-    const int64_t rows = be->t.shape[0], r = be->t.shape[1], cols = ae->t.shape[1];
-    MS_FAIL_IF(ae->t.shape[0] != r || we->t.shape[1] != cols || r0 + rows > we->t.shape[0], MS_ESHAPE,
-               "%s: LoRA merge: shapes do not fit", w_name);
-    float *W = we->t.data;
-    const float *B = be->t.data, *A = ae->t.data;
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) {
-            double acc = 0;
-            for (int64_t k = 0; k < r; k++) acc += (double)B[i * r + k] * (double)A[k * cols + j];
-            W[(r0 + i) * cols + j] = (float)((double)W[(r0 + i) * cols + j] + acc);
-        }
-    return MS_OK;
 }
 
 /* Emits the SAM keys of `all` in its (SAM) order with the selected task's head in place of head 0; `finetune_sam`
@@ -199,30 +176,8 @@ ms_status ms_export_ft_ckpt(const char *ckpt, const char *out_path, const char *
     }
     if ((rc = ms_params_to_sd(&m.sam.ps, &all))) goto leave;
     int n_merged = 0;
-    if (!fsam && c->method == MS_FT_LORA) {
-        char w[300], a[300], b[300];
-        for (int i = 0; i < all.n && !rc; i++) {
-            const char *n = all.e[i].name;
-            if (!ms_str_ends_with(n, ".linear_a_q.weight") && !ms_str_ends_with(n, ".linear_a_v.weight") &&
-                !ms_str_ends_with(n, "_proj.w_a.weight"))
-                continue;
-            size_t L = strlen(n);
-            if (ms_str_ends_with(n, "_proj.w_a.weight")) { /* decoder: <attn>.q_proj.w_a.weight */
-                snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".w_a.weight")), n);
-                snprintf(b, sizeof b, "%.*s.w_b.weight", (int)(L - strlen(".w_a.weight")), n);
-                rc = merge_lora(&all, w, 0, b, n);
-            } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight; q rows 0..D-1, v rows 2D..3D-1 */
-                int v = ms_str_ends_with(n, "_v.weight");
-                snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".linear_a_q.weight")), n);
-                snprintf(b, sizeof b, "%.*s.linear_b_%c.weight", (int)(L - strlen(".linear_a_q.weight")), n,
-                         v ? 'v' : 'q');
-                snprintf(a, sizeof a, "%s", n);
-                rc = merge_lora(&all, w, v ? 2 * m.sam.cfg.enc.embed_dim : 0, b, a);
-            }
-            n_merged++;
-        }
-        if (rc) goto leave;
-    }
+    if (!fsam && c->method == MS_FT_LORA && (rc = ms_sam_sd_merge_lora(&all, m.sam.cfg.enc.embed_dim, 0, &n_merged)))
+        goto leave;
     if ((rc = ft_layout(&m, t, &all, fsam, &out))) goto leave;
     if ((rc = ms_sd_save(out_path, &out))) goto leave;
     info->finetuned = 1;

@@ -144,6 +144,24 @@ static int is_head0_key(const char *n)
 
 static uint64_t all_blocks(int depth) { return depth >= 64 ? ~0ull : ((1ull << depth) - 1); }
 
+/* The adapter tensors of init over their random initialisation (ms_params_load checked their names and shapes). */
+static ms_status load_adapters(ms_params *ps, const ms_state_dict *init)
+{
+    for (int i = 0; i < init->n; i++) {
+        const ms_sd_entry *e = &init->e[i];
+        int k = ms_sam_key_is_adapter(e->name) ? ms_params_find(ps, e->name) : -1;
+        if (k < 0) continue;
+        const ms_param *p = &ps->p[k];
+        float *h = malloc((size_t)p->numel * sizeof(float));
+        MS_FAIL_IF(!h, MS_ENOMEM, "out of memory");
+        ms_status rc = ms_sd_get_f32(init, e->name, p->shape, p->ndim, h);
+        if (!rc) rc = ms_dev_from_host(ps->dev, ps->data + p->off, h, (size_t)p->numel * sizeof(float));
+        free(h);
+        MS_TRY(rc);
+    }
+    return MS_OK;
+}
+
 /* mode 0: start from SAM weights (init may be NULL = random); mode 1: an exact run checkpoint, inference only. */
 static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_dict *init, uint64_t seed,
                        ms_device *dev, int exact)
@@ -241,6 +259,7 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
             rc = ms_sam_decoder_peft_init_random(&s->dec, seed + 3);
             if (!rc && m->encoder_trains) rc = ms_sam_encoder_peft_init_random(&s->enc, seed + 4);
         }
+        if (!rc && init) rc = load_adapters(&s->ps, init); /* finetune-SAM's trained adapters go on training */
     }
     if (rc) goto fail;
     if (exact) {
@@ -258,10 +277,45 @@ fail:
     return rc;
 }
 
+/* finetune-SAM's layout as starting weights (docs/FINETUNE.md): a renamed copy, LoRA merged into the base weights
+ * (the run's own LoRA, if any, starts fresh on top), adapters kept for a run that has them at the same places. */
+static ms_status from_finetune_sam(const ms_ft_config *c, const ms_state_dict *init, ms_state_dict *sd, int *fsam)
+{
+    for (int i = 0; i < init->n; i++) {
+        const ms_sd_entry *e = &init->e[i];
+        MS_TRY(ms_sd_add(sd, e->name, e->t.dtype, e->t.shape, e->t.ndim, e->t.data));
+    }
+    MS_TRY(ms_sam_sd_from_finetune_sam(sd, fsam));
+    if (!*fsam) return MS_OK;
+    const ms_sd_entry *pw = ms_sd_find(sd, "image_encoder.patch_embed.proj.weight");
+    int n_lora = 0;
+    MS_TRY(ms_sam_sd_merge_lora(sd, pw && pw->t.ndim == 4 ? pw->t.shape[0] : 0, 1, &n_lora));
+    ms_sam_enc_peft ep;
+    ms_sam_dec_peft dp;
+    ms_sam_peft_from_sd(sd, &ep, &dp);
+    int ad = ep.adapter_blocks || dp.adapters;
+    MS_FAIL_IF(ad && c->method != MS_FT_ADAPTER, MS_EUNSUPPORTED, "the starting weights hold finetune-SAM adapters, "
+               "which cannot be merged into SAM's weights (they add layers): go on with --method adapter%s",
+               ep.adapter_blocks ? " --scope encoder+decoder" : "");
+    MS_FAIL_IF(ep.adapter_blocks && c->scope != MS_FT_SCOPE_ENC_DEC, MS_EUNSUPPORTED, "the starting weights hold "
+               "encoder adapters: go on with --scope encoder+decoder");
+    fprintf(stderr, "note: finetune-SAM weights: %d LoRA pairs merged into the base weights%s\n", n_lora,
+            ad ? ", its adapters go on training" : "");
+    return MS_OK;
+}
+
 ms_status ms_ft_model_build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_dict *init, uint64_t seed,
                             ms_device *dev)
 {
-    return build(m, cfg, init, seed, dev, 0);
+    if (!init || !ms_sam_sd_is_finetune_sam(init)) return build(m, cfg, init, seed, dev, 0);
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    int fsam = 0; /* 0: only a DataParallel "module." dropped */
+    ms_status rc = from_finetune_sam(cfg, init, &sd, &fsam);
+    if (!rc) rc = build(m, cfg, &sd, seed, dev, 0);
+    else memset(m, 0, sizeof *m);
+    ms_sd_free(&sd);
+    return rc;
 }
 
 static int c_max(const ms_ft_config *c)

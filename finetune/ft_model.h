@@ -100,7 +100,9 @@ typedef struct ms_ft_model {
 /* Builds the model: SAM of cfg->model (or of init's shapes when init != NULL), heads, PEFT tensors, the trainable
  * set of cfg's method × scope (gradients allocated only for those), then the initial values: init's tensors
  * (SAM layout, as load_from above) or PyTorch's default initialisation from seed when init == NULL; PEFT tensors
- * and new heads from seed. cfg->model is set to the detected variant name. */
+ * and new heads from seed. init in finetune-SAM's layout (finetune/sam.h) is read from a renamed copy with its LoRA
+ * merged into the base weights; its adapters (method adapter only, else refused) replace the seeded ones.
+ * cfg->model is set to the detected variant name. */
 ms_status ms_ft_model_build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_dict *init, uint64_t seed,
                             ms_device *dev);
 /* Sizes the buffers for batches up to max_batch; train = 1 keeps what backward needs. */

@@ -6,23 +6,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/path.h"
 #include "base/rng.h"
 #include "ops.h"
 
 ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    MS_TRY(ms_sam_enc_config_from_sd(sd, "image_encoder.", &cfg->enc));
-    const ms_sd_entry *mt = ms_sd_find(sd, "mask_decoder.mask_tokens.weight");
+    /* a saved DataParallel wrapper's "module." (ms_sam_sd_from_finetune_sam drops it) */
+    const char *w = ms_sd_find(sd, "module.mask_decoder.mask_tokens.weight") ? "module." : "";
+    char k[128];
+    snprintf(k, sizeof k, "%simage_encoder.", w);
+    MS_TRY(ms_sam_enc_config_from_sd(sd, k, &cfg->enc));
+    snprintf(k, sizeof k, "%smask_decoder.mask_tokens.weight", w);
+    const ms_sd_entry *mt = ms_sd_find(sd, k);
     MS_FAIL_IF(!mt, MS_ENOTFOUND, "mask_decoder.mask_tokens.weight: missing (not a SAM checkpoint?)");
     MS_FAIL_IF(mt->t.ndim != 2 || mt->t.shape[1] != 256 || mt->t.shape[0] < 1 ||
                    mt->t.shape[0] > MS_SAM_MAX_MASK_TOKENS,
                MS_ESHAPE, "mask_decoder.mask_tokens.weight: shape (%lld, %lld), expected (num_cls+1 <= %d, 256)",
                (long long)mt->t.shape[0], (long long)(mt->t.ndim > 1 ? mt->t.shape[1] : 0), MS_SAM_MAX_MASK_TOKENS);
     cfg->n_mask_tokens = (int)mt->t.shape[0];
-    char k[128];
     for (cfg->dec_depth = 0; cfg->dec_depth <= MS_SAM_DEC_MAX_DEPTH; cfg->dec_depth++) {
-        snprintf(k, sizeof k, "mask_decoder.transformer.layers.%d.norm1.weight", cfg->dec_depth);
+        snprintf(k, sizeof k, "%smask_decoder.transformer.layers.%d.norm1.weight", w, cfg->dec_depth);
         if (!ms_sd_find(sd, k)) break;
     }
     MS_FAIL_IF(cfg->dec_depth < 1 || cfg->dec_depth > MS_SAM_DEC_MAX_DEPTH, MS_EUNSUPPORTED,
@@ -130,25 +135,222 @@ ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed)
 ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev)
 {
     ms_sam_config cfg;
+    ms_sam_enc_peft ep;
+    ms_sam_dec_peft dp;
     memset(m, 0, sizeof *m);
     MS_TRY(ms_sam_config_from_sd(sd, &cfg));
-    MS_TRY(ms_sam_init(m, &cfg, dev));
-    ms_status rc = ms_params_load(&m->ps, sd, ""); /* "": every key of the file must belong to the model */
+    /* PEFT tensors only come from finetune-SAM's layout: run its model, padded windows included */
+    int peft = ms_sam_peft_from_sd(sd, &ep, &dp);
+    cfg.enc.finetune_sam_block = peft;
+    MS_TRY(ms_sam_register(m, &cfg, dev));
+    ms_status rc = MS_OK;
+    if (dp.lora_rank || dp.adapters) rc = ms_sam_decoder_add_peft(&m->dec, &dp);
+    if (!rc && (ep.lora_rank || ep.adapter_blocks)) rc = ms_sam_encoder_add_peft(&m->enc, &ep);
+    for (int i = 0; i < m->ps.n; i++) m->ps.p[i].optional = 0; /* registered from the file's keys: all required */
+    if (!rc) rc = ms_sam_alloc(m);
+    if (!rc) rc = ms_params_load(&m->ps, sd, ""); /* "": every key of the file must belong to the model */
     if (rc) ms_sam_free(m);
     return rc;
 }
 
-ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev)
+/* merge_lora != 0: LoRA merged into the base weights, adapters refused (pretraining's starting weights). */
+static ms_status load_file(ms_sam *m, const char *path, int merge_lora, ms_device *dev)
 {
     ms_state_dict sd;
     ms_sd_init(&sd);
     memset(m, 0, sizeof *m);
+    int fsam = 0, n = 0;
+    ms_sam_enc_peft ep;
+    ms_sam_dec_peft dp;
     ms_status rc = ms_sd_load(path, &sd); /* its messages already name the file */
-    if (!rc) {
-        rc = ms_sam_load_sd(m, &sd, dev);
-        if (rc) ms_error_prefix("%s", path);
+    if (rc) { ms_sd_free(&sd); return rc; }
+    rc = ms_sam_sd_from_finetune_sam(&sd, &fsam);
+    if (!rc && fsam && merge_lora) {
+        const ms_sd_entry *pw = ms_sd_find(&sd, "image_encoder.patch_embed.proj.weight");
+        rc = ms_sam_sd_merge_lora(&sd, pw && pw->t.ndim == 4 ? pw->t.shape[0] : 0, 1, &n);
+        if (!rc && ms_sam_peft_from_sd(&sd, &ep, &dp))
+            rc = ms_error(MS_EUNSUPPORTED, "finetune-SAM adapters cannot be merged into SAM's weights (they add "
+                                           "layers); start from weights without them");
     }
+    if (!rc) rc = ms_sam_load_sd(m, &sd, dev);
+    if (rc) ms_error_prefix("%s", path);
     ms_sd_free(&sd);
+    return rc;
+}
+
+ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev) { return load_file(m, path, 0, dev); }
+
+/* ---- finetune-SAM's checkpoints --------------------------------------------------------------------------------- */
+
+int ms_sam_key_is_lora(const char *n)
+{
+    return strstr(n, ".linear_a_") || strstr(n, ".linear_b_") || strstr(n, "_proj.w_a.") || strstr(n, "_proj.w_b.");
+}
+
+int ms_sam_key_is_adapter(const char *n) { return strstr(n, "Adapter.") != NULL; }
+
+/* finetune-SAM's name of key n → ours into k (n itself when it has none); 0 = drop the key. */
+static int fsam_key(const char *n, char *k, size_t nk)
+{
+    const char *p;
+    if (strstr(n, ".Depth_Adapter.")) return 0;
+    if ((p = strstr(n, ".attn.qkv.qkv."))) /* keep ".attn.qkv." */
+        snprintf(k, nk, "%.*s%s", (int)(p - n) + 10, n, p + 14);
+    else if (!strncmp(n, "mask_decoder.", 13) && ((p = strstr(n, ".q_proj.proj.")) || (p = strstr(n, ".v_proj.proj."))))
+        snprintf(k, nk, "%.*s%s", (int)(p - n) + 8, n, p + 13); /* keep ".q_proj." */
+    else
+        snprintf(k, nk, "%s", n);
+    return 1;
+}
+
+/* "module." before every key */
+static int sd_wrapped(const ms_state_dict *sd)
+{
+    int wrapped = sd->n > 0;
+    for (int i = 0; i < sd->n && wrapped; i++) wrapped = !strncmp(sd->e[i].name, "module.", 7);
+    return wrapped;
+}
+
+int ms_sam_sd_is_finetune_sam(const ms_state_dict *sd)
+{
+    char k[600];
+    for (int i = 0; i < sd->n; i++) {
+        const char *n = sd->e[i].name;
+        if (ms_sam_key_is_lora(n) || ms_sam_key_is_adapter(n) || !fsam_key(n, k, sizeof k) || strcmp(k, n)) return 1;
+    }
+    return sd_wrapped(sd);
+}
+
+ms_status ms_sam_sd_from_finetune_sam(ms_state_dict *sd, int *found)
+{
+    *found = 0;
+    const int wrapped = sd_wrapped(sd); /* a saved DataParallel / DDP wrapper */
+    char k[600];
+    for (int i = 0; i < sd->n;) {
+        ms_sd_entry *e = &sd->e[i];
+        const char *n = e->name + (wrapped ? 7 : 0);
+        if (ms_sam_key_is_lora(n) || ms_sam_key_is_adapter(n)) *found = 1;
+        if (!fsam_key(n, k, sizeof k)) { ms_sd_remove(sd, e->name); continue; }
+        i++;
+        if (!strcmp(k, e->name)) continue;
+        *found |= strcmp(k, n) != 0;
+        MS_FAIL_IF(ms_sd_find(sd, k), MS_EFORMAT, "%s: its key in SAM's names, %s, is in the file too", e->name, k);
+        char *dup = malloc(strlen(k) + 1);
+        MS_FAIL_IF(!dup, MS_ENOMEM, "out of memory");
+        memcpy(dup, k, strlen(k) + 1);
+        free(e->name);
+        e->name = dup;
+    }
+    return MS_OK;
+}
+
+/* 1 when every base + names[i] is in sd */
+static int has_all(const ms_state_dict *sd, const char *base, const char *const *names, int n)
+{
+    char k[400];
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "%s%s", base, names[i]);
+        if (!ms_sd_find(sd, k)) return 0;
+    }
+    return 1;
+}
+
+static const char *const lora_keys[4] = {"attn.qkv.linear_a_q.weight", "attn.qkv.linear_b_q.weight",
+                                         "attn.qkv.linear_a_v.weight", "attn.qkv.linear_b_v.weight"};
+static const char *const dec_lora_keys[4] = {"q_proj.w_a.weight", "q_proj.w_b.weight", "v_proj.w_a.weight",
+                                             "v_proj.w_b.weight"};
+static const char *const fc_keys[4] = {"D_fc1.weight", "D_fc1.bias", "D_fc2.weight", "D_fc2.bias"};
+
+/* MLP_Adapter and `second` (Space_Adapter in a block, Adapter in a decoder layer) under base, all 8 tensors. */
+static int has_adapters(const ms_state_dict *sd, const char *base, const char *second)
+{
+    char b[300];
+    snprintf(b, sizeof b, "%sMLP_Adapter.", base);
+    if (!has_all(sd, b, fc_keys, 4)) return 0;
+    snprintf(b, sizeof b, "%s%s.", base, second);
+    return has_all(sd, b, fc_keys, 4);
+}
+
+int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp)
+{
+    memset(ep, 0, sizeof *ep);
+    memset(dp, 0, sizeof *dp);
+    ep->adapter_scale = dp->adapter_scale = 0.5f;
+    char base[120];
+    /* only complete groups: a stray PEFT key stays unknown to the loader, which reports it */
+    for (int b = 0; b < MS_SAM_MAX_DEPTH; b++) {
+        snprintf(base, sizeof base, "image_encoder.blocks.%d.", b);
+        if (has_all(sd, base, lora_keys, 4)) {
+            char k[200];
+            snprintf(k, sizeof k, "%s%s", base, lora_keys[0]);
+            const ms_sd_entry *a = ms_sd_find(sd, k);
+            if (!ep->lora_rank && a->t.ndim == 2) ep->lora_rank = (int)a->t.shape[0];
+            ep->lora_blocks |= 1ull << b;
+        }
+        if (has_adapters(sd, base, "Space_Adapter")) ep->adapter_blocks |= 1ull << b;
+    }
+    if (!ep->lora_rank) ep->lora_blocks = 0;
+    /* the decoder's PEFT is in every layer (finetune/sam_decoder.h): layer 0 says whether there is any */
+    const char *l0 = "mask_decoder.transformer.layers.0.self_attn.";
+    if (has_all(sd, l0, dec_lora_keys, 4)) {
+        const ms_sd_entry *a = ms_sd_find(sd, "mask_decoder.transformer.layers.0.self_attn.q_proj.w_a.weight");
+        if (a->t.ndim == 2) dp->lora_rank = (int)a->t.shape[0];
+    }
+    dp->adapters = has_adapters(sd, "mask_decoder.transformer.layers.0.", "Adapter");
+    return ep->lora_rank || ep->adapter_blocks || dp->lora_rank || dp->adapters;
+}
+
+/* W (rows, cols) rows r0.. += B (rows_b, r) · A (r, cols), each product summed in double then added once. */
+static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, const char *b_name, const char *a_name)
+{
+    const ms_sd_entry *we = ms_sd_find(all, w_name), *be = ms_sd_find(all, b_name), *ae = ms_sd_find(all, a_name);
+    MS_FAIL_IF(!we || !be || !ae, MS_ENOTFOUND, "%s: LoRA merge: a tensor is missing", w_name);
+    MS_FAIL_IF(we->t.dtype != MS_DTYPE_F32 || be->t.dtype != MS_DTYPE_F32 || ae->t.dtype != MS_DTYPE_F32 ||
+                   we->t.ndim != 2 || be->t.ndim != 2 || ae->t.ndim != 2,
+               MS_EUNSUPPORTED, "%s: LoRA merge: needs 2-D float32 tensors", w_name);
+    const int64_t rows = be->t.shape[0], r = be->t.shape[1], cols = ae->t.shape[1];
+    MS_FAIL_IF(ae->t.shape[0] != r || we->t.shape[1] != cols || r0 + rows > we->t.shape[0], MS_ESHAPE,
+               "%s: LoRA merge: shapes do not fit", w_name);
+    float *W = we->t.data;
+    const float *B = be->t.data, *A = ae->t.data;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < r; k++) acc += (double)B[i * r + k] * (double)A[k * cols + j];
+            W[(r0 + i) * cols + j] = (float)((double)W[(r0 + i) * cols + j] + acc);
+        }
+    return MS_OK;
+}
+
+ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged)
+{
+    char w[300], a[300], b[300];
+    ms_status rc = MS_OK;
+    *n_merged = 0;
+    for (int i = 0; i < sd->n && !rc; i++) {
+        const char *n = sd->e[i].name;
+        if (!ms_str_ends_with(n, ".linear_a_q.weight") && !ms_str_ends_with(n, ".linear_a_v.weight") &&
+            !ms_str_ends_with(n, "_proj.w_a.weight"))
+            continue;
+        size_t L = strlen(n);
+        if (ms_str_ends_with(n, "_proj.w_a.weight")) { /* decoder: <attn>.q_proj.w_a.weight */
+            snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".w_a.weight")), n);
+            snprintf(b, sizeof b, "%.*s.w_b.weight", (int)(L - strlen(".w_a.weight")), n);
+            rc = merge_pair(sd, w, 0, b, n);
+        } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight; q rows 0..D-1, v rows 2D..3D-1 */
+            int v = ms_str_ends_with(n, "_v.weight");
+            snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".linear_a_q.weight")), n);
+            snprintf(b, sizeof b, "%.*s.linear_b_%c.weight", (int)(L - strlen(".linear_a_q.weight")), n,
+                     v ? 'v' : 'q');
+            snprintf(a, sizeof a, "%s", n);
+            rc = merge_pair(sd, w, v ? 2 * embed_dim : 0, b, a);
+        }
+        (*n_merged)++;
+    }
+    for (int i = 0; i < sd->n && !rc && drop;) {
+        if (ms_sam_key_is_lora(sd->e[i].name)) ms_sd_remove(sd, sd->e[i].name);
+        else i++;
+    }
     return rc;
 }
 
@@ -158,7 +360,7 @@ ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t 
                        size_t n)
 {
     if (ckpt) {
-        MS_TRY(ms_sam_load(m, ckpt, dev));
+        MS_TRY(load_file(m, ckpt, 1, dev)); /* MAE runs no PEFT: finetune-SAM's LoRA merged */
         int d = m->cfg.enc.embed_dim;
         snprintf(name, n, "%s", d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h"
                                 : d == 192 ? "vit_test" : "custom");

@@ -51,18 +51,49 @@ ms_status ms_sam_alloc(ms_sam *m);
 /* PyTorch's default initialisation (Embedding N(0,1), Linear/ConvT U(±1/√fan_in), norms 1/0, the gaussian PE matrix
  * N(0,1)) of every allocated tensor whose name starts with prefix, from seed. */
 ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed);
-/* Detect + init + strict load. On failure m is left freed. */
+/* Detect + init + strict load. PEFT tensors in sd (our names: ms_sam_sd_from_finetune_sam) are built as they are
+ * (ms_sam_peft_from_sd; every one then required) and the encoder runs finetune-SAM's block (its padded windows), the
+ * model such a file comes from. ms_sam_load reads finetune-SAM's layout too. On failure m is left freed. */
 ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev);
 ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev);
 /* Appends every tensor (host f32 copies) to sd in SAM's key order. */
 ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd);
 /* The SAM a pretraining run trains and exports (`mrisam pretrain`, `mrisam export-weights`, `mrisam bench mae`):
- * ckpt != NULL loads that file; else the named variant with PyTorch's default initialisation from seed (encoder and
- * prompt encoder from seed, mask decoder from seed + 1), so that an export is a complete SAM state dict. name gets
- * the variant (vit_b, vit_l, vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
+ * ckpt != NULL loads that file (finetune-SAM's layout: its LoRA merged, adapters refused, since MAE runs no PEFT);
+ * else the named variant with PyTorch's default initialisation from seed (encoder and prompt encoder from seed, mask
+ * decoder from seed + 1), so that an export is a complete SAM state dict. name gets the variant (vit_b, vit_l,
+ * vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
 ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
                        size_t n);
 void ms_sam_free(ms_sam *m);
+
+/* ---- finetune-SAM's checkpoints (mazurowski-lab/finetune-SAM: models/sam_LoRa.py, models/sam/modeling/) ----------
+ * finetune-SAM saves its Sam's state_dict with LoRA wrapping the encoder's qkv (attn.qkv.qkv.{weight,bias} +
+ * attn.qkv.linear_{a,b}_{q,v}.weight) and the decoder's q/v projections (<attn>.{q,v}_proj.proj.* + .w_a/.w_b),
+ * and adapters under blocks.i.{MLP_Adapter,Space_Adapter,Depth_Adapter}.* and transformer.layers.l.{MLP_Adapter,
+ * Adapter}.* — what `export-weights --layout finetune-sam` writes too (finetune/export.h). */
+
+/* Renames such a state dict's keys in place to ours (attn.qkv.qkv.* → attn.qkv.*, <attn>.{q,v}_proj.proj.* →
+ * <attn>.{q,v}_proj.*; LoRA and adapter names are the same), drops Depth_Adapter (finetune-SAM runs it only in its
+ * 3-D branch) and a "module." prefix on every key (a saved DataParallel / DistributedDataParallel wrapper).
+ * *found = 1 when the file had any finetune-SAM-only key or PEFT tensor. Other keys are left as they are (the
+ * loader reports unknown ones). */
+ms_status ms_sam_sd_from_finetune_sam(ms_state_dict *sd, int *found);
+/* 1 when ms_sam_sd_from_finetune_sam would change or find anything (without changing sd). */
+int ms_sam_sd_is_finetune_sam(const ms_state_dict *sd);
+/* LoRA tensors (encoder linear_{a,b}_{q,v}, decoder {q,v}_proj.w_{a,b}) and adapter tensors (*Adapter.*), by name. */
+int ms_sam_key_is_lora(const char *name);
+int ms_sam_key_is_adapter(const char *name);
+/* The PEFT tensors present in a state dict in our names (encoder under "image_encoder.", decoder under
+ * "mask_decoder.") as the settings that register them: encoder LoRA rank from linear_a_q's rows, the blocks with all
+ * four LoRA tensors, the blocks with all eight adapter tensors (MLP_Adapter, Space_Adapter), decoder LoRA rank and
+ * adapters from layer 0's (the decoder has them in every layer); scale 0.5 (finetune-SAM's fixed one). An incomplete
+ * group registers nothing: its keys stay unknown to the loader, which reports them. Returns 1 when any. */
+int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp);
+/* Merges every LoRA pair of sd (our names) into its base weight: encoder qkv rows 0..D−1 += B_q·A_q and
+ * 2D..3D−1 += B_v·A_v (D = embed_dim), decoder <attn>.{q,v}_proj.weight += w_b·w_a, each product summed in double
+ * then added once; float32 tensors only. drop != 0 removes the LoRA tensors afterwards. *n_merged counts the pairs. */
+ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged);
 
 /* ---- the official predictor's geometry (ResizeLongestSide) --------------------------------------------------- */
 

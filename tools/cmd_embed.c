@@ -115,11 +115,19 @@ static int run(int argc, char **argv)
     if ((rc = ms_ckpt_resolve(ckpt, &ck, ckdir))) goto leave;
     if (ck == MS_CKPT_WEIGHTS) { /* a weight file: SAM's, or an encoder-only export */
         if ((rc = ms_sd_load(ckpt, &sd))) goto leave;
+        int fsam;
+        if ((rc = ms_sam_sd_from_finetune_sam(&sd, &fsam))) { ms_error_prefix("%s", ckpt); goto leave; }
         /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
         const char *prefix = ms_sd_find(&sd, "image_encoder.pos_embed") ? "image_encoder." : "";
         /* the config comes from the file's keys and shapes: a non-SAM file is named with the key it lacks */
         if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) { ms_error_prefix("%s", ckpt); goto leave; }
+        /* finetune-SAM's LoRA / adapters: its model, as ms_sam_load_sd builds it (finetune/sam.h) */
+        ms_sam_enc_peft ep;
+        ms_sam_dec_peft dp;
+        cfg.finetune_sam_block = ms_sam_peft_from_sd(&sd, &ep, &dp);
         if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
+        if ((ep.lora_rank || ep.adapter_blocks) && (rc = ms_sam_encoder_add_peft(&enc, &ep))) goto leave;
+        for (int i = 0; i < ps.n; i++) ps.p[i].optional = 0;
         if ((rc = ms_params_alloc(&ps, &dev))) goto leave;
         /* unknown keys under the encoder prefix (adapters, LoRA) would be silently ignored otherwise: refuse them */
         if ((rc = ms_params_load(&ps, &sd, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
