@@ -8,10 +8,15 @@
  * resized frame, bilinear to the original size, > 0 → MASK.png (0/255). The IoU predictions are printed; --logits
  * writes the selected low-resolution logits as float32 (1, M, 4·S/16, 4·S/16).
  *
+ * --embedding EMB.npy replaces the encoder run by `mrisam embed`'s output (the image still gives the size the prompts
+ * and the mask refer to); --mask-input LOW.npy is SAM predictor's mask_input: one channel of low-resolution logits
+ * (a previous --logits), encoded by the prompt encoder's mask_downscaling instead of no_mask_embed.
+ *
  * --ckpt is anything finetune/predict.h's ms_predict_model_load takes (weight files, pretraining and fine-tuning run
  * directories). A fine-tuned checkpoint runs its task's head (--task) with the checkpoint's preprocessing: the class
  * channels (tokens 1..C) post-processed, their argmax written as the task's class values (docs/CLI.md §embed, segment, convert).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,21 +134,77 @@ static ms_status write_class_map(const ms_predict_model *pm, const float *low, i
     return MS_OK;
 }
 
+/* "(a, b, c)" of an .npy shape, for messages. */
+static const char *shape_str(const int64_t *shape, int nd, char *buf, size_t n)
+{
+    int o = snprintf(buf, n, "(");
+    for (int i = 0; i < nd && o > 0 && (size_t)o < n; i++)
+        o += snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o > 0 && (size_t)o < n) snprintf(buf + o, n - o, ")");
+    return buf;
+}
+
+/* The image embedding of --embedding (an `mrisam embed` output): float32 (1, 256, g, g) or (256, g, g), g the
+ * model's embedding grid; anything else is refused naming the file and the shape expected. */
+static ms_status read_embedding(const char *path, int g, int S, float **emb)
+{
+    int64_t shape[8];
+    int nd;
+    MS_TRY(ms_npy_read_f32(path, emb, shape, &nd));
+    const int64_t *s = nd == 4 ? shape + 1 : shape;
+    if (!((nd == 4 && shape[0] == 1) || nd == 3) || s[0] != 256 || s[1] != g || s[2] != g) {
+        char got[160];
+        free(*emb);
+        *emb = NULL;
+        return ms_error(MS_ESHAPE, "%s: an embedding of shape %s; this model (input %d) takes (1, 256, %d, %d), "
+                        "as `mrisam embed` writes it with the same weights", path, shape_str(shape, nd, got, sizeof got),
+                        S, g, g);
+    }
+    return MS_OK;
+}
+
+/* --mask-input: SAM predictor's mask_input, the low-resolution logits of a previous prediction (one channel of
+ * --logits): float32 (1, 1, lo, lo), (1, lo, lo) or (lo, lo), lo = 4·g, finite. */
+static ms_status read_mask_input(const char *path, int lo, float **mask)
+{
+    int64_t shape[8];
+    int nd;
+    MS_TRY(ms_npy_read_f32(path, mask, shape, &nd));
+    int ok = nd >= 2 && nd <= 4 && shape[nd - 1] == lo && shape[nd - 2] == lo;
+    for (int i = 0; i < nd - 2; i++) ok &= shape[i] == 1;
+    char why[200];
+    snprintf(why, sizeof why, "shape ");
+    shape_str(shape, nd, why + 6, sizeof why - 6);
+    for (int64_t i = 0; ok && i < (int64_t)lo * lo; i++)
+        if (!isfinite((*mask)[i])) {
+            ok = 0;
+            snprintf(why, sizeof why, "a non-finite value at (%lld, %lld)", (long long)(i / lo), (long long)(i % lo));
+        }
+    if (ok) return MS_OK;
+    free(*mask);
+    *mask = NULL;
+    return ms_error(MS_EFORMAT, "%s: %s; --mask-input takes one channel of low-resolution logits, float32 (1, %d, %d) "
+                    "(a previous segment's --logits without --multimask, or one channel of it)", path, why, lo, lo);
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
         "mrisam segment --ckpt F|RUN --image IMG.png [--point X,Y[,LABEL]]... [--box X0,Y0,X1,Y1] [--multimask] "
-        "[--task NAME] -o MASK.png [--logits LOW.npy]",
+        "[--mask-input LOW.npy] [--embedding EMB.npy] [--task NAME] -o MASK.png [--logits LOW.npy]",
         "Zero-shot SAM with the official predictor's pre- and post-processing. Coordinates are in the image's pixels "
         "(x = column, y = row); LABEL is 1 (foreground, default) or 0 (background). Without --multimask the "
         "single-mask token is used; with it, the mask with the highest predicted IoU of the three. Prints the IoU "
         "predictions; --logits writes the selected low-resolution logits, float32 (1, M, 4·S/16, 4·S/16). --ckpt also "
         "takes a pretraining run (RUN/, RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N): "
         "a fine-tuned checkpoint runs its task's head (--task when several) with its preprocessing and writes the "
-        "argmax class map, pixels = the task's class values; --logits then holds its class channels (1, C, ...).",
+        "argmax class map, pixels = the task's class values; --logits then holds its class channels (1, C, ...). "
+        "--embedding reuses `mrisam embed`'s output for IMG (same weights): the encoder is not run, the image gives "
+        "the size. --mask-input feeds a previous prediction's low-resolution logits (1, 4·S/16, 4·S/16) to the prompt "
+        "encoder, as SAM's predictor's mask_input.",
         "mrisam segment --ckpt sam_vit_b_01ec64.pth --image slice.png --point 120,88 --multimask -o mask.png"};
     const char *ckpt = NULL, *image = NULL, *box_s = NULL, *out = NULL, *logits = NULL, *device = "cpu",
-               *norm = NULL, *task = NULL;
+               *norm = NULL, *task = NULL, *emb_path = NULL, *mask_path = NULL;
     int multimask = 0, threads = 0;
     ms_strlist point_s = {0};
     const ms_opt opts[] = {
@@ -152,6 +213,8 @@ static int run(int argc, char **argv)
         {"image", MS_OPT_STR, &image, "IMG.png", "input image (8/16-bit gray or RGB PNG)"},
         {"point", MS_OPT_LIST, &point_s, "X,Y[,LABEL]", "a point prompt (repeatable)"},
         {"box", MS_OPT_STR, &box_s, "X0,Y0,X1,Y1", "a box prompt"},
+        {"mask-input", MS_OPT_STR, &mask_path, "LOW.npy", "a previous prediction's low-res logits (SAM's mask_input)"},
+        {"embedding", MS_OPT_STR, &emb_path, "EMB.npy", "the image's embedding from `mrisam embed` (no encoder run)"},
         {"multimask", MS_OPT_FLAG, &multimask, NULL, "three candidate masks; keep the best by predicted IoU"},
         {"o", MS_OPT_STR, &out, "MASK.png", "output mask (0/255, the image's size)"},
         {"logits", MS_OPT_STR, &logits, "LOW.npy", "also write the low-resolution logits"},
@@ -178,7 +241,7 @@ static int run(int argc, char **argv)
     ms_image img = {0};
     ms_sam_prompt_state pst;
     int dev_ok = 0, model_ok = 0;
-    float *hx = NULL, *x = NULL, *emb = NULL, *low = NULL, *iou = NULL, *full = NULL;
+    float *hx = NULL, *x = NULL, *emb = NULL, *low = NULL, *iou = NULL, *full = NULL, *hmask = NULL, *dmask = NULL;
     uint8_t *pix = NULL;
     memset(&pm, 0, sizeof pm);
     memset(&pst, 0, sizeof pst);
@@ -205,14 +268,24 @@ static int run(int argc, char **argv)
     if ((rc = ms_prep_parse(&pc, NULL, norm))) goto leave;
     const int stretched = pc.resize == MS_RESIZE_STRETCH;
     size_t nx = (size_t)3 * S * S, ne = (size_t)256 * g * g;
-    hx = malloc(nx * sizeof(float));
-    if (!hx) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
-    if ((rc = ms_prep_image_hwc(&pc, img.data, h, w, img.c, hx))) goto leave;
-    if ((rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x))) goto leave;
     if ((rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb))) goto leave;
-    if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
-    if ((rc = ms_sam_encoder_reserve(&m->enc, &dev, 1, 0))) goto leave;
-    if ((rc = ms_sam_encoder_forward(&m->enc, x, 1, emb))) goto leave;
+    if (emb_path) { /* `mrisam embed`'s output for this image: the same encoder output, so the same masks */
+        if ((rc = read_embedding(emb_path, g, S, &hx))) goto leave;
+        if ((rc = ms_dev_from_host(&dev, emb, hx, ne * sizeof(float)))) goto leave;
+    } else {
+        hx = malloc(nx * sizeof(float));
+        if (!hx) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
+        if ((rc = ms_prep_image_hwc(&pc, img.data, h, w, img.c, hx))) goto leave;
+        if ((rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x))) goto leave;
+        if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
+        if ((rc = ms_sam_encoder_reserve(&m->enc, &dev, 1, 0))) goto leave;
+        if ((rc = ms_sam_encoder_forward(&m->enc, x, 1, emb))) goto leave;
+    }
+    if (mask_path) { /* the prompt encoder's mask path (mask_downscaling) replaces no_mask_embed */
+        if ((rc = read_mask_input(mask_path, 4 * g, &hmask))) goto leave;
+        if ((rc = ms_dev_alloc(&dev, (size_t)16 * g * g * sizeof(float), (void **)&dmask))) goto leave;
+        if ((rc = ms_dev_from_host(&dev, dmask, hmask, (size_t)16 * g * g * sizeof(float)))) goto leave;
+    }
 
     /* prompts in the resized frame (a stretched input scales each axis to S) */
     if (stretched) {
@@ -222,7 +295,8 @@ static int run(int argc, char **argv)
         ms_sam_apply_coords(pts, np_, h, w, S);
         if (box_s) ms_sam_apply_coords(box, 2, h, w, S);
     }
-    ms_sam_prompts pr = {.bp = 1, .n_points = np_, .points = pts, .labels = labels, .boxes = box_s ? box : NULL};
+    ms_sam_prompts pr = {.bp = 1, .n_points = np_, .points = pts, .labels = labels, .boxes = box_s ? box : NULL,
+                          .masks = dmask};
     if ((rc = ms_sam_prompt_forward(&dev, &m->pe, &pr, &pst))) goto leave;
     /* the decoder's active head: the task's (ms_predict_model_load selected it) or SAM's */
     if ((rc = ms_sam_decoder_forward(&dev, &m->dec, emb, 1, &pst))) goto leave;
@@ -263,6 +337,7 @@ leave:
     free(pts);
     free(labels);
     free(hx);
+    free(hmask);
     free(low);
     free(iou);
     free(full);
@@ -271,6 +346,7 @@ leave:
     if (dev_ok) {
         if (x) ms_dev_free(&dev, x);
         if (emb) ms_dev_free(&dev, emb);
+        if (dmask) ms_dev_free(&dev, dmask);
         ms_sam_prompt_state_free(&dev, &pst);
     }
     if (model_ok) ms_predict_model_free(&pm);
