@@ -24,6 +24,7 @@
 #include "base/device.h"
 #include "cli.h"
 #include "data/preprocess.h"
+#include "finetune/amg.h"
 #include "finetune/predict.h"
 #include "finetune/sam.h"
 #include "image_io.h"
@@ -187,6 +188,53 @@ static ms_status read_mask_input(const char *path, int lo, float **mask)
                     "(a previous segment's --logits without --multimask, or one channel of it)", path, why, lo, lo);
 }
 
+/* --auto: SamAutomaticMaskGenerator (finetune/amg.h) → MASK.png of labels (1 + rank, smaller masks on top; 8-bit,
+ * so masks of rank >= 255 only in the JSON), --json with every mask as COCO uncompressed RLE; --auto-candidates
+ * PREFIX writes every candidate before filtering (PREFIX.logits.npy (points, M−1, h, w), PREFIX.iou.npy (points,
+ * M−1)) for tests. */
+static ms_status run_auto(ms_device *dev, ms_sam *m, const float *emb, int h, int w, int stretched, ms_amg_config *ac,
+                          const char *out, const char *json, const char *cand)
+{
+    ms_amg_result r = {0};
+    const size_t hw = (size_t)h * w;
+    const int M = ms_sam_decoder_head(&m->dec)->n_mask_tokens, nm = M > 1 ? M - 1 : 1;
+    const int64_t P = (int64_t)ac->points_per_side * ac->points_per_side;
+    uint16_t *lab = malloc(hw * sizeof(uint16_t));
+    uint8_t *pix = malloc(hw);
+    ms_status rc = MS_OK;
+    if (!lab || !pix) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
+    if (cand && ac->points_per_side >= 1 && ac->points_per_side <= 1024) {
+        ac->cand_logits = malloc((size_t)P * nm * hw * sizeof(float));
+        ac->cand_iou = malloc((size_t)P * nm * sizeof(float));
+        if (!ac->cand_logits || !ac->cand_iou) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
+    }
+    if ((rc = ms_amg_generate(dev, m, emb, h, w, stretched, ac, &r))) goto leave;
+    if ((rc = ms_amg_label_map(&r, 255, lab))) goto leave;
+    for (size_t i = 0; i < hw; i++) pix[i] = (uint8_t)lab[i];
+    if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
+    if (json && (rc = ms_amg_write_json(json, &r))) goto leave;
+    if (cand) {
+        char path[4096];
+        int64_t sl[4] = {P, nm, h, w}, si[2] = {P, nm};
+        snprintf(path, sizeof path, "%s.logits.npy", cand);
+        if ((rc = ms_npy_write_f32(path, ac->cand_logits, sl, 4))) goto leave;
+        snprintf(path, sizeof path, "%s.iou.npy", cand);
+        if ((rc = ms_npy_write_f32(path, ac->cand_iou, si, 2))) goto leave;
+    }
+    printf("auto: %lld points, %d candidates, %d past predicted IoU > %g, %d past stability >= %g, %d masks after box "
+           "NMS at %g; %s%s%s%s\n", (long long)P, r.n_candidates, r.n_iou, (double)ac->pred_iou_thresh, r.n_stable,
+           (double)ac->stability_thresh, r.n, ac->box_nms_thresh, out, json ? ", " : "", json ? json : "",
+           r.n > 255 ? " (the PNG holds the first 255 masks, the JSON all)" : "");
+leave:
+    free(ac->cand_logits);
+    free(ac->cand_iou);
+    ac->cand_logits = ac->cand_iou = NULL;
+    free(lab);
+    free(pix);
+    ms_amg_result_free(&r);
+    return rc;
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
@@ -205,7 +253,11 @@ static int run(int argc, char **argv)
         "mrisam segment --ckpt sam_vit_b_01ec64.pth --image slice.png --point 120,88 --multimask -o mask.png"};
     const char *ckpt = NULL, *image = NULL, *box_s = NULL, *out = NULL, *logits = NULL, *device = "cpu",
                *norm = NULL, *task = NULL, *emb_path = NULL, *mask_path = NULL;
-    int multimask = 0, threads = 0;
+    int multimask = 0, threads = 0, auto_ = 0;
+    const char *json = NULL, *cand = NULL;
+    ms_amg_config ac;
+    ms_amg_config_default(&ac);
+    double iou_t = ac.pred_iou_thresh, stab_t = ac.stability_thresh, stab_off = ac.stability_offset;
     ms_strlist point_s = {0};
     const ms_opt opts[] = {
         {"ckpt", MS_OPT_STR, &ckpt, "F|RUN", "SAM-layout weights (.pth, .safetensors) or a run directory"},
@@ -218,6 +270,15 @@ static int run(int argc, char **argv)
         {"multimask", MS_OPT_FLAG, &multimask, NULL, "three candidate masks; keep the best by predicted IoU"},
         {"o", MS_OPT_STR, &out, "MASK.png", "output mask (0/255, the image's size)"},
         {"logits", MS_OPT_STR, &logits, "LOW.npy", "also write the low-resolution logits"},
+        {"auto", MS_OPT_FLAG, &auto_, NULL, "SAM's automatic mask generator: MASK.png of labels (no prompts)"},
+        {"json", MS_OPT_STR, &json, "MASKS.json", "--auto: every mask, COCO uncompressed RLE"},
+        {"points-per-side", MS_OPT_INT, &ac.points_per_side, "N", "--auto: point grid N x N (default 32)"},
+        {"points-per-batch", MS_OPT_INT, &ac.points_per_batch, "N", "--auto: points per decoder run (default 64)"},
+        {"pred-iou-thresh", MS_OPT_FLOAT, &iou_t, "X", "--auto: keep predicted IoU > X (default 0.88; <= 0: all)"},
+        {"stability-thresh", MS_OPT_FLOAT, &stab_t, "X", "--auto: keep stability >= X (default 0.95; <= 0: all)"},
+        {"stability-offset", MS_OPT_FLOAT, &stab_off, "X", "--auto: stability thresholds at +-X (default 1)"},
+        {"box-nms-thresh", MS_OPT_FLOAT, &ac.box_nms_thresh, "X", "--auto: box NMS IoU threshold (default 0.7)"},
+        {"auto-candidates", MS_OPT_STR, &cand, "PREFIX", "--auto: also write every candidate (tests)"},
         {"norm", MS_OPT_STR, &norm, "sam|medsam", "input normalisation (default sam)"},
         {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
@@ -230,6 +291,20 @@ static int run(int argc, char **argv)
         return MS_EXIT_USAGE;
     }
     const int np_ = point_s.n;
+    if (auto_ && (np_ || box_s || mask_path || multimask || logits)) {
+        fprintf(stderr, "mrisam segment: --auto prompts with its own point grid: no --point, --box, --mask-input, "
+                        "--multimask or --logits\n");
+        ms_strlist_free(&point_s);
+        return MS_EXIT_USAGE;
+    }
+    if (!auto_ && (json || cand)) {
+        fprintf(stderr, "mrisam segment: --json and --auto-candidates go with --auto\n");
+        ms_strlist_free(&point_s);
+        return MS_EXIT_USAGE;
+    }
+    ac.pred_iou_thresh = (float)iou_t; /* compared in float32, as PyTorch compares a float32 tensor */
+    ac.stability_thresh = (float)stab_t;
+    ac.stability_offset = (float)stab_off;
     float *pts = NULL, box[4];
     int32_t *labels = NULL;
     int bad = parse_prompts(&point_s, box_s, &pts, &labels, box);
@@ -257,6 +332,9 @@ static int run(int argc, char **argv)
     const int ft = pm.finetuned;
     if (ft && multimask) { rc = ms_error(MS_EINVAL, "%s: --multimask goes with SAM weights; a fine-tuned checkpoint "
                                                      "outputs its task's classes", ckpt); goto leave; }
+    if (ft && auto_) { rc = ms_error(MS_EINVAL, "%s: --auto goes with SAM weights; a fine-tuned checkpoint "
+                                                "outputs its task's classes (predict segments without prompts)", ckpt);
+        goto leave; }
     if ((rc = check_class_values(ckpt, &pm))) goto leave;
     if ((rc = ms_png_read_image(image, &img))) goto leave;
     const int h = img.h, w = img.w, S = m->img_size, g = m->emb_h;
@@ -280,6 +358,10 @@ static int run(int argc, char **argv)
         if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
         if ((rc = ms_sam_encoder_reserve(&m->enc, &dev, 1, 0))) goto leave;
         if ((rc = ms_sam_encoder_forward(&m->enc, x, 1, emb))) goto leave;
+    }
+    if (auto_) {
+        rc = run_auto(&dev, m, emb, h, w, stretched, &ac, out, json, cand);
+        goto leave;
     }
     if (mask_path) { /* the prompt encoder's mask path (mask_downscaling) replaces no_mask_embed */
         if ((rc = read_mask_input(mask_path, 4 * g, &hmask))) goto leave;
