@@ -12,6 +12,9 @@
  * and the mask refer to); --mask-input LOW.npy is SAM predictor's mask_input: one channel of low-resolution logits
  * (a previous --logits), encoded by the prompt encoder's mask_downscaling instead of no_mask_embed.
  *
+ * --auto runs SAM's automatic mask generator (finetune/amg.h) instead of prompts: a label PNG and, with --json, the
+ * masks as COCO uncompressed RLE.
+ *
  * --ckpt is anything finetune/predict.h's ms_predict_model_load takes (weight files, pretraining and fine-tuning run
  * directories). A fine-tuned checkpoint runs its task's head (--task) with the checkpoint's preprocessing: the class
  * channels (tokens 1..C) post-processed, their argmax written as the task's class values (docs/CLI.md §embed, segment, convert).
@@ -188,6 +191,32 @@ static ms_status read_mask_input(const char *path, int lo, float **mask)
                     "(a previous segment's --logits without --multimask, or one channel of it)", path, why, lo, lo);
 }
 
+/* emb (device, (1, 256, g, g)) = the image encoder on img with pc, or --embedding's file when emb_path is set:
+ * `mrisam embed`'s output for this image, the same encoder output, so the same masks. */
+static ms_status image_embedding(ms_device *dev, ms_sam *m, const ms_prep_config *pc, const ms_image *img,
+                                 const char *emb_path, float *emb)
+{
+    const int S = m->img_size, g = m->emb_h;
+    const size_t nx = (size_t)3 * S * S, ne = (size_t)256 * g * g;
+    float *hx = NULL, *x = NULL;
+    ms_status rc;
+    if (emb_path) {
+        if (!(rc = read_embedding(emb_path, g, S, &hx))) rc = ms_dev_from_host(dev, emb, hx, ne * sizeof(float));
+        free(hx);
+        return rc;
+    }
+    hx = malloc(nx * sizeof(float));
+    if (!hx) return ms_error(MS_ENOMEM, "segment: out of memory");
+    rc = ms_prep_image_hwc(pc, img->data, img->h, img->w, img->c, hx);
+    if (!rc) rc = ms_dev_alloc(dev, nx * sizeof(float), (void **)&x);
+    if (!rc) rc = ms_dev_from_host(dev, x, hx, nx * sizeof(float));
+    if (!rc) rc = ms_sam_encoder_reserve(&m->enc, dev, 1, 0);
+    if (!rc) rc = ms_sam_encoder_forward(&m->enc, x, 1, emb);
+    free(hx);
+    if (x) ms_dev_free(dev, x);
+    return rc;
+}
+
 /* --auto: SamAutomaticMaskGenerator (finetune/amg.h) → MASK.png of labels (1 + rank, smaller masks on top; 8-bit,
  * so masks of rank >= 255 only in the JSON), --json with every mask as COCO uncompressed RLE; --auto-candidates
  * PREFIX writes every candidate before filtering (PREFIX.logits.npy (points, M−1, h, w), PREFIX.iou.npy (points,
@@ -235,11 +264,81 @@ leave:
     return rc;
 }
 
+/* The prompted prediction: points (np_, image pixels) and box (or NULL) mapped to the input frame, the optional
+ * mask input (device), prompt encoder, decoder; prints the IoU predictions, writes MASK.png (and --logits). */
+static ms_status run_prompted(ms_device *dev, ms_predict_model *pm, const float *emb, float *pts, const int32_t *labels,
+                              int np_, float *box, const float *dmask, int multimask, int stretched, int h, int w,
+                              const char *out, const char *logits)
+{
+    ms_sam *const m = pm->m;
+    const int ft = pm->finetuned, S = m->img_size, g = m->emb_h;
+    float *low = NULL, *iou = NULL, *full = NULL;
+    uint8_t *pix = NULL;
+    ms_sam_prompt_state pst;
+    memset(&pst, 0, sizeof pst);
+    ms_status rc = MS_OK;
+    /* prompts in the resized frame (a stretched input scales each axis to S) */
+    if (stretched) {
+        for (int i = 0; i < np_; i++) { pts[2 * i] *= (float)S / w; pts[2 * i + 1] *= (float)S / h; }
+        if (box) { box[0] *= (float)S / w; box[2] *= (float)S / w; box[1] *= (float)S / h; box[3] *= (float)S / h; }
+    } else {
+        ms_sam_apply_coords(pts, np_, h, w, S);
+        if (box) ms_sam_apply_coords(box, 2, h, w, S);
+    }
+    ms_sam_prompts pr = {.bp = 1, .n_points = np_, .points = pts, .labels = labels, .boxes = box,
+                          .masks = dmask};
+    if ((rc = ms_sam_prompt_forward(dev, &m->pe, &pr, &pst))) goto done;
+    /* the decoder's active head: the task's (ms_predict_model_load selected it) or SAM's */
+    if ((rc = ms_sam_decoder_forward(dev, &m->dec, emb, 1, &pst))) goto done;
+
+    const int M = m->dec.M, lo = 4 * g;
+    /* a fine-tuned head's class channels are tokens 1..M-1 (docs/MODEL.md §Multi-class output) */
+    const int first = (ft || multimask) && M > 1 ? 1 : 0, nsel = (ft || multimask) && M > 1 ? M - 1 : 1;
+    const size_t plane = (size_t)lo * lo;
+    low = malloc((size_t)M * plane * sizeof(float));
+    iou = malloc((size_t)M * sizeof(float));
+    full = malloc((size_t)(ft ? nsel : 1) * h * w * sizeof(float));
+    pix = malloc((size_t)h * w);
+    if (!low || !iou || !full || !pix) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto done; }
+    if ((rc = ms_dev_to_host(dev, low, m->dec.masks, (size_t)M * plane * sizeof(float)))) goto done;
+    if ((rc = ms_dev_to_host(dev, iou, m->dec.iou, (size_t)M * sizeof(float)))) goto done;
+    int best = first;
+    printf("iou:");
+    for (int i = first; i < first + nsel; i++) {
+        printf(" %.6f", iou[i]);
+        if (iou[i] > iou[best]) best = i;
+    }
+    printf("\n");
+    if (ft) {
+        if ((rc = write_class_map(pm, low + (size_t)first * plane, nsel, lo, S, stretched, h, w, full, pix, out)))
+            goto done;
+    } else {
+        if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto done;
+        size_t on = 0;
+        for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
+        if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto done;
+        printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
+    }
+    if (logits) {
+        int64_t shape[4] = {1, nsel, lo, lo};
+        if ((rc = ms_npy_write_f32(logits, low + (size_t)first * plane, shape, 4))) goto done;
+    }
+done:
+    free(low);
+    free(iou);
+    free(full);
+    free(pix);
+    ms_sam_prompt_state_free(dev, &pst);
+    return rc;
+}
+
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
         "mrisam segment --ckpt F|RUN --image IMG.png [--point X,Y[,LABEL]]... [--box X0,Y0,X1,Y1] [--multimask] "
-        "[--mask-input LOW.npy] [--embedding EMB.npy] [--task NAME] -o MASK.png [--logits LOW.npy]",
+        "[--mask-input LOW.npy] [--embedding EMB.npy] [--task NAME] -o MASK.png [--logits LOW.npy]\n"
+        "       mrisam segment --ckpt F --image IMG.png --auto -o LABELS.png [--json MASKS.json] [--points-per-side 32] "
+        "[--pred-iou-thresh 0.88] [--stability-thresh 0.95] [--box-nms-thresh 0.7]",
         "Zero-shot SAM with the official predictor's pre- and post-processing. Coordinates are in the image's pixels "
         "(x = column, y = row); LABEL is 1 (foreground, default) or 0 (background). Without --multimask the "
         "single-mask token is used; with it, the mask with the highest predicted IoU of the three. Prints the IoU "
@@ -249,7 +348,9 @@ static int run(int argc, char **argv)
         "argmax class map, pixels = the task's class values; --logits then holds its class channels (1, C, ...). "
         "--embedding reuses `mrisam embed`'s output for IMG (same weights): the encoder is not run, the image gives "
         "the size. --mask-input feeds a previous prediction's low-resolution logits (1, 4·S/16, 4·S/16) to the prompt "
-        "encoder, as SAM's predictor's mask_input.",
+        "encoder, as SAM's predictor's mask_input. --auto is SamAutomaticMaskGenerator without crops: a point grid, the "
+        "multimask outputs kept by predicted IoU and stability score, box NMS; LABELS.png = 1 + each mask's rank "
+        "(smaller masks painted over larger ones), --json = every mask as COCO uncompressed RLE (column-major).",
         "mrisam segment --ckpt sam_vit_b_01ec64.pth --image slice.png --point 120,88 --multimask -o mask.png"};
     const char *ckpt = NULL, *image = NULL, *box_s = NULL, *out = NULL, *logits = NULL, *device = "cpu",
                *norm = NULL, *task = NULL, *emb_path = NULL, *mask_path = NULL;
@@ -291,14 +392,10 @@ static int run(int argc, char **argv)
         return MS_EXIT_USAGE;
     }
     const int np_ = point_s.n;
-    if (auto_ && (np_ || box_s || mask_path || multimask || logits)) {
-        fprintf(stderr, "mrisam segment: --auto prompts with its own point grid: no --point, --box, --mask-input, "
-                        "--multimask or --logits\n");
-        ms_strlist_free(&point_s);
-        return MS_EXIT_USAGE;
-    }
-    if (!auto_ && (json || cand)) {
-        fprintf(stderr, "mrisam segment: --json and --auto-candidates go with --auto\n");
+    if (auto_ ? np_ || box_s || mask_path || multimask || logits : json || cand) {
+        fprintf(stderr, auto_ ? "mrisam segment: --auto prompts with its own point grid: no --point, --box, "
+                                "--mask-input, --multimask or --logits\n"
+                              : "mrisam segment: --json and --auto-candidates go with --auto\n");
         ms_strlist_free(&point_s);
         return MS_EXIT_USAGE;
     }
@@ -314,12 +411,9 @@ static int run(int argc, char **argv)
     ms_device dev;
     ms_predict_model pm;
     ms_image img = {0};
-    ms_sam_prompt_state pst;
     int dev_ok = 0, model_ok = 0;
-    float *hx = NULL, *x = NULL, *emb = NULL, *low = NULL, *iou = NULL, *full = NULL, *hmask = NULL, *dmask = NULL;
-    uint8_t *pix = NULL;
+    float *emb = NULL, *hmask = NULL, *dmask = NULL;
     memset(&pm, 0, sizeof pm);
-    memset(&pst, 0, sizeof pst);
     ms_device_kind kind;
     int index;
     ms_status rc;
@@ -337,7 +431,7 @@ static int run(int argc, char **argv)
         goto leave; }
     if ((rc = check_class_values(ckpt, &pm))) goto leave;
     if ((rc = ms_png_read_image(image, &img))) goto leave;
-    const int h = img.h, w = img.w, S = m->img_size, g = m->emb_h;
+    const int h = img.h, w = img.w, g = m->emb_h;
     if ((rc = check_prompts(image, pts, np_, box_s ? box : NULL, w, h))) goto leave;
 
     /* image embedding: the checkpoint's preprocessing (SAM's for weight files), --norm overriding */
@@ -345,20 +439,8 @@ static int run(int argc, char **argv)
     pc.channels = 3;
     if ((rc = ms_prep_parse(&pc, NULL, norm))) goto leave;
     const int stretched = pc.resize == MS_RESIZE_STRETCH;
-    size_t nx = (size_t)3 * S * S, ne = (size_t)256 * g * g;
-    if ((rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb))) goto leave;
-    if (emb_path) { /* `mrisam embed`'s output for this image: the same encoder output, so the same masks */
-        if ((rc = read_embedding(emb_path, g, S, &hx))) goto leave;
-        if ((rc = ms_dev_from_host(&dev, emb, hx, ne * sizeof(float)))) goto leave;
-    } else {
-        hx = malloc(nx * sizeof(float));
-        if (!hx) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
-        if ((rc = ms_prep_image_hwc(&pc, img.data, h, w, img.c, hx))) goto leave;
-        if ((rc = ms_dev_alloc(&dev, nx * sizeof(float), (void **)&x))) goto leave;
-        if ((rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float)))) goto leave;
-        if ((rc = ms_sam_encoder_reserve(&m->enc, &dev, 1, 0))) goto leave;
-        if ((rc = ms_sam_encoder_forward(&m->enc, x, 1, emb))) goto leave;
-    }
+    if ((rc = ms_dev_alloc(&dev, (size_t)256 * g * g * sizeof(float), (void **)&emb))) goto leave;
+    if ((rc = image_embedding(&dev, m, &pc, &img, emb_path, emb))) goto leave;
     if (auto_) {
         rc = run_auto(&dev, m, emb, h, w, stretched, &ac, out, json, cand);
         goto leave;
@@ -369,67 +451,16 @@ static int run(int argc, char **argv)
         if ((rc = ms_dev_from_host(&dev, dmask, hmask, (size_t)16 * g * g * sizeof(float)))) goto leave;
     }
 
-    /* prompts in the resized frame (a stretched input scales each axis to S) */
-    if (stretched) {
-        for (int i = 0; i < np_; i++) { pts[2 * i] *= (float)S / w; pts[2 * i + 1] *= (float)S / h; }
-        if (box_s) { box[0] *= (float)S / w; box[2] *= (float)S / w; box[1] *= (float)S / h; box[3] *= (float)S / h; }
-    } else {
-        ms_sam_apply_coords(pts, np_, h, w, S);
-        if (box_s) ms_sam_apply_coords(box, 2, h, w, S);
-    }
-    ms_sam_prompts pr = {.bp = 1, .n_points = np_, .points = pts, .labels = labels, .boxes = box_s ? box : NULL,
-                          .masks = dmask};
-    if ((rc = ms_sam_prompt_forward(&dev, &m->pe, &pr, &pst))) goto leave;
-    /* the decoder's active head: the task's (ms_predict_model_load selected it) or SAM's */
-    if ((rc = ms_sam_decoder_forward(&dev, &m->dec, emb, 1, &pst))) goto leave;
-
-    const int M = m->dec.M, lo = 4 * g;
-    /* a fine-tuned head's class channels are tokens 1..M-1 (docs/MODEL.md §Multi-class output) */
-    const int first = (ft || multimask) && M > 1 ? 1 : 0, nsel = (ft || multimask) && M > 1 ? M - 1 : 1;
-    const size_t plane = (size_t)lo * lo;
-    low = malloc((size_t)M * plane * sizeof(float));
-    iou = malloc((size_t)M * sizeof(float));
-    full = malloc((size_t)(ft ? nsel : 1) * h * w * sizeof(float));
-    pix = malloc((size_t)h * w);
-    if (!low || !iou || !full || !pix) { rc = ms_error(MS_ENOMEM, "segment: out of memory"); goto leave; }
-    if ((rc = ms_dev_to_host(&dev, low, m->dec.masks, (size_t)M * plane * sizeof(float)))) goto leave;
-    if ((rc = ms_dev_to_host(&dev, iou, m->dec.iou, (size_t)M * sizeof(float)))) goto leave;
-    int best = first;
-    printf("iou:");
-    for (int i = first; i < first + nsel; i++) {
-        printf(" %.6f", iou[i]);
-        if (iou[i] > iou[best]) best = i;
-    }
-    printf("\n");
-    if (ft) {
-        if ((rc = write_class_map(&pm, low + (size_t)first * plane, nsel, lo, S, stretched, h, w, full, pix, out)))
-            goto leave;
-    } else {
-        if ((rc = ms_sam_postprocess_masks(low + (size_t)best * plane, 1, lo, lo, S, 0, h, w, full))) goto leave;
-        size_t on = 0;
-        for (size_t i = 0; i < (size_t)h * w; i++) { pix[i] = full[i] > 0.0f ? 255 : 0; on += pix[i] != 0; }
-        if ((rc = ms_png_write_u8(out, pix, w, h, 1))) goto leave;
-        printf("mask: token %d (predicted IoU %.6f), %zu of %zu pixels, %s\n", best, iou[best], on, (size_t)h * w, out);
-    }
-    if (logits) {
-        int64_t shape[4] = {1, nsel, lo, lo};
-        if ((rc = ms_npy_write_f32(logits, low + (size_t)first * plane, shape, 4))) goto leave;
-    }
+    rc = run_prompted(&dev, &pm, emb, pts, labels, np_, box_s ? box : NULL, dmask, multimask, stretched, h, w, out,
+                      logits);
 leave:
     free(pts);
     free(labels);
-    free(hx);
     free(hmask);
-    free(low);
-    free(iou);
-    free(full);
-    free(pix);
     ms_image_free(&img);
     if (dev_ok) {
-        if (x) ms_dev_free(&dev, x);
         if (emb) ms_dev_free(&dev, emb);
         if (dmask) ms_dev_free(&dev, dmask);
-        ms_sam_prompt_state_free(&dev, &pst);
     }
     if (model_ok) ms_predict_model_free(&pm);
     if (dev_ok) ms_device_free(&dev);
