@@ -2,6 +2,7 @@
  * segment_anything/utils/amg.py, torchvision/csrc/ops/cpu/nms_kernel.cpp. */
 #include "amg.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,7 +186,8 @@ static ms_status nms(const ms_amg_mask *c, int n, double thresh, int *order, int
         free(key);
         return ms_error(MS_ENOMEM, "automatic masks: out of memory");
     }
-    for (int i = 0; i < n; i++) key[i] = (amg_key){c[i].iou, i};
+    for (int i = 0; i < n; i++) /* a NaN score (a broken model, filters off) sorts last instead of breaking qsort */
+        key[i] = (amg_key){c[i].iou == c[i].iou ? c[i].iou : -HUGE_VAL, i};
     sort_desc(key, n, order);
     free(key);
     for (int i = 0; i < n; i++)
@@ -316,6 +318,16 @@ ms_status ms_amg_label_map(const ms_amg_result *r, int max_label, uint16_t *labe
     return MS_OK;
 }
 
+/* A float32 with 9 significant digits (reads back to the same float); NaN and infinities as Python's json writes
+ * them (a NaN stability score: an empty mask at −offset, kept only with that filter off). */
+static const char *json_f32(float v, char *buf, size_t n)
+{
+    if (isnan(v)) return "NaN";
+    if (isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+    snprintf(buf, n, "%.9g", (double)v);
+    return buf;
+}
+
 static void bputf(ms_buf *b, const char *fmt, ...)
 {
     char tmp[256];
@@ -334,11 +346,12 @@ ms_status ms_amg_write_json(const char *path, const ms_amg_result *r)
         const ms_amg_mask *mk = &r->m[i];
         bputf(&b, "%s\n{\"segmentation\": {\"size\": [%d, %d], \"counts\": [", i ? "," : "", r->h, r->w);
         for (int64_t q = 0; q < mk->n_counts; q++) bputf(&b, q ? ", %lld" : "%lld", (long long)mk->counts[q]);
-        /* float32 values with 9 significant digits (they read back to the same float), points with 17 */
-        bputf(&b, "]}, \"area\": %lld, \"bbox\": [%d, %d, %d, %d], \"predicted_iou\": %.9g, ", (long long)mk->area,
-              mk->box[0], mk->box[1], mk->box[2] - mk->box[0], mk->box[3] - mk->box[1], (double)mk->iou);
-        bputf(&b, "\"point_coords\": [[%.17g, %.17g]], \"stability_score\": %.9g, \"crop_box\": [0, 0, %d, %d]}",
-              mk->point[0], mk->point[1], (double)mk->stability, r->w, r->h);
+        char f0[32], f1[32];
+        bputf(&b, "]}, \"area\": %lld, \"bbox\": [%d, %d, %d, %d], \"predicted_iou\": %s, ", (long long)mk->area,
+              mk->box[0], mk->box[1], mk->box[2] - mk->box[0], mk->box[3] - mk->box[1],
+              json_f32(mk->iou, f0, sizeof f0));
+        bputf(&b, "\"point_coords\": [[%.17g, %.17g]], \"stability_score\": %s, \"crop_box\": [0, 0, %d, %d]}",
+              mk->point[0], mk->point[1], json_f32(mk->stability, f1, sizeof f1), r->w, r->h);
     }
     bputf(&b, "%s]\n", r->n ? "\n" : "");
     ms_status rc = b.oom ? ms_error(MS_ENOMEM, "%s: out of memory", path) : ms_write_file_atomic(path, b.p, b.n);
