@@ -1,0 +1,113 @@
+/* pretrain/tinyvit.h — MobileSAM's image encoder, TinyViT (ChaoningZhang/MobileSAM,
+ * mobile_sam/modeling/tiny_vit_sam.py; build_sam.py build_sam_vit_t; docs/MODEL.md §TinyViT). FORWARD ONLY, in
+ * inference mode: BatchNorm normalises with its running statistics and never updates them. CPU or CUDA through the
+ * op table (kernels/ops.h); tested on the CPU against MobileSAM's own code (tests/pretrain/test_tinyvit.c).
+ *
+ *   x (B,3,S,S) → stem: Conv2d_BN(3→C0/2, 3×3 s2) GELU Conv2d_BN(→C0, 3×3 s2)          (B,C0,S/4,S/4)
+ *   → layer 0: depth0 × MBConv (1×1 expand 4, GELU, dw 3×3, GELU, 1×1, + x, GELU), then PatchMerging
+ *   → layers 1, 2: depth × TinyViTBlock, then PatchMerging; layer 3: depth3 × TinyViTBlock (no merging)
+ *   → tokens (B,g,g,C3), g = S/16 → neck: Conv 1×1 (C3→256, no bias), LN2d, Conv 3×3 (pad 1, no bias), LN2d
+ *   → embeddings (B,256,g,g).
+ * Conv2d_BN = Conv2d (no bias) + BatchNorm2d (eps 1e-5). PatchMerging (NCHW; tokens are turned back into a grid):
+ * Conv2d_BN 1×1 (C→C'), GELU, depthwise Conv2d_BN 3×3 (stride merge_stride[i], pad 1), GELU, Conv2d_BN 1×1, then
+ * flattened to tokens. Strides 2, 2, 1: MobileSAM keeps the last grid at S/16 (upstream picks stride 1 when the
+ * output dim is 320, 448 or 576, i.e. in its models at the last merging).
+ * TinyViTBlock on tokens (B,H,W,C), LayerNorm eps 1e-5:
+ *   x = x + proj(attn(LN(window_partition(x))))   cropped back (zero pad at bottom/right; pad slots are
+ *                                                  normalised like any token: keys from LN's bias, no mask)
+ *   x = BN(dwconv3×3(x))                          local conv on the grid, NO residual
+ *   x = x + fc2(GELU(fc1(LN(x))))
+ *   attention per window and head: softmax(q·kᵀ/√hd + bias[h, |Δy|·ws + |Δx|])·v, with the qkv output laid out per
+ *   head as [q | k | v] (hd columns each: qkv.view(B,N,heads,3·hd).split), not SAM's [all q | all k | all v].
+ *
+ * Parameters are registered under MobileSAM's state-dict keys with a prefix ("image_encoder." for a full model),
+ * including the classifier (norm_head, head: unused by SAM, but in every MobileSAM file) and BatchNorm's running
+ * statistics (float buffers; they must never be trained — the backward will keep them out of the trainable set).
+ * num_batches_tracked (int64) is not a float and lives outside ms_params: ms_tinyvit_load accepts it, and
+ * export writes it (a later step). attention_bias_idxs is a non-persistent buffer (not in files): built here.
+ *
+ * Layouts: NCHW in the stem, layer 0 and the mergings; tokens (B·H·W, C), row b·H·W + y·W + x, in layers 1–3.
+ * Activations live in one arena sized once for (config, max batch); the stage outputs stay readable until the
+ * next forward (ms_tinyvit_stage). No backward yet.
+ */
+#ifndef MS_TINYVIT_H
+#define MS_TINYVIT_H
+
+#include <stdint.h>
+
+#include "base/device.h"
+#include "base/status.h"
+#include "base/tensor.h"
+#include "checkpoints/state_dict.h"
+#include "pretrain/params.h"
+
+#define MS_TINYVIT_STAGES 4
+#define MS_TINYVIT_MAX_DEPTH 16
+
+typedef struct ms_tinyvit_config {
+    int img_size;             /* S, multiple of 16 (1024 for vit_t) */
+    int in_chans;             /* 3 */
+    int dims[4];              /* 64, 128, 160, 320 */
+    int depths[4];            /* 2, 2, 6, 2 */
+    int heads[4];             /* 2, 4, 5, 10 (heads[0] unused: layer 0 is convolutional) */
+    int windows[4];           /* 7, 7, 14, 7 (windows[0] unused) */
+    int mlp_ratio;            /* 4 */
+    int mbconv_expand;        /* 4 */
+    int local_conv;           /* 3 */
+    int merge_stride[3];      /* 2, 2, 1 */
+    int num_classes;          /* classifier head kept for the state dict: 1000 */
+    int out_chans;            /* 256 */
+} ms_tinyvit_config;
+
+/* vit_t (MobileSAM: TinyViT-5M at 1024) and vit_t_test (dims 32/64/80/320, depths 1/2/2/1, heads 1/2/5/10,
+ * windows 7/7/14/7, 10 classes, input 256: the golden-file variant of tests/pretrain/gen_tinyvit_golden.py). */
+ms_status ms_tinyvit_config_named(const char *name, ms_tinyvit_config *cfg);
+/* Validates a hand-written config (sizes, heads dividing dims, the grid after each stride). */
+ms_status ms_tinyvit_config_check(const ms_tinyvit_config *cfg);
+/* Grid side of layer i's blocks (S/4, then after each merging); i = 4: the neck's grid (= S/16 for vit_t). */
+int ms_tinyvit_grid(const ms_tinyvit_config *cfg, int i);
+
+typedef struct ms_tinyvit_cbn { int w, g, b, mean, var; } ms_tinyvit_cbn; /* Conv2d_BN: c.weight, bn.* */
+
+typedef struct ms_tinyvit_block {
+    int ab, norm_w, norm_b, qkv_w, qkv_b, proj_w, proj_b;   /* attn.{attention_biases, norm, qkv, proj} */
+    int mnorm_w, mnorm_b, fc1_w, fc1_b, fc2_w, fc2_b;       /* mlp.{norm, fc1, fc2} */
+    ms_tinyvit_cbn local;                                   /* local_conv */
+} ms_tinyvit_block;
+
+typedef struct ms_tinyvit {
+    ms_tinyvit_config cfg;
+    ms_params *ps;                          /* not owned */
+    ms_tinyvit_cbn stem[2];
+    ms_tinyvit_cbn mb[MS_TINYVIT_MAX_DEPTH][3];           /* layer 0: blocks.j.conv{1,2,3} */
+    ms_tinyvit_block blk[4][MS_TINYVIT_MAX_DEPTH];         /* layers 1..3 */
+    ms_tinyvit_cbn merge[3][3];                            /* layers 0..2: downsample.conv{1,2,3} */
+    int head_norm_w, head_norm_b, head_w, head_b;
+    int neck0_w, neck1_w, neck1_b, neck2_w, neck3_w, neck3_b;
+    char prefix[64];
+
+    /* activations (ms_tinyvit_reserve) */
+    ms_device *dev;
+    int max_batch, batch;
+    ms_arena arena;
+    void *priv;
+} ms_tinyvit;
+
+/* Registers every tensor in ps under prefix + MobileSAM key. ps must not be allocated yet. */
+ms_status ms_tinyvit_init(ms_tinyvit *tv, const ms_tinyvit_config *cfg, ms_params *ps, const char *prefix);
+/* Activations for batches up to max_batch (parameters allocated: ps->dev is used). */
+ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch);
+void ms_tinyvit_free(ms_tinyvit *tv);
+/* Strict load from a state dict written by MobileSAM's code: every registered tensor with its shape; under the
+ * prefix, the only extra keys allowed are the num_batches_tracked of registered BatchNorms (int, scalar). One line
+ * per problem; nothing loaded on any error. */
+ms_status ms_tinyvit_load(ms_tinyvit *tv, const ms_state_dict *sd);
+/* x (B,3,S,S) → emb (B,out_chans,g,g), device memory, B ≤ max_batch. */
+ms_status ms_tinyvit_forward(ms_tinyvit *tv, const float *x, int B, float *emb);
+/* Outputs of the last forward (device memory): stage −1 the stem (B,C0,S/4,S/4); stage i in 0..3 layers[i]'s
+ * output as tokens (B, L, C) (after its merging). NULL before a forward. */
+const float *ms_tinyvit_stage(const ms_tinyvit *tv, int stage);
+/* Number of registered floats. */
+int64_t ms_tinyvit_numel(const ms_tinyvit *tv);
+
+#endif

@@ -1,0 +1,165 @@
+"""tests/pretrain/gen_tinyvit_golden.py — golden file for tests/pretrain/test_tinyvit.c from MobileSAM's own code.
+
+    /usr/bin/python3 tests/pretrain/gen_tinyvit_golden.py --upstream DIR     (or MOBILESAM_DIR=DIR; from the repo root)
+
+DIR is a checkout of github.com/ChaoningZhang/MobileSAM (generated from commit 34bbbfd); only
+DIR/mobile_sam/modeling/tiny_vit_sam.py is loaded, by file path, so the package's other imports are not needed.
+No upstream code lives in this repository. The file imports DropPath, to_2tuple and trunc_normal_ from
+timm.models.layers and register_model from timm.models.registry; Debian has no timm, so a stand-in module with
+those four names is put into sys.modules first (drop rate 0 everywhere: DropPath is never built).
+
+The model is MobileSAM's TinyViT with vit_t_test's configuration (pretrain/tinyvit.c): input 256, embed dims
+32/64/80/320, depths 1/2/2/1, heads 1/2/5/10, windows 7/7/14/7, num_classes 10. The last dim is 320 on
+purpose: upstream's PatchMerging uses stride 1 only when out_dim is 320, 448 or 576, which is how MobileSAM keeps the
+final grid at input/16; any other last dim gives a model upstream's own code cannot run. Every window is padded
+(32 → 35, 16 → 28, 16 → 21). TinyViT.forward_features hard-codes the 64×64 grid of a 1024 input; the reference
+below runs the same modules (patch_embed, layers, neck) with the grid S/16 instead.
+
+Weights: every state-dict key (prefixed "image_encoder.") from tests/reference/counter_init.py with SEED, then
+    running_var ← 1 + 5·v (in [0.5, 1.5)), running_mean ← 5·v, attention_biases ← 8·v, num_batches_tracked ← 3,
+so inference-mode BatchNorm sees non-trivial statistics; the C test regenerates the same values. (counter_init
+gives names containing "embed" U(±1) weights, so the stem's outputs reach ~80; the BatchNorms after it bring the
+scale back.) The state dict
+is loaded with strict=True BEFORE .eval(): MobileSAM's Attention caches the expanded bias table (`ab`) when eval()
+is called, so weights loaded into a model already in eval mode would leave a stale table.
+The input (2,3,256,256) is x[i] = 2·(2u−1) from the counter RNG under the name "golden.input" (as
+tests/pretrain/test_sam_encoder_vitb_slow.c). The model runs in float64.
+
+Writes tests/pretrain/golden/tinyvit_test.pth (torch.save of a flat dict):
+  meta.seed                  (1,) int64
+  key.<state-dict key>       int64 [ndim, is_int64, dims...] for every key of TinyViT's state_dict(): the exact key
+                             set MobileSAM's code saves and loads strictly
+  stage.stem                 patch_embed output (B,C0,S/4,S/4)           sampled (.idx/.val/.stats)
+  stage.layer.<i>            layers[i] output, tokens (B,L,C)             sampled when > FULL_MAX elements
+  emb                        neck output (B,256,S/16,S/16)               in full
+Sampled tensors: NS indices (.idx int64), their values (.val float32), and (Σ, Σx², Σ|x|) (.stats float64).
+"""
+import argparse
+import importlib.util
+import os
+import sys
+import types
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import counter_init as ci  # noqa: E402
+
+SEED = 17
+B, S = 2, 256
+FULL_MAX = 4096
+NS = 2048
+OUT = os.path.join(HERE, "golden", "tinyvit_test.pth")
+CFG = dict(img_size=S, in_chans=3, num_classes=10, embed_dims=[32, 64, 80, 320], depths=[1, 2, 2, 1],
+           num_heads=[1, 2, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4., drop_rate=0., drop_path_rate=0.0,
+           use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8)
+
+
+def timm_stand_in():
+    """timm.models.layers (DropPath, to_2tuple, trunc_normal_) and timm.models.registry (register_model)."""
+    class DropPath(torch.nn.Module):
+        def __init__(self, drop_prob=None):
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x):
+            if not self.drop_prob or not self.training:
+                return x
+            raise NotImplementedError("stand-in DropPath: drop paths are not used here")
+
+    def to_2tuple(x):
+        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+    timm = types.ModuleType("timm")
+    models = types.ModuleType("timm.models")
+    layers = types.ModuleType("timm.models.layers")
+    registry = types.ModuleType("timm.models.registry")
+    layers.DropPath, layers.to_2tuple = DropPath, to_2tuple
+    layers.trunc_normal_ = lambda t, mean=0., std=1., a=-2., b=2.: torch.nn.init.trunc_normal_(t, mean, std, a, b)
+    registry.register_model = lambda fn: fn
+    timm.models, models.layers, models.registry = models, layers, registry
+    sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers,
+                        "timm.models.registry": registry})
+
+
+def load_upstream(root):
+    path = os.path.join(root, "mobile_sam", "modeling", "tiny_vit_sam.py")
+    if not os.path.isfile(path):
+        sys.exit("%s: not found (give a checkout of ChaoningZhang/MobileSAM)" % path)
+    timm_stand_in()
+    spec = importlib.util.spec_from_file_location("tiny_vit_sam", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def counter_value(name, shape, seed):
+    """counter_init plus the BatchNorm / bias-table rules above (test_tinyvit.c has the twin)."""
+    v = torch.from_numpy(ci.counter_init(name, tuple(shape), seed))
+    if name.endswith(".running_var"):
+        return 1.0 + 5.0 * v
+    if name.endswith(".running_mean"):
+        return 5.0 * v
+    if name.endswith(".attention_biases"):
+        return 8.0 * v
+    return v
+
+
+def counter_uniform(name, shape, seed):
+    n = int(np.prod(shape))
+    stream = ci.rng_stream(seed, ci.fnv1a64(name), 0)
+    u = (ci.rand_u64(stream, np.arange(n, dtype=np.uint64)) >> np.uint64(40)).astype(np.float64) / 16777216.0
+    return torch.from_numpy((2.0 * u - 1.0).reshape(shape))
+
+
+def put(o, key, t, gen):
+    t = t.detach().reshape(-1).double()
+    if t.numel() <= FULL_MAX or key == "emb":
+        o[key] = t.float().clone()
+        return
+    idx = torch.randperm(t.numel(), generator=gen)[:NS].sort().values
+    o[key + ".idx"] = idx.to(torch.int64)
+    o[key + ".val"] = t[idx].float()
+    o[key + ".stats"] = torch.tensor([t.sum(), (t * t).sum(), t.abs().sum()], dtype=torch.float64)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout")
+    ap.add_argument("--out", default=OUT)
+    a = ap.parse_args()
+    if not a.upstream:
+        sys.exit("give --upstream DIR or MOBILESAM_DIR")
+    up = load_upstream(a.upstream)
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    sd = {}
+    o = {"meta.seed": torch.tensor([SEED], dtype=torch.int64)}
+    for k, v in m.state_dict().items():
+        name = "image_encoder." + k
+        is_int = not v.is_floating_point()
+        sd[k] = torch.full_like(v, 3) if is_int else counter_value(name, v.shape, SEED).to(v.dtype)
+        o["key." + name] = torch.tensor([v.dim(), int(is_int)] + list(v.shape), dtype=torch.int64)
+    m.load_state_dict(sd, strict=True)
+    m = m.double().eval()  # eval() after loading: it caches attention_biases[:, idxs] as `ab`
+    x = 2.0 * counter_uniform("golden.input", (B, 3, S, S), SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    g = S // 16
+    with torch.no_grad():
+        h = m.patch_embed(x)
+        put(o, "stage.stem", h, gen)
+        for i, layer in enumerate(m.layers):
+            h = layer(h)
+            put(o, "stage.layer.%d" % i, h, gen)
+        emb = m.neck(h.view(B, g, g, h.shape[-1]).permute(0, 3, 1, 2))
+    put(o, "emb", emb, gen)
+    n_keys = sum(1 for k in o if k.startswith("key."))
+    print("keys %d, parameters %d, emb %s sum %.9g" % (n_keys, sum(p.numel() for p in m.parameters()),
+                                                    tuple(emb.shape), emb.sum().item()))
+    torch.save(o, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+/* tests/pretrain/test_tinyvit.c — MobileSAM's TinyViT (pretrain/tinyvit.h), forward in inference mode, against
+ * MobileSAM's own PyTorch code: tests/pretrain/golden/tinyvit_test.pth from tests/pretrain/gen_tinyvit_golden.py
+ * (float64 reference; the file holds no weights).
+ *
+ * 1. Keys: the registered tensors of vit_t_test equal the key set of upstream's TinyViT.state_dict() (names,
+ *    shapes), num_batches_tracked (int64) aside; vit_t's float count equals upstream's build_sam_vit_t encoder
+ *    (6,075,388 floats: 6,065,532 parameters + 9,856 BatchNorm running statistics; 302 keys, 27 of them
+ *    num_batches_tracked — counted with upstream's code at commit 34bbbfd).
+ * 2. Loading: the state dict MobileSAM's code would save (every golden key; floats from counter_init with the
+ *    generator's BatchNorm / bias-table rules, num_batches_tracked int64 scalars), written to a .pth and read back,
+ *    loads strictly through ms_tinyvit_load; with one key (drawn at random, seed printed) missing, mis-shaped,
+ *    or an unknown key added, or a num_batches_tracked stored as float, the load fails and loads nothing.
+ * 3. Forward at 256, batch 2, input 2·(2u−1) from the counter RNG ("golden.input"): the stem, every layer's output
+ *    and the neck embedding. Tolerance (fp32 against float64): max|c − r| ≤ 1e-4·max|r| on every value stored
+ *    (the embedding in full, the rest on 2048 sampled values), Σ within 1e-4·Σ|r|, Σx² within 1e-4 relative.
+ * CPU only for now (no CUDA run yet: a later step adds it, as test_sam_encoder.c does).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/path.h"
+#include "base/rng.h"
+#include "harness.h"
+#include "ops.h"
+#include "pretrain/params.h"
+#include "pretrain/tinyvit.h"
+#include "reference/counter_init.h"
+
+#define TOL 1e-4
+#define PREFIX "image_encoder."
+
+/* counter_init plus the generator's rules (gen_tinyvit_golden.py counter_value) */
+static void tv_counter(float *dst, const char *name, const int64_t *shape, int ndim, uint64_t seed)
+{
+    ms_counter_init(dst, name, shape, ndim, seed);
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    float a = 1.f, b = 0.f;
+    if (ms_str_ends_with(name, ".running_var")) { a = 5.f; b = 1.f; }
+    else if (ms_str_ends_with(name, ".running_mean")) a = 5.f;
+    else if (ms_str_ends_with(name, ".attention_biases")) a = 8.f;
+    for (int64_t i = 0; i < n; i++) dst[i] = b + a * dst[i];
+}
+
+/* Golden "key.<name>" entries: [ndim, is_int64, dims...]. */
+typedef struct gkey { const char *name; int ndim, is_int; int64_t shape[4]; } gkey;
+
+static int golden_keys(const ms_state_dict *g, gkey **out)
+{
+    gkey *k = calloc((size_t)g->n, sizeof *k);
+    int n = 0;
+    for (int i = 0; k && i < g->n; i++) {
+        const ms_sd_entry *e = &g->e[i];
+        if (strncmp(e->name, "key.", 4)) continue;
+        const int64_t *v = e->t.data;
+        int64_t ne = ms_tensor_numel(&e->t);
+        if (e->t.dtype != MS_DTYPE_I64 || ne < 2 || v[0] < 0 || v[0] > 4 || ne != 2 + v[0]) {
+            MS_CHECK(0, "%s: malformed golden key entry", e->name);
+            continue;
+        }
+        k[n].name = e->name + 4;
+        k[n].ndim = (int)v[0];
+        k[n].is_int = (int)v[1];
+        for (int d = 0; d < k[n].ndim; d++) k[n].shape[d] = v[2 + d];
+        n++;
+    }
+    *out = k;
+    return n;
+}
+
+static void test_keys(const ms_params *ps, const gkey *k, int nk)
+{
+    int nfloat = 0, nint = 0, bad = 0;
+    for (int i = 0; i < nk; i++) {
+        if (k[i].is_int) {
+            char mean[256];
+            size_t n = strlen(k[i].name);
+            int ok = n > 19 && !strcmp(k[i].name + n - 19, "num_batches_tracked") && k[i].ndim == 0;
+            snprintf(mean, sizeof mean, "%.*srunning_mean", (int)(n - 19), k[i].name);
+            ok = ok && ms_params_find(ps, mean) >= 0;
+            if (!ok) { bad++; fprintf(stderr, "%s: integer key not matched\n", k[i].name); }
+            nint++;
+            continue;
+        }
+        nfloat++;
+        int j = ms_params_find(ps, k[i].name);
+        int ok = j >= 0 && ps->p[j].ndim == k[i].ndim;
+        for (int d = 0; ok && d < k[i].ndim; d++) ok = ps->p[j].shape[d] == k[i].shape[d];
+        if (!ok) { bad++; fprintf(stderr, "%s: not registered with its upstream shape\n", k[i].name); }
+    }
+    MS_CHECK(bad == 0 && nfloat == ps->n, "keys: %d mismatches; %d float keys upstream, %d registered", bad, nfloat,
+             ps->n);
+    printf("keys: %d float tensors (= registered), %d num_batches_tracked\n", nfloat, nint);
+}
+
+enum { SD_OK, SD_MISSING, SD_SHAPE, SD_UNKNOWN, SD_FLOAT_COUNTER, SD_NCASES };
+static const char *sd_case[] = {"ok", "missing key", "mis-shaped key", "unknown key", "float num_batches_tracked"};
+
+/* The state dict upstream's code saves for these weights; `bad` breaks key number `which` (a float key for
+ * SD_MISSING / SD_SHAPE, an integer one for SD_FLOAT_COUNTER). */
+static ms_status make_sd(ms_state_dict *sd, const gkey *k, int nk, uint64_t seed, int bad, int which)
+{
+    ms_sd_init(sd);
+    ms_status rc = MS_OK;
+    for (int i = 0; i < nk && !rc; i++) {
+        if (k[i].is_int && !(bad == SD_FLOAT_COUNTER && i == which)) {
+            int64_t three = 3;
+            rc = ms_sd_add(sd, k[i].name, MS_DTYPE_I64, NULL, 0, &three);
+            continue;
+        }
+        if (bad == SD_MISSING && i == which) continue;
+        int64_t shape[4];
+        int64_t n = 1;
+        for (int d = 0; d < k[i].ndim; d++) n *= shape[d] = k[i].shape[d];
+        if (bad == SD_SHAPE && i == which) shape[0] += 1, n = n / k[i].shape[0] * shape[0];
+        float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+        if (!v) return MS_ENOMEM;
+        if (k[i].is_int) v[0] = 3.f;
+        else tv_counter(v, k[i].name, shape, k[i].ndim, seed);
+        rc = ms_sd_add_take(sd, k[i].name, MS_DTYPE_F32, shape, k[i].ndim, v);
+    }
+    if (!rc && bad == SD_UNKNOWN) {
+        float z = 0;
+        int64_t one = 1;
+        rc = ms_sd_add(sd, PREFIX "layers.1.blocks.0.attn.extra", MS_DTYPE_F32, &one, 1, &z);
+    }
+    return rc;
+}
+
+/* The load of a broken state dict fails and leaves the parameters as they were (all zero here). */
+static void test_bad_loads(ms_tinyvit *tv, const gkey *k, int nk, uint64_t seed)
+{
+    int nf = 0, ni = 0;
+    for (int i = 0; i < nk; i++) k[i].is_int ? ni++ : nf++;
+    ms_rng r;
+    ms_rng_init(&r, seed, 1);
+    MS_CHECK_OK(ms_dev_zero(tv->ps->dev, tv->ps->data, (size_t)tv->ps->numel * sizeof(float)));
+    for (int bad = SD_MISSING; bad < SD_NCASES; bad++) {
+        int want_int = bad == SD_FLOAT_COUNTER, pick = (int)ms_rng_below(&r, (uint64_t)(want_int ? ni : nf));
+        int which = -1;
+        for (int i = 0; i < nk && which < 0; i++)
+            if (k[i].is_int == want_int && pick-- == 0) which = i;
+        ms_state_dict sd;
+        MS_CHECK_OK(make_sd(&sd, k, nk, seed, bad, which));
+        printf("bad load (%s%s%s): ", sd_case[bad], bad == SD_UNKNOWN ? "" : ", ",
+               bad == SD_UNKNOWN ? "" : k[which].name);
+        fflush(stdout);
+        ms_status rc = ms_tinyvit_load(tv, &sd);
+        printf("-> %s\n", rc ? ms_errmsg() : "loaded");
+        MS_CHECK(rc != MS_OK, "%s: loaded", sd_case[bad]);
+        ms_sd_free(&sd);
+    }
+    double s = 0;
+    for (int64_t i = 0; i < tv->ps->numel; i++) s += fabs(tv->ps->data[i]);
+    MS_CHECK(s == 0, "a failed load changed the parameters (Σ|p| = %g)", s);
+}
+
+/* Stored in full (key) or sampled (key.idx / .val / .stats). */
+static void check_stage(const ms_state_dict *g, const char *key, const float *c, int64_t n)
+{
+    char k[128];
+    const ms_sd_entry *ef = ms_sd_find(g, key);
+    snprintf(k, sizeof k, "%s.idx", key);
+    const ms_sd_entry *ei = ms_sd_find(g, k);
+    snprintf(k, sizeof k, "%s.val", key);
+    const ms_sd_entry *ev = ms_sd_find(g, k);
+    snprintf(k, sizeof k, "%s.stats", key);
+    const ms_sd_entry *es = ms_sd_find(g, k);
+    if (!c) { MS_CHECK(0, "%s: no output", key); return; }
+    double mx = 0, err = 0;
+    if (ef) {
+        MS_CHECK(ef->t.dtype == MS_DTYPE_F32 && ms_tensor_numel(&ef->t) == n, "%s: golden size", key);
+        if (ef->t.dtype != MS_DTYPE_F32 || ms_tensor_numel(&ef->t) != n) return;
+        ms_cmp cm = ms_compare_f(c, ef->t.data, n);
+        for (int64_t i = 0; i < n; i++) mx = fmax(mx, fabs(((const float *)ef->t.data)[i]));
+        err = cm.max_abs;
+        printf("%-16s full      max err %.3g (rel %.3g), nmse %.3g\n", key, err, err / mx, cm.nmse);
+    } else {
+        int ok = ei && ev && es && ei->t.dtype == MS_DTYPE_I64 && ev->t.dtype == MS_DTYPE_F32 &&
+                 es->t.dtype == MS_DTYPE_F64;
+        MS_CHECK(ok, "%s: missing or mistyped in the golden file", key);
+        if (!ok) return;
+        const int64_t *idx = ei->t.data;
+        const float *val = ev->t.data;
+        for (int64_t i = 0; i < ms_tensor_numel(&ei->t); i++) {
+            if (idx[i] < 0 || idx[i] >= n) { MS_CHECK(0, "%s: index out of range", key); return; }
+            mx = fmax(mx, fabs(val[i]));
+            err = fmax(err, fabs((double)c[idx[i]] - val[i]));
+        }
+        const double *st = es->t.data;
+        double s = 0, s2 = 0;
+        for (int64_t i = 0; i < n; i++) { s += c[i]; s2 += (double)c[i] * c[i]; }
+        printf("%-16s sampled   max err %.3g (rel %.3g); sum %.9g vs %.9g; sumsq %.9g vs %.9g\n", key, err,
+               err / mx, s, st[0], s2, st[1]);
+        MS_CHECK(fabs(s - st[0]) <= TOL * st[2], "%s: sum %.9g vs %.9g", key, s, st[0]);
+        MS_CHECK(fabs(s2 - st[1]) <= TOL * st[1], "%s: sumsq %.9g vs %.9g", key, s2, st[1]);
+    }
+    MS_CHECK(mx > 0 && err <= TOL * mx, "%s: max error %.3g > %g·%.3g", key, err, TOL, mx);
+}
+
+static void test_counts(void)
+{
+    ms_tinyvit_config c;
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t", &c));
+    ms_params ps;
+    ms_params_init(&ps);
+    ms_tinyvit tv;
+    MS_CHECK_OK(ms_tinyvit_init(&tv, &c, &ps, PREFIX));
+    printf("vit_t: %d float tensors, %lld floats, final grid %d\n", ps.n, (long long)ms_tinyvit_numel(&tv),
+           ms_tinyvit_grid(&c, 4));
+    MS_CHECK(ps.n == 302 - 27 && ms_tinyvit_numel(&tv) == 6075388, "vit_t: %d tensors, %lld floats", ps.n,
+             (long long)ms_tinyvit_numel(&tv));
+    MS_CHECK(ms_tinyvit_grid(&c, 4) == 64, "vit_t grid %d, expected 64", ms_tinyvit_grid(&c, 4));
+    ms_params_free(&ps);
+    MS_CHECK(ms_tinyvit_config_named("vit_x", &c) == MS_EINVAL, "unknown model accepted");
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t", &c));
+    c.heads[2] = 3; /* 160 / 3 */
+    MS_CHECK(ms_tinyvit_config_check(&c) == MS_EINVAL, "heads not dividing the dim accepted");
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t", &c));
+    c.img_size = 1000;
+    MS_CHECK(ms_tinyvit_config_check(&c) == MS_EINVAL, "input 1000 accepted");
+}
+
+int main(void)
+{
+    uint64_t tseed = ms_test_seed(); /* picks the broken keys; the weights and input are fixed by the golden file */
+    test_counts();
+    const char *src = getenv("MS_SOURCE_DIR");
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, src ? src : "../..", "tests/pretrain/golden/tinyvit_test.pth"));
+    ms_state_dict g;
+    ms_sd_init(&g);
+    ms_status st = ms_sd_load(path, &g);
+    MS_CHECK_OK(st);
+    if (st) return ms_test_done();
+    const ms_sd_entry *es = ms_sd_find(&g, "meta.seed");
+    uint64_t seed = es && es->t.dtype == MS_DTYPE_I64 ? (uint64_t)((int64_t *)es->t.data)[0] : 0;
+
+    ms_device dev;
+    MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 0));
+    ms_tinyvit_config c;
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t_test", &c));
+    ms_params ps;
+    ms_params_init(&ps);
+    ms_tinyvit tv;
+    MS_CHECK_OK(ms_tinyvit_init(&tv, &c, &ps, PREFIX));
+    MS_CHECK_OK(ms_params_alloc(&ps, &dev));
+    gkey *k;
+    int nk = golden_keys(&g, &k);
+    test_keys(&ps, k, nk);
+    test_bad_loads(&tv, k, nk, tseed);
+
+    /* the good state dict, through a .pth file as a MobileSAM user would hand it over */
+    ms_state_dict sd, rd;
+    MS_CHECK_OK(make_sd(&sd, k, nk, seed, SD_OK, -1));
+    char tmp[MS_PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/test_tinyvit_%d.pth", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    MS_CHECK_OK(ms_sd_save(tmp, &sd));
+    ms_sd_init(&rd);
+    MS_CHECK_OK(ms_sd_load(tmp, &rd));
+    unlink(tmp);
+    MS_CHECK(rd.n == nk, "state dict read back with %d keys, wrote %d", rd.n, nk);
+    MS_CHECK_OK(ms_tinyvit_load(&tv, &rd));
+    ms_sd_free(&sd);
+    ms_sd_free(&rd);
+
+    int B = 2;
+    int64_t S = c.img_size, nx = (int64_t)B * 3 * S * S, g4 = ms_tinyvit_grid(&c, 4);
+    int64_t ne = (int64_t)B * c.out_chans * g4 * g4;
+    float *x = malloc((size_t)nx * sizeof *x), *emb = malloc((size_t)ne * sizeof *emb);
+    uint64_t stream = ms_rng_stream(seed, ms_fnv1a64("golden.input"), 0);
+    for (int64_t i = 0; i < nx; i++) x[i] = 2.0f * (2.0f * ms_rand_uniform(stream, (uint64_t)i) - 1.0f);
+    MS_CHECK_OK(ms_tinyvit_reserve(&tv, B));
+    MS_CHECK_OK(ms_tinyvit_forward(&tv, x, B, emb));
+    int64_t g0 = ms_tinyvit_grid(&c, 0);
+    check_stage(&g, "stage.stem", ms_tinyvit_stage(&tv, -1), B * c.dims[0] * g0 * g0);
+    for (int i = 0; i < 4; i++) {
+        char key[32];
+        int64_t go = ms_tinyvit_grid(&c, i < 3 ? i + 1 : 4), C = c.dims[i < 3 ? i + 1 : 3];
+        snprintf(key, sizeof key, "stage.layer.%d", i);
+        check_stage(&g, key, ms_tinyvit_stage(&tv, i), B * go * go * C);
+    }
+    check_stage(&g, "emb", emb, ne);
+    MS_CHECK(ms_tinyvit_forward(&tv, x, B + 1, emb) == MS_EINVAL, "batch above the reserve accepted");
+
+    free(x);
+    free(emb);
+    free(k);
+    ms_tinyvit_free(&tv);
+    ms_params_free(&ps);
+    ms_device_free(&dev);
+    ms_sd_free(&g);
+    return ms_test_done();
+}
