@@ -48,13 +48,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 import counter_init as ci  # noqa: E402
 
 SEED = 17
-B, S = 2, 256
+B, S = 2, 256  # vit_t_test; the vit_t file: batch 1 at 1024
 FULL_MAX = 4096
 NS = 2048
-OUT = os.path.join(HERE, "golden", "tinyvit_test.pth")
+OUT = os.path.join(HERE, "golden")
 CFG = dict(img_size=S, in_chans=3, num_classes=10, embed_dims=[32, 64, 80, 320], depths=[1, 2, 2, 1],
            num_heads=[1, 2, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4., drop_rate=0., drop_path_rate=0.0,
            use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8)
+# build_sam.py build_sam_vit_t's encoder (TinyViT-5M at 1024)
+CFG_VIT_T = dict(CFG, img_size=1024, num_classes=1000, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                 num_heads=[2, 4, 5, 10])
 
 
 def timm_stand_in():
@@ -114,9 +117,9 @@ def counter_uniform(name, shape, seed):
     return torch.from_numpy((2.0 * u - 1.0).reshape(shape))
 
 
-def put(o, key, t, gen):
+def put(o, key, t, gen, full_emb=True):
     t = t.detach().reshape(-1).double()
-    if t.numel() <= FULL_MAX or key == "emb":
+    if t.numel() <= FULL_MAX or (key == "emb" and full_emb):
         o[key] = t.float().clone()
         return
     idx = torch.randperm(t.numel(), generator=gen)[:NS].sort().values
@@ -125,16 +128,10 @@ def put(o, key, t, gen):
     o[key + ".stats"] = torch.tensor([t.sum(), (t * t).sum(), t.abs().sum()], dtype=torch.float64)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout")
-    ap.add_argument("--out", default=OUT)
-    a = ap.parse_args()
-    if not a.upstream:
-        sys.exit("give --upstream DIR or MOBILESAM_DIR")
-    up = load_upstream(a.upstream)
+def golden(up, cfg, batch, path):
     torch.manual_seed(0)
-    m = up.TinyViT(**CFG)
+    m = up.TinyViT(**cfg)
+    S = cfg["img_size"]
     sd = {}
     o = {"meta.seed": torch.tensor([SEED], dtype=torch.int64)}
     for k, v in m.state_dict().items():
@@ -144,7 +141,7 @@ def main():
         o["key." + name] = torch.tensor([v.dim(), int(is_int)] + list(v.shape), dtype=torch.int64)
     m.load_state_dict(sd, strict=True)
     m = m.double().eval()  # eval() after loading: it caches attention_biases[:, idxs] as `ab`
-    x = 2.0 * counter_uniform("golden.input", (B, 3, S, S), SEED)
+    x = 2.0 * counter_uniform("golden.input", (batch, 3, S, S), SEED)
     gen = torch.Generator().manual_seed(SEED)
     g = S // 16
     with torch.no_grad():
@@ -153,12 +150,28 @@ def main():
         for i, layer in enumerate(m.layers):
             h = layer(h)
             put(o, "stage.layer.%d" % i, h, gen)
-        emb = m.neck(h.view(B, g, g, h.shape[-1]).permute(0, 3, 1, 2))
-    put(o, "emb", emb, gen)
+        emb = m.neck(h.view(batch, g, g, h.shape[-1]).permute(0, 3, 1, 2))
+        if S == 1024:  # upstream's own forward where its hard-coded 64×64 grid applies
+            assert torch.equal(emb, m(x))
+    put(o, "emb", emb, gen, full_emb=S < 1024)
     n_keys = sum(1 for k in o if k.startswith("key."))
     print("keys %d, parameters %d, emb %s sum %.9g" % (n_keys, sum(p.numel() for p in m.parameters()),
                                                     tuple(emb.shape), emb.sum().item()))
-    torch.save(o, a.out)
+    torch.save(o, path)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout")
+    ap.add_argument("--vit-t", action="store_true", help="also tinyvit_vit_t_1024.pth (TinyViT-5M at 1024)")
+    a = ap.parse_args()
+    if not a.upstream:
+        sys.exit("give --upstream DIR or MOBILESAM_DIR")
+    up = load_upstream(a.upstream)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    golden(up, CFG, B, os.path.join(OUT, "tinyvit_test.pth"))
+    if a.vit_t:
+        golden(up, CFG_VIT_T, 1, os.path.join(OUT, "tinyvit_vit_t_1024.pth"))
 
 
 if __name__ == "__main__":
