@@ -1,4 +1,5 @@
-# tests/pretrain — the image encoder (SAM's ViT: test_sam_encoder*.c against PyTorch golden files in golden/),
+# tests/pretrain — the image encoders (SAM's ViT: test_sam_encoder*.c against PyTorch golden files in golden/;
+# MobileSAM's TinyViT: test_tinyvit*.c against MobileSAM's own code, golden files from gen_tinyvit_golden.py),
 # MAE masking, decoder and one step against PyTorch golden files, and `mrisam pretrain` end to end.
 # Every test_*.c is a C test (suffix _cuda: label gpu, _slow: label slow); the script tests are registered below.
 ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} NO_SCRIPTS)
