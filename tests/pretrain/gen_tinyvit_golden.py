@@ -32,6 +32,8 @@ Writes tests/pretrain/golden/tinyvit_test.pth (torch.save of a flat dict):
   stage.stem                 patch_embed output (B,C0,S/4,S/4)           sampled (.idx/.val/.stats)
   stage.layer.<i>            layers[i] output, tokens (B,L,C)             sampled when > FULL_MAX elements
   emb                        neck output (B,256,S/16,S/16)               in full
+With --state-dict PATH, the vit_t_test weights are also written to PATH by torch.save (a file as MobileSAM's own
+code saves it, num_batches_tracked included; too large to commit): MS_TINYVIT_PTH=PATH test_tinyvit loads it.
 Sampled tensors: NS indices (.idx int64), their values (.val float32), and (Σ, Σx², Σ|x|) (.stats float64).
 """
 import argparse
@@ -128,7 +130,7 @@ def put(o, key, t, gen, full_emb=True):
     o[key + ".stats"] = torch.tensor([t.sum(), (t * t).sum(), t.abs().sum()], dtype=torch.float64)
 
 
-def golden(up, cfg, batch, path):
+def golden(up, cfg, batch, path, sd_path=None):
     torch.manual_seed(0)
     m = up.TinyViT(**cfg)
     S = cfg["img_size"]
@@ -140,6 +142,8 @@ def golden(up, cfg, batch, path):
         sd[k] = torch.full_like(v, 3) if is_int else counter_value(name, v.shape, SEED).to(v.dtype)
         o["key." + name] = torch.tensor([v.dim(), int(is_int)] + list(v.shape), dtype=torch.int64)
     m.load_state_dict(sd, strict=True)
+    if sd_path:  # what a MobileSAM user's torch.save(model.state_dict()) holds (encoder part, float32)
+        torch.save({"image_encoder." + k: v for k, v in m.state_dict().items()}, sd_path)
     m = m.double().eval()  # eval() after loading: it caches attention_biases[:, idxs] as `ab`
     x = 2.0 * counter_uniform("golden.input", (batch, 3, S, S), SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -164,12 +168,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout")
     ap.add_argument("--vit-t", action="store_true", help="also tinyvit_vit_t_1024.pth (TinyViT-5M at 1024)")
+    ap.add_argument("--state-dict", metavar="PATH",
+                    help="also torch.save the vit_t_test weights to PATH (9 MB, not committed): "
+                         "MS_TINYVIT_PTH=PATH makes test_tinyvit load it too")
     a = ap.parse_args()
     if not a.upstream:
         sys.exit("give --upstream DIR or MOBILESAM_DIR")
     up = load_upstream(a.upstream)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    golden(up, CFG, B, os.path.join(OUT, "tinyvit_test.pth"))
+    golden(up, CFG, B, os.path.join(OUT, "tinyvit_test.pth"), a.state_dict)
     if a.vit_t:
         golden(up, CFG_VIT_T, 1, os.path.join(OUT, "tinyvit_vit_t_1024.pth"))
 

@@ -13,6 +13,7 @@
  * 3. Forward at 256, batch 2, input 2·(2u−1) from the counter RNG ("golden.input"): the stem, every layer's output
  *    and the neck embedding. Tolerance (fp32 against float64): max|c − r| ≤ 1e-4·max|r| on every value stored
  *    (the embedding in full, the rest on 2048 sampled values), Σ within 1e-4·Σ|r|, Σx² within 1e-4 relative.
+ * 4. Optional (MS_TINYVIT_PTH, see test_torch_file): the same weights from a file torch.save wrote.
  * CPU only for now (no CUDA run yet: a later step adds it, as test_sam_encoder.c does).
  */
 #include <stdio.h>
@@ -90,6 +91,30 @@ static void test_bad_loads(ms_tinyvit *tv, const gkey *k, int nk, uint64_t seed)
     double s = 0;
     for (int64_t i = 0; i < tv->ps->numel; i++) s += fabs(tv->ps->data[i]);
     MS_CHECK(s == 0, "a failed load changed the parameters (Σ|p| = %g)", s);
+}
+
+/* MS_TINYVIT_PTH=file (gen_tinyvit_golden.py --state-dict): a state dict saved by torch.save from MobileSAM's
+ * own model (int64 num_batches_tracked included) loads strictly, gives the same weights as counter_init, and the
+ * same embedding. Off by default: the file (9 MB) is not committed. */
+static void test_torch_file(ms_tinyvit *tv, const ms_state_dict *g, const float *x, int B, float *emb, int64_t ne)
+{
+    const char *path = getenv("MS_TINYVIT_PTH");
+    if (!path || !*path) return;
+    ms_params *ps = tv->ps;
+    float *before = malloc((size_t)ps->numel * sizeof *before);
+    memcpy(before, ps->data, (size_t)ps->numel * sizeof *before);
+    MS_CHECK_OK(ms_dev_zero(ps->dev, ps->data, (size_t)ps->numel * sizeof(float)));
+    ms_state_dict sd;
+    ms_sd_init(&sd);
+    MS_CHECK_OK(ms_sd_load(path, &sd));
+    MS_CHECK_OK(ms_tinyvit_load(tv, &sd));
+    ms_cmp cm = ms_compare_f(ps->data, before, ps->numel);
+    printf("%s: %d keys, weights max diff to counter_init %.3g\n", path, sd.n, cm.max_abs);
+    MS_CHECK(cm.max_abs <= 1e-6, "%s: weights differ from counter_init by %.3g", path, cm.max_abs);
+    MS_CHECK_OK(ms_tinyvit_forward(tv, x, B, emb));
+    check_stage(g, "emb", emb, ne);
+    ms_sd_free(&sd);
+    free(before);
 }
 
 static void test_counts(void)
@@ -176,6 +201,7 @@ int main(void)
     }
     check_stage(&g, "emb", emb, ne);
     MS_CHECK(ms_tinyvit_forward(&tv, x, B + 1, emb) == MS_EINVAL, "batch above the reserve accepted");
+    test_torch_file(&tv, &g, x, B, emb, ne);
 
     free(x);
     free(emb);
