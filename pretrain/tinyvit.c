@@ -360,7 +360,7 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch)
 
 /* ------------------------------------------------------------------------------------------------ forward */
 
-static const float *P(const ms_tinyvit *tv, int idx) { return ms_params_data(tv->ps, idx); }
+static const float *tv_p(const ms_tinyvit *tv, int idx) { return ms_params_data(tv->ps, idx); }
 
 /* Conv2d_BN: y = BN(conv(x)) with the running statistics; groups = 1 or Cin (depthwise). act: then GELU. */
 static ms_status tv_cbn(ms_tinyvit *tv, const ms_tinyvit_cbn *u, float *y, const float *x, int64_t B, int64_t Cin,
@@ -368,11 +368,11 @@ static ms_status tv_cbn(ms_tinyvit *tv, const ms_tinyvit_cbn *u, float *y, const
 {
     ms_device *dev = tv->dev;
     int pad = ks / 2;
-    if (depthwise) MS_TRY(ms_dwconv2d_forward(dev, y, x, P(tv, u->w), NULL, B, Cin, H, H, ks, pad, stride));
-    else MS_TRY(ms_conv2d_forward(dev, y, x, P(tv, u->w), NULL, B, Cin, H, H, Cout, ks, pad, stride));
+    if (depthwise) MS_TRY(ms_dwconv2d_forward(dev, y, x, tv_p(tv, u->w), NULL, B, Cin, H, H, ks, pad, stride));
+    else MS_TRY(ms_conv2d_forward(dev, y, x, tv_p(tv, u->w), NULL, B, Cin, H, H, Cout, ks, pad, stride));
     int64_t Ho = ms_conv_out_size(H, ks, pad, stride);
-    MS_TRY(ms_batchnorm_forward(dev, y, NULL, NULL, y, P(tv, u->g), P(tv, u->b), (float *)P(tv, u->mean),
-                                (float *)P(tv, u->var), B, Cout, Ho * Ho, TV_BN_EPS, 0.f, 0));
+    MS_TRY(ms_batchnorm_forward(dev, y, NULL, NULL, y, tv_p(tv, u->g), tv_p(tv, u->b), (float *)tv_p(tv, u->mean),
+                                (float *)tv_p(tv, u->var), B, Cout, Ho * Ho, TV_BN_EPS, 0.f, 0));
     return act ? ms_gelu_forward(dev, y, y, B * Cout * Ho * Ho) : MS_OK;
 }
 
@@ -411,11 +411,11 @@ static ms_status tv_attention(ms_tinyvit *tv, const ms_tinyvit_block *b, int i, 
     int64_t g = ms_tinyvit_grid(c, i), C = c->dims[i], nh = c->heads[i], hd = C / nh, ws = c->windows[i];
     int64_t nw = (g + ws - 1) / ws, N = ws * ws, Bw = B * nw * nw, R = Bw * N;
     MS_TRY(ms_window_partition_forward(dev, p->xw, p->tok, B, g, g, C, (int)ws));
-    MS_TRY(ms_layernorm_forward(dev, p->lnw, p->mean, p->rstd, p->xw, P(tv, b->norm_w), P(tv, b->norm_b), R, C,
+    MS_TRY(ms_layernorm_forward(dev, p->lnw, p->mean, p->rstd, p->xw, tv_p(tv, b->norm_w), tv_p(tv, b->norm_b), R, C,
                                 TV_LN_EPS));
-    MS_TRY(ms_linear_forward(dev, p->qkv, p->lnw, P(tv, b->qkv_w), P(tv, b->qkv_b), R, C, 3 * C));
+    MS_TRY(ms_linear_forward(dev, p->qkv, p->lnw, tv_p(tv, b->qkv_w), tv_p(tv, b->qkv_b), R, C, 3 * C));
     /* ab[h, n, m] = attention_biases[h, idx[n, m]]: rows of the transposed table gathered, then transposed back */
-    MS_TRY(ms_transpose_forward(dev, p->biasT, P(tv, b->ab), 1, nh, N));
+    MS_TRY(ms_transpose_forward(dev, p->biasT, tv_p(tv, b->ab), 1, nh, N));
     MS_TRY(ms_gather_rows_forward(dev, p->abT, p->biasT, p->idx[i], N * N, nh));
     MS_TRY(ms_transpose_forward(dev, p->ab, p->abT, 1, N * N, nh));
     for (int64_t h = 0; h < nh; h++) {
@@ -442,7 +442,7 @@ static ms_status tv_attention(ms_tinyvit *tv, const ms_tinyvit_block *b, int i, 
         d.stride_c = N * C;
         MS_TRY(ms_matmul_forward(dev, p->att + h * hd, p->pr + h * N * N, p->qkv + h * 3 * hd + 2 * hd, &d));
     }
-    MS_TRY(ms_linear_forward(dev, p->prj, p->att, P(tv, b->proj_w), P(tv, b->proj_b), R, C, C));
+    MS_TRY(ms_linear_forward(dev, p->prj, p->att, tv_p(tv, b->proj_w), tv_p(tv, b->proj_b), R, C, C));
     MS_TRY(ms_window_unpartition_forward(dev, p->xw, p->prj, B, g, g, C, (int)ws));
     return ms_add_forward(dev, p->tok, p->tok, p->xw, B * g * g * C);
 }
@@ -460,11 +460,11 @@ static ms_status tv_block(ms_tinyvit *tv, int i, int j, int64_t B)
     MS_TRY(ms_transpose_forward(dev, p->xw, p->tok, B, L, C));
     MS_TRY(tv_cbn(tv, &b->local, p->lnw, p->xw, B, C, g, C, c->local_conv, 1, 1, 0));
     MS_TRY(ms_transpose_forward(dev, p->tok, p->lnw, B, C, L));
-    MS_TRY(ms_layernorm_forward(dev, p->lnw, p->mean, p->rstd, p->tok, P(tv, b->mnorm_w), P(tv, b->mnorm_b), M, C,
+    MS_TRY(ms_layernorm_forward(dev, p->lnw, p->mean, p->rstd, p->tok, tv_p(tv, b->mnorm_w), tv_p(tv, b->mnorm_b), M, C,
                                 TV_LN_EPS));
-    MS_TRY(ms_linear_forward(dev, p->hid, p->lnw, P(tv, b->fc1_w), P(tv, b->fc1_b), M, C, H));
+    MS_TRY(ms_linear_forward(dev, p->hid, p->lnw, tv_p(tv, b->fc1_w), tv_p(tv, b->fc1_b), M, C, H));
     MS_TRY(ms_gelu_forward(dev, p->hid, p->hid, M * H));
-    MS_TRY(ms_linear_forward(dev, p->att, p->hid, P(tv, b->fc2_w), P(tv, b->fc2_b), M, H, C));
+    MS_TRY(ms_linear_forward(dev, p->att, p->hid, tv_p(tv, b->fc2_w), tv_p(tv, b->fc2_b), M, H, C));
     return ms_add_forward(dev, p->tok, p->tok, p->att, M * C);
 }
 
@@ -476,11 +476,11 @@ static ms_status tv_neck(ms_tinyvit *tv, const float *tok, int64_t B, float *emb
     const ms_tinyvit_config *c = &tv->cfg;
     int64_t g = ms_tinyvit_grid(c, 4), C = c->dims[3], O = c->out_chans, L = g * g;
     MS_TRY(ms_transpose_forward(dev, p->ca, tok, B, L, C));
-    MS_TRY(ms_conv2d_forward(dev, p->cb, p->ca, P(tv, tv->neck0_w), NULL, B, C, g, g, O, 1, 0, 1));
-    MS_TRY(ms_layernorm2d_forward(dev, p->ca, p->mean, p->rstd, p->cb, P(tv, tv->neck1_w), P(tv, tv->neck1_b), B,
+    MS_TRY(ms_conv2d_forward(dev, p->cb, p->ca, tv_p(tv, tv->neck0_w), NULL, B, C, g, g, O, 1, 0, 1));
+    MS_TRY(ms_layernorm2d_forward(dev, p->ca, p->mean, p->rstd, p->cb, tv_p(tv, tv->neck1_w), tv_p(tv, tv->neck1_b), B,
                                   O, L, TV_LN2D_EPS));
-    MS_TRY(ms_conv2d_forward(dev, p->cb, p->ca, P(tv, tv->neck2_w), NULL, B, O, g, g, O, 3, 1, 1));
-    return ms_layernorm2d_forward(dev, emb, p->mean, p->rstd, p->cb, P(tv, tv->neck3_w), P(tv, tv->neck3_b), B, O,
+    MS_TRY(ms_conv2d_forward(dev, p->cb, p->ca, tv_p(tv, tv->neck2_w), NULL, B, O, g, g, O, 3, 1, 1));
+    return ms_layernorm2d_forward(dev, emb, p->mean, p->rstd, p->cb, tv_p(tv, tv->neck3_w), tv_p(tv, tv->neck3_b), B, O,
                                   L, TV_LN2D_EPS);
 }
 

@@ -14,7 +14,8 @@
  *    and the neck embedding. Tolerance (fp32 against float64): max|c − r| ≤ 1e-4·max|r| on every value stored
  *    (the embedding in full, the rest on 2048 sampled values), Σ within 1e-4·Σ|r|, Σx² within 1e-4 relative.
  * 4. Optional (MS_TINYVIT_PTH, see test_torch_file): the same weights from a file torch.save wrote.
- * CPU only for now (no CUDA run yet: a later step adds it, as test_sam_encoder.c does).
+ * 2 and 3 run on the CPU, then again on CUDA when this build and machine have a GPU (same tolerance; 1's bad loads
+ * and 4 read the parameters on the host: CPU only). The CUDA pass has not yet run on a GPU.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,35 +141,29 @@ static void test_counts(void)
     MS_CHECK(ms_tinyvit_config_check(&c) == MS_EINVAL, "input 1000 accepted");
 }
 
-int main(void)
+/* A device array copied to the host (caller frees). */
+static float *host_copy(ms_device *dev, const float *d, int64_t n)
 {
-    uint64_t tseed = ms_test_seed(); /* picks the broken keys; the weights and input are fixed by the golden file */
-    test_counts();
-    const char *src = getenv("MS_SOURCE_DIR");
-    char path[MS_PATH_MAX];
-    MS_CHECK_OK(ms_path_join(path, src ? src : "../..", "tests/pretrain/golden/tinyvit_test.pth"));
-    ms_state_dict g;
-    ms_sd_init(&g);
-    ms_status st = ms_sd_load(path, &g);
-    MS_CHECK_OK(st);
-    if (st) return ms_test_done();
-    const ms_sd_entry *es = ms_sd_find(&g, "meta.seed");
-    uint64_t seed = es && es->t.dtype == MS_DTYPE_I64 ? (uint64_t)((int64_t *)es->t.data)[0] : 0;
+    float *h = malloc((size_t)(n ? n : 1) * sizeof *h);
+    if (h && d) MS_CHECK_OK(ms_dev_to_host(dev, h, d, (size_t)n * sizeof *h));
+    return d ? h : (free(h), NULL);
+}
 
-    ms_device dev;
-    MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 0));
+/* Loading and the forward on one device; the checks that read parameters directly run on the CPU only. */
+static void run_device(ms_device *dev, const ms_state_dict *g, const gkey *k, int nk, uint64_t seed, uint64_t tseed)
+{
     ms_tinyvit_config c;
     MS_CHECK_OK(ms_tinyvit_config_named("vit_t_test", &c));
     ms_params ps;
     ms_params_init(&ps);
     ms_tinyvit tv;
     MS_CHECK_OK(ms_tinyvit_init(&tv, &c, &ps, PREFIX));
-    MS_CHECK_OK(ms_params_alloc(&ps, &dev));
-    gkey *k;
-    int nk = golden_keys(&g, &k);
-    test_keys(&ps, k, nk);
-    test_bad_loads(&tv, k, nk, tseed);
-
+    MS_CHECK_OK(ms_params_alloc(&ps, dev));
+    int cpu = dev->kind == MS_DEV_CPU;
+    if (cpu) {
+        test_keys(&ps, k, nk);
+        test_bad_loads(&tv, k, nk, tseed);
+    }
     /* the good state dict, through a .pth file as a MobileSAM user would hand it over */
     ms_state_dict sd, rd;
     MS_CHECK_OK(make_sd(&sd, k, nk, seed, SD_OK, -1));
@@ -186,29 +181,63 @@ int main(void)
     int B = 2;
     int64_t S = c.img_size, nx = (int64_t)B * 3 * S * S, g4 = ms_tinyvit_grid(&c, 4);
     int64_t ne = (int64_t)B * c.out_chans * g4 * g4;
-    float *x = malloc((size_t)nx * sizeof *x), *emb = malloc((size_t)ne * sizeof *emb);
+    float *hx = malloc((size_t)nx * sizeof *hx), *x = NULL, *emb = NULL;
     uint64_t stream = ms_rng_stream(seed, ms_fnv1a64("golden.input"), 0);
-    for (int64_t i = 0; i < nx; i++) x[i] = 2.0f * (2.0f * ms_rand_uniform(stream, (uint64_t)i) - 1.0f);
+    for (int64_t i = 0; i < nx; i++) hx[i] = 2.0f * (2.0f * ms_rand_uniform(stream, (uint64_t)i) - 1.0f);
+    MS_CHECK_OK(ms_dev_alloc(dev, (size_t)nx * sizeof(float), (void **)&x));
+    MS_CHECK_OK(ms_dev_alloc(dev, (size_t)ne * sizeof(float), (void **)&emb));
+    MS_CHECK_OK(ms_dev_from_host(dev, x, hx, (size_t)nx * sizeof(float)));
     MS_CHECK_OK(ms_tinyvit_reserve(&tv, B));
     MS_CHECK_OK(ms_tinyvit_forward(&tv, x, B, emb));
     int64_t g0 = ms_tinyvit_grid(&c, 0);
-    check_stage(&g, "stage.stem", ms_tinyvit_stage(&tv, -1), B * c.dims[0] * g0 * g0);
+    float *h = host_copy(dev, ms_tinyvit_stage(&tv, -1), B * c.dims[0] * g0 * g0);
+    check_stage(g, "stage.stem", h, B * c.dims[0] * g0 * g0);
+    free(h);
     for (int i = 0; i < 4; i++) {
         char key[32];
         int64_t go = ms_tinyvit_grid(&c, i < 3 ? i + 1 : 4), C = c.dims[i < 3 ? i + 1 : 3];
         snprintf(key, sizeof key, "stage.layer.%d", i);
-        check_stage(&g, key, ms_tinyvit_stage(&tv, i), B * go * go * C);
+        h = host_copy(dev, ms_tinyvit_stage(&tv, i), B * go * go * C);
+        check_stage(g, key, h, B * go * go * C);
+        free(h);
     }
-    check_stage(&g, "emb", emb, ne);
+    h = host_copy(dev, emb, ne);
+    check_stage(g, "emb", h, ne);
+    free(h);
     MS_CHECK(ms_tinyvit_forward(&tv, x, B + 1, emb) == MS_EINVAL, "batch above the reserve accepted");
-    test_torch_file(&tv, &g, x, B, emb, ne);
-
-    free(x);
-    free(emb);
-    free(k);
+    if (cpu) test_torch_file(&tv, g, x, B, emb, ne);
+    free(hx);
+    ms_dev_free(dev, x);
+    ms_dev_free(dev, emb);
     ms_tinyvit_free(&tv);
     ms_params_free(&ps);
-    ms_device_free(&dev);
+}
+
+int main(void)
+{
+    uint64_t tseed = ms_test_seed(); /* picks the broken keys; the weights and input are fixed by the golden file */
+    test_counts();
+    const char *src = getenv("MS_SOURCE_DIR");
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, src ? src : "../..", "tests/pretrain/golden/tinyvit_test.pth"));
+    ms_state_dict g;
+    ms_sd_init(&g);
+    ms_status st = ms_sd_load(path, &g);
+    MS_CHECK_OK(st);
+    if (st) return ms_test_done();
+    const ms_sd_entry *es = ms_sd_find(&g, "meta.seed");
+    uint64_t seed = es && es->t.dtype == MS_DTYPE_I64 ? (uint64_t)((int64_t *)es->t.data)[0] : 0;
+    gkey *k;
+    int nk = golden_keys(&g, &k);
+    for (int d = 0; d < 2; d++) {
+        if (d == 1 && !ms_cuda_available()) { printf("CUDA: not available, CPU only\n"); break; }
+        ms_device dev;
+        MS_CHECK_OK(ms_device_init(&dev, d ? MS_DEV_CUDA : MS_DEV_CPU, 0));
+        printf("== device %s\n", d ? "cuda" : "cpu");
+        run_device(&dev, &g, k, nk, seed, tseed);
+        ms_device_free(&dev);
+    }
+    free(k);
     ms_sd_free(&g);
     return ms_test_done();
 }
