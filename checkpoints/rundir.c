@@ -168,15 +168,40 @@ ms_status ms_run_dir_prepare(const char *run, ms_run_mode mode)
     return ms_mkdirs(run);
 }
 
+/* RUN/ckpt/step_%08d into out. */
+static ms_status step_dir(const char *run, int64_t step, char *out)
+{
+    return ms_path_fmt(out, "%s/ckpt/step_%08lld", run, (long long)step);
+}
+
 ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out)
 {
     char ck[MS_PATH_MAX], done[MS_PATH_MAX];
     MS_TRY(ms_path_join(ck, run, "ckpt"));
     MS_TRY(ms_mkdirs(ck));
-    MS_TRY(ms_path_fmt(out, "%s/step_%08lld", ck, (long long)step));
+    MS_TRY(step_dir(run, step, out));
     MS_TRY(ms_path_join(done, out, "DONE"));
     unlink(done); /* re-writing a step: it is incomplete until committed again */
     return ms_mkdirs(out);
+}
+
+ms_status ms_ckpt_dir_save(const char *run, int64_t step, ms_dist *d, ms_ckpt_writer each_rank, ms_ckpt_writer rank0,
+                           void *ctx, int keep_last)
+{
+    char dir[MS_PATH_MAX];
+    int rank = ms_dist_rank(d);
+    ms_status rc;
+    if (rank == 0) MS_TRY(ms_ckpt_dir_create(run, step, dir));
+    else MS_TRY(step_dir(run, step, dir));
+    if (each_rank) {
+        MS_TRY(ms_dist_barrier(d));
+        if ((rc = each_rank(ctx, dir))) return rank ? rc : ms_ckpt_dir_abandon(dir, rc);
+    }
+    if (rank == 0 && (rc = rank0(ctx, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial step directory */
+    MS_TRY(ms_dist_barrier(d));
+    if (rank != 0) return MS_OK;
+    if ((rc = ms_ckpt_dir_commit(dir))) return ms_ckpt_dir_abandon(dir, rc);
+    return ms_ckpt_dir_prune(run, keep_last, -1);
 }
 
 /* Removes a step directory, DONE first: should the removal stop half-way (a kill, an error), what is left is an

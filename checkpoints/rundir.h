@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/dist.h"   /* checkpoints written by the ranks of a job */
 #include "base/fileio.h" /* mkdirs, atomic writes, read_file, fsync, dir swap/remove */
 #include "base/path.h"   /* MS_PATH_MAX */
 #include "base/status.h"
@@ -47,6 +48,14 @@ ms_status ms_ckpt_dir_create(const char *run, int64_t step, char *out);
 /* After a failed write into a step directory (full disk, I/O error): removes the directory, which holds no DONE
  * yet, and returns rc with its message (the write's error, naming the file), whatever the removal does. */
 ms_status ms_ckpt_dir_abandon(const char *step_dir, ms_status rc);
+/* One checkpoint written by the ranks of a job (d NULL: one process): rank 0 makes RUN/ckpt/step_%08d/; with
+ * each_rank, every rank then writes its own part into it (a barrier first, so the folder exists); rank 0 writes the
+ * rest (rank0); after a barrier that every rank reaches once its part is written, rank 0 writes DONE and prunes to
+ * keep_last. A failed write on rank 0 removes the directory; any failure is returned, and the caller ends the job
+ * (ms_dist_close(d, 1)), so no rank waits at a barrier for ever and no checkpoint looks complete without all parts. */
+typedef ms_status (*ms_ckpt_writer)(void *ctx, const char *step_dir);
+ms_status ms_ckpt_dir_save(const char *run, int64_t step, ms_dist *d, ms_ckpt_writer each_rank, ms_ckpt_writer rank0,
+                           void *ctx, int keep_last);
 /* Writes DONE into a finished step directory and fsyncs it and its parent. */
 ms_status ms_ckpt_dir_commit(const char *step_dir);
 /* The newest complete checkpoint: its step and directory (into out[MS_PATH_MAX]). MS_ENOTFOUND when there is none. */

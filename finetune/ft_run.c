@@ -243,8 +243,9 @@ static ms_status write_state_json(const ms_ft_run *r, const char *dir)
 static const char *const opt_tags[1] = {"sam"};
 
 /* The files of a checkpoint into its step directory dir (rank 0; DONE comes after every rank's part). */
-static ms_status write_checkpoint(ms_ft_run *r, const char *dir)
+static ms_status write_checkpoint(void *ctx, const char *dir)
 {
+    ms_ft_run *r = ctx;
     char p[MS_PATH_MAX], extra[256];
     snprintf(extra, sizeof extra, "{\"step\": %lld, \"epoch\": %.6f}", (long long)r->step,
              (double)r->step / r->steps_per_epoch);
@@ -262,29 +263,23 @@ static ms_status write_checkpoint(ms_ft_run *r, const char *dir)
     return ms_write_file_atomic(p, r->config_json, strlen(r->config_json));
 }
 
-/* Rank 0 writes the step directory; DONE only after every rank has passed the barrier (a rank that failed before
- * it aborts the job instead), so a resume never sees a checkpoint some rank did not reach. The loader states are
- * rank 0's: a position counts global batches, the same on every rank. */
+static ms_status write_shard(void *ctx, const char *dir)
+{
+    ms_ft_run *r = ctx;
+    ms_optimizer *op = &r->opt;
+    return ms_optimizers_save(&op, opt_tags, 1, dir);
+}
+
+/* With ZeRO-1 every rank writes its optimizer shard; rank 0 the rest, DONE after all (ms_ckpt_dir_save). The loader
+ * states are rank 0's: a position counts global batches, the same on every rank. */
 ms_status ms_ft_run_save(ms_ft_run *r)
 {
     if (r->step == r->saved_step) return MS_OK;
-    char dir[MS_PATH_MAX] = "";
-    ms_status rc;
-    if (r->rank == 0) MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->step, dir));
-    if (r->opt.dist) { /* ZeRO-1: every rank writes its optimizer shard into the folder rank 0 made */
-        ms_optimizer *op = &r->opt;
-        MS_TRY(ms_dist_barrier(r->cfg.dist));
-        MS_TRY(ms_path_fmt(dir, "%s/ckpt/step_%08lld", r->cfg.out, (long long)r->step));
-        if ((rc = ms_optimizers_save(&op, opt_tags, 1, dir))) return r->rank ? rc : ms_ckpt_dir_abandon(dir, rc);
-    }
-    if (r->rank == 0 && (rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial dir */
-    MS_TRY(ms_dist_barrier(r->cfg.dist));
+    MS_TRY(ms_ckpt_dir_save(r->cfg.out, r->step, r->cfg.dist, r->opt.dist ? write_shard : NULL, write_checkpoint, r,
+                            r->cfg.keep_last));
     r->saved_step = r->step;
-    if (r->rank != 0) return MS_OK;
-    if ((rc = ms_ckpt_dir_commit(dir))) return ms_ckpt_dir_abandon(dir, rc);
-    return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
+    return MS_OK;
 }
-
 static ms_status read_state_json(ms_ft_run *r, const char *dir)
 {
     char p[MS_PATH_MAX];

@@ -137,8 +137,9 @@ static ms_status save_model(const char *dir, const ms_mae_run *r)
 static const char *const opt_tags[2] = {"encoder", "decoder"};
 
 /* The files of a checkpoint into its step directory dir (rank 0; DONE comes after every rank's part). */
-static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
+static ms_status write_checkpoint(void *ctx, const char *dir)
 {
+    ms_mae_run *r = ctx;
     const train_state *ts = &r->ts;
     char p[MS_PATH_MAX];
     int zero_world = r->oe.dist ? r->world : 0;
@@ -165,27 +166,21 @@ static ms_status write_checkpoint(ms_mae_run *r, const char *dir)
     return ms_write_file_atomic(p, r->config_json, strlen(r->config_json));
 }
 
-/* Rank 0 writes the step directory; DONE only after every rank has passed the barrier (a rank that failed before
- * it aborts the job instead), so a resume never sees a checkpoint some rank did not finish. */
-static ms_status save_checkpoint(ms_mae_run *r)
+static ms_status write_shard(void *ctx, const char *dir)
 {
-    char dir[MS_PATH_MAX];
-    ms_status rc = MS_OK;
-    if (r->rank == 0) MS_TRY(ms_ckpt_dir_create(r->cfg.out, r->ts.step, dir));
-    if (r->oe.dist) { /* ZeRO-1: every rank writes its shard into the folder rank 0 made */
-        MS_TRY(ms_dist_barrier(r->cfg.dist));
-        MS_TRY(ms_path_fmt(dir, "%s/ckpt/step_%08lld", r->cfg.out, (long long)r->ts.step));
-        ms_optimizer *opts[2] = {&r->oe, &r->od};
-        if ((rc = ms_optimizers_save(opts, opt_tags, 2, dir))) return r->rank ? rc : ms_ckpt_dir_abandon(dir, rc);
-    }
-    if (r->rank == 0 && (rc = write_checkpoint(r, dir))) return ms_ckpt_dir_abandon(dir, rc); /* no partial dir */
-    MS_TRY(ms_dist_barrier(r->cfg.dist));
-    r->saved_step = r->ts.step;
-    if (r->rank != 0) return MS_OK;
-    if ((rc = ms_ckpt_dir_commit(dir))) return ms_ckpt_dir_abandon(dir, rc);
-    return ms_ckpt_dir_prune(r->cfg.out, r->cfg.keep_last, -1);
+    ms_mae_run *r = ctx;
+    ms_optimizer *opts[2] = {&r->oe, &r->od};
+    return ms_optimizers_save(opts, opt_tags, 2, dir);
 }
 
+/* With ZeRO-1 every rank writes its optimizer shard; rank 0 the rest, DONE after all (ms_ckpt_dir_save). */
+static ms_status save_checkpoint(ms_mae_run *r)
+{
+    MS_TRY(ms_ckpt_dir_save(r->cfg.out, r->ts.step, r->cfg.dist, r->oe.dist ? write_shard : NULL, write_checkpoint, r,
+                            r->cfg.keep_last));
+    r->saved_step = r->ts.step;
+    return MS_OK;
+}
 static double jnum(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);

@@ -145,7 +145,8 @@ static ms_status moments_io(ms_optimizer *o, ms_state_dict *sd, int save)
     return rc;
 }
 
-ms_status ms_optimizer_shard_to_sd(const ms_optimizer *o, const char *tag, ms_state_dict *sd)
+/* A sharded optimizer's moments as two flat tensors "<tag>.m", "<tag>.v" (its range of the gradient array). */
+static ms_status shard_to_sd(const ms_optimizer *o, const char *tag, ms_state_dict *sd)
 {
     int64_t n = o->hi - o->lo;
     float *h = malloc((size_t)(n ? n : 1) * sizeof(float));
@@ -161,36 +162,24 @@ ms_status ms_optimizer_shard_to_sd(const ms_optimizer *o, const char *tag, ms_st
     return rc;
 }
 
-ms_status ms_optimizer_shards_from_files(ms_optimizer *o, const char *tag, const char *const *files, int n)
+/* One shard file's flat "<tag>.m" / "<tag>.v" (a rank's range, laid end to end after the earlier ranks' from *at):
+ * the part inside this optimizer's [lo, hi) is kept, and *at moves past the file's range. */
+static ms_status take_shard(ms_optimizer *o, const char *tag, const ms_state_dict *sd, const char *file, int64_t *at)
 {
-    int64_t total = 0, at = 0, want = o->ps->numel_trainable;
-    ms_status rc = MS_OK;
-    char name[80];
-    for (int k = 0; k < 2 && !rc; k++) { /* m, then v: one file at a time, only the overlap with [lo, hi) kept */
+    int64_t len = -1;
+    for (int k = 0; k < 2; k++) {
+        char name[80];
         snprintf(name, sizeof name, "%s.%c", tag, k ? 'v' : 'm');
-        at = 0;
-        for (int f = 0; f < n && !rc; f++) {
-            ms_state_dict sd;
-            ms_sd_init(&sd);
-            rc = ms_sd_load(files[f], &sd);
-            const ms_sd_entry *e = rc ? NULL : ms_sd_find(&sd, name);
-            if (!rc && (!e || e->t.dtype != MS_DTYPE_F32 || e->t.ndim != 1))
-                rc = ms_error(MS_EFORMAT, "%s: %s: missing or not a flat float32 tensor", files[f], name);
-            if (!rc) {
-                int64_t len = e->t.shape[0], a = at > o->lo ? at : o->lo, b = at + len < o->hi ? at + len : o->hi;
-                if (a < b)
-                    rc = ms_dev_from_host(o->ps->dev, (k ? o->v : o->m) + (a - o->lo), (const float *)e->t.data + (a - at),
-                                          (size_t)(b - a) * sizeof(float));
-                at += len;
-            }
-            ms_sd_free(&sd);
-        }
-        if (!k) total = at;
+        const ms_sd_entry *e = ms_sd_find(sd, name);
+        MS_FAIL_IF(!e || e->t.dtype != MS_DTYPE_F32 || e->t.ndim != 1 || (k && e->t.shape[0] != len), MS_EFORMAT,
+                   "%s: %s: missing or not a flat float32 tensor as long as its m", file, name);
+        len = e->t.shape[0];
+        int64_t a = *at > o->lo ? *at : o->lo, b = *at + len < o->hi ? *at + len : o->hi;
+        if (a < b)
+            MS_TRY(ms_dev_from_host(o->ps->dev, (k ? o->v : o->m) + (a - o->lo), (const float *)e->t.data + (a - *at),
+                                    (size_t)(b - a) * sizeof(float)));
     }
-    if (rc) return rc;
-    MS_FAIL_IF(total != want || at != want, MS_EFORMAT,
-               "%s: the %d optimizer shards of %s hold %lld moments, the model trains %lld", n ? files[0] : "?", n,
-               tag, (long long)total, (long long)want);
+    *at += len;
     return MS_OK;
 }
 
@@ -219,7 +208,7 @@ ms_status ms_optimizers_save(ms_optimizer *const *o, const char *const *tags, in
     ms_sd_init(&sd);
     ms_status rc = MS_OK;
     for (int i = 0; i < n && !rc; i++)
-        rc = d ? ms_optimizer_shard_to_sd(o[i], tags[i], &sd) : ms_optimizer_moments_to_sd(o[i], &sd);
+        rc = d ? shard_to_sd(o[i], tags[i], &sd) : ms_optimizer_moments_to_sd(o[i], &sd);
     if (!rc) rc = ms_sd_save(p, &sd);
     ms_sd_free(&sd);
     return rc;
@@ -240,15 +229,20 @@ ms_status ms_optimizers_load(ms_optimizer *const *o, const char *const *tags, in
         return rc;
     }
     MS_FAIL_IF(zero_world > 100000, MS_EFORMAT, "%s/state.json: zero_world %d", dir, zero_world);
-    char(*names)[MS_PATH_MAX] = malloc((size_t)zero_world * sizeof *names);
-    const char **files = malloc((size_t)zero_world * sizeof *files);
-    if (!names || !files) rc = ms_error(MS_ENOMEM, "out of memory");
+    MS_FAIL_IF(n > 8, MS_EINVAL, "optimizer: %d optimizers in one checkpoint (at most 8)", n);
+    /* every shard file once, each optimizer taking its part: the files laid end to end are the whole moments */
+    int64_t at[8] = {0};
     for (int q = 0; q < zero_world && !rc; q++) {
-        rc = shard_file(dir, q, zero_world, names[q]);
-        files[q] = names[q];
+        ms_state_dict sd;
+        ms_sd_init(&sd);
+        rc = shard_file(dir, q, zero_world, p);
+        if (!rc) rc = ms_sd_load(p, &sd);
+        for (int i = 0; i < n && !rc; i++) rc = take_shard(o[i], tags[i], &sd, p, &at[i]);
+        ms_sd_free(&sd);
     }
-    for (int i = 0; i < n && !rc; i++) rc = ms_optimizer_shards_from_files(o[i], tags[i], files, zero_world);
-    free(names);
-    free(files);
+    for (int i = 0; i < n && !rc; i++)
+        if (at[i] != o[i]->ps->numel_trainable)
+            rc = ms_error(MS_EFORMAT, "%s: the %d optimizer shards hold %lld moments of %s, the model trains %lld", dir,
+                          zero_world, (long long)at[i], tags[i], (long long)o[i]->ps->numel_trainable);
     return rc;
 }

@@ -38,17 +38,13 @@ ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix);
  * optimizer only), and back (every one must be present with its shape; a sharded optimizer takes its part). */
 ms_status ms_optimizer_moments_to_sd(const ms_optimizer *o, ms_state_dict *sd);
 ms_status ms_optimizer_moments_from_sd(ms_optimizer *o, const ms_state_dict *sd);
-/* A sharded optimizer's moments as two flat tensors "<tag>.m", "<tag>.v" (its range of the gradient array). */
-ms_status ms_optimizer_shard_to_sd(const ms_optimizer *o, const char *tag, ms_state_dict *sd);
-/* Back from the shard files of all n ranks that wrote them (rank order): their flat tensors laid end to end are the
- * whole moments, from which this optimizer takes its own range — so a resume may use another number of ranks, with
- * or without sharding. */
-ms_status ms_optimizer_shards_from_files(ms_optimizer *o, const char *tag, const char *const *files, int n);
 
 /* A run checkpoint's AdamW state for n optimizers (tags name each one's flat tensors in shard files): whole in
  * DIR/optim.safetensors ("m.<name>", "v.<name>"), or, when they are sharded, one DIR/optim.rankRRR-of-WWW.safetensors
  * per rank. Save: a whole state is rank 0's to write; sharded, every rank writes its own file. Load: zero_world 0
- * reads the whole file, else the zero_world shard files (state.json records which). */
+ * reads the whole file, else the zero_world shard files (state.json records which), each once: laid end to end they
+ * are the whole moments, and each optimizer keeps its own range, so a resume may change the number of ranks and
+ * whether the state is sharded (at most 8 optimizers). */
 ms_status ms_optimizers_save(ms_optimizer *const *o, const char *const *tags, int n, const char *dir);
 ms_status ms_optimizers_load(ms_optimizer *const *o, const char *const *tags, int n, const char *dir, int zero_world);
 

@@ -168,3 +168,11 @@ ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, do
         return ms_error(errno, "rank %d: cannot silence stdout", ms_dist_rank(*d));
     return MS_OK;
 }
+
+void ms_cli_test_stop(int64_t step, int rank, const volatile sig_atomic_t *stop)
+{
+    const char *e = getenv("MRISAM_TEST_STOP");
+    long long at;
+    int who;
+    if (e && sscanf(e, "%lld,%d", &at, &who) == 2 && step == at && who == rank) *(volatile sig_atomic_t *)stop = 1;
+}

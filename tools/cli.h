@@ -8,10 +8,10 @@
 #define MS_CLI_H
 
 #include <signal.h>
+#include <stdint.h>
 
 #include "base/device.h"
 #include "base/dist.h"
-#include <stdint.h>
 
 typedef enum { MS_OPT_FLAG, MS_OPT_INT, MS_OPT_I64, MS_OPT_FLOAT, MS_OPT_STR, MS_OPT_LIST } ms_opt_type;
 
@@ -59,6 +59,21 @@ volatile sig_atomic_t *ms_cli_catch_stop(void);
  * --dist-timeout and bucket size. *d is NULL for a single process. Ranks other than 0 print nothing on stdout. */
 ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, double bucket_mb, ms_device *dev,
                            ms_dist **d);
+
+/* The options of data-parallel runs, one copy for the option tables of pretrain and finetune: pointers to the
+ * device string, --dist-timeout and --bucket-mb (doubles) and the --zero1 flag (int). */
+#define MS_CLI_DIST_OPTIONS(device, dist_timeout, bucket_mb, zero1)                                                   \
+    {"device", MS_OPT_STR, device, "cpu|cuda",                                                                        \
+     "compute device (default cpu; cuda under mpirun/srun: the local rank's GPU)"},                                   \
+    {"dist-timeout", MS_OPT_FLOAT, dist_timeout, "S",                                                                 \
+     "several ranks: fail when the others do not answer within S seconds (default 600)"},                             \
+    {"bucket-mb", MS_OPT_FLOAT, bucket_mb, "MB", "several ranks: gradient all-reduce bucket size (default 25)"},     \
+    {"zero1", MS_OPT_FLAG, zero1, NULL,                                                                               \
+     "several ranks: each keeps the AdamW state of its 1/N of the parameters only (ZeRO-1)"}
+
+/* Test hook (docs/CLI.md): with MRISAM_TEST_STOP="STEP,RANK" set, rank RANK (0 for one process) raises its own stop
+ * flag once optimizer step STEP is done, as a signal arriving then would; the ranks agree on it in the next step. */
+void ms_cli_test_stop(int64_t step, int rank, const volatile sig_atomic_t *stop);
 
 /* A command: `mrisam NAME ...` runs fn(argc, argv) with argv[0] = NAME. Defined in tools/cmd_<name>.c as
  * const ms_command ms_cmd_<name> = { "name", "one-line summary", fn }; (name uses '-' where the file has '_'). */

@@ -152,18 +152,6 @@ static void print_step(const ms_ft_step_info *s, int patience, double *t_last)
                s->epochs_since_best, patience);
 }
 
-/* Fault injection for tests (docs/CLI.md): MRISAM_TEST_STOP="STEP,RANK" makes rank RANK (0 for one process) raise
- * its own stop flag once step STEP is done, as a signal arriving then would: one process stops there, several
- * ranks after the next step (where they agree on the flags), all at the same step. */
-static void test_stop_hook(const ms_ft_step_info *s, int rank, const volatile sig_atomic_t *stop)
-{
-    const char *e = getenv("MRISAM_TEST_STOP");
-    long long at;
-    int who;
-    if (e && sscanf(e, "%lld,%d", &at, &who) == 2 && s->stepped && s->step == at && who == rank)
-        *(volatile sig_atomic_t *)stop = 1;
-}
-
 /* Opens the run, steps it to the end or to a signal, reports. */
 static ms_status train(const opts *o, ms_ft_run_config *c, ms_device *dev, ms_dist *dist)
 {
@@ -184,7 +172,7 @@ static ms_status train(const opts *o, ms_ft_run_config *c, ms_device *dev, ms_di
     ms_status rc = MS_OK;
     while (!s.done && !s.stop && !(!dist && *c->stop) && !(rc = ms_ft_run_step(run, &s))) {
         print_step(&s, c->patience, &t_last);
-        test_stop_hook(&s, ms_dist_rank(dist), c->stop);
+        if (s.stepped) ms_cli_test_stop(s.step, ms_dist_rank(dist), c->stop);
     }
     if (!rc && !s.done) { /* a signal: checkpoint the step just finished */
         ms_ft_run_get_info(run, &in);
@@ -286,13 +274,7 @@ static int run(int argc, char **argv)
         {"keep-last", MS_OPT_INT, &cfg.keep_last, "K", "checkpoints to keep (default 2)"},
         {"workers", MS_OPT_INT, &cfg.workers, "N", "loader threads per task (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
-        {"device", MS_OPT_STR, &o.device, "cpu|cuda",
-         "compute device (default cpu; cuda under mpirun/srun: the local rank's GPU)"},
-        {"dist-timeout", MS_OPT_FLOAT, &o.dist_timeout, "S",
-         "several ranks: fail when the others do not answer within S seconds (default 600)"},
-        {"bucket-mb", MS_OPT_FLOAT, &o.bucket_mb, "MB", "several ranks: gradient all-reduce bucket size (default 25)"},
-        {"zero1", MS_OPT_FLAG, &cfg.zero1, NULL,
-         "several ranks: each keeps the AdamW state of its 1/N of the parameters only (ZeRO-1)"},
+        MS_CLI_DIST_OPTIONS(&o.device, &o.dist_timeout, &o.bucket_mb, &cfg.zero1),
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     int urc = prc ? 0 : make_config(&o, &cfg);

@@ -129,13 +129,7 @@ static int run(int argc, char **argv)
         {"percentile-high", MS_OPT_FLOAT, &o.p_hi, "P", "upper percentile of --intensity percentile (99.5)"},
         {"workers", MS_OPT_INT, &c.workers, "N", "loader threads (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
-        {"device", MS_OPT_STR, &o.device, "cpu|cuda",
-         "compute device (default cpu; cuda under mpirun/srun: the local rank's GPU)"},
-        {"dist-timeout", MS_OPT_FLOAT, &o.dist_timeout, "S",
-         "several ranks: fail when the others do not answer within S seconds (default 600)"},
-        {"bucket-mb", MS_OPT_FLOAT, &o.bucket_mb, "MB", "several ranks: gradient all-reduce bucket size (default 25)"},
-        {"zero1", MS_OPT_FLAG, &c.zero1, NULL,
-         "several ranks: each keeps the AdamW state of its 1/N of the parameters only (ZeRO-1)"},
+        MS_CLI_DIST_OPTIONS(&o.device, &o.dist_timeout, &o.bucket_mb, &c.zero1),
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
@@ -164,11 +158,6 @@ static int run(int argc, char **argv)
     const char *nan_env = getenv("MRISAM_TEST_NAN");
     long long na = 0, nc = 0, nan_rank = -1; /* ",RANK": only that rank's losses (several ranks) */
     if (nan_env && sscanf(nan_env, "%lld,%lld,%lld", &na, &nc, &nan_rank) >= 2) { c.nan_at = na; c.nan_count = nc; }
-    /* MRISAM_TEST_STOP="STEP,RANK": after optimizer step STEP, rank RANK alone is asked to stop (as by a signal),
-     * to show that every rank stops after the same step and the run resumes. */
-    const char *stop_env = getenv("MRISAM_TEST_STOP");
-    long long stop_at = -1, stop_rank = 0;
-    if (stop_env && sscanf(stop_env, "%lld,%lld", &stop_at, &stop_rank) != 2) stop_at = -1;
 
     ms_device dev = {0};
     ms_sam sam;
@@ -199,7 +188,7 @@ static int run(int argc, char **argv)
     while (!in.done && !in.stop) {
         if ((rc = ms_mae_run_step(r, &in))) goto leave;
         if (ms_dist_rank(dist) == 0) print_step(&in, pl->n_val, &t_last); /* the ranks' steps are the same */
-        if (in.step == stop_at && ms_dist_rank(dist) == stop_rank) *(volatile sig_atomic_t *)c.stop = 1;
+        if (in.updated) ms_cli_test_stop(in.step, ms_dist_rank(dist), c.stop);
     }
     if (in.stop) {
         if ((rc = ms_mae_run_save(r))) goto leave;
