@@ -126,7 +126,7 @@ static void set_trainable(ms_ft_model *m)
             tr = is_adapter(n) || (!c->compat_finetune_sam && is_head(n));
             break;
         }
-        ps->p[i].trainable = tr;
+        ps->p[i].trainable = tr && !ps->p[i].buffer;
     }
     ms_sam_prompt_freeze_buffers(&m->sam.pe);
 }

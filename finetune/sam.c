@@ -382,6 +382,7 @@ ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t 
 void ms_sam_free(ms_sam *m)
 {
     ms_sam_encoder_free(&m->enc);
+    ms_tinyvit_free(&m->tv);
     ms_sam_decoder_free(&m->dec);
     ms_params_free(&m->ps);
 }
@@ -432,4 +433,24 @@ leave:
     free(full);
     free(crop);
     return rc;
+}
+
+/* ---- the image encoder, whichever it is ---------------------------------------------------------------------- */
+
+ms_status ms_sam_image_reserve(ms_sam *m, int max_batch, int with_backward)
+{
+    if (m->cfg.tinyvit) return ms_tinyvit_reserve(&m->tv, max_batch, with_backward);
+    return ms_sam_encoder_reserve(&m->enc, m->dev, max_batch, with_backward);
+}
+
+ms_status ms_sam_image_forward(ms_sam *m, const float *x, int B, float *emb)
+{
+    if (m->cfg.tinyvit) return ms_tinyvit_forward(&m->tv, x, B, emb);
+    return ms_sam_encoder_forward(&m->enc, x, B, emb);
+}
+
+ms_status ms_sam_image_backward(ms_sam *m, const float *demb, float *dx)
+{
+    if (m->cfg.tinyvit) return ms_tinyvit_backward(&m->tv, demb, NULL, dx);
+    return ms_sam_encoder_backward(&m->enc, demb, dx);
 }

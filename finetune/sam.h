@@ -17,8 +17,11 @@
 #include "finetune/sam_prompt.h"
 #include "pretrain/params.h"
 #include "pretrain/sam_encoder.h"
+#include "pretrain/tinyvit.h"
 
 typedef struct ms_sam_config {
+    int tinyvit;            /* 1: the image encoder is MobileSAM's TinyViT (vit_t; tv below), else SAM's ViT (enc) */
+    ms_tinyvit_config tv;
     ms_sam_enc_config enc;
     int n_mask_tokens;  /* num_cls + 1 (4 for SAM) */
     int dec_depth;      /* 2 */
@@ -28,7 +31,8 @@ typedef struct ms_sam {
     ms_sam_config cfg;
     int img_size, emb_h, emb_w;
     ms_params ps;            /* every tensor of the model, SAM's key order */
-    ms_sam_encoder enc;
+    ms_sam_encoder enc;      /* cfg.tinyvit == 0 */
+    ms_tinyvit tv;           /* cfg.tinyvit == 1 */
     ms_sam_prompt pe;
     ms_sam_decoder dec;
     ms_device *dev;
@@ -66,6 +70,15 @@ ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd);
 ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
                        size_t n);
 void ms_sam_free(ms_sam *m);
+
+/* ---- the image encoder, whichever it is (SAM's ViT or TinyViT) -------------------------------------------------
+ * Callers that only run the encoder use these, not ms_sam_encoder_* / ms_tinyvit_* directly. */
+/* Activations for batches up to max_batch (with_backward: keep what the backward needs). */
+ms_status ms_sam_image_reserve(ms_sam *m, int max_batch, int with_backward);
+/* x (B,3,S,S) → emb (B,256,emb_h,emb_w), device memory. TinyViT's BatchNorms run in the mode m->tv.bn_train says. */
+ms_status ms_sam_image_forward(ms_sam *m, const float *x, int B, float *emb);
+/* demb → the encoder's parameter gradients (trainable only, +=), dx += when non-NULL. */
+ms_status ms_sam_image_backward(ms_sam *m, const float *demb, float *dx);
 
 /* ---- finetune-SAM's checkpoints (mazurowski-lab/finetune-SAM: models/sam_LoRa.py, models/sam/modeling/) ----------
  * finetune-SAM saves its Sam's state_dict with LoRA wrapping the encoder's qkv (attn.qkv.qkv.{weight,bias} +

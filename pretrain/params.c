@@ -70,7 +70,7 @@ int ms_params_set_trainable(ms_params *ps, const char *prefix, int trainable)
     int k = 0;
     size_t n = strlen(prefix);
     for (int i = 0; i < ps->n; i++)
-        if (!strncmp(ps->p[i].name, prefix, n)) { ps->p[i].trainable = trainable; k++; }
+        if (!strncmp(ps->p[i].name, prefix, n)) { ps->p[i].trainable = trainable && !ps->p[i].buffer; k++; }
     return k;
 }
 

@@ -27,6 +27,7 @@ typedef struct ms_param {
     int trainable;
     int no_decay;     /* norms, biases, position embeddings, rel-pos tables: no weight decay */
     int optional;     /* ms_params_load: absent from the file is fine (PEFT tensors, extra task heads) */
+    int buffer;       /* a float buffer, never trainable (BatchNorm running statistics): set_trainable skips it */
 } ms_param;
 
 typedef struct ms_params {
@@ -45,7 +46,8 @@ int ms_params_add(ms_params *ps, const char *name, const int64_t *shape, int ndi
 /* Index of a name, or -1. */
 int ms_params_find(const ms_params *ps, const char *name);
 ms_status ms_params_alloc(ms_params *ps, ms_device *dev);
-/* Marks every tensor whose name starts with `prefix` ("" = all) trainable or frozen; returns how many matched. */
+/* Marks every tensor whose name starts with `prefix` ("" = all) trainable or frozen; returns how many matched.
+ * Buffers (ms_param.buffer) match but stay frozen. */
 int ms_params_set_trainable(ms_params *ps, const char *prefix, int trainable);
 ms_status ms_params_alloc_grads(ms_params *ps);
 ms_status ms_params_zero_grads(ms_params *ps);

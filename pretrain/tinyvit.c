@@ -126,6 +126,10 @@ static void tv_add_cbn(tv_reg *r, ms_tinyvit_cbn *u, const char *key, int cin, i
     u->b = tv_add1(r, 1, cout, key, "bn.bias");
     u->mean = tv_add1(r, 1, cout, key, "bn.running_mean");
     u->var = tv_add1(r, 1, cout, key, "bn.running_var");
+    if (u->mean >= 0 && u->var >= 0) { /* buffers: never trained, whatever the method marks */
+        r->ps->p[u->mean].buffer = r->ps->p[u->var].buffer = 1;
+        r->ps->p[u->mean].trainable = r->ps->p[u->var].trainable = 0;
+    }
 }
 
 static void tv_add_block(tv_reg *r, ms_tinyvit_block *b, const char *key, int C, int heads, int ws, int hidden, int lc)
@@ -242,11 +246,17 @@ ms_status ms_tinyvit_load(ms_tinyvit *tv, const ms_state_dict *sd)
     ms_state_dict f = {0};
     f.e = malloc((size_t)(sd->n ? sd->n : 1) * sizeof *f.e);
     MS_FAIL_IF(!f.e, MS_ENOMEM, "out of memory");
-    for (int i = 0; i < sd->n; i++)
-        if (!tv_is_bn_counter(tv, &sd->e[i])) f.e[f.n++] = sd->e[i];
+    int64_t batches = 0; /* every BatchNorm of a model counts the same training batches: keep the largest */
+    for (int i = 0; i < sd->n; i++) {
+        const ms_sd_entry *e = &sd->e[i];
+        if (!tv_is_bn_counter(tv, e)) { f.e[f.n++] = *e; continue; }
+        int64_t v = e->t.dtype == MS_DTYPE_I64 ? *(const int64_t *)e->t.data : *(const int32_t *)e->t.data;
+        if (v > batches) batches = v;
+    }
     f.cap = f.n;
     ms_status rc = ms_params_load(tv->ps, &f, tv->prefix);
     free(f.e);
+    if (!rc) tv->bn_batches = batches;
     return rc;
 }
 
@@ -338,7 +348,7 @@ static ms_status tv_bias_index(ms_device *dev, int32_t *dst, int ws)
     return rc;
 }
 
-ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch)
+ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
 {
     MS_FAIL_IF(!tv->ps || !tv->ps->data, MS_EBADSTATE, "TinyViT: parameters not allocated");
     MS_FAIL_IF(max_batch <= 0, MS_EINVAL, "TinyViT: batch %d", max_batch);
@@ -349,6 +359,8 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch)
     tv->dev = tv->ps->dev;
     tv->max_batch = max_batch;
     tv->batch = 0;
+    MS_FAIL_IF(with_backward, MS_EUNSUPPORTED, "TinyViT: no backward yet");
+    tv->with_backward = 0;
     ms_plan pl = {0};
     tv_plan(tv, p, &pl, max_batch);
     ms_status rc = ms_plan_alloc(&pl, tv->dev, &tv->arena);
@@ -518,4 +530,30 @@ const float *ms_tinyvit_stage(const ms_tinyvit *tv, int stage)
     const tv_priv *p = tv->priv;
     if (!p || !tv->batch || stage < -1 || stage > 3) return NULL;
     return stage < 0 ? p->stem : p->out[stage];
+}
+
+/* ------------------------------------------------------------------------------------------------ training (stubs) */
+
+ms_status ms_tinyvit_add_peft(ms_tinyvit *tv, const ms_tinyvit_peft *pf)
+{
+    (void)tv; (void)pf;
+    MS_FAIL(MS_EUNSUPPORTED, "TinyViT: PEFT not implemented yet");
+}
+
+ms_status ms_tinyvit_init_random(ms_tinyvit *tv, uint64_t seed)
+{
+    (void)tv; (void)seed;
+    MS_FAIL(MS_EUNSUPPORTED, "TinyViT: random initialisation not implemented yet");
+}
+
+ms_status ms_tinyvit_peft_init_random(ms_tinyvit *tv, uint64_t seed)
+{
+    (void)tv; (void)seed;
+    MS_FAIL(MS_EUNSUPPORTED, "TinyViT: PEFT not implemented yet");
+}
+
+ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dtok, float *dx)
+{
+    (void)tv; (void)demb; (void)dtok; (void)dx;
+    MS_FAIL(MS_EUNSUPPORTED, "TinyViT: no backward yet");
 }

@@ -73,10 +73,40 @@ typedef struct ms_tinyvit_block {
     int ab, norm_w, norm_b, qkv_w, qkv_b, proj_w, proj_b;   /* attn.{attention_biases, norm, qkv, proj} */
     int mnorm_w, mnorm_b, fc1_w, fc1_b, fc2_w, fc2_b;       /* mlp.{norm, fc1, fc2} */
     ms_tinyvit_cbn local;                                   /* local_conv */
+    /* PEFT (ms_tinyvit_add_peft); -1 when the block has none. Names as finetune-SAM's TinyViT:
+     * attn.qkv.linear_{a,b}_{q,v}.weight, {Space_Adapter,MLP_Adapter}.D_fc{1,2}.{weight,bias} */
+    int lora_aq, lora_bq, lora_av, lora_bv;
+    int sa_w1, sa_b1, sa_w2, sa_b2, ma_w1, ma_b1, ma_w2, ma_b2;
 } ms_tinyvit_block;
+
+/* Parameter-efficient fine-tuning of TinyViT as finetune-SAM applies it (mazurowski-lab/finetune-SAM
+ * models/sam_LoRa.py, models/sam/modeling/tiny_vit_sam.py; docs/MODEL.md §TinyViT):
+ * LoRA (rank r, scale 1) on the qkv Linear of every block of the layers in lora_layers (bit i = layers.i, i in 1..3).
+ *   TinyViT lays qkv's output out per head as [q_h | k_h | v_h]; by default the q delta (ln·A_qᵀ)·B_qᵀ (C columns,
+ *   head-major) goes to the q columns of each head and the v delta to the v columns — true q/v LoRA. With
+ *   fsam_slicing (finetune-SAM's _LoRA_qkv, written for SAM's [all q | all k | all v]) the deltas go to columns
+ *   [0, C) and [2C, 3C) instead, which mixes q, k and v of different heads.
+ * Adapters in every block of the layers in adapter_layers: a = attention output (cropped, before the residual);
+ *   x = x_in + a + fc2(GELU(fc1(a)))  (Space_Adapter, with its skip); after the local conv, with y its output:
+ *   out = y + mlp(y) + adapter_scale·fc2(GELU(fc1(y)))  (MLP_Adapter, parallel; its input is y itself, not the
+ *   MLP's LayerNorm). Hidden width C/4 (int(C·0.25)); scale 0 means 0.5.
+ * PEFT tensors are optional for loading (a plain MobileSAM file loads) and appended after the encoder's. */
+typedef struct ms_tinyvit_peft {
+    int lora_rank;            /* 0 = no LoRA */
+    unsigned lora_layers;     /* bit i = layers.i (1..3) */
+    unsigned adapter_layers;  /* bit i = layers.i (1..3) */
+    float adapter_scale;      /* 0.5 */
+    int fsam_slicing;         /* 1: finetune-SAM's LoRA column slicing (--compat-finetune-sam) */
+} ms_tinyvit_peft;
 
 typedef struct ms_tinyvit {
     ms_tinyvit_config cfg;
+    ms_tinyvit_peft peft;                   /* what ms_tinyvit_add_peft added (zeros: none) */
+    /* BatchNorm mode of the next forward: 0 = inference (running statistics, never updated); 1 = training (batch
+     * statistics; the running ones updated as torch does, momentum 0.1, and bn_batches incremented). The caller
+     * sets it (docs/MODEL.md §TinyViT: a frozen encoder never trains its BatchNorms). */
+    int bn_train;
+    int64_t bn_batches;                     /* num_batches_tracked: read by ms_tinyvit_load, written on export */
     ms_params *ps;                          /* not owned */
     ms_tinyvit_cbn stem[2];
     ms_tinyvit_cbn mb[MS_TINYVIT_MAX_DEPTH][3];           /* layer 0: blocks.j.conv{1,2,3} */
@@ -88,22 +118,39 @@ typedef struct ms_tinyvit {
 
     /* activations (ms_tinyvit_reserve) */
     ms_device *dev;
-    int max_batch, batch;
+    int max_batch, batch, with_backward;
+    int neck_ran;                           /* the last forward ran the neck (emb != NULL) */
     ms_arena arena;
     void *priv;
 } ms_tinyvit;
 
 /* Registers every tensor in ps under prefix + MobileSAM key. ps must not be allocated yet. */
 ms_status ms_tinyvit_init(ms_tinyvit *tv, const ms_tinyvit_config *cfg, ms_params *ps, const char *prefix);
-/* Activations for batches up to max_batch (parameters allocated: ps->dev is used). */
-ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch);
+/* Adds LoRA and/or adapter tensors (after ms_tinyvit_init, before the parameters are allocated; once). */
+ms_status ms_tinyvit_add_peft(ms_tinyvit *tv, const ms_tinyvit_peft *pf);
+/* Initialises every tensor (parameters allocated) as MobileSAM's TinyViT does on construction (Linear weights
+ * trunc_normal std 0.02 and biases 0, LayerNorm 1/0, convolutions PyTorch's default U(±1/√fan_in), BatchNorm
+ * γ = 1 (0 for MBConv's conv3) β = 0, running mean 0 / var 1, attention biases 0; the neck PyTorch's default)
+ * and the PEFT tensors as ms_tinyvit_peft_init_random, from seed. */
+ms_status ms_tinyvit_init_random(ms_tinyvit *tv, uint64_t seed);
+/* PEFT tensors only: LoRA A = U(±1/√fan_in), B = 0 (the model starts equal to the base); adapters PyTorch's Linear
+ * default, from seed. */
+ms_status ms_tinyvit_peft_init_random(ms_tinyvit *tv, uint64_t seed);
+/* Activations for batches up to max_batch (parameters allocated: ps->dev is used); with_backward keeps what the
+ * backward needs. */
+ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward);
 void ms_tinyvit_free(ms_tinyvit *tv);
 /* Strict load from a state dict written by MobileSAM's code: every registered tensor with its shape; under the
  * prefix, the only extra keys allowed are the num_batches_tracked of registered BatchNorms (int, scalar). One line
  * per problem; nothing loaded on any error. */
 ms_status ms_tinyvit_load(ms_tinyvit *tv, const ms_state_dict *sd);
-/* x (B,3,S,S) → emb (B,out_chans,g,g), device memory, B ≤ max_batch. */
+/* x (B,3,S,S) → emb (B,out_chans,g,g), device memory, B ≤ max_batch. emb == NULL: stop after layer 3 (its tokens
+ * are ms_tinyvit_stage(tv, 3); MAE's encoder output). BatchNorm in the mode tv->bn_train says. */
 ms_status ms_tinyvit_forward(ms_tinyvit *tv, const float *x, int B, float *emb);
+/* Backward of the last forward (reserved with_backward): from demb (B,out_chans,g,g) when that forward ran the
+ * neck, else from dtok (B·g·g, C3) for layer 3's tokens. Accumulates (+=) into the gradients of trainable
+ * tensors and into dx (B,3,S,S) when dx != NULL. */
+ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dtok, float *dx);
 /* Outputs of the last forward (device memory): stage −1 the stem (B,C0,S/4,S/4); stage i in 0..3 layers[i]'s
  * output as tokens (B, L, C) (after its merging). NULL before a forward. */
 const float *ms_tinyvit_stage(const ms_tinyvit *tv, int stage);

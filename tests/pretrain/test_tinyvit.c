@@ -187,7 +187,7 @@ static void run_device(ms_device *dev, const ms_state_dict *g, const gkey *k, in
     MS_CHECK_OK(ms_dev_alloc(dev, (size_t)nx * sizeof(float), (void **)&x));
     MS_CHECK_OK(ms_dev_alloc(dev, (size_t)ne * sizeof(float), (void **)&emb));
     MS_CHECK_OK(ms_dev_from_host(dev, x, hx, (size_t)nx * sizeof(float)));
-    MS_CHECK_OK(ms_tinyvit_reserve(&tv, B));
+    MS_CHECK_OK(ms_tinyvit_reserve(&tv, B, 0));
     MS_CHECK_OK(ms_tinyvit_forward(&tv, x, B, emb));
     int64_t g0 = ms_tinyvit_grid(&c, 0);
     float *h = host_copy(dev, ms_tinyvit_stage(&tv, -1), B * c.dims[0] * g0 * g0);

@@ -49,7 +49,7 @@ int main(void)
     float *x = malloc((size_t)nx * sizeof *x), *emb = malloc((size_t)ne * sizeof *emb);
     uint64_t stream = ms_rng_stream(seed, ms_fnv1a64("golden.input"), 0);
     for (int64_t i = 0; i < nx; i++) x[i] = 2.0f * (2.0f * ms_rand_uniform(stream, (uint64_t)i) - 1.0f);
-    MS_CHECK_OK(ms_tinyvit_reserve(&tv, 1));
+    MS_CHECK_OK(ms_tinyvit_reserve(&tv, 1, 0));
     double t0 = ms_now_s();
     MS_CHECK_OK(ms_tinyvit_forward(&tv, x, 1, emb));
     printf("vit_t 1024 forward: %.2f s on %d threads\n", ms_now_s() - t0, dev.n_threads);
