@@ -126,6 +126,14 @@ static void set_trainable(ms_ft_model *m)
             tr = is_adapter(n) || (!c->compat_finetune_sam && is_head(n));
             break;
         }
+        if (m->sam.cfg.tinyvit) {
+            /* finetune-SAM's LoRA_Sam on MobileSAM also trains TinyViT's convolutional layer 0 */
+            if (c->compat_finetune_sam && c->method == MS_FT_LORA && c->scope == MS_FT_SCOPE_ENC_DEC &&
+                !strncmp(n, "image_encoder.layers.0.", 23))
+                tr = 1;
+            /* TinyViT's classifier is unused by SAM: never trained */
+            if (!strncmp(n, "image_encoder.norm_head.", 24) || !strncmp(n, "image_encoder.head.", 19)) tr = 0;
+        }
         ps->p[i].trainable = tr && !ps->p[i].buffer;
     }
     ms_sam_prompt_freeze_buffers(&m->sam.pe);
@@ -143,6 +151,53 @@ static int is_head0_key(const char *n)
 }
 
 static uint64_t all_blocks(int depth) { return depth >= 64 ? ~0ull : ((1ull << depth) - 1); }
+
+/* The variant name of a detected configuration. */
+static const char *model_name(const ms_sam_config *sc)
+{
+    if (sc->tinyvit) {
+        ms_tinyvit_config t;
+        for (int k = 0; k < 2; k++) {
+            const char *nm = k ? "vit_t_test" : "vit_t";
+            if (!ms_tinyvit_config_named(nm, &t) && !memcmp(t.dims, sc->tv.dims, sizeof t.dims) &&
+                !memcmp(t.depths, sc->tv.depths, sizeof t.depths))
+                return nm;
+        }
+        return "custom";
+    }
+    int d = sc->enc.embed_dim;
+    return d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h" : d == 192 ? "vit_test" : "custom";
+}
+
+/* The encoder's PEFT tensors (scope encoder+decoder). TinyViT: the bits of lora_blocks / adapter_blocks name its
+ * layers 1..3 (layer 0 is convolutional); 0 = all three. */
+static ms_status add_encoder_peft(ms_sam *s, const ms_ft_config *c)
+{
+    if (s->cfg.tinyvit) {
+        ms_tinyvit_peft tp = {0};
+        tp.adapter_scale = c->adapter_scale;
+        tp.fsam_slicing = c->compat_finetune_sam;
+        unsigned bits = (unsigned)((c->method == MS_FT_LORA ? c->lora_blocks : c->adapter_blocks) & 0xE);
+        if (!bits) bits = 0xE;
+        if (c->method == MS_FT_LORA) {
+            tp.lora_rank = c->lora_rank;
+            tp.lora_layers = bits;
+        } else {
+            tp.adapter_layers = bits;
+        }
+        return ms_tinyvit_add_peft(&s->tv, &tp);
+    }
+    ms_sam_enc_peft ep = {0};
+    ep.adapter_scale = c->adapter_scale;
+    uint64_t all = all_blocks(s->cfg.enc.depth);
+    if (c->method == MS_FT_LORA) {
+        ep.lora_rank = c->lora_rank;
+        ep.lora_blocks = c->lora_blocks ? (c->lora_blocks & all) : all;
+    } else {
+        ep.adapter_blocks = c->adapter_blocks ? (c->adapter_blocks & all) : all;
+    }
+    return ms_sam_encoder_add_peft(&s->enc, &ep);
+}
 
 /* The adapter tensors of init over their random initialisation (ms_params_load checked their names and shapes). */
 static ms_status load_adapters(ms_params *ps, const ms_state_dict *init)
@@ -177,20 +232,19 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
         MS_TRY(ms_sam_config_from_sd(init, &sc));
         file_M = sc.n_mask_tokens;
         sc.n_mask_tokens = M0;
-        int d = sc.enc.embed_dim;
-        snprintf(c->model, sizeof c->model, "%s", d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h"
-                                                    : d == 192 ? "vit_test" : "custom");
+        snprintf(c->model, sizeof c->model, "%s", model_name(&sc));
     } else {
         MS_TRY(ms_sam_config_named(c->model, M0, &sc));
     }
-    sc.enc.finetune_sam_block = c->compat_finetune_sam;
-    MS_FAIL_IF(c->prep.size < sc.enc.patch || c->prep.size % sc.enc.patch || c->prep.size > 4096, MS_EINVAL,
-               "finetune: input size %d is not a multiple of the patch size %d (up to 4096)", c->prep.size,
-               sc.enc.patch);
+    /* the embedding grid is input/16 for both encoders (SAM's patch; TinyViT's total stride) */
+    const int patch = sc.tinyvit ? 16 : sc.enc.patch, native = sc.tinyvit ? sc.tv.img_size : sc.enc.img_size;
+    if (!sc.tinyvit) sc.enc.finetune_sam_block = c->compat_finetune_sam;
+    MS_FAIL_IF(c->prep.size < patch || c->prep.size % patch || c->prep.size > 4096, MS_EINVAL,
+               "finetune: input size %d is not a multiple of the patch size %d (up to 4096)", c->prep.size, patch);
     /* another input size than the weights': position tables interpolated inside every forward (as pretrain) */
-    c->prep.label_size = 4 * (c->prep.size / sc.enc.patch);
+    c->prep.label_size = 4 * (c->prep.size / patch);
     c->prep.channels = 3;
-    MS_TRY(ms_sam_register_at(&m->sam, &sc, c->prep.size == sc.enc.img_size ? 0 : c->prep.size, dev));
+    MS_TRY(ms_sam_register_at(&m->sam, &sc, c->prep.size == native ? 0 : c->prep.size, dev));
     ms_sam *s = &m->sam;
     ms_status rc = MS_OK;
     m->head[0] = 0;
@@ -208,25 +262,16 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
         if (c->method == MS_FT_LORA) dp.lora_rank = c->lora_rank;
         else dp.adapters = 1;
         rc = ms_sam_decoder_add_peft(&s->dec, &dp);
-        if (!rc && m->encoder_trains) {
-            ms_sam_enc_peft ep = {0};
-            ep.adapter_scale = c->adapter_scale;
-            uint64_t all = all_blocks(sc.enc.depth);
-            if (c->method == MS_FT_LORA) {
-                ep.lora_rank = c->lora_rank;
-                ep.lora_blocks = c->lora_blocks ? (c->lora_blocks & all) : all;
-            } else {
-                ep.adapter_blocks = c->adapter_blocks ? (c->adapter_blocks & all) : all;
-            }
-            rc = ms_sam_encoder_add_peft(&s->enc, &ep);
-        }
+        if (!rc && m->encoder_trains) rc = add_encoder_peft(s, c);
     }
+    /* TinyViT's BatchNorms use batch statistics in training when they train, or under finetune-SAM's train mode */
+    m->train_bn = sc.tinyvit && (c->compat_finetune_sam || (c->method == MS_FT_FULL && m->encoder_trains));
     if (!rc) rc = ms_sam_alloc(s);
     if (rc) goto fail;
 
     /* initial values */
     if (!init) {
-        rc = ms_sam_encoder_init_random(&s->enc, seed);
+        rc = sc.tinyvit ? ms_tinyvit_init_random(&s->tv, seed) : ms_sam_encoder_init_random(&s->enc, seed);
         if (!rc) rc = ms_sam_init_default(&s->ps, "prompt_encoder.", seed);
         if (!rc) rc = ms_sam_init_default(&s->ps, "mask_decoder.", seed + 1);
     } else if (exact) {
@@ -257,14 +302,16 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
             rc = ms_sam_decoder_head_init_random(&s->dec, m->head[t], seed + 5 + (uint64_t)t);
         if (!rc && c->method != MS_FT_FULL) {
             rc = ms_sam_decoder_peft_init_random(&s->dec, seed + 3);
-            if (!rc && m->encoder_trains) rc = ms_sam_encoder_peft_init_random(&s->enc, seed + 4);
+            if (!rc && m->encoder_trains)
+                rc = sc.tinyvit ? ms_tinyvit_peft_init_random(&s->tv, seed + 4)
+                                : ms_sam_encoder_peft_init_random(&s->enc, seed + 4);
         }
         if (!rc && init) rc = load_adapters(&s->ps, init); /* finetune-SAM's trained adapters go on training */
     }
     if (rc) goto fail;
     if (exact) {
         for (int i = 0; i < s->ps.n; i++) s->ps.p[i].trainable = 0;
-        m->encoder_trains = 0;
+        m->encoder_trains = m->train_bn = 0;
     } else {
         set_trainable(m);
         rc = ms_params_alloc_grads(&s->ps);
@@ -352,7 +399,7 @@ ms_status ms_ft_model_reserve(ms_ft_model *m, int max_batch, int train)
     const int64_t S = s->img_size, g = s->emb_h, lo = 4 * g, B = max_batch, C = c_max(&m->cfg);
     m->max_batch = max_batch;
     m->with_backward = train;
-    MS_TRY(ms_sam_encoder_reserve(&s->enc, dev, max_batch, train && m->encoder_trains));
+    MS_TRY(ms_sam_image_reserve(s, max_batch, train && m->encoder_trains));
 #define A(p, n) MS_TRY(ms_dev_alloc(dev, (size_t)(n) * sizeof(float), (void **)&(p)))
     A(m->x, B * 3 * S * S);
     A(m->emb, B * 256 * g * g);
@@ -379,8 +426,10 @@ ms_status ms_ft_model_encode(ms_ft_model *m, const float *x, int B)
 {
     MS_FAIL_IF(!m->max_batch, MS_EBADSTATE, "finetune model: ms_ft_model_reserve was not called");
     MS_FAIL_IF(B < 1 || B > m->max_batch, MS_EINVAL, "finetune model: batch %d, reserved %d", B, m->max_batch);
-    return ms_sam_encoder_forward(&m->sam.enc, x, B, m->emb);
+    return ms_sam_image_forward(&m->sam, x, B, m->emb);
 }
+
+void ms_ft_model_set_training(ms_ft_model *m, int training) { m->sam.tv.bn_train = training && m->train_bn; }
 
 ms_status ms_ft_model_decode(ms_ft_model *m, int t, const float *emb, int B, const ms_sam_prompts *pr)
 {
@@ -441,7 +490,7 @@ ms_status ms_ft_model_backward(ms_ft_model *m, const float *dlogits)
     }
     MS_TRY(ms_sam_decoder_backward(dev, &s->dec, m->dmasks, NULL, enc ? m->demb : NULL, dsp, NULL));
     if (dsp) MS_TRY(ms_sam_prompt_backward(dev, &s->pe, &m->pst, dsp, NULL));
-    if (enc) MS_TRY(ms_sam_encoder_backward(&s->enc, m->demb, NULL));
+    if (enc) MS_TRY(ms_sam_image_backward(s, m->demb, NULL));
     return MS_OK;
 }
 

@@ -51,8 +51,8 @@ typedef struct ms_ft_config {
     ms_ft_scope scope;
     ms_prompt_mode prompt;
     int lora_rank;             /* 4 */
-    uint64_t lora_blocks;      /* encoder blocks with LoRA (bit i); 0 = every block */
-    uint64_t adapter_blocks;   /* encoder blocks with adapters; 0 = every block */
+    uint64_t lora_blocks;      /* encoder blocks with LoRA (bit i); 0 = every block. vit_t: its layers 1..3 */
+    uint64_t adapter_blocks;   /* encoder blocks with adapters; 0 = every block. vit_t: its layers 1..3 */
     float adapter_scale;       /* 0.5 */
     int compat_finetune_sam;   /* train what finetune-SAM trains (docs/FINETUNE.md) */
     int n_tasks;
@@ -84,6 +84,9 @@ typedef struct ms_ft_model {
     int head[MS_FT_MAX_TASKS];      /* decoder head id of each task */
     ms_device *dev;
     int encoder_trains;             /* scope encoder+decoder: the encoder runs backward */
+    int train_bn;                   /* TinyViT: BatchNorm in training mode while training (ms_ft_model_set_training):
+                                     * its weights train (full, encoder+decoder), or --compat-finetune-sam (finetune-SAM
+                                     * keeps the whole model in train mode) */
     /* buffers (ms_ft_model_reserve) */
     int max_batch, with_backward;
     float *x;                       /* device (max_batch, 3, S, S) input staging */
@@ -109,6 +112,8 @@ ms_status ms_ft_model_build(ms_ft_model *m, const ms_ft_config *cfg, const ms_st
 ms_status ms_ft_model_reserve(ms_ft_model *m, int max_batch, int train);
 void ms_ft_model_free(ms_ft_model *m);
 
+/* Training (1) or evaluation (0) mode of the next encodes: only TinyViT's BatchNorms differ (train_bn). Starts 0. */
+void ms_ft_model_set_training(ms_ft_model *m, int training);
 /* Image encoder on x (device, (B, 3, S, S)) → m->emb. */
 ms_status ms_ft_model_encode(ms_ft_model *m, const float *x, int B);
 /* Prompt encoder + mask decoder of task t on emb (device (B, 256, g, g): m->emb or cached embeddings uploaded by

@@ -635,7 +635,10 @@ static ms_status forward_backward(ms_ft_run *r, int t, int n, double N, step_out
     const ms_ft_config *c = &r->m.cfg;
     const int64_t P = r->P;
     const float *emb;
-    MS_TRY(embed_batch(r, t, r->img, r->keys, n, &emb));
+    ms_ft_model_set_training(&r->m, 1); /* TinyViT's BatchNorms: batch statistics when they train */
+    ms_status rc = embed_batch(r, t, r->img, r->keys, n, &emb);
+    ms_ft_model_set_training(&r->m, 0);
+    MS_TRY(rc);
     int C = ms_ft_out_channels(c, t);
     const ms_sam_prompts *pr = NULL;
     if (c->prompt != MS_PROMPT_NONE) {
@@ -996,7 +999,7 @@ static ms_status build_model(ms_ft_run *r, ms_ft_config *fc)
         rc = ms_sam_config_named(o->model, 3, &sc);
     }
     if (!rc) {
-        int S = o->input_size ? o->input_size : sc.enc.img_size;
+        int S = o->input_size ? o->input_size : sc.tinyvit ? sc.tv.img_size : sc.enc.img_size;
         ms_prep_config_default(&fc->prep, S);
         fc->prep.channels = 3;
         fc->prep.resize = o->resize;
@@ -1128,6 +1131,9 @@ static ms_status open_run(ms_ft_run *r)
     MS_TRY(open_tasks(r, &fc));
     MS_TRY(build_model(r, &fc));
     const ms_ft_config *c = &r->m.cfg;
+    MS_FAIL_IF(o->cache_embeddings && r->m.train_bn, MS_EINVAL, "--cache-embeddings with --compat-finetune-sam on "
+               "%s: finetune-SAM's train mode runs TinyViT's BatchNorms on batch statistics, so a slice's embedding "
+               "changes with its batch", c->model);
     r->S = c->prep.size;
     r->L = c->prep.label_size;
     r->P = (int64_t)r->L * r->L;
@@ -1143,7 +1149,8 @@ static ms_status open_run(ms_ft_run *r)
     MS_TRY(ms_grad_sync_add(&r->gs, &r->m.sam.ps));
     /* the mask decoder's and prompt encoder's backward runs before the encoder's: with them final, the buckets from
      * the array's end start block by block while the encoder's backward goes on */
-    if (r->world > 1) ms_sam_encoder_set_grads_hook(&r->m.sam.enc, ms_grad_sync_ready, &r->gs, 1);
+    if (r->world > 1 && !r->m.sam.cfg.tinyvit) /* TinyViT has no per-block hook: its buckets start at the end */
+        ms_sam_encoder_set_grads_hook(&r->m.sam.enc, ms_grad_sync_ready, &r->gs, 1);
     MS_TRY(ms_ft_loss_init(&r->loss, r->dev, (int64_t)o->batch * r->P));
     r->pgo.scale = (float)r->S / (float)r->L;
 

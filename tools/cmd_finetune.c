@@ -227,7 +227,7 @@ static int run(int argc, char **argv)
                                                       "store's folder name)"},
         {"ckpt", MS_OPT_STR, &cfg.ckpt, "FILE", "SAM weights to start from (.pth or .safetensors)"},
         {"init", MS_OPT_STR, &o.init, "random", "start from PyTorch's default initialisation (with --model)"},
-        {"model", MS_OPT_STR, &cfg.model, "NAME", "vit_b, vit_l, vit_h or vit_test (with --init random)"},
+        {"model", MS_OPT_STR, &cfg.model, "NAME", "vit_b, vit_l, vit_h, vit_t (MobileSAM), vit_test or vit_t_test (with --init random)"},
         {"o", MS_OPT_STR, &cfg.out, "RUN", "run directory"},
         {"method", MS_OPT_STR, &o.method, "full|lora|adapter", "what is fine-tuned (docs/FINETUNE.md table)"},
         {"scope", MS_OPT_STR, &o.scope, "decoder|encoder+decoder", "decoder only (encoder frozen) or both"},
