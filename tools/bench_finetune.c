@@ -40,7 +40,7 @@ typedef struct bcase {
 } bcase;
 
 typedef struct bcfg {
-    const char *model;
+    const char *model, *upstream; /* upstream: a MobileSAM checkout for vit_t's PyTorch side */
     int batch, steps, warmup, num_cls, compat, list;
     uint64_t seed;
 } bcfg;
@@ -67,7 +67,7 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
     for (int c = 0; c < b->num_cls; c++) cfg.task[0].values[c] = (uint16_t)c;
     ms_sam_config sc;
     if ((rc = ms_sam_config_named(b->model, b->num_cls + 1, &sc))) goto leave;
-    ms_prep_config_default(&cfg.prep, sc.enc.img_size);
+    ms_prep_config_default(&cfg.prep, sc.tinyvit ? sc.tv.img_size : sc.enc.img_size);
     cfg.prep.channels = 3;
     if ((rc = ms_ft_model_build(&m, &cfg, NULL, b->seed, &dev)) || (rc = ms_ft_model_reserve(&m, b->batch, 1)) ||
         (rc = ms_optimizer_init(&opt, &m.sam.ps, 0.9f, 0.999f, 1e-8f, 0.1f)))
@@ -96,7 +96,9 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
         /* the input upload is part of a step, as the trainer's batch upload is */
         rc = ms_dev_from_host(&dev, m.x, x, (size_t)(B * 3 * S * S) * sizeof(float));
         if (!rc) rc = ms_params_zero_grads(&m.sam.ps);
+        ms_ft_model_set_training(&m, 1);
         if (!rc) rc = ms_ft_model_encode(&m, m.x, (int)B);
+        ms_ft_model_set_training(&m, 0);
         if (!rc) rc = ms_ft_model_decode(&m, 0, m.emb, (int)B, NULL);
         if (!rc) rc = ms_dice_loss_forward(&dev, loss, m.logits, target, B, C, P, 1e-5f);
         if (!rc) rc = ms_cross_entropy_forward(&dev, loss + 1, m.logits, target, B, C, P);
@@ -130,16 +132,21 @@ leave:
 static int run_torch(const char *python, const char *script, const bcfg *b, int threads, bcase *cs, int n)
 {
     char cases[512] = "", cmd[8192];
+    /* vit_t's PyTorch side is MobileSAM's TinyViT without PEFT: method full only */
+    int tiny = !strncmp(b->model, "vit_t", 5) && strcmp(b->model, "vit_test");
     for (int i = 0; i < n; i++) {
+        if (tiny && cs[i].method != MS_FT_FULL) continue;
         size_t l = strlen(cases);
-        snprintf(cases + l, sizeof cases - l, "%s%s:%s", i ? "," : "", ms_ft_method_name(cs[i].method),
+        snprintf(cases + l, sizeof cases - l, "%s%s:%s", l ? "," : "", ms_ft_method_name(cs[i].method),
                  ms_ft_scope_name(cs[i].scope));
     }
+    if (!cases[0]) return -1;
     snprintf(cmd, sizeof cmd,
              "'%s' '%s' --cases '%s' --model %s --batch %d --steps %d --warmup %d --threads %d --num-cls %d "
-             "--seed %llu%s%s",
+             "--seed %llu%s%s%s%s%s",
              python, script, cases, b->model, b->batch, b->steps, b->warmup, threads, b->num_cls,
-             (unsigned long long)b->seed, b->compat ? " --compat" : "", b->list ? " --list-trainable" : "");
+             (unsigned long long)b->seed, b->compat ? " --compat" : "", b->list ? " --list-trainable" : "",
+             b->upstream ? " --upstream '" : "", b->upstream ? b->upstream : "", b->upstream ? "'" : "");
     const size_t line_cap = 1 << 20; /* a line carries every trainable name with --list-trainable */
     char *line = malloc(line_cap);
     FILE *f = line ? popen(cmd, "r") : NULL;
@@ -208,7 +215,10 @@ int ms_bench_finetune(int argc, char **argv)
     int no_torch = 0, seed = 1;
     const ms_opt opts[] = {
         {"cases", MS_OPT_STR, &cases_s, "LIST", "method:scope pairs, comma-separated (all six)"},
-        {"model", MS_OPT_STR, &b.model, "NAME", "SAM variant, at its native input size (vit_test: 256)"},
+        {"model", MS_OPT_STR, &b.model, "NAME", "SAM variant, at its native input size (vit_test, vit_t_test: 256; "
+         "vit_t: MobileSAM's TinyViT at 1024)"},
+        {"upstream", MS_OPT_STR, &b.upstream, "DIR", "a ChaoningZhang/MobileSAM checkout: vit_t's PyTorch side, "
+         "method full only (default: $MOBILESAM_DIR)"},
         {"threads", MS_OPT_STR, &threads_s, "LIST", "thread counts for both sides (1,2)"},
         {"batch", MS_OPT_INT, &b.batch, "B", "slices per step (4)"},
         {"steps", MS_OPT_INT, &b.steps, "N", "timed steps; the median is reported (10)"},
@@ -285,9 +295,13 @@ int ms_bench_finetune(int argc, char **argv)
             if (k->torch_n >= 0) snprintf(tn, sizeof tn, "%lld (%d)%s", (long long)k->torch_n, k->torch_t,
                                           differ ? " DIFFERS" : "");
             else snprintf(tn, sizeof tn, "-");
-            printf("| %s | %s | %d | %lld (%d) | %s | %.2f | %.2f | %.2fx |\n", ms_ft_method_name(k->method),
-                   ms_ft_scope_name(k->scope), th, (long long)k->ours_n, k->ours_t, tn, b.batch / k->ours_s,
-                   b.batch / k->torch_s, k->torch_s / k->ours_s);
+            char ts[32] = "-", sx[32] = "-";
+            if (!isnan(k->torch_s)) {
+                snprintf(ts, sizeof ts, "%.2f", b.batch / k->torch_s);
+                snprintf(sx, sizeof sx, "%.2fx", k->torch_s / k->ours_s);
+            }
+            printf("| %s | %s | %d | %lld (%d) | %s | %.2f | %s | %s |\n", ms_ft_method_name(k->method),
+                   ms_ft_scope_name(k->scope), th, (long long)k->ours_n, k->ours_t, tn, b.batch / k->ours_s, ts, sx);
             fflush(stdout);
             if (differ) {
                 fprintf(stderr, "mrisam bench finetune: %s/%s: the trainable sets differ (%lld vs %lld parameters; "

@@ -21,25 +21,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "reference"))
 import sam_ref_encoder as ref  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "pretrain"))
-
-
-class TinyViTEncoder(torch.nn.Module):
-    """MobileSAM's TinyViT, stem → layers → neck at grid S/16 (its forward_features hard-codes 1024)."""
-
-    def __init__(self, model, upstream):
-        super().__init__()
-        import gen_tinyvit_golden as tg  # the timm stand-in and the two configurations, one copy
-        cfg = tg.CFG_VIT_T if model == "vit_t" else tg.CFG
-        self.m = tg.load_upstream(upstream).TinyViT(**cfg)
-        self.g = cfg["img_size"] // 16
-        self.img_size = cfg["img_size"]
-
-    def forward(self, x):
-        h = self.m.patch_embed(x)
-        for layer in self.m.layers:
-            h = layer(h)
-        return self.m.neck(h.view(x.shape[0], self.g, self.g, h.shape[-1]).permute(0, 3, 1, 2))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tinyvit_torch import TinyViTEncoder  # noqa: E402
 
 
 def main():
@@ -53,8 +36,6 @@ def main():
     torch.manual_seed(0)
     tiny = a.model.startswith("vit_t")
     if tiny:
-        if not a.upstream:
-            sys.exit("vit_t: give --upstream DIR or MOBILESAM_DIR (a checkout of ChaoningZhang/MobileSAM)")
         m = TinyViTEncoder(a.model, a.upstream)
         s = m.img_size
     else:

@@ -14,6 +14,11 @@ With scope decoder the encoder runs under torch.no_grad(), as finetune-SAM does.
 when it trains (mrisam builds them only then; finetune-SAM's would sit unused under no_grad). finetune-SAM's unused
 Depth_Adapter is not built (mrisam has none).
 
+vit_t / vit_t_test: the image encoder is MobileSAM's own TinyViT (tools/bench/tinyvit_torch.py; --upstream DIR or
+MOBILESAM_DIR), method full only (finetune-SAM's TinyViT PEFT has no reference here). Its BatchNorms run in train
+mode (batch statistics) when the encoder trains, else in eval mode, as mrisam runs them (--compat: train mode
+always, as finetune-SAM).
+
 Run with Debian's /usr/bin/python3 (torch 1.13, CPU); --device cuda on a GPU machine (float32; TF32 with MS_CUDA_TF32=1).
 """
 import argparse
@@ -34,6 +39,9 @@ import peft_ref_encoder as pe_enc  # noqa: E402
 import sam_ref_encoder as se  # noqa: E402
 from sam_ref_decoder import MaskDecoder, PromptEncoder  # noqa: E402
 
+sys.path.insert(0, HERE)
+from tinyvit_torch import TinyViTEncoder  # noqa: E402
+
 HEAD_KEYS = ("mask_decoder.iou_token.", "mask_decoder.mask_tokens.", "mask_decoder.output_upscaling.",
              "mask_decoder.output_hypernetworks_mlps.", "mask_decoder.iou_prediction_head.")
 
@@ -44,11 +52,26 @@ class FtSam(nn.Module):
     v_proj, or adapters (D/4, GELU) in every encoder block and both decoder layers; encoder PEFT only when
     peft_encoder."""
 
-    def __init__(self, model, num_cls, method, peft_encoder, rank=4, finetune_sam_block=False):
+    def __init__(self, model, num_cls, method, peft_encoder, rank=4, finetune_sam_block=False, upstream=None):
         super().__init__()
+        if model.startswith("vit_t") and model != "vit_test":
+            if method != "full":
+                sys.exit("finetune_ref.py: %s: method full only" % model)
+            self.image_encoder = TinyViTEncoder(model, upstream)
+            S = self.image_encoder.img_size
+            g = S // 16
+        else:
+            self._vit(model, method, peft_encoder, rank, finetune_sam_block)
+            S = se.VARIANTS[model]["img_size"]
+            g = S // 16
+        self.prompt_encoder = PromptEncoder(256, (g, g), S)
+        self.mask_decoder = MaskDecoder(256, num_cls)
+        if method != "full":
+            pe_dec.add_peft(self.mask_decoder, rank if method == "lora" else 0, method == "adapter")
+        self.img_size = S
+
+    def _vit(self, model, method, peft_encoder, rank, finetune_sam_block):
         v = se.VARIANTS[model]
-        S = v["img_size"]
-        g = S // 16
         if method != "full" and peft_encoder:
             cfg = dict(v, patch_size=16, window_size=14, out_chans=256)
             every = range(v["depth"])
@@ -58,10 +81,6 @@ class FtSam(nn.Module):
             self.image_encoder = se.build(model)
         for b in self.image_encoder.blocks:
             b.finetune_sam = finetune_sam_block
-        self.prompt_encoder = PromptEncoder(256, (g, g), S)
-        self.mask_decoder = MaskDecoder(256, num_cls)
-        if method != "full":
-            pe_dec.add_peft(self.mask_decoder, rank if method == "lora" else 0, method == "adapter")
 
     def decode(self, emb):
         sparse, dense = self.prompt_encoder(None, None, None)
@@ -70,6 +89,8 @@ class FtSam(nn.Module):
 
 
 def trainable(name, method, scope, compat):
+    if ".running_" in name or name.startswith(("image_encoder.m.norm_head.", "image_encoder.m.head.")):
+        return False  # TinyViT: BatchNorm statistics are buffers; its classifier is unused by SAM
     enc = name.startswith("image_encoder.")
     pe = name.startswith("prompt_encoder.")
     head = any(name.startswith(h) for h in HEAD_KEYS)
@@ -94,7 +115,9 @@ def seg_loss(logits, target, num_cls, smooth=1e-5):
 def bench_case(a, method, scope):
     torch.manual_seed(a.seed)
     enc_trains = scope == "encoder+decoder"
-    m = FtSam(a.model, a.num_cls, method, enc_trains, a.lora_rank, a.compat).to(a.device)
+    m = FtSam(a.model, a.num_cls, method, enc_trains, a.lora_rank, a.compat, a.upstream).to(a.device)
+    if not enc_trains and not a.compat:
+        m.image_encoder.eval()  # TinyViT's frozen BatchNorms on running statistics (no effect on SAM's ViT)
     names = []
     for n, p in m.named_parameters():
         p.requires_grad_(trainable(n, method, scope, a.compat))
@@ -102,7 +125,7 @@ def bench_case(a, method, scope):
             names.append((n, p.numel()))
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
-    S = se.VARIANTS[a.model]["img_size"]
+    S = m.img_size
     lo = 4 * (S // 16)
     gen = torch.Generator().manual_seed(a.seed)
     x = torch.randn(a.batch, 3, S, S, generator=gen)
@@ -151,6 +174,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--compat", action="store_true",
                     help="finetune-SAM's trainable sets and encoder block (windows partitioned before norm1)")
+    ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout (vit_t)")
     ap.add_argument("--list-trainable", action="store_true", help="add the trainable tensor names to each line")
     ap.add_argument("--device", default="cpu",
                     help="cpu or cuda (float32; TF32 only with MS_CUDA_TF32=1, as for mrisam's CUDA backend)")
