@@ -157,6 +157,79 @@ static void run_case(gt *t, const ms_state_dict *g, const char *cas, int bn_trai
            worst);
 }
 
+/* PEFT (ms_tinyvit_add_peft) on the running statistics, L = Σ emb·G: the embedding, the PEFT tensors' gradients
+ * (the only trainable ones) and dx against the generator's hooks on upstream's blocks; every PEFT tensor
+ * 0.25·(2u − 1) under its name (LoRA B nonzero). Forward-only gives the same embedding bit for bit. */
+static void run_peft(const ms_state_dict *g, uint64_t seed, const char *cas, const ms_tinyvit_peft *pf)
+{
+    gt t = {0};
+    ms_device dev;
+    MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 0));
+    t.dev = &dev;
+    t.seed = seed;
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t_test", &t.c));
+    ms_params_init(&t.ps);
+    MS_CHECK_OK(ms_tinyvit_init(&t.tv, &t.c, &t.ps, PREFIX));
+    int nbase = t.ps.n;
+    MS_CHECK_OK(ms_tinyvit_add_peft(&t.tv, pf));
+    MS_CHECK(ms_tinyvit_add_peft(&t.tv, pf) == MS_EBADSTATE, "%s: PEFT added twice", cas);
+    MS_CHECK_OK(ms_params_alloc(&t.ps, &dev));
+    ms_params_set_trainable(&t.ps, "", 0);
+    for (int i = nbase; i < t.ps.n; i++) t.ps.p[i].trainable = 1;
+    MS_CHECK_OK(ms_params_alloc_grads(&t.ps));
+    t.B = 2;
+    int64_t S = t.c.img_size, g4 = ms_tinyvit_grid(&t.c, 4);
+    t.nx = (int64_t)t.B * 3 * S * S;
+    t.ne = (int64_t)t.B * t.c.out_chans * g4 * g4;
+    t.x = malloc((size_t)t.nx * sizeof(float));
+    t.dx = calloc((size_t)t.nx, sizeof(float));
+    t.emb = malloc((size_t)t.ne * sizeof(float));
+    t.G = malloc((size_t)t.ne * sizeof(float));
+    float *emb0 = malloc((size_t)t.ne * sizeof(float));
+    counter_pm1(t.x, "golden.input", t.nx, seed, 2.0f);
+    counter_pm1(t.G, "golden.G", t.ne, seed, 1.0f);
+    set_weights(&t);
+    for (int i = nbase; i < t.ps.n; i++)
+        counter_pm1(t.ps.data + t.ps.p[i].off, t.ps.p[i].name, t.ps.p[i].numel, seed, 0.25f);
+    t.tv.bn_train = 0;
+    MS_CHECK_OK(ms_tinyvit_reserve(&t.tv, t.B, 0));
+    MS_CHECK_OK(ms_tinyvit_forward(&t.tv, t.x, t.B, emb0));
+    MS_CHECK_OK(ms_tinyvit_reserve(&t.tv, t.B, 1));
+    MS_CHECK_OK(ms_params_zero_grads(&t.ps));
+    MS_CHECK_OK(ms_tinyvit_forward(&t.tv, t.x, t.B, t.emb));
+    MS_CHECK(!memcmp(emb0, t.emb, (size_t)t.ne * sizeof(float)), "%s: forward-only embedding differs", cas);
+    char key[64];
+    snprintf(key, sizeof key, "%s.emb", cas);
+    double e = check_stage_tol(g, key, t.emb, t.ne, TOL, 0, 0);
+    MS_CHECK_OK(ms_tinyvit_backward(&t.tv, t.G, NULL, t.dx));
+    printf("%-9s %d PEFT tensors (LoRA rank %d layers 0x%x, adapters 0x%x, %s slicing): emb max err %.3g\n", cas,
+           t.ps.n - nbase, pf->lora_rank, pf->lora_layers, pf->adapter_layers,
+           pf->fsam_slicing ? "finetune-SAM" : "true q/v", e);
+    check_grads(&t, g, cas, 1);
+    snprintf(key, sizeof key, "%s.dx", cas);
+    e = check_stage_tol(g, key, t.dx, t.nx, TOL_G, 0, 0);
+    printf("%-9s dx max err %.3g of max|dx|\n", cas, e);
+    /* ms_tinyvit_peft_init_random: LoRA B = 0 (the model starts as the base), A and adapters U(±1/√fan_in) */
+    MS_CHECK_OK(ms_tinyvit_peft_init_random(&t.tv, seed));
+    int bad = 0;
+    for (int i = nbase; i < t.ps.n; i++) {
+        const ms_param *p = &t.ps.p[i];
+        const float *v = t.ps.data + p->off;
+        /* the weight's in_features: the bias follows its weight */
+        int64_t fan = p->ndim == 2 ? p->shape[1] : t.ps.p[i - 1].shape[1];
+        double mx = 0, bound = 1.0 / sqrt((double)fan);
+        for (int64_t j = 0; j < p->numel; j++) mx = fmax(mx, fabs(v[j]));
+        if (strstr(p->name, "linear_b_")) bad += mx != 0;
+        else bad += !(mx > 0.5 * bound && mx <= bound);
+    }
+    MS_CHECK(bad == 0, "%s: peft_init_random: %d tensors off", cas, bad);
+    free(emb0);
+    free(t.x); free(t.dx); free(t.emb); free(t.G);
+    ms_tinyvit_free(&t.tv);
+    ms_params_free(&t.ps);
+    ms_device_free(&dev);
+}
+
 int main(void)
 {
     ms_test_seed(); /* printed for the record: the golden file fixes weights, input and G */
@@ -217,6 +290,10 @@ int main(void)
 
     free(emb0);
     free(t.x); free(t.dx); free(t.emb); free(t.G); free(t.G3);
+    ms_tinyvit_peft pt = {.lora_rank = 4, .lora_layers = 0xE, .adapter_layers = 0xA};
+    ms_tinyvit_peft pf = {.lora_rank = 4, .lora_layers = 0xE, .adapter_layers = 0x4, .fsam_slicing = 1};
+    run_peft(&g, t.seed, "peft_true", &pt);
+    run_peft(&g, t.seed, "peft_fsam", &pf);
     ms_tinyvit_free(&t.tv);
     ms_params_free(&t.ps);
     ms_device_free(&dev);
