@@ -31,6 +31,15 @@ static int sd_shape(const ms_state_dict *sd, const char *prefix, int64_t s[MS_MA
     return e->t.ndim;
 }
 
+/* Two TinyViT configs with the same tensors (the input size and layer 0's unused heads / window aside). */
+static int tv_same_shapes(const ms_tinyvit_config *a, const ms_tinyvit_config *b)
+{
+    ms_tinyvit_config x = *a, y = *b;
+    x.img_size = y.img_size = 0;
+    x.heads[0] = y.heads[0] = x.windows[0] = y.windows[0] = 0;
+    return !memcmp(&x, &y, sizeof x);
+}
+
 ms_status ms_sam_tinyvit_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -77,13 +86,13 @@ ms_status ms_sam_tinyvit_config_from_sd(const ms_state_dict *sd, const char *pre
     MS_FAIL_IF(sd_shape(sd, prefix, s, "neck.0.weight", 0, 0) != 4, MS_ENOTFOUND, "%sneck.0.weight: missing or not "
                "4-D", prefix);
     c->out_chans = (int)s[0];
-    /* The input size is in no key (MobileSAM's build_sam_vit_t: 1024, image_embedding_size 64 × patch 16): 1024,
-     * except for vit_t_test's shapes, which run at 256. */
-    ms_tinyvit_config t;
+    /* The input size is in no key (MobileSAM's build_sam_vit_t: 1024, image_embedding_size 64 × patch 16): a named
+     * variant's shapes give that variant (vit_t_test runs at 256), any other 1024. */
     c->img_size = 1024;
-    if (!ms_tinyvit_config_named("vit_t_test", &t)) {
-        t.img_size = 1024;
-        if (!memcmp(&t, c, sizeof t)) c->img_size = 256;
+    static const char *const named[2] = {"vit_t", "vit_t_test"};
+    for (int i = 0; i < 2; i++) {
+        ms_tinyvit_config t;
+        if (!ms_tinyvit_config_named(named[i], &t) && tv_same_shapes(&t, c)) *c = t;
     }
     return ms_tinyvit_config_check(c);
 }
