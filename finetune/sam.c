@@ -464,8 +464,11 @@ int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec
     return ep->lora_rank || ep->adapter_blocks || dp->lora_rank || dp->adapters;
 }
 
-/* W (rows, cols) rows r0.. += B (rows_b, r) · A (r, cols), each product summed in double then added once. */
-static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, const char *b_name, const char *a_name)
+/* W (rows, cols) += B (rows_b, r) · A (r, cols) into rows r0.. — or, with hd > 0, the delta's row i into W's row
+ * (i / hd)·3hd + r0 + i % hd (TinyViT's per-head [q | k | v] layout) — each product summed in double then added
+ * once. */
+static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, int64_t hd, const char *b_name,
+                            const char *a_name)
 {
     const ms_sd_entry *we = ms_sd_find(all, w_name), *be = ms_sd_find(all, b_name), *ae = ms_sd_find(all, a_name);
     MS_FAIL_IF(!we || !be || !ae, MS_ENOTFOUND, "%s: LoRA merge: a tensor is missing", w_name);
@@ -473,20 +476,26 @@ static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, 
                    we->t.ndim != 2 || be->t.ndim != 2 || ae->t.ndim != 2,
                MS_EUNSUPPORTED, "%s: LoRA merge: needs 2-D float32 tensors", w_name);
     const int64_t rows = be->t.shape[0], r = be->t.shape[1], cols = ae->t.shape[1];
-    MS_FAIL_IF(ae->t.shape[0] != r || we->t.shape[1] != cols || r0 + rows > we->t.shape[0], MS_ESHAPE,
-               "%s: LoRA merge: shapes do not fit", w_name);
+    MS_FAIL_IF(ae->t.shape[0] != r || we->t.shape[1] != cols || (hd > 0 && rows % hd) ||
+                   (hd > 0 ? 3 * rows : r0 + rows) > we->t.shape[0],
+               MS_ESHAPE, "%s: LoRA merge: shapes do not fit", w_name);
     float *W = we->t.data;
     const float *B = be->t.data, *A = ae->t.data;
-    for (int64_t i = 0; i < rows; i++)
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t row = hd > 0 ? i / hd * 3 * hd + r0 + i % hd : r0 + i;
         for (int64_t j = 0; j < cols; j++) {
             double acc = 0;
             for (int64_t k = 0; k < r; k++) acc += (double)B[i * r + k] * (double)A[k * cols + j];
-            W[(r0 + i) * cols + j] = (float)((double)W[(r0 + i) * cols + j] + acc);
+            W[row * cols + j] = (float)((double)W[row * cols + j] + acc);
         }
+    }
     return MS_OK;
 }
 
-ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged)
+/* tv != NULL: TinyViT's true q/v LoRA (each head's q and v columns) for image_encoder.layers.*; else the encoder's
+ * q rows 0..D−1 and v rows 2D..3D−1. */
+static ms_status merge_lora(ms_state_dict *sd, int64_t embed_dim, const ms_tinyvit_config *tv, int drop,
+                            int *n_merged)
 {
     char w[300], a[300], b[300];
     ms_status rc = MS_OK;
@@ -500,16 +509,20 @@ ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, i
         if (ms_str_ends_with(n, "_proj.w_a.weight")) { /* decoder: <attn>.q_proj.w_a.weight */
             snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".w_a.weight")), n);
             snprintf(b, sizeof b, "%.*s.w_b.weight", (int)(L - strlen(".w_a.weight")), n);
-            rc = merge_pair(sd, w, 0, b, n);
-        } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight; q rows 0..D-1, v rows 2D..3D-1 */
-            int v = ms_str_ends_with(n, "_v.weight");
+            rc = merge_pair(sd, w, 0, 0, b, n);
+        } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight */
+            int v = ms_str_ends_with(n, "_v.weight"), layer;
             snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".linear_a_q.weight")), n);
             snprintf(b, sizeof b, "%.*s.linear_b_%c.weight", (int)(L - strlen(".linear_a_q.weight")), n,
                      v ? 'v' : 'q');
             snprintf(a, sizeof a, "%s", n);
             const ms_sd_entry *we = ms_sd_find(sd, w);
             int64_t D = embed_dim ? embed_dim : we && we->t.ndim == 2 ? we->t.shape[1] : 0;
-            rc = merge_pair(sd, w, v ? 2 * D : 0, b, a);
+            if (tv && sscanf(n, "image_encoder.layers.%d.", &layer) == 1 && layer >= 1 && layer < 4) {
+                const int64_t hd = tv->dims[layer] / tv->heads[layer];
+                rc = merge_pair(sd, w, v ? 2 * hd : 0, hd, b, a);
+            } else
+                rc = merge_pair(sd, w, v ? 2 * D : 0, 0, b, a);
         }
         (*n_merged)++;
     }
@@ -518,6 +531,16 @@ ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, i
         else i++;
     }
     return rc;
+}
+
+ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged)
+{
+    return merge_lora(sd, embed_dim, NULL, drop, n_merged);
+}
+
+ms_status ms_sam_sd_merge_lora_tinyvit(ms_state_dict *sd, const ms_tinyvit_config *tv, int drop, int *n_merged)
+{
+    return merge_lora(sd, 0, tv, drop, n_merged);
 }
 
 ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd)

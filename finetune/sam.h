@@ -120,6 +120,9 @@ int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec
  * for TinyViT these are finetune-SAM's slices, ms_tinyvit_peft.fsam_slicing), decoder <attn>.{q,v}_proj.weight
  * += w_b·w_a, each product summed in double then added once; float32 tensors only. drop != 0 removes the LoRA tensors afterwards. *n_merged counts the pairs. */
 ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged);
+/* The same for TinyViT's true q/v LoRA (ms_tinyvit_peft without fsam_slicing): the delta's row h·hd + d goes to qkv
+ * row h·3hd + d (q) or h·3hd + 2hd + d (v), hd = dims[i] / heads[i] of layers.i (TinyViT lays qkv out per head). */
+ms_status ms_sam_sd_merge_lora_tinyvit(ms_state_dict *sd, const ms_tinyvit_config *tv, int drop, int *n_merged);
 
 /* ---- the official predictor's geometry (ResizeLongestSide) --------------------------------------------------- */
 

@@ -98,7 +98,8 @@ static int run(int argc, char **argv)
         "mrisam embed --ckpt F|RUN (--image IMG.png | --store S --key K) -o EMB.npy [options]",
         "Computes SAM's image embedding: resize the longest side to the model's input size, SAM's pixel mean/std "
         "(gray replicated to RGB), zero pad bottom/right, image encoder. Writes float32 (1, 256, S/16, S/16). The "
-        "model variant is read from the checkpoint's shapes. The bilinear resize is PIL-style (antialiased when "
+        "model variant is read from the checkpoint's shapes: SAM's vit_b/l/h (or any SAM-shaped encoder) or "
+        "MobileSAM's vit_t (mobile_sam.pt, TinyViT at 1024). The bilinear resize is PIL-style (antialiased when "
         "shrinking) but not bit-exact with PIL's uint8 output. --ckpt also takes a pretraining run (RUN/, "
         "RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N; its preprocessing unless --resize "
         "/ --norm say otherwise; a store slice is read with the intensity normalisation it was trained on).",
