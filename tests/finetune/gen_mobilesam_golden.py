@@ -41,8 +41,11 @@ Writes (committed):
   1000), torch.save'd as MobileSAM's users save theirs (40 MB, not committed), and PATH.golden.pth: a 768×1024 RGB
   image and its embedding (1,256,64,64) and box-prompt masks from SamPredictor in float32 (upstream's own forward).
   MS_MOBILESAM_PTH=PATH test_mobilesam loads it and checks the embedding.
---check-export FILE (repeatable): FILE (an mrisam export, .pth or .safetensors) must load with strict=True into the
-  Sam its keys describe (vit_t_test's or vit_t's), with MobileSAM's dtypes; exits 1 otherwise.
+--check-export FILE (repeatable): FILE (an mrisam export, .pth or .safetensors, the latter read here: Debian has no
+  safetensors package) must hold MobileSAM's keys in its order with its dtypes and load with strict=True into the Sam
+  its keys describe (vit_t_test's or vit_t's); exits 1 otherwise. Exports to check:
+  MS_MOBILESAM_EXPORT_DIR=DIR [MS_MOBILESAM_PTH=PATH] test_mobilesam writes DIR/vit_t_test.{pth,safetensors} (and
+  DIR/vit_t.pth, PATH loaded and written back; checked here: equal to PATH tensor for tensor).
 """
 import argparse
 import math
@@ -242,9 +245,19 @@ def full(ms, path):
 
 
 def check_export(ms, path):
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        sd = load_file(path)
+    if path.endswith(".safetensors"):  # read here (Debian has no safetensors package): u64 length, JSON, data
+        import json
+        import struct
+        raw = open(path, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        hdr = json.loads(raw[8:8 + n])
+        hdr.pop("__metadata__", None)
+        dts = {"F32": np.float32, "I64": np.int64}
+        sd = {}
+        for k, v in hdr.items():  # json keeps the file's order
+            a, b = v["data_offsets"]
+            arr = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dts[v["dtype"]]).reshape(v["shape"])
+            sd[k] = torch.from_numpy(arr.copy())
     else:
         sd = torch.load(path, map_location="cpu")
     tiny = sd["image_encoder.patch_embed.seq.2.c.weight"].shape[0] == 32

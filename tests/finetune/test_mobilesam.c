@@ -7,7 +7,8 @@
  * 2. Round trip: vit_t_test with counter_init weights (fresh seed) and a drawn num_batches_tracked, written as .pth and
  *    .safetensors, loads back through ms_sam_load: recognised as TinyViT (the config equal to vit_t_test's, input
  *    256), the same weights bit for bit, the same counter. A file with one drawn key dropped, or an unknown key
- *    outside the encoder, or a float num_batches_tracked, is refused.
+ *    outside the encoder, or a float num_batches_tracked, is refused. TinyViT's LoRA merges (per-head q/v rows, and
+ *    finetune-SAM's slicing) on a drawn layer against the product written out.
  * 3. Golden (golden/mobilesam_test.pth, the generator's seed): the weights regenerated here, saved and loaded through
  *    ms_sam_load; the image through SAM's preprocessing (its longest side already 256: no resampling) and the
  *    encoder → embedding within 1e-4·max|ref| of MobileSAM's (float64 run); a point pair (multimask) and a box (single
@@ -144,11 +145,16 @@ static void check_round_trip(ms_device *dev, uint64_t seed)
     const int64_t batches = 1 + (int64_t)ms_rng_below(&r, 100000);
     fill(&m, seed, batches);
     MS_CHECK_OK(ms_sam_to_sd(&m, &sd));
-    const char *ext[2] = {"pth", "safetensors"};
-    char path[256];
+    const char *ext[2] = {"pth", "safetensors"}, *keep = getenv("MS_MOBILESAM_EXPORT_DIR");
+    char path[1200];
     for (int k = 0; k < 2; k++) {
         snprintf(path, sizeof path, "/tmp/ms_mobilesam_%d.%s", (int)getpid(), ext[k]);
         MS_CHECK_OK(ms_sd_save(path, &sd));
+        if (keep && *keep) { /* for gen_mobilesam_golden.py --check-export */
+            char kp[1200];
+            snprintf(kp, sizeof kp, "%s/vit_t_test.%s", keep, ext[k]);
+            MS_CHECK_OK(ms_sd_save(kp, &sd));
+        }
         ms_status st = ms_sam_load(&back, path, dev);
         MS_CHECK(st == MS_OK, "%s: %s", path, ms_errmsg());
         if (!st) {
@@ -287,6 +293,62 @@ static void check_prompt(ms_device *dev, ms_sam *m, const ms_state_dict *g, cons
     ms_sam_prompt_state_free(dev, &pst);
 }
 
+/* TinyViT's true q/v LoRA merge: the delta row h·hd + d lands in qkv row h·3hd + d (q) / h·3hd + 2hd + d (v), the k
+ * rows untouched; with finetune-SAM's slicing (ms_sam_sd_merge_lora) rows [0, C) and [2C, 3C). Drawn values. */
+static void check_lora_merge(uint64_t seed)
+{
+    ms_tinyvit_config c;
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t_test", &c));
+    ms_rng r;
+    ms_rng_init(&r, seed, 11);
+    const int L = 1 + (int)ms_rng_below(&r, 3), C = c.dims[L], H = c.heads[L], hd = C / H, rk = 2;
+    float *W = malloc((size_t)3 * C * C * sizeof *W), *A[2], *B[2];
+    ms_fill_uniform(W, 3LL * C * C, &r, -1, 1);
+    char w[128], k[128];
+    snprintf(w, sizeof w, "image_encoder.layers.%d.blocks.0.attn.qkv.weight", L);
+    for (int fsam = 0; fsam < 2; fsam++) {
+        ms_state_dict sd;
+        ms_sd_init(&sd);
+        int64_t sw[2] = {3 * C, C}, sa[2] = {rk, C}, sb[2] = {C, rk};
+        MS_CHECK_OK(ms_sd_add(&sd, w, MS_DTYPE_F32, sw, 2, W));
+        for (int v = 0; v < 2; v++) {
+            A[v] = malloc((size_t)rk * C * sizeof(float));
+            B[v] = malloc((size_t)C * rk * sizeof(float));
+            ms_fill_uniform(A[v], (int64_t)rk * C, &r, -1, 1);
+            ms_fill_uniform(B[v], (int64_t)C * rk, &r, -1, 1);
+            snprintf(k, sizeof k, "image_encoder.layers.%d.blocks.0.attn.qkv.linear_a_%c.weight", L, v ? 'v' : 'q');
+            MS_CHECK_OK(ms_sd_add(&sd, k, MS_DTYPE_F32, sa, 2, A[v]));
+            snprintf(k, sizeof k, "image_encoder.layers.%d.blocks.0.attn.qkv.linear_b_%c.weight", L, v ? 'v' : 'q');
+            MS_CHECK_OK(ms_sd_add(&sd, k, MS_DTYPE_F32, sb, 2, B[v]));
+        }
+        int n = 0;
+        MS_CHECK_OK(fsam ? ms_sam_sd_merge_lora(&sd, 0, 1, &n) : ms_sam_sd_merge_lora_tinyvit(&sd, &c, 1, &n));
+        const float *M = ms_sd_find(&sd, w)->t.data;
+        double worst = 0;
+        for (int row = 0; row < 3 * C; row++) {
+            /* which delta row (if any) this qkv row receives */
+            int v = -1, i = -1;
+            if (fsam) v = row < C ? 0 : row >= 2 * C ? 1 : -1, i = v < 0 ? -1 : row - (v ? 2 * C : 0);
+            else {
+                int h = row / (3 * hd), o = row % (3 * hd);
+                v = o < hd ? 0 : o >= 2 * hd ? 1 : -1, i = v < 0 ? -1 : h * hd + o % hd;
+            }
+            for (int j = 0; j < C; j++) {
+                double want = W[(size_t)row * C + j];
+                if (v >= 0)
+                    for (int q = 0; q < rk; q++) want += (double)B[v][i * rk + q] * A[v][q * C + j];
+                worst = fmax(worst, fabs(M[(size_t)row * C + j] - want));
+            }
+        }
+        printf("LoRA merge (%s slicing), layers.%d (C %d, %d heads): %d pairs, %d keys left, max error %.3g\n",
+               fsam ? "finetune-SAM's" : "per-head q/v", L, C, H, n, sd.n, worst);
+        MS_CHECK(n == 2 && sd.n == 1 && worst <= 1e-5, "LoRA merge: %d pairs, %d keys, error %.3g", n, sd.n, worst);
+        for (int v = 0; v < 2; v++) free(A[v]), free(B[v]);
+        ms_sd_free(&sd);
+    }
+    free(W);
+}
+
 /* 3. the golden file */
 static void check_golden(ms_device *dev)
 {
@@ -362,6 +424,16 @@ static void check_full_file(ms_device *dev)
     if (st) return;
     printf("%s: loaded as %s (input %d, grid %d, num_batches_tracked %lld) in %.2f s\n", path,
            ms_sam_config_model_name(&m.cfg), m.img_size, m.emb_h, (long long)m.tv.bn_batches, ms_now_s() - t0);
+    const char *keep = getenv("MS_MOBILESAM_EXPORT_DIR");
+    if (keep && *keep) { /* its export, for gen_mobilesam_golden.py --check-export */
+        ms_state_dict ex;
+        ms_sd_init(&ex);
+        MS_CHECK_OK(ms_sam_to_sd(&m, &ex));
+        snprintf(gp, sizeof gp, "%s/vit_t.pth", keep);
+        MS_CHECK_OK(ms_sd_save(gp, &ex));
+        ms_sd_free(&ex);
+        snprintf(gp, sizeof gp, "%s.golden.pth", path);
+    }
     MS_CHECK(!strcmp(ms_sam_config_model_name(&m.cfg), "vit_t") && m.img_size == 1024, "not vit_t at 1024");
     MS_CHECK_OK(ms_sd_load(gp, &g));
     const int S = m.img_size, gg = m.emb_h;
@@ -415,6 +487,7 @@ int main(void)
     check_keys(&dev, "vit_t_test");
     check_keys(&dev, "vit_t");
     check_round_trip(&dev, seed);
+    check_lora_merge(seed);
     check_golden(&dev);
     check_full_file(&dev);
     ms_device_free(&dev);
