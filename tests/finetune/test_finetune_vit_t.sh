@@ -9,6 +9,7 @@
 #     running statistics change in training only when the BatchNorms train (full, encoder+decoder) or under
 #     --compat-finetune-sam (finetune-SAM keeps the model in train mode); LoRA's compat mode also trains layers.0.
 #  3. --cache-embeddings with --compat-finetune-sam is refused on vit_t (exit 2).
+#  4. a full encoder+decoder run (BatchNorm in training mode) stopped and resumed equals the uninterrupted run.
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 MRISAM=${MS_MRISAM:-mrisam}
@@ -150,6 +151,29 @@ check $? "trainable sets and BatchNorm modes"
 rc=$?
 [ $rc -eq 2 ] && grep -q "BatchNorm" "$T/bad.log"
 check $? "--cache-embeddings with --compat-finetune-sam refused on vit_t (exit $rc: $(head -c 160 "$T/bad.log"))"
+
+# 4: exact resume with training-mode BatchNorm (full, encoder+decoder): stopped after step 3, resumed, equal to the
+#    uninterrupted run (losses, weights with the running statistics, optimizer state)
+R="$A --method full --scope encoder+decoder --batch-size 2 --max-steps 6 --warmup-steps 1 --val-every 100 --val-slices 2
+   --save-every 3 --seed 9"
+"$MRISAM" finetune $R -o "$T/u" > "$T/u.log" 2>&1
+check $? "uninterrupted full encoder+decoder run"
+MRISAM_TEST_STOP=3,0 "$MRISAM" finetune $R -o "$T/i" > "$T/i.log" 2>&1
+rc=$?
+check $(( rc != 75 )) "stopped after step 3 (exit $rc)"
+"$MRISAM" finetune $R --resume "$T/i" -o "$T/i" > "$T/r.log" 2>&1
+check $? "resumed"
+$PY - "$T/u/log.jsonl" "$T/i/log.jsonl" <<'PYEND'
+import json, sys
+seq = lambda p: {(j["split"], j["step"]): (j["loss"], j.get("dice")) for j in map(json.loads, open(p))}
+a, b = seq(sys.argv[1]), seq(sys.argv[2])
+print(("ok" if a == b and len(a) == 7 else "FAIL") + ": losses of the resumed run equal the uninterrupted run's (%d lines)" % len(a))
+sys.exit(0 if a == b and len(a) == 7 else 1)
+PYEND
+check $? "bit-exact resume (losses)"
+cmp -s "$T/u/ckpt/step_00000006/model.safetensors" "$T/i/ckpt/step_00000006/model.safetensors" &&
+    cmp -s "$T/u/ckpt/step_00000006/optim.safetensors" "$T/i/ckpt/step_00000006/optim.safetensors"
+check $? "identical final weights (BatchNorm statistics included) and optimizer state"
 
 echo "test_finetune_vit_t: $(( $(date +%s) - t0 )) s"
 exit $fail
