@@ -143,6 +143,7 @@ static int run(int argc, char **argv)
     o.label_names = label_names;
     o.has_threshold = !isnan(thr);
     o.label_threshold = thr;
+    o.quiet = quiet;
     o.label_largest = label_largest;
     o.label_resample = label_resample;
     o.p_lo = p_lo;

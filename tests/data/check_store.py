@@ -49,9 +49,9 @@ lmap = None
 if a.label_map:
     lmap = {}
     for line in open(a.label_map):
-        if "," in line:
-            x, y = line.strip().split(",")
-            lmap[int(x)] = int(y)
+        f = line.strip().split(",")
+        if len(f) == 2 and not line.startswith("#") and f[0].strip().lstrip("+-").isdigit():  # no header, comments
+            lmap[int(f[0])] = int(f[1])
 
 
 def read_png(path):
@@ -62,7 +62,8 @@ def relabel(lraw):
     if a.label_threshold is not None:
         return (lraw > a.label_threshold).astype(np.int64)
     if lmap is not None:
-        return np.vectorize(lambda x: lmap.get(int(x), 0))(np.rint(lraw)).astype(np.int64)
+        u, inv = np.unique(np.rint(lraw).astype(np.int64), return_inverse=True)
+        return np.array([lmap.get(int(x), 0) for x in u], np.int64)[inv].reshape(np.shape(lraw))
     return np.rint(lraw).astype(np.int64)
 
 
