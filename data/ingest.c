@@ -843,7 +843,8 @@ static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, int r
                             (long long)im->sdim[2], lab->n_frames == 1 ? hint : "");
         int same = dims && ms_affine_close(lab->affine, im->affine,
                                            1e-3 * fmax(1.0, fmax(im->cspacing[0], im->cspacing[2])));
-        if (!same && !resample) return ms_error(MS_ESHAPE, "%s: label affine does not match %s%s", j->label, j->image, hint);
+        if (!same && !resample)
+            return ms_error(MS_ESHAPE, "%s: label affine does not match %s%s", j->label, j->image, hint);
         *resampled = !same;
     }
     for (int i = 0; i < 3; i++) {
@@ -867,10 +868,9 @@ static ms_status nifti_label(const job *j, const ms_nifti *lab, int resampled, c
         float *own = malloc(n * sizeof *own);
         MS_FAIL_IF(!own, MS_ENOMEM, "%s: out of memory", j->label);
         ms_status st = ms_nifti_frame(lab, 0, own, &bad);
-        if (!st && !bad)
-            st = ms_label_resample_nn(own, lab->cdim, lab->caffine, lf, c->dim, c->affine, &c->lab_outside);
+        if (!st && !bad && ms_label_resample_nn(own, lab->cdim, lab->caffine, lf, c->dim, c->affine, &c->lab_outside))
+            st = ms_error(MS_EINVAL, "%s: label affine is singular", j->label);
         free(own);
-        if (st == MS_EINVAL) return ms_error(st, "%s: label affine is singular", j->label);
         MS_TRY(st);
         c->lab_from = lab;
     }
@@ -944,6 +944,12 @@ static void encoding_json(cJSON *in, const ms_encoding *e)
     cJSON_AddItemToObject(st, "percentiles", num_array(e->pct, MS_ENC_NPCT));
 }
 
+/* Which affine of a NIfTI file was used (MS_GEOM_*), as the volume record names it. */
+static const char *geom_name(int geom)
+{
+    return geom == MS_GEOM_SFORM ? "sform" : geom == MS_GEOM_QFORM ? "qform" : "pixdim";
+}
+
 /* The volume record of frame f (docs/FORMATS.md): geometry, source, intensity window, labels (lvalues is taken). */
 static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti *im, const canon *c, int axis,
                           int64_t f, int64_t nf, const ms_intensity *it, uint64_t bad, const outvol *ov,
@@ -960,10 +966,7 @@ static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti 
     cJSON_AddItemToObject(v, "shape", num_array((double[3]){(double)c->dim[0], (double)c->dim[1], (double)c->dim[2]}, 3));
     cJSON_AddItemToObject(v, "affine", num_array(&c->affine[0][0], 16));
     if (!j->png) {
-        cJSON_AddStringToObject(v, "geometry",
-                                im->geom == MS_GEOM_SFORM       ? "sform"
-                                    : im->geom == MS_GEOM_QFORM ? "qform"
-                                                                : "pixdim");
+        cJSON_AddStringToObject(v, "geometry", geom_name(im->geom));
         cJSON_AddNumberToObject(v, "nifti_version", im->hdr.version);
         cJSON_AddStringToObject(v, "source_dtype", ms_nifti_type_name(im->hdr.datatype));
     }
@@ -989,9 +992,7 @@ static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti 
             cJSON_AddItemToObject(rs, "shape", num_array((double[3]){(double)l->sdim[0], (double)l->sdim[1],
                                                                     (double)l->sdim[2]}, 3));
             cJSON_AddItemToObject(rs, "affine", num_array(&l->affine[0][0], 16));
-            cJSON_AddStringToObject(rs, "geometry", l->geom == MS_GEOM_SFORM   ? "sform"
-                                                    : l->geom == MS_GEOM_QFORM ? "qform"
-                                                                               : "pixdim");
+            cJSON_AddStringToObject(rs, "geometry", geom_name(l->geom));
             cJSON_AddNumberToObject(rs, "outside", (double)c->lab_outside);
         }
     } else {
@@ -1070,7 +1071,7 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
                      "%s: resampled onto the grid of %s by nearest neighbour (from %lldx%lldx%lld, %s; %llu voxels "
                      "outside it are background)",
                      j->label, j->image, (long long)lab.sdim[0], (long long)lab.sdim[1], (long long)lab.sdim[2],
-                     lab.geom == MS_GEOM_SFORM ? "sform" : lab.geom == MS_GEOM_QFORM ? "qform" : "pixdim",
+                     geom_name(lab.geom),
                      (unsigned long long)c.lab_outside);
         }
         if (!(c.lab = malloc(nv * 2))) {
@@ -1259,7 +1260,8 @@ static char *params_json(const ms_ingest_opts *o, const char *map_hash, int layo
         cJSON *l = cJSON_AddObjectToObject(p, "label_largest");
         cJSON_AddNumberToObject(l, "k", o->label_largest);
         cJSON *v = cJSON_AddArrayToObject(l, "values");
-        for (int i = 0; i < cx->n_largest; i++) cJSON_AddItemToArray(v, cJSON_CreateNumber((double)cx->largest[i].value));
+        for (int i = 0; i < cx->n_largest; i++)
+            cJSON_AddItemToArray(v, cJSON_CreateNumber((double)cx->largest[i].value));
     }
     cJSON_AddStringToObject(p, "pixels", layout == 1 ? "uint16 = round(65535 * clip((v - offset) / scale, 0, 1))"
                                      : "stored values; read as round(65535 * clip((s - offset) / scale, 0, 1))");

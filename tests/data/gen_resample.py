@@ -2,8 +2,10 @@
 labels the store must hold computed exactly, without any affine inversion.
 
   gen DIR SEED     writes N pairs img_T.nii.gz / lab_T.nii.gz (each stored in a random axis order and flips), the
-                   expected canonical label volume exp_T.npy on the image's grid, expect.json and pairs.csv
-  check STORE DIR  the store (ingested with --label-resample --keep-paths) holds exactly those labels
+                   expected canonical label volume exp_T.npy on the image's grid, expect.json and pairs.csv; and
+                   same_T.nii.gz, the expected labels stored on the image's own grid (same.csv pairs them)
+  check STORE DIR [--same]  the store (ingested with --label-resample --keep-paths) holds exactly those labels,
+                   resampled (from same.csv with --same: read as they are, no resampled record)
 
 Construction, per world axis w (canonical RAS+ frame): image voxel i at world o + a·i; the label's voxel size is
 b = a·r (r in 1/2, 1, 2: finer, equal, coarser) and its voxel 0 sits at o + a·(d + e) (d a whole shift, e a fraction
@@ -78,7 +80,9 @@ def gen(out, seed):
         ia[:3, 3] = o
         la = np.diag(list(a * r) + [1.0])
         la[:3, 3] = o + a * (d + e)
-        stored(img, ia, random_codes(rng), np.int16).to_filename(f"{out}/img_{t}.nii.gz")
+        icodes = random_codes(rng)
+        stored(img, ia, icodes, np.int16).to_filename(f"{out}/img_{t}.nii.gz")
+        stored(exp, ia, icodes, np.int16).to_filename(f"{out}/same_{t}.nii.gz")
         ldt = np.uint8 if lab.max() <= 255 and rng.random() < 0.5 else np.int16
         lcodes = random_codes(rng)
         stored(lab, la, lcodes, ldt).to_filename(f"{out}/lab_{t}.nii.gz")
@@ -90,9 +94,10 @@ def gen(out, seed):
               f"stored {''.join(lcodes)}, shift {(d + e).tolist()} image voxels, {int((~inside).sum())} outside")
     json.dump(expect, open(f"{out}/expect.json", "w"))
     open(f"{out}/pairs.csv", "w").write("image,label\n" + "\n".join(rows) + "\n")
+    open(f"{out}/same.csv", "w").write("".join(f"img_{t}.nii.gz,same_{t}.nii.gz\n" for t in range(len(rows))))
 
 
-def check(store, out):
+def check(store, out, same):
     st = Store(store)
     expect = json.load(open(f"{out}/expect.json"))
     fails, n = 0, 0
@@ -101,7 +106,11 @@ def check(store, out):
         exp = np.load(f"{out}/exp_{name[4:-7]}.npy")
         rs = v["labels"].get("resampled")
         want = expect[name]
-        if not rs or rs["method"] != "nearest" or rs["outside"] != want["outside"] or rs["shape"] != want["label_shape"]:
+        if same:
+            if rs is not None:
+                print(f"FAIL {name}: a label on its image's grid was resampled: {rs}")
+                fails += 1
+        elif not rs or rs["method"] != "nearest" or rs["outside"] != want["outside"] or rs["shape"] != want["label_shape"]:
             print(f"FAIL {name}: resampled record {rs}, expected {want}")
             fails += 1
         axis = AXES[v["axis"]]
@@ -128,4 +137,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "gen":
         gen(sys.argv[2], int(sys.argv[3]))
     else:
-        sys.exit(check(sys.argv[2], sys.argv[3]))
+        sys.exit(check(sys.argv[2], sys.argv[3], "--same" in sys.argv[4:]))

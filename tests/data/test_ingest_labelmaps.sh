@@ -50,9 +50,11 @@ open(sys.argv[4], "w").write("".join(f"{v},{i + 1}\n" for i, v in enumerate(want
 print("label_largest", want, "voxels", [int(x) for x in b[order]])
 PYEOF
 check $PY "$HERE/check_store.py" "$T/inia.store" --label-map "$T/inia_map.csv" --expect-volumes 1
-# random label volumes with tied counts: counted over all of them together
+# random label volumes with tied counts (and a PNG mask): counted over all of them together
 check $PY - "$T/tie" "$SEED" <<'PYEOF'
 import sys, os, numpy as np, nibabel as nib
+sys.path.insert(0, os.environ["MS_SOURCE_DIR"] + "/tests/data")
+from storelib import write_png
 out, rng = sys.argv[1], np.random.default_rng(int(sys.argv[2]))
 os.makedirs(out)
 rows, total = [], {}
@@ -71,6 +73,15 @@ for t in range(3):
     nib.Nifti1Image(rng.integers(1, 100, n).astype(np.int16), aff).to_filename(f"{out}/i{t}.nii.gz")
     nib.Nifti1Image(lab, aff).to_filename(f"{out}/l{t}.nii.gz")
     rows.append(f"i{t}.nii.gz,l{t}.nii.gz")
+m = np.zeros(24 * 20, np.uint8)  # a finetune-SAM style PNG pair: its mask's values count like any label's
+pos = 0
+for v, c in zip(rng.choice(np.arange(1, 40), 5, replace=False), rng.choice([5, 10, 15], 5)):
+    m[pos:pos + c] = v
+    total[int(v)] = total.get(int(v), 0) + int(c)
+    pos += c
+write_png(f"{out}/m.png", rng.permutation(m).reshape(24, 20))
+write_png(f"{out}/p.png", rng.integers(1, 255, (24, 20)).astype(np.uint8))
+rows.append("p.png,m.png")
 open(f"{out}/pairs.csv", "w").write("\n".join(rows) + "\n")
 k = int(rng.integers(2, 7))
 ranked = sorted((v for v in total if v and total[v]), key=lambda v: (-total[v], v))[:k]
@@ -87,7 +98,7 @@ want = [int(l.split(",")[0]) for l in open(sys.argv[2])]
 got = Store(sys.argv[1]).meta_json("params")["label_largest"]["values"]
 assert got == want, (got, want)
 PYEOF
-check $PY "$HERE/check_store.py" "$T/tie.store" --label-map "$T/tie/map.csv" --keep-empty --expect-volumes 3
+check $PY "$HERE/check_store.py" "$T/tie.store" --label-map "$T/tie/map.csv" --keep-empty --expect-volumes 4
 # refusals: with --label-map or --label-threshold, out of range
 for extra in "--label-map $T/tie/map.csv" "--label-threshold 0.5"; do
   $M ingest --labels "$T/tie/pairs.csv" --label-largest 2 $extra -o "$T/no.store" 2>"$T/err2"; rc=$?
