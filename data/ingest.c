@@ -845,6 +845,9 @@ static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, int r
                                            1e-3 * fmax(1.0, fmax(im->cspacing[0], im->cspacing[2])));
         if (!same && !resample)
             return ms_error(MS_ESHAPE, "%s: label affine does not match %s%s", j->label, j->image, hint);
+        if (!same && (lab->geom == MS_GEOM_PIXDIM || im->geom == MS_GEOM_PIXDIM)) /* no world to meet in */
+            return ms_error(MS_ESHAPE, "%s: label grid differs from %s and %s has no usable sform or qform: cannot "
+                            "resample", j->label, j->image, lab->geom == MS_GEOM_PIXDIM ? j->label : j->image);
         *resampled = !same;
     }
     for (int i = 0; i < 3; i++) {
