@@ -99,6 +99,18 @@ got = Store(sys.argv[1]).meta_json("params")["label_largest"]["values"]
 assert got == want, (got, want)
 PYEOF
 check $PY "$HERE/check_store.py" "$T/tie.store" --label-map "$T/tie/map.csv" --keep-empty --expect-volumes 4
+# shards count over the full list: every shard records the same values, and the set reads as the one-piece store
+k=$(cat "$T/tie/k")
+check $M ingest --labels "$T/tie/pairs.csv" --label-largest $k --keep-paths --keep-empty --shard 0/2 -o "$T/set" --quiet
+check $M ingest --labels "$T/tie/pairs.csv" --label-largest $k --keep-paths --keep-empty --shard 1/2 -o "$T/set" --quiet
+check $PY - "$T/set" "$T/tie/map.csv" <<'PYEOF'
+import sys, glob
+sys.path.insert(0, __import__("os").environ["MS_SOURCE_DIR"] + "/tests/data")
+from storelib import Store
+want = [int(l.split(",")[0]) for l in open(sys.argv[2])]
+got = [Store(d).meta_json("params")["label_largest"]["values"] for d in sorted(glob.glob(sys.argv[1] + "/shard-*"))]
+assert got == [want, want], (got, want)
+PYEOF
 # refusals: with --label-map or --label-threshold, out of range
 for extra in "--label-map $T/tie/map.csv" "--label-threshold 0.5"; do
   $M ingest --labels "$T/tie/pairs.csv" --label-largest 2 $extra -o "$T/no.store" 2>"$T/err2"; rc=$?
