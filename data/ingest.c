@@ -451,6 +451,8 @@ typedef struct result {
     int ready, status; /* 0 ingested, 1 skipped (already stored), 2 failed */
     char msg[512];
     char warn[512];
+    char note[512]; /* an informational line (a label resampled onto its image's grid), "" when none */
+    int resampled;  /* its label was resampled (--label-resample) */
     char hash[65];
     outvol *vols;
     int n_vols;
@@ -474,6 +476,8 @@ typedef struct ctx {
     FILE *log; /* --log: one JSON line per committed source, or NULL */
     double t0;
     int shard_n; /* --shard K/N: N (0: a one-piece store); volumes then record their source's index */
+    ms_value_count *largest; /* --label-largest: the values chosen (classes 1..n_largest), their voxel counts */
+    int n_largest;
 } ctx;
 
 static int already_done(const ctx *cx, const char *key)
@@ -545,6 +549,8 @@ typedef struct canon {
     ms_encoding enc; /* layout 2: what pix holds */
     const uint16_t *view; /* layout 2, 16-bit sources: the frame in the source buffer (pix unused), strides vst */
     int64_t vst[3];
+    const ms_nifti *lab_from; /* the label volume when it was resampled onto this grid (--label-resample), else NULL */
+    uint64_t lab_outside;     /* then: voxels of this grid outside the label's (background) */
 } canon;
 
 /* d (H x W, row-major) = src[r * rs + x * cs]. Columns step through the volume (cs > rs), so a plain row loop reads
@@ -700,7 +706,7 @@ static ms_status make_label(const ctx *cx, const char *path, const float *lf, si
                 free(seen);
                 return ms_error(MS_EFORMAT, "%s: label value %g is not an integer", path, v);
             }
-            if (cx->map.n)
+            if (cx->map.n || o->label_largest)
                 c = lmap_get(&cx->map, (int64_t)r);
             else if (r < 0 || r > 65535) {
                 free(seen);
@@ -790,7 +796,7 @@ static ms_status read_png_pair(const ctx *cx, const job *j, float **img, float *
                *w);
     float *lf = *mask;
     const size_t n = (size_t)*h * *w;
-    if (cx->rule == MS_MASKS_BINARY && !cx->o->label_map && !cx->o->has_threshold)
+    if (cx->rule == MS_MASKS_BINARY && !cx->o->label_map && !cx->o->has_threshold && !cx->o->label_largest)
         for (size_t i = 0; i < n; i++) lf[i] = lf[i] ? 1.f : 0.f;
     return MS_OK;
 }
@@ -816,30 +822,64 @@ static void *reserve(void **p, size_t *cap, size_t need)
 }
 
 /* The image (from memory when sc is given: sc->file holds file_n bytes) and its label volume, which must share its
- * grid and affine; c gets the canonical dims, spacing and affine, r the header warnings. */
-static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, ms_nifti *im, ms_nifti *lab, canon *c,
-                                 result *r)
+ * grid and affine unless resample (--label-resample): then *resampled says whether it must be resampled onto the
+ * image's grid. c gets the canonical dims, spacing and affine, r the header warnings. */
+static ms_status open_nifti_pair(const job *j, scratch *sc, size_t file_n, int resample, ms_nifti *im, ms_nifti *lab,
+                                 canon *c, result *r, int *resampled)
 {
+    static const char hint[] = "; --label-resample resamples it onto the image's grid (nearest neighbour)";
+    *resampled = 0;
     MS_TRY(sc ? ms_nifti_open_mem(j->image, sc->file, file_n, &sc->inflated, im) : ms_nifti_open(j->image, im));
     if (im->warn[0]) snprintf(r->warn, sizeof r->warn, "%s: warning: %s", j->image, im->warn);
     if (im->hdr.version == 0)
         snprintf(r->warn, sizeof r->warn, "%s: warning: ANALYZE 7.5 header, orientation unreliable", j->image);
     if (j->label) {
         MS_TRY(ms_nifti_open(j->label, lab));
-        if (lab->sdim[0] != im->sdim[0] || lab->sdim[1] != im->sdim[1] || lab->sdim[2] != im->sdim[2] ||
-            lab->n_frames != 1)
-            return ms_error(MS_ESHAPE, "%s: label grid %lldx%lldx%lld(x%lld) does not match %s (%lldx%lldx%lld)",
+        int dims = lab->sdim[0] == im->sdim[0] && lab->sdim[1] == im->sdim[1] && lab->sdim[2] == im->sdim[2];
+        if (lab->n_frames != 1 || (!dims && !resample)) /* a label volume has one frame, resampled or not */
+            return ms_error(MS_ESHAPE, "%s: label grid %lldx%lldx%lld(x%lld) does not match %s (%lldx%lldx%lld)%s",
                             j->label, (long long)lab->sdim[0], (long long)lab->sdim[1], (long long)lab->sdim[2],
                             (long long)lab->n_frames, j->image, (long long)im->sdim[0], (long long)im->sdim[1],
-                            (long long)im->sdim[2]);
-        if (!ms_affine_close(lab->affine, im->affine, 1e-3 * fmax(1.0, fmax(im->cspacing[0], im->cspacing[2]))))
-            return ms_error(MS_ESHAPE, "%s: label affine does not match %s", j->label, j->image);
+                            (long long)im->sdim[2], lab->n_frames == 1 ? hint : "");
+        int same = dims && ms_affine_close(lab->affine, im->affine,
+                                           1e-3 * fmax(1.0, fmax(im->cspacing[0], im->cspacing[2])));
+        if (!same && !resample)
+            return ms_error(MS_ESHAPE, "%s: label affine does not match %s%s", j->label, j->image, hint);
+        if (!same && (lab->geom == MS_GEOM_PIXDIM || im->geom == MS_GEOM_PIXDIM)) /* no world to meet in */
+            return ms_error(MS_ESHAPE, "%s: label grid differs from %s and %s has no usable sform or qform: cannot "
+                            "resample", j->label, j->image, lab->geom == MS_GEOM_PIXDIM ? j->label : j->image);
+        *resampled = !same;
     }
     for (int i = 0; i < 3; i++) {
         c->dim[i] = im->cdim[i];
         c->spacing[i] = im->cspacing[i];
     }
     memcpy(c->affine, im->caffine, sizeof c->affine);
+    return MS_OK;
+}
+
+/* The label volume of a NIfTI pair as the store keeps it, canonical on the image's grid c (lf: c's voxels): read
+ * as it is, or resampled onto c when open_nifti_pair said so (c->lab_from, c->lab_outside set then). Everything
+ * else the ingest does with labels (class maps, thresholds, --label-largest) comes after this. */
+static ms_status nifti_label(const job *j, const ms_nifti *lab, int resampled, canon *c, float *lf)
+{
+    uint64_t bad = 0;
+    if (!resampled) {
+        MS_TRY(ms_nifti_frame(lab, 0, lf, &bad));
+    } else {
+        size_t n = (size_t)(lab->cdim[0] * lab->cdim[1] * lab->cdim[2]);
+        float *own = malloc(n * sizeof *own);
+        MS_FAIL_IF(!own, MS_ENOMEM, "%s: out of memory", j->label);
+        ms_status st = ms_nifti_frame(lab, 0, own, &bad);
+        if (!st && !bad && ms_label_resample_nn(own, lab->cdim, lab->caffine, lf, c->dim, c->affine, &c->lab_outside))
+            st = ms_error(MS_EINVAL, "%s: label affine is singular", j->label);
+        free(own);
+        MS_TRY(st);
+        c->lab_from = lab;
+    }
+    if (bad) /* they would read as class 0 */
+        return ms_error(MS_EFORMAT, "%s: %llu NaN/Inf voxels in a label volume (labels are integers)", j->label,
+                        (unsigned long long)bad);
     return MS_OK;
 }
 
@@ -907,6 +947,12 @@ static void encoding_json(cJSON *in, const ms_encoding *e)
     cJSON_AddItemToObject(st, "percentiles", num_array(e->pct, MS_ENC_NPCT));
 }
 
+/* Which affine of a NIfTI file was used (MS_GEOM_*), as the volume record names it. */
+static const char *geom_name(int geom)
+{
+    return geom == MS_GEOM_SFORM ? "sform" : geom == MS_GEOM_QFORM ? "qform" : "pixdim";
+}
+
 /* The volume record of frame f (docs/FORMATS.md): geometry, source, intensity window, labels (lvalues is taken). */
 static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti *im, const canon *c, int axis,
                           int64_t f, int64_t nf, const ms_intensity *it, uint64_t bad, const outvol *ov,
@@ -923,10 +969,7 @@ static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti 
     cJSON_AddItemToObject(v, "shape", num_array((double[3]){(double)c->dim[0], (double)c->dim[1], (double)c->dim[2]}, 3));
     cJSON_AddItemToObject(v, "affine", num_array(&c->affine[0][0], 16));
     if (!j->png) {
-        cJSON_AddStringToObject(v, "geometry",
-                                im->geom == MS_GEOM_SFORM       ? "sform"
-                                    : im->geom == MS_GEOM_QFORM ? "qform"
-                                                                : "pixdim");
+        cJSON_AddStringToObject(v, "geometry", geom_name(im->geom));
         cJSON_AddNumberToObject(v, "nifti_version", im->hdr.version);
         cJSON_AddStringToObject(v, "source_dtype", ms_nifti_type_name(im->hdr.datatype));
     }
@@ -945,6 +988,16 @@ static cJSON *volume_json(const ms_ingest_opts *o, const job *j, const ms_nifti 
         cJSON *lo = cJSON_AddObjectToObject(v, "labels");
         cJSON_AddStringToObject(lo, "dtype", c->lab_u16 ? "uint16" : "uint8");
         cJSON_AddItemToObject(lo, "values", lvalues);
+        if (c->lab_from) { /* --label-resample: the label's own grid (stored shape, the affine used) */
+            const ms_nifti *l = c->lab_from;
+            cJSON *rs = cJSON_AddObjectToObject(lo, "resampled");
+            cJSON_AddStringToObject(rs, "method", "nearest");
+            cJSON_AddItemToObject(rs, "shape", num_array((double[3]){(double)l->sdim[0], (double)l->sdim[1],
+                                                                    (double)l->sdim[2]}, 3));
+            cJSON_AddItemToObject(rs, "affine", num_array(&l->affine[0][0], 16));
+            cJSON_AddStringToObject(rs, "geometry", geom_name(l->geom));
+            cJSON_AddNumberToObject(rs, "outside", (double)c->lab_outside);
+        }
     } else {
         cJSON_Delete(lvalues);
     }
@@ -964,6 +1017,7 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
     float *vf = NULL, *lf = NULL;
     int vf_own = 1;
     canon c = {.layout = cx->layout};
+    int resampled = 0;
     ms_status st = MS_OK;
     /* single-file .nii.gz: read once, hashed and inflated from memory (uncompressed files, .hdr/.img pairs and
      * .nii.gz over 1 GiB are streamed: no second copy of a large file in memory) */
@@ -987,7 +1041,8 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
         c.dim[1] = w;
         c.dim[2] = 1;
         c.spacing[0] = c.spacing[1] = c.spacing[2] = 1;
-    } else if ((st = open_nifti_pair(j, in_mem ? sc : NULL, file_n, &im, &lab, &c, r))) {
+    } else if ((st = open_nifti_pair(j, in_mem ? sc : NULL, file_n, cx->o->label_resample, &im, &lab, &c, r,
+                                     &resampled))) {
         goto leave;
     }
     size_t nv = (size_t)(c.dim[0] * c.dim[1] * c.dim[2]);
@@ -1008,16 +1063,19 @@ static void work(ctx *cx, ZSTD_CCtx *cctx, scratch *sc, const job *j, result *r)
     }
     cJSON *lvalues = NULL;
     if (j->label) {
-        uint64_t bad = 0;
         if (!lf && !(lf = malloc(nv * sizeof *lf))) {
             st = ms_error(MS_ENOMEM, "out of memory");
             goto leave;
         }
-        if (!j->png && (st = ms_nifti_frame(&lab, 0, lf, &bad))) goto leave;
-        if (bad) { /* they would read as class 0 */
-            st = ms_error(MS_EFORMAT, "%s: %llu NaN/Inf voxels in a label volume (labels are integers)", j->label,
-                          (unsigned long long)bad);
-            goto leave;
+        if (!j->png && (st = nifti_label(j, &lab, resampled, &c, lf))) goto leave;
+        if (c.lab_from) {
+            r->resampled = 1;
+            snprintf(r->note, sizeof r->note,
+                     "%s: resampled onto the grid of %s by nearest neighbour (from %lldx%lldx%lld, %s; %llu voxels "
+                     "outside it are background)",
+                     j->label, j->image, (long long)lab.sdim[0], (long long)lab.sdim[1], (long long)lab.sdim[2],
+                     geom_name(lab.geom),
+                     (unsigned long long)c.lab_outside);
         }
         if (!(c.lab = malloc(nv * 2))) {
             st = ms_error(MS_ENOMEM, "out of memory");
@@ -1190,7 +1248,7 @@ static void *worker(void *arg)
 
 /* layout: the store's (an existing one's, else the one asked for): the informative "pixels" string says what its
  * records hold, and a layout-1 store keeps the string it was created with (params are compared on every rerun). */
-static char *params_json(const ms_ingest_opts *o, const char *map_hash, int layout)
+static char *params_json(const ms_ingest_opts *o, const char *map_hash, int layout, const ctx *cx)
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "axis", axis_name(o->axis));
@@ -1201,6 +1259,13 @@ static char *params_json(const ms_ingest_opts *o, const char *map_hash, int layo
     cJSON_AddNumberToObject(p, "frame", o->frame);
     if (map_hash) cJSON_AddStringToObject(p, "label_map_sha256", map_hash);
     if (o->has_threshold) cJSON_AddNumberToObject(p, "label_threshold", o->label_threshold);
+    if (o->label_largest) { /* the values, not their counts: a rerun that adds sources keeps the store's classes */
+        cJSON *l = cJSON_AddObjectToObject(p, "label_largest");
+        cJSON_AddNumberToObject(l, "k", o->label_largest);
+        cJSON *v = cJSON_AddArrayToObject(l, "values");
+        for (int i = 0; i < cx->n_largest; i++)
+            cJSON_AddItemToArray(v, cJSON_CreateNumber((double)cx->largest[i].value));
+    }
     cJSON_AddStringToObject(p, "pixels", layout == 1 ? "uint16 = round(65535 * clip((v - offset) / scale, 0, 1))"
                                      : "stored values; read as round(65535 * clip((s - offset) / scale, 0, 1))");
     cJSON_AddStringToObject(p, "orientation", "RAS+ by permutation/flip; slice rows = lower remaining axis");
@@ -1223,9 +1288,9 @@ static ms_status log_commit(ctx *cx, int i, const result *r, uint64_t volumes, u
     if (!stat(path, &sb) || !stat(cx->o->out, &sb)) mdb = sb.st_size;
     fprintf(cx->log,
             "{\"t\":%.3f,\"source\":%d,\"volumes\":%llu,\"slices\":%llu,\"source_bytes\":%lld,"
-            "\"voxel_bytes\":%.0f,\"commit_ms\":%.3f,\"mdb_bytes\":%lld}\n",
+            "\"voxel_bytes\":%.0f,\"commit_ms\":%.3f,\"mdb_bytes\":%lld%s}\n",
             ms_now_s() - cx->t0, j->index, (unsigned long long)volumes, (unsigned long long)slices, src, r->voxel_mb * 1e6,
-            commit_s * 1e3, mdb);
+            commit_s * 1e3, mdb, r->resampled ? ",\"label_resampled\":true" : "");
     if (fflush(cx->log) || ferror(cx->log))
         return ms_error(MS_EIO, "%s: cannot write: %s", cx->o->log_path, strerror(errno));
     return MS_OK;
@@ -1241,6 +1306,7 @@ static ms_status commit_result(ctx *cx, int i, result *r, ms_ingest_summary *sum
     memcpy(j->hash, r->hash, sizeof j->hash);
     j->status = r->status;
     if (r->warn[0]) fprintf(stderr, "%s\n", r->warn);
+    if (r->note[0] && r->status == 0) fprintf(stderr, "%s\n", r->note);
     if (r->status == 1) {
         sum->skipped++;
         return MS_OK;
@@ -1335,12 +1401,84 @@ static ms_status list_jobs(ctx *cx, char map_hash[65], char **labnames)
     return MS_OK;
 }
 
+/* Counts one source's label values (as the store would keep them: a NIfTI label resampled when --label-resample
+ * says so) into vc. A source whose label cannot be read is left out: the ingest proper reports it as its failure. */
+static void count_labels(const ctx *cx, const job *j, ms_value_counter *vc)
+{
+    float *lf = NULL;
+    size_t n = 0;
+    ms_nifti im = {0}, lab = {0};
+    ms_status st;
+    if (j->png) {
+        int h, w;
+        st = read_png(j->label, &lf, &h, &w);
+        n = st ? 0 : (size_t)h * w;
+    } else {
+        canon c = {0};
+        result r = {0};
+        int resampled = 0;
+        st = open_nifti_pair(j, NULL, 0, cx->o->label_resample, &im, &lab, &c, &r, &resampled);
+        n = st ? 0 : (size_t)(c.dim[0] * c.dim[1] * c.dim[2]);
+        if (!st && !(lf = malloc(n * sizeof *lf))) st = ms_error(MS_ENOMEM, "out of memory");
+        if (!st) st = nifti_label(j, &lab, resampled, &c, lf);
+    }
+    if (!st) st = ms_value_counter_add(vc, lf, n, j->label);
+    if (st == MS_ENOMEM) fprintf(stderr, "%s: warning: not counted for --label-largest: %s\n", j->label, ms_errmsg());
+    ms_error_clear();
+    ms_nifti_close(&im);
+    ms_nifti_close(&lab);
+    free(lf);
+}
+
+/* --label-largest K: a first pass over every label of the run (all of its sources, stored ones too, and a shard's
+ * whole list, so that reruns and the jobs of a set choose alike) counts the nonzero values; the K most frequent
+ * become classes 1..K through the label map (cx->map), every other value class 0. */
+static ms_status pick_largest(ctx *cx)
+{
+    const ms_ingest_opts *o = cx->o;
+    ms_value_counter vc = {0};
+    for (int i = 0; i < cx->jobs.n; i++) {
+        if (o->stop && *o->stop) {
+            ms_value_counter_free(&vc);
+            return ms_error(MS_EINTERRUPTED, "%s: interrupted before anything was written", o->out);
+        }
+        if (cx->jobs.v[i].label) count_labels(cx, &cx->jobs.v[i], &vc);
+    }
+    int k = o->label_largest;
+    cx->largest = malloc((size_t)k * sizeof *cx->largest);
+    cx->map.from = malloc((size_t)k * sizeof *cx->map.from);
+    cx->map.to = malloc((size_t)k * sizeof *cx->map.to);
+    if (!cx->largest || !cx->map.from || !cx->map.to) {
+        ms_value_counter_free(&vc);
+        return ms_error(MS_ENOMEM, "out of memory");
+    }
+    ms_value_counter_top(&vc, k, cx->largest, &cx->n_largest);
+    size_t distinct = vc.n;
+    ms_value_counter_free(&vc);
+    for (int i = 0; i < cx->n_largest; i++) {
+        cx->map.from[i] = cx->largest[i].value;
+        cx->map.to[i] = i + 1;
+    }
+    cx->map.n = cx->n_largest;
+    if (cx->n_largest < k)
+        fprintf(stderr, "ingest: warning: --label-largest %d: the labels hold only %d nonzero values\n", k,
+                cx->n_largest);
+    if (!o->quiet) {
+        fprintf(stderr, "ingest: --label-largest %d of %zu nonzero values:", k, distinct);
+        for (int i = 0; i < cx->n_largest; i++)
+            fprintf(stderr, " %d=%lld (%llu voxels)%s", i + 1, (long long)cx->largest[i].value,
+                    (unsigned long long)cx->largest[i].count, i + 1 < cx->n_largest ? "," : "\n");
+        if (!cx->n_largest) fprintf(stderr, " none\n");
+    }
+    return MS_OK;
+}
+
 /* The store's rule for PNG masks (data/ingest_labels.h): a first pass over every mask of this run, against the
  * rule the store records; recorded when the store has none yet. --label-map and --label-threshold replace it. */
 static ms_status decide_rule(ctx *cx)
 {
     const ms_ingest_opts *o = cx->o;
-    if (o->label_map || o->has_threshold) return MS_OK;
+    if (o->label_map || o->has_threshold || o->label_largest) return MS_OK;
     const char **paths = calloc((size_t)cx->jobs.n + 1, sizeof *paths);
     if (!paths) return ms_error(MS_ENOMEM, "out of memory");
     int n = 0;
@@ -1591,7 +1729,8 @@ static ms_status ingest_run(const ms_ingest_opts *o, ms_ingest_summary *sum)
         ms_store_close(old);
         ms_error_clear();
     }
-    params = params_json(o, map_hash[0] ? map_hash : NULL, layout ? layout : MS_STORE_VERSION);
+    if (o->label_largest && (st = pick_largest(&cx))) goto leave;
+    params = params_json(o, map_hash[0] ? map_hash : NULL, layout ? layout : MS_STORE_VERSION, &cx);
     char created[256];
     snprintf(created, sizeof created, "{\"tool\":\"mrisam %s\",\"zstd_level\":%d,\"shuffle\":%d,\"time\":%lld}",
              MS_VERSION, o->zstd_level, o->shuffle != 0, (long long)time(NULL)); /* read only by a new store */
@@ -1672,6 +1811,7 @@ leave:
     free(labnames);
     free(cx.map.from);
     free(cx.map.to);
+    free(cx.largest);
     pthread_mutex_destroy(&cx.mu);
     pthread_cond_destroy(&cx.cv);
     sum->seconds = ms_now_s() - t0;

@@ -30,6 +30,10 @@ typedef struct ms_ingest_opts {
     const char *label_names; /* file kept verbatim in the store, or NULL */
     double label_threshold;  /* used when has_threshold */
     int has_threshold;
+    int label_largest;  /* K > 0: classes 1..K are the K most frequent nonzero label values of the run's label volumes
+                         * (ties: the smaller value), every other value 0; recorded in params (docs/FORMATS.md) */
+    int label_resample; /* a NIfTI label on another grid than its image is resampled onto the image's grid (nearest
+                         * neighbour through the two affines, data/ingest_labels.h) instead of refused */
     int axis; /* MS_AXIS_* */
     ms_norm norm;
     double p_lo, p_hi;     /* percentiles of --norm percentile (0.5, 99.5) */

@@ -46,4 +46,37 @@ ms_status ms_mask_rule_decide(const char *store, const char *recorded, const ms_
 /* The rule's name in the store's meta entry and in messages: "binary", "ids" or "undecided". */
 const char *ms_mask_rule_name(ms_mask_rule r);
 
+/* ---- label volumes on another grid (ingest --label-resample) ----------------------------------------------- */
+
+/* Nearest-neighbour resampling of a label volume onto an image's grid through the two affines. Both volumes are
+ * canonical (data/nifti.h: x fastest, RAS+ axes) with their canonical voxel → world affines (ms_nifti.caffine, the
+ * chosen sform/qform composed with the reorientation, so world points are the file's own). For each voxel p of dst:
+ * q = inv(saff) · daff · p, the source voxel floor(q + 0.5) per axis (ties round up), its value; outside src → 0.
+ * *outside (may be NULL) counts the dst voxels that fell outside. MS_EINVAL when saff is singular. */
+ms_status ms_label_resample_nn(const float *src, const int64_t sdim[3], const double saff[4][4], float *dst,
+                               const int64_t ddim[3], const double daff[4][4], uint64_t *outside);
+
+/* ---- the K most frequent label values (ingest --label-largest K) ------------------------------------------ */
+
+typedef struct ms_value_count {
+    int64_t value;
+    uint64_t count;
+} ms_value_count;
+
+/* Voxel counts per distinct nonzero label value over any number of volumes (an open-addressing table). */
+typedef struct ms_value_counter {
+    ms_value_count *slot; /* count 0: empty */
+    size_t cap, n;
+} ms_value_counter;
+
+/* Adds the nonzero values of v[0..n). Values must be integers (within 1e-3, as ingest reads labels): otherwise
+ * MS_EFORMAT "<path>: label value V is not an integer" and nothing of v is counted. */
+ms_status ms_value_counter_add(ms_value_counter *c, const float *v, size_t n, const char *path);
+
+/* The k most frequent values, by count descending, ties by the smaller value: out[0..*n_out), *n_out = min(k, the
+ * number of distinct values). */
+void ms_value_counter_top(const ms_value_counter *c, int k, ms_value_count *out, int *n_out);
+
+void ms_value_counter_free(ms_value_counter *c);
+
 #endif

@@ -31,7 +31,7 @@ static int run(int argc, char **argv)
                *label_names = NULL, *axis = "auto", *norm = "percentile", *log_path = NULL, *shard = NULL;
     double thr = NAN, p_lo = 0.5, p_hi = 99.5, min_fg = 0.01;
     int level = 3, threads = 0, keep_paths = 0, strict = 0, frame = -1, keep_empty = 0, shuffle = -1, quiet = 0, layout = 0;
-    int progress = -1;
+    int progress = -1, label_largest = 0, label_resample = 0;
     const ms_opt opts[] = {
         {"o", MS_OPT_STR, &out, "STORE", "the store directory (created when absent; reruns append)"},
         {"shard", MS_OPT_STR, &shard, "K/N",
@@ -46,6 +46,11 @@ static int run(int argc, char **argv)
         {"label-map", MS_OPT_STR, &label_map, "FILE", "lines value,class: label values become classes (others 0)"},
         {"label-threshold", MS_OPT_FLOAT, &thr, "T", "binary labels: value > T"},
         {"label-names", MS_OPT_STR, &label_names, "FILE", "lines 'class name' kept in the store"},
+        {"label-largest", MS_OPT_INT, &label_largest, "K",
+         "classes 1..K: the K most frequent nonzero label values of the run (ties: smaller value), others 0"},
+        {"label-resample", MS_OPT_FLAG, &label_resample, NULL,
+         "a NIfTI label on another grid than its image: resample it onto the image's grid (nearest neighbour "
+         "through both affines) instead of refusing it"},
         {"axis", MS_OPT_STR, &axis, "A", "auto|axial|coronal|sagittal (auto: lowest-resolution axis, ties axial)"},
         {"norm", MS_OPT_STR, &norm, "M", "percentile|zscore|none (default percentile 0.5..99.5 of nonzero voxels)"},
         {"percentile-low", MS_OPT_FLOAT, &p_lo, "P", "lower clip percentile of --norm percentile (0.5)"},
@@ -91,6 +96,10 @@ static int run(int argc, char **argv)
         bad = "--image-root applies to --labels CSV lists only";
     else if (label_map && !isnan(thr))
         bad = "--label-map and --label-threshold exclude each other";
+    else if (label_largest && (label_map || !isnan(thr)))
+        bad = "--label-largest excludes --label-map and --label-threshold";
+    else if (label_largest < 0 || label_largest > 255)
+        bad = "--label-largest must be in 1..255";
     else if (level < -7 || level > 22)
         bad = "--zstd-level must be in -7..22";
     else if (layout != 0 && layout != 1 && layout != 2)
@@ -134,6 +143,9 @@ static int run(int argc, char **argv)
     o.label_names = label_names;
     o.has_threshold = !isnan(thr);
     o.label_threshold = thr;
+    o.quiet = quiet;
+    o.label_largest = label_largest;
+    o.label_resample = label_resample;
     o.p_lo = p_lo;
     o.p_hi = p_hi;
     o.min_foreground = min_fg;

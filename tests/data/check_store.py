@@ -1,4 +1,4 @@
-"""tests/data/check_store.py STORE [--keep-empty] [--min-fg F] [--norm N] [--axis A] — compares every volume of a
+"""tests/data/check_store.py STORE [--keep-empty] [--min-fg F] [--norm N] [--axis A] [--label-map F] [--label-resample]
 store made with --keep-paths against nibabel: closest-canonical reorientation, scaling, NaN/Inf -> 0, the documented
 normalisation, the slicing plane and in-plane layout, the near-empty rule, labels and their values.
 Exit 1 on any mismatch. Pixel tolerance: 1 LSB of uint16 (float32 vs float64 rounding at .5)."""
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from storelib import AXES, Store, canonical, cut, encode, normalise  # noqa: E402
+from storelib import AXES, Store, canonical, cut, encode, normalise, resample_nn  # noqa: E402
 from storelib import read_png as read_png_int  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -21,6 +21,7 @@ ap.add_argument("--axis", default="auto")
 ap.add_argument("--expect-volumes", type=int, default=-1)
 ap.add_argument("--label-threshold", type=float, default=None)
 ap.add_argument("--label-map", default=None)
+ap.add_argument("--label-resample", action="store_true", help="labels on another grid are resampled (nearest)")
 ap.add_argument("--crc-max-bytes", type=int, default=1 << 15, help="check crcs in Python only for smaller slices")
 a = ap.parse_args()
 
@@ -48,9 +49,9 @@ lmap = None
 if a.label_map:
     lmap = {}
     for line in open(a.label_map):
-        if "," in line:
-            x, y = line.strip().split(",")
-            lmap[int(x)] = int(y)
+        f = line.strip().split(",")
+        if len(f) == 2 and not line.startswith("#") and f[0].strip().lstrip("+-").isdigit():  # no header, comments
+            lmap[int(f[0])] = int(f[1])
 
 
 def read_png(path):
@@ -61,7 +62,8 @@ def relabel(lraw):
     if a.label_threshold is not None:
         return (lraw > a.label_threshold).astype(np.int64)
     if lmap is not None:
-        return np.vectorize(lambda x: lmap.get(int(x), 0))(np.rint(lraw)).astype(np.int64)
+        u, inv = np.unique(np.rint(lraw).astype(np.int64), return_inverse=True)
+        return np.array([lmap.get(int(x), 0) for x in u], np.int64)[inv].reshape(np.shape(lraw))
     return np.rint(lraw).astype(np.int64)
 
 
@@ -132,7 +134,13 @@ for v in vols:
         fail(f"{path}: window {v['intensity']['offset']}+{v['intensity']['scale']} expected {lo}+{sc}")
     lab = None
     if "label_path" in v:
-        lab = relabel(canonical(nib.load(v["label_path"])))
+        limg, outside = nib.load(v["label_path"]), None
+        if a.label_resample:
+            limg, outside = resample_nn(limg, nib.load(path))
+        rs = v["labels"].get("resampled")
+        if (rs is None) != (outside is None) or (rs and rs["outside"] != outside):
+            fail(f"{path}: labels.resampled {rs}, expected {'none' if outside is None else outside} voxels outside")
+        lab = relabel(canonical(limg))
         vals = sorted(int(x) for x in np.unique(lab))
         if vals != v["labels"]["values"]:
             fail(f"{path}: label values {v['labels']['values']} expected {vals}")

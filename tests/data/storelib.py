@@ -185,3 +185,26 @@ def cut(vol, axis, k):
 
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def resample_nn(lab, ref):
+    """A label image on ref's grid as `ingest --label-resample` documents it, computed in the files' own stored voxel
+    frames: ref voxel → world (ref.affine) → label voxel (inverse of lab.affine), rounded as floor(x + 0.5), outside →
+    0. nibabel's affine is the sform when sform_code > 0, else the qform: the rule ingest uses for usable affines.
+    Returns (a Nifti1Image with ref's header, voxels outside); lab itself, None when the grids agree."""
+    import nibabel as nib
+    tol = 1e-3 * max(1.0, float(np.sqrt((ref.affine[:3, :3] ** 2).sum(0)).max()))
+    if lab.shape[:3] == ref.shape[:3] and np.abs(lab.affine[:3] - ref.affine[:3]).max() <= tol:
+        return lab, None
+    t = np.linalg.inv(lab.affine) @ ref.affine
+    ax = [np.arange(n, dtype=np.float64).reshape([-1 if k == i else 1 for k in range(3)])
+          for i, n in enumerate(ref.shape[:3])]
+    q = [np.floor(t[i, 0] * ax[0] + t[i, 1] * ax[1] + t[i, 2] * ax[2] + (t[i, 3] + 0.5)).astype(np.int64)
+         for i in range(3)]
+    inside = np.ones(ref.shape[:3], bool)
+    for i in range(3):
+        inside &= (q[i] >= 0) & (q[i] < lab.shape[i])
+    src = np.asanyarray(lab.dataobj)
+    out = np.zeros(ref.shape[:3], src.dtype)
+    out[inside] = src[q[0][inside], q[1][inside], q[2][inside]]
+    return nib.Nifti1Image(out, ref.affine, ref.header), int((~inside).sum())

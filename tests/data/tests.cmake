@@ -25,6 +25,10 @@ ms_script_test(test_ingest_dicom ${MS_DATA_TESTS}/test_ingest_dicom.sh LABELS cp
 # finetune-SAM's lists as they ship (--image-root, --val-labels, split file) and the store's PNG mask rule
 ms_script_test(test_ingest_lists ${MS_DATA_TESTS}/test_ingest_lists.sh LABELS cpu)
 ms_script_test(test_ingest_classes ${MS_DATA_TESTS}/test_ingest_classes.sh LABELS cpu)
+# --label-resample: atlases on another grid (HarvardOxford, JHU onto ch2; random synthetic pairs known exactly)
+ms_script_test(test_ingest_resample ${MS_DATA_TESTS}/test_ingest_resample.sh LABELS cpu)
+# the AAL lobe map of data/labelmaps/ and --label-largest on inia19 (mricron-data)
+ms_script_test(test_ingest_labelmaps ${MS_DATA_TESTS}/test_ingest_labelmaps.sh LABELS cpu)
 ms_script_test(test_fuzz_nifti_header ${MS_DATA_TESTS}/test_fuzz_nifti_header.sh LABELS "cpu;slow")
 # libFuzzer targets (configure with CC=clang -DMS_FUZZ=ON; tests/fuzz_all.sh runs them on their seeds in
 # fuzz_corpus/<target>): the NIfTI header check, whole NIfTI files (gzip and streamed), store records, a damaged
