@@ -325,6 +325,14 @@ def golden_grad(up, path):
     grad_case(up, sd, "bneval", False, True, x, gen, o)
     for case in PEFT_CASES:
         peft_case(up, sd, *case, x, gen, o)
+    # what upstream's constructor draws (TinyViT._init_weights, Conv2d_BN's bn_weight_init, PyTorch defaults):
+    # per float tensor [mean, std, min, max, numel], for ms_tinyvit_init_random's distribution check
+    torch.manual_seed(0)
+    for k, v in up.TinyViT(**CFG).state_dict().items():
+        if v.is_floating_point():
+            v = v.double()
+            o["init.image_encoder." + k] = torch.tensor([v.mean(), v.std() if v.numel() > 1 else 0.0, v.min(),
+                                                         v.max(), v.numel()], dtype=torch.float64)
     torch.save(o, path)
 
 

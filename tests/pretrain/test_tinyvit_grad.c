@@ -16,8 +16,9 @@
  * gradients a training-mode BatchNorm makes exactly 0 (the bias of the Linear just before a merging: a constant per
  * channel, removed by the batch mean), which fp32 leaves at rounding level. Tensors without an upstream gradient
  * (the classifier head) stay 0.
- * The golden file fixes weights and input; the seed printed picks nothing random here beyond the file (the
- * harness's seed is printed for the record).
+ *   peft_*  LoRA and adapters (both column slicings): see run_peft.
+ *   init    ms_tinyvit_init_random (seed: the harness's, printed) against upstream's constructor: see test_init.
+ * The golden file fixes weights, input and G.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,9 +231,71 @@ static void run_peft(const ms_state_dict *g, uint64_t seed, const char *cas, con
     ms_device_free(&dev);
 }
 
+/* ms_tinyvit_init_random against what upstream's constructor draws ("init.<key>": mean, std, min, max, numel):
+ * constants (BatchNorm γ = 1, or 0 for MBConv's conv3; β, running mean, attention biases 0; running var and
+ * LayerNorm weights 1) exactly; random tensors (convolutions U(±1/√fan_in), Linear trunc_normal(0.02)) by their
+ * spread: std within 10% (30% under 256 values), every |v| within upstream's range widened by 10% (uniform) or
+ * 8 std (normal), mean within 5 standard errors. */
+static void test_init(const ms_state_dict *g, uint64_t tseed)
+{
+    ms_device dev;
+    MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 0));
+    ms_tinyvit_config c;
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t_test", &c));
+    ms_params ps;
+    ms_params_init(&ps);
+    ms_tinyvit tv;
+    MS_CHECK_OK(ms_tinyvit_init(&tv, &c, &ps, PREFIX));
+    MS_CHECK_OK(ms_params_alloc(&ps, &dev));
+    tv.bn_batches = 7;
+    MS_CHECK_OK(ms_tinyvit_init_random(&tv, tseed));
+    MS_CHECK(tv.bn_batches == 0, "init_random kept num_batches_tracked %lld", (long long)tv.bn_batches);
+    int nconst = 0, nrand = 0;
+    for (int i = 0; i < ps.n; i++) {
+        const ms_param *p = &ps.p[i];
+        char key[MS_PARAM_NAME_MAX + 8];
+        snprintf(key, sizeof key, "init.%s", p->name);
+        const ms_sd_entry *e = ms_sd_find(g, key);
+        if (!e || e->t.dtype != MS_DTYPE_F64 || ms_tensor_numel(&e->t) != 5) {
+            MS_CHECK(0, "%s: no upstream init statistics", key);
+            continue;
+        }
+        const double *u = e->t.data; /* mean, std, min, max, numel */
+        const float *v = ps.data + p->off;
+        int64_t n = p->numel;
+        double s = 0, s2 = 0, mn = v[0], mx = v[0];
+        for (int64_t j = 0; j < n; j++) {
+            s += v[j];
+            s2 += (double)v[j] * v[j];
+            mn = fmin(mn, v[j]);
+            mx = fmax(mx, v[j]);
+        }
+        double mean = s / n, sd = n > 1 ? sqrt(fmax(0, (s2 - s * mean) / (n - 1))) : 0;
+        MS_CHECK((int64_t)u[4] == n, "%s: %lld values here, %lld upstream", p->name, (long long)n, (long long)u[4]);
+        if (u[2] == u[3]) {
+            MS_CHECK(mn == u[2] && mx == u[3], "%s: [%g, %g], upstream constant %g", p->name, mn, mx, u[2]);
+            nconst++;
+            continue;
+        }
+        /* uniform (max|v| ≈ √3·std upstream): within its range + 10%; normal: within 8 std */
+        double um = fmax(fabs(u[2]), fabs(u[3])), range = um < 2 * u[1] ? 1.1 * um : 8 * u[1];
+        double rel = n >= 256 ? 0.1 : 0.3;
+        MS_CHECK(fabs(sd - u[1]) <= rel * u[1], "%s: std %g, upstream %g", p->name, sd, u[1]);
+        MS_CHECK(fmax(fabs(mn), fabs(mx)) <= range, "%s: |v| up to %g, allowed %g", p->name, fmax(fabs(mn), fabs(mx)),
+                 range);
+        MS_CHECK(fabs(mean - u[0]) <= 5 * u[1] / sqrt((double)n), "%s: mean %g, upstream %g (std %g)", p->name, mean,
+                 u[0], u[1]);
+        nrand++;
+    }
+    printf("init_random: %d constant tensors equal upstream's, %d random ones match its spread\n", nconst, nrand);
+    ms_tinyvit_free(&tv);
+    ms_params_free(&ps);
+    ms_device_free(&dev);
+}
+
 int main(void)
 {
-    ms_test_seed(); /* printed for the record: the golden file fixes weights, input and G */
+    uint64_t tseed = ms_test_seed(); /* init_random's seed; the golden file fixes weights, input and G */
     const char *src = getenv("MS_SOURCE_DIR");
     char path[MS_PATH_MAX];
     MS_CHECK_OK(ms_path_join(path, src ? src : "../..", "tests/pretrain/golden/tinyvit_test_grad.pth"));
@@ -294,6 +357,7 @@ int main(void)
     ms_tinyvit_peft pf = {.lora_rank = 4, .lora_layers = 0xE, .adapter_layers = 0x4, .fsam_slicing = 1};
     run_peft(&g, t.seed, "peft_true", &pt);
     run_peft(&g, t.seed, "peft_fsam", &pf);
+    test_init(&g, tseed);
     ms_tinyvit_free(&t.tv);
     ms_params_free(&t.ps);
     ms_device_free(&dev);
