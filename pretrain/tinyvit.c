@@ -1,6 +1,9 @@
-/* pretrain/tinyvit.c — MobileSAM's TinyViT image encoder, forward in inference mode (contract: tinyvit.h).
+/* pretrain/tinyvit.c — MobileSAM's TinyViT image encoder: forward and backward, BatchNorm in inference or training
+ * mode, finetune-SAM's LoRA and adapters (contract: tinyvit.h).
  * ref: ChaoningZhang/MobileSAM mobile_sam/modeling/tiny_vit_sam.py (Conv2d_BN, PatchEmbed, MBConv, PatchMerging,
- * Attention, TinyViTBlock, TinyViT.forward_features) and build_sam.py (build_sam_vit_t).
+ * Attention, TinyViTBlock, TinyViT.forward_features, TinyViT._init_weights) and build_sam.py (build_sam_vit_t);
+ * mazurowski-lab/finetune-SAM models/sam_LoRa.py (_LoRA_qkv), models/sam/modeling/tiny_vit_sam.py (TinyViTBlock's
+ * adapters), models/sam/modeling/common.py (Adapter).
  */
 #include "pretrain/tinyvit.h"
 
