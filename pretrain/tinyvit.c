@@ -1088,12 +1088,33 @@ static ms_status tv_mbconv_backward(ms_tinyvit *tv, int j, const float *x, int64
     return MS_OK;
 }
 
-/* Layers 3..1 backward: *d holds the gradient of layer 3's tokens; on return *d holds that of out[0]. */
-static ms_status tv_layers_backward(ms_tinyvit *tv, int64_t B, float **d)
+/* The lowest stage with a trainable tensor: 0 the stem and layer 0, i = 1..3 layers.i (blocks, merging, PEFT),
+ * 4 the neck, 5 none. Without dx the backward stops there: below it nothing needs a gradient (with LoRA on a
+ * frozen encoder that skips layer 0 and the stem, the largest activations). */
+static int tv_lowest_trainable(const ms_tinyvit *tv)
+{
+    size_t np = strlen(tv->prefix);
+    int low = 5;
+    for (int i = 0; i < tv->ps->n && low > 0; i++) {
+        const char *nm = tv->ps->p[i].name;
+        if (strncmp(nm, tv->prefix, np) || !ms_params_grad(tv->ps, i)) continue;
+        nm += np;
+        int st = 5;
+        if (!strncmp(nm, "patch_embed.", 12)) st = 0;
+        else if (!strncmp(nm, "layers.", 7) && nm[7] >= '0' && nm[7] <= '3') st = nm[7] - '0';
+        else if (!strncmp(nm, "neck.", 5)) st = 4;
+        if (st < low) low = st;
+    }
+    return low;
+}
+
+/* Layers 3..max(1, low) backward: *d holds the gradient of layer 3's tokens; on return, when low ≤ 1, *d holds
+ * that of out[0]. */
+static ms_status tv_layers_backward(ms_tinyvit *tv, int64_t B, float **d, int low)
 {
     tv_priv *p = tv->priv;
     const ms_tinyvit_config *c = &tv->cfg;
-    for (int i = 3; i >= 1; i--) {
+    for (int i = 3; i >= 1 && i >= low; i--) {
         int64_t g = ms_tinyvit_grid(c, i), C = c->dims[i];
         if (i < 3) { /* merging i's input was the grid of the last block's tokens */
             MS_TRY(tv_merge_backward(tv, i, B, d));
@@ -1116,12 +1137,14 @@ ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dt
     MS_FAIL_IF(tv->neck_ran ? !demb : !dtok, MS_EINVAL, "TinyViT: backward needs %s (the last forward %s the neck)",
                tv->neck_ran ? "demb" : "dtok", tv->neck_ran ? "ran" : "skipped");
     const ms_tinyvit_config *c = &tv->cfg;
-    int64_t B = tv->batch, S = c->img_size, C0 = c->dims[0], g0 = ms_tinyvit_grid(c, 0);
+    int64_t B = tv->batch, S = c->img_size, C0 = c->dims[0];
     int64_t g3 = ms_tinyvit_grid(c, 3);
+    int low = dx ? 0 : tv_lowest_trainable(tv);
     float *d = p->g[0];
     if (tv->neck_ran) MS_TRY(tv_neck_backward(tv, demb, B, d));
     else MS_TRY(ms_dev_copy(tv->dev, d, dtok, (size_t)(B * g3 * g3 * c->dims[3]) * sizeof(float)));
-    MS_TRY(tv_layers_backward(tv, B, &d));
+    MS_TRY(tv_layers_backward(tv, B, &d, low));
+    if (low > 0) return MS_OK;
     MS_TRY(tv_merge_backward(tv, 0, B, &d));
     for (int j = c->depths[0] - 1; j >= 0; j--)
         MS_TRY(tv_mbconv_backward(tv, j, j ? p->mb[j - 1].out : p->stem, B, &d));
@@ -1129,7 +1152,6 @@ ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dt
     tv_others(p, d, &ta, &tb, &tc);
     MS_TRY(tv_cbn_backward(tv, &tv->stem[1], &p->stem_a[1], p->stem_a[0].a, d, d, 1, NULL, ta, B, C0 / 2, S / 2, C0,
                            3, 2, 0, 0));
-    (void)g0;
     return tv_cbn_backward(tv, &tv->stem[0], &p->stem_a[0], p->x, d, dx, 0, ta, tb, B, c->in_chans, S, C0 / 2, 3, 2,
                            0, 1);
 }

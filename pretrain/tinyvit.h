@@ -156,7 +156,8 @@ ms_status ms_tinyvit_forward(ms_tinyvit *tv, const float *x, int B, float *emb);
  * neck, else from dtok (B·g·g, C3) for layer 3's tokens (the other is ignored). BatchNorm's
  * backward in the mode of that forward (training: through the batch statistics). Accumulates (+=) into the
  * gradients of trainable tensors (frozen ones, ms_params_grad NULL, cost no weight-gradient work) and into dx
- * (B,3,S,S) when dx != NULL. */
+ * (B,3,S,S) when dx != NULL; without dx it stops at the lowest layer holding a trainable tensor. Repeatable: it
+ * only reads what the forward kept. */
 ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dtok, float *dx);
 /* Outputs of the last forward (device memory): stage −1 the stem (B,C0,S/4,S/4); stage i in 0..3 layers[i]'s
  * output as tokens (B, L, C) (after its merging). NULL before a forward. */

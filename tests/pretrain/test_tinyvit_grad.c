@@ -9,8 +9,8 @@
  *   train3  training mode, the neck skipped (emb NULL: MAE's encoder output), L = Σ tokens3·G3 from dtok.
  *   bneval  BatchNorm on its running statistics (never updated), L = Σ emb·G; the embedding with backward
  *           reserved equals the forward-only one (bit for bit on the CPU).
- *   peft_*  LoRA and adapters (both column slicings) with the base frozen (no gradient buffers: NULL skips):
- *           see run_peft.
+ *   peft_*  LoRA and adapters (both column slicings) with the base frozen (no gradient buffers: NULL skips; without
+ *           dx the backward stops at layer 1): see run_peft.
  *   init    ms_tinyvit_init_random (seed: the harness's, printed) against upstream's constructor: see test_init.
  * Tolerance (fp32 against float64): max|c − r| ≤ TOL_G·max|r| + ATOL_G·(the case's largest gradient) per tensor
  * (in full up to 256 values, else 64 samples) and Σ, Σx² as test_tinyvit (tinyvit_golden.h); the floor is for
@@ -306,6 +306,15 @@ static void run_peft(ms_device *dev, const ms_state_dict *g, uint64_t seed, cons
            pf->fsam_slicing ? "finetune-SAM" : "true q/v", e);
     check_grads(&t, g, cas);
     check_dx(&t, g, cas);
+    /* without dx the backward stops at the lowest trainable layer (1 here): the same PEFT gradients, bit for bit */
+    size_t gb = (size_t)t.ps.numel_trainable * sizeof(float);
+    float *g1 = malloc(gb);
+    memcpy(g1, t.hgrad, gb);
+    MS_CHECK_OK(ms_params_zero_grads(&t.ps));
+    MS_CHECK_OK(ms_tinyvit_backward(&t.tv, t.G, NULL, NULL));
+    snapshot(&t);
+    MS_CHECK(!memcmp(g1, t.hgrad, gb), "%s: PEFT gradients differ when the backward stops at layer 1", cas);
+    free(g1);
     MS_CHECK_OK(ms_tinyvit_peft_init_random(&t.tv, seed));
     snapshot(&t);
     int bad = 0;
