@@ -360,7 +360,7 @@ static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
 }
 
 /* The shared buffers of the forward (both modes). */
-static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, const tv_sizes *z)
+static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, const tv_sizes *z, int wb)
 {
     const ms_tinyvit_config *c = &tv->cfg;
     int64_t g0 = ms_tinyvit_grid(c, 0), C0 = c->dims[0];
@@ -370,17 +370,21 @@ static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, co
         ms_plan_add_f32(pl, &p->out[i], B * go * go * c->dims[i < 3 ? i + 1 : 3]);
         if (i) ms_plan_add_i32(pl, &p->idx[i], (int64_t)c->windows[i] * c->windows[i] * c->windows[i] * c->windows[i]);
     }
+    /* with backward the units write into their own buffers (tv_plan_backward): these shared ones are not needed */
     float **scratch[] = {&p->ca, &p->cb, &p->cc};
-    for (int i = 0; i < 3; i++) ms_plan_add_f32(pl, scratch[i], z->nchw);
+    for (int i = 0; i < 3 && !wb; i++) ms_plan_add_f32(pl, scratch[i], z->nchw);
     ms_plan_add_f32(pl, &p->tok, z->tok);
     float **w[] = {&p->xw, &p->lnw, &p->att, &p->prj};
-    for (int i = 0; i < 4; i++) ms_plan_add_f32(pl, w[i], z->win);
-    ms_plan_add_f32(pl, &p->qkv, z->qkv);
-    ms_plan_add_f32(pl, &p->sc, z->sc);
-    ms_plan_add_f32(pl, &p->pr, z->sc);
-    ms_plan_add_f32(pl, &p->hid, z->hid);
-    ms_plan_add_f32(pl, &p->mean, z->rows);
-    ms_plan_add_f32(pl, &p->rstd, z->rows);
+    for (int i = 0; i < 4; i++)
+        if (!wb || w[i] == &p->xw || w[i] == &p->prj) ms_plan_add_f32(pl, w[i], z->win);
+    if (!wb) {
+        ms_plan_add_f32(pl, &p->qkv, z->qkv);
+        ms_plan_add_f32(pl, &p->sc, z->sc);
+        ms_plan_add_f32(pl, &p->pr, z->sc);
+        ms_plan_add_f32(pl, &p->hid, z->hid);
+        ms_plan_add_f32(pl, &p->mean, z->rows);
+        ms_plan_add_f32(pl, &p->rstd, z->rows);
+    } else ms_plan_add_f32(pl, &p->sc, z->sc);
     ms_plan_add_f32(pl, &p->biasT, z->tab);
     ms_plan_add_f32(pl, &p->abT, z->tab);
     ms_plan_add_f32(pl, &p->ab, z->tab);
@@ -582,7 +586,7 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
     tv->with_backward = with_backward != 0;
     ms_plan pl = {0};
     tv_sizes z = tv_sizes_of(tv, max_batch);
-    tv_plan(tv, p, &pl, max_batch, &z);
+    tv_plan(tv, p, &pl, max_batch, &z, with_backward);
     if (with_backward) tv_plan_backward(tv, p, &pl, max_batch, &z);
     else tv_plan_peft_shared(tv, p, &pl, &z);
     ms_status rc = ms_plan_alloc(&pl, tv->dev, &tv->arena);
