@@ -322,7 +322,10 @@ void ms_tinyvit_free(ms_tinyvit *tv)
 /* The largest sizes over all layers, for batch B. */
 typedef struct tv_sizes { int64_t nchw, tok, win, qkv, sc, hid, rows, tab, lora, ad; } tv_sizes;
 
-static int tv_has_lora(const ms_tinyvit *tv, int i) { return tv->peft.lora_rank > 0 && (tv->peft.lora_layers >> i & 1); }
+static int tv_has_lora(const ms_tinyvit *tv, int i)
+{
+    return tv->peft.lora_rank > 0 && (tv->peft.lora_layers >> i & 1);
+}
 static int tv_has_adapter(const ms_tinyvit *tv, int i) { return (tv->peft.adapter_layers >> i & 1) != 0; }
 
 static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
@@ -604,7 +607,10 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
 
 static const float *tv_p(const ms_tinyvit *tv, int idx) { return ms_params_data(tv->ps, idx); }
 static float *tv_g(const ms_tinyvit *tv, int idx) { return idx < 0 ? NULL : ms_params_grad(tv->ps, idx); }
-static ms_status tv_zero(ms_tinyvit *tv, float *d, int64_t n) { return ms_dev_zero(tv->dev, d, (size_t)n * sizeof(float)); }
+static ms_status tv_zero(ms_tinyvit *tv, float *d, int64_t n)
+{
+    return ms_dev_zero(tv->dev, d, (size_t)n * sizeof(float));
+}
 
 /* Conv2d_BN: a->y = BN(a->c = conv(x)), then a->a = GELU(a->y) when act; groups = 1 or Cin (depthwise). BatchNorm
  * as tv->bn_train says: training normalises with the batch statistics and updates the running ones (momentum 0.1,
@@ -1287,7 +1293,8 @@ ms_status ms_tinyvit_add_peft(ms_tinyvit *tv, const ms_tinyvit_peft *pf)
             }
             if (f.adapter_layers >> i & 1) {
                 static const char *nm[2] = {"MLP_Adapter", "Space_Adapter"}; /* finetune-SAM's registration order */
-                int *dst[2][4] = {{&b->ma_w1, &b->ma_b1, &b->ma_w2, &b->ma_b2}, {&b->sa_w1, &b->sa_b1, &b->sa_w2, &b->sa_b2}};
+                int *dst[2][4] = {{&b->ma_w1, &b->ma_b1, &b->ma_w2, &b->ma_b2},
+                                  {&b->sa_w1, &b->sa_b1, &b->sa_w2, &b->sa_b2}};
                 for (int k = 0; k < 2; k++) {
                     *dst[k][0] = tv_add(&r, 0, 2, s1, "layers.%d.blocks.%d.%s.D_fc1.weight", i, j, nm[k]);
                     *dst[k][1] = tv_add(&r, 1, 1, s1, "layers.%d.blocks.%d.%s.D_fc1.bias", i, j, nm[k]);
