@@ -7,8 +7,9 @@
  *   train   BatchNorm in training mode, L = Σ emb·G: every parameter's gradient and dx; the running statistics
  *           after the forward (momentum 0.1, unbiased variance) and num_batches_tracked 3 → 4.
  *   train3  training mode, the neck skipped (emb NULL: MAE's encoder output), L = Σ tokens3·G3 from dtok.
- *   bneval  BatchNorm on its running statistics (never updated), L = Σ emb·G; the embedding with backward
- *           reserved equals the forward-only one (bit for bit on the CPU).
+ *   bneval  BatchNorm on its running statistics (never updated), L = Σ emb·G.
+ *   In train and bneval the embedding with backward reserved equals the forward-only one in the same mode (bit for
+ *   bit on the CPU).
  *   peft_*  LoRA and adapters (both column slicings) with the base frozen (no gradient buffers: NULL skips; without
  *           dx the backward stops at layer 1): see run_peft.
  *   init    ms_tinyvit_init_random (seed: the harness's, printed) against upstream's constructor: see test_init.
@@ -261,18 +262,27 @@ static void run_base(ms_device *dev, const ms_state_dict *g, uint64_t seed)
 {
     gt t;
     gt_open(&t, dev, seed, NULL);
-    float *emb0 = malloc((size_t)t.ne * sizeof(float));
-    set_weights(&t);
+    /* forward only, in both BatchNorm modes: the embeddings the backward's forward must reproduce */
+    float *emb0[2];
     MS_CHECK_OK(ms_tinyvit_reserve(&t.tv, t.B, 0));
     MS_CHECK(ms_tinyvit_backward(&t.tv, t.G, NULL, NULL) == MS_EBADSTATE, "backward without its reserve accepted");
-    MS_CHECK_OK(ms_tinyvit_forward(&t.tv, t.x, t.B, t.emb));
-    MS_CHECK_OK(ms_dev_to_host(dev, emb0, t.emb, (size_t)t.ne * sizeof(float)));
+    for (int m = 0; m < 2; m++) {
+        emb0[m] = malloc((size_t)t.ne * sizeof(float));
+        set_weights(&t);
+        t.tv.bn_train = m;
+        MS_CHECK_OK(ms_tinyvit_forward(&t.tv, t.x, t.B, t.emb));
+        MS_CHECK(t.tv.bn_batches == 3 + m, "forward only, bn_train %d: num_batches_tracked %lld", m,
+                 (long long)t.tv.bn_batches);
+        MS_CHECK_OK(ms_dev_to_host(dev, emb0[m], t.emb, (size_t)t.ne * sizeof(float)));
+    }
     MS_CHECK_OK(ms_tinyvit_reserve(&t.tv, t.B, 1));
     run_case(&t, g, "train", 1, 1);
+    check_same_emb(&t, emb0[1], "train");
     run_case(&t, g, "train3", 1, 0);
     run_case(&t, g, "bneval", 0, 1);
-    check_same_emb(&t, emb0, "bneval");
-    free(emb0);
+    check_same_emb(&t, emb0[0], "bneval");
+    free(emb0[0]);
+    free(emb0[1]);
     gt_close(&t);
 }
 
