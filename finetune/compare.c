@@ -35,14 +35,19 @@ extern char **environ;
 
 double ms_t_crit95(int df)
 {
-    /* t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf(0.975, df), 9 decimals); beyond, the normal's 1.959963985 */
+    /* t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf(0.975, df), 9 decimals) */
     static const double t[30] = {12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581837, 2.446911849,
                                  2.364624251,  2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830,
                                  2.160368656,  2.144786688, 2.131449546, 2.119905299, 2.109815578, 2.100922040,
                                  2.093024054,  2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
                                  2.059538553,  2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456};
     if (df < 1) return NAN;
-    return df <= 30 ? t[df - 1] : 1.959963985;
+    if (df <= 30) return t[df - 1];
+    /* beyond: the normal quantile with the first three terms of its Cornish-Fisher expansion in 1/df (Abramowitz &
+     * Stegun 26.7.5), within 2e-6 of the exact quantile from df 31 on; the bare normal would be 4 % low there */
+    const double z = 1.959963985, z3 = z * z * z, z5 = z3 * z * z, z7 = z5 * z * z, v = df;
+    return z + (z3 + z) / (4 * v) + (5 * z5 + 16 * z3 + 3 * z) / (96 * v * v) +
+           (3 * z7 + 19 * z5 + 17 * z3 - 15 * z) / (384 * v * v * v);
 }
 
 void ms_paired_diff(const double *a, const double *b, int n, ms_paired *out)

@@ -66,8 +66,8 @@ void ms_compare_config_default(ms_compare_config *c);
 ms_status ms_compare_run(const ms_compare_config *c, ms_device *dev);
 
 /* ---- statistics (one copy; means and sds are eval.h's ms_mean_sd) ---- */
-/* The two-sided 95 % Student t quantile t_{0.975, df}: a table for df 1..30, the normal quantile beyond; NaN for
- * df < 1. */
+/* The two-sided 95 % Student t quantile t_{0.975, df}: a table for df 1..30, beyond it the normal quantile with
+ * its Cornish-Fisher correction in 1/df; NaN for df < 1. */
 double ms_t_crit95(int df);
 /* Differences a[i] − b[i] over the pairs where both are finite: their n, mean, sd (n − 1) and the 95 % t interval
  * (NaN where n < 2). */
