@@ -568,6 +568,10 @@ static ms_status run_one(cmp *x, int t, int b, int s, int seed)
     if (f.ckpt) f.model = NULL; /* the weights decide the model */
     f.split = split;
     f.shots = 0; /* the split file holds the shots */
+    /* the held-out slices are the test set: no model selection or early stopping on them. One validation, at the
+     * last step, so best/ is the final model */
+    f.val_every = 1000000;
+    f.patience = 1000000;
     f.seed = sd;
     f.out = dir;
     f.resume = has_ckpt(dir);

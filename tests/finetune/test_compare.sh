@@ -10,8 +10,9 @@
 #     the excluded keys;
 #  4. resume: the same command again trains nothing and changes no run file; a run without eval/ is evaluated again
 #     and a run without checkpoint trained again, both to the same numbers;
-#  5. a second comparison with a SAM start (--ckpt) and --pretrained: three starts, three paired rows per budget,
-#     and its random runs equal the first comparison's (same seeds, same splits).
+#  5. a second comparison with a SAM start (--ckpt) and --pretrained, without gnuplot on PATH: three starts, three
+#     paired rows per budget, its random runs equal the first comparison's (same seeds, same splits), no plot but
+#     the scripts and a note.
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 MRISAM=${MS_MRISAM:-mrisam}
@@ -176,11 +177,13 @@ check $? "rerun after removing one run's eval/ and another's checkpoints"
 check $? "the two runs are redone to the same numbers, the other 14 skipped"
 
 # 5: three starts
-"$MRISAM" compare --task brain="$T/brain" --model vit_test --input-size 64 --budgets $B2 --seeds 2 --seed-base $BASE \
+env PATH=/nonexistent "$MRISAM" compare --task brain="$T/brain" --model vit_test --input-size 64 --budgets $B2 --seeds 2 --seed-base $BASE \
     --steps 4 --warmup-steps 1 --batch-size 2 --val-slices 4 --threads 2 --no-hd95 \
     --ckpt "$OUT/pretrain/sam_mri_vit_test.pth" --pretrained "$OUT/pretrain/sam_mri_vit_test.pth" -o "$T/out3" \
     > "$T/c4.log" 2>&1
-check $? "compare with --ckpt and --pretrained"
+check $? "compare with --ckpt and --pretrained (no gnuplot on PATH)"
+grep -q "gnuplot not found" "$T/c4.log" && [ -s "$T/out3/plots/brain.gp" ] && [ ! -e "$T/out3/plots/brain.svg" ]
+check $? "without gnuplot compare finishes, says so and leaves the scripts"
 $PY - "$OUT" "$T/out3" "$BASE" "$B2" <<'PYEND'
 import csv, sys
 a, b, base, bud = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
