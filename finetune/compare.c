@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -604,7 +603,12 @@ static ms_status run_all(cmp *x)
     for (int seed = 0; seed < c->n_seeds; seed++)
         for (int t = 0; t < c->n_tasks; t++)
             for (int b = 0; b < c->n_budgets; b++)
-                for (int k = 0; k < x->n_starts; k++) MS_TRY(run_one(x, t, b, x->starts[k], seed));
+                for (int k = 0; k < x->n_starts; k++) {
+                    if (c->stop && *c->stop) /* between runs: nothing to checkpoint */
+                        return ms_error(MS_EINTERRUPTED, "interrupted after %d of %d runs (rerun to continue)",
+                                        x->n_done, x->n_runs);
+                    MS_TRY(run_one(x, t, b, x->starts[k], seed));
+                }
     return MS_OK;
 }
 
