@@ -115,6 +115,11 @@ int ms_sam_key_is_adapter(const char *name);
  * adapters from layer 0's (the decoder has them in every layer); scale 0.5 (finetune-SAM's fixed one). An incomplete
  * group registers nothing: its keys stay unknown to the loader, which reports them. Returns 1 when any. */
 int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp);
+/* TinyViT's PEFT tensors under prefix (finetune-SAM's TinyViT names, ours too: layers.i.blocks.j.attn.qkv.linear_{a,b}_
+ * {q,v}.weight, {Space,MLP}_Adapter.D_fc{1,2}.*), per layer i = 1..3 from its block 0, LoRA rank from linear_a_q's
+ * rows; such a file comes from finetune-SAM's model, so its LoRA column slicing (ms_tinyvit_peft.fsam_slicing) and
+ * adapter scale 0.5. Returns 1 when any. */
+int ms_sam_tinyvit_peft_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_peft *pf);
 /* Merges every LoRA pair of sd (our names) into its base weight: encoder qkv rows 0..D−1 += B_q·A_q and
  * 2D..3D−1 += B_v·A_v (D = embed_dim, or each qkv weight's own columns when embed_dim is 0: TinyViT's layers differ;
  * for TinyViT these are finetune-SAM's slices, ms_tinyvit_peft.fsam_slicing), decoder <attn>.{q,v}_proj.weight
