@@ -53,6 +53,7 @@ SEED = 17
 B, S = 2, 256  # vit_t_test; the vit_t file: batch 1 at 1024
 FULL_MAX = 4096
 NS = 2048
+GRAD_FULL, GRAD_NS = 256, 64  # tinyvit_test_grad.pth: ~3 × 150 gradients under 1 MB
 OUT = os.path.join(HERE, "golden")
 CFG = dict(img_size=S, in_chans=3, num_classes=10, embed_dims=[32, 64, 80, 320], depths=[1, 2, 2, 1],
            num_heads=[1, 2, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4., drop_rate=0., drop_path_rate=0.0,
@@ -164,6 +165,169 @@ def golden(up, cfg, batch, path, sd_path=None):
     torch.save(o, path)
 
 
+def sample(o, key, t, gen, full_max, ns):
+    """put() with the gradient file's smaller budget: in full up to full_max values, else ns samples + stats."""
+    t = t.detach().reshape(-1).double()
+    if t.numel() <= full_max:
+        o[key] = t.float().clone()
+        return
+    idx = torch.randperm(t.numel(), generator=gen)[:ns].sort().values
+    o[key + ".idx"] = idx.to(torch.int64)
+    o[key + ".val"] = t[idx].float()
+    o[key + ".stats"] = torch.tensor([t.sum(), (t * t).sum(), t.abs().sum()], dtype=torch.float64)
+
+
+def grad_case(up, sd, name, bn_train, neck, x, gen, o):
+    """One backward of vit_t_test in float64: L = Σ emb·G (neck) or Σ tokens3·G3 (neck skipped, MAE's encoder
+    output). bn_train: model.train() (BatchNorm on batch statistics, running ones updated); else the model in train
+    mode with only its BatchNorm2d modules in eval (running statistics): what mrisam's inference-mode BatchNorm
+    computes. (A full model.eval() also swaps Attention's bias table for a cached copy that gets no gradient.)"""
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    m.load_state_dict(sd, strict=True)
+    m = m.double().train()
+    if not bn_train:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
+    x = x.clone().requires_grad_(True)
+    g = S // 16
+    h = m.patch_embed(x)
+    for layer in m.layers:
+        h = layer(h)
+    if neck:
+        out = m.neck(h.view(B, g, g, h.shape[-1]).permute(0, 3, 1, 2))
+        G = counter_uniform("golden.G", tuple(out.shape), SEED)
+    else:
+        out = h
+        G = counter_uniform("golden.G3", tuple(out.shape), SEED)
+    (out * G).sum().backward()
+    n = 0
+    for k, prm in m.named_parameters():
+        if prm.grad is None:
+            continue
+        sample(o, "%s.grad.image_encoder.%s" % (name, k), prm.grad, gen, GRAD_FULL, GRAD_NS)
+        n += 1
+    sample(o, "%s.dx" % name, x.grad, gen, GRAD_FULL, 1024)
+    if name == "train":  # the same statistics whether the neck runs or not: stored once
+        for k, v in m.state_dict().items():
+            if k.endswith(".running_mean") or k.endswith(".running_var"):
+                o["run.image_encoder." + k] = v.float().clone()
+            elif k.endswith(".num_batches_tracked"):
+                o["run.image_encoder." + k] = v.clone()
+    print("%s: %d parameter gradients, |dx| sum %.9g" % (name, n, x.grad.abs().sum().item()))
+
+
+PEFT_SCALE = 0.25  # every PEFT tensor = PEFT_SCALE·(2u − 1) under its full key (LoRA B nonzero on purpose)
+PEFT_CASES = (  # name, LoRA rank, LoRA layers, adapter layers, finetune-SAM's column slicing
+    ("peft_true", 4, (1, 2, 3), (1, 3), False),
+    ("peft_fsam", 4, (1, 2, 3), (2,), True),
+)
+
+
+class PeftAdapter(torch.nn.Module):
+    """finetune-SAM's Adapter (models/sam/modeling/common.py) without its skip: D_fc2(GELU(D_fc1(x))), hidden
+    int(C·0.25); the skip (Space_Adapter) is added by the hook."""
+    def __init__(self, c):
+        super().__init__()
+        self.D_fc1 = torch.nn.Linear(c, int(c * 0.25))
+        self.D_fc2 = torch.nn.Linear(int(c * 0.25), c)
+
+    def forward(self, x):
+        return self.D_fc2(torch.nn.functional.gelu(self.D_fc1(x)))
+
+
+def add_peft(m, rank, lora_layers, adapter_layers, fsam):
+    """PEFT on upstream's blocks through forward hooks (upstream's code unchanged):
+    LoRA: attn.qkv's output += (x·A_qᵀ)·B_qᵀ into the q columns, (x·A_vᵀ)·B_vᵀ into the v columns — per head
+    (qkv is laid out [q_h | k_h | v_h] per head, hd each) or, with fsam, finetune-SAM's _LoRA_qkv slicing
+    [0, C) and [3C − C, 3C) (sam_LoRa.py). Space_Adapter: the attention's output a → a + adapter(a) (token-wise, so
+    applying it per window before the crop is the same); MLP_Adapter: the MLP's output + 0.5·adapter(its input),
+    i.e. y + mlp(y) + 0.5·MLP_Adapter(y) as finetune-SAM's TinyViTBlock."""
+    for i, layer in enumerate(m.layers):
+        if i == 0:
+            continue
+        for blk in layer.blocks:
+            c, nh = blk.dim, blk.num_heads
+            hd = c // nh
+            if i in lora_layers:
+                q = blk.attn.qkv
+                for n, shp in (("linear_a_q", (rank, c)), ("linear_b_q", (c, rank)), ("linear_a_v", (rank, c)),
+                               ("linear_b_v", (c, rank))):
+                    setattr(q, n, torch.nn.Linear(shp[1], shp[0], bias=False))
+
+                def lora_hook(mod, inp, out, c=c, nh=nh, hd=hd):
+                    x = inp[0]
+                    dq = mod.linear_b_q(mod.linear_a_q(x))
+                    dv = mod.linear_b_v(mod.linear_a_v(x))
+                    out = out.clone()
+                    if fsam:
+                        out[..., :c] += dq
+                        out[..., -c:] += dv
+                    else:
+                        o = out.view(*out.shape[:-1], nh, 3 * hd)
+                        o[..., :hd] += dq.view(*dq.shape[:-1], nh, hd)
+                        o[..., 2 * hd:] += dv.view(*dv.shape[:-1], nh, hd)
+                    return out
+                q.register_forward_hook(lora_hook)
+            if i in adapter_layers:
+                blk.MLP_Adapter = PeftAdapter(c)
+                blk.Space_Adapter = PeftAdapter(c)
+                blk.attn.register_forward_hook(lambda mod, inp, out, b=blk: out + b.Space_Adapter(out))
+                blk.mlp.register_forward_hook(lambda mod, inp, out, b=blk: out + 0.5 * b.MLP_Adapter(inp[0]))
+    peft = {}
+    for k, v in m.named_parameters():
+        if "linear_" in k or "_Adapter." in k:
+            with torch.no_grad():
+                v.copy_(PEFT_SCALE * counter_uniform("image_encoder." + k, tuple(v.shape), SEED))
+            peft[k] = v
+    return peft
+
+
+def peft_case(up, sd, name, rank, lora_layers, adapter_layers, fsam, x, gen, o):
+    """The model with PEFT, BatchNorm on its running statistics (a frozen encoder), L = Σ emb·G: the embedding,
+    the gradients of the PEFT tensors and dx."""
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    m.load_state_dict(sd, strict=True)
+    peft = add_peft(m, rank, lora_layers, adapter_layers, fsam)
+    m = m.double().train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    x = x.clone().requires_grad_(True)
+    g = S // 16
+    h = m.patch_embed(x)
+    for layer in m.layers:
+        h = layer(h)
+    emb = m.neck(h.view(B, g, g, h.shape[-1]).permute(0, 3, 1, 2))
+    (emb * counter_uniform("golden.G", tuple(emb.shape), SEED)).sum().backward()
+    sample(o, "%s.emb" % name, emb, gen, GRAD_FULL, 1024)
+    for k, v in peft.items():
+        sample(o, "%s.grad.image_encoder.%s" % (name, k), v.grad, gen, GRAD_FULL, GRAD_NS)
+    sample(o, "%s.dx" % name, x.grad, gen, GRAD_FULL, 1024)
+    print("%s: %d PEFT tensors, emb sum %.9g" % (name, len(peft), emb.sum().item()))
+
+
+def golden_grad(up, path):
+    """tinyvit_test_grad.pth: the weights and input of golden(); see the module comment."""
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    sd = {}
+    for k, v in m.state_dict().items():
+        is_int = not v.is_floating_point()
+        sd[k] = torch.full_like(v, 3) if is_int else counter_value("image_encoder." + k, v.shape, SEED).to(v.dtype)
+    x = 2.0 * counter_uniform("golden.input", (B, 3, S, S), SEED)
+    gen = torch.Generator().manual_seed(SEED + 1)
+    o = {"meta.seed": torch.tensor([SEED], dtype=torch.int64)}
+    grad_case(up, sd, "train", True, True, x, gen, o)
+    grad_case(up, sd, "train3", True, False, x, gen, o)
+    grad_case(up, sd, "bneval", False, True, x, gen, o)
+    for case in PEFT_CASES:
+        peft_case(up, sd, *case, x, gen, o)
+    torch.save(o, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout")
@@ -177,6 +341,7 @@ def main():
     up = load_upstream(a.upstream)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     golden(up, CFG, B, os.path.join(OUT, "tinyvit_test.pth"), a.state_dict)
+    golden_grad(up, os.path.join(OUT, "tinyvit_test_grad.pth"))
     if a.vit_t:
         golden(up, CFG_VIT_T, 1, os.path.join(OUT, "tinyvit_vit_t_1024.pth"))
 
