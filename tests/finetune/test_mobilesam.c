@@ -7,7 +7,7 @@
  * 2. Round trip: vit_t_test with counter_init weights (fresh seed) and a drawn num_batches_tracked, written as .pth and
  *    .safetensors, loads back through ms_sam_load: recognised as TinyViT (the config equal to vit_t_test's, input
  *    256), the same weights bit for bit, the same counter. A file with one drawn key dropped, or an unknown key
- *    outside the encoder, or a float num_batches_tracked, is refused. TinyViT's LoRA merges (per-head q/v rows, and
+ *    outside the encoder, or a float num_batches_tracked, or a drawn attention_biases one column wider, is refused. TinyViT's LoRA merges (per-head q/v rows, and
  *    finetune-SAM's slicing) on a drawn layer against the product written out. A finetune-SAM TinyViT LoRA file (drawn
  *    layers and rank) runs through ms_sam_load (its PEFT) as through ms_sam_build (merged); random init builds.
  * 3. Golden (golden/mobilesam_test.pth, the generator's seed): the weights regenerated here, saved and loaded through
@@ -114,13 +114,21 @@ static int same_values(const ms_sam *a, const ms_sam *b)
     return 1;
 }
 
-/* sd without key `drop` (NULL: none), with `extra` (a float (1,)) and num_batches_tracked as float when fcount */
-static ms_status edited(const ms_state_dict *sd, ms_state_dict *out, const char *drop, const char *extra, int fcount)
+/* sd without key `drop` (NULL: none), with `extra` (a float (1,)), num_batches_tracked as float when fcount, and key
+ * `widen` one column wider (its rows zero-filled) */
+static ms_status edited(const ms_state_dict *sd, ms_state_dict *out, const char *drop, const char *extra, int fcount,
+                        const char *widen)
 {
     ms_sd_init(out);
     for (int i = 0; i < sd->n; i++) {
         const ms_sd_entry *e = &sd->e[i];
         if (drop && !strcmp(e->name, drop)) continue;
+        if (widen && !strcmp(e->name, widen)) {
+            int64_t sh[2] = {e->t.shape[0], e->t.shape[1] + 1};
+            float *z = calloc((size_t)(sh[0] * sh[1]), sizeof *z);
+            MS_TRY(ms_sd_add_take(out, e->name, MS_DTYPE_F32, sh, 2, z));
+            continue;
+        }
         if (fcount && e->t.dtype == MS_DTYPE_I64) {
             float v = 3.f;
             MS_TRY(ms_sd_add(out, e->name, MS_DTYPE_F32, e->t.shape, 0, &v));
@@ -175,18 +183,21 @@ static void check_round_trip(ms_device *dev, uint64_t seed)
         }
         unlink(path);
     }
-    /* refusals: a drawn float key dropped, an unknown key outside the encoder, a float counter */
-    int pick;
+    /* refusals: a drawn float key dropped, an unknown key outside the encoder, a float counter, a drawn block's
+     * attention_biases with ws² + 1 columns (no square window) */
+    int pick, ab;
     do pick = (int)ms_rng_below(&r, (uint64_t)sd.n); while (sd.e[pick].t.dtype != MS_DTYPE_F32);
-    const char *cases[3] = {"a missing key", "an unknown key", "a float num_batches_tracked"};
-    for (int c = 0; c < 3; c++) {
+    do ab = (int)ms_rng_below(&r, (uint64_t)sd.n); while (!ms_str_ends_with(sd.e[ab].name, ".attention_biases"));
+    const char *cases[4] = {"a missing key", "an unknown key", "a float num_batches_tracked", "attention_biases"};
+    for (int c = 0; c < 4; c++) {
         ms_state_dict bad;
         MS_CHECK_OK(edited(&sd, &bad, c == 0 ? sd.e[pick].name : NULL, c == 1 ? "mask_decoder.extra.weight" : NULL,
-                           c == 2));
+                           c == 2, c == 3 ? sd.e[ab].name : NULL));
         snprintf(path, sizeof path, "/tmp/ms_mobilesam_bad_%d.pth", (int)getpid());
         MS_CHECK_OK(ms_sd_save(path, &bad));
         ms_status st = ms_sam_load(&back, path, dev);
-        printf("%s%s%s: %s\n", cases[c], c ? "" : " ", c ? "" : sd.e[pick].name, st ? ms_errmsg() : "loaded");
+        printf("%s%s%s: %s\n", cases[c], c == 0 || c == 3 ? " " : "", c == 0 ? sd.e[pick].name : c == 3 ? sd.e[ab].name
+               : "", st ? ms_errmsg() : "loaded");
         MS_CHECK(st != MS_OK, "%s: loaded", cases[c]);
         if (!st) ms_sam_free(&back);
         unlink(path);

@@ -8,7 +8,8 @@
 # the model's input: no resampling). Pass: embed's output within 1e-4·max|ref| of MobileSAM's embedding; segment with
 # two points (--multimask) and with a box: low-res logits and printed IoU within 1e-4·max|ref| of MobileSAM's
 # predictor, the mask PNG equal to its highest-IoU mask > 0 except where |ref logit| < 1e-3·max. Also: a drawn point
-# (seed printed) gives the same mask and logits with --embedding (embed's output) as with the encoder; an unknown
+# (seed printed) gives the same mask and logits with --embedding (embed's output) as with the encoder; the encoder
+# alone (keys without image_encoder., as an encoder-only export) embeds byte-identically; an unknown
 # key outside the encoder is refused with exit 1 and a one-line message naming the file; `mrisam predict` runs the
 # file (a label PNG of the image's size with classes 0..2).
 set -u
@@ -45,6 +46,7 @@ for line in open(os.path.join(SRC, "tests", "finetune", "golden", "mobilesam_vit
         v = v * np.float32(1.0 / math.sqrt(shape[1]))
     sd[k] = v
 torch.save(sd, os.path.join(T, "mobilesam_test.pth"))
+torch.save({k[14:]: v for k, v in sd.items() if k.startswith("image_encoder.")}, os.path.join(T, "encoder.pth"))
 sd["mask_decoder.extra.weight"] = torch.zeros(2)
 torch.save(sd, os.path.join(T, "extra.pth"))
 Image.fromarray(g["image"].numpy(), "RGB").save(os.path.join(T, "img.png"))
@@ -103,6 +105,14 @@ seg() { # name kind args...
 seg point point --point 100,80 --point 200,150,0 --multimask
 seg box box --box 40,30,180,140
 [ ${#cmp_args[@]} -eq 0 ] || $PY "$T/compare.py" "$T" "$SRC" "${cmp_args[@]}" || fail=1
+
+# an encoder-only file (keys without image_encoder.) embeds the same
+if "$MRISAM" embed --ckpt "$T/encoder.pth" --image "$T/img.png" -o "$T/emb_enc.npy" --threads 2 2> /dev/null &&
+    cmp -s "$T/emb.npy" "$T/emb_enc.npy"; then
+    echo "encoder-only file: the same embedding"
+else
+    echo "FAIL: embed of the encoder-only file"; fail=1
+fi
 
 # a drawn point: the encoder run and embed's output give the same prediction
 seed=${MS_TEST_SEED:-$RANDOM}; echo "seed: $seed (replay with MS_TEST_SEED=$seed)"; RANDOM=$seed
