@@ -1,6 +1,9 @@
-/* pretrain/tinyvit.c — MobileSAM's TinyViT image encoder, forward in inference mode (contract: tinyvit.h).
+/* pretrain/tinyvit.c — MobileSAM's TinyViT image encoder: forward and backward, BatchNorm in inference or training
+ * mode, finetune-SAM's LoRA and adapters (contract: tinyvit.h).
  * ref: ChaoningZhang/MobileSAM mobile_sam/modeling/tiny_vit_sam.py (Conv2d_BN, PatchEmbed, MBConv, PatchMerging,
- * Attention, TinyViTBlock, TinyViT.forward_features) and build_sam.py (build_sam_vit_t).
+ * Attention, TinyViTBlock, TinyViT.forward_features, TinyViT._init_weights) and build_sam.py (build_sam_vit_t);
+ * mazurowski-lab/finetune-SAM models/sam_LoRa.py (_LoRA_qkv), models/sam/modeling/tiny_vit_sam.py (TinyViTBlock's
+ * adapters), models/sam/modeling/common.py (Adapter).
  */
 #include "pretrain/tinyvit.h"
 
@@ -319,7 +322,10 @@ void ms_tinyvit_free(ms_tinyvit *tv)
 /* The largest sizes over all layers, for batch B. */
 typedef struct tv_sizes { int64_t nchw, tok, win, qkv, sc, hid, rows, tab, lora, ad; } tv_sizes;
 
-static int tv_has_lora(const ms_tinyvit *tv, int i) { return tv->peft.lora_rank > 0 && (tv->peft.lora_layers >> i & 1); }
+static int tv_has_lora(const ms_tinyvit *tv, int i)
+{
+    return tv->peft.lora_rank > 0 && (tv->peft.lora_layers >> i & 1);
+}
 static int tv_has_adapter(const ms_tinyvit *tv, int i) { return (tv->peft.adapter_layers >> i & 1) != 0; }
 
 static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
@@ -357,7 +363,7 @@ static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
 }
 
 /* The shared buffers of the forward (both modes). */
-static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, const tv_sizes *z)
+static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, const tv_sizes *z, int wb)
 {
     const ms_tinyvit_config *c = &tv->cfg;
     int64_t g0 = ms_tinyvit_grid(c, 0), C0 = c->dims[0];
@@ -367,17 +373,21 @@ static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, co
         ms_plan_add_f32(pl, &p->out[i], B * go * go * c->dims[i < 3 ? i + 1 : 3]);
         if (i) ms_plan_add_i32(pl, &p->idx[i], (int64_t)c->windows[i] * c->windows[i] * c->windows[i] * c->windows[i]);
     }
+    /* with backward the units write into their own buffers (tv_plan_backward): these shared ones are not needed */
     float **scratch[] = {&p->ca, &p->cb, &p->cc};
-    for (int i = 0; i < 3; i++) ms_plan_add_f32(pl, scratch[i], z->nchw);
+    for (int i = 0; i < 3 && !wb; i++) ms_plan_add_f32(pl, scratch[i], z->nchw);
     ms_plan_add_f32(pl, &p->tok, z->tok);
     float **w[] = {&p->xw, &p->lnw, &p->att, &p->prj};
-    for (int i = 0; i < 4; i++) ms_plan_add_f32(pl, w[i], z->win);
-    ms_plan_add_f32(pl, &p->qkv, z->qkv);
-    ms_plan_add_f32(pl, &p->sc, z->sc);
-    ms_plan_add_f32(pl, &p->pr, z->sc);
-    ms_plan_add_f32(pl, &p->hid, z->hid);
-    ms_plan_add_f32(pl, &p->mean, z->rows);
-    ms_plan_add_f32(pl, &p->rstd, z->rows);
+    for (int i = 0; i < 4; i++)
+        if (!wb || w[i] == &p->xw || w[i] == &p->prj) ms_plan_add_f32(pl, w[i], z->win);
+    if (!wb) {
+        ms_plan_add_f32(pl, &p->qkv, z->qkv);
+        ms_plan_add_f32(pl, &p->sc, z->sc);
+        ms_plan_add_f32(pl, &p->pr, z->sc);
+        ms_plan_add_f32(pl, &p->hid, z->hid);
+        ms_plan_add_f32(pl, &p->mean, z->rows);
+        ms_plan_add_f32(pl, &p->rstd, z->rows);
+    } else ms_plan_add_f32(pl, &p->sc, z->sc);
     ms_plan_add_f32(pl, &p->biasT, z->tab);
     ms_plan_add_f32(pl, &p->abT, z->tab);
     ms_plan_add_f32(pl, &p->ab, z->tab);
@@ -579,7 +589,7 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
     tv->with_backward = with_backward != 0;
     ms_plan pl = {0};
     tv_sizes z = tv_sizes_of(tv, max_batch);
-    tv_plan(tv, p, &pl, max_batch, &z);
+    tv_plan(tv, p, &pl, max_batch, &z, with_backward);
     if (with_backward) tv_plan_backward(tv, p, &pl, max_batch, &z);
     else tv_plan_peft_shared(tv, p, &pl, &z);
     ms_status rc = ms_plan_alloc(&pl, tv->dev, &tv->arena);
@@ -597,7 +607,10 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
 
 static const float *tv_p(const ms_tinyvit *tv, int idx) { return ms_params_data(tv->ps, idx); }
 static float *tv_g(const ms_tinyvit *tv, int idx) { return idx < 0 ? NULL : ms_params_grad(tv->ps, idx); }
-static ms_status tv_zero(ms_tinyvit *tv, float *d, int64_t n) { return ms_dev_zero(tv->dev, d, (size_t)n * sizeof(float)); }
+static ms_status tv_zero(ms_tinyvit *tv, float *d, int64_t n)
+{
+    return ms_dev_zero(tv->dev, d, (size_t)n * sizeof(float));
+}
 
 /* Conv2d_BN: a->y = BN(a->c = conv(x)), then a->a = GELU(a->y) when act; groups = 1 or Cin (depthwise). BatchNorm
  * as tv->bn_train says: training normalises with the batch statistics and updates the running ones (momentum 0.1,
@@ -1085,12 +1098,33 @@ static ms_status tv_mbconv_backward(ms_tinyvit *tv, int j, const float *x, int64
     return MS_OK;
 }
 
-/* Layers 3..1 backward: *d holds the gradient of layer 3's tokens; on return *d holds that of out[0]. */
-static ms_status tv_layers_backward(ms_tinyvit *tv, int64_t B, float **d)
+/* The lowest stage with a trainable tensor: 0 the stem and layer 0, i = 1..3 layers.i (blocks, merging, PEFT),
+ * 4 the neck, 5 none. Without dx the backward stops there: below it nothing needs a gradient (with LoRA on a
+ * frozen encoder that skips layer 0 and the stem, the largest activations). */
+static int tv_lowest_trainable(const ms_tinyvit *tv)
+{
+    size_t np = strlen(tv->prefix);
+    int low = 5;
+    for (int i = 0; i < tv->ps->n && low > 0; i++) {
+        const char *nm = tv->ps->p[i].name;
+        if (strncmp(nm, tv->prefix, np) || !ms_params_grad(tv->ps, i)) continue;
+        nm += np;
+        int st = 5;
+        if (!strncmp(nm, "patch_embed.", 12)) st = 0;
+        else if (!strncmp(nm, "layers.", 7) && nm[7] >= '0' && nm[7] <= '3') st = nm[7] - '0';
+        else if (!strncmp(nm, "neck.", 5)) st = 4;
+        if (st < low) low = st;
+    }
+    return low;
+}
+
+/* Layers 3..max(1, low) backward: *d holds the gradient of layer 3's tokens; on return, when low ≤ 1, *d holds
+ * that of out[0]. */
+static ms_status tv_layers_backward(ms_tinyvit *tv, int64_t B, float **d, int low)
 {
     tv_priv *p = tv->priv;
     const ms_tinyvit_config *c = &tv->cfg;
-    for (int i = 3; i >= 1; i--) {
+    for (int i = 3; i >= 1 && i >= low; i--) {
         int64_t g = ms_tinyvit_grid(c, i), C = c->dims[i];
         if (i < 3) { /* merging i's input was the grid of the last block's tokens */
             MS_TRY(tv_merge_backward(tv, i, B, d));
@@ -1113,12 +1147,14 @@ ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dt
     MS_FAIL_IF(tv->neck_ran ? !demb : !dtok, MS_EINVAL, "TinyViT: backward needs %s (the last forward %s the neck)",
                tv->neck_ran ? "demb" : "dtok", tv->neck_ran ? "ran" : "skipped");
     const ms_tinyvit_config *c = &tv->cfg;
-    int64_t B = tv->batch, S = c->img_size, C0 = c->dims[0], g0 = ms_tinyvit_grid(c, 0);
+    int64_t B = tv->batch, S = c->img_size, C0 = c->dims[0];
     int64_t g3 = ms_tinyvit_grid(c, 3);
+    int low = dx ? 0 : tv_lowest_trainable(tv);
     float *d = p->g[0];
     if (tv->neck_ran) MS_TRY(tv_neck_backward(tv, demb, B, d));
     else MS_TRY(ms_dev_copy(tv->dev, d, dtok, (size_t)(B * g3 * g3 * c->dims[3]) * sizeof(float)));
-    MS_TRY(tv_layers_backward(tv, B, &d));
+    MS_TRY(tv_layers_backward(tv, B, &d, low));
+    if (low > 0) return MS_OK;
     MS_TRY(tv_merge_backward(tv, 0, B, &d));
     for (int j = c->depths[0] - 1; j >= 0; j--)
         MS_TRY(tv_mbconv_backward(tv, j, j ? p->mb[j - 1].out : p->stem, B, &d));
@@ -1126,7 +1162,6 @@ ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dt
     tv_others(p, d, &ta, &tb, &tc);
     MS_TRY(tv_cbn_backward(tv, &tv->stem[1], &p->stem_a[1], p->stem_a[0].a, d, d, 1, NULL, ta, B, C0 / 2, S / 2, C0,
                            3, 2, 0, 0));
-    (void)g0;
     return tv_cbn_backward(tv, &tv->stem[0], &p->stem_a[0], p->x, d, dx, 0, ta, tb, B, c->in_chans, S, C0 / 2, 3, 2,
                            0, 1);
 }
@@ -1258,7 +1293,8 @@ ms_status ms_tinyvit_add_peft(ms_tinyvit *tv, const ms_tinyvit_peft *pf)
             }
             if (f.adapter_layers >> i & 1) {
                 static const char *nm[2] = {"MLP_Adapter", "Space_Adapter"}; /* finetune-SAM's registration order */
-                int *dst[2][4] = {{&b->ma_w1, &b->ma_b1, &b->ma_w2, &b->ma_b2}, {&b->sa_w1, &b->sa_b1, &b->sa_w2, &b->sa_b2}};
+                int *dst[2][4] = {{&b->ma_w1, &b->ma_b1, &b->ma_w2, &b->ma_b2},
+                                  {&b->sa_w1, &b->sa_b1, &b->sa_w2, &b->sa_b2}};
                 for (int k = 0; k < 2; k++) {
                     *dst[k][0] = tv_add(&r, 0, 2, s1, "layers.%d.blocks.%d.%s.D_fc1.weight", i, j, nm[k]);
                     *dst[k][1] = tv_add(&r, 1, 1, s1, "layers.%d.blocks.%d.%s.D_fc1.bias", i, j, nm[k]);

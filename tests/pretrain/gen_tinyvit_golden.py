@@ -32,6 +32,17 @@ Writes tests/pretrain/golden/tinyvit_test.pth (torch.save of a flat dict):
   stage.stem                 patch_embed output (B,C0,S/4,S/4)           sampled (.idx/.val/.stats)
   stage.layer.<i>            layers[i] output, tokens (B,L,C)             sampled when > FULL_MAX elements
   emb                        neck output (B,256,S/16,S/16)               in full
+Writes tests/pretrain/golden/tinyvit_test_grad.pth (test_tinyvit_grad.c), same weights and input, float64:
+  <case>.grad.<key>          every parameter gradient upstream gives (sampled: in full up to GRAD_FULL values,
+                             else GRAD_NS samples + stats), <case>.dx (B,3,S,S) sampled, for the cases
+    train                    model.train() (BatchNorm on batch statistics), L = Σ emb·G, G = 2u − 1 ("golden.G")
+    train3                   the same with the neck skipped, L = Σ tokens3·G3 ("golden.G3")
+    bneval                   model.train() with only its BatchNorm2d modules in eval (running statistics)
+    peft_true, peft_fsam     bneval plus LoRA and adapters (add_peft: forward hooks on upstream's modules, PEFT
+                             tensors PEFT_SCALE·(2u − 1) under their keys), true per-head q/v columns or
+                             finetune-SAM's slicing; also <case>.emb; gradients of the PEFT tensors only
+  run.<key>                  running_mean / running_var / num_batches_tracked after train's forward
+  init.<key>                 [mean, std, min, max, numel] of what upstream's constructor draws (torch seed 0)
 With --state-dict PATH, the vit_t_test weights are also written to PATH by torch.save (a file as MobileSAM's own
 code saves it, num_batches_tracked included; too large to commit): MS_TINYVIT_PTH=PATH test_tinyvit loads it.
 Sampled tensors: NS indices (.idx int64), their values (.val float32), and (Σ, Σx², Σ|x|) (.stats float64).
@@ -325,6 +336,14 @@ def golden_grad(up, path):
     grad_case(up, sd, "bneval", False, True, x, gen, o)
     for case in PEFT_CASES:
         peft_case(up, sd, *case, x, gen, o)
+    # what upstream's constructor draws (TinyViT._init_weights, Conv2d_BN's bn_weight_init, PyTorch defaults):
+    # per float tensor [mean, std, min, max, numel], for ms_tinyvit_init_random's distribution check
+    torch.manual_seed(0)
+    for k, v in up.TinyViT(**CFG).state_dict().items():
+        if v.is_floating_point():
+            v = v.double()
+            o["init.image_encoder." + k] = torch.tensor([v.mean(), v.std() if v.numel() > 1 else 0.0, v.min(),
+                                                         v.max(), v.numel()], dtype=torch.float64)
     torch.save(o, path)
 
 
