@@ -2,8 +2,9 @@
 # tests/finetune/test_compare.sh — `mrisam compare` (finetune/compare.h) end to end on mricron's ch2 with two real
 # labellings (tests/finetune/ch2_brainmask.sh: brain mask, two tissue classes), vit_test at input 64 on the CPU:
 #  1. a reduced comparison (two tasks, a drawn budget and all, 2 seeds from a drawn base, a 20-step MAE run of its
-#     own) writes every artifact; results.csv is recomputed from each run's eval/per_volume.csv, summary.csv and
-#     paired.csv from results.csv (sd with n − 1, t quantile from scipy), summary.md carries the same numbers;
+#     own; -o OUT/ with a trailing slash) writes every artifact; results.csv is recomputed from each run's
+#     eval/per_volume.csv, summary.csv and paired.csv from results.csv (sd with n − 1, t quantile from scipy),
+#     summary.md carries the same numbers;
 #  2. the split and the shots are shared: every start's RUN/shots.json of a (task, budget, seed) is the same;
 #  3. pretraining never saw a held-out slice: compare.json's exclusion is the union of the tasks' held-out keys over
 #     the seeds, every run's validation keys are in it, and the MAE run's epoch length is that of its split less
@@ -31,7 +32,7 @@ A=(--task brain="$T/brain" --task tissue="$T/tissue" --model vit_test --input-si
    --seed-base $BASE --steps 4 --warmup-steps 1 --batch-size 2 --val-slices 4 --threads 2)
 P=(--pretrain-steps 20 --pretrain-batch 2 --decoder-dim 64 --decoder-depth 1 --decoder-heads 4)
 OUT=$T/out
-"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$OUT" > "$T/c1.log" 2>&1
+"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$OUT/" > "$T/c1.log" 2>&1
 check $? "compare: 2 tasks x budgets $B2,all x 2 seeds from $BASE x (random, pretrained), 20 MAE steps"
 grep -c "held-out 3-D Dice.*ETA" "$T/c1.log" | grep -qx 16
 check $? "a progress line with the ETA for each of the 16 runs"
@@ -56,7 +57,8 @@ for f in ["results.csv", "summary.csv", "paired.csv", "summary.md", "compare.jso
           "plots/brain.dat", "pretrain/sam_mri_vit_test.pth"]:
     if not os.path.isfile(os.path.join(out, f)): fail("missing " + f)
 import shutil
-if shutil.which("gnuplot") and not all(os.path.getsize(os.path.join(out, "plots", t + ".svg")) > 1000 for t in ("brain", "tissue")):
+svg = [os.path.join(out, "plots", t + ".svg") for t in ("brain", "tissue")]
+if shutil.which("gnuplot") and not all(os.path.isfile(f) and os.path.getsize(f) > 1000 for f in svg):
     fail("gnuplot is here but no SVG plot")
 rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
 runs = sorted({r["run"] for r in rows})
@@ -75,13 +77,15 @@ for run in runs:
         for m in cm:
             n, mean, _ = mean_sd([num(r[m]) for r in pv if int(r["class"]) == c])
             cm[m].append(mean)
-            if not close(num(mine[str(c)][m]), mean): fail("%s class %d %s: %s, per_volume gives %r" % (run, c, m, mine[str(c)][m], mean))
+            if not close(num(mine[str(c)][m]), mean):
+                fail("%s class %d %s: %s, per_volume gives %r" % (run, c, m, mine[str(c)][m], mean))
     for m in cm:
         want = mean_sd(cm[m])[1]
         if not close(num(mine["mean"][m]), want): fail("%s mean %s: %s, want %r" % (run, m, mine["mean"][m], want))
     parts = run.split("/")
     r0 = mine["mean"]
-    if [r0["task"], r0["start"], "b" + r0["budget"], "s" + r0["seed"]] != parts[1:]: fail(run + ": columns do not match the folder")
+    if [r0["task"], r0["start"], "b" + r0["budget"], "s" + r0["seed"]] != parts[1:]:
+        fail(run + ": columns do not match the folder")
 # 1b: summary.csv and paired.csv from results.csv's class means
 dice = {}
 for r in rows:
@@ -93,19 +97,22 @@ if len(summ) != 8: fail("summary.csv has %d rows, want 8" % len(summ))
 md = open(os.path.join(out, "summary.md")).read()
 for s in summ:
     n, m, sd = mean_sd([dice[(s["task"], s["budget"], s["start"], x)] for x in seeds])
-    if int(s["n"]) != n or not close(num(s["mean"]), m) or not close(num(s["sd"]), sd): fail("summary row %r: want %d %r %r" % (s, n, m, sd))
+    if int(s["n"]) != n or not close(num(s["mean"]), m) or not close(num(s["sd"]), sd):
+        fail("summary row %r: want %d %r %r" % (s, n, m, sd))
     if "%.4f ± %.4f (n %d)" % (m, sd, n) not in md: fail("summary.md lacks %.4f ± %.4f (n %d)" % (m, sd, n))
 pair = list(csv.DictReader(open(os.path.join(out, "paired.csv"))))
 if len(pair) != 4: fail("paired.csv has %d rows, want 4 (2 tasks x 2 budgets, pretrained - random)" % len(pair))
 for p in pair:
-    d = [dice[(p["task"], p["budget"], p["start"], x)] - dice[(p["task"], p["budget"], p["baseline"], x)] for x in seeds]
+    d = [dice[(p["task"], p["budget"], p["start"], x)] - dice[(p["task"], p["budget"], p["baseline"], x)]
+         for x in seeds]
     n, m, sd = mean_sd(d)
     t = stats.t.ppf(0.975, n - 1)
     h = t * sd / math.sqrt(n)
     got = [num(p[k]) for k in ("mean_diff", "sd_diff", "t_crit", "ci_lo", "ci_hi")]
     if int(p["n"]) != n or not all(close(a, b) for a, b in zip(got, [m, sd, t, m - h, m + h])):
         fail("paired row %r: want n %d %r" % (p, n, [m, sd, t, m - h, m + h]))
-    if "[%+.4f, %+.4f]" % (m - h, m + h) not in md: fail("summary.md lacks the interval [%+.4f, %+.4f]" % (m - h, m + h))
+    if "[%+.4f, %+.4f]" % (m - h, m + h) not in md:
+        fail("summary.md lacks the interval [%+.4f, %+.4f]" % (m - h, m + h))
 cj = json.load(open(os.path.join(out, "compare.json")))
 # 2: shots shared across starts, and equal to compare's split file
 def sel(run):
@@ -115,10 +122,12 @@ for task in ("brain", "tissue"):
     for b in sorted({k[1] for k in dice}):
         for x in seeds:
             a, r = sel("runs/%s/pretrained/b%s/s%d" % (task, b, x)), sel("runs/%s/random/b%s/s%d" % (task, b, x))
-            if a != r: fail("%s b%s s%d: the starts trained on different shots or held out different slices" % (task, b, x))
+            if a != r:
+                fail("%s b%s s%d: the starts trained on different shots or held out different slices" % (task, b, x))
             want = int(b) if b != "all" else [s for t in cj["tasks"] if t["name"] == task for s in t["seeds"]
                                               if s["seed"] == x][0]["training_slices_with_foreground"]
-            if sum(c for _, c in a[0]) != want: fail("%s b%s s%d: %d shots, want %d" % (task, b, x, sum(c for _, c in a[0]), want))
+            got = sum(c for _, c in a[0])
+            if got != want: fail("%s b%s s%d: %d shots, want %d" % (task, b, x, got, want))
 # 3: pretraining's exclusion
 cj = json.load(open(os.path.join(out, "compare.json")))
 held = {t["name"]: set() for t in cj["tasks"]}
@@ -131,7 +140,8 @@ if [os.path.realpath(s["path"]) for s in pst] != [os.path.realpath(t["store"]) f
 for s, t in zip(pst, cj["tasks"]):
     ex = set()
     for f, c in s["excluded_keys"]: ex |= set(range(f, f + c))
-    if ex != held[t["name"]] or not ex: fail("%s: excluded %d keys, held out %d" % (s["path"], len(ex), len(held[t["name"]])))
+    if ex != held[t["name"]] or not ex:
+        fail("%s: excluded %d keys, held out %d" % (s["path"], len(ex), len(held[t["name"]])))
     for run in runs:
         if run.split("/")[1] == t["name"]:
             for f, c in sel(run)[1]:
@@ -148,7 +158,8 @@ nv = int(math.floor(0.1 * N + 0.5)); nt = N - nv - 8
 cands = {sum(len(set(range(nv + 8, N)) - keys(s)) for s in pst), sum(len(set(range(0, nt)) - keys(s)) for s in pst)}
 log = [json.loads(l) for l in open(os.path.join(out, "pretrain/log.jsonl")) if '"train"' in l]
 spe = round(log[0]["step"] / log[0]["epoch"])
-if spe not in {math.ceil(c / 2) for c in cands}: fail("MAE steps per epoch %d: not the split less the excluded keys %r" % (spe, cands))
+if spe not in {math.ceil(c / 2) for c in cands}:
+    fail("MAE steps per epoch %d: not the split less the excluded keys %r" % (spe, cands))
 if spe == math.ceil(len(pst) * nt / 2): fail("MAE trained on the whole split (%d slices per store)" % nt)
 print("ok: tables, shared shots, exclusion" if not bad else "FAIL:\n  " + "\n  ".join(bad[:20]))
 sys.exit(1 if bad else 0)
@@ -159,7 +170,7 @@ check $? "artifacts, table arithmetic, shared shots, exclusion from pretraining"
 sums() { (cd "$1" && find runs pretrain splits -type f -print0 | sort -z | xargs -0 sha256sum); }
 sums "$OUT" > "$T/sums1"
 cp "$OUT/results.csv" "$T/results1.csv"
-"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$OUT" > "$T/c2.log" 2>&1
+"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$OUT/" > "$T/c2.log" 2>&1
 check $? "the same command again"
 [ "$(grep -c ': done already (Dice' "$T/c2.log")" = 16 ] && grep -q "pretraining done already" "$T/c2.log"
 check $? "the rerun skips pretraining and all 16 runs"
@@ -170,14 +181,15 @@ R2=runs/tissue/pretrained/ball/s$(( BASE + 1 ))
 cp "$OUT/$R1/eval/classes.csv" "$T/r1.csv"
 cp "$OUT/$R2/eval/classes.csv" "$T/r2.csv"
 rm -rf "$OUT/$R1/eval" "$OUT/$R2/eval" "$OUT/$R2/ckpt" "$OUT/$R2/best"
-"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$OUT" > "$T/c3.log" 2>&1
+"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$OUT/" > "$T/c3.log" 2>&1
 check $? "rerun after removing one run's eval/ and another's checkpoints"
 [ "$(grep -c ': done already (Dice' "$T/c3.log")" = 14 ] && cmp -s "$OUT/$R1/eval/classes.csv" "$T/r1.csv" &&
     cmp -s "$OUT/$R2/eval/classes.csv" "$T/r2.csv" && cmp -s "$OUT/results.csv" "$T/results1.csv"
 check $? "the two runs are redone to the same numbers, the other 14 skipped"
 
 # 5: three starts
-env PATH=/nonexistent "$MRISAM" compare --task brain="$T/brain" --model vit_test --input-size 64 --budgets $B2 --seeds 2 --seed-base $BASE \
+env PATH=/nonexistent "$MRISAM" compare --task brain="$T/brain" --model vit_test --input-size 64 --budgets $B2 \
+    --seeds 2 --seed-base $BASE \
     --steps 4 --warmup-steps 1 --batch-size 2 --val-slices 4 --threads 2 --no-hd95 \
     --ckpt "$OUT/pretrain/sam_mri_vit_test.pth" --pretrained "$OUT/pretrain/sam_mri_vit_test.pth" -o "$T/out3" \
     > "$T/c4.log" 2>&1
