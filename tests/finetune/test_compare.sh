@@ -10,7 +10,8 @@
 #     the seeds, every run's validation keys are in it, and the MAE run's epoch length is that of its split less
 #     the excluded keys;
 #  4. resume: the same command again trains nothing and changes no run file; a run without eval/ is evaluated again
-#     and a run without checkpoint trained again, both to the same numbers;
+#     and a run without checkpoint trained again, both to the same numbers; SIGTERM during a comparison exits 75
+#     and the same command then finishes it to the uninterrupted comparison's results.csv;
 #  5. a second comparison with a SAM start (--ckpt) and --pretrained, without gnuplot on PATH: three starts, three
 #     paired rows per budget, its random runs equal the first comparison's (same seeds, same splits), no plot but
 #     the scripts and a note.
@@ -186,6 +187,21 @@ check $? "rerun after removing one run's eval/ and another's checkpoints"
 [ "$(grep -c ': done already (Dice' "$T/c3.log")" = 14 ] && cmp -s "$OUT/$R1/eval/classes.csv" "$T/r1.csv" &&
     cmp -s "$OUT/$R2/eval/classes.csv" "$T/r2.csv" && cmp -s "$OUT/results.csv" "$T/results1.csv"
 check $? "the two runs are redone to the same numbers, the other 14 skipped"
+
+# 4b: a signal during the comparison: exit 75, and the same command again finishes it to the same tables
+"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$T/int" > "$T/c5.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 1200); do grep -q '^compare: \[2/16\]' "$T/c5.log" && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid
+rc=$?
+[ $rc -eq 75 ] && grep -q "interrupted" "$T/c5.log"
+check $? "SIGTERM after the second run: exit 75 (got $rc)"
+"$MRISAM" compare "${A[@]}" "${P[@]}" -o "$T/int" > "$T/c6.log" 2>&1
+check $? "the same command after the signal"
+n=$(grep -c ': done already (Dice' "$T/c6.log")
+[ "$n" -ge 2 ] && [ "$n" -lt 16 ] && cmp -s "$T/int/results.csv" "$T/results1.csv"
+check $? "it skips the $n finished runs and ends with the uninterrupted comparison's results.csv"
 
 # 5: three starts
 env PATH=/nonexistent "$MRISAM" compare --task brain="$T/brain" --model vit_test --input-size 64 --budgets $B2 \
