@@ -174,7 +174,7 @@ ms_status ms_export_ft_ckpt(const char *ckpt, const char *out_path, const char *
                                        "--layout finetune-sam", ckpt);
         goto leave;
     }
-    if ((rc = ms_params_to_sd(&m.sam.ps, &all))) goto leave;
+    if ((rc = ms_sam_to_sd(&m.sam, &all))) goto leave; /* TinyViT: num_batches_tracked too */
     int n_merged = 0;
     if (!fsam && c->method == MS_FT_LORA && (rc = ms_sam_sd_merge_lora(&all, m.sam.cfg.enc.embed_dim, 0, &n_merged)))
         goto leave;

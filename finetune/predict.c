@@ -70,9 +70,10 @@ ms_status ms_predictor_init_ex(ms_predictor *p, ms_sam *m, ms_device *dev, int b
     p->pc.channels = 3;
     const int S = p->pc.size;
     p->M = M;
-    if (S != ms_sam_enc_run_size(&m->enc) || S != g * m->cfg.enc.patch) {
+    const int run = m->cfg.tinyvit ? m->img_size : ms_sam_enc_run_size(&m->enc);
+    if (S != run || S != g * (m->cfg.tinyvit ? 16 : m->cfg.enc.patch)) {
         rc = ms_error(MS_EUNSUPPORTED, "predict: preprocessing input size %d, but the encoder runs at %d (grid %d)", S,
-                      ms_sam_enc_run_size(&m->enc), g);
+                      run, g);
         goto leave;
     }
     if (prompt == MS_PROMPT_NONE && M < 2) {
@@ -94,7 +95,7 @@ ms_status ms_predictor_init_ex(ms_predictor *p, ms_sam *m, ms_device *dev, int b
     if (!p->hx || !p->low) { rc = ms_error(MS_ENOMEM, "predict: out of memory"); goto leave; }
     if ((rc = ms_dev_alloc(dev, nx * sizeof(float), (void **)&p->x))) goto leave;
     if ((rc = ms_dev_alloc(dev, ne * sizeof(float), (void **)&p->emb))) goto leave;
-    if ((rc = ms_sam_encoder_reserve(&m->enc, dev, p->batch, 0))) goto leave;
+    if ((rc = ms_sam_image_reserve(m, p->batch, 0))) goto leave;
     if (prompt == MS_PROMPT_NONE) {
         /* no prompts: sparse (1, 0, 256), dense = no_mask_embed (segment_anything's PromptEncoder.forward) */
         ms_sam_prompts pr = {.bp = 1, .n_points = 0, .points = NULL, .labels = NULL, .boxes = NULL, .masks = NULL};
@@ -218,7 +219,7 @@ ms_status ms_predict_slices(ms_predictor *p, const ms_predict_opts *o, const flo
         MS_TRY(ms_prep_image(&p->pc, img01 + (size_t)b * npx, H, W, NULL, dst, &p->scr));
     }
     MS_TRY(ms_dev_from_host(p->dev, p->x, p->hx, (size_t)nb * xs * sizeof(float)));
-    MS_TRY(ms_sam_encoder_forward(&m->enc, p->x, nb, p->emb));
+    MS_TRY(ms_sam_image_forward(m, p->x, nb, p->emb));
     if (p->prompt != MS_PROMPT_NONE) {
         for (int b = 0; b < nb; b++)
             MS_TRY(run_prompted(p, o, p->emb + (size_t)b * 256 * g * g, prompt_lab + (size_t)b * npx, H, W,

@@ -10,6 +10,84 @@
 #include "base/rng.h"
 #include "ops.h"
 
+/* 1 when sd holds MobileSAM's TinyViT under prefix (its layers.* keys; SAM's ViT has blocks.*) */
+static int has_tinyvit(const ms_state_dict *sd, const char *prefix)
+{
+    char k[160];
+    snprintf(k, sizeof k, "%spatch_embed.seq.0.c.weight", prefix);
+    return ms_sd_find(sd, k) != NULL;
+}
+
+/* The shape of key prefix+fmt (dims into s), or -1 when absent. */
+static int sd_shape(const ms_state_dict *sd, const char *prefix, int64_t s[MS_MAX_DIMS], const char *fmt, int a,
+                    int b)
+{
+    char key[160], k[200];
+    snprintf(key, sizeof key, fmt, a, b);
+    snprintf(k, sizeof k, "%s%s", prefix, key);
+    const ms_sd_entry *e = ms_sd_find(sd, k);
+    if (!e) return -1;
+    memcpy(s, e->t.shape, sizeof(int64_t) * MS_MAX_DIMS);
+    return e->t.ndim;
+}
+
+ms_status ms_sam_tinyvit_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_config *c)
+{
+    memset(c, 0, sizeof *c);
+    int64_t s[MS_MAX_DIMS];
+    MS_FAIL_IF(sd_shape(sd, prefix, s, "patch_embed.seq.%d.c.weight", 0, 0) != 4, MS_ENOTFOUND,
+               "%spatch_embed.seq.0.c.weight: missing or not 4-D (not a TinyViT)", prefix);
+    c->in_chans = (int)s[1];
+    MS_FAIL_IF(sd_shape(sd, prefix, s, "patch_embed.seq.%d.c.weight", 2, 0) != 4, MS_ENOTFOUND,
+               "%spatch_embed.seq.2.c.weight: missing or not 4-D", prefix);
+    c->dims[0] = (int)s[0];
+    for (int i = 0; i < 4; i++) {
+        /* depth: the blocks present; layer 0's are MBConvs (conv1), the others TinyViT blocks (attn.qkv) */
+        const char *f = i ? "layers.%d.blocks.%d.attn.qkv.weight" : "layers.%d.blocks.%d.conv1.c.weight";
+        while (c->depths[i] <= MS_TINYVIT_MAX_DEPTH && sd_shape(sd, prefix, s, f, i, c->depths[i]) > 0) c->depths[i]++;
+        MS_FAIL_IF(c->depths[i] < 1 || c->depths[i] > MS_TINYVIT_MAX_DEPTH, MS_EUNSUPPORTED,
+                   "%slayers.%d: %d blocks (1..%d supported)", prefix, i, c->depths[i], MS_TINYVIT_MAX_DEPTH);
+        if (i == 0) {
+            MS_FAIL_IF(sd_shape(sd, prefix, s, "layers.0.blocks.0.conv1.c.weight", 0, 0) != 4, MS_ESHAPE,
+                       "%slayers.0.blocks.0.conv1.c.weight: not 4-D", prefix);
+            c->mbconv_expand = c->dims[0] ? (int)(s[0] / c->dims[0]) : 0;
+            continue;
+        }
+        MS_FAIL_IF(sd_shape(sd, prefix, s, "layers.%d.downsample.conv1.c.weight", i - 1, 0) != 4, MS_ENOTFOUND,
+                   "%slayers.%d.downsample.conv1.c.weight: missing or not 4-D", prefix, i - 1);
+        c->dims[i] = (int)s[0];
+        /* attention_biases (heads, ws²): one bias per (|Δy|, |Δx|) of a ws×ws window */
+        MS_FAIL_IF(sd_shape(sd, prefix, s, "layers.%d.blocks.%d.attn.attention_biases", i, 0) != 2, MS_ENOTFOUND,
+                   "%slayers.%d.blocks.0.attn.attention_biases: missing or not 2-D", prefix, i);
+        c->heads[i] = (int)s[0];
+        int ws = (int)(sqrt((double)s[1]) + 0.5);
+        MS_FAIL_IF((int64_t)ws * ws != s[1], MS_ESHAPE, "%slayers.%d.blocks.0.attn.attention_biases: %lld columns, "
+                   "not a square window", prefix, i, (long long)s[1]);
+        c->windows[i] = ws;
+        if (sd_shape(sd, prefix, s, "layers.%d.blocks.%d.mlp.fc1.weight", i, 0) == 2 && c->dims[i])
+            c->mlp_ratio = (int)(s[0] / c->dims[i]);
+        if (sd_shape(sd, prefix, s, "layers.%d.blocks.%d.local_conv.c.weight", i, 0) == 4) c->local_conv = (int)s[2];
+    }
+    /* upstream's PatchMerging takes stride 1 when its output dim is 320, 448 or 576 (tiny_vit_sam.py) */
+    for (int k = 0; k < 3; k++) {
+        int o = c->dims[k + 1];
+        c->merge_stride[k] = o == 320 || o == 448 || o == 576 ? 1 : 2;
+    }
+    c->num_classes = sd_shape(sd, prefix, s, "head.weight", 0, 0) == 2 ? (int)s[0] : 0;
+    MS_FAIL_IF(sd_shape(sd, prefix, s, "neck.0.weight", 0, 0) != 4, MS_ENOTFOUND, "%sneck.0.weight: missing or not "
+               "4-D", prefix);
+    c->out_chans = (int)s[0];
+    /* The input size is in no key (MobileSAM's build_sam_vit_t: 1024, image_embedding_size 64 × patch 16): 1024,
+     * except for vit_t_test's shapes, which run at 256. */
+    ms_tinyvit_config t;
+    c->img_size = 1024;
+    if (!ms_tinyvit_config_named("vit_t_test", &t)) {
+        t.img_size = 1024;
+        if (!memcmp(&t, c, sizeof t)) c->img_size = 256;
+    }
+    return ms_tinyvit_config_check(c);
+}
+
 ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -17,7 +95,11 @@ ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg)
     const char *w = ms_sd_find(sd, "module.mask_decoder.mask_tokens.weight") ? "module." : "";
     char k[128];
     snprintf(k, sizeof k, "%simage_encoder.", w);
-    MS_TRY(ms_sam_enc_config_from_sd(sd, k, &cfg->enc));
+    if (has_tinyvit(sd, k)) {
+        cfg->tinyvit = 1;
+        MS_TRY(ms_sam_tinyvit_config_from_sd(sd, k, &cfg->tv));
+    } else
+        MS_TRY(ms_sam_enc_config_from_sd(sd, k, &cfg->enc));
     snprintf(k, sizeof k, "%smask_decoder.mask_tokens.weight", w);
     const ms_sd_entry *mt = ms_sd_find(sd, k);
     MS_FAIL_IF(!mt, MS_ENOTFOUND, "mask_decoder.mask_tokens.weight: missing (not a SAM checkpoint?)");
@@ -38,10 +120,26 @@ ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg)
 ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    MS_TRY(ms_sam_enc_config_named(name, &cfg->enc));
+    if (!strcmp(name, "vit_t") || !strcmp(name, "vit_t_test")) {
+        cfg->tinyvit = 1;
+        MS_TRY(ms_tinyvit_config_named(name, &cfg->tv));
+    } else
+        MS_TRY(ms_sam_enc_config_named(name, &cfg->enc));
     cfg->n_mask_tokens = n_mask_tokens;
     cfg->dec_depth = 2;
     return MS_OK;
+}
+
+const char *ms_sam_config_model_name(const ms_sam_config *cfg)
+{
+    if (cfg->tinyvit) {
+        ms_tinyvit_config t;
+        if (!ms_tinyvit_config_named("vit_t", &t) && !memcmp(&t, &cfg->tv, sizeof t)) return "vit_t";
+        if (!ms_tinyvit_config_named("vit_t_test", &t) && !memcmp(&t, &cfg->tv, sizeof t)) return "vit_t_test";
+        return "custom";
+    }
+    int d = cfg->enc.embed_dim;
+    return d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h" : d == 192 ? "vit_test" : "custom";
 }
 
 ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev)
@@ -56,17 +154,30 @@ ms_status ms_sam_register_at(ms_sam *m, const ms_sam_config *cfg, int run_size, 
     m->cfg = *cfg;
     m->dev = dev;
     ms_status rc = MS_OK;
-    if (cfg->enc.out_chans != 256) {
-        rc = ms_error(MS_EUNSUPPORTED, "image encoder: %d output channels; the mask decoder needs 256",
-                      cfg->enc.out_chans);
+    const int out_chans = cfg->tinyvit ? cfg->tv.out_chans : cfg->enc.out_chans;
+    if (out_chans != 256) {
+        rc = ms_error(MS_EUNSUPPORTED, "image encoder: %d output channels; the mask decoder needs 256", out_chans);
+        goto leave;
+    }
+    if (cfg->tinyvit && run_size && run_size != cfg->tv.img_size) {
+        /* its attention windows and merging strides are laid out for one grid; no interpolated table to resize */
+        rc = ms_error(MS_EUNSUPPORTED, "TinyViT (vit_t) runs at its own input size %d only, not %d", cfg->tv.img_size,
+                      run_size);
         goto leave;
     }
     /* the prompt encoder and mask decoder have no size-dependent tensors: they follow the run grid */
-    m->img_size = run_size ? run_size : cfg->enc.img_size;
-    m->emb_h = m->emb_w = m->img_size / cfg->enc.patch;
+    if (cfg->tinyvit) {
+        m->img_size = cfg->tv.img_size;
+        m->emb_h = m->emb_w = ms_tinyvit_grid(&cfg->tv, 4);
+    } else {
+        m->img_size = run_size ? run_size : cfg->enc.img_size;
+        m->emb_h = m->emb_w = m->img_size / cfg->enc.patch;
+    }
     /* SAM's key order: image_encoder, prompt_encoder, mask_decoder. */
-    if ((rc = ms_sam_encoder_init(&m->enc, &cfg->enc, &m->ps, "image_encoder."))) goto leave;
-    if (run_size && (rc = ms_sam_encoder_set_input_size(&m->enc, run_size))) goto leave;
+    if (cfg->tinyvit) rc = ms_tinyvit_init(&m->tv, &cfg->tv, &m->ps, "image_encoder.");
+    else rc = ms_sam_encoder_init(&m->enc, &cfg->enc, &m->ps, "image_encoder.");
+    if (rc) goto leave;
+    if (run_size && !cfg->tinyvit && (rc = ms_sam_encoder_set_input_size(&m->enc, run_size))) goto leave;
     if ((rc = ms_sam_prompt_init(&m->pe, &m->ps, "prompt_encoder.", m->emb_h, m->emb_w, m->img_size))) goto leave;
     if ((rc = ms_sam_decoder_init(&m->dec, &m->ps, "mask_decoder.", cfg->n_mask_tokens, cfg->dec_depth, m->emb_h,
                                   m->emb_w)))
@@ -132,23 +243,94 @@ ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed)
     return rc;
 }
 
+/* 1 when every base + names[i] is in sd */
+static int has_all(const ms_state_dict *sd, const char *base, const char *const *names, int n)
+{
+    char k[400];
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "%s%s", base, names[i]);
+        if (!ms_sd_find(sd, k)) return 0;
+    }
+    return 1;
+}
+
+static const char *const lora_keys[4] = {"attn.qkv.linear_a_q.weight", "attn.qkv.linear_b_q.weight",
+                                         "attn.qkv.linear_a_v.weight", "attn.qkv.linear_b_v.weight"};
+static const char *const dec_lora_keys[4] = {"q_proj.w_a.weight", "q_proj.w_b.weight", "v_proj.w_a.weight",
+                                             "v_proj.w_b.weight"};
+static const char *const fc_keys[4] = {"D_fc1.weight", "D_fc1.bias", "D_fc2.weight", "D_fc2.bias"};
+
+/* MLP_Adapter and `second` (Space_Adapter in a block, Adapter in a decoder layer) under base, all 8 tensors. */
+static int has_adapters(const ms_state_dict *sd, const char *base, const char *second)
+{
+    char b[300];
+    snprintf(b, sizeof b, "%sMLP_Adapter.", base);
+    if (!has_all(sd, b, fc_keys, 4)) return 0;
+    snprintf(b, sizeof b, "%s%s.", base, second);
+    return has_all(sd, b, fc_keys, 4);
+}
+
+/* TinyViT's PEFT tensors in sd (finetune-SAM's TinyViT names, ours too: layers.i.blocks.j.attn.qkv.linear_{a,b}_{q,v},
+ * {Space,MLP}_Adapter.D_fc{1,2}.*), per layer from its block 0; such a file comes from finetune-SAM's model, so its
+ * LoRA column slicing (ms_tinyvit_peft.fsam_slicing). Returns 1 when any. */
+static int tinyvit_peft_from_sd(const ms_state_dict *sd, ms_tinyvit_peft *pf)
+{
+    memset(pf, 0, sizeof *pf);
+    char base[120];
+    for (int i = 1; i < 4; i++) {
+        snprintf(base, sizeof base, "image_encoder.layers.%d.blocks.0.", i);
+        if (has_all(sd, base, lora_keys, 4)) {
+            char k[200];
+            snprintf(k, sizeof k, "%s%s", base, lora_keys[0]);
+            const ms_sd_entry *a = ms_sd_find(sd, k);
+            if (!pf->lora_rank && a->t.ndim == 2) pf->lora_rank = (int)a->t.shape[0];
+            pf->lora_layers |= 1u << i;
+        }
+        if (has_adapters(sd, base, "Space_Adapter")) pf->adapter_layers |= 1u << i;
+    }
+    if (!pf->lora_rank) pf->lora_layers = 0;
+    pf->adapter_scale = 0.5f;
+    pf->fsam_slicing = 1;
+    return pf->lora_layers || pf->adapter_layers;
+}
+
+/* Strict load of a TinyViT SAM: keys outside image_encoder. must all be the model's (reported one per line), then
+ * ms_tinyvit_load checks every tensor and the encoder's keys, num_batches_tracked accepted (tinyvit.h). */
+static ms_status load_tinyvit_sd(ms_sam *m, const ms_state_dict *sd)
+{
+    int bad = 0;
+    for (int i = 0; i < sd->n; i++) {
+        const char *n = sd->e[i].name;
+        if (strncmp(n, "image_encoder.", 14) && ms_params_find(&m->ps, n) < 0) {
+            fprintf(stderr, "%s: unexpected key\n", n);
+            bad++;
+        }
+    }
+    if (bad) return ms_error(MS_ESHAPE, "%d unexpected key(s) outside image_encoder.", bad);
+    return ms_tinyvit_load(&m->tv, sd);
+}
+
 ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev)
 {
     ms_sam_config cfg;
     ms_sam_enc_peft ep;
     ms_sam_dec_peft dp;
+    ms_tinyvit_peft tp;
     memset(m, 0, sizeof *m);
     MS_TRY(ms_sam_config_from_sd(sd, &cfg));
     /* PEFT tensors only come from finetune-SAM's layout: run its model, padded windows included */
     int peft = ms_sam_peft_from_sd(sd, &ep, &dp);
+    int tpeft = cfg.tinyvit && tinyvit_peft_from_sd(sd, &tp);
     cfg.enc.finetune_sam_block = peft;
     MS_TRY(ms_sam_register(m, &cfg, dev));
     ms_status rc = MS_OK;
     if (dp.lora_rank || dp.adapters) rc = ms_sam_decoder_add_peft(&m->dec, &dp);
-    if (!rc && (ep.lora_rank || ep.adapter_blocks)) rc = ms_sam_encoder_add_peft(&m->enc, &ep);
+    if (!rc && !cfg.tinyvit && (ep.lora_rank || ep.adapter_blocks)) rc = ms_sam_encoder_add_peft(&m->enc, &ep);
+    if (!rc && tpeft) rc = ms_tinyvit_add_peft(&m->tv, &tp);
     for (int i = 0; i < m->ps.n; i++) m->ps.p[i].optional = 0; /* registered from the file's keys: all required */
     if (!rc) rc = ms_sam_alloc(m);
-    if (!rc) rc = ms_params_load(&m->ps, sd, ""); /* "": every key of the file must belong to the model */
+    if (!rc && cfg.tinyvit) rc = load_tinyvit_sd(m, sd);
+    else if (!rc) rc = ms_params_load(&m->ps, sd, ""); /* "": every key of the file must belong to the model */
     if (rc) ms_sam_free(m);
     return rc;
 }
@@ -166,9 +348,9 @@ static ms_status load_file(ms_sam *m, const char *path, int merge_lora, ms_devic
     if (rc) { ms_sd_free(&sd); return rc; }
     rc = ms_sam_sd_from_finetune_sam(&sd, &fsam);
     if (!rc && fsam && merge_lora) {
-        const ms_sd_entry *pw = ms_sd_find(&sd, "image_encoder.patch_embed.proj.weight");
-        rc = ms_sam_sd_merge_lora(&sd, pw && pw->t.ndim == 4 ? pw->t.shape[0] : 0, 1, &n);
-        if (!rc && ms_sam_peft_from_sd(&sd, &ep, &dp))
+        rc = ms_sam_sd_merge_lora(&sd, 0, 1, &n); /* each qkv's own width: SAM's D, or TinyViT's layer dim */
+        ms_tinyvit_peft tp;
+        if (!rc && (ms_sam_peft_from_sd(&sd, &ep, &dp) || tinyvit_peft_from_sd(&sd, &tp)))
             rc = ms_error(MS_EUNSUPPORTED, "finetune-SAM adapters cannot be merged into SAM's weights (they add "
                                            "layers); start from weights without them");
     }
@@ -244,33 +426,6 @@ ms_status ms_sam_sd_from_finetune_sam(ms_state_dict *sd, int *found)
     return MS_OK;
 }
 
-/* 1 when every base + names[i] is in sd */
-static int has_all(const ms_state_dict *sd, const char *base, const char *const *names, int n)
-{
-    char k[400];
-    for (int i = 0; i < n; i++) {
-        snprintf(k, sizeof k, "%s%s", base, names[i]);
-        if (!ms_sd_find(sd, k)) return 0;
-    }
-    return 1;
-}
-
-static const char *const lora_keys[4] = {"attn.qkv.linear_a_q.weight", "attn.qkv.linear_b_q.weight",
-                                         "attn.qkv.linear_a_v.weight", "attn.qkv.linear_b_v.weight"};
-static const char *const dec_lora_keys[4] = {"q_proj.w_a.weight", "q_proj.w_b.weight", "v_proj.w_a.weight",
-                                             "v_proj.w_b.weight"};
-static const char *const fc_keys[4] = {"D_fc1.weight", "D_fc1.bias", "D_fc2.weight", "D_fc2.bias"};
-
-/* MLP_Adapter and `second` (Space_Adapter in a block, Adapter in a decoder layer) under base, all 8 tensors. */
-static int has_adapters(const ms_state_dict *sd, const char *base, const char *second)
-{
-    char b[300];
-    snprintf(b, sizeof b, "%sMLP_Adapter.", base);
-    if (!has_all(sd, b, fc_keys, 4)) return 0;
-    snprintf(b, sizeof b, "%s%s.", base, second);
-    return has_all(sd, b, fc_keys, 4);
-}
-
 int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp)
 {
     memset(ep, 0, sizeof *ep);
@@ -343,7 +498,9 @@ ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, i
             snprintf(b, sizeof b, "%.*s.linear_b_%c.weight", (int)(L - strlen(".linear_a_q.weight")), n,
                      v ? 'v' : 'q');
             snprintf(a, sizeof a, "%s", n);
-            rc = merge_pair(sd, w, v ? 2 * embed_dim : 0, b, a);
+            const ms_sd_entry *we = ms_sd_find(sd, w);
+            int64_t D = embed_dim ? embed_dim : we && we->t.ndim == 2 ? we->t.shape[1] : 0;
+            rc = merge_pair(sd, w, v ? 2 * D : 0, b, a);
         }
         (*n_merged)++;
     }
@@ -354,16 +511,33 @@ ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, i
     return rc;
 }
 
-ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd) { return ms_params_to_sd(&m->ps, sd); }
+ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd)
+{
+    if (!m->cfg.tinyvit) return ms_params_to_sd(&m->ps, sd);
+    /* MobileSAM's order: each BatchNorm's num_batches_tracked (int64 scalar) right after its running_var */
+    ms_state_dict f;
+    ms_sd_init(&f);
+    ms_status rc = ms_params_to_sd(&m->ps, &f);
+    const int64_t nb = m->tv.bn_batches, scalar[1] = {1};
+    char k[MS_PARAM_NAME_MAX + 32];
+    for (int i = 0; i < f.n && !rc; i++) {
+        const ms_sd_entry *e = &f.e[i];
+        rc = ms_sd_add(sd, e->name, e->t.dtype, e->t.shape, e->t.ndim, e->t.data);
+        size_t n = strlen(e->name);
+        if (rc || strncmp(e->name, "image_encoder.", 14) || !ms_str_ends_with(e->name, ".running_var")) continue;
+        snprintf(k, sizeof k, "%.*snum_batches_tracked", (int)(n - strlen("running_var")), e->name);
+        rc = ms_sd_add(sd, k, MS_DTYPE_I64, scalar, 0, &nb);
+    }
+    ms_sd_free(&f);
+    return rc;
+}
 
 ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
                        size_t n)
 {
     if (ckpt) {
         MS_TRY(load_file(m, ckpt, 1, dev)); /* MAE runs no PEFT: finetune-SAM's LoRA merged */
-        int d = m->cfg.enc.embed_dim;
-        snprintf(name, n, "%s", d == 768 ? "vit_b" : d == 1024 ? "vit_l" : d == 1280 ? "vit_h"
-                                : d == 192 ? "vit_test" : "custom");
+        snprintf(name, n, "%s", ms_sam_config_model_name(&m->cfg));
         return MS_OK;
     }
     memset(m, 0, sizeof *m);
@@ -371,7 +545,7 @@ ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t 
     ms_sam_config sc;
     MS_TRY(ms_sam_config_named(model, 4, &sc));
     MS_TRY(ms_sam_init(m, &sc, dev));
-    ms_status rc = ms_sam_encoder_init_random(&m->enc, seed);
+    ms_status rc = sc.tinyvit ? ms_tinyvit_init_random(&m->tv, seed) : ms_sam_encoder_init_random(&m->enc, seed);
     if (!rc) rc = ms_sam_init_default(&m->ps, "prompt_encoder.", seed);
     if (!rc) rc = ms_sam_init_default(&m->ps, "mask_decoder.", seed + 1);
     if (rc) { ms_sam_free(m); return rc; }

@@ -3,7 +3,7 @@
  * keys, plus the official predictor's coordinate transform and mask post-processing (docs/MODEL.md §Preprocessing).
  *
  * Loading reads the variant from the file's shapes: the encoder from ms_sam_enc_config_from_sd (vit_b/l/h,
- * vit_test, other SAM-shaped encoders), num_cls from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM),
+ * vit_test, other SAM-shaped encoders) or, for MobileSAM's files (vit_t), ms_sam_tinyvit_config_from_sd, num_cls from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM),
  * the decoder depth from its layers. Loading is strict across all three parts: every missing, mis-shaped or unknown
  * key is reported on its own line (stderr) and nothing is loaded when any is wrong (no partial model).
  * ms_sam_to_sd writes the same keys back in SAM's order (gaussian buffer included), so an export loads strictly
@@ -38,10 +38,19 @@ typedef struct ms_sam {
     ms_device *dev;
 } ms_sam;
 
-/* The configuration of a SAM state dict (keys image_encoder.*, prompt_encoder.*, mask_decoder.*). */
+/* The configuration of a SAM state dict (keys image_encoder.*, prompt_encoder.*, mask_decoder.*): SAM's ViT, or
+ * MobileSAM's TinyViT when image_encoder.patch_embed.seq.0.c.weight is present (ms_sam_tinyvit_config_from_sd). */
 ms_status ms_sam_config_from_sd(const ms_state_dict *sd, ms_sam_config *cfg);
-/* A named variant (vit_b, vit_l, vit_h, vit_test) with num_cls + 1 mask tokens. */
+/* A TinyViT's configuration from the shapes of its keys under prefix (docs/FORMATS.md §MobileSAM): dims from
+ * patch_embed.seq.2 and each downsample.conv1, depths from the blocks present, heads and windows from
+ * attention_biases (heads, ws²), mlp ratio, MBConv expansion, local conv, num_classes (head.weight's rows; 0 when
+ * absent), out_chans (neck.0). Merging strides follow upstream (1 when the output dim is 320, 448 or 576, else 2).
+ * The input size is stored nowhere: 256 for vit_t_test's shapes, else 1024 (MobileSAM's build_sam_vit_t). */
+ms_status ms_sam_tinyvit_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_config *cfg);
+/* A named variant (vit_b, vit_l, vit_h, vit_test; vit_t and vit_t_test: TinyViT) with num_cls + 1 mask tokens. */
 ms_status ms_sam_config_named(const char *name, int n_mask_tokens, ms_sam_config *cfg);
+/* The variant's name (vit_b, vit_l, vit_h, vit_test, vit_t, vit_t_test; "custom" for other shapes). */
+const char *ms_sam_config_model_name(const ms_sam_config *cfg);
 /* Registers and allocates every tensor (zeros); gradients are not allocated (ms_params_alloc_grads when training). */
 ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
 /* The same in two steps, so that PEFT tensors and extra heads can be registered in between: register every SAM
@@ -49,7 +58,7 @@ ms_status ms_sam_init(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
 ms_status ms_sam_register(ms_sam *m, const ms_sam_config *cfg, ms_device *dev);
 /* The same for running at input side run_size (0 = the checkpoint's own): the encoder interpolates its position
  * tables (ms_sam_encoder_set_input_size), img_size and the embedding grid follow the run size, and every tensor keeps
- * its native shape. */
+ * its native shape. TinyViT runs at its own input size only (another run_size is refused). */
 ms_status ms_sam_register_at(ms_sam *m, const ms_sam_config *cfg, int run_size, ms_device *dev);
 ms_status ms_sam_alloc(ms_sam *m);
 /* PyTorch's default initialisation (Embedding N(0,1), Linear/ConvT U(±1/√fan_in), norms 1/0, the gaussian PE matrix
@@ -60,13 +69,16 @@ ms_status ms_sam_init_default(ms_params *ps, const char *prefix, uint64_t seed);
  * model such a file comes from. ms_sam_load reads finetune-SAM's layout too. On failure m is left freed. */
 ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev);
 ms_status ms_sam_load(ms_sam *m, const char *path, ms_device *dev);
-/* Appends every tensor (host f32 copies) to sd in SAM's key order. */
+/* Appends every tensor (host f32 copies) to sd in SAM's key order. A TinyViT encoder's BatchNorms also get their
+ * num_batches_tracked (int64, 0-dim, = tv.bn_batches) right after running_var: MobileSAM's exact key set and order,
+ * which its code loads strictly. */
 ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd);
 /* The SAM a pretraining run trains and exports (`mrisam pretrain`, `mrisam export-weights`, `mrisam bench mae`):
  * ckpt != NULL loads that file (finetune-SAM's layout: its LoRA merged, adapters refused, since MAE runs no PEFT);
  * else the named variant with PyTorch's default initialisation from seed (encoder and prompt encoder from seed, mask
  * decoder from seed + 1), so that an export is a complete SAM state dict. name gets the variant (vit_b, vit_l,
- * vit_h, vit_test or "custom" for another encoder width). On failure m is left freed. */
+ * vit_h, vit_test, vit_t, vit_t_test or "custom": ms_sam_config_model_name). TinyViT's random initialisation is
+ * ms_tinyvit_init_random. On failure m is left freed. */
 ms_status ms_sam_build(ms_sam *m, const char *ckpt, const char *model, uint64_t seed, ms_device *dev, char *name,
                        size_t n);
 void ms_sam_free(ms_sam *m);
@@ -104,8 +116,9 @@ int ms_sam_key_is_adapter(const char *name);
  * group registers nothing: its keys stay unknown to the loader, which reports them. Returns 1 when any. */
 int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp);
 /* Merges every LoRA pair of sd (our names) into its base weight: encoder qkv rows 0..D−1 += B_q·A_q and
- * 2D..3D−1 += B_v·A_v (D = embed_dim), decoder <attn>.{q,v}_proj.weight += w_b·w_a, each product summed in double
- * then added once; float32 tensors only. drop != 0 removes the LoRA tensors afterwards. *n_merged counts the pairs. */
+ * 2D..3D−1 += B_v·A_v (D = embed_dim, or each qkv weight's own columns when embed_dim is 0: TinyViT's layers differ;
+ * for TinyViT these are finetune-SAM's slices, ms_tinyvit_peft.fsam_slicing), decoder <attn>.{q,v}_proj.weight
+ * += w_b·w_a, each product summed in double then added once; float32 tensors only. drop != 0 removes the LoRA tensors afterwards. *n_merged counts the pairs. */
 ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged);
 
 /* ---- the official predictor's geometry (ResizeLongestSide) --------------------------------------------------- */

@@ -5,8 +5,8 @@
  * input size S with data/preprocess.c's bilinear resampler (PIL's triangle filter, antialiased when shrinking — close
  * to, but not bit-exact with, PIL's uint8 output that SAM's predictor feeds the model), SAM's pixel mean/std on 0..255
  * RGB (gray replicated), zero padding bottom/right after normalisation. --resize stretch / --norm medsam select
- * finetune-SAM's square stretch and [0,1] inputs. The variant (vit_b/l/h, vit_test, anything SAM-shaped) comes from the
- * checkpoint's shapes.
+ * finetune-SAM's square stretch and [0,1] inputs. The variant (vit_b/l/h, vit_test, anything SAM-shaped; MobileSAM's
+ * TinyViT, vit_t) comes from the checkpoint's shapes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +25,7 @@
 #include "image_io.h"
 #include "pretrain/params.h"
 #include "pretrain/sam_encoder.h"
+#include "pretrain/tinyvit.h"
 
 /* want: the intensity normalisation a fine-tuned model was trained on (NULL: the store's own). */
 static ms_status read_store_slice(const char *path, int64_t key, const ms_norm_choice *want, const char *model,
@@ -53,6 +54,42 @@ leave:
     if (r) ms_store_reader_free(r);
     if (s) ms_store_close(s);
     return rc;
+}
+
+/* The image encoder of a weight file sd (finetune-SAM's names already mapped to ours), alone, strictly: SAM's ViT
+ * (*e = enc) or MobileSAM's TinyViT (*t = tv), under "image_encoder." in full SAM files, without it in encoder-only
+ * exports. The configuration comes from the file's keys and shapes: a non-SAM file is named with the key it lacks;
+ * unknown keys under the encoder's prefix (adapters, LoRA without their model) are refused. */
+static ms_status load_encoder(ms_state_dict *sd, ms_params *ps, ms_sam_encoder *enc, ms_tinyvit *tv, ms_device *dev,
+                              ms_sam_encoder **e, ms_tinyvit **t)
+{
+    const char *tiny = ms_sd_find(sd, "image_encoder.patch_embed.seq.0.c.weight") ? "image_encoder."
+                       : ms_sd_find(sd, "patch_embed.seq.0.c.weight")             ? ""
+                                                                                  : NULL;
+    if (tiny) {
+        ms_tinyvit_config tc;
+        MS_TRY(ms_sam_tinyvit_config_from_sd(sd, tiny, &tc));
+        MS_TRY(ms_tinyvit_init(tv, &tc, ps, tiny));
+        MS_TRY(ms_params_alloc(ps, dev));
+        MS_TRY(ms_tinyvit_load(tv, sd)); /* BatchNorms' num_batches_tracked accepted */
+        *t = tv;
+        return MS_OK;
+    }
+    /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
+    const char *prefix = ms_sd_find(sd, "image_encoder.pos_embed") ? "image_encoder." : "";
+    ms_sam_enc_config cfg;
+    MS_TRY(ms_sam_enc_config_from_sd(sd, prefix, &cfg));
+    /* finetune-SAM's LoRA / adapters: its model, as ms_sam_load_sd builds it (finetune/sam.h) */
+    ms_sam_enc_peft ep;
+    ms_sam_dec_peft dp;
+    cfg.finetune_sam_block = ms_sam_peft_from_sd(sd, &ep, &dp);
+    MS_TRY(ms_sam_encoder_init(enc, &cfg, ps, prefix));
+    if (ep.lora_rank || ep.adapter_blocks) MS_TRY(ms_sam_encoder_add_peft(enc, &ep));
+    for (int i = 0; i < ps->n; i++) ps->p[i].optional = 0;
+    MS_TRY(ms_params_alloc(ps, dev));
+    MS_TRY(ms_params_load(ps, sd, prefix));
+    *e = enc;
+    return MS_OK;
 }
 
 static int run(int argc, char **argv)
@@ -91,6 +128,7 @@ static int run(int argc, char **argv)
     ms_state_dict sd;
     ms_params ps;
     ms_sam_encoder enc;
+    ms_tinyvit tv;
     ms_predict_model pm;
     ms_device dev;
     ms_image img = {0};
@@ -99,6 +137,7 @@ static int run(int argc, char **argv)
     ms_sd_init(&sd);
     ms_params_init(&ps);
     memset(&enc, 0, sizeof enc);
+    memset(&tv, 0, sizeof tv);
     memset(&pm, 0, sizeof pm);
     ms_status rc;
     ms_device_kind kind;
@@ -108,38 +147,41 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
     ms_ckpt_kind ck;
-    char ckdir[MS_PATH_MAX];
-    ms_sam_enc_config cfg;
-    ms_sam_encoder *e = &enc;
+    char ckdir[MS_PATH_MAX], what[160];
+    /* one of: SAM's ViT alone (e), TinyViT alone (t), a run's whole model (sm) */
+    ms_sam_encoder *e = NULL;
+    ms_tinyvit *t = NULL;
+    ms_sam *sm = NULL;
+    int S = 0, g = 0, out_chans = 0;
     ms_prep_config pc;
     if ((rc = ms_ckpt_resolve(ckpt, &ck, ckdir))) goto leave;
-    if (ck == MS_CKPT_WEIGHTS) { /* a weight file: SAM's, or an encoder-only export */
+    if (ck == MS_CKPT_WEIGHTS) { /* a weight file: SAM's, MobileSAM's, or an encoder-only export */
         if ((rc = ms_sd_load(ckpt, &sd))) goto leave;
         int fsam;
         if ((rc = ms_sam_sd_from_finetune_sam(&sd, &fsam))) { ms_error_prefix("%s", ckpt); goto leave; }
-        /* Full SAM files prefix the encoder with image_encoder.; encoder-only exports do not. */
-        const char *prefix = ms_sd_find(&sd, "image_encoder.pos_embed") ? "image_encoder." : "";
-        /* the config comes from the file's keys and shapes: a non-SAM file is named with the key it lacks */
-        if ((rc = ms_sam_enc_config_from_sd(&sd, prefix, &cfg))) { ms_error_prefix("%s", ckpt); goto leave; }
-        /* finetune-SAM's LoRA / adapters: its model, as ms_sam_load_sd builds it (finetune/sam.h) */
-        ms_sam_enc_peft ep;
-        ms_sam_dec_peft dp;
-        cfg.finetune_sam_block = ms_sam_peft_from_sd(&sd, &ep, &dp);
-        if ((rc = ms_sam_encoder_init(&enc, &cfg, &ps, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
-        if ((ep.lora_rank || ep.adapter_blocks) && (rc = ms_sam_encoder_add_peft(&enc, &ep))) goto leave;
-        for (int i = 0; i < ps.n; i++) ps.p[i].optional = 0;
-        if ((rc = ms_params_alloc(&ps, &dev))) goto leave;
-        /* unknown keys under the encoder prefix (adapters, LoRA) would be silently ignored otherwise: refuse them */
-        if ((rc = ms_params_load(&ps, &sd, prefix))) { ms_error_prefix("%s", ckpt); goto leave; }
+        if ((rc = load_encoder(&sd, &ps, &enc, &tv, &dev, &e, &t))) { ms_error_prefix("%s", ckpt); goto leave; }
         ms_sd_free(&sd);
-        ms_prep_config_default(&pc, cfg.img_size);
+        if (t) {
+            S = t->cfg.img_size, g = ms_tinyvit_grid(&t->cfg, 4), out_chans = t->cfg.out_chans;
+            snprintf(what, sizeof what, "TinyViT dims %d/%d/%d/%d", t->cfg.dims[0], t->cfg.dims[1], t->cfg.dims[2],
+                     t->cfg.dims[3]);
+        }
     } else { /* a run: the model every --ckpt loads (LoRA / adapters inside its encoder); the head does not matter */
         if ((rc = ms_predict_model_load_ex(&pm, ckpt, NULL, 1, &dev))) goto leave;
-        e = &pm.m->enc;
-        cfg = e->cfg;
-        pc = pm.pc;
+        sm = pm.m;
+        S = sm->img_size, g = sm->emb_h, out_chans = 256;
+        if (sm->cfg.tinyvit) snprintf(what, sizeof what, "TinyViT (%s)", ms_sam_config_model_name(&sm->cfg));
+        else e = &sm->enc;
     }
-    if ((rc = ms_sam_encoder_reserve(e, &dev, 1, 0))) goto leave;
+    if (e) {
+        S = ms_sam_enc_run_size(e), g = S / e->cfg.patch, out_chans = e->cfg.out_chans;
+        snprintf(what, sizeof what, "encoder D %d depth %d", e->cfg.embed_dim, e->cfg.depth);
+    }
+    if (sm) pc = pm.pc;
+    else ms_prep_config_default(&pc, S);
+    if (sm) rc = ms_sam_image_reserve(sm, 1, 0);
+    else rc = t ? ms_tinyvit_reserve(t, 1, 0) : ms_sam_encoder_reserve(e, &dev, 1, 0);
+    if (rc) goto leave;
 
     int h = 0, w = 0, c = 0;
     if (image) {
@@ -153,8 +195,7 @@ static int run(int argc, char **argv)
     }
     pc.channels = 3;
     if ((rc = ms_prep_parse(&pc, resize, norm))) goto leave;
-    int S = cfg.img_size, g = ms_sam_enc_grid(&cfg);
-    size_t nx = (size_t)3 * S * S, ne = (size_t)cfg.out_chans * g * g;
+    size_t nx = (size_t)3 * S * S, ne = (size_t)out_chans * g * g;
     float *hx = malloc(nx * sizeof(float)), *he = malloc(ne * sizeof(float));
     if (!hx || !he) { free(hx); free(he); rc = ms_error(MS_ENOMEM, "embed: out of memory"); goto leave; }
     rc = ms_prep_image_hwc(&pc, img01, h, w, c, hx);
@@ -162,14 +203,15 @@ static int run(int argc, char **argv)
     if (!rc) rc = ms_dev_alloc(&dev, ne * sizeof(float), (void **)&emb);
     if (!rc) rc = ms_dev_from_host(&dev, x, hx, nx * sizeof(float));
     double t1 = ms_now_s();
-    if (!rc) rc = ms_sam_encoder_forward(e, x, 1, emb);
+    if (!rc) rc = sm ? ms_sam_image_forward(sm, x, 1, emb) : t ? ms_tinyvit_forward(t, x, 1, emb)
+                                                              : ms_sam_encoder_forward(e, x, 1, emb);
     if (!rc) rc = ms_dev_to_host(&dev, he, emb, ne * sizeof(float));
     double t2 = ms_now_s();
-    int64_t shape[4] = {1, cfg.out_chans, g, g};
+    int64_t shape[4] = {1, out_chans, g, g};
     if (!rc) rc = ms_npy_write_f32(out, he, shape, 4);
     if (!rc)
-        fprintf(stderr, "embed: %s → %s (1, %d, %d, %d); encoder D %d depth %d at %d: %.2f s (total %.2f s)\n",
-                image ? image : store, out, cfg.out_chans, g, g, cfg.embed_dim, cfg.depth, S, t2 - t1, t2 - t0);
+        fprintf(stderr, "embed: %s → %s (1, %d, %d, %d); %s at %d: %.2f s (total %.2f s)\n", image ? image : store,
+                out, out_chans, g, g, what, S, t2 - t1, t2 - t0);
     free(hx);
     free(he);
 leave:
@@ -180,6 +222,7 @@ leave:
         if (emb) ms_dev_free(&dev, emb);
     }
     ms_sam_encoder_free(&enc);
+    ms_tinyvit_free(&tv);
     ms_predict_model_free(&pm);
     ms_params_free(&ps);
     ms_sd_free(&sd);

@@ -210,8 +210,8 @@ static ms_status image_embedding(ms_device *dev, ms_sam *m, const ms_prep_config
     rc = ms_prep_image_hwc(pc, img->data, img->h, img->w, img->c, hx);
     if (!rc) rc = ms_dev_alloc(dev, nx * sizeof(float), (void **)&x);
     if (!rc) rc = ms_dev_from_host(dev, x, hx, nx * sizeof(float));
-    if (!rc) rc = ms_sam_encoder_reserve(&m->enc, dev, 1, 0);
-    if (!rc) rc = ms_sam_encoder_forward(&m->enc, x, 1, emb);
+    if (!rc) rc = ms_sam_image_reserve(m, 1, 0);
+    if (!rc) rc = ms_sam_image_forward(m, x, 1, emb);
     free(hx);
     if (x) ms_dev_free(dev, x);
     return rc;
