@@ -1,6 +1,11 @@
 /* tests/pretrain/test_mae_tinyvit.c — MAE over MobileSAM's TinyViT (pretrain/mae.h ms_mae_init_tinyvit,
  * pretrain/mae_run.h ms_mae_run_open_encoder; docs/MAE.md §TinyViT), vit_t_test at 256, batch 2, on the CPU.
  *
+ * 0. One MAE step against MobileSAM's own TinyViT in training mode plus the MAE reference decoder, float64
+ *    (tests/pretrain/golden/mae_tinyvit_step.pth from tests/pretrain/gen_mae_tinyvit_golden.py; its weights and
+ *    masks): the loss (relative 1e-5), every gradient the reference has (encoder and decoder), every BatchNorm
+ *    running statistic after the step (max|c − r| ≤ 1e-4·max|r|, sums as tinyvit_golden.h checks them), and the
+ *    BatchNorm counter 3 → 4.
  * 1. One MAE step, BatchNorm in training mode, every TinyViT tensor drawn at random (seed printed; BatchNorm scales
  *    away from 1 so that no branch is dead): the analytic gradient of the loss along a random direction (±s per
  *    element, s = 1e-3·rms of the tensor) equals the central finite difference of the loss, on the first stem
@@ -28,6 +33,8 @@
 #include "harness.h"
 #include "pretrain/mae.h"
 #include "pretrain/mae_run.h"
+
+#include "tinyvit_golden.h"
 
 static uint64_t SEED;
 static char TMP[256], STORE[MS_PATH_MAX];
@@ -89,10 +96,114 @@ static void model_free(model *m)
     ms_params_free(&m->ps);
 }
 
-/* ---- 1 and 2: one step ----------------------------------------------------------------------------------- */
+/* ---- 0: against MobileSAM's code ----------------------------------------------------------------------------- */
 
 #define B 2
 #define S 256
+
+static int load_golden_all(const ms_params *ps, const ms_state_dict *sd)
+{
+    for (int i = 0; i < ps->n; i++)
+        if (ms_sd_get_f32(sd, ps->p[i].name, ps->p[i].shape, ps->p[i].ndim, ms_params_data(ps, i))) {
+            MS_CHECK(0, "golden: %s", ms_errmsg());
+            return 0;
+        }
+    return 1;
+}
+
+static void test_golden(ms_device *dev)
+{
+    const char *src = getenv("MS_SOURCE_DIR");
+    char path[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(path, src ? src : ".", "tests/pretrain/golden/mae_tinyvit_step.pth"));
+    ms_state_dict g;
+    ms_sd_init(&g);
+    ms_status st = ms_sd_load(path, &g);
+    MS_CHECK(st == MS_OK, "cannot load %s: %s (set MS_SOURCE_DIR)", path, ms_errmsg());
+    const ms_sd_entry *ce = ms_sd_find(&g, "meta.cfg"), *ke = ms_sd_find(&g, "keep"), *le = ms_sd_find(&g, "loss");
+    int ok = !st && ce && ke && le && ce->t.dtype == MS_DTYPE_I64 && ms_tensor_numel(&ce->t) == 5 &&
+             ke->t.dtype == MS_DTYPE_I32 && ke->t.ndim == 2 && le->t.dtype == MS_DTYPE_F64;
+    MS_CHECK(st || ok, "golden: meta.cfg, keep or loss missing or mistyped");
+    if (!ok) { ms_sd_free(&g); return; }
+    const int64_t *mc = ce->t.data;
+    MS_CHECK(mc[0] == B && mc[1] == S, "golden: batch %lld at %lld", (long long)mc[0], (long long)mc[1]);
+    ms_params ps, dps;
+    ms_params_init(&ps);
+    ms_params_init(&dps);
+    ms_tinyvit tv;
+    memset(&tv, 0, sizeof tv);
+    ms_mae mae;
+    memset(&mae, 0, sizeof mae);
+    ms_tinyvit_config tc;
+    float *x = NULL, *gray = NULL;
+    MS_CHECK_OK(ms_tinyvit_config_named("vit_t_test", &tc));
+    MS_CHECK_OK(ms_tinyvit_init(&tv, &tc, &ps, PREFIX));
+    MS_CHECK_OK(ms_params_alloc(&ps, dev));
+    for (int i = 0; i < ps.n; i++) tv_counter(ms_params_data(&ps, i), ps.p[i].name, ps.p[i].shape, ps.p[i].ndim, 17);
+    tv.bn_batches = 3;
+    tv.bn_train = 1;
+    ms_params_set_trainable(&ps, "", 1);
+    MS_CHECK_OK(ms_params_alloc_grads(&ps));
+    MS_CHECK_OK(ms_tinyvit_reserve(&tv, B, 1));
+    ms_mae_config mcfg = {.mask_ratio = 0.75f, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1, .fg_threshold = 0.05f,
+                          .dec = {.dim = (int)mc[2], .depth = (int)mc[3], .n_heads = (int)mc[4], .target_ch = 1}};
+    MS_CHECK_OK(ms_mae_init_tinyvit(&mae, &tv, &mcfg, &dps));
+    MS_CHECK_OK(ms_params_alloc(&dps, dev));
+    MS_CHECK_OK(ms_params_alloc_grads(&dps));
+    MS_CHECK_OK(ms_mae_reserve(&mae, dev, B));
+    if (ms_test_fail_ || !load_golden_all(&dps, &g)) goto leave;
+    int nk = (int)ke->t.shape[1];
+    for (int b = 0; b < B; b++)
+        MS_CHECK_OK(ms_mae_mask_set(&mae.mask, b, (const int32_t *)ke->t.data + (size_t)b * nk, nk, NULL, 0));
+    size_t nx = (size_t)B * 3 * S * S, ng = (size_t)B * S * S;
+    x = malloc(nx * sizeof *x);
+    gray = malloc(ng * sizeof *gray);
+    uint64_t sx = ms_rng_stream(17, ms_fnv1a64("golden.input"), 0), sg = ms_rng_stream(17, ms_fnv1a64("golden.gray"), 0);
+    for (size_t i = 0; i < nx; i++) x[i] = 2.0f * (2.0f * ms_rand_uniform(sx, i) - 1.0f);
+    for (size_t i = 0; i < ng; i++) gray[i] = ((2.0f * ms_rand_uniform(sg, i) - 1.0f) + 1.0f) / 2.0f;
+    ms_mae_loss l;
+    MS_CHECK_OK(ms_mae_forward(&mae, x, gray, B, 0, NULL, &l));
+    MS_CHECK_OK(ms_mae_backward(&mae, 1.0f, 0));
+    double ref = *(const double *)le->t.data, rel = fabs(l.loss - ref) / fabs(ref);
+    printf("golden: loss %.9f, MobileSAM + reference decoder %.9f (rel %.2e)\n", l.loss, ref, rel);
+    MS_CHECK(rel <= 1e-5, "loss %.9f vs %.9f (rel %.3g)", l.loss, ref, rel);
+    int n_grad = 0, n_bn = 0;
+    const ms_params *sets[2] = {&ps, &dps};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < sets[k]->n; i++) {
+            const ms_param *q = &sets[k]->p[i];
+            char key[MS_PARAM_NAME_MAX + 8];
+            snprintf(key, sizeof key, "grad.%s", q->name);
+            char key_idx[MS_PARAM_NAME_MAX + 16];
+            snprintf(key_idx, sizeof key_idx, "%s.idx", key);
+            if (ms_sd_find(&g, key) || ms_sd_find(&g, key_idx)) {
+                check_stage(&g, key, ms_params_grad(sets[k], i), q->numel);
+                n_grad++;
+            }
+            snprintf(key, sizeof key, "bn.%s", q->name);
+            if (q->buffer && ms_sd_find(&g, key)) {
+                check_stage(&g, key, ms_params_data(sets[k], i), q->numel);
+                n_bn++;
+            }
+        }
+    int n_ref = 0;
+    for (int i = 0; i < g.n; i++)
+        n_ref += !strncmp(g.e[i].name, "grad.", 5) && !ms_str_ends_with(g.e[i].name, ".val") &&
+                 !ms_str_ends_with(g.e[i].name, ".stats");
+    MS_CHECK(n_grad == n_ref && n_grad > 100 && n_bn > 20, "%d gradients compared of %d, %d running statistics",
+             n_grad, n_ref, n_bn);
+    MS_CHECK(tv.bn_batches == 4, "bn_batches %lld after one training forward (4)", (long long)tv.bn_batches);
+leave:
+    free(x);
+    free(gray);
+    ms_mae_free(&mae);
+    ms_tinyvit_free(&tv);
+    ms_params_free(&dps);
+    ms_params_free(&ps);
+    ms_sd_free(&g);
+}
+
+/* ---- 1 and 2: one step ----------------------------------------------------------------------------------- */
 
 typedef struct step_fx {
     model m;
@@ -399,6 +510,8 @@ static void test_run(ms_device *dev)
 int main(void)
 {
     SEED = ms_test_seed();
+    (void)golden_keys; /* tinyvit_golden.h's key checks are test_tinyvit's */
+    (void)test_keys;
     snprintf(TMP, sizeof TMP, "/tmp/test_mae_tinyvit_XXXXXX");
     MS_CHECK(mkdtemp(TMP) != NULL, "mkdtemp");
     MS_CHECK_OK(ms_path_join(STORE, TMP, "store"));
@@ -406,6 +519,7 @@ int main(void)
     MS_CHECK_OK(fx_make_store(STORE, SEED, vols, 3));
     ms_device dev = {0};
     MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 1));
+    test_golden(&dev);
     test_step(&dev);
     test_run(&dev);
     ms_device_free(&dev);
