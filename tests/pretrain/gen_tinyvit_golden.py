@@ -53,6 +53,7 @@ SEED = 17
 B, S = 2, 256  # vit_t_test; the vit_t file: batch 1 at 1024
 FULL_MAX = 4096
 NS = 2048
+GRAD_FULL, GRAD_NS = 256, 64  # tinyvit_test_grad.pth: ~3 × 150 gradients under 1 MB
 OUT = os.path.join(HERE, "golden")
 CFG = dict(img_size=S, in_chans=3, num_classes=10, embed_dims=[32, 64, 80, 320], depths=[1, 2, 2, 1],
            num_heads=[1, 2, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4., drop_rate=0., drop_path_rate=0.0,
@@ -164,6 +165,76 @@ def golden(up, cfg, batch, path, sd_path=None):
     torch.save(o, path)
 
 
+def sample(o, key, t, gen, full_max, ns):
+    """put() with the gradient file's smaller budget: in full up to full_max values, else ns samples + stats."""
+    t = t.detach().reshape(-1).double()
+    if t.numel() <= full_max:
+        o[key] = t.float().clone()
+        return
+    idx = torch.randperm(t.numel(), generator=gen)[:ns].sort().values
+    o[key + ".idx"] = idx.to(torch.int64)
+    o[key + ".val"] = t[idx].float()
+    o[key + ".stats"] = torch.tensor([t.sum(), (t * t).sum(), t.abs().sum()], dtype=torch.float64)
+
+
+def grad_case(up, sd, name, bn_train, neck, x, gen, o):
+    """One backward of vit_t_test in float64: L = Σ emb·G (neck) or Σ tokens3·G3 (neck skipped, MAE's encoder
+    output). bn_train: model.train() (BatchNorm on batch statistics, running ones updated); else the model in train
+    mode with only its BatchNorm2d modules in eval (running statistics): what mrisam's inference-mode BatchNorm
+    computes. (A full model.eval() also swaps Attention's bias table for a cached copy that gets no gradient.)"""
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    m.load_state_dict(sd, strict=True)
+    m = m.double().train()
+    if not bn_train:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
+    x = x.clone().requires_grad_(True)
+    g = S // 16
+    h = m.patch_embed(x)
+    for layer in m.layers:
+        h = layer(h)
+    if neck:
+        out = m.neck(h.view(B, g, g, h.shape[-1]).permute(0, 3, 1, 2))
+        G = counter_uniform("golden.G", tuple(out.shape), SEED)
+    else:
+        out = h
+        G = counter_uniform("golden.G3", tuple(out.shape), SEED)
+    (out * G).sum().backward()
+    n = 0
+    for k, prm in m.named_parameters():
+        if prm.grad is None:
+            continue
+        sample(o, "%s.grad.image_encoder.%s" % (name, k), prm.grad, gen, GRAD_FULL, GRAD_NS)
+        n += 1
+    sample(o, "%s.dx" % name, x.grad, gen, GRAD_FULL, 1024)
+    if name == "train":  # the same statistics whether the neck runs or not: stored once
+        for k, v in m.state_dict().items():
+            if k.endswith(".running_mean") or k.endswith(".running_var"):
+                o["run.image_encoder." + k] = v.float().clone()
+            elif k.endswith(".num_batches_tracked"):
+                o["run.image_encoder." + k] = v.clone()
+    print("%s: %d parameter gradients, |dx| sum %.9g" % (name, n, x.grad.abs().sum().item()))
+
+
+def golden_grad(up, path):
+    """tinyvit_test_grad.pth: the weights and input of golden(); see the module comment."""
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    sd = {}
+    for k, v in m.state_dict().items():
+        is_int = not v.is_floating_point()
+        sd[k] = torch.full_like(v, 3) if is_int else counter_value("image_encoder." + k, v.shape, SEED).to(v.dtype)
+    x = 2.0 * counter_uniform("golden.input", (B, 3, S, S), SEED)
+    gen = torch.Generator().manual_seed(SEED + 1)
+    o = {"meta.seed": torch.tensor([SEED], dtype=torch.int64)}
+    grad_case(up, sd, "train", True, True, x, gen, o)
+    grad_case(up, sd, "train3", True, False, x, gen, o)
+    grad_case(up, sd, "bneval", False, True, x, gen, o)
+    torch.save(o, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--upstream", default=os.environ.get("MOBILESAM_DIR"), help="MobileSAM checkout")
@@ -177,6 +248,7 @@ def main():
     up = load_upstream(a.upstream)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     golden(up, CFG, B, os.path.join(OUT, "tinyvit_test.pth"), a.state_dict)
+    golden_grad(up, os.path.join(OUT, "tinyvit_test_grad.pth"))
     if a.vit_t:
         golden(up, CFG_VIT_T, 1, os.path.join(OUT, "tinyvit_vit_t_1024.pth"))
 
