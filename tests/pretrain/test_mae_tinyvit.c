@@ -14,7 +14,8 @@
  *    and finishes: the parameter block (BatchNorm running statistics included), bn_batches, the decoder, the AdamW
  *    moments and the log equal the uninterrupted run's bit for bit. The encoder moved, the running statistics moved,
  *    bn_batches counts the training forwards (4: the validations run on the running statistics), the classifier,
- *    the neck and the block's other tensor did not move; --input-size other than 256 is refused.
+ *    the neck and the block's other tensor did not move; a decoder-only warm-up step leaves the whole block and
+ *    bn_batches alone; --input-size other than 256 is refused.
  */
 #include <math.h>
 #include <stdio.h>
@@ -417,6 +418,25 @@ static void test_run(ms_device *dev)
     ms_mae_encoder e = {.tv = &m.tv};
     MS_CHECK(ms_mae_run_open_encoder(&c, dev, &e, &r) != MS_OK && !r && strstr(ms_errmsg(), "input size"),
              "--input-size 512 on TinyViT refused: %s", ms_errmsg());
+    model_free(&m);
+
+    /* the decoder-only warm-up: the encoder, running statistics included, does not move, bn_batches stays */
+    MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51));
+    float *before = malloc((size_t)m.ps.numel * sizeof(float));
+    memcpy(before, m.ps.data, (size_t)m.ps.numel * sizeof(float));
+    base_config(&c, out_c);
+    c.freeze_epochs = 1;
+    c.max_steps = 1;
+    c.val_slices = 0;
+    e.tv = &m.tv;
+    MS_CHECK_OK(ms_mae_run_open_encoder(&c, dev, &e, &r));
+    if (r) MS_CHECK_OK(run_steps(r, 1));
+    ms_mae_run_close(r);
+    r = NULL;
+    MS_CHECK(!memcmp(before, m.ps.data, (size_t)m.ps.numel * sizeof(float)) && m.tv.bn_batches == 0,
+             "a frozen encoder step leaves the whole block (running statistics included) and bn_batches (%lld) alone",
+             (long long)m.tv.bn_batches);
+    free(before);
     model_free(&m);
 
     /* a: uninterrupted */
