@@ -161,8 +161,11 @@ int ms_bench_mae(int argc, char **argv)
                 }
                 if (f) pclose(f);
             }
-            printf("| %s | %d | %d | %.2f | %.2f | %.2fx |\n", m, b.input, th, b.batch / ours, b.batch / theirs,
-                   theirs / ours);
+            if (isnan(theirs)) /* no PyTorch side (--no-torch, TinyViT) */
+                printf("| %s | %d | %d | %.3g | - | - |\n", m, b.input, th, b.batch / ours);
+            else
+                printf("| %s | %d | %d | %.3g | %.3g | %.2fx |\n", m, b.input, th, b.batch / ours, b.batch / theirs,
+                       theirs / ours);
             fflush(stdout);
         }
     }
