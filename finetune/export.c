@@ -67,11 +67,15 @@ static ms_status ft_layout(const ms_ft_model *m, int t, ms_state_dict *all, int 
         }
         if (!finetune_sam) { MS_TRY(put(out, &all->e[i], n)); continue; }
         /* finetune-SAM: encoder block PEFT */
-        int blk;
-        char rest[200];
-        if (sscanf(n, "image_encoder.blocks.%d.%199s", &blk, rest) == 2) {
-            char base[120];
+        int blk, lay;
+        char rest[200], base[120];
+        base[0] = 0;
+        if (sscanf(n, "image_encoder.layers.%d.blocks.%d.%199s", &lay, &blk, rest) == 3) /* TinyViT */
+            snprintf(base, sizeof base, "image_encoder.layers.%d.blocks.%d.", lay, blk);
+        else if (sscanf(n, "image_encoder.blocks.%d.%199s", &blk, rest) == 2)
             snprintf(base, sizeof base, "image_encoder.blocks.%d.", blk);
+        if (base[0]) {
+            const int tiny = m->sam.cfg.tinyvit;
             snprintf(k, sizeof k, "%sattn.qkv.linear_a_q.weight", base);
             int lora = ms_sd_find(all, k) != NULL;
             snprintf(k, sizeof k, "%sSpace_Adapter.D_fc1.weight", base);
@@ -88,7 +92,19 @@ static ms_status ft_layout(const ms_ft_model *m, int t, ms_state_dict *all, int 
                 }
                 continue;
             }
-            if (adapter && !strcmp(rest, "norm2.weight")) { /* Block registers the adapters between attn and norm2 */
+            if (adapter && tiny && !strcmp(rest, "local_conv.bn.num_batches_tracked")) {
+                /* finetune-SAM's TinyViTBlock registers its adapters after local_conv (no Depth_Adapter in 2-D) */
+                MS_TRY(put(out, &all->e[i], n));
+                static const char *ak[2] = {"MLP_Adapter", "Space_Adapter"};
+                static const char *pk[4] = {"D_fc1.weight", "D_fc1.bias", "D_fc2.weight", "D_fc2.bias"};
+                for (int a = 0; a < 2; a++)
+                    for (int q = 0; q < 4; q++) {
+                        snprintf(k, sizeof k, "%s%s.%s", base, ak[a], pk[q]);
+                        MS_TRY(put_key(out, all, k, NULL));
+                    }
+                continue;
+            }
+            if (adapter && !tiny && !strcmp(rest, "norm2.weight")) { /* Block registers them between attn and norm2 */
                 static const char *ak[3] = {"MLP_Adapter", "Space_Adapter", "Depth_Adapter"};
                 static const char *pk[4] = {"D_fc1.weight", "D_fc1.bias", "D_fc2.weight", "D_fc2.bias"};
                 for (int a = 0; a < 3; a++)
@@ -176,14 +192,20 @@ ms_status ms_export_ft_ckpt(const char *ckpt, const char *out_path, const char *
     }
     if ((rc = ms_sam_to_sd(&m.sam, &all))) goto leave; /* TinyViT: num_batches_tracked too */
     int n_merged = 0;
-    if (!fsam && c->method == MS_FT_LORA && (rc = ms_sam_sd_merge_lora(&all, m.sam.cfg.enc.embed_dim, 0, &n_merged)))
-        goto leave;
+    if (!fsam && c->method == MS_FT_LORA) {
+        /* TinyViT: true q/v LoRA into each head's q and v rows; finetune-SAM's slicing into rows [0, C), [2C, 3C) */
+        if (m.sam.cfg.tinyvit && !m.sam.tv.peft.fsam_slicing)
+            rc = ms_sam_sd_merge_lora_tinyvit(&all, &m.sam.cfg.tv, 0, &n_merged);
+        else
+            rc = ms_sam_sd_merge_lora(&all, m.sam.cfg.tinyvit ? 0 : m.sam.cfg.enc.embed_dim, 0, &n_merged);
+        if (rc) goto leave;
+    }
     if ((rc = ft_layout(&m, t, &all, fsam, &out))) goto leave;
     if ((rc = ms_sd_save(out_path, &out))) goto leave;
     info->finetuned = 1;
     info->n_tensors = out.n;
     info->lora_merged = n_merged > 0;
-    info->pad_differs = !fsam && c->compat_finetune_sam;
+    info->pad_differs = !fsam && c->compat_finetune_sam && !m.sam.cfg.tinyvit; /* TinyViT pads as MobileSAM */
     info->depth_adapter_zeros = fsam && c->method == MS_FT_ADAPTER && c->scope == MS_FT_SCOPE_ENC_DEC;
     snprintf(info->model, sizeof info->model, "%s", c->model);
     snprintf(info->what, sizeof info->what, "%s, %s/%s, task %s, %d mask tokens", c->model,

@@ -31,6 +31,15 @@ static int sd_shape(const ms_state_dict *sd, const char *prefix, int64_t s[MS_MA
     return e->t.ndim;
 }
 
+/* Two TinyViT configs with the same tensors (the input size and layer 0's unused heads / window aside). */
+static int tv_same_shapes(const ms_tinyvit_config *a, const ms_tinyvit_config *b)
+{
+    ms_tinyvit_config x = *a, y = *b;
+    x.img_size = y.img_size = 0;
+    x.heads[0] = y.heads[0] = x.windows[0] = y.windows[0] = 0;
+    return !memcmp(&x, &y, sizeof x);
+}
+
 ms_status ms_sam_tinyvit_config_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -77,13 +86,13 @@ ms_status ms_sam_tinyvit_config_from_sd(const ms_state_dict *sd, const char *pre
     MS_FAIL_IF(sd_shape(sd, prefix, s, "neck.0.weight", 0, 0) != 4, MS_ENOTFOUND, "%sneck.0.weight: missing or not "
                "4-D", prefix);
     c->out_chans = (int)s[0];
-    /* The input size is in no key (MobileSAM's build_sam_vit_t: 1024, image_embedding_size 64 × patch 16): 1024,
-     * except for vit_t_test's shapes, which run at 256. */
-    ms_tinyvit_config t;
+    /* The input size is in no key (MobileSAM's build_sam_vit_t: 1024, image_embedding_size 64 × patch 16): a named
+     * variant's shapes give that variant (vit_t_test runs at 256), any other 1024. */
     c->img_size = 1024;
-    if (!ms_tinyvit_config_named("vit_t_test", &t)) {
-        t.img_size = 1024;
-        if (!memcmp(&t, c, sizeof t)) c->img_size = 256;
+    static const char *const named[2] = {"vit_t", "vit_t_test"};
+    for (int i = 0; i < 2; i++) {
+        ms_tinyvit_config t;
+        if (!ms_tinyvit_config_named(named[i], &t) && tv_same_shapes(&t, c)) *c = t;
     }
     return ms_tinyvit_config_check(c);
 }
@@ -270,15 +279,12 @@ static int has_adapters(const ms_state_dict *sd, const char *base, const char *s
     return has_all(sd, b, fc_keys, 4);
 }
 
-/* TinyViT's PEFT tensors in sd (finetune-SAM's TinyViT names, ours too: layers.i.blocks.j.attn.qkv.linear_{a,b}_{q,v},
- * {Space,MLP}_Adapter.D_fc{1,2}.*), per layer from its block 0; such a file comes from finetune-SAM's model, so its
- * LoRA column slicing (ms_tinyvit_peft.fsam_slicing). Returns 1 when any. */
-static int tinyvit_peft_from_sd(const ms_state_dict *sd, ms_tinyvit_peft *pf)
+int ms_sam_tinyvit_peft_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_peft *pf)
 {
     memset(pf, 0, sizeof *pf);
-    char base[120];
+    char base[160];
     for (int i = 1; i < 4; i++) {
-        snprintf(base, sizeof base, "image_encoder.layers.%d.blocks.0.", i);
+        snprintf(base, sizeof base, "%slayers.%d.blocks.0.", prefix, i);
         if (has_all(sd, base, lora_keys, 4)) {
             char k[200];
             snprintf(k, sizeof k, "%s%s", base, lora_keys[0]);
@@ -320,7 +326,7 @@ ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev)
     MS_TRY(ms_sam_config_from_sd(sd, &cfg));
     /* PEFT tensors only come from finetune-SAM's layout: run its model, padded windows included */
     int peft = ms_sam_peft_from_sd(sd, &ep, &dp);
-    int tpeft = cfg.tinyvit && tinyvit_peft_from_sd(sd, &tp);
+    int tpeft = cfg.tinyvit && ms_sam_tinyvit_peft_from_sd(sd, "image_encoder.", &tp);
     cfg.enc.finetune_sam_block = peft;
     MS_TRY(ms_sam_register(m, &cfg, dev));
     ms_status rc = MS_OK;
@@ -350,7 +356,7 @@ static ms_status load_file(ms_sam *m, const char *path, int merge_lora, ms_devic
     if (!rc && fsam && merge_lora) {
         rc = ms_sam_sd_merge_lora(&sd, 0, 1, &n); /* each qkv's own width: SAM's D, or TinyViT's layer dim */
         ms_tinyvit_peft tp;
-        if (!rc && (ms_sam_peft_from_sd(&sd, &ep, &dp) || tinyvit_peft_from_sd(&sd, &tp)))
+        if (!rc && (ms_sam_peft_from_sd(&sd, &ep, &dp) || ms_sam_tinyvit_peft_from_sd(&sd, "image_encoder.", &tp)))
             rc = ms_error(MS_EUNSUPPORTED, "finetune-SAM adapters cannot be merged into SAM's weights (they add "
                                            "layers); start from weights without them");
     }
@@ -455,8 +461,11 @@ int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec
     return ep->lora_rank || ep->adapter_blocks || dp->lora_rank || dp->adapters;
 }
 
-/* W (rows, cols) rows r0.. += B (rows_b, r) · A (r, cols), each product summed in double then added once. */
-static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, const char *b_name, const char *a_name)
+/* W (rows, cols) += B (rows_b, r) · A (r, cols) into rows r0.. — or, with hd > 0, the delta's row i into W's row
+ * (i / hd)·3hd + r0 + i % hd (TinyViT's per-head [q | k | v] layout) — each product summed in double then added
+ * once. */
+static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, int64_t hd, const char *b_name,
+                            const char *a_name)
 {
     const ms_sd_entry *we = ms_sd_find(all, w_name), *be = ms_sd_find(all, b_name), *ae = ms_sd_find(all, a_name);
     MS_FAIL_IF(!we || !be || !ae, MS_ENOTFOUND, "%s: LoRA merge: a tensor is missing", w_name);
@@ -464,20 +473,26 @@ static ms_status merge_pair(ms_state_dict *all, const char *w_name, int64_t r0, 
                    we->t.ndim != 2 || be->t.ndim != 2 || ae->t.ndim != 2,
                MS_EUNSUPPORTED, "%s: LoRA merge: needs 2-D float32 tensors", w_name);
     const int64_t rows = be->t.shape[0], r = be->t.shape[1], cols = ae->t.shape[1];
-    MS_FAIL_IF(ae->t.shape[0] != r || we->t.shape[1] != cols || r0 + rows > we->t.shape[0], MS_ESHAPE,
-               "%s: LoRA merge: shapes do not fit", w_name);
+    MS_FAIL_IF(ae->t.shape[0] != r || we->t.shape[1] != cols || (hd > 0 && rows % hd) ||
+                   (hd > 0 ? 3 * rows : r0 + rows) > we->t.shape[0],
+               MS_ESHAPE, "%s: LoRA merge: shapes do not fit", w_name);
     float *W = we->t.data;
     const float *B = be->t.data, *A = ae->t.data;
-    for (int64_t i = 0; i < rows; i++)
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t row = hd > 0 ? i / hd * 3 * hd + r0 + i % hd : r0 + i;
         for (int64_t j = 0; j < cols; j++) {
             double acc = 0;
             for (int64_t k = 0; k < r; k++) acc += (double)B[i * r + k] * (double)A[k * cols + j];
-            W[(r0 + i) * cols + j] = (float)((double)W[(r0 + i) * cols + j] + acc);
+            W[row * cols + j] = (float)((double)W[row * cols + j] + acc);
         }
+    }
     return MS_OK;
 }
 
-ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged)
+/* tv != NULL: TinyViT's true q/v LoRA (each head's q and v columns) for image_encoder.layers.*; else the encoder's
+ * q rows 0..D−1 and v rows 2D..3D−1. */
+static ms_status merge_lora(ms_state_dict *sd, int64_t embed_dim, const ms_tinyvit_config *tv, int drop,
+                            int *n_merged)
 {
     char w[300], a[300], b[300];
     ms_status rc = MS_OK;
@@ -491,16 +506,20 @@ ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, i
         if (ms_str_ends_with(n, "_proj.w_a.weight")) { /* decoder: <attn>.q_proj.w_a.weight */
             snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".w_a.weight")), n);
             snprintf(b, sizeof b, "%.*s.w_b.weight", (int)(L - strlen(".w_a.weight")), n);
-            rc = merge_pair(sd, w, 0, b, n);
-        } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight; q rows 0..D-1, v rows 2D..3D-1 */
-            int v = ms_str_ends_with(n, "_v.weight");
+            rc = merge_pair(sd, w, 0, 0, b, n);
+        } else { /* encoder: <blk>.attn.qkv.linear_a_{q,v}.weight */
+            int v = ms_str_ends_with(n, "_v.weight"), layer;
             snprintf(w, sizeof w, "%.*s.weight", (int)(L - strlen(".linear_a_q.weight")), n);
             snprintf(b, sizeof b, "%.*s.linear_b_%c.weight", (int)(L - strlen(".linear_a_q.weight")), n,
                      v ? 'v' : 'q');
             snprintf(a, sizeof a, "%s", n);
             const ms_sd_entry *we = ms_sd_find(sd, w);
             int64_t D = embed_dim ? embed_dim : we && we->t.ndim == 2 ? we->t.shape[1] : 0;
-            rc = merge_pair(sd, w, v ? 2 * D : 0, b, a);
+            if (tv && sscanf(n, "image_encoder.layers.%d.", &layer) == 1 && layer >= 1 && layer < 4) {
+                const int64_t hd = tv->dims[layer] / tv->heads[layer];
+                rc = merge_pair(sd, w, v ? 2 * hd : 0, hd, b, a);
+            } else
+                rc = merge_pair(sd, w, v ? 2 * D : 0, 0, b, a);
         }
         (*n_merged)++;
     }
@@ -509,6 +528,16 @@ ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, i
         else i++;
     }
     return rc;
+}
+
+ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged)
+{
+    return merge_lora(sd, embed_dim, NULL, drop, n_merged);
+}
+
+ms_status ms_sam_sd_merge_lora_tinyvit(ms_state_dict *sd, const ms_tinyvit_config *tv, int drop, int *n_merged)
+{
+    return merge_lora(sd, 0, tv, drop, n_merged);
 }
 
 ms_status ms_sam_to_sd(const ms_sam *m, ms_state_dict *sd)

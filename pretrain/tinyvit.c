@@ -1,6 +1,9 @@
-/* pretrain/tinyvit.c — MobileSAM's TinyViT image encoder, forward in inference mode (contract: tinyvit.h).
+/* pretrain/tinyvit.c — MobileSAM's TinyViT image encoder: forward and backward, BatchNorm in inference or training
+ * mode, finetune-SAM's LoRA and adapters (contract: tinyvit.h).
  * ref: ChaoningZhang/MobileSAM mobile_sam/modeling/tiny_vit_sam.py (Conv2d_BN, PatchEmbed, MBConv, PatchMerging,
- * Attention, TinyViTBlock, TinyViT.forward_features) and build_sam.py (build_sam_vit_t).
+ * Attention, TinyViTBlock, TinyViT.forward_features, TinyViT._init_weights) and build_sam.py (build_sam_vit_t);
+ * mazurowski-lab/finetune-SAM models/sam_LoRa.py (_LoRA_qkv), models/sam/modeling/tiny_vit_sam.py (TinyViTBlock's
+ * adapters), models/sam/modeling/common.py (Adapter).
  */
 #include "pretrain/tinyvit.h"
 
@@ -276,6 +279,8 @@ typedef struct tv_blk_act {
     float *t1;                              /* x + attention, NCHW: the local conv's input */
     tv_cbn_act local;                       /* its output y is NCHW */
     float *tok2, *ln2, *mean2, *rstd2, *h, *hg, *out; /* MLP on tokens */
+    float *tq, *tv;                         /* LoRA: LN(x)·A_qᵀ, LN(x)·A_vᵀ (window rows, rank) */
+    float *sa_in, *sa_h, *sa_g, *ma_h, *ma_g; /* adapters: Space's input (the attention output), hidden pre/post GELU */
 } tv_blk_act;
 typedef struct tv_neck_act { float *t, *n0, *n1, *n2, *m1, *r1, *m2, *r2; } tv_neck_act;
 
@@ -290,6 +295,7 @@ typedef struct tv_priv {
     float *hid;           /* MLP hidden (B·H·W, ratio·C) */
     float *mean, *rstd;   /* LayerNorm statistics (rows); BatchNorm's (channels) in training without backward */
     float *biasT, *abT, *ab; /* the bias table expanded to (heads, N, N) */
+    float *ado;           /* PEFT: an adapter's output (B·H·W, C) */
     /* what each unit of the forward reads and writes: shared scratch without backward, its own with */
     tv_cbn_act stem_a[2];
     tv_mb_act mb[MS_TINYVIT_MAX_DEPTH];
@@ -300,6 +306,7 @@ typedef struct tv_priv {
     float *x;             /* copy of the input (the stem's first conv weight gradient) */
     float *g[4];          /* gradient scratch, each the largest activation */
     float *dh0, *dh1, *dqkv, *dP, *dS, *dab, *dabT, *dbT;
+    float *dtq, *dsa0, *dsa1; /* PEFT: LoRA's rank-space gradient, the adapters' hidden ones */
     int fwd_train;        /* BatchNorm mode of the last forward (its backward must match) */
 } tv_priv;
 
@@ -313,7 +320,13 @@ void ms_tinyvit_free(ms_tinyvit *tv)
 }
 
 /* The largest sizes over all layers, for batch B. */
-typedef struct tv_sizes { int64_t nchw, tok, win, qkv, sc, hid, rows, tab; } tv_sizes;
+typedef struct tv_sizes { int64_t nchw, tok, win, qkv, sc, hid, rows, tab, lora, ad; } tv_sizes;
+
+static int tv_has_lora(const ms_tinyvit *tv, int i)
+{
+    return tv->peft.lora_rank > 0 && (tv->peft.lora_layers >> i & 1);
+}
+static int tv_has_adapter(const ms_tinyvit *tv, int i) { return (tv->peft.adapter_layers >> i & 1) != 0; }
 
 static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
 {
@@ -337,6 +350,8 @@ static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
         z.hid = max64(z.hid, B * g * g * C * c->mlp_ratio);
         z.rows = max64(z.rows, Bw * N);
         z.tab = max64(z.tab, c->heads[i] * N * N);
+        if (tv_has_lora(tv, i)) z.lora = max64(z.lora, Bw * N * tv->peft.lora_rank);
+        if (tv_has_adapter(tv, i)) z.ad = max64(z.ad, B * g * g * (C / 4));
     }
     int64_t g4 = ms_tinyvit_grid(c, 4);
     z.nchw = max64(z.nchw, B * max64(c->out_chans, c->dims[3]) * g4 * g4);
@@ -348,7 +363,7 @@ static tv_sizes tv_sizes_of(const ms_tinyvit *tv, int64_t B)
 }
 
 /* The shared buffers of the forward (both modes). */
-static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, const tv_sizes *z)
+static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, const tv_sizes *z, int wb)
 {
     const ms_tinyvit_config *c = &tv->cfg;
     int64_t g0 = ms_tinyvit_grid(c, 0), C0 = c->dims[0];
@@ -358,20 +373,25 @@ static void tv_plan(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int64_t B, co
         ms_plan_add_f32(pl, &p->out[i], B * go * go * c->dims[i < 3 ? i + 1 : 3]);
         if (i) ms_plan_add_i32(pl, &p->idx[i], (int64_t)c->windows[i] * c->windows[i] * c->windows[i] * c->windows[i]);
     }
+    /* with backward the units write into their own buffers (tv_plan_backward): these shared ones are not needed */
     float **scratch[] = {&p->ca, &p->cb, &p->cc};
-    for (int i = 0; i < 3; i++) ms_plan_add_f32(pl, scratch[i], z->nchw);
+    for (int i = 0; i < 3 && !wb; i++) ms_plan_add_f32(pl, scratch[i], z->nchw);
     ms_plan_add_f32(pl, &p->tok, z->tok);
     float **w[] = {&p->xw, &p->lnw, &p->att, &p->prj};
-    for (int i = 0; i < 4; i++) ms_plan_add_f32(pl, w[i], z->win);
-    ms_plan_add_f32(pl, &p->qkv, z->qkv);
-    ms_plan_add_f32(pl, &p->sc, z->sc);
-    ms_plan_add_f32(pl, &p->pr, z->sc);
-    ms_plan_add_f32(pl, &p->hid, z->hid);
-    ms_plan_add_f32(pl, &p->mean, z->rows);
-    ms_plan_add_f32(pl, &p->rstd, z->rows);
+    for (int i = 0; i < 4; i++)
+        if (!wb || w[i] == &p->xw || w[i] == &p->prj) ms_plan_add_f32(pl, w[i], z->win);
+    if (!wb) {
+        ms_plan_add_f32(pl, &p->qkv, z->qkv);
+        ms_plan_add_f32(pl, &p->sc, z->sc);
+        ms_plan_add_f32(pl, &p->pr, z->sc);
+        ms_plan_add_f32(pl, &p->hid, z->hid);
+        ms_plan_add_f32(pl, &p->mean, z->rows);
+        ms_plan_add_f32(pl, &p->rstd, z->rows);
+    } else ms_plan_add_f32(pl, &p->sc, z->sc);
     ms_plan_add_f32(pl, &p->biasT, z->tab);
     ms_plan_add_f32(pl, &p->abT, z->tab);
     ms_plan_add_f32(pl, &p->ab, z->tab);
+    if (z->ad) ms_plan_add_f32(pl, &p->ado, z->tok); /* PEFT buffers only with PEFT: the base plan is unchanged */
 }
 
 /* Without backward every unit runs in the shared scratch, in place, as the forward always has. The BatchNorm
@@ -402,6 +422,35 @@ static void tv_acts_shared(const ms_tinyvit *tv, tv_priv *p)
             a->h = a->hg = p->hid; a->out = p->tok;
         }
     p->neck = (tv_neck_act){p->ca, p->cb, p->ca, p->cb, p->mean, p->rstd, p->mean, p->rstd};
+}
+
+/* PEFT scratch without backward: one set shared by every block (the Space adapter reads the attention output in
+ * p->xw; the two adapters run one after the other). */
+static void tv_plan_peft_shared(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, const tv_sizes *z)
+{
+    if (!z->lora && !z->ad) return;
+    tv_blk_act *a0 = &p->blk[1][0];
+    if (z->lora) {
+        ms_plan_add_f32(pl, &a0->tq, z->lora);
+        ms_plan_add_f32(pl, &a0->tv, z->lora);
+    }
+    if (z->ad) {
+        ms_plan_add_f32(pl, &a0->sa_h, z->ad);
+        ms_plan_add_f32(pl, &a0->sa_g, z->ad);
+    }
+    (void)tv;
+}
+
+static void tv_peft_shared(const ms_tinyvit *tv, tv_priv *p)
+{
+    const tv_blk_act *a0 = &p->blk[1][0];
+    float *tq = a0->tq, *tvv = a0->tv, *h = a0->sa_h, *gg = a0->sa_g;
+    for (int i = 1; i < 4; i++)
+        for (int j = 0; j < tv->cfg.depths[i]; j++) {
+            tv_blk_act *a = &p->blk[i][j];
+            a->tq = tq; a->tv = tvv;
+            a->sa_in = p->xw; a->sa_h = a->ma_h = h; a->sa_g = a->ma_g = gg;
+        }
 }
 
 /* Training-mode BatchNorm needs somewhere to put its statistics even without backward. */
@@ -476,6 +525,15 @@ static void tv_plan_backward(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int6
             ms_plan_add_f32(pl, &a->h, M * H);
             ms_plan_add_f32(pl, &a->hg, M * H);
             ms_plan_add_f32(pl, &a->out, M * C);
+            if (tv_has_lora(tv, i)) {
+                ms_plan_add_f32(pl, &a->tq, R * tv->peft.lora_rank);
+                ms_plan_add_f32(pl, &a->tv, R * tv->peft.lora_rank);
+            }
+            if (tv_has_adapter(tv, i)) {
+                float **ad[] = {&a->sa_h, &a->sa_g, &a->ma_h, &a->ma_g};
+                ms_plan_add_f32(pl, &a->sa_in, M * C);
+                for (int k = 0; k < 4; k++) ms_plan_add_f32(pl, ad[k], M * (C / 4));
+            }
         }
     }
     int64_t g4 = ms_tinyvit_grid(c, 4), L = g4 * g4, O = c->out_chans;
@@ -495,6 +553,11 @@ static void tv_plan_backward(const ms_tinyvit *tv, tv_priv *p, ms_plan *pl, int6
     ms_plan_add_f32(pl, &p->dab, z->tab);
     ms_plan_add_f32(pl, &p->dabT, z->tab);
     ms_plan_add_f32(pl, &p->dbT, z->tab);
+    if (z->lora) ms_plan_add_f32(pl, &p->dtq, z->lora);
+    if (z->ad) {
+        ms_plan_add_f32(pl, &p->dsa0, z->ad);
+        ms_plan_add_f32(pl, &p->dsa1, z->ad);
+    }
 }
 
 /* MobileSAM numbers the offsets (|Δy|, |Δx|) in first-seen order over (query, key) pairs in raster order; the
@@ -526,11 +589,15 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
     tv->with_backward = with_backward != 0;
     ms_plan pl = {0};
     tv_sizes z = tv_sizes_of(tv, max_batch);
-    tv_plan(tv, p, &pl, max_batch, &z);
+    tv_plan(tv, p, &pl, max_batch, &z, with_backward);
     if (with_backward) tv_plan_backward(tv, p, &pl, max_batch, &z);
+    else tv_plan_peft_shared(tv, p, &pl, &z);
     ms_status rc = ms_plan_alloc(&pl, tv->dev, &tv->arena);
     ms_plan_free(&pl);
-    if (!rc && !with_backward) tv_acts_shared(tv, p);
+    if (!rc && !with_backward) {
+        tv_acts_shared(tv, p);
+        tv_peft_shared(tv, p);
+    }
     for (int i = 1; i < 4 && !rc; i++) rc = tv_bias_index(tv->dev, p->idx[i], tv->cfg.windows[i]);
     if (rc) ms_tinyvit_free(tv);
     return rc;
@@ -540,6 +607,10 @@ ms_status ms_tinyvit_reserve(ms_tinyvit *tv, int max_batch, int with_backward)
 
 static const float *tv_p(const ms_tinyvit *tv, int idx) { return ms_params_data(tv->ps, idx); }
 static float *tv_g(const ms_tinyvit *tv, int idx) { return idx < 0 ? NULL : ms_params_grad(tv->ps, idx); }
+static ms_status tv_zero(ms_tinyvit *tv, float *d, int64_t n)
+{
+    return ms_dev_zero(tv->dev, d, (size_t)n * sizeof(float));
+}
 
 /* Conv2d_BN: a->y = BN(a->c = conv(x)), then a->a = GELU(a->y) when act; groups = 1 or Cin (depthwise). BatchNorm
  * as tv->bn_train says: training normalises with the batch statistics and updates the running ones (momentum 0.1,
@@ -612,6 +683,67 @@ static ms_matmul_desc tv_desc_pv(int64_t N, int64_t hd, int64_t C, int64_t nh, i
     return d;
 }
 
+/* LoRA's delta into qkv, (Bw·N, rank)·Bᵀ added (beta 1) to n columns of qkv (row stride 3C). */
+static ms_matmul_desc tv_desc_lora(int64_t R, int64_t n, int64_t r, int64_t C)
+{
+    ms_matmul_desc d = ms_matmul_plain(R, n, r);
+    d.trans_b = 1;
+    d.lda = d.ldb = r;
+    d.ldc = 3 * C;
+    d.beta = 1.0f;
+    return d;
+}
+
+/* LoRA of block (i, j) (k = 0: q, 1: v), forward (qkv += (LN(x)·Aᵀ)·Bᵀ in the q or v columns) or backward (from
+ * dqkv into A, B and dln). True q/v LoRA: the delta's head-major columns h·hd.. go to head h's q (or v) columns
+ * h·3hd (+ 2hd); finetune-SAM's slicing: all C columns to [0, C) (q) or [2C, 3C) (v). */
+static ms_status tv_lora(ms_tinyvit *tv, int i, int j, int k, int64_t R, float *dqkv, float *dln)
+{
+    tv_priv *p = tv->priv;
+    const ms_tinyvit_config *c = &tv->cfg;
+    const ms_tinyvit_block *b = &tv->blk[i][j];
+    tv_blk_act *a = &p->blk[i][j];
+    int64_t C = c->dims[i], nh = c->heads[i], hd = C / nh, r = tv->peft.lora_rank;
+    int ia = k ? b->lora_av : b->lora_aq, ib = k ? b->lora_bv : b->lora_bq;
+    float *t = k ? a->tv : a->tq, *gb = tv_g(tv, ib);
+    int fsam = tv->peft.fsam_slicing;
+    int64_t nseg = fsam ? 1 : nh, n = fsam ? C : hd;
+    ms_matmul_desc d = tv_desc_lora(R, n, r, C);
+    if (!dqkv) MS_TRY(ms_linear_forward(tv->dev, t, a->lnw, tv_p(tv, ia), NULL, R, C, r));
+    else MS_TRY(tv_zero(tv, p->dtq, R * r));
+    for (int64_t h = 0; h < nseg; h++) {
+        int64_t col = fsam ? k * 2 * C : h * 3 * hd + k * 2 * hd, off = h * hd * r;
+        if (!dqkv) MS_TRY(ms_matmul_forward(tv->dev, a->qkv + col, t, tv_p(tv, ib) + off, &d));
+        else MS_TRY(ms_matmul_backward(tv->dev, p->dtq, gb ? gb + off : NULL, dqkv + col, t, tv_p(tv, ib) + off, &d));
+    }
+    if (!dqkv) return MS_OK;
+    return ms_linear_backward(tv->dev, dln, tv_g(tv, ia), NULL, p->dtq, a->lnw, tv_p(tv, ia), R, C, r);
+}
+
+/* An adapter fc2(GELU(fc1(x))) (finetune-SAM's Adapter without its skip): x (M, C) → y (M, C), hidden (M, C/4) in
+ * h (pre-GELU) and gg. w: D_fc1 weight, bias, D_fc2 weight, bias indices. */
+static ms_status tv_adapter(ms_tinyvit *tv, const int *w, const float *x, float *h, float *gg, float *y, int64_t M,
+                            int64_t C)
+{
+    int64_t Da = C / 4;
+    MS_TRY(ms_linear_forward(tv->dev, h, x, tv_p(tv, w[0]), tv_p(tv, w[1]), M, C, Da));
+    MS_TRY(ms_gelu_forward(tv->dev, gg, h, M * Da));
+    return ms_linear_forward(tv->dev, y, gg, tv_p(tv, w[2]), tv_p(tv, w[3]), M, Da, C);
+}
+
+/* Its backward: dy → += dx, and the adapter's gradients. */
+static ms_status tv_adapter_backward(ms_tinyvit *tv, const int *w, const float *dy, const float *x, const float *h,
+                                     const float *gg, float *dx, int64_t M, int64_t C)
+{
+    tv_priv *p = tv->priv;
+    int64_t Da = C / 4;
+    MS_TRY(tv_zero(tv, p->dsa0, M * Da));
+    MS_TRY(ms_linear_backward(tv->dev, p->dsa0, tv_g(tv, w[2]), tv_g(tv, w[3]), dy, gg, tv_p(tv, w[2]), M, Da, C));
+    MS_TRY(tv_zero(tv, p->dsa1, M * Da));
+    MS_TRY(ms_gelu_backward(tv->dev, p->dsa1, p->dsa0, h, M * Da));
+    return ms_linear_backward(tv->dev, dx, tv_g(tv, w[0]), tv_g(tv, w[1]), p->dsa1, x, tv_p(tv, w[0]), M, C, Da);
+}
+
 /* Window attention of block (i, j): p->tok = a->in + crop(proj(attn(LN(partition(a->in))))). The attention is
  * written out with GEMMs (no fused op takes an additive bias table yet): per head, S = scale·q·kᵀ for every window
  * at once, S += bias (broadcast over windows), P = softmax(S), out = P·v. */
@@ -628,6 +760,8 @@ static ms_status tv_attention(ms_tinyvit *tv, int i, int j, int64_t B)
     MS_TRY(ms_layernorm_forward(dev, a->lnw, a->mean1, a->rstd1, a->xw, tv_p(tv, b->norm_w), tv_p(tv, b->norm_b), R,
                                 C, TV_LN_EPS));
     MS_TRY(ms_linear_forward(dev, a->qkv, a->lnw, tv_p(tv, b->qkv_w), tv_p(tv, b->qkv_b), R, C, 3 * C));
+    if (tv_has_lora(tv, i))
+        for (int k = 0; k < 2; k++) MS_TRY(tv_lora(tv, i, j, k, R, NULL, NULL));
     /* ab[h, n, m] = attention_biases[h, idx[n, m]]: rows of the transposed table gathered, then transposed back */
     MS_TRY(ms_transpose_forward(dev, p->biasT, tv_p(tv, b->ab), 1, nh, N));
     MS_TRY(ms_gather_rows_forward(dev, p->abT, p->biasT, p->idx[i], N * N, nh));
@@ -640,8 +774,17 @@ static ms_status tv_attention(ms_tinyvit *tv, int i, int j, int64_t B)
     for (int64_t h = 0; h < nh; h++)
         MS_TRY(ms_matmul_forward(dev, a->att + h * hd, a->pr + h * N * N, a->qkv + h * 3 * hd + 2 * hd, &dp));
     MS_TRY(ms_linear_forward(dev, p->prj, a->att, tv_p(tv, b->proj_w), tv_p(tv, b->proj_b), R, C, C));
-    MS_TRY(ms_window_unpartition_forward(dev, p->xw, p->prj, B, g, g, C, (int)ws));
-    return ms_add_forward(dev, p->tok, a->in, p->xw, B * g * g * C);
+    if (!tv_has_adapter(tv, i)) {
+        MS_TRY(ms_window_unpartition_forward(dev, p->xw, p->prj, B, g, g, C, (int)ws));
+        return ms_add_forward(dev, p->tok, a->in, p->xw, B * g * g * C);
+    }
+    /* Space_Adapter (with its skip) on the cropped attention output, then the block's residual */
+    int64_t M = B * g * g;
+    const int w[4] = {b->sa_w1, b->sa_b1, b->sa_w2, b->sa_b2};
+    MS_TRY(ms_window_unpartition_forward(dev, a->sa_in, p->prj, B, g, g, C, (int)ws));
+    MS_TRY(tv_adapter(tv, w, a->sa_in, a->sa_h, a->sa_g, p->prj, M, C));
+    MS_TRY(ms_add_forward(dev, p->prj, a->sa_in, p->prj, M * C));
+    return ms_add_forward(dev, p->tok, a->in, p->prj, M * C);
 }
 
 /* TinyViTBlock j of layer i: a->in (B, g·g, C) → a->out. */
@@ -663,7 +806,13 @@ static ms_status tv_block(ms_tinyvit *tv, int i, int j, int64_t B)
     MS_TRY(ms_linear_forward(dev, a->h, a->ln2, tv_p(tv, b->fc1_w), tv_p(tv, b->fc1_b), M, C, H));
     MS_TRY(ms_gelu_forward(dev, a->hg, a->h, M * H));
     MS_TRY(ms_linear_forward(dev, p->prj, a->hg, tv_p(tv, b->fc2_w), tv_p(tv, b->fc2_b), M, H, C));
-    return ms_add_forward(dev, a->out, a->tok2, p->prj, M * C);
+    if (!tv_has_adapter(tv, i)) return ms_add_forward(dev, a->out, a->tok2, p->prj, M * C);
+    /* MLP_Adapter, parallel to the MLP on the same input (without backward out is tok2: read it first) */
+    const int w[4] = {b->ma_w1, b->ma_b1, b->ma_w2, b->ma_b2};
+    MS_TRY(tv_adapter(tv, w, a->tok2, a->ma_h, a->ma_g, p->ado, M, C));
+    MS_TRY(ms_scale_forward(dev, p->ado, p->ado, tv->peft.adapter_scale, M * C));
+    MS_TRY(ms_add_forward(dev, a->out, a->tok2, p->prj, M * C));
+    return ms_add_forward(dev, a->out, a->out, p->ado, M * C);
 }
 
 /* neck: tokens (B, g·g, C3) → emb (B, out, g, g) */
@@ -755,8 +904,6 @@ const float *ms_tinyvit_stage(const ms_tinyvit *tv, int stage)
 
 /* ------------------------------------------------------------------------------------------------ backward */
 
-static ms_status tv_zero(ms_tinyvit *tv, float *d, int64_t n) { return ms_dev_zero(tv->dev, d, (size_t)n * sizeof(float)); }
-
 /* Backward of tv_cbn from dout (the unit's output gradient) into dx (x's gradient; zeroed first when zero_dx, and
  * then it may be dout itself; NULL when x needs none). ta, tb: scratch distinct from dout and dx. BatchNorm's
  * backward in the forward's mode. */
@@ -828,6 +975,12 @@ static ms_status tv_attention_backward(ms_tinyvit *tv, int i, int j, int64_t B, 
     tv_blk_act *a = &p->blk[i][j];
     int64_t g = ms_tinyvit_grid(c, i), C = c->dims[i], nh = c->heads[i], hd = C / nh, ws = c->windows[i];
     int64_t nw = (g + ws - 1) / ws, N = ws * ws, Bw = B * nw * nw, R = Bw * N;
+    if (tv_has_adapter(tv, i)) { /* the attention output's gradient: the adapter's skip plus its branch */
+        const int w[4] = {b->sa_w1, b->sa_b1, b->sa_w2, b->sa_b2};
+        MS_TRY(ms_dev_copy(dev, p->ado, dtok1, (size_t)(B * g * g * C) * sizeof(float)));
+        MS_TRY(tv_adapter_backward(tv, w, dtok1, a->sa_in, a->sa_h, a->sa_g, p->ado, B * g * g, C));
+        dtok1 = p->ado;
+    }
     MS_TRY(tv_zero(tv, t0, R * C));
     MS_TRY(ms_window_unpartition_backward(dev, t0, dtok1, B, g, g, C, (int)ws));
     MS_TRY(tv_zero(tv, t1, R * C));
@@ -857,6 +1010,8 @@ static ms_status tv_attention_backward(ms_tinyvit *tv, int i, int j, int64_t B, 
     MS_TRY(tv_zero(tv, t0, R * C));
     MS_TRY(ms_linear_backward(dev, t0, tv_g(tv, b->qkv_w), tv_g(tv, b->qkv_b), p->dqkv, a->lnw, tv_p(tv, b->qkv_w), R,
                               C, 3 * C));
+    if (tv_has_lora(tv, i))
+        for (int k = 0; k < 2; k++) MS_TRY(tv_lora(tv, i, j, k, R, p->dqkv, t0));
     MS_TRY(tv_zero(tv, t1, R * C));
     MS_TRY(ms_layernorm_backward(dev, t1, tv_g(tv, b->norm_w), tv_g(tv, b->norm_b), t0, a->xw, tv_p(tv, b->norm_w),
                                  a->mean1, a->rstd1, R, C));
@@ -875,8 +1030,13 @@ static ms_status tv_block_backward(ms_tinyvit *tv, int i, int j, int64_t B, floa
     int64_t g = ms_tinyvit_grid(c, i), C = c->dims[i], L = g * g, M = B * L, H = C * c->mlp_ratio;
     float *ta = *d, *tb, *tc, *td;
     tv_others(p, ta, &tb, &tc, &td);
-    /* out = tok2 + fc2(GELU(fc1(LN(tok2)))) */
+    /* out = tok2 + fc2(GELU(fc1(LN(tok2)))) (+ scale·MLP_Adapter(tok2)) */
     MS_TRY(ms_dev_copy(dev, tc, ta, (size_t)(M * C) * sizeof(float)));
+    if (tv_has_adapter(tv, i)) {
+        const int w[4] = {b->ma_w1, b->ma_b1, b->ma_w2, b->ma_b2};
+        MS_TRY(ms_scale_forward(dev, p->ado, ta, tv->peft.adapter_scale, M * C));
+        MS_TRY(tv_adapter_backward(tv, w, p->ado, a->tok2, a->ma_h, a->ma_g, tc, M, C));
+    }
     MS_TRY(tv_zero(tv, p->dh0, M * H));
     MS_TRY(ms_linear_backward(dev, p->dh0, tv_g(tv, b->fc2_w), tv_g(tv, b->fc2_b), ta, a->hg, tv_p(tv, b->fc2_w), M, H,
                               C));
@@ -938,12 +1098,33 @@ static ms_status tv_mbconv_backward(ms_tinyvit *tv, int j, const float *x, int64
     return MS_OK;
 }
 
-/* Layers 3..1 backward: *d holds the gradient of layer 3's tokens; on return *d holds that of out[0]. */
-static ms_status tv_layers_backward(ms_tinyvit *tv, int64_t B, float **d)
+/* The lowest stage with a trainable tensor: 0 the stem and layer 0, i = 1..3 layers.i (blocks, merging, PEFT),
+ * 4 the neck, 5 none. Without dx the backward stops there: below it nothing needs a gradient (with LoRA on a
+ * frozen encoder that skips layer 0 and the stem, the largest activations). */
+static int tv_lowest_trainable(const ms_tinyvit *tv)
+{
+    size_t np = strlen(tv->prefix);
+    int low = 5;
+    for (int i = 0; i < tv->ps->n && low > 0; i++) {
+        const char *nm = tv->ps->p[i].name;
+        if (strncmp(nm, tv->prefix, np) || !ms_params_grad(tv->ps, i)) continue;
+        nm += np;
+        int st = 5;
+        if (!strncmp(nm, "patch_embed.", 12)) st = 0;
+        else if (!strncmp(nm, "layers.", 7) && nm[7] >= '0' && nm[7] <= '3') st = nm[7] - '0';
+        else if (!strncmp(nm, "neck.", 5)) st = 4;
+        if (st < low) low = st;
+    }
+    return low;
+}
+
+/* Layers 3..max(1, low) backward: *d holds the gradient of layer 3's tokens; on return, when low ≤ 1, *d holds
+ * that of out[0]. */
+static ms_status tv_layers_backward(ms_tinyvit *tv, int64_t B, float **d, int low)
 {
     tv_priv *p = tv->priv;
     const ms_tinyvit_config *c = &tv->cfg;
-    for (int i = 3; i >= 1; i--) {
+    for (int i = 3; i >= 1 && i >= low; i--) {
         int64_t g = ms_tinyvit_grid(c, i), C = c->dims[i];
         if (i < 3) { /* merging i's input was the grid of the last block's tokens */
             MS_TRY(tv_merge_backward(tv, i, B, d));
@@ -966,12 +1147,14 @@ ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dt
     MS_FAIL_IF(tv->neck_ran ? !demb : !dtok, MS_EINVAL, "TinyViT: backward needs %s (the last forward %s the neck)",
                tv->neck_ran ? "demb" : "dtok", tv->neck_ran ? "ran" : "skipped");
     const ms_tinyvit_config *c = &tv->cfg;
-    int64_t B = tv->batch, S = c->img_size, C0 = c->dims[0], g0 = ms_tinyvit_grid(c, 0);
+    int64_t B = tv->batch, S = c->img_size, C0 = c->dims[0];
     int64_t g3 = ms_tinyvit_grid(c, 3);
+    int low = dx ? 0 : tv_lowest_trainable(tv);
     float *d = p->g[0];
     if (tv->neck_ran) MS_TRY(tv_neck_backward(tv, demb, B, d));
     else MS_TRY(ms_dev_copy(tv->dev, d, dtok, (size_t)(B * g3 * g3 * c->dims[3]) * sizeof(float)));
-    MS_TRY(tv_layers_backward(tv, B, &d));
+    MS_TRY(tv_layers_backward(tv, B, &d, low));
+    if (low > 0) return MS_OK;
     MS_TRY(tv_merge_backward(tv, 0, B, &d));
     for (int j = c->depths[0] - 1; j >= 0; j--)
         MS_TRY(tv_mbconv_backward(tv, j, j ? p->mb[j - 1].out : p->stem, B, &d));
@@ -979,7 +1162,6 @@ ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dt
     tv_others(p, d, &ta, &tb, &tc);
     MS_TRY(tv_cbn_backward(tv, &tv->stem[1], &p->stem_a[1], p->stem_a[0].a, d, d, 1, NULL, ta, B, C0 / 2, S / 2, C0,
                            3, 2, 0, 0));
-    (void)g0;
     return tv_cbn_backward(tv, &tv->stem[0], &p->stem_a[0], p->x, d, dx, 0, ta, tb, B, c->in_chans, S, C0 / 2, 3, 2,
                            0, 1);
 }
@@ -1074,16 +1256,81 @@ ms_status ms_tinyvit_init_random(ms_tinyvit *tv, uint64_t seed)
     return rc;
 }
 
-/* ------------------------------------------------------------------------------------------------ PEFT (stubs) */
+/* ------------------------------------------------------------------------------------------------ PEFT */
 
 ms_status ms_tinyvit_add_peft(ms_tinyvit *tv, const ms_tinyvit_peft *pf)
 {
-    (void)tv; (void)pf;
-    MS_FAIL(MS_EUNSUPPORTED, "TinyViT: PEFT not implemented yet");
+    ms_params *ps = tv->ps;
+    const ms_tinyvit_config *c = &tv->cfg;
+    MS_FAIL_IF(!ps, MS_EBADSTATE, "TinyViT: add_peft before ms_tinyvit_init");
+    MS_FAIL_IF(ps->data, MS_EBADSTATE, "TinyViT: add_peft after ms_params_alloc");
+    MS_FAIL_IF(tv->priv, MS_EBADSTATE, "TinyViT: add_peft after ms_tinyvit_reserve");
+    MS_FAIL_IF(tv->peft.lora_rank || tv->peft.adapter_layers, MS_EBADSTATE, "TinyViT: PEFT tensors already added");
+    ms_tinyvit_peft f = *pf;
+    f.lora_layers &= 0xEu; /* layers 1..3: layer 0 is convolutional */
+    f.adapter_layers &= 0xEu;
+    for (int i = 1; i < 4; i++) {
+        MS_FAIL_IF((f.lora_layers >> i & 1) && f.lora_rank > 0 && f.lora_rank > c->dims[i], MS_EINVAL,
+                   "TinyViT: LoRA rank %d above layer %d's dim %d", f.lora_rank, i, c->dims[i]);
+        MS_FAIL_IF((f.adapter_layers >> i & 1) && c->dims[i] < 4, MS_EINVAL, "TinyViT: adapters need dim >= 4");
+    }
+    MS_FAIL_IF(f.lora_rank < 0, MS_EINVAL, "TinyViT: LoRA rank %d", f.lora_rank);
+    if (!f.lora_rank) f.lora_layers = 0;
+    if (!f.lora_layers) f.lora_rank = 0;
+    if (f.adapter_layers && f.adapter_scale == 0.0f) f.adapter_scale = 0.5f; /* finetune-SAM's TinyViTBlock */
+    tv_reg r = {ps, tv->prefix, 0};
+    int first = ps->n;
+    int64_t rk = f.lora_rank;
+    for (int i = 1; i < 4; i++)
+        for (int j = 0; j < c->depths[i]; j++) {
+            ms_tinyvit_block *b = &tv->blk[i][j];
+            int64_t C = c->dims[i], Da = C / 4, sa[2] = {rk, C}, sb[2] = {C, rk}, s1[2] = {Da, C}, s2[2] = {C, Da};
+            if (f.lora_layers >> i & 1) {
+                b->lora_aq = tv_add(&r, 0, 2, sa, "layers.%d.blocks.%d.attn.qkv.linear_a_q.weight", i, j);
+                b->lora_bq = tv_add(&r, 0, 2, sb, "layers.%d.blocks.%d.attn.qkv.linear_b_q.weight", i, j);
+                b->lora_av = tv_add(&r, 0, 2, sa, "layers.%d.blocks.%d.attn.qkv.linear_a_v.weight", i, j);
+                b->lora_bv = tv_add(&r, 0, 2, sb, "layers.%d.blocks.%d.attn.qkv.linear_b_v.weight", i, j);
+            }
+            if (f.adapter_layers >> i & 1) {
+                static const char *nm[2] = {"MLP_Adapter", "Space_Adapter"}; /* finetune-SAM's registration order */
+                int *dst[2][4] = {{&b->ma_w1, &b->ma_b1, &b->ma_w2, &b->ma_b2},
+                                  {&b->sa_w1, &b->sa_b1, &b->sa_w2, &b->sa_b2}};
+                for (int k = 0; k < 2; k++) {
+                    *dst[k][0] = tv_add(&r, 0, 2, s1, "layers.%d.blocks.%d.%s.D_fc1.weight", i, j, nm[k]);
+                    *dst[k][1] = tv_add(&r, 1, 1, s1, "layers.%d.blocks.%d.%s.D_fc1.bias", i, j, nm[k]);
+                    *dst[k][2] = tv_add(&r, 0, 2, s2, "layers.%d.blocks.%d.%s.D_fc2.weight", i, j, nm[k]);
+                    *dst[k][3] = tv_add(&r, 1, 1, s2, "layers.%d.blocks.%d.%s.D_fc2.bias", i, j, nm[k]);
+                }
+            }
+        }
+    if (r.bad) return MS_EINVAL;
+    for (int k = first; k < ps->n; k++) ps->p[k].optional = 1; /* a plain MobileSAM file loads; these keep their init */
+    tv->peft = f;
+    return MS_OK;
 }
 
 ms_status ms_tinyvit_peft_init_random(ms_tinyvit *tv, uint64_t seed)
 {
-    (void)tv; (void)seed;
-    MS_FAIL(MS_EUNSUPPORTED, "TinyViT: PEFT not implemented yet");
+    ms_params *ps = tv->ps;
+    MS_FAIL_IF(!ps || !ps->data, MS_EBADSTATE, "TinyViT: parameters not allocated");
+    int64_t maxn = 1;
+    for (int i = 0; i < ps->n; i++) maxn = max64(maxn, ps->p[i].numel);
+    float *h = malloc((size_t)maxn * sizeof(float));
+    MS_FAIL_IF(!h, MS_ENOMEM, "TinyViT: out of memory");
+    ms_status rc = MS_OK;
+    for (int i = 1; i < 4 && !rc; i++)
+        for (int j = 0; j < tv->cfg.depths[i] && !rc; j++) {
+            const ms_tinyvit_block *b = &tv->blk[i][j];
+            int64_t C = tv->cfg.dims[i], Da = C / 4;
+            if (tv_has_lora(tv, i)) { /* kaiming_uniform(a=√5) on A (fan_in C), B = 0 (finetune-SAM's reset) */
+                const int idx[4] = {b->lora_aq, b->lora_bq, b->lora_av, b->lora_bv};
+                for (int k = 0; k < 4 && !rc; k++) rc = tv_fill(tv, idx[k], k & 1 ? TV_ZERO : TV_UNIFORM, C, seed, h);
+            }
+            if (tv_has_adapter(tv, i)) { /* nn.Linear's default: weight and bias U(±1/√in_features) */
+                const int idx[8] = {b->sa_w1, b->sa_b1, b->sa_w2, b->sa_b2, b->ma_w1, b->ma_b1, b->ma_w2, b->ma_b2};
+                for (int k = 0; k < 8 && !rc; k++) rc = tv_fill(tv, idx[k], TV_UNIFORM, (k & 2) ? Da : C, seed, h);
+            }
+        }
+    free(h);
+    return rc;
 }

@@ -1,7 +1,9 @@
 /* pretrain/tinyvit.h — MobileSAM's image encoder, TinyViT (ChaoningZhang/MobileSAM,
- * mobile_sam/modeling/tiny_vit_sam.py; build_sam.py build_sam_vit_t; docs/MODEL.md §TinyViT). FORWARD ONLY, in
- * inference mode: BatchNorm normalises with its running statistics and never updates them. CPU or CUDA through the
- * op table (kernels/ops.h); tested on the CPU against MobileSAM's own code (tests/pretrain/test_tinyvit.c).
+ * mobile_sam/modeling/tiny_vit_sam.py; build_sam.py build_sam_vit_t; docs/MODEL.md §TinyViT). Forward and
+ * backward, BatchNorm in inference mode (running statistics, never updated) or training mode (batch statistics,
+ * running ones updated: ms_tinyvit.bn_train), LoRA and adapters as finetune-SAM applies them. CPU or CUDA through
+ * the op table (kernels/ops.h); tested on the CPU against MobileSAM's own code (tests/pretrain/test_tinyvit.c,
+ * test_tinyvit_grad.c).
  *
  *   x (B,3,S,S) → stem: Conv2d_BN(3→C0/2, 3×3 s2) GELU Conv2d_BN(→C0, 3×3 s2)          (B,C0,S/4,S/4)
  *   → layer 0: depth0 × MBConv (1×1 expand 4, GELU, dw 3×3, GELU, 1×1, + x, GELU), then PatchMerging
@@ -22,13 +24,14 @@
  *
  * Parameters are registered under MobileSAM's state-dict keys with a prefix ("image_encoder." for a full model),
  * including the classifier (norm_head, head: unused by SAM, but in every MobileSAM file) and BatchNorm's running
- * statistics (float buffers; they must never be trained — the backward will keep them out of the trainable set).
+ * statistics (float buffers, ms_param.buffer: never trainable, never given a gradient).
  * num_batches_tracked (int64) is not a float and lives outside ms_params: ms_tinyvit_load accepts it, and
  * export writes it (a later step). attention_bias_idxs is a non-persistent buffer (not in files): built here.
  *
  * Layouts: NCHW in the stem, layer 0 and the mergings; tokens (B·H·W, C), row b·H·W + y·W + x, in layers 1–3.
- * Activations live in one arena sized once for (config, max batch); the stage outputs stay readable until the
- * next forward (ms_tinyvit_stage). No backward yet.
+ * Activations live in one arena sized once for (config, max batch, with_backward); the stage outputs stay readable
+ * until the next forward (ms_tinyvit_stage). Without backward every block runs in shared scratch; with it each
+ * unit keeps what its backward reads, plus a copy of the input.
  */
 #ifndef MS_TINYVIT_H
 #define MS_TINYVIT_H
@@ -145,11 +148,16 @@ void ms_tinyvit_free(ms_tinyvit *tv);
  * per problem; nothing loaded on any error. */
 ms_status ms_tinyvit_load(ms_tinyvit *tv, const ms_state_dict *sd);
 /* x (B,3,S,S) → emb (B,out_chans,g,g), device memory, B ≤ max_batch. emb == NULL: stop after layer 3 (its tokens
- * are ms_tinyvit_stage(tv, 3); MAE's encoder output). BatchNorm in the mode tv->bn_train says. */
+ * are ms_tinyvit_stage(tv, 3); MAE's encoder output; tv->neck_ran says which). BatchNorm in the mode tv->bn_train
+ * says; in training mode the running statistics are updated (momentum 0.1, unbiased variance) and bn_batches += 1.
+ * With backward reserved x is copied: the caller may reuse it before the backward. */
 ms_status ms_tinyvit_forward(ms_tinyvit *tv, const float *x, int B, float *emb);
 /* Backward of the last forward (reserved with_backward): from demb (B,out_chans,g,g) when that forward ran the
- * neck, else from dtok (B·g·g, C3) for layer 3's tokens. Accumulates (+=) into the gradients of trainable
- * tensors and into dx (B,3,S,S) when dx != NULL. */
+ * neck, else from dtok (B·g·g, C3) for layer 3's tokens (the other is ignored). BatchNorm's
+ * backward in the mode of that forward (training: through the batch statistics). Accumulates (+=) into the
+ * gradients of trainable tensors (frozen ones, ms_params_grad NULL, cost no weight-gradient work) and into dx
+ * (B,3,S,S) when dx != NULL; without dx it stops at the lowest layer holding a trainable tensor. Repeatable: it
+ * only reads what the forward kept. */
 ms_status ms_tinyvit_backward(ms_tinyvit *tv, const float *demb, const float *dtok, float *dx);
 /* Outputs of the last forward (device memory): stage −1 the stem (B,C0,S/4,S/4); stage i in 0..3 layers[i]'s
  * output as tokens (B, L, C) (after its merging). NULL before a forward. */

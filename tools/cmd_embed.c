@@ -70,6 +70,9 @@ static ms_status load_encoder(ms_state_dict *sd, ms_params *ps, ms_sam_encoder *
         ms_tinyvit_config tc;
         MS_TRY(ms_sam_tinyvit_config_from_sd(sd, tiny, &tc));
         MS_TRY(ms_tinyvit_init(tv, &tc, ps, tiny));
+        ms_tinyvit_peft tp; /* finetune-SAM's LoRA / adapters: its model, as ms_sam_load_sd builds it */
+        if (ms_sam_tinyvit_peft_from_sd(sd, tiny, &tp)) MS_TRY(ms_tinyvit_add_peft(tv, &tp));
+        for (int i = 0; i < ps->n; i++) ps->p[i].optional = 0;
         MS_TRY(ms_params_alloc(ps, dev));
         MS_TRY(ms_tinyvit_load(tv, sd)); /* BatchNorms' num_batches_tracked accepted */
         *t = tv;
@@ -98,7 +101,8 @@ static int run(int argc, char **argv)
         "mrisam embed --ckpt F|RUN (--image IMG.png | --store S --key K) -o EMB.npy [options]",
         "Computes SAM's image embedding: resize the longest side to the model's input size, SAM's pixel mean/std "
         "(gray replicated to RGB), zero pad bottom/right, image encoder. Writes float32 (1, 256, S/16, S/16). The "
-        "model variant is read from the checkpoint's shapes. The bilinear resize is PIL-style (antialiased when "
+        "model variant is read from the checkpoint's shapes: SAM's vit_b/l/h (or any SAM-shaped encoder) or "
+        "MobileSAM's vit_t (mobile_sam.pt, TinyViT at 1024). The bilinear resize is PIL-style (antialiased when "
         "shrinking) but not bit-exact with PIL's uint8 output. --ckpt also takes a pretraining run (RUN/, "
         "RUN/ckpt/step_N) and a fine-tuning one (RUN/, RUN/best, RUN/ckpt/step_N; its preprocessing unless --resize "
         "/ --norm say otherwise; a store slice is read with the intensity normalisation it was trained on).",

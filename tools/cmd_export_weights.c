@@ -15,7 +15,8 @@ static int run(int argc, char **argv)
     static const ms_cmd_help help = {
         "mrisam export-weights CKPT -o F.pth|F.safetensors [--layout sam|finetune-sam] [--task NAME]",
         "Writes a pretraining checkpoint as full SAM weights in SAM's key layout (image encoder from the checkpoint,\n"
-        "prompt encoder and mask decoder as the run built them), loadable with SAM's own builder (strict).\n"
+        "prompt encoder and mask decoder as the run built them), loadable with SAM's own builder (strict);\n"
+        "vit_t (MobileSAM's TinyViT) in mobile_sam.pt's layout, num_batches_tracked included, for MobileSAM's builder.\n"
         "CKPT: a run directory (newest complete checkpoint), its ckpt/ folder, or a ckpt/step_%08d/ directory.\n"
         "A fine-tuning checkpoint (RUN/, RUN/best) is written with its task's head as SAM's (--task when several):\n"
         "--layout sam merges LoRA into the base weights (adapters cannot be merged: use finetune-sam);\n"

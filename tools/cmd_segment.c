@@ -339,7 +339,8 @@ static int run(int argc, char **argv)
         "[--mask-input LOW.npy] [--embedding EMB.npy] [--task NAME] -o MASK.png [--logits LOW.npy]\n"
         "       mrisam segment --ckpt F --image IMG.png --auto -o LABELS.png [--json MASKS.json] [--points-per-side 32] "
         "[--pred-iou-thresh 0.88] [--stability-thresh 0.95] [--box-nms-thresh 0.7]",
-        "Zero-shot SAM with the official predictor's pre- and post-processing. Coordinates are in the image's pixels "
+        "Zero-shot SAM with the official predictor's pre- and post-processing; SAM's vit_b/l/h or MobileSAM's vit_t "
+        "(mobile_sam.pt), read from the checkpoint's shapes. Coordinates are in the image's pixels "
         "(x = column, y = row); LABEL is 1 (foreground, default) or 0 (background). Without --multimask the "
         "single-mask token is used; with it, the mask with the highest predicted IoU of the three. Prints the IoU "
         "predictions; --logits writes the selected low-resolution logits, float32 (1, M, 4·S/16, 4·S/16). --ckpt also "

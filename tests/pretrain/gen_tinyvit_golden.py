@@ -32,6 +32,17 @@ Writes tests/pretrain/golden/tinyvit_test.pth (torch.save of a flat dict):
   stage.stem                 patch_embed output (B,C0,S/4,S/4)           sampled (.idx/.val/.stats)
   stage.layer.<i>            layers[i] output, tokens (B,L,C)             sampled when > FULL_MAX elements
   emb                        neck output (B,256,S/16,S/16)               in full
+Writes tests/pretrain/golden/tinyvit_test_grad.pth (test_tinyvit_grad.c), same weights and input, float64:
+  <case>.grad.<key>          every parameter gradient upstream gives (sampled: in full up to GRAD_FULL values,
+                             else GRAD_NS samples + stats), <case>.dx (B,3,S,S) sampled, for the cases
+    train                    model.train() (BatchNorm on batch statistics), L = Σ emb·G, G = 2u − 1 ("golden.G")
+    train3                   the same with the neck skipped, L = Σ tokens3·G3 ("golden.G3")
+    bneval                   model.train() with only its BatchNorm2d modules in eval (running statistics)
+    peft_true, peft_fsam     bneval plus LoRA and adapters (add_peft: forward hooks on upstream's modules, PEFT
+                             tensors PEFT_SCALE·(2u − 1) under their keys), true per-head q/v columns or
+                             finetune-SAM's slicing; also <case>.emb; gradients of the PEFT tensors only
+  run.<key>                  running_mean / running_var / num_batches_tracked after train's forward
+  init.<key>                 [mean, std, min, max, numel] of what upstream's constructor draws (torch seed 0)
 With --state-dict PATH, the vit_t_test weights are also written to PATH by torch.save (a file as MobileSAM's own
 code saves it, num_batches_tracked included; too large to commit): MS_TINYVIT_PTH=PATH test_tinyvit loads it.
 Sampled tensors: NS indices (.idx int64), their values (.val float32), and (Σ, Σx², Σ|x|) (.stats float64).
@@ -218,6 +229,97 @@ def grad_case(up, sd, name, bn_train, neck, x, gen, o):
     print("%s: %d parameter gradients, |dx| sum %.9g" % (name, n, x.grad.abs().sum().item()))
 
 
+PEFT_SCALE = 0.25  # every PEFT tensor = PEFT_SCALE·(2u − 1) under its full key (LoRA B nonzero on purpose)
+PEFT_CASES = (  # name, LoRA rank, LoRA layers, adapter layers, finetune-SAM's column slicing
+    ("peft_true", 4, (1, 2, 3), (1, 3), False),
+    ("peft_fsam", 4, (1, 2, 3), (2,), True),
+)
+
+
+class PeftAdapter(torch.nn.Module):
+    """finetune-SAM's Adapter (models/sam/modeling/common.py) without its skip: D_fc2(GELU(D_fc1(x))), hidden
+    int(C·0.25); the skip (Space_Adapter) is added by the hook."""
+    def __init__(self, c):
+        super().__init__()
+        self.D_fc1 = torch.nn.Linear(c, int(c * 0.25))
+        self.D_fc2 = torch.nn.Linear(int(c * 0.25), c)
+
+    def forward(self, x):
+        return self.D_fc2(torch.nn.functional.gelu(self.D_fc1(x)))
+
+
+def add_peft(m, rank, lora_layers, adapter_layers, fsam):
+    """PEFT on upstream's blocks through forward hooks (upstream's code unchanged):
+    LoRA: attn.qkv's output += (x·A_qᵀ)·B_qᵀ into the q columns, (x·A_vᵀ)·B_vᵀ into the v columns — per head
+    (qkv is laid out [q_h | k_h | v_h] per head, hd each) or, with fsam, finetune-SAM's _LoRA_qkv slicing
+    [0, C) and [3C − C, 3C) (sam_LoRa.py). Space_Adapter: the attention's output a → a + adapter(a) (token-wise, so
+    applying it per window before the crop is the same); MLP_Adapter: the MLP's output + 0.5·adapter(its input),
+    i.e. y + mlp(y) + 0.5·MLP_Adapter(y) as finetune-SAM's TinyViTBlock."""
+    for i, layer in enumerate(m.layers):
+        if i == 0:
+            continue
+        for blk in layer.blocks:
+            c, nh = blk.dim, blk.num_heads
+            hd = c // nh
+            if i in lora_layers:
+                q = blk.attn.qkv
+                for n, shp in (("linear_a_q", (rank, c)), ("linear_b_q", (c, rank)), ("linear_a_v", (rank, c)),
+                               ("linear_b_v", (c, rank))):
+                    setattr(q, n, torch.nn.Linear(shp[1], shp[0], bias=False))
+
+                def lora_hook(mod, inp, out, c=c, nh=nh, hd=hd):
+                    x = inp[0]
+                    dq = mod.linear_b_q(mod.linear_a_q(x))
+                    dv = mod.linear_b_v(mod.linear_a_v(x))
+                    out = out.clone()
+                    if fsam:
+                        out[..., :c] += dq
+                        out[..., -c:] += dv
+                    else:
+                        o = out.view(*out.shape[:-1], nh, 3 * hd)
+                        o[..., :hd] += dq.view(*dq.shape[:-1], nh, hd)
+                        o[..., 2 * hd:] += dv.view(*dv.shape[:-1], nh, hd)
+                    return out
+                q.register_forward_hook(lora_hook)
+            if i in adapter_layers:
+                blk.MLP_Adapter = PeftAdapter(c)
+                blk.Space_Adapter = PeftAdapter(c)
+                blk.attn.register_forward_hook(lambda mod, inp, out, b=blk: out + b.Space_Adapter(out))
+                blk.mlp.register_forward_hook(lambda mod, inp, out, b=blk: out + 0.5 * b.MLP_Adapter(inp[0]))
+    peft = {}
+    for k, v in m.named_parameters():
+        if "linear_" in k or "_Adapter." in k:
+            with torch.no_grad():
+                v.copy_(PEFT_SCALE * counter_uniform("image_encoder." + k, tuple(v.shape), SEED))
+            peft[k] = v
+    return peft
+
+
+def peft_case(up, sd, name, rank, lora_layers, adapter_layers, fsam, x, gen, o):
+    """The model with PEFT, BatchNorm on its running statistics (a frozen encoder), L = Σ emb·G: the embedding,
+    the gradients of the PEFT tensors and dx."""
+    torch.manual_seed(0)
+    m = up.TinyViT(**CFG)
+    m.load_state_dict(sd, strict=True)
+    peft = add_peft(m, rank, lora_layers, adapter_layers, fsam)
+    m = m.double().train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    x = x.clone().requires_grad_(True)
+    g = S // 16
+    h = m.patch_embed(x)
+    for layer in m.layers:
+        h = layer(h)
+    emb = m.neck(h.view(B, g, g, h.shape[-1]).permute(0, 3, 1, 2))
+    (emb * counter_uniform("golden.G", tuple(emb.shape), SEED)).sum().backward()
+    sample(o, "%s.emb" % name, emb, gen, GRAD_FULL, 1024)
+    for k, v in peft.items():
+        sample(o, "%s.grad.image_encoder.%s" % (name, k), v.grad, gen, GRAD_FULL, GRAD_NS)
+    sample(o, "%s.dx" % name, x.grad, gen, GRAD_FULL, 1024)
+    print("%s: %d PEFT tensors, emb sum %.9g" % (name, len(peft), emb.sum().item()))
+
+
 def golden_grad(up, path):
     """tinyvit_test_grad.pth: the weights and input of golden(); see the module comment."""
     torch.manual_seed(0)
@@ -232,6 +334,16 @@ def golden_grad(up, path):
     grad_case(up, sd, "train", True, True, x, gen, o)
     grad_case(up, sd, "train3", True, False, x, gen, o)
     grad_case(up, sd, "bneval", False, True, x, gen, o)
+    for case in PEFT_CASES:
+        peft_case(up, sd, *case, x, gen, o)
+    # what upstream's constructor draws (TinyViT._init_weights, Conv2d_BN's bn_weight_init, PyTorch defaults):
+    # per float tensor [mean, std, min, max, numel], for ms_tinyvit_init_random's distribution check
+    torch.manual_seed(0)
+    for k, v in up.TinyViT(**CFG).state_dict().items():
+        if v.is_floating_point():
+            v = v.double()
+            o["init.image_encoder." + k] = torch.tensor([v.mean(), v.std() if v.numel() > 1 else 0.0, v.min(),
+                                                         v.max(), v.numel()], dtype=torch.float64)
     torch.save(o, path)
 
 

@@ -1,6 +1,6 @@
 /* tests/pretrain/tinyvit_golden.h — helpers shared by test_tinyvit.c and test_tinyvit_vit_t_slow.c: the weights
  * of tests/pretrain/gen_tinyvit_golden.py (counter_init plus its BatchNorm / bias-table rules), the golden file's
- * key list, and the stage comparison. Static functions: include it from one test file only.
+ * key list, and the stage comparison. Static inline functions (each test uses a subset).
  */
 #ifndef MS_TEST_TINYVIT_GOLDEN_H
 #define MS_TEST_TINYVIT_GOLDEN_H
@@ -18,7 +18,7 @@
 #define PREFIX "image_encoder."
 
 /* counter_init plus the generator's rules (gen_tinyvit_golden.py counter_value) */
-static void tv_counter(float *dst, const char *name, const int64_t *shape, int ndim, uint64_t seed)
+static inline void tv_counter(float *dst, const char *name, const int64_t *shape, int ndim, uint64_t seed)
 {
     ms_counter_init(dst, name, shape, ndim, seed);
     int64_t n = 1;
@@ -33,7 +33,7 @@ static void tv_counter(float *dst, const char *name, const int64_t *shape, int n
 /* Golden "key.<name>" entries: [ndim, is_int64, dims...]. */
 typedef struct gkey { const char *name; int ndim, is_int; int64_t shape[4]; } gkey;
 
-static int golden_keys(const ms_state_dict *g, gkey **out)
+static inline int golden_keys(const ms_state_dict *g, gkey **out)
 {
     gkey *k = calloc((size_t)g->n, sizeof *k);
     int n = 0;
@@ -56,7 +56,7 @@ static int golden_keys(const ms_state_dict *g, gkey **out)
     return n;
 }
 
-static void test_keys(const ms_params *ps, const gkey *k, int nk)
+static inline void test_keys(const ms_params *ps, const gkey *k, int nk)
 {
     int nfloat = 0, nint = 0, bad = 0;
     for (int i = 0; i < nk; i++) {
@@ -85,7 +85,7 @@ static void test_keys(const ms_params *ps, const gkey *k, int nk)
  * tensors Σ within tol·Σ|r| (+ n·atol) and Σx² within tol relative (+ the atol terms). atol: a floor for tensors
  * whose exact value is 0 (a gradient a training-mode BatchNorm cancels) and fp32 leaves at rounding level. Returns
  * the max error relative to max|r| + atol/tol (≤ tol: within the tolerance; printed when verbose). */
-static double check_stage_tol(const ms_state_dict *g, const char *key, const float *c, int64_t n, double tol,
+static inline double check_stage_tol(const ms_state_dict *g, const char *key, const float *c, int64_t n, double tol,
                               double atol, int verbose)
 {
     char k[128];
@@ -133,7 +133,7 @@ static double check_stage_tol(const ms_state_dict *g, const char *key, const flo
     return err / (mx + (tol > 0 ? atol / tol : 0) + 1e-300);
 }
 
-static void check_stage(const ms_state_dict *g, const char *key, const float *c, int64_t n)
+static inline void check_stage(const ms_state_dict *g, const char *key, const float *c, int64_t n)
 {
     check_stage_tol(g, key, c, n, TOL, 0, 1);
 }
