@@ -86,8 +86,9 @@ const ms_mae_run_plan *ms_mae_run_plan_get(const ms_mae_run *r) { return &r->pla
 
 /* ---- checkpoints ----------------------------------------------------------------------------------------- */
 
-/* Loads the tensors of ps whose names start with prefix (NULL: all) from the file; every one must be there. */
-static ms_status load_params_from(ms_params *ps, const char *path, const char *prefix)
+/* Loads the tensors of ps whose names start with prefix (NULL: all) from the file; every one must be there. tv:
+ * its BatchNorm counter too (the largest num_batches_tracked, 0 when the file has none). */
+static ms_status load_params_from(ms_params *ps, const char *path, const char *prefix, ms_tinyvit *tv)
 {
     ms_state_dict sd;
     ms_sd_init(&sd);
@@ -95,6 +96,15 @@ static ms_status load_params_from(ms_params *ps, const char *path, const char *p
     if (!rc) {
         rc = ms_params_load_prefix(ps, &sd, prefix);
         if (rc) ms_error_prefix("%s", path);
+    }
+    if (!rc && tv) {
+        tv->bn_batches = 0;
+        for (int i = 0; i < sd.n; i++) {
+            const ms_sd_entry *e = &sd.e[i];
+            if (e->t.dtype == MS_DTYPE_I64 && ms_tensor_numel(&e->t) == 1 &&
+                ms_str_ends_with(e->name, ".num_batches_tracked") && *(const int64_t *)e->t.data > tv->bn_batches)
+                tv->bn_batches = *(const int64_t *)e->t.data;
+        }
     }
     ms_sd_free(&sd);
     return rc;
@@ -112,6 +122,14 @@ ms_status ms_mae_run_state_to_sd(const ms_mae_run *r, ms_state_dict *model, ms_s
             ms_status rc = ms_dev_to_host(r->eps->dev, h, r->eps->data + q->off, (size_t)q->numel * 4);
             if (!rc) rc = ms_sd_add(model, q->name, MS_DTYPE_F32, q->shape, q->ndim, h);
             free(h);
+            if (!rc && r->tv && ms_str_ends_with(q->name, ".running_var")) {
+                /* TinyViT: each BatchNorm's counter after its running_var, as MobileSAM's state dicts have it */
+                char k[MS_PARAM_NAME_MAX + 32];
+                const int64_t one[1] = {1};
+                snprintf(k, sizeof k, "%.*snum_batches_tracked", (int)(strlen(q->name) - strlen("running_var")),
+                         q->name);
+                rc = ms_sd_add(model, k, MS_DTYPE_I64, one, 0, &r->tv->bn_batches);
+            }
             if (rc) return rc;
         }
         MS_TRY(ms_params_to_sd(&r->dec_ps, model));
@@ -152,16 +170,13 @@ static ms_status write_checkpoint(void *ctx, const char *dir)
                      "{\"step\": %lld, \"opt_steps\": %lld, \"skipped\": %lld, \"bad_in_row\": %lld, \"lr_scale\": %.17g,\n"
                      " \"adam_step_encoder\": %lld, \"adam_step_decoder\": %lld, \"zero_world\": %d,\n"
                      " \"loader\": {\"seed\": %llu, \"epoch\": %llu, \"step\": %llu, \"n_records\": %llu, "
-                     "\"global_batch\": %u, \"world\": %u, \"skipped\": %llu}",
+                     "\"global_batch\": %u, \"world\": %u, \"skipped\": %llu}}\n",
                      (long long)ts->step, (long long)ts->opt_steps, (long long)ts->skipped, (long long)ts->bad_in_row,
                      ts->lr_scale, (long long)r->oe.step, (long long)r->od.step, zero_world,
                      (unsigned long long)ts->loader.seed,
                      (unsigned long long)ts->loader.epoch, (unsigned long long)ts->loader.step,
                      (unsigned long long)ts->loader.n_records, ts->loader.global_batch, ts->loader.world,
                      (unsigned long long)ts->loader.skipped);
-    /* TinyViT's BatchNorm counter (num_batches_tracked; the running statistics are tensors of the model) */
-    if (r->tv) n += snprintf(js + n, sizeof js - (size_t)n, ",\n \"bn_batches\": %lld", (long long)r->tv->bn_batches);
-    n += snprintf(js + n, sizeof js - (size_t)n, "}\n");
     MS_TRY(ms_path_join(p, dir, "state.json"));
     MS_TRY(ms_write_file_atomic(p, js, (size_t)n));
     MS_TRY(ms_path_join(p, dir, "loader_state.bin")); /* the loader's fixed-width resume struct, as is */
@@ -213,8 +228,8 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     train_state *ts = &r->ts;
     char p[MS_PATH_MAX];
     MS_TRY(ms_path_join(p, dir, "model.safetensors"));
-    MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix));
-    MS_TRY(load_params_from(&r->dec_ps, p, NULL));
+    MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix, r->tv));
+    MS_TRY(load_params_from(&r->dec_ps, p, NULL, NULL));
     MS_TRY(ms_path_join(p, dir, "state.json"));
     cJSON *j;
     MS_TRY(ms_read_json(p, 1 << 20, &j));
@@ -233,7 +248,6 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     ts->lr_scale = jnum(j, "lr_scale");
     r->oe.step = (int64_t)jnum(j, "adam_step_encoder");
     r->od.step = (int64_t)jnum(j, "adam_step_decoder");
-    if (r->tv) r->tv->bn_batches = (int64_t)jnum(j, "bn_batches");
     cJSON_Delete(j);
     MS_FAIL_IF(!ts->lr_scale, MS_EFORMAT, "%s: incomplete state", p);
     MS_TRY(ms_path_join(p, dir, "loader_state.bin"));

@@ -20,7 +20,8 @@
  * as torch does), its classifier (norm_head, head) and its neck (neither runs in MAE); it runs at its own input
  * size only; its BatchNorms use batch statistics in the training forwards and the running ones in the validation
  * and in the decoder-only warm-up (a frozen encoder never updates them). model.safetensors holds the running
- * statistics (they are tensors of the block) and state.json the BatchNorm batch counter (bn_batches); with several
+ * statistics (they are tensors of the block) and each BatchNorm's num_batches_tracked (int64, MobileSAM's key) after
+ * its running_var; with several
  * ranks the running statistics are averaged over the ranks after every step, so every rank holds the same.
  * On the CPU a resumed run continues bit-exactly: loader order, masks and augmentation are pure functions of
  * (seed, epoch, position), and every reduction has a fixed order.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/pretrain/test_mae_tinyvit_cli.sh — `mrisam pretrain --model vit_t_test` (MAE over MobileSAM's TinyViT,
 # docs/MAE.md §TinyViT) on a store of mricron's ch2, batch 2 at 256 on the CPU, 4 steps:
-#  1. an uninterrupted run exports RUN/sam_mri_vit_t_test.{pth,safetensors}; its state.json records bn_batches;
+#  1. an uninterrupted run exports RUN/sam_mri_vit_t_test.{pth,safetensors}; its last checkpoint's model.safetensors holds
+#     every BatchNorm's num_batches_tracked = 4;
 #  2. the same run stopped after step 2 (MRISAM_TEST_STOP: exit 75) and resumed gives the same exports, byte for
 #     byte, and the same log.jsonl (t and img_per_s aside);
 #  3. the export loads back as a whole MobileSAM (strictly: `pretrain --ckpt` on it runs, its num_batches_tracked
@@ -27,8 +28,18 @@ A="--store $T/store --init random --model vit_t_test --batch-size 2 --decoder-di
 
 "$MRISAM" pretrain $A -o "$T/a" > "$T/a.log" 2>&1
 check $? "uninterrupted run ($(tail -n 1 "$T/a.log"))"
-grep -q '"bn_batches": 4' "$T/a/ckpt/step_00000004/state.json"
-check $? "state.json records bn_batches 4"
+$PY - "$T/a/ckpt/step_00000004/model.safetensors" <<'PYEND'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+hl = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + hl])
+n = [k for k in h if k.endswith("num_batches_tracked")]
+v = [struct.unpack("<q", b[8 + hl + h[k]["data_offsets"][0]:][:8])[0] for k in n]
+ok = len(n) == sum(1 for k in h if k.endswith("running_var")) > 0 and all(x == 4 for x in v)
+print("%d num_batches_tracked keys: %s" % (len(n), sorted(set(v))))
+sys.exit(0 if ok else 1)
+PYEND
+check $? "the checkpoint's model.safetensors holds every num_batches_tracked = 4"
 
 MRISAM_TEST_STOP=2,0 "$MRISAM" pretrain $A -o "$T/b" > "$T/b1.log" 2>&1
 rc=$?
