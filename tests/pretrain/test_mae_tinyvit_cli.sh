@@ -5,6 +5,7 @@
 #     every BatchNorm's num_batches_tracked = 4;
 #  2. the same run stopped after step 2 (MRISAM_TEST_STOP: exit 75) and resumed gives the same exports, byte for
 #     byte, and the same log.jsonl (t and img_per_s aside);
+#     `export-weights RUN/` re-creates the export from the last checkpoint, byte for byte;
 #  3. the export loads back as a whole MobileSAM (strictly: `pretrain --ckpt` on it runs, its num_batches_tracked
 #     counts the 4 training forwards, its BatchNorm running statistics differ from a fresh --init random's);
 #  4. --input-size other than 256 is refused (exit 1, one line).
@@ -51,6 +52,9 @@ for f in sam_mri_vit_t_test.pth sam_mri_vit_t_test.safetensors; do
     cmp -s "$T/a/$f" "$T/b/$f"
     check $? "resumed export $f equals the uninterrupted one"
 done
+"$MRISAM" export-weights "$T/a" -o "$T/ew.safetensors" > /dev/null 2>&1 &&
+    cmp -s "$T/ew.safetensors" "$T/a/sam_mri_vit_t_test.safetensors"
+check $? "export-weights RUN/ re-creates the export byte for byte (BatchNorm counters included)"
 
 "$MRISAM" pretrain --store "$T/store" --init random --model vit_t_test --batch-size 2 --decoder-dim 32 \
     --decoder-depth 1 --decoder-heads 2 --val-slices 0 --max-steps 1 --threads 2 --seed $SEED -o "$T/fresh" \
