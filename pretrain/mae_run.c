@@ -414,6 +414,11 @@ static ms_status open_model(ms_mae_run *r)
     r->g = r->S / enc->cfg.patch;
     ms_params_set_trainable(r->eps, "", 0);
     ms_params_set_trainable(r->eps, c->enc_prefix, 1);
+    /* MAE never runs the neck: frozen, so that weight decay does not shrink it either (it is exported as it came) */
+    char neck[MS_PARAM_NAME_MAX];
+    MS_FAIL_IF(snprintf(neck, sizeof neck, "%sneck.", c->enc_prefix) >= (int)sizeof neck, MS_EINVAL,
+               "%s: encoder prefix too long", c->enc_prefix);
+    ms_params_set_trainable(r->eps, neck, 0);
     MS_TRY(ms_params_alloc_grads(r->eps));
     MS_TRY(ms_sam_encoder_reserve(enc, r->dev, c->batch, 1));
     /* the backward finishes the decoder first, then the encoder block by block from the last */
