@@ -445,7 +445,8 @@ static void check_fsam_lora(ms_device *dev, uint64_t seed)
         }
         printf("finetune-SAM TinyViT LoRA (rank %d, layers %#x): PEFT run vs merged (%s): max|d| %.3g (%.2g of max); "
                "the LoRA changes it by %.3g\n", rank, layers << 1, name, d, d / mx, d0);
-        MS_CHECK(d <= 1e-5 * mx && d0 > 1e-3 * mx && !strcmp(name, "vit_t_test"),
+        /* the LoRA's effect must stand well above the merge's rounding (rank 1 on one layer can be small) */
+        MS_CHECK(d <= 1e-5 * mx && d0 > 1e-4 * mx && d0 > 50 * d && !strcmp(name, "vit_t_test"),
                  "LoRA run vs merge %.3g, vs none %.3g (max %.3g), name %s", d, d0, mx, name);
         free(hx), free(ea), free(eb), free(e0);
     }
