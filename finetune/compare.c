@@ -403,7 +403,8 @@ static ms_status pretrain(cmp *x)
         m.stop = c->stop;
         rc = ms_sam_build(&sam, c->sam_ckpt, c->ft.model, m.seed, x->dev, name, sizeof name);
         m.model = name;
-        if (!rc) rc = ms_mae_run_open(&m, x->dev, &sam.enc, &r);
+        const ms_mae_encoder enc = {.vit = sam.cfg.tinyvit ? NULL : &sam.enc, .tv = sam.cfg.tinyvit ? &sam.tv : NULL};
+        if (!rc) rc = ms_mae_run_open_encoder(&m, x->dev, &enc, &r);
         if (!rc) {
             say(x, "compare: pretraining %s on %d store(s), %lld steps%s: %s", name, m.n_stores,
                 (long long)m.max_steps, m.resume ? " (resumed)" : "", run);
