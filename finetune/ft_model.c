@@ -225,6 +225,7 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
     m->dev = dev;
     m->cfg = *cfg;
     MS_TRY(config_check(cfg));
+    ms_state_dict tv_view = {0}; /* TinyViT: init without its BatchNorm counters */
     ms_ft_config *c = &m->cfg;
     ms_sam_config sc;
     int M0 = ms_ft_out_channels(c, 0) + 1, file_M = 0;
@@ -269,6 +270,15 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
     if (!rc) rc = ms_sam_alloc(s);
     if (rc) goto fail;
 
+    /* TinyViT files carry each BatchNorm's num_batches_tracked (an integer, not a parameter): loaded from a view
+     * without them, the counter kept in the encoder */
+    if (init && sc.tinyvit) {
+        int64_t batches = 0;
+        if ((rc = ms_tinyvit_sd_view(&s->tv, init, &tv_view, &batches))) goto fail;
+        s->tv.bn_batches = batches;
+        init = &tv_view;
+    }
+
     /* initial values */
     if (!init) {
         rc = sc.tinyvit ? ms_tinyvit_init_random(&s->tv, seed) : ms_sam_encoder_init_random(&s->enc, seed);
@@ -308,6 +318,8 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
         }
         if (!rc && init) rc = load_adapters(&s->ps, init); /* finetune-SAM's trained adapters go on training */
     }
+    free(tv_view.e);
+    tv_view.e = NULL;
     if (rc) goto fail;
     if (exact) {
         for (int i = 0; i < s->ps.n; i++) s->ps.p[i].trainable = 0;
@@ -320,6 +332,7 @@ static ms_status build(ms_ft_model *m, const ms_ft_config *cfg, const ms_state_d
     m->last_task = -1;
     return MS_OK;
 fail:
+    free(tv_view.e);
     ms_ft_model_free(m);
     return rc;
 }

@@ -247,23 +247,32 @@ static int tv_is_bn_counter(const ms_tinyvit *tv, const ms_sd_entry *e)
 
 ms_status ms_tinyvit_load(ms_tinyvit *tv, const ms_state_dict *sd)
 {
-    /* a shallow copy without the BatchNorm counters: ms_params_load then reports missing, mis-shaped and unknown
-     * keys, one line each, and loads nothing on any error */
-    ms_state_dict f = {0};
-    f.e = malloc((size_t)(sd->n ? sd->n : 1) * sizeof *f.e);
-    MS_FAIL_IF(!f.e, MS_ENOMEM, "out of memory");
-    int64_t batches = 0; /* every BatchNorm of a model counts the same training batches: keep the largest */
-    for (int i = 0; i < sd->n; i++) {
-        const ms_sd_entry *e = &sd->e[i];
-        if (!tv_is_bn_counter(tv, e)) { f.e[f.n++] = *e; continue; }
-        int64_t v = e->t.dtype == MS_DTYPE_I64 ? *(const int64_t *)e->t.data : *(const int32_t *)e->t.data;
-        if (v > batches) batches = v;
-    }
-    f.cap = f.n;
+    /* without the BatchNorm counters, ms_params_load reports missing, mis-shaped and unknown keys, one line each,
+     * and loads nothing on any error */
+    ms_state_dict f;
+    int64_t batches;
+    MS_TRY(ms_tinyvit_sd_view(tv, sd, &f, &batches));
     ms_status rc = ms_params_load(tv->ps, &f, tv->prefix);
     free(f.e);
     if (!rc) tv->bn_batches = batches;
     return rc;
+}
+
+ms_status ms_tinyvit_sd_view(const ms_tinyvit *tv, const ms_state_dict *sd, ms_state_dict *view, int64_t *batches)
+{
+    memset(view, 0, sizeof *view);
+    view->e = malloc((size_t)(sd->n ? sd->n : 1) * sizeof *view->e);
+    MS_FAIL_IF(!view->e, MS_ENOMEM, "out of memory");
+    view->meta_json = sd->meta_json;
+    *batches = 0; /* every BatchNorm of a model counts the same training batches: keep the largest */
+    for (int i = 0; i < sd->n; i++) {
+        const ms_sd_entry *e = &sd->e[i];
+        if (!tv_is_bn_counter(tv, e)) { view->e[view->n++] = *e; continue; }
+        int64_t v = e->t.dtype == MS_DTYPE_I64 ? *(const int64_t *)e->t.data : *(const int32_t *)e->t.data;
+        if (v > *batches) *batches = v;
+    }
+    view->cap = view->n;
+    return MS_OK;
 }
 
 /* ------------------------------------------------------------------------------------------------ activations */

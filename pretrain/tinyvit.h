@@ -147,6 +147,10 @@ void ms_tinyvit_free(ms_tinyvit *tv);
  * prefix, the only extra keys allowed are the num_batches_tracked of registered BatchNorms (int, scalar). One line
  * per problem; nothing loaded on any error. */
 ms_status ms_tinyvit_load(ms_tinyvit *tv, const ms_state_dict *sd);
+/* A shallow view of sd without the registered BatchNorms' num_batches_tracked keys (the entries are shared: free
+ * only view->e), and the largest of those counters in *batches (0 when none): for loaders that check the rest of
+ * a whole model's keys themselves. */
+ms_status ms_tinyvit_sd_view(const ms_tinyvit *tv, const ms_state_dict *sd, ms_state_dict *view, int64_t *batches);
 /* x (B,3,S,S) → emb (B,out_chans,g,g), device memory, B ≤ max_batch. emb == NULL: stop after layer 3 (its tokens
  * are ms_tinyvit_stage(tv, 3); MAE's encoder output; tv->neck_ran says which). BatchNorm in the mode tv->bn_train
  * says; in training mode the running statistics are updated (momentum 0.1, unbiased variance) and bn_batches += 1.

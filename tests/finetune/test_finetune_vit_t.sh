@@ -12,6 +12,7 @@
 #     finetune-sam) predicts what the run predicts.
 #  3. --cache-embeddings with --compat-finetune-sam is refused on vit_t (exit 2).
 #  4. a full encoder+decoder run (BatchNorm in training mode) stopped and resumed equals the uninterrupted run.
+#  5. fine-tuning starts from a vit_t_test pretraining export (its num_batches_tracked keys accepted).
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 MRISAM=${MS_MRISAM:-mrisam}
@@ -30,7 +31,8 @@ cat > "$T/split.json" <<'EOF'
              "train": [[20, 1], [30, 1], [40, 1], [50, 1], [60, 1], [70, 1], [80, 1], [88, 1]],
              "val": [[100, 24]]}]}
 EOF
-A="--store $T/brain --init random --model vit_t_test --threads 2 --split $T/split.json"
+A0="--store $T/brain --threads 2 --split $T/split.json"
+A="$A0 --init random --model vit_t_test"
 
 # 1: learning, then predict from the run
 "$MRISAM" finetune $A --method full --scope decoder --max-steps ${MS_VIT_T_STEPS:-60} --warmup-steps 10 --lr 3e-4 \
@@ -204,6 +206,16 @@ check $? "bit-exact resume (losses)"
 cmp -s "$T/u/ckpt/step_00000006/model.safetensors" "$T/i/ckpt/step_00000006/model.safetensors" &&
     cmp -s "$T/u/ckpt/step_00000006/optim.safetensors" "$T/i/ckpt/step_00000006/optim.safetensors"
 check $? "identical final weights (BatchNorm statistics included) and optimizer state"
+
+# 5: fine-tuning starts from a vit_t pretraining export (MobileSAM's keys, num_batches_tracked included)
+"$MRISAM" pretrain --store "$T/brain" --init random --model vit_t_test --max-steps 2 --batch-size 2 --decoder-dim 32 \
+    --decoder-depth 1 --decoder-heads 2 --val-slices 2 --threads 2 -o "$T/pre" > "$T/pre.log" 2>&1
+check $? "a 2-step vit_t_test pretraining ($(tail -1 "$T/pre.log"))"
+"$MRISAM" finetune $A0 --ckpt "$T/pre/sam_mri_vit_t_test.pth" --method lora --scope encoder+decoder --max-steps 2 \
+    --warmup-steps 1 --val-every 100 --val-slices 2 --batch-size 2 -o "$T/from_pre" > "$T/from_pre.log" 2>&1
+rc=$?
+check $rc "finetune --ckpt the pretraining export ($(tail -1 "$T/from_pre.log"))"
+[ $rc -ne 0 ] && tail -5 "$T/from_pre.log"
 
 echo "test_finetune_vit_t: $(( $(date +%s) - t0 )) s"
 exit $fail
