@@ -398,7 +398,8 @@ static void check_fsam_lora(ms_device *dev, uint64_t seed)
         const ms_sd_entry *e = &sd.e[i];
         int L, j;
         char rest[200];
-        if (sscanf(e->name, "image_encoder.layers.%d.blocks.%d.%199s", &L, &j, rest) == 3 && L >= 1 && (layers >> (L - 1) & 1) &&
+        if (sscanf(e->name, "image_encoder.layers.%d.blocks.%d.%199s", &L, &j, rest) == 3 && L >= 1 &&
+            (layers >> (L - 1) & 1) &&
             (!strcmp(rest, "attn.qkv.weight") || !strcmp(rest, "attn.qkv.bias"))) {
             snprintf(k, sizeof k, "image_encoder.layers.%d.blocks.%d.attn.qkv.qkv.%s", L, j, rest + 9);
             MS_CHECK_OK(ms_sd_add(&f, k, e->t.dtype, e->t.shape, e->t.ndim, e->t.data));
