@@ -100,7 +100,7 @@ ms_status ms_report_plot(const char *gnuplot, const char *dir, const char *name,
             if (isfinite(s[i].y[k])) ms_report_printf(&d, "%.17g %.9g\n", s[i].x[k], s[i].y[k]);
         ms_buf_put(&d, "\n\n", 2);
     }
-    ms_report_printf(&g, "set terminal svg size 760,380 fixed font 'Helvetica,12' background '#ffffff'\n"
+    ms_report_printf(&g, "set terminal svg size 760,440 fixed font 'Helvetica,12' background '#ffffff'\n"
                          "set output ");
     gp_quote(&g, svg);
     ms_report_printf(&g, "\nset termoption noenhanced\nset title ");
@@ -109,7 +109,7 @@ ms_status ms_report_plot(const char *gnuplot, const char *dir, const char *name,
     gp_quote(&g, xlabel);
     ms_report_printf(&g, "\nset ylabel ");
     gp_quote(&g, ylabel);
-    ms_report_printf(&g, "\nset grid\nset key outside right top vertical\nset border 3\nset tics nomirror\n"
+    ms_report_printf(&g, "\nset grid\nset key below\nset border 3\nset tics nomirror\n"
                          "set linetype 1 lc rgb '#1f77b4' lw 2\nset linetype 2 lc rgb '#d62728' lw 2\n"
                          "set linetype 3 lc rgb '#2ca02c' lw 2\nset linetype 4 lc rgb '#9467bd' lw 2\n"
                          "set linetype cycle 4\nplot ");
@@ -293,7 +293,14 @@ ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spa
     int64_t z0, z1;
     int max_label;
     extent(&sg, &z0, &z1, &max_label);
-    int s = im.d[0] < 150 ? 2 : 1;
+    if (gpath) { /* the Dice table lists the reference's labels too */
+        int64_t g0, g1;
+        int gmax;
+        extent(&gt, &g0, &g1, &gmax);
+        if (gmax > max_label) max_label = gmax;
+    }
+    int s = (int)((300 + im.d[0] - 1) / im.d[0]); /* at least 300 pixels wide */
+    if (s > 4) s = 4;
     ms_report_printf(html, "<div class=\"row\">\n");
     for (int k = 0; k < 3 && !rc; k++) {
         int64_t z = z0 + (z1 - z0) * (k + 1) / 4;

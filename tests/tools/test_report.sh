@@ -125,7 +125,7 @@ gt = np.asarray(nib.load(f"{t}/gt.nii.gz").dataobj)
 for k in range(3):
     p = f"{r}/overlay_{k}.png"
     w, h = struct.unpack(">II", open(p, "rb").read()[16:24])
-    s = 2 if seg.shape[0] < 150 else 1
+    s = min(4, -(-300 // seg.shape[0]))
     check((w, h) == (seg.shape[0] * s, seg.shape[1] * s), f"{p}: {w}x{h} for a {seg.shape} volume")
 for c in (1, 2):
     a, b = seg == c, gt == c
