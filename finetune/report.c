@@ -690,7 +690,7 @@ static ms_status section_overlays(ms_buf *h, const ms_report_opts *o, const char
     }
     ms_report_printf(h, ". Axial slices through the labelled part of the volume, anterior up, the subject's right "
                         "on the right; predicted labels tinted, their edges solid.</p>\n");
-    return ms_report_overlays(dir, o->predict, o->seg, o->gt, h);
+    return ms_report_overlays(dir, o->predict, o->seg, o->gt, o->names, h);
 }
 
 static ms_status build(const char *dir, const ms_report_opts *o, ms_buf *h)

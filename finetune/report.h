@@ -23,6 +23,7 @@ typedef struct ms_report_opts {
     const char *predict;  /* an input volume (NIfTI), or NULL */
     const char *seg;      /* the label volume `mrisam predict` wrote for it (with predict) */
     const char *gt;       /* reference labels on the same grid, or NULL */
+    const char *names;    /* label names for the overlays' legend: lines "value name" (ingest's --label-names), or NULL */
     const char *gnuplot;  /* the gnuplot executable, or NULL: "gnuplot" on PATH */
 } ms_report_opts;
 
@@ -51,6 +52,7 @@ ms_status ms_report_plot(const char *gnuplot, const char *dir, const char *name,
 
 /* Overlays of seg (and gt's contours) on vol: 3 axial PNGs dir/overlay_<k>.png (k = 0, 1, 2) through the labelled
  * part of the volume; html gets their <figure>s, a legend and, with gt, a per-label Dice table over the volume. */
-ms_status ms_report_overlays(const char *dir, const char *vol, const char *seg, const char *gt, ms_buf *html);
+ms_status ms_report_overlays(const char *dir, const char *vol, const char *seg, const char *gt, const char *names,
+                             ms_buf *html);
 
 #endif

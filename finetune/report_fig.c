@@ -238,7 +238,7 @@ static ms_status draw_slice(const char *path, const vol *im, const vol *sg, cons
 }
 
 /* Per-label Dice of seg against gt over the whole volume, as an HTML table. */
-static void dice_table(const vol *sg, const vol *gt, int max_label, ms_buf *html)
+static void dice_table(const vol *sg, const vol *gt, int max_label, char (*names)[48], ms_buf *html)
 {
     int64_t n = sg->d[0] * sg->d[1] * sg->d[2];
     ms_report_printf(html, "<table><tr><th>label</th><th>voxels (predicted)</th><th>voxels (reference)</th>"
@@ -250,7 +250,9 @@ static void dice_table(const vol *sg, const vol *gt, int max_label, ms_buf *html
             a += p, b += q, ab += p && q;
         }
         if (!a && !b) continue;
-        ms_report_printf(html, "<tr><td>%d</td><td>%lld</td><td>%lld</td><td>%.4f</td></tr>\n", c, (long long)a,
+        ms_report_printf(html, "<tr><td>%d ", c);
+        ms_report_html(html, c < 256 ? names[c] : "");
+        ms_report_printf(html, "</td><td>%lld</td><td>%lld</td><td>%.4f</td></tr>\n", (long long)a,
                          (long long)b, 2.0 * ab / (double)(a + b));
     }
     ms_report_printf(html, "</table>\n");
@@ -275,10 +277,36 @@ static void extent(const vol *sg, int64_t *z0, int64_t *z1, int *max_label)
     if (*z1 < 0) *z0 = 0, *z1 = sg->d[2] - 1;
 }
 
-ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spath, const char *gpath, ms_buf *html)
+/* names[v] from a file of lines "value name" (ingest's --label-names; '#' lines and blank lines skipped). */
+static ms_status read_names(const char *path, char (*names)[48])
+{
+    char *text = NULL;
+    size_t len = 0;
+    MS_TRY(ms_read_file(path, (size_t)1 << 20, &text, &len));
+    ms_status rc = MS_OK;
+    int line = 0;
+    for (char *save = NULL, *ln = strtok_r(text, "\n", &save); ln && !rc; ln = strtok_r(NULL, "\n", &save)) {
+        line++;
+        while (*ln == ' ' || *ln == '\t') ln++;
+        if (!*ln || *ln == '#' || *ln == '\r') continue;
+        char *end;
+        long v = strtol(ln, &end, 10);
+        if (end == ln || (*end != ' ' && *end != '\t') || v < 0 || v > 65535)
+            rc = ms_error(MS_EFORMAT, "%s: line %d: expected \"value name\"", path, line);
+        while (!rc && (*end == ' ' || *end == '\t')) end++;
+        end[strcspn(end, "\r")] = 0;
+        if (!rc && v < 256) snprintf(names[v], sizeof names[v], "%s", end);
+    }
+    free(text);
+    return rc;
+}
+
+ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spath, const char *gpath,
+                             const char *names_path, ms_buf *html)
 {
     vol im = {0}, sg = {0}, gt = {0};
-    ms_status rc = vol_read(vpath, &im);
+    char (*names)[48] = calloc(256, sizeof *names);
+    ms_status rc = names ? vol_read(vpath, &im) : ms_error(MS_ENOMEM, "%s: out of memory", spath);
     if (!rc) rc = vol_read(spath, &sg);
     if (!rc && gpath) rc = vol_read(gpath, &gt);
     if (!rc && !same_grid(&im, &sg))
@@ -287,6 +315,7 @@ ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spa
     if (!rc && gpath && !same_grid(&im, &gt))
         rc = ms_error(MS_ESHAPE, "%s: grid %lldx%lldx%lld differs from %s's", gpath, (long long)gt.d[0],
                       (long long)gt.d[1], (long long)gt.d[2], vpath);
+    if (!rc && names_path) rc = read_names(names_path, names);
     if (rc) goto leave;
     float lo, hi;
     window(&im, &lo, &hi);
@@ -313,12 +342,18 @@ ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spa
     }
     ms_report_printf(html, "</div>\n<p class=\"legend\">");
     for (int c = 1; c <= max_label && c <= 16; c++)
-        ms_report_printf(html, "<span class=\"sw\" style=\"background:#%02x%02x%02x\"></span> label %d &nbsp; ",
+    {
+        ms_report_printf(html, "<span class=\"sw\" style=\"background:#%02x%02x%02x\"></span> %d",
                          palette[(c - 1) % 8][0], palette[(c - 1) % 8][1], palette[(c - 1) % 8][2], c);
+        if (names[c][0]) ms_report_printf(html, " ");
+        ms_report_html(html, names[c]);
+        ms_report_printf(html, " &nbsp; ");
+    }
     if (max_label > 16) ms_report_printf(html, "(labels above 16 repeat the colours) ");
     ms_report_printf(html, "%s</p>\n", gpath ? "White outlines: the reference labels." : "");
-    if (!rc && gpath) dice_table(&sg, &gt, max_label, html);
+    if (!rc && gpath) dice_table(&sg, &gt, max_label, names, html);
 leave:
+    free(names);
     free(im.v);
     free(sg.v);
     free(gt.v);

@@ -8,7 +8,7 @@
 static int run(int argc, char **argv)
 {
     static const ms_cmd_help h = {
-        "mrisam report -o DIR [--pretrain RUN] [--compare OUT] [--predict VOL --seg SEG [--gt LABELS]]",
+        "mrisam report -o DIR [--pretrain RUN] [--compare OUT] [--predict VOL --seg SEG [--gt LABELS] [--label-names F]]",
         "Writes DIR/index.html and the files it shows: the MAE pretraining loss curve and reconstruction panels, the "
         "validation Dice curves, per-class Dice table and paired differences of `mrisam compare`, and overlays of a "
         "predicted label volume. Curves are drawn with gnuplot (Debian's gnuplot-nox). The folder needs nothing "
@@ -25,6 +25,7 @@ static int run(int argc, char **argv)
         {"predict", MS_OPT_STR, &o.predict, "VOL", "an input volume (NIfTI) for the overlays"},
         {"seg", MS_OPT_STR, &o.seg, "SEG", "the label volume `mrisam predict` wrote for --predict"},
         {"gt", MS_OPT_STR, &o.gt, "LABELS", "reference labels on the same grid (white outlines, Dice per label)"},
+        {"label-names", MS_OPT_STR, &o.names, "FILE", "names of --seg's label values: lines \"value name\""},
         {"gnuplot", MS_OPT_STR, &o.gnuplot, "EXE", "the gnuplot to run (default: gnuplot on PATH)"},
         {0}};
     int rc = ms_cli_parse(&h, opts, argc, argv, NULL);

@@ -5,7 +5,8 @@
 # volumes (image, predicted labels, reference labels). Checks: index.html exists and references only files inside
 # its folder (no scheme, no absolute path, no ..) that exist; no script; the hostile name only escaped; the per-class
 # Dice table holds the mean ± sd of results.csv computed here; the paired table's intervals; the curves are
-# non-empty SVGs gnuplot wrote; the overlays are PNGs of the right size; the Dice against the reference labels;
+# non-empty SVGs gnuplot wrote; the overlays are PNGs of the right size; the Dice against the reference labels; label
+# names escaped;
 # missing inputs give notes, not failures; a malformed CSV and a missing gnuplot fail naming the file and leave the
 # earlier report as it was.
 source "$MS_SOURCE_DIR/tests/data/common.sh" # M, SRC, PY, T, SEED (printed), bad, done_
@@ -72,8 +73,9 @@ for name, a in (("vol", img), ("seg", lab), ("gt", gt)):
 PYEOF
 
 R=$T/report
+printf '# value name\n0 background\n1 left<&>"x"\n2 right part\n' > "$T/names.txt"
 "$M" report --pretrain "$T/pre" --compare "$T/cmp" --predict "$T/vol.nii.gz" --seg "$T/seg.nii.gz" \
-    --gt "$T/gt.nii.gz" -o "$R" > "$T/out.txt" 2>&1
+    --gt "$T/gt.nii.gz" --label-names "$T/names.txt" -o "$R" > "$T/out.txt" 2>&1
 rc=$?
 cat "$T/out.txt"
 check [ $rc -eq 0 ]
@@ -100,6 +102,7 @@ check("url(" not in page and "@import" not in page, "a stylesheet reference")
 hostile = '<script>alert("x")</script>&\'a,b'
 check(html.escape(hostile, quote=True).replace("&#x27;", "&#39;") in page, "the hostile task name, escaped")
 check("&lt;b&gt;not bold&lt;/b&gt;" in page, "config.json shown escaped")
+check("1 left&lt;&amp;&gt;&quot;x&quot;" in page and "2 right part" in page, "label names, escaped")
 check("ch2" in page and "inia19" in page and "one human" in page and "one macaque" in page, "the data statement")
 # the Dice table: mean ± sd (n) per task × budget × class × start, computed here from results.csv
 rows = list(csv.DictReader(open(f"{t}/cmp/results.csv")))
