@@ -105,6 +105,29 @@ ms_status ms_selection_finish(ms_selection *s)
     return MS_OK;
 }
 
+ms_status ms_selection_subtract(ms_selection *s, const ms_selection *ex)
+{
+    if (!ex || !ex->n_ranges || !s->n_ranges) return MS_OK;
+    ms_selection out = {0};
+    ms_status rc = MS_OK;
+    int j = 0; /* ex's ranges are sorted: the first that may still overlap the current range of s */
+    for (int i = 0; i < s->n_ranges && !rc; i++) {
+        uint64_t a = s->ranges[i].first, end = a + s->ranges[i].count;
+        while (j < ex->n_ranges && ex->ranges[j].first + ex->ranges[j].count <= a) j++;
+        for (int k = j; k < ex->n_ranges && ex->ranges[k].first < end && !rc; k++) {
+            uint64_t ef = ex->ranges[k].first, ee = ef + ex->ranges[k].count;
+            if (ef > a) rc = ms_selection_add(&out, a, ef - a);
+            if (ee > a) a = ee;
+        }
+        if (!rc && a < end) rc = ms_selection_add(&out, a, end - a);
+    }
+    if (!rc) rc = ms_selection_finish(&out);
+    if (rc) { ms_selection_free(&out); return rc; }
+    ms_selection_free(s);
+    *s = out;
+    return MS_OK;
+}
+
 uint64_t ms_selection_key(const ms_selection *s, uint64_t i)
 {
     int lo = 0, hi = s->n_ranges - 1; /* the last range with prefix <= i */
@@ -250,6 +273,8 @@ ms_status ms_split_volumes(const ms_volume_info *vols, int n_vols, const ms_spli
     }
     if ((rc = ms_selection_finish(train))) goto leave;
     if (val && (rc = ms_selection_finish(val))) goto leave;
+    if ((rc = ms_selection_subtract(train, sp->exclude))) goto leave;
+    if (val && (rc = ms_selection_subtract(val, sp->exclude))) goto leave;
     if (sp->shots > 0 && sp->shot_unit == MS_SHOT_SLICE && (rc = shots_by_slice(train, sp->shots, sp->seed)))
         goto leave;
 leave:

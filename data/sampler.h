@@ -48,6 +48,8 @@ typedef struct ms_selection {
 ms_status ms_selection_add(ms_selection *s, uint64_t first, uint64_t count);
 /* Sorts, merges adjacent ranges, rejects overlaps, builds the prefix sums. */
 ms_status ms_selection_finish(ms_selection *s);
+/* Removes the keys of ex (finished) from s (finished), which stays finished. */
+ms_status ms_selection_subtract(ms_selection *s, const ms_selection *ex);
 /* Key of record i (< s->n). */
 uint64_t ms_selection_key(const ms_selection *s, uint64_t i);
 /* 1 when key is selected. */
@@ -64,6 +66,9 @@ typedef struct ms_split_spec {
     int labeled_only;     /* only volumes that have labels take part */
     int shots;            /* > 0: keep this many training slices (or volumes) */
     int shot_unit;        /* MS_SHOT_SLICE or MS_SHOT_VOLUME */
+    /* keys that take part in neither train nor val (NULL: none), removed after the split: the slices another run
+     * evaluates on (`mrisam compare` keeps the fine-tunes' held-out slices out of MAE pretraining) */
+    const ms_selection *exclude;
 } ms_split_spec;
 
 void ms_split_spec_default(ms_split_spec *sp);

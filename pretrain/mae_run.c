@@ -374,6 +374,7 @@ static ms_status open_stores(ms_mae_run *r)
         ms_split_spec_default(&sp);
         sp.seed = c->seed;
         sp.val_fraction = c->val_slices > 0 ? 0.1 : 0;
+        sp.exclude = c->exclude[i];
         int single = 0;
         MS_TRY(ms_loader_select(r->stores[i], &sp, &r->train_sel[i], c->val_slices > 0 ? &r->val_sel[i] : NULL,
                                 &single));

@@ -41,6 +41,9 @@ typedef struct ms_mae_run_config {
     const char *stores[MS_ORDER_MAX_SOURCES];
     int workers;              /* loader threads; 0 = the device's thread count */
     ms_norm_choice intensity; /* given: every store is read with it (--intensity; config.json, compared on resume) */
+    /* per store, keys kept out of training and validation (NULL: none; ms_split_spec.exclude): `mrisam compare`
+     * passes the fine-tunes' held-out slices. The caller's; they must stay the same on resume */
+    const ms_selection *exclude[MS_ORDER_MAX_SOURCES];
     /* the run directory; resume: the RUN/ whose newest checkpoint to continue from (usually out), NULL = fresh.
      * A fresh out must be absent or empty; overwrite: an old run there is removed first (ms_run_dir_prepare) */
     const char *out, *resume;
