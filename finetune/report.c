@@ -732,7 +732,7 @@ ms_status ms_report_write(const char *dir, const ms_report_opts *o)
     if (!rc) rc = ms_write_file_atomic(path, h.p, h.n);
     ms_buf_free(&h);
     free(abs);
-    if (!rc && !exists(dir)) MS_TRY(ms_mkdirs_parent(dir));
+    if (!rc && !exists(dir)) rc = ms_mkdirs_parent(dir);
     if (!rc) rc = ms_dir_swap_in(tmp, dir);
     ms_dir_remove(tmp); /* after the swap: the report it replaced; after a failure: the half-built one */
     return rc;

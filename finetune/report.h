@@ -33,7 +33,7 @@ ms_status ms_report_write(const char *dir, const ms_report_opts *o);
 /* --- shared by report.c and report_fig.c --- */
 typedef struct ms_buf ms_buf;
 /* printf into a buffer (allocation failures are sticky in the buffer). */
-void ms_report_printf(ms_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ms_report_printf(ms_buf *b, const char *fmt, ...) MS_PRINTF(2, 3);
 /* s HTML-escaped (& < > " ') into b. */
 void ms_report_html(ms_buf *b, const char *s);
 
