@@ -319,7 +319,7 @@ static ms_status panels(ms_buf *h, const char *run, const char *dir)
     if (!n) note(h, "reconstruction panels", "no val/step_*.png in the run");
     int pick[3] = {0, n / 2, n - 1}, last = -1;
     ms_status rc = MS_OK;
-    ms_report_printf(h, "<div class=\"col\">\n");
+    ms_report_printf(h, "<div class=\"row\">\n");
     for (int k = 0; k < 3 && n && !rc; k++) {
         if (pick[k] == last) continue;
         last = pick[k];
@@ -330,7 +330,7 @@ static ms_status panels(ms_buf *h, const char *run, const char *dir)
         if (!rc) rc = copy_file(from, to);
         if (rc) break;
         long long step = atoll(names[pick[k]] + 5);
-        ms_report_printf(h, "<figure><img class=\"wide\" src=\"%s\" alt=\"reconstruction at step %lld\">"
+        ms_report_printf(h, "<figure><img class=\"panel\" src=\"%s\" alt=\"reconstruction at step %lld\">"
                             "<figcaption>held-out slices at step %lld</figcaption></figure>\n", name, step, step);
     }
     ms_report_printf(h, "</div>\n");
@@ -665,7 +665,7 @@ static const char *css =
     "table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #ccc;padding:3px 8px;"
     "vertical-align:top}th{background:#f2f2f2;text-align:left}td.n{text-align:right;font-variant-numeric:"
     "tabular-nums;white-space:nowrap}figure{margin:8px 0;display:inline-block;vertical-align:top}"
-    "figcaption{font-size:.85em;color:#555}img{max-width:100%;border:1px solid #ddd}img.wide{max-width:1060px}"
+    "figcaption{font-size:.85em;color:#555}img{max-width:100%;border:1px solid #ddd}img.panel,img.ov{width:340px}"
     ".row{display:flex;flex-wrap:wrap;gap:12px}.note{color:#8a5a00;background:#fff6e0;padding:4px 8px;"
     "border-left:3px solid #e0a000}.caveat{background:#eef4ff;border-left:3px solid #3366cc;padding:8px 12px}"
     ".sw{display:inline-block;width:12px;height:12px;border:1px solid #666;vertical-align:middle}"

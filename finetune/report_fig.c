@@ -337,7 +337,7 @@ ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spa
         snprintf(name, sizeof name, "overlay_%d.png", k);
         if ((rc = ms_path_join(path, dir, name))) break;
         if ((rc = draw_slice(path, &im, &sg, gpath ? &gt : NULL, z, s, lo, hi))) break;
-        ms_report_printf(html, "<figure><img src=\"%s\" alt=\"axial slice %lld\"><figcaption>axial slice z = %lld of "
+        ms_report_printf(html, "<figure><img class=\"ov\" src=\"%s\" alt=\"axial slice %lld\"><figcaption>axial slice z = %lld of "
                                "%lld</figcaption></figure>\n", name, (long long)z, (long long)z, (long long)im.d[2]);
     }
     ms_report_printf(html, "</div>\n<p class=\"legend\">");

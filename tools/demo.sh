@@ -14,14 +14,14 @@
 # Pretraining never sees ch2 itself, so no held-out slice of a task is in it; it does see ch2better, another image of
 # the same person's brain. With one human and one macaque the numbers show that the pipeline works, not how well it
 # generalises.
-# Environment: MS_DEMO_STEPS (pretraining steps, default 150), MS_DEMO_FT_STEPS (steps of each fine-tune, default
-# 80), MS_DEMO_SEEDS (default 2: the fewest a paired interval takes), MS_DEMO_BUDGET (labelled slices per fine-tune,
+# Environment: MS_DEMO_STEPS (pretraining steps, default 100), MS_DEMO_FT_STEPS (steps of each fine-tune, default
+# 40), MS_DEMO_SEEDS (default 2: the fewest a paired interval takes), MS_DEMO_BUDGET (labelled slices per fine-tune,
 # default 8), MS_THREADS (default: all cores).
 set -euo pipefail
 MRISAM=${1:?usage: demo.sh path/to/mrisam [outdir]}
 OUT=${2:-demo-out}
-STEPS=${MS_DEMO_STEPS:-150}
-FT_STEPS=${MS_DEMO_FT_STEPS:-80}
+STEPS=${MS_DEMO_STEPS:-100}
+FT_STEPS=${MS_DEMO_FT_STEPS:-40}
 SEEDS=${MS_DEMO_SEEDS:-2}
 BUDGET=${MS_DEMO_BUDGET:-8}
 # Loader threads and OpenMP share the cores: passive waiting keeps spinning threads from starving the others.
@@ -59,7 +59,7 @@ echo "== 3. compare: random vs pretrained start, $BUDGET labelled slices, $SEEDS
 rm -rf "$OUT/compare"
 "$MRISAM" compare --task brain="$OUT/brain" --task lobes="$OUT/lobes" --model vit_test \
     --pretrained "$OUT/run/sam_mri_vit_test.pth" --budgets "$BUDGET" --seeds "$SEEDS" --steps "$FT_STEPS" \
-    --warmup-steps 10 --lr 1e-3 --method full --scope decoder --cache-embeddings --val-every 10 --no-hd95 \
+    --warmup-steps 10 --lr 1e-3 --method full --scope decoder --cache-embeddings --val-every 5 --no-hd95 \
     --threads "$THREADS" -o "$OUT/compare"
 cat "$OUT/compare/summary.md" 2> /dev/null || true
 
