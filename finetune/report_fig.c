@@ -341,6 +341,7 @@ ms_status ms_report_overlays(const char *dir, const char *vpath, const char *spa
                                "%lld</figcaption></figure>\n", name, (long long)z, (long long)z, (long long)im.d[2]);
     }
     ms_report_printf(html, "</div>\n<p class=\"legend\">");
+    if (!max_label) ms_report_printf(html, "The predicted volume holds no labelled voxel (all background). ");
     for (int c = 1; c <= max_label && c <= 16; c++)
     {
         ms_report_printf(html, "<span class=\"sw\" style=\"background:#%02x%02x%02x\"></span> %d",

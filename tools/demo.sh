@@ -9,7 +9,7 @@
 #   3. compare: fine-tune both tasks from a random start and from the pretrained weights, at one label budget and a
 #      few seeds, splits and labelled slices shared by the two starts; 3-D Dice on held-out slices, paired
 #      differences with their t-intervals (mrisam compare);
-#   4. predict: segment the whole ch2 volume into lobes with a fine-tuned model (a NIfTI label volume on ch2's grid);
+#   4. predict: segment the whole ch2 volume (brain mask) with a fine-tuned model (a NIfTI label volume on its grid);
 #   5. report: one self-contained page, OUTDIR/report/index.html (mrisam report; curves drawn by gnuplot).
 # Pretraining never sees ch2 itself, so no held-out slice of a task is in it; it does see ch2better, another image of
 # the same person's brain. With one human and one macaque the numbers show that the pipeline works, not how well it
@@ -63,11 +63,11 @@ rm -rf "$OUT/compare"
     --threads "$THREADS" -o "$OUT/compare"
 cat "$OUT/compare/summary.md" 2> /dev/null || true
 
-echo "== 4. predict: ch2 into lobes with the pretrained start's first seed"
-FT=$(ls -d "$OUT"/compare/runs/lobes/pretrained/b*/s* | head -1)
-"$MRISAM" predict --ckpt "$FT" --in "$TPL/ch2.nii.gz" -o "$OUT/ch2_lobes.nii.gz" --threads "$THREADS"
+echo "== 4. predict: the whole ch2 volume's brain mask with the pretrained start's first seed"
+FT=$(ls -d "$OUT"/compare/runs/brain/pretrained/b*/s* | head -1)
+"$MRISAM" predict --ckpt "$FT" --in "$TPL/ch2.nii.gz" -o "$OUT/ch2_brain.nii.gz" --threads "$THREADS"
 
 echo "== 5. report"
 "$MRISAM" report --pretrain "$OUT/run" --compare "$OUT/compare" --predict "$TPL/ch2.nii.gz" \
-    --seg "$OUT/ch2_lobes.nii.gz" --label-names "$MAPS/aal_lobes_names.txt" -o "$OUT/report"
+    --seg "$OUT/ch2_brain.nii.gz" -o "$OUT/report"
 echo "demo finished in $(( $(date +%s) - start )) s: open $OUT/report/index.html"
