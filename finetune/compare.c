@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -128,12 +127,20 @@ static ms_status split_path(const cmp *x, int t, int b, int seed, char out[MS_PA
                        (long long)(x->c->seed_base + seed), bl);
 }
 
-static ms_status run_dir(const cmp *x, int t, int b, int s, int seed, char out[MS_PATH_MAX])
+/* A run's folder relative to OUT (results.csv's "run"), and under OUT. */
+static ms_status run_rel(const cmp *x, int t, int b, int s, int seed, char out[MS_PATH_MAX])
 {
     char bl[16];
     budget_label(x->c->budget[b], bl, sizeof bl);
-    return ms_path_fmt(out, "%s/runs/%s/%s/b%s/s%lld", x->c->out, x->c->task[t], start_name[s], bl,
+    return ms_path_fmt(out, "runs/%s/%s/b%s/s%lld", x->c->task[t], start_name[s], bl,
                        (long long)(x->c->seed_base + seed));
+}
+
+static ms_status run_dir(const cmp *x, int t, int b, int s, int seed, char out[MS_PATH_MAX])
+{
+    char rel[MS_PATH_MAX];
+    MS_TRY(run_rel(x, t, b, s, seed, rel));
+    return ms_path_join(out, x->c->out, rel);
 }
 
 static cJSON *ranges_json(const ms_selection *s)
@@ -195,8 +202,8 @@ static ms_status split_seed(cmp *x, ms_store *st, int t, int seed, cJSON *jseeds
             rc = ms_ft_select_shots(&fg, k, sd, &shots);
             tr = &shots;
         } else if (k > 0) {
-            say(x, "compare: %s seed %llu: budget %d >= the %llu training slices with foreground: all of them", c->task[t],
-                (unsigned long long)sd, k, (unsigned long long)fg.n);
+            say(x, "compare: %s seed %llu: budget %d >= the %llu training slices with foreground: all of them",
+                c->task[t], (unsigned long long)sd, k, (unsigned long long)fg.n);
         }
         char path[MS_PATH_MAX];
         ms_split_spec ss = sp;
@@ -396,7 +403,8 @@ static ms_status pretrain(cmp *x)
         m.stop = c->stop;
         rc = ms_sam_build(&sam, c->sam_ckpt, c->ft.model, m.seed, x->dev, name, sizeof name);
         m.model = name;
-        if (!rc) rc = ms_mae_run_open(&m, x->dev, &sam.enc, &r);
+        const ms_mae_encoder enc = {.vit = sam.cfg.tinyvit ? NULL : &sam.enc, .tv = sam.cfg.tinyvit ? &sam.tv : NULL};
+        if (!rc) rc = ms_mae_run_open_encoder(&m, x->dev, &enc, &r);
         if (!rc) {
             say(x, "compare: pretraining %s on %d store(s), %lld steps%s: %s", name, m.n_stores,
                 (long long)m.max_steps, m.resume ? " (resumed)" : "", run);
@@ -568,6 +576,10 @@ static ms_status run_one(cmp *x, int t, int b, int s, int seed)
     if (f.ckpt) f.model = NULL; /* the weights decide the model */
     f.split = split;
     f.shots = 0; /* the split file holds the shots */
+    /* the held-out slices are the test set: no model selection or early stopping on them. One validation, at the
+     * last step, so best/ is the final model */
+    f.val_every = 1000000;
+    f.patience = 1000000;
     f.seed = sd;
     f.out = dir;
     f.resume = has_ckpt(dir);
@@ -600,11 +612,16 @@ static ms_status run_all(cmp *x)
     for (int seed = 0; seed < c->n_seeds; seed++)
         for (int t = 0; t < c->n_tasks; t++)
             for (int b = 0; b < c->n_budgets; b++)
-                for (int k = 0; k < x->n_starts; k++) MS_TRY(run_one(x, t, b, x->starts[k], seed));
+                for (int k = 0; k < x->n_starts; k++) {
+                    if (c->stop && *c->stop) /* between runs: nothing to checkpoint */
+                        return ms_error(MS_EINTERRUPTED, "interrupted after %d of %d runs (rerun to continue)",
+                                        x->n_done, x->n_runs);
+                    MS_TRY(run_one(x, t, b, x->starts[k], seed));
+                }
     return MS_OK;
 }
 
-/* ---- tables and plots ---------------------------------------------------------------------------------------------- */
+/* ---- tables and plots ------------------------------------------------------------------------------------------- */
 
 static void put(FILE *f, double v)
 {
@@ -643,7 +660,7 @@ static ms_status write_results(const cmp *x)
                     const run_result *r = res_at(x, t, b, x->starts[k], i);
                     char dir[MS_PATH_MAX];
                     budget_label(c->budget[b], bl, sizeof bl);
-                    if (run_dir(x, t, b, x->starts[k], i, dir)) continue;
+                    if (run_rel(x, t, b, x->starts[k], i, dir)) continue;
                     for (int j = 0; j <= r->n_cls; j++) {
                         fprintf(f, "%s,%s,%s,%lld,", c->task[t], bl, start_name[x->starts[k]],
                                 (long long)(c->seed_base + i));
@@ -651,7 +668,7 @@ static ms_status write_results(const cmp *x)
                         else fputs("mean", f);
                         const double *m = j < r->n_cls ? r->m[j] : r->mean;
                         for (int q = 0; q < 4; q++) fputc(',', f), put(f, m[q]);
-                        fprintf(f, ",%s\n", dir + strlen(c->out) + 1);
+                        fprintf(f, ",%s\n", dir);
                     }
                 }
     MS_FAIL_IF(fclose(f), MS_ENOMEM, "out of memory");
@@ -693,7 +710,8 @@ static ms_status write_summaries(const cmp *x)
             fputc('\n', fm);
         }
         fputs("\nPaired by seed (start − baseline), Student t 95 % interval, df = n − 1:\n\n"
-              "| budget | start | baseline | n | mean diff | sd | t | 95 % CI |\n|---|---|---|---:|---:|---:|---:|---|\n",
+              "| budget | start | baseline | n | mean diff | sd | t | 95 % CI |\n"
+              "|---|---|---|---:|---:|---:|---:|---|\n",
               fm);
         for (int b = 0; b < c->n_budgets; b++)
             for (int k = 0; k < x->n_starts; k++)
@@ -902,7 +920,7 @@ static ms_status config_check(const ms_compare_config *c)
                MS_CMP_MAX_BUDGETS);
     MS_FAIL_IF(c->n_seeds < 1 || c->n_seeds > MS_CMP_MAX_SEEDS, MS_EINVAL, "compare: 1..%d seeds", MS_CMP_MAX_SEEDS);
     MS_FAIL_IF(!c->out, MS_EINVAL, "compare: no output folder");
-    MS_FAIL_IF(!c->ft.model && !c->sam_ckpt, MS_EINVAL, "compare: the random start needs a model (--model)");
+    MS_FAIL_IF(!c->ft.model, MS_EINVAL, "compare: the random start needs a model (--model)");
     MS_FAIL_IF(!(c->ft.val_fraction > 0), MS_EINVAL, "compare: the held-out data needs --val-fraction > 0");
     for (int t = 0; t < c->n_tasks; t++) {
         MS_FAIL_IF(!c->task[t] || !*c->task[t] || strchr(c->task[t], '/') || !strcmp(c->task[t], ".") ||

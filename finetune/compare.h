@@ -11,6 +11,8 @@
  * Pretraining: before it starts, every seed's held-out keys of each task are fixed; a pretraining store that is a
  * task's store (same real path or store ID) leaves them out of its training and validation sampling
  * (ms_mae_run_config.exclude). OUT/compare.json records the plan and what pretraining saw.
+ * The held-out data are the test set: the runs train all their steps (no early stopping, no model selection on
+ * them: one validation, at the last step) and their final model is evaluated.
  * Resumable: a run with RUN/eval/classes.csv is done and skipped; one with a checkpoint resumes (bit-exact on the
  * CPU); one without starts again. The pretraining run resumes the same way.
  * Tables: OUT/results.csv (task,budget,start,seed,class,dice,iou,hd95,nsd,run: per class the mean over the held-out
@@ -44,7 +46,7 @@ typedef struct ms_compare_config {
     int n_seeds;
     int64_t seed_base;              /* seeds seed_base .. seed_base + n_seeds - 1 */
     /* every fine-tune's options (model, method, scope, max_steps, warmup, lr, input size, ...); store, task, ckpt,
-     * split, shots, seed, out, resume and overwrite are compare's */
+     * split, shots, seed, out, resume, overwrite, val_every and patience are compare's */
     ms_ft_run_config ft;
     const char *out;
     int threads;            /* evaluation threads (0: all cores) */

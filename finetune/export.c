@@ -193,7 +193,7 @@ ms_status ms_export_ft_ckpt(const char *ckpt, const char *out_path, const char *
     if ((rc = ms_sam_to_sd(&m.sam, &all))) goto leave; /* TinyViT: num_batches_tracked too */
     int n_merged = 0;
     if (!fsam && c->method == MS_FT_LORA) {
-        /* TinyViT: its true q/v LoRA goes to each head's q and v rows; finetune-SAM's slicing to rows [0, C), [2C, 3C) */
+        /* TinyViT: true q/v LoRA into each head's q and v rows; finetune-SAM's slicing into rows [0, C), [2C, 3C) */
         if (m.sam.cfg.tinyvit && !m.sam.tv.peft.fsam_slicing)
             rc = ms_sam_sd_merge_lora_tinyvit(&all, &m.sam.cfg.tv, 0, &n_merged);
         else

@@ -482,6 +482,13 @@ ms_status ms_sam_load_pretrain(ms_sam *m, const char *dir, ms_device *dev, char 
     if (!(rc = ms_path_join(p, dir, "model.safetensors")) && !(rc = ms_sd_load(p, &src)) &&
         (rc = ms_params_load_prefix(&m->ps, &src, "image_encoder.")))
         ms_error_prefix("%s", p);
+    /* TinyViT: the BatchNorms' counter, when the checkpoint keeps it (integer num_batches_tracked; the largest) */
+    for (int i = 0; !rc && m->cfg.tinyvit && i < src.n; i++) {
+        const ms_sd_entry *e = &src.e[i];
+        if (e->t.dtype == MS_DTYPE_I64 && ms_tensor_numel(&e->t) == 1 &&
+            ms_str_ends_with(e->name, ".num_batches_tracked") && *(const int64_t *)e->t.data > m->tv.bn_batches)
+            m->tv.bn_batches = *(const int64_t *)e->t.data;
+    }
     if (rc) ms_sam_free(m);
 leave:
     cJSON_Delete(cfg);

@@ -279,15 +279,12 @@ static int has_adapters(const ms_state_dict *sd, const char *base, const char *s
     return has_all(sd, b, fc_keys, 4);
 }
 
-/* TinyViT's PEFT tensors in sd (finetune-SAM's TinyViT names, ours too: layers.i.blocks.j.attn.qkv.linear_{a,b}_{q,v},
- * {Space,MLP}_Adapter.D_fc{1,2}.*), per layer from its block 0; such a file comes from finetune-SAM's model, so its
- * LoRA column slicing (ms_tinyvit_peft.fsam_slicing). Returns 1 when any. */
-static int tinyvit_peft_from_sd(const ms_state_dict *sd, ms_tinyvit_peft *pf)
+int ms_sam_tinyvit_peft_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_peft *pf)
 {
     memset(pf, 0, sizeof *pf);
-    char base[120];
+    char base[160];
     for (int i = 1; i < 4; i++) {
-        snprintf(base, sizeof base, "image_encoder.layers.%d.blocks.0.", i);
+        snprintf(base, sizeof base, "%slayers.%d.blocks.0.", prefix, i);
         if (has_all(sd, base, lora_keys, 4)) {
             char k[200];
             snprintf(k, sizeof k, "%s%s", base, lora_keys[0]);
@@ -329,7 +326,7 @@ ms_status ms_sam_load_sd(ms_sam *m, const ms_state_dict *sd, ms_device *dev)
     MS_TRY(ms_sam_config_from_sd(sd, &cfg));
     /* PEFT tensors only come from finetune-SAM's layout: run its model, padded windows included */
     int peft = ms_sam_peft_from_sd(sd, &ep, &dp);
-    int tpeft = cfg.tinyvit && tinyvit_peft_from_sd(sd, &tp);
+    int tpeft = cfg.tinyvit && ms_sam_tinyvit_peft_from_sd(sd, "image_encoder.", &tp);
     cfg.enc.finetune_sam_block = peft;
     MS_TRY(ms_sam_register(m, &cfg, dev));
     ms_status rc = MS_OK;
@@ -359,7 +356,7 @@ static ms_status load_file(ms_sam *m, const char *path, int merge_lora, ms_devic
     if (!rc && fsam && merge_lora) {
         rc = ms_sam_sd_merge_lora(&sd, 0, 1, &n); /* each qkv's own width: SAM's D, or TinyViT's layer dim */
         ms_tinyvit_peft tp;
-        if (!rc && (ms_sam_peft_from_sd(&sd, &ep, &dp) || tinyvit_peft_from_sd(&sd, &tp)))
+        if (!rc && (ms_sam_peft_from_sd(&sd, &ep, &dp) || ms_sam_tinyvit_peft_from_sd(&sd, "image_encoder.", &tp)))
             rc = ms_error(MS_EUNSUPPORTED, "finetune-SAM adapters cannot be merged into SAM's weights (they add "
                                            "layers); start from weights without them");
     }

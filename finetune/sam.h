@@ -3,11 +3,12 @@
  * keys, plus the official predictor's coordinate transform and mask post-processing (docs/MODEL.md §Preprocessing).
  *
  * Loading reads the variant from the file's shapes: the encoder from ms_sam_enc_config_from_sd (vit_b/l/h,
- * vit_test, other SAM-shaped encoders) or, for MobileSAM's files (vit_t), ms_sam_tinyvit_config_from_sd, num_cls from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM),
- * the decoder depth from its layers. Loading is strict across all three parts: every missing, mis-shaped or unknown
- * key is reported on its own line (stderr) and nothing is loaded when any is wrong (no partial model).
- * ms_sam_to_sd writes the same keys back in SAM's order (gaussian buffer included), so an export loads strictly
- * into segment_anything's own builder.
+ * vit_test, other SAM-shaped encoders) or, for MobileSAM's files (vit_t), ms_sam_tinyvit_config_from_sd, num_cls
+ * from mask_tokens' rows (num_mask_tokens = num_cls + 1; 4 in SAM), the decoder depth from its layers. Loading is
+ * strict across all three parts: every missing, mis-shaped or unknown key is reported on its own line (stderr) and
+ * nothing is loaded when any is wrong (no partial model). ms_sam_to_sd writes the same keys back in SAM's order
+ * (gaussian buffer included; MobileSAM's, BatchNorm counters included, for vit_t), so an export loads strictly into
+ * segment_anything's (MobileSAM's) own builder. vit_t's file layout: docs/FORMATS.md §MobileSAM (vit_t) weight files.
  */
 #ifndef MS_SAM_H
 #define MS_SAM_H
@@ -115,10 +116,16 @@ int ms_sam_key_is_adapter(const char *name);
  * adapters from layer 0's (the decoder has them in every layer); scale 0.5 (finetune-SAM's fixed one). An incomplete
  * group registers nothing: its keys stay unknown to the loader, which reports them. Returns 1 when any. */
 int ms_sam_peft_from_sd(const ms_state_dict *sd, ms_sam_enc_peft *ep, ms_sam_dec_peft *dp);
+/* TinyViT's PEFT tensors under prefix (finetune-SAM's TinyViT names, ours too: layers.i.blocks.j.attn.qkv.linear_{a,b}_
+ * {q,v}.weight, {Space,MLP}_Adapter.D_fc{1,2}.*), per layer i = 1..3 from its block 0, LoRA rank from linear_a_q's
+ * rows; such a file comes from finetune-SAM's model, so its LoRA column slicing (ms_tinyvit_peft.fsam_slicing) and
+ * adapter scale 0.5. Returns 1 when any. */
+int ms_sam_tinyvit_peft_from_sd(const ms_state_dict *sd, const char *prefix, ms_tinyvit_peft *pf);
 /* Merges every LoRA pair of sd (our names) into its base weight: encoder qkv rows 0..D−1 += B_q·A_q and
  * 2D..3D−1 += B_v·A_v (D = embed_dim, or each qkv weight's own columns when embed_dim is 0: TinyViT's layers differ;
  * for TinyViT these are finetune-SAM's slices, ms_tinyvit_peft.fsam_slicing), decoder <attn>.{q,v}_proj.weight
- * += w_b·w_a, each product summed in double then added once; float32 tensors only. drop != 0 removes the LoRA tensors afterwards. *n_merged counts the pairs. */
+ * += w_b·w_a, each product summed in double then added once; float32 tensors only. drop != 0 removes the LoRA
+ * tensors afterwards. *n_merged counts the pairs. */
 ms_status ms_sam_sd_merge_lora(ms_state_dict *sd, int64_t embed_dim, int drop, int *n_merged);
 /* The same for TinyViT's true q/v LoRA (ms_tinyvit_peft without fsam_slicing): the delta's row h·hd + d goes to qkv
  * row h·3hd + d (q) or h·3hd + 2hd + d (v), hd = dims[i] / heads[i] of layers.i (TinyViT lays qkv out per head). */

@@ -8,29 +8,53 @@
 
 #include "ops.h"
 
-ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, ms_params *dec_ps)
+/* The window of SAM's ViT, whose masks TinyViT draws too (docs/MAE.md §TinyViT). */
+#define MAE_TV_WINDOW 14
+
+static ms_status mae_init_common(ms_mae *m, const ms_mae_config *cfg, int enc_dim, ms_params *dec_ps)
 {
-    memset(m, 0, sizeof *m);
     m->cfg = *cfg;
-    m->enc = enc;
-    const ms_sam_enc_config *ec = &enc->cfg;
-    m->cfg.dec.enc_dim = ec->embed_dim;
-    m->cfg.dec.grid = ms_sam_enc_run_size(enc) / ec->patch;
-    m->cfg.dec.patch = ec->patch;
+    m->cfg.dec.enc_dim = enc_dim;
+    m->cfg.dec.grid = m->grid;
+    m->cfg.dec.patch = m->patch;
     if (!m->cfg.dec.target_ch) m->cfg.dec.target_ch = 1;
     MS_FAIL_IF(!(cfg->mask_ratio >= 0 && cfg->mask_ratio < 1), MS_EINVAL, "--mask-ratio must be in [0, 1)");
     return ms_mae_decoder_init(&m->dec, &m->cfg.dec, dec_ps, "mae_decoder.");
 }
 
+ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, ms_params *dec_ps)
+{
+    memset(m, 0, sizeof *m);
+    m->enc = enc;
+    m->S = ms_sam_enc_run_size(enc);
+    m->patch = enc->cfg.patch;
+    m->grid = m->S / m->patch;
+    return mae_init_common(m, cfg, enc->cfg.embed_dim, dec_ps);
+}
+
+ms_status ms_mae_init_tinyvit(ms_mae *m, ms_tinyvit *tv, const ms_mae_config *cfg, ms_params *dec_ps)
+{
+    memset(m, 0, sizeof *m);
+    m->tv = tv;
+    m->S = tv->cfg.img_size;
+    m->grid = ms_tinyvit_grid(&tv->cfg, 3);
+    m->patch = m->S / m->grid;
+    MS_FAIL_IF(m->patch * m->grid != m->S || m->patch != 16, MS_EINVAL,
+               "mae: TinyViT's last grid %d is not input %d / 16 (MAE predicts 16x16 patches)", m->grid, m->S);
+    return mae_init_common(m, cfg, tv->cfg.dims[3], dec_ps);
+}
+
+static int mae_enc_dim(const ms_mae *m) { return m->cfg.dec.enc_dim; }
+
 ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
 {
-    const ms_sam_enc_config *ec = &m->enc->cfg;
-    int g = ms_sam_enc_run_size(m->enc) / ec->patch, L = g * g;
+    int g = m->grid, L = g * g, C = mae_enc_dim(m), S = m->S;
     m->dev = dev;
     m->max_batch = max_batch;
-    m->P = (int64_t)ec->patch * ec->patch * m->cfg.dec.target_ch;
+    m->P = (int64_t)m->patch * m->patch * m->cfg.dec.target_ch;
     int64_t R = (int64_t)max_batch * L;
-    MS_TRY(ms_mae_mask_init(&m->mask, g, ec->window ? ec->window : g, max_batch));
+    int window = m->tv ? MAE_TV_WINDOW : (m->enc->cfg.window ? m->enc->cfg.window : g);
+    MS_TRY(ms_mae_mask_init(&m->mask, g, window, max_batch));
     int max_vis = L; /* ratio 0 keeps every token */
     MS_TRY(ms_mae_decoder_reserve(&m->dec, dev, max_batch, max_vis));
     size_t fR = (size_t)R * sizeof(float);
@@ -39,7 +63,7 @@ ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
     MS_TRY(ms_dev_alloc(dev, fR, (void **)&m->w_fg));
     MS_TRY(ms_dev_alloc(dev, fR, (void **)&m->w_bg));
     MS_TRY(ms_dev_alloc(dev, fR * (size_t)m->P, (void **)&m->dpred));
-    MS_TRY(ms_dev_alloc(dev, (size_t)max_batch * max_vis * ec->embed_dim * sizeof(float), (void **)&m->dtok));
+    MS_TRY(ms_dev_alloc(dev, (size_t)max_batch * max_vis * C * sizeof(float), (void **)&m->dtok));
     MS_TRY(ms_dev_alloc(dev, 4 * sizeof(float), (void **)&m->loss_dev));
     m->h_target = malloc(fR * (size_t)m->P);
     m->h_w_all = malloc(fR);
@@ -47,6 +71,16 @@ ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
     m->h_w_bg = malloc(fR);
     m->vis = malloc((size_t)max_batch * L * sizeof(int32_t));
     MS_FAIL_IF(!m->h_target || !m->h_w_all || !m->h_w_fg || !m->h_w_bg || !m->vis, MS_ENOMEM, "out of memory");
+    if (!m->tv) return MS_OK;
+    int64_t nz = (int64_t)max_batch * 3 * S * g;
+    MS_TRY(ms_dev_alloc(dev, (size_t)max_batch * 3 * S * S * sizeof(float), (void **)&m->xm));
+    MS_TRY(ms_dev_alloc(dev, (size_t)R * C * sizeof(float), (void **)&m->vtok));
+    MS_TRY(ms_dev_alloc(dev, (size_t)R * C * sizeof(float), (void **)&m->dfull));
+    MS_TRY(ms_dev_alloc(dev, (size_t)nz * sizeof(int32_t), (void **)&m->zidx));
+    MS_TRY(ms_dev_alloc(dev, (size_t)R * sizeof(int32_t), (void **)&m->vrow));
+    m->h_zidx = malloc((size_t)nz * sizeof(int32_t));
+    m->h_vrow = malloc((size_t)R * sizeof(int32_t));
+    MS_FAIL_IF(!m->h_zidx || !m->h_vrow, MS_ENOMEM, "out of memory");
     return MS_OK;
 }
 
@@ -55,9 +89,11 @@ void ms_mae_free(ms_mae *m)
     if (m->dev) {
         ms_dev_free(m->dev, m->target); ms_dev_free(m->dev, m->w_all); ms_dev_free(m->dev, m->w_fg);
         ms_dev_free(m->dev, m->w_bg); ms_dev_free(m->dev, m->dpred); ms_dev_free(m->dev, m->dtok);
-        ms_dev_free(m->dev, m->loss_dev);
+        ms_dev_free(m->dev, m->loss_dev); ms_dev_free(m->dev, m->xm); ms_dev_free(m->dev, m->vtok);
+        ms_dev_free(m->dev, m->dfull); ms_dev_free(m->dev, m->zidx); ms_dev_free(m->dev, m->vrow);
     }
     free(m->h_target); free(m->h_w_all); free(m->h_w_fg); free(m->h_w_bg); free(m->vis);
+    free(m->h_zidx); free(m->h_vrow);
     ms_mae_decoder_free(&m->dec);
     ms_mae_mask_free(&m->mask);
     memset(m, 0, sizeof *m);
@@ -76,12 +112,36 @@ static ms_sam_enc_subset subset_of(const ms_mae_mask *mk)
     return s;
 }
 
+/* TinyViT (docs/MAE.md §TinyViT): the input viewed as rows of one patch's 16 pixels (b, c, y, patch column) is
+ * copied with the hidden patches' rows zeroed (index -1), layer 3 runs dense, and the visible tokens (rows
+ * b·L + t, in m->vis order) are gathered for the decoder. */
+static ms_status tinyvit_forward(ms_mae *m, const float *x, int B, const float **tok)
+{
+    int S = m->S, p = m->patch, g = m->grid, L = g * g, nv = m->n_vis, C = mae_enc_dim(m);
+    int64_t nz = (int64_t)B * 3 * S * g;
+    for (int64_t r = 0; r < nz; r++) {
+        int64_t b = r / ((int64_t)3 * S * g), y = (r / g) % S, px = r % g;
+        m->h_zidx[r] = m->mask.masked[b * L + (y / p) * g + px] ? -1 : (int32_t)r;
+    }
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < nv; i++) m->h_vrow[b * nv + i] = b * L + m->vis[b * nv + i];
+    ms_device *dev = m->dev;
+    MS_TRY(ms_dev_from_host(dev, m->zidx, m->h_zidx, (size_t)nz * sizeof(int32_t)));
+    MS_TRY(ms_dev_from_host(dev, m->vrow, m->h_vrow, (size_t)B * nv * sizeof(int32_t)));
+    MS_TRY(ms_gather_rows_forward(dev, m->xm, x, m->zidx, nz, p));
+    MS_TRY(ms_tinyvit_forward(m->tv, m->xm, B, NULL));
+    const float *t3 = ms_tinyvit_stage(m->tv, 3);
+    MS_FAIL_IF(!t3, MS_EBADSTATE, "mae: TinyViT gave no layer-3 tokens");
+    MS_TRY(ms_gather_rows_forward(dev, m->vtok, t3, m->vrow, (int64_t)B * nv, C));
+    *tok = m->vtok;
+    return MS_OK;
+}
+
 ms_status ms_mae_forward(ms_mae *m, const float *x, const float *gray, int B, uint64_t seed, const uint64_t *keys,
                          ms_mae_loss *out)
 {
     MS_FAIL_IF(B < 1 || B > m->max_batch, MS_EINVAL, "mae: batch %d exceeds the reserved %d", B, m->max_batch);
-    const ms_sam_enc_config *ec = &m->enc->cfg;
-    int S = ms_sam_enc_run_size(m->enc), p = ec->patch, g = S / p, L = g * g;
+    int S = m->S, p = m->patch, g = m->grid, L = g * g;
     int64_t R = (int64_t)B * L, P = m->P;
     if (keys)
         for (int b = 0; b < B; b++)
@@ -115,9 +175,13 @@ ms_status ms_mae_forward(ms_mae *m, const float *x, const float *gray, int B, ui
     MS_TRY(ms_dev_from_host(dev, m->w_all, m->h_w_all, (size_t)R * 4));
     MS_TRY(ms_dev_from_host(dev, m->w_fg, m->h_w_fg, (size_t)R * 4));
     MS_TRY(ms_dev_from_host(dev, m->w_bg, m->h_w_bg, (size_t)R * 4));
-    ms_sam_enc_subset sub = subset_of(&m->mask);
     const float *tok;
-    MS_TRY(ms_sam_encoder_forward_subset(m->enc, x, B, &sub, &tok));
+    if (m->tv) {
+        MS_TRY(tinyvit_forward(m, x, B, &tok));
+    } else {
+        ms_sam_enc_subset sub = subset_of(&m->mask);
+        MS_TRY(ms_sam_encoder_forward_subset(m->enc, x, B, &sub, &tok));
+    }
     MS_TRY(ms_mae_decoder_forward(&m->dec, tok, m->vis, B, nv));
     const float *pred = ms_mae_decoder_pred(&m->dec);
     float l[3] = {0, 0, 0};
@@ -137,19 +201,23 @@ ms_status ms_mae_backward(ms_mae *m, float scale, int encoder_frozen)
 {
     ms_device *dev = m->dev;
     int64_t R = m->rows, P = m->P;
-    int64_t nt = (int64_t)m->batch * m->n_vis * m->enc->cfg.embed_dim;
+    int64_t nt = (int64_t)m->batch * m->n_vis * mae_enc_dim(m);
     MS_TRY(ms_dev_zero(dev, m->dpred, (size_t)R * P * 4));
     MS_TRY(ms_mse_loss_backward(dev, m->dpred, scale, ms_mae_decoder_pred(&m->dec), m->target, m->w_all, R, P));
     if (!encoder_frozen) MS_TRY(ms_dev_zero(dev, m->dtok, (size_t)nt * 4));
     MS_TRY(ms_mae_decoder_backward(&m->dec, m->dpred, encoder_frozen ? NULL : m->dtok));
     if (encoder_frozen) return MS_OK;
-    return ms_sam_encoder_backward_subset(m->enc, m->dtok, NULL);
+    if (!m->tv) return ms_sam_encoder_backward_subset(m->enc, m->dtok, NULL);
+    /* the visible tokens' gradients into the dense grid (hidden positions get none), then through TinyViT */
+    int64_t C = mae_enc_dim(m);
+    MS_TRY(ms_dev_zero(dev, m->dfull, (size_t)(R * C) * sizeof(float)));
+    MS_TRY(ms_gather_rows_backward(dev, m->dfull, m->dtok, m->vrow, (int64_t)m->batch * m->n_vis, C, R));
+    return ms_tinyvit_backward(m->tv, NULL, m->dfull, NULL);
 }
 
 ms_status ms_mae_reconstruction(ms_mae *m, const float *gray, float *recon)
 {
-    const ms_sam_enc_config *ec = &m->enc->cfg;
-    int S = ms_sam_enc_run_size(m->enc), p = ec->patch, g = S / p, B = m->batch;
+    int S = m->S, p = m->patch, g = m->grid, B = m->batch;
     int64_t R = m->rows, P = m->P;
     float *pred = malloc((size_t)R * P * sizeof(float)), *raw = malloc((size_t)R * P * sizeof(float));
     ms_status rc = MS_OK;

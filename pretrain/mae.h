@@ -2,6 +2,12 @@
  * decoder → MSE on the hidden patches (norm-pix), and its backward. The encoder's parameters are SAM's own; the
  * decoder's live in a separate parameter set (never exported).
  *
+ * The encoder is SAM's ViT (ms_mae_init: run on the visible tokens only) or MobileSAM's TinyViT (ms_mae_init_tinyvit,
+ * docs/MAE.md §TinyViT): its convolutions see every pixel, so the hidden 16×16 patches are zeroed in the normalised
+ * input, the encoder runs dense up to layer 3 (grid S/16, BatchNorm in the mode tv->bn_train says: the caller's),
+ * and its tokens at the visible positions go to the decoder; the backward scatters their gradients back into the
+ * dense token grid.
+ *
  * Target: the gray input in [0,1] (pre-normalisation intensity), patchified 16×16 (T = 1). Foreground patches are
  * those whose brightest pixel exceeds fg_threshold; the loss over hidden foreground and background patches is
  * reported apart (MRI's air background is irreducible noise under norm-pix, docs/MAE.md §Loss).
@@ -12,6 +18,7 @@
 #include "pretrain/mae_decoder.h"
 #include "pretrain/mae_mask.h"
 #include "pretrain/sam_encoder.h"
+#include "pretrain/tinyvit.h"
 
 typedef struct ms_mae_config {
     float mask_ratio;          /* 0.75 */
@@ -28,7 +35,9 @@ typedef struct ms_mae_loss {
 
 typedef struct ms_mae {
     ms_mae_config cfg;
-    ms_sam_encoder *enc;       /* not owned */
+    ms_sam_encoder *enc;       /* not owned; NULL when tv is the encoder */
+    ms_tinyvit *tv;            /* not owned; NULL when enc is the encoder */
+    int S, patch, grid;        /* input side, patch (16), token grid g = S/16 */
     ms_mae_decoder dec;
     ms_mae_mask mask;
     ms_device *dev;
@@ -37,10 +46,18 @@ typedef struct ms_mae {
     float *target, *w_all, *w_fg, *w_bg, *dpred, *dtok, *loss_dev; /* device */
     float *h_target, *h_w_all, *h_w_fg, *h_w_bg;                  /* host */
     int32_t *vis;              /* host (B·n_vis) grid indices */
+    /* TinyViT only: the masked input (B,3,S,S), the row lists that zero it (B·3·S·g rows of 16 pixels) and that
+     * gather the visible tokens (B·n_vis rows b·L + t), the gathered tokens and the dense token gradient (B·L, C3) */
+    float *xm, *vtok, *dfull;  /* device */
+    int32_t *zidx, *vrow;      /* device */
+    int32_t *h_zidx, *h_vrow;  /* host */
 } ms_mae;
 
 /* Registers the decoder's parameters in dec_ps (prefix "mae_decoder."). */
 ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, ms_params *dec_ps);
+/* The same over TinyViT: the decoder's embed takes layer 3's width C3 (320 for vit_t); the masks are stratified over
+ * 14×14 windows of the g×g grid, the ones SAM's ViT draws at the same input size and seed. */
+ms_status ms_mae_init_tinyvit(ms_mae *m, ms_tinyvit *tv, const ms_mae_config *cfg, ms_params *dec_ps);
 /* After both parameter sets are allocated and the encoder reserved with backward for max_batch. */
 ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch);
 void ms_mae_free(ms_mae *m);

@@ -29,7 +29,8 @@ typedef struct train_state {
 struct ms_mae_run {
     ms_mae_run_config cfg;
     ms_device *dev;
-    ms_sam_encoder *enc;
+    ms_sam_encoder *enc; /* the encoder: SAM's ViT, or */
+    ms_tinyvit *tv;      /* MobileSAM's TinyViT (one of them NULL) */
     ms_params *eps; /* the encoder's block (the caller's) */
     ms_params dec_ps;
     ms_mae mae;
@@ -85,8 +86,9 @@ const ms_mae_run_plan *ms_mae_run_plan_get(const ms_mae_run *r) { return &r->pla
 
 /* ---- checkpoints ----------------------------------------------------------------------------------------- */
 
-/* Loads the tensors of ps whose names start with prefix (NULL: all) from the file; every one must be there. */
-static ms_status load_params_from(ms_params *ps, const char *path, const char *prefix)
+/* Loads the tensors of ps whose names start with prefix (NULL: all) from the file; every one must be there. tv:
+ * its BatchNorm counter too (the largest num_batches_tracked, 0 when the file has none). */
+static ms_status load_params_from(ms_params *ps, const char *path, const char *prefix, ms_tinyvit *tv)
 {
     ms_state_dict sd;
     ms_sd_init(&sd);
@@ -94,6 +96,15 @@ static ms_status load_params_from(ms_params *ps, const char *path, const char *p
     if (!rc) {
         rc = ms_params_load_prefix(ps, &sd, prefix);
         if (rc) ms_error_prefix("%s", path);
+    }
+    if (!rc && tv) {
+        tv->bn_batches = 0;
+        for (int i = 0; i < sd.n; i++) {
+            const ms_sd_entry *e = &sd.e[i];
+            if (e->t.dtype == MS_DTYPE_I64 && ms_tensor_numel(&e->t) == 1 &&
+                ms_str_ends_with(e->name, ".num_batches_tracked") && *(const int64_t *)e->t.data > tv->bn_batches)
+                tv->bn_batches = *(const int64_t *)e->t.data;
+        }
     }
     ms_sd_free(&sd);
     return rc;
@@ -111,6 +122,14 @@ ms_status ms_mae_run_state_to_sd(const ms_mae_run *r, ms_state_dict *model, ms_s
             ms_status rc = ms_dev_to_host(r->eps->dev, h, r->eps->data + q->off, (size_t)q->numel * 4);
             if (!rc) rc = ms_sd_add(model, q->name, MS_DTYPE_F32, q->shape, q->ndim, h);
             free(h);
+            if (!rc && r->tv && ms_str_ends_with(q->name, ".running_var")) {
+                /* TinyViT: each BatchNorm's counter after its running_var, as MobileSAM's state dicts have it */
+                char k[MS_PARAM_NAME_MAX + 32];
+                const int64_t one[1] = {1};
+                snprintf(k, sizeof k, "%.*snum_batches_tracked", (int)(strlen(q->name) - strlen("running_var")),
+                         q->name);
+                rc = ms_sd_add(model, k, MS_DTYPE_I64, one, 0, &r->tv->bn_batches);
+            }
             if (rc) return rc;
         }
         MS_TRY(ms_params_to_sd(&r->dec_ps, model));
@@ -209,8 +228,8 @@ static ms_status load_checkpoint(ms_mae_run *r, const char *dir)
     train_state *ts = &r->ts;
     char p[MS_PATH_MAX];
     MS_TRY(ms_path_join(p, dir, "model.safetensors"));
-    MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix));
-    MS_TRY(load_params_from(&r->dec_ps, p, NULL));
+    MS_TRY(load_params_from(r->eps, p, r->cfg.enc_prefix, r->tv));
+    MS_TRY(load_params_from(&r->dec_ps, p, NULL, NULL));
     MS_TRY(ms_path_join(p, dir, "state.json"));
     cJSON *j;
     MS_TRY(ms_read_json(p, 1 << 20, &j));
@@ -292,6 +311,7 @@ static ms_status validate_at(ms_mae_run *r, double t, double *loss)
     int S = r->S, B = r->cfg.batch;
     int64_t step = r->ts.step;
     double vsum = 0;
+    if (r->tv) r->tv->bn_train = 0; /* validation reads the running statistics and leaves them alone */
     for (int b0 = 0; b0 < r->n_val; b0 += B) {
         int nb = r->n_val - b0 < B ? r->n_val - b0 : B;
         MS_TRY(ms_dev_from_host(r->dev, r->xdev, r->vimg + (size_t)b0 * 3 * S * S, (size_t)nb * 3 * S * S * 4));
@@ -326,11 +346,67 @@ ms_status ms_mae_run_validate(ms_mae_run *r, double *loss)
 
 /* ---- open ---------------------------------------------------------------------------------------------------- */
 
+/* The MAE decoder, the gradient buckets (decoder first, then the encoder) and both optimizers. */
+static ms_status open_decoder_and_optimizers(ms_mae_run *r, const ms_mae_config *mc)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    MS_TRY(r->tv ? ms_mae_init_tinyvit(&r->mae, r->tv, mc, &r->dec_ps) : ms_mae_init(&r->mae, r->enc, mc, &r->dec_ps));
+    MS_TRY(ms_params_alloc(&r->dec_ps, r->dev));
+    MS_TRY(ms_params_alloc_grads(&r->dec_ps));
+    MS_TRY(ms_mae_decoder_init_weights(&r->mae.dec, c->seed));
+    MS_TRY(ms_mae_reserve(&r->mae, r->dev, c->batch));
+    ms_grad_sync_init(&r->gs, c->dist, c->bucket_bytes);
+    MS_TRY(ms_grad_sync_add(&r->gs, &r->dec_ps));
+    MS_TRY(ms_grad_sync_add(&r->gs, r->eps));
+    if (r->world > 1 && r->enc) ms_sam_encoder_set_grads_hook(r->enc, ms_grad_sync_ready, &r->gs, 0);
+    MS_TRY(ms_optimizer_init(&r->oe, r->eps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
+    MS_TRY(ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
+    if (c->zero1) MS_TRY(ms_optimizer_shard(&r->oe, c->dist));
+    return c->zero1 ? ms_optimizer_shard(&r->od, c->dist) : MS_OK;
+}
+
+static ms_mae_config mae_config_of(const ms_mae_run_config *c)
+{
+    ms_mae_config mc = {.mask_ratio = (float)c->mask_ratio, .sampling = c->sampling, .norm_pix = c->norm_pix,
+                        .fg_threshold = (float)c->fg_threshold,
+                        .dec = {.dim = c->dec_dim, .depth = c->dec_depth, .n_heads = c->dec_heads, .target_ch = 1}};
+    return mc;
+}
+
+/* TinyViT at its own input size: every tensor under the prefix trains but the BatchNorm running statistics
+ * (buffers), the classifier and the neck, which MAE never runs (they are exported as they came). No gradient hook:
+ * the buckets all start when the backward is done (ms_grad_sync_finish). */
+static ms_status open_model_tinyvit(ms_mae_run *r)
+{
+    const ms_mae_run_config *c = &r->cfg;
+    ms_tinyvit *tv = r->tv;
+    ms_tinyvit_free(tv);
+    MS_FAIL_IF(c->input_size && c->input_size != tv->cfg.img_size, MS_EUNSUPPORTED,
+               "pretrain: TinyViT runs at its own input size %d only (--input-size %d)", tv->cfg.img_size,
+               c->input_size);
+    r->S = tv->cfg.img_size;
+    r->g = ms_tinyvit_grid(&tv->cfg, 3);
+    ms_params_set_trainable(r->eps, "", 0);
+    ms_params_set_trainable(r->eps, c->enc_prefix, 1);
+    static const char *const frozen[] = {"norm_head.", "head.", "neck."};
+    for (int i = 0; i < 3; i++) {
+        char pre[MS_PARAM_NAME_MAX];
+        MS_FAIL_IF(snprintf(pre, sizeof pre, "%s%s", c->enc_prefix, frozen[i]) >= (int)sizeof pre, MS_EINVAL,
+                   "pretrain: encoder prefix too long");
+        ms_params_set_trainable(r->eps, pre, 0);
+    }
+    MS_TRY(ms_params_alloc_grads(r->eps));
+    MS_TRY(ms_tinyvit_reserve(tv, c->batch, 1));
+    ms_mae_config mc = mae_config_of(c);
+    return open_decoder_and_optimizers(r, &mc);
+}
+
 /* The encoder trains (every other tensor of its block stays frozen); the MAE decoder and both optimizers. */
 static ms_status open_model(ms_mae_run *r)
 {
     const ms_mae_run_config *c = &r->cfg;
     ms_sam_encoder *enc = r->enc;
+    if (r->tv) return open_model_tinyvit(r);
     /* another input size than the checkpoint's: position tables interpolated from the masters in every forward */
     ms_sam_encoder_free(enc);
     if (c->input_size) MS_TRY(ms_sam_encoder_set_input_size(enc, c->input_size));
@@ -338,25 +414,16 @@ static ms_status open_model(ms_mae_run *r)
     r->g = r->S / enc->cfg.patch;
     ms_params_set_trainable(r->eps, "", 0);
     ms_params_set_trainable(r->eps, c->enc_prefix, 1);
+    /* MAE never runs the neck: frozen, so that weight decay does not shrink it either (it is exported as it came) */
+    char neck[MS_PARAM_NAME_MAX];
+    MS_FAIL_IF(snprintf(neck, sizeof neck, "%sneck.", c->enc_prefix) >= (int)sizeof neck, MS_EINVAL,
+               "%s: encoder prefix too long", c->enc_prefix);
+    ms_params_set_trainable(r->eps, neck, 0);
     MS_TRY(ms_params_alloc_grads(r->eps));
     MS_TRY(ms_sam_encoder_reserve(enc, r->dev, c->batch, 1));
-    ms_mae_config mc = {.mask_ratio = (float)c->mask_ratio, .sampling = c->sampling, .norm_pix = c->norm_pix,
-                        .fg_threshold = (float)c->fg_threshold,
-                        .dec = {.dim = c->dec_dim, .depth = c->dec_depth, .n_heads = c->dec_heads, .target_ch = 1}};
-    MS_TRY(ms_mae_init(&r->mae, enc, &mc, &r->dec_ps));
-    MS_TRY(ms_params_alloc(&r->dec_ps, r->dev));
-    MS_TRY(ms_params_alloc_grads(&r->dec_ps));
-    MS_TRY(ms_mae_decoder_init_weights(&r->mae.dec, c->seed));
-    MS_TRY(ms_mae_reserve(&r->mae, r->dev, c->batch));
     /* the backward finishes the decoder first, then the encoder block by block from the last */
-    ms_grad_sync_init(&r->gs, c->dist, c->bucket_bytes);
-    MS_TRY(ms_grad_sync_add(&r->gs, &r->dec_ps));
-    MS_TRY(ms_grad_sync_add(&r->gs, r->eps));
-    if (r->world > 1) ms_sam_encoder_set_grads_hook(enc, ms_grad_sync_ready, &r->gs, 0);
-    MS_TRY(ms_optimizer_init(&r->oe, r->eps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
-    MS_TRY(ms_optimizer_init(&r->od, &r->dec_ps, 0.9f, 0.95f, 1e-8f, (float)c->weight_decay));
-    if (c->zero1) MS_TRY(ms_optimizer_shard(&r->oe, c->dist));
-    return c->zero1 ? ms_optimizer_shard(&r->od, c->dist) : MS_OK;
+    ms_mae_config mc = mae_config_of(c);
+    return open_decoder_and_optimizers(r, &mc);
 }
 
 /* The stores, each split by volume: the loader's configuration over the training part. */
@@ -541,7 +608,15 @@ static ms_status open_run(ms_mae_run *r)
 
 ms_status ms_mae_run_open(const ms_mae_run_config *cfg, ms_device *dev, ms_sam_encoder *enc, ms_mae_run **out)
 {
+    ms_mae_encoder e = {.vit = enc};
+    return ms_mae_run_open_encoder(cfg, dev, &e, out);
+}
+
+ms_status ms_mae_run_open_encoder(const ms_mae_run_config *cfg, ms_device *dev, const ms_mae_encoder *enc,
+                                  ms_mae_run **out)
+{
     *out = NULL;
+    MS_FAIL_IF(!enc->vit == !enc->tv, MS_EINVAL, "pretrain: give exactly one encoder (SAM's ViT or TinyViT)");
     MS_TRY(check_config(cfg));
     ms_run_mode mode;
     MS_TRY(ms_run_mode_of(cfg->out, cfg->resume, cfg->overwrite, &mode));
@@ -554,8 +629,9 @@ ms_status ms_mae_run_open(const ms_mae_run_config *cfg, ms_device *dev, ms_sam_e
     r->world = ms_dist_world(cfg->dist);
     r->mode = mode;
     r->dev = dev;
-    r->enc = enc;
-    r->eps = enc->ps;
+    r->enc = enc->vit;
+    r->tv = enc->tv;
+    r->eps = enc->vit ? enc->vit->ps : enc->tv->ps;
     ms_params_init(&r->dec_ps);
     ms_status rc = open_run(r);
     if (rc) {
@@ -590,6 +666,7 @@ static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
         batch_to_gray(&r->lc.prep, bt, bt->n, r->gray);
         for (int b = 0; b < bt->n; b++) r->keys[b] = bt->epoch * 0x9e3779b97f4a7c15ull + bt->position[b];
         ms_mae_loss l;
+        if (r->tv) r->tv->bn_train = !frozen; /* a frozen encoder keeps its running statistics */
         MS_TRY(ms_mae_forward(&r->mae, r->xdev, r->gray, bt->n, c->seed, r->keys, &l));
         if (r->nan_left > 0 && r->ts.step + 1 >= c->nan_at) { l.loss = NAN; r->nan_left--; }
         if (!isfinite(l.loss)) { sl->finite = 0; continue; }
@@ -674,6 +751,23 @@ static ms_status log_step(ms_mae_run *r, const step_loss *sl, const ms_mae_step_
     return MS_OK;
 }
 
+/* Several ranks: TinyViT's BatchNorm running statistics, each rank's moving average of its own batches, are
+ * replaced by their mean over the ranks (the mean of the moving averages is the moving average of the ranks' mean
+ * batch statistics), so every rank and every checkpoint holds the same. */
+static ms_status average_bn_stats(ms_mae_run *r)
+{
+    if (!r->tv || r->world < 2) return MS_OK;
+    size_t np = strlen(r->cfg.enc_prefix);
+    for (int i = 0; i < r->eps->n; i++) {
+        const ms_param *q = &r->eps->p[i];
+        if (!q->buffer || strncmp(q->name, r->cfg.enc_prefix, np)) continue;
+        float *d = r->eps->data + q->off;
+        MS_TRY(ms_dist_allreduce(r->cfg.dist, d, (size_t)q->numel));
+        MS_TRY(ms_scale_forward(r->dev, d, d, 1.0f / (float)r->world, q->numel));
+    }
+    return MS_OK;
+}
+
 ms_status ms_mae_run_step(ms_mae_run *r, ms_mae_step_info *info)
 {
     const ms_mae_run_config *c = &r->cfg;
@@ -687,6 +781,7 @@ ms_status ms_mae_run_step(ms_mae_run *r, ms_mae_step_info *info)
     MS_TRY(accumulate(r, frozen, &sl));
     double tw = ms_now_s();
     MS_TRY(ms_grad_sync_finish(&r->gs));
+    MS_TRY(average_bn_stats(r));
     r->comm_wait_s += ms_now_s() - tw;
     MS_TRY(agree(r, &sl, info));
     float gnorm = 0;
@@ -770,7 +865,12 @@ void ms_mae_run_close(ms_mae_run *r)
     ms_optimizer_free(&r->od);
     ms_mae_free(&r->mae);
     ms_params_free(&r->dec_ps);
-    if (r->enc->grads_ready_ctx == &r->gs) ms_sam_encoder_set_grads_hook(r->enc, NULL, NULL, 0);
-    ms_sam_encoder_free(r->enc);
+    if (r->tv) {
+        r->tv->bn_train = 0;
+        ms_tinyvit_free(r->tv);
+    } else {
+        if (r->enc->grads_ready_ctx == &r->gs) ms_sam_encoder_set_grads_hook(r->enc, NULL, NULL, 0);
+        ms_sam_encoder_free(r->enc);
+    }
     free(r);
 }

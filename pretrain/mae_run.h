@@ -15,6 +15,14 @@
  * trains those and leaves every other tensor of the block frozen (a whole SAM rides along that way). Checkpoints
  * hold the encoder's tensors and the decoder's (model.safetensors), the AdamW moments (optim.safetensors),
  * state.json (step, counters, AdamW step counts, the loader state) and loader_state.bin (the loader's resume struct).
+ * The encoder is SAM's ViT or MobileSAM's TinyViT (ms_mae_run_open_encoder; docs/MAE.md §TinyViT). TinyViT trains
+ * every tensor under enc_prefix but its BatchNorm running statistics (buffers: updated by the training forwards,
+ * as torch does), its classifier (norm_head, head) and its neck (neither runs in MAE); it runs at its own input
+ * size only; its BatchNorms use batch statistics in the training forwards and the running ones in the validation
+ * and in the decoder-only warm-up (a frozen encoder never updates them). model.safetensors holds the running
+ * statistics (they are tensors of the block) and each BatchNorm's num_batches_tracked (int64, MobileSAM's key) after
+ * its running_var; with several
+ * ranks the running statistics are averaged over the ranks after every step, so every rank holds the same.
  * On the CPU a resumed run continues bit-exactly: loader order, masks and augmentation are pure functions of
  * (seed, epoch, position), and every reduction has a fixed order.
  *
@@ -51,7 +59,7 @@ typedef struct ms_mae_run_config {
     /* what config.json records and the export is named after (sam_mri_<model>.pth) */
     const char *model, *ckpt, *init;
     const char *enc_prefix;   /* the encoder's names in its block ("image_encoder.") */
-    int input_size;           /* 0 = the encoder's own; else ms_sam_encoder_set_input_size */
+    int input_size;           /* 0 = the encoder's own; else ms_sam_encoder_set_input_size (TinyViT: its own only) */
     /* schedule */
     int batch, accum, epochs, warmup;   /* warmup < 0: 5% of the steps */
     int64_t max_steps;                  /* 0: epochs × steps per epoch */
@@ -121,8 +129,17 @@ typedef struct ms_mae_step_info {
 
 typedef struct ms_mae_run ms_mae_run;
 
+/* The encoder a run trains: exactly one of SAM's ViT (vit) and MobileSAM's TinyViT (tv). */
+typedef struct ms_mae_encoder {
+    ms_sam_encoder *vit;
+    ms_tinyvit *tv;
+} ms_mae_encoder;
+
 /* enc: the caller's encoder with its block allocated and initialised (unreserved, or reserved by an earlier run);
  * dev: the device it lives on. cfg's strings must outlive the run. */
+ms_status ms_mae_run_open_encoder(const ms_mae_run_config *cfg, ms_device *dev, const ms_mae_encoder *enc,
+                                  ms_mae_run **out);
+/* The same for SAM's ViT. */
 ms_status ms_mae_run_open(const ms_mae_run_config *cfg, ms_device *dev, ms_sam_encoder *enc, ms_mae_run **out);
 const ms_mae_run_plan *ms_mae_run_plan_get(const ms_mae_run *r);
 /* One optimizer step (or one skipped one); error when the run is already done. */

@@ -1,7 +1,9 @@
 /* tools/bench_mae.c — `mrisam bench mae`: images/s of one MAE training step (mask, encoder on the visible tokens,
  * decoder, norm-pix loss, backward, AdamW on encoder and decoder) for vit_test and vit_b at a given input size,
  * beside the PyTorch reference step (tools/bench/bench_mae_torch.py: tests/reference/mae_ref.py, SAM's dense encoder
- * with attention masks + MAE's decoder) on the same shapes and thread counts, in the same run. */
+ * with attention masks + MAE's decoder) on the same shapes and thread counts, in the same run. vit_t / vit_t_test
+ * (MobileSAM's TinyViT: dense encoder on the zeroed-patch input, BatchNorm in training mode, docs/MAE.md §TinyViT)
+ * run at their own input size only and have no PyTorch side. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,15 +40,26 @@ static ms_status time_ours(const char *model, int threads, const bcfg *b, double
     char name[32];
     ms_status rc = ms_device_init(&dev, MS_DEV_CPU, threads);
     if (!rc) rc = ms_sam_build(&sam, NULL, model, 1, &dev, name, sizeof name);
-    if (!rc) rc = ms_sam_encoder_set_input_size(&sam.enc, b->input);
+    int tiny = !rc && sam.cfg.tinyvit;
+    if (tiny && b->input != sam.tv.cfg.img_size)
+        rc = ms_error(MS_EINVAL, "%s runs at %d only (--input-size)", model, sam.tv.cfg.img_size);
+    else if (!rc && !tiny) rc = ms_sam_encoder_set_input_size(&sam.enc, b->input);
     if (rc) goto leave;
     ms_params_set_trainable(&sam.ps, "", 0);
     ms_params_set_trainable(&sam.ps, "image_encoder.", 1);
+    if (tiny) { /* what the MAE run trains (pretrain/mae_run.h) */
+        ms_params_set_trainable(&sam.ps, "image_encoder.neck.", 0);
+        ms_params_set_trainable(&sam.ps, "image_encoder.head.", 0);
+        ms_params_set_trainable(&sam.ps, "image_encoder.norm_head.", 0);
+        sam.tv.bn_train = 1;
+    }
     ms_mae_config mc = {.mask_ratio = (float)b->ratio, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1,
                         .fg_threshold = 0.05f,
                         .dec = {.dim = b->dec_dim, .depth = b->dec_depth, .n_heads = b->dec_heads, .target_ch = 1}};
-    if ((rc = ms_params_alloc_grads(&sam.ps)) || (rc = ms_sam_encoder_reserve(&sam.enc, &dev, b->batch, 1)) ||
-        (rc = ms_mae_init(&mae, &sam.enc, &mc, &dps)) || (rc = ms_params_alloc(&dps, &dev)) ||
+    if ((rc = ms_params_alloc_grads(&sam.ps)) ||
+        (rc = tiny ? ms_tinyvit_reserve(&sam.tv, b->batch, 1) : ms_sam_encoder_reserve(&sam.enc, &dev, b->batch, 1)) ||
+        (rc = tiny ? ms_mae_init_tinyvit(&mae, &sam.tv, &mc, &dps) : ms_mae_init(&mae, &sam.enc, &mc, &dps)) ||
+        (rc = ms_params_alloc(&dps, &dev)) ||
         (rc = ms_params_alloc_grads(&dps)) || (rc = ms_mae_decoder_init_weights(&mae.dec, 1)) ||
         (rc = ms_mae_reserve(&mae, &dev, b->batch)) ||
         (rc = ms_optimizer_init(&oe, &sam.ps, 0.9f, 0.95f, 1e-8f, 0.05f)) ||
@@ -92,7 +105,8 @@ int ms_bench_mae(int argc, char **argv)
         "Images/s of one MAE training step (window-stratified mask 0.75, SAM's encoder on the visible tokens, MAE\n"
         "decoder 512x8x16, norm-pix loss, backward, AdamW), ours vs the PyTorch reference step\n"
         "(tools/bench/bench_mae_torch.py) on the same shapes and threads, in the same run. vit_b runs at the input\n"
-        "size from its 1024 masters (interpolated position tables); the PyTorch side builds vit_b natively at that size.",
+        "size from its 1024 masters (interpolated position tables); the PyTorch side builds vit_b natively at that size.\n"
+        "vit_t (1024) and vit_t_test (256), MobileSAM's TinyViT, run dense at their own size, without a PyTorch side.",
         "  mrisam bench mae --models vit_test,vit_b --input-size 256 --threads 1,2"};
     const char *models = "vit_test,vit_b", *threads_s = "1,2", *python = "/usr/bin/python3";
     bcfg b = {.input = 256, .batch = 4, .steps = 3, .dec_dim = 512, .dec_depth = 8, .dec_heads = 16, .ratio = 0.75};
@@ -133,7 +147,7 @@ int ms_bench_mae(int argc, char **argv)
             double ours = 0, theirs = NAN;
             ms_status rc = time_ours(m, th, &b, &ours);
             if (rc) { fprintf(stderr, "mrisam bench mae: %s: %s\n", m, ms_errmsg()); fail = 1; continue; }
-            if (!no_torch) {
+            if (!no_torch && strcmp(m, "vit_t") && strcmp(m, "vit_t_test")) { /* no PyTorch side for TinyViT */
                 char cmd[8192];
                 snprintf(cmd, sizeof cmd,
                          "'%s' '%s' --model %s --input-size %d --batch %d --steps %d --threads %d --decoder-dim %d "
@@ -147,8 +161,11 @@ int ms_bench_mae(int argc, char **argv)
                 }
                 if (f) pclose(f);
             }
-            printf("| %s | %d | %d | %.2f | %.2f | %.2fx |\n", m, b.input, th, b.batch / ours, b.batch / theirs,
-                   theirs / ours);
+            if (isnan(theirs)) /* no PyTorch side (--no-torch, TinyViT) */
+                printf("| %s | %d | %d | %.3g | - | - |\n", m, b.input, th, b.batch / ours);
+            else
+                printf("| %s | %d | %d | %.3g | %.3g | %.2fx |\n", m, b.input, th, b.batch / ours, b.batch / theirs,
+                       theirs / ours);
             fflush(stdout);
         }
     }

@@ -52,18 +52,20 @@ static int run(int argc, char **argv)
 {
     static const ms_cmd_help help = {
         "mrisam compare --task NAME=STORE [--task ...] --model NAME [--ckpt SAM.pth] [--pretrained MRI.pth |\n"
-        "       --pretrain-steps N [--pretrain-store S ...]] --budgets 1,3,10,all --seeds 3 --steps N --warmup-steps N\n"
-        "       --lr X [options] -o OUT/",
+        "       --pretrain-steps N [--pretrain-store S ...]] --budgets 1,3,10,all --seeds 3 --steps N\n"
+        "       --warmup-steps N --lr X [options] -o OUT/",
         "Does MRI pretraining help? Fine-tunes every task from each start - random (always), the SAM checkpoint\n"
         "(--ckpt), the MRI-pretrained weights (--pretrained, or an MAE run of its own into OUT/pretrain/ with\n"
         "--pretrain-steps) - at every label budget (training slices with foreground; all = every one) and seed.\n"
-        "The held-out volumes (one-volume store: a held-out slice block) and the shots are drawn per task and seed and\n"
-        "shared by the starts (OUT/splits/); pretraining never sees a task store's held-out slices of any seed. Each\n"
-        "run is OUT/runs/<task>/<start>/b<budget>/s<seed>/ (a finetune RUN/), evaluated on its held-out volumes (3-D\n"
-        "Dice, IoU, HD95, NSD) into RUN/eval/. Writes OUT/results.csv, summary.csv, paired.csv (start - baseline by\n"
-        "seed, Student t 95 %), summary.md, plots/ (gnuplot SVG) and compare.json. Rerun the same command to resume:\n"
-        "evaluated runs are skipped, an interrupted one continues from its checkpoint. SIGINT/SIGTERM: checkpoint,\n"
-        "exit 75. docs/EVIDENCE.md says why it is built this way.",
+        "The held-out volumes (one-volume store: a held-out slice block) and the shots are drawn per task and seed\n"
+        "and shared by the starts (OUT/splits/); pretraining never sees a task store's held-out slices of any seed.\n"
+        "Each run is OUT/runs/<task>/<start>/b<budget>/s<seed>/ (a finetune RUN/) that trains all its steps (the\n"
+        "held-out data are the test set: no early stopping or model selection on them), and its final model is\n"
+        "evaluated on its held-out volumes (3-D Dice, IoU, HD95, NSD) into RUN/eval/. Writes OUT/results.csv,\n"
+        "summary.csv, paired.csv (start - baseline by seed, Student t 95 %), summary.md, plots/ (gnuplot SVG) and\n"
+        "compare.json. Rerun the same command to resume: evaluated runs are skipped, an interrupted one\n"
+        "continues from its checkpoint. SIGINT/SIGTERM: checkpoint, exit 75. docs/EVIDENCE.md says why it is built\n"
+        "this way.",
         "  mrisam compare --task brain=brain/ --model vit_test --input-size 256 --pretrain-steps 1500 \\\n"
         "      --budgets 1,3,10,all --seeds 5 --steps 150 --warmup-steps 15 --lr 1e-3 -o cmp/"};
     ms_compare_config c;
@@ -73,7 +75,6 @@ static int run(int argc, char **argv)
     static char name[MS_FT_MAX_TASKS][MS_FT_NAME_MAX];
     int threads = 0, no_hd95 = 0, no_nsd = 0, warmup = -2;
     int64_t steps = 0;
-    c.ft.val_every = 1;
     const ms_opt table[] = {
         {"task", MS_OPT_LIST, &tasks, "NAME=STORE", "a labelled task store (repeat for several)"},
         {"model", MS_OPT_STR, &c.ft.model, "NAME", "the random start's model (vit_test, vit_b, ...) and pretraining's"},
@@ -101,9 +102,8 @@ static int run(int argc, char **argv)
         {"scope", MS_OPT_STR, &scope, "decoder|encoder+decoder", "fine-tuning scope (default decoder)"},
         {"input-size", MS_OPT_INT, &c.ft.input_size, "N", "model input size of pretraining and fine-tuning"},
         {"val-fraction", MS_OPT_FLOAT, &c.ft.val_fraction, "F", "held-out share of volumes (slices) (default 0.2)"},
-        {"val-every", MS_OPT_INT, &c.ft.val_every, "E", "fine-tune validation every E epochs (default 1)"},
-        {"val-slices", MS_OPT_INT, &c.ft.val_slices, "N", "validate on the first N held-out slices (default all)"},
-        {"patience", MS_OPT_INT, &c.ft.patience, "E", "early stopping patience in epochs (default 20)"},
+        {"val-slices", MS_OPT_INT, &c.ft.val_slices, "N",
+         "the runs' own final validation (log only) on the first N held-out slices (default all)"},
         {"cache-embeddings", MS_OPT_FLAG, &c.ft.cache_embeddings, NULL, "frozen encoder: embed each slice once"},
         {"no-hd95", MS_OPT_FLAG, &no_hd95, NULL, "evaluate without HD95"},
         {"no-nsd", MS_OPT_FLAG, &no_nsd, NULL, "evaluate without NSD"},

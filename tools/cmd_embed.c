@@ -70,6 +70,9 @@ static ms_status load_encoder(ms_state_dict *sd, ms_params *ps, ms_sam_encoder *
         ms_tinyvit_config tc;
         MS_TRY(ms_sam_tinyvit_config_from_sd(sd, tiny, &tc));
         MS_TRY(ms_tinyvit_init(tv, &tc, ps, tiny));
+        ms_tinyvit_peft tp; /* finetune-SAM's LoRA / adapters: its model, as ms_sam_load_sd builds it */
+        if (ms_sam_tinyvit_peft_from_sd(sd, tiny, &tp)) MS_TRY(ms_tinyvit_add_peft(tv, &tp));
+        for (int i = 0; i < ps->n; i++) ps->p[i].optional = 0;
         MS_TRY(ms_params_alloc(ps, dev));
         MS_TRY(ms_tinyvit_load(tv, sd)); /* BatchNorms' num_batches_tracked accepted */
         *t = tv;

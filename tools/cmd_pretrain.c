@@ -1,5 +1,5 @@
-/* tools/cmd_pretrain.c — `mrisam pretrain`: MAE self-supervised pretraining of SAM's image encoder on MRI stores
- * (docs/MAE.md; flags, RUN/ layout, log keys, signals and exit codes as docs/CLI.md says). The run itself is
+/* tools/cmd_pretrain.c — `mrisam pretrain`: MAE self-supervised pretraining of SAM's image encoder (SAM's ViT or
+ * MobileSAM's TinyViT, vit_t) on MRI stores (docs/MAE.md; flags, RUN/ layout, log keys, signals and exit codes as docs/CLI.md says). The run itself is
  * pretrain/mae_run.h; this file parses the options, builds the SAM whose encoder trains (finetune/sam.h), prints
  * progress and turns SIGINT/SIGTERM into a checkpoint and exit 75. At the end RUN/sam_mri_<model>.pth and
  * .safetensors hold the full SAM state dict with the encoder replaced (prompt encoder and mask decoder copied).
@@ -77,7 +77,8 @@ static int run(int argc, char **argv)
     static const ms_cmd_help help = {
         "mrisam pretrain --store S [--store S2 ...] (--ckpt F | --init random --model NAME) -o RUN/ [options]",
         "MAE self-supervised pretraining of SAM's image encoder on ingested MRI slices. The encoder runs on the\n"
-        "visible tokens only (window-stratified masking); a MAE decoder reconstructs the hidden 16x16 patches.\n"
+        "visible tokens only (window-stratified masking; MobileSAM's TinyViT, vit_t, runs on the whole image with\n"
+        "the hidden patches zeroed); a MAE decoder reconstructs the hidden 16x16 patches.\n"
         "Writes RUN/config.json, log.jsonl, tb/, ckpt/step_*/, val/step_*.png and, at the end,\n"
         "RUN/sam_mri_<model>.pth and .safetensors (full SAM weights, encoder replaced). SIGINT/SIGTERM: finish the\n"
         "step, checkpoint, exit 75; --resume RUN/ continues exactly. RUN/ must be new or empty (exit 2 otherwise):\n"
@@ -93,7 +94,7 @@ static int run(int argc, char **argv)
         {"ckpt", MS_OPT_STR, &c.ckpt, "FILE", "SAM weights to start from (.pth or .safetensors)"},
         {"sam-ckpt", MS_OPT_STR, &o.sam_ckpt, "FILE", "alias of --ckpt"},
         {"init", MS_OPT_STR, &c.init, "random", "start from PyTorch's default initialisation (with --model)"},
-        {"model", MS_OPT_STR, &o.model, "NAME", "vit_b, vit_l, vit_h or vit_test (with --init random)"},
+        {"model", MS_OPT_STR, &o.model, "NAME", "vit_b, vit_l, vit_h, vit_t, vit_test, vit_t_test (--init random)"},
         {"o", MS_OPT_STR, &c.out, "RUN", "run directory"},
         {"resume", MS_OPT_STR, &c.resume, "RUN", "continue the run in RUN from its newest checkpoint"},
         {"overwrite", MS_OPT_FLAG, &c.overwrite, NULL, "start again over an old run in RUN (removes it)"},
@@ -179,7 +180,8 @@ static int run(int argc, char **argv)
     c.dist = dist;
     c.bucket_bytes = (size_t)(o.bucket_mb * 1048576.0);
     c.stop = ms_cli_catch_stop();
-    if ((rc = ms_mae_run_open(&c, &dev, &sam.enc, &r))) goto leave;
+    ms_mae_encoder enc = {.vit = sam.cfg.tinyvit ? NULL : &sam.enc, .tv = sam.cfg.tinyvit ? &sam.tv : NULL};
+    if ((rc = ms_mae_run_open_encoder(&c, &dev, &enc, &r))) goto leave;
     const ms_mae_run_plan *pl = ms_mae_run_plan_get(r);
     print_plan(&c, o.mask_sampling, pl);
     /* the step reads the stop flag and the ranks agree on it (in.stop); one process before its first step too */

@@ -118,7 +118,8 @@ nib.Nifti1Image(rng.integers(1, 1000, size=(6, 5, 4)).astype(np.int16), np.eye(4
 PYEOF
 $M ingest "$B/big" -o "$T/big.store" 2>"$T/big.err" &
 pid=$!
-sleep 0.3 # a walk of this tree takes about 1 s on tmpfs
+handlers_wait "$pid"
+sleep 0.1 # a walk of this tree takes about 1 s on tmpfs
 term_wait "$pid"
 cat "$T/big.err"
 if [ ! -e "$T/big.store" ]; then # stopped before the store was opened: in the walk

@@ -7,8 +7,9 @@
  * 2. Round trip: vit_t_test with counter_init weights (fresh seed) and a drawn num_batches_tracked, written as .pth and
  *    .safetensors, loads back through ms_sam_load: recognised as TinyViT (the config equal to vit_t_test's, input
  *    256), the same weights bit for bit, the same counter. A file with one drawn key dropped, or an unknown key
- *    outside the encoder, or a float num_batches_tracked, is refused. TinyViT's LoRA merges (per-head q/v rows, and
- *    finetune-SAM's slicing) on a drawn layer against the product written out.
+ *    outside the encoder, or a float num_batches_tracked, or a drawn attention_biases one column wider, is refused. TinyViT's LoRA merges (per-head q/v rows, and
+ *    finetune-SAM's slicing) on a drawn layer against the product written out. A finetune-SAM TinyViT LoRA file (drawn
+ *    layers and rank) runs through ms_sam_load (its PEFT) as through ms_sam_build (merged); random init builds.
  * 3. Golden (golden/mobilesam_test.pth, the generator's seed): the weights regenerated here, saved and loaded through
  *    ms_sam_load; the image through SAM's preprocessing (its longest side already 256: no resampling) and the
  *    encoder → embedding within 1e-4·max|ref| of MobileSAM's (float64 run); a point pair (multimask) and a box (single
@@ -113,13 +114,21 @@ static int same_values(const ms_sam *a, const ms_sam *b)
     return 1;
 }
 
-/* sd without key `drop` (NULL: none), with `extra` (a float (1,)) and num_batches_tracked as float when fcount */
-static ms_status edited(const ms_state_dict *sd, ms_state_dict *out, const char *drop, const char *extra, int fcount)
+/* sd without key `drop` (NULL: none), with `extra` (a float (1,)), num_batches_tracked as float when fcount, and key
+ * `widen` one column wider (its rows zero-filled) */
+static ms_status edited(const ms_state_dict *sd, ms_state_dict *out, const char *drop, const char *extra, int fcount,
+                        const char *widen)
 {
     ms_sd_init(out);
     for (int i = 0; i < sd->n; i++) {
         const ms_sd_entry *e = &sd->e[i];
         if (drop && !strcmp(e->name, drop)) continue;
+        if (widen && !strcmp(e->name, widen)) {
+            int64_t sh[2] = {e->t.shape[0], e->t.shape[1] + 1};
+            float *z = calloc((size_t)(sh[0] * sh[1]), sizeof *z);
+            MS_TRY(ms_sd_add_take(out, e->name, MS_DTYPE_F32, sh, 2, z));
+            continue;
+        }
         if (fcount && e->t.dtype == MS_DTYPE_I64) {
             float v = 3.f;
             MS_TRY(ms_sd_add(out, e->name, MS_DTYPE_F32, e->t.shape, 0, &v));
@@ -174,18 +183,21 @@ static void check_round_trip(ms_device *dev, uint64_t seed)
         }
         unlink(path);
     }
-    /* refusals: a drawn float key dropped, an unknown key outside the encoder, a float counter */
-    int pick;
+    /* refusals: a drawn float key dropped, an unknown key outside the encoder, a float counter, a drawn block's
+     * attention_biases with ws² + 1 columns (no square window) */
+    int pick, ab;
     do pick = (int)ms_rng_below(&r, (uint64_t)sd.n); while (sd.e[pick].t.dtype != MS_DTYPE_F32);
-    const char *cases[3] = {"a missing key", "an unknown key", "a float num_batches_tracked"};
-    for (int c = 0; c < 3; c++) {
+    do ab = (int)ms_rng_below(&r, (uint64_t)sd.n); while (!ms_str_ends_with(sd.e[ab].name, ".attention_biases"));
+    const char *cases[4] = {"a missing key", "an unknown key", "a float num_batches_tracked", "attention_biases"};
+    for (int c = 0; c < 4; c++) {
         ms_state_dict bad;
         MS_CHECK_OK(edited(&sd, &bad, c == 0 ? sd.e[pick].name : NULL, c == 1 ? "mask_decoder.extra.weight" : NULL,
-                           c == 2));
+                           c == 2, c == 3 ? sd.e[ab].name : NULL));
         snprintf(path, sizeof path, "/tmp/ms_mobilesam_bad_%d.pth", (int)getpid());
         MS_CHECK_OK(ms_sd_save(path, &bad));
         ms_status st = ms_sam_load(&back, path, dev);
-        printf("%s%s%s: %s\n", cases[c], c ? "" : " ", c ? "" : sd.e[pick].name, st ? ms_errmsg() : "loaded");
+        printf("%s%s%s: %s\n", cases[c], c == 0 || c == 3 ? " " : "", c == 0 ? sd.e[pick].name : c == 3 ? sd.e[ab].name
+               : "", st ? ms_errmsg() : "loaded");
         MS_CHECK(st != MS_OK, "%s: loaded", cases[c]);
         if (!st) ms_sam_free(&back);
         unlink(path);
@@ -349,6 +361,111 @@ static void check_lora_merge(uint64_t seed)
     free(W);
 }
 
+static ms_status embed(ms_sam *m, const float *hx, float *he)
+{
+    const size_t nx = (size_t)3 * m->img_size * m->img_size, ne = (size_t)256 * m->emb_h * m->emb_w;
+    float *x = NULL, *emb = NULL;
+    ms_status rc = ms_dev_alloc(m->dev, nx * sizeof(float), (void **)&x);
+    if (!rc) rc = ms_dev_alloc(m->dev, ne * sizeof(float), (void **)&emb);
+    if (!rc) rc = ms_dev_from_host(m->dev, x, hx, nx * sizeof(float));
+    if (!rc) rc = ms_sam_image_reserve(m, 1, 0);
+    if (!rc) rc = ms_sam_image_forward(m, x, 1, emb);
+    if (!rc) rc = ms_dev_to_host(m->dev, he, emb, ne * sizeof(float));
+    if (x) ms_dev_free(m->dev, x);
+    if (emb) ms_dev_free(m->dev, emb);
+    return rc;
+}
+
+/* finetune-SAM's TinyViT LoRA file (attn.qkv.qkv.* + linear_{a,b}_{q,v} in drawn layers): ms_sam_load runs it as
+ * finetune-SAM's model (PEFT, its column slicing), ms_sam_build merges it into the weights (pretraining's start):
+ * the same embedding. Also ms_sam_build --init random --model vit_t_test. */
+static void check_fsam_lora(ms_device *dev, uint64_t seed)
+{
+    ms_rng r;
+    ms_rng_init(&r, seed, 13);
+    ms_sam m, a, b;
+    ms_state_dict sd, f;
+    ms_sd_init(&sd);
+    ms_sd_init(&f);
+    MS_CHECK_OK(new_model(&m, "vit_t_test", dev));
+    fill(&m, seed, 3);
+    MS_CHECK_OK(ms_sam_to_sd(&m, &sd));
+    ms_sam_free(&m);
+    const unsigned layers = 1 + (unsigned)ms_rng_below(&r, 7); /* bits 0..2 → layers 1..3 */
+    const int rank = 1 + (int)ms_rng_below(&r, 4);
+    char k[300];
+    for (int i = 0; i < sd.n; i++) {
+        const ms_sd_entry *e = &sd.e[i];
+        int L, j;
+        char rest[200];
+        if (sscanf(e->name, "image_encoder.layers.%d.blocks.%d.%199s", &L, &j, rest) == 3 && (layers >> (L - 1) & 1) &&
+            (!strcmp(rest, "attn.qkv.weight") || !strcmp(rest, "attn.qkv.bias"))) {
+            snprintf(k, sizeof k, "image_encoder.layers.%d.blocks.%d.attn.qkv.qkv.%s", L, j, rest + 9);
+            MS_CHECK_OK(ms_sd_add(&f, k, e->t.dtype, e->t.shape, e->t.ndim, e->t.data));
+            if (strcmp(rest, "attn.qkv.bias")) continue;
+            const int64_t C = e->t.shape[0] / 3, sa[2] = {rank, C}, sb[2] = {C, rank};
+            static const char *nm[4] = {"linear_a_q", "linear_b_q", "linear_a_v", "linear_b_v"};
+            for (int q = 0; q < 4; q++) {
+                float *v = malloc((size_t)(rank * C) * sizeof *v);
+                ms_fill_uniform(v, rank * C, &r, -0.2f, 0.2f);
+                snprintf(k, sizeof k, "image_encoder.layers.%d.blocks.%d.attn.qkv.%s.weight", L, j, nm[q]);
+                MS_CHECK_OK(ms_sd_add_take(&f, k, MS_DTYPE_F32, q % 2 ? sb : sa, 2, v));
+            }
+            continue;
+        }
+        MS_CHECK_OK(ms_sd_add(&f, e->name, e->t.dtype, e->t.shape, e->t.ndim, e->t.data));
+    }
+    char path[256], name[32];
+    snprintf(path, sizeof path, "/tmp/ms_mobilesam_fsam_%d.pth", (int)getpid());
+    MS_CHECK_OK(ms_sd_save(path, &f));
+    ms_status sa_ = ms_sam_load(&a, path, dev), sb_ = ms_sam_build(&b, path, NULL, 0, dev, name, sizeof name);
+    unlink(path);
+    MS_CHECK(sa_ == MS_OK && sb_ == MS_OK, "finetune-SAM TinyViT LoRA file: %s", ms_errmsg());
+    if (!sa_ && !sb_) {
+        MS_CHECK(a.tv.peft.lora_rank == rank && a.tv.peft.lora_layers == layers << 1 && a.tv.peft.fsam_slicing,
+                 "PEFT read as rank %d layers %#x slicing %d", a.tv.peft.lora_rank, a.tv.peft.lora_layers,
+                 a.tv.peft.fsam_slicing);
+        const size_t nx = (size_t)3 * 256 * 256, ne = (size_t)256 * 16 * 16;
+        float *hx = malloc(nx * sizeof *hx), *ea = malloc(ne * sizeof *ea), *eb = malloc(ne * sizeof *eb);
+        ms_fill_uniform(hx, (int64_t)nx, &r, -2, 2);
+        MS_CHECK_OK(embed(&a, hx, ea));
+        MS_CHECK_OK(embed(&b, hx, eb));
+        /* the base model without LoRA: the LoRA must matter */
+        float *e0 = malloc(ne * sizeof *e0);
+        ms_sam base;
+        MS_CHECK_OK(new_model(&base, "vit_t_test", dev));
+        fill(&base, seed, 3);
+        MS_CHECK_OK(embed(&base, hx, e0));
+        ms_sam_free(&base);
+        double mx = 0, d = 0, d0 = 0;
+        for (size_t i = 0; i < ne; i++) {
+            mx = fmax(mx, fabs(eb[i]));
+            d = fmax(d, fabs(ea[i] - eb[i]));
+            d0 = fmax(d0, fabs(e0[i] - eb[i]));
+        }
+        printf("finetune-SAM TinyViT LoRA (rank %d, layers %#x): PEFT run vs merged (%s): max|d| %.3g (%.2g of max); "
+               "the LoRA changes it by %.3g\n", rank, layers << 1, name, d, d / mx, d0);
+        /* the LoRA's effect must stand well above the merge's rounding (rank 1 on one layer can be small) */
+        MS_CHECK(d <= 1e-5 * mx && d0 > 1e-4 * mx && d0 > 50 * d && !strcmp(name, "vit_t_test"),
+                 "LoRA run vs merge %.3g, vs none %.3g (max %.3g), name %s", d, d0, mx, name);
+        free(hx), free(ea), free(eb), free(e0);
+    }
+    if (!sa_) ms_sam_free(&a);
+    if (!sb_) ms_sam_free(&b);
+    ms_sd_free(&sd);
+    ms_sd_free(&f);
+    /* random initialisation of the whole model */
+    ms_status st = ms_sam_build(&b, NULL, "vit_t_test", seed, dev, name, sizeof name);
+    MS_CHECK(st == MS_OK, "build vit_t_test: %s", ms_errmsg());
+    if (!st) {
+        double s = 0;
+        for (int64_t i = 0; i < b.ps.numel; i++) s += fabs(b.ps.data[i]);
+        printf("ms_sam_build vit_t_test (random): %d tensors, mean |w| %.3g\n", b.ps.n, s / (double)b.ps.numel);
+        MS_CHECK(s > 0 && isfinite(s), "random init left zeros");
+        ms_sam_free(&b);
+    }
+}
+
 /* 3. the golden file */
 static void check_golden(ms_device *dev)
 {
@@ -488,6 +605,7 @@ int main(void)
     check_keys(&dev, "vit_t");
     check_round_trip(&dev, seed);
     check_lora_merge(seed);
+    check_fsam_lora(&dev, seed);
     check_golden(&dev);
     check_full_file(&dev);
     ms_device_free(&dev);

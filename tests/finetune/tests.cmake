@@ -1,7 +1,8 @@
 # tests/finetune — the prompt encoder + mask decoder and the whole model against PyTorch golden files (golden/),
 # PEFT (LoRA, adapters), prompt generation, the fine-tuning model and trainer, `mrisam embed` / `segment` /
-# `finetune`, and predict/eval: `mrisam predict` against predict_ref.py, the overlap metrics, the NIfTI label
-# writer and `mrisam eval`. Every test_*.c / test_*.sh is picked up by name; test_nifti_write takes its driver.
+# `finetune`, vit_t as a whole SAM against MobileSAM's own code (test_mobilesam, test_segment_vit_t; golden files
+# from gen_mobilesam_golden.py), and predict/eval: `mrisam predict` against predict_ref.py, the overlap metrics, the
+# NIfTI label writer and `mrisam eval`. Every test_*.c / test_*.sh is picked up by name; test_nifti_write takes its driver.
 ms_glob_tests(${CMAKE_CURRENT_LIST_DIR} EXCLUDE test_nifti_write test_store_norm test_finetune_mpi test_segment_auto)
 add_executable(nifti_write_driver ${CMAKE_CURRENT_LIST_DIR}/nifti_write_driver.c)
 target_link_libraries(nifti_write_driver PRIVATE mrisam_lib)

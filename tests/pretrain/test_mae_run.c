@@ -273,6 +273,12 @@ static void run_a(ms_device *dev, record *rec)
     int qk = ms_params_find(&m.ps, "image_encoder.blocks.0.attn.qkv.weight");
     MS_CHECK(qk >= 0 && memcmp(rec->block + m.ps.p[qk].off, enc0 + m.ps.p[qk].off, m.ps.p[qk].numel * 4),
              "the encoder moved");
+    for (int i = 0; i < m.ps.n; i++) { /* MAE never runs the neck: frozen, and not shrunk by weight decay either */
+        const ms_param *nk = &m.ps.p[i];
+        if (strncmp(nk->name, "image_encoder.neck.", 19)) continue;
+        MS_CHECK(!nk->trainable && !memcmp(rec->block + nk->off, enc0 + nk->off, (size_t)nk->numel * 4),
+                 "%s stays frozen and unchanged", nk->name);
+    }
     MS_CHECK(rec->log && strstr(rec->log, "\"split\":\"val\""), "log.jsonl has validation lines");
     free(enc0);
     model_free(&m);

@@ -8,3 +8,5 @@ ms_script_test(test_pretrain ${CMAKE_CURRENT_LIST_DIR}/test_pretrain.sh LABELS "
 ms_script_test(test_pretrain_rundir ${CMAKE_CURRENT_LIST_DIR}/test_pretrain_rundir.sh LABELS cpu)
 # data parallel over MPI (2 ranks on the CPU): the doubled batch, stop and resume, a hung rank (docs/DISTRIBUTED.md)
 ms_script_test(test_pretrain_mpi ${CMAKE_CURRENT_LIST_DIR}/test_pretrain_mpi.sh LABELS "cpu;mpi" TIMEOUT 300)
+# MAE over MobileSAM's TinyViT through the command: stop and resume, the export loads back (docs/MAE.md §TinyViT)
+ms_script_test(test_mae_tinyvit_cli ${CMAKE_CURRENT_LIST_DIR}/test_mae_tinyvit_cli.sh LABELS cpu)
