@@ -59,7 +59,7 @@ echo "== 3. compare: random vs pretrained start, $BUDGET labelled slices, $SEEDS
 rm -rf "$OUT/compare"
 "$MRISAM" compare --task brain="$OUT/brain" --task lobes="$OUT/lobes" --model vit_test \
     --pretrained "$OUT/run/sam_mri_vit_test.pth" --budgets "$BUDGET" --seeds "$SEEDS" --steps "$FT_STEPS" \
-    --warmup-steps 10 --lr 1e-3 --method full --scope decoder --cache-embeddings --val-every 5 --no-hd95 \
+    --warmup-steps 10 --lr 1e-3 --method full --scope decoder --cache-embeddings --no-hd95 \
     --threads "$THREADS" -o "$OUT/compare"
 cat "$OUT/compare/summary.md" 2> /dev/null || true
 
