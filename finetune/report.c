@@ -593,7 +593,10 @@ static ms_status dice_curves(ms_buf *h, const char *cmp, const char *rpath, cons
         ms_report_html(h, ptitle);
         ms_report_printf(h, "\"><figcaption>");
         ms_report_html(h, ptitle);
-        ms_report_printf(h, " (%d runs; data: <a href=\"%s.dat\">%s.dat</a>)</figcaption></figure>\n", n, name, name);
+        int most = 0;
+        for (int i = 0; i < n; i++) most = se[i].n > most ? se[i].n : most;
+        ms_report_printf(h, " (%d runs; data: <a href=\"%s.dat\">%s.dat</a>)%s</figcaption></figure>\n", n, name, name,
+                         most < 2 ? "; each run logged one validation, so each is one point" : "");
     }
     if (!rc && missing) {
         char why[64];

@@ -15,13 +15,13 @@
 # the same person's brain. With one human and one macaque the numbers show that the pipeline works, not how well it
 # generalises.
 # Environment: MS_DEMO_STEPS (pretraining steps, default 100), MS_DEMO_FT_STEPS (steps of each fine-tune, default
-# 40), MS_DEMO_SEEDS (default 2: the fewest a paired interval takes), MS_DEMO_BUDGET (labelled slices per fine-tune,
+# 200), MS_DEMO_SEEDS (default 2: the fewest a paired interval takes), MS_DEMO_BUDGET (labelled slices per fine-tune,
 # default 8), MS_THREADS (default: all cores).
 set -euo pipefail
 MRISAM=${1:?usage: demo.sh path/to/mrisam [outdir]}
 OUT=${2:-demo-out}
 STEPS=${MS_DEMO_STEPS:-100}
-FT_STEPS=${MS_DEMO_FT_STEPS:-40}
+FT_STEPS=${MS_DEMO_FT_STEPS:-200}
 SEEDS=${MS_DEMO_SEEDS:-2}
 BUDGET=${MS_DEMO_BUDGET:-8}
 # Loader threads and OpenMP share the cores: passive waiting keeps spinning threads from starving the others.
