@@ -14,8 +14,8 @@ JOBS=${MS_JOBS:-$(nproc)}
 mode=${1:-}
 
 # dcm2niix: ingest's DICOM converter, run at run time (both modes install it); python3-pydicom writes the test series;
-# Open MPI: pretrain and finetune over several processes (mpirun), and the tests labelled mpi; gnuplot-nox: the plots
-# of `mrisam compare`, run at run time (compare finishes without them when it is missing)
+# Open MPI: pretrain and finetune over several processes (mpirun), and the tests labelled mpi; gnuplot-nox: the curves
+# of `mrisam report` (required) and the plots of `mrisam compare` (it finishes without them), run at run time
 BUILD_PKGS="build-essential cmake pkg-config libnifti2-dev liblmdb-dev libzstd-dev libopenblas-openmp-dev libpng-dev
   libcjson-dev zlib1g-dev libdeflate-dev dcm2niix libopenmpi-dev openmpi-bin gnuplot-nox"
 TEST_PKGS="python3-torch python3-numpy python3-nibabel python3-lmdb python3-zstandard python3-pil python3-scipy mricron-data
