@@ -408,7 +408,9 @@ static int rows_b(opcase *rows)
             rows[nc++] = lin_row(nm, op, a[0] * a[1] * a[2], 0, 0, a[0] * a[3] * a[4], i >= 4 ? INTERP_FAR : 1e-3,
                                  a[0], a[1], a[2], a[3], a[4], 0, 0);
         }
-    /* conv_patch, both layouts, with and without bias; B Cin H W Cout k */
+    /* conv_patch, both layouts, with and without bias; B Cin H W Cout k. Tolerance 3e-4 as conv2d's below: sums of
+     * 48 products compared at ms_compare's floor, where two ulps of the largest output read 1.25e-4 (seed
+     * 131285327469, nmse 2e-14) */
     int64_t cp[2][6] = {{2, 3, 8, 12, 5, 4}, {2, 3, 12, 20, 19, 4}};
     for (int i = 0; i < 2; i++)
         for (int nhwc = 0; nhwc < 2; nhwc++) {
@@ -417,7 +419,7 @@ static int rows_b(opcase *rows)
             rows[nc++] = lin_row(name_of(nhwc ? "conv_patch k4 %lldx%lld->%lld nhwc%.0lld%.0lld"
                                               : "conv_patch k4 %lldx%lld->%lld nchw%.0lld%.0lld", H, W, Co, 0, 0),
                                  OP_PATCH, B * Ci * H * W, Co * Ci * k * k, bias ? Co : 0, B * Co * (H / k) * (W / k),
-                                 1e-4, B, Ci, H, W, Co, k, nhwc);
+                                 3e-4, B, Ci, H, W, Co, k, nhwc);
             if (!bias) rows[nc - 1].name = "conv_patch k4 nchw no bias";
         }
     /* conv2d 1x1 pad 0 and 3x3 pad 1 (odd sizes); B Cin H W Cout. Tolerance 3e-4: an output near zero among sums
