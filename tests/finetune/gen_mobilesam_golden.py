@@ -60,38 +60,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 import counter_init as ci  # noqa: E402
 
+sys.path.insert(0, os.path.join(HERE, "..", "pretrain"))
+import gen_tinyvit_golden as tg  # noqa: E402
+
 SEED = 23
 S = 256
 OUT = os.path.join(HERE, "golden")
-TV_TEST = dict(img_size=S, in_chans=3, num_classes=10, embed_dims=[32, 64, 80, 320], depths=[1, 2, 2, 1],
-               num_heads=[1, 2, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4., drop_rate=0., drop_path_rate=0.0,
-               use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8)
+TV_TEST = tg.CFG  # vit_t_test
 POINTS, LABELS, BOX = [[100.0, 80.0], [200.0, 150.0]], [1, 0], [40.0, 30.0, 180.0, 140.0]
 
 
 def stand_ins():
-    """timm (DropPath, to_2tuple, trunc_normal_, register_model) and torchvision (identity resize, ops.boxes)."""
-    class DropPath(torch.nn.Module):
-        def __init__(self, drop_prob=None):
-            super().__init__()
-            self.drop_prob = drop_prob
-
-        def forward(self, x):
-            if not self.drop_prob or not self.training:
-                return x
-            raise NotImplementedError("stand-in DropPath: drop paths are not used here")
-
-    def to_2tuple(x):
-        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-
-    timm = types.ModuleType("timm")
-    models = types.ModuleType("timm.models")
-    layers = types.ModuleType("timm.models.layers")
-    registry = types.ModuleType("timm.models.registry")
-    layers.DropPath, layers.to_2tuple = DropPath, to_2tuple
-    layers.trunc_normal_ = lambda t, mean=0., std=1., a=-2., b=2.: torch.nn.init.trunc_normal_(t, mean, std, a, b)
-    registry.register_model = lambda fn: fn
-    timm.models, models.layers, models.registry = models, layers, registry
+    """timm (gen_tinyvit_golden's stand-in, one copy) and torchvision (identity resize, ops.boxes)."""
+    tg.timm_stand_in()
 
     def resize(img, size):
         if tuple(img.shape[:2]) != tuple(size):
@@ -106,8 +87,7 @@ def stand_ins():
     tvf.resize, tvf.to_pil_image = resize, lambda a: a
     tvb.batched_nms = tvb.box_area = None
     tv.transforms, tvt.functional, tv.ops, tvo.boxes = tvt, tvf, tvo, tvb
-    sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers,
-                        "timm.models.registry": registry, "torchvision": tv, "torchvision.transforms": tvt,
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tvt,
                         "torchvision.transforms.functional": tvf, "torchvision.ops": tvo,
                         "torchvision.ops.boxes": tvb})
 
