@@ -1250,14 +1250,22 @@ static ms_status tv_init_all(ms_tinyvit *tv, uint64_t seed, float *h)
     return tv_fill(tv, tv->neck3_b, TV_ZERO, 0, seed, h);
 }
 
-ms_status ms_tinyvit_init_random(ms_tinyvit *tv, uint64_t seed)
+/* A host buffer as large as the largest registered tensor, for the initialisers (parameters allocated). */
+static ms_status tv_init_scratch(const ms_tinyvit *tv, float **h)
 {
-    ms_params *ps = tv->ps;
+    const ms_params *ps = tv->ps;
     MS_FAIL_IF(!ps || !ps->data, MS_EBADSTATE, "TinyViT: parameters not allocated");
     int64_t maxn = 1;
     for (int i = 0; i < ps->n; i++) maxn = max64(maxn, ps->p[i].numel);
-    float *h = malloc((size_t)maxn * sizeof(float));
-    MS_FAIL_IF(!h, MS_ENOMEM, "TinyViT: out of memory");
+    *h = malloc((size_t)maxn * sizeof(float));
+    MS_FAIL_IF(!*h, MS_ENOMEM, "TinyViT: out of memory");
+    return MS_OK;
+}
+
+ms_status ms_tinyvit_init_random(ms_tinyvit *tv, uint64_t seed)
+{
+    float *h;
+    MS_TRY(tv_init_scratch(tv, &h));
     ms_status rc = tv_init_all(tv, seed, h);
     free(h);
     tv->bn_batches = 0;
@@ -1320,12 +1328,8 @@ ms_status ms_tinyvit_add_peft(ms_tinyvit *tv, const ms_tinyvit_peft *pf)
 
 ms_status ms_tinyvit_peft_init_random(ms_tinyvit *tv, uint64_t seed)
 {
-    ms_params *ps = tv->ps;
-    MS_FAIL_IF(!ps || !ps->data, MS_EBADSTATE, "TinyViT: parameters not allocated");
-    int64_t maxn = 1;
-    for (int i = 0; i < ps->n; i++) maxn = max64(maxn, ps->p[i].numel);
-    float *h = malloc((size_t)maxn * sizeof(float));
-    MS_FAIL_IF(!h, MS_ENOMEM, "TinyViT: out of memory");
+    float *h;
+    MS_TRY(tv_init_scratch(tv, &h));
     ms_status rc = MS_OK;
     for (int i = 1; i < 4 && !rc; i++)
         for (int j = 0; j < tv->cfg.depths[i] && !rc; j++) {
