@@ -15,13 +15,16 @@ ok() { PASS=$((PASS + 1)); }
 bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
 check() { if "$@"; then ok; else bad "$*"; fi; }
 done_() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; exit $?; }
-# handlers_wait PID: up to 10 s for the process to catch SIGTERM (bit 15 of SigCgt in /proc/PID/status), so that a
-# signal sent next meets its handler and not the default action (on a loaded machine the start can take seconds)
+# handlers_wait PID: up to 10 s for the process to be $M (the forked shell has exec'd it: bash itself may catch
+# SIGTERM before that) and to catch SIGTERM (bit 15 of SigCgt in /proc/PID/status), so that a signal sent next meets
+# mrisam's handler, not the shell's or the default action (on a loaded machine the start can take seconds)
 handlers_wait() {
-  local pid=$1 i cgt
+  local pid=$1 i cgt exe
+  exe=$(readlink -f "$M")
   for ((i = 0; i < 200; i++)); do
-    cgt=$(awk '/^SigCgt:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 0
-    [ -n "$cgt" ] && (( (16#$cgt >> 14) & 1 )) && return 0
+    [ -d "/proc/$pid" ] || return 0
+    cgt=$(awk '/^SigCgt:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$exe" ] && [ -n "$cgt" ] && (( (16#$cgt >> 14) & 1 )) && return 0
     sleep 0.05
   done
 }
