@@ -238,7 +238,10 @@ static void check_tiling(ms_device *dev, uint64_t seed)
         }
         MS_CHECK(st == MS_OK, "tiling, prompt %d: %s", b, ms_errmsg());
     }
-    MS_CHECK(normwise(demb2, demb1, 256 * N) <= 1e-5, "tiling: image gradient of the batch != sum of single runs, %.3g",
+    /* The batch adds both prompts' contributions inside each reduction, the single runs add them afterwards: float
+     * rounding over reductions thousands long (up to n * 6e-8 ~ 2e-4 at n = 4096), measured up to 1.3e-5 over seeds;
+     * a tiling bug gives errors of order 1. */
+    MS_CHECK(normwise(demb2, demb1, 256 * N) <= 1e-4, "tiling: image gradient of the batch != sum of single runs, %.3g",
              normwise(demb2, demb1, 256 * N));
     free(masks2);
     ms_sam_prompt_state_free(dev, &pst);
