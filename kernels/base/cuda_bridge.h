@@ -19,6 +19,7 @@ ms_status ms_cuda_memset0(ms_device *dev, void *p, size_t bytes);
 /* dir: 1 host→device, 2 device→host, 3 device→device */
 ms_status ms_cuda_copy(ms_device *dev, void *dst, const void *src, size_t bytes, int dir);
 ms_status ms_cuda_sync(ms_device *dev);
+ms_status ms_cuda_mem_info(ms_device *dev, size_t *used, size_t *total); /* cudaMemGetInfo on dev's GPU */
 /* Pinned host memory for loader batches (falls back to malloc when CUDA is absent). */
 ms_status ms_host_alloc_pinned(size_t bytes, void **out);
 void ms_host_free_pinned(void *p);

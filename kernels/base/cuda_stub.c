@@ -14,6 +14,7 @@ void ms_cuda_free(ms_device *dev, void *p) { (void)dev; (void)p; }
 ms_status ms_cuda_memset0(ms_device *dev, void *p, size_t b) { (void)dev; (void)p; (void)b; return NO_CUDA(); }
 ms_status ms_cuda_copy(ms_device *dev, void *d, const void *s, size_t b, int dir) { (void)dev; (void)d; (void)s; (void)b; (void)dir; return NO_CUDA(); }
 ms_status ms_cuda_sync(ms_device *dev) { (void)dev; return NO_CUDA(); }
+ms_status ms_cuda_mem_info(ms_device *dev, size_t *u, size_t *t) { (void)dev; *u = *t = 0; return NO_CUDA(); }
 ms_status ms_host_alloc_pinned(size_t bytes, void **out)
 {
     *out = aligned_alloc(64, (bytes + 63) & ~(size_t)63);

@@ -24,6 +24,24 @@ ms_status ms_device_parse(const char *s, ms_device_kind *kind, int *index)
     MS_FAIL(MS_EINVAL, "--device: expected cpu, cuda or cuda:N, got '%s'", s);
 }
 
+ms_status ms_precision_parse(const char *s, ms_precision *out)
+{
+    if (!strcmp(s, "fp32")) { *out = MS_PREC_FP32; return MS_OK; }
+    if (!strcmp(s, "bf16")) { *out = MS_PREC_BF16; return MS_OK; }
+    MS_FAIL(MS_EINVAL, "--precision: expected fp32 or bf16, got '%s'", s);
+}
+
+const char *ms_precision_name(ms_precision p) { return p == MS_PREC_BF16 ? "bf16" : "fp32"; }
+
+ms_precision ms_precision_default(ms_device_kind kind) { return kind == MS_DEV_CUDA ? MS_PREC_BF16 : MS_PREC_FP32; }
+
+ms_status ms_dev_mem_info(ms_device *dev, size_t *used, size_t *total)
+{
+    *used = *total = 0;
+    if (dev->kind == MS_DEV_CUDA) return ms_cuda_mem_info(dev, used, total);
+    MS_FAIL(MS_EUNSUPPORTED, "device memory use: only for CUDA devices");
+}
+
 ms_status ms_device_init(ms_device *dev, ms_device_kind kind, int n_threads)
 {
     return ms_device_init_at(dev, kind, 0, n_threads);

@@ -154,6 +154,16 @@ extern "C" ms_status ms_cuda_sync(ms_device *dev)
     return MS_OK;
 }
 
+extern "C" ms_status ms_cuda_mem_info(ms_device *dev, size_t *used, size_t *total)
+{
+    MS_CU_CTX(dev);
+    size_t fr = 0, all = 0;
+    MS_CU(cudaMemGetInfo(&fr, &all));
+    *used = all - fr;
+    *total = all;
+    return MS_OK;
+}
+
 extern "C" ms_status ms_host_alloc_pinned(size_t bytes, void **out)
 {
     size_t n = (bytes + 63) & ~(size_t)63;
