@@ -16,8 +16,7 @@ typedef enum { MS_DEV_CPU = 0, MS_DEV_CUDA = 1 } ms_device_kind;
 
 /* The arithmetic of the heavy ops (GEMMs, attention). MS_PREC_FP32: exact fp32. MS_PREC_BF16: their inputs rounded
  * to bf16 (round to nearest even), products accumulated in fp32, results fp32; everything else (LayerNorm
- * statistics, softmax, losses, gradient norms, master weights, AdamW state) stays fp32 (docs/PERFORMANCE.md
- * §Precision). ms_device_init sets fp32 on every device; the tools default to bf16 on CUDA (--precision). */
+ * statistics, softmax, losses, gradient norms, master weights, AdamW state) stays fp32 (docs/PRECISION.md). ms_device_init sets fp32 on every device; the tools default to bf16 on CUDA (--precision). */
 typedef enum { MS_PREC_FP32 = 0, MS_PREC_BF16 = 1 } ms_precision;
 
 typedef struct ms_device {
