@@ -28,6 +28,9 @@ typedef struct ms_attention_desc {
     int64_t n_groups;
     int n_heads;
     int head_dim;
+    int head_dim_qk;                /* width of q and k per head when it differs from v's (folded relative
+                                       positions, kernels/attention_fold.h); 0: head_dim. Then q and k of head h
+                                       are columns [h·head_dim_qk, (h+1)·head_dim_qk) and rel_h/rel_w must be NULL */
     float scale;
     const int32_t *q_off, *q_idx, *k_off, *k_idx;
     int64_t nq, nk;                 /* group sizes when q_off / k_off are NULL */

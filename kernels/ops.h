@@ -17,6 +17,7 @@
 
 #include "activation.h"  /* gelu, relu */
 #include "attention.h"   /* grouped SDPA with decomposed relative positions */
+#include "attention_fold.h" /* relative positions folded into extra q/k columns */
 #include "batchnorm.h"   /* batchnorm2d (training and inference) */
 #include "conv.h"        /* conv_patch, conv2d, conv_transpose2x2 */
 #include "dwconv.h"      /* depthwise conv2d */
