@@ -2,6 +2,8 @@
  * kernels/layernorm.h). Statistics are two-pass in double (mean, then biased variance of x − mean), stored as
  * float mean and rstd = 1/√(var + eps); backward recomputes x̂ from them.
  * Backward per normalised vector: g = dy·w; dx += rstd·(g − mean(g) − x̂·mean(g·x̂)); dw += Σ dy·x̂; db += Σ dy.
+ * add_layernorm writes a row's sum, then normalises it with the same row code as layernorm (bit-identical to the
+ * two ops in sequence).
  * Threads: rows (LN) or (image, pixel block) (LN2d) in forward and dx; dw/db by column block (LN) or channel
  * (LN2d), each summing its rows in a fixed order, so every result is deterministic.
  */
@@ -35,6 +37,19 @@ static ms_status check_args(const char *who, const float *x, const float *w, int
     return MS_OK;
 }
 
+/* One row: statistics of xr, then yr. Shared by layernorm and add_layernorm, so both round alike. */
+static void ln_row(float *yr, float *mean, float *rstd, const float *xr, const float *w, const float *b, int64_t D,
+                   float eps)
+{
+    double mu, var;
+    row_stats(xr, D, &mu, &var);
+    double rs = 1.0 / sqrt(var + (double)eps);
+    float muf = (float)mu, rsf = (float)rs;
+    for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - muf) * rsf * w[j] + (b ? b[j] : 0.f);
+    if (mean) *mean = muf;
+    if (rstd) *rstd = rsf;
+}
+
 ms_status ms_layernorm_forward_cpu(ms_device *dev, float *y, float *mean, float *rstd, const float *x, const float *w,
                                    const float *b, int64_t N, int64_t D, float eps)
 {
@@ -42,16 +57,26 @@ ms_status ms_layernorm_forward_cpu(ms_device *dev, float *y, float *mean, float 
     MS_FAIL_IF(N > 0 && D == 0, MS_EINVAL, "layernorm_forward: D = 0");
     int nt = ms_cpu_threads(dev);
 #pragma omp parallel for num_threads(nt) schedule(static) if (N * D >= MS_CPU_PAR_MIN)
+    for (int64_t i = 0; i < N; i++)
+        ln_row(y + i * D, mean ? mean + i : NULL, rstd ? rstd + i : NULL, x + i * D, w, b, D, eps);
+    return MS_OK;
+}
+
+/* The row's sum is written first and read back by ln_row, so s and y are those of add then layernorm. */
+ms_status ms_add_layernorm_forward_cpu(ms_device *dev, float *s, float *y, float *mean, float *rstd, const float *x,
+                                       const float *r, const float *w, const float *b, int64_t N, int64_t D,
+                                       float eps)
+{
+    MS_TRY(check_args("add_layernorm_forward", x, w, N, D, 1));
+    MS_FAIL_IF(N > 0 && D == 0, MS_EINVAL, "add_layernorm_forward: D = 0");
+    MS_FAIL_IF(N > 0 && (!r || !s || !y), MS_EINVAL, "add_layernorm_forward: NULL residual or output");
+    int nt = ms_cpu_threads(dev);
+#pragma omp parallel for num_threads(nt) schedule(static) if (N * D >= MS_CPU_PAR_MIN)
     for (int64_t i = 0; i < N; i++) {
-        const float *xr = x + i * D;
-        float *yr = y + i * D;
-        double mu, var;
-        row_stats(xr, D, &mu, &var);
-        double rs = 1.0 / sqrt(var + (double)eps);
-        float muf = (float)mu, rsf = (float)rs;
-        for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - muf) * rsf * w[j] + (b ? b[j] : 0.f);
-        if (mean) mean[i] = muf;
-        if (rstd) rstd[i] = rsf;
+        const float *xr = x + i * D, *rr = r + i * D;
+        float *sr = s + i * D;
+        for (int64_t j = 0; j < D; j++) sr[j] = xr[j] + rr[j];
+        ln_row(y + i * D, mean ? mean + i : NULL, rstd ? rstd + i : NULL, sr, w, b, D, eps);
     }
     return MS_OK;
 }

@@ -1,7 +1,10 @@
 /* kernels/cuda/layernorm.cu — LayerNorm over the last dim and LayerNorm2d over NCHW channels (contract:
  * kernels/layernorm.h). Two-pass statistics (mean, then the biased variance of x − mean), saved as mean and
  * rstd; backward recomputes x̂: dx += rstd·(g − mean(g) − x̂·mean(g·x̂)), g = dy·w.
- * LN: one warp per row. LN2d: one thread per (image, pixel), channels strided by HW (coalesced over pixels).
+ * LN: one warp per row. add_layernorm: one warp per row too, with the same sums in the same order (so its y, mean
+ * and rstd equal layernorm's on the written s); the row is held in registers (V values per lane) for D ≤ 32·V, so
+ * x and r are read once and s and y written once (5 passes over memory for add then layernorm become 4).
+ * LN2d: one thread per (image, pixel), channels strided by HW (coalesced over pixels).
  * dw/db are deterministic: fixed-order column sums (LN) and one block per channel (LN2d); no atomics.
  */
 #include "cuda_common.h"
@@ -24,6 +27,60 @@ __global__ static void ln_fwd_f32(float *y, float *mean, float *rstd, const floa
         if (lane == 0) {
             if (mean) mean[r] = mu;
             if (rstd) rstd[r] = rs;
+        }
+    }
+}
+/* add + LN, one warp per row. V > 0: lane values in registers, D ≤ 32·V; V = 0: any D, s re-read from memory (each
+ * lane reads back only what it wrote). A lane reads its x and r elements before storing them in s, so s may alias
+ * x or r. */
+template <int V>
+__global__ static void add_ln_fwd_f32(float *s, float *y, float *mean, float *rstd, const float *x, const float *r,
+                                      const float *w, const float *b, int64_t N, int64_t D, float eps)
+{
+    int lane = threadIdx.x & 31;
+    for (int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < N;
+         row += (int64_t)gridDim.x * (blockDim.x / 32)) {
+        const float *xr = x + row * D, *rr = r + row * D;
+        float *sr = s + row * D, *yr = y + row * D;
+        float v[V > 0 ? V : 1];
+        float sum = 0.f;
+        if (V > 0) {
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                int64_t c = lane + 32 * k;
+                v[k] = c < D ? xr[c] + rr[c] : 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                if (lane + 32 * k < D) { sr[lane + 32 * k] = v[k]; sum += v[k]; }
+        } else {
+            for (int64_t c = lane; c < D; c += 32) {
+                float t = xr[c] + rr[c];
+                sr[c] = t;
+                sum += t;
+            }
+        }
+        float mu = ms_warp_sum(sum) / (float)D, var = 0.f;
+        if (V > 0) {
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                if (lane + 32 * k < D) { float d = v[k] - mu; var += d * d; }
+        } else {
+            for (int64_t c = lane; c < D; c += 32) { float d = sr[c] - mu; var += d * d; }
+        }
+        float rs = __frsqrt_rn(ms_warp_sum(var) / (float)D + eps);
+        if (V > 0) {
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                int64_t c = lane + 32 * k;
+                if (c < D) yr[c] = (v[k] - mu) * rs * w[c] + (b ? b[c] : 0.f);
+            }
+        } else {
+            for (int64_t c = lane; c < D; c += 32) yr[c] = (sr[c] - mu) * rs * w[c] + (b ? b[c] : 0.f);
+        }
+        if (lane == 0) {
+            if (mean) mean[row] = mu;
+            if (rstd) rstd[row] = rs;
         }
     }
 }
@@ -133,6 +190,31 @@ extern "C" ms_status ms_layernorm_forward_cuda(ms_device *dev, float *y, float *
     MS_FAIL_IF(!D, MS_EINVAL, "layernorm_forward: D = 0");
     MS_FAIL_IF(!y || !x || !w, MS_EINVAL, "layernorm_forward: NULL input or weight");
     ln_fwd_f32<<<ms_cu_blocks(N, 8), 256, 0, ms_cuda_ctx_of(dev)->stream>>>(y, mean, rstd, x, w, b, N, D, eps);
+    MS_CU_LAUNCHED();
+    return MS_OK;
+}
+extern "C" ms_status ms_add_layernorm_forward_cuda(ms_device *dev, float *s, float *y, float *mean, float *rstd,
+                                                   const float *x, const float *r, const float *w, const float *b,
+                                                   int64_t N, int64_t D, float eps)
+{
+    MS_CU_CTX(dev);
+    MS_FAIL_IF(N < 0 || D < 0, MS_EINVAL, "add_layernorm_forward: negative size");
+    if (!N) return MS_OK;
+    MS_FAIL_IF(!D, MS_EINVAL, "add_layernorm_forward: D = 0");
+    MS_FAIL_IF(!s || !y || !x || !r || !w, MS_EINVAL, "add_layernorm_forward: NULL input, output or weight");
+    unsigned nb = ms_cu_blocks(N, 8);
+    cudaStream_t st = ms_cuda_ctx_of(dev)->stream;
+    /* registers per lane: the smallest V with 32·V ≥ D (SAM: 768 → 24, 1024 → 32, 1280 → 40; MAE decoder 512 → 16) */
+#define ADD_LN(V_) add_ln_fwd_f32<V_><<<nb, 256, 0, st>>>(s, y, mean, rstd, x, r, w, b, N, D, eps)
+    if (D <= 64) ADD_LN(2);
+    else if (D <= 128) ADD_LN(4);
+    else if (D <= 256) ADD_LN(8);
+    else if (D <= 512) ADD_LN(16);
+    else if (D <= 768) ADD_LN(24);
+    else if (D <= 1024) ADD_LN(32);
+    else if (D <= 1280) ADD_LN(40);
+    else ADD_LN(0);
+#undef ADD_LN
     MS_CU_LAUNCHED();
     return MS_OK;
 }

@@ -43,6 +43,34 @@ static ms_status fwd_layernorm(ms_device *dev, opcase *c)
 static ms_status bwd_layernorm(ms_device *dev, opcase *c, float *const *g)
 { return ms_layernorm_backward(dev, g[0], g[1], g[2], c->gout, c->in[0], c->in[1], c->aux0, c->aux1, c->d[0], c->d[1]); }
 
+/* add_layernorm: x = in[0], r = in[1], w = in[2], b = in[3]; d = {N, D}, f = {eps}; out = [s | y] (2·N·D), so
+ * L = Σ gout·out sees both outputs. The reference is s = x + r in double, then ref_layernorm on it. */
+static ms_status fwd_add_ln(ms_device *dev, opcase *c)
+{
+    int64_t n = c->d[0] * c->d[1];
+    return ms_add_layernorm_forward(dev, c->out, c->out + n, c->aux0, c->aux1, c->in[0], c->in[1], c->in[2], c->in[3],
+                                    c->d[0], c->d[1], c->f[0]);
+}
+
+/* The op has no backward of its own (kernels/layernorm.h): d(s) = gout_s + LN's dx on the saved s, and an add
+ * passes d(s) to x and r alike. So the LN backward adds its dx onto each of d(x) and d(r) (dw, db once), then the
+ * pass-through of gout_s. */
+static ms_status bwd_add_ln(ms_device *dev, opcase *c, float *const *g)
+{
+    int64_t N = c->d[0], D = c->d[1], n = N * D;
+    MS_TRY(ms_layernorm_backward(dev, g[0], g[2], g[3], c->gout + n, c->out, c->in[2], c->aux0, c->aux1, N, D));
+    if (g[1]) MS_TRY(ms_layernorm_backward(dev, g[1], NULL, NULL, c->gout + n, c->out, c->in[2], c->aux0, c->aux1, N, D));
+    return ms_add_backward(dev, g[0], g[1], c->gout, n);
+}
+
+static void ref_add_ln(const opcase *c, const double *const *in, double *out)
+{
+    int64_t n = c->d[0] * c->d[1];
+    for (int64_t i = 0; i < n; i++) out[i] = in[0][i] + in[1][i];
+    const double *ln_in[3] = {out, in[2], in[3]};
+    ref_layernorm(c, ln_in, out + n);
+}
+
 /* batchnorm: x = in[0], γ = in[1], β = in[2]; d = {B, C, HW}, f = {eps, momentum}, op = training. aux0 = [saved mean |
  * running mean], aux1 = [saved rstd | running var], C each: training rows write all of them (aux_out: the running
  * update is compared across backends too); inference rows hold running stats (init_bn_eval) and save into the
@@ -292,6 +320,16 @@ static int rows_a(opcase *rows)
                           .in_n = {3 * 37 * 45, 37, 37}, .out_n = 3 * 37 * 45, .lo = {-2, 0.5f, -1}, .hi = {3, 1.5f, 1},
                           .aux_n = {3 * 45, 3 * 45}, .aux_out = 1, .ref = ref_layernorm2d, .fwd = fwd_layernorm2d,
                           .bwd = bwd_layernorm2d};
+    /* add_layernorm: N x D; 72/200/768 take the CUDA kernel's register paths (4, 8, 24 per lane), 1300 its
+     * fallback that re-reads s */
+    int64_t aln[4][2] = {{300, 72}, {77, 200}, {29, 768}, {19, 1300}};
+    for (int i = 0; i < 4; i++) {
+        int64_t N = aln[i][0], D = aln[i][1];
+        rows[nc++] = (opcase){.name = name_of("add_layernorm %lldx%lld%.0lld%.0lld%.0lld", N, D, 0, 0, 0), .half = 'a',
+                              .n_in = 4, .d = {N, D}, .f = {1e-6f}, .in_n = {N * D, N * D, D, D}, .out_n = 2 * N * D,
+                              .lo = {-2, -1, 0.5f, -0.5f}, .hi = {2, 1, 1.5f, 0.5f}, .aux_n = {N, N}, .aux_out = 1,
+                              .ref = ref_add_ln, .fwd = fwd_add_ln, .bwd = bwd_add_ln};
+    }
     /* batchnorm: training (7x7 and 1x1 maps, as TinyViT's last stages have) and inference; B C HW */
     int64_t bn[4][4] = {{3, 24, 49, 1}, {2, 5, 300, 1}, {6, 10, 1, 1}, {3, 24, 49, 0}};
     for (int i = 0; i < 4; i++) {

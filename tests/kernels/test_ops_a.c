@@ -249,6 +249,36 @@ static void test_inplace(ms_device *dev, ms_rng *r)
     free(x); free(b); free(y); free(z);
 }
 
+/* add_layernorm on the CPU equals add then layernorm bit for bit (what keeps the encoder's results unchanged), out
+ * of place and in place (s = x, s = r), on random shapes: D of any residue mod 4, N·D on both sides of the
+ * threading threshold. */
+static void test_add_layernorm_bits(ms_device *dev, ms_rng *r)
+{
+    for (int t = 0; t < 6; t++) {
+        int64_t N = 1 + (int64_t)ms_rng_below(r, 300), D = 1 + (int64_t)ms_rng_below(r, 400), n = N * D;
+        float *x = falloc(n), *res = falloc(n), *w = falloc(D), *b = falloc(D), *s0 = falloc(n), *y0 = falloc(n);
+        float *s = falloc(n), *y = falloc(n), *m0 = falloc(N), *r0 = falloc(N), *m = falloc(N), *rs = falloc(N);
+        ms_fill_uniform(x, n, r, -3, 3);
+        ms_fill_uniform(res, n, r, -3, 3);
+        ms_fill_uniform(w, D, r, 0.5f, 1.5f);
+        ms_fill_uniform(b, D, r, -0.5f, 0.5f);
+        MS_CHECK_OK(ms_add_forward_cpu(dev, s0, x, res, n));
+        MS_CHECK_OK(ms_layernorm_forward_cpu(dev, y0, m0, r0, s0, w, b, N, D, 1e-6f));
+        int ok = 1;
+        for (int mode = 0; mode < 3; mode++) { /* 0: s apart, 1: s = x, 2: s = r */
+            memcpy(s, mode == 2 ? res : x, (size_t)n * sizeof(float));
+            memset(y, 0, (size_t)n * sizeof(float));
+            MS_CHECK_OK(ms_add_layernorm_forward_cpu(dev, s, y, m, rs, mode == 1 ? s : x, mode == 2 ? s : res, w, b, N, D,
+                                                     1e-6f));
+            ok &= !memcmp(s, s0, (size_t)n * sizeof(float)) && !memcmp(y, y0, (size_t)n * sizeof(float)) &&
+                  !memcmp(m, m0, (size_t)N * sizeof(float)) && !memcmp(rs, r0, (size_t)N * sizeof(float));
+        }
+        MS_CHECK(ok, "add_layernorm %lldx%lld differs from add + layernorm", (long long)N, (long long)D);
+        free(x); free(res); free(w); free(b); free(s0); free(y0); free(s); free(y); free(m0); free(r0); free(m); free(rs);
+    }
+    printf("  %-22s bit-identical to add + layernorm (6 shapes, in place too)\n", "add_layernorm");
+}
+
 /* Bad arguments and bad labels are errors with a message, and leave outputs alone. */
 static void test_errors(ms_device *dev)
 {
@@ -336,6 +366,7 @@ int main(void)
     test_adamw(&dev, &r);
     test_sumsq_clip(&dev, &r);
     test_inplace(&dev, &r);
+    test_add_layernorm_bits(&dev, &r);
     test_batchnorm_running(&dev, &r);
     test_errors(&dev);
     ms_device_free(&dev);
