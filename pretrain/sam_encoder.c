@@ -5,6 +5,9 @@
  * Per block (M = B·g·g token rows, ref: segment_anything/modeling/image_encoder.py Block.forward):
  *   ln1 = LN(x_in); qkv = ln1·Wqkvᵀ + b (plus the pad rows); ao = attn(qkv); xmid = x_in + ao·Wpᵀ + bp;
  *   ln2 = LN(xmid); h = ln2·W1ᵀ + b1; gl = GELU(h); out = xmid + gl·W2ᵀ + b2.
+ * The add that makes xmid and ln2 are one op (ms_add_layernorm_forward, kernels/layernorm.h), and so are the add
+ * that makes out and the next block's ln1 where no MLP_Adapter comes between; on the CPU the results are those of
+ * the separate ops, bit for bit. The backward needs nothing new: ln2's and ln1's backward read the kept xmid / x_in.
  * With backward enabled every block keeps ln1, mean/rstd, qkv, ao, lse, xmid, ln2, h, gl and out (≈16·M·D floats);
  * the backward walks the same list in reverse, each op accumulating into zeroed scratch or into the gradients.
  * PEFT (finetune-SAM; registration and initialisation in sam_encoder_peft.c), per block that has it:
@@ -596,7 +599,9 @@ static ms_status adapter_backward(ms_sam_encoder *enc, int w1, int b1, int w2, i
                               ms_params_data(ps, w1), M, D, Da);
 }
 
-static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
+/* *ln1_ready: on entry, block i's ln1/mean1/rstd1 were already written by block i − 1 (its MLP residual add fused
+ * with this norm1); on return, whether this block did that for block i + 1. */
+static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready)
 {
     const ms_sam_enc_config *c = &enc->cfg;
     struct enc_priv *p = enc->priv;
@@ -608,7 +613,8 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
     int64_t M = p->sub_active ? p->sub_rows : (int64_t)B * g * g; /* token rows: every token, or the subset */
     int glob = ms_sam_enc_block_is_global(c, i), resized;
 #define P(x) ms_params_data(ps, w->x)
-    MS_TRY(ms_layernorm_forward(dev, b->ln1, b->mean1, b->rstd1, b->x_in, P(norm1_w), P(norm1_b), M, D, c->eps));
+    if (!*ln1_ready)
+        MS_TRY(ms_layernorm_forward(dev, b->ln1, b->mean1, b->rstd1, b->x_in, P(norm1_w), P(norm1_b), M, D, c->eps));
     MS_TRY(ms_linear_forward(dev, b->qkv, b->ln1, P(qkv_w), P(qkv_b), M, D, 3 * D));
     if (ms_sam_enc_has_lora(enc, i)) MS_TRY(lora_forward(enc, i, b->qkv, b->tq, b->tv, b->ln1, M));
     if (!glob) MS_TRY(pad_rows_forward(enc, i, b));
@@ -622,12 +628,21 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B)
         MS_TRY(ms_add_forward(dev, b->xmid, b->a, p->pf_tmp, M * D));
     } else
         MS_TRY(ms_linear_forward(dev, b->xmid, b->ao, P(proj_w), P(proj_b), M, D, D));
-    MS_TRY(ms_add_forward(dev, b->xmid, b->xmid, b->x_in, M * D));
-    MS_TRY(ms_layernorm_forward(dev, b->ln2, b->mean2, b->rstd2, b->xmid, P(norm2_w), P(norm2_b), M, D, c->eps));
+    MS_TRY(ms_add_layernorm_forward(dev, b->xmid, b->ln2, b->mean2, b->rstd2, b->xmid, b->x_in, P(norm2_w), P(norm2_b),
+                                    M, D, c->eps)); /* xmid += x_in; ln2 = LN(xmid) */
     MS_TRY(ms_linear_forward(dev, b->h, b->ln2, P(lin1_w), P(lin1_b), M, D, Mlp));
     MS_TRY(ms_gelu_forward(dev, b->gl, b->h, M * Mlp));
     MS_TRY(ms_linear_forward(dev, b->out, b->gl, P(lin2_w), P(lin2_b), M, Mlp, D));
-    MS_TRY(ms_add_forward(dev, b->out, b->out, b->xmid, M * D));
+    /* out += xmid is the last add unless the MLP_Adapter follows: then it also gives the next block's norm1 (out is
+     * that block's x_in; in inference its ln1 buffers are this block's, free by now) */
+    *ln1_ready = !adap && i + 1 < c->depth;
+    if (*ln1_ready) {
+        const ms_sam_enc_block_params *wn = &enc->blk[i + 1];
+        blk_act *bn = &p->blk[i + 1];
+        MS_TRY(ms_add_layernorm_forward(dev, b->out, bn->ln1, bn->mean1, bn->rstd1, b->out, b->xmid,
+                                        ms_params_data(ps, wn->norm1_w), ms_params_data(ps, wn->norm1_b), M, D, c->eps));
+    } else
+        MS_TRY(ms_add_forward(dev, b->out, b->out, b->xmid, M * D));
     if (adap) { /* out += scale·MLP_Adapter(ln2), parallel to the MLP */
         MS_TRY(adapter_forward(enc, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, p->pf_tmp, b->ma_h, b->ma_g, b->ln2, M));
         MS_TRY(ms_scale_forward(dev, p->pf_tmp, p->pf_tmp, enc->peft.adapter_scale, M * D));
@@ -657,7 +672,8 @@ ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, flo
     const float *pos;
     MS_TRY(pos_forward(enc, &pos));
     MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, pos, B, T * D));
-    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B));
+    int ln1_ready = 0;
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready));
     const float *last = p->blk[c->depth - 1].out;
     /* neck: 1x1 conv = a linear layer on tokens, then NHWC → NCHW for the 2D LayerNorms and the 3x3 conv */
     MS_TRY(ms_linear_forward(dev, p->neck0, last, ms_params_data(ps, enc->neck0_w), NULL, M, D, C));
@@ -977,7 +993,8 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     MS_TRY(ms_gather_rows_forward(dev, p->tok_sub, p->tok0, p->s_gather, p->sub_rows, D));
     p->sub_active = 1;
     p->blk[0].x_in = p->tok_sub;
-    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B));
+    int ln1_ready = 0;
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready));
     *tokens = p->blk[c->depth - 1].out;
     return MS_OK;
 }
