@@ -14,7 +14,8 @@
  *             accumulation errs by O(1))
  *   NULL gradients: each gradient alone equals the all-gradients result; all NULL is a no-op returning OK
  *   determinism: two runs with the same thread count (2, or MS_TEST_THREADS) give identical bits
- * Then AdamW (5 steps vs torch's formula in double), sumsq, clip_grad_norm, in-place forwards, error paths.
+ * Then AdamW (5 steps vs torch's formula in double; the multi-tensor step bit-identical to per-tensor steps),
+ * sumsq, clip_grad_norm, in-place forwards, add_layernorm's bits, error paths.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -177,6 +178,78 @@ static void test_adamw(ms_device *dev, ms_rng *r)
     }
     MS_CHECK(ms_adamw_step_cpu(dev, p, g, m, v, N, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.f, 0) == MS_EINVAL, "adamw step 0");
     free(p); free(m); free(v); free(g); free(pd); free(md); free(vd);
+}
+
+/* ms_adamw_multi over a table of mixed sizes (1, non-multiples of 4, chunk edges, an empty tensor; drawn at random)
+ * equals one ms_adamw_step per tensor bit for bit, step after step with a changing lr, and follows torch's formula
+ * in double (the test_adamw bounds). One plan serves every step. */
+static void test_adamw_multi(ms_device *dev, ms_rng *r)
+{
+    enum { NT = 9, STEPS = 4 };
+    static const int64_t pick[] = {1, 2, 3, 5, 7, 77, 4095, 4096, 4097, 8195, 10007, 20011};
+    ms_adamw_tensor tt[NT];
+    float *cp[NT], *cm[NT], *cv[NT], *g[NT];
+    double *pd[NT], *md[NT], *vd[NT];
+    const double lr0 = 0.01f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    for (int i = 0; i < NT; i++) {
+        int64_t n = i == 0 ? 1 : i == 1 ? 0 : i == 2 ? 20011 : pick[ms_rng_below(r, sizeof pick / sizeof *pick)];
+        tt[i] = (ms_adamw_tensor){.p = falloc(n), .g = NULL, .m = falloc(n), .v = falloc(n), .n = n,
+                                  .wd = ms_rng_below(r, 2) ? 0.1f : 0.f};
+        g[i] = falloc(n); cp[i] = falloc(n); cm[i] = falloc(n); cv[i] = falloc(n);
+        pd[i] = calloc((size_t)n + 1, sizeof(double)); md[i] = calloc((size_t)n + 1, sizeof(double));
+        vd[i] = calloc((size_t)n + 1, sizeof(double));
+        tt[i].g = g[i];
+        ms_fill_uniform(tt[i].p, n, r, -1, 1);
+        memcpy(cp[i], tt[i].p, (size_t)n * sizeof(float));
+        for (int64_t k = 0; k < n; k++) pd[i][k] = tt[i].p[k];
+    }
+    ms_adamw_plan pl;
+    MS_CHECK_OK(ms_adamw_plan_init(&pl, dev, tt, NT));
+    int same = 1;
+    double worst = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        float lr = (float)(lr0 * (1.0 - 0.2 * (s - 1))); /* a schedule: the table holds no lr */
+        for (int i = 0; i < NT; i++) ms_fill_uniform(g[i], tt[i].n, r, -1, 1);
+        MS_CHECK_OK(ms_adamw_multi(dev, &pl, lr, (float)b1, (float)b2, (float)eps, s));
+        for (int i = 0; i < NT; i++) {
+            int64_t n = tt[i].n;
+            MS_CHECK_OK(ms_adamw_step_cpu(dev, cp[i], g[i], cm[i], cv[i], n, lr, (float)b1, (float)b2, (float)eps,
+                                          tt[i].wd, s));
+            same &= !memcmp(cp[i], tt[i].p, (size_t)n * sizeof(float)) && !memcmp(cm[i], tt[i].m, (size_t)n * sizeof(float)) &&
+                    !memcmp(cv[i], tt[i].v, (size_t)n * sizeof(float));
+            double bc1 = 1 - pow(b1, s), bc2 = 1 - pow(b2, s), wd = tt[i].wd;
+            for (int64_t k = 0; k < n; k++) { /* torch.optim.AdamW, _single_tensor_adamw */
+                pd[i][k] *= 1 - (double)lr * wd;
+                md[i][k] = b1 * md[i][k] + (1 - b1) * g[i][k];
+                vd[i][k] = b2 * vd[i][k] + (1 - b2) * (double)g[i][k] * g[i][k];
+                pd[i][k] -= (double)lr / bc1 * md[i][k] / (sqrt(vd[i][k]) / sqrt(bc2) + eps);
+            }
+            ms_cmp ep = ms_compare(tt[i].p, pd[i], n), em = ms_compare(tt[i].m, md[i], n), ev = ms_compare(tt[i].v, vd[i], n);
+            if (ep.max_abs > worst) worst = ep.max_abs;
+            MS_CHECK(ep.max_abs <= 2e-6 && em.max_abs <= 5e-7 && ev.max_rel <= 1e-5,
+                     "adamw_multi tensor %d (n %lld) step %d: p max_abs %.3g, m max_abs %.3g, v max_rel %.3g", i,
+                     (long long)n, s, ep.max_abs, em.max_abs, ev.max_rel);
+        }
+    }
+    MS_CHECK(same, "adamw_multi differs from per-tensor adamw_step");
+    MS_CHECK(ms_adamw_multi(dev, &pl, 1e-3f, 0.9f, 0.999f, 1e-8f, 0) == MS_EINVAL, "adamw_multi step 0");
+    ms_device other = {0};
+    MS_CHECK_OK(ms_device_init(&other, MS_DEV_CPU, 1));
+    MS_CHECK(ms_adamw_multi(&other, &pl, 1e-3f, 0.9f, 0.999f, 1e-8f, 1) == MS_EINVAL, "adamw_multi on another device");
+    ms_device_free(&other);
+    float *p0 = tt[0].p;
+    tt[0].p = NULL;
+    ms_adamw_plan bad;
+    MS_CHECK(ms_adamw_plan_init(&bad, dev, tt, NT) == MS_EINVAL, "adamw_plan with a NULL buffer");
+    tt[0].p = p0;
+    printf("  %-22s %d tensors (%lld floats, %lld chunks) = per-tensor adamw_step bit for bit; p max_abs %.2e\n",
+           "adamw_multi", NT, (long long)pl.numel, (long long)pl.chunk0[NT], worst);
+    ms_adamw_plan_free(&pl);
+    ms_adamw_plan_free(&pl); /* freeing twice is a no-op */
+    for (int i = 0; i < NT; i++) {
+        free(tt[i].p); free(tt[i].m); free(tt[i].v); free(g[i]); free(cp[i]); free(cm[i]); free(cv[i]);
+        free(pd[i]); free(md[i]); free(vd[i]);
+    }
 }
 
 static void test_sumsq_clip(ms_device *dev, ms_rng *r)
@@ -364,6 +437,7 @@ int main(void)
     ms_rng r;
     ms_rng_init(&r, seed, 7);
     test_adamw(&dev, &r);
+    test_adamw_multi(&dev, &r);
     test_sumsq_clip(&dev, &r);
     test_inplace(&dev, &r);
     test_add_layernorm_bits(&dev, &r);
