@@ -28,8 +28,18 @@ ms_status ms_optimizer_init(ms_optimizer *o, ms_params *ps, float beta1, float b
     return rc;
 }
 
+/* Forgets the step table (ms_optimizer_step builds it again when needed). */
+static void plan_drop(ms_optimizer *o)
+{
+    ms_adamw_plan_free(&o->plan);
+    free(o->plan_skip);
+    o->plan_skip = NULL;
+    o->plan_data = o->plan_grad = NULL;
+}
+
 void ms_optimizer_free(ms_optimizer *o)
 {
+    plan_drop(o);
     if (o->ps && o->ps->dev) {
         ms_dev_free(o->ps->dev, o->m);
         ms_dev_free(o->ps->dev, o->v);
@@ -43,6 +53,7 @@ ms_status ms_optimizer_shard(ms_optimizer *o, ms_dist *d)
     ms_params *ps = o->ps;
     int64_t lo, hi;
     ms_dist_range(ps->numel_trainable, ms_dist_rank(d), ms_dist_world(d), &lo, &hi);
+    plan_drop(o); /* it points into the moments freed here */
     ms_dev_free(ps->dev, o->m);
     ms_dev_free(ps->dev, o->v);
     o->m = o->v = NULL;
@@ -87,19 +98,52 @@ static ms_status gather_params(ms_optimizer *o)
     return MS_OK;
 }
 
-ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix)
+/* The spans ms_optimizer_step updates, as an ms_adamw_multi table: every trainable tensor's part inside [lo, hi),
+ * except those named with skip_prefix. Kept with what it was built from. */
+static ms_status plan_build(ms_optimizer *o, const char *skip_prefix)
 {
     ms_params *ps = o->ps;
     size_t skip_n = skip_prefix ? strlen(skip_prefix) : 0;
+    ms_adamw_tensor *t = malloc((size_t)(ps->n ? ps->n : 1) * sizeof *t);
+    char *skip = skip_prefix ? strdup(skip_prefix) : NULL;
+    if (!t || (skip_prefix && !skip)) {
+        free(t);
+        free(skip);
+        return ms_error(MS_ENOMEM, "optimizer: out of memory");
+    }
+    int n = 0;
     int64_t a, b;
     for (int i = 0; i < ps->n; i++) {
         const ms_param *p = &ps->p[i];
         if (!p->trainable || !overlap(p, o->lo, o->hi, &a, &b)) continue;
         if (skip_n && !strncmp(p->name, skip_prefix, skip_n)) continue;
-        float wd = p->no_decay ? 0.f : o->weight_decay;
-        MS_TRY(ms_adamw_step(ps->dev, ps->data + p->off + (a - (int64_t)p->goff), ps->grad + a, o->m + (a - o->lo),
-                             o->v + (a - o->lo), b - a, lr, o->beta1, o->beta2, o->eps, wd, o->step + 1));
+        t[n++] = (ms_adamw_tensor){.p = ps->data + p->off + (a - (int64_t)p->goff), .g = ps->grad + a,
+                                   .m = o->m + (a - o->lo), .v = o->v + (a - o->lo), .n = b - a,
+                                   .wd = p->no_decay ? 0.f : o->weight_decay};
     }
+    ms_adamw_plan_free(&o->plan);
+    free(o->plan_skip);
+    o->plan_skip = NULL;
+    ms_status rc = ms_adamw_plan_init(&o->plan, ps->dev, t, n);
+    free(t);
+    if (rc) {
+        free(skip);
+        return rc;
+    }
+    o->plan_skip = skip;
+    o->plan_data = ps->data;
+    o->plan_grad = ps->grad;
+    return MS_OK;
+}
+
+/* One ms_adamw_multi over the table (one launch on CUDA), the table rebuilt only when its inputs changed. */
+ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix)
+{
+    ms_params *ps = o->ps;
+    int same = o->plan.dev == ps->dev && o->plan_data == ps->data && o->plan_grad == ps->grad &&
+               (skip_prefix ? o->plan_skip && !strcmp(skip_prefix, o->plan_skip) : !o->plan_skip);
+    if (!same) MS_TRY(plan_build(o, skip_prefix));
+    MS_TRY(ms_adamw_multi(ps->dev, &o->plan, lr, o->beta1, o->beta2, o->eps, o->step + 1));
     o->step++;
     return o->dist ? gather_params(o) : MS_OK;
 }

@@ -11,6 +11,7 @@
 #define MS_OPTIMIZER_H
 
 #include "base/dist.h"
+#include "optim.h"
 #include "pretrain/params.h"
 
 typedef struct ms_optimizer {
@@ -20,6 +21,11 @@ typedef struct ms_optimizer {
     float *m, *v;  /* device memory, hi - lo floats each */
     int64_t lo, hi; /* the part of the gradient array this optimizer keeps: [0, numel_trainable) or a ZeRO-1 shard */
     ms_dist *dist;  /* ZeRO-1: the ranks sharing the state (NULL: whole) */
+    /* the step's table of (parameter, gradient, moments) spans for ms_adamw_multi (kernels/optim.h), built at the
+     * first step and again only when what it was built from changes (skip_prefix, the blocks, the shard) */
+    ms_adamw_plan plan;
+    char *plan_skip;                    /* its skip_prefix (NULL: none) */
+    const float *plan_data, *plan_grad; /* its parameter and gradient blocks */
 } ms_optimizer;
 
 /* Call after ms_params_alloc_grads(). */
@@ -29,7 +35,9 @@ void ms_optimizer_free(ms_optimizer *o);
  * restart at zero. d NULL or of one rank: nothing changes. */
 ms_status ms_optimizer_shard(ms_optimizer *o, ms_dist *d);
 /* One AdamW step with learning rate lr on every trainable tensor, except those whose name starts with
- * skip_prefix (NULL: none) — used for the decoder-only warm-up, which leaves the encoder untouched. Sharded: the
+ * skip_prefix (NULL: none) — used for the decoder-only warm-up, which leaves the encoder untouched. One
+ * ms_adamw_multi call (one launch on CUDA) over the table in o->plan, rebuilt only when skip_prefix or the
+ * parameter blocks change; the results equal one ms_adamw_step per tensor bit for bit. Sharded: the
  * own part, then the parameters gathered from every rank through the gradient array (its contents are lost: the
  * caller zeroes it after the step anyway). */
 ms_status ms_optimizer_step(ms_optimizer *o, float lr, const char *skip_prefix);
