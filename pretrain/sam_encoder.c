@@ -639,8 +639,9 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready
     if (*ln1_ready) {
         const ms_sam_enc_block_params *wn = &enc->blk[i + 1];
         blk_act *bn = &p->blk[i + 1];
-        MS_TRY(ms_add_layernorm_forward(dev, b->out, bn->ln1, bn->mean1, bn->rstd1, b->out, b->xmid,
-                                        ms_params_data(ps, wn->norm1_w), ms_params_data(ps, wn->norm1_b), M, D, c->eps));
+        const float *n1w = ms_params_data(ps, wn->norm1_w), *n1b = ms_params_data(ps, wn->norm1_b);
+        MS_TRY(ms_add_layernorm_forward(dev, b->out, bn->ln1, bn->mean1, bn->rstd1, b->out, b->xmid, n1w, n1b, M, D,
+                                        c->eps));
     } else
         MS_TRY(ms_add_forward(dev, b->out, b->out, b->xmid, M * D));
     if (adap) { /* out += scale·MLP_Adapter(ln2), parallel to the MLP */

@@ -1,10 +1,11 @@
-/* kernels/cpu/optim.c — AdamW step, sum of squares and in-place scaling (contract: kernels/optim.h), plus the
- * backend-generic ms_clip_grad_norm, built only from the dispatched ms_sumsq / ms_scale_inplace so the same
- * code clips CUDA gradients.
+/* kernels/cpu/optim.c — AdamW step (one tensor, or a table of them), sum of squares and in-place scaling
+ * (contract: kernels/optim.h), plus the backend-generic ms_adamw_plan_init and ms_clip_grad_norm, built only from
+ * ms_dev_* and the dispatched ms_sumsq / ms_scale_inplace so the same code serves CUDA.
  * AdamW follows torch.optim.AdamW (_single_tensor_adamw) step by step in float; the bias corrections are
  * computed in double, as torch does in Python. adamw_step and adamw_multi share the element loop (adamw_span) and
- * the constants, and split the work into MS_ADAMW_CHUNK pieces (elementwise: any split gives the same bits). sumsq sums squares in double over chunks fixed by n and adds the
- * chunk partials in order: the total does not depend on the thread count.
+ * the constants, and split the work into MS_ADAMW_CHUNK pieces (elementwise: any split gives the same bits).
+ * sumsq sums squares in double over chunks fixed by n and adds the chunk partials in order: the total does not
+ * depend on the thread count.
  */
 #include "optim.h"
 
@@ -89,7 +90,8 @@ ms_status ms_adamw_multi_cpu(ms_device *dev, const ms_adamw_plan *pl, float lr, 
     for (int64_t c = 0; c < nch; c++) {
         int ti = chunk_tensor(pl->chunk0, pl->n, c);
         const ms_adamw_tensor *t = &pl->t[ti];
-        int64_t i0 = (c - pl->chunk0[ti]) * MS_ADAMW_CHUNK, i1 = i0 + MS_ADAMW_CHUNK < t->n ? i0 + MS_ADAMW_CHUNK : t->n;
+        int64_t i0 = (c - pl->chunk0[ti]) * MS_ADAMW_CHUNK;
+        int64_t i1 = i0 + MS_ADAMW_CHUNK < t->n ? i0 + MS_ADAMW_CHUNK : t->n;
         adamw_span(t->p, t->g, t->m, t->v, i0, i1, adamw_decay(lr, t->wd), beta1, beta2, eps, &k);
     }
     return MS_OK;

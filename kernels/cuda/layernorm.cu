@@ -204,7 +204,7 @@ extern "C" ms_status ms_add_layernorm_forward_cuda(ms_device *dev, float *s, flo
     MS_FAIL_IF(!s || !y || !x || !r || !w, MS_EINVAL, "add_layernorm_forward: NULL input, output or weight");
     unsigned nb = ms_cu_blocks(N, 8);
     cudaStream_t st = ms_cuda_ctx_of(dev)->stream;
-    /* registers per lane: the smallest V with 32·V ≥ D (SAM: 768 → 24, 1024 → 32, 1280 → 40; MAE decoder 512 → 16) */
+    /* registers per lane: the smallest V with 32·V ≥ D (SAM: 768 → 24, 1024 → 32, 1280 → 40; MAE decoder: 512 → 16) */
 #define ADD_LN(V_) add_ln_fwd_f32<V_><<<nb, 256, 0, st>>>(s, y, mean, rstd, x, r, w, b, N, D, eps)
     if (D <= 64) ADD_LN(2);
     else if (D <= 128) ADD_LN(4);
