@@ -19,6 +19,8 @@
  *     non-deterministic spot (last-bit order effects, only when several groups really share a key row).
  * Groups are processed in chunks so that R (slots·heads·(len_h+len_w) floats) stays under CHUNK_FLOATS.
  * q_off/k_off live in device memory: they are copied to the host (a synchronising copy) to size the grid.
+ * With dev->precision == MS_PREC_BF16 both entry points hand the call to the tensor-core kernels first
+ * (attention_bf16.cu); these fp32 kernels run only the shapes that path leaves (folded widths over 256).
  */
 #include <math.h>
 #include <stdlib.h>
