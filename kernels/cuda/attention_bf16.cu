@@ -1,11 +1,16 @@
 /* kernels/cuda/attention_bf16.cu — grouped attention on tensor cores (bf16 inputs, fp32 accumulation), the path of
  * ms_attention_{forward,backward}_cuda when dev->precision is MS_PREC_BF16 (contract: kernels/attention.h).
- * NOT YET RUN ON A GPU: it compiles warning-free for sm_90, nothing more is known (docs/PERFORMANCE-gpu-notes.md).
+ * NOT YET RUN ON A GPU: it compiles warning-free for sm_90 and its device code agrees with a double-precision
+ * reference under a CPU emulation of the CUDA primitives it uses; the hardware has not confirmed either
+ * (docs/PERFORMANCE-gpu-notes.md).
  *
  * Relative positions are folded into plain attention first (kernels/attention_fold.h): q' = [scale·q | rel | 0],
  * k' = [k | onehot | 0] in a workspace (ms_attention_fold_forward_cuda), the kernels run with scale 1 over (q', k',
  * v), and ms_attention_fold_backward_cuda turns dq', dk' into dq, dk, drel_h, drel_w. Without them the kernels
- * read q, k, v as they are (the descriptor's scale).
+ * take q, k, v as they are (the descriptor's scale).
+ * Inputs: fa_pack first gathers q('), k('), v (and dout in the backward) through the index lists into bf16 copies
+ * by slot, (slots, heads, width rounded up to 16, zero-padded), so that the kernels stage whole tiles with
+ * 16-byte loads instead of converting fp32 rows in every block that reads them.
  *
  * Kernels (FlashAttention-2's split; Dao 2023, arXiv:2307.08691, Algorithms 1 and 2): 128 threads, 4 warps, each
  * warp owns 16 rows (queries in fa_fwd and fa_bwd_q, keys in fa_bwd_kv); tiles of TQ = 64 queries and TK = 64
@@ -20,16 +25,16 @@
  *              owned by one thread), then dk += scale·dK', dv += dV.
  *   fa_bwd_q:  per query tile, over the key tiles: S, P, dP = dO·Vᵀ, dS; dQ' += dS·K' (shared fp32), then
  *              dq += scale·dQ'.
- * What is bf16: the staged tiles of q', k', v, dO and the P / dS operands of the second products. Everything
+ * What is bf16: the packed copies of q', k', v, dO and the P / dS operands of the second products. Everything
  * else (scores, softmax statistics, D, accumulators, the outputs in global memory) is fp32.
- * Widths: q'/k' up to 256 columns per head, v up to 128 (any width: tiles are zero-padded to multiples of 16 in
- * shared memory); wider folds run the fp32 kernels (*done = 0). Tail keys of a tile get P = 0 (−inf scores), tail
+ * Widths: q'/k' up to 256 columns per head, v up to 128 (any width: the copies are zero-padded to multiples of
+ * 16); wider folds run the fp32 kernels (*done = 0). Tail keys of a tile get P = 0 (−inf scores), tail
  * queries are zero rows that are never written.
  * Determinism: no float atomics except dk/dv with k_idx (key rows may be shared between groups: the same spot as
  * the fp32 kernels, kernels/cuda/attention.cu); every other sum has a fixed order.
  * Grid: (tiles of the largest group, groups ≤ 65535 a launch, heads); q_off / k_off are copied to the host to
  * size it (a synchronising copy, as in the fp32 path), and with relative positions q_idx / k_idx too (the fold's
- * row counts).
+ * row counts). Workspace: the context's attn_ws (fa_layout), not the ops' scratch, which the fold may take.
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -48,7 +53,8 @@ typedef struct fa_setup {
     int fold;
     ms_attention_fold f;
     ms_attention_desc pd;
-    int64_t slot0, n_slots; /* query slots of all groups */
+    int64_t slot0, n_slots;   /* query slots of all groups */
+    int64_t kslot0, n_kslots; /* key slots */
 } fa_setup;
 
 /* 1 + the largest row id that any group reads (the rows q or k must have). */
@@ -82,6 +88,8 @@ static ms_status fa_prepare(ms_device *dev, const ms_attention_desc *d, fa_setup
     MS_TRY(ms_attn_plan_make(dev, d, &s->p, what));
     s->slot0 = s->p.q_off ? s->p.q_off[0] : 0;
     s->n_slots = (s->p.q_off ? s->p.q_off[d->n_groups] : d->n_groups * d->nq) - s->slot0;
+    s->kslot0 = s->p.k_off ? s->p.k_off[0] : 0;
+    s->n_kslots = (s->p.k_off ? s->p.k_off[d->n_groups] : d->n_groups * d->nk) - s->kslot0;
     if (d->rel_h) {
         int64_t n_q, n_k;
         MS_TRY(rows_spanned(dev, s->p.q_off, d->q_idx, d->n_groups, d->nq, &n_q, what));
@@ -110,6 +118,7 @@ static void fa_fill(fa_args *a, const ms_attention_desc *pd, const fa_setup *s)
     a->ldv = pd->ldv;
     a->ldo = pd->ldo;
     a->slot0 = s->slot0;
+    a->kslot0 = s->kslot0;
     a->H = pd->n_heads;
     a->wqk = pd->head_dim_qk ? pd->head_dim_qk : pd->head_dim;
     a->wv = pd->head_dim;
@@ -136,7 +145,73 @@ static ms_status fa_launch(ms_device *dev, K kern, fa_args a, int64_t n_groups, 
     return MS_OK;
 }
 
-static size_t floats_up(int64_t n) { return ((size_t)n + 63) & ~(size_t)63; } /* keeps 256-byte alignment */
+/* The workspace (ctx->attn_ws): fp32 q', k' (and dq', dk') of the fold, D, and the packed bf16 copies. */
+typedef struct fa_bufs {
+    float *qf, *kf, *dqf, *dkf, *D;
+    bf16 *qb, *kb, *vb, *dob;
+} fa_bufs;
+
+/* Bytes of the layout (base NULL), or the pointers into base. Every piece starts on 256 bytes. */
+static size_t fa_layout(const fa_setup *s, const fa_args *a, int bwd, char *base, fa_bufs *b)
+{
+    size_t off = 0;
+    auto take = [&](size_t bytes) -> void * {
+        void *p = base ? base + off : NULL;
+        off += (bytes + 255) & ~(size_t)255;
+        return p;
+    };
+    memset(b, 0, sizeof *b);
+    if (s->fold) {
+        const size_t nq = (size_t)s->f.n_q * s->f.n_heads * s->f.dqk, nk = (size_t)s->f.n_k * s->f.n_heads * s->f.dqk;
+        b->qf = (float *)take(nq * sizeof(float));
+        b->kf = (float *)take(nk * sizeof(float));
+        if (bwd) {
+            b->dqf = (float *)take(nq * sizeof(float));
+            b->dkf = (float *)take(nk * sizeof(float));
+        }
+    }
+    const size_t nqs = (size_t)s->n_slots * a->H, nks = (size_t)s->n_kslots * a->H;
+    if (bwd) {
+        b->D = (float *)take(nqs * sizeof(float));
+        b->dob = (bf16 *)take(nqs * a->wvp * sizeof(bf16));
+    }
+    b->qb = (bf16 *)take(nqs * a->wqkp * sizeof(bf16));
+    b->kb = (bf16 *)take(nks * a->wqkp * sizeof(bf16));
+    b->vb = (bf16 *)take(nks * a->wvp * sizeof(bf16));
+    return off;
+}
+
+static ms_status fa_pack_launch(ms_device *dev, bf16 *dst, const float *src, int64_t ld, const int32_t *idx, int64_t s0,
+                                int64_t n, int H, int w, int wp)
+{
+    const int64_t pairs = n * H * (wp / 2);
+    if (pairs <= 0) return MS_OK;
+    fa_pack<<<ms_cu_blocks(pairs, 256), 256, 0, ms_cuda_ctx_of(dev)->stream>>>(dst, src, ld, idx, s0, n, H, w, wp);
+    MS_CU_LAUNCHED();
+    return MS_OK;
+}
+
+/* The workspace, the fold's q' and k' where there is one, and the bf16 copies of q('), k('), v the kernels read. */
+static ms_status fa_inputs(ms_device *dev, const fa_setup *s, fa_args *a, int bwd, const float *q, const float *k,
+                           const float *v, const ms_attention_desc *d, fa_bufs *b)
+{
+    void *ws;
+    MS_TRY(ms_cuda_attn_workspace(dev, fa_layout(s, a, bwd, NULL, b), &ws));
+    fa_layout(s, a, bwd, (char *)ws, b);
+    if (s->fold) {
+        MS_TRY(ms_attention_fold_forward_cuda(dev, b->qf, b->kf, q, k, d, &s->f));
+        q = b->qf;
+        k = b->kf;
+    }
+    const ms_attention_desc *pd = &s->pd;
+    MS_TRY(fa_pack_launch(dev, b->qb, q, pd->ldq, pd->q_idx, s->slot0, s->n_slots, a->H, a->wqk, a->wqkp));
+    MS_TRY(fa_pack_launch(dev, b->kb, k, pd->ldk, pd->k_idx, s->kslot0, s->n_kslots, a->H, a->wqk, a->wqkp));
+    MS_TRY(fa_pack_launch(dev, b->vb, v, pd->ldv, pd->k_idx, s->kslot0, s->n_kslots, a->H, a->wv, a->wvp));
+    a->qb = b->qb;
+    a->kb = b->kb;
+    a->vb = b->vb;
+    return MS_OK;
+}
 
 ms_status ms_attn_bf16_forward(ms_device *dev, float *out, float *lse, const float *q, const float *k,
                                const float *v, const ms_attention_desc *d, int *done)
@@ -144,27 +219,16 @@ ms_status ms_attn_bf16_forward(ms_device *dev, float *out, float *lse, const flo
     const char *what = "attention_forward (bf16)";
     fa_setup s;
     fa_args a;
+    fa_bufs b;
     int fits = 0;
     *done = 0;
     ms_status rc = fa_prepare(dev, d, &s, &fits, what);
     if (rc || !fits) goto leave;
     fa_fill(&a, &s.pd, &s);
-    a.q = q;
-    a.k = k;
-    a.v = v;
     a.out = out;
     a.lse = lse;
-    if (s.fold) { /* q', k' in the workspace */
-        const size_t nqf = floats_up(s.f.n_q * s.f.n_heads * s.f.dqk), nkf = floats_up(s.f.n_k * s.f.n_heads * s.f.dqk);
-        void *ws;
-        rc = ms_cuda_attn_workspace(dev, (nqf + nkf) * sizeof(float), &ws);
-        if (rc) goto leave;
-        float *qf = (float *)ws, *kf = qf + nqf;
-        rc = ms_attention_fold_forward_cuda(dev, qf, kf, q, k, d, &s.f);
-        if (rc) goto leave;
-        a.q = qf;
-        a.k = kf;
-    }
+    rc = fa_inputs(dev, &s, &a, 0, q, k, v, d, &b);
+    if (rc) goto leave;
     rc = a.wvp <= 64 ? fa_launch(dev, fa_fwd<64>, a, d->n_groups, s.p.max_nq, smem_fwd(a.wqkp, a.wvp))
                      : fa_launch(dev, fa_fwd<128>, a, d->n_groups, s.p.max_nq, smem_fwd(a.wqkp, a.wvp));
     if (!rc) *done = 1;
@@ -181,40 +245,32 @@ ms_status ms_attn_bf16_backward(ms_device *dev, float *dq, float *dk, float *dv,
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     fa_setup s;
     fa_args a;
+    fa_bufs b;
     int fits = 0;
-    size_t nqf = 0, nkf = 0;
-    void *ws;
     *done = 0;
     ms_status rc = fa_prepare(dev, d, &s, &fits, what);
     if (rc || !fits) goto leave;
     fa_fill(&a, &s.pd, &s);
-    a.q = q;
-    a.k = k;
-    a.v = v;
+    rc = fa_inputs(dev, &s, &a, 1, q, k, v, d, &b);
+    if (rc) goto leave;
+    rc = fa_pack_launch(dev, b.dob, dout, s.pd.ldo, s.pd.q_idx, s.slot0, s.n_slots, a.H, a.wv, a.wvp);
+    if (rc) goto leave;
+    a.dob = b.dob;
     a.o = out;
     a.dout = dout;
     a.lse_in = lse;
+    a.Dw = b.D;
+    a.Dsum = b.D;
     a.dq = dq;
     a.dk = dk;
     a.dv = dv;
-    /* workspace: [q' | k' | dq' | dk'] (with relative positions) [D (slots, heads)] */
-    if (s.fold) {
-        nqf = floats_up(s.f.n_q * s.f.n_heads * s.f.dqk);
-        nkf = floats_up(s.f.n_k * s.f.n_heads * s.f.dqk);
-    }
-    rc = ms_cuda_attn_workspace(dev, (2 * (nqf + nkf) + floats_up(s.n_slots * a.H)) * sizeof(float), &ws);
-    if (rc) goto leave;
-    a.Dw = (float *)ws + 2 * (nqf + nkf);
-    a.Dsum = a.Dw;
-    if (s.fold) {
-        float *qf = (float *)ws, *kf = qf + nqf, *dqf = kf + nkf, *dkf = dqf + nqf;
-        rc = ms_attention_fold_forward_cuda(dev, qf, kf, q, k, d, &s.f);
-        if (rc) goto leave;
-        MS_CU_GOTO(cudaMemsetAsync(dqf, 0, (nqf + nkf) * sizeof(float), cx->stream), rc, leave);
-        a.q = qf;
-        a.k = kf;
-        a.dq = dq || drel_h || drel_w ? dqf : NULL; /* the fold backward takes dq, drel from dq' */
-        a.dk = dk ? dkf : NULL;
+    if (s.fold) { /* the kernels produce dq', dk'; the fold's backward takes dq, dk and drel from them */
+        MS_CU_GOTO(cudaMemsetAsync(b.dqf, 0, (size_t)s.f.n_q * s.f.n_heads * s.f.dqk * sizeof(float), cx->stream), rc,
+                   leave);
+        MS_CU_GOTO(cudaMemsetAsync(b.dkf, 0, (size_t)s.f.n_k * s.f.n_heads * s.f.dqk * sizeof(float), cx->stream), rc,
+                   leave);
+        a.dq = dq || drel_h || drel_w ? b.dqf : NULL;
+        a.dk = dk ? b.dkf : NULL;
     }
     if (s.n_slots > 0) {
         fa_bwd_dot<<<ms_cu_blocks(s.n_slots * a.H * 32, 256), 256, 0, cx->stream>>>(a, s.n_slots);
@@ -229,8 +285,7 @@ ms_status ms_attn_bf16_backward(ms_device *dev, float *dq, float *dk, float *dv,
         if (rc) goto leave;
     }
     if (s.fold) {
-        float *dqf = (float *)ws + nqf + nkf, *dkf = dqf + nqf;
-        rc = ms_attention_fold_backward_cuda(dev, dq, dk, drel_h, drel_w, dqf, dkf, q, d, &s.f);
+        rc = ms_attention_fold_backward_cuda(dev, dq, dk, drel_h, drel_w, b.dqf, b.dkf, q, d, &s.f);
         if (rc) goto leave;
     }
     *done = 1;

@@ -18,12 +18,14 @@ static_assert(TQ == 64 && TK == 64, "the fragment code assumes 64-row tiles (8 c
 typedef __nv_bfloat16 bf16;
 
 struct fa_args {
-    const float *q, *k, *v, *o, *dout, *lse_in, *Dsum;
+    const bf16 *qb, *kb, *vb, *dob; /* packed bf16 copies (fa_pack) of q, k, v, dout, by slot */
+    const float *o, *dout, *lse_in, *Dsum;
     float *out, *lse, *dq, *dk, *dv, *Dw;
     const int32_t *q_off, *q_idx, *k_off, *k_idx;
     int64_t nq, nk, ldq, ldk, ldv, ldo;
     int64_t g0;    /* first group of this launch */
-    int64_t slot0; /* first query slot (index into Dsum) */
+    int64_t slot0;  /* first query slot (row 0 of qb, dob, Dsum) */
+    int64_t kslot0; /* first key slot (row 0 of kb, vb) */
     int H, wqk, wv;  /* widths per head of q/k and of v */
     int wqkp, wvp;   /* the same rounded up to 16 */
     float scale;
@@ -60,16 +62,40 @@ __device__ static __forceinline__ uint32_t pack_bf16(float lo, float hi)
     return *(const uint32_t *)&v;
 }
 
-/* Row rows[i] (−1: a zero row) of a fp32 matrix, columns col0 .. col0+w, into dst[i·ld + c] as bf16 for c < wp
- * (zero for c ≥ w); transposed: dst[c·ld + i]. */
-__device__ static void stage_rows(bf16 *dst, int ld, const float *src, int64_t lds, int64_t col0, const int64_t *rows,
-                                  int n, int w, int wp, bool transposed)
+/* The bf16 copies the kernels stage from: dst[((s − s0)·H + h)·wp + c] = bf16(src[row(s)·ld + h·w + c]) for the
+ * slots s0 .. s0+n (rows idx[s], or s itself), c < w, and 0 for w ≤ c < wp (wp a multiple of 16: rows of 32-byte
+ * multiples, so a tile row is whole 16-byte vectors). One conversion instead of one per block that reads a row. */
+__global__ static void fa_pack(bf16 *dst, const float *src, int64_t ld, const int32_t *idx, int64_t s0, int64_t n,
+                               int H, int w, int wp)
 {
-    for (int idx = threadIdx.x; idx < n * wp; idx += NTH) {
-        const int i = idx / wp, c = idx - i * wp;
-        const int64_t r = rows[i];
-        const float x = (r >= 0 && c < w) ? src[r * lds + col0 + c] : 0.f;
-        dst[transposed ? c * ld + i : i * ld + c] = __float2bfloat16_rn(x);
+    const int64_t pairs = n * H * (wp / 2);
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < pairs; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t sh = e / (wp / 2), s = s0 + sh / H, row = idx ? idx[s] : s;
+        const int h = (int)(sh % H), c = (int)(e % (wp / 2)) * 2;
+        const float *x = src + row * ld + (int64_t)h * w + c;
+        const float lo = c < w ? x[0] : 0.f, hi = c + 1 < w ? x[1] : 0.f;
+        *(__nv_bfloat162 *)(dst + 2 * e) = __floats2bfloat162_rn(lo, hi);
+    }
+}
+
+/* Rows 0 .. n_valid of a packed tile (row stride lds elements, wp columns) into dst[i·ld + c] (transposed:
+ * dst[c·ld + i]); rows n_valid .. n are zero. 16-byte loads. */
+__device__ static void stage_tile(bf16 *dst, int ld, const bf16 *src, int64_t lds, int n_valid, int n, int wp,
+                                  bool transposed)
+{
+    const int v8 = wp / 8;
+    for (int idx = threadIdx.x; idx < n * v8; idx += NTH) {
+        const int i = idx / v8, c = (idx - i * v8) * 8;
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (i < n_valid) x = *(const uint4 *)(src + i * lds + c);
+        if (!transposed) {
+            *(uint4 *)(dst + i * ld + c) = x;
+        } else {
+            const unsigned short *u = (const unsigned short *)&x;
+            unsigned short *d = (unsigned short *)dst;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d[(c + e) * ld + i] = u[e];
+        }
     }
 }
 
@@ -143,20 +169,20 @@ __global__ static void __launch_bounds__(NTH) fa_fwd(fa_args a)
     const int h = blockIdx.z;
     if (i0 >= nq) return; /* uniform over the block */
     const int64_t qb = q_base(a, grp), kb = k_base(a, grp);
-    for (int i = tid; i < TQ; i += NTH) qrow[i] = i0 + i < nq ? q_rowid(a, qb + i0 + i) : -1;
-    __syncthreads();
-    stage_rows(Qs, sq, a.q, a.ldq, (int64_t)h * a.wqk, qrow, TQ, a.wqk, a.wqkp, false);
+    const int nqt = (int)(nq - i0 < TQ ? nq - i0 : TQ);
+    for (int i = tid; i < TQ; i += NTH) qrow[i] = i < nqt ? q_rowid(a, qb + i0 + i) : -1;
+    stage_tile(Qs, sq, a.qb + ((qb + i0 - a.slot0) * a.H + h) * a.wqkp, (int64_t)a.H * a.wqkp, nqt, TQ, a.wqkp, false);
+    __syncthreads(); /* qrow is read by other lanes at the end, even without keys */
     float o[DVT / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int nt = 0; nt < DVT / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
     const float sl2 = a.scale * LOG2E;
     for (int64_t k0 = 0; k0 < nk; k0 += TK) {
         const int nkt = (int)(nk - k0 < TK ? nk - k0 : TK);
+        const int64_t kso = kb + k0 - a.kslot0;
         __syncthreads(); /* the previous tile is consumed */
-        for (int j = tid; j < TK; j += NTH) krow[j] = j < nkt ? k_rowid(a, kb + k0 + j) : -1;
-        __syncthreads();
-        stage_rows(Ks, sq, a.k, a.ldk, (int64_t)h * a.wqk, krow, TK, a.wqk, a.wqkp, false);
-        stage_rows(Vt, sv, a.v, a.ldv, (int64_t)h * a.wv, krow, TK, a.wv, a.wvp, true);
+        stage_tile(Ks, sq, a.kb + (kso * a.H + h) * a.wqkp, (int64_t)a.H * a.wqkp, nkt, TK, a.wqkp, false);
+        stage_tile(Vt, sv, a.vb + (kso * a.H + h) * a.wvp, (int64_t)a.H * a.wvp, nkt, TK, a.wvp, true);
         __syncthreads();
         float s[8][4];
         product_abt(s, Qs, sq, Ks, sq, a.wqkp, w, g, t);
@@ -287,8 +313,9 @@ __global__ static void __launch_bounds__(NTH) fa_bwd_kv(fa_args a)
     for (int j = tid; j < TK; j += NTH) krow[j] = j < nkt ? k_rowid(a, kb + j0 + j) : -1;
     for (int idx = tid; idx < TK * (sq + sv); idx += NTH) dKa[idx] = 0.f; /* dKa and dVa */
     __syncthreads();
-    stage_rows(Ks, sq, a.k, a.ldk, (int64_t)h * a.wqk, krow, TK, a.wqk, a.wqkp, false);
-    stage_rows(Vs, sv, a.v, a.ldv, (int64_t)h * a.wv, krow, TK, a.wv, a.wvp, false);
+    const int64_t kso = kb + j0 - a.kslot0;
+    stage_tile(Ks, sq, a.kb + (kso * a.H + h) * a.wqkp, (int64_t)a.H * a.wqkp, nkt, TK, a.wqkp, false);
+    stage_tile(Vs, sv, a.vb + (kso * a.H + h) * a.wvp, (int64_t)a.H * a.wvp, nkt, TK, a.wvp, false);
     const float sl2 = a.scale * LOG2E;
     const bool kv0 = w * 16 + g < nkt, kv1 = w * 16 + g + 8 < nkt; /* this lane's two key rows */
     for (int64_t i0 = 0; i0 < nq; i0 += TQ) {
@@ -308,8 +335,9 @@ __global__ static void __launch_bounds__(NTH) fa_bwd_kv(fa_args a)
             Ds[i] = D;
         }
         __syncthreads();
-        stage_rows(Qs, sq, a.q, a.ldq, (int64_t)h * a.wqk, qrow, TQ, a.wqk, a.wqkp, false);
-        stage_rows(dOs, sv, a.dout, a.ldo, (int64_t)h * a.wv, qrow, TQ, a.wv, a.wvp, false);
+        const int64_t qso = qb + i0 - a.slot0;
+        stage_tile(Qs, sq, a.qb + (qso * a.H + h) * a.wqkp, (int64_t)a.H * a.wqkp, nqt, TQ, a.wqkp, false);
+        stage_tile(dOs, sv, a.dob + (qso * a.H + h) * a.wvp, (int64_t)a.H * a.wvp, nqt, TQ, a.wvp, false);
         __syncthreads();
         float pt[8][4], dpt[8][4]; /* Pᵀ, then dSᵀ: this warp's 16 keys × the tile's 64 queries */
         product_abt(pt, Ks, sq, Qs, sq, a.wqkp, w, g, t);
@@ -350,11 +378,13 @@ __global__ static void __launch_bounds__(NTH) fa_bwd_q(fa_args a)
     const int h = blockIdx.z;
     if (i0 >= nq) return; /* uniform over the block */
     const int64_t qb = q_base(a, grp), kb = k_base(a, grp);
-    for (int i = tid; i < TQ; i += NTH) qrow[i] = i0 + i < nq ? q_rowid(a, qb + i0 + i) : -1;
+    const int nqt = (int)(nq - i0 < TQ ? nq - i0 : TQ);
+    const int64_t qso = qb + i0 - a.slot0;
+    for (int i = tid; i < TQ; i += NTH) qrow[i] = i < nqt ? q_rowid(a, qb + i0 + i) : -1;
     for (int idx = tid; idx < TQ * sq; idx += NTH) dQa[idx] = 0.f;
-    __syncthreads();
-    stage_rows(Qs, sq, a.q, a.ldq, (int64_t)h * a.wqk, qrow, TQ, a.wqk, a.wqkp, false);
-    stage_rows(dOs, sv, a.dout, a.ldo, (int64_t)h * a.wv, qrow, TQ, a.wv, a.wvp, false);
+    stage_tile(Qs, sq, a.qb + (qso * a.H + h) * a.wqkp, (int64_t)a.H * a.wqkp, nqt, TQ, a.wqkp, false);
+    stage_tile(dOs, sv, a.dob + (qso * a.H + h) * a.wvp, (int64_t)a.H * a.wvp, nqt, TQ, a.wvp, false);
+    __syncthreads(); /* dQa zeroed and qrow written (read by other lanes), even without keys */
     float lse2[2], Dr[2]; /* this lane's two query rows */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -367,11 +397,10 @@ __global__ static void __launch_bounds__(NTH) fa_bwd_q(fa_args a)
     const float sl2 = a.scale * LOG2E;
     for (int64_t k0 = 0; k0 < nk; k0 += TK) {
         const int nkt = (int)(nk - k0 < TK ? nk - k0 : TK);
+        const int64_t kso = kb + k0 - a.kslot0;
         __syncthreads(); /* the previous key tile is consumed */
-        for (int j = tid; j < TK; j += NTH) krow[j] = j < nkt ? k_rowid(a, kb + k0 + j) : -1;
-        __syncthreads();
-        stage_rows(Ks, sq, a.k, a.ldk, (int64_t)h * a.wqk, krow, TK, a.wqk, a.wqkp, false);
-        stage_rows(Vs, sv, a.v, a.ldv, (int64_t)h * a.wv, krow, TK, a.wv, a.wvp, false);
+        stage_tile(Ks, sq, a.kb + (kso * a.H + h) * a.wqkp, (int64_t)a.H * a.wqkp, nkt, TK, a.wqkp, false);
+        stage_tile(Vs, sv, a.vb + (kso * a.H + h) * a.wvp, (int64_t)a.H * a.wvp, nkt, TK, a.wvp, false);
         __syncthreads();
         float s[8][4], dp[8][4]; /* this warp's 16 queries × the tile's 64 keys */
         product_abt(s, Qs, sq, Ks, sq, a.wqkp, w, g, t);
