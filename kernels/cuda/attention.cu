@@ -19,12 +19,14 @@
  *     non-deterministic spot (last-bit order effects, only when several groups really share a key row).
  * Groups are processed in chunks so that R (slots·heads·(len_h+len_w) floats) stays under CHUNK_FLOATS.
  * q_off/k_off live in device memory: they are copied to the host (a synchronising copy) to size the grid.
+ * With dev->precision == MS_PREC_BF16 both entry points hand the call to the tensor-core kernels first
+ * (attention_bf16.cu); these fp32 kernels run only the shapes that path leaves (folded widths over 256).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_common.h"
+#include "attention_bf16.h"
 
 #define LOG2E 1.4426950408889634f
 #define NEG_BIG (-1e30f)
@@ -52,18 +54,6 @@ struct attn_args {
     int want_dq, want_drel, k_atomic;
 };
 
-__device__ static inline int64_t q_base(const attn_args &a, int64_t g) { return a.q_off ? a.q_off[g] : g * a.nq; }
-__device__ static inline int64_t q_cnt(const attn_args &a, int64_t g)
-{
-    return a.q_off ? (int64_t)a.q_off[g + 1] - a.q_off[g] : a.nq;
-}
-__device__ static inline int64_t k_base(const attn_args &a, int64_t g) { return a.k_off ? a.k_off[g] : g * a.nk; }
-__device__ static inline int64_t k_cnt(const attn_args &a, int64_t g)
-{
-    return a.k_off ? (int64_t)a.k_off[g + 1] - a.k_off[g] : a.nk;
-}
-__device__ static inline int64_t q_rowid(const attn_args &a, int64_t s) { return a.q_idx ? a.q_idx[s] : s; }
-__device__ static inline int64_t k_rowid(const attn_args &a, int64_t s) { return a.k_idx ? a.k_idx[s] : s; }
 __device__ static inline int clampi(int v, int n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
 
 /* R[(s − slot0)·H + h][t] = q_row(s)·table[t]; grid (slots of the chunk, H), 128 threads */
@@ -748,18 +738,6 @@ __global__ static void attn_drel_final(float *drel_h, float *drel_w, const float
 }
 
 /* ---- host side ------------------------------------------------------------------------------------------------ */
-typedef struct plan {
-    int32_t *q_off, *k_off; /* host copies, or NULL */
-    int64_t max_nq, max_nk, total_q;
-} plan;
-
-static void plan_free(plan *p)
-{
-    free(p->q_off);
-    free(p->k_off);
-    p->q_off = p->k_off = NULL;
-}
-
 static ms_status copy_offsets(ms_device *dev, const int32_t *dptr, int64_t n_groups, int32_t **out, int64_t *max_n,
                               const char *what, const char *name)
 {
@@ -777,17 +755,21 @@ static ms_status copy_offsets(ms_device *dev, const int32_t *dptr, int64_t n_gro
     return MS_OK;
 }
 
-static ms_status check_desc(const ms_attention_desc *d, const char *what)
+ms_status ms_attn_check_desc(const ms_attention_desc *d, const char *what)
 {
     MS_FAIL_IF(!d, MS_EINVAL, "%s: NULL descriptor", what);
     MS_FAIL_IF(d->n_groups < 0 || d->n_heads <= 0 || d->head_dim <= 0, MS_EINVAL,
                "%s: bad n_groups=%lld n_heads=%d head_dim=%d", what, (long long)d->n_groups, d->n_heads, d->head_dim);
     MS_FAIL_IF(d->head_dim > 128, MS_EUNSUPPORTED, "%s: head_dim %d > 128 is not supported by the CUDA kernel", what,
                d->head_dim);
+    MS_FAIL_IF(d->head_dim_qk < 0 || (d->head_dim_qk && d->head_dim_qk != d->head_dim && d->rel_h), MS_EINVAL,
+               "%s: head_dim_qk %d is negative or comes with relative positions", what, d->head_dim_qk);
     int64_t D = (int64_t)d->n_heads * d->head_dim;
-    MS_FAIL_IF(d->ldq < D || d->ldk < D || d->ldv < D || d->ldo < D, MS_EINVAL,
-               "%s: row strides (%lld %lld %lld %lld) below n_heads·head_dim = %lld", what, (long long)d->ldq,
-               (long long)d->ldk, (long long)d->ldv, (long long)d->ldo, (long long)D);
+    int64_t Dqk = (int64_t)d->n_heads * (d->head_dim_qk ? d->head_dim_qk : d->head_dim);
+    MS_FAIL_IF(d->ldq < Dqk || d->ldk < Dqk || d->ldv < D || d->ldo < D, MS_EINVAL,
+               "%s: row strides (%lld %lld %lld %lld) below n_heads·head_dim = %lld (q, k: %lld)", what,
+               (long long)d->ldq, (long long)d->ldk, (long long)d->ldv, (long long)d->ldo, (long long)D,
+               (long long)Dqk);
     MS_FAIL_IF((!d->q_off && d->nq < 0) || (!d->k_off && d->nk < 0), MS_EINVAL, "%s: negative group size", what);
     MS_FAIL_IF(d->rel_h && (!d->rel_w || d->len_h <= 0 || d->len_w <= 0 || !d->q_row || !d->q_col || !d->k_row ||
                             !d->k_col),
@@ -796,7 +778,17 @@ static ms_status check_desc(const ms_attention_desc *d, const char *what)
     return MS_OK;
 }
 
-static ms_status make_plan(ms_device *dev, const ms_attention_desc *d, plan *p, const char *what)
+/* The fp32 kernels read q and k with head_dim columns per head: a wider q/k (folded relative positions) is the
+ * bf16 path's (attention_bf16.cu). */
+static ms_status check_fp32_widths(const ms_attention_desc *d, const char *what)
+{
+    MS_FAIL_IF(d->head_dim_qk && d->head_dim_qk != d->head_dim, MS_EUNSUPPORTED,
+               "%s: the fp32 CUDA kernels need head_dim_qk == head_dim (got %d and %d)", what, d->head_dim_qk,
+               d->head_dim);
+    return MS_OK;
+}
+
+ms_status ms_attn_plan_make(ms_device *dev, const ms_attention_desc *d, ms_attn_plan *p, const char *what)
 {
     p->q_off = p->k_off = NULL;
     p->max_nq = d->nq;
@@ -806,13 +798,20 @@ static ms_status make_plan(ms_device *dev, const ms_attention_desc *d, plan *p, 
     return MS_OK;
 }
 
-static int64_t slot_base(const plan *p, const ms_attention_desc *d, int64_t g)
+void ms_attn_plan_free(ms_attn_plan *p)
+{
+    free(p->q_off);
+    free(p->k_off);
+    p->q_off = p->k_off = NULL;
+}
+
+static int64_t slot_base(const ms_attn_plan *p, const ms_attention_desc *d, int64_t g)
 {
     return p->q_off ? p->q_off[g] : g * d->nq;
 }
 
 /* Last group (exclusive) of the chunk starting at g0. */
-static int64_t chunk_end(const plan *p, const ms_attention_desc *d, int64_t g0, int L)
+static int64_t chunk_end(const ms_attn_plan *p, const ms_attention_desc *d, int64_t g0, int L)
 {
     int64_t per = (int64_t)d->n_heads * (L > 0 ? L : 1);
     int64_t g1 = g0 + 1;
@@ -935,16 +934,22 @@ extern "C" ms_status ms_attention_forward_cuda(ms_device *dev, float *out, float
 {
     const char *what = "attention_forward";
     MS_CU_CTX(dev);
-    MS_TRY(check_desc(d, what));
+    MS_TRY(ms_attn_check_desc(d, what));
     if (!d->n_groups) return MS_OK;
     MS_FAIL_IF(!out || !q || !k || !v, MS_EINVAL, "%s: NULL q, k, v or out", what);
+    if (dev->precision == MS_PREC_BF16) {
+        int done = 0;
+        MS_TRY(ms_attn_bf16_forward(dev, out, lse, q, k, v, d, &done));
+        if (done) return MS_OK;
+    }
+    MS_TRY(check_fp32_widths(d, what));
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     ms_status rc = MS_OK;
-    plan p;
+    ms_attn_plan p;
     attn_args a;
     int HD = hd_bucket(d->head_dim), L, variant;
     size_t smem;
-    rc = make_plan(dev, d, &p, what);
+    rc = ms_attn_plan_make(dev, d, &p, what);
     if (rc) goto leave;
     fill_args(&a, d);
     a.q = q;
@@ -988,7 +993,7 @@ extern "C" ms_status ms_attention_forward_cuda(ms_device *dev, float *out, float
         g0 = g1;
     }
 leave:
-    plan_free(&p);
+    ms_attn_plan_free(&p);
     return rc;
 }
 
@@ -999,17 +1004,23 @@ extern "C" ms_status ms_attention_backward_cuda(ms_device *dev, float *dq, float
 {
     const char *what = "attention_backward";
     MS_CU_CTX(dev);
-    MS_TRY(check_desc(d, what));
+    MS_TRY(ms_attn_check_desc(d, what));
     if (!d->n_groups || (!dq && !dk && !dv && !drel_h && !drel_w)) return MS_OK;
     MS_FAIL_IF(!dout || !out || !lse || !q || !k || !v, MS_EINVAL, "%s: NULL dout, out, lse, q, k or v", what);
+    if (dev->precision == MS_PREC_BF16) {
+        int done = 0;
+        MS_TRY(ms_attn_bf16_backward(dev, dq, dk, dv, drel_h, drel_w, dout, out, lse, q, k, v, d, &done));
+        if (done) return MS_OK;
+    }
+    MS_TRY(check_fp32_widths(d, what));
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     ms_status rc = MS_OK;
-    plan p;
+    ms_attn_plan p;
     attn_args a;
     int HD = hd_bucket(d->head_dim), L, variant;
     size_t smem_a, smem_b, part_f = 0, max_chunk = 0;
     float *base = NULL;
-    rc = make_plan(dev, d, &p, what);
+    rc = ms_attn_plan_make(dev, d, &p, what);
     if (rc) goto leave;
     fill_args(&a, d);
     a.q = q;
@@ -1081,6 +1092,6 @@ extern "C" ms_status ms_attention_backward_cuda(ms_device *dev, float *dq, float
         MS_CU_GOTO(cudaGetLastError(), rc, leave);
     }
 leave:
-    plan_free(&p);
+    ms_attn_plan_free(&p);
     return rc;
 }

@@ -30,6 +30,9 @@ typedef struct ms_cuda_ctx {
     size_t workspace_bytes;
     void *scratch;              /* grow-only temporaries for ops (partial sums, im2col, rel-pos dots) */
     size_t scratch_bytes;
+    void *attn_ws;              /* grow-only: bf16 attention's folded q'/k' and their gradients (attention_bf16.cu),
+                                   apart from scratch because the fold ops it calls may take scratch themselves */
+    size_t attn_ws_bytes;
     int tf32;                   /* 1 only when MS_CUDA_TF32=1 was set at init: default is exact fp32 GEMMs */
     int attn_variant;           /* attention kernels: 2 (default) or 1 (MS_KERNEL_ATTENTION=1 at init) */
     int sm_count;
@@ -41,6 +44,8 @@ static inline ms_cuda_ctx *ms_cuda_ctx_of(ms_device *dev) { return (ms_cuda_ctx 
 /* Scratch memory on the device, valid until the next call that asks for scratch. Grows (synchronising the
  * stream first, so earlier kernels that still read the old buffer finish) and never shrinks. */
 ms_status ms_cuda_scratch(ms_device *dev, size_t bytes, void **out);
+/* The same for the bf16 attention's workspace (ctx->attn_ws): valid until the next call of this function. */
+ms_status ms_cuda_attn_workspace(ms_device *dev, size_t bytes, void **out);
 
 /* ---- the generic check: cudaError_t and cublasStatus_t ------------------------------------------------------ */
 static inline int ms_cu_failed(cudaError_t e) { return e != cudaSuccess; }

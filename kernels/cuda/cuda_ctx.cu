@@ -34,6 +34,7 @@ extern "C" void ms_cuda_ctx_free(ms_device *dev)
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->workspace) cudaFree(cx->workspace);
     if (cx->scratch) cudaFree(cx->scratch);
+    if (cx->attn_ws) cudaFree(cx->attn_ws);
     if (cx->stream) cudaStreamDestroy(cx->stream);
     free(cx);
     dev->cuda = NULL;
@@ -79,26 +80,42 @@ leave:
     return rc;
 }
 
+/* Grow *buf to at least `bytes` (half as much again when memory allows); never shrinks. */
+static ms_status grow_buffer(ms_cuda_ctx *cx, void **buf, size_t *have, size_t bytes)
+{
+    if (bytes == 0) bytes = 256;
+    if (bytes > *have) {
+        size_t want = bytes + bytes / 2;
+        /* Kernels queued earlier may still read the old buffer: let them finish before freeing it. */
+        MS_CU(cudaStreamSynchronize(cx->stream));
+        if (*buf) cudaFree(*buf);
+        *buf = NULL;
+        *have = 0;
+        if (cudaMalloc(buf, want) != cudaSuccess) {
+            (void)cudaGetLastError();
+            want = bytes;
+            MS_CU(cudaMalloc(buf, want));
+        }
+        *have = want;
+    }
+    return MS_OK;
+}
+
 ms_status ms_cuda_scratch(ms_device *dev, size_t bytes, void **out)
 {
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     *out = NULL;
-    if (bytes == 0) bytes = 256;
-    if (bytes > cx->scratch_bytes) {
-        size_t want = bytes + bytes / 2;
-        /* Kernels queued earlier may still read the old buffer: let them finish before freeing it. */
-        MS_CU(cudaStreamSynchronize(cx->stream));
-        if (cx->scratch) cudaFree(cx->scratch);
-        cx->scratch = NULL;
-        cx->scratch_bytes = 0;
-        if (cudaMalloc(&cx->scratch, want) != cudaSuccess) {
-            (void)cudaGetLastError();
-            want = bytes;
-            MS_CU(cudaMalloc(&cx->scratch, want));
-        }
-        cx->scratch_bytes = want;
-    }
+    MS_TRY(grow_buffer(cx, &cx->scratch, &cx->scratch_bytes, bytes));
     *out = cx->scratch;
+    return MS_OK;
+}
+
+ms_status ms_cuda_attn_workspace(ms_device *dev, size_t bytes, void **out)
+{
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    *out = NULL;
+    MS_TRY(grow_buffer(cx, &cx->attn_ws, &cx->attn_ws_bytes, bytes));
+    *out = cx->attn_ws;
     return MS_OK;
 }
 
