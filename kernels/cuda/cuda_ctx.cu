@@ -1,5 +1,6 @@
 /* kernels/cuda/cuda_ctx.cu — the CUDA bridge (kernels/base/cuda_bridge.h): probe, context (stream, cuBLAS and
- * cuBLASLt handles, their workspace, the ops' scratch), device memory, copies and pinned host memory.
+ * cuBLASLt handles, their shared workspace, the ops' scratch, the bf16 GEMM operand buffer), device memory, copies
+ * and pinned host memory.
  *
  * Invariants: all work of one ms_device is ordered on its one stream; copies to or from the host return only
  * when the host buffer may be reused (they synchronise the stream). TF32 GEMMs are off unless the environment
@@ -34,6 +35,7 @@ extern "C" void ms_cuda_ctx_free(ms_device *dev)
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->workspace) cudaFree(cx->workspace);
     if (cx->scratch) cudaFree(cx->scratch);
+    if (cx->bf16) cudaFree(cx->bf16);
     if (cx->stream) cudaStreamDestroy(cx->stream);
     free(cx);
     dev->cuda = NULL;
@@ -79,26 +81,42 @@ leave:
     return rc;
 }
 
+/* A grow-only device buffer: at least `bytes` in *buf (with half again as headroom when memory allows). */
+static ms_status grow_buffer(ms_cuda_ctx *cx, void **buf, size_t *have, size_t bytes)
+{
+    if (bytes == 0) bytes = 256;
+    if (bytes > *have) {
+        size_t want = bytes + bytes / 2;
+        /* Kernels queued earlier may still read the old buffer: let them finish before freeing it. */
+        MS_CU(cudaStreamSynchronize(cx->stream));
+        if (*buf) cudaFree(*buf);
+        *buf = NULL;
+        *have = 0;
+        if (cudaMalloc(buf, want) != cudaSuccess) {
+            (void)cudaGetLastError();
+            want = bytes;
+            MS_CU(cudaMalloc(buf, want));
+        }
+        *have = want;
+    }
+    return MS_OK;
+}
+
 ms_status ms_cuda_scratch(ms_device *dev, size_t bytes, void **out)
 {
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     *out = NULL;
-    if (bytes == 0) bytes = 256;
-    if (bytes > cx->scratch_bytes) {
-        size_t want = bytes + bytes / 2;
-        /* Kernels queued earlier may still read the old buffer: let them finish before freeing it. */
-        MS_CU(cudaStreamSynchronize(cx->stream));
-        if (cx->scratch) cudaFree(cx->scratch);
-        cx->scratch = NULL;
-        cx->scratch_bytes = 0;
-        if (cudaMalloc(&cx->scratch, want) != cudaSuccess) {
-            (void)cudaGetLastError();
-            want = bytes;
-            MS_CU(cudaMalloc(&cx->scratch, want));
-        }
-        cx->scratch_bytes = want;
-    }
+    MS_TRY(grow_buffer(cx, &cx->scratch, &cx->scratch_bytes, bytes));
     *out = cx->scratch;
+    return MS_OK;
+}
+
+ms_status ms_cuda_bf16_buffer(ms_device *dev, size_t bytes, void **out)
+{
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    *out = NULL;
+    MS_TRY(grow_buffer(cx, &cx->bf16, &cx->bf16_bytes, bytes));
+    *out = cx->bf16;
     return MS_OK;
 }
 
