@@ -7,8 +7,12 @@
  * Backward rule for every op in kernels/: gradients are ACCUMULATED (+=) into every gradient output, and a
  * NULL gradient pointer means "not needed" (frozen weights cost no work). matmul_backward ignores beta (the
  * caller owns the beta·C term).
- * Tested by rows "matmul", "linear" of tests/kernels/op_cases.c (test_ops_a: CPU vs reference, bad descriptors;
- *   test_ops_cuda: CUDA vs CPU).
+ * Precision (dev->precision, docs/PRECISION.md): fp32 is exact fp32. bf16 rounds the two GEMM operands of every
+ * product (a and b; x and w; dy in the backward) to bf16, round to nearest even, and accumulates in fp32; C, the
+ * beta·C term, the bias and db stay fp32. The CPU emulates it (rounded copies, fp32 sgemm), CUDA runs cuBLASLt on
+ * bf16 copies with the bias as its epilogue; both give the same values up to the order of sums.
+ * Tested by rows "matmul", "linear" of tests/kernels/op_cases.c (test_ops_a: CPU vs reference, bad descriptors,
+ *   the bf16 emulation vs rounded-input references; test_ops_cuda: CUDA vs CPU, fp32 and bf16).
  */
 #ifndef MS_MATMUL_H
 #define MS_MATMUL_H

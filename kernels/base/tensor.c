@@ -83,9 +83,19 @@ uint16_t ms_f32_to_bf16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
+    /* NaN: truncating could clear every mantissa bit left (an inf); set the quiet bit instead */
     if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
+    /* adding 0x7fff (+1 when the kept part is odd) carries into bit 16 exactly when the dropped half is above
+     * one half (or equal with an odd kept part); a carry out of the mantissa bumps the exponent, up to inf */
     u += 0x7fff + ((u >> 16) & 1);
     return (uint16_t)(u >> 16);
+}
+
+float ms_bf16_round(float f) { return ms_bf16_to_f32(ms_f32_to_bf16(f)); }
+
+void ms_bf16_round_copy(float *dst, const float *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dst[i] = ms_bf16_round(src[i]);
 }
 
 size_t ms_arena_reserve(ms_arena *a, size_t bytes)

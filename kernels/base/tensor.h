@@ -31,11 +31,17 @@ int64_t ms_tensor_numel(const ms_tensor *t);
 size_t ms_tensor_bytes(const ms_tensor *t);
 /* "(2, 3, 4)" into buf. */
 const char *ms_shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
-/* f16 / bf16 <-> f32 */
+/* f16 / bf16 <-> f32. Both narrowings round to nearest, ties to even; overflow gives ±inf, NaN stays a quiet NaN
+ * of the same sign, subnormals round like any other value (bf16 keeps fp32's exponent range: its subnormals are
+ * multiples of 2^-133). Tested by tests/base/test_bf16.c (bf16) and tests/base/test_base.c (f16). */
 float ms_f16_to_f32(uint16_t h);
 uint16_t ms_f32_to_f16(float f);
 float ms_bf16_to_f32(uint16_t h);
 uint16_t ms_f32_to_bf16(float f);
+/* f rounded to the nearest bf16 value, kept as a float (what the bf16 GEMM inputs are: docs/PRECISION.md). */
+float ms_bf16_round(float f);
+/* dst[i] = ms_bf16_round(src[i]) for i < n; dst may be src (in place). */
+void ms_bf16_round_copy(float *dst, const float *src, int64_t n);
 
 /* ms_arena: one allocation carved into MS_ARENA_ALIGN-aligned pieces. Sizes are reserved first (offsets only),
  * then ms_arena_alloc makes the single allocation and ms_arena_ptr turns offsets into pointers. The CUDA kernels

@@ -5,11 +5,19 @@
  * threaded sgemm; the choice depends only on shapes and dev->n_threads. An output shared by all batch items
  * (stride 0, e.g. the gradient of a broadcast matrix) is always accumulated in batch order, so results are
  * deterministic. Backward accumulates (beta = 1) and skips NULL gradients.
+ *
+ * bf16 (dev->precision == MS_PREC_BF16) is emulated: each GEMM's two operands (A and B; x, w and dy of the linear
+ * layer) are rounded to bf16 into a copy of the span the GEMM reads, then the same fp32 sgemm runs. Products of two
+ * bf16 values are exact in fp32, so this is what a tensor-core GEMM with fp32 accumulation computes, up to the order
+ * of the sums; the CPU is thus the reference for the CUDA bf16 path (docs/PRECISION.md). The beta·C term, the bias
+ * and the bias gradient stay fp32. The fp32 path is untouched by this.
  */
 #include "matmul.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 
+#include "base/tensor.h"
 #include "cpu/cpu_par.h"
 
 ms_matmul_desc ms_matmul_plain(int64_t m, int64_t n, int64_t k)
@@ -64,6 +72,48 @@ static void gemm_run(const ms_device *dev, const gemm_job *g)
     }
 }
 
+/* ---- bf16 emulation ---------------------------------------------------------------------------------------------
+ * A copy of the elements an operand spans (stored rows x cols with leading dimension ld, `batch` items `stride`
+ * apart), rounded to bf16. *out stays NULL when the operand spans nothing (the GEMM then does not read it). */
+static ms_status bf16_span(const ms_device *dev, const float *src, int64_t rows, int64_t cols, int64_t ld,
+                           int64_t stride, int64_t batch, float **out)
+{
+    *out = NULL;
+    if (rows <= 0 || cols <= 0 || batch <= 0) return MS_OK;
+    int64_t n = (batch - 1) * stride + (rows - 1) * ld + cols;
+    float *dst = malloc((size_t)n * sizeof(float));
+    MS_FAIL_IF(!dst, MS_ENOMEM, "matmul: out of memory for a bf16 operand copy (%lld floats)", (long long)n);
+    const int64_t chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
+    int nt = ms_cpu_threads(dev);
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= MS_CPU_PAR_MIN)
+    for (int64_t c = 0; c < nc; c++) {
+        int64_t o = c * chunk;
+        ms_bf16_round_copy(dst + o, src + o, n - o < chunk ? n - o : chunk);
+    }
+    *out = dst;
+    return MS_OK;
+}
+
+/* gemm_run in the device's precision: in bf16 on rounded copies of A and B. */
+static ms_status gemm_run_prec(const ms_device *dev, gemm_job g)
+{
+    if (dev->precision != MS_PREC_BF16 || g.m == 0 || g.n == 0 || g.k == 0 || g.batch == 0) {
+        gemm_run(dev, &g); /* fp32, or nothing is multiplied (K = 0 scales C only) */
+        return MS_OK;
+    }
+    float *ra = NULL, *rb = NULL;
+    ms_status rc = bf16_span(dev, g.a, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.sa, g.batch, &ra);
+    if (!rc) rc = bf16_span(dev, g.b, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.sb, g.batch, &rb);
+    if (!rc) {
+        g.a = ra;
+        g.b = rb;
+        gemm_run(dev, &g);
+    }
+    free(ra);
+    free(rb);
+    return rc;
+}
+
 /* Stored shape of an operand: op(X) is (r, c); stored (c, r) when transposed. */
 static int ld_ok(int trans, int64_t r, int64_t c, int64_t ld) { return ld >= ((trans ? r : c) > 1 ? (trans ? r : c) : 1); }
 
@@ -94,8 +144,7 @@ ms_status ms_matmul_forward_cpu(ms_device *dev, float *c, const float *a, const 
                (long long)d->batch);
     gemm_job g = {d->trans_a, d->trans_b, d->m, d->n, d->k, d->alpha, d->beta,
                   a, d->lda, d->stride_a, b, d->ldb, d->stride_b, c, d->ldc, d->stride_c, d->batch};
-    gemm_run(dev, &g);
-    return MS_OK;
+    return gemm_run_prec(dev, g);
 }
 
 /* C = alpha·op(A)·op(B):  d op(A) = alpha·dC·op(B)ᵀ (M,K),  d op(B) = alpha·op(A)ᵀ·dC (K,N).
@@ -112,7 +161,7 @@ ms_status ms_matmul_backward_cpu(ms_device *dev, float *da, float *db, const flo
         else             /* dA (K,M) += alpha · op(B) (K,N) · dCᵀ */
             g = (gemm_job){d->trans_b, 1, d->k, d->m, d->n, d->alpha, 1.f, b, d->ldb, d->stride_b,
                            dc, d->ldc, d->stride_c, da, d->lda, d->stride_a, d->batch};
-        gemm_run(dev, &g);
+        MS_TRY(gemm_run_prec(dev, g));
     }
     if (db) {
         gemm_job g;
@@ -122,7 +171,7 @@ ms_status ms_matmul_backward_cpu(ms_device *dev, float *da, float *db, const flo
         else             /* dB (N,K) += alpha · dCᵀ (N,M) · op(A) (M,K) */
             g = (gemm_job){1, d->trans_a, d->n, d->k, d->m, d->alpha, 1.f, dc, d->ldc, d->stride_c,
                            a, d->lda, d->stride_a, db, d->ldb, d->stride_b, d->batch};
-        gemm_run(dev, &g);
+        MS_TRY(gemm_run_prec(dev, g));
     }
     return MS_OK;
 }
@@ -147,8 +196,7 @@ ms_status ms_linear_forward_cpu(ms_device *dev, float *y, const float *x, const 
             for (int64_t j = 0; j < N; j++) y[i * N + j] = b[j];
     }
     gemm_job g = {0, 1, M, N, K, 1.f, b ? 1.f : 0.f, x, K, 0, w, K, 0, y, N, 0, 1};
-    gemm_run(dev, &g);
-    return MS_OK;
+    return gemm_run_prec(dev, g);
 }
 
 ms_status ms_linear_backward_cpu(ms_device *dev, float *dx, float *dw, float *db, const float *dy, const float *x,
@@ -157,11 +205,11 @@ ms_status ms_linear_backward_cpu(ms_device *dev, float *dx, float *dw, float *db
     MS_TRY(check_linear(M, K, N, "linear_backward"));
     if (dx) { /* dX (M,K) += dY (M,N) · W (N,K) */
         gemm_job g = {0, 0, M, K, N, 1.f, 1.f, dy, N, 0, w, K, 0, dx, K, 0, 1};
-        gemm_run(dev, &g);
+        MS_TRY(gemm_run_prec(dev, g));
     }
     if (dw) { /* dW (N,K) += dYᵀ (N,M) · X (M,K) */
         gemm_job g = {1, 0, N, K, M, 1.f, 1.f, dy, N, 0, x, K, 0, dw, K, 0, 1};
-        gemm_run(dev, &g);
+        MS_TRY(gemm_run_prec(dev, g));
     }
     if (db && N > 0) { /* db += Σ_rows dY: one column block per thread, rows in order (deterministic) */
         int nt = ms_cpu_threads(dev);

@@ -20,6 +20,15 @@ extern "C" {
 #include "ops.h"
 }
 
+/* A cuBLASLt algorithm chosen for one bf16 GEMM shape (matmul.cu): the heuristic is asked once per shape. */
+#define MS_LT_PLANS 64
+#define MS_LT_KEY 16
+typedef struct ms_lt_plan {
+    int64_t key[MS_LT_KEY];     /* transposes, sizes, leading dimensions, strides, alignments, epilogue */
+    int ok;                     /* 0: cuBLASLt offered no algorithm (the GEMM takes the fp32 fallback) */
+    cublasLtMatmulAlgo_t algo;
+} ms_lt_plan;
+
 /* The state behind dev->cuda (one per ms_device). */
 typedef struct ms_cuda_ctx {
     int device;                 /* CUDA ordinal */
@@ -33,6 +42,10 @@ typedef struct ms_cuda_ctx {
     void *attn_ws;              /* grow-only: bf16 attention's folded q'/k' and their gradients (attention_bf16.cu),
                                    apart from scratch because the fold ops it calls may take scratch themselves */
     size_t attn_ws_bytes;
+    void *bf16;                 /* grow-only bf16 copies of the operands of one GEMM (precision bf16, matmul.cu) */
+    size_t bf16_bytes;
+    ms_lt_plan lt_plan[MS_LT_PLANS]; /* cuBLASLt algorithms by GEMM shape, filled round-robin */
+    int lt_plans, lt_next;
     int tf32;                   /* 1 only when MS_CUDA_TF32=1 was set at init: default is exact fp32 GEMMs */
     int attn_variant;           /* attention kernels: 2 (default) or 1 (MS_KERNEL_ATTENTION=1 at init) */
     int sm_count;
@@ -46,6 +59,8 @@ static inline ms_cuda_ctx *ms_cuda_ctx_of(ms_device *dev) { return (ms_cuda_ctx 
 ms_status ms_cuda_scratch(ms_device *dev, size_t bytes, void **out);
 /* The same for the bf16 attention's workspace (ctx->attn_ws): valid until the next call of this function. */
 ms_status ms_cuda_attn_workspace(ms_device *dev, size_t bytes, void **out);
+/* The same for the bf16 operand buffer (its own buffer: an op may hold scratch across its GEMMs). */
+ms_status ms_cuda_bf16_buffer(ms_device *dev, size_t bytes, void **out);
 
 /* ---- the generic check: cudaError_t and cublasStatus_t ------------------------------------------------------ */
 static inline int ms_cu_failed(cudaError_t e) { return e != cudaSuccess; }
@@ -194,9 +209,17 @@ __device__ static inline float ms_warp_max(float v)
     return v;
 }
 
-/* Row-major GEMM on the ctx stream (matmul.cu): C_b = alpha·op(A_b)·op(B_b) + beta·C_b. */
+/* Row-major GEMM on the ctx stream (matmul.cu): C_b = alpha·op(A_b)·op(B_b) + beta·C_b, exact fp32 whatever the
+ * device's precision (the convolutions call it directly and stay fp32). */
 ms_status ms_cuda_gemm(ms_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                        const float *a, int64_t lda, int64_t sa, const float *b, int64_t ldb, int64_t sb, float beta,
                        float *c, int64_t ldc, int64_t sc, int64_t batch);
+/* The same with A and B rounded to bf16 (fp32 accumulation, fp32 C): cuBLASLt on bf16 copies of the operands, or,
+ * where it offers no algorithm, cuBLAS fp32 on bf16-rounded fp32 copies (same values, same result up to the order
+ * of sums). bias (n floats, or NULL) is added to every row of C in fp32 (the BIAS epilogue); it needs batch 1,
+ * beta 0 and ldc == n. */
+ms_status ms_cuda_gemm_bf16(ms_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                            const float *a, int64_t lda, int64_t sa, const float *b, int64_t ldb, int64_t sb,
+                            float beta, float *c, int64_t ldc, int64_t sc, int64_t batch, const float *bias);
 
 #endif

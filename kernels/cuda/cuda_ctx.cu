@@ -1,5 +1,6 @@
 /* kernels/cuda/cuda_ctx.cu — the CUDA bridge (kernels/base/cuda_bridge.h): probe, context (stream, cuBLAS and
- * cuBLASLt handles, their workspace, the ops' scratch), device memory, copies and pinned host memory.
+ * cuBLASLt handles, their shared workspace, the ops' scratch, the bf16 GEMM operand buffer), device memory, copies
+ * and pinned host memory.
  *
  * Invariants: all work of one ms_device is ordered on its one stream; copies to or from the host return only
  * when the host buffer may be reused (they synchronise the stream). TF32 GEMMs are off unless the environment
@@ -35,6 +36,7 @@ extern "C" void ms_cuda_ctx_free(ms_device *dev)
     if (cx->workspace) cudaFree(cx->workspace);
     if (cx->scratch) cudaFree(cx->scratch);
     if (cx->attn_ws) cudaFree(cx->attn_ws);
+    if (cx->bf16) cudaFree(cx->bf16);
     if (cx->stream) cudaStreamDestroy(cx->stream);
     free(cx);
     dev->cuda = NULL;
@@ -116,6 +118,15 @@ ms_status ms_cuda_attn_workspace(ms_device *dev, size_t bytes, void **out)
     *out = NULL;
     MS_TRY(grow_buffer(cx, &cx->attn_ws, &cx->attn_ws_bytes, bytes));
     *out = cx->attn_ws;
+    return MS_OK;
+}
+
+ms_status ms_cuda_bf16_buffer(ms_device *dev, size_t bytes, void **out)
+{
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    *out = NULL;
+    MS_TRY(grow_buffer(cx, &cx->bf16, &cx->bf16_bytes, bytes));
+    *out = cx->bf16;
     return MS_OK;
 }
 

@@ -14,6 +14,12 @@
  *             accumulation errs by O(1))
  *   NULL gradients: each gradient alone equals the all-gradients result; all NULL is a no-op returning OK
  *   determinism: two runs with the same thread count (2, or MS_TEST_THREADS) give identical bits
+ * Then the GEMM rows (matmul, linear) again on the bf16 emulation (dev->precision = MS_PREC_BF16, run_bf16): forward
+ * against the double loop over the bf16-rounded operands (A, B, x, w; not the bias, not C of the beta term) within
+ * the fp32 tolerance GEMM_TOL; backward against finite differences of that loop with the rounded upstream gradient
+ * (the loss is linear in each operand, so the differences are exact: tolerance BF16_BWD_TOL 1e-4, far below the
+ * ~2e-3 a missing rounding of one operand costs); and bf16 against fp32 differs normwise by bf16's precision
+ * (between 1e-4 and 1e-2: not 0, not more), the bias gradient (a sum of the fp32 dy) not at all.
  * Then AdamW (5 steps vs torch's formula in double; the multi-tensor step bit-identical to per-tensor steps),
  * sumsq, clip_grad_norm, in-place forwards, add_layernorm's bits, error paths.
  */
@@ -21,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/tensor.h"
 #include "harness.h"
 #include "op_cases.h"
 #include "ref.h"
@@ -32,6 +39,7 @@
 #define ACC_TOL 1e-4
 #define FD_H 1e-3
 #define FD_PROBES 32
+#define BF16_BWD_TOL 1e-4
 
 /* ---- the driver --------------------------------------------------------------------------------------------- */
 
@@ -137,6 +145,93 @@ static void run_case(ms_device *dev, opcase *c, uint64_t seed, int row)
     for (int k = 0; k < n; k++) { free(g[k]); free(acc[k]); free(r0[k]); free(one[k]); }
     opc_free(c);
     free(outd); free(scratch); free(expect); free(out_a);
+}
+
+/* ---- bf16 emulation of the GEMM rows ---------------------------------------------------------------------------- */
+
+/* L(x) = Σ g_r ⊙ ref(inputs) with the bf16-rounded operands `in` (input k replaced by x) and rounded upstream g_r. */
+typedef struct { opcase *c; int k; double *out; double **in; const double *g; } bf_ctx;
+
+static double bf_loss(void *vctx, const double *x)
+{
+    bf_ctx *f = vctx;
+    const double *in[MAXIN];
+    for (int i = 0; i < f->c->n_in; i++) in[i] = i == f->k ? x : f->in[i];
+    f->c->ref(f->c, in, f->out);
+    double s = 0;
+    for (int64_t i = 0; i < f->c->out_n; i++) s += f->g[i] * f->out[i];
+    return s;
+}
+
+/* Normwise relative difference ‖a − b‖ / ‖b‖. */
+static double normwise(const float *a, const float *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void run_bf16(ms_device *dev, opcase *c, uint64_t seed, int row)
+{
+    ms_rng r;
+    ms_rng_init(&r, seed, 5000 + (uint64_t)row);
+    opc_alloc(c, &r);
+    int n = c->n_in;
+    double *rin[MAXIN] = {0}, *gr = malloc((size_t)c->out_n * sizeof(double));
+    double *outd = malloc((size_t)c->out_n * sizeof(double)), *scratch = malloc((size_t)c->out_n * sizeof(double));
+    float *out32 = falloc(c->out_n), *g32[MAXIN] = {0}, *g16[MAXIN] = {0};
+    for (int k = 0; k < n; k++) { /* inputs 0 and 1 are the GEMM operands; a bias (input 2) stays fp32 */
+        rin[k] = malloc((size_t)c->in_n[k] * sizeof(double));
+        for (int64_t i = 0; i < c->in_n[k]; i++) rin[k][i] = k < 2 ? (double)ms_bf16_round(c->in[k][i]) : c->ind[k][i];
+        g32[k] = falloc(c->in_n[k]);
+        g16[k] = falloc(c->in_n[k]);
+    }
+    for (int64_t i = 0; i < c->out_n; i++) gr[i] = ms_bf16_round(c->gout[i]);
+
+    dev->precision = MS_PREC_FP32;
+    MS_CHECK_OK(reset_fwd(dev, c));
+    memcpy(out32, c->out, (size_t)c->out_n * sizeof(float));
+    MS_CHECK_OK(c->bwd(dev, c, g32));
+    dev->precision = MS_PREC_BF16;
+    MS_CHECK_OK(reset_fwd(dev, c));
+    c->ref(c, (const double *const *)rin, outd);
+    ms_cmp fc = ms_compare(c->out, outd, c->out_n);
+    MS_CHECK(fc.max_rel <= c->fwd_tol, "%s bf16 forward vs rounded-input reference: max_rel %.3g at %lld", c->name,
+             fc.max_rel, (long long)fc.worst);
+    double dfwd = normwise(c->out, out32, c->out_n), dmax = 0;
+    MS_CHECK(dfwd >= 1e-4 && dfwd <= 1e-2, "%s bf16 forward differs from fp32 by %.3g normwise (want 1e-4..1e-2)",
+             c->name, dfwd);
+
+    MS_CHECK_OK(c->bwd(dev, c, g16));
+    double worst = 0;
+    for (int k = 0; k < n; k++) {
+        double d = normwise(g16[k], g32[k], c->in_n[k]);
+        if (k >= 2) { /* the bias gradient sums the fp32 dy: bit for bit the fp32 one (checked by run_case) */
+            MS_CHECK(!memcmp(g16[k], g32[k], (size_t)c->in_n[k] * sizeof(float)),
+                     "%s bf16 bias gradient is not the fp32 one", c->name);
+            continue;
+        }
+        bf_ctx fx = {c, k, scratch, rin, gr};
+        int64_t wi = -1;
+        double e = ms_fd_check(bf_loss, &fx, rin[k], c->in_n[k], g16[k], FD_PROBES, FD_H, &r, &wi);
+        double ed = ms_fd_directional(bf_loss, &fx, rin[k], c->in_n[k], g16[k], FD_H, &r, 3);
+        worst = fmax(worst, fmax(e, ed));
+        MS_CHECK(e <= BF16_BWD_TOL && ed >= 0 && ed <= BF16_BWD_TOL,
+                 "%s bf16 backward input %d vs rounded-input differences: %.3g at %lld, directional %.3g", c->name, k,
+                 e, (long long)wi, ed);
+        dmax = fmax(dmax, d);
+        MS_CHECK(d >= 1e-4 && d <= 1e-2, "%s bf16 gradient %d differs from fp32 by %.3g normwise (want 1e-4..1e-2)",
+                 c->name, k, d);
+    }
+    dev->precision = MS_PREC_FP32;
+    printf("  %-22s bf16: fwd max_rel %.2e, bwd err %.2e; vs fp32 fwd %.2e, grads %.2e\n", c->name, fc.max_rel, worst,
+           dfwd, dmax);
+    for (int k = 0; k < n; k++) { free(rin[k]); free(g32[k]); free(g16[k]); }
+    opc_free(c);
+    free(gr); free(outd); free(scratch); free(out32);
 }
 
 /* ---- other checks ---------------------------------------------------------------------------------------- */
@@ -433,6 +528,11 @@ int main(void)
     for (int i = 0; i < nc; i++)
         if (cases[i].half == 'a') { run_case(&dev, &cases[i], seed, i); ran++; }
     MS_CHECK(ran >= 40, "only %d rows of half 'a' in the op table", ran);
+    nc = opc_table(cases, OPC_MAX); /* fresh rows: run_case consumed their buffers */
+    int nb = 0;
+    for (int i = 0; i < nc; i++)
+        if (cases[i].ref == ref_matmul || cases[i].ref == ref_linear) { run_bf16(&dev, &cases[i], seed, i); nb++; }
+    MS_CHECK(nb >= 10, "only %d GEMM rows ran in bf16", nb);
 
     ms_rng r;
     ms_rng_init(&r, seed, 7);
