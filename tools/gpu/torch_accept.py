@@ -368,6 +368,7 @@ OOM = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
 
 def measure(a, task, variant, batch, c, device, dtype, ready_s):
     """Halves the batch on out-of-memory; returns the JSON record."""
+    asked = batch
     while True:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -377,13 +378,14 @@ def measure(a, task, variant, batch, c, device, dtype, ready_s):
             break
         except OOM:
             if batch == 1:
-                return {"task": task, "variant": variant, "batch": 0, "error": "out of memory at batch 1"}
+                return {"task": task, "variant": variant, "batch_asked": asked, "batch": 0,
+                        "error": "out of memory at batch 1"}
             print(f"torch_accept: {task}/{variant} batch {batch}: out of memory, trying {batch // 2}",
                   file=sys.stderr)
             batch //= 2
     ips = batch / dt
     tf = a.tflop.get(task)
-    return {"task": task, "variant": variant, "batch": batch, "img_per_s": ips, "loss": loss,
+    return {"task": task, "variant": variant, "batch_asked": asked, "batch": batch, "img_per_s": ips, "loss": loss,
             "mfu": ips * tf / a.peak_tflops if tf else None, "tflop_per_img": tf,
             "peak_gib": torch.cuda.max_memory_reserved() / 2 ** 30 if device.type == "cuda" else None,
             "first_step_s": first, "device": device.type, "precision": str(dtype).replace("torch.", ""),
@@ -436,7 +438,7 @@ def main():
     ap.add_argument("--batches", default="8,32")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--precision", default=None, help="bf16 (default on CUDA) or fp32 (default on the CPU)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (CUDA default 989; CPU: none)")
     ap.add_argument("--tflop", default="", help="model TFLOP per image per task, e.g. mae=2.02,full=2.92,lora=2.0")
     ap.add_argument("--check", action="store_true", help="only the mask-vs-fold equivalence check")
     ap.add_argument("--seed", type=int, default=None)
@@ -450,6 +452,10 @@ def main():
         return 0 if ok else 1
     a.tflop = {k: float(v) for k, v in (kv.split("=") for kv in a.tflop.split(",") if kv)}
     device = torch.device(a.device)
+    if a.peak_tflops is None and device.type == "cuda":
+        a.peak_tflops = 989.0
+    if a.peak_tflops is None:
+        a.tflop = {}  # no MFU without a peak
     prec = a.precision or ("bf16" if device.type == "cuda" else "fp32")
     dtype = torch.bfloat16 if prec == "bf16" else torch.float32
     if device.type == "cuda":
@@ -473,7 +479,7 @@ def main():
                 if "img_per_s" in r and (best is None or r["img_per_s"] > best[1]):
                     best = (variant, r["img_per_s"])
         if a.compile and task == "mae" and not hasattr(torch, "compile"):
-            print(json.dumps({"task": task, "variant": "compile", "batch": 0,
+            print(json.dumps({"task": task, "variant": "compile", "batch_asked": 0, "batch": 0,
                               "error": f"torch {torch.__version__} has no torch.compile"}), flush=True)
         elif a.compile and task == "mae" and best:
             for batch in map(int, a.batches.split(",")):
