@@ -66,7 +66,7 @@ static ms_status time_ours(const bcfg *b, int threads, int batch, bcase *k)
     k->ours.batch = batch;
     ms_status rc = ms_device_init_at(&dev, b->kind, b->index, threads);
     if (rc) return rc;
-    if (!rc) rc = ms_cli_set_precision(&dev, b->precision);
+    rc = ms_cli_set_precision(&dev, b->precision);
     k->ran = dev;
     if (!rc && dev.kind == MS_DEV_CUDA) rc = ms_dev_mem_info(&dev, &base, &total); /* the context */
     if (rc) goto leave;

@@ -48,7 +48,7 @@ static ms_status time_ours(const char *model, int threads, const bcfg *b, int ba
     res->batch = batch;
     ms_status rc = ms_device_init_at(&dev, b->kind, b->index, threads);
     if (rc) return rc;
-    if (!rc) rc = ms_cli_set_precision(&dev, b->precision);
+    rc = ms_cli_set_precision(&dev, b->precision);
     *dev_out = dev;
     if (!rc && dev.kind == MS_DEV_CUDA) rc = ms_dev_mem_info(&dev, &base, &total); /* the context */
     if (!rc) rc = ms_sam_build(&sam, NULL, model, 1, &dev, name, sizeof name);

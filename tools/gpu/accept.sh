@@ -43,7 +43,9 @@ else
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
     ms_gpu_unpack
     ms_gpu_configure "$B" > "$LOG/cmake.log" 2>&1 || { tail -20 "$LOG/cmake.log"; exit 1; }
-    gpu_tests=$(ls tests/*/test_*_cuda.c | xargs -n1 basename | sed 's/\.c$//')
+    # the gpu-labelled tests are C tests named as their targets (script tests need mrisam alone)
+    gpu_tests=$(cd "$B" && ctest -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p' | while read -r t; do
+        [ -n "$(ls "$ROOT"/tests/*/"$t".c 2>/dev/null)" ] && echo "$t"; done)
     timeout 170 cmake --build "$B" -j"$J" --target mrisam $gpu_tests > "$LOG/build.log" 2>&1
     echo "build rc=$? ($(grep -c -i warning "$LOG/build.log") warning lines)"
     grep -E "error" "$LOG/build.log" | head -5
@@ -56,12 +58,12 @@ M="$ROOT/$B/mrisam"
 
 # ours: one process per configuration, so that each time to the first step starts from a fresh process
 for b in $BATCHES; do
-    timeout 120 "$M" bench mae $MAE_ARGS --device $DEV --precision bf16 --threads $THREADS --batch $b \
+    timeout 60 "$M" bench mae $MAE_ARGS --device $DEV --precision bf16 --threads $THREADS --batch $b \
         --steps "$STEPS" --halve-on-oom --no-torch --json > "$LOG/ours_mae_$b.log" 2>&1
     echo "mrisam bench mae batch $b rc=$?"
     grep '^{' "$LOG/ours_mae_$b.log" | sed "s/^{/{\"batch_asked\": $b, /" >> "$LOG/ours.jsonl"
     for m in full lora; do
-        timeout 120 "$M" bench finetune --model $FT_MODEL --cases $m:encoder+decoder --device $DEV --precision bf16 \
+        timeout 60 "$M" bench finetune --model $FT_MODEL --cases $m:encoder+decoder --device $DEV --precision bf16 \
             --threads $THREADS --batch $b --steps "$STEPS" --warmup 1 --halve-on-oom --no-torch --json \
             > "$LOG/ours_${m}_$b.log" 2>&1
         echo "mrisam bench finetune $m batch $b rc=$?"
@@ -81,7 +83,7 @@ print(",".join(f"{k}={v:.6g}" for k, v in t.items()))
 PYEND
 )
 echo "model TFLOP per image (pretrain/flops.h): $TFLOP"
-OMP_NUM_THREADS=$THREADS timeout 200 $PY tools/gpu/torch_accept.py $TORCH_ARGS --steps "$STEPS" --tflop "$TFLOP" \
+OMP_NUM_THREADS=$THREADS timeout 150 $PY tools/gpu/torch_accept.py $TORCH_ARGS --steps "$STEPS" --tflop "$TFLOP" \
     > "$LOG/torch.jsonl" 2> "$LOG/torch.err"
 echo "torch_accept.py rc=$?"
 tail -3 "$LOG/torch.err"
