@@ -14,7 +14,7 @@ rm -rf "$T" && mkdir -p "$T"
 $PY -c 'import torch' 2>/dev/null || { echo "skip: no torch in $PY"; exit 77; }
 SEED=${MS_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 echo "seed: $SEED (replay with MS_TEST_SEED=$SEED)"
-OMP_NUM_THREADS=2 $PY "$SRC/tools/gpu/torch_accept.py" --device cpu --tiny --batches 2 --steps 1 --seed "$SEED" \
+OMP_NUM_THREADS=1 $PY "$SRC/tools/gpu/torch_accept.py" --device cpu --tiny --batches 1 --steps 1 --seed "$SEED" --peak-tflops 1 \
     --tflop mae=1e-4,full=2e-4,lora=1e-4 > "$T/out.jsonl" 2> "$T/err.log" || { cat "$T/err.log"; exit 1; }
 $PY - "$T/out.jsonl" <<'PYEND'
 import json, sys

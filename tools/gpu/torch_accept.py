@@ -68,7 +68,8 @@ def sdpa(q, k, v, mask=None, scale=None):
 # ---- SAM's attention with decomposed relative positions, two ways -------------------------------------------------
 
 def rel_bias_mask(q, rh, rw, rows, cols, L):
-    """(mask) bias[g, h, i, j] = q_i·rh[r_i - r_j + L - 1] + q_i·rw[c_i - c_j + L - 1]; rows/cols (G, n)."""
+    """(mask) bias[g, h, i, j] = q_i·rh[r_i - r_j + L - 1] + q_i·rw[c_i - c_j + L - 1]; rows/cols (G, n), or (1, n)
+    when every group shares them (the index is then built once and broadcast)."""
     G, H, n, _ = q.shape
     qh, qw = q @ rh.t(), q @ rw.t()  # (G, H, n, 2L-1)
     ih = (rows[:, :, None] - rows[:, None, :] + L - 1)[:, None].expand(G, H, n, n)
@@ -161,12 +162,11 @@ class Encoder(nn.Module):
             if b.window:  # SAM: pad the grid with zeros after norm1, attend within windows, crop
                 y = F.pad(y.view(B, g, g, -1), (0, 0, 0, gp - g, 0, gp - g))
                 y = y.view(B, gp // w, w, gp // w, w, -1).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, y.shape[-1])
-                G = y.shape[0]
-                y = b.attn(y, wrows.expand(G, -1), wcols.expand(G, -1), w, variant)
+                y = b.attn(y, wrows, wcols, w, variant)  # coordinates (1, n): shared, broadcast over groups
                 y = y.view(B, gp // w, gp // w, w, w, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, gp, gp, -1)
                 y = y[:, :g, :g].reshape(B, g * g, -1)
             else:
-                y = b.attn(y, grows.expand(B, -1), gcols.expand(B, -1), g, variant)
+                y = b.attn(y, grows, gcols, g, variant)
             t = t + y
             t = t + b.mlp(b.norm2(t))
         return self.neck(t.view(B, g, g, -1).permute(0, 3, 1, 2))
