@@ -524,6 +524,8 @@ ms_status ms_eval_store(ms_eval_result *r, const ms_eval_store_opts *o)
     if ((st = ms_device_parse(o->device, &kind, &index))) goto leave;
     if ((st = ms_device_init_at(&dev, kind, index, o->n_threads))) goto leave;
     dev_ok = 1;
+    dev.precision = ms_precision_default(kind);
+    if (o->precision && (st = ms_precision_parse(o->precision, &dev.precision))) goto leave;
     if ((st = ms_predict_model_load(&pm, o->ckpt, o->task, &dev))) goto leave;
     if (pm.finetuned) snprintf(task_name, sizeof task_name, "%s", pm.ft.cfg.task[pm.task].name);
     if ((st = store_predictor(&e, &pm, &dev))) goto leave;

@@ -67,6 +67,7 @@ typedef struct ms_eval_store_opts {
     const char *store;
     const char *task;   /* the task of a multi-task checkpoint, or NULL */
     const char *device; /* "cpu", "cuda", "cuda:N" */
+    const char *precision; /* "fp32", "bf16"; NULL: ms_precision_default of the device's kind */
     const char *shots;  /* the run's shots.json ("" or NULL: every labelled volume) */
     int shots_index;    /* the store's index in it (ms_eval_shots_index); < 0: every labelled volume */
     int n_threads, batch, hd95;

@@ -126,8 +126,8 @@ static void blocks_name(uint64_t mask, char *out, size_t n)
         if (mask >> i & 1) k += (size_t)snprintf(out + k, n - k, "%s%d", k ? "," : "", i);
 }
 
-/* RUN/config.json: every option that shapes the run; a resume must reproduce it exactly. ranks 0: without
- * world_size and global_batch, as a run written before data parallel has it. */
+/* RUN/config.json: every option that shapes the run; a resume must reproduce it exactly, but for the keys of
+ * resume_free. ranks 0: without world_size and global_batch, as a run written before data parallel has it. */
 static char *config_json(const ms_ft_run *r, int ranks)
 {
     const ms_ft_run_config *o = &r->cfg;
@@ -187,6 +187,8 @@ static char *config_json(const ms_ft_run *r, int ranks)
     cJSON_AddNumberToObject(cj, "seed", (double)o->seed);
     cJSON_AddNumberToObject(cj, "save_every", o->save_every);
     cJSON_AddNumberToObject(cj, "keep_last", o->keep_last);
+    cJSON_AddStringToObject(cj, "device", r->dev->kind == MS_DEV_CUDA ? "cuda" : "cpu");
+    cJSON_AddStringToObject(cj, "precision", ms_precision_name(r->dev->precision));
     char *s = cJSON_Print(cj);
     cJSON_Delete(cj);
     return s;
@@ -307,6 +309,14 @@ static ms_status read_state_json(ms_ft_run *r, const char *dir)
 }
 
 /* Model, moments, counters and loader states of checkpoint dir; its config.json must equal this run's. */
+/* The keys of config.json a resume may change: the device and precision (checkpoints are fp32 and
+ * device-independent, docs/CLI.md §Precision). Removed before the comparison; j may be NULL. */
+static void resume_free(cJSON *j)
+{
+    static const char *const keys[] = {"device", "precision"};
+    for (int k = 0; j && k < 2; k++) cJSON_DeleteItemFromObjectCaseSensitive(j, keys[k]);
+}
+
 static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
 {
     char p[MS_PATH_MAX];
@@ -324,20 +334,26 @@ static ms_status load_checkpoint(ms_ft_run *r, const char *dir)
     int same = !strcmp(js, r->config_json), ranks = 1, gb = 0;
     if (!same) {
         cJSON *j = cJSON_Parse(js), *mine = cJSON_Parse(r->config_json);
+        resume_free(j);
+        resume_free(mine);
+        same = j && mine && cJSON_Compare(j, mine, 1);
         const cJSON *w = j ? cJSON_GetObjectItemCaseSensitive(j, "world_size") : NULL;
         const cJSON *g = j ? cJSON_GetObjectItemCaseSensitive(j, "global_batch") : NULL;
         if (cJSON_IsNumber(w)) ranks = w->valueint;
         if (cJSON_IsNumber(g)) gb = g->valueint;
-        if (cJSON_IsNumber(w) && mine) { /* another number of ranks over the same global batch: the same run */
+        if (!same && cJSON_IsNumber(w) && mine) { /* another number of ranks over the same global batch: the same run */
             static const char *const per_rank[] = {"world_size", "batch_size"};
             for (int k = 0; k < 2; k++) {
                 cJSON_DeleteItemFromObjectCaseSensitive(j, per_rank[k]);
                 cJSON_DeleteItemFromObjectCaseSensitive(mine, per_rank[k]);
             }
             same = cJSON_Compare(j, mine, 1);
-        } else if (j && r->world == 1) { /* written before data parallel: the same options without the two keys */
+        } else if (!same && j && r->world == 1) { /* written before data parallel: the same options without the two keys */
             char *old = config_json(r, 0);
-            same = old && !strcmp(js, old);
+            cJSON *oj = old ? cJSON_Parse(old) : NULL;
+            resume_free(oj);
+            same = oj && cJSON_Compare(j, oj, 1);
+            cJSON_Delete(oj);
             cJSON_free(old);
         }
         cJSON_Delete(j);
@@ -796,9 +812,11 @@ static ms_status log_train(ms_ft_run *r, const step_out *so, double t, double ep
     snprintf(js, sizeof js,
              "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"train\", \"task\": \"%s\", \"loss\": %.7g, "
              "\"loss_dice\": %.7g, \"loss_ce\": %.7g, \"loss_fg\": %.7g, \"loss_bg\": %.7g, \"lr\": %.6g, "
-             "\"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, \"t\": %.3f}",
+             "\"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, \"device\": \"%s\", \"precision\": \"%s\", "
+             "\"t\": %.3f}",
              (long long)r->step, epoch, c->task[so->task].name, so->n ? loss : 0.0, so->dice, so->ce, so->ce_fg,
-             so->ce_bg, so->lr, so->gnorm, ips, (long long)r->skipped, t - r->t0);
+             so->ce_bg, so->lr, so->gnorm, ips, (long long)r->skipped, r->dev->kind == MS_DEV_CUDA ? "cuda" : "cpu",
+             ms_precision_name(r->dev->precision), t - r->t0);
     MS_TRY(ms_runlog_json(&r->lg, js));
     char tag[128];
     snprintf(tag, sizeof tag, "train/loss/%s", c->task[so->task].name);

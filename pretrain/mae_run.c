@@ -528,6 +528,9 @@ static ms_status write_config(ms_mae_run *r)
     cJSON_AddNumberToObject(cj, "freeze_encoder_epochs", c->freeze_epochs);
     cJSON_AddNumberToObject(cj, "clip_grad", c->clip);
     cJSON_AddNumberToObject(cj, "seed", (double)(int64_t)c->seed); /* the CLI's seed is signed */
+    /* what this process computes with; a resume may change both (checkpoints are fp32 and device-independent) */
+    cJSON_AddStringToObject(cj, "device", r->dev->kind == MS_DEV_CUDA ? "cuda" : "cpu");
+    cJSON_AddStringToObject(cj, "precision", ms_precision_name(r->dev->precision));
     r->config_json = cJSON_Print(cj);
     cJSON_Delete(cj);
     MS_FAIL_IF(!r->config_json, MS_ENOMEM, "out of memory");
@@ -737,10 +740,10 @@ static ms_status log_step(ms_mae_run *r, const step_loss *sl, const ms_mae_step_
     snprintf(js, sizeof js,
              "{\"step\": %lld, \"epoch\": %.4f, \"split\": \"train\", \"loss\": %.7g, \"loss_fg\": %.7g, "
              "\"loss_bg\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"img_per_s\": %.4g, \"skipped\": %lld, "
-             "\"t\": %.3f}",
+             "\"device\": \"%s\", \"precision\": \"%s\", \"t\": %.3f}",
              (long long)step, (double)step / r->plan.steps_per_epoch, sl->loss, sl->fgn ? sl->fgsum / sl->fgn : -1.0,
              sl->bgn ? sl->bgsum / sl->bgn : -1.0, in->lr, in->grad_norm, in->img_per_s, (long long)r->ts.skipped,
-             in->elapsed_s);
+             r->dev->kind == MS_DEV_CUDA ? "cuda" : "cpu", ms_precision_name(r->dev->precision), in->elapsed_s);
     MS_TRY(ms_runlog_json(&r->lg, js));
     ms_runlog_scalar(&r->lg, "train/loss", step, sl->loss);
     if (sl->fgn) ms_runlog_scalar(&r->lg, "train/loss_fg", step, sl->fgsum / sl->fgn);

@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "finetune/ft_model.h"
 #include "loss.h"
+#include "pretrain/flops.h"
 #include "pretrain/optimizer.h"
 
 #define MAX_CASES 6
@@ -35,6 +36,8 @@ typedef struct bcase {
     ms_ft_method method;
     ms_ft_scope scope;
     double ours_s, torch_s;           /* median seconds per step; NAN = not measured */
+    ms_bench_result ours;             /* batch run, first step, peak memory of ours */
+    ms_device ran;                    /* the device ours ran on (kind, precision) */
     int64_t ours_n, torch_n;          /* trainable numel; -1 = not known */
     int ours_t, torch_t;              /* trainable tensors */
 } bcase;
@@ -43,10 +46,14 @@ typedef struct bcfg {
     const char *model, *upstream; /* upstream: a MobileSAM checkout for vit_t's PyTorch side */
     int batch, steps, warmup, num_cls, compat, list;
     uint64_t seed;
+    ms_device_kind kind;
+    int index;
+    const char *precision; /* NULL: the device kind's default */
 } bcfg;
 
-/* Median seconds per step of ours for one case; also its trainable count. */
-static ms_status time_ours(const bcfg *b, int threads, bcase *k)
+/* Median seconds per step of ours for one case at `batch` images; also its trainable count, the time from process
+ * start to the end of the first step and the device memory above the context. */
+static ms_status time_ours(const bcfg *b, int threads, int batch, bcase *k)
 {
     ms_device dev = {0};
     ms_ft_model m;
@@ -55,8 +62,14 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
     int32_t *target = NULL, *t_host = NULL;
     float *loss = NULL, *x = NULL;
     double times[MAX_STEPS];
-    ms_status rc = ms_device_init(&dev, MS_DEV_CPU, threads);
+    size_t base = 0, total = 0;
+    k->ours.batch = batch;
+    ms_status rc = ms_device_init_at(&dev, b->kind, b->index, threads);
     if (rc) return rc;
+    rc = ms_cli_set_precision(&dev, b->precision);
+    k->ran = dev;
+    if (!rc && dev.kind == MS_DEV_CUDA) rc = ms_dev_mem_info(&dev, &base, &total); /* the context */
+    if (rc) goto leave;
     ms_ft_config cfg;
     ms_ft_config_default(&cfg);
     snprintf(cfg.model, sizeof cfg.model, "%s", b->model);
@@ -69,7 +82,7 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
     if ((rc = ms_sam_config_named(b->model, b->num_cls + 1, &sc))) goto leave;
     ms_prep_config_default(&cfg.prep, sc.tinyvit ? sc.tv.img_size : sc.enc.img_size);
     cfg.prep.channels = 3;
-    if ((rc = ms_ft_model_build(&m, &cfg, NULL, b->seed, &dev)) || (rc = ms_ft_model_reserve(&m, b->batch, 1)) ||
+    if ((rc = ms_ft_model_build(&m, &cfg, NULL, b->seed, &dev)) || (rc = ms_ft_model_reserve(&m, batch, 1)) ||
         (rc = ms_optimizer_init(&opt, &m.sam.ps, 0.9f, 0.999f, 1e-8f, 0.1f)))
         goto leave;
     k->ours_n = ms_ft_model_trainable_numel(&m, &k->ours_t);
@@ -77,7 +90,7 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
         for (int i = 0; i < m.sam.ps.n; i++)
             if (m.sam.ps.p[i].trainable) printf("  mrisam trainable: %s %lld\n", m.sam.ps.p[i].name,
                                                 (long long)m.sam.ps.p[i].numel);
-    const int64_t S = m.sam.img_size, lo = 4 * (int64_t)m.sam.emb_h, P = lo * lo, B = b->batch, C = b->num_cls;
+    const int64_t S = m.sam.img_size, lo = 4 * (int64_t)m.sam.emb_h, P = lo * lo, B = batch, C = b->num_cls;
     x = malloc((size_t)(B * 3 * S * S) * sizeof(float));
     t_host = malloc((size_t)(B * P) * sizeof(int32_t));
     if (!x || !t_host) { rc = ms_error(MS_ENOMEM, "out of memory"); goto leave; }
@@ -111,10 +124,13 @@ static ms_status time_ours(const bcfg *b, int threads, bcase *k)
         if (!rc) rc = ms_dev_sync(&dev);
         if (!rc && !isfinite(lh[0] + lh[1])) rc = ms_error(MS_EINVAL, "bench finetune: loss is not finite");
         if (s >= b->warmup) times[s - b->warmup] = ms_now_s() - t0;
+        if (!rc && s == 0) k->ours.first_s = ms_bench_process_age();
     }
+    k->ours.peak_bytes = ms_bench_mem_above(&dev, base);
     if (!rc) {
         qsort(times, (size_t)b->steps, sizeof *times, cmp_double);
         k->ours_s = b->steps % 2 ? times[b->steps / 2] : 0.5 * (times[b->steps / 2 - 1] + times[b->steps / 2]);
+        k->ours.s_per_step = k->ours_s;
     }
 leave:
     free(x);
@@ -197,6 +213,18 @@ static ms_status default_script(char *out)
     return ms_path_join(out, exe, "../tools/bench/finetune_ref.py");
 }
 
+/* Model FLOPs of one step per image (pretrain/flops.h): SAM's encoder and neck; the backward of frozen encoder
+ * weights (LoRA, adapters) is dX only; scope decoder runs the encoder forward alone. The mask decoder (< 1 %) and the
+ * PEFT tensors' own products are left out. 0 for TinyViT (not counted). */
+static double step_flops(const bcfg *b, const bcase *k)
+{
+    ms_sam_enc_config ec;
+    if (ms_sam_enc_config_named(b->model, &ec)) return 0;
+    ms_flops f = ms_flops_sam_encoder(&ec, ec.img_size, 0, 1);
+    if (k->scope != MS_FT_SCOPE_ENC_DEC) return f.gemm + f.attn;
+    return ms_flops_step(f, k->method == MS_FT_FULL);
+}
+
 int ms_bench_finetune(int argc, char **argv)
 {
     static const ms_cmd_help help = {
@@ -205,14 +233,21 @@ int ms_bench_finetune(int argc, char **argv)
         "trainable set) for each method x scope, ours vs the PyTorch reference step (tools/bench/finetune_ref.py:\n"
         "tests/reference/'s SAM with finetune-SAM's LoRA r=4 and adapters; encoder under torch.no_grad() for scope\n"
         "decoder) on the same model, batch and threads, in the same run; median of --steps after --warmup steps.\n"
-        "The trainable parameter counts of both sides are printed and must agree (exit 1 when they do not).",
+        "The trainable parameter counts of both sides are printed and must agree (exit 1 when they do not).\n"
+        "Beside slices/s: model-FLOP MFU (pretrain/flops.h, docs/PERFORMANCE.md §FLOP counting) against\n"
+        "--peak-tflops (CUDA default: 989 bf16, 67 fp32; the CPU prints MFU only when it is given), peak device memory\n"
+        "above the context (CUDA) and the time from process start to the end of the first step. On CUDA the PyTorch\n"
+        "side is left out (tools/gpu/torch_accept.py is the GPU baseline).",
         "  mrisam bench finetune --threads 1,2 --steps 10\n"
-        "  mrisam bench finetune --cases lora:encoder+decoder --threads 2 --list-trainable"};
+        "  mrisam bench finetune --cases lora:encoder+decoder --threads 2 --list-trainable\n"
+        "  mrisam bench finetune --model vit_b --device cuda --cases full:encoder+decoder --batch 32 --halve-on-oom"};
     const char *threads_s = "1,2", *python = "/usr/bin/python3", *script = NULL,
                *cases_s = "full:decoder,full:encoder+decoder,lora:decoder,lora:encoder+decoder,adapter:decoder,"
                           "adapter:encoder+decoder";
     bcfg b = {.model = "vit_test", .batch = 4, .steps = 10, .warmup = 2, .num_cls = 2, .seed = 1};
-    int no_torch = 0, seed = 1;
+    int no_torch = 0, seed = 1, halve = 0, json = 0;
+    const char *device = "cpu";
+    double peak_given = 0;
     const ms_opt opts[] = {
         {"cases", MS_OPT_STR, &cases_s, "LIST", "method:scope pairs, comma-separated (all six)"},
         {"model", MS_OPT_STR, &b.model, "NAME", "SAM variant, at its native input size (vit_test, vit_t_test: 256; "
@@ -229,6 +264,11 @@ int ms_bench_finetune(int argc, char **argv)
         {"seed", MS_OPT_INT, &seed, "S", "initialisation and data seed (1)"},
         {"no-torch", MS_OPT_FLAG, &no_torch, NULL, "skip the PyTorch side"},
         {"python", MS_OPT_STR, &python, "PY", "interpreter with torch (/usr/bin/python3)"},
+        {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device of ours (cpu)"},
+        MS_CLI_PRECISION_OPTION(&b.precision),
+        {"peak-tflops", MS_OPT_FLOAT, &peak_given, "X", "peak for MFU, TFLOP/s (CUDA: 989 bf16, 67 fp32)"},
+        {"halve-on-oom", MS_OPT_FLAG, &halve, NULL, "out of device memory: retry at half the batch"},
+        {"json", MS_OPT_FLAG, &json, NULL, "also one JSON line per row (tools/gpu/accept.sh)"},
         {"torch-script", MS_OPT_STR, &script, "PY", "finetune_ref.py (default: $MS_SOURCE_DIR or ./tools/bench)"},
         {0}};
     int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
@@ -239,6 +279,12 @@ int ms_bench_finetune(int argc, char **argv)
         fprintf(stderr, "mrisam bench finetune: bad --batch, --steps, --warmup or --num-cls\n");
         return MS_EXIT_USAGE;
     }
+    ms_precision prec;
+    if (ms_device_parse(device, &b.kind, &b.index) || (b.precision && ms_precision_parse(b.precision, &prec))) {
+        fprintf(stderr, "mrisam bench finetune: %s\n", ms_errmsg());
+        return MS_EXIT_USAGE;
+    }
+    no_torch |= b.kind == MS_DEV_CUDA;
     bcase cs[MAX_CASES];
     int n = 0;
     char cl[512];
@@ -267,8 +313,8 @@ int ms_bench_finetune(int argc, char **argv)
     printf("mrisam bench finetune: %s, batch %d, %d classes, no prompts, Dice+CE, AdamW; median of %d steps after %d "
            "warm-up; trainable sets: %s\n", b.model, b.batch, b.num_cls, b.steps, b.warmup,
            b.compat ? "finetune-SAM's (--compat-finetune-sam)" : "mrisam's");
-    printf("| method | scope | threads | trainable mrisam | trainable PyTorch | mrisam slices/s | PyTorch slices/s | "
-           "speed-up |\n|---|---|---|---|---|---|---|---|\n");
+    printf("| method | scope | threads | trainable mrisam | trainable PyTorch | precision | batch | mrisam slices/s | MFU | "
+           "peak GiB | first step s | PyTorch slices/s | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
     int fail = 0;
     char tl[128];
@@ -284,7 +330,11 @@ int ms_bench_finetune(int argc, char **argv)
             fprintf(stderr, "mrisam bench finetune: no result from %s %s\n", python, script);
         for (int i = 0; i < n; i++) {
             bcase *k = &cs[i];
-            ms_status rc = time_ours(&b, th, k);
+            ms_status rc = time_ours(&b, th, b.batch, k);
+            for (int bb = b.batch / 2; rc == MS_ENOMEM && halve && bb >= 1; bb /= 2) {
+                fprintf(stderr, "mrisam bench finetune: batch %d: out of memory, trying %d\n", k->ours.batch, bb);
+                rc = time_ours(&b, th, bb, k);
+            }
             if (rc) {
                 fprintf(stderr, "mrisam bench finetune: %s/%s: %s\n", ms_ft_method_name(k->method),
                         ms_ft_scope_name(k->scope), ms_errmsg());
@@ -295,13 +345,22 @@ int ms_bench_finetune(int argc, char **argv)
             if (k->torch_n >= 0) snprintf(tn, sizeof tn, "%lld (%d)%s", (long long)k->torch_n, k->torch_t,
                                           differ ? " DIFFERS" : "");
             else snprintf(tn, sizeof tn, "-");
-            char ts[32] = "-", sx[32] = "-";
+            char ts[32] = "-", sx[32] = "-", cells[160] = "- | - | - | -";
             if (!isnan(k->torch_s)) {
                 snprintf(ts, sizeof ts, "%.2f", b.batch / k->torch_s);
                 snprintf(sx, sizeof sx, "%.2fx", k->torch_s / k->ours_s);
             }
-            printf("| %s | %s | %d | %lld (%d) | %s | %.2f | %s | %s |\n", ms_ft_method_name(k->method),
-                   ms_ft_scope_name(k->scope), th, (long long)k->ours_n, k->ours_t, tn, b.batch / k->ours_s, ts, sx);
+            double fl = step_flops(&b, k), peak = fl > 0 ? ms_bench_peak_tflops(&k->ran, peak_given) : 0;
+            if (!rc) ms_bench_cells(cells, sizeof cells, &k->ours, fl, peak, k->ran.kind == MS_DEV_CUDA);
+            printf("| %s | %s | %d | %lld (%d) | %s | %s | %d | %s | %s | %s |\n", ms_ft_method_name(k->method),
+                   ms_ft_scope_name(k->scope), th, (long long)k->ours_n, k->ours_t, tn,
+                   ms_precision_name(k->ran.precision), k->ours.batch, cells, ts, sx);
+            if (json && !rc) {
+                char label[96];
+                snprintf(label, sizeof label, "%s:%s@%s", ms_ft_method_name(k->method), ms_ft_scope_name(k->scope),
+                         b.model);
+                ms_bench_json("finetune", label, &k->ours, fl, peak, &k->ran);
+            }
             fflush(stdout);
             if (differ) {
                 fprintf(stderr, "mrisam bench finetune: %s/%s: the trainable sets differ (%lld vs %lld parameters; "

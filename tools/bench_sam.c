@@ -83,7 +83,7 @@ static void enc_free(bench_enc *e)
     ms_tinyvit_free(&e->tv);
 }
 
-static ms_status bench_c(const char *model, int threads, int reps, timing *out)
+static ms_status bench_c(const char *model, int threads, const char *precision, int reps, timing *out)
 {
     ms_device dev;
     ms_params ps;
@@ -92,7 +92,8 @@ static ms_status bench_c(const char *model, int threads, int reps, timing *out)
     ms_params_init(&ps);
     memset(&e, 0, sizeof e);
     MS_TRY(ms_device_init(&dev, MS_DEV_CPU, threads));
-    ms_status rc = enc_build(&e, model, &ps, &dev);
+    ms_status rc = ms_cli_set_precision(&dev, precision);
+    if (!rc) rc = enc_build(&e, model, &ps, &dev);
     if (rc) goto leave;
     int64_t S = e.S, nx = 3 * S * S, ne = e.ne;
     x = malloc((size_t)nx * sizeof(float));
@@ -157,7 +158,8 @@ int ms_bench_sam(int argc, char **argv)
         "Seconds per image (batch 1, best of R after one warm-up) of SAM's image encoder forward and "
         "forward+backward on the CPU, beside the PyTorch reference on the same threads.",
         "mrisam bench sam --models vit_test --threads 2 --reps 3"};
-    const char *models = "vit_test,vit_b", *script = NULL, *python = "/usr/bin/python3", *upstream = NULL;
+    const char *models = "vit_test,vit_b", *script = NULL, *python = "/usr/bin/python3", *upstream = NULL,
+               *precision = NULL;
     int threads = 0, reps = 2, no_torch = 0;
     const ms_opt opts[] = {
         {"models", MS_OPT_STR, &models, "LIST", "comma-separated model names: vit_test, vit_b, vit_l, vit_h, vit_t "
@@ -166,6 +168,7 @@ int ms_bench_sam(int argc, char **argv)
          "(default: $MOBILESAM_DIR)"},
         {"threads", MS_OPT_INT, &threads, "N", "CPU threads for both sides (default: all cores)"},
         {"reps", MS_OPT_INT, &reps, "R", "timed repetitions (default 2)"},
+        MS_CLI_PRECISION_OPTION(&precision),
         {"no-torch", MS_OPT_FLAG, &no_torch, NULL, "skip the PyTorch side"},
         {"python", MS_OPT_STR, &python, "PY", "interpreter with torch (default /usr/bin/python3, Debian's)"},
         {"torch-script", MS_OPT_STR, &script, "PY", "path of bench_sam_torch.py (default: from MS_SOURCE_DIR or ./tools/bench)"},
@@ -187,8 +190,8 @@ int ms_bench_sam(int argc, char **argv)
         threads = probe.n_threads;
         ms_device_free(&probe);
     }
-    printf("SAM image encoder, CPU, %d threads, batch 1, best of %d (seconds per image; x = torch / mrisam)\n",
-           threads, reps);
+    printf("SAM image encoder, CPU, %d threads, batch 1, best of %d, ours in %s (seconds per image; x = torch / "
+           "mrisam)\n", threads, reps, precision ? precision : "fp32");
     printf("%-10s %6s %12s %12s %12s %12s %8s %8s\n", "model", "input", "mrisam fwd", "torch fwd", "mrisam f+b",
            "torch f+b", "fwd x", "f+b x");
     char list[256];
@@ -203,7 +206,7 @@ int ms_bench_sam(int argc, char **argv)
         timing tc = {0, 0}, tt = {0, 0};
         /* PyTorch first: once our OpenMP pool exists its idle threads can steal the child's cores */
         int have_t = !no_torch && bench_torch(python, script, upstream, m, threads, reps, &tt) == 0;
-        ms_status st = bench_c(m, threads, reps, &tc);
+        ms_status st = bench_c(m, threads, precision, reps, &tc);
         if (st) { rc = ms_cli_report("bench sam", st); continue; }
         if (have_t)
             printf("%-10s %6d %12.3f %12.3f %12.3f %12.3f %8.2f %8.2f\n", m, c.img_size, tc.fwd, tt.fwd, tc.fb, tt.fb,

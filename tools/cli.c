@@ -144,8 +144,8 @@ volatile sig_atomic_t *ms_cli_catch_stop(void)
     return &g_stop;
 }
 
-ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, double bucket_mb, ms_device *dev,
-                           ms_dist **d)
+ms_status ms_cli_dist_open(const char *device, const char *precision, int threads, double timeout_s, double bucket_mb,
+                           ms_device *dev, ms_dist **d)
 {
     *d = NULL;
     ms_dist_env env;
@@ -158,6 +158,7 @@ ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, do
         index = n > 0 ? env.local_rank % n : 0; /* ranks on a node share its GPUs in turn */
     }
     MS_TRY(ms_device_init_at(dev, kind, index, threads));
+    MS_TRY(ms_cli_set_precision(dev, precision));
     ms_dist_opts o = {.timeout_s = timeout_s, .bucket_bytes = bucket_mb > 0 ? (size_t)(bucket_mb * 1048576.0) : 0};
     ms_status rc = ms_dist_open(&env, &o, dev, d);
     if (rc) {
@@ -167,6 +168,24 @@ ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, do
     if (ms_dist_rank(*d) != 0 && !freopen("/dev/null", "w", stdout))
         return ms_error(errno, "rank %d: cannot silence stdout", ms_dist_rank(*d));
     return MS_OK;
+}
+
+ms_status ms_cli_set_precision(ms_device *dev, const char *precision)
+{
+    if (!precision) {
+        dev->precision = ms_precision_default(dev->kind);
+        return MS_OK;
+    }
+    return ms_precision_parse(precision, &dev->precision);
+}
+
+const char *ms_cli_device_desc(const ms_device *dev, char *buf, size_t n)
+{
+    if (dev->kind == MS_DEV_CUDA)
+        snprintf(buf, n, "cuda:%d %s", dev->cuda_index, ms_precision_name(dev->precision));
+    else
+        snprintf(buf, n, "cpu %s", ms_precision_name(dev->precision));
+    return buf;
 }
 
 void ms_cli_test_stop(int64_t step, int rank, const volatile sig_atomic_t *stop)

@@ -8,6 +8,7 @@
 #define MS_CLI_H
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "base/device.h"
@@ -55,10 +56,20 @@ int ms_cli_report(const char *cmd, int status);
 volatile sig_atomic_t *ms_cli_catch_stop(void);
 
 /* Data-parallel runs (docs/DISTRIBUTED.md): reads the launcher's environment (ms_dist_env_read), opens the device
- * ("cuda" without an ordinal: the local rank's GPU among the visible ones) and joins the job with the given
+ * ("cuda" without an ordinal: the local rank's GPU among the visible ones) with --precision (NULL: the kind's
+ * default, ms_cli_set_precision) and joins the job with the given
  * --dist-timeout and bucket size. *d is NULL for a single process. Ranks other than 0 print nothing on stdout. */
-ms_status ms_cli_dist_open(const char *device, int threads, double timeout_s, double bucket_mb, ms_device *dev,
-                           ms_dist **d);
+ms_status ms_cli_dist_open(const char *device, const char *precision, int threads, double timeout_s, double bucket_mb,
+                           ms_device *dev, ms_dist **d);
+
+/* --precision (docs/CLI.md §Precision): sets dev->precision after the device is open; NULL (not given) takes
+ * ms_precision_default of its kind (bf16 on CUDA, fp32 on the CPU). A bad name fails with MS_EINVAL. */
+ms_status ms_cli_set_precision(ms_device *dev, const char *precision);
+/* "cpu fp32", "cuda:0 bf16": the device and precision a run computes with, for its start-up line. */
+const char *ms_cli_device_desc(const ms_device *dev, char *buf, size_t n);
+#define MS_CLI_PRECISION_OPTION(precision)                                                                            \
+    {"precision", MS_OPT_STR, precision, "fp32|bf16",                                                                 \
+     "arithmetic of the GEMMs and attention (default: bf16 on cuda, fp32 on cpu; docs/CLI.md §Precision)"}
 
 /* The options of data-parallel runs, one copy for the option tables of pretrain and finetune: pointers to the
  * device string, --dist-timeout and --bucket-mb (doubles) and the --zero1 flag (int). */

@@ -140,7 +140,7 @@ static int run(int argc, char **argv)
 #undef USAGE
     ms_device dev = {0};
     ms_dist *dist = NULL;
-    ms_status rc = ms_cli_dist_open(device, threads, 600, 25, &dev, &dist);
+    ms_status rc = ms_cli_dist_open(device, NULL, threads, 600, 25, &dev, &dist);
     if (!rc && dist) rc = ms_error(MS_EINVAL, "runs one process (its fine-tunes are small): not under mpirun / srun");
     if (!rc) rc = ms_compare_run(&c, &dev);
     if (rc == MS_EINTERRUPTED) printf("compare: interrupted; rerun the same command to continue\n");

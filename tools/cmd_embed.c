@@ -108,7 +108,7 @@ static int run(int argc, char **argv)
         "/ --norm say otherwise; a store slice is read with the intensity normalisation it was trained on).",
         "mrisam embed --ckpt sam_vit_b_01ec64.pth --image slice.png -o emb.npy --threads 8"};
     const char *ckpt = NULL, *image = NULL, *store = NULL, *out = NULL, *device = "cpu", *resize = NULL,
-               *norm = NULL;
+               *norm = NULL, *precision = NULL;
     int64_t key = -1;
     int threads = 0;
     const ms_opt opts[] = {
@@ -121,6 +121,7 @@ static int run(int argc, char **argv)
         {"norm", MS_OPT_STR, &norm, "sam|medsam", "input normalisation (default sam)"},
         {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
+        MS_CLI_PRECISION_OPTION(&precision),
         {0}};
     int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
@@ -150,6 +151,7 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
+    if ((rc = ms_cli_set_precision(&dev, precision))) goto leave;
     ms_ckpt_kind ck;
     char ckdir[MS_PATH_MAX], what[160];
     /* one of: SAM's ViT alone (e), TinyViT alone (t), a run's whole model (sm) */
@@ -213,9 +215,10 @@ static int run(int argc, char **argv)
     double t2 = ms_now_s();
     int64_t shape[4] = {1, out_chans, g, g};
     if (!rc) rc = ms_npy_write_f32(out, he, shape, 4);
+    char dd[48];
     if (!rc)
-        fprintf(stderr, "embed: %s → %s (1, %d, %d, %d); %s at %d: %.2f s (total %.2f s)\n", image ? image : store,
-                out, out_chans, g, g, what, S, t2 - t1, t2 - t0);
+        fprintf(stderr, "embed: %s → %s (1, %d, %d, %d); %s at %d, %s: %.2f s (total %.2f s)\n", image ? image : store,
+                out, out_chans, g, g, what, S, ms_cli_device_desc(&dev, dd, sizeof dd), t2 - t1, t2 - t0);
     free(hx);
     free(he);
 leave:

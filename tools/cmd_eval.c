@@ -37,7 +37,7 @@ static int run(int argc, char **argv)
         "mrisam eval --pred runs/a/pred --gt data/labels -o runs/a/eval --label-names labels.txt\n"
         "  mrisam eval --ckpt runs/ft/ --store prostate.store -o runs/ft/eval"};
     const char *pred_dir = NULL, *gt_dir = NULL, *out = NULL, *names_path = NULL, *ckpt = NULL, *store = NULL,
-               *task = NULL, *device = "cpu";
+               *task = NULL, *device = "cpu", *precision = NULL;
     int threads = 0, no_hd95 = 0, no_nsd = 0, all = 0, batch = 4;
     double nsd_tol = 1.0;
     const ms_opt opts[] = {
@@ -48,6 +48,7 @@ static int run(int argc, char **argv)
         {"task", MS_OPT_STR, &task, "NAME", "the task of a multi-task checkpoint"},
         {"all", MS_OPT_FLAG, &all, NULL, "every labelled volume, even when the run has a validation selection"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device for --ckpt (default cpu)"},
+        MS_CLI_PRECISION_OPTION(&precision),
         {"batch-size", MS_OPT_INT, &batch, "B", "slices per encoder batch for --ckpt (default 4)"},
         {"o", MS_OPT_STR, &out, "OUTDIR", "output folder (created when absent)"},
         {"label-names", MS_OPT_STR, &names_path, "FILE", "class names: lines \"VALUE NAME\" ('#' comments)"},
@@ -88,9 +89,9 @@ static int run(int argc, char **argv)
         if (shots[0] && idx < 0)
             fprintf(stderr, "eval: note: %s is not among the stores of %s; every labelled volume is evaluated\n",
                     store, shots);
-        const ms_eval_store_opts o = {.ckpt = ckpt, .store = store, .task = task, .device = device, .shots = shots,
-                                      .shots_index = idx, .n_threads = threads, .batch = batch, .hd95 = !no_hd95,
-                                      .on_volume = on_volume};
+        const ms_eval_store_opts o = {.ckpt = ckpt, .store = store, .task = task, .device = device,
+                                      .precision = precision, .shots = shots, .shots_index = idx,
+                                      .n_threads = threads, .batch = batch, .hd95 = !no_hd95, .on_volume = on_volume};
         st = ms_eval_store(&r, &o);
     } else {
         st = ms_eval_files(&r, pred_dir, gt_dir, threads, !no_hd95);

@@ -21,7 +21,7 @@
 typedef struct opts {
     ms_strlist stores;
     const char *init, *resume, *method, *scope, *prompt, *shot_unit, *schedule, *lora_blocks, *adapter_blocks;
-    const char *augment, *resize, *norm, *device, *task_weights, *intensity;
+    const char *augment, *resize, *norm, *device, *precision, *task_weights, *intensity;
     double p_lo, p_hi, dist_timeout, bucket_mb;
     int threads;
     /* what the run configuration points into: the stores' paths and task names */
@@ -107,8 +107,9 @@ static int make_config(opts *o, ms_ft_run_config *c)
 }
 
 /* What the run is: tasks, the resume point, the plan. */
-static void print_plan(const opts *o, const ms_ft_run_config *c, const ms_ft_run_info *in)
+static void print_plan(const opts *o, const ms_ft_run_config *c, const ms_ft_run_info *in, const ms_device *dev)
 {
+    char dd[48];
     for (int t = 0; t < in->n_tasks; t++) {
         const ms_ft_run_task_info *ti = &in->task[t];
         if (ti->single_volume)
@@ -127,10 +128,11 @@ static void print_plan(const opts *o, const ms_ft_run_config *c, const ms_ft_run
     if (in->resumed_from)
         printf("finetune: resuming from %s (step %lld)\n", in->resumed_from, (long long)in->resumed_step);
     printf("finetune: %s, %s / %s, prompt %s, input %d, %d task(s), %lld steps (%lld per epoch), batch %d, "
-           "lr %.3g %s (warm-up %lld), %lld trainable parameters in %d tensors%s\n",
+           "lr %.3g %s (warm-up %lld), %lld trainable parameters in %d tensors%s, %s\n",
            in->model, o->method, o->scope, o->prompt, in->input_size, in->n_tasks, (long long)in->total,
            (long long)in->steps_per_epoch, c->batch, c->lr, o->schedule, (long long)in->warmup,
-           (long long)in->trainable, in->n_trainable_tensors, c->cache_embeddings ? ", embeddings cached" : "");
+           (long long)in->trainable, in->n_trainable_tensors, c->cache_embeddings ? ", embeddings cached" : "",
+           ms_cli_device_desc(dev, dd, sizeof dd));
 }
 
 /* The progress line (at most once a second, and at the last step), validation and early stopping. */
@@ -162,7 +164,7 @@ static ms_status train(const opts *o, ms_ft_run_config *c, ms_device *dev, ms_di
     MS_TRY(ms_ft_run_open(c, dev, &run));
     ms_ft_run_info in;
     ms_ft_run_get_info(run, &in);
-    print_plan(o, c, &in);
+    print_plan(o, c, &in, dev);
     if (in.world > 1)
         printf("finetune: %d ranks, batch %d per rank, global batch %d (lr %.3g, not scaled)\n", in.world, c->batch,
                in.global_batch, c->lr);
@@ -275,6 +277,7 @@ static int run(int argc, char **argv)
         {"workers", MS_OPT_INT, &cfg.workers, "N", "loader threads per task (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
         MS_CLI_DIST_OPTIONS(&o.device, &o.dist_timeout, &o.bucket_mb, &cfg.zero1),
+        MS_CLI_PRECISION_OPTION(&o.precision),
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     int urc = prc ? 0 : make_config(&o, &cfg);
@@ -284,7 +287,7 @@ static int run(int argc, char **argv)
     }
     ms_device dev = {0};
     ms_dist *dist = NULL;
-    ms_status rc = ms_cli_dist_open(o.device, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
+    ms_status rc = ms_cli_dist_open(o.device, o.precision, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
     if (!rc) rc = train(&o, &cfg, &dev, dist);
     int code = ms_cli_report("finetune", rc);
     ms_dist_close(dist, rc && rc != MS_EINTERRUPTED); /* a failed rank ends the whole job: no rank waits forever */

@@ -242,7 +242,7 @@ static ms_status prompt_inputs(const char *prompts, char **ins, int n, char ***p
 /* Every input in turn (a failure costs its line, the others still run) and the summary line; returns the number
  * that failed. */
 static int predict_all(ms_predictor *pr, ms_predict_opts *po, const ms_predict_model *pm, const inputs *l,
-                       char **pins, const char *png)
+                       char **pins, const char *png, const ms_device *dev)
 {
     const int n = l->n;
     progress pg = {.on = isatty(2), .n_vols = n, .t0 = ms_now_s()};
@@ -271,9 +271,10 @@ static int predict_all(ms_predictor *pr, ms_predict_opts *po, const ms_predict_m
         ms_predict_result_free(&r);
     }
     double dt = ms_now_s() - pg.t0;
-    printf("predict: %d of %d %s written, %lld slices in %.1f s (%.2f slices/s), %d classes%s%s\n", written, n,
+    char dd[48];
+    printf("predict: %d of %d %s written, %lld slices in %.1f s (%.2f slices/s, %s), %d classes%s%s\n", written, n,
            n_png == 0 ? "volumes" : n_png == n ? "images" : "inputs", (long long)pg.slices_before, dt,
-           dt > 0 ? (double)pg.slices_before / dt : 0.0, pm->n_classes, pm->finetuned ? ", task " : "",
+           dt > 0 ? (double)pg.slices_before / dt : 0.0, ms_cli_device_desc(dev, dd, sizeof dd), pm->n_classes, pm->finetuned ? ", task " : "",
            pm->finetuned ? pm->ft.cfg.task[pm->task].name : "");
     return failed;
 }
@@ -304,7 +305,7 @@ static int run(int argc, char **argv)
         "mrisam predict --ckpt sam_mri.pth --in scans/ -o seg/ --png seg/png\n"
         "  mrisam predict --ckpt runs/ft/ --task prostate --in scans/ -o seg/"};
     const char *ckpt = NULL, *in = NULL, *out = NULL, *axis_s = NULL, *norm_s = NULL, *png = NULL,
-               *device = "cpu", *task = NULL, *prompts = NULL;
+               *device = "cpu", *task = NULL, *prompts = NULL, *precision = NULL;
     int threads = 0, batch = 1, keep_largest = 0, conn = 26;
     int64_t min_size = 0;
     double p_lo = -1, p_hi = -1; /* < 0: not given */
@@ -324,6 +325,7 @@ static int run(int argc, char **argv)
         {"png", MS_OPT_STR, &png, "DIR", "overlay PNGs of three slices per volume"},
         {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
+        MS_CLI_PRECISION_OPTION(&precision),
         {"batch-size", MS_OPT_INT, &batch, "B", "slices per encoder batch (default 1)"},
         {"keep-largest", MS_OPT_FLAG, &keep_largest, NULL, "keep only the largest connected component of each class"},
         {"min-size", MS_OPT_I64, &min_size, "N", "remove each class's components of fewer than N voxels"},
@@ -370,6 +372,7 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
+    if ((rc = ms_cli_set_precision(&dev, precision))) goto leave;
     if ((rc = ms_predict_model_load(&pm, ckpt, task, &dev))) goto leave;
     model_ok = 1;
     /* the checkpoint's slicing and intensities unless given explicitly (then they win, with a warning) */
@@ -394,7 +397,7 @@ static int run(int argc, char **argv)
     if ((rc = ms_predictor_init_ex(&pr, pm.m, &dev, batch, &pm.pc, pm.prompt))) goto leave;
     pred_ok = 1;
 
-    failed = predict_all(&pr, &po, &pm, &l, pins, png);
+    failed = predict_all(&pr, &po, &pm, &l, pins, png, &dev);
 leave:
     for (int i = 0; pins && i < l.n; i++) free(pins[i]);
     free(pins);

@@ -19,7 +19,7 @@
 /* What the tool itself reads; everything else goes straight into the run's configuration. */
 typedef struct opts {
     ms_strlist stores;
-    const char *sam_ckpt, *model, *mask_sampling, *device, *intensity;
+    const char *sam_ckpt, *model, *mask_sampling, *device, *precision, *intensity;
     double p_lo, p_hi, dist_timeout, bucket_mb;
     int threads;
     int64_t seed;
@@ -34,17 +34,19 @@ static void print_val(int64_t step, double loss, int n_val)
 }
 
 /* What open decided. */
-static void print_plan(const ms_mae_run_config *c, const char *sampling, const ms_mae_run_plan *pl)
+static void print_plan(const ms_mae_run_config *c, const char *sampling, const ms_mae_run_plan *pl,
+                       const ms_device *dev)
 {
+    char dd[48];
     for (int i = 0; i < c->n_stores; i++)
         if (pl->single_volume >> i & 1)
             printf("pretrain: %s has one volume: validation uses a block of slices held out with a gap\n",
                    c->stores[i]);
     if (pl->resumed_from)
         printf("pretrain: resuming from %s (step %lld)\n", pl->resumed_from, (long long)pl->start_step);
-    printf("pretrain: %s, input %d, %lld steps (%lld per epoch), batch %d x %d, lr %.3g (blr %.3g), mask %.2f %s\n",
-           c->model, pl->input_size, (long long)pl->total, (long long)pl->steps_per_epoch, c->batch, c->accum, pl->lr,
-           c->blr, c->mask_ratio, sampling);
+    printf("pretrain: %s, input %d, %lld steps (%lld per epoch), batch %d x %d, lr %.3g (blr %.3g), mask %.2f %s, "
+           "%s\n", c->model, pl->input_size, (long long)pl->total, (long long)pl->steps_per_epoch, c->batch, c->accum,
+           pl->lr, c->blr, c->mask_ratio, sampling, ms_cli_device_desc(dev, dd, sizeof dd));
     if (pl->world > 1)
         printf("pretrain: %d ranks, batch %d per rank, global batch %d (ranks x batch x accumulation)\n", pl->world,
                c->batch, pl->global_batch);
@@ -131,6 +133,7 @@ static int run(int argc, char **argv)
         {"workers", MS_OPT_INT, &c.workers, "N", "loader threads (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
         MS_CLI_DIST_OPTIONS(&o.device, &o.dist_timeout, &o.bucket_mb, &c.zero1),
+        MS_CLI_PRECISION_OPTION(&o.precision),
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
     if (prc) return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE;
@@ -167,7 +170,7 @@ static int run(int argc, char **argv)
     char model_name[32];
     ms_dist *dist = NULL;
     ms_run_mode mode; /* a RUN/ that is refused is refused before the weights load (ms_mae_run_open checks again) */
-    ms_status rc = ms_cli_dist_open(o.device, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
+    ms_status rc = ms_cli_dist_open(o.device, o.precision, o.threads, o.dist_timeout, o.bucket_mb, &dev, &dist);
     if (!rc && nan_rank >= 0 && ms_dist_rank(dist) != nan_rank) c.nan_count = 0;
     if (!rc) rc = ms_run_mode_of(c.out, c.resume, c.overwrite, &mode);
     if (!rc && ms_dist_rank(dist) == 0) rc = ms_run_dir_check(c.out, mode); /* rank 0 alone writes RUN/ */
@@ -183,7 +186,7 @@ static int run(int argc, char **argv)
     ms_mae_encoder enc = {.vit = sam.cfg.tinyvit ? NULL : &sam.enc, .tv = sam.cfg.tinyvit ? &sam.tv : NULL};
     if ((rc = ms_mae_run_open_encoder(&c, &dev, &enc, &r))) goto leave;
     const ms_mae_run_plan *pl = ms_mae_run_plan_get(r);
-    print_plan(&c, o.mask_sampling, pl);
+    print_plan(&c, o.mask_sampling, pl, &dev);
     /* the step reads the stop flag and the ranks agree on it (in.stop); one process before its first step too */
     ms_mae_step_info in = {.step = pl->start_step, .done = pl->start_step >= pl->total, .stop = !dist && *c.stop};
     double t_last = ms_now_s();

@@ -354,7 +354,7 @@ static int run(int argc, char **argv)
         "(smaller masks painted over larger ones), --json = every mask as COCO uncompressed RLE (column-major).",
         "mrisam segment --ckpt sam_vit_b_01ec64.pth --image slice.png --point 120,88 --multimask -o mask.png"};
     const char *ckpt = NULL, *image = NULL, *box_s = NULL, *out = NULL, *logits = NULL, *device = "cpu",
-               *norm = NULL, *task = NULL, *emb_path = NULL, *mask_path = NULL;
+               *norm = NULL, *task = NULL, *emb_path = NULL, *mask_path = NULL, *precision = NULL;
     int multimask = 0, threads = 0, auto_ = 0;
     const char *json = NULL, *cand = NULL;
     ms_amg_config ac;
@@ -384,6 +384,7 @@ static int run(int argc, char **argv)
         {"norm", MS_OPT_STR, &norm, "sam|medsam", "input normalisation (default sam)"},
         {"threads", MS_OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (default cpu)"},
+        MS_CLI_PRECISION_OPTION(&precision),
         {0}};
     int prc = ms_cli_parse(&help, opts, argc, argv, NULL);
     if (prc) { ms_strlist_free(&point_s); return prc == MS_CLI_EXIT_OK ? MS_EXIT_OK : MS_EXIT_USAGE; }
@@ -421,6 +422,7 @@ static int run(int argc, char **argv)
     if ((rc = ms_device_parse(device, &kind, &index))) goto leave;
     if ((rc = ms_device_init_at(&dev, kind, index, threads))) goto leave;
     dev_ok = 1;
+    if ((rc = ms_cli_set_precision(&dev, precision))) goto leave;
     if ((rc = ms_predict_model_load(&pm, ckpt, task, &dev))) goto leave;
     model_ok = 1;
     ms_sam *const m = pm.m;

@@ -15,26 +15,13 @@ cd "$ROOT"
 B=${MS_BUILD:-build-gpu}
 J=${MS_JOBS:-16}
 . "$ROOT/tools/gpu/env.sh"
-mkdir -p "$P" "$LOG"
-for f in deps/debs/*.deb; do dpkg -x "$f" "$P"; done
-# Debian's absolute symlinks (libz.so -> /lib/...) and CMake package files (/usr/...) must point into $P
-find "$P" -type l | while read -r f; do t=$(readlink "$f"); case "$t" in /*) ln -sf "$P$t" "$f" ;; esac; done
-sed -i "s|\"/usr/lib/|\"$P/usr/lib/|g; s|\"/usr/include|\"$P/usr/include|g" "$L"/cmake/*/*.cmake 2>/dev/null
-export PKG_CONFIG_PATH=$L/pkgconfig PKG_CONFIG_LIBDIR=$L/pkgconfig PKG_CONFIG_SYSROOT_DIR=$P
-PKGCONF=$(command -v pkg-config || echo "$P/usr/bin/pkgconf")
+. "$ROOT/tools/gpu/deps.sh"
+mkdir -p "$LOG"
+ms_gpu_unpack
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
 /usr/local/cuda/bin/nvcc --version | tail -1 || true
 
-cmake -S . -B "$B" -DMS_CUDA=ON -DMS_CUDA_ARCH=90 -DBUILD_TESTING=ON \
-  -DPKG_CONFIG_EXECUTABLE="$PKGCONF" \
-  -DCMAKE_PREFIX_PATH="$P/usr;$L/cmake" \
-  -DNIFTI_INCLUDE=$P/usr/include/nifti -DNIFTI2_LIB=$L/libnifti2.so -DZNZ_LIB=$L/libznz.so \
-  -DOPENBLAS_INCLUDE=$P/usr/include/x86_64-linux-gnu/openblas-openmp -DOPENBLAS_LIB=$L/openblas-openmp/libopenblas.so \
-  -DPNG_LIBRARY=$L/libpng16.so -DPNG_PNG_INCLUDE_DIR=$P/usr/include \
-  -DZLIB_LIBRARY=$L/libz.so -DZLIB_INCLUDE_DIR=$P/usr/include \
-  -DCMAKE_C_FLAGS="-I$P/usr/include" \
-  -DCMAKE_EXE_LINKER_FLAGS="-L$L -Wl,-rpath-link,$L -Wl,-rpath-link,$L/openblas-openmp -Wl,-rpath-link,$P/lib/x86_64-linux-gnu" \
-  > "$LOG/cmake.log" 2>&1
+ms_gpu_configure "$B" > "$LOG/cmake.log" 2>&1
 cfg=$?
 [ $cfg = 0 ] && grep -E "^\-\- +\[" "$LOG/cmake.log" || grep -A3 "CMake Error" "$LOG/cmake.log" | head -12
 TEST="$B/tests/test_ops_cuda"
