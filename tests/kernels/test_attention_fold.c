@@ -18,6 +18,8 @@
  *  plus a plain cross attention with head_dim_qk ≠ head_dim against a double loop, its bf16 emulation, and
  *  (e) bad descriptors (fold without tables, rel-pos with head_dim_qk, key slots outside the tables) give an
  *      error, not a crash.
+ * In a CUDA build with a visible GPU the CUDA fold and its backward are also compared with the CPU fold (< 1e-6
+ * normwise, k' exact, backward bit-identical on a repeat); without one only the CPU checks run.
  */
 #include <math.h>
 #include <stdio.h>
@@ -504,6 +506,81 @@ static void check_bad(layout *L)
     free(row); free(qf); free(kf); free(buf); free(out); free(lse);
 }
 
+#ifdef MS_HAVE_CUDA
+/* ------------------------------------------- the CUDA fold against the CPU fold (only where a GPU is visible) */
+
+static void *up(ms_device *gpu, const void *host, size_t bytes, void **list, int *n)
+{
+    void *p = NULL;
+    if (!host) return NULL;
+    MS_CHECK_OK(ms_dev_alloc(gpu, bytes, &p));
+    if (p) MS_CHECK_OK(ms_dev_from_host(gpu, p, host, bytes));
+    list[(*n)++] = p;
+    return p;
+}
+
+static void check_cuda(ms_device *gpu, const layout *L)
+{
+    const ms_attention_desc *d = &L->d;
+    ms_attention_fold f;
+    MS_CHECK_OK(ms_attention_fold_plan(d, L->rows, L->rows, &f));
+    int64_t n = L->rows * d->n_heads * f.dqk, n3 = L->rows * 3 * L->D, hd = d->head_dim, G = d->n_groups;
+    float *qkv = frand(n3, 1.0f), *dqf = frand(n, 1.0f), *dkf = frand(n, 1.0f), *g0 = frand(n3, 1.0f);
+    float *rh0 = frand(d->len_h * hd, 1.0f), *rw0 = frand(d->len_w * hd, 1.0f);
+    /* CPU */
+    float *qf = fnew(n), *kf = fnew(n), *g = fdup(g0, n3), *rh = fdup(rh0, d->len_h * hd), *rw = fdup(rw0, d->len_w * hd);
+    MS_CHECK_OK(ms_attention_fold_forward(&DEV, qf, kf, qkv, qkv + L->D, d, &f));
+    MS_CHECK_OK(ms_attention_fold_backward(&DEV, g, g + L->D, rh, rw, dqf, dkf, qkv, d, &f));
+    /* CUDA, twice (the backward must be bit-identical) */
+    void *list[32];
+    int nl = 0;
+    ms_attention_desc gd = *d;
+    size_t I = sizeof(int32_t);
+    gd.q_off = up(gpu, d->q_off, (size_t)(G + 1) * I, list, &nl);
+    gd.k_off = up(gpu, d->k_off, (size_t)(G + 1) * I, list, &nl);
+    gd.q_idx = up(gpu, d->q_idx, (size_t)(d->q_off ? d->q_off[G] : 1) * I, list, &nl);
+    gd.k_idx = up(gpu, d->k_idx, (size_t)(d->k_off ? d->k_off[G] : 1) * I, list, &nl);
+    gd.q_row = gd.k_row = up(gpu, d->q_row, (size_t)L->rows * I, list, &nl);
+    gd.q_col = gd.k_col = up(gpu, d->q_col, (size_t)L->rows * I, list, &nl);
+    gd.rel_h = up(gpu, d->rel_h, (size_t)(d->len_h * hd) * 4, list, &nl);
+    gd.rel_w = up(gpu, d->rel_w, (size_t)(d->len_w * hd) * 4, list, &nl);
+    float *x = up(gpu, qkv, (size_t)n3 * 4, list, &nl), *gdqf = up(gpu, dqf, (size_t)n * 4, list, &nl);
+    float *gdkf = up(gpu, dkf, (size_t)n * 4, list, &nl), *gqf = up(gpu, qf, (size_t)n * 4, list, &nl);
+    float *gkf = up(gpu, kf, (size_t)n * 4, list, &nl);
+    MS_CHECK_OK(ms_dev_zero(gpu, gqf, (size_t)n * 4));
+    MS_CHECK_OK(ms_dev_zero(gpu, gkf, (size_t)n * 4));
+    MS_CHECK_OK(ms_attention_fold_forward(gpu, gqf, gkf, x, x + L->D, &gd, &f));
+    float *hq = fnew(n), *hk = fnew(n), *hg[2], *hrh[2], *hrw[2];
+    MS_CHECK_OK(ms_dev_to_host(gpu, hq, gqf, (size_t)n * 4));
+    MS_CHECK_OK(ms_dev_to_host(gpu, hk, gkf, (size_t)n * 4));
+    for (int rep = 0; rep < 2; rep++) {
+        float *gg = up(gpu, g0, (size_t)n3 * 4, list, &nl), *grh = up(gpu, rh0, (size_t)(d->len_h * hd) * 4, list, &nl);
+        float *grw = up(gpu, rw0, (size_t)(d->len_w * hd) * 4, list, &nl);
+        MS_CHECK_OK(ms_attention_fold_backward(gpu, gg, gg + L->D, grh, grw, gdqf, gdkf, x, &gd, &f));
+        hg[rep] = fnew(n3);
+        hrh[rep] = fnew(d->len_h * hd);
+        hrw[rep] = fnew(d->len_w * hd);
+        MS_CHECK_OK(ms_dev_to_host(gpu, hg[rep], gg, (size_t)n3 * 4));
+        MS_CHECK_OK(ms_dev_to_host(gpu, hrh[rep], grh, (size_t)(d->len_h * hd) * 4));
+        MS_CHECK_OK(ms_dev_to_host(gpu, hrw[rep], grw, (size_t)(d->len_w * hd) * 4));
+    }
+    double eq = nerr(hq, qf, n), eg = nerr_delta(hg[0], g, g0, n3), eh = nerr_delta(hrh[0], rh, rh0, d->len_h * hd);
+    double ew = nerr_delta(hrw[0], rw, rw0, d->len_w * hd);
+    MS_CHECK(eq < 1e-6 && !memcmp(hk, kf, (size_t)n * 4), "%s: CUDA fold q' %.3g (or k' differs)", L->name, eq);
+    MS_CHECK(eg < 1e-6 && eh < 1e-6 && ew < 1e-6, "%s: CUDA fold backward dq/dk %.3g drel_h %.3g drel_w %.3g",
+             L->name, eg, eh, ew);
+    MS_CHECK(!memcmp(hg[0], hg[1], (size_t)n3 * 4) && !memcmp(hrh[0], hrh[1], (size_t)(d->len_h * hd) * 4) &&
+                 !memcmp(hrw[0], hrw[1], (size_t)(d->len_w * hd) * 4),
+             "%s: CUDA fold backward not bit-identical on a repeat", L->name);
+    printf("  %-22s CUDA fold vs CPU: q' %.2e, k' exact, dq/dk %.2e drel_h %.2e drel_w %.2e\n", L->name, eq, eg,
+           eh, ew);
+    for (int i = 0; i < nl; i++) ms_dev_free(gpu, list[i]);
+    for (int rep = 0; rep < 2; rep++) { free(hg[rep]); free(hrh[rep]); free(hrw[rep]); }
+    free(qkv); free(dqf); free(dkf); free(g0); free(rh0); free(rw0); free(qf); free(kf); free(g); free(rh); free(rw);
+    free(hq); free(hk);
+}
+#endif
+
 int main(void)
 {
     uint64_t seed = ms_test_seed();
@@ -521,6 +598,15 @@ int main(void)
     L[3] = make_global(2, 16, irand(40, 120));
     for (int i = 0; i < 4; i++) check_layout(&L[i]);
     check_cross();
+#ifdef MS_HAVE_CUDA
+    ms_device gpu;
+    if (ms_cuda_available() && !ms_device_init(&gpu, MS_DEV_CUDA, 0)) {
+        for (int i = 0; i < 4; i++) check_cuda(&gpu, &L[i]);
+        ms_device_free(&gpu);
+    } else {
+        printf("no CUDA device: the CUDA fold is not checked\n");
+    }
+#endif
     printf("bad descriptors:\n");
     check_bad(&L[2]);
     printf("worst fold path vs op:  out %.2e lse %.2e dq %.2e dk %.2e dv %.2e drel_h %.2e drel_w %.2e\n",
