@@ -19,8 +19,7 @@
  */
 #include <stdint.h>
 
-#include "attention_fold.h"
-#include "cuda_common.h"
+#include "cuda_common.h" /* brings attention_fold.h as extern "C" (through ops.h) */
 
 #define NT 256            /* threads per block */
 #define TARGET_BLOCKS 1024 /* elementwise grids: about this many blocks in all */
