@@ -105,9 +105,14 @@ __global__ static void __launch_bounds__(NT) fold_k_k(float *kf, const float *k,
         int64_t r = k_row_id(a, s0, e / per);
         int h = (int)(e % per / a.dqk), c = (int)(e % a.dqk);
         if (r < 0 || r >= a.n_k) continue;
-        float x;
-        if (c < a.hd) x = k[r * a.ldk + (int64_t)h * a.hd + c];
-        else x = (c == a.hd + a.k_row[r] || c == a.hd + a.lh + a.k_col[r]) ? 1.f : 0.f;
+        float x = 0.f;
+        if (c < a.hd) {
+            x = k[r * a.ldk + (int64_t)h * a.hd + c];
+        } else if (c < a.hd + a.lh) {
+            x = c - a.hd == a.k_row[r] ? 1.f : 0.f; /* a row outside [0, lh) matches no slot */
+        } else if (c < a.hd + a.lh + a.lw) {
+            x = c - a.hd - a.lh == a.k_col[r] ? 1.f : 0.f;
+        }
         kf[(r * a.H + h) * a.dqk + c] = x;
     }
 }
