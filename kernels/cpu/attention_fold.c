@@ -31,8 +31,9 @@ ms_status ms_attention_fold_plan(const ms_attention_desc *d, int64_t n_q, int64_
     MS_FAIL_IF(n_q < 0 || n_k < 0, MS_EINVAL, "attention fold: negative row counts %lld, %lld", (long long)n_q,
                (long long)n_k);
     int64_t D = (int64_t)d->n_heads * d->head_dim;
-    MS_FAIL_IF(d->ldq < D || d->ldk < D, MS_EINVAL, "attention fold: row strides (%lld, %lld) below heads·head_dim %lld",
-               (long long)d->ldq, (long long)d->ldk, (long long)D);
+    MS_FAIL_IF(d->ldq < D || d->ldk < D, MS_EINVAL,
+               "attention fold: row strides (%lld, %lld) below heads·head_dim %lld", (long long)d->ldq,
+               (long long)d->ldk, (long long)D);
     /* table lengths bounded so that dqk (an int, with tensor-core padding) cannot overflow */
     MS_FAIL_IF(d->len_h > (1 << 20) || d->len_w > (1 << 20) || d->head_dim > (1 << 20), MS_EINVAL,
                "attention fold: tables of %lld and %lld rows are too long", (long long)d->len_h, (long long)d->len_w);
@@ -111,7 +112,8 @@ static ms_status list_queries(fold_rows *w, uint8_t *seen, const ms_attention_de
         int64_t a = d->q_row[r], b = d->q_col[r];
         MS_FAIL_IF(has_keys && (a - ext[1] + ch < 0 || a - ext[0] + ch >= d->len_h || b - ext[3] + cw < 0 ||
                                 b - ext[2] + cw >= d->len_w),
-                   MS_EINVAL, "attention fold: relative offset outside the tables (len_h %lld, len_w %lld) in group %lld",
+                   MS_EINVAL,
+                   "attention fold: relative offset outside the tables (len_h %lld, len_w %lld) in group %lld",
                    (long long)d->len_h, (long long)d->len_w, (long long)g);
         seen[r] |= 1;
         w->q[w->nq++] = r;

@@ -46,6 +46,14 @@ static float *fdup(const float *a, int64_t n)
     return d;
 }
 static int irand(int lo, int hi) { return lo + (int)ms_rng_below(&R, (uint64_t)(hi - lo + 1)); }
+static void shuffle(int *x, int n)
+{
+    for (int t = n - 1; t > 0; t--) {
+        int j = (int)ms_rng_below(&R, (uint64_t)t + 1), a = x[t];
+        x[t] = x[j];
+        x[j] = a;
+    }
+}
 
 /* Relative normwise error ||a − b|| / ||b|| over n floats. */
 static double nerr(const float *a, const float *b, int64_t n)
@@ -127,7 +135,7 @@ static layout make_windowed(int B, int g, int ws, int keep)
     for (int b = 0; b < B; b++) {
         /* visible tokens: a random subset (or all), then ordered by window and raster inside it */
         for (int t = 0; t < T; t++) tok[t] = t;
-        for (int t = T - 1; t > 0; t--) { int j = (int)ms_rng_below(&R, (uint64_t)t + 1), x = tok[t]; tok[t] = tok[j]; tok[j] = x; }
+        shuffle(tok, T);
         memset(sel, 0, (size_t)T * sizeof(int));
         for (int t = 0; t < per; t++) sel[tok[t]] = 1;
         int64_t r = (int64_t)b * per;
@@ -178,8 +186,7 @@ static layout make_global(int B, int g, int keep)
     int *tok = malloc((size_t)T * sizeof(int));
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) tok[t] = t;
-        if (keep)
-            for (int t = T - 1; t > 0; t--) { int j = (int)ms_rng_below(&R, (uint64_t)t + 1), x = tok[t]; tok[t] = tok[j]; tok[j] = x; }
+        if (keep) shuffle(tok, T);
         for (int i = 0; i < per; i++) {
             L.row[(int64_t)b * per + i] = tok[i] / g;
             L.col[(int64_t)b * per + i] = tok[i] % g;
@@ -254,8 +261,10 @@ static void check_fold(const layout *L, const float *qkv)
     float *drh = frand(d->len_h * hd, 1.0f), *drw = frand(d->len_w * hd, 1.0f);
     float *drh0 = fdup(drh, d->len_h * hd), *drw0 = fdup(drw, d->len_w * hd);
     MS_CHECK_OK(ms_attention_fold_backward(&DEV, dqkv, dqkv + L->D, drh, drw, dqf, dkf, qkv, d, &f));
-    double *gq = calloc((size_t)(L->rows * L->D), sizeof(double)), *gk = calloc((size_t)(L->rows * L->D), sizeof(double));
-    double *grh = calloc((size_t)(d->len_h * hd), sizeof(double)), *grw = calloc((size_t)(d->len_w * hd), sizeof(double));
+    double *gq = calloc((size_t)(L->rows * L->D), sizeof(double));
+    double *gk = calloc((size_t)(L->rows * L->D), sizeof(double));
+    double *grh = calloc((size_t)(d->len_h * hd), sizeof(double));
+    double *grw = calloc((size_t)(d->len_w * hd), sizeof(double));
     int64_t ch = (d->len_h - 1) / 2, cw = (d->len_w - 1) / 2;
     uint8_t *in = membership(d, L->rows);
     for (int64_t r = 0; r < L->rows; r++) {
@@ -431,7 +440,8 @@ static void check_cross(void)
     ms_attention_desc d = {.n_groups = G, .n_heads = H, .head_dim = hd, .head_dim_qk = hq, .scale = 0.3f, .nq = nq,
                            .nk = nk, .ldq = H * hq, .ldk = H * hq, .ldv = H * hd, .ldo = H * hd};
     float *q = frand(G * nq * H * hq, 1.0f), *k = frand(G * nk * H * hq, 1.0f), *v = frand(G * nk * H * hd, 1.0f);
-    float *out = fnew(G * nq * H * hd), *lse = fnew(G * nq * H), *outb = fnew(G * nq * H * hd), *lseb = fnew(G * nq * H);
+    float *out = fnew(G * nq * H * hd), *lse = fnew(G * nq * H);
+    float *outb = fnew(G * nq * H * hd), *lseb = fnew(G * nq * H);
     MS_CHECK_OK(ms_attention_forward(&DEV, out, lse, q, k, v, &d));
     MS_CHECK_OK(ms_attention_forward(&DEVB, outb, lseb, q, k, v, &d));
     double *ro = calloc((size_t)(G * nq * H * hd), sizeof(double)), *s = calloc((size_t)nk, sizeof(double));
@@ -449,8 +459,10 @@ static void check_cross(void)
                 }
                 for (int j = 0; j < nk; j++) sum += exp(s[j] - m);
                 double *o = ro + ((int64_t)(g * nq + i) * H + h) * hd;
-                for (int j = 0; j < nk; j++)
-                    for (int c = 0; c < hd; c++) o[c] += exp(s[j] - m) / sum * v[((int64_t)(g * nk + j) * H + h) * hd + c];
+                for (int j = 0; j < nk; j++) {
+                    const float *vj = v + ((int64_t)(g * nk + j) * H + h) * hd;
+                    for (int c = 0; c < hd; c++) o[c] += exp(s[j] - m) / sum * vj[c];
+                }
             }
     ms_cmp c = ms_compare(out, ro, G * nq * H * hd);
     MS_CHECK(c.max_rel < 1e-4 && c.nmse < 1e-11, "cross attention, head_dim_qk %d: max_rel %.3g nmse %.3g", hq,
@@ -528,7 +540,8 @@ static void check_cuda(ms_device *gpu, const layout *L)
     float *qkv = frand(n3, 1.0f), *dqf = frand(n, 1.0f), *dkf = frand(n, 1.0f), *g0 = frand(n3, 1.0f);
     float *rh0 = frand(d->len_h * hd, 1.0f), *rw0 = frand(d->len_w * hd, 1.0f);
     /* CPU */
-    float *qf = fnew(n), *kf = fnew(n), *g = fdup(g0, n3), *rh = fdup(rh0, d->len_h * hd), *rw = fdup(rw0, d->len_w * hd);
+    float *qf = fnew(n), *kf = fnew(n), *g = fdup(g0, n3);
+    float *rh = fdup(rh0, d->len_h * hd), *rw = fdup(rw0, d->len_w * hd);
     MS_CHECK_OK(ms_attention_fold_forward(&DEV, qf, kf, qkv, qkv + L->D, d, &f));
     MS_CHECK_OK(ms_attention_fold_backward(&DEV, g, g + L->D, rh, rw, dqf, dkf, qkv, d, &f));
     /* CUDA, twice (the backward must be bit-identical) */
