@@ -15,7 +15,8 @@
  *      the formula in attention_fold.h: < 1e-6 (k' exactly);
  *  (d) bf16 emulation (dev->precision = bf16): out and every gradient within 1e-2 normwise of fp32, and not
  *      bit-identical to it (the rounding happens);
- *  plus a plain cross attention with head_dim_qk ≠ head_dim against a double loop, its bf16 emulation, and
+ *  plus a plain cross attention with head_dim_qk ≠ head_dim against a double loop (max_rel < 5e-4 with the floor
+ *  1e-3·max|ref|, NMSE < 1e-11, as test_ops_b has for attention), its bf16 emulation, and
  *  (e) bad descriptors (fold without tables, rel-pos with head_dim_qk, key slots outside the tables) give an
  *      error, not a crash.
  * In a CUDA build with a visible GPU the CUDA fold and its backward are also compared with the CPU fold (< 1e-6
@@ -465,7 +466,7 @@ static void check_cross(void)
                 }
             }
     ms_cmp c = ms_compare(out, ro, G * nq * H * hd);
-    MS_CHECK(c.max_rel < 1e-4 && c.nmse < 1e-11, "cross attention, head_dim_qk %d: max_rel %.3g nmse %.3g", hq,
+    MS_CHECK(c.max_rel < 5e-4 && c.nmse < 1e-11, "cross attention, head_dim_qk %d: max_rel %.3g nmse %.3g", hq,
              c.max_rel, c.nmse);
     double eb = nerr(outb, out, G * nq * H * hd);
     MS_CHECK(eb < 1e-2 && memcmp(outb, out, (size_t)(G * nq * H * hd) * sizeof(float)) != 0,
@@ -509,7 +510,11 @@ static void check_bad(layout *L)
              "fold with a key row outside the slots accepted");
     printf("  key slot outside: %s\n", ms_errmsg());
     d = L->d;
-    MS_CHECK_OK(ms_attention_fold_plan(&d, L->rows - 1, L->rows - 1, &f));
+    uint8_t *in = membership(&d, L->rows);
+    int64_t last = L->rows - 1; /* the largest row id in use: rows [0, last) leave it out */
+    while (last > 0 && !in[last]) last--;
+    free(in);
+    MS_CHECK_OK(ms_attention_fold_plan(&d, last, last, &f));
     MS_CHECK(ms_attention_fold_forward(&DEV, qf, kf, buf, buf + L->D, &d, &f) == MS_EINVAL,
              "fold over too few rows accepted");
     MS_CHECK(ms_attention_fold_backward(&DEV, buf, buf + L->D, NULL, NULL, qf, kf, buf, &d, &f) == MS_EINVAL,
