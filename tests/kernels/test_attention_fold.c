@@ -12,7 +12,7 @@
  *  (b) backward: dq, dk, dv, drel_h, drel_w (accumulated onto random values) through the fold vs the op, each
  *      normwise < 1e-5;
  *  (c) the fold itself (q', k', and its backward for random dq', dk') against double-precision loops written from
- *      the formula in attention_fold.h: < 1e-6 (k' exactly);
+ *      the formula in attention_fold.h: < 2e-6 (k' exactly);
  *  (d) bf16 emulation (dev->precision = bf16): out and every gradient within 1e-2 normwise of fp32, and not
  *      bit-identical to it (the rounding happens);
  *  plus a plain cross attention with head_dim_qk ≠ head_dim against a double loop (max_rel < 5e-4 with the floor
@@ -297,7 +297,7 @@ static void check_fold(const layout *L, const float *qkv)
             }
         }
     }
-    MS_CHECK(qerr <= 1e-6 * qmax, "%s: fold q' max error %.3g (max |q'| %.3g)", L->name, qerr, qmax);
+    MS_CHECK(qerr <= 2e-6 * qmax, "%s: fold q' max error %.3g (max |q'| %.3g)", L->name, qerr, qmax);
     MS_CHECK(kbad == 0, "%s: fold k' differs in %lld places", L->name, (long long)kbad);
     /* backward: compare the accumulated parts in double */
     double worst = 0;
@@ -319,7 +319,7 @@ static void check_fold(const layout *L, const float *qkv)
         }
         double e = sqrt(num / (den > 0 ? den : 1));
         if (e > worst) worst = e;
-        MS_CHECK(e < 1e-6, "%s: fold backward part %d (dq, dk, drel_h, drel_w) normwise %.3g", L->name, part, e);
+        MS_CHECK(e < 2e-6, "%s: fold backward part %d (dq, dk, drel_h, drel_w) normwise %.3g", L->name, part, e);
     }
     printf("  %-22s fold vs double: q' max %.2e (rel. to max |q'|), k' exact, backward normwise max %.2e\n", L->name,
            qerr / qmax, worst);
