@@ -16,8 +16,15 @@
  *   recomputes P from it (flash-style), so no N×N matrix is ever stored.
  * Backward accumulates dq, dk, dv (strides ldq, ldk, ldv: they may point into one dqkv buffer) and drel_h,
  *   drel_w (len, hd); any may be NULL. out/dout use ldo. Deterministic for a given thread count.
+ * Precision: with dev->precision == MS_PREC_BF16 the op reads q, k, v (and dout) as a bf16 tensor-core kernel
+ *   would: with relative positions, q and k are first folded into q', k' (kernels/attention_fold.h, fp32), then
+ *   q', k', v, dout are rounded to bf16 (round to nearest even) and the fp32 math runs with head_dim_qk = dqk;
+ *   the backward takes dq', dk' back through the fold in fp32. Without relative positions q, k, v, dout are
+ *   rounded as they are. out, lse and every gradient stay fp32. The CPU backend computes exactly this
+ *   (kernels/cpu/attention.c); it is the reference the CUDA bf16 kernels are compared against.
  * Tested by the attention rows of tests/kernels/op_cases.c (test_ops_b: CPU vs reference and finite differences, plus
- *   PyTorch values in tests/kernels/golden/sam_attention.txt; test_ops_cuda: CUDA, both kernel variants, vs CPU).
+ *   PyTorch values in tests/kernels/golden/sam_attention.txt; test_ops_cuda: CUDA, both kernel variants, vs CPU);
+ *   head_dim_qk, the fold and the bf16 emulation by tests/kernels/test_attention_fold.c.
  */
 #ifndef MS_ATTENTION_H
 #define MS_ATTENTION_H

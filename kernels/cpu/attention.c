@@ -22,6 +22,10 @@
  * partial tables that are added in thread order after the region. Static schedules make the result a pure
  * function of the thread count. All index checks happen up front, on the calling thread (ms_errmsg is
  * per-thread). A group with no keys gives zero output rows and lse = −inf, and no gradient.
+ * head_dim_qk (q and k wider than v, no relative positions): the Q/K tiles are head_dim_qk wide, V/O head_dim;
+ * with head_dim_qk 0 or head_dim every call and every buffer is what it was before the field existed.
+ * bf16 (dev->precision, the emulation attention.h defines): the rounded operands go through the same fp32 code;
+ * with relative positions q and k are folded first (kernels/cpu/attention_fold.c) and the backward unfolds dq', dk'.
  * Row kernels (softmax, exp, rel-pos add and its transpose) are 8-wide vector code with an AVX2 clone; exp is a
  * polynomial (~2 ulp). When a group's keys form a row-major grid (windows, global blocks, detected per group)
  * the rel-pos add is a per-key-row constant plus one short vector, instead of two table lookups per score.
@@ -33,7 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attention.h"
+#include "attention_fold.h"
+#include "base/tensor.h"
 
 enum { BQ = 128, BQ_WHOLE = 256 };
 
@@ -194,8 +199,8 @@ ROW_KERNEL static void rel_grad_row(const float *ds, int64_t n, float *gh, float
 
 /* Per-thread scratch. */
 typedef struct scratch {
-    float *Kh, *Vh, *dKh, *dVh;     /* (nk, hd) */
-    float *Qb, *Ob, *dOb, *dQb;     /* (BQ, hd) */
+    float *Kh, *Vh, *dKh, *dVh;     /* (nk, hq) for K, (nk, hd) for V */
+    float *Qb, *Ob, *dOb, *dQb;     /* (BQ, hq) for Q, (BQ, hd) for O */
     float *S, *dP;                  /* (BQ, nk) */
     float *QR, *dQR;                /* (BQ, len_h + len_w) */
     int32_t *kr, *kc;               /* (nk) key rows / cols */
@@ -207,28 +212,42 @@ typedef struct scratch {
 typedef struct plan {
     const ms_attention_desc *d;
     int64_t nk_max, nq_max, bq, lr; /* lr = len_h + len_w (0 without rel-pos) */
+    int64_t hq;                     /* q/k width per head: head_dim_qk, or head_dim */
     int shared_keys;
     size_t per_thread;              /* floats */
     int nt;
     float *mem;
 } plan;
 
+/* The descriptor's scalars; *hq receives the q/k width per head. */
+static ms_status desc_check(const ms_attention_desc *d, int64_t *hq, const char *what)
+{
+    MS_FAIL_IF(d->n_groups < 0 || d->n_heads <= 0 || d->head_dim <= 0 || d->head_dim_qk < 0, MS_EINVAL,
+               "%s: bad sizes groups=%lld heads=%d head_dim=%d head_dim_qk=%d", what, (long long)d->n_groups,
+               d->n_heads, d->head_dim, d->head_dim_qk);
+    int rel = d->rel_h != NULL;
+    *hq = d->head_dim_qk ? d->head_dim_qk : d->head_dim;
+    MS_FAIL_IF(rel && *hq != d->head_dim, MS_EINVAL,
+               "%s: head_dim_qk %d differs from head_dim %d, which rules out relative positions (fold them into q "
+               "and k: kernels/attention_fold.h)", what, d->head_dim_qk, d->head_dim);
+    int64_t D = (int64_t)d->n_heads * d->head_dim, Dq = (int64_t)d->n_heads * *hq;
+    MS_FAIL_IF(d->ldq < Dq || d->ldk < Dq || d->ldv < D || d->ldo < D, MS_EINVAL,
+               "%s: row strides (%lld,%lld,%lld,%lld) below heads·head_dim (%lld for q and k, %lld for v and out)",
+               what, (long long)d->ldq, (long long)d->ldk, (long long)d->ldv, (long long)d->ldo, (long long)Dq,
+               (long long)D);
+    MS_FAIL_IF((!d->q_off && d->nq < 0) || (!d->k_off && d->nk < 0), MS_EINVAL, "%s: negative group size", what);
+    MS_FAIL_IF(rel && (!d->rel_w || d->len_h <= 0 || d->len_w <= 0 || !d->q_row || !d->q_col || !d->k_row ||
+                       !d->k_col),
+               MS_EINVAL, "%s: relative positions need rel_h, rel_w, their lengths and q/k rows and cols", what);
+    return MS_OK;
+}
+
 static ms_status plan_make(plan *p, ms_device *dev, const ms_attention_desc *d, int backward, const char *what)
 {
     memset(p, 0, sizeof *p);
     p->d = d;
-    MS_FAIL_IF(d->n_groups < 0 || d->n_heads <= 0 || d->head_dim <= 0, MS_EINVAL,
-               "%s: bad sizes groups=%lld heads=%d head_dim=%d", what, (long long)d->n_groups, d->n_heads,
-               d->head_dim);
-    int64_t D = (int64_t)d->n_heads * d->head_dim;
-    MS_FAIL_IF(d->ldq < D || d->ldk < D || d->ldv < D || d->ldo < D, MS_EINVAL,
-               "%s: row strides (%lld,%lld,%lld,%lld) below heads·head_dim %lld", what, (long long)d->ldq,
-               (long long)d->ldk, (long long)d->ldv, (long long)d->ldo, (long long)D);
-    MS_FAIL_IF((!d->q_off && d->nq < 0) || (!d->k_off && d->nk < 0), MS_EINVAL, "%s: negative group size", what);
+    MS_TRY(desc_check(d, &p->hq, what));
     int rel = d->rel_h != NULL;
-    MS_FAIL_IF(rel && (!d->rel_w || d->len_h <= 0 || d->len_w <= 0 || !d->q_row || !d->q_col || !d->k_row ||
-                       !d->k_col),
-               MS_EINVAL, "%s: relative positions need rel_h, rel_w, their lengths and q/k rows and cols", what);
     int64_t ch = (d->len_h - 1) / 2, cw = (d->len_w - 1) / 2;
     int64_t max_krow = -1;
     for (int64_t g = 0; g < d->n_groups; g++) {
@@ -282,8 +301,9 @@ static ms_status plan_make(plan *p, ms_device *dev, const ms_attention_desc *d, 
         }
         free(owner);
     }
-    int64_t hd = d->head_dim, nk = p->nk_max, bq = p->bq, lr = p->lr;
-    size_t f = (size_t)(4 * nk * hd + 4 * bq * hd + 2 * bq * nk + 2 * bq * lr + lr * hd) + (size_t)(3 * nk) + 64;
+    int64_t hd = d->head_dim, hq = p->hq, nk = p->nk_max, bq = p->bq, lr = p->lr;
+    size_t f = (size_t)(2 * nk * (hq + hd) + 2 * bq * (hq + hd) + 2 * bq * nk + 2 * bq * lr + lr * hd) +
+               (size_t)(3 * nk) + 64;
     p->per_thread = (f + 15) & ~(size_t)15; /* keep each thread's block 64-byte aligned */
     p->nt = dev->n_threads > 0 ? dev->n_threads : 1;
     p->mem = aligned_alloc(64, p->per_thread * (size_t)p->nt * sizeof(float));
@@ -294,16 +314,16 @@ static ms_status plan_make(plan *p, ms_device *dev, const ms_attention_desc *d, 
 static scratch scratch_of(const plan *p, int tid)
 {
     scratch s;
-    int64_t hd = p->d->head_dim, nk = p->nk_max, bq = p->bq, lr = p->lr;
+    int64_t hd = p->d->head_dim, hq = p->hq, nk = p->nk_max, bq = p->bq, lr = p->lr;
     float *m = p->mem + (size_t)tid * p->per_thread;
-    s.Kh = m; m += nk * hd;
+    s.Kh = m; m += nk * hq;
     s.Vh = m; m += nk * hd;
-    s.dKh = m; m += nk * hd;
+    s.dKh = m; m += nk * hq;
     s.dVh = m; m += nk * hd;
-    s.Qb = m; m += bq * hd;
+    s.Qb = m; m += bq * hq;
     s.Ob = m; m += bq * hd;
     s.dOb = m; m += bq * hd;
-    s.dQb = m; m += bq * hd;
+    s.dQb = m; m += bq * hq;
     s.S = m; m += bq * nk;
     s.dP = m; m += bq * nk;
     s.QR = m; m += bq * lr;
@@ -336,9 +356,9 @@ static void scatter_add(float *dst, int64_t ld, const float *src, const tokset *
 static void scores(const plan *p, scratch *s, const tokset *qs, int64_t t0, int64_t bq, int64_t nk)
 {
     const ms_attention_desc *d = p->d;
-    int64_t hd = d->head_dim, lr = p->lr;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)bq, (int)nk, (int)hd, d->scale, s->Qb, (int)hd, s->Kh,
-                (int)hd, 0.0f, s->S, (int)nk);
+    int64_t hd = d->head_dim, hq = p->hq, lr = p->lr;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)bq, (int)nk, (int)hq, d->scale, s->Qb, (int)hq, s->Kh,
+                (int)hq, 0.0f, s->S, (int)nk);
     if (!lr) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)bq, (int)d->len_h, (int)hd, 1.0f, s->Qb, (int)hd,
                 d->rel_h, (int)hd, 0.0f, s->QR, (int)lr);
@@ -356,8 +376,8 @@ static void scores(const plan *p, scratch *s, const tokset *qs, int64_t t0, int6
 static void load_keys(const plan *p, scratch *s, const tokset *ks, const float *k, const float *v, int64_t h)
 {
     const ms_attention_desc *d = p->d;
-    int64_t hd = d->head_dim;
-    gather(s->Kh, k, d->ldk, ks, 0, ks->n, h * hd, hd);
+    int64_t hd = d->head_dim, hq = p->hq;
+    gather(s->Kh, k, d->ldk, ks, 0, ks->n, h * hq, hq);
     gather(s->Vh, v, d->ldv, ks, 0, ks->n, h * hd, hd);
     s->gw = 0;
     if (!p->lr || ks->n == 0) return;
@@ -397,7 +417,7 @@ static void forward_task(const plan *p, scratch *s, float *out, float *lse, cons
     load_keys(p, s, &ks, k, v, h);
     for (int64_t t0 = r0; t0 < r1; t0 += p->bq) {
         int64_t bq = r1 - t0 < p->bq ? r1 - t0 : p->bq;
-        gather(s->Qb, q, d->ldq, &qs, t0, bq, h * hd, hd);
+        gather(s->Qb, q, d->ldq, &qs, t0, bq, h * p->hq, p->hq);
         scores(p, s, &qs, t0, bq, nk);
         for (int64_t i = 0; i < bq; i++) {
             float l = softmax_row(s->S + i * nk, nk);
@@ -410,8 +430,8 @@ static void forward_task(const plan *p, scratch *s, float *out, float *lse, cons
     }
 }
 
-ms_status ms_attention_forward_cpu(ms_device *dev, float *out, float *lse, const float *q, const float *k,
-                                   const float *v, const ms_attention_desc *d)
+static ms_status forward_fp32(ms_device *dev, float *out, float *lse, const float *q, const float *k, const float *v,
+                              const ms_attention_desc *d)
 {
     plan p;
     ms_status rc = plan_make(&p, dev, d, 0, "attention");
@@ -447,19 +467,19 @@ typedef struct bwd_args {
 static void backward_task(const plan *p, scratch *s, const bwd_args *a, int64_t g, int64_t h)
 {
     const ms_attention_desc *d = p->d;
-    int64_t hd = d->head_dim, H = d->n_heads, lr = p->lr;
+    int64_t hd = d->head_dim, hq = p->hq, H = d->n_heads, lr = p->lr;
     tokset qs = group_set(d->q_off, d->q_idx, d->nq, g), ks = group_set(d->k_off, d->k_idx, d->nk, g);
     int64_t nk = ks.n;
     int want_rel = lr && (a->drel_h || a->drel_w);
     int need_ds = a->dq || a->dk || want_rel;
     if (qs.n == 0 || nk == 0) return;
     load_keys(p, s, &ks, a->k, a->v, h);
-    if (a->dk) memset(s->dKh, 0, (size_t)(nk * hd) * 4);
+    if (a->dk) memset(s->dKh, 0, (size_t)(nk * hq) * 4);
     if (a->dv) memset(s->dVh, 0, (size_t)(nk * hd) * 4);
     int64_t ch = (d->len_h - 1) / 2, cw = (d->len_w - 1) / 2;
     for (int64_t t0 = 0; t0 < qs.n; t0 += p->bq) {
         int64_t bq = qs.n - t0 < p->bq ? qs.n - t0 : p->bq;
-        gather(s->Qb, a->q, d->ldq, &qs, t0, bq, h * hd, hd);
+        gather(s->Qb, a->q, d->ldq, &qs, t0, bq, h * hq, hq);
         gather(s->dOb, a->dout, d->ldo, &qs, t0, bq, h * hd, hd);
         scores(p, s, &qs, t0, bq, nk);
         for (int64_t i = 0; i < bq; i++) {
@@ -482,11 +502,11 @@ static void backward_task(const plan *p, scratch *s, const bwd_args *a, int64_t 
         }
         /* dS now lives in dP. */
         if (a->dk)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)bq, d->scale, s->dP, (int)nk,
-                        s->Qb, (int)hd, 1.0f, s->dKh, (int)hd);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hq, (int)bq, d->scale, s->dP, (int)nk,
+                        s->Qb, (int)hq, 1.0f, s->dKh, (int)hq);
         if (a->dq)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)bq, (int)hd, (int)nk, d->scale, s->dP,
-                        (int)nk, s->Kh, (int)hd, 0.0f, s->dQb, (int)hd);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)bq, (int)hq, (int)nk, d->scale, s->dP,
+                        (int)nk, s->Kh, (int)hq, 0.0f, s->dQb, (int)hq);
         if (lr && (a->dq || want_rel)) {
             memset(s->dQR, 0, (size_t)(bq * lr) * 4);
             for (int64_t i = 0; i < bq; i++) {
@@ -504,15 +524,15 @@ static void backward_task(const plan *p, scratch *s, const bwd_args *a, int64_t 
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)lr, (int)hd, (int)bq, 1.0f, s->dQR, (int)lr,
                             s->Qb, (int)hd, 1.0f, s->drel, (int)hd);
         }
-        if (a->dq) scatter_add(a->dq, d->ldq, s->dQb, &qs, t0, bq, h * hd, hd);
+        if (a->dq) scatter_add(a->dq, d->ldq, s->dQb, &qs, t0, bq, h * hq, hq);
     }
-    if (a->dk) scatter_add(a->dk, d->ldk, s->dKh, &ks, 0, nk, h * hd, hd);
+    if (a->dk) scatter_add(a->dk, d->ldk, s->dKh, &ks, 0, nk, h * hq, hq);
     if (a->dv) scatter_add(a->dv, d->ldv, s->dVh, &ks, 0, nk, h * hd, hd);
 }
 
-ms_status ms_attention_backward_cpu(ms_device *dev, float *dq, float *dk, float *dv, float *drel_h, float *drel_w,
-                                    const float *dout, const float *out, const float *lse, const float *q,
-                                    const float *k, const float *v, const ms_attention_desc *d)
+static ms_status backward_fp32(ms_device *dev, float *dq, float *dk, float *dv, float *drel_h, float *drel_w,
+                               const float *dout, const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const ms_attention_desc *d)
 {
     plan p;
     bwd_args a = {dq, dk, dv, drel_h, drel_w, dout, out, lse, q, k, v};
@@ -543,4 +563,152 @@ ms_status ms_attention_backward_cpu(ms_device *dev, float *dq, float *dk, float 
 leave:
     free(p.mem);
     return rc;
+}
+
+/* ---- bf16 emulation (dev->precision == MS_PREC_BF16; attention.h): the inputs a tensor-core kernel would read,
+ * rounded to bf16, through the fp32 kernels above. Scratch is allocated per call. ----------------------------- */
+
+static float *zalloc(int64_t n) { return calloc((size_t)(n > 0 ? n : 1), sizeof(float)); }
+static inline float bf16_round(float x) { return ms_bf16_to_f32(ms_f32_to_bf16(x)); }
+
+/* 1 + the largest query / key row id of the groups (the rows the scratch copies need). */
+static ms_status row_extent(const ms_attention_desc *d, int64_t *n_q, int64_t *n_k, const char *what)
+{
+    *n_q = *n_k = 0;
+    for (int64_t g = 0; g < d->n_groups; g++)
+        for (int keys = 0; keys < 2; keys++) {
+            tokset s = keys ? group_set(d->k_off, d->k_idx, d->nk, g) : group_set(d->q_off, d->q_idx, d->nq, g);
+            MS_FAIL_IF(s.n < 0, MS_EINVAL, "%s: group %lld has a negative size", what, (long long)g);
+            int64_t *n = keys ? n_k : n_q;
+            for (int64_t t = 0; t < s.n; t++) {
+                int64_t r = set_row(&s, t);
+                MS_FAIL_IF(r < 0, MS_EINVAL, "%s: negative row id %lld in group %lld", what, (long long)r,
+                           (long long)g);
+                if (r >= *n) *n = r + 1;
+            }
+        }
+    return MS_OK;
+}
+
+/* dst (zeroed, stride ld) ← columns [0, w) of the query (keys 0) or key (keys 1) rows of the groups, rounded. */
+static void round_rows(float *dst, const float *src, int64_t ld, int64_t w, const ms_attention_desc *d, int keys)
+{
+    for (int64_t g = 0; g < d->n_groups; g++) {
+        tokset s = keys ? group_set(d->k_off, d->k_idx, d->nk, g) : group_set(d->q_off, d->q_idx, d->nq, g);
+        for (int64_t t = 0; t < s.n; t++) {
+            int64_t r = set_row(&s, t);
+            for (int64_t c = 0; c < w; c++) dst[r * ld + c] = bf16_round(src[r * ld + c]);
+        }
+    }
+}
+
+static void round_all(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
+}
+
+/* The rounded operands of one call: q and k (folded when d has relative positions), v, and dout (backward). */
+typedef struct bf16_in {
+    float *q, *k, *v, *dout;
+    ms_attention_desc pd;   /* the plain descriptor over them */
+    ms_attention_fold f;    /* f.dqk > 0: folded */
+    int64_t n_q, n_k;
+} bf16_in;
+
+static void bf16_free(bf16_in *b)
+{
+    free(b->q);
+    free(b->k);
+    free(b->v);
+    free(b->dout);
+}
+
+static ms_status bf16_make(bf16_in *b, ms_device *dev, const float *q, const float *k, const float *v,
+                           const float *dout, const ms_attention_desc *d, const char *what)
+{
+    memset(b, 0, sizeof *b);
+    int64_t H = d->n_heads, hq;
+    MS_TRY(desc_check(d, &hq, what));
+    MS_TRY(row_extent(d, &b->n_q, &b->n_k, what));
+    b->pd = *d;
+    if (d->rel_h) {
+        MS_TRY(ms_attention_fold_plan(d, b->n_q, b->n_k, &b->f));
+        b->q = zalloc(b->n_q * H * b->f.dqk);
+        b->k = zalloc(b->n_k * H * b->f.dqk);
+        MS_FAIL_IF(!b->q || !b->k, MS_ENOMEM, "%s: out of memory for the folded q and k", what);
+        MS_TRY(ms_attention_fold_forward_cpu(dev, b->q, b->k, q, k, d, &b->f));
+        round_all(b->q, b->n_q * H * b->f.dqk);
+        round_all(b->k, b->n_k * H * b->f.dqk);
+        b->pd = ms_attention_fold_desc(d, &b->f);
+    } else {
+        b->q = zalloc(b->n_q * d->ldq);
+        b->k = zalloc(b->n_k * d->ldk);
+        MS_FAIL_IF(!b->q || !b->k, MS_ENOMEM, "%s: out of memory for the rounded q and k", what);
+        round_rows(b->q, q, d->ldq, H * hq, d, 0);
+        round_rows(b->k, k, d->ldk, H * hq, d, 1);
+    }
+    b->v = zalloc(b->n_k * d->ldv);
+    MS_FAIL_IF(!b->v, MS_ENOMEM, "%s: out of memory for the rounded v", what);
+    round_rows(b->v, v, d->ldv, H * d->head_dim, d, 1);
+    if (dout) {
+        b->dout = zalloc(b->n_q * d->ldo);
+        MS_FAIL_IF(!b->dout, MS_ENOMEM, "%s: out of memory for the rounded dout", what);
+        round_rows(b->dout, dout, d->ldo, H * d->head_dim, d, 0);
+    }
+    return MS_OK;
+}
+
+static ms_status forward_bf16(ms_device *dev, float *out, float *lse, const float *q, const float *k, const float *v,
+                              const ms_attention_desc *d)
+{
+    bf16_in b;
+    ms_status rc = bf16_make(&b, dev, q, k, v, NULL, d, "attention (bf16)");
+    if (!rc) rc = forward_fp32(dev, out, lse, b.q, b.k, b.v, &b.pd);
+    bf16_free(&b);
+    return rc;
+}
+
+static ms_status backward_bf16(ms_device *dev, float *dq, float *dk, float *dv, float *drel_h, float *drel_w,
+                               const float *dout, const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const ms_attention_desc *d)
+{
+    bf16_in b;
+    float *dqf = NULL, *dkf = NULL;
+    ms_status rc = bf16_make(&b, dev, q, k, v, dout, d, "attention_backward (bf16)");
+    if (rc) goto leave;
+    if (!b.f.dqk) {
+        rc = backward_fp32(dev, dq, dk, dv, NULL, NULL, b.dout, out, lse, b.q, b.k, b.v, d);
+        goto leave;
+    }
+    /* folded: gradients of q' and k' (fp32), then through the fold onto q, k and the tables */
+    int64_t w = (int64_t)d->n_heads * b.f.dqk;
+    if (dq || drel_h || drel_w) dqf = zalloc(b.n_q * w);
+    if (dk) dkf = zalloc(b.n_k * w);
+    if (((dq || drel_h || drel_w) && !dqf) || (dk && !dkf)) {
+        rc = ms_error(MS_ENOMEM, "attention_backward (bf16): out of memory for the folded gradients");
+        goto leave;
+    }
+    rc = backward_fp32(dev, dqf, dkf, dv, NULL, NULL, b.dout, out, lse, b.q, b.k, b.v, &b.pd);
+    if (!rc) rc = ms_attention_fold_backward_cpu(dev, dq, dk, drel_h, drel_w, dqf, dkf, q, d, &b.f);
+leave:
+    free(dqf);
+    free(dkf);
+    bf16_free(&b);
+    return rc;
+}
+
+ms_status ms_attention_forward_cpu(ms_device *dev, float *out, float *lse, const float *q, const float *k,
+                                   const float *v, const ms_attention_desc *d)
+{
+    if (dev->precision == MS_PREC_BF16) return forward_bf16(dev, out, lse, q, k, v, d);
+    return forward_fp32(dev, out, lse, q, k, v, d);
+}
+
+ms_status ms_attention_backward_cpu(ms_device *dev, float *dq, float *dk, float *dv, float *drel_h, float *drel_w,
+                                    const float *dout, const float *out, const float *lse, const float *q,
+                                    const float *k, const float *v, const ms_attention_desc *d)
+{
+    if (dev->precision == MS_PREC_BF16)
+        return backward_bf16(dev, dq, dk, dv, drel_h, drel_w, dout, out, lse, q, k, v, d);
+    return backward_fp32(dev, dq, dk, dv, drel_h, drel_w, dout, out, lse, q, k, v, d);
 }

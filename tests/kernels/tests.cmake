@@ -7,3 +7,6 @@ endforeach()
 # The whole table on CUDA against the CPU (skips with 77 where no GPU is found).
 ms_test(test_ops_cuda SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ops_cuda.c ${CMAKE_CURRENT_LIST_DIR}/op_cases.c
         ${CMAKE_CURRENT_LIST_DIR}/ref.c LABELS gpu)
+# Relative positions folded into q'/k' (kernels/attention_fold.h) against the rel-pos attention op, head_dim_qk,
+# and the CPU bf16 emulation of attention.
+ms_test(test_attention_fold SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_attention_fold.c LABELS cpu)
