@@ -65,6 +65,13 @@ extern "C" ms_status ms_cuda_ctx_init(ms_device *dev)
     MS_CU_GOTO(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, cx->device), rc, leave);
     cx->smem_optin = (size_t)smem;
     MS_CU_GOTO(cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking), rc, leave);
+    {   /* Ops' short-lived temporaries come from cudaMallocAsync (the attention fold): keep freed blocks in the
+         * device's default pool instead of returning them at every synchronisation. */
+        cudaMemPool_t pool;
+        uint64_t keep = UINT64_MAX;
+        MS_CU_GOTO(cudaDeviceGetDefaultMemPool(&pool, cx->device), rc, leave);
+        MS_CU_GOTO(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), rc, leave);
+    }
     MS_CU_GOTO(cudaMalloc(&cx->workspace, WORKSPACE_BYTES), rc, leave);
     cx->workspace_bytes = WORKSPACE_BYTES;
     MS_CU_GOTO(cublasCreate(&cx->blas), rc, leave);
