@@ -60,6 +60,7 @@ struct enc_priv {
     float *tok_sub, *dtok_full;
     int32_t *s_gather, *s_qoff, *s_koff, *s_kidx, *s_wrow, *s_wcol, *s_grow, *s_gcol; /* device */
     int32_t *h_idx;      /* host staging for the lists above */
+    int recompute;       /* reserved with per-block recomputation (ms_sam_encoder_set_recompute) */
 };
 
 /* ------------------------------------------------------------------------------------------------ params */
@@ -238,18 +239,22 @@ static void plan_block(ms_plan *pl, blk_act *b, const enc_dims *e, int lora, int
 /* Every activation and scratch buffer of the dense forward/backward, and the index lists. spare_out: the second
  * token buffer of inference mode (blocks alternate between it and blk[0].out). */
 static void plan_activations(ms_plan *pl, const ms_sam_encoder *enc, struct enc_priv *p, const enc_dims *e,
-                             int with_backward, float **spare_out)
+                             int with_backward, int recompute, float **spare_out)
 {
     const ms_sam_enc_config *c = &enc->cfg;
     const int64_t Mt = e->Mt, D = e->D, C = e->C, ws2 = e->ws2, hd = c->head_dim;
+    const int keep_all = with_backward && !recompute; /* one activation set per block */
     ms_plan_add_f32(pl, &p->x_copy, e->B * c->in_chans * e->S * e->S);
     ms_plan_add_f32(pl, &p->tok0, Mt * D);
-    for (int i = 0; i < (with_backward ? c->depth : 1); i++) {
-        int lora = with_backward ? ms_sam_enc_has_lora(enc, i) : enc->peft.lora_blocks != 0;
-        int adap = with_backward ? ms_sam_enc_has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
+    for (int i = 0; i < (keep_all ? c->depth : 1); i++) {
+        int lora = keep_all ? ms_sam_enc_has_lora(enc, i) : enc->peft.lora_blocks != 0;
+        int adap = keep_all ? ms_sam_enc_has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
         plan_block(pl, &p->blk[i], e, lora, adap);
     }
     if (!with_backward) ms_plan_add_f32(pl, spare_out, Mt * D);
+    /* recompute: every block's output (the next block's input) is kept, the rest is the shared set above */
+    if (with_backward && recompute)
+        for (int i = 1; i < c->depth; i++) ms_plan_add_f32(pl, &p->blk[i].out, Mt * D);
     float **neck[] = {&p->neck0, &p->neck0t, &p->n1, &p->n1_mean, &p->n1_rstd, &p->n2, &p->n3_mean, &p->n3_rstd};
     const int64_t neck_n[] = {Mt * C, Mt * C, Mt * C, Mt, Mt, Mt * C, Mt, Mt};
     for (int k = 0; k < 8; k++) ms_plan_add_f32(pl, neck[k], neck_n[k]);
@@ -282,6 +287,21 @@ static void plan_activations(ms_plan *pl, const ms_sam_encoder *enc, struct enc_
     }
     ms_plan_add_i32(pl, &p->g_row, Mt);
     ms_plan_add_i32(pl, &p->g_col, Mt);
+}
+
+/* The subset arena (token rows, the dense token gradient, the subset's index lists), for Mt dense token rows. */
+static void plan_subset(ms_plan *pl, struct enc_priv *p, int64_t Mt, int64_t D, int64_t ngw, int64_t ws2)
+{
+    ms_plan_add_f32(pl, &p->tok_sub, Mt * D);
+    ms_plan_add_f32(pl, &p->dtok_full, Mt * D);
+    ms_plan_add_i32(pl, &p->s_gather, Mt);
+    ms_plan_add_i32(pl, &p->s_qoff, ngw + 1);
+    ms_plan_add_i32(pl, &p->s_koff, ngw + 1);
+    ms_plan_add_i32(pl, &p->s_kidx, Mt + ngw * ws2);
+    ms_plan_add_i32(pl, &p->s_wrow, Mt + ws2);
+    ms_plan_add_i32(pl, &p->s_wcol, Mt + ws2);
+    ms_plan_add_i32(pl, &p->s_grow, Mt);
+    ms_plan_add_i32(pl, &p->s_gcol, Mt);
 }
 
 /* The dense forward's index lists (see sam_encoder.h): per (image, window) the query rows and key rows (real
@@ -355,11 +375,21 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
     p->pad_base = e.Mt;
     ms_plan pl = {0};
     float *spare_out = NULL;
-    plan_activations(&pl, enc, p, &e, with_backward, &spare_out);
+    const int recompute = with_backward && enc->recompute;
+    p->recompute = recompute;
+    plan_activations(&pl, enc, p, &e, with_backward, recompute, &spare_out);
     ms_status rc = ms_plan_alloc(&pl, dev, &enc->arena);
     ms_plan_free(&pl);
     if (!rc) {
-        if (!with_backward) {
+        if (recompute) {
+            /* one shared activation set; each block keeps its own output */
+            for (int i = 1; i < c->depth; i++) {
+                float *out = p->blk[i].out;
+                p->blk[i] = p->blk[0];
+                p->blk[i].out = out;
+            }
+            for (int i = 0; i < c->depth; i++) p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+        } else if (!with_backward) {
             /* one activation set; tokens alternate between blk[0].out and spare_out */
             for (int i = 1; i < c->depth; i++) p->blk[i] = p->blk[0];
             for (int i = 0; i < c->depth; i++) {
@@ -394,6 +424,39 @@ void ms_sam_encoder_free(ms_sam_encoder *enc)
     free(enc->priv);
     enc->priv = NULL;
     enc->max_batch = enc->batch = 0;
+}
+
+void ms_sam_encoder_set_recompute(ms_sam_encoder *enc, int on) { enc->recompute = on != 0; }
+
+ms_status ms_sam_encoder_activation_bytes(const ms_sam_encoder *enc, int max_batch, int with_backward, int recompute,
+                                          int subset, size_t *bytes)
+{
+    MS_FAIL_IF(max_batch <= 0, MS_EINVAL, "sam encoder: batch %d", max_batch);
+    struct enc_priv *p = calloc(1, sizeof *p); /* the plan writes its pointers here; nothing is allocated */
+    MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
+    const enc_dims e = enc_dims_of(enc, max_batch);
+    p->n_win = e.nh * e.nh;
+    p->pad_base = e.Mt;
+    ms_plan pl = {0}, ps = {0};
+    float *spare_out = NULL;
+    plan_activations(&pl, enc, p, &e, with_backward, with_backward && recompute, &spare_out);
+    if (subset) { /* subset_lists' arena: windows per side as it counts them (window 0: one window of g) */
+        int64_t ws = e.ws ? e.ws : e.g, nh = (e.g + ws - 1) / ws;
+        plan_subset(&ps, p, e.Mt, e.D, e.B * nh * nh, ws * ws);
+    }
+    int oom = pl.oom || ps.oom;
+    *bytes = ms_plan_bytes(&pl) + ms_plan_bytes(&ps);
+    ms_plan_free(&pl);
+    ms_plan_free(&ps);
+    free(p);
+    MS_FAIL_IF(oom, MS_ENOMEM, "sam encoder: out of memory (arena plan)");
+    return MS_OK;
+}
+
+size_t ms_sam_encoder_arena_bytes(const ms_sam_encoder *enc)
+{
+    const struct enc_priv *p = enc->priv;
+    return p ? enc->arena.used + p->sub_arena.used : 0;
 }
 
 const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage)
@@ -600,8 +663,12 @@ static ms_status adapter_backward(ms_sam_encoder *enc, int w1, int b1, int w2, i
 }
 
 /* *ln1_ready: on entry, block i's ln1/mean1/rstd1 were already written by block i − 1 (its MLP residual add fused
- * with this norm1); on return, whether this block did that for block i + 1. */
-static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready)
+ * with this norm1); on return, whether this block did that for block i + 1.
+ * again: the recomputation before block i's backward (ms_sam_encoder_set_recompute): only what the backward reads
+ * is rewritten, from the kept x_in — no lin2, no residual add into the kept output, no next block's norm1. On the
+ * CPU every buffer then holds the bits of the first forward (norm1 alone equals the fused add + norm1 bit for
+ * bit, kernels/layernorm.h). */
+static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready, int again)
 {
     const ms_sam_enc_config *c = &enc->cfg;
     struct enc_priv *p = enc->priv;
@@ -632,6 +699,13 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready
                                     M, D, c->eps)); /* xmid += x_in; ln2 = LN(xmid) */
     MS_TRY(ms_linear_forward(dev, b->h, b->ln2, P(lin1_w), P(lin1_b), M, D, Mlp));
     MS_TRY(ms_gelu_forward(dev, b->gl, b->h, M * Mlp));
+    if (again) { /* the backward also reads the MLP_Adapter's hidden activations */
+        *ln1_ready = 0;
+        if (adap)
+            MS_TRY(adapter_forward(enc, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, p->pf_tmp, b->ma_h, b->ma_g, b->ln2,
+                                   M));
+        return MS_OK;
+    }
     MS_TRY(ms_linear_forward(dev, b->out, b->gl, P(lin2_w), P(lin2_b), M, Mlp, D));
     /* out += xmid is the last add unless the MLP_Adapter follows: then it also gives the next block's norm1 (out is
      * that block's x_in; in inference its ln1 buffers are this block's, free by now) */
@@ -674,7 +748,7 @@ ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, flo
     MS_TRY(pos_forward(enc, &pos));
     MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, pos, B, T * D));
     int ln1_ready = 0;
-    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready));
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready, 0));
     const float *last = p->blk[c->depth - 1].out;
     /* neck: 1x1 conv = a linear layer on tokens, then NHWC → NCHW for the 2D LayerNorms and the 3x3 conv */
     MS_TRY(ms_linear_forward(dev, p->neck0, last, ms_params_data(ps, enc->neck0_w), NULL, M, D, C));
@@ -825,6 +899,8 @@ static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *
     int B = enc->batch;
     int64_t D = c->embed_dim, S = ms_sam_enc_run_size(enc), g = S / c->patch, T = g * g;
     for (int i = c->depth - 1; i >= 0; i--) {
+        int ln1_ready = 0;
+        if (p->recompute) MS_TRY(block_forward(enc, i, B, &ln1_ready, 1));
         MS_TRY(block_backward(enc, i, B, dcur, dnext));
         float *t = dcur; dcur = dnext; dnext = t;
         if (enc->grads_ready) MS_TRY(enc->grads_ready(enc->grads_ready_ctx, ps, enc->ready_lo[i]));
@@ -894,16 +970,7 @@ static ms_status subset_lists(ms_sam_encoder *enc, int B, const ms_sam_enc_subse
                (long long)T);
     if (!p->sub_arena.base) { /* sized once for the largest subset: every token and every pad slot */
         ms_plan pl = {0};
-        ms_plan_add_f32(&pl, &p->tok_sub, Mt * D);
-        ms_plan_add_f32(&pl, &p->dtok_full, Mt * D);
-        ms_plan_add_i32(&pl, &p->s_gather, Mt);
-        ms_plan_add_i32(&pl, &p->s_qoff, ngw + 1);
-        ms_plan_add_i32(&pl, &p->s_koff, ngw + 1);
-        ms_plan_add_i32(&pl, &p->s_kidx, Mt + ngw * ws2);
-        ms_plan_add_i32(&pl, &p->s_wrow, Mt + ws2);
-        ms_plan_add_i32(&pl, &p->s_wcol, Mt + ws2);
-        ms_plan_add_i32(&pl, &p->s_grow, Mt);
-        ms_plan_add_i32(&pl, &p->s_gcol, Mt);
+        plan_subset(&pl, p, Mt, D, ngw, ws2);
         ms_status rc = ms_plan_alloc(&pl, dev, &p->sub_arena);
         ms_plan_free(&pl);
         MS_TRY(rc);
@@ -995,7 +1062,7 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     p->sub_active = 1;
     p->blk[0].x_in = p->tok_sub;
     int ln1_ready = 0;
-    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready));
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready, 0));
     *tokens = p->blk[c->depth - 1].out;
     return MS_OK;
 }
