@@ -8,12 +8,19 @@
  *     (memcmp: same ops in the same order); the recompute arena is smaller;
  *  2. token subset (MAE, mask 0.5; PEFT-free configurations): the last-block tokens, gradients and dx, bit for bit;
  *  3. the counted bytes equal what the reserves (and the first subset forward) allocated, with and without backward
- *     and recompute.
+ *     and recompute;
+ *  4. one MAE step (mask 0.5, small decoder): encoder and decoder gradients bit for bit with recompute, and
+ *     ms_mae_step_bytes against the sizes actually allocated (parameters, gradients, arenas) plus AdamW's moments
+ *     and the step's own buffers counted independently here.
+ * Then it prints the table of docs/PERFORMANCE.md §Memory: the largest batch of vit_b, vit_l and vit_h at 1024 for
+ * the MAE step and full fine-tuning within 80e9 bytes less a 4e9 allowance, recompute off and on (count only).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "../harness.h"
+#include "finetune/ft_model.h"
+#include "pretrain/mae.h"
 #include "pretrain/mae_mask.h"
 #include "pretrain/sam_encoder.h"
 
@@ -58,6 +65,64 @@ static void check_same(const run_out *a, const run_out *b, int64_t nout, int64_t
         if (memcmp(&a->grad[i], &b->grad[i], sizeof(float))) first = i;
     MS_CHECK(first < 0, "%s: parameter gradients differ with recompute (first at flat index %lld)", what,
              (long long)first);
+}
+
+
+/* 4. One MAE step without and with recompute on a PEFT-free encoder (its parameters already random). */
+static void mae_case(ms_device *dev, ms_sam_encoder *enc, ms_params *eps, uint64_t seed)
+{
+    const int B = 2, S = enc->cfg.img_size, g = S / enc->cfg.patch, L = g * g;
+    ms_params dps;
+    ms_params_init(&dps);
+    ms_mae mae;
+    ms_mae_config mc = {.mask_ratio = 0.5f, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1, .fg_threshold = 0.05f,
+                        .dec = {.dim = 32, .depth = 2, .n_heads = 2}};
+    MS_CHECK_OK(ms_mae_init(&mae, enc, &mc, &dps));
+    MS_CHECK_OK(ms_params_alloc(&dps, dev));
+    ms_params_set_trainable(&dps, "", 1);
+    MS_CHECK_OK(ms_params_alloc_grads(&dps));
+    ms_rng r;
+    ms_rng_init(&r, seed, 77);
+    for (int i = 0; i < dps.n; i++) ms_fill_uniform(ms_params_data(&dps, i), dps.p[i].numel, &r, -0.3f, 0.3f);
+    float *x = malloc(sizeof(float) * (size_t)B * 3 * S * S), *gray = malloc(sizeof(float) * (size_t)B * S * S);
+    ms_fill_uniform(x, (int64_t)B * 3 * S * S, &r, -1.f, 1.f);
+    ms_fill_uniform(gray, (int64_t)B * S * S, &r, 0.f, 1.f);
+    const uint64_t keys[2] = {3, 4};
+    float *ge[2], *gd[2];
+    ms_mae_loss l[2];
+    size_t counted[2], actual[2];
+    for (int rec = 0; rec < 2; rec++) {
+        ms_sam_encoder_set_recompute(enc, rec);
+        MS_CHECK_OK(ms_sam_encoder_reserve(enc, dev, B, 1));
+        if (rec == 0) MS_CHECK_OK(ms_mae_reserve(&mae, dev, B));
+        MS_CHECK_OK(ms_params_zero_grads(eps));
+        MS_CHECK_OK(ms_params_zero_grads(&dps));
+        MS_CHECK_OK(ms_mae_forward(&mae, x, gray, B, seed, keys, &l[rec]));
+        MS_CHECK_OK(ms_mae_backward(&mae, 1.0f, 0));
+        ge[rec] = malloc(sizeof(float) * (size_t)eps->numel_trainable);
+        gd[rec] = malloc(sizeof(float) * (size_t)dps.numel_trainable);
+        memcpy(ge[rec], eps->grad, sizeof(float) * (size_t)eps->numel_trainable);
+        memcpy(gd[rec], dps.grad, sizeof(float) * (size_t)dps.numel_trainable);
+        MS_CHECK_OK(ms_mae_step_bytes(&mae, &dps, B, rec, &counted[rec]));
+        /* independent sum: what was allocated, AdamW's two moments per gradient, the step's own buffers */
+        int64_t R = (int64_t)B * L, P = 16 * 16, own = 2 * R * P + 3 * R + (int64_t)B * L * enc->cfg.embed_dim + 4;
+        actual[rec] = (size_t)(eps->numel + 3 * eps->numel_trainable + dps.numel + 3 * dps.numel_trainable + own) * 4 +
+                      ms_sam_encoder_arena_bytes(enc) + mae.dec.arena.used;
+    }
+    MS_CHECK(!memcmp(&l[0].loss, &l[1].loss, sizeof(double)), "mae: losses differ with recompute");
+    MS_CHECK(!memcmp(ge[0], ge[1], sizeof(float) * (size_t)eps->numel_trainable),
+             "mae: encoder gradients differ with recompute");
+    MS_CHECK(!memcmp(gd[0], gd[1], sizeof(float) * (size_t)dps.numel_trainable),
+             "mae: decoder gradients differ with recompute");
+    for (int rec = 0; rec < 2; rec++)
+        MS_CHECK(counted[rec] == actual[rec], "mae step (recompute %d): counted %zu bytes, allocated %zu", rec,
+                 counted[rec], actual[rec]);
+    MS_CHECK(counted[1] < counted[0], "mae step: recompute counts %zu, not below %zu", counted[1], counted[0]);
+    for (int k = 0; k < 2; k++) { free(ge[k]); free(gd[k]); }
+    free(x);
+    free(gray);
+    ms_mae_free(&mae);
+    ms_params_free(&dps);
 }
 
 static void one_case(ms_device *dev, uint64_t seed, int k)
@@ -136,11 +201,71 @@ static void one_case(ms_device *dev, uint64_t seed, int k)
         run_free(&a);
         run_free(&b);
         ms_mae_mask_free(&m);
+        mae_case(dev, &enc, &ps, seed);
     }
     ms_sam_encoder_free(&enc);
     ms_params_free(&ps);
     free(x);
     free(G);
+}
+
+
+/* The largest batches of docs/PERFORMANCE.md §Memory (count only: nothing of vit_l/vit_h is allocated). */
+#define MEM_BUDGET 80e9
+#define MEM_ALLOWANCE 4e9
+
+static void print_table(ms_device *dev)
+{
+    const char *names[3] = {"vit_b", "vit_l", "vit_h"};
+    const size_t budget = (size_t)(MEM_BUDGET - MEM_ALLOWANCE);
+    printf("largest batch within %.0f bytes (%.0e less a %.0e allowance), fp32, input 1024:\n", (double)budget,
+           MEM_BUDGET, MEM_ALLOWANCE);
+    printf("%-6s %-28s %10s %14s %10s %14s\n", "model", "step", "batch", "GB at batch", "batch rc", "GB at batch rc");
+    for (int k = 0; k < 3; k++) {
+        /* MAE: encoder blocks train (neck frozen, as pretrain does), decoder 8 x 512, 16 heads */
+        ms_sam_enc_config cfg;
+        MS_CHECK_OK(ms_sam_enc_config_named(names[k], &cfg));
+        ms_params eps, dps;
+        ms_params_init(&eps);
+        ms_params_init(&dps);
+        ms_sam_encoder enc;
+        ms_mae mae;
+        MS_CHECK_OK(ms_sam_encoder_init(&enc, &cfg, &eps, "image_encoder."));
+        ms_params_set_trainable(&eps, "", 1);
+        ms_params_set_trainable(&eps, "image_encoder.neck.", 0);
+        ms_mae_config mc = {.mask_ratio = 0.75f, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1, .fg_threshold = 0.05f,
+                            .dec = {.dim = 512, .depth = 8, .n_heads = 16, .target_ch = 1}};
+        MS_CHECK_OK(ms_mae_init(&mae, &enc, &mc, &dps));
+        ms_params_set_trainable(&dps, "", 1);
+        int bm[2] = {0, 0};
+        size_t at[2] = {0, 0};
+        for (int rec = 0; rec < 2; rec++) {
+            MS_CHECK_OK(ms_mae_largest_batch(&mae, &dps, rec, budget, &bm[rec]));
+            if (bm[rec]) MS_CHECK_OK(ms_mae_step_bytes(&mae, &dps, bm[rec], rec, &at[rec]));
+        }
+        printf("%-6s %-28s %10d %14.2f %10d %14.2f\n", names[k], "MAE (mask 0.75, dec 8x512)", bm[0], at[0] / 1e9,
+               bm[1], at[1] / 1e9);
+        MS_CHECK(bm[1] >= bm[0], "%s MAE: recompute batch %d below %d", names[k], bm[1], bm[0]);
+        ms_mae_decoder_free(&mae.dec);
+        ms_params_free(&dps);
+        ms_params_free(&eps);
+        /* full fine-tuning (every tensor trainable), one class: 2 mask tokens, 1 logit channel */
+        ms_sam_config sc;
+        MS_CHECK_OK(ms_sam_config_named(names[k], 2, &sc));
+        ms_sam s;
+        MS_CHECK_OK(ms_sam_register_at(&s, &sc, 0, dev));
+        ms_params_set_trainable(&s.ps, "", 1);
+        int bf[2] = {0, 0};
+        size_t af[2] = {0, 0};
+        for (int rec = 0; rec < 2; rec++) {
+            MS_CHECK_OK(ms_ft_largest_batch(&s, 1, rec, budget, &bf[rec]));
+            if (bf[rec]) MS_CHECK_OK(ms_ft_step_bytes(&s, 1, bf[rec], rec, &af[rec]));
+        }
+        printf("%-6s %-28s %10d %14.2f %10d %14.2f\n", names[k], "full fine-tuning", bf[0], af[0] / 1e9, bf[1],
+               af[1] / 1e9);
+        MS_CHECK(bf[1] >= bf[0], "%s fine-tuning: recompute batch %d below %d", names[k], bf[1], bf[0]);
+        ms_sam_free(&s);
+    }
 }
 
 int main(void)
@@ -149,6 +274,7 @@ int main(void)
     ms_device dev = {0};
     MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 2));
     for (int k = 0; k < 4; k++) one_case(&dev, seed, k);
+    print_table(&dev);
     ms_device_free(&dev);
     return ms_test_done();
 }
