@@ -420,6 +420,7 @@ static ms_status open_model(ms_mae_run *r)
                "%s: encoder prefix too long", c->enc_prefix);
     ms_params_set_trainable(r->eps, neck, 0);
     MS_TRY(ms_params_alloc_grads(r->eps));
+    ms_sam_encoder_set_recompute(enc, c->recompute);
     MS_TRY(ms_sam_encoder_reserve(enc, r->dev, c->batch, 1));
     /* the backward finishes the decoder first, then the encoder block by block from the last */
     ms_mae_config mc = mae_config_of(c);
