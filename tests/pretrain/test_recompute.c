@@ -245,6 +245,17 @@ static void print_table(ms_device *dev)
         }
         printf("%-6s %-28s %10d %14.2f %10d %14.2f\n", names[k], "MAE (mask 0.75, dec 8x512)", bm[0], at[0] / 1e9,
                bm[1], at[1] / 1e9);
+        /* where the bytes go: per image (batch 2 minus batch 1) and the batch-independent training state */
+        size_t e1[2], e2[2], d1, d2;
+        for (int rec = 0; rec < 2; rec++) {
+            MS_CHECK_OK(ms_sam_encoder_activation_bytes(&enc, 1, 1, rec, 1, &e1[rec]));
+            MS_CHECK_OK(ms_sam_encoder_activation_bytes(&enc, 2, 1, rec, 1, &e2[rec]));
+        }
+        MS_CHECK_OK(ms_mae_decoder_activation_bytes(&mae.cfg.dec, 1, mae.grid * mae.grid, &d1));
+        MS_CHECK_OK(ms_mae_decoder_activation_bytes(&mae.cfg.dec, 2, mae.grid * mae.grid, &d2));
+        printf("       MAE per image: encoder arenas %.3f GB (recompute %.3f GB), decoder arena %.3f GB; "
+               "params+grads+AdamW %.3f GB\n", (e2[0] - e1[0]) / 1e9, (e2[1] - e1[1]) / 1e9, (d2 - d1) / 1e9,
+               (ms_params_train_bytes(&eps) + ms_params_train_bytes(&dps)) / 1e9);
         MS_CHECK(bm[1] >= bm[0], "%s MAE: recompute batch %d below %d", names[k], bm[1], bm[0]);
         ms_mae_decoder_free(&mae.dec);
         ms_params_free(&dps);
@@ -263,6 +274,13 @@ static void print_table(ms_device *dev)
         }
         printf("%-6s %-28s %10d %14.2f %10d %14.2f\n", names[k], "full fine-tuning", bf[0], af[0] / 1e9, bf[1],
                af[1] / 1e9);
+        size_t f1[2], f2[2];
+        for (int rec = 0; rec < 2; rec++) {
+            MS_CHECK_OK(ms_ft_step_bytes(&s, 1, 1, rec, &f1[rec]));
+            MS_CHECK_OK(ms_ft_step_bytes(&s, 1, 2, rec, &f2[rec]));
+        }
+        printf("       fine-tuning per image: %.3f GB (recompute %.3f GB); params+grads+AdamW %.3f GB\n",
+               (f2[0] - f1[0]) / 1e9, (f2[1] - f1[1]) / 1e9, ms_params_train_bytes(&s.ps) / 1e9);
         MS_CHECK(bf[1] >= bf[0], "%s fine-tuning: recompute batch %d below %d", names[k], bf[1], bf[0]);
         ms_sam_free(&s);
     }
