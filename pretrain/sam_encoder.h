@@ -122,6 +122,7 @@ typedef struct ms_sam_encoder {
     int max_batch, with_backward, batch; /* batch = B of the last forward */
     int run_size;          /* input side the activations are sized for (0 = cfg.img_size); see ms_sam_encoder_set_input_size */
     int recompute;         /* per-block recomputation in the backward (ms_sam_encoder_set_recompute) */
+    int subset_keep;       /* > 0: the next reserve is for token subsets of at most this many tokens per image */
     ms_arena arena;
     void *priv;            /* buffer pointers and index lists */
 
@@ -171,6 +172,12 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
  * CPU the gradients are bit-identical to the run without it (tests/pretrain/test_recompute.c). Dense and token-
  * subset (MAE) paths, with or without PEFT. Without backward the setting changes nothing. */
 void ms_sam_encoder_set_recompute(ms_sam_encoder *enc, int on);
+
+/* For the next ms_sam_encoder_reserve (max_keep > 0; 0 restores the default): the encoder will only run on token
+ * subsets (MAE) of at most max_keep tokens per image, so every block buffer is sized for max_batch·max_keep rows
+ * instead of max_batch·g² (docs/PERFORMANCE.md §Memory), the dense index lists and the neck's buffers are left out,
+ * and ms_sam_encoder_forward answers MS_EUNSUPPORTED. The results of the subset path are the same bits. */
+void ms_sam_encoder_set_subset_only(ms_sam_encoder *enc, int max_keep);
 
 /* Count only: the bytes of device memory ms_sam_encoder_reserve(enc, dev, max_batch, with_backward) would allocate
  * with recomputation on or off — plus, with subset, the token-subset arena the first

@@ -9,7 +9,9 @@
  *  2. token subset (MAE, mask 0.5; PEFT-free configurations): the last-block tokens, gradients and dx, bit for bit;
  *  3. the counted bytes equal what the reserves (and the first subset forward) allocated, with and without backward
  *     and recompute;
- *  4. one MAE step (mask 0.5, small decoder): encoder and decoder gradients bit for bit with recompute, and
+ *  2b. the same with the block buffers sized for the visible rows only (ms_sam_encoder_set_subset_only);
+ *  4. one MAE step (mask 0.5, small decoder): encoder and decoder gradients bit for bit with recompute (and with
+ *     recompute + subset-only block buffers, as pretrain reserves), and
  *     ms_mae_step_bytes against the sizes actually allocated (parameters, gradients, arenas) plus AdamW's moments
  *     and the step's own buffers counted independently here.
  * Then it prints the table of docs/PERFORMANCE.md §Memory: the largest batch of vit_b, vit_l and vit_h at 1024 for
@@ -88,37 +90,43 @@ static void mae_case(ms_device *dev, ms_sam_encoder *enc, ms_params *eps, uint64
     ms_fill_uniform(x, (int64_t)B * 3 * S * S, &r, -1.f, 1.f);
     ms_fill_uniform(gray, (int64_t)B * S * S, &r, 0.f, 1.f);
     const uint64_t keys[2] = {3, 4};
-    float *ge[2], *gd[2];
-    ms_mae_loss l[2];
-    size_t counted[2], actual[2];
-    for (int rec = 0; rec < 2; rec++) {
+    float *ge[3], *gd[3];
+    ms_mae_loss l[3];
+    size_t counted[3], actual[3];
+    for (int mode = 0; mode < 3; mode++) { /* plain, recompute, recompute + subset-only (as pretrain reserves) */
+        int rec = mode > 0;
         ms_sam_encoder_set_recompute(enc, rec);
+        ms_sam_encoder_set_subset_only(enc, mode == 2 ? ms_mae_mask_keep_target(g, mc.mask_ratio) : 0);
         MS_CHECK_OK(ms_sam_encoder_reserve(enc, dev, B, 1));
         if (rec == 0) MS_CHECK_OK(ms_mae_reserve(&mae, dev, B));
         MS_CHECK_OK(ms_params_zero_grads(eps));
         MS_CHECK_OK(ms_params_zero_grads(&dps));
-        MS_CHECK_OK(ms_mae_forward(&mae, x, gray, B, seed, keys, &l[rec]));
+        MS_CHECK_OK(ms_mae_forward(&mae, x, gray, B, seed, keys, &l[mode]));
         MS_CHECK_OK(ms_mae_backward(&mae, 1.0f, 0));
-        ge[rec] = malloc(sizeof(float) * (size_t)eps->numel_trainable);
-        gd[rec] = malloc(sizeof(float) * (size_t)dps.numel_trainable);
-        memcpy(ge[rec], eps->grad, sizeof(float) * (size_t)eps->numel_trainable);
-        memcpy(gd[rec], dps.grad, sizeof(float) * (size_t)dps.numel_trainable);
-        MS_CHECK_OK(ms_mae_step_bytes(&mae, &dps, B, rec, &counted[rec]));
+        ge[mode] = malloc(sizeof(float) * (size_t)eps->numel_trainable);
+        gd[mode] = malloc(sizeof(float) * (size_t)dps.numel_trainable);
+        memcpy(ge[mode], eps->grad, sizeof(float) * (size_t)eps->numel_trainable);
+        memcpy(gd[mode], dps.grad, sizeof(float) * (size_t)dps.numel_trainable);
+        MS_CHECK_OK(ms_mae_step_bytes(&mae, &dps, B, rec, &counted[mode]));
         /* independent sum: what was allocated, AdamW's two moments per gradient, the step's own buffers */
         int64_t R = (int64_t)B * L, P = 16 * 16, own = 2 * R * P + 3 * R + (int64_t)B * L * enc->cfg.embed_dim + 4;
-        actual[rec] = (size_t)(eps->numel + 3 * eps->numel_trainable + dps.numel + 3 * dps.numel_trainable + own) * 4 +
+        actual[mode] = (size_t)(eps->numel + 3 * eps->numel_trainable + dps.numel + 3 * dps.numel_trainable + own) * 4 +
                       ms_sam_encoder_arena_bytes(enc) + mae.dec.arena.used;
     }
-    MS_CHECK(!memcmp(&l[0].loss, &l[1].loss, sizeof(double)), "mae: losses differ with recompute");
-    MS_CHECK(!memcmp(ge[0], ge[1], sizeof(float) * (size_t)eps->numel_trainable),
-             "mae: encoder gradients differ with recompute");
-    MS_CHECK(!memcmp(gd[0], gd[1], sizeof(float) * (size_t)dps.numel_trainable),
-             "mae: decoder gradients differ with recompute");
-    for (int rec = 0; rec < 2; rec++)
-        MS_CHECK(counted[rec] == actual[rec], "mae step (recompute %d): counted %zu bytes, allocated %zu", rec,
-                 counted[rec], actual[rec]);
-    MS_CHECK(counted[1] < counted[0], "mae step: recompute counts %zu, not below %zu", counted[1], counted[0]);
-    for (int k = 0; k < 2; k++) { free(ge[k]); free(gd[k]); }
+    for (int mode = 1; mode < 3; mode++) {
+        MS_CHECK(!memcmp(&l[0].loss, &l[mode].loss, sizeof(double)), "mae (mode %d): losses differ", mode);
+        MS_CHECK(!memcmp(ge[0], ge[mode], sizeof(float) * (size_t)eps->numel_trainable),
+                 "mae (mode %d): encoder gradients differ", mode);
+        MS_CHECK(!memcmp(gd[0], gd[mode], sizeof(float) * (size_t)dps.numel_trainable),
+                 "mae (mode %d): decoder gradients differ", mode);
+        MS_CHECK(counted[mode] < counted[mode - 1], "mae step: mode %d counts %zu, not below %zu", mode,
+                 counted[mode], counted[mode - 1]);
+    }
+    for (int mode = 0; mode < 3; mode++)
+        MS_CHECK(counted[mode] == actual[mode], "mae step (mode %d): counted %zu bytes, allocated %zu", mode,
+                 counted[mode], actual[mode]);
+    ms_sam_encoder_set_subset_only(enc, 0);
+    for (int k = 0; k < 3; k++) { free(ge[k]); free(gd[k]); }
     free(x);
     free(gray);
     ms_mae_free(&mae);
@@ -198,6 +206,23 @@ static void one_case(ms_device *dev, uint64_t seed, int k)
         MS_CHECK_OK(ms_sam_encoder_activation_bytes(&enc, B, 1, 1, 1, &n1));
         MS_CHECK(n0 == a.arena && n1 == b.arena, "subset: counted %zu / %zu bytes, allocated %zu / %zu", n0, n1,
                  a.arena, b.arena);
+        /* block buffers sized for the visible rows only (ms_sam_encoder_set_subset_only), recompute off and on */
+        for (int rec = 0; rec < 2; rec++) {
+            run_out o;
+            ms_sam_encoder_set_recompute(&enc, rec);
+            ms_sam_encoder_set_subset_only(&enc, s.n_keep);
+            run_once(&enc, &ps, dev, B, x, G, &s, &o);
+            check_same(&a, &o, ntok, nx, ps.numel_trainable, rec ? "subset-only + recompute" : "subset-only");
+            MS_CHECK_OK(ms_sam_encoder_activation_bytes(&enc, B, 1, rec, 1, &n0));
+            MS_CHECK(n0 == o.arena, "subset-only: counted %zu bytes, allocated %zu", n0, o.arena);
+            MS_CHECK(o.arena < (rec ? b.arena : a.arena), "subset-only arena %zu not below %zu", o.arena,
+                     rec ? b.arena : a.arena);
+            float *emb = malloc(sizeof(float) * (size_t)nemb);
+            MS_CHECK(ms_sam_encoder_forward(&enc, x, B, emb) == MS_EUNSUPPORTED, "dense forward after subset-only");
+            free(emb);
+            run_free(&o);
+        }
+        ms_sam_encoder_set_subset_only(&enc, 0);
         run_free(&a);
         run_free(&b);
         ms_mae_mask_free(&m);
@@ -237,6 +262,7 @@ static void print_table(ms_device *dev)
                             .dec = {.dim = 512, .depth = 8, .n_heads = 16, .target_ch = 1}};
         MS_CHECK_OK(ms_mae_init(&mae, &enc, &mc, &dps));
         ms_params_set_trainable(&dps, "", 1);
+        ms_sam_encoder_set_subset_only(&enc, ms_mae_mask_keep_target(mae.grid, mc.mask_ratio)); /* as pretrain */
         int bm[2] = {0, 0};
         size_t at[2] = {0, 0};
         for (int rec = 0; rec < 2; rec++) {
