@@ -10,6 +10,10 @@
  * the separate ops, bit for bit. The backward needs nothing new: ln2's and ln1's backward read the kept xmid / x_in.
  * With backward enabled every block keeps ln1, mean/rstd, qkv, ao, lse, xmid, ln2, h, gl and out (≈16·M·D floats);
  * the backward walks the same list in reverse, each op accumulating into zeroed scratch or into the gradients.
+ * With recompute (ms_sam_encoder_set_recompute) only each block's out is kept; the other buffers are one set shared by
+ * all blocks, refilled by block_forward(..., again = 1) before each block's backward. ms_sam_encoder_set_subset_only
+ * sizes the block buffers for the visible rows of MAE instead of every token. The plans (plan_activations,
+ * plan_subset) are also what ms_sam_encoder_activation_bytes counts, so the count and the allocation are one layout.
  * PEFT (finetune-SAM; registration and initialisation in sam_encoder_peft.c), per block that has it:
  *   LoRA:    tq = ln1·A_qᵀ, tv = ln1·A_vᵀ (kept); qkv[:, 0:D] += tq·B_qᵀ, qkv[:, 2D:3D] += tv·B_vᵀ — pad rows too.
  *   Adapter: a = ao·Wpᵀ + bp (kept); xmid = x_in + a + fc2(GELU(fc1(a)));
