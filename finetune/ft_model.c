@@ -403,27 +403,70 @@ static void free_buffers(ms_ft_model *m)
     m->max_batch = 0;
 }
 
+/* The model's own device buffers for (S, g, C classes, max_batch): where each pointer lives and its floats;
+ * returns how many. One list for ms_ft_model_reserve and ms_ft_step_bytes. */
+static int ft_buffers(ms_ft_model *m, int64_t S, int64_t g, int64_t C, int64_t B, int train, int encoder_trains,
+                      float **ptr[6], int64_t n[6])
+{
+    const int64_t lo = 4 * g;
+    int k = 0;
+#define BUF(p, cnt) (ptr[k] = &(p), n[k] = (cnt), k++)
+    BUF(m->x, B * 3 * S * S);
+    BUF(m->emb, B * 256 * g * g);
+    BUF(m->logits, B * C * lo * lo);
+    if (train) {
+        BUF(m->dlogits, B * C * lo * lo);
+        BUF(m->dmasks, B * (C + 1) * lo * lo);
+        if (encoder_trains) BUF(m->demb, B * 256 * g * g);
+    }
+#undef BUF
+    return k;
+}
+
 ms_status ms_ft_model_reserve(ms_ft_model *m, int max_batch, int train)
 {
     free_buffers(m);
     MS_FAIL_IF(max_batch < 1, MS_EINVAL, "finetune: batch %d", max_batch);
     ms_sam *s = &m->sam;
-    ms_device *dev = m->dev;
-    const int64_t S = s->img_size, g = s->emb_h, lo = 4 * g, B = max_batch, C = c_max(&m->cfg);
     m->max_batch = max_batch;
     m->with_backward = train;
     MS_TRY(ms_sam_image_reserve(s, max_batch, train && m->encoder_trains));
-#define A(p, n) MS_TRY(ms_dev_alloc(dev, (size_t)(n) * sizeof(float), (void **)&(p)))
-    A(m->x, B * 3 * S * S);
-    A(m->emb, B * 256 * g * g);
-    A(m->logits, B * C * lo * lo);
-    if (train) {
-        A(m->dlogits, B * C * lo * lo);
-        A(m->dmasks, B * (C + 1) * lo * lo);
-        if (m->encoder_trains) A(m->demb, B * 256 * g * g);
-    }
-#undef A
+    float **ptr[6];
+    int64_t n[6];
+    int nb = ft_buffers(m, s->img_size, s->emb_h, c_max(&m->cfg), max_batch, train, m->encoder_trains, ptr, n);
+    for (int k = 0; k < nb; k++) MS_TRY(ms_dev_alloc(m->dev, (size_t)n[k] * sizeof(float), (void **)ptr[k]));
     return MS_OK;
+}
+
+ms_status ms_ft_step_bytes(const ms_sam *s, int n_classes, int max_batch, int recompute, size_t *bytes)
+{
+    MS_FAIL_IF(s->cfg.tinyvit, MS_EUNSUPPORTED, "finetune: the memory count covers SAM's ViT encoders only");
+    MS_FAIL_IF(max_batch < 1, MS_EINVAL, "finetune: batch %d", max_batch);
+    size_t act = 0;
+    MS_TRY(ms_sam_encoder_activation_bytes(&s->enc, max_batch, 1, recompute, 0, &act));
+    ms_ft_model tmp; /* ft_buffers records where pointers live; nothing is allocated */
+    memset(&tmp, 0, sizeof tmp);
+    float **ptr[6];
+    int64_t n[6];
+    int nb = ft_buffers(&tmp, s->img_size, s->emb_h, n_classes, max_batch, 1, 1, ptr, n);
+    size_t own = 0;
+    for (int k = 0; k < nb; k++) own += (size_t)n[k] * sizeof(float);
+    *bytes = ms_params_train_bytes(&s->ps) + act + own;
+    return MS_OK;
+}
+
+typedef struct ft_count { const ms_sam *s; int n_classes, recompute; } ft_count;
+
+static ms_status ft_count_bytes(void *ctx, int batch, size_t *bytes)
+{
+    const ft_count *c = ctx;
+    return ms_ft_step_bytes(c->s, c->n_classes, batch, c->recompute, bytes);
+}
+
+ms_status ms_ft_largest_batch(const ms_sam *s, int n_classes, int recompute, size_t budget, int *batch)
+{
+    ft_count c = {s, n_classes, recompute};
+    return ms_plan_largest_batch(ft_count_bytes, &c, budget, 1 << 16, batch);
 }
 
 void ms_ft_model_free(ms_ft_model *m)

@@ -110,6 +110,15 @@ ms_status ms_ft_model_build(ms_ft_model *m, const ms_ft_config *cfg, const ms_st
                             ms_device *dev);
 /* Sizes the buffers for batches up to max_batch; train = 1 keeps what backward needs. */
 ms_status ms_ft_model_reserve(ms_ft_model *m, int max_batch, int train);
+/* Count only (docs/PERFORMANCE.md §Memory): the device bytes of an encoder+decoder fine-tuning step of s (SAM's ViT,
+ * registered by ms_sam_register_at — no allocation needed) at max_batch, n_classes class channels: the parameters,
+ * the gradients of the tensors trainable now and AdamW's fp32 moments (ms_params_train_bytes), the encoder's arena
+ * with backward (recompute on or off) and the model's own buffers (ms_ft_model_reserve's). Not counted: the mask
+ * decoder's and prompt encoder's arenas (sized per decode by the prompts), the CUDA context, cuBLAS/cuDNN
+ * workspaces. Nothing is allocated. */
+ms_status ms_ft_step_bytes(const ms_sam *s, int n_classes, int max_batch, int recompute, size_t *bytes);
+/* The largest batch (up to 65536; 0: not even 1) whose ms_ft_step_bytes fits budget bytes. */
+ms_status ms_ft_largest_batch(const ms_sam *s, int n_classes, int recompute, size_t budget, int *batch);
 void ms_ft_model_free(ms_ft_model *m);
 
 /* Training (1) or evaluation (0) mode of the next encodes: only TinyViT's BatchNorms differ (train_bn). Starts 0. */

@@ -1159,6 +1159,7 @@ static ms_status open_run(ms_ft_run *r)
     r->emb_floats = (int64_t)256 * r->m.sam.emb_h * r->m.sam.emb_w;
     r->Cmax = 2;
     for (int t = 0; t < r->n_tasks; t++) if (ms_ft_out_channels(c, t) > r->Cmax) r->Cmax = ms_ft_out_channels(c, t);
+    if (!r->m.sam.cfg.tinyvit) ms_sam_encoder_set_recompute(&r->m.sam.enc, o->recompute);
     MS_TRY(ms_ft_model_reserve(&r->m, o->batch, 1));
     MS_TRY(ms_optimizer_init(&r->opt, &r->m.sam.ps, 0.9f, 0.999f, 1e-8f, (float)o->weight_decay));
     if (o->zero1) MS_TRY(ms_optimizer_shard(&r->opt, o->dist));

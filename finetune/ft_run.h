@@ -56,6 +56,8 @@ typedef struct ms_ft_run_config {
     uint64_t lora_blocks, adapter_blocks; /* encoder blocks (bit i); 0 = every block */
     int compat_finetune_sam;
     int input_size;            /* 0: the model's own */
+    int recompute;             /* `--recompute`: per-block activation recomputation in SAM's ViT encoder when it trains
+                                * (ms_sam_encoder_set_recompute; same gradients, less memory; TinyViT: ignored) */
     int resize, norm;          /* MS_RESIZE_*, MS_NORM_* */
     /* data */
     const char *split;         /* a split / shots file to reuse; NULL: split by seed */

@@ -46,9 +46,36 @@ ms_status ms_mae_init_tinyvit(ms_mae *m, ms_tinyvit *tv, const ms_mae_config *cf
 
 static int mae_enc_dim(const ms_mae *m) { return m->cfg.dec.enc_dim; }
 
+/* The step's own device buffers (beside the encoder's and the decoder's arenas) for max_batch: where each pointer
+ * lives and its bytes; returns how many. One list for ms_mae_reserve and ms_mae_step_bytes. */
+static int mae_buffers(ms_mae *m, int max_batch, void **ptr[12], size_t bytes[12])
+{
+    int g = m->grid, L = g * g, C = mae_enc_dim(m), S = m->S, k = 0;
+    int64_t R = (int64_t)max_batch * L, P = (int64_t)m->patch * m->patch * m->cfg.dec.target_ch;
+    size_t fR = (size_t)R * sizeof(float);
+    int max_vis = L; /* ratio 0 keeps every token */
+#define BUF(p, n) (ptr[k] = (void **)&(p), bytes[k] = (n), k++)
+    BUF(m->target, fR * (size_t)P);
+    BUF(m->w_all, fR);
+    BUF(m->w_fg, fR);
+    BUF(m->w_bg, fR);
+    BUF(m->dpred, fR * (size_t)P);
+    BUF(m->dtok, (size_t)max_batch * max_vis * C * sizeof(float));
+    BUF(m->loss_dev, 4 * sizeof(float));
+    if (m->tv) {
+        BUF(m->xm, (size_t)max_batch * 3 * S * S * sizeof(float));
+        BUF(m->vtok, (size_t)R * C * sizeof(float));
+        BUF(m->dfull, (size_t)R * C * sizeof(float));
+        BUF(m->zidx, (size_t)max_batch * 3 * S * g * sizeof(int32_t));
+        BUF(m->vrow, (size_t)R * sizeof(int32_t));
+    }
+#undef BUF
+    return k;
+}
+
 ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
 {
-    int g = m->grid, L = g * g, C = mae_enc_dim(m), S = m->S;
+    int g = m->grid, L = g * g, S = m->S;
     m->dev = dev;
     m->max_batch = max_batch;
     m->P = (int64_t)m->patch * m->patch * m->cfg.dec.target_ch;
@@ -57,14 +84,11 @@ ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
     MS_TRY(ms_mae_mask_init(&m->mask, g, window, max_batch));
     int max_vis = L; /* ratio 0 keeps every token */
     MS_TRY(ms_mae_decoder_reserve(&m->dec, dev, max_batch, max_vis));
+    void **ptr[12];
+    size_t bytes[12];
+    int nb = mae_buffers(m, max_batch, ptr, bytes);
+    for (int k = 0; k < nb; k++) MS_TRY(ms_dev_alloc(dev, bytes[k], ptr[k]));
     size_t fR = (size_t)R * sizeof(float);
-    MS_TRY(ms_dev_alloc(dev, fR * (size_t)m->P, (void **)&m->target));
-    MS_TRY(ms_dev_alloc(dev, fR, (void **)&m->w_all));
-    MS_TRY(ms_dev_alloc(dev, fR, (void **)&m->w_fg));
-    MS_TRY(ms_dev_alloc(dev, fR, (void **)&m->w_bg));
-    MS_TRY(ms_dev_alloc(dev, fR * (size_t)m->P, (void **)&m->dpred));
-    MS_TRY(ms_dev_alloc(dev, (size_t)max_batch * max_vis * C * sizeof(float), (void **)&m->dtok));
-    MS_TRY(ms_dev_alloc(dev, 4 * sizeof(float), (void **)&m->loss_dev));
     m->h_target = malloc(fR * (size_t)m->P);
     m->h_w_all = malloc(fR);
     m->h_w_fg = malloc(fR);
@@ -73,15 +97,40 @@ ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch)
     MS_FAIL_IF(!m->h_target || !m->h_w_all || !m->h_w_fg || !m->h_w_bg || !m->vis, MS_ENOMEM, "out of memory");
     if (!m->tv) return MS_OK;
     int64_t nz = (int64_t)max_batch * 3 * S * g;
-    MS_TRY(ms_dev_alloc(dev, (size_t)max_batch * 3 * S * S * sizeof(float), (void **)&m->xm));
-    MS_TRY(ms_dev_alloc(dev, (size_t)R * C * sizeof(float), (void **)&m->vtok));
-    MS_TRY(ms_dev_alloc(dev, (size_t)R * C * sizeof(float), (void **)&m->dfull));
-    MS_TRY(ms_dev_alloc(dev, (size_t)nz * sizeof(int32_t), (void **)&m->zidx));
-    MS_TRY(ms_dev_alloc(dev, (size_t)R * sizeof(int32_t), (void **)&m->vrow));
     m->h_zidx = malloc((size_t)nz * sizeof(int32_t));
     m->h_vrow = malloc((size_t)R * sizeof(int32_t));
     MS_FAIL_IF(!m->h_zidx || !m->h_vrow, MS_ENOMEM, "out of memory");
     return MS_OK;
+}
+
+ms_status ms_mae_step_bytes(const ms_mae *m, const ms_params *dec_ps, int max_batch, int recompute, size_t *bytes)
+{
+    MS_FAIL_IF(!m->enc, MS_EUNSUPPORTED, "mae: the memory count covers SAM's ViT encoder only");
+    MS_FAIL_IF(max_batch < 1, MS_EINVAL, "mae: batch %d", max_batch);
+    size_t enc_act = 0, dec_act = 0, own = 0;
+    MS_TRY(ms_sam_encoder_activation_bytes(m->enc, max_batch, 1, recompute, 1, &enc_act));
+    MS_TRY(ms_mae_decoder_activation_bytes(&m->cfg.dec, max_batch, m->grid * m->grid, &dec_act));
+    ms_mae tmp = *m; /* mae_buffers records where pointers live; nothing is allocated */
+    void **ptr[12];
+    size_t b[12];
+    int nb = mae_buffers(&tmp, max_batch, ptr, b);
+    for (int k = 0; k < nb; k++) own += b[k];
+    *bytes = ms_params_train_bytes(m->enc->ps) + ms_params_train_bytes(dec_ps) + enc_act + dec_act + own;
+    return MS_OK;
+}
+
+typedef struct mae_count { const ms_mae *m; const ms_params *dec_ps; int recompute; } mae_count;
+
+static ms_status mae_count_bytes(void *ctx, int batch, size_t *bytes)
+{
+    const mae_count *c = ctx;
+    return ms_mae_step_bytes(c->m, c->dec_ps, batch, c->recompute, bytes);
+}
+
+ms_status ms_mae_largest_batch(const ms_mae *m, const ms_params *dec_ps, int recompute, size_t budget, int *batch)
+{
+    mae_count c = {m, dec_ps, recompute};
+    return ms_plan_largest_batch(mae_count_bytes, &c, budget, 1 << 16, batch);
 }
 
 void ms_mae_free(ms_mae *m)

@@ -60,6 +60,15 @@ ms_status ms_mae_init(ms_mae *m, ms_sam_encoder *enc, const ms_mae_config *cfg, 
 ms_status ms_mae_init_tinyvit(ms_mae *m, ms_tinyvit *tv, const ms_mae_config *cfg, ms_params *dec_ps);
 /* After both parameter sets are allocated and the encoder reserved with backward for max_batch. */
 ms_status ms_mae_reserve(ms_mae *m, ms_device *dev, int max_batch);
+/* Count only (docs/PERFORMANCE.md §Memory): the device bytes one MAE training step on SAM's ViT takes at max_batch,
+ * allocating nothing — the encoder's and decoder's parameters with the gradients of their trainable tensors and
+ * AdamW's fp32 moments (ms_params_train_bytes: set the trainable flags as the run does), the encoder's arenas
+ * (ms_sam_encoder_activation_bytes, recompute on or off), the decoder's arena and the step's own buffers. Not
+ * counted: the CUDA context, cuBLAS/cuDNN workspaces, the run's input batch. After ms_mae_init (no allocation
+ * needed); TinyViT encoders: MS_EUNSUPPORTED. */
+ms_status ms_mae_step_bytes(const ms_mae *m, const ms_params *dec_ps, int max_batch, int recompute, size_t *bytes);
+/* The largest batch (up to 65536; 0: not even 1) whose ms_mae_step_bytes fits budget bytes. */
+ms_status ms_mae_largest_batch(const ms_mae *m, const ms_params *dec_ps, int recompute, size_t budget, int *batch);
 void ms_mae_free(ms_mae *m);
 
 /* x (B,3,S,S) device, gray (B,S,S) host in [0,1]; keys[b] keys sample b's mask (e.g. epoch·N + position).

@@ -115,53 +115,73 @@ void ms_mae_patchify(const float *img, int B, int S, int patch, int norm_pix, fl
             }
 }
 
+/* The decoder's activations, then the backward's reused gradient buffers, for max_batch × max_vis visible tokens. */
+static void dec_plan(ms_plan *pl, dec_priv *p, const ms_mae_dec_config *c, int max_batch, int max_vis)
+{
+    int64_t L = (int64_t)c->grid * c->grid, R = (int64_t)max_batch * L, V = (int64_t)max_batch * max_vis;
+    int64_t D = c->dim, C = c->enc_dim, P = (int64_t)c->patch * c->patch * c->target_ch, H = c->n_heads;
+    ms_plan_add_f32(pl, &p->tokens, V * C);
+    ms_plan_add_f32(pl, &p->lnin, V * C);
+    ms_plan_add_f32(pl, &p->mean_in, V);
+    ms_plan_add_f32(pl, &p->rstd_in, V);
+    ms_plan_add_f32(pl, &p->src, (V + 1) * D);
+    ms_plan_add_f32(pl, &p->pos, L * D);
+    for (int i = 0; i <= c->depth; i++) ms_plan_add_f32(pl, &p->x[i], R * D);
+    for (int i = 0; i < c->depth; i++) {
+        ms_plan_add_f32(pl, &p->ln1[i], R * D);
+        ms_plan_add_f32(pl, &p->m1[i], R);
+        ms_plan_add_f32(pl, &p->r1[i], R);
+        ms_plan_add_f32(pl, &p->qkv[i], R * 3 * D);
+        ms_plan_add_f32(pl, &p->att[i], R * D);
+        ms_plan_add_f32(pl, &p->lse[i], R * H);
+        ms_plan_add_f32(pl, &p->mid[i], R * D);
+        ms_plan_add_f32(pl, &p->ln2[i], R * D);
+        ms_plan_add_f32(pl, &p->m2[i], R);
+        ms_plan_add_f32(pl, &p->r2[i], R);
+        ms_plan_add_f32(pl, &p->h1[i], R * 4 * D);
+    }
+    for (int i = 0; i < c->depth; i++) ms_plan_add_f32(pl, &p->g1[i], R * 4 * D);
+    ms_plan_add_f32(pl, &p->lnf, R * D);
+    ms_plan_add_f32(pl, &p->mf, R);
+    ms_plan_add_f32(pl, &p->rf, R);
+    ms_plan_add_f32(pl, &p->pred, R * P);
+    ms_plan_add_f32(pl, &p->d_a, R * D);
+    ms_plan_add_f32(pl, &p->d_b, R * D);
+    ms_plan_add_f32(pl, &p->d_c, R * D);
+    ms_plan_add_f32(pl, &p->d_big1, R * 4 * D);
+    ms_plan_add_f32(pl, &p->d_big2, R * 4 * D);
+    ms_plan_add_f32(pl, &p->d_qkv, R * 3 * D);
+    ms_plan_add_f32(pl, &p->d_src, (V + 1) * D);
+    ms_plan_add_f32(pl, &p->d_lnin, V * C);
+    ms_plan_add_i32(pl, &p->gather_idx, R);
+}
+
+ms_status ms_mae_decoder_activation_bytes(const ms_mae_dec_config *c, int max_batch, int max_vis, size_t *bytes)
+{
+    dec_priv *p = calloc(1, sizeof *p); /* the plan writes its pointers here; nothing is allocated */
+    MS_FAIL_IF(!p, MS_ENOMEM, "out of memory");
+    ms_plan pl = {0};
+    dec_plan(&pl, p, c, max_batch, max_vis);
+    int oom = pl.oom;
+    *bytes = ms_plan_bytes(&pl);
+    ms_plan_free(&pl);
+    free(p);
+    MS_FAIL_IF(oom, MS_ENOMEM, "out of memory (arena plan)");
+    return MS_OK;
+}
+
 ms_status ms_mae_decoder_reserve(ms_mae_decoder *d, ms_device *dev, int max_batch, int max_vis)
 {
     const ms_mae_dec_config *c = &d->cfg;
-    int64_t L = (int64_t)c->grid * c->grid, R = (int64_t)max_batch * L, V = (int64_t)max_batch * max_vis;
-    int64_t D = c->dim, C = c->enc_dim, P = (int64_t)c->patch * c->patch * c->target_ch, H = c->n_heads;
+    int64_t L = (int64_t)c->grid * c->grid, R = (int64_t)max_batch * L, D = c->dim;
     dec_priv *p = calloc(1, sizeof *p);
     MS_FAIL_IF(!p, MS_ENOMEM, "out of memory");
     d->priv = p;
     d->dev = dev;
     d->max_batch = max_batch;
     d->max_vis = max_vis;
-    /* activations, then the backward's reused gradient buffers */
     ms_plan pl = {0};
-    ms_plan_add_f32(&pl, &p->tokens, V * C);
-    ms_plan_add_f32(&pl, &p->lnin, V * C);
-    ms_plan_add_f32(&pl, &p->mean_in, V);
-    ms_plan_add_f32(&pl, &p->rstd_in, V);
-    ms_plan_add_f32(&pl, &p->src, (V + 1) * D);
-    ms_plan_add_f32(&pl, &p->pos, L * D);
-    for (int i = 0; i <= c->depth; i++) ms_plan_add_f32(&pl, &p->x[i], R * D);
-    for (int i = 0; i < c->depth; i++) {
-        ms_plan_add_f32(&pl, &p->ln1[i], R * D);
-        ms_plan_add_f32(&pl, &p->m1[i], R);
-        ms_plan_add_f32(&pl, &p->r1[i], R);
-        ms_plan_add_f32(&pl, &p->qkv[i], R * 3 * D);
-        ms_plan_add_f32(&pl, &p->att[i], R * D);
-        ms_plan_add_f32(&pl, &p->lse[i], R * H);
-        ms_plan_add_f32(&pl, &p->mid[i], R * D);
-        ms_plan_add_f32(&pl, &p->ln2[i], R * D);
-        ms_plan_add_f32(&pl, &p->m2[i], R);
-        ms_plan_add_f32(&pl, &p->r2[i], R);
-        ms_plan_add_f32(&pl, &p->h1[i], R * 4 * D);
-    }
-    for (int i = 0; i < c->depth; i++) ms_plan_add_f32(&pl, &p->g1[i], R * 4 * D);
-    ms_plan_add_f32(&pl, &p->lnf, R * D);
-    ms_plan_add_f32(&pl, &p->mf, R);
-    ms_plan_add_f32(&pl, &p->rf, R);
-    ms_plan_add_f32(&pl, &p->pred, R * P);
-    ms_plan_add_f32(&pl, &p->d_a, R * D);
-    ms_plan_add_f32(&pl, &p->d_b, R * D);
-    ms_plan_add_f32(&pl, &p->d_c, R * D);
-    ms_plan_add_f32(&pl, &p->d_big1, R * 4 * D);
-    ms_plan_add_f32(&pl, &p->d_big2, R * 4 * D);
-    ms_plan_add_f32(&pl, &p->d_qkv, R * 3 * D);
-    ms_plan_add_f32(&pl, &p->d_src, (V + 1) * D);
-    ms_plan_add_f32(&pl, &p->d_lnin, V * C);
-    ms_plan_add_i32(&pl, &p->gather_idx, R);
+    dec_plan(&pl, p, c, max_batch, max_vis);
     ms_status rc = ms_plan_alloc(&pl, dev, &d->arena);
     ms_plan_free(&pl);
     MS_TRY(rc);

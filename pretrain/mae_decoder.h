@@ -44,6 +44,9 @@ typedef struct ms_mae_decoder {
 ms_status ms_mae_decoder_init(ms_mae_decoder *d, const ms_mae_dec_config *cfg, ms_params *ps, const char *prefix);
 /* After ms_params_alloc: activations for up to max_batch images with up to max_vis visible tokens each. */
 ms_status ms_mae_decoder_reserve(ms_mae_decoder *d, ms_device *dev, int max_batch, int max_vis);
+/* Count only: the bytes of the arena ms_mae_decoder_reserve allocates for (c, max_batch, max_vis), from the same
+ * plan, allocating nothing. */
+ms_status ms_mae_decoder_activation_bytes(const ms_mae_dec_config *c, int max_batch, int max_vis, size_t *bytes);
 void ms_mae_decoder_free(ms_mae_decoder *d);
 /* MAE initialisation of the decoder's parameters (seeded). */
 ms_status ms_mae_decoder_init_weights(ms_mae_decoder *d, uint64_t seed);

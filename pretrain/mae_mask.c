@@ -15,10 +15,12 @@ static int win_real(int grid, int window, int wy, int wx)
     return h * w;
 }
 
+int ms_mae_mask_keep_target(int grid, float ratio) { return (int)floor((double)grid * grid * (1.0 - ratio)); }
+
 void ms_mae_mask_stratified_counts(int grid, int window, float ratio, int *real_keep, int *pad_keep)
 {
-    int nw = (grid + window - 1) / window, W = nw * nw, L = grid * grid;
-    int target = (int)floor((double)L * (1.0 - ratio));
+    int nw = (grid + window - 1) / window, W = nw * nw;
+    int target = ms_mae_mask_keep_target(grid, ratio);
     double *rem = malloc((size_t)W * sizeof *rem);
     int sum = 0;
     for (int w = 0; w < W; w++) {
@@ -110,7 +112,7 @@ ms_status ms_mae_mask_sample(ms_mae_mask *m, int b, float ratio, ms_mask_samplin
     uint8_t *masked = m->masked + (size_t)b * g * g;
     if (how == MS_MASK_RANDOM) {
         /* uniform over the whole grid; window counts follow from the draw */
-        int L = g * g, k = (int)floor((double)L * (1.0 - ratio));
+        int L = g * g, k = ms_mae_mask_keep_target(g, ratio);
         int32_t *all = malloc((size_t)L * sizeof(int32_t));
         keepflag = calloc((size_t)L, 1);
         if (!all || !keepflag) { free(all); rc = ms_error(MS_ENOMEM, "mae mask: out of memory"); goto leave; }

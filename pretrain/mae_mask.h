@@ -42,5 +42,7 @@ ms_status ms_mae_mask_sample(ms_mae_mask *m, int b, float ratio, ms_mask_samplin
 ms_status ms_mae_mask_set(ms_mae_mask *m, int b, const int32_t *keep, int n_keep, const int32_t *pad, int n_pad);
 /* Real tokens kept per window under stratified sampling (nw² ints), for tests and docs. */
 void ms_mae_mask_stratified_counts(int grid, int window, float ratio, int *real_keep, int *pad_keep);
+/* Visible tokens per sample at ratio, both samplings: floor(g²·(1 − ratio)) (the encoder's subset size). */
+int ms_mae_mask_keep_target(int grid, float ratio);
 
 #endif

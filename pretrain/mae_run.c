@@ -420,7 +420,13 @@ static ms_status open_model(ms_mae_run *r)
                "%s: encoder prefix too long", c->enc_prefix);
     ms_params_set_trainable(r->eps, neck, 0);
     MS_TRY(ms_params_alloc_grads(r->eps));
-    MS_TRY(ms_sam_encoder_reserve(enc, r->dev, c->batch, 1));
+    /* MAE runs the encoder on the visible tokens only: its block buffers for those rows (the setting is for this
+     * reserve alone; a later reserve by the caller is dense again) */
+    ms_sam_encoder_set_recompute(enc, c->recompute);
+    ms_sam_encoder_set_subset_only(enc, ms_mae_mask_keep_target(r->g, (float)c->mask_ratio));
+    ms_status rc = ms_sam_encoder_reserve(enc, r->dev, c->batch, 1);
+    ms_sam_encoder_set_subset_only(enc, 0);
+    MS_TRY(rc);
     /* the backward finishes the decoder first, then the encoder block by block from the last */
     ms_mae_config mc = mae_config_of(c);
     return open_decoder_and_optimizers(r, &mc);

@@ -60,6 +60,8 @@ typedef struct ms_mae_run_config {
     const char *model, *ckpt, *init;
     const char *enc_prefix;   /* the encoder's names in its block ("image_encoder.") */
     int input_size;           /* 0 = the encoder's own; else ms_sam_encoder_set_input_size (TinyViT: its own only) */
+    int recompute;            /* `--recompute`: per-block activation recomputation in SAM's ViT encoder
+                               * (ms_sam_encoder_set_recompute; same gradients, less memory; TinyViT: ignored) */
     /* schedule */
     int batch, accum, epochs, warmup;   /* warmup < 0: 5% of the steps */
     int64_t max_steps;                  /* 0: epochs × steps per epoch */

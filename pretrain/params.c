@@ -83,6 +83,17 @@ int ms_params_set_optional(ms_params *ps, const char *prefix, int optional)
     return k;
 }
 
+/* One gradient's floats in the gradient block: 64-byte aligned, like the parameters. */
+static int64_t grad_span(int64_t numel) { return (numel + 15) & ~(int64_t)15; }
+
+size_t ms_params_train_bytes(const ms_params *ps)
+{
+    int64_t t = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].trainable) t += grad_span(ps->p[i].numel);
+    return (size_t)(ps->numel + 3 * t) * sizeof(float);
+}
+
 ms_status ms_params_alloc_grads(ms_params *ps)
 {
     MS_FAIL_IF(!ps->dev, MS_EBADSTATE, "parameters not allocated");
@@ -90,7 +101,7 @@ ms_status ms_params_alloc_grads(ms_params *ps)
     ps->grad = NULL;
     int64_t t = 0;
     for (int i = 0; i < ps->n; i++)
-        if (ps->p[i].trainable) { ps->p[i].goff = (size_t)t; t += (ps->p[i].numel + 15) & ~(int64_t)15; }
+        if (ps->p[i].trainable) { ps->p[i].goff = (size_t)t; t += grad_span(ps->p[i].numel); }
     ps->numel_trainable = t;
     if (!t) return MS_OK;
     MS_TRY(ms_dev_alloc(ps->dev, (size_t)t * sizeof(float), (void **)&ps->grad));

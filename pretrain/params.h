@@ -50,6 +50,10 @@ ms_status ms_params_alloc(ms_params *ps, ms_device *dev);
  * Buffers (ms_param.buffer) match but stay frozen. */
 int ms_params_set_trainable(ms_params *ps, const char *prefix, int trainable);
 ms_status ms_params_alloc_grads(ms_params *ps);
+/* Count only (nothing allocated): the bytes of the parameters, the gradients of the tensors trainable now and
+ * AdamW's two fp32 moments over those gradients (pretrain/optimizer.h), as ms_params_alloc, ms_params_alloc_grads
+ * and the optimizer would allocate them. */
+size_t ms_params_train_bytes(const ms_params *ps);
 ms_status ms_params_zero_grads(ms_params *ps);
 float *ms_params_data(const ms_params *ps, int idx);
 float *ms_params_grad(const ms_params *ps, int idx); /* NULL when the tensor is frozen */

@@ -10,6 +10,10 @@
  * the separate ops, bit for bit. The backward needs nothing new: ln2's and ln1's backward read the kept xmid / x_in.
  * With backward enabled every block keeps ln1, mean/rstd, qkv, ao, lse, xmid, ln2, h, gl and out (≈16·M·D floats);
  * the backward walks the same list in reverse, each op accumulating into zeroed scratch or into the gradients.
+ * With recompute (ms_sam_encoder_set_recompute) only each block's out is kept; the other buffers are one set shared by
+ * all blocks, refilled by block_forward(..., again = 1) before each block's backward. ms_sam_encoder_set_subset_only
+ * sizes the block buffers for the visible rows of MAE instead of every token. The plans (plan_activations,
+ * plan_subset) are also what ms_sam_encoder_activation_bytes counts, so the count and the allocation are one layout.
  * PEFT (finetune-SAM; registration and initialisation in sam_encoder_peft.c), per block that has it:
  *   LoRA:    tq = ln1·A_qᵀ, tv = ln1·A_vᵀ (kept); qkv[:, 0:D] += tq·B_qᵀ, qkv[:, 2D:3D] += tv·B_vᵀ — pad rows too.
  *   Adapter: a = ao·Wpᵀ + bp (kept); xmid = x_in + a + fc2(GELU(fc1(a)));
@@ -60,6 +64,8 @@ struct enc_priv {
     float *tok_sub, *dtok_full;
     int32_t *s_gather, *s_qoff, *s_koff, *s_kidx, *s_wrow, *s_wcol, *s_grow, *s_gcol; /* device */
     int32_t *h_idx;      /* host staging for the lists above */
+    int recompute;       /* reserved with per-block recomputation (ms_sam_encoder_set_recompute) */
+    int sub_only;        /* reserved for token subsets only (ms_sam_encoder_set_subset_only) */
 };
 
 /* ------------------------------------------------------------------------------------------------ params */
@@ -172,6 +178,8 @@ ms_status ms_sam_encoder_init_random(ms_sam_encoder *enc, uint64_t seed)
 /* The sizes every activation buffer is planned from (max_batch images at the run size). */
 typedef struct enc_dims {
     int64_t S, D, g, T, B, Mt; /* run side, width, grid, tokens per image, batch, token rows B·T */
+    int64_t Mb, Mn;            /* rows of the block buffers (Mt, or B·max_keep for subsets only) and of the neck's */
+    int sub_only;              /* ms_sam_encoder_set_subset_only: no dense forward, no dense index lists */
     int64_t Mlp, C, H, gm;     /* MLP width, neck channels, heads, native grid */
     int64_t ws, ws2, nh;       /* window, its area, windows per side */
     int64_t Lmax;              /* longest rel-pos table after resize */
@@ -188,6 +196,9 @@ static enc_dims enc_dims_of(const ms_sam_encoder *enc, int max_batch)
     e.T = e.g * e.g;
     e.B = max_batch;
     e.Mt = e.B * e.T;
+    e.sub_only = enc->subset_keep > 0;
+    e.Mb = e.sub_only ? e.B * (enc->subset_keep < e.T ? enc->subset_keep : e.T) : e.Mt;
+    e.Mn = e.sub_only ? 0 : e.Mt;
     e.Mlp = c->mlp_dim;
     e.C = c->out_chans;
     e.H = c->n_heads;
@@ -208,7 +219,7 @@ static enc_dims enc_dims_of(const ms_sam_encoder *enc, int max_batch)
  * buffers when any block has PEFT). */
 static void plan_block(ms_plan *pl, blk_act *b, const enc_dims *e, int lora, int adap)
 {
-    const int64_t Mt = e->Mt, D = e->D, ws2 = e->ws2;
+    const int64_t Mt = e->Mb, D = e->D, ws2 = e->ws2; /* block rows */
     if (lora) {
         ms_plan_add_f32(pl, &b->tq, (Mt + ws2) * e->r);
         ms_plan_add_f32(pl, &b->tv, (Mt + ws2) * e->r);
@@ -238,23 +249,27 @@ static void plan_block(ms_plan *pl, blk_act *b, const enc_dims *e, int lora, int
 /* Every activation and scratch buffer of the dense forward/backward, and the index lists. spare_out: the second
  * token buffer of inference mode (blocks alternate between it and blk[0].out). */
 static void plan_activations(ms_plan *pl, const ms_sam_encoder *enc, struct enc_priv *p, const enc_dims *e,
-                             int with_backward, float **spare_out)
+                             int with_backward, int recompute, float **spare_out)
 {
     const ms_sam_enc_config *c = &enc->cfg;
-    const int64_t Mt = e->Mt, D = e->D, C = e->C, ws2 = e->ws2, hd = c->head_dim;
+    const int64_t Mt = e->Mt, Mb = e->Mb, Mn = e->Mn, D = e->D, C = e->C, ws2 = e->ws2, hd = c->head_dim;
+    const int keep_all = with_backward && !recompute; /* one activation set per block */
     ms_plan_add_f32(pl, &p->x_copy, e->B * c->in_chans * e->S * e->S);
     ms_plan_add_f32(pl, &p->tok0, Mt * D);
-    for (int i = 0; i < (with_backward ? c->depth : 1); i++) {
-        int lora = with_backward ? ms_sam_enc_has_lora(enc, i) : enc->peft.lora_blocks != 0;
-        int adap = with_backward ? ms_sam_enc_has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
+    for (int i = 0; i < (keep_all ? c->depth : 1); i++) {
+        int lora = keep_all ? ms_sam_enc_has_lora(enc, i) : enc->peft.lora_blocks != 0;
+        int adap = keep_all ? ms_sam_enc_has_adapter(enc, i) : enc->peft.adapter_blocks != 0;
         plan_block(pl, &p->blk[i], e, lora, adap);
     }
-    if (!with_backward) ms_plan_add_f32(pl, spare_out, Mt * D);
+    if (!with_backward) ms_plan_add_f32(pl, spare_out, Mb * D);
+    /* recompute: every block's output (the next block's input) is kept, the rest is the shared set above */
+    if (with_backward && recompute)
+        for (int i = 1; i < c->depth; i++) ms_plan_add_f32(pl, &p->blk[i].out, Mb * D);
     float **neck[] = {&p->neck0, &p->neck0t, &p->n1, &p->n1_mean, &p->n1_rstd, &p->n2, &p->n3_mean, &p->n3_rstd};
-    const int64_t neck_n[] = {Mt * C, Mt * C, Mt * C, Mt, Mt, Mt * C, Mt, Mt};
+    const int64_t neck_n[] = {Mn * C, Mn * C, Mn * C, Mn, Mn, Mn * C, Mn, Mn};
     for (int k = 0; k < 8; k++) ms_plan_add_f32(pl, neck[k], neck_n[k]);
-    if (enc->peft.adapter_blocks) ms_plan_add_f32(pl, &p->pf_tmp, Mt * D);
-    if (enc->peft.lora_blocks && with_backward) ms_plan_add_f32(pl, &p->dtq, (Mt + ws2) * e->r);
+    if (enc->peft.adapter_blocks) ms_plan_add_f32(pl, &p->pf_tmp, Mb * D);
+    if (enc->peft.lora_blocks && with_backward) ms_plan_add_f32(pl, &p->dtq, (Mb + ws2) * e->r);
     ms_plan_add_f32(pl, &p->zeros, ws2 * D);
     ms_plan_add_f32(pl, &p->padx, ws2 * D);
     ms_plan_add_f32(pl, &p->rel_a, e->Lmax * hd);
@@ -267,10 +282,11 @@ static void plan_activations(ms_plan *pl, const ms_sam_encoder *enc, struct enc_
     if (with_backward) {
         float **bw[] = {&p->d_a, &p->d_b, &p->dln, &p->dao, &p->dqkv, &p->dg, &p->dh, &p->dpadx, &p->drel_a,
                         &p->drel_b, &p->dn0, &p->dn0t, &p->dn1, &p->dn2};
-        const int64_t bw_n[] = {Mt * D, Mt * D, Mt * D, Mt * D, (Mt + ws2) * 3 * D, Mt * e->Mlp, Mt * e->Mlp,
-                                ws2 * D, e->Lmax * hd, e->Lmax * hd, Mt * C, Mt * C, Mt * C, Mt * C};
+        const int64_t bw_n[] = {Mb * D, Mb * D, Mb * D, Mb * D, (Mb + ws2) * 3 * D, Mb * e->Mlp, Mb * e->Mlp,
+                                ws2 * D, e->Lmax * hd, e->Lmax * hd, Mn * C, Mn * C, Mn * C, Mn * C};
         for (int k = 0; k < 14; k++) ms_plan_add_f32(pl, bw[k], bw_n[k]);
     }
+    if (e->sub_only) return; /* the dense index lists */
     if (e->ws) {
         const int64_t nwg = e->B * p->n_win;
         ms_plan_add_i32(pl, &p->w_qoff, nwg + 1);
@@ -282,6 +298,22 @@ static void plan_activations(ms_plan *pl, const ms_sam_encoder *enc, struct enc_
     }
     ms_plan_add_i32(pl, &p->g_row, Mt);
     ms_plan_add_i32(pl, &p->g_col, Mt);
+}
+
+/* The subset arena (token rows, the dense token gradient, the subset's index lists), for Mt dense token rows and
+ * at most Mb subset rows (the block buffers' rows: Mt, or fewer with ms_sam_encoder_set_subset_only). */
+static void plan_subset(ms_plan *pl, struct enc_priv *p, int64_t Mt, int64_t Mb, int64_t D, int64_t ngw, int64_t ws2)
+{
+    ms_plan_add_f32(pl, &p->tok_sub, Mb * D);
+    ms_plan_add_f32(pl, &p->dtok_full, Mt * D);
+    ms_plan_add_i32(pl, &p->s_gather, Mb);
+    ms_plan_add_i32(pl, &p->s_qoff, ngw + 1);
+    ms_plan_add_i32(pl, &p->s_koff, ngw + 1);
+    ms_plan_add_i32(pl, &p->s_kidx, Mb + ngw * ws2);
+    ms_plan_add_i32(pl, &p->s_wrow, Mb + ws2);
+    ms_plan_add_i32(pl, &p->s_wcol, Mb + ws2);
+    ms_plan_add_i32(pl, &p->s_grow, Mb);
+    ms_plan_add_i32(pl, &p->s_gcol, Mb);
 }
 
 /* The dense forward's index lists (see sam_encoder.h): per (image, window) the query rows and key rows (real
@@ -352,14 +384,25 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
     MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
     const enc_dims e = enc_dims_of(enc, max_batch);
     p->n_win = e.nh * e.nh;
-    p->pad_base = e.Mt;
+    p->pad_base = e.Mb; /* the block buffers' rows: the shared pad rows follow them */
     ms_plan pl = {0};
     float *spare_out = NULL;
-    plan_activations(&pl, enc, p, &e, with_backward, &spare_out);
+    const int recompute = with_backward && enc->recompute;
+    p->recompute = recompute;
+    p->sub_only = e.sub_only;
+    plan_activations(&pl, enc, p, &e, with_backward, recompute, &spare_out);
     ms_status rc = ms_plan_alloc(&pl, dev, &enc->arena);
     ms_plan_free(&pl);
     if (!rc) {
-        if (!with_backward) {
+        if (recompute) {
+            /* one shared activation set; each block keeps its own output */
+            for (int i = 1; i < c->depth; i++) {
+                float *out = p->blk[i].out;
+                p->blk[i] = p->blk[0];
+                p->blk[i].out = out;
+            }
+            for (int i = 0; i < c->depth; i++) p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
+        } else if (!with_backward) {
             /* one activation set; tokens alternate between blk[0].out and spare_out */
             for (int i = 1; i < c->depth; i++) p->blk[i] = p->blk[0];
             for (int i = 0; i < c->depth; i++) {
@@ -369,7 +412,7 @@ ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_ba
         } else {
             for (int i = 0; i < c->depth; i++) p->blk[i].x_in = i == 0 ? p->tok0 : p->blk[i - 1].out;
         }
-        rc = upload_index_lists(dev, p, &e);
+        if (!e.sub_only) rc = upload_index_lists(dev, p, &e);
     }
     if (rc) {
         ms_arena_free(&enc->arena);
@@ -394,6 +437,41 @@ void ms_sam_encoder_free(ms_sam_encoder *enc)
     free(enc->priv);
     enc->priv = NULL;
     enc->max_batch = enc->batch = 0;
+}
+
+void ms_sam_encoder_set_recompute(ms_sam_encoder *enc, int on) { enc->recompute = on != 0; }
+
+void ms_sam_encoder_set_subset_only(ms_sam_encoder *enc, int max_keep) { enc->subset_keep = max_keep > 0 ? max_keep : 0; }
+
+ms_status ms_sam_encoder_activation_bytes(const ms_sam_encoder *enc, int max_batch, int with_backward, int recompute,
+                                          int subset, size_t *bytes)
+{
+    MS_FAIL_IF(max_batch <= 0, MS_EINVAL, "sam encoder: batch %d", max_batch);
+    struct enc_priv *p = calloc(1, sizeof *p); /* the plan writes its pointers here; nothing is allocated */
+    MS_FAIL_IF(!p, MS_ENOMEM, "sam encoder: out of memory");
+    const enc_dims e = enc_dims_of(enc, max_batch);
+    p->n_win = e.nh * e.nh;
+    p->pad_base = e.Mb; /* the block buffers' rows: the shared pad rows follow them */
+    ms_plan pl = {0}, ps = {0};
+    float *spare_out = NULL;
+    plan_activations(&pl, enc, p, &e, with_backward, with_backward && recompute, &spare_out);
+    if (subset) { /* subset_lists' arena: windows per side as it counts them (window 0: one window of g) */
+        int64_t ws = e.ws ? e.ws : e.g, nh = (e.g + ws - 1) / ws;
+        plan_subset(&ps, p, e.Mt, e.Mb, e.D, e.B * nh * nh, ws * ws);
+    }
+    int oom = pl.oom || ps.oom;
+    *bytes = ms_plan_bytes(&pl) + ms_plan_bytes(&ps);
+    ms_plan_free(&pl);
+    ms_plan_free(&ps);
+    free(p);
+    MS_FAIL_IF(oom, MS_ENOMEM, "sam encoder: out of memory (arena plan)");
+    return MS_OK;
+}
+
+size_t ms_sam_encoder_arena_bytes(const ms_sam_encoder *enc)
+{
+    const struct enc_priv *p = enc->priv;
+    return p ? enc->arena.used + p->sub_arena.used : 0;
 }
 
 const float *ms_sam_encoder_tokens(const ms_sam_encoder *enc, int stage)
@@ -600,8 +678,12 @@ static ms_status adapter_backward(ms_sam_encoder *enc, int w1, int b1, int w2, i
 }
 
 /* *ln1_ready: on entry, block i's ln1/mean1/rstd1 were already written by block i − 1 (its MLP residual add fused
- * with this norm1); on return, whether this block did that for block i + 1. */
-static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready)
+ * with this norm1); on return, whether this block did that for block i + 1.
+ * again: the recomputation before block i's backward (ms_sam_encoder_set_recompute): only what the backward reads
+ * is rewritten, from the kept x_in — no lin2, no residual add into the kept output, no next block's norm1. On the
+ * CPU every buffer then holds the bits of the first forward (norm1 alone equals the fused add + norm1 bit for
+ * bit, kernels/layernorm.h). */
+static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready, int again)
 {
     const ms_sam_enc_config *c = &enc->cfg;
     struct enc_priv *p = enc->priv;
@@ -632,6 +714,13 @@ static ms_status block_forward(ms_sam_encoder *enc, int i, int B, int *ln1_ready
                                     M, D, c->eps)); /* xmid += x_in; ln2 = LN(xmid) */
     MS_TRY(ms_linear_forward(dev, b->h, b->ln2, P(lin1_w), P(lin1_b), M, D, Mlp));
     MS_TRY(ms_gelu_forward(dev, b->gl, b->h, M * Mlp));
+    if (again) { /* the backward also reads the MLP_Adapter's hidden activations */
+        *ln1_ready = 0;
+        if (adap)
+            MS_TRY(adapter_forward(enc, w->ma_w1, w->ma_b1, w->ma_w2, w->ma_b2, p->pf_tmp, b->ma_h, b->ma_g, b->ln2,
+                                   M));
+        return MS_OK;
+    }
     MS_TRY(ms_linear_forward(dev, b->out, b->gl, P(lin2_w), P(lin2_b), M, Mlp, D));
     /* out += xmid is the last add unless the MLP_Adapter follows: then it also gives the next block's norm1 (out is
      * that block's x_in; in inference its ln1 buffers are this block's, free by now) */
@@ -659,6 +748,7 @@ ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, flo
     MS_FAIL_IF(!p, MS_EBADSTATE, "sam encoder: ms_sam_encoder_reserve was not called");
     MS_FAIL_IF(B <= 0 || B > enc->max_batch, MS_EINVAL, "sam encoder: batch %d, reserved for %d", B,
                enc->max_batch);
+    MS_FAIL_IF(p->sub_only, MS_EUNSUPPORTED, "sam encoder: reserved for token subsets only (MAE), not a dense forward");
     const ms_sam_enc_config *c = &enc->cfg;
     ms_params *ps = enc->ps;
     ms_device *dev = enc->dev;
@@ -674,7 +764,7 @@ ms_status ms_sam_encoder_forward(ms_sam_encoder *enc, const float *x, int B, flo
     MS_TRY(pos_forward(enc, &pos));
     MS_TRY(ms_add_bcast_forward(dev, p->tok0, p->tok0, pos, B, T * D));
     int ln1_ready = 0;
-    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready));
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready, 0));
     const float *last = p->blk[c->depth - 1].out;
     /* neck: 1x1 conv = a linear layer on tokens, then NHWC → NCHW for the 2D LayerNorms and the 3x3 conv */
     MS_TRY(ms_linear_forward(dev, p->neck0, last, ms_params_data(ps, enc->neck0_w), NULL, M, D, C));
@@ -825,6 +915,8 @@ static ms_status blocks_embed_backward(ms_sam_encoder *enc, float *dcur, float *
     int B = enc->batch;
     int64_t D = c->embed_dim, S = ms_sam_enc_run_size(enc), g = S / c->patch, T = g * g;
     for (int i = c->depth - 1; i >= 0; i--) {
+        int ln1_ready = 0;
+        if (p->recompute) MS_TRY(block_forward(enc, i, B, &ln1_ready, 1));
         MS_TRY(block_backward(enc, i, B, dcur, dnext));
         float *t = dcur; dcur = dnext; dnext = t;
         if (enc->grads_ready) MS_TRY(enc->grads_ready(enc->grads_ready_ctx, ps, enc->ready_lo[i]));
@@ -892,18 +984,11 @@ static ms_status subset_lists(ms_sam_encoder *enc, int B, const ms_sam_enc_subse
     int64_t nk = s->n_keep, R = (int64_t)B * nk, ngw = (int64_t)enc->max_batch * nwin;
     MS_FAIL_IF(nk < 1 || nk > T, MS_EINVAL, "sam encoder: subset of %lld tokens out of %lld", (long long)nk,
                (long long)T);
+    MS_FAIL_IF(R > p->pad_base, MS_EINVAL, "sam encoder: %lld visible tokens per image, reserved for %lld",
+               (long long)nk, (long long)(p->pad_base / enc->max_batch));
     if (!p->sub_arena.base) { /* sized once for the largest subset: every token and every pad slot */
         ms_plan pl = {0};
-        ms_plan_add_f32(&pl, &p->tok_sub, Mt * D);
-        ms_plan_add_f32(&pl, &p->dtok_full, Mt * D);
-        ms_plan_add_i32(&pl, &p->s_gather, Mt);
-        ms_plan_add_i32(&pl, &p->s_qoff, ngw + 1);
-        ms_plan_add_i32(&pl, &p->s_koff, ngw + 1);
-        ms_plan_add_i32(&pl, &p->s_kidx, Mt + ngw * ws2);
-        ms_plan_add_i32(&pl, &p->s_wrow, Mt + ws2);
-        ms_plan_add_i32(&pl, &p->s_wcol, Mt + ws2);
-        ms_plan_add_i32(&pl, &p->s_grow, Mt);
-        ms_plan_add_i32(&pl, &p->s_gcol, Mt);
+        plan_subset(&pl, p, Mt, p->pad_base, D, ngw, ws2);
         ms_status rc = ms_plan_alloc(&pl, dev, &p->sub_arena);
         ms_plan_free(&pl);
         MS_TRY(rc);
@@ -995,7 +1080,7 @@ ms_status ms_sam_encoder_forward_subset(ms_sam_encoder *enc, const float *x, int
     p->sub_active = 1;
     p->blk[0].x_in = p->tok_sub;
     int ln1_ready = 0;
-    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready));
+    for (int i = 0; i < c->depth; i++) MS_TRY(block_forward(enc, i, B, &ln1_ready, 0));
     *tokens = p->blk[c->depth - 1].out;
     return MS_OK;
 }

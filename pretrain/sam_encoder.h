@@ -121,6 +121,8 @@ typedef struct ms_sam_encoder {
     ms_device *dev;
     int max_batch, with_backward, batch; /* batch = B of the last forward */
     int run_size;          /* input side the activations are sized for (0 = cfg.img_size); see ms_sam_encoder_set_input_size */
+    int recompute;         /* per-block recomputation in the backward (ms_sam_encoder_set_recompute) */
+    int subset_keep;       /* > 0: the next reserve is for token subsets of at most this many tokens per image */
     ms_arena arena;
     void *priv;            /* buffer pointers and index lists */
 
@@ -162,6 +164,30 @@ static inline int ms_sam_enc_run_size(const ms_sam_encoder *enc) { return enc->r
 /* Sizes the activation arena for batches up to max_batch; with_backward keeps every block's activations (else two
  * token buffers are reused and only the embeddings survive). Call after ms_params_alloc (uses ps->dev's device). */
 ms_status ms_sam_encoder_reserve(ms_sam_encoder *enc, ms_device *dev, int max_batch, int with_backward);
+
+/* Per-block activation recomputation (`--recompute`; docs/PERFORMANCE.md §Memory), for the next
+ * ms_sam_encoder_reserve with backward: the forward keeps only each block's output (the next block's input) in the
+ * arena, every other activation of a block lives in one set shared by all blocks; the backward re-runs block i's
+ * forward from its kept input into that set, then block i's backward. About one extra forward of the blocks; on the
+ * CPU the gradients are bit-identical to the run without it (tests/pretrain/test_recompute.c). Dense and token-
+ * subset (MAE) paths, with or without PEFT. Without backward the setting changes nothing. */
+void ms_sam_encoder_set_recompute(ms_sam_encoder *enc, int on);
+
+/* For the next ms_sam_encoder_reserve (max_keep > 0; 0 restores the default): the encoder will only run on token
+ * subsets (MAE) of at most max_keep tokens per image, so every block buffer is sized for max_batch·max_keep rows
+ * instead of max_batch·g² (docs/PERFORMANCE.md §Memory), the dense index lists and the neck's buffers are left out,
+ * and ms_sam_encoder_forward answers MS_EUNSUPPORTED. The results of the subset path are the same bits. */
+void ms_sam_encoder_set_subset_only(ms_sam_encoder *enc, int max_keep);
+
+/* Count only: the bytes of device memory ms_sam_encoder_reserve(enc, dev, max_batch, with_backward) would allocate
+ * with recomputation on or off — plus, with subset, the token-subset arena the first
+ * ms_sam_encoder_forward_subset allocates — from the same plan, allocating nothing. enc needs only
+ * ms_sam_encoder_init (and ms_sam_encoder_add_peft / _set_input_size where used); parameters need not be allocated. */
+ms_status ms_sam_encoder_activation_bytes(const ms_sam_encoder *enc, int max_batch, int with_backward, int recompute,
+                                          int subset, size_t *bytes);
+/* Bytes of device memory the encoder's activation arenas hold now (the reserved arena plus, after a subset forward,
+ * the subset arena): what ms_sam_encoder_activation_bytes predicts. */
+size_t ms_sam_encoder_arena_bytes(const ms_sam_encoder *enc);
 void ms_sam_encoder_free(ms_sam_encoder *enc);
 
 /* x (B,3,S,S) and emb (B,out_chans,g,g) in device memory; B <= max_batch. x is copied (backward needs it). */

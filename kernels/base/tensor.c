@@ -184,3 +184,18 @@ void ms_plan_free(ms_plan *p)
     free(p->slot);
     memset(p, 0, sizeof *p);
 }
+
+ms_status ms_plan_largest_batch(ms_status (*bytes_of)(void *ctx, int batch, size_t *bytes), void *ctx, size_t budget,
+                                int max_batch, int *batch)
+{
+    int lo = 0, hi = max_batch; /* bytes_of(lo) fits (lo 0: nothing checked yet); the answer is in [lo, hi] */
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        size_t n = 0;
+        MS_TRY(bytes_of(ctx, mid, &n));
+        if (n <= budget) lo = mid;
+        else hi = mid - 1;
+    }
+    *batch = lo;
+    return MS_OK;
+}

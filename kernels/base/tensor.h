@@ -96,4 +96,9 @@ ms_status ms_plan_fit(ms_plan *p, ms_device *dev, ms_arena *a, int *fresh);
 /* Releases the plan's table (never the arena). */
 void ms_plan_free(ms_plan *p);
 
+/* The largest batch b in [1, max_batch] whose bytes_of(ctx, b) fits budget (0 when even batch 1 does not), for a
+ * bytes_of that grows with the batch — a model's count-only size (e.g. ms_mae_step_bytes). */
+ms_status ms_plan_largest_batch(ms_status (*bytes_of)(void *ctx, int batch, size_t *bytes), void *ctx, size_t budget,
+                                int max_batch, int *batch);
+
 #endif
