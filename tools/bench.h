@@ -11,6 +11,7 @@ int ms_bench_loader(int argc, char **argv);  /* tools/bench_loader.c: streaming 
 int ms_bench_mae(int argc, char **argv);     /* tools/bench_mae.c: one MAE training step vs the PyTorch reference step */
 int ms_bench_sam(int argc, char **argv);     /* tools/bench_sam.c: SAM encoder forward/backward vs PyTorch */
 int ms_bench_finetune(int argc, char **argv); /* tools/bench_finetune.c: finetune step per method x scope */
+int ms_bench_memory(int argc, char **argv);   /* tools/bench_memory.c: largest batch per model (count only) */
 
 /* tools/bench_common.c: what the training benchmarks (mae, finetune) report beside images/s
  * (docs/PERFORMANCE.md §GPU acceptance). */

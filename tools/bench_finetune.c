@@ -49,6 +49,7 @@ typedef struct bcfg {
     ms_device_kind kind;
     int index;
     const char *precision; /* NULL: the device kind's default */
+    int recompute;         /* --recompute: per-block recomputation in the encoder's backward */
 } bcfg;
 
 /* Median seconds per step of ours for one case at `batch` images; also its trainable count, the time from process
@@ -82,7 +83,9 @@ static ms_status time_ours(const bcfg *b, int threads, int batch, bcase *k)
     if ((rc = ms_sam_config_named(b->model, b->num_cls + 1, &sc))) goto leave;
     ms_prep_config_default(&cfg.prep, sc.tinyvit ? sc.tv.img_size : sc.enc.img_size);
     cfg.prep.channels = 3;
-    if ((rc = ms_ft_model_build(&m, &cfg, NULL, b->seed, &dev)) || (rc = ms_ft_model_reserve(&m, batch, 1)) ||
+    if ((rc = ms_ft_model_build(&m, &cfg, NULL, b->seed, &dev))) goto leave;
+    if (!m.sam.cfg.tinyvit) ms_sam_encoder_set_recompute(&m.sam.enc, b->recompute);
+    if ((rc = ms_ft_model_reserve(&m, batch, 1)) ||
         (rc = ms_optimizer_init(&opt, &m.sam.ps, 0.9f, 0.999f, 1e-8f, 0.1f)))
         goto leave;
     k->ours_n = ms_ft_model_trainable_numel(&m, &k->ours_t);
@@ -266,6 +269,7 @@ int ms_bench_finetune(int argc, char **argv)
         {"python", MS_OPT_STR, &python, "PY", "interpreter with torch (/usr/bin/python3)"},
         {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device of ours (cpu)"},
         MS_CLI_PRECISION_OPTION(&b.precision),
+        {"recompute", MS_OPT_FLAG, &b.recompute, NULL, "recompute encoder blocks in the backward"},
         {"peak-tflops", MS_OPT_FLOAT, &peak_given, "X", "peak for MFU, TFLOP/s (CUDA: 989 bf16, 67 fp32)"},
         {"halve-on-oom", MS_OPT_FLAG, &halve, NULL, "out of device memory: retry at half the batch"},
         {"json", MS_OPT_FLAG, &json, NULL, "also one JSON line per row (tools/gpu/accept.sh)"},

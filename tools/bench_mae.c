@@ -26,6 +26,7 @@ typedef struct bcfg {
     ms_device_kind kind;
     int index;
     const char *precision; /* NULL: the device kind's default */
+    int recompute;         /* --recompute: per-block recomputation in the encoder's backward */
 } bcfg;
 
 /* One configuration of ours: mean seconds per step after a warm-up step, the time to the end of the first step,
@@ -68,6 +69,11 @@ static ms_status time_ours(const char *model, int threads, const bcfg *b, int ba
     ms_mae_config mc = {.mask_ratio = (float)b->ratio, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1,
                         .fg_threshold = 0.05f,
                         .dec = {.dim = b->dec_dim, .depth = b->dec_depth, .n_heads = b->dec_heads, .target_ch = 1}};
+    if (!tiny) { /* reserved as `mrisam pretrain` does (pretrain/mae_run.c): visible rows only */
+        ms_sam_encoder_set_recompute(&sam.enc, b->recompute);
+        int g = ms_sam_enc_run_size(&sam.enc) / sam.enc.cfg.patch;
+        ms_sam_encoder_set_subset_only(&sam.enc, ms_mae_mask_keep_target(g, (float)b->ratio));
+    }
     if ((rc = ms_params_alloc_grads(&sam.ps)) ||
         (rc = tiny ? ms_tinyvit_reserve(&sam.tv, batch, 1) : ms_sam_encoder_reserve(&sam.enc, &dev, batch, 1)) ||
         (rc = tiny ? ms_mae_init_tinyvit(&mae, &sam.tv, &mc, &dps) : ms_mae_init(&mae, &sam.enc, &mc, &dps)) ||
@@ -158,6 +164,7 @@ int ms_bench_mae(int argc, char **argv)
                            {"decoder-heads", MS_OPT_INT, &b.dec_heads, "N", "MAE decoder heads (16)"},
                            {"device", MS_OPT_STR, &device, "cpu|cuda", "compute device (cpu)"},
                            MS_CLI_PRECISION_OPTION(&b.precision),
+                           {"recompute", MS_OPT_FLAG, &b.recompute, NULL, "recompute encoder blocks in the backward"},
                            {"peak-tflops", MS_OPT_FLOAT, &peak_given, "X", "peak for MFU, TFLOP/s (CUDA: 989 bf16, 67 fp32)"},
                            {"halve-on-oom", MS_OPT_FLAG, &halve, NULL, "out of device memory: retry at half the batch"},
                            {"json", MS_OPT_FLAG, &json, NULL, "also one JSON line per row (tools/gpu/accept.sh)"},

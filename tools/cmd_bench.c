@@ -23,6 +23,8 @@ static const bench_entry benches[] = {
     {"sam", "SAM image encoder CPU s/image, forward and forward+backward (vit_b 1024, vit_test) vs PyTorch", ms_bench_sam},
     {"finetune", "a fine-tuning step per method x scope (vit_test 256) slices/s vs PyTorch, 1 and 2 threads",
      ms_bench_finetune},
+    {"memory", "the largest batch per model (vit_b/l/h at 1024) on an 80 GB card, with and without --recompute",
+     ms_bench_memory},
 };
 static const int n_benches = (int)(sizeof benches / sizeof benches[0]);
 

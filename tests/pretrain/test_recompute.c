@@ -14,8 +14,7 @@
  *     recompute + subset-only block buffers, as pretrain reserves), and
  *     ms_mae_step_bytes against the sizes actually allocated (parameters, gradients, arenas) plus AdamW's moments
  *     and the step's own buffers counted independently here.
- * Then it prints the table of docs/PERFORMANCE.md §Memory: the largest batch of vit_b, vit_l and vit_h at 1024 for
- * the MAE step and full fine-tuning within 80e9 bytes less a 4e9 allowance, recompute off and on (count only).
+ * The table of docs/PERFORMANCE.md §Memory built on these counts is `mrisam bench memory` (tools/bench_memory.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -235,90 +234,12 @@ static void one_case(ms_device *dev, uint64_t seed, int k)
 }
 
 
-/* The largest batches of docs/PERFORMANCE.md §Memory (count only: nothing of vit_l/vit_h is allocated). */
-#define MEM_BUDGET 80e9
-#define MEM_ALLOWANCE 4e9
-
-static void print_table(ms_device *dev)
-{
-    const char *names[3] = {"vit_b", "vit_l", "vit_h"};
-    const size_t budget = (size_t)(MEM_BUDGET - MEM_ALLOWANCE);
-    printf("largest batch within %.0f bytes (%.0e less a %.0e allowance), fp32, input 1024:\n", (double)budget,
-           MEM_BUDGET, MEM_ALLOWANCE);
-    printf("%-6s %-28s %10s %14s %10s %14s\n", "model", "step", "batch", "GB at batch", "batch rc", "GB at batch rc");
-    for (int k = 0; k < 3; k++) {
-        /* MAE: encoder blocks train (neck frozen, as pretrain does), decoder 8 x 512, 16 heads */
-        ms_sam_enc_config cfg;
-        MS_CHECK_OK(ms_sam_enc_config_named(names[k], &cfg));
-        ms_params eps, dps;
-        ms_params_init(&eps);
-        ms_params_init(&dps);
-        ms_sam_encoder enc;
-        ms_mae mae;
-        MS_CHECK_OK(ms_sam_encoder_init(&enc, &cfg, &eps, "image_encoder."));
-        ms_params_set_trainable(&eps, "", 1);
-        ms_params_set_trainable(&eps, "image_encoder.neck.", 0);
-        ms_mae_config mc = {.mask_ratio = 0.75f, .sampling = MS_MASK_STRATIFIED, .norm_pix = 1, .fg_threshold = 0.05f,
-                            .dec = {.dim = 512, .depth = 8, .n_heads = 16, .target_ch = 1}};
-        MS_CHECK_OK(ms_mae_init(&mae, &enc, &mc, &dps));
-        ms_params_set_trainable(&dps, "", 1);
-        ms_sam_encoder_set_subset_only(&enc, ms_mae_mask_keep_target(mae.grid, mc.mask_ratio)); /* as pretrain */
-        int bm[2] = {0, 0};
-        size_t at[2] = {0, 0};
-        for (int rec = 0; rec < 2; rec++) {
-            MS_CHECK_OK(ms_mae_largest_batch(&mae, &dps, rec, budget, &bm[rec]));
-            if (bm[rec]) MS_CHECK_OK(ms_mae_step_bytes(&mae, &dps, bm[rec], rec, &at[rec]));
-        }
-        printf("%-6s %-28s %10d %14.2f %10d %14.2f\n", names[k], "MAE (mask 0.75, dec 8x512)", bm[0], at[0] / 1e9,
-               bm[1], at[1] / 1e9);
-        /* where the bytes go: per image (batch 2 minus batch 1) and the batch-independent training state */
-        size_t e1[2], e2[2], d1, d2;
-        for (int rec = 0; rec < 2; rec++) {
-            MS_CHECK_OK(ms_sam_encoder_activation_bytes(&enc, 1, 1, rec, 1, &e1[rec]));
-            MS_CHECK_OK(ms_sam_encoder_activation_bytes(&enc, 2, 1, rec, 1, &e2[rec]));
-        }
-        MS_CHECK_OK(ms_mae_decoder_activation_bytes(&mae.cfg.dec, 1, mae.grid * mae.grid, &d1));
-        MS_CHECK_OK(ms_mae_decoder_activation_bytes(&mae.cfg.dec, 2, mae.grid * mae.grid, &d2));
-        printf("       MAE per image: encoder arenas %.3f GB (recompute %.3f GB), decoder arena %.3f GB; "
-               "params+grads+AdamW %.3f GB\n", (e2[0] - e1[0]) / 1e9, (e2[1] - e1[1]) / 1e9, (d2 - d1) / 1e9,
-               (ms_params_train_bytes(&eps) + ms_params_train_bytes(&dps)) / 1e9);
-        MS_CHECK(bm[1] >= bm[0], "%s MAE: recompute batch %d below %d", names[k], bm[1], bm[0]);
-        ms_mae_decoder_free(&mae.dec);
-        ms_params_free(&dps);
-        ms_params_free(&eps);
-        /* full fine-tuning (every tensor trainable), one class: 2 mask tokens, 1 logit channel */
-        ms_sam_config sc;
-        MS_CHECK_OK(ms_sam_config_named(names[k], 2, &sc));
-        ms_sam s;
-        MS_CHECK_OK(ms_sam_register_at(&s, &sc, 0, dev));
-        ms_params_set_trainable(&s.ps, "", 1);
-        int bf[2] = {0, 0};
-        size_t af[2] = {0, 0};
-        for (int rec = 0; rec < 2; rec++) {
-            MS_CHECK_OK(ms_ft_largest_batch(&s, 1, rec, budget, &bf[rec]));
-            if (bf[rec]) MS_CHECK_OK(ms_ft_step_bytes(&s, 1, bf[rec], rec, &af[rec]));
-        }
-        printf("%-6s %-28s %10d %14.2f %10d %14.2f\n", names[k], "full fine-tuning", bf[0], af[0] / 1e9, bf[1],
-               af[1] / 1e9);
-        size_t f1[2], f2[2];
-        for (int rec = 0; rec < 2; rec++) {
-            MS_CHECK_OK(ms_ft_step_bytes(&s, 1, 1, rec, &f1[rec]));
-            MS_CHECK_OK(ms_ft_step_bytes(&s, 1, 2, rec, &f2[rec]));
-        }
-        printf("       fine-tuning per image: %.3f GB (recompute %.3f GB); params+grads+AdamW %.3f GB\n",
-               (f2[0] - f1[0]) / 1e9, (f2[1] - f1[1]) / 1e9, ms_params_train_bytes(&s.ps) / 1e9);
-        MS_CHECK(bf[1] >= bf[0], "%s fine-tuning: recompute batch %d below %d", names[k], bf[1], bf[0]);
-        ms_sam_free(&s);
-    }
-}
-
 int main(void)
 {
     uint64_t seed = ms_test_seed();
     ms_device dev = {0};
     MS_CHECK_OK(ms_device_init(&dev, MS_DEV_CPU, 2));
     for (int k = 0; k < 4; k++) one_case(&dev, seed, k);
-    print_table(&dev);
     ms_device_free(&dev);
     return ms_test_done();
 }
