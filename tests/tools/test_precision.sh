@@ -7,7 +7,10 @@
 #     log.jsonl records each step's device and precision (bf16 up to the stop, fp32 after), config.json the resumed one's,
 #     and the resumed steps stay within the band of the fp32 run;
 #  3. the same for finetune, whose --resume compares every other option of config.json;
-#  4. a bad --precision is a usage error (exit 2, one line naming the option); --help lists it.
+#  4. a bad --precision is a usage error (exit 2, one line naming the option); --help lists it;
+#  5. --recompute (docs/CLI.md §Precision, next to it): the fp32 MAE and LoRA encoder+decoder runs again with
+#     per-block recomputation give the same train losses bit for bit (same ops in the same order on the CPU), and
+#     `bench memory` prints for vit_b a larger batch with --recompute than without, both within the budget.
 set -u
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 M=${MS_MRISAM:?run through ctest}
@@ -83,6 +86,26 @@ for c in pretrain finetune predict eval embed segment; do
 done
 "$M" bench mae --help | grep -q -- "--precision" || bad "bench mae --help does not list --precision"
 "$M" bench finetune --help | grep -q -- "--precision" || bad "bench finetune --help does not list --precision"
+
+for cmd in "$PRE" "$FT"; do
+    name=${cmd%% *}
+    [ -f "$T/${name}_fp32/log.jsonl" ] || continue
+    "$M" $cmd --precision fp32 --recompute -o "$T/${name}_rc" > "$T/${name}_rc.log" 2>&1 ||
+        { bad "$name --recompute: $(tail -n 1 "$T/${name}_rc.log")"; continue; }
+    $PY - "$T/${name}_rc" "$T/${name}_fp32" <<'PYEND' && ok "$name --recompute: the same losses bit for bit" ||
+import json, sys
+def train(run):
+    return [(l["step"], l["loss"]) for l in map(json.loads, open(run + "/log.jsonl")) if l["split"] == "train"]
+a, b = train(sys.argv[1]), train(sys.argv[2])
+print("  recompute:", a[:3], "\n  plain:    ", b[:3])
+sys.exit(0 if a == b and len(a) == 6 else 1)
+PYEND
+        bad "$name --recompute: losses differ from the run without it"
+done
+"$M" bench memory --models vit_b > "$T/mem.txt" 2>&1 || bad "bench memory: $(tail -n 1 "$T/mem.txt")"
+awk -F'|' '$2 ~ /vit_b/ { n++; if (!($4 > 0 && $6 > $4 && $5 <= 76 && $7 <= 76)) bad++ }
+           END { exit !(n == 2 && !bad) }' "$T/mem.txt" && ok "bench memory: vit_b rows, recompute batch larger" ||
+    bad "bench memory: $(cat "$T/mem.txt")"
 [ $FAIL = 0 ] && rm -rf "$T"
 echo "$FAIL failure(s)"
 [ $FAIL = 0 ]
