@@ -264,6 +264,33 @@ static void t_optim(void)
     MS_CHECK_OK(ms_scale_inplace(&cpu, g, 0.37f, n));
     MS_CHECK_OK(ms_scale_inplace(&dut, gg, 0.37f, n));
     cmp("scale_inplace", gg, g, n, TOL_EXACT_);
+    /* adamw_multi: one launch over 4 tensors (sizes across chunk edges, one of 1 element, one without decay) */
+    enum { NT = 4 };
+    const int64_t sz[NT] = {1, MS_ADAMW_CHUNK + 3, 3 * MS_ADAMW_CHUNK, 777};
+    ms_adamw_tensor th[NT], td[NT];
+    for (int i = 0; i < NT; i++) {
+        float *hp = hrand(sz[i], -1, 1), *hg = hrand(sz[i], -1, 1), *hm = hrand(sz[i], -0.1f, 0.1f),
+              *hv = hrand(sz[i], 0, 0.01f);
+        float wd = i == 2 ? 0.f : 0.05f;
+        td[i] = (ms_adamw_tensor){up(hp, sz[i]), up(hg, sz[i]), up(hm, sz[i]), up(hv, sz[i]), sz[i], wd};
+        th[i] = (ms_adamw_tensor){hp, hg, hm, hv, sz[i], wd};
+    }
+    ms_adamw_plan pc = {0}, pd = {0};
+    MS_CHECK_OK(ms_adamw_plan_init(&pc, &cpu, th, NT));
+    MS_CHECK_OK(ms_adamw_plan_init(&pd, &dut, td, NT));
+    for (int step = 1; step <= 3; step++) {
+        MS_CHECK_OK(ms_adamw_multi(&cpu, &pc, 1e-3f * step, 0.9f, 0.999f, 1e-8f, step));
+        MS_CHECK_OK(ms_adamw_multi(&dut, &pd, 1e-3f * step, 0.9f, 0.999f, 1e-8f, step));
+    }
+    for (int i = 0; i < NT; i++) {
+        char lab[64];
+        snprintf(lab, sizeof lab, "adamw_multi p, tensor %d (n %lld)", i, (long long)sz[i]);
+        cmp(lab, td[i].p, th[i].p, sz[i], t);
+        cmp("adamw_multi m", td[i].m, th[i].m, sz[i], t);
+        cmp("adamw_multi v", td[i].v, th[i].v, sz[i], t);
+    }
+    ms_adamw_plan_free(&pc);
+    ms_adamw_plan_free(&pd);
     release_all();
 }
 
