@@ -104,7 +104,7 @@ static int run(int argc, char **argv)
         {"input-size", MS_OPT_INT, &c.ft.input_size, "N", "model input size of pretraining and fine-tuning"},
         {"val-fraction", MS_OPT_FLOAT, &c.ft.val_fraction, "F", "held-out share of volumes (slices) (default 0.2)"},
         {"val-slices", MS_OPT_INT, &c.ft.val_slices, "N",
-         "the runs' own final validation (log only) on the first N held-out slices (default all)"},
+         "the validation curve on the first N held-out slices (default all)"},
         {"val-every", MS_OPT_I64, &c.val_every, "K",
          "a validation-curve point every K steps (RUN/val_curve.jsonl; 0: last step only; default steps/10)"},
         {"cache-embeddings", MS_OPT_FLAG, &c.ft.cache_embeddings, NULL, "frozen encoder: embed each slice once"},

@@ -8,7 +8,7 @@
 #      with held-out validation and reconstruction panels; export MRI-specific SAM weights (RUN/sam_mri_vit_test.pth);
 #   3. compare: fine-tune both tasks from a random start and from the pretrained weights, at one label budget and a
 #      few seeds, splits and labelled slices shared by the two starts; 3-D Dice on held-out slices (a block in the
-#      labelled anatomy), validation Dice every 20 steps, paired differences with their t-intervals (mrisam
+#      labelled anatomy), validation Dice every tenth of the steps, paired differences with their t-intervals (mrisam
 #      compare); with MS_DEMO_HO=1 a third task: HarvardOxford's cortical atlas (MNI152 1 mm grid) resampled onto
 #      ch2 by nearest neighbour (--label-resample), its 6 largest regions as classes (--label-largest 6);
 #   4. predict: segment the whole ch2 volume (brain mask) with a fine-tuned model (a NIfTI label volume on its grid);
