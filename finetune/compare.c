@@ -17,9 +17,11 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/buf.h"
 #include "base/clock.h"
 #include "base/fileio.h"
 #include "base/path.h"
+#include "base/rng.h"
 #include "data/loader.h"
 #include "data/sampler.h"
 #include "data/store.h"
@@ -172,6 +174,68 @@ static ms_status bits_to_selection(const uint8_t *bits, uint64_t n, ms_selection
     return rc;
 }
 
+/* A one-volume store's held-out block, placed in the labelled anatomy. finetune's split puts it at one end of the
+ * volume (the seed picks which), where a template's label is small or cut short (ch2's axial ends: neck, skull top),
+ * so a test set there measures the ends, not the structure. Here the block keeps its size (--val-fraction of the
+ * volume's slices) and is centred on the slice of a labelled voxel drawn per seed from the middle half of them
+ * (between the quartiles of the labelled voxels along the slicing axis), then moved to lie within the labelled
+ * slices (first to last with a label) when they are as many; the training slices are the rest on both sides, `gap`
+ * slices away from it. Seeds still vary the split. *all and *val are replaced; js records it. */
+static ms_status labelled_block(ms_store *st, uint64_t seed, int gap, ms_selection *all, ms_selection *val, cJSON *js)
+{
+    uint64_t lo = val->ranges[0].first, hi = val->ranges[val->n_ranges - 1].first +
+                                             val->ranges[val->n_ranges - 1].count, nv = val->n;
+    if (all->n && all->ranges[0].first < lo) lo = all->ranges[0].first;
+    if (all->n && all->ranges[all->n_ranges - 1].first + all->ranges[all->n_ranges - 1].count > hi)
+        hi = all->ranges[all->n_ranges - 1].first + all->ranges[all->n_ranges - 1].count;
+    const uint64_t n = hi - lo;
+    double *w = calloc(n ? n : 1, sizeof *w), tot = 0;
+    MS_FAIL_IF(!w, MS_ENOMEM, "out of memory");
+    ms_store_reader *r = NULL;
+    ms_status rc = ms_store_reader_new(st, &r);
+    int64_t f0 = -1, f1 = -1;
+    for (uint64_t i = 0; i < n && !rc; i++) { /* labelled voxels per slice */
+        ms_slice sl;
+        if ((rc = ms_store_read(r, lo + i, &sl))) break;
+        for (size_t k = 0, np = (size_t)sl.height * sl.width; sl.label && k < np; k++) w[i] += sl.label[k] != 0;
+        tot += w[i];
+        if (w[i] > 0) f1 = (int64_t)i, f0 = f0 < 0 ? (int64_t)i : f0;
+    }
+    ms_store_reader_free(r);
+    if (rc || f0 < 0) { /* nothing labelled: finetune's block stands (the run reports the empty task) */
+        free(w);
+        return rc;
+    }
+    /* the centre: a labelled voxel drawn from the middle half of them along the axis (between the quartiles) */
+    double u = (0.25 + 0.5 * ms_rand_uniform(ms_rng_stream(seed, 0xb10c, 0), 0)) * tot, acc = 0;
+    int64_t z = f0;
+    for (int64_t i = f0; i <= f1; i++) {
+        acc += w[i];
+        z = i;
+        if (u < acc) break;
+    }
+    free(w);
+    int64_t start = z - (int64_t)nv / 2, lim0 = f0, lim1 = f1 + 1 - (int64_t)nv;
+    if (lim1 < lim0) lim0 = 0, lim1 = (int64_t)(n - nv); /* fewer labelled slices than the block: the volume's */
+    start = start < lim0 ? lim0 : start > lim1 ? lim1 : start;
+    const int64_t t0 = start - gap, t1 = start + (int64_t)nv + gap;
+    MS_FAIL_IF(t0 < 1 && t1 >= (int64_t)n, MS_EINVAL,
+               "%llu slices: too few for a %llu-slice held-out block with %d-slice gaps", (unsigned long long)n,
+               (unsigned long long)nv, gap);
+    ms_selection_free(all);
+    ms_selection_free(val);
+    rc = ms_selection_add(val, lo + (uint64_t)start, nv);
+    if (!rc && t0 > 0) rc = ms_selection_add(all, lo, (uint64_t)t0);
+    if (!rc && t1 < (int64_t)n) rc = ms_selection_add(all, lo + (uint64_t)t1, n - (uint64_t)t1);
+    if (!rc) rc = ms_selection_finish(val);
+    if (!rc) rc = ms_selection_finish(all);
+    cJSON *jl = cJSON_AddArrayToObject(js, "labelled_slices");
+    cJSON_AddItemToArray(jl, cJSON_CreateNumber((double)(lo + (uint64_t)f0)));
+    cJSON_AddItemToArray(jl, cJSON_CreateNumber((double)(lo + (uint64_t)f1)));
+    cJSON_AddNumberToObject(js, "held_out_centre_drawn", (double)(lo + (uint64_t)z));
+    return rc;
+}
+
 /* Task t, one seed: the held-out selection (into held[t]) and, per budget, the split file of the shots. */
 static ms_status split_seed(cmp *x, ms_store *st, int t, int seed, cJSON *jseeds)
 {
@@ -185,13 +249,14 @@ static ms_status split_seed(cmp *x, ms_store *st, int t, int seed, cJSON *jseeds
     ms_selection all = {0}, val = {0}, fg = {0}, shots = {0};
     int single = 0;
     uint64_t n_empty = 0;
-    ms_status rc = ms_loader_select(st, &sp, &all, &val, &single);
-    if (!rc) rc = ms_ft_select_foreground(st, &all, &fg, &n_empty);
-    if (!rc && !val.n) rc = ms_error(MS_EINVAL, "%s: no held-out slices (--val-fraction)", c->store[t]);
-    for (int i = 0; !rc && i < val.n_ranges; i++)
-        memset(x->held[t] + val.ranges[i].first, 1, val.ranges[i].count);
     cJSON *js = cJSON_CreateObject();
     cJSON_AddNumberToObject(js, "seed", (double)sd);
+    ms_status rc = ms_loader_select(st, &sp, &all, &val, &single);
+    if (!rc && !val.n) rc = ms_error(MS_EINVAL, "%s: no held-out slices (--val-fraction)", c->store[t]);
+    if (!rc && single) rc = labelled_block(st, sd, sp.gap < 8 ? 8 : sp.gap, &all, &val, js);
+    if (!rc) rc = ms_ft_select_foreground(st, &all, &fg, &n_empty);
+    for (int i = 0; !rc && i < val.n_ranges; i++)
+        memset(x->held[t] + val.ranges[i].first, 1, val.ranges[i].count);
     cJSON_AddItemToObject(js, "held_out", ranges_json(&val));
     cJSON_AddNumberToObject(js, "training_slices_with_foreground", (double)fg.n);
     cJSON_AddItemToArray(jseeds, js);
@@ -531,20 +596,98 @@ static ms_status evaluate(const cmp *x, const char *dir, const char *store, run_
     return rc;
 }
 
-/* Steps an open fine-tune to its end; on the stop flag it checkpoints and returns MS_EINTERRUPTED. */
-static ms_status train_steps(const cmp *x, ms_ft_run *r, const char *dir)
+/* ---- the validation curve ---------------------------------------------------------------------------------------- */
+
+/* RUN/val_curve.jsonl: one line per validation, as log.jsonl's val lines ({"step", "split": "val", "score",
+ * "dice": {task: {class: Dice or "n/a"}}}), so the report reads either. The held-out slices are the test set: these
+ * points are watched, never used to choose a model or to stop. */
+static ms_status curve_add(ms_buf *b, const ms_ft_run *r, int64_t step, const ms_ft_val *v)
 {
-    ms_ft_step_info s = {0};
-    while (!s.done) {
-        if (x->c->stop && *x->c->stop) {
-            MS_TRY(ms_ft_run_save(r));
-            return ms_error(MS_EINTERRUPTED, "%s: interrupted at step %lld (rerun compare to resume)", dir,
-                            (long long)s.step);
+    const ms_ft_config *fc = &ms_ft_run_model(r)->cfg;
+    cJSON *j = cJSON_CreateObject(), *d = cJSON_AddObjectToObject(j, "dice");
+    cJSON_AddNumberToObject(j, "step", (double)step);
+    cJSON_AddStringToObject(j, "split", "val");
+    cJSON_AddNumberToObject(j, "score", isnan(v->score) ? -1.0 : round(v->score * 1e6) / 1e6);
+    for (int t = 0; t < fc->n_tasks; t++) {
+        cJSON *to = cJSON_AddObjectToObject(d, fc->task[t].name);
+        for (int k = 1; k < fc->task[t].num_cls; k++) {
+            char key[MS_FT_NAME_MAX + 8];
+            if (fc->task[t].class_names[k][0]) snprintf(key, sizeof key, "%s", fc->task[t].class_names[k]);
+            else snprintf(key, sizeof key, "%u", fc->task[t].values[k]);
+            double dv = ms_ft_dice_class(&v->dice[t], k);
+            if (isnan(dv)) cJSON_AddStringToObject(to, key, "n/a");
+            else cJSON_AddNumberToObject(to, key, round(dv * 1e6) / 1e6);
         }
-        MS_TRY(ms_ft_run_step(r, &s));
-        if (!s.stepped) break;
     }
+    char *txt = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    MS_FAIL_IF(!txt, MS_ENOMEM, "out of memory");
+    ms_buf_put(b, txt, strlen(txt));
+    ms_buf_put(b, "\n", 1);
+    free(txt);
+    MS_FAIL_IF(b->oom, MS_ENOMEM, "out of memory");
     return MS_OK;
+}
+
+/* A resumed run's curve: the lines of path up to its checkpoint's step (the steps after it are trained again). */
+static ms_status curve_load(const char *path, int64_t upto, ms_buf *b)
+{
+    if (access(path, F_OK)) return MS_OK;
+    char *txt = NULL;
+    size_t len = 0;
+    MS_TRY(ms_read_file(path, 64 << 20, &txt, &len));
+    char *save = NULL;
+    for (char *line = strtok_r(txt, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "step");
+        if (cJSON_IsNumber(st) && st->valuedouble <= (double)upto) {
+            ms_buf_put(b, line, strlen(line));
+            ms_buf_put(b, "\n", 1);
+        }
+        cJSON_Delete(j);
+    }
+    free(txt);
+    MS_FAIL_IF(b->oom, MS_ENOMEM, "out of memory");
+    return MS_OK;
+}
+
+/* Steps an open fine-tune to its end, validating every `every` steps (0: only the run's own last validation) into
+ * the curve at cpath; on the stop flag it checkpoints and returns MS_EINTERRUPTED. */
+static ms_status train_steps(const cmp *x, ms_ft_run *r, const char *dir, int64_t every, const char *cpath)
+{
+    ms_ft_run_info in;
+    ms_ft_run_get_info(r, &in);
+    ms_buf curve = {0};
+    ms_status rc = in.resumed_step >= 0 ? curve_load(cpath, in.resumed_step, &curve) : MS_OK;
+    ms_ft_step_info s = {0};
+    while (!rc && !s.done) {
+        if (x->c->stop && *x->c->stop) {
+            rc = ms_ft_run_save(r);
+            if (!rc)
+                rc = ms_error(MS_EINTERRUPTED, "%s: interrupted at step %lld (rerun compare to resume)", dir,
+                              (long long)s.step);
+            break;
+        }
+        if ((rc = ms_ft_run_step(r, &s)) || !s.stepped) break;
+        ms_ft_val v;
+        const ms_ft_val *pv = s.validated ? &s.val : NULL; /* the run's own validation (its last step) */
+        if (!pv && every > 0 && s.step % every == 0) {
+            rc = ms_ft_run_validate(r, &v); /* changes no run state: training goes on bit-exactly */
+            pv = &v;
+        }
+        if (!rc && pv) rc = curve_add(&curve, r, s.step, pv);
+        if (!rc && pv) rc = ms_write_file_atomic(cpath, curve.p, curve.n);
+    }
+    ms_buf_free(&curve);
+    return rc;
+}
+
+/* The curve's period in steps: c->val_every, or about 10 points per run when it is -1. */
+static int64_t val_every(const ms_compare_config *c)
+{
+    if (c->val_every >= 0) return c->val_every;
+    int64_t k = c->ft.max_steps / 10;
+    return k > 0 ? k : 1;
 }
 
 /* Fine-tune (task t, budget b, start s, seed): fresh, resumed from its checkpoint, or skipped when evaluated. */
@@ -585,11 +728,15 @@ static ms_status run_one(cmp *x, int t, int b, int s, int seed)
     f.resume = has_ckpt(dir);
     f.overwrite = !f.resume && dir_nonempty(dir);
     f.stop = c->stop;
+    char curve[MS_PATH_MAX];
+    MS_TRY(ms_path_join(curve, dir, "val_curve.jsonl"));
+    /* a fresh run starts its curve afresh (finetune's --overwrite removes only the files a run writes) */
+    MS_FAIL_IF(!f.resume && unlink(curve) && errno != ENOENT, MS_EIO, "%s: %s", curve, strerror(errno));
     MS_TRY(ms_mkdirs_parent(dir));
     ms_ft_run *r = NULL;
     ms_status rc = ms_ft_run_open(&f, x->dev, &r);
     ms_ft_run_info in;
-    if (!rc) rc = train_steps(x, r, dir);
+    if (!rc) rc = train_steps(x, r, dir, val_every(c), curve);
     if (!rc) ms_ft_run_get_info(r, &in);
     ms_ft_run_close(r);
     if (!rc) rc = evaluate(x, dir, c->store[t], res);
@@ -882,6 +1029,7 @@ static void plan_json(cmp *x)
     cJSON_AddNumberToObject(f, "batch", c->ft.batch);
     cJSON_AddNumberToObject(f, "input_size", c->ft.input_size);
     cJSON_AddNumberToObject(f, "val_fraction", c->ft.val_fraction);
+    cJSON_AddNumberToObject(f, "val_every_steps", (double)val_every(c));
     cJSON *ev = cJSON_AddObjectToObject(j, "eval");
     cJSON_AddBoolToObject(ev, "hd95", c->hd95);
     cJSON_AddBoolToObject(ev, "nsd", c->nsd);
@@ -908,6 +1056,7 @@ void ms_compare_config_default(ms_compare_config *c)
     c->hd95 = c->nsd = 1;
     c->nsd_tol = 1.0;
     c->eval_batch = 4;
+    c->val_every = -1;
     ms_ft_run_config_default(&c->ft);
     ms_mae_run_config_default(&c->mae);
     c->mae.max_steps = 0;

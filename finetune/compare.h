@@ -12,7 +12,8 @@
  * task's store (same real path or store ID) leaves them out of its training and validation sampling
  * (ms_mae_run_config.exclude). OUT/compare.json records the plan and what pretraining saw.
  * The held-out data are the test set: the runs train all their steps (no early stopping, no model selection on
- * them: one validation, at the last step) and their final model is evaluated.
+ * them: best/ is the final model) and their final model is evaluated. Every val_every steps a run's validation Dice
+ * on them goes to RUN/val_curve.jsonl, to be looked at (the report's curves), never to choose or stop.
  * Resumable: a run with RUN/eval/classes.csv is done and skipped; one with a checkpoint resumes (bit-exact on the
  * CPU); one without starts again. The pretraining run resumes the same way.
  * Tables: OUT/results.csv (task,budget,start,seed,class,dice,iou,hd95,nsd,run: per class the mean over the held-out
@@ -53,6 +54,7 @@ typedef struct ms_compare_config {
     int hd95, nsd;          /* the evaluation's optional metrics */
     double nsd_tol;
     int eval_batch;
+    int64_t val_every;      /* steps between the validation curve's points; 0: the last step only; -1: steps / 10 */
     const char *gnuplot;    /* the plotting program (NULL: "gnuplot" on PATH) */
     /* progress lines (one per run, the pretraining's steps, notes); NULL: silent */
     void (*log)(void *ctx, const char *line);
@@ -61,7 +63,7 @@ typedef struct ms_compare_config {
 } ms_compare_config;
 
 /* Defaults: budgets {1, 3, 10, all}, 3 seeds from 0, no SAM start, no pretraining, HD95 and NSD at 1 mm, eval batch
- * 4; ft and mae from their own defaults. */
+ * 4, a curve point every steps / 10; ft and mae from their own defaults. */
 void ms_compare_config_default(ms_compare_config *c);
 
 /* Runs (or resumes) the whole comparison and writes every table. */

@@ -570,7 +570,9 @@ static ms_status dice_curves(ms_buf *h, const char *cmp, const char *rpath, cons
         int skipped;
         vc[k].task = csv_at(t, r, c[0]);
         rc = run_dir(cmp, csv_at(t, r, c[4]), d);
-        if (!rc) rc = ms_path_join(log, d, "log.jsonl");
+        /* compare's curve (every --val-every steps) when the run has one, else the run's own val lines */
+        if (!rc) rc = ms_path_join(log, d, "val_curve.jsonl");
+        if (!rc && !exists(log)) rc = ms_path_join(log, d, "log.jsonl");
         if (!rc && exists(log)) rc = jsonl_each(log, take_dice, &vc[k], &skipped);
         else if (!rc) missing++;
         snprintf(title[k], sizeof title[k], "%s, seed %s", csv_at(t, r, c[2]), csv_at(t, r, c[3]));
@@ -585,7 +587,7 @@ static ms_status dice_curves(ms_buf *h, const char *cmp, const char *rpath, cons
         snprintf(ptitle, sizeof ptitle, "validation Dice: task %s, budget %s", csv_at(t, gfirst[g], c[0]),
                  csv_at(t, gfirst[g], c[1]));
         if (!n) {
-            note(h, ptitle, "none of its runs has validation lines in its log.jsonl");
+            note(h, ptitle, "none of its runs has validation lines in its val_curve.jsonl or log.jsonl");
             continue;
         }
         if ((rc = ms_report_plot(gnuplot, dir, name, ptitle, "step", "Dice (mean over classes)", se, n))) break;
@@ -599,8 +601,8 @@ static ms_status dice_curves(ms_buf *h, const char *cmp, const char *rpath, cons
                          most < 2 ? "; each run logged one validation, so each is one point" : "");
     }
     if (!rc && missing) {
-        char why[64];
-        snprintf(why, sizeof why, "%d of %d runs have no log.jsonl", missing, nr);
+        char why[96];
+        snprintf(why, sizeof why, "%d of %d runs have no val_curve.jsonl or log.jsonl", missing, nr);
         note(h, "some validation curves", why);
     }
     for (int k = 0; vc && k < nr; k++) pts_free(&vc[k].p);
@@ -642,7 +644,10 @@ static ms_status section_compare(ms_buf *h, const char *cmp, const char *dir, co
     MS_TRY(ms_path_join(path, cmp, "compare.json"));
     if (exists(path)) MS_TRY(json_details(h, path, "the comparison's settings (compare.json)"));
     MS_TRY(ms_path_join(path, cmp, "results.csv"));
-    ms_report_printf(h, "<h3>Validation curves</h3>\n");
+    ms_report_printf(h, "<h3>Validation curves</h3>\n<p>Dice on the held-out slices during training (per slice "
+                        "batch, as finetune validates), one line per run, coloured by start. The held-out slices "
+                        "are the test set: the curves are watched, never used to choose a checkpoint or to stop; "
+                        "each run's final model is the one evaluated in 3D below.</p>\n");
     if (!exists(path)) {
         note(h, "validation curves and the per-class table", "no results.csv in the comparison's folder");
     } else {
@@ -702,8 +707,9 @@ static ms_status build(const char *dir, const ms_report_opts *o, ms_buf *h)
                         "<title>mrisam run report</title>\n<style>%s</style></head><body>\n"
                         "<h1>mrisam run report</h1>\n", css);
     ms_report_printf(h, "<p class=\"caveat\"><b>What these numbers are.</b> The data come from one human brain (the "
-                        "ch2 template: ch2better, ch2 and its brain mask ch2bet, and the AAL atlas on ch2's grid) and "
-                        "one macaque brain (inia19), as Debian's mricron-data ships them. Training and held-out "
+                        "ch2 template: ch2better, ch2 and its brain mask ch2bet, and atlases on ch2's grid or "
+                        "resampled onto it) and one macaque brain (inia19), as Debian's mricron-data ships them. "
+                        "Training and held-out "
                         "slices are different slices of the same few volumes, so the numbers show that the pipeline "
                         "works end to end, not how well a model generalises to other people, scanners or "
                         "protocols.</p>\n");

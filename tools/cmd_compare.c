@@ -61,7 +61,8 @@ static int run(int argc, char **argv)
         "and shared by the starts (OUT/splits/); pretraining never sees a task store's held-out slices of any seed.\n"
         "Each run is OUT/runs/<task>/<start>/b<budget>/s<seed>/ (a finetune RUN/) that trains all its steps (the\n"
         "held-out data are the test set: no early stopping or model selection on them), and its final model is\n"
-        "evaluated on its held-out volumes (3-D Dice, IoU, HD95, NSD) into RUN/eval/. Writes OUT/results.csv,\n"
+        "evaluated on its held-out volumes (3-D Dice, IoU, HD95, NSD) into RUN/eval/; its validation Dice every\n"
+        "--val-every steps goes to RUN/val_curve.jsonl (watched, not used). Writes OUT/results.csv,\n"
         "summary.csv, paired.csv (start - baseline by seed, Student t 95 %), summary.md, plots/ (gnuplot SVG) and\n"
         "compare.json. Rerun the same command to resume: evaluated runs are skipped, an interrupted one\n"
         "continues from its checkpoint. SIGINT/SIGTERM: checkpoint, exit 75. docs/EVIDENCE.md says why it is built\n"
@@ -103,7 +104,9 @@ static int run(int argc, char **argv)
         {"input-size", MS_OPT_INT, &c.ft.input_size, "N", "model input size of pretraining and fine-tuning"},
         {"val-fraction", MS_OPT_FLOAT, &c.ft.val_fraction, "F", "held-out share of volumes (slices) (default 0.2)"},
         {"val-slices", MS_OPT_INT, &c.ft.val_slices, "N",
-         "the runs' own final validation (log only) on the first N held-out slices (default all)"},
+         "the validation curve on the first N held-out slices (default all)"},
+        {"val-every", MS_OPT_I64, &c.val_every, "K",
+         "a validation-curve point every K steps (RUN/val_curve.jsonl; 0: last step only; default steps/10)"},
         {"cache-embeddings", MS_OPT_FLAG, &c.ft.cache_embeddings, NULL, "frozen encoder: embed each slice once"},
         {"no-hd95", MS_OPT_FLAG, &no_hd95, NULL, "evaluate without HD95"},
         {"no-nsd", MS_OPT_FLAG, &no_nsd, NULL, "evaluate without NSD"},
@@ -125,6 +128,7 @@ static int run(int argc, char **argv)
     if (c.pretrained && (c.mae.max_steps > 0 || pstores.n)) USAGE("--pretrained or --pretrain-steps, not both");
     if (pstores.n && c.mae.max_steps <= 0) USAGE("--pretrain-store goes with --pretrain-steps N");
     if (pstores.n > MS_ORDER_MAX_SOURCES) USAGE("at most %d pretraining stores", MS_ORDER_MAX_SOURCES);
+    if (c.val_every < -1) USAGE("--val-every K: K >= 0");
     if (ms_ft_method_parse(method, &c.ft.method) || ms_ft_scope_parse(scope, &c.ft.scope)) USAGE("%s", ms_errmsg());
     c.mae.n_stores = pstores.n;
     for (int i = 0; i < pstores.n; i++) c.mae.stores[i] = pstores.v[i];

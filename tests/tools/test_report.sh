@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # tests/tools/test_report.sh — `mrisam report` (docs/CLI.md "report") on small hand-made inputs drawn at random
 # (seed printed): a fake MAE run (log.jsonl, config.json, val/ panels), a fake `mrisam compare` folder (results.csv
-# with a hostile task name among the tasks, summary.csv, paired.csv, compare.json, a log.jsonl per run) and three
+# with a hostile task name among the tasks, summary.csv, paired.csv, compare.json, a log.jsonl per run, and for the
+# last seed's runs compare's val_curve.jsonl, which the curves must use instead) and three
 # volumes (image, predicted labels, reference labels). Checks: index.html exists and references only files inside
 # its folder (no scheme, no absolute path, no ..) that exist; no script; the hostile name only escaped; the per-class
-# Dice table holds the mean ± sd of results.csv computed here; the paired table's intervals; the curves are
+# Dice table holds the mean ± sd of results.csv computed here; the paired table's intervals; the validation curves'
+# points are each run's own; the curves are
 # non-empty SVGs gnuplot wrote; the overlays are PNGs of the right size; the Dice against the reference labels; label
 # names escaped;
 # missing inputs give notes, not failures; a malformed CSV and a missing gnuplot fail naming the file and leave the
@@ -41,6 +43,11 @@ for task, classes in tasks.items():
                 for s in (25, 50, 75):
                     d = {task: {c: rng.random() for c in classes}}
                     f.write(json.dumps({"step": s, "split": "val", "dice": d, "score": 0.5}) + "\n")
+            if seed_ == seeds[-1]:  # compare's curve (val_curve.jsonl) wins over log.jsonl's val lines
+                with open(f"{cmp}/{run}/val_curve.jsonl", "w") as f:
+                    for s in range(10, 110, 10):
+                        d = {task: {c: round(rng.random(), 6) for c in classes}}
+                        f.write(json.dumps({"dice": d, "step": s, "split": "val", "score": 0.5}) + "\n")
             for c in classes:
                 rows.append([task, "3", start, seed_, c, round(rng.random(), 6), round(rng.random(), 6),
                              round(rng.random() * 10, 4), round(rng.random(), 6), run])
@@ -117,6 +124,29 @@ for x in csv.DictReader(open(f"{t}/cmp/paired.csv")):
     check(want in page, f"paired interval {want}")
 for x in csv.DictReader(open(f"{t}/cmp/summary.csv")):
     check(f"{float(x['mean']):.4f}" in page, f"summary mean {x['mean']}")
+# validation curves: each run's points from its val_curve.jsonl when it has one (mean over classes), else log.jsonl
+import json
+want_pts = set()
+for run in {x["run"] for x in rows}:
+    src = f"{t}/cmp/{run}/val_curve.jsonl"
+    if not os.path.isfile(src): src = f"{t}/cmp/{run}/log.jsonl"
+    task = next(x["task"] for x in rows if x["run"] == run)
+    pts = []
+    for line in open(src):
+        j = json.loads(line)
+        v = list(j["dice"][task].values())
+        pts.append((j["step"], sum(v) / len(v)))
+    want_pts.add(tuple(pts))
+got_pts = []
+for f in sorted(os.listdir(r)):
+    if f.startswith("val_dice_") and f.endswith(".dat"):
+        for block in open(f"{r}/{f}").read().split("\n\n\n"):
+            pts = [tuple(map(float, l.split())) for l in block.splitlines() if l and not l.startswith("#")]
+            if pts: got_pts.append(pts)
+def same(a, b): return len(a) == len(b) and all(x == u and abs(y - v) < 1e-8 for (x, y), (u, v) in zip(a, b))
+matched = sum(any(same(g, w) for w in want_pts) for g in got_pts)
+check(matched == len(got_pts) == len(want_pts), f"validation curves: {len(got_pts)} series drawn, {matched} "
+      f"match one of the {len(want_pts)} runs' curves ({sum(len(p) == 10 for p in want_pts)} from val_curve.jsonl)")
 svgs = [f for f in os.listdir(r) if f.endswith(".svg")]
 check("pretrain_loss.svg" in svgs and "val_dice_0.svg" in svgs and "val_dice_1.svg" in svgs, f"curves: {svgs}")
 for f in svgs:
