@@ -145,6 +145,8 @@ extern "C" ms_status ms_cuda_alloc(ms_device *dev, size_t bytes, void **out)
 {
     *out = NULL;
     MS_CU_CTX(dev);
+    MS_FAIL_IF(ms_cuda_ctx_of(dev)->capturing, MS_EBADSTATE, "cuda:%d: an allocation of %zu bytes while a CUDA graph "
+               "is captured", dev->cuda_index, bytes);
     cudaError_t e = cudaMalloc(out, bytes ? bytes : 256);
     if (e != cudaSuccess) {
         *out = NULL;
