@@ -17,6 +17,7 @@
 #include "ops.h"
 #include "pretrain/grad_sync.h"
 #include "pretrain/optimizer.h"
+#include "pretrain/step_graph.h"
 
 
 /* What state.json and loader_state.bin restore. */
@@ -54,6 +55,7 @@ struct ms_mae_run {
     int rank, world;  /* data parallel: rank 0 writes RUN/ */
     double comm_wait_s; /* time spent waiting for gradient reductions after the backward, since open */
     ms_grad_sync gs;
+    ms_step_graph sg; /* the backward as a CUDA graph (cfg.cuda_graphs) */
     char resumed[MS_PATH_MAX], ckdir[MS_PATH_MAX];
 };
 
@@ -607,6 +609,7 @@ static ms_status open_run(ms_mae_run *r)
     r->vmask = malloc((size_t)nb * r->g * r->g);
     MS_FAIL_IF(!r->gray || !r->keys || !r->recon || !r->vmask, MS_ENOMEM, "out of memory");
     r->nan_left = c->nan_count;
+    r->sg.enabled = c->cuda_graphs && r->dev->kind == MS_DEV_CUDA && r->world == 1 && !r->tv;
     r->t0 = ms_now_s();
     if (r->n_val && r->ts.step == 0) { /* the starting point of the curve */
         MS_TRY(validate_at(r, 0, &pl->val_loss));
@@ -659,6 +662,35 @@ typedef struct step_loss {
     int fgn, bgn;
 } step_loss;
 
+/* The MAE backward, through a CUDA graph where r->sg allows: its signature is what its launches depend on that a
+ * step may change (docs/PERFORMANCE-gpu-notes.md §CUDA graphs). */
+typedef struct backward_call {
+    ms_mae *m;
+    float scale;
+    int frozen;
+} backward_call;
+
+static ms_status backward_fn(void *ctx)
+{
+    backward_call *b = ctx;
+    return ms_mae_backward(b->m, b->scale, b->frozen);
+}
+
+static ms_status backward(ms_mae_run *r, float scale, int frozen)
+{
+    backward_call b = {&r->mae, scale, frozen};
+    if (!r->sg.enabled) return backward_fn(&b);
+    const ms_mae_mask *mk = &r->mae.mask;
+    int B = r->mae.batch, nw1 = mk->n_windows + 1;
+    ms_step_sig sig = {{B, r->mae.n_vis, frozen, 0, 0, 0, r->dev->precision, 0}};
+    memcpy(&sig.v[3], &scale, sizeof scale);
+    sig.v[4] = ms_step_sig_hash(ms_step_sig_hash(0, mk->win_keep_off, (int64_t)B * nw1), mk->win_pad_off,
+                                (int64_t)B * nw1);
+    sig.v[5] = ms_step_sig_hash(ms_step_sig_hash(0, (const int32_t *)mk->n_keep, B), (const int32_t *)mk->n_pad,
+                                B);
+    return ms_step_graph_run(&r->sg, r->dev, &sig, backward_fn, &b);
+}
+
 /* accum_iter loader batches through the MAE forward and backward; the gradients accumulate loss / accum_iter. A
  * non-finite loss contributes nothing (and fails the step), the remaining batches are still consumed. */
 static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
@@ -683,7 +715,7 @@ static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
         sl->loss += l.loss / c->accum;
         if (l.n_fg) { sl->fgsum += l.loss_fg * l.n_fg; sl->fgn += l.n_fg; }
         if (l.n_bg) { sl->bgsum += l.loss_bg * l.n_bg; sl->bgn += l.n_bg; }
-        MS_TRY(ms_mae_backward(&r->mae, 1.0f / ((float)c->accum * r->world), frozen)); /* ranks' sum = mean */
+        MS_TRY(backward(r, 1.0f / ((float)c->accum * r->world), frozen)); /* ranks' sum = mean */
     }
     return MS_OK;
 }
@@ -870,6 +902,7 @@ void ms_mae_run_close(ms_mae_run *r)
     free(r->vmask);
     free(r->keys);
     if (r->config_json) cJSON_free(r->config_json);
+    ms_step_graph_free(&r->sg);
     ms_optimizer_free(&r->oe);
     ms_optimizer_free(&r->od);
     ms_mae_free(&r->mae);

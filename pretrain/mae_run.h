@@ -87,6 +87,9 @@ typedef struct ms_mae_run_config {
     ms_dist *dist;
     size_t bucket_bytes;
     int zero1; /* ZeRO-1: each rank keeps the AdamW moments of its part of the parameters (pretrain/optimizer.h) */
+    /* CUDA graphs (pretrain/step_graph.h; opt-in, default 0): the MAE backward, whose shapes stratified masking
+     * fixes, is captured once and replayed. Ignored on the CPU, with several ranks and with TinyViT. */
+    int cuda_graphs;
     /* the caller's stop request (a signal handler's flag; NULL: none): the ranks agree on it at every step, so all
      * of them stop after the same step (ms_mae_step_info.stop) */
     const volatile sig_atomic_t *stop;

@@ -24,6 +24,22 @@ ms_status ms_cuda_mem_info(ms_device *dev, size_t *used, size_t *total); /* cuda
 ms_status ms_host_alloc_pinned(size_t bytes, void **out);
 void ms_host_free_pinned(void *p);
 
+/* CUDA graphs of a stretch of one device's stream work (docs/PERFORMANCE-gpu-notes.md §CUDA graphs).
+ * ms_graph_begin starts capturing dev's stream (cudaStreamCaptureModeThreadLocal): ops launched until
+ * ms_graph_end are recorded, not run. While capturing, anything that would synchronise the stream fails with a
+ * one-line error instead: a host copy or ms_cuda_sync, and a grow of the ops' workspaces (run the same work once
+ * eagerly first, so that every workspace has its size). ms_graph_end ends the capture and instantiates the graph
+ * (*out; on error *out is NULL and the capture is discarded — call it after a failed op too, so that the stream
+ * leaves capture mode). ms_graph_launch replays it on dev's stream; the launch captures pointers and scalars as they
+ * were, so replay only while they stay valid: ms_cuda_grow_count changes whenever a workspace was reallocated. */
+typedef struct ms_graph ms_graph;
+ms_status ms_graph_begin(ms_device *dev);
+ms_status ms_graph_end(ms_device *dev, ms_graph **out);
+ms_status ms_graph_launch(ms_device *dev, const ms_graph *g);
+void ms_graph_free(ms_graph *g);
+int ms_graph_capturing(const ms_device *dev); /* 1 between ms_graph_begin and ms_graph_end */
+uint64_t ms_cuda_grow_count(const ms_device *dev); /* workspace reallocations so far (0 without CUDA) */
+
 #ifdef __cplusplus
 }
 #endif

@@ -22,6 +22,12 @@ ms_status ms_host_alloc_pinned(size_t bytes, void **out)
     return MS_OK;
 }
 void ms_host_free_pinned(void *p) { free(p); }
+ms_status ms_graph_begin(ms_device *dev) { (void)dev; return NO_CUDA(); }
+ms_status ms_graph_end(ms_device *dev, ms_graph **out) { (void)dev; *out = NULL; return NO_CUDA(); }
+ms_status ms_graph_launch(ms_device *dev, const ms_graph *g) { (void)dev; (void)g; return NO_CUDA(); }
+void ms_graph_free(ms_graph *g) { (void)g; }
+int ms_graph_capturing(const ms_device *dev) { (void)dev; return 0; }
+uint64_t ms_cuda_grow_count(const ms_device *dev) { (void)dev; return 0; }
 #else
 typedef int ms_cuda_stub_unused;
 #endif

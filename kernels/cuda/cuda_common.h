@@ -50,6 +50,8 @@ typedef struct ms_cuda_ctx {
     int attn_variant;           /* attention kernels: 2 (default) or 1 (MS_KERNEL_ATTENTION=1 at init) */
     int sm_count;
     size_t smem_optin;          /* max dynamic shared memory per block after opt-in */
+    int capturing;              /* ms_graph_begin .. ms_graph_end: no synchronisation, no workspace growth */
+    uint64_t grows;             /* workspace reallocations: a graph captured before one may hold a freed pointer */
 } ms_cuda_ctx;
 
 static inline ms_cuda_ctx *ms_cuda_ctx_of(ms_device *dev) { return (ms_cuda_ctx *)dev->cuda; }

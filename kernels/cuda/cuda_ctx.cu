@@ -95,6 +95,10 @@ static ms_status grow_buffer(ms_cuda_ctx *cx, void **buf, size_t *have, size_t b
     if (bytes == 0) bytes = 256;
     if (bytes > *have) {
         size_t want = bytes + bytes / 2;
+        if (cx->capturing)
+            return ms_error(MS_EBADSTATE, "cuda:%d: a workspace must grow to %zu bytes while a CUDA graph is "
+                            "captured (run the step once eagerly first)", cx->device, bytes);
+        cx->grows++;
         /* Kernels queued earlier may still read the old buffer: let them finish before freeing it. */
         MS_CU(cudaStreamSynchronize(cx->stream));
         if (*buf) cudaFree(*buf);
@@ -141,6 +145,8 @@ extern "C" ms_status ms_cuda_alloc(ms_device *dev, size_t bytes, void **out)
 {
     *out = NULL;
     MS_CU_CTX(dev);
+    MS_FAIL_IF(ms_cuda_ctx_of(dev)->capturing, MS_EBADSTATE, "cuda:%d: an allocation of %zu bytes while a CUDA graph "
+               "is captured", dev->cuda_index, bytes);
     cudaError_t e = cudaMalloc(out, bytes ? bytes : 256);
     if (e != cudaSuccess) {
         *out = NULL;
@@ -176,6 +182,9 @@ extern "C" ms_status ms_cuda_copy(ms_device *dev, void *dst, const void *src, si
                         : dir == 3 ? cudaMemcpyDeviceToDevice : cudaMemcpyDefault;
     if (dir < 1 || dir > 3) return ms_error(MS_EINVAL, "ms_cuda_copy: direction %d is not 1, 2 or 3", dir);
     if (!bytes) return MS_OK;
+    if (dir != 3 && ms_cuda_ctx_of(dev)->capturing)
+        return ms_error(MS_EBADSTATE, "cuda:%d: a copy %s the host while a CUDA graph is captured", dev->cuda_index,
+                        dir == 1 ? "from" : "to");
     MS_CU(cudaMemcpyAsync(dst, src, bytes, kind, s));
     /* Host buffers may be reused (or read) as soon as we return. */
     if (dir != 3) MS_CU(cudaStreamSynchronize(s));
@@ -185,6 +194,8 @@ extern "C" ms_status ms_cuda_copy(ms_device *dev, void *dst, const void *src, si
 extern "C" ms_status ms_cuda_sync(ms_device *dev)
 {
     MS_CU_CTX(dev);
+    MS_FAIL_IF(ms_cuda_ctx_of(dev)->capturing, MS_EBADSTATE, "cuda:%d: a synchronisation while a CUDA graph is "
+               "captured", dev->cuda_index);
     MS_CU(cudaStreamSynchronize(ms_cuda_ctx_of(dev)->stream));
     return MS_OK;
 }
@@ -220,4 +231,87 @@ extern "C" void ms_host_free_pinned(void *p)
     }
     (void)cudaGetLastError();
     free(p);
+}
+
+/* ---- CUDA graphs (cuda_bridge.h) ----------------------------------------------------------------------------- */
+
+struct ms_graph {
+    cudaGraphExec_t exec;
+    int device;
+};
+
+extern "C" int ms_graph_capturing(const ms_device *dev)
+{
+    return dev && dev->kind == MS_DEV_CUDA && dev->cuda && ((const ms_cuda_ctx *)dev->cuda)->capturing;
+}
+
+extern "C" uint64_t ms_cuda_grow_count(const ms_device *dev)
+{
+    return dev && dev->kind == MS_DEV_CUDA && dev->cuda ? ((const ms_cuda_ctx *)dev->cuda)->grows : 0;
+}
+
+extern "C" ms_status ms_graph_begin(ms_device *dev)
+{
+    MS_CU_CTX(dev);
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    MS_FAIL_IF(cx->capturing, MS_EBADSTATE, "cuda:%d: a CUDA graph is already being captured", dev->cuda_index);
+    MS_CU(cudaSetDevice(cx->device));
+    /* thread-local: another thread's unsafe calls (a loader's cudaMallocHost) do not invalidate this capture */
+    MS_CU(cudaStreamBeginCapture(cx->stream, cudaStreamCaptureModeThreadLocal));
+    cx->capturing = 1;
+    return MS_OK;
+}
+
+extern "C" ms_status ms_graph_end(ms_device *dev, ms_graph **out)
+{
+    *out = NULL;
+    MS_CU_CTX(dev);
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    MS_FAIL_IF(!cx->capturing, MS_EBADSTATE, "cuda:%d: ms_graph_end without ms_graph_begin", dev->cuda_index);
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(cx->stream, &graph);
+    cx->capturing = 0;
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (graph) cudaGraphDestroy(graph);
+        return ms_error(MS_EDEVICE, "cuda:%d: the CUDA graph capture failed: %s", dev->cuda_index,
+                        cudaGetErrorString(e));
+    }
+    ms_graph *g = (ms_graph *)calloc(1, sizeof *g);
+    if (!g) {
+        cudaGraphDestroy(graph);
+        return ms_error(MS_ENOMEM, "cuda graph: out of memory");
+    }
+    g->device = cx->device;
+    /* the fold's cudaMallocAsync temporaries become graph memory nodes, freed inside the graph again (what a graph
+     * that is launched more than once needs) */
+    e = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        free(g);
+        return ms_error(MS_EDEVICE, "cuda:%d: cudaGraphInstantiate failed: %s", dev->cuda_index, cudaGetErrorString(e));
+    }
+    *out = g;
+    return MS_OK;
+}
+
+extern "C" ms_status ms_graph_launch(ms_device *dev, const ms_graph *g)
+{
+    MS_CU_CTX(dev);
+    ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
+    MS_FAIL_IF(!g, MS_EINVAL, "ms_graph_launch: no graph");
+    MS_FAIL_IF(g->device != cx->device, MS_EINVAL, "ms_graph_launch: the graph belongs to cuda:%d, not cuda:%d",
+               g->device, cx->device);
+    MS_FAIL_IF(cx->capturing, MS_EBADSTATE, "cuda:%d: a graph launch while a CUDA graph is captured", cx->device);
+    MS_CU(cudaGraphLaunch(g->exec, cx->stream));
+    return MS_OK;
+}
+
+extern "C" void ms_graph_free(ms_graph *g)
+{
+    if (!g) return;
+    cudaSetDevice(g->device);
+    cudaGraphExecDestroy(g->exec);
+    free(g);
 }
