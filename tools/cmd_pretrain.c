@@ -133,6 +133,8 @@ static int run(int argc, char **argv)
         {"workers", MS_OPT_INT, &c.workers, "N", "loader threads (default: --threads)"},
         {"threads", MS_OPT_INT, &o.threads, "N", "CPU threads (default: all cores)"},
         MS_CLI_DIST_OPTIONS(&o.device, &o.dist_timeout, &o.bucket_mb, &c.zero1),
+        {"cuda-graphs", MS_OPT_FLAG, &c.cuda_graphs, NULL,
+         "CUDA: replay the backward of fixed-shape steps as a CUDA graph (experimental; never run on a GPU yet)"},
         {"recompute", MS_OPT_FLAG, &c.recompute, NULL,
          "recompute each encoder block in the backward: same gradients, less memory, ~1/3 more encoder work"},
         MS_CLI_PRECISION_OPTION(&o.precision),
