@@ -2,7 +2,11 @@
  * the same sample: native uint16 → [0,1] floats, ms_aug_hflip when flipped, ms_prep_image from the crop box
  * (data/loader.c's MS_LOAD_MODEL path). Random slice sizes (shrinking and enlarging), integer RandomResizedCrop
  * boxes and fractional boxes, flips, longest/stretch, SAM/unit normalisation, 1 or 3 channels, garbage in the
- * batch padding; the outputs must be equal bit for bit. Then boxes the op must refuse. */
+ * batch padding; the outputs must be equal bit for bit. Then boxes the op must refuse.
+ * With the argument `cuda` (test_prep_cuda, label gpu; skips with 77 without a CUDA build or GPU): the same batches
+ * through the CUDA half, which must equal the CPU half bit for bit (the shared formulas use correctly rounded
+ * intrinsics and no FMA contraction on the device). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +18,38 @@
 #include "harness.h"
 #include "prep.h"
 
-static ms_device DEV;
+static ms_device DEV, GPU;
+static int USE_GPU;
+
+/* The CUDA half on the same batch; its output must equal the CPU half's `want`. */
+static void check_cuda(const uint16_t *nat, const ms_prep_sample *sm, int n, int NH, int NW, const ms_prep_config *pc,
+                       const float *want, int trial)
+{
+    const size_t nb = (size_t)n * NH * NW * sizeof(uint16_t), yb = (size_t)n * pc->channels * pc->size * pc->size * 4;
+    void *dn = NULL, *ds = NULL, *dy = NULL;
+    float *got = malloc(yb);
+    MS_CHECK_OK(ms_dev_alloc(&GPU, nb, &dn));
+    MS_CHECK_OK(ms_dev_alloc(&GPU, (size_t)n * sizeof(*sm), &ds));
+    MS_CHECK_OK(ms_dev_alloc(&GPU, yb, &dy));
+    if (got && dn && ds && dy) {
+        MS_CHECK_OK(ms_dev_from_host(&GPU, dn, nat, nb));
+        MS_CHECK_OK(ms_dev_from_host(&GPU, ds, sm, (size_t)n * sizeof(*sm)));
+        MS_CHECK_OK(ms_prep_native(&GPU, dy, dn, ds, n, NH, NW, pc->size, pc->channels, pc->resize, pc->norm));
+        MS_CHECK_OK(ms_dev_to_host(&GPU, got, dy, yb));
+        size_t bad = 0;
+        double worst = 0;
+        for (size_t i = 0; i < yb / 4; i++)
+            if (memcmp(&got[i], &want[i], 4)) {
+                bad++;
+                double d = fabs((double)got[i] - want[i]);
+                worst = d > worst ? d : worst;
+            }
+        MS_CHECK(bad == 0, "trial %d: CUDA differs from the CPU in %zu of %zu values (max |diff| %.3g)", trial, bad,
+                 yb / 4, worst);
+    }
+    ms_dev_free(&GPU, dn), ms_dev_free(&GPU, ds), ms_dev_free(&GPU, dy);
+    free(got);
+}
 
 static int rnd(ms_rng *r, int lo, int hi) { return lo + (int)ms_rng_below(r, (uint64_t)(hi - lo + 1)); }
 
@@ -77,6 +112,7 @@ static void random_batch(ms_rng *r, int trial)
     }
     ms_status rc = ms_prep_native(&DEV, got, nat, sm, n, NH, NW, pc.size, pc.channels, pc.resize, pc.norm);
     MS_CHECK(rc == MS_OK, "trial %d: the op failed: %s", trial, ms_errmsg());
+    if (USE_GPU && !rc) check_cuda(nat, sm, n, NH, NW, &pc, got, trial);
     for (int k = 0; k < n && !rc; k++) {
         MS_CHECK_OK(reference(&pc, nat + (size_t)k * NH * NW, NW, &sm[k], ref + (size_t)k * per));
         const float *a = got + (size_t)k * per, *e = ref + (size_t)k * per;
@@ -105,9 +141,18 @@ static void refusals(void)
     MS_CHECK(ms_prep_check(&p, 1, 4000, 4000, 16, 0) == MS_EINVAL, "a 250x shrink was accepted");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    USE_GPU = argc > 1 && !strcmp(argv[1], "cuda");
+    if (USE_GPU && !ms_cuda_available()) {
+        printf("test_prep_cuda: no CUDA backend or device: skipped\n");
+        return MS_TEST_SKIP;
+    }
     ms_rng r = {ms_test_seed(), 0};
+    if (USE_GPU && ms_device_init(&GPU, MS_DEV_CUDA, 0)) {
+        printf("cuda device: %s\n", ms_errmsg()); /* a visible GPU that will not open is a failure */
+        return 1;
+    }
     if (ms_device_init(&DEV, MS_DEV_CPU, 1)) {
         printf("cpu device: %s\n", ms_errmsg());
         return 1;
@@ -115,5 +160,6 @@ int main(void)
     for (int t = 0; t < 60; t++) random_batch(&r, t);
     refusals();
     ms_device_free(&DEV);
+    if (USE_GPU) ms_device_free(&GPU);
     return ms_test_done();
 }
