@@ -135,6 +135,8 @@ static int run(int argc, char **argv)
         MS_CLI_DIST_OPTIONS(&o.device, &o.dist_timeout, &o.bucket_mb, &c.zero1),
         {"recompute", MS_OPT_FLAG, &c.recompute, NULL,
          "recompute each encoder block in the backward: same gradients, less memory, ~1/3 more encoder work"},
+        {"input-on-device", MS_OPT_FLAG, &c.input_on_device, NULL,
+         "ship native uint16 slices and resize/normalise them on the device: same inputs, fewer bytes copied"},
         MS_CLI_PRECISION_OPTION(&o.precision),
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);
