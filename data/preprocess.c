@@ -307,8 +307,8 @@ ms_status ms_prep_image_hwc(const ms_prep_config *pc, const float *img01, int h,
             float *o = out + k * plane;
             rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
             /* the same affine map ms_prep_image applies to gray: v·255/std − mean/std */
-            float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
-            float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
+            float a, b;
+            ms_pm_norm_coef(pc->norm == MS_NORM_SAM ? 0 : 1, k, &a, &b);
             for (int y = 0; y < oh && !rc; y++)
                 for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
         }
