@@ -5,7 +5,8 @@
  * side, 1 = stretch; norm 0 = SAM, 1 = unit). The formulas are kernels/prep_math.h, shared with data/preprocess.c,
  * so the CPU half is bit-identical to the loader and the CUDA half computes the same rounded operations.
  * A sample with h or w 0 (no readable record) gives zeros. `samples` lives where the op runs (device memory for
- * CUDA). The input path of pretrain (docs/PERFORMANCE.md §GPU input path) ships the integers and runs this op on
+ * CUDA), so the CUDA half cannot check them: its producer does (the loader calls ms_prep_check per sample; the
+ * kernel only clamps its tap count), while the CPU half checks before writing anything. The input path of pretrain (docs/PERFORMANCE.md §GPU input path) ships the integers and runs this op on
  * the device.
  * Tested by tests/kernels/test_prep.c (CPU op vs the loader's MS_LOAD_MODEL batches) and test_prep_cuda.c (CUDA vs
  * CPU, skips without a GPU).
