@@ -228,3 +228,15 @@ void ms_aug_apply(const ms_aug_config *c, ms_rng *r, float *img, uint16_t *label
     if (c->rrc) *box = ms_aug_rrc_box(r, *h, *w, c->rrc_scale, c->rrc_ratio);
     else *box = (ms_box){0, 0, (float)*h, (float)*w};
 }
+
+ms_status ms_aug_draw_flip_crop(const ms_aug_config *c, ms_rng *r, int h, int w, int *flip, ms_box *box)
+{
+    MS_FAIL_IF(c->p_gamma > 0 || c->p_contrast > 0 || c->p_bias > 0 || c->p_noise > 0 || c->p_vflip > 0 ||
+                   c->p_rot90 > 0 || c->p_affine > 0,
+               MS_EINVAL, "augment: only the flip and RandomResizedCrop can be drawn without the pixels");
+    /* ms_aug_apply's order: its coins of probability 0 draw nothing, then the flip, then the crop */
+    *flip = coin(r, c->p_hflip);
+    if (c->rrc) *box = ms_aug_rrc_box(r, h, w, c->rrc_scale, c->rrc_ratio);
+    else *box = (ms_box){0, 0, (float)h, (float)w};
+    return MS_OK;
+}

@@ -65,6 +65,10 @@ void ms_aug_bias_field(float *img, int h, int w, const float coef[5]);
  * The box always lies inside [0, h) × [0, w) and is at least 1×1. */
 ms_box ms_aug_rrc_box(ms_rng *r, int h, int w, const float scale[2], const float ratio[2]);
 
+/* The draws ms_aug_apply makes for a configuration of only the horizontal flip and RandomResizedCrop (MAE), without
+ * touching pixels: the same random stream, so *flip and *box are what ms_aug_apply would apply to an h × w slice
+ * with the same cursor. Fails (MS_EINVAL) for any other transform. */
+ms_status ms_aug_draw_flip_crop(const ms_aug_config *c, ms_rng *r, int h, int w, int *flip, ms_box *box);
 /* Applies the whole configuration to one sample. img/label hold cap floats/labels (>= h·w); tmp and tmp_l likewise.
  * On return *h, *w are the (possibly rotated) size and *box the region to resize (the full image without RRC). */
 void ms_aug_apply(const ms_aug_config *c, ms_rng *r, float *img, uint16_t *label, int *h, int *w, float *tmp,

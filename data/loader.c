@@ -17,6 +17,7 @@
 
 #include "base/cuda_bridge.h"
 #include "base/rng.h"
+#include "prep_math.h"
 
 #define MAX_ATTEMPTS 8
 
@@ -109,6 +110,30 @@ static void report_corrupt(ms_loader *L, int src, uint64_t key, const char *msg)
     else fprintf(stderr, "mrisam loader: %s (record skipped)\n", msg);
 }
 
+/* MS_LOAD_NATIVE_AUG: the flip and crop box MS_LOAD_MODEL would apply to sample k (an h × w slice; 0 × 0 when
+ * invalid), drawn from the same key, and the frame it fills. */
+static ms_status draw_native_aug(ms_loader *L, ms_batch *b, int k, int h, int w)
+{
+    const ms_loader_config *c = &L->cfg;
+    ms_prep_sample *p = &b->prep[k];
+    memset(p, 0, sizeof(*p));
+    b->height[k] = b->width[k] = 0;
+    if (h == 0 || w == 0) return MS_OK;
+    ms_box box = {0, 0, (float)h, (float)w};
+    int flip = 0;
+    if (c->augment) {
+        ms_rng r = {ms_rng_stream(L->aug_seed, b->epoch, b->position[k]), 0};
+        MS_TRY(ms_aug_draw_flip_crop(&c->aug, &r, h, w, &flip, &box));
+    }
+    *p = (ms_prep_sample){h, w, flip, 0, box.y0, box.x0, box.h, box.w};
+    MS_TRY(ms_prep_check(p, 1, b->native_h, b->native_w, c->prep.size, c->prep.resize));
+    int oh, ow;
+    ms_prep_frame(&c->prep, box.h, box.w, &oh, &ow);
+    b->height[k] = oh;
+    b->width[k] = ow;
+    return MS_OK;
+}
+
 /* Fills sample k of slot sl. Returns a failure only for errors that must stop the run. */
 static ms_status fill_sample(ms_loader *L, worker *W, slot *sl, int k)
 {
@@ -145,7 +170,7 @@ static ms_status fill_sample(ms_loader *L, worker *W, slot *sl, int k)
         L->skipped += (uint64_t)skipped;
         pthread_mutex_unlock(&L->mu);
     }
-    if (c->output == MS_LOAD_NATIVE) {
+    if (c->output == MS_LOAD_NATIVE || c->output == MS_LOAD_NATIVE_AUG) {
         const size_t plane = (size_t)b->native_h * b->native_w;
         uint16_t *o = b->native + plane * k, *ol = b->native_label ? b->native_label + plane * k : NULL;
         const int h = ok ? s.height : 0, w = ok ? s.width : 0, W2 = b->native_w;
@@ -165,7 +190,7 @@ static ms_status fill_sample(ms_loader *L, worker *W, slot *sl, int k)
         const uint16_t *map = c->label_map[src];
         if (ol && map) /* padding maps too: the map's entry 0 is background */
             for (size_t i = 0; i < plane; i++) ol[i] = map[ol[i]];
-        return MS_OK;
+        return c->output == MS_LOAD_NATIVE_AUG ? draw_native_aug(L, b, k, h, w) : MS_OK;
     }
     const size_t plane = (size_t)b->size * b->size, lplane = (size_t)b->label_size * b->label_size;
     float *oi = b->image + plane * (size_t)b->channels * k;
@@ -181,7 +206,7 @@ static ms_status fill_sample(ms_loader *L, worker *W, slot *sl, int k)
     float *restrict fimg = W->img;
     const uint16_t *restrict px = s.pixels;
 #pragma omp simd
-    for (size_t i = 0; i < n; i++) fimg[i] = (float)px[i] * (1.0f / 65535.0f);
+    for (size_t i = 0; i < n; i++) fimg[i] = ms_pm_unit(px[i]);
     uint16_t *lab = NULL;
     if (ol) {
         lab = W->lab;
@@ -260,11 +285,16 @@ static ms_status slot_alloc(ms_loader *L, slot *sl)
     size_t img_bytes, lab_bytes = 0;
     ms_batch *B = &sl->b;
     memset(B, 0, sizeof(*B));
-    if (c->output == MS_LOAD_NATIVE) {
+    if (c->output == MS_LOAD_NATIVE || c->output == MS_LOAD_NATIVE_AUG) {
         B->native_h = L->max_h;
         B->native_w = L->max_w;
         img_bytes = b * L->max_hw * sizeof(uint16_t);
         if (c->labels) lab_bytes = img_bytes;
+        if (c->output == MS_LOAD_NATIVE_AUG) { /* the samples' parameters take the label's place */
+            B->channels = c->prep.channels;
+            B->size = c->prep.size;
+            lab_bytes = b * sizeof(ms_prep_sample);
+        }
     } else {
         B->channels = c->prep.channels;
         B->size = c->prep.size;
@@ -298,6 +328,9 @@ static ms_status slot_alloc(ms_loader *L, slot *sl)
     if (c->output == MS_LOAD_NATIVE) {
         B->native = img;
         B->native_label = lab;
+    } else if (c->output == MS_LOAD_NATIVE_AUG) {
+        B->native = img;
+        B->prep = lab;
     } else {
         B->image = img;
         B->label = lab;
@@ -347,7 +380,11 @@ ms_status ms_loader_open(const ms_loader_config *cfg, ms_loader **out)
                       c->world, c->n_threads);
         goto leave;
     }
-    if (c->output == MS_LOAD_MODEL && (c->prep.size < 1 || c->prep.label_size < 1 ||
+    if (c->output == MS_LOAD_NATIVE_AUG && c->labels) {
+        rc = ms_error(MS_EINVAL, "loader: the native augmented output carries images only (no labels)");
+        goto leave;
+    }
+    if (c->output != MS_LOAD_NATIVE && (c->prep.size < 1 || c->prep.label_size < 1 ||
                                        (c->prep.channels != 1 && c->prep.channels != 3))) {
         rc = ms_error(MS_EINVAL, "loader: invalid preprocessing (size %d, label size %d, channels %d)", c->prep.size,
                       c->prep.label_size, c->prep.channels);

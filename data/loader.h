@@ -23,8 +23,13 @@
 #include "data/preprocess.h"
 #include "data/sampler.h"
 #include "data/store.h"
+#include "prep.h"
 
-enum { MS_LOAD_MODEL = 0, MS_LOAD_NATIVE = 1 };
+/* MS_LOAD_NATIVE_AUG: the native slices as MS_LOAD_NATIVE plus each sample's drawn flip and crop box (the MAE
+ * augmentation, same random keys as MS_LOAD_MODEL), for the prep op (kernels/prep.h) to resample on the device:
+ * ms_prep_native on the batch gives MS_LOAD_MODEL's image bit for bit. Images only (no labels); the augmentation
+ * may hold only the flip and RandomResizedCrop. */
+enum { MS_LOAD_MODEL = 0, MS_LOAD_NATIVE = 1, MS_LOAD_NATIVE_AUG = 2 };
 
 #define MS_LOADER_STATE_MAGIC 0x534c534du /* "MSLS" */
 
@@ -56,7 +61,7 @@ typedef struct ms_loader_config {
     int n_threads;         /* worker threads (>= 1) */
     int ring;              /* batch buffers; 0 = 3 */
     int pinned;            /* allocate the ring with ms_host_alloc_pinned (CUDA backend) */
-    int output;            /* MS_LOAD_MODEL: preprocessed floats; MS_LOAD_NATIVE: decoded uint16 slices */
+    int output;            /* MS_LOAD_MODEL: preprocessed floats; MS_LOAD_NATIVE(_AUG): decoded uint16 slices */
     ms_prep_config prep;
     int labels;            /* deliver label maps */
     const uint16_t *label_map[MS_ORDER_MAX_SOURCES]; /* per store: 65536-entry value → class table, or NULL */
@@ -80,8 +85,9 @@ typedef struct ms_batch {
     /* MS_LOAD_NATIVE: [n][native_h][native_w] uint16, each slice top-left, zero padded */
     int native_h, native_w;
     uint16_t *native, *native_label;
+    ms_prep_sample *prep;     /* MS_LOAD_NATIVE_AUG: [n] slice size, flip and crop box (channels, size are set) */
     /* per sample */
-    int32_t *height, *width;  /* native: the slice size; model: the frame the image fills (before padding) */
+    int32_t *height, *width;  /* native: the slice size; model and native_aug: the frame the image fills */
     uint64_t *key;            /* store key actually read */
     int32_t *source;          /* store index */
     uint64_t *position;       /* epoch position */

@@ -7,6 +7,8 @@
 #include "data/preprocess.h"
 
 #include <math.h>
+
+#include "prep_math.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +16,8 @@
 #include <emmintrin.h>
 #endif
 
-const float ms_sam_pixel_mean[3] = {123.675f, 116.28f, 103.53f};
-const float ms_sam_pixel_std[3] = {58.395f, 57.12f, 57.375f};
+const float ms_sam_pixel_mean[3] = {MS_SAM_MEAN0, MS_SAM_MEAN1, MS_SAM_MEAN2};
+const float ms_sam_pixel_std[3] = {MS_SAM_STD0, MS_SAM_STD1, MS_SAM_STD2};
 
 void ms_prep_config_default(ms_prep_config *c, int size)
 {
@@ -43,18 +45,7 @@ ms_status ms_prep_parse(ms_prep_config *c, const char *resize, const char *norm)
 
 void ms_prep_frame(const ms_prep_config *c, float box_h, float box_w, int *oh, int *ow)
 {
-    if (c->resize == MS_RESIZE_STRETCH) {
-        *oh = *ow = c->size;
-        return;
-    }
-    /* ResizeLongestSide.get_preprocess_shape */
-    double scale = (double)c->size / (box_h > box_w ? box_h : box_w);
-    *oh = (int)(box_h * scale + 0.5);
-    *ow = (int)(box_w * scale + 0.5);
-    if (*oh < 1) *oh = 1;
-    if (*ow < 1) *ow = 1;
-    if (*oh > c->size) *oh = c->size;
-    if (*ow > c->size) *ow = c->size;
+    ms_pm_frame(c->size, c->resize == MS_RESIZE_STRETCH, box_h, box_w, oh, ow);
 }
 
 void ms_prep_scratch_free(ms_prep_scratch *s)
@@ -81,51 +72,13 @@ typedef struct axis_taps {
     float *w;
 } axis_taps;
 
-static int taps_per_output(double in_len, int out_len)
-{
-    double support = in_len / out_len > 1 ? in_len / out_len : 1.0;
-    return (int)ceil(2 * support) + 3;
-}
+static int taps_per_output(double in_len, int out_len) { return ms_pm_taps_k(in_len, out_len); }
 
-/* PIL/torch antialiased bilinear: triangle filter of radius max(1, scale), sampled at pixel centres. */
+/* The taps of every output along one axis (kernels/prep_math.h holds the formula). */
 static void build_taps(axis_taps *t, double start, double len, int in_len, int out_len)
 {
-    const double scale = len / out_len, support = scale > 1 ? scale : 1.0, inv = 1.0 / support;
-    int lo = (int)floor(start + 1e-9), hi = (int)ceil(start + len - 1e-9);
-    if (lo < 0) lo = 0;
-    if (hi > in_len) hi = in_len;
-    if (hi <= lo) hi = lo + 1;
-    for (int i = 0; i < out_len; i++) {
-        double center = start + (i + 0.5) * scale;
-        int j0 = (int)floor(center - support), j1 = (int)ceil(center + support);
-        if (j0 < lo) j0 = lo;
-        if (j1 > hi) j1 = hi;
-        float *w = t->w + (size_t)i * t->k;
-        double sum = 0;
-        int n = 0, first = -1;
-        for (int j = j0; j < j1 && n < t->k; j++) {
-            double x = fabs((j + 0.5 - center) * inv), v = x < 1 ? 1 - x : 0;
-            if (v <= 0) {
-                if (first < 0) continue; /* leading zero taps: skip */
-                w[n++] = 0;              /* interior zeros keep the run contiguous */
-                continue;
-            }
-            if (first < 0) first = j;
-            w[n++] = (float)v;
-            sum += v;
-        }
-        while (n > 0 && w[n - 1] == 0) n--;
-        if (first < 0 || sum <= 0) { /* degenerate: nearest pixel inside the box */
-            int j = (int)floor(center);
-            first = j < lo ? lo : j >= hi ? hi - 1 : j;
-            w[0] = 1;
-            n = 1;
-            sum = 1;
-        }
-        for (int a = 0; a < n; a++) w[a] = (float)(w[a] / sum);
-        t->first[i] = first;
-        t->count[i] = n;
-    }
+    for (int i = 0; i < out_len; i++)
+        t->count[i] = ms_pm_axis_taps(start, len, in_len, out_len, i, t->k, t->w + (size_t)i * t->k, &t->first[i]);
 }
 
 static void *carve(char **p, size_t bytes)
@@ -287,15 +240,7 @@ ms_status ms_prep_image(const ms_prep_config *c, const float *img, int h, int w,
     int oh, ow;
     ms_prep_frame(c, box->h, box->w, &oh, &ow);
     norm_ctx nc = {out, c->size, c->channels, {0}, {0}};
-    for (int ch = 0; ch < 3; ch++) {
-        if (c->norm == MS_NORM_SAM) {
-            nc.a[ch] = 255.0f / ms_sam_pixel_std[ch];
-            nc.b[ch] = -ms_sam_pixel_mean[ch] / ms_sam_pixel_std[ch];
-        } else {
-            nc.a[ch] = 1.0f;
-            nc.b[ch] = 0.0f;
-        }
-    }
+    for (int ch = 0; ch < 3; ch++) ms_pm_norm_coef(c->norm == MS_NORM_SAM ? 0 : 1, ch, &nc.a[ch], &nc.b[ch]);
     /* zero the padding: right strip of the frame rows, then the rows below the frame */
     const size_t plane = (size_t)c->size * c->size;
     for (int ch = 0; ch < c->channels; ch++) {
@@ -362,8 +307,8 @@ ms_status ms_prep_image_hwc(const ms_prep_config *pc, const float *img01, int h,
             float *o = out + k * plane;
             rc = ms_resize_bilinear(ch, h, w, &full, o, oh, ow, pc->size, &scr);
             /* the same affine map ms_prep_image applies to gray: v·255/std − mean/std */
-            float a = pc->norm == MS_NORM_SAM ? 255.0f / ms_sam_pixel_std[k] : 1.0f;
-            float b = pc->norm == MS_NORM_SAM ? -ms_sam_pixel_mean[k] / ms_sam_pixel_std[k] : 0.0f;
+            float a, b;
+            ms_pm_norm_coef(pc->norm == MS_NORM_SAM ? 0 : 1, k, &a, &b);
             for (int y = 0; y < oh && !rc; y++)
                 for (int x = 0; x < ow; x++) o[(size_t)y * pc->size + x] = a * o[(size_t)y * pc->size + x] + b;
         }

@@ -26,6 +26,7 @@
 #include "loss.h"        /* mse, dice, cross_entropy */
 #include "matmul.h"      /* matmul, linear */
 #include "optim.h"       /* adamw_step, sumsq, clip_grad_norm */
+#include "prep.h"        /* native uint16 slices → SAM model input (the GPU input path) */
 #include "rel_pos.h"     /* rel_pos_resize */
 #include "resize.h"      /* bilinear, bicubic */
 #include "softmax.h"     /* softmax */

@@ -44,6 +44,9 @@ struct ms_mae_run {
     char *config_json;
     int S, g, n_val;
     float *xdev, *gray, *vimg, *vgray, *recon; /* xdev on the device; the rest host */
+    uint16_t *ndev;      /* input_on_device: the native batch on the device, and its samples' crop/flip */
+    ms_prep_sample *sdev;
+    size_t ncap;         /* bytes of ndev */
     uint8_t *vmask;
     uint64_t *keys;
     ms_mae_run_plan plan;
@@ -466,6 +469,7 @@ static ms_status open_stores(ms_mae_run *r)
     ms_prep_config_default(&lc->prep, r->S);
     lc->augment = 1;
     ms_aug_config_mae(&lc->aug);
+    if (c->input_on_device) lc->output = MS_LOAD_NATIVE_AUG;
     return MS_OK;
 }
 
@@ -482,6 +486,7 @@ static ms_status open_validation(ms_mae_run *r)
     vc.augment = 0;
     vc.n_epochs = 1;
     vc.drop_last = 0;
+    vc.output = MS_LOAD_MODEL; /* a handful of slices, read once */
     r->vimg = malloc((size_t)c->val_slices * 3 * S * S * sizeof(float));
     r->vgray = malloc((size_t)c->val_slices * S * S * sizeof(float));
     MS_FAIL_IF(!r->vimg || !r->vgray, MS_ENOMEM, "out of memory");
@@ -691,6 +696,33 @@ static ms_status backward(ms_mae_run *r, float scale, int frozen)
     return ms_step_graph_run(&r->sg, r->dev, &sig, backward_fn, &b);
 }
 
+/* input_on_device: the native integers and the crop/flip parameters up, the model input made there by the prep op
+ * (what the loader's MS_LOAD_MODEL path would have shipped, bit for bit). The MAE targets are still computed on the
+ * host (ms_mae_forward takes the gray image there): channel 0 comes back, one plane per sample. */
+static ms_status input_on_device(ms_mae_run *r, const ms_batch *bt)
+{
+    const ms_prep_config *pc = &r->lc.prep;
+    const size_t SS = (size_t)r->S * r->S, nbytes = (size_t)bt->n * bt->native_h * bt->native_w * sizeof(uint16_t);
+    if (nbytes > r->ncap) { /* the batch shape is the stores' largest slice: grows once */
+        ms_dev_free(r->dev, r->ndev);
+        r->ndev = NULL;
+        r->ncap = 0;
+        MS_TRY(ms_dev_alloc(r->dev, nbytes, (void **)&r->ndev));
+        r->ncap = nbytes;
+    }
+    if (!r->sdev) MS_TRY(ms_dev_alloc(r->dev, (size_t)r->cfg.batch * sizeof(ms_prep_sample), (void **)&r->sdev));
+    MS_TRY(ms_dev_from_host(r->dev, r->ndev, bt->native, nbytes));
+    MS_TRY(ms_dev_from_host(r->dev, r->sdev, bt->prep, (size_t)bt->n * sizeof(ms_prep_sample)));
+    MS_TRY(ms_prep_native(r->dev, r->xdev, r->ndev, r->sdev, bt->n, bt->native_h, bt->native_w, pc->size, 3,
+                          pc->resize, pc->norm));
+    for (int b = 0; b < bt->n; b++) {
+        float *g = r->gray + (size_t)b * SS;
+        MS_TRY(ms_dev_to_host(r->dev, g, r->xdev + (size_t)b * 3 * SS, SS * sizeof(float)));
+        ms_prep_to_gray(pc, g, bt->height[b], bt->width[b], g); /* elementwise: in place is fine */
+    }
+    return MS_OK;
+}
+
 /* accum_iter loader batches through the MAE forward and backward; the gradients accumulate loss / accum_iter. A
  * non-finite loss contributes nothing (and fails the step), the remaining batches are still consumed. */
 static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
@@ -703,8 +735,11 @@ static ms_status accumulate(ms_mae_run *r, int frozen, step_loss *sl)
         const ms_batch *bt;
         MS_TRY(ms_loader_next(r->loader, &bt));
         MS_FAIL_IF(!bt, MS_EINVAL, "pretrain: the loader ran out of data");
-        MS_TRY(ms_dev_from_host(r->dev, r->xdev, bt->image, (size_t)bt->n * 3 * SS * sizeof(float)));
-        batch_to_gray(&r->lc.prep, bt, bt->n, r->gray);
+        if (bt->native) MS_TRY(input_on_device(r, bt));
+        else {
+            MS_TRY(ms_dev_from_host(r->dev, r->xdev, bt->image, (size_t)bt->n * 3 * SS * sizeof(float)));
+            batch_to_gray(&r->lc.prep, bt, bt->n, r->gray);
+        }
         for (int b = 0; b < bt->n; b++) r->keys[b] = bt->epoch * 0x9e3779b97f4a7c15ull + bt->position[b];
         ms_mae_loss l;
         if (r->tv) r->tv->bn_train = !frozen; /* a frozen encoder keeps its running statistics */
@@ -895,6 +930,8 @@ void ms_mae_run_close(ms_mae_run *r)
         if (r->stores[i]) ms_store_close(r->stores[i]);
     }
     ms_dev_free(r->dev, r->xdev);
+    ms_dev_free(r->dev, r->ndev);
+    ms_dev_free(r->dev, r->sdev);
     free(r->gray);
     free(r->vgray);
     free(r->vimg);

@@ -60,6 +60,9 @@ typedef struct ms_mae_run_config {
     const char *model, *ckpt, *init;
     const char *enc_prefix;   /* the encoder's names in its block ("image_encoder.") */
     int input_size;           /* 0 = the encoder's own; else ms_sam_encoder_set_input_size (TinyViT: its own only) */
+    int input_on_device;      /* the loader ships native uint16 slices + crop/flip (MS_LOAD_NATIVE_AUG) and the prep
+                               * op (kernels/prep.h) resamples them on the device: the same inputs and losses bit
+                               * for bit, far fewer bytes copied (docs/PERFORMANCE.md §GPU input path) */
     int recompute;            /* `--recompute`: per-block activation recomputation in SAM's ViT encoder
                                * (ms_sam_encoder_set_recompute; same gradients, less memory; TinyViT: ignored) */
     /* schedule */

@@ -137,6 +137,8 @@ static int run(int argc, char **argv)
          "CUDA: replay the backward of fixed-shape steps as a CUDA graph (experimental; never run on a GPU yet)"},
         {"recompute", MS_OPT_FLAG, &c.recompute, NULL,
          "recompute each encoder block in the backward: same gradients, less memory, ~1/3 more encoder work"},
+        {"input-on-device", MS_OPT_FLAG, &c.input_on_device, NULL,
+         "ship native uint16 slices and resize/normalise them on the device: same inputs, fewer bytes copied"},
         MS_CLI_PRECISION_OPTION(&o.precision),
         {0}};
     int prc = ms_cli_parse(&help, table, argc, argv, NULL);

@@ -42,6 +42,8 @@ endif()
 # loader over small stores written with the store's writer API and over a store written by `mrisam ingest`.
 ms_test(test_loader_units SOURCES ${MS_DATA_TESTS}/test_loader_units.c LABELS cpu)
 ms_test(test_loader_store SOURCES ${MS_DATA_TESTS}/test_loader_store.c LABELS cpu)
+# The native augmented output through the prep op equals the model output bit for bit (the GPU input path).
+ms_test(test_loader_prep SOURCES ${MS_DATA_TESTS}/test_loader_prep.c LABELS cpu)
 # The split file reader: random valid files read back exactly, random broken ones refused by name and reason.
 ms_test(test_split_file SOURCES ${MS_DATA_TESTS}/test_split_file.c LABELS cpu)
 ms_script_test(test_loader_ingest ${MS_DATA_TESTS}/test_loader_ingest.sh LABELS cpu)

@@ -11,6 +11,8 @@
  *  (d) killed after logging past the checkpoint: 5 steps (checkpoint at 3), closed without a save, a torn last line
  *      appended to log.jsonl (a kill mid-write); the resumed run's log.jsonl equals (a)'s (each step once, in order,
  *      same values), and the new TensorBoard file tells TensorBoard to purge from step 4 (SessionLog START);
+ *  (f) the GPU input path on the CPU device (input_on_device: native integers + crop/flip, the prep op makes the
+ *      model input): every step's loss and lr and the final parameter block equal (a)'s bit for bit;
  *  (e) a checkpoint write that fails (a directory where one of its files, drawn at random, goes): the step fails
  *      naming that file, and no step directory is left behind.
  */
@@ -447,6 +449,36 @@ static void run_d(ms_device *dev, const record *a)
 }
 
 /* 1 when RUN/ckpt holds a step_* entry */
+/* (f): the device input path gives (a)'s run bit for bit. */
+static void run_f(ms_device *dev, const record *a)
+{
+    char out[MS_PATH_MAX];
+    MS_CHECK_OK(ms_path_join(out, TMP, "f"));
+    record rec = {0};
+    model m;
+    ms_mae_run_config c;
+    base_config(&c, out);
+    c.input_on_device = 1;
+    ms_mae_run *r = NULL;
+    MS_CHECK_OK(model_build(&m, dev, SEED ^ 0x51)); /* (a)'s initial weights */
+    MS_CHECK_OK(ms_mae_run_open(&c, dev, &m.enc, &r));
+    if (r) {
+        MS_CHECK_OK(run_until(r, STEPS, &rec, NULL));
+        MS_CHECK_OK(finish(r, &m, out, &rec));
+        ms_mae_run_close(r);
+    }
+    int same_loss = 1;
+    for (int s = 1; s <= STEPS; s++) {
+        same_loss &= rec.loss[s] == a->loss[s] && rec.lr[s] == a->lr[s];
+        if (rec.loss[s] != a->loss[s]) printf("step %d: loss %.9g, default path %.9g\n", s, rec.loss[s], a->loss[s]);
+    }
+    MS_CHECK(same_loss, "input_on_device: the losses and lrs of every step equal the default input path's");
+    MS_CHECK(rec.block && rec.numel == a->numel && !memcmp(rec.block, a->block, (size_t)a->numel * 4),
+             "input_on_device: the parameter block equals the default path's bit for bit");
+    record_free(&rec);
+    model_free(&m);
+}
+
 static int has_step_dir(const char *out)
 {
     char p[MS_PATH_MAX];
@@ -503,6 +535,7 @@ int main(void)
         run_b(&dev, &a);
         run_c(&dev, &a);
         run_d(&dev, &a);
+        run_f(&dev, &a);
     }
     run_e(&dev);
     record_free(&a);
