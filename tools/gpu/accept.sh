@@ -12,7 +12,8 @@
 # --dry-run: everything that needs no GPU, here: the CPU build in $MS_BUILD (default build-dev), no ctest -L gpu,
 # the benchmarks on the CPU (vit_test: MAE at 64, fine-tuning at 256; batch 2 and 4), torch_accept.py --device cpu
 # --tiny, and the same table. Environment: MS_BUILD, MS_JOBS (16), MS_ACCEPT_STEPS (timed steps, 3; dry run 1),
-# MS_PYTHON (python3; dry run /usr/bin/python3), OUT (logs).
+# MS_PYTHON (python3; dry run /usr/bin/python3), OUT (logs), MS_ACCEPT_MEMCHECK=1 (also test_ops_cuda under
+# compute-sanitizer memcheck; adds minutes, so a separate call).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -52,6 +53,11 @@ else
     (cd "$B" && timeout 60 ctest -L gpu --output-on-failure > "$LOG/ctest_gpu.log" 2>&1)
     echo "ctest -L gpu rc=$?"
     grep -E "Test +#|tests passed" "$LOG/ctest_gpu.log"
+    if [ "${MS_ACCEPT_MEMCHECK:-0}" = 1 ]; then # the op tests under compute-sanitizer (slow: opt-in)
+        timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/tests/test_ops_cuda" \
+            > "$LOG/memcheck.log" 2>&1
+        echo "compute-sanitizer memcheck test_ops_cuda rc=$? ($(grep -c "ERROR SUMMARY: 0 errors" "$LOG/memcheck.log") clean summaries)"
+    fi
 fi
 M="$ROOT/$B/mrisam"
 [ -x "$M" ] || { echo "accept: no $M"; exit 1; }
