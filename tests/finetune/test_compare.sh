@@ -206,7 +206,8 @@ log = [json.loads(l) for l in open(os.path.join(out, "pretrain/log.jsonl")) if '
 last = log[-1]
 if not any(abs(last["step"] / math.ceil(c / 2) - last["epoch"]) <= 6e-5 for c in cands):
     fail("MAE epoch %.4f at step %d: not the split less the excluded keys %r" % (last["epoch"], last["step"], cands))
-if spe == math.ceil(len(pst) * nt / 2): fail("MAE trained on the whole split (%d slices per store)" % nt)
+if abs(last["step"] / math.ceil(len(pst) * nt / 2) - last["epoch"]) <= 6e-5 and len(pst) * nt not in cands:
+    fail("MAE trained on the whole split (%d slices per store)" % nt)
 print("ok: tables, shared shots, exclusion" if not bad else "FAIL:\n  " + "\n  ".join(bad[:20]))
 sys.exit(1 if bad else 0)
 PYEND
