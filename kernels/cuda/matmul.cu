@@ -25,16 +25,23 @@
 
 static cublasOperation_t op_of(int t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
+/* cuBLAS and cuBLASLt take int sizes. */
+static ms_status int32_dims(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, int64_t batch)
+{
+    if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX || ldc > INT32_MAX ||
+        batch > INT32_MAX)
+        return ms_error(MS_EUNSUPPORTED, "gemm: dimension beyond 2^31 (m=%lld n=%lld k=%lld)", (long long)m,
+                        (long long)n, (long long)k);
+    return MS_OK;
+}
+
 ms_status ms_cuda_gemm(ms_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                        const float *a, int64_t lda, int64_t sa, const float *b, int64_t ldb, int64_t sb, float beta,
                        float *c, int64_t ldc, int64_t sc, int64_t batch)
 {
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     if (m <= 0 || n <= 0 || batch <= 0) return MS_OK;
-    if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX || ldc > INT32_MAX ||
-        batch > INT32_MAX)
-        return ms_error(MS_EUNSUPPORTED, "gemm: dimension beyond 2^31 (m=%lld n=%lld k=%lld)", (long long)m,
-                        (long long)n, (long long)k);
+    MS_TRY(int32_dims(m, n, k, lda, ldb, ldc, batch));
     MS_CU(cublasSgemmStridedBatched(cx->blas, op_of(tb), op_of(ta), (int)n, (int)m, (int)k, &alpha, b, (int)ldb,
                                     sb, a, (int)lda, sa, &beta, c, (int)ldc, sc, (int)batch));
     return MS_OK;
@@ -185,10 +192,7 @@ ms_status ms_cuda_gemm_bf16(ms_device *dev, int ta, int tb, int64_t m, int64_t n
 {
     ms_cuda_ctx *cx = ms_cuda_ctx_of(dev);
     if (m <= 0 || n <= 0 || batch <= 0) return MS_OK;
-    if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX || ldc > INT32_MAX ||
-        batch > INT32_MAX)
-        return ms_error(MS_EUNSUPPORTED, "gemm: dimension beyond 2^31 (m=%lld n=%lld k=%lld)", (long long)m,
-                        (long long)n, (long long)k);
+    MS_TRY(int32_dims(m, n, k, lda, ldb, ldc, batch));
     MS_FAIL_IF(bias && (batch != 1 || beta != 0.f || ldc != n), MS_EINVAL,
                "gemm_bf16: a bias needs batch 1, beta 0 and ldc = n");
     if (k <= 0) return gemm_bf16_fallback(dev, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch,
