@@ -52,6 +52,9 @@ ms_status ms_selection_finish(ms_selection *s);
 ms_status ms_selection_subtract(ms_selection *s, const ms_selection *ex);
 /* Key of record i (< s->n). */
 uint64_t ms_selection_key(const ms_selection *s, uint64_t i);
+/* out = n records of s (finished) spread evenly over it: record floor((j + 1/2) * s->n / n) for j < n; all of s
+ * when n >= s->n. A validation set drawn this way covers a held-out volume end to end instead of its first slices. */
+ms_status ms_selection_spread(const ms_selection *s, uint64_t n, ms_selection *out);
 /* 1 when key is selected. */
 int ms_selection_contains(const ms_selection *s, uint64_t key);
 void ms_selection_free(ms_selection *s);

@@ -302,6 +302,8 @@ static ms_status make_splits(cmp *x)
         cJSON_AddStringToObject(j, "name", c->task[t]);
         cJSON_AddStringToObject(j, "store", c->store[t]);
         cJSON_AddNumberToObject(j, "slices", (double)x->n_keys[t]);
+        /* the store's "value name" lines, for the report's class names */
+        if (ms_store_label_names(st)) cJSON_AddStringToObject(j, "label_names", ms_store_label_names(st));
         cJSON *js = cJSON_AddArrayToObject(j, "seeds");
         for (int s = 0; s < c->n_seeds && !rc; s++) rc = split_seed(x, st, t, s, js);
         ms_store_close(st);

@@ -116,6 +116,15 @@ ms_status ms_eval_names_read(ms_eval_result *r, const char *path)
     return names_parse(r, path, txt);
 }
 
+ms_status ms_eval_names_parse(ms_eval_result *r, const char *what, const char *text)
+{
+    char *txt = strdup(text);
+    MS_FAIL_IF(!txt, MS_ENOMEM, "%s: out of memory", what);
+    names_free(r->names);
+    r->names = NULL;
+    return names_parse(r, what, txt);
+}
+
 /* ---- scoring ---------------------------------------------------------------------------------------------------- */
 
 /* Overlap counts (and HD95, NSD as r asks) of one pair of label volumes of dim[0]·dim[1]·dim[2] voxels, spacing in
@@ -391,11 +400,7 @@ static ms_status store_names(ms_eval_result *r, const ms_predict_model *pm, ms_s
             }
         r->names = v;
     }
-    if (!r->names && ms_store_label_names(s)) {
-        char *txt = strdup(ms_store_label_names(s));
-        MS_FAIL_IF(!txt, MS_ENOMEM, "out of memory");
-        MS_TRY(names_parse(r, store, txt));
-    }
+    if (!r->names && ms_store_label_names(s)) MS_TRY(ms_eval_names_parse(r, store, ms_store_label_names(s)));
     return MS_OK;
 }
 

@@ -52,6 +52,8 @@ void ms_eval_result_free(ms_eval_result *r);
 
 /* Class names from a file of "VALUE NAME" lines (separator: blanks, ',', ':' or '='; '#' starts a comment). */
 ms_status ms_eval_names_read(ms_eval_result *r, const char *path);
+/* The same from text held in memory (a store's label names); what names it in errors. */
+ms_status ms_eval_names_parse(ms_eval_result *r, const char *what, const char *text);
 
 /* Scores every pair of pred_dir and gt_dir (n_threads <= 0: all cores; hd95 = 0 skips HD95). */
 ms_status ms_eval_files(ms_eval_result *r, const char *pred_dir, const char *gt_dir, int n_threads, int hd95);

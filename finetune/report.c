@@ -14,6 +14,7 @@
 #include "base/buf.h"
 #include "base/fileio.h"
 #include "base/path.h"
+#include "finetune/eval_run.h"
 
 #define MAX_TEXT ((size_t)256 << 20) /* largest log or table read */
 
@@ -421,8 +422,58 @@ static int group_of(const csv *t, int r, const int *c, int nc, int *first, int *
     return (*n)++;
 }
 
-/* Mean ± sd (sample, n − 1) of the Dice per task × budget × class (rows) and start (columns), from results.csv. */
-static ms_status dice_table(ms_buf *h, const char *path, const csv *t)
+#define MAX_NAMED_TASKS 16
+
+/* Each task's class names from compare.json ("label_names": its store's "value name" lines); tasks without them are
+ * left out. A missing or unreadable compare.json gives no names: the table then shows label values only. */
+typedef struct task_names {
+    int n;
+    char task[MAX_NAMED_TASKS][128];
+    ms_eval_result r[MAX_NAMED_TASKS];
+} task_names;
+
+static void task_names_load(task_names *tn, const char *cmp_json)
+{
+    memset(tn, 0, sizeof *tn);
+    char *text = NULL;
+    size_t len = 0;
+    if (ms_read_file(cmp_json, MAX_TEXT, &text, &len)) return; /* the details section reports a bad file */
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    const cJSON *tasks = j ? cJSON_GetObjectItemCaseSensitive(j, "tasks") : NULL, *e;
+    cJSON_ArrayForEach(e, tasks) {
+        const char *name = str(e, "name"), *ln = str(e, "label_names");
+        if (!name || !ln || tn->n == MAX_NAMED_TASKS) continue;
+        if (ms_eval_names_parse(&tn->r[tn->n], cmp_json, ln)) continue; /* unnamed, not an error: values stay */
+        snprintf(tn->task[tn->n], sizeof tn->task[0], "%s", name);
+        tn->n++;
+    }
+    cJSON_Delete(j);
+}
+
+static void task_names_free(task_names *tn)
+{
+    for (int i = 0; i < tn->n; i++) ms_eval_result_free(&tn->r[i]);
+}
+
+/* "VALUE name" for a class cell of task, or the cell as it is. */
+static void class_cell(ms_buf *h, const task_names *tn, const char *task, const char *cls)
+{
+    char *end;
+    long v = strtol(cls, &end, 10);
+    for (int i = 0; i < tn->n && *cls && !*end; i++)
+        if (!strcmp(tn->task[i], task) && v >= 0 && v < tn->r[i].n_names && tn->r[i].names[v]) {
+            ms_report_printf(h, "<td>%ld ", v);
+            ms_report_html(h, tn->r[i].names[v]);
+            ms_report_printf(h, "</td>");
+            return;
+        }
+    cell(h, cls);
+}
+
+/* Mean ± sd (sample, n − 1) of the Dice per task × budget × class (rows) and start (columns), from results.csv;
+ * classes named from compare.json when their stores have names. */
+static ms_status dice_table(ms_buf *h, const char *path, const csv *t, const task_names *tn)
 {
     int c[5]; /* task, budget, class, start, dice */
     MS_TRY(csv_cols(path, t, "task,budget,class,start,dice", c));
@@ -452,7 +503,8 @@ static ms_status dice_table(ms_buf *h, const char *path, const csv *t)
     }
     for (int k = 0; k < nk && !rc; k++) {
         ms_report_printf(h, "<tr>");
-        for (int i = 0; i < 3; i++) cell(h, csv_at(t, kfirst[k], c[i]));
+        for (int i = 0; i < 2; i++) cell(h, csv_at(t, kfirst[k], c[i]));
+        class_cell(h, tn, csv_at(t, kfirst[k], c[0]), csv_at(t, kfirst[k], c[2]));
         for (int s = 0; s < ns; s++) {
             const double *a = sum + ((size_t)k * ns + s) * 3, n = a[0], m = n ? a[1] / n : NAN;
             double var = n > 1 ? (a[2] - n * m * m) / (n - 1) : NAN;
@@ -640,9 +692,9 @@ static ms_status section_compare(ms_buf *h, const char *cmp, const char *dir, co
     ms_report_html(h, cmp);
     ms_report_printf(h, "</code>. Every start is fine-tuned with the same seeds, splits and labelled slices; Dice is "
                         "3D Dice on held-out slices.</p>\n");
-    char path[MS_PATH_MAX];
-    MS_TRY(ms_path_join(path, cmp, "compare.json"));
-    if (exists(path)) MS_TRY(json_details(h, path, "the comparison's settings (compare.json)"));
+    char path[MS_PATH_MAX], json[MS_PATH_MAX];
+    MS_TRY(ms_path_join(json, cmp, "compare.json"));
+    if (exists(json)) MS_TRY(json_details(h, json, "the comparison's settings (compare.json)"));
     MS_TRY(ms_path_join(path, cmp, "results.csv"));
     ms_report_printf(h, "<h3>Validation curves</h3>\n<p>Dice on the held-out slices during training (per slice "
                         "batch, as finetune validates), one line per run, coloured by start. The held-out slices "
@@ -655,7 +707,12 @@ static ms_status section_compare(ms_buf *h, const char *cmp, const char *dir, co
         MS_TRY(csv_read(path, &t));
         ms_status rc = dice_curves(h, cmp, path, &t, dir, gnuplot);
         if (!rc) ms_report_printf(h, "<h3>Dice per class (held-out, mean ± sd over seeds)</h3>\n");
-        if (!rc) rc = dice_table(h, path, &t);
+        if (!rc) {
+            task_names tn;
+            task_names_load(&tn, json);
+            rc = dice_table(h, path, &t, &tn);
+            task_names_free(&tn);
+        }
         csv_free(&t);
         MS_TRY(rc);
     }

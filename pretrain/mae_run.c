@@ -473,7 +473,30 @@ static ms_status open_stores(ms_mae_run *r)
     return MS_OK;
 }
 
-/* The first val_slices held-out slices in order, unaugmented, with their gray targets. */
+/* Moves rows (2k + 1) n / 8, k < 4, to the front: the panel shows the first four validation slices, and a held-out
+ * volume's first slices are its edge (the skull's top, the neck), where a reconstruction shows nothing. */
+static void panel_rows_first(ms_mae_run *r)
+{
+    size_t img = (size_t)3 * r->S * r->S, gray = (size_t)r->S * r->S;
+    if (r->n_val <= 4) return;
+    for (int k = 0; k < 4; k++) {
+        int src = (int)(((int64_t)2 * k + 1) * r->n_val / 8); /* >= k and increasing for n_val > 4 */
+        if (src == k) continue;
+        for (size_t e = 0; e < img; e++) {
+            float t = r->vimg[k * img + e];
+            r->vimg[k * img + e] = r->vimg[src * img + e];
+            r->vimg[src * img + e] = t;
+        }
+        for (size_t e = 0; e < gray; e++) {
+            float t = r->vgray[k * gray + e];
+            r->vgray[k * gray + e] = r->vgray[src * gray + e];
+            r->vgray[src * gray + e] = t;
+        }
+    }
+}
+
+/* val_slices held-out slices spread evenly over each store's held-out part (a store's share of them in proportion to
+ * its held-out slices), unaugmented, with their gray targets. */
 static ms_status open_validation(ms_mae_run *r)
 {
     const ms_mae_run_config *c = &r->cfg;
@@ -481,7 +504,17 @@ static ms_status open_validation(ms_mae_run *r)
     int S = r->S;
     ms_loader_config vc = r->lc;
     vc.resume = NULL;
-    for (int i = 0; i < c->n_stores; i++) vc.selection[i] = &r->val_sel[i];
+    uint64_t total = 0;
+    for (int i = 0; i < c->n_stores; i++) total += r->val_sel[i].n;
+    for (int i = 0; i < c->n_stores; i++) {
+        /* rounded up, so that the shares add up to at least val_slices; the loop below takes val_slices */
+        uint64_t share = (r->val_sel[i].n * (uint64_t)c->val_slices + total - 1) / total;
+        ms_selection spread;
+        MS_TRY(ms_selection_spread(&r->val_sel[i], share, &spread));
+        ms_selection_free(&r->val_sel[i]);
+        r->val_sel[i] = spread;
+        vc.selection[i] = &r->val_sel[i];
+    }
     vc.shuffle = 0;
     vc.augment = 0;
     vc.n_epochs = 1;
@@ -501,6 +534,7 @@ static ms_status open_validation(ms_mae_run *r)
         r->n_val += take;
     }
     ms_loader_close(vl);
+    if (!rc) panel_rows_first(r);
     r->plan.n_val = r->n_val;
     return rc;
 }

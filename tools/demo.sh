@@ -85,6 +85,7 @@ FT=$(ls -d "$OUT"/compare/runs/brain/pretrained/b*/s* | head -1)
 "$MRISAM" predict --ckpt "$FT" --in "$TPL/ch2.nii.gz" -o "$OUT/ch2_brain.nii.gz" --threads "$THREADS"
 
 echo "== 5. report"
+printf '1 brain\n' > "$OUT/brain_names.txt" # the overlay's legend
 "$MRISAM" report --pretrain "$OUT/run" --compare "$OUT/compare" --predict "$TPL/ch2.nii.gz" \
-    --seg "$OUT/ch2_brain.nii.gz" -o "$OUT/report"
+    --seg "$OUT/ch2_brain.nii.gz" --label-names "$OUT/brain_names.txt" -o "$OUT/report"
 echo "demo finished in $(( $(date +%s) - start )) s: open $OUT/report/index.html"

@@ -1,6 +1,6 @@
 /* tests/data/test_loader_units.c — the loader's pure parts, no store needed: permutation, sharding, multi-store
  * order, splits by volume (no leakage; single-volume blocks with a gap), few-shot files, augmentation properties
- * (tests/augment/aug_checks.h) and the resampler against an independent double-precision reference.
+ * (tests/augment/aug_checks.h), evenly spread validation subsets, and the resampler against an independent double-precision reference.
  */
 #include <math.h>
 #include <stdio.h>
@@ -262,6 +262,44 @@ static void test_split(void)
 /* ---- resampling ---- */
 
 /* PIL's antialiased bilinear in double precision, written from the formula (support max(1, scale)). */
+/* ms_selection_spread against a plain list of the keys: n of them, in key order,
+ * record j at floor((j + 1/2) s->n / n); all of s when n >= s->n. */
+static void test_spread(void)
+{
+    ms_rng r;
+    ms_rng_init(&r, SEED, 0x5b7ead);
+    for (int trial = 0; trial < 200; trial++) {
+        ms_selection s = {0}, out;
+        uint64_t keys[4096], nk = 0, at = ms_rng_u64(&r) % 1000;
+        int nr = 1 + (int)(ms_rng_u64(&r) % 6);
+        for (int i = 0; i < nr; i++) {
+            uint64_t c = 1 + ms_rng_u64(&r) % 300;
+            MS_CHECK_OK(ms_selection_add(&s, at, c));
+            for (uint64_t k = 0; k < c; k++) keys[nk++] = at + k;
+            at += c + 1 + ms_rng_u64(&r) % 50; /* a gap: several ranges stay several */
+        }
+        MS_CHECK_OK(ms_selection_finish(&s));
+        uint64_t n = 1 + ms_rng_u64(&r) % (trial % 4 == 0 ? 2 * nk : 70);
+        MS_CHECK_OK(ms_selection_spread(&s, n, &out));
+        uint64_t m = n < nk ? n : nk;
+        MS_CHECK(out.n == m, "spread: %llu of %llu records gave %llu", (unsigned long long)n,
+                 (unsigned long long)nk, (unsigned long long)out.n);
+        double step = (double)nk / (double)m;
+        int bad = 0;
+        for (uint64_t j = 0; j < out.n && j < m; j++) {
+            uint64_t key = ms_selection_key(&out, j);
+            uint64_t idx = 0; /* the record's index in s, from the plain list */
+            while (idx < nk && keys[idx] != key) idx++;
+            double want = (j + 0.5) * step;
+            if (idx == nk || (double)idx > want + 1e-9 || want - (double)idx >= 1) bad = 1; /* floor(want) */
+        }
+        MS_CHECK(!bad, "spread (seed %llu, trial %d): %llu of %llu records not evenly spread",
+                 (unsigned long long)SEED, trial, (unsigned long long)m, (unsigned long long)nk);
+        ms_selection_free(&out);
+        ms_selection_free(&s);
+    }
+}
+
 static void ref_resize(const float *in, int h, int w, ms_box b, double *out, int oh, int ow)
 {
     double *mid = malloc(sizeof(double) * h * ow);
@@ -463,6 +501,7 @@ int main(void)
     test_sharding();
     test_multi_order();
     test_split();
+    test_spread();
     test_flips(SEED);
     test_label_values_and_range(SEED);
     test_rrc_bounds(SEED);

@@ -123,6 +123,10 @@ for p in pair:
         fail("summary.md lacks the interval [%+.4f, %+.4f]" % (m - h, m + h))
 cj = json.load(open(os.path.join(out, "compare.json")))
 budgets = sorted({k[1] for k in dice})
+# the report's class names: a task store's label names as ingest stored them, none for a store without
+names = open(os.path.join(os.path.dirname(out.rstrip("/")), "tissue_names.txt")).read()
+ln = {t["name"]: t.get("label_names") for t in cj["tasks"]}
+if ln != {"brain": None, "tissue": names}: fail("compare.json label_names %r, want tissue's %r" % (ln, names))
 # 2: shots shared across starts, and equal to compare's split file
 def sel(run):
     j = json.load(open(os.path.join(out, run, "shots.json")))["stores"][0]

@@ -5,7 +5,8 @@
 # last seed's runs compare's val_curve.jsonl, which the curves must use instead) and three
 # volumes (image, predicted labels, reference labels). Checks: index.html exists and references only files inside
 # its folder (no scheme, no absolute path, no ..) that exist; no script; the hostile name only escaped; the per-class
-# Dice table holds the mean ± sd of results.csv computed here; the paired table's intervals; the validation curves'
+# Dice table holds the mean ± sd of results.csv computed here, its classes named from compare.json; the paired
+# table's intervals; the validation curves'
 # points are each run's own; the curves are
 # non-empty SVGs gnuplot wrote; the overlays are PNGs of the right size; the Dice against the reference labels; label
 # names escaped;
@@ -67,7 +68,9 @@ with open(f"{cmp}/paired.csv", "w", newline="") as f:
     for task in tasks:
         m = rng.uniform(-0.2, 0.2)
         w.writerow([task, 3, "pretrained", "random", len(seeds), m, 0.05, 4.303, m - 0.12345, m + 0.12345])
-json.dump({"tasks": list(tasks), "seeds": seeds}, open(f"{cmp}/compare.json", "w"))
+# as compare writes it: a task whose store has label names carries them ("value name" lines)
+json.dump({"tasks": [{"name": "brain"}, {"name": hostile, "label_names": "0 background\n1 cls<one>\n2 two"}],
+           "seeds": seeds}, open(f"{cmp}/compare.json", "w"))
 nx, ny, nz = rng.randint(30, 50), rng.randint(30, 50), rng.randint(12, 20)
 img = np.random.default_rng(seed).random((nx, ny, nz)).astype(np.float32) * 100
 lab = np.zeros((nx, ny, nz), np.uint8)
@@ -110,6 +113,8 @@ hostile = '<script>alert("x")</script>&\'a,b'
 check(html.escape(hostile, quote=True).replace("&#x27;", "&#39;") in page, "the hostile task name, escaped")
 check("&lt;b&gt;not bold&lt;/b&gt;" in page, "config.json shown escaped")
 check("1 left&lt;&amp;&gt;&quot;x&quot;" in page and "2 right part" in page, "label names, escaped")
+check("<td>1 cls&lt;one&gt;</td>" in page and "<td>2 two</td>" in page and "<td>1</td>" in page,
+      "the Dice table's classes: named from compare.json where the task has names (escaped), values elsewhere")
 check("ch2" in page and "inia19" in page and "one human" in page and "one macaque" in page, "the data statement")
 # the Dice table: mean ± sd (n) per task × budget × class × start, computed here from results.csv
 rows = list(csv.DictReader(open(f"{t}/cmp/results.csv")))
