@@ -423,7 +423,10 @@ def check(seed):
             grads = torch.autograd.grad(o, (q, k, v, rh, rw), gout)
             res.append([o.detach()] + [t.detach() for t in grads])
         for ta, tb in zip(*res):
-            worst = max(worst, float((ta - tb).abs().max() / (tb.abs().max() + 1e-30)))
+            # floor 1e-3 (the gradients are of order 1): a gradient that is 0 analytically is rounding noise in both
+            # variants (an MAE subset whose tokens share one row: that row's bias is the same for every key, and
+            # softmax ignores it; seed 124399198)
+            worst = max(worst, float((ta - tb).abs().max() / max(float(tb.abs().max()), 1e-3)))
     return worst
 
 
