@@ -145,7 +145,7 @@ ms_status ms_selection_spread(const ms_selection *s, uint64_t n, ms_selection *o
     uint64_t m = n < s->n ? n : s->n;
     for (uint64_t j = 0; j < m; j++) {
         /* in double: (2j + 1) n overflows 64 bits for huge selections; the rounding moves no index that matters */
-        uint64_t i = m == s->n ? j : (uint64_t)(((2 * (double)j + 1) * (double)s->n) / (2 * (double)m));
+        uint64_t i = (uint64_t)(((2 * (double)j + 1) * (double)s->n) / (2 * (double)m)); /* = j when m == s->n */
         ms_status rc = ms_selection_add(out, ms_selection_key(s, i < s->n ? i : s->n - 1), 1);
         if (rc) {
             ms_selection_free(out);
